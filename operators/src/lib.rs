@@ -1,0 +1,21 @@
+//! The span model and the pure, I/O-free operators of spanflow.
+//!
+//! Operators here are deterministic functions of their input batches and watermarks:
+//! no clocks, no threads, no network. That is what makes replay, checkpoint/restore and
+//! the tests exact. The `spanflow` crate wires them into a runtime.
+
+#![warn(missing_docs)]
+
+pub mod classify;
+pub mod config;
+pub mod model;
+pub mod session_window;
+
+pub use config::{ConfigIssue, HumanDuration};
+pub use model::{AttrValue, Attrs, AttrsBuilder, CallType, Span, SpanId, SpanKind, StatusCode, Sym, TraceId};
+
+/// Event time in unix nanoseconds.
+pub type EventTime = u64;
+
+/// The watermark a bounded input ends with: every window closes.
+pub const WATERMARK_END: EventTime = u64::MAX;

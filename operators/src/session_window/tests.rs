@@ -1,0 +1,386 @@
+use super::*;
+use crate::model::{SpanId, SpanKind, StatusCode};
+use proptest::prelude::*;
+
+const S: u64 = 1_000_000_000;
+
+fn tid(n: u8) -> TraceId {
+    let mut b = [0u8; 16];
+    b[0] = n;
+    b[15] = 1;
+    TraceId(b)
+}
+
+fn span(trace: u8, id: u8, parent: u8, end_s: u64) -> Span {
+    Span {
+        trace_id: tid(trace),
+        span_id: SpanId([id, 0, 0, 0, 0, 0, 0, 1]),
+        parent_span_id: if parent == 0 { SpanId::default() } else { SpanId([parent, 0, 0, 0, 0, 0, 0, 1]) },
+        start_ns: (end_s * S).saturating_sub(S / 2),
+        end_ns: end_s * S,
+        service: Sym::new("svc"),
+        name: Sym::new(if parent == 0 { "GET /" } else { "child" }),
+        kind: SpanKind::Server,
+        ..Default::default()
+    }
+}
+
+fn cfg(gap_s: u64) -> SessionWindowConfig {
+    SessionWindowConfig {
+        gap: HumanDuration::secs(gap_s),
+        closed_trace_retention: HumanDuration::secs(0),
+        max_duration: HumanDuration::secs(1_000_000),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn closes_after_gap_and_holds_watermark() {
+    let mut w = SessionWindow::new(cfg(10));
+    let mut out = SessionOutput::default();
+    w.process([span(1, 2, 1, 100), span(1, 1, 0, 101)], &mut out);
+    w.on_watermark(105 * S, &mut out);
+    assert!(out.is_empty());
+    assert_eq!(w.output_watermark(), 100 * S - 1, "held back to the earliest buffered span");
+    w.on_watermark(111 * S, &mut out);
+    assert_eq!(out.closed.len(), 1);
+    let t = &out.closed[0];
+    assert_eq!(t.summary.span_count, 2);
+    assert_eq!(t.summary.close_reason, CloseReason::Gap);
+    assert!(t.summary.has_root);
+    assert_eq!(t.summary.root_operation.as_str(), "GET /");
+    assert_eq!(w.output_watermark(), 111 * S);
+    assert_eq!(w.open_traces(), 0);
+    assert_eq!(w.buffered_spans(), 0);
+    assert_eq!(w.buffered_bytes(), 0);
+}
+
+#[test]
+fn dynamic_gap_rules_first_match_wins() {
+    let mut c = cfg(30);
+    c.gap_rules = vec![
+        GapRule { when: GapCondition { has_async: Some(true), ..Default::default() }, gap: HumanDuration::secs(60) },
+        GapRule { when: GapCondition { root_ended: Some(true), ..Default::default() }, gap: HumanDuration::secs(2) },
+    ];
+    let mut w = SessionWindow::new(c);
+    let mut out = SessionOutput::default();
+    // Trace 1: root ended -> 2s gap.
+    w.process([span(1, 1, 0, 100)], &mut out);
+    // Trace 2: root ended, but a producer span makes it async -> 60s gap.
+    let mut producer = span(2, 2, 1, 100);
+    producer.kind = SpanKind::Producer;
+    w.process([span(2, 1, 0, 100), producer], &mut out);
+    // Trace 3: no root yet -> default 30s.
+    w.process([span(3, 2, 1, 100)], &mut out);
+    w.on_watermark(102 * S, &mut out);
+    assert_eq!(out.closed.iter().map(|t| t.trace_id).collect::<Vec<_>>(), vec![tid(1)]);
+    w.on_watermark(130 * S, &mut out);
+    assert_eq!(out.closed.len(), 2);
+    assert_eq!(out.closed[1].trace_id, tid(3));
+    w.on_watermark(160 * S, &mut out);
+    assert_eq!(out.closed.len(), 3);
+    assert_eq!(out.closed[2].trace_id, tid(2));
+}
+
+#[test]
+fn root_arrival_shortens_gap() {
+    let mut c = cfg(30);
+    c.gap_rules = vec![GapRule {
+        when: GapCondition { root_ended: Some(true), ..Default::default() },
+        gap: HumanDuration::secs(1),
+    }];
+    let mut w = SessionWindow::new(c);
+    let mut out = SessionOutput::default();
+    w.process([span(1, 2, 1, 100)], &mut out);
+    w.on_watermark(101 * S, &mut out);
+    w.process([span(1, 1, 0, 101)], &mut out);
+    w.on_watermark(102 * S, &mut out);
+    assert_eq!(out.closed.len(), 1, "deadline moved earlier when the root arrived");
+}
+
+#[test]
+fn bridging_span_merges_two_sessions() {
+    let mut w = SessionWindow::new(cfg(10));
+    let mut out = SessionOutput::default();
+    w.process([span(1, 1, 0, 100), span(1, 2, 1, 115)], &mut out);
+    assert_eq!(w.open_traces(), 2, "15s apart with a 10s gap: two sessions");
+    w.process([span(1, 3, 1, 108)], &mut out);
+    assert_eq!(w.open_traces(), 1, "a span within a gap of both merges them");
+    w.on_watermark(200 * S, &mut out);
+    assert_eq!(out.closed.len(), 1);
+    assert_eq!(out.closed[0].summary.span_count, 3);
+    let starts: Vec<u64> = out.closed[0].spans.iter().map(|s| s.start_ns).collect();
+    assert!(starts.windows(2).all(|w| w[0] <= w[1]), "spans sorted by start");
+}
+
+#[test]
+fn late_spans_after_close_and_for_closed_windows() {
+    let mut c = cfg(10);
+    c.closed_trace_retention = HumanDuration::secs(60);
+    let mut w = SessionWindow::new(c);
+    let mut out = SessionOutput::default();
+    w.process([span(1, 1, 0, 100)], &mut out);
+    w.on_watermark(120 * S, &mut out);
+    assert_eq!(out.closed.len(), 1);
+    // A straggler of the closed trace, even with a fresh timestamp, is late.
+    w.process([span(1, 2, 1, 125)], &mut out);
+    // A span of an unknown trace whose own window is already past the watermark.
+    w.process([span(2, 1, 0, 105)], &mut out);
+    assert_eq!(out.late.len(), 2);
+    assert_eq!(out.late[0].reason, LateReason::TraceClosed);
+    assert_eq!(out.late[1].reason, LateReason::WindowClosed);
+    assert_eq!(out.late[1].watermark, 120 * S);
+    assert_eq!(w.metrics().late_spans(), 2);
+    assert_eq!(out.closed.len(), 1, "late data never re-opens or corrupts a closed trace");
+    // After the retention the id is forgotten and a new span opens a new trace.
+    w.on_watermark(200 * S, &mut out);
+    w.process([span(1, 3, 1, 195)], &mut out);
+    assert_eq!(w.open_traces(), 1);
+}
+
+#[test]
+fn max_spans_cap_continues_in_next_fragment() {
+    let mut c = cfg(10);
+    c.max_spans_per_trace = 2;
+    c.closed_trace_retention = HumanDuration::secs(60);
+    let mut w = SessionWindow::new(c);
+    let mut out = SessionOutput::default();
+    w.process([span(1, 1, 0, 100), span(1, 2, 1, 100), span(1, 3, 1, 101)], &mut out);
+    assert_eq!(out.closed.len(), 1);
+    assert_eq!(out.closed[0].summary.close_reason, CloseReason::MaxSpans);
+    assert_eq!(out.closed[0].summary.fragment, 0);
+    w.on_watermark(WATERMARK_END, &mut out);
+    assert_eq!(out.closed.len(), 2);
+    assert_eq!(out.closed[1].summary.fragment, 1);
+    assert_eq!(out.closed[1].summary.span_count, 1);
+    assert_eq!(out.closed[1].summary.close_reason, CloseReason::EndOfInput);
+    assert!(out.late.is_empty(), "a cap never turns spans into late data");
+}
+
+#[test]
+fn max_duration_cap() {
+    let mut c = cfg(10);
+    c.max_duration = HumanDuration::secs(20);
+    c.closed_trace_retention = HumanDuration::secs(600);
+    let mut w = SessionWindow::new(c);
+    let mut out = SessionOutput::default();
+    for t in (100..130).step_by(5) {
+        w.process([span(1, t as u8, 0, t)], &mut out);
+        w.on_watermark(t * S, &mut out);
+    }
+    assert_eq!(out.closed.len(), 1);
+    assert_eq!(out.closed[0].summary.close_reason, CloseReason::MaxDuration);
+    assert_eq!(out.closed[0].summary.span_count, 5, "spans at 100..=120");
+    w.on_watermark(WATERMARK_END, &mut out);
+    assert_eq!(out.closed[1].summary.fragment, 1);
+    assert_eq!(out.closed[1].summary.span_count, 1);
+}
+
+#[test]
+fn max_open_traces_evicts_nearest_deadline() {
+    let mut c = cfg(10);
+    c.max_open_traces = 2;
+    let mut w = SessionWindow::new(c);
+    let mut out = SessionOutput::default();
+    w.process([span(1, 1, 0, 100), span(2, 1, 0, 101), span(3, 1, 0, 102)], &mut out);
+    assert_eq!(out.closed.len(), 1);
+    assert_eq!(out.closed[0].trace_id, tid(1));
+    assert_eq!(out.closed[0].summary.close_reason, CloseReason::MaxOpenTraces);
+    assert_eq!(w.open_traces(), 2);
+}
+
+#[test]
+fn errors_counted_including_http_5xx() {
+    let mut w = SessionWindow::new(cfg(10));
+    let mut out = SessionOutput::default();
+    let mut a = span(1, 1, 0, 100);
+    a.status = StatusCode::Error;
+    let mut b = span(1, 2, 1, 100);
+    b.http_status = 503;
+    w.process([a, b, span(1, 3, 1, 100)], &mut out);
+    w.on_watermark(WATERMARK_END, &mut out);
+    assert_eq!(out.closed[0].summary.error_count, 2);
+}
+
+#[test]
+fn empty_batch_and_repeated_watermark_are_noops() {
+    let mut w = SessionWindow::new(cfg(10));
+    let mut out = SessionOutput::default();
+    w.process(Vec::new(), &mut out);
+    w.on_watermark(5 * S, &mut out);
+    w.on_watermark(3 * S, &mut out);
+    assert!(out.is_empty());
+    assert_eq!(w.input_watermark(), 5 * S);
+}
+
+#[test]
+fn validate_reports_each_problem_with_its_path() {
+    let mut c = cfg(0);
+    c.max_spans_per_trace = 0;
+    c.gap_rules = vec![
+        GapRule { when: GapCondition::default(), gap: HumanDuration::secs(0) },
+        GapRule { when: GapCondition { has_error: Some(true), ..Default::default() }, gap: HumanDuration::secs(1) },
+    ];
+    let issues = c.validate();
+    let paths: Vec<String> = issues.iter().map(|i| i.path.join(".")).collect();
+    assert_eq!(paths, vec!["gap", "max_spans_per_trace", "gap_rules.0.gap", "gap_rules.0.when"]);
+}
+
+// ---------------------------------------------------------------------------------
+// Property tests against a naive reference model.
+
+/// The naive model: all spans of a trace sorted by event time, cut wherever two
+/// consecutive event times are at least a gap apart.
+fn naive_sessions(spans: &[Span], gap: u64) -> Vec<(TraceId, Vec<SpanId>)> {
+    let mut by_trace: std::collections::BTreeMap<TraceId, Vec<&Span>> = Default::default();
+    for s in spans {
+        by_trace.entry(s.trace_id).or_default().push(s);
+    }
+    let mut out = Vec::new();
+    for (t, mut v) in by_trace {
+        v.sort_by_key(|s| (s.end_ns, s.span_id));
+        let mut cur: Vec<SpanId> = Vec::new();
+        let mut last = None;
+        for s in v {
+            if let Some(l) = last
+                && s.end_ns - l >= gap
+            {
+                out.push((t, std::mem::take(&mut cur)));
+            }
+            cur.push(s.span_id);
+            last = Some(s.end_ns);
+        }
+        out.push((t, cur));
+    }
+    for (_, ids) in &mut out {
+        ids.sort();
+    }
+    out.sort();
+    out
+}
+
+fn normalize(closed: &[ClosedTrace]) -> Vec<(TraceId, Vec<SpanId>)> {
+    let mut v: Vec<_> = closed
+        .iter()
+        .map(|c| {
+            let mut ids: Vec<SpanId> = c.spans.iter().map(|s| s.span_id).collect();
+            ids.sort();
+            (c.trace_id, ids)
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+#[derive(Debug, Clone)]
+struct Scenario {
+    spans: Vec<Span>,
+    /// Arrival order (a permutation with bounded displacement in event time).
+    batches: Vec<usize>,
+    max_ooo: u64,
+    gap: u64,
+}
+
+fn scenario() -> impl Strategy<Value = Scenario> {
+    (1u64..20, 0u64..8, prop::collection::vec((0u8..12, 1u64..300, 0u64..6), 1..150), 1usize..20)
+        .prop_map(|(gap_s, ooo_s, raw, batch)| {
+            let mut spans: Vec<Span> = raw
+                .iter()
+                .enumerate()
+                .map(|(i, &(trace, end_s, _))| {
+                    let mut s = span(trace, 0, 1, end_s);
+                    s.span_id = SpanId((i as u64 + 1).to_be_bytes());
+                    s
+                })
+                .collect();
+            // Arrival = event time + a delay of at most max_ooo: sorting by that keeps
+            // every span ahead of the watermark (max seen - max_ooo).
+            let ooo = ooo_s * S;
+            let mut keyed: Vec<(u64, usize)> = raw
+                .iter()
+                .enumerate()
+                .map(|(i, &(_, end_s, d))| (end_s * S + (d * S).min(ooo), i))
+                .collect();
+            keyed.sort();
+            let order: Vec<Span> = keyed.iter().map(|&(_, i)| spans[i].clone()).collect();
+            spans = order;
+            Scenario { spans, batches: vec![batch], max_ooo: ooo, gap: gap_s * S }
+        })
+}
+
+fn run(sc: &Scenario, restore_at: Option<usize>) -> (Vec<ClosedTrace>, Vec<LateSpan>, Vec<EventTime>) {
+    let c = SessionWindowConfig {
+        gap: HumanDuration(std::time::Duration::from_nanos(sc.gap)),
+        closed_trace_retention: HumanDuration::secs(0),
+        max_duration: HumanDuration::secs(1_000_000),
+        ..Default::default()
+    };
+    let mut w = SessionWindow::new(c.clone());
+    let mut out = SessionOutput::default();
+    let mut max_seen = 0u64;
+    let mut wms = Vec::new();
+    let batch = sc.batches[0];
+    for (bi, chunk) in sc.spans.chunks(batch).enumerate() {
+        if restore_at == Some(bi) {
+            let bytes = serde_json::to_vec(w.snapshot()).unwrap();
+            let state: SessionWindowState = serde_json::from_slice(&bytes).unwrap();
+            w = SessionWindow::with_state(c.clone(), state);
+        }
+        for s in chunk {
+            max_seen = max_seen.max(s.end_ns);
+        }
+        w.process(chunk.iter().cloned(), &mut out);
+        w.on_watermark(max_seen.saturating_sub(sc.max_ooo + 1), &mut out);
+        wms.push(w.output_watermark());
+    }
+    w.on_watermark(WATERMARK_END, &mut out);
+    (out.closed, out.late, wms)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(300))]
+
+    #[test]
+    fn matches_naive_reference(sc in scenario()) {
+        let (closed, late, _) = run(&sc, None);
+        prop_assert!(late.is_empty(), "bounded disorder within max_ooo is never late");
+        prop_assert_eq!(normalize(&closed), naive_sessions(&sc.spans, sc.gap));
+        for c in &closed {
+            prop_assert_eq!(c.summary.span_count as usize, c.spans.len());
+        }
+    }
+
+    #[test]
+    fn restore_from_checkpoint_gives_same_output(sc in scenario(), at in 0usize..10) {
+        let (a, la, wa) = run(&sc, None);
+        let (b, lb, wb) = run(&sc, Some(at));
+        prop_assert_eq!(a, b);
+        prop_assert_eq!(la, lb);
+        prop_assert_eq!(wa, wb);
+    }
+
+    #[test]
+    fn forwarded_watermark_never_passes_a_buffered_span(sc in scenario()) {
+        let c = SessionWindowConfig {
+            gap: HumanDuration(std::time::Duration::from_nanos(sc.gap)),
+            closed_trace_retention: HumanDuration::secs(0),
+            ..Default::default()
+        };
+        let mut w = SessionWindow::new(c);
+        let mut out = SessionOutput::default();
+        let mut max_seen = 0u64;
+        let mut last_fwd = 0u64;
+        for chunk in sc.spans.chunks(sc.batches[0]) {
+            for s in chunk { max_seen = max_seen.max(s.end_ns); }
+            w.process(chunk.iter().cloned(), &mut out);
+            w.on_watermark(max_seen.saturating_sub(sc.max_ooo + 1), &mut out);
+            let fwd = w.output_watermark();
+            // Everything emitted later must have event times above the forwarded mark.
+            for c in out.closed.drain(..) {
+                for s in &c.spans { prop_assert!(s.end_ns > last_fwd); }
+            }
+            prop_assert!(fwd >= last_fwd, "forwarded watermark is monotone");
+            last_fwd = fwd;
+        }
+    }
+}
