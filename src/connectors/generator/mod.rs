@@ -1,0 +1,5 @@
+//! The built-in span generator.
+
+mod config;
+
+pub use config::GeneratorConfig;

@@ -1,0 +1,5 @@
+//! Sources and sinks.
+
+pub mod file;
+pub mod generator;
+pub mod parquet;

@@ -1,0 +1,143 @@
+//! The job definition as the runtime sees it, after parsing and validation.
+//!
+//! A job is a DAG of named sources, operators and sinks. Edges are written as `from:`
+//! lists on operators and sinks; each entry names a node (its default output) or
+//! `node.output` for another output port:
+//!
+//! | node kind        | outputs (first = default)      | carries          |
+//! |------------------|--------------------------------|------------------|
+//! | any source       | `spans`, `dead_letters`        | spans / records  |
+//! | `session_window` | `traces`, `late_spans`         | traces / spans   |
+//!
+//! A sink writes each stream it reads to a table named after the output port
+//! (`traces`, `late_spans`, `dead_letters`, ...).
+
+use std::path::PathBuf;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use spanflow_operators::HumanDuration;
+use spanflow_operators::session_window::SessionWindowConfig;
+
+use crate::connectors::file::FileSourceConfig;
+use crate::connectors::generator::GeneratorConfig;
+use crate::connectors::parquet::ParquetSinkConfig;
+
+/// A validated job.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Job {
+    /// Job name (`name:` or the file stem).
+    pub name: String,
+    /// The file it was loaded from.
+    pub path: PathBuf,
+    /// Shards; `None` means one per core.
+    pub parallelism: Option<usize>,
+    /// Sources, in file order.
+    pub sources: Vec<SourceNode>,
+    /// Operators, in file order.
+    pub operators: Vec<OperatorNode>,
+    /// Sinks, in file order.
+    pub sinks: Vec<SinkNode>,
+}
+
+/// A reference to one output of a node: `node` or `node.port`, resolved.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct StreamRef {
+    /// Node name.
+    pub node: String,
+    /// Output port name (the default port filled in when omitted).
+    pub port: String,
+}
+
+impl std::fmt::Display for StreamRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}", self.node, self.port)
+    }
+}
+
+/// A named source.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SourceNode {
+    /// Its name in `sources:`.
+    pub name: String,
+    /// What it reads.
+    pub kind: SourceKind,
+    /// Event-time watermark settings.
+    pub watermark: WatermarkConfig,
+}
+
+/// The source kinds (`type:` in the job file).
+#[derive(Debug, Clone, PartialEq)]
+pub enum SourceKind {
+    /// `type: generator`: the built-in span generator.
+    Generator(GeneratorConfig),
+    /// `type: file`: OTLP files (protobuf length-delimited or JSON lines).
+    File(FileSourceConfig),
+}
+
+/// A named operator.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OperatorNode {
+    /// Its name in `operators:`.
+    pub name: String,
+    /// Input streams.
+    pub from: Vec<StreamRef>,
+    /// What it computes.
+    pub kind: OperatorKind,
+}
+
+/// The operator kinds (`type:` in the job file).
+#[derive(Debug, Clone, PartialEq)]
+pub enum OperatorKind {
+    /// `type: session_window`.
+    SessionWindow(SessionWindowConfig),
+}
+
+/// A named sink.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SinkNode {
+    /// Its name in `sinks:`.
+    pub name: String,
+    /// Input streams; each becomes a table named after its port.
+    pub from: Vec<StreamRef>,
+    /// Where it writes.
+    pub kind: SinkKind,
+}
+
+/// The sink kinds (`type:` in the job file).
+#[derive(Debug, Clone, PartialEq)]
+pub enum SinkKind {
+    /// `type: parquet`.
+    Parquet(ParquetSinkConfig),
+}
+
+/// Event-time watermark settings of a source (`watermark:` key of any source).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WatermarkConfig {
+    /// How far behind the largest event time seen in a split the watermark trails:
+    /// spans up to this much out of order are not late.
+    #[serde(default = "default_max_out_of_order")]
+    pub max_out_of_order: HumanDuration,
+    /// A split (partition, file) with no data for this long (wall clock) stops holding
+    /// the watermark back.
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout: HumanDuration,
+}
+
+fn default_max_out_of_order() -> HumanDuration {
+    HumanDuration::secs(5)
+}
+
+fn default_idle_timeout() -> HumanDuration {
+    HumanDuration::secs(30)
+}
+
+impl Default for WatermarkConfig {
+    fn default() -> Self {
+        WatermarkConfig {
+            max_out_of_order: default_max_out_of_order(),
+            idle_timeout: default_idle_timeout(),
+        }
+    }
+}
