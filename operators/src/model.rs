@@ -585,6 +585,14 @@ impl AttrsBuilder {
         a
     }
 
+    /// Appends every attribute of an already packed set (e.g. a resource's attributes,
+    /// shared by all spans of that resource).
+    pub fn extend_packed(&mut self, attrs: &Attrs) {
+        if let Some(b) = &attrs.0 {
+            self.buf.extend_from_slice(b);
+        }
+    }
+
     /// Number of bytes pushed since the last [`finish`](Self::finish).
     pub fn len(&self) -> usize {
         self.buf.len()

@@ -1,0 +1,231 @@
+//! Assembling [`Span`]s from decoded OTLP parts; shared by the fast protobuf decoder,
+//! the prost reference decoder and the JSON decoder.
+
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::{AnyValue, any_value};
+use prost::Message;
+use spanflow_operators::classify::CallAttrs;
+use spanflow_operators::{AttrValue, Attrs, AttrsBuilder, Span, SpanId, SpanKind, StatusCode, Sym, TraceId};
+
+use super::dead_letter::{DeadLetter, DecodeError, RecordMeta};
+use super::Decoded;
+
+/// The service name OTel SDKs report when none is configured.
+pub const UNKNOWN_SERVICE: &str = "unknown_service";
+
+/// Per-resource facts, decoded once and shared by all its spans.
+pub(crate) struct Resource {
+    pub service: Sym,
+    pub instance: Sym,
+    /// Remaining resource attributes, packed with the resource flag.
+    pub extra: Attrs,
+}
+
+/// The fixed fields of a span as they come off the wire.
+pub(crate) struct RawSpan<'a> {
+    pub trace_id: &'a [u8],
+    pub span_id: &'a [u8],
+    pub parent_span_id: &'a [u8],
+    pub name: &'a str,
+    pub kind: i32,
+    pub start: u64,
+    pub end: u64,
+    pub status_code: i32,
+}
+
+/// Scratch state reused across spans.
+#[derive(Default)]
+pub(crate) struct SpanBuilder {
+    attrs: AttrsBuilder,
+    resource_attrs: AttrsBuilder,
+    resource_service: Option<Sym>,
+    resource_instance: Option<Sym>,
+    resource_host: Option<Sym>,
+    call: CallAttrs,
+    truncated: u64,
+}
+
+impl SpanBuilder {
+    /// Returns and resets the count of truncated attributes.
+    pub fn take_truncated(&mut self) -> u64 {
+        std::mem::take(&mut self.truncated)
+    }
+
+    /// Starts collecting a resource's attributes.
+    pub fn begin_resource(&mut self) {
+        self.resource_service = None;
+        self.resource_instance = None;
+        self.resource_host = None;
+        self.resource_attrs.finish();
+    }
+
+    /// One resource attribute.
+    pub fn resource_attr(&mut self, key: &str, value: AttrValue<'_>) {
+        match (key, value) {
+            ("service.name", AttrValue::Str(s)) => self.resource_service = Some(Sym::new(s)),
+            ("service.instance.id", AttrValue::Str(s)) => self.resource_instance = Some(Sym::new(s)),
+            ("host.name", AttrValue::Str(s)) => {
+                self.resource_host = Some(Sym::new(s));
+                self.truncated += u64::from(self.resource_attrs.push(key, value, true));
+            }
+            _ => self.truncated += u64::from(self.resource_attrs.push(key, value, true)),
+        }
+    }
+
+    /// Finishes the resource.
+    pub fn end_resource(&mut self) -> Resource {
+        Resource {
+            service: self.resource_service.unwrap_or_else(|| Sym::new(UNKNOWN_SERVICE)),
+            instance: self.resource_instance.or(self.resource_host).unwrap_or_default(),
+            extra: self.resource_attrs.finish(),
+        }
+    }
+
+    /// One span attribute (call before [`finish_span`](Self::finish_span)).
+    #[inline]
+    pub fn span_attr(&mut self, key: &str, value: AttrValue<'_>) {
+        if !self.call.observe(key, value) {
+            self.truncated += u64::from(self.attrs.push(key, value, false));
+        }
+    }
+
+    /// Validates the fixed fields and builds the span; attributes observed since the
+    /// last call belong to it. On error the attributes are discarded.
+    pub fn finish_span(&mut self, raw: &RawSpan<'_>, res: &Resource) -> Result<Span, DecodeError> {
+        let call = std::mem::take(&mut self.call);
+        let (trace_id, span_id, parent_span_id) = match check(raw) {
+            Ok(ids) => ids,
+            Err(e) => {
+                self.attrs.finish();
+                return Err(e);
+            }
+        };
+        let kind = SpanKind::from_i32(raw.kind);
+        let c = call.finish(kind);
+        self.attrs.extend_packed(&res.extra);
+        Ok(Span {
+            trace_id,
+            span_id,
+            parent_span_id,
+            start_ns: raw.start,
+            end_ns: raw.end,
+            service: res.service,
+            instance: res.instance,
+            name: Sym::new(raw.name),
+            kind,
+            status: StatusCode::from_i32(raw.status_code),
+            call_type: c.call_type,
+            http_status: c.http_status,
+            peer: c.peer,
+            db_system: c.db_system,
+            messaging_destination: c.messaging_destination,
+            attrs: self.attrs.finish(),
+        })
+    }
+}
+
+fn check(raw: &RawSpan<'_>) -> Result<(TraceId, SpanId, SpanId), DecodeError> {
+    let trace_id = TraceId::from_slice(raw.trace_id)
+        .filter(|t| !t.is_zero())
+        .ok_or_else(|| DecodeError::TraceId(describe_id(raw.trace_id, 16)))?;
+    let span_id = SpanId::from_slice(raw.span_id)
+        .filter(|t| !t.is_zero())
+        .ok_or_else(|| DecodeError::SpanId(describe_id(raw.span_id, 8)))?;
+    let parent_span_id = if raw.parent_span_id.is_empty() {
+        SpanId::default()
+    } else {
+        SpanId::from_slice(raw.parent_span_id)
+            .ok_or_else(|| DecodeError::ParentSpanId(describe_id(raw.parent_span_id, 8)))?
+    };
+    if raw.start == 0 || raw.end == 0 {
+        return Err(DecodeError::MissingTime { start: raw.start, end: raw.end });
+    }
+    if raw.end < raw.start {
+        return Err(DecodeError::EndBeforeStart { start: raw.start, end: raw.end });
+    }
+    Ok((trace_id, span_id, parent_span_id))
+}
+
+fn describe_id(b: &[u8], want: usize) -> String {
+    if b.is_empty() {
+        "missing".to_owned()
+    } else if b.len() != want {
+        format!("{} bytes, expected {want}", b.len())
+    } else {
+        "all zeros".to_owned()
+    }
+}
+
+/// Renders array, kvlist and bytes values as JSON text for the packed attributes.
+pub(crate) fn any_value_json(v: &AnyValue) -> serde_json::Value {
+    use serde_json::Value as J;
+    match &v.value {
+        None => J::Null,
+        Some(any_value::Value::StringValue(s)) => J::String(s.clone()),
+        Some(any_value::Value::BoolValue(b)) => J::Bool(*b),
+        Some(any_value::Value::IntValue(i)) => J::from(*i),
+        Some(any_value::Value::DoubleValue(d)) => J::from(*d),
+        Some(any_value::Value::BytesValue(b)) => J::String(hex::encode(b)),
+        Some(any_value::Value::ArrayValue(a)) => J::Array(a.values.iter().map(any_value_json).collect()),
+        Some(any_value::Value::KvlistValue(kv)) => J::Object(
+            kv.values
+                .iter()
+                .map(|kv| (kv.key.clone(), kv.value.as_ref().map_or(J::Null, any_value_json)))
+                .collect(),
+        ),
+        Some(any_value::Value::StringValueStrindex(_)) => J::Null,
+    }
+}
+
+/// Calls `f` with the borrowed form of a prost `AnyValue`; `None` values are skipped.
+fn with_value(v: Option<&AnyValue>, f: impl FnOnce(AttrValue<'_>)) {
+    let Some(av) = v else { return };
+    match &av.value {
+        None | Some(any_value::Value::StringValueStrindex(_)) => {}
+        Some(any_value::Value::StringValue(s)) => f(AttrValue::Str(s)),
+        Some(any_value::Value::BoolValue(b)) => f(AttrValue::Bool(*b)),
+        Some(any_value::Value::IntValue(i)) => f(AttrValue::Int(*i)),
+        Some(any_value::Value::DoubleValue(d)) => f(AttrValue::Double(*d)),
+        Some(_) => {
+            let text = any_value_json(av).to_string();
+            f(AttrValue::Json(&text))
+        }
+    }
+}
+
+/// Converts a decoded request (prost or JSON) into spans and per-span dead letters.
+pub(crate) fn convert_request(b: &mut SpanBuilder, req: &ExportTraceServiceRequest, meta: &RecordMeta, out: &mut Decoded) {
+    let mut index = 0u32;
+    for rs in &req.resource_spans {
+        b.begin_resource();
+        if let Some(r) = &rs.resource {
+            for kv in &r.attributes {
+                with_value(kv.value.as_ref(), |v| b.resource_attr(&kv.key, v));
+            }
+        }
+        let res = b.end_resource();
+        for ss in &rs.scope_spans {
+            for s in &ss.spans {
+                for kv in &s.attributes {
+                    with_value(kv.value.as_ref(), |v| b.span_attr(&kv.key, v));
+                }
+                let status = s.status.as_ref().map_or(0, |st| st.code);
+                let raw = RawSpan {
+                    trace_id: &s.trace_id,
+                    span_id: &s.span_id,
+                    parent_span_id: &s.parent_span_id,
+                    name: &s.name,
+                    kind: s.kind,
+                    start: s.start_time_unix_nano,
+                    end: s.end_time_unix_nano,
+                    status_code: status,
+                };
+                match b.finish_span(&raw, &res) {
+                    Ok(span) => out.spans.push(span),
+                    Err(e) => out.dead_letters.push(DeadLetter::span(meta, index, e, &s.encode_to_vec())),
+                }
+                index += 1;
+            }
+        }
+    }
+}

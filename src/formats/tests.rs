@@ -1,0 +1,261 @@
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::{AnyValue, ArrayValue, KeyValue, any_value::Value};
+use opentelemetry_proto::tonic::resource::v1::Resource;
+use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span as PSpan, Status};
+use prost::Message;
+use proptest::prelude::*;
+use spanflow_operators::{AttrValue, CallType, SpanKind, StatusCode, Sym};
+
+use super::*;
+
+fn meta() -> RecordMeta {
+    RecordMeta { source: Sym::new("test"), split: 3, offset: 77 }
+}
+
+fn kv(k: &str, v: Value) -> KeyValue {
+    KeyValue { key: k.into(), value: Some(AnyValue { value: Some(v) }), ..Default::default() }
+}
+
+fn s(v: &str) -> Value {
+    Value::StringValue(v.into())
+}
+
+fn pspan(trace: u8, id: u8, parent: Option<u8>, attrs: Vec<KeyValue>) -> PSpan {
+    PSpan {
+        trace_id: vec![trace; 16],
+        span_id: vec![id; 8],
+        parent_span_id: parent.map(|p| vec![p; 8]).unwrap_or_default(),
+        name: format!("op-{id}"),
+        kind: 3,
+        start_time_unix_nano: 1_700_000_000_000_000_000,
+        end_time_unix_nano: 1_700_000_000_250_000_000,
+        attributes: attrs,
+        status: Some(Status { code: 2, message: "boom".into() }),
+        ..Default::default()
+    }
+}
+
+fn request(spans: Vec<PSpan>) -> ExportTraceServiceRequest {
+    ExportTraceServiceRequest {
+        resource_spans: vec![ResourceSpans {
+            resource: Some(Resource {
+                attributes: vec![
+                    kv("service.name", s("checkout")),
+                    kv("service.instance.id", s("checkout-1")),
+                    kv("host.name", s("node-7")),
+                    kv("k8s.namespace.name", s("shop")),
+                ],
+                ..Default::default()
+            }),
+            scope_spans: vec![ScopeSpans { spans, ..Default::default() }],
+            ..Default::default()
+        }],
+    }
+}
+
+fn decode_both(bytes: &[u8]) -> (Decoded, Decoded) {
+    let mut fast = Decoded::default();
+    let mut slow = Decoded::default();
+    SpanDecoder::new().decode(InputFormat::OtlpProto, bytes, &meta(), &mut fast);
+    SpanDecoder::new().decode_proto_reference(bytes, &meta(), &mut slow);
+    (fast, slow)
+}
+
+#[test]
+fn decodes_fields_and_classifies() {
+    let req = request(vec![pspan(
+        1,
+        2,
+        Some(9),
+        vec![
+            kv("db.system", s("redis")),
+            kv("db.operation", s("GET")),
+            kv("retries", Value::IntValue(3)),
+            kv("tags", Value::ArrayValue(ArrayValue { values: vec![AnyValue { value: Some(s("a")) }] })),
+        ],
+    )]);
+    let (fast, slow) = decode_both(&req.encode_to_vec());
+    assert_eq!(fast.spans, slow.spans);
+    let sp = &fast.spans[0];
+    assert_eq!(sp.service.as_str(), "checkout");
+    assert_eq!(sp.instance.as_str(), "checkout-1");
+    assert_eq!(sp.call_type, CallType::Cache);
+    assert_eq!(sp.db_system.as_str(), "redis");
+    assert_eq!(sp.peer.as_str(), "redis");
+    assert_eq!(sp.kind, SpanKind::Client);
+    assert_eq!(sp.status, StatusCode::Error);
+    assert_eq!(sp.duration_ns(), 250_000_000);
+    assert!(sp.is_error());
+    assert_eq!(sp.attrs.get("retries"), Some(AttrValue::Int(3)));
+    assert_eq!(sp.attrs.get("tags"), Some(AttrValue::Json("[\"a\"]")));
+    assert_eq!(sp.attrs.get("k8s.namespace.name"), Some(AttrValue::Str("shop")));
+    assert!(sp.attrs.get("db.system").is_none(), "absorbed into a typed field");
+}
+
+#[test]
+fn truncated_record_is_one_dead_letter_and_no_spans() {
+    let bytes = request(vec![pspan(1, 2, None, vec![]), pspan(1, 3, Some(2), vec![])]).encode_to_vec();
+    for cut in [1, bytes.len() / 2, bytes.len() - 1] {
+        let (fast, slow) = decode_both(&bytes[..cut]);
+        assert!(fast.spans.is_empty(), "cut at {cut}");
+        assert_eq!(fast.dead_letters.len(), 1);
+        assert_eq!(slow.dead_letters.len(), 1);
+        let dl = &fast.dead_letters[0];
+        assert_eq!((dl.split, dl.offset, dl.span_index), (3, 77, None));
+        assert_eq!(dl.kind, "malformed_protobuf");
+        assert_eq!(dl.payload_len, cut as u64);
+    }
+}
+
+#[test]
+fn garbage_is_a_dead_letter() {
+    let mut d = SpanDecoder::new();
+    let mut out = Decoded::default();
+    d.decode(InputFormat::OtlpProto, &[0xff, 0xff, 0xff, 0x07], &meta(), &mut out);
+    d.decode(InputFormat::OtlpJson, b"{\"resourceSpans\": 5}", &meta(), &mut out);
+    d.decode(InputFormat::OtlpJson, b"not json", &meta(), &mut out);
+    assert!(out.spans.is_empty());
+    assert_eq!(out.dead_letters.len(), 3);
+    assert_eq!(out.dead_letters[1].kind, "malformed_json");
+    assert_eq!(d.stats().bad_records, 3);
+}
+
+#[test]
+fn bad_spans_are_rejected_one_by_one() {
+    let mut zero = pspan(0, 2, None, vec![]);
+    zero.trace_id = vec![0; 16];
+    let mut short = pspan(1, 3, None, vec![]);
+    short.span_id = vec![1, 2, 3];
+    let mut inverted = pspan(1, 4, None, vec![]);
+    inverted.end_time_unix_nano = inverted.start_time_unix_nano - 1;
+    let mut no_time = pspan(1, 5, None, vec![]);
+    no_time.start_time_unix_nano = 0;
+    let good = pspan(1, 6, None, vec![]);
+    let bytes = request(vec![zero, short, inverted, no_time, good]).encode_to_vec();
+    let (fast, slow) = decode_both(&bytes);
+    assert_eq!(fast.spans.len(), 1);
+    assert_eq!(fast.spans, slow.spans);
+    let kinds: Vec<_> = fast.dead_letters.iter().map(|d| (d.span_index, d.kind)).collect();
+    assert_eq!(
+        kinds,
+        vec![
+            (Some(0), "invalid_trace_id"),
+            (Some(1), "invalid_span_id"),
+            (Some(2), "end_before_start"),
+            (Some(3), "missing_timestamp"),
+        ]
+    );
+    assert_eq!(fast.dead_letters, slow.dead_letters, "same reasons and payloads");
+}
+
+#[test]
+fn otlp_json_official_mapping() {
+    // Hex ids, int64 as strings or numbers, enums as ints, as the OTLP/JSON spec says.
+    let json = r#"{"resourceSpans":[{"resource":{"attributes":[
+        {"key":"service.name","value":{"stringValue":"frontend"}}]},
+      "scopeSpans":[{"scope":{"name":"x"},"spans":[
+        {"traceId":"5b8efff798038103d269b633813fc60c","spanId":"eee19b7ec3c1b174",
+         "parentSpanId":"","name":"GET /","kind":2,
+         "startTimeUnixNano":"1544712660000000000","endTimeUnixNano":1544712661000000000,
+         "attributes":[{"key":"http.request.method","value":{"stringValue":"GET"}},
+                       {"key":"http.response.status_code","value":{"intValue":"503"}}],
+         "status":{"code":2}}]}]}]}"#;
+    let mut out = Decoded::default();
+    SpanDecoder::new().decode(InputFormat::OtlpJson, json.as_bytes(), &meta(), &mut out);
+    assert!(out.dead_letters.is_empty(), "{:?}", out.dead_letters);
+    let sp = &out.spans[0];
+    assert_eq!(sp.trace_id.to_hex(), "5b8efff798038103d269b633813fc60c");
+    assert_eq!(sp.span_id.to_hex(), "eee19b7ec3c1b174");
+    assert!(sp.is_root());
+    assert_eq!(sp.kind, SpanKind::Server);
+    assert_eq!(sp.call_type, CallType::Http);
+    assert_eq!(sp.http_status, 503);
+    assert_eq!(sp.duration_ns(), 1_000_000_000);
+    assert_eq!(sp.status, StatusCode::Error);
+}
+
+#[test]
+fn json_and_proto_agree() {
+    let req = request(vec![pspan(4, 5, Some(6), vec![kv("http.method", s("POST")), kv("x", Value::DoubleValue(1.5))])]);
+    let mut a = Decoded::default();
+    let mut b = Decoded::default();
+    let mut d = SpanDecoder::new();
+    d.decode(InputFormat::OtlpProto, &req.encode_to_vec(), &meta(), &mut a);
+    d.decode(InputFormat::OtlpJson, &serde_json::to_vec(&req).unwrap(), &meta(), &mut b);
+    assert_eq!(a.spans, b.spans);
+}
+
+fn arb_value() -> impl Strategy<Value = Value> {
+    prop_oneof![
+        "[a-z0-9./ ]{0,12}".prop_map(Value::StringValue),
+        any::<bool>().prop_map(Value::BoolValue),
+        any::<i64>().prop_map(Value::IntValue),
+        (-1e9f64..1e9).prop_map(Value::DoubleValue),
+        prop::collection::vec(any::<u8>(), 0..4).prop_map(Value::BytesValue),
+    ]
+}
+
+fn arb_key() -> impl Strategy<Value = String> {
+    prop_oneof![
+        Just("http.method".to_owned()),
+        Just("http.response.status_code".to_owned()),
+        Just("db.system".to_owned()),
+        Just("messaging.system".to_owned()),
+        Just("peer.service".to_owned()),
+        Just("rpc.system".to_owned()),
+        "[a-z]{1,6}(\\.[a-z]{1,6})?",
+    ]
+}
+
+fn arb_span() -> impl Strategy<Value = PSpan> {
+    (
+        prop::collection::vec(any::<u8>(), 15..=17),
+        prop::collection::vec(any::<u8>(), 7..=9),
+        prop::option::of(prop::collection::vec(any::<u8>(), 8)),
+        0i32..7,
+        1u64..1_000_000,
+        0u64..1_000_000,
+        prop::collection::vec((arb_key(), arb_value()), 0..14),
+        0i32..3,
+    )
+        .prop_map(|(t, sid, parent, kind, start, dur, attrs, code)| PSpan {
+            trace_id: t,
+            span_id: sid,
+            parent_span_id: parent.unwrap_or_default(),
+            name: "op".into(),
+            kind,
+            start_time_unix_nano: start,
+            end_time_unix_nano: start + dur,
+            attributes: attrs.into_iter().map(|(k, v)| kv(&k, v)).collect(),
+            status: Some(Status { code, message: String::new() }),
+            ..Default::default()
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+
+    /// The fast decoder agrees with prost + conversion on every request, valid or not,
+    /// and on every truncation of it.
+    #[test]
+    fn fast_decoder_matches_prost_reference(spans in prop::collection::vec(arb_span(), 0..6), cut in any::<prop::sample::Index>()) {
+        let bytes = request(spans).encode_to_vec();
+        let (fast, slow) = decode_both(&bytes);
+        prop_assert_eq!(&fast.spans, &slow.spans);
+        prop_assert_eq!(&fast.dead_letters, &slow.dead_letters);
+        let cut = cut.index(bytes.len().max(1));
+        let (fast, slow) = decode_both(&bytes[..cut]);
+        prop_assert_eq!(fast.spans.len(), slow.spans.len());
+        prop_assert_eq!(fast.dead_letters.len(), slow.dead_letters.len());
+    }
+
+    /// Arbitrary bytes never panic and always account for the record.
+    #[test]
+    fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..300)) {
+        let mut out = Decoded::default();
+        let mut d = SpanDecoder::new();
+        d.decode(InputFormat::OtlpProto, &bytes, &meta(), &mut out);
+        d.decode(InputFormat::OtlpJson, &bytes, &meta(), &mut out);
+        prop_assert_eq!(d.stats().records, 2);
+    }
+}

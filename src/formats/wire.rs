@@ -1,0 +1,153 @@
+//! A minimal, zero-copy protobuf wire-format reader for the hot decoding path.
+
+use super::dead_letter::DecodeError;
+
+/// Protobuf wire types.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum WireType {
+    Varint,
+    Fixed64,
+    Len,
+    Fixed32,
+}
+
+/// Reads fields of one message from a byte slice.
+pub(crate) struct Reader<'a> {
+    buf: &'a [u8],
+    pos: usize,
+    /// Offset of `buf` within the whole record, for error messages.
+    base: usize,
+}
+
+fn err(msg: &str, at: usize) -> DecodeError {
+    DecodeError::Protobuf(format!("{msg} at byte {at}"))
+}
+
+impl<'a> Reader<'a> {
+    pub fn new(buf: &'a [u8], base: usize) -> Self {
+        Reader { buf, pos: 0, base }
+    }
+
+    /// The unread rest of the message.
+    pub fn remaining(&self) -> &'a [u8] {
+        &self.buf[self.pos..]
+    }
+
+    /// Absolute offset of the next byte.
+    pub fn offset(&self) -> usize {
+        self.base + self.pos
+    }
+
+    #[inline]
+    pub fn varint(&mut self) -> Result<u64, DecodeError> {
+        let mut v: u64 = 0;
+        for i in 0..10 {
+            let Some(&b) = self.buf.get(self.pos) else {
+                return Err(err("truncated varint", self.offset()));
+            };
+            self.pos += 1;
+            v |= u64::from(b & 0x7f) << (7 * i);
+            if b < 0x80 {
+                return Ok(v);
+            }
+        }
+        Err(err("varint longer than 10 bytes", self.offset()))
+    }
+
+    /// Next field header, or `None` at the end of the message.
+    #[inline]
+    pub fn field(&mut self) -> Result<Option<(u32, WireType)>, DecodeError> {
+        if self.pos >= self.buf.len() {
+            return Ok(None);
+        }
+        let at = self.offset();
+        let key = self.varint()?;
+        let wt = match key & 7 {
+            0 => WireType::Varint,
+            1 => WireType::Fixed64,
+            2 => WireType::Len,
+            5 => WireType::Fixed32,
+            w => return Err(err(&format!("unsupported wire type {w}"), at)),
+        };
+        let field = u32::try_from(key >> 3).map_err(|_| err("field number out of range", at))?;
+        if field == 0 {
+            return Err(err("field number 0", at));
+        }
+        Ok(Some((field, wt)))
+    }
+
+    #[inline]
+    pub fn bytes(&mut self) -> Result<&'a [u8], DecodeError> {
+        let at = self.offset();
+        let len = self.varint()?;
+        let len = usize::try_from(len).map_err(|_| err("length out of range", at))?;
+        let end = self.pos.checked_add(len).filter(|e| *e <= self.buf.len());
+        let Some(end) = end else {
+            return Err(err(&format!("length {len} runs past the end of the message"), at));
+        };
+        let s = &self.buf[self.pos..end];
+        self.pos = end;
+        Ok(s)
+    }
+
+    /// A length-delimited field as a nested reader.
+    #[inline]
+    pub fn message(&mut self) -> Result<Reader<'a>, DecodeError> {
+        let b = self.bytes()?;
+        // The payload ends where the reader now stands.
+        let start = self.offset() - b.len();
+        Ok(Reader::new(b, start))
+    }
+
+    #[inline]
+    pub fn str(&mut self) -> Result<&'a str, DecodeError> {
+        let at = self.offset();
+        let b = self.bytes()?;
+        std::str::from_utf8(b).map_err(|_| err("invalid UTF-8 in a string field", at))
+    }
+
+    #[inline]
+    pub fn fixed64(&mut self) -> Result<u64, DecodeError> {
+        let end = self.pos + 8;
+        let Some(b) = self.buf.get(self.pos..end) else {
+            return Err(err("truncated fixed64", self.offset()));
+        };
+        self.pos = end;
+        let mut a = [0u8; 8];
+        a.copy_from_slice(b);
+        Ok(u64::from_le_bytes(a))
+    }
+
+    #[inline]
+    pub fn fixed32(&mut self) -> Result<u32, DecodeError> {
+        let end = self.pos + 4;
+        let Some(b) = self.buf.get(self.pos..end) else {
+            return Err(err("truncated fixed32", self.offset()));
+        };
+        self.pos = end;
+        let mut a = [0u8; 4];
+        a.copy_from_slice(b);
+        Ok(u32::from_le_bytes(a))
+    }
+
+    /// Skips a field's value.
+    #[inline]
+    pub fn skip(&mut self, wt: WireType) -> Result<(), DecodeError> {
+        match wt {
+            WireType::Varint => self.varint().map(drop),
+            WireType::Fixed64 => self.fixed64().map(drop),
+            WireType::Fixed32 => self.fixed32().map(drop),
+            WireType::Len => self.bytes().map(drop),
+        }
+    }
+
+    /// Checks that a field has the wire type its schema says.
+    #[inline]
+    pub fn expect(&self, got: WireType, want: WireType, field: &str) -> Result<(), DecodeError> {
+        if got == want {
+            Ok(())
+        } else {
+            Err(err(&format!("field `{field}` has wire type {got:?}, expected {want:?}"), self.offset()))
+        }
+    }
+}
