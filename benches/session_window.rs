@@ -1,1 +1,76 @@
-fn main(){}
+//! `session_window` on generated spans: batches of spans followed by a watermark, as the
+//! runtime feeds it. Sweeps batch size and trace rate (open-trace cardinality).
+
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use spanflow::connectors::generator::{Generator, GeneratorConfig};
+use spanflow::formats::{Decoded, InputFormat, RecordMeta, SpanDecoder};
+use spanflow_operators::session_window::{GapCondition, GapRule, SessionOutput, SessionWindow, SessionWindowConfig};
+use spanflow_operators::{HumanDuration, Span, Sym, WATERMARK_END};
+
+fn spans(traces_per_second: f64) -> Vec<Span> {
+    let config = GeneratorConfig { traces: 10_000, traces_per_second, ..Default::default() };
+    let g = Generator::new(config).expect("valid generator config");
+    let meta = RecordMeta { source: Sym::new("bench"), split: 0, offset: 0 };
+    let mut dec = SpanDecoder::new();
+    let mut out = Decoded::default();
+    for r in g {
+        dec.decode(InputFormat::OtlpProto, &r.payload, &meta, &mut out);
+    }
+    out.spans
+}
+
+fn config() -> SessionWindowConfig {
+    SessionWindowConfig {
+        gap: HumanDuration::secs(10),
+        gap_rules: vec![
+            GapRule { when: GapCondition { has_async: Some(true), ..Default::default() }, gap: HumanDuration::secs(30) },
+            GapRule { when: GapCondition { root_ended: Some(true), ..Default::default() }, gap: HumanDuration::secs(3) },
+        ],
+        ..Default::default()
+    }
+}
+
+fn run(batches: Vec<Vec<Span>>) -> usize {
+    let mut w = SessionWindow::new(config());
+    let mut out = SessionOutput::default();
+    let mut max_seen = 0u64;
+    let mut closed = 0;
+    for chunk in batches {
+        for s in &chunk {
+            max_seen = max_seen.max(s.end_ns);
+        }
+        w.process(chunk, &mut out);
+        w.on_watermark(max_seen.saturating_sub(5_000_000_001), &mut out);
+        closed += out.closed.len();
+        out.closed.clear();
+        out.late.clear();
+    }
+    w.on_watermark(WATERMARK_END, &mut out);
+    closed + out.closed.len()
+}
+
+fn bench_session_window(c: &mut Criterion) {
+    let mut group = c.benchmark_group("session_window");
+    for tps in [200.0, 5_000.0] {
+        let input = spans(tps);
+        group.throughput(Throughput::Elements(input.len() as u64));
+        for batch in [512, 4096] {
+            let id = BenchmarkId::new(format!("traces_per_s_{tps}"), batch);
+            group.bench_with_input(id, &input, |b, input| {
+                b.iter_batched(
+                    || input.chunks(batch).map(<[Span]>::to_vec).collect::<Vec<_>>(),
+                    run,
+                    criterion::BatchSize::LargeInput,
+                )
+            });
+        }
+    }
+    group.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().sample_size(10);
+    targets = bench_session_window
+}
+criterion_main!(benches);
