@@ -1,0 +1,121 @@
+//! The job file as written, for its JSON schema (`schemas/job.schema.json`).
+//!
+//! These types mirror the YAML shape (`type:`-tagged nodes, `from:` as a string or a
+//! list) and embed the components' config structs, so the schema is generated from the
+//! same types the loader deserializes and cannot drift from them. The loader itself does
+//! not deserialize into these types, because serde loses positions inside tagged enums;
+//! see [`load`](super::load()).
+
+use std::collections::BTreeMap;
+
+use schemars::JsonSchema;
+use serde::Deserialize;
+use spanflow_operators::session_window::SessionWindowConfig;
+
+use super::spec::WatermarkConfig;
+use crate::connectors::file::FileSourceConfig;
+use crate::connectors::generator::GeneratorConfig;
+use crate::connectors::parquet::ParquetSinkConfig;
+
+/// A spanflow job: named sources, operators and sinks forming a DAG through `from:`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(title = "spanflow job")]
+pub struct JobFile {
+    /// Job name; defaults to the file name without extension.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Number of shards (one per core when absent).
+    #[serde(default)]
+    #[schemars(range(min = 1))]
+    pub parallelism: Option<usize>,
+    /// Sources by name (names match `[A-Za-z0-9_-]+` and are unique across the job).
+    #[schemars(extend("propertyNames" = { "pattern": "^[A-Za-z0-9_-]+$" }, "minProperties" = 1))]
+    pub sources: BTreeMap<String, SourceFile>,
+    /// Operators by name.
+    #[serde(default)]
+    #[schemars(extend("propertyNames" = { "pattern": "^[A-Za-z0-9_-]+$" }))]
+    pub operators: Option<BTreeMap<String, OperatorFile>>,
+    /// Sinks by name.
+    #[schemars(extend("propertyNames" = { "pattern": "^[A-Za-z0-9_-]+$" }, "minProperties" = 1))]
+    pub sinks: BTreeMap<String, SinkFile>,
+}
+
+/// A source. Outputs: `spans` (default) and `dead_letters`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum SourceFile {
+    /// The built-in, deterministic span generator.
+    #[schemars(extend("additionalProperties" = false))]
+    Generator {
+        /// The generator's settings.
+        #[serde(flatten)]
+        config: GeneratorConfig,
+        /// Event-time watermark settings.
+        #[serde(default)]
+        watermark: Option<WatermarkConfig>,
+    },
+    /// OTLP files on disk.
+    #[schemars(extend("additionalProperties" = false))]
+    File {
+        /// The files and their format.
+        #[serde(flatten)]
+        config: FileSourceConfig,
+        /// Event-time watermark settings.
+        #[serde(default)]
+        watermark: Option<WatermarkConfig>,
+    },
+}
+
+/// An operator.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum OperatorFile {
+    /// Groups spans into traces. Reads span streams; outputs `traces` (default) and
+    /// `late_spans`.
+    #[schemars(extend("additionalProperties" = false))]
+    SessionWindow {
+        /// Input streams.
+        from: FromFile,
+        /// The window's settings.
+        #[serde(flatten)]
+        config: SessionWindowConfig,
+    },
+}
+
+/// A sink. Each input stream becomes a table named after its output port.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum SinkFile {
+    /// Parquet files, one directory per table.
+    #[schemars(extend("additionalProperties" = false))]
+    Parquet {
+        /// Input streams.
+        from: FromFile,
+        /// The sink's settings.
+        #[serde(flatten)]
+        config: ParquetSinkConfig,
+    },
+}
+
+/// Input streams: `node`, `node.port`, or a list of them.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum FromFile {
+    /// One stream.
+    One(StreamName),
+    /// Several streams.
+    Many(Vec<StreamName>),
+}
+
+/// `node` (its default output) or `node.port`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(transparent)]
+pub struct StreamName(
+    #[schemars(regex(pattern = r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_]+)?$"))] pub String,
+);
+
+/// The JSON schema of the job file format, generated from the types with schemars.
+pub fn json_schema() -> serde_json::Value {
+    schemars::schema_for!(JobFile).to_value()
+}

@@ -1,0 +1,829 @@
+//! Job loading: a valid job round trip, one test per kind of problem (each asserting the
+//! exact `line:column`, key and hint), rendering, the demo job and the schema file.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use spanflow_operators::HumanDuration;
+use spanflow_operators::session_window::{GapCondition, GapRule, SessionWindowConfig};
+
+use super::*;
+use crate::connectors::generator::GeneratorConfig;
+use crate::connectors::parquet::{ParquetCompression, ParquetSinkConfig};
+use crate::formats::InputFormat;
+
+const FILE: &str = "jobs/t.yaml";
+
+fn manifest_path(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
+}
+
+/// Loads `text`, expecting failure.
+fn errors(text: &str) -> Diagnostics {
+    match load_str(Path::new(FILE), text) {
+        Ok(job) => panic!("expected problems, loaded {job:#?}"),
+        Err(d) => d,
+    }
+}
+
+/// Loads `text`, expecting exactly one problem.
+fn one_error(text: &str) -> Diagnostic {
+    let d = errors(text);
+    assert_eq!(d.items.len(), 1, "expected one problem, got:\n{d}");
+    d.items.into_iter().next().unwrap()
+}
+
+/// `(line, column, key, hint)` of a diagnostic.
+fn spot(d: &Diagnostic) -> (usize, usize, &str, Option<&str>) {
+    (d.line, d.column, d.key.as_str(), d.hint.as_deref())
+}
+
+/// A small valid job whose line 9 (after `from: gen` of `sessions`) can be varied.
+fn with_session_line(line: &str) -> String {
+    format!(
+        "name: t
+sources:
+  gen:
+    type: generator
+operators:
+  sessions:
+    type: session_window
+    from: gen
+{line}
+sinks:
+  out:
+    type: parquet
+    from: [sessions]
+"
+    )
+}
+
+fn stream(node: &str, port: &str) -> StreamRef {
+    StreamRef {
+        node: node.into(),
+        port: port.into(),
+    }
+}
+
+#[test]
+fn valid_job_round_trip() {
+    let text = "\
+name: round-trip
+parallelism: 4
+sources:
+  gen:
+    type: generator
+    seed: 7
+    traces: 100
+    late_fraction: 0.25
+    watermark:
+      max_out_of_order: 2s
+  files:
+    type: file
+    paths: [a.otlp, /abs/b.otlp]
+    format: otlp_json
+operators:
+  sessions:
+    type: session_window
+    from: gen
+    gap: 15s
+    gap_rules:
+      - when: { root_ended: true, min_spans: 3 }
+        gap: 2s
+  more:
+    type: session_window
+    from: [files, sessions.late_spans]
+sinks:
+  out:
+    type: parquet
+    from: [sessions, more.late_spans, gen.dead_letters]
+    compression: snappy
+";
+    let job = load_str(Path::new("jobs/x/rt.yaml"), text).unwrap_or_else(|d| panic!("{d}"));
+    assert_eq!(job.name, "round-trip");
+    assert_eq!(job.path, Path::new("jobs/x/rt.yaml"));
+    assert_eq!(job.parallelism, Some(4));
+
+    assert_eq!(job.sources.len(), 2);
+    let gen_node = &job.sources[0];
+    assert_eq!(gen_node.name, "gen");
+    let expected_gen = GeneratorConfig {
+        seed: 7,
+        traces: 100,
+        late_fraction: 0.25,
+        ..GeneratorConfig::default()
+    };
+    assert_eq!(gen_node.kind, SourceKind::Generator(expected_gen));
+    assert_eq!(
+        gen_node.watermark,
+        WatermarkConfig {
+            max_out_of_order: HumanDuration::secs(2),
+            idle_timeout: HumanDuration::secs(30),
+        }
+    );
+    let files = &job.sources[1];
+    let SourceKind::File(fc) = &files.kind else {
+        panic!("not a file source: {:?}", files.kind)
+    };
+    // Relative to the job file's directory; absolute paths stay.
+    assert_eq!(
+        fc.paths,
+        [PathBuf::from("jobs/x/a.otlp"), PathBuf::from("/abs/b.otlp")]
+    );
+    assert_eq!(fc.format, InputFormat::OtlpJson);
+    assert_eq!(files.watermark, WatermarkConfig::default());
+
+    assert_eq!(job.operators.len(), 2);
+    let sessions = &job.operators[0];
+    assert_eq!(sessions.from, [stream("gen", "spans")]);
+    assert_eq!(
+        sessions.kind,
+        OperatorKind::SessionWindow(SessionWindowConfig {
+            gap: HumanDuration::secs(15),
+            gap_rules: vec![GapRule {
+                when: GapCondition {
+                    root_ended: Some(true),
+                    min_spans: Some(3),
+                    ..GapCondition::default()
+                },
+                gap: HumanDuration::secs(2),
+            }],
+            ..SessionWindowConfig::default()
+        })
+    );
+    let more = &job.operators[1];
+    assert_eq!(
+        more.from,
+        [stream("files", "spans"), stream("sessions", "late_spans")]
+    );
+    assert_eq!(
+        more.kind,
+        OperatorKind::SessionWindow(SessionWindowConfig::default())
+    );
+
+    assert_eq!(job.sinks.len(), 1);
+    let out = &job.sinks[0];
+    assert_eq!(
+        out.from,
+        [
+            stream("sessions", "traces"),
+            stream("more", "late_spans"),
+            stream("gen", "dead_letters")
+        ]
+    );
+    assert_eq!(
+        out.kind,
+        SinkKind::Parquet(ParquetSinkConfig {
+            path: PathBuf::from("out"),
+            row_group_rows: 64 * 1024,
+            compression: ParquetCompression::Snappy,
+        })
+    );
+}
+
+#[test]
+fn name_defaults_to_file_stem_and_operators_are_optional() {
+    let text = "\
+sources:
+  gen: { type: generator }
+sinks:
+  out: { type: parquet, from: gen }
+";
+    let job = load_str(Path::new("jobs/my-job.yaml"), text).unwrap_or_else(|d| panic!("{d}"));
+    assert_eq!(job.name, "my-job");
+    assert_eq!(job.parallelism, None);
+    assert!(job.operators.is_empty());
+    assert_eq!(job.sinks[0].from, [stream("gen", "spans")]);
+    assert_eq!(
+        job.sinks[0].kind,
+        SinkKind::Parquet(ParquetSinkConfig {
+            path: PathBuf::from("out"),
+            row_group_rows: 64 * 1024,
+            compression: ParquetCompression::Zstd,
+        })
+    );
+    let job = load_str(Path::new("-"), text).unwrap_or_else(|d| panic!("{d}"));
+    assert_eq!(job.name, "job");
+}
+
+#[test]
+fn fixture_file_source_paths_resolve_against_the_job_directory() {
+    let path = manifest_path("tests/fixtures/jobs/file_source.yaml");
+    let job = load(&path).unwrap_or_else(|d| panic!("{d}"));
+    let SourceKind::File(fc) = &job.sources[0].kind else {
+        panic!("not a file source")
+    };
+    assert_eq!(
+        fc.paths,
+        [
+            manifest_path("tests/fixtures/jobs/input/spans.otlp"),
+            PathBuf::from("/var/data/more.otlp")
+        ]
+    );
+    assert_eq!(
+        job.sources[0].watermark.idle_timeout,
+        HumanDuration::secs(60)
+    );
+    assert_eq!(job.name, "file_source");
+    // The sink's path stays relative to the working directory.
+    let SinkKind::Parquet(pc) = &job.sinks[0].kind;
+    assert_eq!(pc.path, PathBuf::from("out/files"));
+}
+
+#[test]
+fn demo_job_loads() {
+    let job = load(Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/jobs/demo.yaml"
+    )))
+    .unwrap_or_else(|d| panic!("{}", d.render_human(false)));
+    assert_eq!(job.name, "demo");
+    assert_eq!(job.sources.len(), 1);
+    assert_eq!(job.operators.len(), 1);
+    assert_eq!(job.sinks.len(), 1);
+    assert_eq!(
+        job.sinks[0].from,
+        [
+            stream("sessions", "traces"),
+            stream("sessions", "late_spans"),
+            stream("gen", "dead_letters")
+        ]
+    );
+}
+
+#[test]
+fn unknown_top_level_key() {
+    let text =
+        "name: t\nparalelism: 2\n".to_owned() + &with_session_line("").replace("name: t\n", "");
+    let d = one_error(&text);
+    assert_eq!(
+        spot(&d),
+        (2, 1, "paralelism", Some("did you mean `parallelism`?"))
+    );
+    assert!(
+        d.message.contains("unknown top-level key `paralelism`"),
+        "{}",
+        d.message
+    );
+}
+
+#[test]
+fn unknown_field_typo_in_session_window() {
+    let d = one_error(&with_session_line("    gapp: 10s"));
+    assert_eq!(
+        spot(&d),
+        (9, 5, "operators.sessions.gapp", Some("did you mean `gap`?"))
+    );
+    assert_eq!(
+        d.message,
+        "unknown key `gapp` in session_window operator `sessions`"
+    );
+    assert_eq!(d.width, 4);
+}
+
+#[test]
+fn typo_of_a_node_key_is_suggested_too() {
+    // `form` instead of `from`: one problem (no extra "missing `from`").
+    let text = with_session_line("").replace("    from: gen\n", "    form: gen\n");
+    let d = one_error(&text);
+    assert_eq!(
+        spot(&d),
+        (
+            8,
+            5,
+            "operators.sessions.form",
+            Some("did you mean `from`?")
+        )
+    );
+}
+
+#[test]
+fn wrong_value_type() {
+    let d = one_error(&with_session_line("    max_spans_per_trace: lots"));
+    assert_eq!(
+        spot(&d),
+        (9, 26, "operators.sessions.max_spans_per_trace", None)
+    );
+    assert_eq!(
+        d.message,
+        "`max_spans_per_trace` must be a non-negative integer, found `lots`"
+    );
+}
+
+#[test]
+fn bad_duration() {
+    let d = one_error(&with_session_line("    gap: 10 parsecs"));
+    assert_eq!(spot(&d), (9, 10, "operators.sessions.gap", None));
+    assert!(
+        d.message
+            .starts_with("`gap`: invalid duration `10 parsecs`"),
+        "{}",
+        d.message
+    );
+}
+
+#[test]
+fn unknown_type() {
+    let text = with_session_line("").replace("type: session_window", "type: sesion_window");
+    let d = one_error(&text);
+    assert_eq!(
+        spot(&d),
+        (
+            7,
+            11,
+            "operators.sessions.type",
+            Some("did you mean `session_window`?")
+        )
+    );
+    assert_eq!(d.message, "unknown operator type `sesion_window` in `type`");
+}
+
+#[test]
+fn unknown_variant_value() {
+    let d = one_error(&with_session_line("").replace(
+        "    type: parquet\n",
+        "    type: parquet\n    compression: snapy\n",
+    ));
+    assert_eq!(
+        spot(&d),
+        (
+            13,
+            18,
+            "sinks.out.compression",
+            Some("did you mean `snappy`?")
+        )
+    );
+    assert_eq!(
+        d.message,
+        "`compression` must be one of `none`, `snappy` or `zstd`, found `snapy`"
+    );
+}
+
+#[test]
+fn unknown_from_node() {
+    let text = with_session_line("").replace("from: [sessions]", "from: [sesions]");
+    let d = one_error(&text);
+    assert_eq!(
+        spot(&d),
+        (13, 12, "sinks.out.from.0", Some("did you mean `sessions`?"))
+    );
+    assert_eq!(d.message, "`from` refers to unknown node `sesions`");
+}
+
+#[test]
+fn unknown_port() {
+    let text = with_session_line("").replace("from: [sessions]", "from: [sessions.late]");
+    let d = one_error(&text);
+    assert_eq!(
+        spot(&d),
+        (
+            13,
+            12,
+            "sinks.out.from.0",
+            Some(
+                "did you mean `late_spans`? outputs of `sessions`: `traces` (default), `late_spans`"
+            )
+        )
+    );
+    let text = with_session_line("").replace("from: gen", "from: gen.foo");
+    let d = one_error(&text);
+    assert_eq!(
+        spot(&d),
+        (
+            8,
+            11,
+            "operators.sessions.from",
+            Some("outputs of `gen`: `spans` (default), `dead_letters`")
+        )
+    );
+    assert_eq!(
+        d.message,
+        "generator source `gen` has no output `foo` (in `from: gen.foo`)"
+    );
+}
+
+#[test]
+fn stream_kind_mismatch() {
+    let text = with_session_line("").replace("from: gen", "from: gen.dead_letters");
+    let d = one_error(&text);
+    assert_eq!(spot(&d).0, 8);
+    assert_eq!(spot(&d).1, 11);
+    assert_eq!(
+        d.message,
+        "session_window reads span streams, but `gen.dead_letters` carries dead letters"
+    );
+}
+
+#[test]
+fn duplicate_names_across_sections() {
+    let text = with_session_line("").replace("  out:\n", "  gen:\n");
+    let d = one_error(&text);
+    assert_eq!(spot(&d), (11, 3, "sinks.gen", Some("rename one of them")));
+    assert!(
+        d.message.contains("node name `gen` is used twice"),
+        "{}",
+        d.message
+    );
+}
+
+#[test]
+fn duplicate_names_within_a_section() {
+    let text =
+        with_session_line("").replace("operators:\n", "  gen:\n    type: generator\noperators:\n");
+    let d = one_error(&text);
+    assert_eq!((d.line, d.column, d.key.as_str()), (5, 3, "sources.gen"));
+    assert!(
+        d.message.starts_with("duplicate key `gen`"),
+        "{}",
+        d.message
+    );
+}
+
+#[test]
+fn invalid_node_name() {
+    let text = with_session_line("").replace("  out:\n", "  out put:\n");
+    let d = one_error(&text);
+    assert_eq!(
+        spot(&d),
+        (11, 3, "sinks.out put", Some("rename it, e.g. `out_put`"))
+    );
+}
+
+#[test]
+fn cycle() {
+    let text = "\
+sources:
+  gen:
+    type: generator
+operators:
+  a:
+    type: session_window
+    from: [gen, b.late_spans]
+  b:
+    type: session_window
+    from: a.late_spans
+sinks:
+  out:
+    type: parquet
+    from: [a]
+";
+    let d = one_error(text);
+    assert_eq!(
+        spot(&d),
+        (
+            7,
+            17,
+            "operators.a.from.1",
+            Some("remove one of the `from` entries along the cycle")
+        )
+    );
+    assert!(
+        d.message
+            .starts_with("`from` makes a cycle: `a` -> `b` -> `a`"),
+        "{}",
+        d.message
+    );
+
+    let self_loop = text.replace("from: [gen, b.late_spans]", "from: [gen, a.late_spans]");
+    let d = one_error(&self_loop);
+    assert_eq!((d.line, d.column), (7, 17));
+    assert!(
+        d.message.starts_with("`from` makes a cycle: `a` -> `a`"),
+        "{}",
+        d.message
+    );
+}
+
+#[test]
+fn validate_issue_at_value() {
+    let d = one_error(&with_session_line("    gap: 0s"));
+    assert_eq!(spot(&d), (9, 10, "operators.sessions.gap", None));
+    assert_eq!(d.message, "`gap` must be greater than zero, found `0s`");
+}
+
+#[test]
+fn validate_issue_in_gap_rules() {
+    let rules = "    gap_rules:
+      - when: {}
+        gap: 2s
+      - when: { has_async: true }
+        gap: 0s";
+    let d = errors(&with_session_line(rules));
+    let found: Vec<_> = d
+        .items
+        .iter()
+        .map(|d| (d.line, d.column, d.key.as_str(), d.message.as_str()))
+        .collect();
+    assert_eq!(
+        found,
+        [
+            (
+                10,
+                15,
+                "operators.sessions.gap_rules.0.when",
+                "`gap_rules[0].when`: an empty condition matches every trace, so the rules after \
+                 it never apply; move it last or use `gap`"
+            ),
+            (
+                13,
+                14,
+                "operators.sessions.gap_rules.1.gap",
+                "`gap_rules[1].gap` must be greater than zero, found `0s`"
+            ),
+        ]
+    );
+}
+
+#[test]
+fn issue_paths_locate_list_items_and_fall_back_to_the_deepest_key() {
+    let text =
+        "gap_rules:\n  - when: {}\n    gap: 2s\n  - when: { has_async: true }\n    gap: 0s\n";
+    let doc = yaml::parse(text).unwrap();
+    let root = doc.root.unwrap();
+    let path = |p: &str| -> Vec<String> { p.split('.').map(str::to_owned).collect() };
+    let pos = |p: &str| load::locate(&root, &path(p)).map(|p| (p.line, p.column));
+    // The second list item starts at its first key.
+    assert_eq!(pos("gap_rules.1"), Some((4, 5)));
+    assert_eq!(pos("gap_rules.1.when.has_async"), Some((4, 24)));
+    // A defaulted key: its closest ancestor in the file.
+    assert_eq!(pos("gap_rules.1.when.min_spans"), Some((4, 11)));
+    assert_eq!(pos("max_duration"), None);
+}
+
+#[test]
+fn missing_required_field() {
+    let text = "\
+sources:
+  files:
+    type: file
+    format: otlp_json
+sinks:
+  out: { type: parquet, from: files }
+";
+    let d = one_error(text);
+    assert_eq!(
+        spot(&d),
+        (2, 3, "sources.files.paths", Some("add `paths: ...`"))
+    );
+    assert_eq!(
+        d.message,
+        "missing required key `paths` in file source `files`"
+    );
+}
+
+#[test]
+fn missing_type_and_from() {
+    let text = "\
+sources:
+  gen: { seed: 1 }
+sinks:
+  out:
+    type: parquet
+";
+    let d = errors(text);
+    let found: Vec<_> = d
+        .items
+        .iter()
+        .map(|d| (d.line, d.column, d.key.as_str()))
+        .collect();
+    assert_eq!(
+        found,
+        [(2, 3, "sources.gen.type"), (4, 3, "sinks.out.from")]
+    );
+}
+
+#[test]
+fn missing_sections() {
+    let d = one_error("sources:\n  gen: { type: generator }\n");
+    assert_eq!((d.line, d.column, d.key.as_str()), (1, 1, "sinks"));
+    assert_eq!(
+        d.message,
+        "missing key `sinks`: a job needs at least one sink"
+    );
+    let d = errors("sources: {}\nsinks:\n");
+    let found: Vec<_> = d
+        .items
+        .iter()
+        .map(|d| (d.line, d.column, d.key.as_str()))
+        .collect();
+    assert_eq!(found, [(1, 1, "sources"), (2, 1, "sinks")]);
+    let d = one_error("");
+    assert_eq!((d.line, d.column), (1, 1));
+}
+
+#[test]
+fn sink_table_name_collision() {
+    let text = "\
+sources:
+  a: { type: generator }
+  b: { type: generator }
+sinks:
+  out:
+    type: parquet
+    from: [a.dead_letters, b.dead_letters]
+";
+    let d = one_error(text);
+    assert_eq!(
+        spot(&d),
+        (
+            7,
+            28,
+            "sinks.out.from.1",
+            Some("send one of them to a second sink")
+        )
+    );
+    assert!(
+        d.message.contains("same table `dead_letters`"),
+        "{}",
+        d.message
+    );
+}
+
+#[test]
+fn sink_reads_a_stream_twice() {
+    let text =
+        with_session_line("").replace("from: [sessions]", "from: [sessions, sessions.traces]");
+    let d = one_error(&text);
+    assert_eq!(
+        (d.line, d.column, d.key.as_str()),
+        (13, 22, "sinks.out.from.1")
+    );
+    assert_eq!(
+        d.message,
+        "sink `out` reads `sessions.traces` twice (`sessions` and `sessions.traces`)"
+    );
+}
+
+#[test]
+fn watermark_errors() {
+    let text = with_session_line("").replace(
+        "    type: generator\n",
+        "    type: generator\n    watermark:\n      max_out_of_ordr: 1s\n",
+    );
+    let d = one_error(&text);
+    assert_eq!(
+        spot(&d),
+        (
+            6,
+            7,
+            "sources.gen.watermark.max_out_of_ordr",
+            Some("did you mean `max_out_of_order`?")
+        )
+    );
+}
+
+#[test]
+fn several_errors_are_all_reported() {
+    let path = manifest_path("tests/fixtures/jobs/many_errors.yaml");
+    let d = load(&path).unwrap_err();
+    let found: Vec<_> = d
+        .items
+        .iter()
+        .map(|d| (d.line, d.column, d.key.as_str()))
+        .collect();
+    assert_eq!(
+        found,
+        [
+            (6, 11, "sources.gen.seed"),
+            (7, 5, "sources.gen.traces_per_sec"),
+            (8, 3, "sources.bad name"),
+            (13, 17, "operators.sessions.from.1"),
+            (14, 10, "operators.sessions.gap"),
+            (15, 19, "operators.sessions.max_duration"),
+            (19, 22, "sinks.out.from.1"),
+            (20, 21, "sinks.out.row_group_rows"),
+        ],
+        "{d}"
+    );
+    assert_eq!(
+        d.items[1].hint.as_deref(),
+        Some("did you mean `traces_per_second`?")
+    );
+    assert!(d.items.iter().all(|i| i.file == path));
+}
+
+#[test]
+fn yaml_syntax_error_has_a_position() {
+    let text = "sources:\n  gen:\n    type: generator\n    seed: 42: x\n";
+    let d = one_error(text);
+    assert_eq!((d.line, d.column, d.key.as_str()), (4, 13, ""));
+    assert!(d.message.starts_with("invalid YAML: "), "{}", d.message);
+}
+
+#[test]
+fn unreadable_file() {
+    let d = load(Path::new("/nonexistent/job.yaml")).unwrap_err();
+    assert_eq!(d.items.len(), 1);
+    assert_eq!((d.items[0].line, d.items[0].column), (0, 0));
+    assert!(d.render_human(false).contains("cannot read job file"));
+}
+
+#[test]
+fn render_human_points_at_the_problem() {
+    let d = errors(&with_session_line("    gapp: 10s"));
+    let text = d.render_human(false);
+    let expected = "\
+error: unknown key `gapp` in session_window operator `sessions`
+ --> jobs/t.yaml:9:5
+  |
+9 |     gapp: 10s
+  |     ^^^^
+  = help: did you mean `gap`?
+
+error: 1 problem in job file `jobs/t.yaml`
+";
+    assert_eq!(text, expected);
+    assert_eq!(d.to_string(), expected.trim_end());
+    let colored = d.render_human(true);
+    assert!(colored.contains("\x1b["), "{colored}");
+    assert!(colored.contains("jobs/t.yaml:9:5"));
+    assert!(colored.contains("did you mean `gap`?"));
+}
+
+#[test]
+fn render_json_parses() {
+    let path = manifest_path("tests/fixtures/jobs/many_errors.yaml");
+    let d = load(&path).unwrap_err();
+    let v: serde_json::Value = serde_json::from_str(&d.render_json()).unwrap();
+    let items = v.as_array().unwrap();
+    assert_eq!(items.len(), d.items.len());
+    assert_eq!(items[1]["line"], 7);
+    assert_eq!(items[1]["column"], 5);
+    assert_eq!(items[1]["key"], "sources.gen.traces_per_sec");
+    assert_eq!(items[1]["hint"], "did you mean `traces_per_second`?");
+    assert_eq!(items[0]["hint"], serde_json::Value::Null);
+    assert_eq!(items[0]["file"], path.display().to_string());
+    assert!(items[0]["message"].as_str().unwrap().contains("`seed`"));
+}
+
+/// The published schema (`schemas/job.schema.json`) is `json_schema()`.
+#[test]
+fn schema_file_is_current() {
+    let path = manifest_path("schemas/job.schema.json");
+    let expected = serde_json::to_string_pretty(&json_schema()).unwrap() + "\n";
+    if std::env::var_os("UPDATE_SCHEMA").is_some() {
+        std::fs::write(&path, &expected).unwrap();
+        return;
+    }
+    let found = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        found == expected,
+        "{} is stale: regenerate it with `UPDATE_SCHEMA=1 cargo test --lib job::`",
+        path.display()
+    );
+}
+
+/// The schema types accept what the loader accepts (they describe the same format).
+#[test]
+fn schema_types_read_the_demo_job() {
+    let text = std::fs::read_to_string(manifest_path("jobs/demo.yaml")).unwrap();
+    let file: file::JobFile = serde_saphyr::from_str(&text).unwrap();
+    assert_eq!(file.sources.len(), 1);
+    let schema = json_schema();
+    assert_eq!(schema["title"], "spanflow job");
+    assert_eq!(schema["required"], serde_json::json!(["sources", "sinks"]));
+    assert!(
+        schema["$defs"]["SourceFile"]["oneOf"]
+            .as_array()
+            .unwrap()
+            .len()
+            == 2
+    );
+}
+
+#[test]
+fn durations_in_the_demo_are_parsed() {
+    let job = load(&manifest_path("jobs/demo.yaml")).unwrap();
+    let OperatorKind::SessionWindow(c) = &job.operators[0].kind;
+    assert_eq!(c.max_duration, HumanDuration(Duration::from_secs(300)));
+    assert_eq!(c.gap_rules.len(), 2);
+}
+
+#[test]
+fn anchors_and_merge_keys() {
+    let text = "\
+sources:
+  a:
+    type: generator
+    watermark: &wm { max_out_of_order: 1s, idle_timeout: 9s }
+  b:
+    type: generator
+    watermark:
+      <<: *wm
+      idle_timeout: 5s
+sinks:
+  out: { type: parquet, from: [a, b.dead_letters] }
+";
+    let job = load_str(Path::new(FILE), text).unwrap_or_else(|d| panic!("{d}"));
+    assert_eq!(
+        job.sources[0].watermark.idle_timeout,
+        HumanDuration::secs(9)
+    );
+    assert_eq!(
+        job.sources[1].watermark,
+        WatermarkConfig {
+            max_out_of_order: HumanDuration::secs(1),
+            idle_timeout: HumanDuration::secs(5),
+        }
+    );
+}
