@@ -4,13 +4,23 @@
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use spanflow::connectors::generator::{Generator, GeneratorConfig};
 use spanflow::formats::{Decoded, InputFormat, RecordMeta, SpanDecoder};
-use spanflow_operators::session_window::{GapCondition, GapRule, SessionOutput, SessionWindow, SessionWindowConfig};
+use spanflow_operators::session_window::{
+    GapCondition, GapRule, SessionOutput, SessionWindow, SessionWindowConfig,
+};
 use spanflow_operators::{HumanDuration, Span, Sym, WATERMARK_END};
 
 fn spans(traces_per_second: f64) -> Vec<Span> {
-    let config = GeneratorConfig { traces: 10_000, traces_per_second, ..Default::default() };
+    let config = GeneratorConfig {
+        traces: 10_000,
+        traces_per_second,
+        ..Default::default()
+    };
     let g = Generator::new(config).expect("valid generator config");
-    let meta = RecordMeta { source: Sym::new("bench"), split: 0, offset: 0 };
+    let meta = RecordMeta {
+        source: Sym::new("bench"),
+        split: 0,
+        offset: 0,
+    };
     let mut dec = SpanDecoder::new();
     let mut out = Decoded::default();
     for r in g {
@@ -23,8 +33,20 @@ fn config() -> SessionWindowConfig {
     SessionWindowConfig {
         gap: HumanDuration::secs(10),
         gap_rules: vec![
-            GapRule { when: GapCondition { has_async: Some(true), ..Default::default() }, gap: HumanDuration::secs(30) },
-            GapRule { when: GapCondition { root_ended: Some(true), ..Default::default() }, gap: HumanDuration::secs(3) },
+            GapRule {
+                when: GapCondition {
+                    has_async: Some(true),
+                    ..Default::default()
+                },
+                gap: HumanDuration::secs(30),
+            },
+            GapRule {
+                when: GapCondition {
+                    root_ended: Some(true),
+                    ..Default::default()
+                },
+                gap: HumanDuration::secs(3),
+            },
         ],
         ..Default::default()
     }
@@ -58,7 +80,12 @@ fn bench_session_window(c: &mut Criterion) {
             let id = BenchmarkId::new(format!("traces_per_s_{tps}"), batch);
             group.bench_with_input(id, &input, |b, input| {
                 b.iter_batched(
-                    || input.chunks(batch).map(<[Span]>::to_vec).collect::<Vec<_>>(),
+                    || {
+                        input
+                            .chunks(batch)
+                            .map(<[Span]>::to_vec)
+                            .collect::<Vec<_>>()
+                    },
                     run,
                     criterion::BatchSize::LargeInput,
                 )

@@ -7,3 +7,5 @@
 pub mod connectors;
 pub mod formats;
 pub mod job;
+pub mod runtime;
+pub mod tables;

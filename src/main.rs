@@ -1,1 +1,359 @@
-fn main(){}
+//! The `spanflow` command line.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+use spanflow::connectors::generator::{Generator, GeneratorConfig, write_records};
+use spanflow::formats::InputFormat;
+use spanflow::job::{self, Job, SourceKind};
+use spanflow::runtime::{MemoryInput, RunOptions, run_job};
+
+/// spanflow: a Flink-style stream processor for distributed-tracing analytics.
+///
+/// It groups OpenTelemetry spans into traces in event-time session windows and writes
+/// what it computes to Parquet (and, in later versions, ClickHouse and Kafka).
+#[derive(Parser, Debug)]
+#[command(name = "spanflow", version, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run a job to completion and print a summary of what it computed.
+    Run {
+        /// The job file (YAML).
+        job: PathBuf,
+        /// Write every Parquet table under this directory instead of the sinks' `path`.
+        #[arg(long)]
+        output_dir: Option<PathBuf>,
+        /// Shards (default: the job's `parallelism`, else one per core).
+        #[arg(long)]
+        parallelism: Option<usize>,
+        /// Print the summary as JSON instead of text.
+        #[arg(long)]
+        json: bool,
+        /// Do not show the progress bar.
+        #[arg(long)]
+        no_progress: bool,
+    },
+    /// Check a job file; exit 1 and print `file:line:column` diagnostics if invalid.
+    Validate {
+        /// The job file (YAML).
+        job: PathBuf,
+        /// Diagnostics format.
+        #[arg(long, value_enum, default_value_t = DiagFormat::Human)]
+        format: DiagFormat,
+    },
+    /// Generate spans with the built-in generator and write them to a file
+    /// (plus the ground truth next to it, as `<FILE>.truth.json`).
+    Gen {
+        /// Number of traces.
+        #[arg(long, default_value_t = 1000)]
+        traces: u64,
+        /// Seed.
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// Trace starts per second of event time.
+        #[arg(long, default_value_t = 200.0)]
+        traces_per_second: f64,
+        /// Fraction of spans delivered late.
+        #[arg(long, default_value_t = 0.0)]
+        late_fraction: f64,
+        /// Fraction of garbage (undecodable) records.
+        #[arg(long, default_value_t = 0.0)]
+        garbage_fraction: f64,
+        /// Record encoding.
+        #[arg(long, value_enum, default_value_t = GenFormat::OtlpProto)]
+        format: GenFormat,
+        /// Output file (protobuf: 4-byte big-endian length per record; JSON: one
+        /// request per line).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Run a job on generated spans fully in memory and report throughput.
+    Bench {
+        /// The job file (YAML); its generator source's settings shape the spans.
+        job: PathBuf,
+        /// About how many spans to process.
+        #[arg(long, default_value_t = 2_000_000)]
+        spans: u64,
+        /// Shards (default: the job's `parallelism`, else one per core).
+        #[arg(long)]
+        parallelism: Option<usize>,
+        /// Print one JSON object on stdout instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum DiagFormat {
+    Human,
+    Json,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum GenFormat {
+    OtlpProto,
+    OtlpJson,
+}
+
+impl From<GenFormat> for InputFormat {
+    fn from(f: GenFormat) -> Self {
+        match f {
+            GenFormat::OtlpProto => InputFormat::OtlpProto,
+            GenFormat::OtlpJson => InputFormat::OtlpJson,
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SPANFLOW_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match dispatch(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e}");
+            for cause in e.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load_job(path: &Path) -> Result<Job> {
+    job::load(path).map_err(|d| {
+        eprint!(
+            "{}",
+            d.render_human(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        );
+        anyhow::anyhow!(
+            "{}: invalid job ({} problems)",
+            path.display(),
+            d.items.len()
+        )
+    })
+}
+
+fn dispatch(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Run {
+            job,
+            output_dir,
+            parallelism,
+            json,
+            no_progress,
+        } => {
+            let job = load_job(&job)?;
+            let opts = RunOptions {
+                output_dir,
+                parallelism,
+                progress: !no_progress
+                    && !json
+                    && std::io::IsTerminal::is_terminal(&std::io::stderr()),
+                ..Default::default()
+            };
+            let summary =
+                run_job(&job, &opts).with_context(|| format!("running job `{}`", job.name))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&summary)?);
+            } else {
+                print!("{}", summary.render());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Validate { job, format } => match job::load(&job) {
+            Ok(j) => {
+                if matches!(format, DiagFormat::Json) {
+                    println!("[]");
+                } else {
+                    println!(
+                        "{}: ok (job `{}`: {} sources, {} operators, {} sinks)",
+                        job.display(),
+                        j.name,
+                        j.sources.len(),
+                        j.operators.len(),
+                        j.sinks.len()
+                    );
+                }
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(d) => {
+                match format {
+                    DiagFormat::Human => {
+                        eprint!(
+                            "{}",
+                            d.render_human(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+                        )
+                    }
+                    DiagFormat::Json => println!("{}", d.render_json()),
+                }
+                Ok(ExitCode::from(1))
+            }
+        },
+        Command::Gen {
+            traces,
+            seed,
+            traces_per_second,
+            late_fraction,
+            garbage_fraction,
+            format,
+            out,
+        } => {
+            let config = GeneratorConfig {
+                traces,
+                seed,
+                traces_per_second,
+                late_fraction,
+                garbage_fraction,
+                format: format.into(),
+                ..Default::default()
+            };
+            let issues = config.validate();
+            if let Some(i) = issues.first() {
+                bail!(
+                    "invalid generator setting `{}`: {}",
+                    i.path.join("."),
+                    i.message
+                );
+            }
+            let mut generator = Generator::new(config.clone())?;
+            let records: Vec<_> = generator.by_ref().collect();
+            write_records(&out, config.format, records)
+                .with_context(|| format!("writing {}", out.display()))?;
+            let truth_path = truth_path(&out);
+            let truth = generator.ground_truth();
+            std::fs::write(&truth_path, serde_json::to_vec_pretty(truth)?)
+                .with_context(|| format!("writing {}", truth_path.display()))?;
+            eprintln!(
+                "wrote {} records ({} traces, {} spans, {} error spans) to {}; ground truth in {}",
+                truth.records,
+                truth.traces,
+                truth.spans,
+                truth.error_spans,
+                out.display(),
+                truth_path.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench {
+            job,
+            spans,
+            parallelism,
+            json,
+        } => {
+            let job = load_job(&job)?;
+            bench(&job, spans, parallelism, json)?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn truth_path(out: &Path) -> PathBuf {
+    let mut s = out.as_os_str().to_owned();
+    s.push(".truth.json");
+    PathBuf::from(s)
+}
+
+fn bench(job: &Job, spans: u64, parallelism: Option<usize>, json: bool) -> Result<()> {
+    let (name, base) = job
+        .sources
+        .iter()
+        .find_map(|s| match &s.kind {
+            SourceKind::Generator(g) => Some((s.name.clone(), g.clone())),
+            SourceKind::File(_) => None,
+        })
+        .unwrap_or_else(|| ("bench".to_owned(), GeneratorConfig::default()));
+    // Size the run: measure spans per trace on a sample, then generate enough traces.
+    let sample = GeneratorConfig {
+        traces: 500,
+        ..base.clone()
+    };
+    let mut g = Generator::new(sample)?;
+    g.by_ref().for_each(drop);
+    let per_trace = (g.ground_truth().spans as f64 / 500.0).max(1.0);
+    let traces = ((spans as f64 / per_trace).ceil() as u64).max(1);
+    let config = GeneratorConfig { traces, ..base };
+    let bar = (!json).then(|| {
+        let b = indicatif::ProgressBar::new(traces);
+        b.set_style(
+            indicatif::ProgressStyle::with_template("generating {bar:30} {pos}/{len} traces")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        b
+    });
+    let mut generator = Generator::new(config.clone())?;
+    let mut records = Vec::new();
+    let mut input_bytes = 0u64;
+    while let Some(r) = generator.next_record() {
+        input_bytes += r.payload.len() as u64;
+        records.push(r.payload);
+        if let Some(b) = &bar {
+            b.set_position(generator.ground_truth().traces);
+        }
+    }
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    let truth = generator.ground_truth().clone();
+    let input = Arc::new(MemoryInput {
+        name,
+        format: config.format,
+        records,
+        spans: truth.spans,
+    });
+    let opts = RunOptions {
+        parallelism,
+        progress: !json && std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        memory_input: Some(input),
+        discard_outputs: true,
+        ..Default::default()
+    };
+    let s = run_job(job, &opts)?;
+    if json {
+        let v = serde_json::json!({
+            "job": s.job,
+            "spans": s.decode.spans,
+            "traces": s.sessions.traces_closed(),
+            "parallelism": s.parallelism,
+            "wall_seconds": s.wall_seconds,
+            "cpu_seconds": s.cpu_seconds,
+            "spans_per_second": s.spans_per_second(),
+            "spans_per_cpu_second": s.spans_per_cpu_second(),
+            "peak_rss_bytes": s.peak_rss_bytes,
+            "input_bytes": input_bytes,
+            "peak_buffered_spans": s.peak_buffered_spans,
+            "bytes_per_buffered_span": s.bytes_per_buffered_span,
+        });
+        println!("{v}");
+    } else {
+        println!(
+            "bench `{}`: {} spans ({} traces) in {:.2}s on {} shards\n  {:.0} spans/s, {:.0} spans per CPU-second ({:.2} CPU-s)\n  peak RSS {:.1} MiB (input held in memory: {:.1} MiB)\n  peak {} spans buffered, {:.0} bytes per buffered span",
+            s.job,
+            s.decode.spans,
+            s.sessions.traces_closed(),
+            s.wall_seconds,
+            s.parallelism,
+            s.spans_per_second(),
+            s.spans_per_cpu_second(),
+            s.cpu_seconds,
+            s.peak_rss_bytes as f64 / 1048576.0,
+            input_bytes as f64 / 1048576.0,
+            s.peak_buffered_spans,
+            s.bytes_per_buffered_span
+        );
+    }
+    Ok(())
+}

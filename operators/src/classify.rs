@@ -48,7 +48,11 @@ impl CallAttrs {
     /// need not be kept among the packed attributes.
     pub fn observe(&mut self, key: &str, value: AttrValue<'_>) -> bool {
         match key {
-            "http.method" | "http.request.method" | "http.url" | "url.full" | "http.route"
+            "http.method"
+            | "http.request.method"
+            | "http.url"
+            | "url.full"
+            | "http.route"
             | "http.target" => {
                 self.http = true;
                 false
@@ -112,7 +116,11 @@ impl CallAttrs {
         let call_type = if self.messaging {
             CallType::Mq
         } else if let Some(sys) = self.db_system {
-            if is_cache_system(sys.as_str()) { CallType::Cache } else { CallType::Db }
+            if is_cache_system(sys.as_str()) {
+                CallType::Cache
+            } else {
+                CallType::Db
+            }
         } else if self.rpc {
             CallType::Rpc
         } else if self.http {
@@ -155,22 +163,34 @@ mod tests {
 
     #[test]
     fn old_and_new_names() {
-        assert_eq!(classify(&[("http.method", AttrValue::Str("GET"))]).call_type, CallType::Http);
+        assert_eq!(
+            classify(&[("http.method", AttrValue::Str("GET"))]).call_type,
+            CallType::Http
+        );
         assert_eq!(
             classify(&[("http.request.method", AttrValue::Str("GET"))]).call_type,
             CallType::Http
         );
-        assert_eq!(classify(&[("db.system", AttrValue::Str("mysql"))]).call_type, CallType::Db);
+        assert_eq!(
+            classify(&[("db.system", AttrValue::Str("mysql"))]).call_type,
+            CallType::Db
+        );
         assert_eq!(
             classify(&[("db.system.name", AttrValue::Str("postgresql"))]).call_type,
             CallType::Db
         );
-        assert_eq!(classify(&[("db.system", AttrValue::Str("redis"))]).call_type, CallType::Cache);
+        assert_eq!(
+            classify(&[("db.system", AttrValue::Str("redis"))]).call_type,
+            CallType::Cache
+        );
         assert_eq!(
             classify(&[("db.system.name", AttrValue::Str("memcached"))]).call_type,
             CallType::Cache
         );
-        assert_eq!(classify(&[("rpc.system", AttrValue::Str("grpc"))]).call_type, CallType::Rpc);
+        assert_eq!(
+            classify(&[("rpc.system", AttrValue::Str("grpc"))]).call_type,
+            CallType::Rpc
+        );
         assert_eq!(
             classify(&[("messaging.system", AttrValue::Str("kafka"))]).call_type,
             CallType::Mq

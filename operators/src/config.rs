@@ -49,11 +49,13 @@ impl Serialize for HumanDuration {
 impl<'de> Deserialize<'de> for HumanDuration {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = <Cow<'de, str>>::deserialize(d)?;
-        humantime::parse_duration(&s).map(HumanDuration).map_err(|e| {
-            serde::de::Error::custom(format_args!(
-                "invalid duration `{s}`: {e} (write e.g. `250ms`, `10s`, `5m`)"
-            ))
-        })
+        humantime::parse_duration(&s)
+            .map(HumanDuration)
+            .map_err(|e| {
+                serde::de::Error::custom(format_args!(
+                    "invalid duration `{s}`: {e} (write e.g. `250ms`, `10s`, `5m`)"
+                ))
+            })
     }
 }
 
@@ -85,7 +87,11 @@ impl ConfigIssue {
     /// An issue at `path` (keys separated by `.`).
     pub fn new(path: &str, message: impl Into<String>) -> Self {
         ConfigIssue {
-            path: path.split('.').filter(|s| !s.is_empty()).map(str::to_owned).collect(),
+            path: path
+                .split('.')
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .collect(),
             message: message.into(),
         }
     }

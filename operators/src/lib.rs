@@ -12,7 +12,9 @@ pub mod model;
 pub mod session_window;
 
 pub use config::{ConfigIssue, HumanDuration};
-pub use model::{AttrValue, Attrs, AttrsBuilder, CallType, Span, SpanId, SpanKind, StatusCode, Sym, TraceId};
+pub use model::{
+    AttrValue, Attrs, AttrsBuilder, CallType, Span, SpanId, SpanKind, StatusCode, Sym, TraceId,
+};
 
 /// Event time in unix nanoseconds.
 pub type EventTime = u64;

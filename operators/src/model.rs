@@ -159,7 +159,11 @@ macro_rules! hex_id {
 }
 
 hex_id!(TraceId, 16, "A 16-byte trace id.");
-hex_id!(SpanId, 8, "An 8-byte span id; all zeros means \"no parent\".");
+hex_id!(
+    SpanId,
+    8,
+    "An 8-byte span id; all zeros means \"no parent\"."
+);
 
 impl TraceId {
     /// A well-mixed 64-bit hash of the id, used for shard routing and the
@@ -258,7 +262,9 @@ impl StatusCode {
 
 /// What kind of call a span represents, derived from semantic-convention attributes
 /// (see [`crate::classify`]).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default, Serialize, Deserialize,
+)]
 #[serde(rename_all = "snake_case")]
 #[repr(u8)]
 pub enum CallType {
@@ -367,7 +373,8 @@ impl Span {
     /// True for spans that hand work to a queue or take it from one.
     #[inline]
     pub fn is_async(&self) -> bool {
-        matches!(self.kind, SpanKind::Producer | SpanKind::Consumer) || self.call_type == CallType::Mq
+        matches!(self.kind, SpanKind::Producer | SpanKind::Consumer)
+            || self.call_type == CallType::Mq
     }
 
     /// Approximate memory held by this span, for byte caps and bench figures.
@@ -533,8 +540,10 @@ fn truncate_str(s: &str, max: usize) -> &str {
 impl AttrsBuilder {
     fn key(&mut self, tag: u8, resource: bool, key: &str) {
         let key = truncate_str(key, MAX_ATTR_KEY_LEN);
-        self.buf.push(tag | if resource { FLAG_RESOURCE } else { 0 });
-        self.buf.extend_from_slice(&(key.len() as u16).to_le_bytes());
+        self.buf
+            .push(tag | if resource { FLAG_RESOURCE } else { 0 });
+        self.buf
+            .extend_from_slice(&(key.len() as u16).to_le_bytes());
         self.buf.extend_from_slice(key.as_bytes());
     }
 
@@ -618,7 +627,11 @@ impl<'de> Deserialize<'de> for Attrs {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let v: Vec<u8> = serde::de::Deserialize::deserialize(d)?;
         // Validate by walking it: a corrupt checkpoint must not yield garbage later.
-        let a = if v.is_empty() { Attrs::empty() } else { Attrs(Some(v.into_boxed_slice())) };
+        let a = if v.is_empty() {
+            Attrs::empty()
+        } else {
+            Attrs(Some(v.into_boxed_slice()))
+        };
         let mut it = a.iter();
         while it.next().is_some() {}
         if it.failed {

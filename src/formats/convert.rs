@@ -5,10 +5,12 @@ use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, any_value};
 use prost::Message;
 use spanflow_operators::classify::CallAttrs;
-use spanflow_operators::{AttrValue, Attrs, AttrsBuilder, Span, SpanId, SpanKind, StatusCode, Sym, TraceId};
+use spanflow_operators::{
+    AttrValue, Attrs, AttrsBuilder, Span, SpanId, SpanKind, StatusCode, Sym, TraceId,
+};
 
-use super::dead_letter::{DeadLetter, DecodeError, RecordMeta};
 use super::Decoded;
+use super::dead_letter::{DeadLetter, DecodeError, RecordMeta};
 
 /// The service name OTel SDKs report when none is configured.
 pub const UNKNOWN_SERVICE: &str = "unknown_service";
@@ -63,7 +65,9 @@ impl SpanBuilder {
     pub fn resource_attr(&mut self, key: &str, value: AttrValue<'_>) {
         match (key, value) {
             ("service.name", AttrValue::Str(s)) => self.resource_service = Some(Sym::new(s)),
-            ("service.instance.id", AttrValue::Str(s)) => self.resource_instance = Some(Sym::new(s)),
+            ("service.instance.id", AttrValue::Str(s)) => {
+                self.resource_instance = Some(Sym::new(s))
+            }
             ("host.name", AttrValue::Str(s)) => {
                 self.resource_host = Some(Sym::new(s));
                 self.truncated += u64::from(self.resource_attrs.push(key, value, true));
@@ -75,8 +79,13 @@ impl SpanBuilder {
     /// Finishes the resource.
     pub fn end_resource(&mut self) -> Resource {
         Resource {
-            service: self.resource_service.unwrap_or_else(|| Sym::new(UNKNOWN_SERVICE)),
-            instance: self.resource_instance.or(self.resource_host).unwrap_or_default(),
+            service: self
+                .resource_service
+                .unwrap_or_else(|| Sym::new(UNKNOWN_SERVICE)),
+            instance: self
+                .resource_instance
+                .or(self.resource_host)
+                .unwrap_or_default(),
             extra: self.resource_attrs.finish(),
         }
     }
@@ -138,10 +147,16 @@ fn check(raw: &RawSpan<'_>) -> Result<(TraceId, SpanId, SpanId), DecodeError> {
             .ok_or_else(|| DecodeError::ParentSpanId(describe_id(raw.parent_span_id, 8)))?
     };
     if raw.start == 0 || raw.end == 0 {
-        return Err(DecodeError::MissingTime { start: raw.start, end: raw.end });
+        return Err(DecodeError::MissingTime {
+            start: raw.start,
+            end: raw.end,
+        });
     }
     if raw.end < raw.start {
-        return Err(DecodeError::EndBeforeStart { start: raw.start, end: raw.end });
+        return Err(DecodeError::EndBeforeStart {
+            start: raw.start,
+            end: raw.end,
+        });
     }
     Ok((trace_id, span_id, parent_span_id))
 }
@@ -166,11 +181,18 @@ pub(crate) fn any_value_json(v: &AnyValue) -> serde_json::Value {
         Some(any_value::Value::IntValue(i)) => J::from(*i),
         Some(any_value::Value::DoubleValue(d)) => J::from(*d),
         Some(any_value::Value::BytesValue(b)) => J::String(hex::encode(b)),
-        Some(any_value::Value::ArrayValue(a)) => J::Array(a.values.iter().map(any_value_json).collect()),
+        Some(any_value::Value::ArrayValue(a)) => {
+            J::Array(a.values.iter().map(any_value_json).collect())
+        }
         Some(any_value::Value::KvlistValue(kv)) => J::Object(
             kv.values
                 .iter()
-                .map(|kv| (kv.key.clone(), kv.value.as_ref().map_or(J::Null, any_value_json)))
+                .map(|kv| {
+                    (
+                        kv.key.clone(),
+                        kv.value.as_ref().map_or(J::Null, any_value_json),
+                    )
+                })
                 .collect(),
         ),
         Some(any_value::Value::StringValueStrindex(_)) => J::Null,
@@ -194,7 +216,12 @@ fn with_value(v: Option<&AnyValue>, f: impl FnOnce(AttrValue<'_>)) {
 }
 
 /// Converts a decoded request (prost or JSON) into spans and per-span dead letters.
-pub(crate) fn convert_request(b: &mut SpanBuilder, req: &ExportTraceServiceRequest, meta: &RecordMeta, out: &mut Decoded) {
+pub(crate) fn convert_request(
+    b: &mut SpanBuilder,
+    req: &ExportTraceServiceRequest,
+    meta: &RecordMeta,
+    out: &mut Decoded,
+) {
     let mut index = 0u32;
     for rs in &req.resource_spans {
         b.begin_resource();
@@ -222,7 +249,10 @@ pub(crate) fn convert_request(b: &mut SpanBuilder, req: &ExportTraceServiceReque
                 };
                 match b.finish_span(&raw, &res) {
                     Ok(span) => out.spans.push(span),
-                    Err(e) => out.dead_letters.push(DeadLetter::span(meta, index, e, &s.encode_to_vec())),
+                    Err(e) => {
+                        out.dead_letters
+                            .push(DeadLetter::span(meta, index, e, &s.encode_to_vec()))
+                    }
                 }
                 index += 1;
             }

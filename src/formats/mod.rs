@@ -95,12 +95,20 @@ impl SpanDecoder {
     /// Decodes one record, appending spans and dead letters to `out`. Never fails: a
     /// record that does not decode becomes one dead letter and none of its spans are
     /// kept (as a protobuf decoder would reject it whole).
-    pub fn decode(&mut self, format: InputFormat, payload: &[u8], meta: &RecordMeta, out: &mut Decoded) {
+    pub fn decode(
+        &mut self,
+        format: InputFormat,
+        payload: &[u8],
+        meta: &RecordMeta,
+        out: &mut Decoded,
+    ) {
         self.stats.records += 1;
         let spans_before = out.spans.len();
         let dl_before = out.dead_letters.len();
         let result = match format {
-            InputFormat::OtlpProto => otlp_proto::decode_request(&mut self.builder, payload, meta, out),
+            InputFormat::OtlpProto => {
+                otlp_proto::decode_request(&mut self.builder, payload, meta, out)
+            }
             InputFormat::OtlpJson => self.decode_json(payload, meta, out),
         };
         if let Err(e) = result {
@@ -115,7 +123,12 @@ impl SpanDecoder {
         self.stats.truncated_attributes += self.builder.take_truncated();
     }
 
-    fn decode_json(&mut self, payload: &[u8], meta: &RecordMeta, out: &mut Decoded) -> Result<(), DecodeError> {
+    fn decode_json(
+        &mut self,
+        payload: &[u8],
+        meta: &RecordMeta,
+        out: &mut Decoded,
+    ) -> Result<(), DecodeError> {
         let req: opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest =
             serde_json::from_slice(payload).map_err(|e| DecodeError::Json(e.to_string()))?;
         convert::convert_request(&mut self.builder, &req, meta, out);
@@ -127,7 +140,9 @@ impl SpanDecoder {
     pub fn decode_proto_reference(&mut self, payload: &[u8], meta: &RecordMeta, out: &mut Decoded) {
         use prost::Message;
         self.stats.records += 1;
-        match opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest::decode(payload) {
+        match opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest::decode(
+            payload,
+        ) {
             Ok(req) => {
                 let s = out.spans.len();
                 let d = out.dead_letters.len();
@@ -137,7 +152,11 @@ impl SpanDecoder {
             }
             Err(e) => {
                 self.stats.bad_records += 1;
-                out.dead_letters.push(DeadLetter::record(meta, DecodeError::Protobuf(e.to_string()), payload));
+                out.dead_letters.push(DeadLetter::record(
+                    meta,
+                    DecodeError::Protobuf(e.to_string()),
+                    payload,
+                ));
             }
         }
         self.stats.truncated_attributes += self.builder.take_truncated();

@@ -73,7 +73,9 @@ fn resource_spans(
                     let span_bytes = span.remaining();
                     match decode_span(b, span, &resource)? {
                         Ok(s) => out.spans.push(s),
-                        Err(e) => out.dead_letters.push(DeadLetter::span(meta, *index, e, span_bytes)),
+                        Err(e) => out
+                            .dead_letters
+                            .push(DeadLetter::span(meta, *index, e, span_bytes)),
                     }
                     *index += 1;
                 } else {
@@ -215,7 +217,9 @@ fn any_value<'a>(mut r: Reader<'a>) -> Result<Option<Decodedvalue<'a>>, DecodeEr
             }
             4 => {
                 r.expect(wt, WireType::Fixed64, "double_value")?;
-                Some(Decodedvalue::Simple(AttrValue::Double(f64::from_bits(r.fixed64()?))))
+                Some(Decodedvalue::Simple(AttrValue::Double(f64::from_bits(
+                    r.fixed64()?,
+                ))))
             }
             5..=7 => {
                 // Arrays, kvlists and bytes are rare: decode them with prost into the
@@ -224,7 +228,9 @@ fn any_value<'a>(mut r: Reader<'a>) -> Result<Option<Decodedvalue<'a>>, DecodeEr
                 let start = r.offset();
                 let body = r.bytes()?;
                 let av = nested_any_value(field, body, start)?;
-                Some(Decodedvalue::Json(super::convert::any_value_json(&av).to_string()))
+                Some(Decodedvalue::Json(
+                    super::convert::any_value_json(&av).to_string(),
+                ))
             }
             _ => {
                 r.skip(wt)?;
@@ -240,9 +246,13 @@ fn nested_any_value(
     body: &[u8],
     at: usize,
 ) -> Result<opentelemetry_proto::tonic::common::v1::AnyValue, DecodeError> {
-    use opentelemetry_proto::tonic::common::v1::{AnyValue, ArrayValue, KeyValueList, any_value::Value};
+    use opentelemetry_proto::tonic::common::v1::{
+        AnyValue, ArrayValue, KeyValueList, any_value::Value,
+    };
     use prost::Message;
-    let bad = |e: prost::DecodeError| DecodeError::Protobuf(format!("{e} in attribute value at byte {at}"));
+    let bad = |e: prost::DecodeError| {
+        DecodeError::Protobuf(format!("{e} in attribute value at byte {at}"))
+    };
     let value = match field {
         5 => Value::ArrayValue(ArrayValue::decode(body).map_err(bad)?),
         6 => Value::KvlistValue(KeyValueList::decode(body).map_err(bad)?),

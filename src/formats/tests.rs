@@ -2,18 +2,26 @@ use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, ArrayValue, KeyValue, any_value::Value};
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span as PSpan, Status};
-use prost::Message;
 use proptest::prelude::*;
+use prost::Message;
 use spanflow_operators::{AttrValue, CallType, SpanKind, StatusCode, Sym};
 
 use super::*;
 
 fn meta() -> RecordMeta {
-    RecordMeta { source: Sym::new("test"), split: 3, offset: 77 }
+    RecordMeta {
+        source: Sym::new("test"),
+        split: 3,
+        offset: 77,
+    }
 }
 
 fn kv(k: &str, v: Value) -> KeyValue {
-    KeyValue { key: k.into(), value: Some(AnyValue { value: Some(v) }), ..Default::default() }
+    KeyValue {
+        key: k.into(),
+        value: Some(AnyValue { value: Some(v) }),
+        ..Default::default()
+    }
 }
 
 fn s(v: &str) -> Value {
@@ -30,7 +38,10 @@ fn pspan(trace: u8, id: u8, parent: Option<u8>, attrs: Vec<KeyValue>) -> PSpan {
         start_time_unix_nano: 1_700_000_000_000_000_000,
         end_time_unix_nano: 1_700_000_000_250_000_000,
         attributes: attrs,
-        status: Some(Status { code: 2, message: "boom".into() }),
+        status: Some(Status {
+            code: 2,
+            message: "boom".into(),
+        }),
         ..Default::default()
     }
 }
@@ -47,7 +58,10 @@ fn request(spans: Vec<PSpan>) -> ExportTraceServiceRequest {
                 ],
                 ..Default::default()
             }),
-            scope_spans: vec![ScopeSpans { spans, ..Default::default() }],
+            scope_spans: vec![ScopeSpans {
+                spans,
+                ..Default::default()
+            }],
             ..Default::default()
         }],
     }
@@ -71,7 +85,14 @@ fn decodes_fields_and_classifies() {
             kv("db.system", s("redis")),
             kv("db.operation", s("GET")),
             kv("retries", Value::IntValue(3)),
-            kv("tags", Value::ArrayValue(ArrayValue { values: vec![AnyValue { value: Some(s("a")) }] })),
+            kv(
+                "tags",
+                Value::ArrayValue(ArrayValue {
+                    values: vec![AnyValue {
+                        value: Some(s("a")),
+                    }],
+                }),
+            ),
         ],
     )]);
     let (fast, slow) = decode_both(&req.encode_to_vec());
@@ -88,13 +109,23 @@ fn decodes_fields_and_classifies() {
     assert!(sp.is_error());
     assert_eq!(sp.attrs.get("retries"), Some(AttrValue::Int(3)));
     assert_eq!(sp.attrs.get("tags"), Some(AttrValue::Json("[\"a\"]")));
-    assert_eq!(sp.attrs.get("k8s.namespace.name"), Some(AttrValue::Str("shop")));
-    assert!(sp.attrs.get("db.system").is_none(), "absorbed into a typed field");
+    assert_eq!(
+        sp.attrs.get("k8s.namespace.name"),
+        Some(AttrValue::Str("shop"))
+    );
+    assert!(
+        sp.attrs.get("db.system").is_none(),
+        "absorbed into a typed field"
+    );
 }
 
 #[test]
 fn truncated_record_is_one_dead_letter_and_no_spans() {
-    let bytes = request(vec![pspan(1, 2, None, vec![]), pspan(1, 3, Some(2), vec![])]).encode_to_vec();
+    let bytes = request(vec![
+        pspan(1, 2, None, vec![]),
+        pspan(1, 3, Some(2), vec![]),
+    ])
+    .encode_to_vec();
     for cut in [1, bytes.len() / 2, bytes.len() - 1] {
         let (fast, slow) = decode_both(&bytes[..cut]);
         assert!(fast.spans.is_empty(), "cut at {cut}");
@@ -111,8 +142,18 @@ fn truncated_record_is_one_dead_letter_and_no_spans() {
 fn garbage_is_a_dead_letter() {
     let mut d = SpanDecoder::new();
     let mut out = Decoded::default();
-    d.decode(InputFormat::OtlpProto, &[0xff, 0xff, 0xff, 0x07], &meta(), &mut out);
-    d.decode(InputFormat::OtlpJson, b"{\"resourceSpans\": 5}", &meta(), &mut out);
+    d.decode(
+        InputFormat::OtlpProto,
+        &[0xff, 0xff, 0xff, 0x07],
+        &meta(),
+        &mut out,
+    );
+    d.decode(
+        InputFormat::OtlpJson,
+        b"{\"resourceSpans\": 5}",
+        &meta(),
+        &mut out,
+    );
     d.decode(InputFormat::OtlpJson, b"not json", &meta(), &mut out);
     assert!(out.spans.is_empty());
     assert_eq!(out.dead_letters.len(), 3);
@@ -135,7 +176,11 @@ fn bad_spans_are_rejected_one_by_one() {
     let (fast, slow) = decode_both(&bytes);
     assert_eq!(fast.spans.len(), 1);
     assert_eq!(fast.spans, slow.spans);
-    let kinds: Vec<_> = fast.dead_letters.iter().map(|d| (d.span_index, d.kind)).collect();
+    let kinds: Vec<_> = fast
+        .dead_letters
+        .iter()
+        .map(|d| (d.span_index, d.kind))
+        .collect();
     assert_eq!(
         kinds,
         vec![
@@ -145,7 +190,10 @@ fn bad_spans_are_rejected_one_by_one() {
             (Some(3), "missing_timestamp"),
         ]
     );
-    assert_eq!(fast.dead_letters, slow.dead_letters, "same reasons and payloads");
+    assert_eq!(
+        fast.dead_letters, slow.dead_letters,
+        "same reasons and payloads"
+    );
 }
 
 #[test]
@@ -176,12 +224,30 @@ fn otlp_json_official_mapping() {
 
 #[test]
 fn json_and_proto_agree() {
-    let req = request(vec![pspan(4, 5, Some(6), vec![kv("http.method", s("POST")), kv("x", Value::DoubleValue(1.5))])]);
+    let req = request(vec![pspan(
+        4,
+        5,
+        Some(6),
+        vec![
+            kv("http.method", s("POST")),
+            kv("x", Value::DoubleValue(1.5)),
+        ],
+    )]);
     let mut a = Decoded::default();
     let mut b = Decoded::default();
     let mut d = SpanDecoder::new();
-    d.decode(InputFormat::OtlpProto, &req.encode_to_vec(), &meta(), &mut a);
-    d.decode(InputFormat::OtlpJson, &serde_json::to_vec(&req).unwrap(), &meta(), &mut b);
+    d.decode(
+        InputFormat::OtlpProto,
+        &req.encode_to_vec(),
+        &meta(),
+        &mut a,
+    );
+    d.decode(
+        InputFormat::OtlpJson,
+        &serde_json::to_vec(&req).unwrap(),
+        &meta(),
+        &mut b,
+    );
     assert_eq!(a.spans, b.spans);
 }
 
@@ -227,7 +293,10 @@ fn arb_span() -> impl Strategy<Value = PSpan> {
             start_time_unix_nano: start,
             end_time_unix_nano: start + dur,
             attributes: attrs.into_iter().map(|(k, v)| kv(&k, v)).collect(),
-            status: Some(Status { code, message: String::new() }),
+            status: Some(Status {
+                code,
+                message: String::new(),
+            }),
             ..Default::default()
         })
 }

@@ -83,7 +83,10 @@ impl<'a> Reader<'a> {
         let len = usize::try_from(len).map_err(|_| err("length out of range", at))?;
         let end = self.pos.checked_add(len).filter(|e| *e <= self.buf.len());
         let Some(end) = end else {
-            return Err(err(&format!("length {len} runs past the end of the message"), at));
+            return Err(err(
+                &format!("length {len} runs past the end of the message"),
+                at,
+            ));
         };
         let s = &self.buf[self.pos..end];
         self.pos = end;
@@ -147,7 +150,10 @@ impl<'a> Reader<'a> {
         if got == want {
             Ok(())
         } else {
-            Err(err(&format!("field `{field}` has wire type {got:?}, expected {want:?}"), self.offset()))
+            Err(err(
+                &format!("field `{field}` has wire type {got:?}, expected {want:?}"),
+                self.offset(),
+            ))
         }
     }
 }

@@ -131,7 +131,9 @@ impl GapCondition {
         self.root_ended.is_none_or(|v| v == s.root_ended)
             && self.has_async.is_none_or(|v| v == s.has_async)
             && self.has_error.is_none_or(|v| v == (s.errors > 0))
-            && self.min_spans.is_none_or(|n| s.spans.len() as u64 >= u64::from(n))
+            && self
+                .min_spans
+                .is_none_or(|n| s.spans.len() as u64 >= u64::from(n))
     }
 }
 
@@ -140,16 +142,28 @@ impl SessionWindowConfig {
     pub fn validate(&self) -> Vec<ConfigIssue> {
         let mut issues = Vec::new();
         if self.gap.0.is_zero() {
-            issues.push(ConfigIssue::new("gap", "must be greater than zero, found `0s`"));
+            issues.push(ConfigIssue::new(
+                "gap",
+                "must be greater than zero, found `0s`",
+            ));
         }
         if self.max_duration.0.is_zero() {
-            issues.push(ConfigIssue::new("max_duration", "must be greater than zero, found `0s`"));
+            issues.push(ConfigIssue::new(
+                "max_duration",
+                "must be greater than zero, found `0s`",
+            ));
         }
         if self.max_spans_per_trace == 0 {
-            issues.push(ConfigIssue::new("max_spans_per_trace", "must be at least 1, found 0"));
+            issues.push(ConfigIssue::new(
+                "max_spans_per_trace",
+                "must be at least 1, found 0",
+            ));
         }
         if self.max_open_traces == 0 {
-            issues.push(ConfigIssue::new("max_open_traces", "must be at least 1, found 0"));
+            issues.push(ConfigIssue::new(
+                "max_open_traces",
+                "must be at least 1, found 0",
+            ));
         }
         for (i, rule) in self.gap_rules.iter().enumerate() {
             if rule.gap.0.is_zero() {
@@ -209,7 +223,10 @@ impl CloseReason {
 
     /// True for the caps, after which a straggler starts a new fragment.
     pub fn is_cap(self) -> bool {
-        matches!(self, CloseReason::MaxDuration | CloseReason::MaxSpans | CloseReason::MaxOpenTraces)
+        matches!(
+            self,
+            CloseReason::MaxDuration | CloseReason::MaxSpans | CloseReason::MaxOpenTraces
+        )
     }
 }
 
@@ -390,7 +407,11 @@ impl SessionWindow {
     pub fn with_state(config: SessionWindowConfig, state: SessionWindowState) -> Self {
         SessionWindow {
             gap_ns: config.gap.as_nanos().max(1),
-            rule_gaps_ns: config.gap_rules.iter().map(|r| r.gap.as_nanos().max(1)).collect(),
+            rule_gaps_ns: config
+                .gap_rules
+                .iter()
+                .map(|r| r.gap.as_nanos().max(1))
+                .collect(),
             max_duration_ns: config.max_duration.as_nanos().max(1),
             retention_ns: config.closed_trace_retention.as_nanos(),
             config,
@@ -440,7 +461,11 @@ impl SessionWindow {
     fn deadline(&self, s: &Session) -> (EventTime, CloseReason) {
         let by_gap = s.last_event.saturating_add(self.gap_for(s));
         let by_cap = s.opened_at.saturating_add(self.max_duration_ns);
-        if by_cap < by_gap { (by_cap, CloseReason::MaxDuration) } else { (by_gap, CloseReason::Gap) }
+        if by_cap < by_gap {
+            (by_cap, CloseReason::MaxDuration)
+        } else {
+            (by_gap, CloseReason::Gap)
+        }
     }
 
     /// Processes one batch of spans (all belonging to this shard).
@@ -509,8 +534,12 @@ impl SessionWindow {
         let bytes = span.heap_bytes();
         self.state.buffered_spans += 1;
         self.state.buffered_bytes += bytes;
-        let Some(list) = self.state.sessions.get_mut(&tid) else { return };
-        let Some(session) = list.get_mut(idx) else { return };
+        let Some(list) = self.state.sessions.get_mut(&tid) else {
+            return;
+        };
+        let Some(session) = list.get_mut(idx) else {
+            return;
+        };
         let lowered_first = t < session.first_event;
         session.add(span, bytes);
         let span_count = session.spans.len() as u64;
@@ -534,14 +563,18 @@ impl SessionWindow {
             Some(list) => list.iter().map(|s| self.gap_for(s)).collect(),
             None => return 0,
         };
-        let Some(list) = self.state.sessions.get_mut(&tid) else { return 0 };
+        let Some(list) = self.state.sessions.get_mut(&tid) else {
+            return 0;
+        };
         let (mut merged, rest): (Vec<(Session, u64)>, Vec<(Session, u64)>) =
             list.drain(..).zip(gaps).partition(|(s, g)| {
                 t < s.last_event.saturating_add(*g) && t.saturating_add(*g) > s.first_event
             });
         merged.sort_by_key(|(s, _)| s.fragment);
         let mut it = merged.into_iter().map(|(s, _)| s);
-        let Some(mut target) = it.next() else { return 0 };
+        let Some(mut target) = it.next() else {
+            return 0;
+        };
         let mut absorbed = 0;
         for other in it {
             target.absorb(other);
@@ -563,7 +596,12 @@ impl SessionWindow {
         };
         let (deadline, _) = self.deadline(session);
         if session.timer == 0 || deadline < session.timer {
-            if let Some(s) = self.state.sessions.get_mut(&tid).and_then(|l| l.get_mut(idx)) {
+            if let Some(s) = self
+                .state
+                .sessions
+                .get_mut(&tid)
+                .and_then(|l| l.get_mut(idx))
+            {
                 s.timer = deadline;
             }
             self.state.timers.push(Reverse((deadline, tid)));
@@ -571,13 +609,24 @@ impl SessionWindow {
     }
 
     fn late(&mut self, span: Span, reason: LateReason, out: &mut SessionOutput) {
-        let idx = LateReason::ALL.iter().position(|r| *r == reason).unwrap_or(0);
+        let idx = LateReason::ALL
+            .iter()
+            .position(|r| *r == reason)
+            .unwrap_or(0);
         self.state.metrics.late_by_reason[idx] += 1;
-        out.late.push(LateSpan { span, reason, watermark: self.state.watermark });
+        out.late.push(LateSpan {
+            span,
+            reason,
+            watermark: self.state.watermark,
+        });
     }
 
     fn find_timer(&self, tid: &TraceId, deadline: EventTime) -> Option<usize> {
-        self.state.sessions.get(tid)?.iter().position(|s| s.timer == deadline)
+        self.state
+            .sessions
+            .get(tid)?
+            .iter()
+            .position(|s| s.timer == deadline)
     }
 
     /// Closes the session with the earliest live timer.
@@ -604,7 +653,9 @@ impl SessionWindow {
                 break;
             }
             self.state.timers.pop();
-            let Some(idx) = self.find_timer(&tid, deadline) else { continue };
+            let Some(idx) = self.find_timer(&tid, deadline) else {
+                continue;
+            };
             let Some(session) = self.state.sessions.get(&tid).and_then(|l| l.get(idx)) else {
                 continue;
             };
@@ -617,7 +668,12 @@ impl SessionWindow {
                 };
                 self.close(tid, idx, reason, out);
             } else {
-                if let Some(s) = self.state.sessions.get_mut(&tid).and_then(|l| l.get_mut(idx)) {
+                if let Some(s) = self
+                    .state
+                    .sessions
+                    .get_mut(&tid)
+                    .and_then(|l| l.get_mut(idx))
+                {
                     s.timer = current;
                 }
                 self.state.timers.push(Reverse((current, tid)));
@@ -628,7 +684,12 @@ impl SessionWindow {
                 break;
             }
             self.state.expiry.pop();
-            if self.state.tombstones.get(&tid).is_some_and(|t| t.expires == expires) {
+            if self
+                .state
+                .tombstones
+                .get(&tid)
+                .is_some_and(|t| t.expires == expires)
+            {
                 self.state.tombstones.remove(&tid);
             }
         }
@@ -664,7 +725,9 @@ impl SessionWindow {
     }
 
     fn close(&mut self, tid: TraceId, idx: usize, reason: CloseReason, out: &mut SessionOutput) {
-        let Some(list) = self.state.sessions.get_mut(&tid) else { return };
+        let Some(list) = self.state.sessions.get_mut(&tid) else {
+            return;
+        };
         if idx >= list.len() {
             return;
         }
@@ -676,17 +739,33 @@ impl SessionWindow {
         st.open_sessions -= 1;
         st.buffered_spans -= session.spans.len();
         st.buffered_bytes -= session.bytes;
-        let ridx = CloseReason::ALL.iter().position(|r| *r == reason).unwrap_or(0);
+        let ridx = CloseReason::ALL
+            .iter()
+            .position(|r| *r == reason)
+            .unwrap_or(0);
         st.metrics.closed_by_reason[ridx] += 1;
         st.metrics.spans_closed += session.spans.len() as u64;
         let expires = session.last_event.saturating_add(self.retention_ns);
         let prior = st.tombstones.get(&tid).map_or(0, |t| t.fragment);
         let fragment = session.fragment.max(prior);
-        st.tombstones.insert(tid, Tombstone { reason, fragment, expires });
+        st.tombstones.insert(
+            tid,
+            Tombstone {
+                reason,
+                fragment,
+                expires,
+            },
+        );
         st.expiry.push(Reverse((expires, tid)));
-        session.spans.sort_unstable_by(|a, b| (a.start_ns, a.span_id).cmp(&(b.start_ns, b.span_id)));
+        session
+            .spans
+            .sort_unstable_by(|a, b| (a.start_ns, a.span_id).cmp(&(b.start_ns, b.span_id)));
         let summary = session.summary(reason);
-        out.closed.push(ClosedTrace { trace_id: tid, spans: session.spans, summary });
+        out.closed.push(ClosedTrace {
+            trace_id: tid,
+            spans: session.spans,
+            summary,
+        });
     }
 }
 

@@ -15,7 +15,11 @@ fn span(trace: u8, id: u8, parent: u8, end_s: u64) -> Span {
     Span {
         trace_id: tid(trace),
         span_id: SpanId([id, 0, 0, 0, 0, 0, 0, 1]),
-        parent_span_id: if parent == 0 { SpanId::default() } else { SpanId([parent, 0, 0, 0, 0, 0, 0, 1]) },
+        parent_span_id: if parent == 0 {
+            SpanId::default()
+        } else {
+            SpanId([parent, 0, 0, 0, 0, 0, 0, 1])
+        },
         start_ns: (end_s * S).saturating_sub(S / 2),
         end_ns: end_s * S,
         service: Sym::new("svc"),
@@ -41,7 +45,11 @@ fn closes_after_gap_and_holds_watermark() {
     w.process([span(1, 2, 1, 100), span(1, 1, 0, 101)], &mut out);
     w.on_watermark(105 * S, &mut out);
     assert!(out.is_empty());
-    assert_eq!(w.output_watermark(), 100 * S - 1, "held back to the earliest buffered span");
+    assert_eq!(
+        w.output_watermark(),
+        100 * S - 1,
+        "held back to the earliest buffered span"
+    );
     w.on_watermark(111 * S, &mut out);
     assert_eq!(out.closed.len(), 1);
     let t = &out.closed[0];
@@ -59,8 +67,20 @@ fn closes_after_gap_and_holds_watermark() {
 fn dynamic_gap_rules_first_match_wins() {
     let mut c = cfg(30);
     c.gap_rules = vec![
-        GapRule { when: GapCondition { has_async: Some(true), ..Default::default() }, gap: HumanDuration::secs(60) },
-        GapRule { when: GapCondition { root_ended: Some(true), ..Default::default() }, gap: HumanDuration::secs(2) },
+        GapRule {
+            when: GapCondition {
+                has_async: Some(true),
+                ..Default::default()
+            },
+            gap: HumanDuration::secs(60),
+        },
+        GapRule {
+            when: GapCondition {
+                root_ended: Some(true),
+                ..Default::default()
+            },
+            gap: HumanDuration::secs(2),
+        },
     ];
     let mut w = SessionWindow::new(c);
     let mut out = SessionOutput::default();
@@ -73,7 +93,10 @@ fn dynamic_gap_rules_first_match_wins() {
     // Trace 3: no root yet -> default 30s.
     w.process([span(3, 2, 1, 100)], &mut out);
     w.on_watermark(102 * S, &mut out);
-    assert_eq!(out.closed.iter().map(|t| t.trace_id).collect::<Vec<_>>(), vec![tid(1)]);
+    assert_eq!(
+        out.closed.iter().map(|t| t.trace_id).collect::<Vec<_>>(),
+        vec![tid(1)]
+    );
     w.on_watermark(130 * S, &mut out);
     assert_eq!(out.closed.len(), 2);
     assert_eq!(out.closed[1].trace_id, tid(3));
@@ -86,7 +109,10 @@ fn dynamic_gap_rules_first_match_wins() {
 fn root_arrival_shortens_gap() {
     let mut c = cfg(30);
     c.gap_rules = vec![GapRule {
-        when: GapCondition { root_ended: Some(true), ..Default::default() },
+        when: GapCondition {
+            root_ended: Some(true),
+            ..Default::default()
+        },
         gap: HumanDuration::secs(1),
     }];
     let mut w = SessionWindow::new(c);
@@ -95,7 +121,11 @@ fn root_arrival_shortens_gap() {
     w.on_watermark(101 * S, &mut out);
     w.process([span(1, 1, 0, 101)], &mut out);
     w.on_watermark(102 * S, &mut out);
-    assert_eq!(out.closed.len(), 1, "deadline moved earlier when the root arrived");
+    assert_eq!(
+        out.closed.len(),
+        1,
+        "deadline moved earlier when the root arrived"
+    );
 }
 
 #[test]
@@ -105,12 +135,19 @@ fn bridging_span_merges_two_sessions() {
     w.process([span(1, 1, 0, 100), span(1, 2, 1, 115)], &mut out);
     assert_eq!(w.open_traces(), 2, "15s apart with a 10s gap: two sessions");
     w.process([span(1, 3, 1, 108)], &mut out);
-    assert_eq!(w.open_traces(), 1, "a span within a gap of both merges them");
+    assert_eq!(
+        w.open_traces(),
+        1,
+        "a span within a gap of both merges them"
+    );
     w.on_watermark(200 * S, &mut out);
     assert_eq!(out.closed.len(), 1);
     assert_eq!(out.closed[0].summary.span_count, 3);
     let starts: Vec<u64> = out.closed[0].spans.iter().map(|s| s.start_ns).collect();
-    assert!(starts.windows(2).all(|w| w[0] <= w[1]), "spans sorted by start");
+    assert!(
+        starts.windows(2).all(|w| w[0] <= w[1]),
+        "spans sorted by start"
+    );
 }
 
 #[test]
@@ -131,7 +168,11 @@ fn late_spans_after_close_and_for_closed_windows() {
     assert_eq!(out.late[1].reason, LateReason::WindowClosed);
     assert_eq!(out.late[1].watermark, 120 * S);
     assert_eq!(w.metrics().late_spans(), 2);
-    assert_eq!(out.closed.len(), 1, "late data never re-opens or corrupts a closed trace");
+    assert_eq!(
+        out.closed.len(),
+        1,
+        "late data never re-opens or corrupts a closed trace"
+    );
     // After the retention the id is forgotten and a new span opens a new trace.
     w.on_watermark(200 * S, &mut out);
     w.process([span(1, 3, 1, 195)], &mut out);
@@ -145,7 +186,10 @@ fn max_spans_cap_continues_in_next_fragment() {
     c.closed_trace_retention = HumanDuration::secs(60);
     let mut w = SessionWindow::new(c);
     let mut out = SessionOutput::default();
-    w.process([span(1, 1, 0, 100), span(1, 2, 1, 100), span(1, 3, 1, 101)], &mut out);
+    w.process(
+        [span(1, 1, 0, 100), span(1, 2, 1, 100), span(1, 3, 1, 101)],
+        &mut out,
+    );
     assert_eq!(out.closed.len(), 1);
     assert_eq!(out.closed[0].summary.close_reason, CloseReason::MaxSpans);
     assert_eq!(out.closed[0].summary.fragment, 0);
@@ -154,7 +198,10 @@ fn max_spans_cap_continues_in_next_fragment() {
     assert_eq!(out.closed[1].summary.fragment, 1);
     assert_eq!(out.closed[1].summary.span_count, 1);
     assert_eq!(out.closed[1].summary.close_reason, CloseReason::EndOfInput);
-    assert!(out.late.is_empty(), "a cap never turns spans into late data");
+    assert!(
+        out.late.is_empty(),
+        "a cap never turns spans into late data"
+    );
 }
 
 #[test]
@@ -182,10 +229,16 @@ fn max_open_traces_evicts_nearest_deadline() {
     c.max_open_traces = 2;
     let mut w = SessionWindow::new(c);
     let mut out = SessionOutput::default();
-    w.process([span(1, 1, 0, 100), span(2, 1, 0, 101), span(3, 1, 0, 102)], &mut out);
+    w.process(
+        [span(1, 1, 0, 100), span(2, 1, 0, 101), span(3, 1, 0, 102)],
+        &mut out,
+    );
     assert_eq!(out.closed.len(), 1);
     assert_eq!(out.closed[0].trace_id, tid(1));
-    assert_eq!(out.closed[0].summary.close_reason, CloseReason::MaxOpenTraces);
+    assert_eq!(
+        out.closed[0].summary.close_reason,
+        CloseReason::MaxOpenTraces
+    );
     assert_eq!(w.open_traces(), 2);
 }
 
@@ -218,12 +271,29 @@ fn validate_reports_each_problem_with_its_path() {
     let mut c = cfg(0);
     c.max_spans_per_trace = 0;
     c.gap_rules = vec![
-        GapRule { when: GapCondition::default(), gap: HumanDuration::secs(0) },
-        GapRule { when: GapCondition { has_error: Some(true), ..Default::default() }, gap: HumanDuration::secs(1) },
+        GapRule {
+            when: GapCondition::default(),
+            gap: HumanDuration::secs(0),
+        },
+        GapRule {
+            when: GapCondition {
+                has_error: Some(true),
+                ..Default::default()
+            },
+            gap: HumanDuration::secs(1),
+        },
     ];
     let issues = c.validate();
     let paths: Vec<String> = issues.iter().map(|i| i.path.join(".")).collect();
-    assert_eq!(paths, vec!["gap", "max_spans_per_trace", "gap_rules.0.gap", "gap_rules.0.when"]);
+    assert_eq!(
+        paths,
+        vec![
+            "gap",
+            "max_spans_per_trace",
+            "gap_rules.0.gap",
+            "gap_rules.0.when"
+        ]
+    );
 }
 
 // ---------------------------------------------------------------------------------
@@ -282,7 +352,12 @@ struct Scenario {
 }
 
 fn scenario() -> impl Strategy<Value = Scenario> {
-    (1u64..20, 0u64..8, prop::collection::vec((0u8..12, 1u64..300, 0u64..6), 1..150), 1usize..20)
+    (
+        1u64..20,
+        0u64..8,
+        prop::collection::vec((0u8..12, 1u64..300, 0u64..6), 1..150),
+        1usize..20,
+    )
         .prop_map(|(gap_s, ooo_s, raw, batch)| {
             let mut spans: Vec<Span> = raw
                 .iter()
@@ -304,11 +379,19 @@ fn scenario() -> impl Strategy<Value = Scenario> {
             keyed.sort();
             let order: Vec<Span> = keyed.iter().map(|&(_, i)| spans[i].clone()).collect();
             spans = order;
-            Scenario { spans, batches: vec![batch], max_ooo: ooo, gap: gap_s * S }
+            Scenario {
+                spans,
+                batches: vec![batch],
+                max_ooo: ooo,
+                gap: gap_s * S,
+            }
         })
 }
 
-fn run(sc: &Scenario, restore_at: Option<usize>) -> (Vec<ClosedTrace>, Vec<LateSpan>, Vec<EventTime>) {
+fn run(
+    sc: &Scenario,
+    restore_at: Option<usize>,
+) -> (Vec<ClosedTrace>, Vec<LateSpan>, Vec<EventTime>) {
     let c = SessionWindowConfig {
         gap: HumanDuration(std::time::Duration::from_nanos(sc.gap)),
         closed_trace_retention: HumanDuration::secs(0),

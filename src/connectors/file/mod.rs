@@ -25,7 +25,10 @@ impl FileSourceConfig {
     pub fn validate(&self) -> Vec<spanflow_operators::ConfigIssue> {
         let mut issues = Vec::new();
         if self.paths.is_empty() {
-            issues.push(spanflow_operators::ConfigIssue::new("paths", "must list at least one file"));
+            issues.push(spanflow_operators::ConfigIssue::new(
+                "paths",
+                "must list at least one file",
+            ));
         }
         issues
     }

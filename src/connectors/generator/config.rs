@@ -131,7 +131,10 @@ impl GeneratorConfig {
         if self.traces_per_second.is_nan() || self.traces_per_second <= 0.0 {
             issues.push(ConfigIssue::new(
                 "traces_per_second",
-                format!("must be greater than zero, found {}", self.traces_per_second),
+                format!(
+                    "must be greater than zero, found {}",
+                    self.traces_per_second
+                ),
             ));
         }
         if self.services < 20 {
@@ -143,7 +146,10 @@ impl GeneratorConfig {
         if humantime::parse_rfc3339(&self.start_time).is_err() {
             issues.push(ConfigIssue::new(
                 "start_time",
-                format!("must be an RFC 3339 time like `2026-01-01T00:00:00Z`, found `{}`", self.start_time),
+                format!(
+                    "must be an RFC 3339 time like `2026-01-01T00:00:00Z`, found `{}`",
+                    self.start_time
+                ),
             ));
         }
         for (key, v) in [
@@ -155,12 +161,74 @@ impl GeneratorConfig {
             ("garbage_fraction", self.garbage_fraction),
         ] {
             if !(0.0..=1.0).contains(&v) {
-                issues.push(ConfigIssue::new(key, format!("must be between 0 and 1, found {v}")));
+                issues.push(ConfigIssue::new(
+                    key,
+                    format!("must be between 0 and 1, found {v}"),
+                ));
             }
         }
         if self.spans_per_record == 0 {
-            issues.push(ConfigIssue::new("spans_per_record", "must be at least 1, found 0"));
+            issues.push(ConfigIssue::new(
+                "spans_per_record",
+                "must be at least 1, found 0",
+            ));
+        }
+        if self.traces_per_second.is_infinite() {
+            issues.push(ConfigIssue::new(
+                "traces_per_second",
+                "must be finite, found infinity",
+            ));
+        } else if self.traces_per_second > 0.0
+            && self.traces as f64 / self.traces_per_second > MAX_RUN_SECS
+        {
+            issues.push(ConfigIssue::new(
+                "traces",
+                format!(
+                    "{} traces at {} per second would span more than 100 years of event time",
+                    self.traces, self.traces_per_second
+                ),
+            ));
+        }
+        if self.services > MAX_SERVICES {
+            issues.push(ConfigIssue::new(
+                "services",
+                format!("must be at most {MAX_SERVICES}, found {}", self.services),
+            ));
+        }
+        if humantime::parse_rfc3339(&self.start_time).is_ok()
+            && start_time_ns(&self.start_time).is_none()
+        {
+            issues.push(ConfigIssue::new(
+                "start_time",
+                format!(
+                    "must be between 1970-01-01T00:00:00Z and 2200-01-01T00:00:00Z (unix nanoseconds must fit 64 bits), found `{}`",
+                    self.start_time
+                ),
+            ));
         }
         issues
     }
+}
+
+/// Largest fleet: the topology is built eagerly and each service gets its own
+/// resources, so an absurd value would only burn memory.
+pub(super) const MAX_SERVICES: u32 = 10_000;
+
+/// Longest run in event time (100 years): with the latest start it keeps every
+/// timestamp inside a u64 of unix nanoseconds.
+const MAX_RUN_SECS: f64 = 100.0 * 365.25 * 86_400.0;
+
+/// Latest accepted start (2200-01-01T00:00:00Z) in unix seconds: later times plus
+/// hours of generated traffic and delays would overflow unix nanoseconds in a u64.
+const LATEST_START_SECS: u64 = 7_258_118_400;
+
+/// `start_time` in unix nanoseconds; `None` when it does not parse or is outside
+/// 1970..2200.
+pub(super) fn start_time_ns(start_time: &str) -> Option<u64> {
+    let t = humantime::parse_rfc3339(start_time).ok()?;
+    let d = t.duration_since(std::time::UNIX_EPOCH).ok()?;
+    if d.as_secs() >= LATEST_START_SECS {
+        return None;
+    }
+    u64::try_from(d.as_nanos()).ok()
 }

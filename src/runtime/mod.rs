@@ -1,0 +1,453 @@
+//! The runtime: tokio tasks connected by bounded channels that carry batches.
+//!
+//! ```text
+//! sources ──records──▶ ordered parallel decode ──▶ router ──spans by trace_id──▶ shard 0..P
+//!   (generator, file,     (spawn_blocking,          (watermarks per split,       (session_window,
+//!    memory)               order preserved)          dead letters)                 table rows -> sinks)
+//! ```
+//!
+//! Determinism: decoding preserves record order and the router broadcasts the same
+//! watermark sequence to every shard, so each trace sees the same spans and watermarks
+//! in the same order whatever the parallelism; outputs differ only in row order.
+
+mod plan;
+mod shard;
+mod source;
+mod summary;
+pub mod watermark;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use spanflow_operators::Sym;
+use spanflow_operators::session_window::SessionMetrics;
+use tokio::sync::mpsc;
+
+pub use plan::{Plan, PlanError, TableTarget};
+pub use source::MemoryInput;
+pub use summary::{OutputTable, RunSummary};
+
+use crate::connectors::SinkError;
+use crate::connectors::generator::GroundTruth;
+use crate::connectors::parquet::{ParquetTableWriter, prepare_table_dir};
+use crate::formats::{DecodeStats, Decoded, RecordMeta, SpanDecoder};
+use crate::job::Job;
+use crate::tables::{DeadLetterRows, TableRows};
+use shard::{ShardMsg, ShardResult};
+use source::{SourceEvent, SourceTask};
+use watermark::WatermarkTracker;
+
+/// Errors of a run.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The job cannot be planned.
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+    /// A source failed (unreadable file, bad generator config).
+    #[error("source `{source_name}`: {message}")]
+    Source {
+        /// Source node name.
+        source_name: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// A sink failed.
+    #[error(transparent)]
+    Sink(#[from] SinkError),
+    /// A task died; this is a bug.
+    #[error("internal error: {0} (this is a bug)")]
+    Internal(String),
+}
+
+/// How to run a job.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Overrides every Parquet sink's directory.
+    pub output_dir: Option<PathBuf>,
+    /// Shards; `None` = the job's `parallelism`, else one per core.
+    pub parallelism: Option<usize>,
+    /// Show a progress bar on stderr.
+    pub progress: bool,
+    /// Replace the job's sources with pre-encoded records (benchmarks).
+    pub memory_input: Option<Arc<MemoryInput>>,
+    /// Build output batches but write nothing (benchmarks).
+    pub discard_outputs: bool,
+}
+
+/// Counters shared with the progress bar and the memory sampler.
+#[derive(Debug, Default)]
+pub(crate) struct Progress {
+    pub spans: AtomicU64,
+    pub records: AtomicU64,
+    pub traces_closed: AtomicU64,
+    pub buffered_spans: AtomicU64,
+}
+
+/// Spans per decode chunk target; chunks are cut by record count so that chunking
+/// (and thus the watermark sequence) never depends on timing.
+const RECORDS_PER_CHUNK: usize = 8;
+
+/// Runs a job to completion (bounded sources) and returns its summary.
+pub fn run_job(job: &Job, opts: &RunOptions) -> Result<RunSummary, RunError> {
+    let plan = Plan::new(job, opts.output_dir.as_deref())?;
+    let parallelism = opts
+        .parallelism
+        .or(job.parallelism)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .max(1);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(parallelism.max(2))
+        .thread_name("spanflow")
+        .enable_time()
+        .build()
+        .map_err(|e| RunError::Internal(format!("cannot start the tokio runtime: {e}")))?;
+    let cpu0 = summary::cpu_seconds();
+    let t0 = Instant::now();
+    let result = rt.block_on(run_plan(plan, parallelism, opts.clone()));
+    let mut summary = result?;
+    summary.wall_seconds = t0.elapsed().as_secs_f64();
+    summary.cpu_seconds = summary::cpu_seconds() - cpu0;
+    summary.peak_rss_bytes = summary::peak_rss_bytes();
+    Ok(summary)
+}
+
+async fn run_plan(
+    plan: Plan,
+    parallelism: usize,
+    opts: RunOptions,
+) -> Result<RunSummary, RunError> {
+    let progress = Arc::new(Progress::default());
+    if !opts.discard_outputs {
+        for t in plan
+            .traces
+            .iter()
+            .chain(&plan.late_spans)
+            .chain(&plan.dead_letters)
+        {
+            prepare_table_dir(&t.dir, &t.table)?;
+        }
+    }
+
+    // Shards.
+    let mut shard_txs = Vec::with_capacity(parallelism);
+    let mut shard_handles = Vec::with_capacity(parallelism);
+    for index in 0..parallelism {
+        let (tx, rx) = mpsc::channel::<ShardMsg>(16);
+        let shard = shard::Shard::new(index, &plan, opts.discard_outputs, progress.clone())?;
+        shard_txs.push(tx);
+        shard_handles.push(tokio::spawn(shard.run(rx)));
+    }
+
+    // Sources.
+    let (src_tx, src_rx) = mpsc::channel::<SourceEvent>(4 * parallelism);
+    let mut source_tasks = Vec::new();
+    let mut split_settings = Vec::new();
+    let ground_truth = Arc::new(std::sync::Mutex::new(None::<GroundTruth>));
+    if let Some(mem) = &opts.memory_input {
+        let wm = plan
+            .sources
+            .first()
+            .map(|s| s.watermark.clone())
+            .unwrap_or_default();
+        split_settings.push((Sym::new(&mem.name), wm));
+        source_tasks.push(SourceTask::Memory(mem.clone()));
+    } else {
+        for s in &plan.sources {
+            split_settings.push((Sym::new(&s.name), s.watermark.clone()));
+            source_tasks.push(SourceTask::from_node(s)?);
+        }
+    }
+    let n_sources = source_tasks.len();
+    let mut source_handles = Vec::new();
+    for (i, task) in source_tasks.into_iter().enumerate() {
+        let tx = src_tx.clone();
+        let gt = ground_truth.clone();
+        source_handles.push(tokio::task::spawn_blocking(move || task.run(i, tx, gt)));
+    }
+    drop(src_tx);
+
+    // Progress bar.
+    let bar = opts
+        .progress
+        .then(|| summary::progress_bar(progress.clone()));
+
+    // Decode (ordered, parallel) and route.
+    let mut dead_rows = DeadLetterRows::default();
+    let mut dead_writers = Vec::new();
+    if !opts.discard_outputs {
+        for t in &plan.dead_letters {
+            let w = ParquetTableWriter::create(&t.dir, &t.table, 0, dead_rows.schema(), &t.config)?;
+            dead_writers.push((t.clone(), w));
+        }
+    }
+    let mut tracker = WatermarkTracker::new(n_sources);
+    let mut decode_stats = DecodeStats::default();
+    let decoded = tokio_stream_from(src_rx)
+        .map(|ev| async move {
+            match ev {
+                SourceEvent::Records {
+                    source,
+                    name,
+                    split,
+                    first_offset,
+                    format,
+                    records,
+                } => {
+                    let n = records.len();
+                    let res = tokio::task::spawn_blocking(move || {
+                        let mut dec = SpanDecoder::new();
+                        let mut out = Decoded::default();
+                        let mut ends = Vec::with_capacity(records.len());
+                        for (i, r) in records.iter().enumerate() {
+                            let meta = RecordMeta {
+                                source: name,
+                                split,
+                                offset: first_offset + i as u64,
+                            };
+                            dec.decode(format, r, &meta, &mut out);
+                            ends.push(out.spans.len());
+                        }
+                        (out, ends, *dec.stats())
+                    })
+                    .await;
+                    match res {
+                        Ok((out, ends, stats)) => Routed::Decoded {
+                            source,
+                            split,
+                            records: n,
+                            out,
+                            ends,
+                            stats,
+                        },
+                        Err(e) => Routed::Failed(format!("decoder task failed: {e}")),
+                    }
+                }
+                SourceEvent::Split { source, split } => Routed::Split { source, split },
+                SourceEvent::Done { source } => Routed::Done { source },
+                SourceEvent::Failed { source, message } => Routed::SourceFailed { source, message },
+            }
+        })
+        .buffered(parallelism + 1);
+    tokio::pin!(decoded);
+
+    let mut per_shard: Vec<Vec<spanflow_operators::Span>> =
+        (0..parallelism).map(|_| Vec::new()).collect();
+    let mut last_wm = 0u64;
+    let mut failure: Option<RunError> = None;
+    let idle_check = Duration::from_millis(500);
+    loop {
+        let next = tokio::time::timeout(idle_check, decoded.next()).await;
+        let now = Instant::now();
+        let item = match next {
+            Ok(Some(item)) => Some(item),
+            Ok(None) => break,
+            Err(_) => None,
+        };
+        match item {
+            Some(Routed::Split { source, split }) => {
+                let wm = &split_settings[source].1;
+                tracker.add_split(
+                    (source, split),
+                    wm.max_out_of_order.0,
+                    wm.idle_timeout.0,
+                    now,
+                );
+            }
+            Some(Routed::Decoded {
+                source,
+                split,
+                records,
+                out,
+                ends,
+                stats,
+            }) => {
+                decode_stats.merge(&stats);
+                tracker.touch((source, split), now);
+                progress
+                    .records
+                    .fetch_add(records as u64, Ordering::Relaxed);
+                progress
+                    .spans
+                    .fetch_add(out.spans.len() as u64, Ordering::Relaxed);
+                for d in &out.dead_letters {
+                    dead_rows.push(d);
+                }
+                if dead_rows.len() >= 4096 {
+                    flush_dead(&mut dead_rows, &mut dead_writers)?;
+                }
+                // The watermark may advance after every record (as a Kafka source's
+                // would), never in the middle of one: spans before it reach the shards
+                // first.
+                let mut spans = out.spans.into_iter();
+                let mut start = 0;
+                for end in ends {
+                    for span in spans.by_ref().take(end - start) {
+                        tracker.observe((source, split), span.end_ns);
+                        let shard = (span.trace_id.hash64() % parallelism as u64) as usize;
+                        per_shard[shard].push(span);
+                    }
+                    start = end;
+                    let wm = tracker.watermark(now);
+                    if wm > last_wm && wm != spanflow_operators::WATERMARK_END {
+                        last_wm = wm;
+                        send_spans(&mut per_shard, &shard_txs, &mut failure).await;
+                        for tx in &shard_txs {
+                            let _ = tx.send(ShardMsg::Watermark(wm)).await;
+                        }
+                    }
+                }
+                send_spans(&mut per_shard, &shard_txs, &mut failure).await;
+            }
+            Some(Routed::Done { source }) => tracker.finish_source(source),
+            Some(Routed::SourceFailed { source, message }) => {
+                let name = split_settings
+                    .get(source)
+                    .map_or("?", |s| s.0.as_str())
+                    .to_owned();
+                failure.get_or_insert(RunError::Source {
+                    source_name: name,
+                    message,
+                });
+                tracker.finish_source(source);
+            }
+            Some(Routed::Failed(msg)) => {
+                failure.get_or_insert(RunError::Internal(msg));
+            }
+            None => {}
+        }
+        let wm = tracker.watermark(now);
+        if wm > last_wm && wm != spanflow_operators::WATERMARK_END {
+            last_wm = wm;
+            for tx in &shard_txs {
+                let _ = tx.send(ShardMsg::Watermark(wm)).await;
+            }
+        }
+    }
+    for tx in &shard_txs {
+        let _ = tx.send(ShardMsg::End).await;
+    }
+    drop(shard_txs);
+    flush_dead(&mut dead_rows, &mut dead_writers)?;
+    let mut outputs: Vec<OutputTable> = Vec::new();
+    for (t, w) in dead_writers {
+        let rows = w.close()?;
+        summary::add_output(&mut outputs, &t, rows);
+    }
+
+    let mut sessions = SessionMetrics::default();
+    let mut peak_buffered = (0usize, 0usize);
+    for h in shard_handles {
+        let r: Result<ShardResult, RunError> = h
+            .await
+            .map_err(|e| RunError::Internal(format!("shard task failed: {e}")))?;
+        let r = r?;
+        sessions.merge(&r.metrics);
+        for (t, rows) in r.outputs {
+            summary::add_output(&mut outputs, &t, rows);
+        }
+        peak_buffered.0 += r.peak_buffered.0;
+        peak_buffered.1 += r.peak_buffered.1;
+    }
+    for h in source_handles {
+        h.await
+            .map_err(|e| RunError::Internal(format!("source task failed: {e}")))?;
+    }
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    let gt = ground_truth.lock().ok().and_then(|g| g.clone());
+    Ok(RunSummary {
+        job: plan.job.clone(),
+        parallelism,
+        decode: decode_stats,
+        sessions,
+        outputs,
+        ground_truth: gt,
+        peak_buffered_spans: peak_buffered.0 as u64,
+        bytes_per_buffered_span: if peak_buffered.0 > 0 {
+            peak_buffered.1 as f64 / peak_buffered.0 as f64
+        } else {
+            0.0
+        },
+        wall_seconds: 0.0,
+        cpu_seconds: 0.0,
+        peak_rss_bytes: 0,
+    })
+}
+
+enum Routed {
+    /// `ends[i]` is the end of record i's spans in `out.spans`.
+    Decoded {
+        source: usize,
+        split: u32,
+        records: usize,
+        out: Decoded,
+        ends: Vec<usize>,
+        stats: DecodeStats,
+    },
+    Split {
+        source: usize,
+        split: u32,
+    },
+    Done {
+        source: usize,
+    },
+    SourceFailed {
+        source: usize,
+        message: String,
+    },
+    Failed(String),
+}
+
+async fn send_spans(
+    per_shard: &mut [Vec<spanflow_operators::Span>],
+    txs: &[mpsc::Sender<ShardMsg>],
+    failure: &mut Option<RunError>,
+) {
+    for (i, batch) in per_shard.iter_mut().enumerate() {
+        if !batch.is_empty() {
+            let b = std::mem::take(batch);
+            if txs[i].send(ShardMsg::Spans(b)).await.is_err() {
+                failure.get_or_insert(RunError::Internal("a shard stopped early".into()));
+            }
+        }
+    }
+}
+
+fn flush_dead(
+    rows: &mut DeadLetterRows,
+    writers: &mut [(TableTarget, ParquetTableWriter)],
+) -> Result<(), RunError> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let batch = rows.finish();
+    for (t, w) in writers.iter_mut() {
+        // Each target only takes the dead letters of the source it names.
+        let mask: Vec<bool> = batch_sources(&batch).map(|s| s == t.node).collect();
+        let filtered = arrow::compute::filter_record_batch(&batch, &mask.into())
+            .map_err(|e| RunError::Internal(format!("filtering dead letters: {e}")))?;
+        w.write(&filtered)?;
+    }
+    Ok(())
+}
+
+fn batch_sources(batch: &arrow::record_batch::RecordBatch) -> impl Iterator<Item = &str> {
+    let col = batch
+        .column(0)
+        .as_any()
+        .downcast_ref::<arrow::array::StringArray>();
+    (0..batch.num_rows()).map(move |i| col.map_or("", |c| c.value(i)))
+}
+
+fn tokio_stream_from<T: Send + 'static>(
+    mut rx: mpsc::Receiver<T>,
+) -> impl futures::Stream<Item = T> {
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}

@@ -1,0 +1,230 @@
+//! The end-of-run summary and the progress bar.
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
+use spanflow_operators::session_window::{CloseReason, LateReason, SessionMetrics};
+
+use super::{Progress, TableTarget};
+use crate::connectors::generator::GroundTruth;
+use crate::formats::DecodeStats;
+
+/// Rows written to one table by one sink.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct OutputTable {
+    /// Sink node name.
+    pub sink: String,
+    /// Table name.
+    pub table: String,
+    /// Directory holding the table's part files.
+    pub path: PathBuf,
+    /// Rows written.
+    pub rows: u64,
+}
+
+pub(crate) fn add_output(outputs: &mut Vec<OutputTable>, t: &TableTarget, rows: u64) {
+    let path = t.dir.join(&t.table);
+    if let Some(o) = outputs
+        .iter_mut()
+        .find(|o| o.sink == t.sink && o.table == t.table)
+    {
+        o.rows += rows;
+    } else {
+        outputs.push(OutputTable {
+            sink: t.sink.clone(),
+            table: t.table.clone(),
+            path,
+            rows,
+        });
+    }
+}
+
+/// What a run did.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunSummary {
+    /// Job name.
+    pub job: String,
+    /// Shards used.
+    pub parallelism: usize,
+    /// Decoding counters.
+    pub decode: DecodeStats,
+    /// Session window counters (all shards).
+    pub sessions: SessionMetrics,
+    /// Rows written per sink and table.
+    pub outputs: Vec<OutputTable>,
+    /// The generator's ground truth, when the job read the generator.
+    pub ground_truth: Option<GroundTruth>,
+    /// Most spans buffered at once (sum of per-shard peaks).
+    pub peak_buffered_spans: u64,
+    /// Accounted bytes per buffered span at those peaks.
+    pub bytes_per_buffered_span: f64,
+    /// Wall-clock seconds.
+    pub wall_seconds: f64,
+    /// CPU seconds (user + system) of the process during the run.
+    pub cpu_seconds: f64,
+    /// Peak resident memory of the process.
+    pub peak_rss_bytes: u64,
+}
+
+impl RunSummary {
+    /// Spans per wall-clock second.
+    pub fn spans_per_second(&self) -> f64 {
+        self.decode.spans as f64 / self.wall_seconds.max(1e-9)
+    }
+
+    /// Spans per CPU second.
+    pub fn spans_per_cpu_second(&self) -> f64 {
+        self.decode.spans as f64 / self.cpu_seconds.max(1e-9)
+    }
+
+    /// Rows written to `table` by any sink (the largest count, as several sinks may
+    /// write the same table).
+    pub fn rows(&self, table: &str) -> u64 {
+        self.outputs
+            .iter()
+            .filter(|o| o.table == table)
+            .map(|o| o.rows)
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// The human-readable summary printed at the end of `spanflow run`.
+    pub fn render(&self) -> String {
+        let mut s = String::new();
+        let d = &self.decode;
+        let m = &self.sessions;
+        let _ = writeln!(
+            s,
+            "job `{}` finished in {:.2}s ({} shards)",
+            self.job, self.wall_seconds, self.parallelism
+        );
+        let _ = writeln!(
+            s,
+            "  input       {} records, {} spans decoded, {} dead letters ({} bad records, {} bad spans)",
+            d.records,
+            d.spans,
+            d.dead_letters(),
+            d.bad_records,
+            d.bad_spans
+        );
+        let reasons: Vec<String> = CloseReason::ALL
+            .iter()
+            .zip(m.closed_by_reason)
+            .filter(|(_, n)| *n > 0)
+            .map(|(r, n)| format!("{} {n}", r.as_str()))
+            .collect();
+        let _ = writeln!(
+            s,
+            "  traces      {} closed ({}), {} spans in closed traces",
+            m.traces_closed(),
+            if reasons.is_empty() {
+                "none".to_owned()
+            } else {
+                reasons.join(", ")
+            },
+            m.spans_closed
+        );
+        let late: Vec<String> = LateReason::ALL
+            .iter()
+            .zip(m.late_by_reason)
+            .filter(|(_, n)| *n > 0)
+            .map(|(r, n)| format!("{} {n}", r.as_str()))
+            .collect();
+        let _ = writeln!(
+            s,
+            "  late spans  {}{}",
+            m.late_spans(),
+            if late.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", late.join(", "))
+            }
+        );
+        let _ = writeln!(
+            s,
+            "  throughput  {:.0} spans/s, {:.0} spans per CPU-second ({:.2} CPU-s), peak RSS {:.1} MiB",
+            self.spans_per_second(),
+            self.spans_per_cpu_second(),
+            self.cpu_seconds,
+            self.peak_rss_bytes as f64 / (1024.0 * 1024.0)
+        );
+        let _ = writeln!(
+            s,
+            "  buffering   peak {} spans buffered, {:.0} bytes per buffered span",
+            self.peak_buffered_spans, self.bytes_per_buffered_span
+        );
+        if let Some(gt) = &self.ground_truth {
+            let _ = writeln!(
+                s,
+                "  generator   {} traces, {} spans, {} error spans, {} late spans, {} garbage records",
+                gt.traces, gt.spans, gt.error_spans, gt.late_spans, gt.garbage_records
+            );
+        }
+        if !self.outputs.is_empty() {
+            let _ = writeln!(s, "  outputs");
+            for o in &self.outputs {
+                let _ = writeln!(
+                    s,
+                    "    {:<14} {:>10} rows  {}",
+                    o.table,
+                    o.rows,
+                    o.path.display()
+                );
+            }
+        }
+        s
+    }
+}
+
+/// CPU seconds (user + system) used by this process so far.
+pub fn cpu_seconds() -> f64 {
+    // SAFETY: getrusage writes into the zeroed struct we pass and has no other effects.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    if rc != 0 {
+        return 0.0;
+    }
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
+/// Peak resident set size of this process, in bytes.
+pub fn peak_rss_bytes() -> u64 {
+    // SAFETY: as above.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    if rc != 0 {
+        return 0;
+    }
+    // Linux reports kilobytes.
+    (ru.ru_maxrss.max(0) as u64) * 1024
+}
+
+pub(crate) fn progress_bar(progress: Arc<Progress>) -> ProgressBar {
+    let bar = ProgressBar::new_spinner();
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} {elapsed_precise} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+    );
+    bar.enable_steady_tick(Duration::from_millis(200));
+    let b = bar.clone();
+    std::thread::spawn(move || {
+        while !b.is_finished() {
+            let spans = progress.spans.load(Ordering::Relaxed);
+            let traces = progress.traces_closed.load(Ordering::Relaxed);
+            let buffered = progress.buffered_spans.load(Ordering::Relaxed);
+            let elapsed = b.elapsed().as_secs_f64().max(1e-3);
+            b.set_message(format!(
+                "{spans} spans ({:.0}/s), {traces} traces closed, {buffered} spans buffered",
+                spans as f64 / elapsed
+            ));
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    });
+    bar
+}

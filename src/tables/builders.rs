@@ -1,0 +1,520 @@
+//! Arrow builders for each output table.
+
+use std::sync::{Arc, LazyLock};
+
+use arrow::array::{
+    ArrayBuilder, ArrayRef, BinaryBuilder, BooleanBuilder, FixedSizeBinaryBuilder, MapBuilder,
+    MapFieldNames, StringBuilder, TimestampNanosecondBuilder, UInt16Builder, UInt32Builder,
+    UInt64Builder,
+};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use arrow::record_batch::RecordBatch;
+use spanflow_operators::Span;
+use spanflow_operators::session_window::{ClosedTrace, LateSpan};
+
+use super::TableRows;
+use crate::formats::DeadLetter;
+
+fn ts() -> DataType {
+    DataType::Timestamp(TimeUnit::Nanosecond, Some("+00:00".into()))
+}
+
+fn map_type() -> DataType {
+    DataType::Map(
+        Arc::new(Field::new(
+            "entries",
+            DataType::Struct(
+                vec![
+                    Field::new("keys", DataType::Utf8, false),
+                    Field::new("values", DataType::Utf8, true),
+                ]
+                .into(),
+            ),
+            false,
+        )),
+        false,
+    )
+}
+
+fn map_builder() -> MapBuilder<StringBuilder, StringBuilder> {
+    MapBuilder::new(
+        Some(MapFieldNames {
+            entry: "entries".into(),
+            key: "keys".into(),
+            value: "values".into(),
+        }),
+        StringBuilder::new(),
+        StringBuilder::new(),
+    )
+}
+
+fn batch(schema: &SchemaRef, cols: Vec<ArrayRef>) -> RecordBatch {
+    // The builders and the schema are defined side by side below; a mismatch is a bug
+    // that the table tests catch, so fall back to an empty batch instead of panicking.
+    RecordBatch::try_new(schema.clone(), cols).unwrap_or_else(|e| {
+        tracing::error!(error = %e, "internal error building a record batch; this is a bug");
+        RecordBatch::new_empty(schema.clone())
+    })
+}
+
+/// Schema of `traces`: one row per closed trace (fragment).
+pub static TRACES_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
+    Arc::new(Schema::new(vec![
+        Field::new("trace_id", DataType::FixedSizeBinary(16), false),
+        Field::new("fragment", DataType::UInt32, false),
+        Field::new("root_service", DataType::Utf8, false),
+        Field::new("root_operation", DataType::Utf8, false),
+        Field::new("has_root", DataType::Boolean, false),
+        Field::new("start_time", ts(), false),
+        Field::new("end_time", ts(), false),
+        Field::new("duration_ns", DataType::UInt64, false),
+        Field::new("span_count", DataType::UInt32, false),
+        Field::new("error_count", DataType::UInt32, false),
+        Field::new("service_count", DataType::UInt32, false),
+        Field::new("close_reason", DataType::Utf8, false),
+    ]))
+});
+
+/// Rows of `traces`.
+pub struct TraceRows {
+    trace_id: FixedSizeBinaryBuilder,
+    fragment: UInt32Builder,
+    root_service: StringBuilder,
+    root_operation: StringBuilder,
+    has_root: BooleanBuilder,
+    start: TimestampNanosecondBuilder,
+    end: TimestampNanosecondBuilder,
+    duration: UInt64Builder,
+    span_count: UInt32Builder,
+    error_count: UInt32Builder,
+    service_count: UInt32Builder,
+    close_reason: StringBuilder,
+    services_scratch: Vec<spanflow_operators::Sym>,
+}
+
+impl Default for TraceRows {
+    fn default() -> Self {
+        TraceRows {
+            trace_id: FixedSizeBinaryBuilder::new(16),
+            fragment: UInt32Builder::new(),
+            root_service: StringBuilder::new(),
+            root_operation: StringBuilder::new(),
+            has_root: BooleanBuilder::new(),
+            start: TimestampNanosecondBuilder::new().with_timezone("+00:00"),
+            end: TimestampNanosecondBuilder::new().with_timezone("+00:00"),
+            duration: UInt64Builder::new(),
+            span_count: UInt32Builder::new(),
+            error_count: UInt32Builder::new(),
+            service_count: UInt32Builder::new(),
+            close_reason: StringBuilder::new(),
+            services_scratch: Vec::new(),
+        }
+    }
+}
+
+impl TraceRows {
+    /// Appends one closed trace.
+    pub fn push(&mut self, t: &ClosedTrace) {
+        let s = &t.summary;
+        // Infallible: the id is always 16 bytes.
+        let _ = self.trace_id.append_value(t.trace_id.0);
+        self.fragment.append_value(s.fragment);
+        self.root_service.append_value(s.root_service.as_str());
+        self.root_operation.append_value(s.root_operation.as_str());
+        self.has_root.append_value(s.has_root);
+        self.start.append_value(s.start_ns as i64);
+        self.end.append_value(s.end_ns as i64);
+        self.duration.append_value(s.duration_ns());
+        self.span_count.append_value(s.span_count);
+        self.error_count.append_value(s.error_count);
+        self.services_scratch.clear();
+        self.services_scratch
+            .extend(t.spans.iter().map(|s| s.service));
+        self.services_scratch.sort_unstable_by_key(|s| s.as_str());
+        self.services_scratch.dedup();
+        self.service_count
+            .append_value(self.services_scratch.len() as u32);
+        self.close_reason.append_value(s.close_reason.as_str());
+    }
+}
+
+impl TableRows for TraceRows {
+    fn table(&self) -> &'static str {
+        "traces"
+    }
+    fn len(&self) -> usize {
+        self.fragment.len()
+    }
+    fn schema(&self) -> SchemaRef {
+        TRACES_SCHEMA.clone()
+    }
+    fn finish(&mut self) -> RecordBatch {
+        let cols: Vec<ArrayRef> = vec![
+            Arc::new(self.trace_id.finish()),
+            Arc::new(self.fragment.finish()),
+            Arc::new(self.root_service.finish()),
+            Arc::new(self.root_operation.finish()),
+            Arc::new(self.has_root.finish()),
+            Arc::new(self.start.finish()),
+            Arc::new(self.end.finish()),
+            Arc::new(self.duration.finish()),
+            Arc::new(self.span_count.finish()),
+            Arc::new(self.error_count.finish()),
+            Arc::new(self.service_count.finish()),
+            Arc::new(self.close_reason.finish()),
+        ];
+        batch(&TRACES_SCHEMA, cols)
+    }
+}
+
+fn span_fields() -> Vec<Field> {
+    vec![
+        Field::new("trace_id", DataType::FixedSizeBinary(16), false),
+        Field::new("span_id", DataType::FixedSizeBinary(8), false),
+        Field::new("parent_span_id", DataType::FixedSizeBinary(8), true),
+        Field::new("service", DataType::Utf8, false),
+        Field::new("instance", DataType::Utf8, false),
+        Field::new("name", DataType::Utf8, false),
+        Field::new("kind", DataType::Utf8, false),
+        Field::new("start_time", ts(), false),
+        Field::new("end_time", ts(), false),
+        Field::new("duration_ns", DataType::UInt64, false),
+        Field::new("status", DataType::Utf8, false),
+        Field::new("is_error", DataType::Boolean, false),
+        Field::new("call_type", DataType::Utf8, false),
+        Field::new("http_status", DataType::UInt16, false),
+        Field::new("peer", DataType::Utf8, false),
+        Field::new("db_system", DataType::Utf8, false),
+        Field::new("messaging_destination", DataType::Utf8, false),
+        Field::new("attributes", map_type(), false),
+        Field::new("resource_attributes", map_type(), false),
+    ]
+}
+
+/// Schema of `late_spans`: the span columns plus why and when it was late.
+pub static LATE_SPANS_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
+    let mut f = span_fields();
+    f.push(Field::new("late_reason", DataType::Utf8, false));
+    f.push(Field::new("watermark", ts(), false));
+    Arc::new(Schema::new(f))
+});
+
+/// Schema of `spans`: one row per span.
+pub static SPANS_SCHEMA: LazyLock<SchemaRef> =
+    LazyLock::new(|| Arc::new(Schema::new(span_fields())));
+
+/// Rows of a span table (`spans`, or `late_spans` when built with [`SpanRows::late`]).
+pub struct SpanRows {
+    late: bool,
+    trace_id: FixedSizeBinaryBuilder,
+    span_id: FixedSizeBinaryBuilder,
+    parent: FixedSizeBinaryBuilder,
+    service: StringBuilder,
+    instance: StringBuilder,
+    name: StringBuilder,
+    kind: StringBuilder,
+    start: TimestampNanosecondBuilder,
+    end: TimestampNanosecondBuilder,
+    duration: UInt64Builder,
+    status: StringBuilder,
+    is_error: BooleanBuilder,
+    call_type: StringBuilder,
+    http_status: UInt16Builder,
+    peer: StringBuilder,
+    db_system: StringBuilder,
+    destination: StringBuilder,
+    attributes: MapBuilder<StringBuilder, StringBuilder>,
+    resource_attributes: MapBuilder<StringBuilder, StringBuilder>,
+    late_reason: StringBuilder,
+    watermark: TimestampNanosecondBuilder,
+    text: String,
+}
+
+impl SpanRows {
+    fn new(late: bool) -> Self {
+        SpanRows {
+            late,
+            trace_id: FixedSizeBinaryBuilder::new(16),
+            span_id: FixedSizeBinaryBuilder::new(8),
+            parent: FixedSizeBinaryBuilder::new(8),
+            service: StringBuilder::new(),
+            instance: StringBuilder::new(),
+            name: StringBuilder::new(),
+            kind: StringBuilder::new(),
+            start: TimestampNanosecondBuilder::new().with_timezone("+00:00"),
+            end: TimestampNanosecondBuilder::new().with_timezone("+00:00"),
+            duration: UInt64Builder::new(),
+            status: StringBuilder::new(),
+            is_error: BooleanBuilder::new(),
+            call_type: StringBuilder::new(),
+            http_status: UInt16Builder::new(),
+            peer: StringBuilder::new(),
+            db_system: StringBuilder::new(),
+            destination: StringBuilder::new(),
+            attributes: map_builder(),
+            resource_attributes: map_builder(),
+            late_reason: StringBuilder::new(),
+            watermark: TimestampNanosecondBuilder::new().with_timezone("+00:00"),
+            text: String::new(),
+        }
+    }
+
+    /// Rows for the `spans` table.
+    pub fn spans() -> Self {
+        Self::new(false)
+    }
+
+    /// Rows for the `late_spans` table.
+    pub fn late() -> Self {
+        Self::new(true)
+    }
+
+    /// Appends one span (for `spans`).
+    pub fn push(&mut self, s: &Span) {
+        use std::fmt::Write;
+        let _ = self.trace_id.append_value(s.trace_id.0);
+        let _ = self.span_id.append_value(s.span_id.0);
+        if s.is_root() {
+            self.parent.append_null();
+        } else {
+            let _ = self.parent.append_value(s.parent_span_id.0);
+        }
+        self.service.append_value(s.service.as_str());
+        self.instance.append_value(s.instance.as_str());
+        self.name.append_value(s.name.as_str());
+        self.kind.append_value(s.kind.as_str());
+        self.start.append_value(s.start_ns as i64);
+        self.end.append_value(s.end_ns as i64);
+        self.duration.append_value(s.duration_ns());
+        self.status.append_value(s.status.as_str());
+        self.is_error.append_value(s.is_error());
+        self.call_type.append_value(s.call_type.as_str());
+        self.http_status.append_value(s.http_status);
+        self.peer.append_value(s.peer.as_str());
+        self.db_system.append_value(s.db_system.as_str());
+        self.destination
+            .append_value(s.messaging_destination.as_str());
+        for (k, v, resource) in s.attrs.iter() {
+            let m = if resource {
+                &mut self.resource_attributes
+            } else {
+                &mut self.attributes
+            };
+            self.text.clear();
+            let _ = write!(self.text, "{v}");
+            m.keys().append_value(k);
+            m.values().append_value(&self.text);
+        }
+        // Map entries are always balanced (one key and one value each), so append
+        // cannot fail.
+        let _ = self.attributes.append(true);
+        let _ = self.resource_attributes.append(true);
+    }
+
+    /// Appends one late span (for `late_spans`).
+    pub fn push_late(&mut self, l: &LateSpan) {
+        self.push(&l.span);
+        self.late_reason.append_value(l.reason.as_str());
+        self.watermark
+            .append_value(l.watermark.min(i64::MAX as u64) as i64);
+    }
+}
+
+impl TableRows for SpanRows {
+    fn table(&self) -> &'static str {
+        if self.late { "late_spans" } else { "spans" }
+    }
+    fn len(&self) -> usize {
+        self.duration.len()
+    }
+    fn schema(&self) -> SchemaRef {
+        if self.late {
+            LATE_SPANS_SCHEMA.clone()
+        } else {
+            SPANS_SCHEMA.clone()
+        }
+    }
+    fn finish(&mut self) -> RecordBatch {
+        let mut cols: Vec<ArrayRef> = vec![
+            Arc::new(self.trace_id.finish()),
+            Arc::new(self.span_id.finish()),
+            Arc::new(self.parent.finish()),
+            Arc::new(self.service.finish()),
+            Arc::new(self.instance.finish()),
+            Arc::new(self.name.finish()),
+            Arc::new(self.kind.finish()),
+            Arc::new(self.start.finish()),
+            Arc::new(self.end.finish()),
+            Arc::new(self.duration.finish()),
+            Arc::new(self.status.finish()),
+            Arc::new(self.is_error.finish()),
+            Arc::new(self.call_type.finish()),
+            Arc::new(self.http_status.finish()),
+            Arc::new(self.peer.finish()),
+            Arc::new(self.db_system.finish()),
+            Arc::new(self.destination.finish()),
+            Arc::new(self.attributes.finish()),
+            Arc::new(self.resource_attributes.finish()),
+        ];
+        if self.late {
+            cols.push(Arc::new(self.late_reason.finish()));
+            cols.push(Arc::new(self.watermark.finish()));
+            batch(&LATE_SPANS_SCHEMA, cols)
+        } else {
+            batch(&SPANS_SCHEMA, cols)
+        }
+    }
+}
+
+/// Schema of `dead_letters`.
+pub static DEAD_LETTERS_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
+    Arc::new(Schema::new(vec![
+        Field::new("source", DataType::Utf8, false),
+        Field::new("split", DataType::UInt32, false),
+        Field::new("offset", DataType::UInt64, false),
+        Field::new("span_index", DataType::UInt32, true),
+        Field::new("kind", DataType::Utf8, false),
+        Field::new("reason", DataType::Utf8, false),
+        Field::new("payload_len", DataType::UInt64, false),
+        Field::new("payload", DataType::Binary, false),
+    ]))
+});
+
+/// Rows of `dead_letters`.
+pub struct DeadLetterRows {
+    source: StringBuilder,
+    split: UInt32Builder,
+    offset: UInt64Builder,
+    span_index: UInt32Builder,
+    kind: StringBuilder,
+    reason: StringBuilder,
+    payload_len: UInt64Builder,
+    payload: BinaryBuilder,
+}
+
+impl Default for DeadLetterRows {
+    fn default() -> Self {
+        DeadLetterRows {
+            source: StringBuilder::new(),
+            split: UInt32Builder::new(),
+            offset: UInt64Builder::new(),
+            span_index: UInt32Builder::new(),
+            kind: StringBuilder::new(),
+            reason: StringBuilder::new(),
+            payload_len: UInt64Builder::new(),
+            payload: BinaryBuilder::new(),
+        }
+    }
+}
+
+impl DeadLetterRows {
+    /// Appends one dead letter.
+    pub fn push(&mut self, d: &DeadLetter) {
+        self.source.append_value(d.source.as_str());
+        self.split.append_value(d.split);
+        self.offset.append_value(d.offset);
+        self.span_index.append_option(d.span_index);
+        self.kind.append_value(d.kind);
+        self.reason.append_value(&d.reason);
+        self.payload_len.append_value(d.payload_len);
+        self.payload.append_value(&d.payload);
+    }
+}
+
+impl TableRows for DeadLetterRows {
+    fn table(&self) -> &'static str {
+        "dead_letters"
+    }
+    fn len(&self) -> usize {
+        self.split.len()
+    }
+    fn schema(&self) -> SchemaRef {
+        DEAD_LETTERS_SCHEMA.clone()
+    }
+    fn finish(&mut self) -> RecordBatch {
+        let cols: Vec<ArrayRef> = vec![
+            Arc::new(self.source.finish()),
+            Arc::new(self.split.finish()),
+            Arc::new(self.offset.finish()),
+            Arc::new(self.span_index.finish()),
+            Arc::new(self.kind.finish()),
+            Arc::new(self.reason.finish()),
+            Arc::new(self.payload_len.finish()),
+            Arc::new(self.payload.finish()),
+        ];
+        batch(&DEAD_LETTERS_SCHEMA, cols)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use spanflow_operators::session_window::{CloseReason, LateReason, TraceSummary};
+    use spanflow_operators::{AttrValue, AttrsBuilder, SpanId, Sym, TraceId};
+
+    fn span() -> Span {
+        let mut b = AttrsBuilder::default();
+        b.push("http.route", AttrValue::Str("/x"), false);
+        b.push("k8s.pod", AttrValue::Str("p-1"), true);
+        Span {
+            trace_id: TraceId([1; 16]),
+            span_id: SpanId([2; 8]),
+            start_ns: 10,
+            end_ns: 30,
+            service: Sym::new("a"),
+            attrs: b.finish(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn every_table_builds_batches_matching_its_schema() {
+        let mut t = TraceRows::default();
+        t.push(&ClosedTrace {
+            trace_id: TraceId([1; 16]),
+            spans: vec![span(), span()],
+            summary: TraceSummary {
+                root_service: Sym::new("a"),
+                root_operation: Sym::new("op"),
+                has_root: true,
+                start_ns: 10,
+                end_ns: 30,
+                span_count: 2,
+                error_count: 0,
+                close_reason: CloseReason::Gap,
+                fragment: 0,
+            },
+        });
+        let b = t.finish();
+        assert_eq!(b.num_rows(), 1);
+        assert_eq!(b.schema(), *TRACES_SCHEMA);
+        assert_eq!(t.len(), 0, "finish drains");
+
+        let mut l = SpanRows::late();
+        l.push_late(&LateSpan {
+            span: span(),
+            reason: LateReason::TraceClosed,
+            watermark: 99,
+        });
+        let b = l.finish();
+        assert_eq!(b.num_rows(), 1);
+        assert_eq!(b.schema(), *LATE_SPANS_SCHEMA);
+
+        let mut s = SpanRows::spans();
+        s.push(&span());
+        assert_eq!(s.finish().schema(), *SPANS_SCHEMA);
+
+        let mut d = DeadLetterRows::default();
+        d.push(&DeadLetter {
+            source: Sym::new("gen"),
+            split: 0,
+            offset: 5,
+            span_index: None,
+            kind: "malformed_protobuf",
+            reason: "x".into(),
+            payload_len: 3,
+            payload: vec![1, 2, 3],
+        });
+        assert_eq!(d.finish().num_rows(), 1);
+    }
+}

@@ -1,0 +1,26 @@
+//! The output tables: Arrow schemas and row builders shared by every sink.
+//!
+//! Column names and types are the contract with users' SQL (`spanflow sql`), with the
+//! ClickHouse DDL and with the Avro schemas, so they change only deliberately.
+
+mod builders;
+
+pub use builders::{DeadLetterRows, SpanRows, TraceRows};
+
+use arrow::record_batch::RecordBatch;
+
+/// A buffer of rows for one table that turns into Arrow record batches.
+pub trait TableRows: Send {
+    /// Table name (`traces`, `late_spans`, `dead_letters`, ...).
+    fn table(&self) -> &'static str;
+    /// Rows buffered.
+    fn len(&self) -> usize;
+    /// True when no rows are buffered.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Takes the buffered rows as one batch.
+    fn finish(&mut self) -> RecordBatch;
+    /// The table's schema.
+    fn schema(&self) -> arrow::datatypes::SchemaRef;
+}

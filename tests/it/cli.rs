@@ -1,0 +1,170 @@
+//! CLI tests: run the built binary in a temp dir and check its output and exit code.
+
+use std::process::Command;
+
+use crate::support::{bin, read_table, root};
+
+#[test]
+fn validate_accepts_the_demo_job() {
+    let out = Command::new(bin())
+        .args(["validate"])
+        .arg(root().join("jobs/demo.yaml"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ok"));
+}
+
+#[test]
+fn validate_reports_every_problem_with_line_and_column() {
+    let dir = tempfile::tempdir().unwrap();
+    let job = dir.path().join("bad.yaml");
+    std::fs::write(
+        &job,
+        "name: bad\nsources:\n  gen:\n    type: generator\n    traces: many\noperators:\n  s:\n    type: session_window\n    from: gen\n    gapp: 10s\nsinks:\n  out:\n    type: parquet\n    from: [sesions]\n",
+    )
+    .unwrap();
+    let out = Command::new(bin())
+        .arg("validate")
+        .arg(&job)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bad.yaml:5:13"), "bad value position:\n{err}");
+    assert!(
+        err.contains("bad.yaml:10:5"),
+        "unknown key position:\n{err}"
+    );
+    assert!(err.contains("`gap`"), "typo suggestion:\n{err}");
+    assert!(
+        err.contains("bad.yaml:14:12"),
+        "unknown reference position:\n{err}"
+    );
+
+    let out = Command::new(bin())
+        .args(["validate", "--format", "json"])
+        .arg(&job)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v.as_array().map(Vec::len), Some(3));
+}
+
+#[test]
+fn run_prints_a_summary_and_writes_tables() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(bin())
+        .args(["run", "--no-progress", "--parallelism", "2", "--output-dir"])
+        .arg(dir.path())
+        .arg(root().join("tests/golden/sessions_basic/job.yaml"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("7 closed"), "{text}");
+    assert!(text.contains("late spans  1"), "{text}");
+    assert_eq!(
+        read_table(dir.path(), "traces")
+            .iter()
+            .map(|b| b.num_rows())
+            .sum::<usize>(),
+        7
+    );
+}
+
+#[test]
+fn gen_writes_records_and_ground_truth() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("spans.otlp");
+    let out = Command::new(bin())
+        .args(["gen", "--traces", "50", "--seed", "7", "--out"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let truth: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("spans.otlp.truth.json")).unwrap())
+            .unwrap();
+    assert_eq!(truth["traces"], 50);
+    // The file reads back through a `file` source with the same totals.
+    let job = dir.path().join("job.yaml");
+    std::fs::write(
+        &job,
+        "sources:\n  f:\n    type: file\n    paths: [spans.otlp]\n    format: otlp_proto\noperators:\n  s:\n    type: session_window\n    from: f\nsinks:\n  o:\n    type: parquet\n    from: [s]\n",
+    )
+    .unwrap();
+    let out = Command::new(bin())
+        .args(["run", "--json", "--output-dir"])
+        .arg(dir.path().join("out"))
+        .arg(&job)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(summary["decode"]["spans"], truth["spans"]);
+}
+
+#[test]
+fn bench_json_has_the_promised_fields() {
+    let out = Command::new(bin())
+        .args(["bench", "--json", "--spans", "20000"])
+        .arg(root().join("jobs/demo.yaml"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for key in [
+        "spans",
+        "wall_seconds",
+        "cpu_seconds",
+        "spans_per_second",
+        "spans_per_cpu_second",
+        "peak_rss_bytes",
+    ] {
+        assert!(
+            v.get(key).is_some_and(|x| x.is_number()),
+            "missing {key} in {v}"
+        );
+    }
+    assert!(v["spans"].as_u64().unwrap() >= 20000);
+}
+
+#[test]
+fn every_command_has_help() {
+    for cmd in [
+        vec!["--help"],
+        vec!["run", "--help"],
+        vec!["validate", "--help"],
+        vec!["gen", "--help"],
+        vec!["bench", "--help"],
+    ] {
+        let out = Command::new(bin()).args(&cmd).output().unwrap();
+        assert!(out.status.success(), "{cmd:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("Usage"),
+            "{cmd:?}"
+        );
+    }
+}

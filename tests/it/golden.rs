@@ -1,0 +1,58 @@
+//! Golden tests: `tests/golden/<case>/{job.yaml, input...}` run through the real engine;
+//! every output table is compared with `expected/<table>.txt` (sorted rows).
+//! `UPDATE_GOLDEN=1` rewrites the expected files; review the diff before committing.
+
+use std::path::Path;
+
+use spanflow::runtime::{RunOptions, run_job};
+
+use crate::support::{read_table, root, rows};
+
+fn check_case(case: &str, tables: &[&str], parallelism: usize) {
+    let dir = root().join("tests/golden").join(case);
+    let job = spanflow::job::load(&dir.join("job.yaml")).unwrap_or_else(|d| panic!("{d}"));
+    let out = tempfile::tempdir().unwrap();
+    let opts = RunOptions {
+        output_dir: Some(out.path().to_path_buf()),
+        parallelism: Some(parallelism),
+        ..Default::default()
+    };
+    run_job(&job, &opts).unwrap();
+    for table in tables {
+        // Payload bytes are opaque; their length and reason are compared instead.
+        let got = rows(&read_table(out.path(), table), &["payload"]).join("\n") + "\n";
+        let expected_path = dir.join("expected").join(format!("{table}.txt"));
+        if std::env::var_os("UPDATE_GOLDEN").is_some() {
+            std::fs::create_dir_all(expected_path.parent().unwrap()).unwrap();
+            std::fs::write(&expected_path, &got).unwrap();
+            continue;
+        }
+        let expected = std::fs::read_to_string(&expected_path).unwrap_or_else(|e| {
+            panic!(
+                "{}: {e} (run with UPDATE_GOLDEN=1)",
+                expected_path.display()
+            )
+        });
+        assert_eq!(
+            got,
+            expected,
+            "{case}/{table} differs from {} (parallelism {parallelism})",
+            show(&expected_path)
+        );
+    }
+}
+
+fn show(p: &Path) -> String {
+    p.strip_prefix(root()).unwrap_or(p).display().to_string()
+}
+
+#[test]
+fn sessions_basic() {
+    for p in [1, 2, 3] {
+        check_case(
+            "sessions_basic",
+            &["traces", "late_spans", "dead_letters"],
+            p,
+        );
+    }
+}

@@ -1,0 +1,92 @@
+//! Helpers shared by the integration tests.
+
+use std::path::{Path, PathBuf};
+
+use arrow::array::RecordBatch;
+use arrow::util::display::{ArrayFormatter, FormatOptions};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+/// The repository root.
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The built `spanflow` binary.
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_spanflow"))
+}
+
+/// Reads every part file of `<dir>/<table>/`.
+pub fn read_table(dir: &Path, table: &str) -> Vec<RecordBatch> {
+    let tdir = dir.join(table);
+    let mut parts: Vec<PathBuf> = std::fs::read_dir(&tdir)
+        .unwrap_or_else(|e| panic!("{}: {e}", tdir.display()))
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "parquet"))
+        .collect();
+    parts.sort();
+    let mut out = Vec::new();
+    for p in parts {
+        let f = std::fs::File::open(&p).unwrap();
+        let reader = ParquetRecordBatchReaderBuilder::try_new(f)
+            .unwrap()
+            .build()
+            .unwrap();
+        for b in reader {
+            out.push(b.unwrap());
+        }
+    }
+    out
+}
+
+/// Every row as `col=value` text, sorted, so outputs compare regardless of row order.
+pub fn rows(batches: &[RecordBatch], skip: &[&str]) -> Vec<String> {
+    let mut out = Vec::new();
+    let opts = FormatOptions::default();
+    for b in batches {
+        let schema = b.schema();
+        let cols: Vec<(String, ArrayFormatter<'_>)> = b
+            .columns()
+            .iter()
+            .zip(schema.fields())
+            .filter(|(_, f)| !skip.contains(&f.name().as_str()))
+            .map(|(c, f)| {
+                (
+                    f.name().clone(),
+                    ArrayFormatter::try_new(c.as_ref(), &opts).unwrap(),
+                )
+            })
+            .collect();
+        for i in 0..b.num_rows() {
+            let line: Vec<String> = cols
+                .iter()
+                .map(|(n, f)| format!("{n}={}", f.value(i)))
+                .collect();
+            out.push(line.join(" "));
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Values of one column as text, in file order.
+pub fn column(batches: &[RecordBatch], name: &str) -> Vec<String> {
+    let opts = FormatOptions::default();
+    let mut out = Vec::new();
+    for b in batches {
+        let idx = b.schema().index_of(name).unwrap();
+        let f = ArrayFormatter::try_new(b.column(idx).as_ref(), &opts).unwrap();
+        for i in 0..b.num_rows() {
+            out.push(f.value(i).to_string());
+        }
+    }
+    out
+}
+
+/// Sum of a numeric column.
+pub fn sum(batches: &[RecordBatch], name: &str) -> u64 {
+    column(batches, name)
+        .iter()
+        .map(|v| v.parse::<u64>().unwrap())
+        .sum()
+}
