@@ -13,8 +13,8 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 /// Process-wide string interner. Service, instance and operation names repeat across
 /// millions of spans; interning makes them a `u32` in the span and a pointer compare in
 /// grouping, and lets [`Sym::as_str`] hand out `&'static str`.
-static INTERNER: LazyLock<ThreadedRodeo> = LazyLock::new(|| {
-    let rodeo = ThreadedRodeo::new();
+static INTERNER: LazyLock<ThreadedRodeo<Spur, ahash::RandomState>> = LazyLock::new(|| {
+    let rodeo = ThreadedRodeo::with_hasher(ahash::RandomState::new());
     rodeo.get_or_intern_static("");
     rodeo
 });
@@ -27,7 +27,32 @@ pub struct Sym(Spur);
 impl Sym {
     /// Interns `s`, returning the existing symbol when it was seen before.
     pub fn new(s: &str) -> Self {
-        Sym(INTERNER.get_or_intern(s))
+        // A per-thread front cache: decoders intern several strings per span, and the
+        // shared interner's sharded locks cost more than a private hash lookup.
+        thread_local! {
+            static CACHE: std::cell::RefCell<ahash::AHashMap<Box<str>, Sym>> =
+                std::cell::RefCell::new(ahash::AHashMap::new());
+        }
+        const CACHE_LIMIT: usize = 1 << 16;
+        CACHE.with(|c| {
+            let Ok(mut cache) = c.try_borrow_mut() else {
+                return Sym(INTERNER.get_or_intern(s));
+            };
+            if let Some(sym) = cache.get(s) {
+                return *sym;
+            }
+            let sym = Sym(INTERNER.get_or_intern(s));
+            if cache.len() < CACHE_LIMIT {
+                cache.insert(s.into(), sym);
+            }
+            sym
+        })
+    }
+
+    /// A number identifying the symbol within this process (interning order): cheap to
+    /// sort or hash by, but not stable across runs, so never output it.
+    pub fn id(self) -> u32 {
+        self.0.into_inner().get()
     }
 
     /// The empty string, used for "absent" (no peer, no db system, ...).
@@ -39,7 +64,7 @@ impl Sym {
     /// The interned text.
     pub fn as_str(self) -> &'static str {
         // The interner is a static that is never dropped, so its strings live forever.
-        let rodeo: &'static ThreadedRodeo = &INTERNER;
+        let rodeo: &'static ThreadedRodeo<Spur, ahash::RandomState> = &INTERNER;
         rodeo.resolve(&self.0)
     }
 

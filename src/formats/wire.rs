@@ -38,8 +38,20 @@ impl<'a> Reader<'a> {
         self.base + self.pos
     }
 
-    #[inline]
+    #[inline(always)]
     pub fn varint(&mut self) -> Result<u64, DecodeError> {
+        // Tags, lengths and enums are almost always one byte.
+        if let Some(&b) = self.buf.get(self.pos)
+            && b < 0x80
+        {
+            self.pos += 1;
+            return Ok(u64::from(b));
+        }
+        self.varint_slow()
+    }
+
+    #[inline(never)]
+    fn varint_slow(&mut self) -> Result<u64, DecodeError> {
         let mut v: u64 = 0;
         for i in 0..10 {
             let Some(&b) = self.buf.get(self.pos) else {
@@ -55,7 +67,7 @@ impl<'a> Reader<'a> {
     }
 
     /// Next field header, or `None` at the end of the message.
-    #[inline]
+    #[inline(always)]
     pub fn field(&mut self) -> Result<Option<(u32, WireType)>, DecodeError> {
         if self.pos >= self.buf.len() {
             return Ok(None);
@@ -106,7 +118,9 @@ impl<'a> Reader<'a> {
     pub fn str(&mut self) -> Result<&'a str, DecodeError> {
         let at = self.offset();
         let b = self.bytes()?;
-        std::str::from_utf8(b).map_err(|_| err("invalid UTF-8 in a string field", at))
+        // simdutf8 validates long values (URLs, user agents, SQL) several times faster
+        // than std; its result is the same.
+        simdutf8::basic::from_utf8(b).map_err(|_| err("invalid UTF-8 in a string field", at))
     }
 
     #[inline]

@@ -130,7 +130,7 @@ impl TraceRows {
         self.services_scratch.clear();
         self.services_scratch
             .extend(t.spans.iter().map(|s| s.service));
-        self.services_scratch.sort_unstable_by_key(|s| s.as_str());
+        self.services_scratch.sort_unstable_by_key(|s| s.id());
         self.services_scratch.dedup();
         self.service_count
             .append_value(self.services_scratch.len() as u32);

@@ -501,14 +501,12 @@ impl SessionWindow {
 
         let idx = if n_hits == 0 {
             let has_open = self.state.sessions.contains_key(&tid);
-            if !has_open {
-                if let Some(tomb) = self.state.tombstones.get(&tid).copied() {
-                    if tomb.reason.is_cap() {
-                        next_fragment = tomb.fragment + 1;
-                    } else {
-                        self.late(span, LateReason::TraceClosed, out);
-                        return;
-                    }
+            if !has_open && let Some(tomb) = self.state.tombstones.get(&tid).copied() {
+                if tomb.reason.is_cap() {
+                    next_fragment = tomb.fragment + 1;
+                } else {
+                    self.late(span, LateReason::TraceClosed, out);
+                    return;
                 }
             }
             let probe = Session::new(&span, next_fragment);
@@ -566,7 +564,8 @@ impl SessionWindow {
         let Some(list) = self.state.sessions.get_mut(&tid) else {
             return 0;
         };
-        let (mut merged, rest): (Vec<(Session, u64)>, Vec<(Session, u64)>) =
+        type WithGap = Vec<(Session, u64)>;
+        let (mut merged, rest): (WithGap, WithGap) =
             list.drain(..).zip(gaps).partition(|(s, g)| {
                 t < s.last_event.saturating_add(*g) && t.saturating_add(*g) > s.first_event
             });
@@ -759,7 +758,7 @@ impl SessionWindow {
         st.expiry.push(Reverse((expires, tid)));
         session
             .spans
-            .sort_unstable_by(|a, b| (a.start_ns, a.span_id).cmp(&(b.start_ns, b.span_id)));
+            .sort_unstable_by_key(|s| (s.start_ns, s.span_id));
         let summary = session.summary(reason);
         out.closed.push(ClosedTrace {
             trace_id: tid,
@@ -775,7 +774,8 @@ impl Session {
     fn new(span: &Span, fragment: u32) -> Self {
         let t = span.event_time();
         Session {
-            spans: Vec::new(),
+            // Most traces hold tens of spans; skip the first few doublings.
+            spans: Vec::with_capacity(16),
             first_event: t,
             last_event: t,
             opened_at: t,
