@@ -366,8 +366,11 @@ pub struct Span {
     pub db_system: Sym,
     /// `messaging.destination.name` / `messaging.destination`, empty when absent.
     pub messaging_destination: Sym,
-    /// All other span and resource attributes, packed.
+    /// All other span attributes, packed.
     pub attrs: Attrs,
+    /// The resource's attributes other than service name and instance, shared by every
+    /// span of that resource.
+    pub resource_attrs: Attrs,
 }
 
 impl Span {
@@ -402,7 +405,8 @@ impl Span {
             || self.call_type == CallType::Mq
     }
 
-    /// Approximate memory held by this span, for byte caps and bench figures.
+    /// Approximate memory held by this span, for byte caps and bench figures (shared
+    /// resource attributes are not counted per span).
     pub fn heap_bytes(&self) -> usize {
         std::mem::size_of::<Span>() + self.attrs.heap_bytes()
     }
@@ -441,12 +445,13 @@ const TAG_DOUBLE: u8 = 3;
 const TAG_JSON: u8 = 4;
 const FLAG_RESOURCE: u8 = 0x80;
 
-/// Attributes packed into one boxed buffer: per entry a tag byte (type, plus a flag for
+/// Attributes packed into one shared buffer: per entry a tag byte (type, plus a flag for
 /// resource attributes), the key (u16 length + bytes) and the value (u32 length + bytes
 /// for text, 1 or 8 bytes otherwise). One allocation per span instead of two per
-/// attribute; operators never read it, only the span sink does.
+/// attribute, and a resource's attributes are one buffer shared by all its spans;
+/// operators never read it, only the span sinks do.
 #[derive(Clone, PartialEq, Default)]
-pub struct Attrs(Option<Box<[u8]>>);
+pub struct Attrs(Option<std::sync::Arc<[u8]>>);
 
 impl Attrs {
     /// No attributes.
@@ -619,14 +624,6 @@ impl AttrsBuilder {
         a
     }
 
-    /// Appends every attribute of an already packed set (e.g. a resource's attributes,
-    /// shared by all spans of that resource).
-    pub fn extend_packed(&mut self, attrs: &Attrs) {
-        if let Some(b) = &attrs.0 {
-            self.buf.extend_from_slice(b);
-        }
-    }
-
     /// Number of bytes pushed since the last [`finish`](Self::finish).
     pub fn len(&self) -> usize {
         self.buf.len()
@@ -655,7 +652,7 @@ impl<'de> Deserialize<'de> for Attrs {
         let a = if v.is_empty() {
             Attrs::empty()
         } else {
-            Attrs(Some(v.into_boxed_slice()))
+            Attrs(Some(v.into()))
         };
         let mut it = a.iter();
         while it.next().is_some() {}

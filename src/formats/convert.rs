@@ -111,7 +111,6 @@ impl SpanBuilder {
         };
         let kind = SpanKind::from_i32(raw.kind);
         let c = call.finish(kind);
-        self.attrs.extend_packed(&res.extra);
         Ok(Span {
             trace_id,
             span_id,
@@ -129,6 +128,7 @@ impl SpanBuilder {
             db_system: c.db_system,
             messaging_destination: c.messaging_destination,
             attrs: self.attrs.finish(),
+            resource_attrs: res.extra.clone(),
         })
     }
 }

@@ -110,7 +110,7 @@ fn decodes_fields_and_classifies() {
     assert_eq!(sp.attrs.get("retries"), Some(AttrValue::Int(3)));
     assert_eq!(sp.attrs.get("tags"), Some(AttrValue::Json("[\"a\"]")));
     assert_eq!(
-        sp.attrs.get("k8s.namespace.name"),
+        sp.resource_attrs.get("k8s.namespace.name"),
         Some(AttrValue::Str("shop"))
     );
     assert!(

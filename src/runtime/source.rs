@@ -3,6 +3,7 @@
 
 use std::sync::{Arc, Mutex};
 
+use bytes::Bytes;
 use spanflow_operators::Sym;
 use tokio::sync::mpsc;
 
@@ -20,7 +21,7 @@ pub struct MemoryInput {
     /// Record encoding.
     pub format: InputFormat,
     /// The records, in order (one split).
-    pub records: Vec<Vec<u8>>,
+    pub records: Vec<Bytes>,
     /// Spans in the records.
     pub spans: u64,
 }
@@ -36,7 +37,7 @@ pub(crate) enum SourceEvent {
         split: u32,
         first_offset: u64,
         format: InputFormat,
-        records: Vec<Vec<u8>>,
+        records: Vec<Bytes>,
     },
     /// The source is exhausted.
     Done { source: usize },
@@ -102,7 +103,7 @@ impl SourceTask {
                     let next = generator.next_record();
                     let end = next.is_none();
                     if let Some(r) = next {
-                        chunk.push(r.payload);
+                        chunk.push(Bytes::from(r.payload));
                     }
                     if chunk.len() >= RECORDS_PER_CHUNK || (end && !chunk.is_empty()) {
                         let n = chunk.len() as u64;
@@ -134,8 +135,8 @@ impl SourceTask {
                 // hold the watermark back while an earlier one is read.
                 let mut offset = 0u64;
                 for path in &config.paths {
-                    let records = match read_records(path, config.format) {
-                        Ok(r) => r,
+                    let records: Vec<Bytes> = match read_records(path, config.format) {
+                        Ok(r) => r.into_iter().map(Bytes::from).collect(),
                         Err(e) => {
                             send(SourceEvent::Failed {
                                 source,
