@@ -129,6 +129,13 @@ impl RunSummary {
             },
             m.spans_closed
         );
+        if m.continued > 0 {
+            let _ = writeln!(
+                s,
+                "              {} of them continue an earlier session of their trace id (fragment > 0)",
+                m.continued
+            );
+        }
         let late: Vec<String> = LateReason::ALL
             .iter()
             .zip(m.late_by_reason)

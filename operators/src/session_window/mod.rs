@@ -332,6 +332,10 @@ pub struct SessionMetrics {
     pub late_by_reason: [u64; 2],
     /// Spans emitted inside closed traces.
     pub spans_closed: u64,
+    /// Closed traces that continue an earlier session of the same trace id
+    /// (`fragment > 0`): after a cap, or when spans more than a gap apart opened a
+    /// second session before the first closed.
+    pub continued: u64,
 }
 
 impl SessionMetrics {
@@ -339,6 +343,7 @@ impl SessionMetrics {
     pub fn merge(&mut self, o: &SessionMetrics) {
         self.spans_in += o.spans_in;
         self.spans_closed += o.spans_closed;
+        self.continued += o.continued;
         for (a, b) in self.closed_by_reason.iter_mut().zip(o.closed_by_reason) {
             *a += b;
         }
@@ -744,6 +749,7 @@ impl SessionWindow {
             .unwrap_or(0);
         st.metrics.closed_by_reason[ridx] += 1;
         st.metrics.spans_closed += session.spans.len() as u64;
+        st.metrics.continued += u64::from(session.fragment > 0);
         let expires = session.last_event.saturating_add(self.retention_ns);
         let prior = st.tombstones.get(&tid).map_or(0, |t| t.fragment);
         let fragment = session.fragment.max(prior);
