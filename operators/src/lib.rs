@@ -8,7 +8,10 @@
 
 pub mod classify;
 pub mod config;
+pub mod metrics;
 pub mod model;
+pub mod red_metrics;
+pub mod service_graph;
 pub mod session_window;
 
 pub use config::{ConfigIssue, HumanDuration};

@@ -1,0 +1,285 @@
+//! `red_metrics`: rate, errors and duration (with histograms and exemplars) per series,
+//! in event-time tumbling intervals, over closed traces.
+//!
+//! Series (see [`Metric`]):
+//! - `service_node` (service, instance): every span;
+//! - `service_server` (service, operation, call type): entry spans (server, consumer);
+//! - `service_call_<type>` (service, operation, call type, peer): outgoing calls
+//!   (client, producer spans); a client span wrapping another client span of the same
+//!   service and call type (an HTTP client library span around its transport span) is
+//!   not counted, so a call is counted once;
+//! - `service_call_<type>_error`: the failed calls, with their status.
+//!
+//! Each observation lands in the interval of its span's event time (end), whenever its
+//! trace closes: the session window holds the watermark back until then.
+
+use ahash::{AHashMap, AHashSet};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::config::{ConfigIssue, HumanDuration};
+use crate::metrics::normalize::OperationNormalizer;
+use crate::metrics::{
+    Buckets, Exemplar, IntervalAggregator, Metric, MetricsMerger, Partial, SeriesKey,
+    SlowThresholds, default_buckets, validate_interval_and_buckets,
+};
+use crate::model::{CallType, SpanId, SpanKind, Sym};
+use crate::session_window::ClosedTrace;
+
+/// Optional dimensions of the series (`service` is always kept).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Dimension {
+    /// Service instance (on `service_node`).
+    Instance,
+    /// Normalized operation (on `service_server` and `service_call_*`).
+    Operation,
+    /// The called peer (on `service_call_*`).
+    Peer,
+    /// The failure status (on `service_call_*_error`).
+    Status,
+}
+
+/// Configuration of `red_metrics` in a job file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RedMetricsConfig {
+    /// Length of the event-time tumbling intervals.
+    #[serde(default = "default_interval")]
+    pub interval: HumanDuration,
+    /// Histogram bucket upper bounds (`le`), ascending; `+Inf` is implicit.
+    #[serde(default = "default_buckets")]
+    pub buckets: Vec<HumanDuration>,
+    /// A call slower than its call type's threshold counts as slow.
+    #[serde(default)]
+    pub slow_thresholds: SlowThresholds,
+    /// Optional dimensions to keep; drop some to cut cardinality.
+    #[serde(default = "default_dimensions")]
+    pub dimensions: Vec<Dimension>,
+    /// Series per interval; beyond it the quietest fold into an `__overflow__` series
+    /// per metric (and are counted).
+    #[serde(default = "default_max_series")]
+    pub max_series: usize,
+    /// Replace ids in URL paths by `{id}` and SQL literals by `?` before grouping.
+    #[serde(default = "default_true")]
+    pub normalize_operations: bool,
+}
+
+fn default_interval() -> HumanDuration {
+    HumanDuration::secs(10)
+}
+
+fn default_dimensions() -> Vec<Dimension> {
+    vec![
+        Dimension::Instance,
+        Dimension::Operation,
+        Dimension::Peer,
+        Dimension::Status,
+    ]
+}
+
+fn default_max_series() -> usize {
+    10_000
+}
+
+fn default_true() -> bool {
+    true
+}
+
+impl Default for RedMetricsConfig {
+    fn default() -> Self {
+        RedMetricsConfig {
+            interval: default_interval(),
+            buckets: default_buckets(),
+            slow_thresholds: SlowThresholds::default(),
+            dimensions: default_dimensions(),
+            max_series: default_max_series(),
+            normalize_operations: true,
+        }
+    }
+}
+
+impl RedMetricsConfig {
+    /// Checks the values serde cannot; returns every problem found.
+    pub fn validate(&self) -> Vec<ConfigIssue> {
+        let mut issues = validate_interval_and_buckets(self.interval, &self.buckets);
+        if self.max_series == 0 {
+            issues.push(ConfigIssue::new(
+                "max_series",
+                "must be at least 1, found 0",
+            ));
+        }
+        issues
+    }
+}
+
+/// The running `red_metrics` operator of one shard.
+#[derive(Debug)]
+pub struct RedMetrics {
+    config: RedMetricsConfig,
+    agg: IntervalAggregator,
+    norm: OperationNormalizer,
+    slow_ns: [u64; 6],
+    keep: [bool; 4],
+    by_id: AHashMap<SpanId, usize>,
+    wrappers: AHashSet<SpanId>,
+}
+
+/// The HTTP status of a failed call, else `error`.
+pub fn failure_status(http_status: u16) -> Sym {
+    if http_status >= 400 {
+        Sym::new(itoa_status(http_status))
+    } else {
+        Sym::new("error")
+    }
+}
+
+fn itoa_status(code: u16) -> &'static str {
+    // Status codes are few; intern them once as static strings.
+    static CODES: std::sync::LazyLock<Vec<String>> =
+        std::sync::LazyLock::new(|| (0..1000u16).map(|c| c.to_string()).collect());
+    CODES.get(usize::from(code)).map_or("error", String::as_str)
+}
+
+impl RedMetrics {
+    /// Builds the operator (validate the config first; invalid values are clamped).
+    pub fn new(config: RedMetricsConfig) -> Self {
+        let agg = IntervalAggregator::new(config.interval, Buckets::new(&config.buckets));
+        let has = |d: Dimension| config.dimensions.contains(&d);
+        let keep = [
+            has(Dimension::Instance),
+            has(Dimension::Operation),
+            has(Dimension::Peer),
+            has(Dimension::Status),
+        ];
+        RedMetrics {
+            slow_ns: config.slow_thresholds.nanos(),
+            keep,
+            agg,
+            norm: OperationNormalizer::default(),
+            config,
+            by_id: AHashMap::new(),
+            wrappers: AHashSet::new(),
+        }
+    }
+
+    /// The merger that combines all shards' partials of this operator.
+    pub fn merger(&self, shards: usize, keep_sampled_only: bool) -> MetricsMerger {
+        MetricsMerger::new(
+            shards,
+            self.config.interval,
+            self.agg.buckets().len(),
+            self.config.max_series,
+            keep_sampled_only,
+        )
+    }
+
+    /// Histogram buckets.
+    pub fn buckets(&self) -> &Buckets {
+        self.agg.buckets()
+    }
+
+    /// Observations that arrived after their interval was flushed.
+    pub fn late_observations(&self) -> u64 {
+        self.agg.late_observations
+    }
+
+    /// Adds every span of a closed trace. `sampled`: the tail sampler kept it (pass
+    /// `true` when no sampler runs).
+    pub fn add_trace(&mut self, trace: &ClosedTrace, sampled: bool) {
+        self.by_id.clear();
+        self.wrappers.clear();
+        for (i, s) in trace.spans.iter().enumerate() {
+            self.by_id.insert(s.span_id, i);
+        }
+        for s in &trace.spans {
+            if s.kind != SpanKind::Client || s.is_root() {
+                continue;
+            }
+            if let Some(p) = self
+                .by_id
+                .get(&s.parent_span_id)
+                .and_then(|&i| trace.spans.get(i))
+                && p.kind == SpanKind::Client
+                && p.service == s.service
+                && p.call_type == s.call_type
+            {
+                self.wrappers.insert(p.span_id);
+            }
+        }
+        let [keep_instance, keep_operation, keep_peer, keep_status] = self.keep;
+        let empty = Sym::empty();
+        for s in &trace.spans {
+            let d = s.duration_ns();
+            let error = s.is_error();
+            let slow = d > self.slow_ns[s.call_type as usize];
+            let ex = Exemplar {
+                trace_id: trace.trace_id,
+                span_id: s.span_id,
+                value_ns: d,
+                timestamp_ns: s.end_ns,
+                error,
+                sampled,
+            };
+            let node = SeriesKey {
+                service: s.service,
+                instance: if keep_instance { s.instance } else { empty },
+                ..SeriesKey::new(Metric::ServiceNode)
+            };
+            self.agg.observe(node, d, slow, ex);
+            let entry = matches!(s.kind, SpanKind::Server | SpanKind::Consumer);
+            let call = matches!(s.kind, SpanKind::Client | SpanKind::Producer)
+                && s.call_type != CallType::Local
+                && !self.wrappers.contains(&s.span_id);
+            if !entry && !call {
+                continue;
+            }
+            let operation = if !keep_operation {
+                empty
+            } else if self.config.normalize_operations {
+                self.norm.normalize(s.name, s.call_type)
+            } else {
+                s.name
+            };
+            if entry {
+                let key = SeriesKey {
+                    service: s.service,
+                    operation,
+                    call_type: s.call_type,
+                    ..SeriesKey::new(Metric::ServiceServer)
+                };
+                self.agg.observe(key, d, slow, ex);
+            } else {
+                let key = SeriesKey {
+                    service: s.service,
+                    operation,
+                    call_type: s.call_type,
+                    peer: if keep_peer { s.peer } else { empty },
+                    ..SeriesKey::new(Metric::ServiceCall(s.call_type))
+                };
+                self.agg.observe(key, d, slow, ex);
+                if error {
+                    let key = SeriesKey {
+                        metric: Metric::ServiceCallError(s.call_type),
+                        status: if keep_status {
+                            failure_status(s.http_status)
+                        } else {
+                            empty
+                        },
+                        ..key
+                    };
+                    self.agg.observe(key, d, slow, ex);
+                }
+            }
+        }
+    }
+
+    /// Hands over the intervals complete at `watermark` (this shard's forwarded
+    /// watermark).
+    pub fn flush(&mut self, watermark: u64, out: &mut Vec<Partial>) {
+        self.agg.flush(watermark, out);
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,274 @@
+//! `service_graph`: edges between services found inside each closed trace, with
+//! request/error counts and a latency histogram per edge and interval.
+//!
+//! - A server (consumer) span whose parent is a client (producer) span of another
+//!   service is an edge caller -> callee. Its latency is the client span's duration as
+//!   the caller saw it (for queues, the consumer span's duration); it failed when the
+//!   client span did (for queues, when the consumer did).
+//! - A client or producer span with a call type but no such child is a call to a peer
+//!   without spans of its own: a virtual node named after `peer` (database by
+//!   `peer.service`/`server.address`/`db.system`, cache, external HTTP/RPC host, queue
+//!   topic), flagged by its [`NodeKind`].
+
+use ahash::{AHashMap, AHashSet};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::config::{ConfigIssue, HumanDuration};
+use crate::metrics::{
+    Buckets, Exemplar, IntervalAggregator, Metric, MetricsMerger, NodeKind, Partial, SeriesKey,
+    SlowThresholds, default_buckets, validate_interval_and_buckets,
+};
+use crate::model::{CallType, Span, SpanId, SpanKind, Sym, TraceId};
+use crate::session_window::ClosedTrace;
+
+/// Configuration of `service_graph` in a job file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceGraphConfig {
+    /// Length of the event-time tumbling intervals.
+    #[serde(default = "default_interval")]
+    pub interval: HumanDuration,
+    /// Histogram bucket upper bounds (`le`), ascending.
+    #[serde(default = "default_buckets")]
+    pub buckets: Vec<HumanDuration>,
+    /// A call slower than its call type's threshold counts as slow.
+    #[serde(default)]
+    pub slow_thresholds: SlowThresholds,
+    /// Add edges to virtual nodes for peers without spans (databases, caches, external
+    /// hosts, queues without consumers).
+    #[serde(default = "default_true")]
+    pub virtual_nodes: bool,
+    /// Edges per interval; beyond it the quietest fold into `__overflow__`.
+    #[serde(default = "default_max_series")]
+    pub max_series: usize,
+}
+
+fn default_interval() -> HumanDuration {
+    HumanDuration::secs(10)
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_max_series() -> usize {
+    10_000
+}
+
+impl Default for ServiceGraphConfig {
+    fn default() -> Self {
+        ServiceGraphConfig {
+            interval: default_interval(),
+            buckets: default_buckets(),
+            slow_thresholds: SlowThresholds::default(),
+            virtual_nodes: true,
+            max_series: default_max_series(),
+        }
+    }
+}
+
+impl ServiceGraphConfig {
+    /// Checks the values serde cannot; returns every problem found.
+    pub fn validate(&self) -> Vec<ConfigIssue> {
+        let mut issues = validate_interval_and_buckets(self.interval, &self.buckets);
+        if self.max_series == 0 {
+            issues.push(ConfigIssue::new(
+                "max_series",
+                "must be at least 1, found 0",
+            ));
+        }
+        issues
+    }
+}
+
+/// One call between two nodes inside a trace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Edge {
+    /// Calling service.
+    pub source: Sym,
+    /// Called service or virtual node.
+    pub target: Sym,
+    /// What the target is.
+    pub target_kind: NodeKind,
+    /// Call type.
+    pub call_type: CallType,
+    /// Latency, ns.
+    pub duration_ns: u64,
+    /// The call failed.
+    pub error: bool,
+    /// Event time of the observation (end of the span measured).
+    pub end_ns: u64,
+    /// Trace.
+    pub trace_id: TraceId,
+    /// The span measured.
+    pub span_id: SpanId,
+}
+
+fn virtual_kind(s: &Span) -> NodeKind {
+    match s.call_type {
+        CallType::Db => NodeKind::Database,
+        CallType::Cache => NodeKind::Cache,
+        CallType::Mq => NodeKind::Queue,
+        _ => NodeKind::External,
+    }
+}
+
+/// Appends the edges of one trace to `out`. `index` and `linked` are scratch space.
+pub fn trace_edges(
+    trace: &ClosedTrace,
+    virtual_nodes: bool,
+    index: &mut AHashMap<SpanId, usize>,
+    linked: &mut AHashSet<SpanId>,
+    out: &mut Vec<Edge>,
+) {
+    index.clear();
+    linked.clear();
+    for (i, s) in trace.spans.iter().enumerate() {
+        index.insert(s.span_id, i);
+    }
+    for s in &trace.spans {
+        let entry = matches!(s.kind, SpanKind::Server | SpanKind::Consumer);
+        if !entry || s.is_root() {
+            continue;
+        }
+        let Some(p) = index
+            .get(&s.parent_span_id)
+            .and_then(|&i| trace.spans.get(i))
+        else {
+            continue;
+        };
+        if p.service == s.service || !matches!(p.kind, SpanKind::Client | SpanKind::Producer) {
+            continue;
+        }
+        linked.insert(p.span_id);
+        let queue = p.kind == SpanKind::Producer || s.kind == SpanKind::Consumer;
+        let measured = if queue { s } else { p };
+        let call_type = if p.call_type != CallType::Local {
+            p.call_type
+        } else {
+            s.call_type
+        };
+        out.push(Edge {
+            source: p.service,
+            target: s.service,
+            target_kind: NodeKind::Service,
+            call_type,
+            duration_ns: measured.duration_ns(),
+            error: measured.is_error(),
+            end_ns: measured.end_ns,
+            trace_id: trace.trace_id,
+            span_id: measured.span_id,
+        });
+    }
+    if !virtual_nodes {
+        return;
+    }
+    for p in &trace.spans {
+        if !matches!(p.kind, SpanKind::Client | SpanKind::Producer)
+            || p.call_type == CallType::Local
+            || linked.contains(&p.span_id)
+        {
+            continue;
+        }
+        let target = if !p.peer.is_empty() {
+            p.peer
+        } else if !p.db_system.is_empty() {
+            p.db_system
+        } else {
+            Sym::new("unknown")
+        };
+        out.push(Edge {
+            source: p.service,
+            target,
+            target_kind: virtual_kind(p),
+            call_type: p.call_type,
+            duration_ns: p.duration_ns(),
+            error: p.is_error(),
+            end_ns: p.end_ns,
+            trace_id: trace.trace_id,
+            span_id: p.span_id,
+        });
+    }
+}
+
+/// The running `service_graph` operator of one shard.
+#[derive(Debug)]
+pub struct ServiceGraph {
+    config: ServiceGraphConfig,
+    agg: IntervalAggregator,
+    slow_ns: [u64; 6],
+    index: AHashMap<SpanId, usize>,
+    linked: AHashSet<SpanId>,
+    edges: Vec<Edge>,
+}
+
+impl ServiceGraph {
+    /// Builds the operator.
+    pub fn new(config: ServiceGraphConfig) -> Self {
+        ServiceGraph {
+            agg: IntervalAggregator::new(config.interval, Buckets::new(&config.buckets)),
+            slow_ns: config.slow_thresholds.nanos(),
+            config,
+            index: AHashMap::new(),
+            linked: AHashSet::new(),
+            edges: Vec::new(),
+        }
+    }
+
+    /// The merger that combines all shards' partials of this operator.
+    pub fn merger(&self, shards: usize, keep_sampled_only: bool) -> MetricsMerger {
+        MetricsMerger::new(
+            shards,
+            self.config.interval,
+            self.agg.buckets().len(),
+            self.config.max_series,
+            keep_sampled_only,
+        )
+    }
+
+    /// Histogram buckets.
+    pub fn buckets(&self) -> &Buckets {
+        self.agg.buckets()
+    }
+
+    /// Adds the edges of a closed trace.
+    pub fn add_trace(&mut self, trace: &ClosedTrace, sampled: bool) {
+        self.edges.clear();
+        trace_edges(
+            trace,
+            self.config.virtual_nodes,
+            &mut self.index,
+            &mut self.linked,
+            &mut self.edges,
+        );
+        for e in &self.edges {
+            let key = SeriesKey {
+                service: e.source,
+                peer: e.target,
+                peer_kind: e.target_kind,
+                call_type: e.call_type,
+                ..SeriesKey::new(Metric::ServiceRelation)
+            };
+            let ex = Exemplar {
+                trace_id: e.trace_id,
+                span_id: e.span_id,
+                value_ns: e.duration_ns,
+                timestamp_ns: e.end_ns,
+                error: e.error,
+                sampled,
+            };
+            self.agg.observe(
+                key,
+                e.duration_ns,
+                e.duration_ns > self.slow_ns[e.call_type as usize],
+                ex,
+            );
+        }
+    }
+
+    /// Hands over the intervals complete at `watermark`.
+    pub fn flush(&mut self, watermark: u64, out: &mut Vec<Partial>) {
+        self.agg.flush(watermark, out);
+    }
+}
