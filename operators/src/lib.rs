@@ -13,6 +13,8 @@ pub mod model;
 pub mod red_metrics;
 pub mod service_graph;
 pub mod session_window;
+pub mod span_filter;
+pub mod tail_sampling;
 
 pub use config::{ConfigIssue, HumanDuration};
 pub use model::{

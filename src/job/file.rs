@@ -10,7 +10,10 @@ use std::collections::BTreeMap;
 
 use schemars::JsonSchema;
 use serde::Deserialize;
+use spanflow_operators::red_metrics::RedMetricsConfig;
+use spanflow_operators::service_graph::ServiceGraphConfig;
 use spanflow_operators::session_window::SessionWindowConfig;
+use spanflow_operators::span_filter::SpanFilterConfig;
 
 use super::spec::WatermarkConfig;
 use crate::connectors::file::FileSourceConfig;
@@ -80,6 +83,35 @@ pub enum OperatorFile {
         /// The window's settings.
         #[serde(flatten)]
         config: SessionWindowConfig,
+    },
+    /// Drops spans by service/name regex before windowing. Reads span streams; outputs
+    /// `spans`.
+    #[schemars(extend("additionalProperties" = false))]
+    SpanFilter {
+        /// Input streams.
+        from: FromFile,
+        /// The filter's settings.
+        #[serde(flatten)]
+        config: SpanFilterConfig,
+    },
+    /// RED metrics with histograms and exemplars. Reads traces; outputs `red_metrics`
+    /// (default) and `exemplars`.
+    #[schemars(extend("additionalProperties" = false))]
+    RedMetrics {
+        /// Input streams.
+        from: FromFile,
+        /// The metrics' settings.
+        #[serde(flatten)]
+        config: RedMetricsConfig,
+    },
+    /// Service graph edges. Reads traces; outputs `service_relation`.
+    #[schemars(extend("additionalProperties" = false))]
+    ServiceGraph {
+        /// Input streams.
+        from: FromFile,
+        /// The graph's settings.
+        #[serde(flatten)]
+        config: ServiceGraphConfig,
     },
 }
 

@@ -9,7 +9,10 @@ use std::path::{Path, PathBuf};
 
 use serde::de::DeserializeOwned;
 use spanflow_operators::ConfigIssue;
+use spanflow_operators::red_metrics::RedMetricsConfig;
+use spanflow_operators::service_graph::ServiceGraphConfig;
 use spanflow_operators::session_window::SessionWindowConfig;
+use spanflow_operators::span_filter::SpanFilterConfig;
 
 use super::de::{self, DeError, DeErrorKind};
 use super::diagnostics::{Diagnostic, Diagnostics};
@@ -144,7 +147,12 @@ impl Section {
     fn types(self) -> &'static [&'static str] {
         match self {
             Section::Sources => &["generator", "file"],
-            Section::Operators => &["session_window"],
+            Section::Operators => &[
+                "span_filter",
+                "session_window",
+                "red_metrics",
+                "service_graph",
+            ],
             Section::Sinks => &["parquet"],
         }
     }
@@ -164,6 +172,7 @@ enum StreamKind {
     Spans,
     Traces,
     DeadLetters,
+    Metrics,
 }
 
 impl StreamKind {
@@ -172,6 +181,7 @@ impl StreamKind {
             StreamKind::Spans => "spans",
             StreamKind::Traces => "traces",
             StreamKind::DeadLetters => "dead letters",
+            StreamKind::Metrics => "metric rows",
         }
     }
 }
@@ -187,6 +197,12 @@ fn outputs(section: Section, type_name: &str) -> &'static [(&'static str, Stream
             ("traces", StreamKind::Traces),
             ("late_spans", StreamKind::Spans),
         ],
+        (Section::Operators, "span_filter") => &[("spans", StreamKind::Spans)],
+        (Section::Operators, "red_metrics") => &[
+            ("red_metrics", StreamKind::Metrics),
+            ("exemplars", StreamKind::Metrics),
+        ],
+        (Section::Operators, "service_graph") => &[("service_relation", StreamKind::Metrics)],
         _ => &[],
     }
 }
@@ -194,11 +210,13 @@ fn outputs(section: Section, type_name: &str) -> &'static [(&'static str, Stream
 /// Stream kinds a node type reads.
 fn accepts(section: Section, type_name: &str) -> &'static [StreamKind] {
     match (section, type_name) {
-        (Section::Operators, "session_window") => &[StreamKind::Spans],
+        (Section::Operators, "session_window" | "span_filter") => &[StreamKind::Spans],
+        (Section::Operators, "red_metrics" | "service_graph") => &[StreamKind::Traces],
         (Section::Sinks, _) => &[
             StreamKind::Spans,
             StreamKind::Traces,
             StreamKind::DeadLetters,
+            StreamKind::Metrics,
         ],
         _ => &[],
     }
@@ -666,6 +684,15 @@ impl Loader<'_, '_> {
             "session_window" => self
                 .component::<SessionWindowConfig>(section, e, &what, SessionWindowConfig::validate)
                 .map(|c| Built::Operator(OperatorKind::SessionWindow(c))),
+            "span_filter" => self
+                .component::<SpanFilterConfig>(section, e, &what, SpanFilterConfig::validate)
+                .map(|c| Built::Operator(OperatorKind::SpanFilter(c))),
+            "red_metrics" => self
+                .component::<RedMetricsConfig>(section, e, &what, RedMetricsConfig::validate)
+                .map(|c| Built::Operator(OperatorKind::RedMetrics(c))),
+            "service_graph" => self
+                .component::<ServiceGraphConfig>(section, e, &what, ServiceGraphConfig::validate)
+                .map(|c| Built::Operator(OperatorKind::ServiceGraph(c))),
             "parquet" => self
                 .component::<ParquetSinkConfig>(section, e, &what, ParquetSinkConfig::validate)
                 .map(|c| Built::Sink(SinkKind::Parquet(c))),

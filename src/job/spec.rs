@@ -7,7 +7,10 @@
 //! | node kind        | outputs (first = default)      | carries          |
 //! |------------------|--------------------------------|------------------|
 //! | any source       | `spans`, `dead_letters`        | spans / records  |
+//! | `span_filter`    | `spans`                        | spans            |
 //! | `session_window` | `traces`, `late_spans`         | traces / spans   |
+//! | `red_metrics`    | `red_metrics`, `exemplars`     | metric rows      |
+//! | `service_graph`  | `service_relation`             | metric rows      |
 //!
 //! A sink writes each stream it reads to a table named after the output port
 //! (`traces`, `late_spans`, `dead_letters`, ...).
@@ -17,7 +20,10 @@ use std::path::PathBuf;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use spanflow_operators::HumanDuration;
+use spanflow_operators::red_metrics::RedMetricsConfig;
+use spanflow_operators::service_graph::ServiceGraphConfig;
 use spanflow_operators::session_window::SessionWindowConfig;
+use spanflow_operators::span_filter::SpanFilterConfig;
 
 use crate::connectors::file::FileSourceConfig;
 use crate::connectors::generator::GeneratorConfig;
@@ -91,6 +97,12 @@ pub struct OperatorNode {
 pub enum OperatorKind {
     /// `type: session_window`.
     SessionWindow(SessionWindowConfig),
+    /// `type: span_filter`.
+    SpanFilter(SpanFilterConfig),
+    /// `type: red_metrics`.
+    RedMetrics(RedMetricsConfig),
+    /// `type: service_graph`.
+    ServiceGraph(ServiceGraphConfig),
 }
 
 /// A named sink.

@@ -239,14 +239,17 @@ fn demo_job_loads() {
     .unwrap_or_else(|d| panic!("{}", d.render_human(false)));
     assert_eq!(job.name, "demo");
     assert_eq!(job.sources.len(), 1);
-    assert_eq!(job.operators.len(), 1);
+    assert_eq!(job.operators.len(), 3);
     assert_eq!(job.sinks.len(), 1);
     assert_eq!(
         job.sinks[0].from,
         [
             stream("sessions", "traces"),
             stream("sessions", "late_spans"),
-            stream("gen", "dead_letters")
+            stream("gen", "dead_letters"),
+            stream("metrics", "red_metrics"),
+            stream("metrics", "exemplars"),
+            stream("graph", "service_relation")
         ]
     );
 }
@@ -794,7 +797,14 @@ fn schema_types_read_the_demo_job() {
 #[test]
 fn durations_in_the_demo_are_parsed() {
     let job = load(&manifest_path("jobs/demo.yaml")).unwrap();
-    let OperatorKind::SessionWindow(c) = &job.operators[0].kind;
+    let c = job
+        .operators
+        .iter()
+        .find_map(|o| match &o.kind {
+            OperatorKind::SessionWindow(c) => Some(c),
+            _ => None,
+        })
+        .expect("the demo has a session window");
     assert_eq!(c.max_duration, HumanDuration(Duration::from_secs(300)));
     assert_eq!(c.gap_rules.len(), 2);
 }

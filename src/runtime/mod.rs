@@ -10,6 +10,7 @@
 //! watermark sequence to every shard, so each trace sees the same spans and watermarks
 //! in the same order whatever the parallelism; outputs differ only in row order.
 
+mod metrics;
 mod plan;
 mod shard;
 mod source;
@@ -26,6 +27,7 @@ use spanflow_operators::Sym;
 use spanflow_operators::session_window::SessionMetrics;
 use tokio::sync::mpsc;
 
+pub use metrics::ServiceSummary;
 pub use plan::{Plan, PlanError, TableTarget};
 pub use source::MemoryInput;
 pub use summary::{OutputTable, RunSummary};
@@ -121,25 +123,77 @@ async fn run_plan(
 ) -> Result<RunSummary, RunError> {
     let progress = Arc::new(Progress::default());
     if !opts.discard_outputs {
-        for t in plan
-            .traces
-            .iter()
-            .chain(&plan.late_spans)
-            .chain(&plan.dead_letters)
-        {
+        for t in plan.all_targets() {
             prepare_table_dir(&t.dir, &t.table)?;
         }
     }
+
+    // The metric merge task, when the job computes metrics.
+    let discard = opts.discard_outputs;
+    let (merge_tx, merge_handle) = if plan.red_metrics.is_some() || plan.service_graph.is_some() {
+        let (tx, rx) = mpsc::channel::<metrics::MergeMsg>(64 * parallelism);
+        let red = match &plan.red_metrics {
+            Some((name, cfg)) => {
+                let op = spanflow_operators::red_metrics::RedMetrics::new(cfg.clone());
+                let rows_t = plan.targets_of(name, "red_metrics");
+                Some(metrics::RedSide {
+                    merger: op.merger(parallelism, false),
+                    buckets: op.buckets().clone(),
+                    rows: shard::Port::new(
+                        crate::tables::MetricRows::red_metrics(),
+                        rows_t,
+                        0,
+                        discard,
+                    )?,
+                    exemplars: shard::Port::new(
+                        crate::tables::ExemplarRows::default(),
+                        plan.targets_of(name, "exemplars"),
+                        0,
+                        discard,
+                    )?,
+                    openmetrics_dirs: if discard {
+                        Vec::new()
+                    } else {
+                        rows_t.iter().map(|t| t.dir.clone()).collect()
+                    },
+                })
+            }
+            None => None,
+        };
+        let graph = match &plan.service_graph {
+            Some((name, cfg)) => {
+                let op = spanflow_operators::service_graph::ServiceGraph::new(cfg.clone());
+                Some(metrics::GraphSide {
+                    merger: op.merger(parallelism, false),
+                    buckets: op.buckets().clone(),
+                    rows: shard::Port::new(
+                        crate::tables::MetricRows::service_relation(),
+                        plan.targets_of(name, "service_relation"),
+                        0,
+                        discard,
+                    )?,
+                })
+            }
+            None => None,
+        };
+        (
+            Some(tx),
+            Some(tokio::spawn(metrics::run_merger(rx, red, graph))),
+        )
+    } else {
+        (None, None)
+    };
 
     // Shards.
     let mut shard_txs = Vec::with_capacity(parallelism);
     let mut shard_handles = Vec::with_capacity(parallelism);
     for index in 0..parallelism {
         let (tx, rx) = mpsc::channel::<ShardMsg>(16);
-        let shard = shard::Shard::new(index, &plan, opts.discard_outputs, progress.clone())?;
+        let shard = shard::Shard::new(index, &plan, discard, progress.clone(), merge_tx.clone())?;
         shard_txs.push(tx);
         shard_handles.push(tokio::spawn(shard.run(rx)));
     }
+    drop(merge_tx);
 
     // Sources.
     let (src_tx, src_rx) = mpsc::channel::<SourceEvent>(4 * parallelism);
@@ -178,7 +232,7 @@ async fn run_plan(
     let mut dead_rows = DeadLetterRows::default();
     let mut dead_writers = Vec::new();
     if !opts.discard_outputs {
-        for t in &plan.dead_letters {
+        for t in &plan.dead_letter_targets() {
             let w = ParquetTableWriter::create(&t.dir, &t.table, 0, dead_rows.schema(), &t.config)?;
             dead_writers.push((t.clone(), w));
         }
@@ -338,18 +392,39 @@ async fn run_plan(
     }
 
     let mut sessions = SessionMetrics::default();
+    let mut filtered: Option<spanflow_operators::span_filter::SpanFilterMetrics> = None;
     let mut peak_buffered = (0usize, 0usize);
+    let mut late_metric_observations = 0u64;
     for h in shard_handles {
         let r: Result<ShardResult, RunError> = h
             .await
             .map_err(|e| RunError::Internal(format!("shard task failed: {e}")))?;
         let r = r?;
         sessions.merge(&r.metrics);
+        if let Some(f) = &r.filter {
+            filtered.get_or_insert_with(Default::default).merge(f);
+        }
+        late_metric_observations += r.late_metric_observations;
         for (t, rows) in r.outputs {
             summary::add_output(&mut outputs, &t, rows);
         }
         peak_buffered.0 += r.peak_buffered.0;
         peak_buffered.1 += r.peak_buffered.1;
+    }
+    let mut services = Vec::new();
+    let mut metric_intervals = 0;
+    let mut folded_series = 0;
+    if let Some(h) = merge_handle {
+        let m = h
+            .await
+            .map_err(|e| RunError::Internal(format!("metric merge task failed: {e}")))??;
+        for (t, rows) in m.outputs {
+            summary::add_output(&mut outputs, &t, rows);
+        }
+        services = m.services;
+        metric_intervals = m.intervals;
+        folded_series = m.folded_series;
+        late_metric_observations += m.late_observations;
     }
     for h in source_handles {
         h.await
@@ -367,6 +442,11 @@ async fn run_plan(
         parallelism,
         decode: decode_stats,
         sessions,
+        span_filter: filtered,
+        services,
+        metric_intervals,
+        folded_series,
+        late_metric_observations,
         outputs,
         ground_truth: gt,
         peak_buffered_spans: peak_buffered.0 as u64,

@@ -1,11 +1,15 @@
 //! Turning a validated [`Job`] into the dataflow the runtime can execute.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+use spanflow_operators::red_metrics::RedMetricsConfig;
+use spanflow_operators::service_graph::ServiceGraphConfig;
 use spanflow_operators::session_window::SessionWindowConfig;
+use spanflow_operators::span_filter::SpanFilterConfig;
 
 use crate::connectors::parquet::ParquetSinkConfig;
-use crate::job::{Job, OperatorKind, SinkKind, SourceNode};
+use crate::job::{Job, OperatorKind, OperatorNode, SinkKind, SourceNode, StreamRef};
 
 /// Errors planning a job (shapes this version cannot run yet).
 #[derive(Debug, thiserror::Error)]
@@ -35,23 +39,27 @@ pub struct TableTarget {
     pub config: ParquetSinkConfig,
 }
 
-/// The executable shape: sources -> one session_window -> sinks.
+/// The executable shape, one chain per shard:
+/// sources -> [span_filter] -> session_window -> [red_metrics] [service_graph],
+/// with the metric operators' shard partials merged by one task.
 #[derive(Debug, Clone)]
 pub struct Plan {
     /// Job name.
     pub job: String,
-    /// Sources feeding the session window.
+    /// Sources feeding the chain.
     pub sources: Vec<SourceNode>,
+    /// The span filter, if any.
+    pub span_filter: Option<(String, SpanFilterConfig)>,
     /// Name of the session_window operator.
     pub session_window: String,
     /// Its config.
     pub session_config: SessionWindowConfig,
-    /// Targets of `<session_window>.traces`.
-    pub traces: Vec<TableTarget>,
-    /// Targets of `<session_window>.late_spans`.
-    pub late_spans: Vec<TableTarget>,
-    /// Targets of `<source>.dead_letters` (any source).
-    pub dead_letters: Vec<TableTarget>,
+    /// The RED metrics operator, if any.
+    pub red_metrics: Option<(String, RedMetricsConfig)>,
+    /// The service graph operator, if any.
+    pub service_graph: Option<(String, ServiceGraphConfig)>,
+    /// Sink targets per output stream.
+    pub targets: BTreeMap<StreamRef, Vec<TableTarget>>,
 }
 
 impl Plan {
@@ -61,65 +69,184 @@ impl Plan {
             job: job.name.clone(),
             message,
         };
-        let [op] = job.operators.as_slice() else {
-            return Err(unsupported(format!(
-                "this version runs jobs with exactly one `session_window` operator; found {}",
-                job.operators.len()
-            )));
-        };
-        let OperatorKind::SessionWindow(session_config) = &op.kind;
-        for input in &op.from {
-            if !job.sources.iter().any(|s| s.name == input.node) || input.port != "spans" {
+        let is_source = |name: &str| job.sources.iter().any(|s| s.name == name);
+        let mut filter: Option<&OperatorNode> = None;
+        let mut session: Option<&OperatorNode> = None;
+        let mut red = None;
+        let mut graph = None;
+        for op in &job.operators {
+            let slot = match &op.kind {
+                OperatorKind::SpanFilter(_) => &mut filter,
+                OperatorKind::SessionWindow(_) => &mut session,
+                OperatorKind::RedMetrics(_) => &mut red,
+                OperatorKind::ServiceGraph(_) => &mut graph,
+            };
+            if let Some(other) = slot {
                 return Err(unsupported(format!(
-                    "`{}` must read the `spans` output of sources; found `{input}`",
-                    op.name
+                    "this version runs one operator of each type; `{}` and `{}` have the same type",
+                    other.name, op.name
                 )));
             }
+            *slot = Some(op);
+        }
+        let Some(session) = session else {
+            return Err(unsupported(
+                "this version needs a `session_window` operator".into(),
+            ));
+        };
+        let OperatorKind::SessionWindow(session_config) = &session.kind else {
+            return Err(unsupported(
+                "internal: session_window slot holds another type (this is a bug)".into(),
+            ));
+        };
+        let mut span_filter = None;
+        let source_names: Vec<&str>;
+        if let Some(f) = filter {
+            let OperatorKind::SpanFilter(cfg) = &f.kind else {
+                return Err(unsupported(
+                    "internal: span_filter slot (this is a bug)".into(),
+                ));
+            };
+            for input in &f.from {
+                if !is_source(&input.node) || input.port != "spans" {
+                    return Err(unsupported(format!(
+                        "`{}` must read sources' `spans`; found `{input}`",
+                        f.name
+                    )));
+                }
+            }
+            if session.from.len() != 1 || session.from[0].node != f.name {
+                return Err(unsupported(format!(
+                    "with a span_filter, `{}` must read exactly `{}`",
+                    session.name, f.name
+                )));
+            }
+            source_names = f.from.iter().map(|r| r.node.as_str()).collect();
+            span_filter = Some((f.name.clone(), cfg.clone()));
+        } else {
+            for input in &session.from {
+                if !is_source(&input.node) || input.port != "spans" {
+                    return Err(unsupported(format!(
+                        "`{}` must read sources' `spans` (or a span_filter); found `{input}`",
+                        session.name
+                    )));
+                }
+            }
+            source_names = session.from.iter().map(|r| r.node.as_str()).collect();
         }
         let sources: Vec<SourceNode> = job
             .sources
             .iter()
-            .filter(|s| op.from.iter().any(|f| f.node == s.name))
+            .filter(|s| source_names.contains(&s.name.as_str()))
             .cloned()
             .collect();
-        let mut plan = Plan {
-            job: job.name.clone(),
-            sources,
-            session_window: op.name.clone(),
-            session_config: session_config.clone(),
-            traces: Vec::new(),
-            late_spans: Vec::new(),
-            dead_letters: Vec::new(),
+        let traces_of_session = StreamRef {
+            node: session.name.clone(),
+            port: "traces".into(),
         };
+        let metric_op =
+            |node: Option<&OperatorNode>| -> Result<Option<(String, OperatorKind)>, PlanError> {
+                let Some(op) = node else { return Ok(None) };
+                if op.from.len() != 1 || op.from[0] != traces_of_session {
+                    return Err(unsupported(format!(
+                        "`{}` must read `{traces_of_session}`",
+                        op.name
+                    )));
+                }
+                Ok(Some((op.name.clone(), op.kind.clone())))
+            };
+        let red_metrics = match metric_op(red)? {
+            Some((name, OperatorKind::RedMetrics(c))) => Some((name, c)),
+            _ => None,
+        };
+        let service_graph = match metric_op(graph)? {
+            Some((name, OperatorKind::ServiceGraph(c))) => Some((name, c)),
+            _ => None,
+        };
+
+        let mut producible: Vec<StreamRef> = vec![
+            traces_of_session.clone(),
+            StreamRef {
+                node: session.name.clone(),
+                port: "late_spans".into(),
+            },
+        ];
+        for s in &sources {
+            producible.push(StreamRef {
+                node: s.name.clone(),
+                port: "dead_letters".into(),
+            });
+        }
+        if let Some((n, _)) = &red_metrics {
+            producible.push(StreamRef {
+                node: n.clone(),
+                port: "red_metrics".into(),
+            });
+            producible.push(StreamRef {
+                node: n.clone(),
+                port: "exemplars".into(),
+            });
+        }
+        if let Some((n, _)) = &service_graph {
+            producible.push(StreamRef {
+                node: n.clone(),
+                port: "service_relation".into(),
+            });
+        }
+        let mut targets: BTreeMap<StreamRef, Vec<TableTarget>> = BTreeMap::new();
         for sink in &job.sinks {
             let SinkKind::Parquet(cfg) = &sink.kind;
             for input in &sink.from {
-                let target = TableTarget {
+                if !producible.contains(input) {
+                    let list: Vec<String> = producible.iter().map(ToString::to_string).collect();
+                    return Err(unsupported(format!(
+                        "sink `{}` reads `{input}`, which this version cannot write yet (it can write: {})",
+                        sink.name,
+                        list.join(", ")
+                    )));
+                }
+                targets.entry(input.clone()).or_default().push(TableTarget {
                     node: input.node.clone(),
                     sink: sink.name.clone(),
                     table: input.port.clone(),
                     dir: cfg.dir(output_dir),
                     config: cfg.clone(),
-                };
-                let list = if input.node == op.name && input.port == "traces" {
-                    &mut plan.traces
-                } else if input.node == op.name && input.port == "late_spans" {
-                    &mut plan.late_spans
-                } else if input.port == "dead_letters"
-                    && job.sources.iter().any(|s| s.name == input.node)
-                {
-                    &mut plan.dead_letters
-                } else {
-                    return Err(unsupported(format!(
-                        "sink `{sink}` reads `{input}`, which this version cannot write yet (supported: \
-                         `{op}.traces`, `{op}.late_spans`, `<source>.dead_letters`)",
-                        sink = sink.name,
-                        op = op.name
-                    )));
-                };
-                list.push(target);
+                });
             }
         }
-        Ok(plan)
+        Ok(Plan {
+            job: job.name.clone(),
+            sources,
+            span_filter,
+            session_window: session.name.clone(),
+            session_config: session_config.clone(),
+            red_metrics,
+            service_graph,
+            targets,
+        })
+    }
+
+    /// Targets of `node.port` (empty when nothing reads it).
+    pub fn targets_of(&self, node: &str, port: &str) -> &[TableTarget] {
+        self.targets
+            .get(&StreamRef {
+                node: node.to_owned(),
+                port: port.to_owned(),
+            })
+            .map_or(&[], Vec::as_slice)
+    }
+
+    /// Every target, for preparing directories.
+    pub fn all_targets(&self) -> impl Iterator<Item = &TableTarget> {
+        self.targets.values().flatten()
+    }
+
+    /// Dead-letter targets of any source.
+    pub fn dead_letter_targets(&self) -> Vec<TableTarget> {
+        self.targets
+            .iter()
+            .filter(|(k, _)| k.port == "dead_letters")
+            .flat_map(|(_, v)| v.clone())
+            .collect()
     }
 }

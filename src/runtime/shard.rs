@@ -1,12 +1,20 @@
-//! A shard: one `session_window` instance and the table rows it produces.
+//! A shard: the operator chain for the traces whose id hashes to it
+//! ([span_filter] -> session_window -> [red_metrics] [service_graph]) and the table rows
+//! it produces.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use spanflow_operators::Span;
+use spanflow_operators::WATERMARK_END;
+use spanflow_operators::metrics::Partial;
+use spanflow_operators::red_metrics::RedMetrics;
+use spanflow_operators::service_graph::ServiceGraph;
 use spanflow_operators::session_window::{SessionMetrics, SessionOutput, SessionWindow};
+use spanflow_operators::span_filter::{SpanFilter, SpanFilterMetrics};
 use tokio::sync::mpsc;
 
+use super::metrics::{MergeMsg, MetricOp};
 use super::{Plan, Progress, RunError, TableTarget};
 use crate::connectors::parquet::ParquetTableWriter;
 use crate::tables::{SpanRows, TableRows, TraceRows};
@@ -21,20 +29,27 @@ pub(crate) enum ShardMsg {
 /// What a shard reports when it finishes.
 pub(crate) struct ShardResult {
     pub metrics: SessionMetrics,
+    pub filter: Option<SpanFilterMetrics>,
     pub outputs: Vec<(TableTarget, u64)>,
     /// (spans, bytes) buffered at the moment the shard held the most spans.
     pub peak_buffered: (usize, usize),
+    pub late_metric_observations: u64,
 }
 
-/// One output port: its rows and where they go.
-struct Port<R> {
-    rows: R,
+/// One output stream: its rows and where they go.
+pub(crate) struct Port<R> {
+    pub rows: R,
     writers: Vec<(TableTarget, ParquetTableWriter)>,
     flush_rows: usize,
 }
 
 impl<R: TableRows> Port<R> {
-    fn new(rows: R, targets: &[TableTarget], part: usize, discard: bool) -> Result<Self, RunError> {
+    pub fn new(
+        rows: R,
+        targets: &[TableTarget],
+        part: usize,
+        discard: bool,
+    ) -> Result<Self, RunError> {
         let mut writers = Vec::new();
         let mut flush_rows = 64 * 1024;
         if !discard {
@@ -53,7 +68,7 @@ impl<R: TableRows> Port<R> {
         })
     }
 
-    fn maybe_flush(&mut self, force: bool) -> Result<(), RunError> {
+    pub fn maybe_flush(&mut self, force: bool) -> Result<(), RunError> {
         if self.rows.is_empty() || (!force && self.rows.len() < self.flush_rows) {
             return Ok(());
         }
@@ -64,7 +79,7 @@ impl<R: TableRows> Port<R> {
         Ok(())
     }
 
-    fn close(mut self, outputs: &mut Vec<(TableTarget, u64)>) -> Result<(), RunError> {
+    pub fn close(mut self, outputs: &mut Vec<(TableTarget, u64)>) -> Result<(), RunError> {
         self.maybe_flush(true)?;
         for (t, w) in self.writers {
             outputs.push((t, w.close()?));
@@ -74,7 +89,13 @@ impl<R: TableRows> Port<R> {
 }
 
 pub(crate) struct Shard {
+    index: usize,
+    filter: Option<SpanFilter>,
     window: SessionWindow,
+    red: Option<RedMetrics>,
+    graph: Option<ServiceGraph>,
+    merge_tx: Option<mpsc::Sender<MergeMsg>>,
+    forwarded: u64,
     out: SessionOutput,
     traces: Port<TraceRows>,
     late: Port<SpanRows>,
@@ -88,12 +109,36 @@ impl Shard {
         plan: &Plan,
         discard: bool,
         progress: Arc<Progress>,
+        merge_tx: Option<mpsc::Sender<MergeMsg>>,
     ) -> Result<Self, RunError> {
+        let sw = &plan.session_window;
         Ok(Shard {
+            index,
+            filter: plan.span_filter.as_ref().map(|(_, c)| SpanFilter::new(c)),
             window: SessionWindow::new(plan.session_config.clone()),
+            red: plan
+                .red_metrics
+                .as_ref()
+                .map(|(_, c)| RedMetrics::new(c.clone())),
+            graph: plan
+                .service_graph
+                .as_ref()
+                .map(|(_, c)| ServiceGraph::new(c.clone())),
+            merge_tx,
+            forwarded: 0,
             out: SessionOutput::default(),
-            traces: Port::new(TraceRows::default(), &plan.traces, index, discard)?,
-            late: Port::new(SpanRows::late(), &plan.late_spans, index, discard)?,
+            traces: Port::new(
+                TraceRows::default(),
+                plan.targets_of(sw, "traces"),
+                index,
+                discard,
+            )?,
+            late: Port::new(
+                SpanRows::late(),
+                plan.targets_of(sw, "late_spans"),
+                index,
+                discard,
+            )?,
             progress,
             peak_buffered: (0, 0),
         })
@@ -101,53 +146,96 @@ impl Shard {
 
     pub async fn run(mut self, mut rx: mpsc::Receiver<ShardMsg>) -> Result<ShardResult, RunError> {
         while let Some(msg) = rx.recv().await {
-            match msg {
-                ShardMsg::Spans(spans) => {
-                    let before = self.window.buffered_spans();
+            let before = self.window.buffered_spans();
+            let end = match msg {
+                ShardMsg::Spans(mut spans) => {
+                    if let Some(f) = &mut self.filter {
+                        f.apply(&mut spans);
+                    }
                     self.window.process(spans, &mut self.out);
                     let after = self.window.buffered_spans();
                     if after > self.peak_buffered.0 {
                         self.peak_buffered = (after, self.window.buffered_bytes());
                     }
-                    self.progress
-                        .buffered_spans
-                        .fetch_add(after as u64, Ordering::Relaxed);
-                    self.progress
-                        .buffered_spans
-                        .fetch_sub(before as u64, Ordering::Relaxed);
+                    false
                 }
                 ShardMsg::Watermark(wm) => {
-                    let before = self.window.buffered_spans();
                     self.window.on_watermark(wm, &mut self.out);
-                    let after = self.window.buffered_spans();
-                    self.progress
-                        .buffered_spans
-                        .fetch_add(after as u64, Ordering::Relaxed);
-                    self.progress
-                        .buffered_spans
-                        .fetch_sub(before as u64, Ordering::Relaxed);
+                    false
                 }
                 ShardMsg::End => {
-                    let before = self.window.buffered_spans();
-                    self.window
-                        .on_watermark(spanflow_operators::WATERMARK_END, &mut self.out);
-                    self.progress
-                        .buffered_spans
-                        .fetch_sub(before as u64, Ordering::Relaxed);
-                    self.drain()?;
-                    break;
+                    self.window.on_watermark(WATERMARK_END, &mut self.out);
+                    true
                 }
-            }
+            };
+            let after = self.window.buffered_spans();
+            self.progress
+                .buffered_spans
+                .fetch_add(after as u64, Ordering::Relaxed);
+            self.progress
+                .buffered_spans
+                .fetch_sub(before as u64, Ordering::Relaxed);
             self.drain()?;
+            self.forward_watermark(end).await;
+            if end {
+                break;
+            }
         }
         let mut outputs = Vec::new();
         self.traces.close(&mut outputs)?;
         self.late.close(&mut outputs)?;
+        let late_metric_observations = self.red.as_ref().map_or(0, |r| r.late_observations());
         Ok(ShardResult {
             metrics: self.window.metrics().clone(),
+            filter: self.filter.as_ref().map(|f| f.metrics().clone()),
             outputs,
             peak_buffered: self.peak_buffered,
+            late_metric_observations,
         })
+    }
+
+    /// Hands complete metric intervals to the merge task when the window's (held-back)
+    /// watermark advanced.
+    async fn forward_watermark(&mut self, end: bool) {
+        let Some(tx) = &self.merge_tx else { return };
+        let wm = if end {
+            WATERMARK_END
+        } else {
+            self.window.output_watermark()
+        };
+        if wm <= self.forwarded && !end {
+            return;
+        }
+        self.forwarded = wm;
+        let mut parts: Vec<Partial> = Vec::new();
+        if let Some(r) = &mut self.red {
+            r.flush(wm, &mut parts);
+            if !parts.is_empty() {
+                let _ = tx
+                    .send(MergeMsg::Partials {
+                        op: MetricOp::Red,
+                        parts: std::mem::take(&mut parts),
+                    })
+                    .await;
+            }
+        }
+        if let Some(g) = &mut self.graph {
+            g.flush(wm, &mut parts);
+            if !parts.is_empty() {
+                let _ = tx
+                    .send(MergeMsg::Partials {
+                        op: MetricOp::Graph,
+                        parts,
+                    })
+                    .await;
+            }
+        }
+        let _ = tx
+            .send(MergeMsg::Watermark {
+                shard: self.index,
+                watermark: wm,
+            })
+            .await;
     }
 
     fn drain(&mut self) -> Result<(), RunError> {
@@ -158,6 +246,12 @@ impl Shard {
             .traces_closed
             .fetch_add(self.out.closed.len() as u64, Ordering::Relaxed);
         for t in self.out.closed.drain(..) {
+            if let Some(r) = &mut self.red {
+                r.add_trace(&t, true);
+            }
+            if let Some(g) = &mut self.graph {
+                g.add_trace(&t, true);
+            }
             self.traces.rows.push(&t);
         }
         for l in self.out.late.drain(..) {

@@ -10,7 +10,9 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use spanflow_operators::session_window::{CloseReason, LateReason, SessionMetrics};
 
-use super::{Progress, TableTarget};
+use spanflow_operators::span_filter::SpanFilterMetrics;
+
+use super::{Progress, ServiceSummary, TableTarget};
 use crate::connectors::generator::GroundTruth;
 use crate::formats::DecodeStats;
 
@@ -55,6 +57,17 @@ pub struct RunSummary {
     pub decode: DecodeStats,
     /// Session window counters (all shards).
     pub sessions: SessionMetrics,
+    /// Span filter counters, when the job filters spans.
+    pub span_filter: Option<SpanFilterMetrics>,
+    /// Per service: entry-span requests, errors and latency quantiles, busiest first
+    /// (when the job computes RED metrics).
+    pub services: Vec<ServiceSummary>,
+    /// Metric intervals closed.
+    pub metric_intervals: u64,
+    /// Series folded into overflow series by cardinality limits.
+    pub folded_series: u64,
+    /// Metric observations that arrived after their interval closed.
+    pub late_metric_observations: u64,
     /// Rows written per sink and table.
     pub outputs: Vec<OutputTable>,
     /// The generator's ground truth, when the job read the generator.
@@ -165,6 +178,48 @@ impl RunSummary {
             "  buffering   peak {} spans buffered, {:.0} bytes per buffered span",
             self.peak_buffered_spans, self.bytes_per_buffered_span
         );
+        if let Some(f) = &self.span_filter {
+            let _ = writeln!(
+                s,
+                "  span_filter {} of {} spans dropped {:?} (per rule)",
+                f.dropped(),
+                f.spans_in,
+                f.dropped_by_rule
+            );
+        }
+        if !self.services.is_empty() {
+            let _ = writeln!(
+                s,
+                "  services    {} metric intervals closed{}; busiest services (entry spans):",
+                self.metric_intervals,
+                if self.folded_series > 0 {
+                    format!(
+                        ", {} series folded by the cardinality limit",
+                        self.folded_series
+                    )
+                } else {
+                    String::new()
+                }
+            );
+            let _ = writeln!(
+                s,
+                "    {:<26} {:>9} {:>8} {:>10} {:>10}",
+                "service", "requests", "errors", "p50", "p99"
+            );
+            let ms =
+                |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |x| format!("{:.1}ms", x * 1e3));
+            for svc in self.services.iter().take(10) {
+                let _ = writeln!(
+                    s,
+                    "    {:<26} {:>9} {:>7.2}% {:>10} {:>10}",
+                    svc.service,
+                    svc.requests,
+                    100.0 * svc.errors as f64 / svc.requests.max(1) as f64,
+                    ms(svc.p50_seconds),
+                    ms(svc.p99_seconds)
+                );
+            }
+        }
         if let Some(gt) = &self.ground_truth {
             let _ = writeln!(
                 s,

@@ -4,8 +4,10 @@
 //! ClickHouse DDL and with the Avro schemas, so they change only deliberately.
 
 mod builders;
+mod metrics;
 
 pub use builders::{DeadLetterRows, SpanRows, TraceRows};
+pub use metrics::{ExemplarRows, MetricRows};
 
 use arrow::record_batch::RecordBatch;
 

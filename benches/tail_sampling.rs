@@ -1,0 +1,2 @@
+//! Placeholder until the tail_sampling bench lands.
+fn main() {}
