@@ -75,8 +75,30 @@ fn outputs_match_ground_truth_and_are_deterministic() {
         .count();
     assert!(rootless as u64 <= gt.late_spans);
 
+    // Metrics account for every span of every closed trace, exactly once per series kind.
+    let red = read_table(a.path(), "red_metrics");
+    let metric = column(&red, "metric");
+    let requests = column(&red, "requests");
+    let errors = column(&red, "errors");
+    let node_sum = |col: &[String]| -> u64 {
+        metric.iter().zip(col).filter(|(m, _)| *m == "service_node").map(|(_, v)| v.parse::<u64>().unwrap()).sum()
+    };
+    assert_eq!(node_sum(&requests), sum(&traces, "span_count"));
+    assert_eq!(node_sum(&errors), sum(&traces, "error_count"));
+    // Bucket counts sum to the request count of every series.
+    let counts = column(&red, "bucket_counts");
+    for (c, r) in counts.iter().zip(&requests) {
+        let total: u64 = c.trim_matches(['[', ']']).split(", ").map(|x| x.parse::<u64>().unwrap()).sum();
+        assert_eq!(total.to_string(), *r);
+    }
+    // Every exemplar links to a trace in `traces` (no sampler: every trace is kept).
+    let exemplar_ids: BTreeSet<String> = column(&read_table(a.path(), "exemplars"), "trace_id").into_iter().collect();
+    assert!(!exemplar_ids.is_empty());
+    assert!(exemplar_ids.is_subset(&ids));
+    assert!(sa.services.first().is_some_and(|s| s.service == "frontend-gateway"));
+
     // Same rows whatever the parallelism, and across runs.
-    for table in ["traces", "late_spans", "dead_letters"] {
+    for table in ["traces", "late_spans", "dead_letters", "red_metrics", "exemplars", "service_relation"] {
         let ra = rows(&read_table(a.path(), table), &[]);
         let rb = rows(&read_table(b.path(), table), &[]);
         let rc = rows(&read_table(c.path(), table), &[]);

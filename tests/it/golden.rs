@@ -56,3 +56,10 @@ fn sessions_basic() {
         );
     }
 }
+
+#[test]
+fn analytics_basic() {
+    for p in [1, 2] {
+        check_case("analytics_basic", &["red_metrics", "exemplars", "service_relation"], p);
+    }
+}
