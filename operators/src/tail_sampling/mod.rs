@@ -1,0 +1,646 @@
+//! `tail_sampling`: decides per closed trace whether to keep it, which policy kept it
+//! and how many traces it stands for.
+//!
+//! Semantics (see DESIGN.md, "Operators"):
+//! - Policies are evaluated in config order; a trace is kept when any of them matches,
+//!   and the first matching one is recorded in [`Decision::policy`] and counted in
+//!   [`SamplingMetrics::kept_by_policy`].
+//! - Decisions are a deterministic function of the config and the sequence of traces:
+//!   no clock and no randomness other than [`TraceId::hash64`](crate::TraceId::hash64),
+//!   so replay, restore and every instance agree. `probabilistic` keeps a trace iff its
+//!   hash is below `percentage / 100 * 2^64`, so all shards and processes (and a
+//!   downstream sampler using the same rule) keep the same trace ids.
+//! - `endpoint_rate_limit` keeps at most `traces_per_second` traces per
+//!   `(root service, root operation)` and event-time second (`floor(summary.end_ns /
+//!   1s)`). Whole rates use fixed one-second windows. Fractional rates (which is what
+//!   sharding often produces) use a token bucket in event time: tokens accrue at the
+//!   rate per event-time second, capacity `max(1, rate)`, and a new endpoint starts
+//!   full so its first trace is kept. A trace that ended before its endpoint's current
+//!   bucket is charged to that bucket, since only the newest bucket is kept per
+//!   endpoint. Endpoint entries are evicted once the newest second the limiter has seen
+//!   is more than 60 s past their bucket (and on growth, in case a far-future trace
+//!   stalls that clock), so state is bounded by the endpoints active in the last minute
+//!   of event time.
+//! - A top-level rate limit is offered every trace: it counts and spends budget on
+//!   traces that other policies keep too, so its behaviour does not depend on policy
+//!   order or on the other policies. Inside `and`, members run in order and
+//!   a rate limit is not offered a trace that an earlier member rejected, so
+//!   `and: [attribute ..., endpoint_rate_limit ...]` limits the matching traces only;
+//!   put the rate limit last.
+//!
+//! Adjusted counts ([`Decision::adjusted_count`]) let rollups over sampled traces
+//! re-weight them; 0 for dropped traces, otherwise:
+//! - 1 whenever a deterministic policy (`error`, `slow_span`, `trace_duration`,
+//!   `attribute`, and `and`/`not` of those) matched: the trace would be kept anyway.
+//! - `100 / percentage` when only `probabilistic` policies matched (all of them cut the
+//!   same hash, so several of them count as the widest).
+//! - For `endpoint_rate_limit`, the trace stands for itself and for the traces of its
+//!   endpoint that were offered to the limiter and dropped by every policy since the
+//!   limiter's previous keep: `pending + 1`. The exact figure, "traces of the endpoint
+//!   in that second / traces kept", is unknown when the decision is due (later traces
+//!   of the second have not closed yet), and "seen so far / kept so far" is 1 for every
+//!   trace a fixed window keeps (they are the first of their second). Carrying the
+//!   dropped count forward instead makes the adjusted counts of an endpoint sum to the
+//!   number of traces it had, up to the drops after its last keep; the price is that
+//!   drops are credited to the next kept trace, possibly in the next second. (With a
+//!   `probabilistic` policy as well, a dropped trace is credited by both, so totals
+//!   re-weighted from the sample run high; exact per-endpoint counts are in the
+//!   `traces` output, which has every trace.)
+//! - `and` multiplies its members' counts and `not` inverts its policy's probability;
+//!   when several non-deterministic top-level policies match, the count is
+//!   `1 / (1 - Π(1 - 1/count_i))`, their union treated as independent. Independence is
+//!   an approximation: probabilistic policies inside one `and` share the hash.
+//!
+//! Each runtime shard runs its own sampler over the traces routed to it. Built with
+//! [`TailSampler::new_sharded`], rate budgets are divided by the shard count, so the
+//! rate-limited decisions depend on the parallelism (which traces land together in a
+//! shard); every other policy decides from the trace alone and does not.
+//!
+//! `attribute` matches exact values, prefixes, suffixes and substrings, not regular
+//! expressions: this crate has no regex dependency yet and exact string matching is
+//! cheap and unambiguous.
+
+mod policy;
+mod state;
+
+pub use state::TailSamplerState;
+
+use std::collections::{BTreeMap, HashMap};
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::config::{ConfigIssue, HumanDuration};
+use crate::model::{CallType, Sym};
+use crate::session_window::ClosedTrace;
+
+use policy::{Ctx, Node, Touch};
+use state::{LimiterMode, LimiterState};
+
+/// Deepest nesting of `and`/`not` that [`TailSamplingConfig::validate`] accepts.
+pub const MAX_POLICY_DEPTH: usize = 16;
+
+/// Configuration of `tail_sampling` in a job file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TailSamplingConfig {
+    /// Ordered policies; a trace is kept when any matches, and the first match is
+    /// recorded as the policy that kept it.
+    pub policies: Vec<PolicyConfig>,
+}
+
+/// One sampling policy (`type:` selects the kind). `name` is required at the top level
+/// (it is recorded on kept traces and must be unique); inside `and`/`not` it may be
+/// omitted.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum PolicyConfig {
+    /// Keeps traces with an error span: status error or an HTTP status >= 500.
+    Error {
+        /// Name recorded on the traces this policy keeps.
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        name: String,
+    },
+    /// Keeps traces with a span (of `call_type`, when given) longer than `threshold`.
+    SlowSpan {
+        /// Name recorded on the traces this policy keeps.
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        name: String,
+        /// Only spans of this call type count (`local`, `http`, `rpc`, `db`, `cache`,
+        /// `mq`); any call type when absent.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[schemars(schema_with = "call_type_schema")]
+        call_type: Option<CallType>,
+        /// A span is slow when its duration is strictly greater than this.
+        threshold: HumanDuration,
+    },
+    /// Keeps traces whose duration (latest end - earliest start) exceeds `threshold`.
+    TraceDuration {
+        /// Name recorded on the traces this policy keeps.
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        name: String,
+        /// A trace is kept when its duration is strictly greater than this.
+        threshold: HumanDuration,
+    },
+    /// Keeps up to `traces_per_second` traces per (root service, root operation) and
+    /// second of event time, so that low-traffic endpoints are not starved.
+    EndpointRateLimit {
+        /// Name recorded on the traces this policy keeps.
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        name: String,
+        /// Budget per endpoint and event-time second, over all shards; may be
+        /// fractional (0.1 keeps one trace every ten seconds).
+        traces_per_second: f64,
+    },
+    /// Keeps traces with a span whose attribute `key` matches one of the patterns.
+    ///
+    /// Span and resource attributes are searched, and these keys read the span's own
+    /// fields: `service.name`, `service.instance.id` (falls back to `host.name`),
+    /// `span.name`, `span.kind`, `span.status` (`unset`/`ok`/`error`), `call_type`,
+    /// `peer.service` (the derived peer), `db.system`/`db.system.name`,
+    /// `messaging.destination`/`messaging.destination.name` and
+    /// `http.status_code`/`http.response.status_code` (as text, e.g. `503`). Non-string
+    /// values compare by their text (`true`, `42`). Matching is case-sensitive.
+    Attribute {
+        /// Name recorded on the traces this policy keeps.
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        name: String,
+        /// The attribute key.
+        key: String,
+        /// Values that match exactly.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        values: Vec<String>,
+        /// A value starting with one of these matches.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        prefixes: Vec<String>,
+        /// A value ending with one of these matches.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        suffixes: Vec<String>,
+        /// A value containing one of these matches.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        contains: Vec<String>,
+    },
+    /// Keeps `percentage` % of traces, chosen by the hash of the trace id so every
+    /// instance agrees.
+    Probabilistic {
+        /// Name recorded on the traces this policy keeps.
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        name: String,
+        /// Share of traces to keep, 0 to 100.
+        percentage: f64,
+    },
+    /// Matches when every nested policy matches.
+    And {
+        /// Name recorded on the traces this policy keeps.
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        name: String,
+        /// The nested policies, evaluated in order.
+        policies: Vec<PolicyConfig>,
+    },
+    /// Matches when the nested policy does not.
+    Not {
+        /// Name recorded on the traces this policy keeps.
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        name: String,
+        /// The negated policy.
+        policy: Box<PolicyConfig>,
+    },
+}
+
+/// `CallType` lives in the model, which does not depend on schemars derives; describe
+/// its job-file spelling here.
+fn call_type_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    let names: Vec<&str> = CallType::ALL.iter().map(|c| c.as_str()).collect();
+    schemars::json_schema!({
+        "type": "string",
+        "enum": names,
+        "description": "Only spans of this call type count; any call type when absent."
+    })
+}
+
+impl PolicyConfig {
+    /// The policy's name (empty when omitted).
+    pub fn name(&self) -> &str {
+        match self {
+            PolicyConfig::Error { name }
+            | PolicyConfig::SlowSpan { name, .. }
+            | PolicyConfig::TraceDuration { name, .. }
+            | PolicyConfig::EndpointRateLimit { name, .. }
+            | PolicyConfig::Attribute { name, .. }
+            | PolicyConfig::Probabilistic { name, .. }
+            | PolicyConfig::And { name, .. }
+            | PolicyConfig::Not { name, .. } => name,
+        }
+    }
+
+    /// The `type:` of the policy.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            PolicyConfig::Error { .. } => "error",
+            PolicyConfig::SlowSpan { .. } => "slow_span",
+            PolicyConfig::TraceDuration { .. } => "trace_duration",
+            PolicyConfig::EndpointRateLimit { .. } => "endpoint_rate_limit",
+            PolicyConfig::Attribute { .. } => "attribute",
+            PolicyConfig::Probabilistic { .. } => "probabilistic",
+            PolicyConfig::And { .. } => "and",
+            PolicyConfig::Not { .. } => "not",
+        }
+    }
+
+    fn validate_at(&self, path: &str, depth: usize, under_not: bool, out: &mut Vec<ConfigIssue>) {
+        if depth > MAX_POLICY_DEPTH {
+            out.push(ConfigIssue::new(
+                path,
+                format!("policies nest deeper than {MAX_POLICY_DEPTH} levels of `and`/`not`"),
+            ));
+            return;
+        }
+        match self {
+            PolicyConfig::Error { .. } => {}
+            PolicyConfig::SlowSpan { threshold, .. }
+            | PolicyConfig::TraceDuration { threshold, .. } => {
+                if threshold.0.is_zero() {
+                    out.push(ConfigIssue::new(
+                        &format!("{path}.threshold"),
+                        format!("must be greater than zero, found `{threshold}`"),
+                    ));
+                }
+            }
+            PolicyConfig::EndpointRateLimit {
+                traces_per_second, ..
+            } => {
+                if !traces_per_second.is_finite() || *traces_per_second < 0.0 {
+                    out.push(ConfigIssue::new(
+                        &format!("{path}.traces_per_second"),
+                        format!("must be a finite number >= 0, found {traces_per_second}"),
+                    ));
+                }
+                if under_not {
+                    out.push(ConfigIssue::new(
+                        path,
+                        "an `endpoint_rate_limit` under `not` would keep exactly the traces \
+                         over the budget; use it outside `not`",
+                    ));
+                }
+            }
+            PolicyConfig::Attribute {
+                key,
+                values,
+                prefixes,
+                suffixes,
+                contains,
+                ..
+            } => {
+                if key.is_empty() {
+                    out.push(ConfigIssue::new(
+                        &format!("{path}.key"),
+                        "must not be empty",
+                    ));
+                }
+                if values.is_empty()
+                    && prefixes.is_empty()
+                    && suffixes.is_empty()
+                    && contains.is_empty()
+                {
+                    out.push(ConfigIssue::new(
+                        &format!("{path}.values"),
+                        "give at least one of `values`, `prefixes`, `suffixes` or `contains`; \
+                         with none the policy never matches",
+                    ));
+                }
+            }
+            PolicyConfig::Probabilistic { percentage, .. } => {
+                if !(0.0..=100.0).contains(percentage) {
+                    out.push(ConfigIssue::new(
+                        &format!("{path}.percentage"),
+                        format!("must be between 0 and 100, found {percentage}"),
+                    ));
+                }
+            }
+            PolicyConfig::And { policies, .. } => {
+                if policies.is_empty() {
+                    out.push(ConfigIssue::new(
+                        &format!("{path}.policies"),
+                        "an `and` needs at least one policy",
+                    ));
+                }
+                for (j, p) in policies.iter().enumerate() {
+                    p.validate_at(&format!("{path}.policies.{j}"), depth + 1, under_not, out);
+                }
+            }
+            PolicyConfig::Not { policy, .. } => {
+                policy.validate_at(&format!("{path}.policy"), depth + 1, true, out);
+            }
+        }
+    }
+}
+
+impl TailSamplingConfig {
+    /// Checks the values serde cannot; returns every problem found, with key paths
+    /// relative to the operator (`policies.2.threshold`).
+    pub fn validate(&self) -> Vec<ConfigIssue> {
+        let mut issues = Vec::new();
+        if self.policies.is_empty() {
+            issues.push(ConfigIssue::new(
+                "policies",
+                "at least one policy is required; with none every trace is dropped",
+            ));
+        }
+        let mut names: HashMap<&str, usize> = HashMap::new();
+        for (i, p) in self.policies.iter().enumerate() {
+            let path = format!("policies.{i}");
+            let name = p.name();
+            if name.trim().is_empty() {
+                issues.push(ConfigIssue::new(
+                    &format!("{path}.name"),
+                    "a top-level policy needs a non-empty `name`: it is recorded on the \
+                     traces the policy keeps",
+                ));
+            } else if let Some(first) = names.get(name) {
+                issues.push(ConfigIssue::new(
+                    &format!("{path}.name"),
+                    format!(
+                        "duplicate policy name `{name}` (also `policies.{first}.name`); names \
+                         must be unique so kept traces and counters say which policy kept them"
+                    ),
+                ));
+            } else {
+                names.insert(name, i);
+            }
+            p.validate_at(&path, 0, false, &mut issues);
+        }
+        issues
+    }
+}
+
+/// The verdict on one trace.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Decision {
+    /// Keep the trace.
+    pub sampled: bool,
+    /// Name of the first top-level policy (in config order) that matched; `None` when
+    /// the trace is dropped.
+    pub policy: Option<Sym>,
+    /// How many traces this one stands for when rollups re-weight sampled traces (see
+    /// the module docs); 0 for a dropped trace, >= 1 for a kept one.
+    pub adjusted_count: f64,
+}
+
+/// Counters of one `tail_sampling` instance.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SamplingMetrics {
+    /// Traces decided.
+    pub traces_seen: u64,
+    /// Traces kept.
+    pub traces_kept: u64,
+    /// Traces dropped.
+    pub traces_dropped: u64,
+    /// Kept traces by the top-level policy recorded on them (the first that matched),
+    /// so the values sum to `traces_kept`. Every policy is listed, with 0 until it
+    /// keeps a trace.
+    pub kept_by_policy: BTreeMap<String, u64>,
+}
+
+impl SamplingMetrics {
+    /// Adds another instance's counters (shards are summed for the run summary).
+    pub fn merge(&mut self, o: &SamplingMetrics) {
+        self.traces_seen += o.traces_seen;
+        self.traces_kept += o.traces_kept;
+        self.traces_dropped += o.traces_dropped;
+        for (name, n) in &o.kept_by_policy {
+            *self.kept_by_policy.entry(name.clone()).or_insert(0) += n;
+        }
+    }
+}
+
+/// A top-level policy, compiled.
+#[derive(Debug)]
+struct TopPolicy {
+    /// Recorded on kept traces: the name, or `policies.<i>` when it has none.
+    name: Sym,
+    node: Node,
+    stateful: bool,
+    /// A bare `probabilistic`: such policies cut the same hash, so they nest.
+    probabilistic: bool,
+}
+
+/// The running `tail_sampling` operator of one shard.
+#[derive(Debug)]
+pub struct TailSampler {
+    policies: Vec<TopPolicy>,
+    /// Mode of each rate limit, indexed like `state.limiters`.
+    modes: Vec<LimiterMode>,
+    state: TailSamplerState,
+    /// Scratch buffers reused across traces.
+    touched: Vec<Touch>,
+    matched: Vec<bool>,
+    scratch: String,
+}
+
+impl TailSampler {
+    /// Builds the sampler for a single shard. The config should have passed
+    /// [`TailSamplingConfig::validate`]; invalid values are clamped (a negative rate or
+    /// percentage keeps nothing) rather than causing a panic.
+    pub fn new(config: TailSamplingConfig) -> Self {
+        Self::with_state_sharded(config, 1, TailSamplerState::default())
+    }
+
+    /// Builds the sampler of one of `shards` shards: every `endpoint_rate_limit` budget
+    /// is divided by `shards` (at least 1), so the shards together keep about the
+    /// configured rate. Rate-limited decisions therefore depend on the parallelism;
+    /// all other policies do not.
+    pub fn new_sharded(config: TailSamplingConfig, shards: usize) -> Self {
+        Self::with_state_sharded(config, shards, TailSamplerState::default())
+    }
+
+    /// Builds a single-shard sampler around restored state.
+    pub fn with_state(config: TailSamplingConfig, state: TailSamplerState) -> Self {
+        Self::with_state_sharded(config, 1, state)
+    }
+
+    /// Builds the sampler of one of `shards` shards around restored state. Rate limits
+    /// find their saved buckets by key (the top-level policy's name plus the nested
+    /// path, e.g. `vip.policies.1`), not by position, so adding or reordering policies
+    /// keeps them; a limiter without saved state starts empty.
+    pub fn with_state_sharded(
+        config: TailSamplingConfig,
+        shards: usize,
+        state: TailSamplerState,
+    ) -> Self {
+        let mut specs: Vec<(String, LimiterMode)> = Vec::new();
+        let policies: Vec<TopPolicy> = config
+            .policies
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let key = if p.name().is_empty() {
+                    format!("policies.{i}")
+                } else {
+                    p.name().to_owned()
+                };
+                let node = Node::compile(p, &key, shards, &mut specs);
+                TopPolicy {
+                    name: Sym::new(&key),
+                    stateful: node.is_stateful(),
+                    probabilistic: matches!(node, Node::Probabilistic(_)),
+                    node,
+                }
+            })
+            .collect();
+        let TailSamplerState {
+            limiters: saved,
+            mut metrics,
+        } = state;
+        let mut saved: HashMap<String, LimiterState> =
+            saved.into_iter().map(|l| (l.key.clone(), l)).collect();
+        let limiters = specs
+            .iter()
+            .map(|(key, _)| {
+                saved.remove(key).unwrap_or_else(|| LimiterState {
+                    key: key.clone(),
+                    ..LimiterState::default()
+                })
+            })
+            .collect();
+        for p in &policies {
+            metrics
+                .kept_by_policy
+                .entry(p.name.as_str().to_owned())
+                .or_insert(0);
+        }
+        TailSampler {
+            matched: Vec::with_capacity(policies.len()),
+            policies,
+            modes: specs.into_iter().map(|(_, m)| m).collect(),
+            state: TailSamplerState { limiters, metrics },
+            touched: Vec::new(),
+            scratch: String::new(),
+        }
+    }
+
+    /// The sampler's state, for a checkpoint.
+    pub fn snapshot(&self) -> &TailSamplerState {
+        &self.state
+    }
+
+    /// Counters so far.
+    pub fn metrics(&self) -> &SamplingMetrics {
+        &self.state.metrics
+    }
+
+    /// Endpoints currently tracked by all rate limits (bounded by eviction).
+    pub fn tracked_endpoints(&self) -> usize {
+        self.state.limiters.iter().map(|l| l.endpoints.len()).sum()
+    }
+
+    /// Decides a batch of traces, appending one decision per trace to `out`.
+    pub fn process(&mut self, traces: &[ClosedTrace], out: &mut Vec<Decision>) {
+        out.reserve(traces.len());
+        for t in traces {
+            out.push(self.decide(t));
+        }
+    }
+
+    /// Decides one trace.
+    pub fn decide(&mut self, trace: &ClosedTrace) -> Decision {
+        let TailSampler {
+            policies,
+            modes,
+            state,
+            touched,
+            matched,
+            scratch,
+        } = self;
+        touched.clear();
+        matched.clear();
+        matched.resize(policies.len(), false);
+        let endpoint = (trace.summary.root_service, trace.summary.root_operation);
+        let mut cx = Ctx {
+            trace,
+            hash: trace.trace_id.hash64(),
+            endpoint,
+            end_ns: trace.summary.end_ns,
+            modes,
+            limiters: &mut state.limiters,
+            touched,
+            top: 0,
+            scratch,
+        };
+
+        let mut first: Option<usize> = None;
+        let mut certain = false;
+        // Non-deterministic matches: bare probabilistic policies nest (same hash), so
+        // only the widest counts; the others combine as independent.
+        let mut widest: Option<policy::Eval> = None;
+        let mut others = 0usize;
+        let mut other_w = 1.0;
+        let mut miss = 1.0;
+        let mut min_w = f64::INFINITY;
+        for (i, pol) in policies.iter().enumerate() {
+            // Once a certain match fixed the outcome, only rate limits still need to
+            // see the trace (their counts must not depend on other policies).
+            if certain && !pol.stateful {
+                continue;
+            }
+            cx.top = i;
+            let e = pol.node.eval(&mut cx);
+            if !e.matched {
+                continue;
+            }
+            matched[i] = true;
+            first.get_or_insert(i);
+            if e.p >= 1.0 {
+                certain = true;
+                continue;
+            }
+            min_w = min_w.min(e.w);
+            if pol.probabilistic {
+                if widest.is_none_or(|w| e.p > w.p) {
+                    widest = Some(e);
+                }
+            } else {
+                others += 1;
+                other_w = e.w;
+                miss *= 1.0 - e.p;
+            }
+        }
+
+        let sampled = first.is_some();
+        let adjusted_count = if !sampled {
+            0.0
+        } else if certain {
+            1.0
+        } else {
+            match (widest, others) {
+                (Some(w), 0) => w.w,
+                (None, 1) => other_w,
+                (w, _) => {
+                    let union = 1.0 - miss * w.map_or(1.0, |w| 1.0 - w.p);
+                    // The union is at least as likely as its likeliest member; the
+                    // bound also covers a union that rounded to 0.
+                    if union > 0.0 {
+                        (1.0 / union).min(min_w)
+                    } else {
+                        min_w
+                    }
+                }
+            }
+        };
+
+        for t in touched.iter() {
+            let Some(limiter) = state.limiters.get_mut(t.limiter) else {
+                continue;
+            };
+            if !sampled {
+                limiter.count_dropped(&endpoint);
+            } else if t.kept && !certain && matched.get(t.top).copied().unwrap_or(false) {
+                // This keep's count included the pending drops: start counting anew.
+                limiter.clear_pending(&endpoint);
+            }
+        }
+
+        let metrics = &mut state.metrics;
+        metrics.traces_seen += 1;
+        let policy = first.and_then(|i| policies.get(i)).map(|p| p.name);
+        match policy {
+            Some(name) => {
+                metrics.traces_kept += 1;
+                match metrics.kept_by_policy.get_mut(name.as_str()) {
+                    Some(n) => *n += 1,
+                    None => {
+                        metrics.kept_by_policy.insert(name.as_str().to_owned(), 1);
+                    }
+                }
+            }
+            None => metrics.traces_dropped += 1,
+        }
+        Decision {
+            sampled,
+            policy,
+            adjusted_count,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
