@@ -14,6 +14,7 @@ use spanflow_operators::red_metrics::RedMetricsConfig;
 use spanflow_operators::service_graph::ServiceGraphConfig;
 use spanflow_operators::session_window::SessionWindowConfig;
 use spanflow_operators::span_filter::SpanFilterConfig;
+use spanflow_operators::tail_sampling::TailSamplingConfig;
 
 use super::spec::WatermarkConfig;
 use crate::connectors::file::FileSourceConfig;
@@ -93,6 +94,16 @@ pub enum OperatorFile {
         /// The filter's settings.
         #[serde(flatten)]
         config: SpanFilterConfig,
+    },
+    /// Tail sampling on complete traces. Reads traces; outputs `traces` (all of them,
+    /// marked `sampled`) and `spans` (the spans of kept traces).
+    #[schemars(extend("additionalProperties" = false))]
+    TailSampling {
+        /// Input streams.
+        from: FromFile,
+        /// The sampler's settings.
+        #[serde(flatten)]
+        config: TailSamplingConfig,
     },
     /// RED metrics with histograms and exemplars. Reads traces; outputs `red_metrics`
     /// (default) and `exemplars`.

@@ -13,6 +13,7 @@ use spanflow_operators::red_metrics::RedMetricsConfig;
 use spanflow_operators::service_graph::ServiceGraphConfig;
 use spanflow_operators::session_window::SessionWindowConfig;
 use spanflow_operators::span_filter::SpanFilterConfig;
+use spanflow_operators::tail_sampling::TailSamplingConfig;
 
 use super::de::{self, DeError, DeErrorKind};
 use super::diagnostics::{Diagnostic, Diagnostics};
@@ -150,6 +151,7 @@ impl Section {
             Section::Operators => &[
                 "span_filter",
                 "session_window",
+                "tail_sampling",
                 "red_metrics",
                 "service_graph",
             ],
@@ -198,6 +200,9 @@ fn outputs(section: Section, type_name: &str) -> &'static [(&'static str, Stream
             ("late_spans", StreamKind::Spans),
         ],
         (Section::Operators, "span_filter") => &[("spans", StreamKind::Spans)],
+        (Section::Operators, "tail_sampling") => {
+            &[("traces", StreamKind::Traces), ("spans", StreamKind::Spans)]
+        }
         (Section::Operators, "red_metrics") => &[
             ("red_metrics", StreamKind::Metrics),
             ("exemplars", StreamKind::Metrics),
@@ -211,7 +216,9 @@ fn outputs(section: Section, type_name: &str) -> &'static [(&'static str, Stream
 fn accepts(section: Section, type_name: &str) -> &'static [StreamKind] {
     match (section, type_name) {
         (Section::Operators, "session_window" | "span_filter") => &[StreamKind::Spans],
-        (Section::Operators, "red_metrics" | "service_graph") => &[StreamKind::Traces],
+        (Section::Operators, "red_metrics" | "service_graph" | "tail_sampling") => {
+            &[StreamKind::Traces]
+        }
         (Section::Sinks, _) => &[
             StreamKind::Spans,
             StreamKind::Traces,
@@ -687,6 +694,9 @@ impl Loader<'_, '_> {
             "span_filter" => self
                 .component::<SpanFilterConfig>(section, e, &what, SpanFilterConfig::validate)
                 .map(|c| Built::Operator(OperatorKind::SpanFilter(c))),
+            "tail_sampling" => self
+                .component::<TailSamplingConfig>(section, e, &what, TailSamplingConfig::validate)
+                .map(|c| Built::Operator(OperatorKind::TailSampling(c))),
             "red_metrics" => self
                 .component::<RedMetricsConfig>(section, e, &what, RedMetricsConfig::validate)
                 .map(|c| Built::Operator(OperatorKind::RedMetrics(c))),

@@ -9,6 +9,7 @@
 //! | any source       | `spans`, `dead_letters`        | spans / records  |
 //! | `span_filter`    | `spans`                        | spans            |
 //! | `session_window` | `traces`, `late_spans`         | traces / spans   |
+//! | `tail_sampling`  | `traces`, `spans`              | traces / spans   |
 //! | `red_metrics`    | `red_metrics`, `exemplars`     | metric rows      |
 //! | `service_graph`  | `service_relation`             | metric rows      |
 //!
@@ -24,6 +25,7 @@ use spanflow_operators::red_metrics::RedMetricsConfig;
 use spanflow_operators::service_graph::ServiceGraphConfig;
 use spanflow_operators::session_window::SessionWindowConfig;
 use spanflow_operators::span_filter::SpanFilterConfig;
+use spanflow_operators::tail_sampling::TailSamplingConfig;
 
 use crate::connectors::file::FileSourceConfig;
 use crate::connectors::generator::GeneratorConfig;
@@ -99,6 +101,8 @@ pub enum OperatorKind {
     SessionWindow(SessionWindowConfig),
     /// `type: span_filter`.
     SpanFilter(SpanFilterConfig),
+    /// `type: tail_sampling`.
+    TailSampling(TailSamplingConfig),
     /// `type: red_metrics`.
     RedMetrics(RedMetricsConfig),
     /// `type: service_graph`.

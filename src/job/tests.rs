@@ -239,12 +239,13 @@ fn demo_job_loads() {
     .unwrap_or_else(|d| panic!("{}", d.render_human(false)));
     assert_eq!(job.name, "demo");
     assert_eq!(job.sources.len(), 1);
-    assert_eq!(job.operators.len(), 3);
+    assert_eq!(job.operators.len(), 4);
     assert_eq!(job.sinks.len(), 1);
     assert_eq!(
         job.sinks[0].from,
         [
-            stream("sessions", "traces"),
+            stream("sampler", "traces"),
+            stream("sampler", "spans"),
             stream("sessions", "late_spans"),
             stream("gen", "dead_letters"),
             stream("metrics", "red_metrics"),

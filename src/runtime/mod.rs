@@ -94,12 +94,13 @@ const RECORDS_PER_CHUNK: usize = 8;
 
 /// Runs a job to completion (bounded sources) and returns its summary.
 pub fn run_job(job: &Job, opts: &RunOptions) -> Result<RunSummary, RunError> {
-    let plan = Plan::new(job, opts.output_dir.as_deref())?;
+    let mut plan = Plan::new(job, opts.output_dir.as_deref())?;
     let parallelism = opts
         .parallelism
         .or(job.parallelism)
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
         .max(1);
+    plan.shards = parallelism;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(parallelism.max(2))
         .thread_name("spanflow")
@@ -137,7 +138,7 @@ async fn run_plan(
                 let op = spanflow_operators::red_metrics::RedMetrics::new(cfg.clone());
                 let rows_t = plan.targets_of(name, "red_metrics");
                 Some(metrics::RedSide {
-                    merger: op.merger(parallelism, false),
+                    merger: op.merger(parallelism, plan.tail_sampling.is_some()),
                     buckets: op.buckets().clone(),
                     rows: shard::Port::new(
                         crate::tables::MetricRows::red_metrics(),
@@ -164,7 +165,7 @@ async fn run_plan(
             Some((name, cfg)) => {
                 let op = spanflow_operators::service_graph::ServiceGraph::new(cfg.clone());
                 Some(metrics::GraphSide {
-                    merger: op.merger(parallelism, false),
+                    merger: op.merger(parallelism, plan.tail_sampling.is_some()),
                     buckets: op.buckets().clone(),
                     rows: shard::Port::new(
                         crate::tables::MetricRows::service_relation(),
@@ -393,6 +394,7 @@ async fn run_plan(
 
     let mut sessions = SessionMetrics::default();
     let mut filtered: Option<spanflow_operators::span_filter::SpanFilterMetrics> = None;
+    let mut sampling: Option<spanflow_operators::tail_sampling::SamplingMetrics> = None;
     let mut peak_buffered = (0usize, 0usize);
     let mut late_metric_observations = 0u64;
     for h in shard_handles {
@@ -403,6 +405,9 @@ async fn run_plan(
         sessions.merge(&r.metrics);
         if let Some(f) = &r.filter {
             filtered.get_or_insert_with(Default::default).merge(f);
+        }
+        if let Some(m) = &r.sampling {
+            sampling.get_or_insert_with(Default::default).merge(m);
         }
         late_metric_observations += r.late_metric_observations;
         for (t, rows) in r.outputs {
@@ -443,6 +448,7 @@ async fn run_plan(
         decode: decode_stats,
         sessions,
         span_filter: filtered,
+        sampling,
         services,
         metric_intervals,
         folded_series,

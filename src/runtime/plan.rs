@@ -7,6 +7,7 @@ use spanflow_operators::red_metrics::RedMetricsConfig;
 use spanflow_operators::service_graph::ServiceGraphConfig;
 use spanflow_operators::session_window::SessionWindowConfig;
 use spanflow_operators::span_filter::SpanFilterConfig;
+use spanflow_operators::tail_sampling::TailSamplingConfig;
 
 use crate::connectors::parquet::ParquetSinkConfig;
 use crate::job::{Job, OperatorKind, OperatorNode, SinkKind, SourceNode, StreamRef};
@@ -54,10 +55,14 @@ pub struct Plan {
     pub session_window: String,
     /// Its config.
     pub session_config: SessionWindowConfig,
+    /// The tail sampler, if any.
+    pub tail_sampling: Option<(String, TailSamplingConfig)>,
     /// The RED metrics operator, if any.
     pub red_metrics: Option<(String, RedMetricsConfig)>,
     /// The service graph operator, if any.
     pub service_graph: Option<(String, ServiceGraphConfig)>,
+    /// Shards the job runs with (set by the runtime).
+    pub shards: usize,
     /// Sink targets per output stream.
     pub targets: BTreeMap<StreamRef, Vec<TableTarget>>,
 }
@@ -72,12 +77,14 @@ impl Plan {
         let is_source = |name: &str| job.sources.iter().any(|s| s.name == name);
         let mut filter: Option<&OperatorNode> = None;
         let mut session: Option<&OperatorNode> = None;
+        let mut sampler = None;
         let mut red = None;
         let mut graph = None;
         for op in &job.operators {
             let slot = match &op.kind {
                 OperatorKind::SpanFilter(_) => &mut filter,
                 OperatorKind::SessionWindow(_) => &mut session,
+                OperatorKind::TailSampling(_) => &mut sampler,
                 OperatorKind::RedMetrics(_) => &mut red,
                 OperatorKind::ServiceGraph(_) => &mut graph,
             };
@@ -144,12 +151,34 @@ impl Plan {
             node: session.name.clone(),
             port: "traces".into(),
         };
-        let metric_op =
-            |node: Option<&OperatorNode>| -> Result<Option<(String, OperatorKind)>, PlanError> {
-                let Some(op) = node else { return Ok(None) };
+        let tail_sampling = match sampler {
+            Some(op) => {
                 if op.from.len() != 1 || op.from[0] != traces_of_session {
                     return Err(unsupported(format!(
                         "`{}` must read `{traces_of_session}`",
+                        op.name
+                    )));
+                }
+                match &op.kind {
+                    OperatorKind::TailSampling(c) => Some((op.name.clone(), c.clone())),
+                    _ => None,
+                }
+            }
+            None => None,
+        };
+        let traces_of_sampler = tail_sampling.as_ref().map(|(n, _)| StreamRef {
+            node: n.clone(),
+            port: "traces".into(),
+        });
+        let metric_op =
+            |node: Option<&OperatorNode>| -> Result<Option<(String, OperatorKind)>, PlanError> {
+                let Some(op) = node else { return Ok(None) };
+                let ok = op.from.len() == 1
+                    && (op.from[0] == traces_of_session
+                        || Some(&op.from[0]) == traces_of_sampler.as_ref());
+                if !ok {
+                    return Err(unsupported(format!(
+                        "`{}` must read `{traces_of_session}` (or a tail_sampling's `traces`)",
                         op.name
                     )));
                 }
@@ -175,6 +204,16 @@ impl Plan {
             producible.push(StreamRef {
                 node: s.name.clone(),
                 port: "dead_letters".into(),
+            });
+        }
+        if let Some((n, _)) = &tail_sampling {
+            producible.push(StreamRef {
+                node: n.clone(),
+                port: "traces".into(),
+            });
+            producible.push(StreamRef {
+                node: n.clone(),
+                port: "spans".into(),
             });
         }
         if let Some((n, _)) = &red_metrics {
@@ -220,8 +259,10 @@ impl Plan {
             span_filter,
             session_window: session.name.clone(),
             session_config: session_config.clone(),
+            tail_sampling,
             red_metrics,
             service_graph,
+            shards: 1,
             targets,
         })
     }

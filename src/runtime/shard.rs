@@ -12,6 +12,7 @@ use spanflow_operators::red_metrics::RedMetrics;
 use spanflow_operators::service_graph::ServiceGraph;
 use spanflow_operators::session_window::{SessionMetrics, SessionOutput, SessionWindow};
 use spanflow_operators::span_filter::{SpanFilter, SpanFilterMetrics};
+use spanflow_operators::tail_sampling::{SamplingMetrics, TailSampler};
 use tokio::sync::mpsc;
 
 use super::metrics::{MergeMsg, MetricOp};
@@ -30,6 +31,7 @@ pub(crate) enum ShardMsg {
 pub(crate) struct ShardResult {
     pub metrics: SessionMetrics,
     pub filter: Option<SpanFilterMetrics>,
+    pub sampling: Option<SamplingMetrics>,
     pub outputs: Vec<(TableTarget, u64)>,
     /// (spans, bytes) buffered at the moment the shard held the most spans.
     pub peak_buffered: (usize, usize),
@@ -92,6 +94,7 @@ pub(crate) struct Shard {
     index: usize,
     filter: Option<SpanFilter>,
     window: SessionWindow,
+    sampler: Option<TailSampler>,
     red: Option<RedMetrics>,
     graph: Option<ServiceGraph>,
     merge_tx: Option<mpsc::Sender<MergeMsg>>,
@@ -99,6 +102,7 @@ pub(crate) struct Shard {
     out: SessionOutput,
     traces: Port<TraceRows>,
     late: Port<SpanRows>,
+    spans: Port<SpanRows>,
     progress: Arc<Progress>,
     peak_buffered: (usize, usize),
 }
@@ -112,10 +116,23 @@ impl Shard {
         merge_tx: Option<mpsc::Sender<MergeMsg>>,
     ) -> Result<Self, RunError> {
         let sw = &plan.session_window;
+        let shards = plan_shards(plan);
+        // With a sampler, `<session>.traces` and `<sampler>.traces` carry the same rows,
+        // marked with the decision.
+        let mut trace_targets = plan.targets_of(sw, "traces").to_vec();
+        let mut span_targets = Vec::new();
+        if let Some((name, _)) = &plan.tail_sampling {
+            trace_targets.extend_from_slice(plan.targets_of(name, "traces"));
+            span_targets.extend_from_slice(plan.targets_of(name, "spans"));
+        }
         Ok(Shard {
             index,
             filter: plan.span_filter.as_ref().map(|(_, c)| SpanFilter::new(c)),
             window: SessionWindow::new(plan.session_config.clone()),
+            sampler: plan
+                .tail_sampling
+                .as_ref()
+                .map(|(_, c)| TailSampler::new_sharded(c.clone(), shards)),
             red: plan
                 .red_metrics
                 .as_ref()
@@ -127,12 +144,8 @@ impl Shard {
             merge_tx,
             forwarded: 0,
             out: SessionOutput::default(),
-            traces: Port::new(
-                TraceRows::default(),
-                plan.targets_of(sw, "traces"),
-                index,
-                discard,
-            )?,
+            traces: Port::new(TraceRows::default(), &trace_targets, index, discard)?,
+            spans: Port::new(SpanRows::spans(), &span_targets, index, discard)?,
             late: Port::new(
                 SpanRows::late(),
                 plan.targets_of(sw, "late_spans"),
@@ -184,10 +197,12 @@ impl Shard {
         let mut outputs = Vec::new();
         self.traces.close(&mut outputs)?;
         self.late.close(&mut outputs)?;
+        self.spans.close(&mut outputs)?;
         let late_metric_observations = self.red.as_ref().map_or(0, |r| r.late_observations());
         Ok(ShardResult {
             metrics: self.window.metrics().clone(),
             filter: self.filter.as_ref().map(|f| f.metrics().clone()),
+            sampling: self.sampler.as_ref().map(|s| s.metrics().clone()),
             outputs,
             peak_buffered: self.peak_buffered,
             late_metric_observations,
@@ -246,19 +261,32 @@ impl Shard {
             .traces_closed
             .fetch_add(self.out.closed.len() as u64, Ordering::Relaxed);
         for t in self.out.closed.drain(..) {
+            let decision = self.sampler.as_mut().map(|s| s.decide(&t));
+            let kept = decision.as_ref().is_none_or(|d| d.sampled);
             if let Some(r) = &mut self.red {
-                r.add_trace(&t, true);
+                r.add_trace(&t, kept);
             }
             if let Some(g) = &mut self.graph {
-                g.add_trace(&t, true);
+                g.add_trace(&t, kept);
             }
-            self.traces.rows.push(&t);
+            self.traces.rows.push(&t, decision.as_ref());
+            if kept && decision.is_some() {
+                for s in &t.spans {
+                    self.spans.rows.push(s);
+                }
+            }
         }
         for l in self.out.late.drain(..) {
             self.late.rows.push_late(&l);
         }
         self.traces.maybe_flush(false)?;
         self.late.maybe_flush(false)?;
+        self.spans.maybe_flush(false)?;
         Ok(())
     }
+}
+
+/// Number of shards the plan runs with (rate-limit budgets are divided among them).
+fn plan_shards(plan: &Plan) -> usize {
+    plan.shards.max(1)
 }

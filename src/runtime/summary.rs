@@ -11,6 +11,7 @@ use serde::Serialize;
 use spanflow_operators::session_window::{CloseReason, LateReason, SessionMetrics};
 
 use spanflow_operators::span_filter::SpanFilterMetrics;
+use spanflow_operators::tail_sampling::SamplingMetrics;
 
 use super::{Progress, ServiceSummary, TableTarget};
 use crate::connectors::generator::GroundTruth;
@@ -59,6 +60,8 @@ pub struct RunSummary {
     pub sessions: SessionMetrics,
     /// Span filter counters, when the job filters spans.
     pub span_filter: Option<SpanFilterMetrics>,
+    /// Tail sampling counters, when the job samples.
+    pub sampling: Option<SamplingMetrics>,
     /// Per service: entry-span requests, errors and latency quantiles, busiest first
     /// (when the job computes RED metrics).
     pub services: Vec<ServiceSummary>,
@@ -185,6 +188,25 @@ impl RunSummary {
                 f.dropped(),
                 f.spans_in,
                 f.dropped_by_rule
+            );
+        }
+        if let Some(m) = &self.sampling {
+            let per: Vec<String> = m
+                .kept_by_policy
+                .iter()
+                .map(|(k, v)| format!("{k} {v}"))
+                .collect();
+            let _ = writeln!(
+                s,
+                "  sampling    {} of {} traces kept ({:.1}%): {}",
+                m.traces_kept,
+                m.traces_seen,
+                100.0 * m.traces_kept as f64 / m.traces_seen.max(1) as f64,
+                if per.is_empty() {
+                    "none".to_owned()
+                } else {
+                    per.join(", ")
+                }
             );
         }
         if !self.services.is_empty() {

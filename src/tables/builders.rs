@@ -3,14 +3,15 @@
 use std::sync::{Arc, LazyLock};
 
 use arrow::array::{
-    ArrayBuilder, ArrayRef, BinaryBuilder, BooleanBuilder, FixedSizeBinaryBuilder, MapBuilder,
-    MapFieldNames, StringBuilder, TimestampNanosecondBuilder, UInt16Builder, UInt32Builder,
-    UInt64Builder,
+    ArrayBuilder, ArrayRef, BinaryBuilder, BooleanBuilder, FixedSizeBinaryBuilder, Float64Builder,
+    MapBuilder, MapFieldNames, StringBuilder, TimestampNanosecondBuilder, UInt16Builder,
+    UInt32Builder, UInt64Builder,
 };
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use arrow::record_batch::RecordBatch;
 use spanflow_operators::Span;
 use spanflow_operators::session_window::{ClosedTrace, LateSpan};
+use spanflow_operators::tail_sampling::Decision;
 
 use super::TableRows;
 use crate::formats::DeadLetter;
@@ -72,6 +73,9 @@ pub static TRACES_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
         Field::new("error_count", DataType::UInt32, false),
         Field::new("service_count", DataType::UInt32, false),
         Field::new("close_reason", DataType::Utf8, false),
+        Field::new("sampled", DataType::Boolean, false),
+        Field::new("sampling_policy", DataType::Utf8, false),
+        Field::new("adjusted_count", DataType::Float64, false),
     ]))
 });
 
@@ -89,6 +93,9 @@ pub struct TraceRows {
     error_count: UInt32Builder,
     service_count: UInt32Builder,
     close_reason: StringBuilder,
+    sampled: BooleanBuilder,
+    policy: StringBuilder,
+    adjusted: Float64Builder,
     services_scratch: Vec<spanflow_operators::Sym>,
 }
 
@@ -107,14 +114,24 @@ impl Default for TraceRows {
             error_count: UInt32Builder::new(),
             service_count: UInt32Builder::new(),
             close_reason: StringBuilder::new(),
+            sampled: BooleanBuilder::new(),
+            policy: StringBuilder::new(),
+            adjusted: Float64Builder::new(),
             services_scratch: Vec::new(),
         }
     }
 }
 
 impl TraceRows {
-    /// Appends one closed trace.
-    pub fn push(&mut self, t: &ClosedTrace) {
+    /// Appends one closed trace with the sampler's decision (`None` when no sampler
+    /// runs: every trace counts as kept).
+    pub fn push(&mut self, t: &ClosedTrace, decision: Option<&Decision>) {
+        self.sampled
+            .append_value(decision.is_none_or(|d| d.sampled));
+        self.policy
+            .append_value(decision.and_then(|d| d.policy).map_or("", |p| p.as_str()));
+        self.adjusted
+            .append_value(decision.map_or(1.0, |d| d.adjusted_count));
         let s = &t.summary;
         // Infallible: the id is always 16 bytes.
         let _ = self.trace_id.append_value(t.trace_id.0);
@@ -162,6 +179,9 @@ impl TableRows for TraceRows {
             Arc::new(self.error_count.finish()),
             Arc::new(self.service_count.finish()),
             Arc::new(self.close_reason.finish()),
+            Arc::new(self.sampled.finish()),
+            Arc::new(self.policy.finish()),
+            Arc::new(self.adjusted.finish()),
         ];
         batch(&TRACES_SCHEMA, cols)
     }
@@ -470,21 +490,24 @@ mod tests {
     #[test]
     fn every_table_builds_batches_matching_its_schema() {
         let mut t = TraceRows::default();
-        t.push(&ClosedTrace {
-            trace_id: TraceId([1; 16]),
-            spans: vec![span(), span()],
-            summary: TraceSummary {
-                root_service: Sym::new("a"),
-                root_operation: Sym::new("op"),
-                has_root: true,
-                start_ns: 10,
-                end_ns: 30,
-                span_count: 2,
-                error_count: 0,
-                close_reason: CloseReason::Gap,
-                fragment: 0,
+        t.push(
+            &ClosedTrace {
+                trace_id: TraceId([1; 16]),
+                spans: vec![span(), span()],
+                summary: TraceSummary {
+                    root_service: Sym::new("a"),
+                    root_operation: Sym::new("op"),
+                    has_root: true,
+                    start_ns: 10,
+                    end_ns: 30,
+                    span_count: 2,
+                    error_count: 0,
+                    close_reason: CloseReason::Gap,
+                    fragment: 0,
+                },
             },
-        });
+            None,
+        );
         let b = t.finish();
         assert_eq!(b.num_rows(), 1);
         assert_eq!(b.schema(), *TRACES_SCHEMA);

@@ -60,6 +60,16 @@ fn sessions_basic() {
 #[test]
 fn analytics_basic() {
     for p in [1, 2] {
-        check_case("analytics_basic", &["red_metrics", "exemplars", "service_relation"], p);
+        check_case(
+            "analytics_basic",
+            &[
+                "traces",
+                "spans",
+                "red_metrics",
+                "exemplars",
+                "service_relation",
+            ],
+            p,
+        );
     }
 }
