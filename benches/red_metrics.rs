@@ -7,12 +7,22 @@ use spanflow::formats::{Decoded, InputFormat, RecordMeta, SpanDecoder};
 use spanflow_operators::metrics::{Exemplar, SeriesAgg};
 use spanflow_operators::red_metrics::{RedMetrics, RedMetricsConfig};
 use spanflow_operators::service_graph::{ServiceGraph, ServiceGraphConfig};
-use spanflow_operators::session_window::{ClosedTrace, SessionOutput, SessionWindow, SessionWindowConfig};
+use spanflow_operators::session_window::{
+    ClosedTrace, SessionOutput, SessionWindow, SessionWindowConfig,
+};
 use spanflow_operators::{Sym, WATERMARK_END};
 
 fn traces(n: u64) -> (Vec<ClosedTrace>, u64) {
-    let g = Generator::new(GeneratorConfig { traces: n, ..Default::default() }).expect("valid generator config");
-    let meta = RecordMeta { source: Sym::new("bench"), split: 0, offset: 0 };
+    let g = Generator::new(GeneratorConfig {
+        traces: n,
+        ..Default::default()
+    })
+    .expect("valid generator config");
+    let meta = RecordMeta {
+        source: Sym::new("bench"),
+        split: 0,
+        offset: 0,
+    };
     let mut dec = SpanDecoder::new();
     let mut out = Decoded::default();
     for r in g {
@@ -31,20 +41,27 @@ fn bench_metrics(c: &mut Criterion) {
     let mut group = c.benchmark_group("analytics");
     group.throughput(Throughput::Elements(spans));
     for max_series in [100, 10_000] {
-        group.bench_with_input(BenchmarkId::new("red_metrics", max_series), &input, |b, input| {
-            b.iter(|| {
-                let cfg = RedMetricsConfig { max_series, ..Default::default() };
-                let mut op = RedMetrics::new(cfg);
-                let mut merger = op.merger(1, false);
-                for t in input {
-                    op.add_trace(t, true);
-                }
-                let mut parts = Vec::new();
-                op.flush(WATERMARK_END, &mut parts);
-                parts.into_iter().for_each(|p| merger.add(p));
-                merger.on_watermark(0, WATERMARK_END)
-            })
-        });
+        group.bench_with_input(
+            BenchmarkId::new("red_metrics", max_series),
+            &input,
+            |b, input| {
+                b.iter(|| {
+                    let cfg = RedMetricsConfig {
+                        max_series,
+                        ..Default::default()
+                    };
+                    let mut op = RedMetrics::new(cfg);
+                    let mut merger = op.merger(1, false);
+                    for t in input {
+                        op.add_trace(t, true);
+                    }
+                    let mut parts = Vec::new();
+                    op.flush(WATERMARK_END, &mut parts);
+                    parts.into_iter().for_each(|p| merger.add(p));
+                    merger.on_watermark(0, WATERMARK_END)
+                })
+            },
+        );
     }
     group.bench_with_input(BenchmarkId::new("service_graph", 0), &input, |b, input| {
         b.iter(|| {

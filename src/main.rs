@@ -75,6 +75,20 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Convert an Alibaba microservice call-graph CSV (2021 or 2022 layout, plain or
+    /// gzip) to OTLP spans in a file the `file` source reads; print what was kept.
+    ImportAlibaba {
+        /// The CSV file (`.csv` or `.csv.gz`).
+        #[arg(long)]
+        input: PathBuf,
+        /// Output file (protobuf: 4-byte big-endian length per record; JSON: one
+        /// request per line).
+        #[arg(long)]
+        out: PathBuf,
+        /// Record encoding.
+        #[arg(long, value_enum, default_value_t = GenFormat::OtlpProto)]
+        format: GenFormat,
+    },
     /// Run a job on generated spans fully in memory and report throughput.
     Bench {
         /// The job file (YAML); its generator source's settings shape the spans.
@@ -251,6 +265,11 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
                 out.display(),
                 truth_path.display()
             );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::ImportAlibaba { input, out, format } => {
+            let stats = spanflow::connectors::alibaba::import(&input, &out, format.into())?;
+            print!("{}", stats.render());
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench {

@@ -1,5 +1,6 @@
 //! Sources and sinks.
 
+pub mod alibaba;
 pub mod file;
 pub mod generator;
 pub mod parquet;

@@ -1,5 +1,6 @@
 //! Integration tests: one binary, a module per area.
 
+mod alibaba;
 mod cli;
 mod demo;
 mod golden;
