@@ -239,6 +239,12 @@ async fn run_plan(
         }
     }
     let mut tracker = WatermarkTracker::new(n_sources);
+    // Every source's split holds the watermark from the start, so a source that is slow
+    // to deliver its first records does not find the watermark already past them.
+    let start = Instant::now();
+    for (i, (_, wm)) in split_settings.iter().enumerate() {
+        tracker.add_split((i, 0), wm.max_out_of_order.0, wm.idle_timeout.0, start);
+    }
     let mut decode_stats = DecodeStats::default();
     let decoded = tokio_stream_from(src_rx)
         .map(|ev| async move {

@@ -253,6 +253,20 @@ impl Plan {
                 });
             }
         }
+        let mut seen: BTreeMap<(PathBuf, String), &str> = BTreeMap::new();
+        for t in targets.values().flatten() {
+            if let Some(other) = seen.insert((t.dir.clone(), t.table.clone()), &t.sink)
+                && other != t.sink
+            {
+                return Err(unsupported(format!(
+                    "sinks `{other}` and `{}` both write table `{}` under `{}`; give them different `path`s \
+                     (or do not pass --output-dir)",
+                    t.sink,
+                    t.table,
+                    t.dir.display()
+                )));
+            }
+        }
         Ok(Plan {
             job: job.name.clone(),
             sources,

@@ -637,7 +637,7 @@ impl MetricsMerger {
                 }
             }
         }
-        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v.sort_by_key(|a| a.0);
         self.folded_series += folded;
         ClosedInterval {
             start_ns: start,

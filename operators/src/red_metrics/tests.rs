@@ -300,7 +300,7 @@ fn arb_trace(n: u8) -> impl Strategy<Value = ClosedTrace> {
             .iter()
             .enumerate()
             .map(|(i, (kind, ct, svc, start, dur, err, name))| {
-                let parent = if i == 0 { 0 } else { (i as u8 + 1) / 2 };
+                let parent = if i == 0 { 0 } else { (i as u8).div_ceil(2) };
                 let mut s = sp(
                     i as u8 + 1,
                     parent,

@@ -12,7 +12,8 @@ use crate::formats::InputFormat;
 #[serde(deny_unknown_fields)]
 pub struct FileSourceConfig {
     /// Files to read, in order; relative paths are resolved against the job file's
-    /// directory. Each file is one split (its own watermark).
+    /// directory. The files are read one after the other as one split with one
+    /// watermark, so list them in event-time order.
     pub paths: Vec<PathBuf>,
     /// Record format. `otlp_proto`: 4-byte big-endian length + `ExportTraceServiceRequest`
     /// per record (as the OpenTelemetry Collector's file exporter writes);
