@@ -9,9 +9,9 @@ use arrow::array::{
 };
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use arrow::record_batch::RecordBatch;
-use spanflow_operators::Span;
 use spanflow_operators::session_window::{ClosedTrace, LateSpan};
 use spanflow_operators::tail_sampling::Decision;
+use spanflow_operators::{AttrValue, Span};
 
 use super::TableRows;
 use crate::formats::DeadLetter;
@@ -314,16 +314,21 @@ impl SpanRows {
         self.db_system.append_value(s.db_system.as_str());
         self.destination
             .append_value(s.messaging_destination.as_str());
-        for (k, v, resource) in s.attrs.iter() {
+        for (k, v, resource) in s.attrs.iter().chain(s.resource_attrs.iter()) {
             let m = if resource {
                 &mut self.resource_attributes
             } else {
                 &mut self.attributes
             };
-            self.text.clear();
-            let _ = write!(self.text, "{v}");
             m.keys().append_value(k);
-            m.values().append_value(&self.text);
+            match v {
+                AttrValue::Str(t) | AttrValue::Json(t) => m.values().append_value(t),
+                other => {
+                    self.text.clear();
+                    let _ = write!(self.text, "{other}");
+                    m.values().append_value(&self.text);
+                }
+            }
         }
         // Map entries are always balanced (one key and one value each), so append
         // cannot fail.
@@ -524,8 +529,27 @@ mod tests {
         assert_eq!(b.schema(), *LATE_SPANS_SCHEMA);
 
         let mut s = SpanRows::spans();
-        s.push(&span());
-        assert_eq!(s.finish().schema(), *SPANS_SCHEMA);
+        let mut sp = span();
+        let mut rb = AttrsBuilder::default();
+        rb.push("host.name", AttrValue::Str("node-1"), true);
+        sp.resource_attrs = rb.finish();
+        s.push(&sp);
+        let b = s.finish();
+        assert_eq!(b.schema(), *SPANS_SCHEMA);
+        let maps = |name: &str| {
+            let col = b.column_by_name(name).unwrap();
+            let m = col
+                .as_any()
+                .downcast_ref::<arrow::array::MapArray>()
+                .unwrap();
+            arrow::array::Array::len(&m.value(0))
+        };
+        assert_eq!(maps("attributes"), 1, "http.route");
+        assert_eq!(
+            maps("resource_attributes"),
+            2,
+            "k8s.pod (flagged) and the shared host.name"
+        );
 
         let mut d = DeadLetterRows::default();
         d.push(&DeadLetter {

@@ -367,6 +367,42 @@ proptest! {
     }
 
     #[test]
+    fn exemplars_link_only_to_kept_traces_when_sampling(
+        traces in prop::collection::vec((arb_trace(3), any::<bool>()), 1..8),
+    ) {
+        // Give each trace its own id so "kept" is per trace.
+        let traces: Vec<(ClosedTrace, bool)> = traces
+            .into_iter()
+            .enumerate()
+            .map(|(i, (mut t, kept))| {
+                let id = TraceId([i as u8 + 1; 16]);
+                t.trace_id = id;
+                t.spans.iter_mut().for_each(|s| s.trace_id = id);
+                (t, kept)
+            })
+            .collect();
+        let mut op = RedMetrics::new(RedMetricsConfig::default());
+        let mut merger = op.merger(1, true);
+        for (t, kept) in &traces {
+            op.add_trace(t, *kept);
+        }
+        let mut parts = Vec::new();
+        op.flush(WATERMARK_END, &mut parts);
+        parts.into_iter().for_each(|p| merger.add(p));
+        let kept: std::collections::BTreeSet<TraceId> =
+            traces.iter().filter(|(_, k)| *k).map(|(t, _)| t.trace_id).collect();
+        for c in merger.on_watermark(0, WATERMARK_END) {
+            for (_, a) in &c.series {
+                for e in a.exemplars.iter().flatten() {
+                    prop_assert!(kept.contains(&e.trace_id), "exemplar of a dropped trace");
+                }
+                // At most one exemplar per non-empty bucket.
+                prop_assert!(a.exemplars.iter().flatten().count() <= a.counts.iter().filter(|c| **c > 0).count());
+            }
+        }
+    }
+
+    #[test]
     fn sharded_merge_equals_single_shard(traces in prop::collection::vec(arb_trace(2), 1..8), shards in 1usize..4) {
         let single = run(RedMetricsConfig::default(), &traces);
         let mut ops: Vec<RedMetrics> = (0..shards).map(|_| RedMetrics::new(RedMetricsConfig::default())).collect();
