@@ -1,7 +1,10 @@
 //! Decoding OTLP records into spans: the fast protobuf path, the prost reference path
 //! and OTLP JSON. Inputs come from the seeded generator (~11 attributes per HTTP span).
 
-use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use criterion::measurement::WallTime;
+use criterion::{
+    BenchmarkGroup, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main,
+};
 use spanflow::connectors::generator::{Generator, GeneratorConfig};
 use spanflow::formats::{Decoded, InputFormat, RecordMeta, SpanDecoder};
 use spanflow_operators::Sym;
@@ -18,58 +21,21 @@ fn records(format: InputFormat, spans_per_record: usize) -> (Vec<Vec<u8>>, u64) 
     (recs, g.ground_truth().spans)
 }
 
-fn bench_decode(c: &mut Criterion) {
+/// One decode bench: `decode` is called once per record into a pre-sized output.
+fn run(
+    group: &mut BenchmarkGroup<'_, WallTime>,
+    id: BenchmarkId,
+    recs: &[Vec<u8>],
+    spans: u64,
+    decode: fn(&mut SpanDecoder, &[u8], &RecordMeta, &mut Decoded),
+) {
     let meta = RecordMeta {
         source: Sym::new("bench"),
         split: 0,
         offset: 0,
     };
-    let mut group = c.benchmark_group("decode");
-    for spans_per_record in [64, 512] {
-        let (recs, spans) = records(InputFormat::OtlpProto, spans_per_record);
-        group.throughput(Throughput::Elements(spans));
-        group.bench_with_input(
-            BenchmarkId::new("otlp_proto_fast", spans_per_record),
-            &recs,
-            |b, recs| {
-                let mut dec = SpanDecoder::new();
-                b.iter_batched_ref(
-                    || Decoded {
-                        spans: Vec::with_capacity(spans as usize),
-                        dead_letters: Vec::new(),
-                    },
-                    |out| {
-                        for r in recs {
-                            dec.decode(InputFormat::OtlpProto, r, &meta, out);
-                        }
-                    },
-                    criterion::BatchSize::LargeInput,
-                );
-            },
-        );
-        group.bench_with_input(
-            BenchmarkId::new("otlp_proto_prost", spans_per_record),
-            &recs,
-            |b, recs| {
-                let mut dec = SpanDecoder::new();
-                b.iter_batched_ref(
-                    || Decoded {
-                        spans: Vec::with_capacity(spans as usize),
-                        dead_letters: Vec::new(),
-                    },
-                    |out| {
-                        for r in recs {
-                            dec.decode_proto_reference(r, &meta, out);
-                        }
-                    },
-                    criterion::BatchSize::LargeInput,
-                );
-            },
-        );
-    }
-    let (recs, spans) = records(InputFormat::OtlpJson, 512);
     group.throughput(Throughput::Elements(spans));
-    group.bench_with_input(BenchmarkId::new("otlp_json", 512), &recs, |b, recs| {
+    group.bench_function(id, |b| {
         let mut dec = SpanDecoder::new();
         b.iter_batched_ref(
             || Decoded {
@@ -78,12 +44,41 @@ fn bench_decode(c: &mut Criterion) {
             },
             |out| {
                 for r in recs {
-                    dec.decode(InputFormat::OtlpJson, r, &meta, out);
+                    decode(&mut dec, r, &meta, out);
                 }
             },
             criterion::BatchSize::LargeInput,
         );
     });
+}
+
+fn bench_decode(c: &mut Criterion) {
+    let mut group = c.benchmark_group("decode");
+    for n in [64, 512] {
+        let (recs, spans) = records(InputFormat::OtlpProto, n);
+        run(
+            &mut group,
+            BenchmarkId::new("otlp_proto_fast", n),
+            &recs,
+            spans,
+            |d, r, m, o| d.decode(InputFormat::OtlpProto, r, m, o),
+        );
+        run(
+            &mut group,
+            BenchmarkId::new("otlp_proto_prost", n),
+            &recs,
+            spans,
+            |d, r, m, o| d.decode_proto_reference(r, m, o),
+        );
+    }
+    let (recs, spans) = records(InputFormat::OtlpJson, 512);
+    run(
+        &mut group,
+        BenchmarkId::new("otlp_json", 512),
+        &recs,
+        spans,
+        |d, r, m, o| d.decode(InputFormat::OtlpJson, r, m, o),
+    );
     group.finish();
 }
 

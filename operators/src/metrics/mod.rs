@@ -468,6 +468,23 @@ impl IntervalAggregator {
         &self.buckets
     }
 
+    /// The merger that combines all shards' partials of aggregators configured like
+    /// this one.
+    pub fn merger(
+        &self,
+        shards: usize,
+        max_series: usize,
+        keep_sampled_only: bool,
+    ) -> MetricsMerger {
+        MetricsMerger::new(
+            shards,
+            HumanDuration(std::time::Duration::from_nanos(self.interval_ns)),
+            self.buckets.len(),
+            max_series,
+            keep_sampled_only,
+        )
+    }
+
     /// Adds one observation at event time `exemplar.timestamp_ns`.
     #[inline]
     pub fn observe(&mut self, key: SeriesKey, value_ns: u64, slow: bool, exemplar: Exemplar) {

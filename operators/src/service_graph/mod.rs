@@ -218,13 +218,8 @@ impl ServiceGraph {
 
     /// The merger that combines all shards' partials of this operator.
     pub fn merger(&self, shards: usize, keep_sampled_only: bool) -> MetricsMerger {
-        MetricsMerger::new(
-            shards,
-            self.config.interval,
-            self.agg.buckets().len(),
-            self.config.max_series,
-            keep_sampled_only,
-        )
+        self.agg
+            .merger(shards, self.config.max_series, keep_sampled_only)
     }
 
     /// Histogram buckets.
