@@ -19,12 +19,9 @@ const SAMPLES: [&str; 2] = [
 ];
 
 fn sample(name: &str) -> PathBuf {
-    let p = root().join("../shared/data/alibaba").join(name);
-    assert!(
-        p.exists(),
-        "{}: the Alibaba samples are missing",
-        p.display()
-    );
+        // A copy of ../shared/data/alibaba, so the tests run from any clone.
+    let p = root().join("tests/fixtures/alibaba").join(name);
+    assert!(p.exists(), "{}: the Alibaba samples are missing", p.display());
     p
 }
 
