@@ -53,7 +53,9 @@ impl<R: TableRows> Port<R> {
         discard: bool,
     ) -> Result<Self, RunError> {
         let mut writers = Vec::new();
-        let mut flush_rows = 64 * 1024;
+        // Small batches keep the builders' buffers in cache and reused; the Parquet
+        // writer still forms row groups of `row_group_rows`.
+        let mut flush_rows = 1024;
         if !discard {
             for t in targets {
                 flush_rows = flush_rows.min(t.config.row_group_rows.max(1));

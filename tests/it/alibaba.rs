@@ -19,9 +19,13 @@ const SAMPLES: [&str; 2] = [
 ];
 
 fn sample(name: &str) -> PathBuf {
-        // A copy of ../shared/data/alibaba, so the tests run from any clone.
+    // A copy of ../shared/data/alibaba, so the tests run from any clone.
     let p = root().join("tests/fixtures/alibaba").join(name);
-    assert!(p.exists(), "{}: the Alibaba samples are missing", p.display());
+    assert!(
+        p.exists(),
+        "{}: the Alibaba samples are missing",
+        p.display()
+    );
     p
 }
 
