@@ -90,7 +90,7 @@ pub(crate) struct Progress {
 
 /// Spans per decode chunk target; chunks are cut by record count so that chunking
 /// (and thus the watermark sequence) never depends on timing.
-const RECORDS_PER_CHUNK: usize = 8;
+const RECORDS_PER_CHUNK: usize = 2;
 
 /// Runs a job to completion (bounded sources) and returns its summary.
 pub fn run_job(job: &Job, opts: &RunOptions) -> Result<RunSummary, RunError> {

@@ -37,16 +37,21 @@ fn map_type() -> DataType {
     )
 }
 
-fn map_builder() -> MapBuilder<StringBuilder, StringBuilder> {
-    MapBuilder::new(
+fn map_builder(rows: usize, entries: usize) -> MapBuilder<StringBuilder, StringBuilder> {
+    MapBuilder::with_capacity(
         Some(MapFieldNames {
             entry: "entries".into(),
             key: "keys".into(),
             value: "values".into(),
         }),
-        StringBuilder::new(),
-        StringBuilder::new(),
+        StringBuilder::with_capacity(entries, entries * 24),
+        StringBuilder::with_capacity(entries, entries * 32),
+        rows,
     )
+}
+
+fn strings(rows: usize, bytes_per_row: usize) -> StringBuilder {
+    StringBuilder::with_capacity(rows, rows * bytes_per_row)
 }
 
 fn batch(schema: &SchemaRef, cols: Vec<ArrayRef>) -> RecordBatch {
@@ -252,29 +257,37 @@ pub struct SpanRows {
 
 impl SpanRows {
     fn new(late: bool) -> Self {
+        Self::with_capacity(late, 0, 0, 0)
+    }
+
+    /// Builders pre-sized for a batch like the previous one: growing them from empty
+    /// for every batch cost more (reallocations, fresh pages) than filling them.
+    fn with_capacity(late: bool, rows: usize, attrs: usize, resource_attrs: usize) -> Self {
+        let ts = || TimestampNanosecondBuilder::with_capacity(rows).with_timezone("+00:00");
         SpanRows {
             late,
-            trace_id: FixedSizeBinaryBuilder::new(16),
-            span_id: FixedSizeBinaryBuilder::new(8),
-            parent: FixedSizeBinaryBuilder::new(8),
-            service: StringBuilder::new(),
-            instance: StringBuilder::new(),
-            name: StringBuilder::new(),
-            kind: StringBuilder::new(),
-            start: TimestampNanosecondBuilder::new().with_timezone("+00:00"),
-            end: TimestampNanosecondBuilder::new().with_timezone("+00:00"),
-            duration: UInt64Builder::new(),
-            status: StringBuilder::new(),
-            is_error: BooleanBuilder::new(),
-            call_type: StringBuilder::new(),
-            http_status: UInt16Builder::new(),
-            peer: StringBuilder::new(),
-            db_system: StringBuilder::new(),
-            destination: StringBuilder::new(),
-            attributes: map_builder(),
-            resource_attributes: map_builder(),
-            late_reason: StringBuilder::new(),
-            watermark: TimestampNanosecondBuilder::new().with_timezone("+00:00"),
+            trace_id: FixedSizeBinaryBuilder::with_capacity(rows, 16),
+            span_id: FixedSizeBinaryBuilder::with_capacity(rows, 8),
+            parent: FixedSizeBinaryBuilder::with_capacity(rows, 8),
+            service: strings(rows, 16),
+            instance: strings(rows, 24),
+            name: strings(rows, 24),
+            kind: strings(rows, 8),
+            start: ts(),
+            end: ts(),
+            duration: UInt64Builder::with_capacity(rows),
+            status: strings(rows, 5),
+            is_error: BooleanBuilder::with_capacity(rows),
+            call_type: strings(rows, 5),
+            http_status: UInt16Builder::with_capacity(rows),
+            peer: strings(rows, 12),
+            db_system: strings(rows, 4),
+            destination: strings(rows, 4),
+            attributes: map_builder(rows, attrs),
+            resource_attributes: map_builder(rows, resource_attrs),
+            late_reason: strings(if late { rows } else { 0 }, 12),
+            watermark: TimestampNanosecondBuilder::with_capacity(if late { rows } else { 0 })
+                .with_timezone("+00:00"),
             text: String::new(),
         }
     }
@@ -360,6 +373,18 @@ impl TableRows for SpanRows {
         }
     }
     fn finish(&mut self) -> RecordBatch {
+        let (rows, attrs, res) = (
+            self.len(),
+            self.attributes.values().len(),
+            self.resource_attributes.values().len(),
+        );
+        let mut old = std::mem::replace(self, SpanRows::with_capacity(self.late, rows, attrs, res));
+        old.finish_columns()
+    }
+}
+
+impl SpanRows {
+    fn finish_columns(&mut self) -> RecordBatch {
         let mut cols: Vec<ArrayRef> = vec![
             Arc::new(self.trace_id.finish()),
             Arc::new(self.span_id.finish()),

@@ -438,6 +438,8 @@ pub struct IntervalAggregator {
     interval_ns: u64,
     buckets: Buckets,
     open: BTreeMap<EventTime, AHashMap<SeriesKey, SeriesAgg>>,
+    /// Series in the last flushed interval: new intervals start with that capacity.
+    last_series: usize,
     /// Intervals before this start were flushed.
     flushed_until: EventTime,
     /// Observations that arrived for an interval already flushed (never merged into
@@ -452,6 +454,7 @@ impl IntervalAggregator {
             interval_ns: interval.as_nanos().max(1),
             buckets,
             open: BTreeMap::new(),
+            last_series: 0,
             flushed_until: 0,
             late_observations: 0,
         }
@@ -495,9 +498,10 @@ impl IntervalAggregator {
         }
         let bucket = self.buckets.index(value_ns);
         let n = self.buckets.len();
+        let capacity = self.last_series;
         self.open
             .entry(start)
-            .or_default()
+            .or_insert_with(|| AHashMap::with_capacity(capacity))
             .entry(key)
             .or_insert_with(|| SeriesAgg::new(n))
             .observe(bucket, value_ns, slow, exemplar);
@@ -513,6 +517,7 @@ impl IntervalAggregator {
                 break;
             }
             if let Some((start, series)) = self.open.pop_first() {
+                self.last_series = series.len();
                 out.push(Partial {
                     start_ns: start,
                     series: series.into_iter().collect(),
