@@ -63,9 +63,33 @@ impl Sym {
 
     /// The interned text.
     pub fn as_str(self) -> &'static str {
+        // The interner resolves through a sharded map with locks; sinks resolve several
+        // symbols per span, so each thread keeps an index of what it resolved before.
+        thread_local! {
+            static RESOLVED: std::cell::RefCell<Vec<Option<&'static str>>> =
+                const { std::cell::RefCell::new(Vec::new()) };
+        }
+        let id = self.0.into_inner().get() as usize;
+        RESOLVED.with(|r| {
+            let Ok(mut cache) = r.try_borrow_mut() else {
+                return Self::resolve(self.0);
+            };
+            if let Some(Some(s)) = cache.get(id) {
+                return *s;
+            }
+            let s = Self::resolve(self.0);
+            if cache.len() <= id {
+                cache.resize(id + 1, None);
+            }
+            cache[id] = Some(s);
+            s
+        })
+    }
+
+    fn resolve(spur: Spur) -> &'static str {
         // The interner is a static that is never dropped, so its strings live forever.
         let rodeo: &'static ThreadedRodeo<Spur, ahash::RandomState> = &INTERNER;
-        rodeo.resolve(&self.0)
+        rodeo.resolve(&spur)
     }
 
     /// True for the empty string.
