@@ -1,37 +1,27 @@
 //! `red_metrics`, `service_graph` and exemplar selection over closed traces of the
 //! generated fleet. Traces are built (decode + session_window) outside the timed loop.
 
+mod common;
+
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use spanflow::connectors::generator::{Generator, GeneratorConfig};
-use spanflow::formats::{Decoded, InputFormat, RecordMeta, SpanDecoder};
+use spanflow::connectors::generator::GeneratorConfig;
+use spanflow_operators::WATERMARK_END;
 use spanflow_operators::metrics::{Exemplar, SeriesAgg};
 use spanflow_operators::red_metrics::{RedMetrics, RedMetricsConfig};
 use spanflow_operators::service_graph::{ServiceGraph, ServiceGraphConfig};
 use spanflow_operators::session_window::{
     ClosedTrace, SessionOutput, SessionWindow, SessionWindowConfig,
 };
-use spanflow_operators::{Sym, WATERMARK_END};
 
 fn traces(n: u64) -> (Vec<ClosedTrace>, u64) {
-    let g = Generator::new(GeneratorConfig {
+    let input = common::generated_spans(GeneratorConfig {
         traces: n,
         ..Default::default()
-    })
-    .expect("valid generator config");
-    let meta = RecordMeta {
-        source: Sym::new("bench"),
-        split: 0,
-        offset: 0,
-    };
-    let mut dec = SpanDecoder::new();
-    let mut out = Decoded::default();
-    for r in g {
-        dec.decode(InputFormat::OtlpProto, &r.payload, &meta, &mut out);
-    }
-    let spans = out.spans.len() as u64;
+    });
+    let spans = input.len() as u64;
     let mut w = SessionWindow::new(SessionWindowConfig::default());
     let mut so = SessionOutput::default();
-    w.process(out.spans, &mut so);
+    w.process(input, &mut so);
     w.on_watermark(WATERMARK_END, &mut so);
     (so.closed, spans)
 }

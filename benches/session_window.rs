@@ -1,32 +1,21 @@
 //! `session_window` on generated spans: batches of spans followed by a watermark, as the
 //! runtime feeds it. Sweeps batch size and trace rate (open-trace cardinality).
 
+mod common;
+
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use spanflow::connectors::generator::{Generator, GeneratorConfig};
-use spanflow::formats::{Decoded, InputFormat, RecordMeta, SpanDecoder};
+use spanflow::connectors::generator::GeneratorConfig;
 use spanflow_operators::session_window::{
     GapCondition, GapRule, SessionOutput, SessionWindow, SessionWindowConfig,
 };
-use spanflow_operators::{HumanDuration, Span, Sym, WATERMARK_END};
+use spanflow_operators::{HumanDuration, Span, WATERMARK_END};
 
 fn spans(traces_per_second: f64) -> Vec<Span> {
-    let config = GeneratorConfig {
+    common::generated_spans(GeneratorConfig {
         traces: 10_000,
         traces_per_second,
         ..Default::default()
-    };
-    let g = Generator::new(config).expect("valid generator config");
-    let meta = RecordMeta {
-        source: Sym::new("bench"),
-        split: 0,
-        offset: 0,
-    };
-    let mut dec = SpanDecoder::new();
-    let mut out = Decoded::default();
-    for r in g {
-        dec.decode(InputFormat::OtlpProto, &r.payload, &meta, &mut out);
-    }
-    out.spans
+    })
 }
 
 fn config() -> SessionWindowConfig {

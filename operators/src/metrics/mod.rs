@@ -399,12 +399,19 @@ impl SlowThresholds {
     }
 }
 
-/// Checks interval and bucket settings shared by the metric operators.
-pub fn validate_interval_and_buckets(
+/// Checks the interval, bucket and cardinality settings shared by the metric operators.
+pub fn validate_metric_settings(
     interval: HumanDuration,
     buckets: &[HumanDuration],
+    max_series: usize,
 ) -> Vec<ConfigIssue> {
     let mut issues = Vec::new();
+    if max_series == 0 {
+        issues.push(ConfigIssue::new(
+            "max_series",
+            "must be at least 1, found 0",
+        ));
+    }
     if interval.0.is_zero() {
         issues.push(ConfigIssue::new(
             "interval",

@@ -21,7 +21,7 @@ use crate::config::{ConfigIssue, HumanDuration};
 use crate::metrics::normalize::OperationNormalizer;
 use crate::metrics::{
     Buckets, Exemplar, IntervalAggregator, Metric, MetricsMerger, Partial, SeriesKey,
-    SlowThresholds, default_buckets, validate_interval_and_buckets,
+    SlowThresholds, default_buckets, validate_metric_settings,
 };
 use crate::model::{CallType, SpanId, SpanKind, Sym};
 use crate::session_window::ClosedTrace;
@@ -102,14 +102,7 @@ impl Default for RedMetricsConfig {
 impl RedMetricsConfig {
     /// Checks the values serde cannot; returns every problem found.
     pub fn validate(&self) -> Vec<ConfigIssue> {
-        let mut issues = validate_interval_and_buckets(self.interval, &self.buckets);
-        if self.max_series == 0 {
-            issues.push(ConfigIssue::new(
-                "max_series",
-                "must be at least 1, found 0",
-            ));
-        }
-        issues
+        validate_metric_settings(self.interval, &self.buckets, self.max_series)
     }
 }
 

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::{ConfigIssue, HumanDuration};
 use crate::metrics::{
     Buckets, Exemplar, IntervalAggregator, Metric, MetricsMerger, NodeKind, Partial, SeriesKey,
-    SlowThresholds, default_buckets, validate_interval_and_buckets,
+    SlowThresholds, default_buckets, validate_metric_settings,
 };
 use crate::model::{CallType, Span, SpanId, SpanKind, Sym, TraceId};
 use crate::session_window::ClosedTrace;
@@ -71,14 +71,7 @@ impl Default for ServiceGraphConfig {
 impl ServiceGraphConfig {
     /// Checks the values serde cannot; returns every problem found.
     pub fn validate(&self) -> Vec<ConfigIssue> {
-        let mut issues = validate_interval_and_buckets(self.interval, &self.buckets);
-        if self.max_series == 0 {
-            issues.push(ConfigIssue::new(
-                "max_series",
-                "must be at least 1, found 0",
-            ));
-        }
-        issues
+        validate_metric_settings(self.interval, &self.buckets, self.max_series)
     }
 }
 

@@ -1,0 +1,22 @@
+//! Inputs shared by the benches: the seeded generator's spans, decoded.
+
+use spanflow::connectors::generator::{Generator, GeneratorConfig};
+use spanflow::formats::{Decoded, RecordMeta, SpanDecoder};
+use spanflow_operators::{Span, Sym};
+
+/// Every span the generator produces for `config`, decoded, in arrival order.
+pub fn generated_spans(config: GeneratorConfig) -> Vec<Span> {
+    let format = config.format;
+    let g = Generator::new(config).expect("valid generator config");
+    let meta = RecordMeta {
+        source: Sym::new("bench"),
+        split: 0,
+        offset: 0,
+    };
+    let mut dec = SpanDecoder::new();
+    let mut out = Decoded::default();
+    for r in g {
+        dec.decode(format, &r.payload, &meta, &mut out);
+    }
+    out.spans
+}
