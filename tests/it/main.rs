@@ -4,4 +4,5 @@ mod alibaba;
 mod cli;
 mod demo;
 mod golden;
+mod runtime;
 mod support;
