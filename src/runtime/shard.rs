@@ -43,6 +43,8 @@ pub(crate) struct Port<R> {
     pub rows: R,
     writers: Vec<(TableTarget, ParquetTableWriter)>,
     flush_rows: usize,
+    /// Some sink reads this stream (in a benchmark the rows are built but not written).
+    pub active: bool,
 }
 
 impl<R: TableRows> Port<R> {
@@ -69,6 +71,7 @@ impl<R: TableRows> Port<R> {
             rows,
             writers,
             flush_rows,
+            active: !targets.is_empty(),
         })
     }
 
@@ -271,15 +274,19 @@ impl Shard {
             if let Some(g) = &mut self.graph {
                 g.add_trace(&t, kept);
             }
-            self.traces.rows.push(&t, decision.as_ref());
-            if kept && decision.is_some() {
+            if self.traces.active {
+                self.traces.rows.push(&t, decision.as_ref());
+            }
+            if kept && decision.is_some() && self.spans.active {
                 for s in &t.spans {
                     self.spans.rows.push(s);
                 }
             }
         }
         for l in self.out.late.drain(..) {
-            self.late.rows.push_late(&l);
+            if self.late.active {
+                self.late.rows.push_late(&l);
+            }
         }
         self.traces.maybe_flush(false)?;
         self.late.maybe_flush(false)?;

@@ -394,11 +394,39 @@ pub(crate) struct Tombstone {
 #[derive(Debug)]
 pub struct SessionWindow {
     config: SessionWindowConfig,
-    gap_ns: u64,
-    rule_gaps_ns: Vec<u64>,
-    max_duration_ns: u64,
+    gaps: Gaps,
     retention_ns: u64,
     state: SessionWindowState,
+}
+
+/// The gap rules and the duration cap in nanoseconds, apart from the state so that a
+/// session can be updated and its deadline computed under one map lookup.
+#[derive(Debug)]
+struct Gaps {
+    rules: Vec<(GapCondition, u64)>,
+    default_ns: u64,
+    max_duration_ns: u64,
+}
+
+impl Gaps {
+    fn gap_for(&self, s: &Session) -> u64 {
+        for (when, gap) in &self.rules {
+            if when.matches(s) {
+                return *gap;
+            }
+        }
+        self.default_ns
+    }
+
+    fn deadline(&self, s: &Session) -> (EventTime, CloseReason) {
+        let by_gap = s.last_event.saturating_add(self.gap_for(s));
+        let by_cap = s.opened_at.saturating_add(self.max_duration_ns);
+        if by_cap < by_gap {
+            (by_cap, CloseReason::MaxDuration)
+        } else {
+            (by_gap, CloseReason::Gap)
+        }
+    }
 }
 
 impl SessionWindow {
@@ -411,13 +439,15 @@ impl SessionWindow {
     /// Builds the operator around restored state.
     pub fn with_state(config: SessionWindowConfig, state: SessionWindowState) -> Self {
         SessionWindow {
-            gap_ns: config.gap.as_nanos().max(1),
-            rule_gaps_ns: config
-                .gap_rules
-                .iter()
-                .map(|r| r.gap.as_nanos().max(1))
-                .collect(),
-            max_duration_ns: config.max_duration.as_nanos().max(1),
+            gaps: Gaps {
+                rules: config
+                    .gap_rules
+                    .iter()
+                    .map(|r| (r.when.clone(), r.gap.as_nanos().max(1)))
+                    .collect(),
+                default_ns: config.gap.as_nanos().max(1),
+                max_duration_ns: config.max_duration.as_nanos().max(1),
+            },
             retention_ns: config.closed_trace_retention.as_nanos(),
             config,
             state,
@@ -455,22 +485,11 @@ impl SessionWindow {
     }
 
     fn gap_for(&self, s: &Session) -> u64 {
-        for (rule, gap) in self.config.gap_rules.iter().zip(&self.rule_gaps_ns) {
-            if rule.when.matches(s) {
-                return *gap;
-            }
-        }
-        self.gap_ns
+        self.gaps.gap_for(s)
     }
 
     fn deadline(&self, s: &Session) -> (EventTime, CloseReason) {
-        let by_gap = s.last_event.saturating_add(self.gap_for(s));
-        let by_cap = s.opened_at.saturating_add(self.max_duration_ns);
-        if by_cap < by_gap {
-            (by_cap, CloseReason::MaxDuration)
-        } else {
-            (by_gap, CloseReason::Gap)
-        }
+        self.gaps.deadline(s)
     }
 
     /// Processes one batch of spans (all belonging to this shard).
@@ -537,23 +556,30 @@ impl SessionWindow {
         let bytes = span.heap_bytes();
         self.state.buffered_spans += 1;
         self.state.buffered_bytes += bytes;
-        let Some(list) = self.state.sessions.get_mut(&tid) else {
-            return;
-        };
-        let Some(session) = list.get_mut(idx) else {
+        // One lookup to add the span, re-evaluate the gap and move the timer earlier if
+        // needed (timers only ever move earlier here; later deadlines are found lazily
+        // when the old timer fires).
+        let gaps = &self.gaps;
+        let st = &mut self.state;
+        let Some(session) = st.sessions.get_mut(&tid).and_then(|l| l.get_mut(idx)) else {
             return;
         };
         let lowered_first = t < session.first_event;
         session.add(span, bytes);
         let span_count = session.spans.len() as u64;
+        let (deadline, _) = gaps.deadline(session);
+        let rearm = session.timer == 0 || deadline < session.timer;
         if lowered_first {
-            self.state.holds.push(Reverse((t, tid)));
+            st.holds.push(Reverse((t, tid)));
         }
         if span_count >= u64::from(self.config.max_spans_per_trace) {
             self.close(tid, idx, CloseReason::MaxSpans, out);
             return;
         }
-        self.rearm(tid, idx);
+        if rearm {
+            session.timer = deadline;
+            st.timers.push(Reverse((deadline, tid)));
+        }
         if n_hits == 0 && self.state.open_sessions as u64 > self.config.max_open_traces {
             self.evict_one(out);
         }
@@ -591,25 +617,6 @@ impl SessionWindow {
         self.state.open_sessions -= absorbed;
         self.state.holds.push(Reverse((first, tid)));
         list.len() - 1
-    }
-
-    /// Makes sure session `idx` of `tid` has a live timer no later than its deadline.
-    fn rearm(&mut self, tid: TraceId, idx: usize) {
-        let Some(session) = self.state.sessions.get(&tid).and_then(|l| l.get(idx)) else {
-            return;
-        };
-        let (deadline, _) = self.deadline(session);
-        if session.timer == 0 || deadline < session.timer {
-            if let Some(s) = self
-                .state
-                .sessions
-                .get_mut(&tid)
-                .and_then(|l| l.get_mut(idx))
-            {
-                s.timer = deadline;
-            }
-            self.state.timers.push(Reverse((deadline, tid)));
-        }
     }
 
     fn late(&mut self, span: Span, reason: LateReason, out: &mut SessionOutput) {
