@@ -331,12 +331,10 @@ fn bench(job: &Job, spans: u64, parallelism: Option<usize>, json: bool) -> Resul
     if let Some(b) = bar {
         b.finish_and_clear();
     }
-    let truth = generator.ground_truth().clone();
     let input = Arc::new(MemoryInput {
         name,
         format: config.format,
         records,
-        spans: truth.spans,
     });
     let opts = RunOptions {
         parallelism,

@@ -83,7 +83,7 @@ pub struct RunOptions {
 #[derive(Debug, Default)]
 pub(crate) struct Progress {
     pub spans: AtomicU64,
-    pub records: AtomicU64,
+
     pub traces_closed: AtomicU64,
     pub buffered_spans: AtomicU64,
 }
@@ -257,7 +257,6 @@ async fn run_plan(
                     format,
                     records,
                 } => {
-                    let n = records.len();
                     let res = tokio::task::spawn_blocking(move || {
                         let mut dec = SpanDecoder::new();
                         let mut out = Decoded::default();
@@ -278,7 +277,7 @@ async fn run_plan(
                         Ok((out, ends, stats)) => Routed::Decoded {
                             source,
                             split,
-                            records: n,
+
                             out,
                             ends,
                             stats,
@@ -286,7 +285,7 @@ async fn run_plan(
                         Err(e) => Routed::Failed(format!("decoder task failed: {e}")),
                     }
                 }
-                SourceEvent::Split { source, split } => Routed::Split { source, split },
+
                 SourceEvent::Done { source } => Routed::Done { source },
                 SourceEvent::Failed { source, message } => Routed::SourceFailed { source, message },
             }
@@ -308,28 +307,16 @@ async fn run_plan(
             Err(_) => None,
         };
         match item {
-            Some(Routed::Split { source, split }) => {
-                let wm = &split_settings[source].1;
-                tracker.add_split(
-                    (source, split),
-                    wm.max_out_of_order.0,
-                    wm.idle_timeout.0,
-                    now,
-                );
-            }
             Some(Routed::Decoded {
                 source,
                 split,
-                records,
                 out,
                 ends,
                 stats,
             }) => {
                 decode_stats.merge(&stats);
                 tracker.touch((source, split), now);
-                progress
-                    .records
-                    .fetch_add(records as u64, Ordering::Relaxed);
+
                 progress
                     .spans
                     .fetch_add(out.spans.len() as u64, Ordering::Relaxed);
@@ -478,15 +465,11 @@ enum Routed {
     Decoded {
         source: usize,
         split: u32,
-        records: usize,
         out: Decoded,
         ends: Vec<usize>,
         stats: DecodeStats,
     },
-    Split {
-        source: usize,
-        split: u32,
-    },
+
     Done {
         source: usize,
     },

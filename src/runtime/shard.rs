@@ -121,7 +121,7 @@ impl Shard {
         merge_tx: Option<mpsc::Sender<MergeMsg>>,
     ) -> Result<Self, RunError> {
         let sw = &plan.session_window;
-        let shards = plan_shards(plan);
+        let shards = plan.shards.max(1);
         // With a sampler, `<session>.traces` and `<sampler>.traces` carry the same rows,
         // marked with the decision.
         let mut trace_targets = plan.targets_of(sw, "traces").to_vec();
@@ -293,9 +293,4 @@ impl Shard {
         self.spans.maybe_flush(false)?;
         Ok(())
     }
-}
-
-/// Number of shards the plan runs with (rate-limit budgets are divided among them).
-fn plan_shards(plan: &Plan) -> usize {
-    plan.shards.max(1)
 }

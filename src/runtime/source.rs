@@ -22,14 +22,10 @@ pub struct MemoryInput {
     pub format: InputFormat,
     /// The records, in order (one split).
     pub records: Vec<Bytes>,
-    /// Spans in the records.
-    pub spans: u64,
 }
 
 /// What sources send downstream.
 pub(crate) enum SourceEvent {
-    /// A new split appears (before its first records).
-    Split { source: usize, split: u32 },
     /// A chunk of consecutive records of one split.
     Records {
         source: usize,
@@ -80,9 +76,7 @@ impl SourceTask {
         truth: Arc<Mutex<Option<GroundTruth>>>,
     ) {
         let send = |ev: SourceEvent| tx.blocking_send(ev).is_ok();
-        if !send(SourceEvent::Split { source, split: 0 }) {
-            return;
-        }
+
         match self {
             SourceTask::Generator { name, config } => {
                 let format = config.format;

@@ -69,11 +69,6 @@ impl WatermarkTracker {
         }
     }
 
-    /// A split reached its end: it no longer holds the watermark back.
-    pub fn finish_split(&mut self, key: SplitKey) {
-        self.splits.remove(&key);
-    }
-
     /// A source finished: all its splits are done.
     pub fn finish_source(&mut self, source: usize) {
         self.splits.retain(|(s, _), _| *s != source);

@@ -484,14 +484,6 @@ impl SessionWindow {
         self.state.watermark
     }
 
-    fn gap_for(&self, s: &Session) -> u64 {
-        self.gaps.gap_for(s)
-    }
-
-    fn deadline(&self, s: &Session) -> (EventTime, CloseReason) {
-        self.gaps.deadline(s)
-    }
-
     /// Processes one batch of spans (all belonging to this shard).
     pub fn process(&mut self, spans: impl IntoIterator<Item = Span>, out: &mut SessionOutput) {
         for span in spans {
@@ -512,7 +504,7 @@ impl SessionWindow {
         let mut next_fragment = 0u32;
         if let Some(list) = self.state.sessions.get(&tid) {
             for (i, s) in list.iter().enumerate() {
-                let g = self.gap_for(s);
+                let g = self.gaps.gap_for(s);
                 if t < s.last_event.saturating_add(g) && t.saturating_add(g) > s.first_event {
                     if n_hits < 2 {
                         hits[n_hits] = i;
@@ -534,7 +526,7 @@ impl SessionWindow {
                 }
             }
             let probe = Session::new(&span, next_fragment);
-            let (deadline, _) = self.deadline(&probe);
+            let (deadline, _) = self.gaps.deadline(&probe);
             if deadline <= wm {
                 self.late(span, LateReason::WindowClosed, out);
                 return;
@@ -589,7 +581,7 @@ impl SessionWindow {
     /// the lowest fragment number; returns its index.
     fn merge_all_hits(&mut self, tid: TraceId, t: EventTime) -> usize {
         let gaps: Vec<u64> = match self.state.sessions.get(&tid) {
-            Some(list) => list.iter().map(|s| self.gap_for(s)).collect(),
+            Some(list) => list.iter().map(|s| self.gaps.gap_for(s)).collect(),
             None => return 0,
         };
         let Some(list) = self.state.sessions.get_mut(&tid) else {
@@ -670,7 +662,7 @@ impl SessionWindow {
             let Some(session) = self.state.sessions.get(&tid).and_then(|l| l.get(idx)) else {
                 continue;
             };
-            let (current, reason) = self.deadline(session);
+            let (current, reason) = self.gaps.deadline(session);
             if current <= wm {
                 let reason = if wm == WATERMARK_END && current > previous {
                     CloseReason::EndOfInput
