@@ -30,6 +30,7 @@ fn run(
     decode: fn(&mut SpanDecoder, &[u8], &RecordMeta, &mut Decoded),
 ) {
     let meta = RecordMeta {
+        topic: None,
         source: Sym::new("bench"),
         split: 0,
         offset: 0,

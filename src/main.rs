@@ -72,8 +72,19 @@ enum Command {
         format: GenFormat,
         /// Output file (protobuf: 4-byte big-endian length per record; JSON: one
         /// request per line).
+        #[arg(long, required_unless_present = "kafka", conflicts_with = "kafka")]
+        out: Option<PathBuf>,
+        /// Produce to Kafka instead, `BROKERS/TOPIC` (e.g. `127.0.0.1:9092/otlp_spans`):
+        /// OTLP protobuf requests split by trace id over the topic's partitions.
+        #[arg(long, value_name = "BROKERS/TOPIC")]
+        kafka: Option<String>,
+        /// With --kafka: create the topic with this many partitions if it is missing.
+        #[arg(long, default_value_t = 4)]
+        partitions: i32,
+        /// With --kafka: at most this many spans per second (default: as fast as
+        /// possible).
         #[arg(long)]
-        out: PathBuf,
+        rate: Option<f64>,
     },
     /// Convert an Alibaba microservice call-graph CSV (2021 or 2022 layout, plain or
     /// gzip) to OTLP spans in a file the `file` source reads; print what was kept.
@@ -182,6 +193,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
                 progress: !no_progress
                     && !json
                     && std::io::IsTerminal::is_terminal(&std::io::stderr()),
+                stop_on_ctrl_c: true,
                 ..Default::default()
             };
             let summary =
@@ -230,6 +242,9 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             garbage_fraction,
             format,
             out,
+            kafka,
+            partitions,
+            rate,
         } => {
             let config = GeneratorConfig {
                 traces,
@@ -249,6 +264,12 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
                 );
             }
             let mut generator = Generator::new(config.clone())?;
+            if let Some(target) = kafka {
+                return gen_kafka(generator, &config, &target, partitions, rate);
+            }
+            let Some(out) = out else {
+                bail!("give --out FILE or --kafka BROKERS/TOPIC");
+            };
             let records: Vec<_> = generator.by_ref().collect();
             write_records(&out, config.format, records)
                 .with_context(|| format!("writing {}", out.display()))?;
@@ -285,6 +306,65 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
     }
 }
 
+fn gen_kafka(
+    mut generator: Generator,
+    config: &GeneratorConfig,
+    target: &str,
+    partitions: i32,
+    rate: Option<f64>,
+) -> Result<ExitCode> {
+    use spanflow::connectors::kafka::{self, produce};
+    if config.format != InputFormat::OtlpProto {
+        bail!("--kafka produces OTLP protobuf; drop --format otlp-json");
+    }
+    let Some((brokers, topic)) = target.rsplit_once('/') else {
+        bail!("--kafka takes BROKERS/TOPIC, e.g. 127.0.0.1:9092/otlp_spans; found `{target}`");
+    };
+    let props = std::collections::BTreeMap::new();
+    kafka::create_topics(brokers, &props, &[topic.to_owned()], partitions)
+        .map_err(anyhow::Error::msg)?;
+    let partitions = kafka::topic_partitions(brokers, &props, topic).map_err(anyhow::Error::msg)?;
+    let producer = produce::KafkaProducer::new(brokers, &props).map_err(anyhow::Error::msg)?;
+    let bar = std::io::IsTerminal::is_terminal(&std::io::stderr()).then(|| {
+        let b = indicatif::ProgressBar::new_spinner();
+        b.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{spinner} producing to {prefix}: {pos} records, {msg} [{elapsed}]",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+        );
+        b.set_prefix(topic.to_owned());
+        b
+    });
+    let records = std::iter::from_fn(|| generator.next_record());
+    let mut spans = 0u64;
+    let stats = produce::produce_generated(&producer, topic, partitions, records, rate, |n| {
+        spans += n as u64;
+        if let Some(b) = &bar {
+            b.inc(1);
+            b.set_message(format!("{spans} spans"));
+        }
+    })
+    .map_err(anyhow::Error::msg)?;
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    let truth = generator.ground_truth();
+    eprintln!(
+        "produced {} records ({} traces, {} spans, {} error spans) as {} messages, {:.1} MiB, to {topic} ({partitions} partitions) in {:.2}s: {:.0} spans/s",
+        truth.records,
+        truth.traces,
+        truth.spans,
+        truth.error_spans,
+        stats.messages,
+        stats.bytes as f64 / 1048576.0,
+        stats.seconds,
+        truth.spans as f64 / stats.seconds.max(1e-9)
+    );
+    println!("{}", serde_json::to_string(truth)?);
+    Ok(ExitCode::SUCCESS)
+}
+
 fn truth_path(out: &Path) -> PathBuf {
     let mut s = out.as_os_str().to_owned();
     s.push(".truth.json");
@@ -297,7 +377,7 @@ fn bench(job: &Job, spans: u64, parallelism: Option<usize>, json: bool) -> Resul
         .iter()
         .find_map(|s| match &s.kind {
             SourceKind::Generator(g) => Some((s.name.clone(), g.clone())),
-            SourceKind::File(_) => None,
+            SourceKind::File(_) | SourceKind::Kafka(_) => None,
         })
         .unwrap_or_else(|| ("bench".to_owned(), GeneratorConfig::default()));
     // Size the run: measure spans per trace on a sample, then generate enough traces.

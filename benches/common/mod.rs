@@ -9,6 +9,7 @@ pub fn generated_spans(config: GeneratorConfig) -> Vec<Span> {
     let format = config.format;
     let g = Generator::new(config).expect("valid generator config");
     let meta = RecordMeta {
+        topic: None,
         source: Sym::new("bench"),
         split: 0,
         offset: 0,

@@ -3,6 +3,7 @@
 pub mod alibaba;
 pub mod file;
 pub mod generator;
+pub mod kafka;
 pub mod parquet;
 
 use std::path::{Path, PathBuf};
@@ -17,6 +18,16 @@ pub enum SinkError {
         path: PathBuf,
         /// The OS error.
         source: std::io::Error,
+    },
+    /// A Kafka sink failed (connection, encoding or delivery).
+    #[error("kafka sink `{sink}`, table `{table}`: {message}")]
+    Kafka {
+        /// Sink node name.
+        sink: String,
+        /// Table written.
+        table: String,
+        /// What failed.
+        message: String,
     },
     /// The Parquet writer failed.
     #[error("{path}: parquet: {source}")]
@@ -40,6 +51,90 @@ impl SinkError {
         SinkError::Parquet {
             path: path.to_path_buf(),
             source,
+        }
+    }
+}
+
+/// A writer of one table for one sink.
+pub enum TableWriter {
+    /// `<dir>/<table>/part-N.parquet`.
+    Parquet(parquet::ParquetTableWriter),
+    /// A Kafka topic.
+    Kafka {
+        /// Sink node name, for errors.
+        sink: String,
+        /// Table name, for errors.
+        table: String,
+        /// The writer.
+        writer: kafka::sink::KafkaTableWriter,
+    },
+}
+
+impl TableWriter {
+    /// Opens the writer of `target` for shard `part`.
+    pub fn create(
+        target: &crate::runtime::TableTarget,
+        part: usize,
+        schema: arrow::datatypes::SchemaRef,
+    ) -> Result<Self, SinkError> {
+        match &target.kafka {
+            Some(k) => {
+                let writer = kafka::sink::KafkaTableWriter::create(
+                    k,
+                    &target.sink_topics,
+                    &target.table,
+                    &schema,
+                )
+                .map_err(|message| SinkError::Kafka {
+                    sink: target.sink.clone(),
+                    table: target.table.clone(),
+                    message,
+                })?;
+                Ok(TableWriter::Kafka {
+                    sink: target.sink.clone(),
+                    table: target.table.clone(),
+                    writer,
+                })
+            }
+            None => Ok(TableWriter::Parquet(parquet::ParquetTableWriter::create(
+                &target.dir,
+                &target.table,
+                part,
+                schema,
+                &target.config,
+            )?)),
+        }
+    }
+
+    /// Writes one batch.
+    pub fn write(&mut self, batch: &arrow::record_batch::RecordBatch) -> Result<(), SinkError> {
+        match self {
+            TableWriter::Parquet(w) => w.write(batch),
+            TableWriter::Kafka {
+                sink,
+                table,
+                writer,
+            } => writer.write(batch).map_err(|message| SinkError::Kafka {
+                sink: sink.clone(),
+                table: table.clone(),
+                message,
+            }),
+        }
+    }
+
+    /// Finishes the output; returns the rows written.
+    pub fn close(self) -> Result<u64, SinkError> {
+        match self {
+            TableWriter::Parquet(w) => w.close(),
+            TableWriter::Kafka {
+                sink,
+                table,
+                writer,
+            } => writer.close().map_err(|message| SinkError::Kafka {
+                sink,
+                table,
+                message,
+            }),
         }
     }
 }

@@ -8,6 +8,8 @@ use spanflow_operators::Sym;
 pub struct RecordMeta {
     /// Source node name.
     pub source: Sym,
+    /// Kafka topic, for records read from Kafka.
+    pub topic: Option<Sym>,
     /// Split: Kafka partition, file index, generator stream.
     pub split: u32,
     /// Offset within the split: Kafka offset, record index in a file.
@@ -73,6 +75,8 @@ pub const MAX_DEAD_LETTER_PAYLOAD: usize = 1 << 20;
 pub struct DeadLetter {
     /// Source node name.
     pub source: Sym,
+    /// Kafka topic, for records read from Kafka.
+    pub topic: Option<Sym>,
     /// Split (partition, file index).
     pub split: u32,
     /// Offset within the split.
@@ -103,6 +107,7 @@ impl DeadLetter {
     fn new(meta: &RecordMeta, span_index: Option<u32>, e: DecodeError, payload: &[u8]) -> Self {
         DeadLetter {
             source: meta.source,
+            topic: meta.topic,
             split: meta.split,
             offset: meta.offset,
             span_index,

@@ -10,6 +10,7 @@ use super::*;
 
 fn meta() -> RecordMeta {
     RecordMeta {
+        topic: None,
         source: Sym::new("test"),
         split: 3,
         offset: 77,

@@ -19,6 +19,7 @@ use spanflow_operators::tail_sampling::TailSamplingConfig;
 use super::spec::WatermarkConfig;
 use crate::connectors::file::FileSourceConfig;
 use crate::connectors::generator::GeneratorConfig;
+use crate::connectors::kafka::{KafkaSinkConfig, KafkaSourceConfig};
 use crate::connectors::parquet::ParquetSinkConfig;
 
 /// A spanflow job: named sources, operators and sinks forming a DAG through `from:`.
@@ -65,6 +66,16 @@ pub enum SourceFile {
         /// The files and their format.
         #[serde(flatten)]
         config: FileSourceConfig,
+        /// Event-time watermark settings.
+        #[serde(default)]
+        watermark: Option<WatermarkConfig>,
+    },
+    /// A Kafka consumer group; each partition is a split with its own watermark.
+    #[schemars(extend("additionalProperties" = false))]
+    Kafka {
+        /// Brokers, topics, group, positions and format.
+        #[serde(flatten)]
+        config: KafkaSourceConfig,
         /// Event-time watermark settings.
         #[serde(default)]
         watermark: Option<WatermarkConfig>,
@@ -138,6 +149,15 @@ pub enum SinkFile {
         /// The sink's settings.
         #[serde(flatten)]
         config: ParquetSinkConfig,
+    },
+    /// Kafka topics, one per table (Avro, JSON, or OTLP protobuf for spans).
+    #[schemars(extend("additionalProperties" = false))]
+    Kafka {
+        /// Input streams.
+        from: FromFile,
+        /// The sink's settings.
+        #[serde(flatten)]
+        config: KafkaSinkConfig,
     },
 }
 

@@ -24,6 +24,7 @@ use super::spec::{
 use super::yaml::{self, Document, Entry, Node, NodeId, Pos, Resolved, Value};
 use crate::connectors::file::FileSourceConfig;
 use crate::connectors::generator::GeneratorConfig;
+use crate::connectors::kafka::{KafkaSinkConfig, KafkaSourceConfig};
 use crate::connectors::parquet::ParquetSinkConfig;
 
 /// Loads and validates a job file. All problems are collected before failing.
@@ -147,7 +148,7 @@ impl Section {
     /// The `type:` names of the section (one per variant of its kind enum).
     fn types(self) -> &'static [&'static str] {
         match self {
-            Section::Sources => &["generator", "file"],
+            Section::Sources => &["generator", "file", "kafka"],
             Section::Operators => &[
                 "span_filter",
                 "session_window",
@@ -155,7 +156,7 @@ impl Section {
                 "red_metrics",
                 "service_graph",
             ],
-            Section::Sinks => &["parquet"],
+            Section::Sinks => &["parquet", "kafka"],
         }
     }
 
@@ -706,6 +707,20 @@ impl Loader<'_, '_> {
             "parquet" => self
                 .component::<ParquetSinkConfig>(section, e, &what, ParquetSinkConfig::validate)
                 .map(|c| Built::Sink(SinkKind::Parquet(c))),
+            "kafka" if section == Section::Sinks => self
+                .component::<KafkaSinkConfig>(section, e, &what, KafkaSinkConfig::validate)
+                .map(|c| Built::Sink(SinkKind::Kafka(c))),
+            "kafka" => {
+                let cfg = self.component::<KafkaSourceConfig>(
+                    section,
+                    e,
+                    &what,
+                    KafkaSourceConfig::validate,
+                );
+                let wm = self.watermark(fields, &name);
+                cfg.zip(wm)
+                    .map(|(c, w)| Built::Source(SourceKind::Kafka(c), w))
+            }
             _ => None,
         };
         decl

@@ -29,6 +29,7 @@ use spanflow_operators::tail_sampling::TailSamplingConfig;
 
 use crate::connectors::file::FileSourceConfig;
 use crate::connectors::generator::GeneratorConfig;
+use crate::connectors::kafka::{KafkaSinkConfig, KafkaSourceConfig};
 use crate::connectors::parquet::ParquetSinkConfig;
 
 /// A validated job.
@@ -81,6 +82,8 @@ pub enum SourceKind {
     Generator(GeneratorConfig),
     /// `type: file`: OTLP files (protobuf length-delimited or JSON lines).
     File(FileSourceConfig),
+    /// `type: kafka`: a consumer group reading OTLP (or Avro) records.
+    Kafka(KafkaSourceConfig),
 }
 
 /// A named operator.
@@ -125,6 +128,8 @@ pub struct SinkNode {
 pub enum SinkKind {
     /// `type: parquet`.
     Parquet(ParquetSinkConfig),
+    /// `type: kafka`: one topic per table.
+    Kafka(KafkaSinkConfig),
 }
 
 /// Event-time watermark settings of a source (`watermark:` key of any source).

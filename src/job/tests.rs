@@ -226,7 +226,9 @@ fn fixture_file_source_paths_resolve_against_the_job_directory() {
     );
     assert_eq!(job.name, "file_source");
     // The sink's path stays relative to the working directory.
-    let SinkKind::Parquet(pc) = &job.sinks[0].kind;
+    let SinkKind::Parquet(pc) = &job.sinks[0].kind else {
+        panic!("a parquet sink")
+    };
     assert_eq!(pc.path, PathBuf::from("out/files"));
 }
 
@@ -786,13 +788,21 @@ fn schema_types_read_the_demo_job() {
     let schema = json_schema();
     assert_eq!(schema["title"], "spanflow job");
     assert_eq!(schema["required"], serde_json::json!(["sources", "sinks"]));
-    assert!(
-        schema["$defs"]["SourceFile"]["oneOf"]
+    let types = |def: &str| -> Vec<String> {
+        schema["$defs"][def]["oneOf"]
             .as_array()
             .unwrap()
-            .len()
-            == 2
-    );
+            .iter()
+            .map(|v| {
+                v["properties"]["type"]["const"]
+                    .as_str()
+                    .unwrap_or("?")
+                    .to_owned()
+            })
+            .collect()
+    };
+    assert_eq!(types("SourceFile"), ["generator", "file", "kafka"]);
+    assert_eq!(types("SinkFile"), ["parquet", "kafka"]);
 }
 
 #[test]

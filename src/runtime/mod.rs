@@ -33,8 +33,9 @@ pub use source::MemoryInput;
 pub use summary::{OutputTable, RunSummary};
 
 use crate::connectors::SinkError;
+use crate::connectors::TableWriter;
 use crate::connectors::generator::GroundTruth;
-use crate::connectors::parquet::{ParquetTableWriter, prepare_table_dir};
+use crate::connectors::parquet::prepare_table_dir;
 use crate::formats::{DecodeStats, Decoded, RecordMeta, SpanDecoder};
 use crate::job::Job;
 use crate::tables::{DeadLetterRows, TableRows};
@@ -77,6 +78,12 @@ pub struct RunOptions {
     pub memory_input: Option<Arc<MemoryInput>>,
     /// Build output batches but write nothing (benchmarks).
     pub discard_outputs: bool,
+    /// Set to stop the sources: the run then ends as if they were bounded there
+    /// (windows flushed by the final watermark, outputs closed, Kafka offsets
+    /// committed).
+    pub stop: Option<Arc<std::sync::atomic::AtomicBool>>,
+    /// Stop on Ctrl-C (SIGINT) as `stop` does.
+    pub stop_on_ctrl_c: bool,
 }
 
 /// Counters shared with the progress bar and the memory sampler.
@@ -124,7 +131,7 @@ async fn run_plan(
 ) -> Result<RunSummary, RunError> {
     let progress = Arc::new(Progress::default());
     if !opts.discard_outputs {
-        for t in plan.all_targets() {
+        for t in plan.all_targets().filter(|t| t.kafka.is_none()) {
             prepare_table_dir(&t.dir, &t.table)?;
         }
     }
@@ -155,7 +162,11 @@ async fn run_plan(
                     openmetrics_dirs: if discard {
                         Vec::new()
                     } else {
-                        rows_t.iter().map(|t| t.dir.clone()).collect()
+                        rows_t
+                            .iter()
+                            .filter(|t| t.kafka.is_none())
+                            .map(|t| t.dir.clone())
+                            .collect()
                     },
                 })
             }
@@ -217,10 +228,34 @@ async fn run_plan(
     }
     let n_sources = source_tasks.len();
     let mut source_handles = Vec::new();
+    let mut finish_txs = Vec::new();
+    let stop = opts.stop.clone().unwrap_or_default();
+    if opts.stop_on_ctrl_c {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                eprintln!(
+                    "stopping: finishing open windows and writing outputs (Ctrl-C again to abort)"
+                );
+                stop.store(true, Ordering::Relaxed);
+                if tokio::signal::ctrl_c().await.is_ok() {
+                    std::process::exit(130);
+                }
+            }
+        });
+    }
     for (i, task) in source_tasks.into_iter().enumerate() {
         let tx = src_tx.clone();
         let gt = ground_truth.clone();
-        source_handles.push(tokio::task::spawn_blocking(move || task.run(i, tx, gt)));
+        let (finish_tx, finish_rx) = std::sync::mpsc::channel();
+        finish_txs.push(finish_tx);
+        let control = source::SourceControl {
+            stop: stop.clone(),
+            finish: finish_rx,
+        };
+        source_handles.push(tokio::task::spawn_blocking(move || {
+            task.run(i, tx, gt, control)
+        }));
     }
     drop(src_tx);
 
@@ -234,7 +269,7 @@ async fn run_plan(
     let mut dead_writers = Vec::new();
     if !opts.discard_outputs {
         for t in &plan.dead_letter_targets() {
-            let w = ParquetTableWriter::create(&t.dir, &t.table, 0, dead_rows.schema(), &t.config)?;
+            let w = TableWriter::create(t, 0, dead_rows.schema())?;
             dead_writers.push((t.clone(), w));
         }
     }
@@ -253,7 +288,10 @@ async fn run_plan(
                     source,
                     name,
                     split,
+                    topic,
+                    partition,
                     first_offset,
+                    offsets,
                     format,
                     records,
                 } => {
@@ -263,9 +301,13 @@ async fn run_plan(
                         let mut ends = Vec::with_capacity(records.len());
                         for (i, r) in records.iter().enumerate() {
                             let meta = RecordMeta {
+                                topic,
                                 source: name,
-                                split,
-                                offset: first_offset + i as u64,
+                                split: partition,
+                                offset: offsets
+                                    .as_ref()
+                                    .and_then(|o| o.get(i).copied())
+                                    .unwrap_or(first_offset + i as u64),
                             };
                             dec.decode(format, r, &meta, &mut out);
                             ends.push(out.spans.len());
@@ -287,6 +329,12 @@ async fn run_plan(
                 }
 
                 SourceEvent::Done { source } => Routed::Done { source },
+                SourceEvent::SplitsAdded { source, splits } => {
+                    Routed::SplitsAdded { source, splits }
+                }
+                SourceEvent::SplitsRemoved { source, splits } => {
+                    Routed::SplitsRemoved { source, splits }
+                }
                 SourceEvent::Failed { source, message } => Routed::SourceFailed { source, message },
             }
         })
@@ -296,6 +344,7 @@ async fn run_plan(
     let mut per_shard: Vec<Vec<spanflow_operators::Span>> =
         (0..parallelism).map(|_| Vec::new()).collect();
     let mut last_wm = 0u64;
+    let mut ended_sources = 0usize;
     let mut failure: Option<RunError> = None;
     let idle_check = Duration::from_millis(500);
     loop {
@@ -349,8 +398,32 @@ async fn run_plan(
                 }
                 send_spans(&mut per_shard, &shard_txs, &mut failure).await;
             }
-            Some(Routed::Done { source }) => tracker.finish_source(source),
+            Some(Routed::Done { source }) => {
+                tracker.finish_source(source);
+                ended_sources += 1;
+            }
+            Some(Routed::SplitsAdded { source, splits }) => {
+                // The placeholder split held the watermark until the source knew its
+                // real splits.
+                tracker.remove_split((source, 0));
+                if let Some((_, wm)) = split_settings.get(source) {
+                    for s in splits {
+                        tracker.add_split(
+                            (source, s),
+                            wm.max_out_of_order.0,
+                            wm.idle_timeout.0,
+                            now,
+                        );
+                    }
+                }
+            }
+            Some(Routed::SplitsRemoved { source, splits }) => {
+                for s in splits {
+                    tracker.remove_split((source, s));
+                }
+            }
             Some(Routed::SourceFailed { source, message }) => {
+                ended_sources += 1;
                 let name = split_settings
                     .get(source)
                     .map_or("?", |s| s.0.as_str())
@@ -365,6 +438,11 @@ async fn run_plan(
                 failure.get_or_insert(RunError::Internal(msg));
             }
             None => {}
+        }
+        // Sources that wait to commit keep their channel open: the loop ends when
+        // every source has reported its end, not when the channel closes.
+        if ended_sources >= n_sources {
+            break;
         }
         let wm = tracker.watermark(now);
         if wm > last_wm && wm != spanflow_operators::WATERMARK_END {
@@ -424,9 +502,28 @@ async fn run_plan(
         folded_series = m.folded_series;
         late_metric_observations += m.late_observations;
     }
-    for h in source_handles {
-        h.await
+    // Every output is written: Kafka sources may commit what they read.
+    for tx in finish_txs {
+        let _ = tx.send(if failure.is_none() {
+            source::Finish::Commit
+        } else {
+            source::Finish::Abort
+        });
+    }
+    for (i, h) in source_handles.into_iter().enumerate() {
+        let late_error = h
+            .await
             .map_err(|e| RunError::Internal(format!("source task failed: {e}")))?;
+        if let Some(message) = late_error {
+            let name = split_settings
+                .get(i)
+                .map_or("?", |s| s.0.as_str())
+                .to_owned();
+            failure.get_or_insert(RunError::Source {
+                source_name: name,
+                message,
+            });
+        }
     }
     if let Some(bar) = bar {
         bar.finish_and_clear();
@@ -473,6 +570,14 @@ enum Routed {
     Done {
         source: usize,
     },
+    SplitsAdded {
+        source: usize,
+        splits: Vec<u32>,
+    },
+    SplitsRemoved {
+        source: usize,
+        splits: Vec<u32>,
+    },
     SourceFailed {
         source: usize,
         message: String,
@@ -497,7 +602,7 @@ async fn send_spans(
 
 fn flush_dead(
     rows: &mut DeadLetterRows,
-    writers: &mut [(TableTarget, ParquetTableWriter)],
+    writers: &mut [(TableTarget, TableWriter)],
 ) -> Result<(), RunError> {
     if rows.is_empty() {
         return Ok(());

@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 
 use spanflow_operators::red_metrics::RedMetricsConfig;
 use spanflow_operators::service_graph::ServiceGraphConfig;
@@ -9,6 +10,7 @@ use spanflow_operators::session_window::SessionWindowConfig;
 use spanflow_operators::span_filter::SpanFilterConfig;
 use spanflow_operators::tail_sampling::TailSamplingConfig;
 
+use crate::connectors::kafka::sink::KafkaTarget;
 use crate::connectors::parquet::ParquetSinkConfig;
 use crate::job::{Job, OperatorKind, OperatorNode, SinkKind, SourceNode, StreamRef};
 
@@ -38,6 +40,10 @@ pub struct TableTarget {
     pub dir: PathBuf,
     /// Parquet settings.
     pub config: ParquetSinkConfig,
+    /// Set when the sink is Kafka (then `dir` and `config` are unused).
+    pub kafka: Option<KafkaTarget>,
+    /// Every topic of the target's Kafka sink (created together when asked).
+    pub sink_topics: Vec<String>,
 }
 
 /// The executable shape, one chain per shard:
@@ -234,7 +240,21 @@ impl Plan {
         }
         let mut targets: BTreeMap<StreamRef, Vec<TableTarget>> = BTreeMap::new();
         for sink in &job.sinks {
-            let SinkKind::Parquet(cfg) = &sink.kind;
+            let kafka = match &sink.kind {
+                SinkKind::Kafka(k) => Some((
+                    Arc::new(k.clone()),
+                    Arc::new(Mutex::new(None)),
+                    sink.from
+                        .iter()
+                        .map(|i| k.topic_of(&i.port))
+                        .collect::<Vec<_>>(),
+                )),
+                SinkKind::Parquet(_) => None,
+            };
+            let parquet = match &sink.kind {
+                SinkKind::Parquet(cfg) => cfg.clone(),
+                SinkKind::Kafka(_) => ParquetSinkConfig::default(),
+            };
             for input in &sink.from {
                 if !producible.contains(input) {
                     let list: Vec<String> = producible.iter().map(ToString::to_string).collect();
@@ -248,13 +268,21 @@ impl Plan {
                     node: input.node.clone(),
                     sink: sink.name.clone(),
                     table: input.port.clone(),
-                    dir: cfg.dir(output_dir),
-                    config: cfg.clone(),
+                    dir: if kafka.is_some() {
+                        PathBuf::new()
+                    } else {
+                        parquet.dir(output_dir)
+                    },
+                    config: parquet.clone(),
+                    kafka: kafka
+                        .as_ref()
+                        .map(|(c, p, _)| KafkaTarget::new(c.clone(), &input.port, p.clone())),
+                    sink_topics: kafka.as_ref().map(|k| k.2.clone()).unwrap_or_default(),
                 });
             }
         }
         let mut seen: BTreeMap<(PathBuf, String), &str> = BTreeMap::new();
-        for t in targets.values().flatten() {
+        for t in targets.values().flatten().filter(|t| t.kafka.is_none()) {
             if let Some(other) = seen.insert((t.dir.clone(), t.table.clone()), &t.sink)
                 && other != t.sink
             {

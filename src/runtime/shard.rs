@@ -17,7 +17,7 @@ use tokio::sync::mpsc;
 
 use super::metrics::{MergeMsg, MetricOp};
 use super::{Plan, Progress, RunError, TableTarget};
-use crate::connectors::parquet::ParquetTableWriter;
+use crate::connectors::TableWriter;
 use crate::tables::{SpanRows, TableRows, TraceRows};
 
 /// Messages from the router.
@@ -41,7 +41,7 @@ pub(crate) struct ShardResult {
 /// One output stream: its rows and where they go.
 pub(crate) struct Port<R> {
     pub rows: R,
-    writers: Vec<(TableTarget, ParquetTableWriter)>,
+    writers: Vec<(TableTarget, TableWriter)>,
     flush_rows: usize,
     /// Some sink reads this stream (in a benchmark the rows are built but not written).
     pub active: bool,
@@ -61,10 +61,7 @@ impl<R: TableRows> Port<R> {
         if !discard {
             for t in targets {
                 flush_rows = flush_rows.min(t.config.row_group_rows.max(1));
-                writers.push((
-                    t.clone(),
-                    ParquetTableWriter::create(&t.dir, &t.table, part, rows.schema(), &t.config)?,
-                ));
+                writers.push((t.clone(), TableWriter::create(t, part, rows.schema())?));
             }
         }
         Ok(Port {

@@ -1,6 +1,7 @@
 //! Source tasks. Each runs on a blocking thread and sends chunks of raw records, in
 //! order, to the decode stage.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -9,6 +10,8 @@ use tokio::sync::mpsc;
 
 use super::{RECORDS_PER_CHUNK, RunError};
 use crate::connectors::generator::{Generator, GroundTruth, read_records};
+pub(crate) use crate::connectors::kafka::source::Finish;
+use crate::connectors::kafka::source::{KafkaEvent, KafkaReader};
 use crate::formats::InputFormat;
 use crate::job::{SourceKind, SourceNode};
 
@@ -30,11 +33,22 @@ pub(crate) enum SourceEvent {
     Records {
         source: usize,
         name: Sym,
+        /// The watermark tracker's split key.
         split: u32,
+        /// Where the records came from, for dead letters: Kafka topic and partition
+        /// (else `None` and the split).
+        topic: Option<Sym>,
+        partition: u32,
         first_offset: u64,
+        /// Per-record offsets when they are not `first_offset + i` (Kafka).
+        offsets: Option<Vec<u64>>,
         format: InputFormat,
         records: Vec<Bytes>,
     },
+    /// Splits (Kafka partitions) now read by the source; they hold the watermark.
+    SplitsAdded { source: usize, splits: Vec<u32> },
+    /// Splits no longer read (revoked, or finished in a bounded run).
+    SplitsRemoved { source: usize, splits: Vec<u32> },
     /// The source is exhausted.
     Done { source: usize },
     /// The source failed; it sends nothing more.
@@ -52,6 +66,11 @@ pub(crate) enum SourceTask {
         config: crate::connectors::file::FileSourceConfig,
     },
     Memory(Arc<MemoryInput>),
+    Kafka {
+        name: String,
+        config: crate::connectors::kafka::KafkaSourceConfig,
+        format: InputFormat,
+    },
 }
 
 impl SourceTask {
@@ -65,17 +84,26 @@ impl SourceTask {
                 name: node.name.clone(),
                 config: c.clone(),
             },
+            SourceKind::Kafka(c) => SourceTask::Kafka {
+                name: node.name.clone(),
+                format: c.format,
+                config: c.clone(),
+            },
         })
     }
 
-    /// Runs to the end, sending chunks; blocks on backpressure.
+    /// Runs to the end, sending chunks; blocks on backpressure. Returns an error that
+    /// happened after the source reported its end (a failed offset commit), which the
+    /// runtime reports when it joins the source.
     pub fn run(
         self,
         source: usize,
         tx: mpsc::Sender<SourceEvent>,
         truth: Arc<Mutex<Option<GroundTruth>>>,
-    ) {
+        control: SourceControl,
+    ) -> Option<String> {
         let send = |ev: SourceEvent| tx.blocking_send(ev).is_ok();
+        let stopped = || control.stop.load(Ordering::Relaxed);
 
         match self {
             SourceTask::Generator { name, config } => {
@@ -88,7 +116,7 @@ impl SourceTask {
                             source,
                             message: e.to_string(),
                         });
-                        return;
+                        return None;
                     }
                 };
                 let mut offset = 0u64;
@@ -107,15 +135,18 @@ impl SourceTask {
                             source,
                             name: sym,
                             split: 0,
+                            topic: None,
+                            partition: 0,
                             first_offset: offset,
+                            offsets: None,
                             format,
                             records,
                         }) {
-                            return;
+                            return None;
                         }
                         offset += n;
                     }
-                    if end {
+                    if end || stopped() {
                         break;
                     }
                 }
@@ -136,25 +167,39 @@ impl SourceTask {
                                 source,
                                 message: format!("{}: {e}", path.display()),
                             });
-                            return;
+                            return None;
                         }
                     };
                     for chunk in records.chunks(RECORDS_PER_CHUNK) {
+                        if stopped() {
+                            break;
+                        }
                         let n = chunk.len() as u64;
                         let ev = SourceEvent::Records {
                             source,
                             name: sym,
                             split: 0,
+                            topic: None,
+                            partition: 0,
                             first_offset: offset,
+                            offsets: None,
                             format: config.format,
                             records: chunk.to_vec(),
                         };
                         if !send(ev) {
-                            return;
+                            return None;
                         }
                         offset += n;
                     }
                 }
+            }
+            SourceTask::Kafka {
+                name,
+                config,
+                format,
+            } => {
+                // The Kafka source reports its own end (before it waits for the commit).
+                return run_kafka(source, &name, &config, format, &send, control);
             }
             SourceTask::Memory(mem) => {
                 let sym = Sym::new(&mem.name);
@@ -163,16 +208,101 @@ impl SourceTask {
                         source,
                         name: sym,
                         split: 0,
+                        topic: None,
+                        partition: 0,
                         first_offset: (i * RECORDS_PER_CHUNK) as u64,
+                        offsets: None,
                         format: mem.format,
                         records: chunk.to_vec(),
                     };
                     if !send(ev) {
-                        return;
+                        return None;
                     }
                 }
             }
         }
         send(SourceEvent::Done { source });
+        None
+    }
+}
+
+/// How the runtime steers a running source.
+pub(crate) struct SourceControl {
+    /// Set to stop reading (an unbounded source then ends like a bounded one).
+    pub stop: Arc<AtomicBool>,
+    /// After the source ended: whether to commit what it read (Kafka).
+    pub finish: std::sync::mpsc::Receiver<Finish>,
+}
+
+/// Runs a Kafka source to its end (or failure), sending `Done` (or `Failed`) itself.
+fn run_kafka(
+    source: usize,
+    name: &str,
+    config: &crate::connectors::kafka::KafkaSourceConfig,
+    format: InputFormat,
+    send: &dyn Fn(SourceEvent) -> bool,
+    control: SourceControl,
+) -> Option<String> {
+    let sym = Sym::new(name);
+    let reader = match KafkaReader::connect(config) {
+        Ok(r) => r,
+        Err(message) => {
+            send(SourceEvent::Failed { source, message });
+            return None;
+        }
+    };
+    let ended = std::cell::Cell::new(false);
+    let mut topics: Vec<(Arc<str>, Sym)> = Vec::new();
+    let mut emit = |ev: KafkaEvent| -> bool {
+        match ev {
+            KafkaEvent::Assigned(splits) => send(SourceEvent::SplitsAdded {
+                source,
+                splits: splits.iter().map(|s| s.key).collect(),
+            }),
+            KafkaEvent::Revoked(splits) => send(SourceEvent::SplitsRemoved {
+                source,
+                splits: splits.iter().map(|s| s.key).collect(),
+            }),
+            KafkaEvent::EndOfInput => {
+                ended.set(true);
+                send(SourceEvent::Done { source })
+            }
+            KafkaEvent::Records {
+                split,
+                offsets,
+                records,
+            } => {
+                let topic = match topics.iter().find(|(t, _)| Arc::ptr_eq(t, &split.topic)) {
+                    Some((_, s)) => *s,
+                    None => {
+                        let s = Sym::new(&split.topic);
+                        topics.push((split.topic.clone(), s));
+                        s
+                    }
+                };
+                send(SourceEvent::Records {
+                    source,
+                    name: sym,
+                    split: split.key,
+                    topic: Some(topic),
+                    partition: u32::try_from(split.partition).unwrap_or(0),
+                    first_offset: offsets.first().copied().unwrap_or(0),
+                    offsets: Some(offsets),
+                    format,
+                    records,
+                })
+            }
+        }
+    };
+    match reader.run(&control.stop, &mut emit, control.finish) {
+        Ok(stats) => {
+            tracing::debug!(?stats, source = name, "kafka source finished");
+            None
+        }
+        Err(e) if ended.get() => Some(e),
+        Err(message) => {
+            send(SourceEvent::Failed { source, message });
+            None
+        }
     }
 }

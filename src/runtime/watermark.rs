@@ -54,6 +54,12 @@ impl WatermarkTracker {
         });
     }
 
+    /// Forgets a split (a revoked or finished Kafka partition): it no longer holds the
+    /// watermark back.
+    pub fn remove_split(&mut self, key: SplitKey) {
+        self.splits.remove(&key);
+    }
+
     /// Records an event time seen on a split.
     #[inline]
     pub fn observe(&mut self, key: SplitKey, event_time: EventTime) {

@@ -420,6 +420,7 @@ impl SpanRows {
 pub static DEAD_LETTERS_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
     Arc::new(Schema::new(vec![
         Field::new("source", DataType::Utf8, false),
+        Field::new("topic", DataType::Utf8, true),
         Field::new("split", DataType::UInt32, false),
         Field::new("offset", DataType::UInt64, false),
         Field::new("span_index", DataType::UInt32, true),
@@ -433,6 +434,7 @@ pub static DEAD_LETTERS_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
 /// Rows of `dead_letters`.
 pub struct DeadLetterRows {
     source: StringBuilder,
+    topic: StringBuilder,
     split: UInt32Builder,
     offset: UInt64Builder,
     span_index: UInt32Builder,
@@ -446,6 +448,7 @@ impl Default for DeadLetterRows {
     fn default() -> Self {
         DeadLetterRows {
             source: StringBuilder::new(),
+            topic: StringBuilder::new(),
             split: UInt32Builder::new(),
             offset: UInt64Builder::new(),
             span_index: UInt32Builder::new(),
@@ -461,6 +464,7 @@ impl DeadLetterRows {
     /// Appends one dead letter.
     pub fn push(&mut self, d: &DeadLetter) {
         self.source.append_value(d.source.as_str());
+        self.topic.append_option(d.topic.map(|t| t.as_str()));
         self.split.append_value(d.split);
         self.offset.append_value(d.offset);
         self.span_index.append_option(d.span_index);
@@ -484,6 +488,7 @@ impl TableRows for DeadLetterRows {
     fn finish(&mut self) -> RecordBatch {
         let cols: Vec<ArrayRef> = vec![
             Arc::new(self.source.finish()),
+            Arc::new(self.topic.finish()),
             Arc::new(self.split.finish()),
             Arc::new(self.offset.finish()),
             Arc::new(self.span_index.finish()),
@@ -579,6 +584,7 @@ mod tests {
         let mut d = DeadLetterRows::default();
         d.push(&DeadLetter {
             source: Sym::new("gen"),
+            topic: None,
             split: 0,
             offset: 5,
             span_index: None,

@@ -26,3 +26,17 @@ pub trait TableRows: Send {
     /// The table's schema.
     fn schema(&self) -> arrow::datatypes::SchemaRef;
 }
+
+/// Every output table's name and schema, in a stable order (for the Avro schemas in
+/// schemas/avro and the ClickHouse DDL).
+pub fn all_schemas() -> Vec<(&'static str, arrow::datatypes::SchemaRef)> {
+    vec![
+        ("traces", builders::TRACES_SCHEMA.clone()),
+        ("spans", builders::SPANS_SCHEMA.clone()),
+        ("late_spans", builders::LATE_SPANS_SCHEMA.clone()),
+        ("dead_letters", builders::DEAD_LETTERS_SCHEMA.clone()),
+        ("red_metrics", metrics::RED_METRICS_SCHEMA.clone()),
+        ("exemplars", metrics::EXEMPLARS_SCHEMA.clone()),
+        ("service_relation", metrics::SERVICE_RELATION_SCHEMA.clone()),
+    ]
+}

@@ -34,6 +34,7 @@ fn decode_all(records: &[Vec<u8>], format: InputFormat) -> Decoded {
     let mut out = Decoded::default();
     for (i, r) in records.iter().enumerate() {
         let meta = RecordMeta {
+            topic: None,
             source: Sym::new("alibaba"),
             split: 0,
             offset: i as u64,

@@ -21,6 +21,7 @@ fn decode(records: &[GeneratedRecord], format: InputFormat) -> Vec<Span> {
     let mut out = Decoded::default();
     for (i, r) in records.iter().enumerate() {
         let meta = RecordMeta {
+            topic: None,
             source: Sym::new("alibaba"),
             split: 0,
             offset: i as u64,

@@ -43,6 +43,16 @@ pub enum ParquetCompression {
     Zstd,
 }
 
+impl Default for ParquetSinkConfig {
+    fn default() -> Self {
+        ParquetSinkConfig {
+            path: default_path(),
+            row_group_rows: default_row_group_rows(),
+            compression: ParquetCompression::default(),
+        }
+    }
+}
+
 impl ParquetSinkConfig {
     /// Checks the values serde cannot; returns every problem found.
     pub fn validate(&self) -> Vec<spanflow_operators::ConfigIssue> {

@@ -1,0 +1,524 @@
+//! Encoding output rows as Kafka records: Avro (schemas derived from the tables' Arrow
+//! schemas and shipped as schemas/avro/*.avsc), JSON, and OTLP protobuf for span tables.
+//!
+//! The encoders read the same Arrow batches the Parquet sink writes, so every output
+//! has one definition of its columns.
+
+use std::collections::BTreeMap;
+
+use apache_avro::types::Value as Avro;
+use arrow::array::{
+    Array, ArrayRef, AsArray, BinaryArray, BooleanArray, FixedSizeBinaryArray, Float64Array,
+    MapArray, StringArray, TimestampNanosecondArray, UInt16Array, UInt32Array, UInt64Array,
+};
+use arrow::datatypes::{DataType, Float64Type, Schema, TimeUnit, UInt64Type};
+use arrow::record_batch::RecordBatch;
+use serde_json::{Value as Json, json};
+
+/// The Avro schema (as JSON) of a table with this Arrow schema. Record name
+/// `spanflow.<TableInCamelCase>`; ids are `fixed`, timestamps `long` with
+/// `timestamp-nanos`, unsigned integers `long`, maps `map<string>`, nullable columns a
+/// union with `null` first.
+pub fn avro_schema_json(table: &str, schema: &Schema) -> Json {
+    let mut named = Vec::new();
+    let fields: Vec<Json> = schema
+        .fields()
+        .iter()
+        .map(|f| {
+            let t = avro_type(f.data_type(), f.name(), &mut named);
+            if f.is_nullable() {
+                json!({"name": f.name(), "type": ["null", t], "default": null})
+            } else {
+                json!({"name": f.name(), "type": t})
+            }
+        })
+        .collect();
+    json!({
+        "type": "record",
+        "name": camel(table),
+        "namespace": "spanflow",
+        "doc": format!("One row of the `{table}` output (generated from the Arrow schema; see README)."),
+        "fields": fields,
+    })
+}
+
+fn camel(table: &str) -> String {
+    table
+        .split('_')
+        .map(|w| {
+            let mut c = w.chars();
+            c.next()
+                .map(|f| f.to_ascii_uppercase().to_string() + c.as_str())
+                .unwrap_or_default()
+        })
+        .collect()
+}
+
+fn avro_type(t: &DataType, field: &str, named: &mut Vec<String>) -> Json {
+    match t {
+        DataType::Utf8 => json!("string"),
+        DataType::Boolean => json!("boolean"),
+        DataType::UInt16 | DataType::UInt32 | DataType::UInt64 | DataType::Int64 => json!("long"),
+        DataType::Float64 => json!("double"),
+        DataType::Binary => json!("bytes"),
+        DataType::Timestamp(TimeUnit::Nanosecond, _) => {
+            json!({"type": "long", "logicalType": "timestamp-nanos"})
+        }
+        DataType::FixedSizeBinary(n) => {
+            let name = match (*n, field) {
+                (16, _) => "TraceId".to_owned(),
+                (8, _) => "SpanId".to_owned(),
+                (_, f) => camel(f),
+            };
+            if named.contains(&name) {
+                json!(format!("spanflow.{name}"))
+            } else {
+                named.push(name.clone());
+                json!({"type": "fixed", "name": name, "namespace": "spanflow", "size": n})
+            }
+        }
+        DataType::List(item) => {
+            json!({"type": "array", "items": avro_type(item.data_type(), field, named)})
+        }
+        DataType::Map(_, _) => json!({"type": "map", "values": "string"}),
+        other => json!(format!("unsupported:{other}")),
+    }
+}
+
+/// One cell, borrowed from its column.
+enum Cell<'a> {
+    Null,
+    Bool(bool),
+    U64(u64),
+    F64(f64),
+    Str(&'a str),
+    Bytes(&'a [u8]),
+    Ts(i64),
+    F64s(Vec<f64>),
+    U64s(Vec<u64>),
+    Map(Vec<(&'a str, &'a str)>),
+    Unsupported,
+}
+
+fn cell(col: &ArrayRef, row: usize) -> Cell<'_> {
+    if col.is_null(row) {
+        return Cell::Null;
+    }
+    let any = col.as_any();
+    match col.data_type() {
+        DataType::Utf8 => any
+            .downcast_ref::<StringArray>()
+            .map_or(Cell::Unsupported, |a| Cell::Str(a.value(row))),
+        DataType::Boolean => any
+            .downcast_ref::<BooleanArray>()
+            .map_or(Cell::Unsupported, |a| Cell::Bool(a.value(row))),
+        DataType::UInt16 => any
+            .downcast_ref::<UInt16Array>()
+            .map_or(Cell::Unsupported, |a| Cell::U64(u64::from(a.value(row)))),
+        DataType::UInt32 => any
+            .downcast_ref::<UInt32Array>()
+            .map_or(Cell::Unsupported, |a| Cell::U64(u64::from(a.value(row)))),
+        DataType::UInt64 => any
+            .downcast_ref::<UInt64Array>()
+            .map_or(Cell::Unsupported, |a| Cell::U64(a.value(row))),
+        DataType::Float64 => any
+            .downcast_ref::<Float64Array>()
+            .map_or(Cell::Unsupported, |a| Cell::F64(a.value(row))),
+        DataType::Binary => any
+            .downcast_ref::<BinaryArray>()
+            .map_or(Cell::Unsupported, |a| Cell::Bytes(a.value(row))),
+        DataType::FixedSizeBinary(_) => any
+            .downcast_ref::<FixedSizeBinaryArray>()
+            .map_or(Cell::Unsupported, |a| Cell::Bytes(a.value(row))),
+        DataType::Timestamp(TimeUnit::Nanosecond, _) => any
+            .downcast_ref::<TimestampNanosecondArray>()
+            .map_or(Cell::Unsupported, |a| Cell::Ts(a.value(row))),
+        DataType::List(item) => {
+            let list = col.as_list::<i32>();
+            let values = list.value(row);
+            match item.data_type() {
+                DataType::Float64 => {
+                    Cell::F64s(values.as_primitive::<Float64Type>().values().to_vec())
+                }
+                DataType::UInt64 => {
+                    Cell::U64s(values.as_primitive::<UInt64Type>().values().to_vec())
+                }
+                _ => Cell::Unsupported,
+            }
+        }
+        DataType::Map(_, _) => {
+            let Some(m) = any.downcast_ref::<MapArray>() else {
+                return Cell::Unsupported;
+            };
+            let offsets = m.value_offsets();
+            let (start, end) = (offsets[row] as usize, offsets[row + 1] as usize);
+            let keys = m.keys().as_any().downcast_ref::<StringArray>();
+            let vals = m.values().as_any().downcast_ref::<StringArray>();
+            match (keys, vals) {
+                (Some(k), Some(v)) => Cell::Map(
+                    (start..end)
+                        .map(|i| (k.value(i), if v.is_null(i) { "" } else { v.value(i) }))
+                        .collect(),
+                ),
+                _ => Cell::Unsupported,
+            }
+        }
+        _ => Cell::Unsupported,
+    }
+}
+
+fn to_avro(c: Cell<'_>, nullable: bool) -> Result<Avro, String> {
+    let v = match c {
+        Cell::Null => return Ok(Avro::Union(0, Box::new(Avro::Null))),
+        Cell::Bool(b) => Avro::Boolean(b),
+        Cell::U64(u) => {
+            Avro::Long(i64::try_from(u).map_err(|_| format!("{u} does not fit an Avro long"))?)
+        }
+        Cell::F64(f) => Avro::Double(f),
+        Cell::Str(s) => Avro::String(s.to_owned()),
+        Cell::Bytes(b) => Avro::Bytes(b.to_vec()),
+        Cell::Ts(t) => Avro::TimestampNanos(t),
+        Cell::F64s(v) => Avro::Array(v.into_iter().map(Avro::Double).collect()),
+        Cell::U64s(v) => Avro::Array(
+            v.into_iter()
+                .map(|u| Avro::Long(i64::try_from(u).unwrap_or(i64::MAX)))
+                .collect(),
+        ),
+        Cell::Map(kv) => Avro::Map(
+            kv.into_iter()
+                .map(|(k, v)| (k.to_owned(), Avro::String(v.to_owned())))
+                .collect(),
+        ),
+        Cell::Unsupported => return Err("a column type without an Avro mapping".into()),
+    };
+    Ok(if nullable {
+        Avro::Union(1, Box::new(v))
+    } else {
+        v
+    })
+}
+
+fn to_json(c: Cell<'_>) -> Json {
+    match c {
+        Cell::Null | Cell::Unsupported => Json::Null,
+        Cell::Bool(b) => json!(b),
+        Cell::U64(u) => json!(u),
+        Cell::F64(f) => json!(f),
+        Cell::Str(s) => json!(s),
+        Cell::Bytes(b) => json!(hex::encode(b)),
+        Cell::Ts(t) => json!(t),
+        Cell::F64s(v) => json!(v),
+        Cell::U64s(v) => json!(v),
+        Cell::Map(kv) => Json::Object(
+            kv.into_iter()
+                .map(|(k, v)| (k.to_owned(), json!(v)))
+                .collect(),
+        ),
+    }
+}
+
+/// Receives each encoded record as (key, value); an error stops the encoding.
+pub type RecordSink<'a> = dyn FnMut(&str, &[u8]) -> Result<(), String> + 'a;
+
+/// Turns rows of one table into (key, value) records.
+pub struct RowEncoder {
+    table: String,
+    format: super::OutputFormat,
+    avro: Option<(apache_avro::Schema, apache_avro::GenericSingleObjectWriter)>,
+    key_columns: Vec<usize>,
+    key_is_trace: bool,
+}
+
+impl RowEncoder {
+    /// An encoder for `table` rows with `schema` in `format`.
+    pub fn new(table: &str, schema: &Schema, format: super::OutputFormat) -> Result<Self, String> {
+        let avro = if format == super::OutputFormat::Avro {
+            let json = avro_schema_json(table, schema);
+            let s = apache_avro::Schema::parse(&json)
+                .map_err(|e| format!("Avro schema of `{table}`: {e}"))?;
+            let w = apache_avro::GenericSingleObjectWriter::new_with_capacity(&s, 1024)
+                .map_err(|e| format!("Avro writer of `{table}`: {e}"))?;
+            Some((s, w))
+        } else {
+            None
+        };
+        let key_is_trace = matches!(table, "spans" | "late_spans" | "traces");
+        let key_names: &[&str] = match table {
+            "spans" | "late_spans" | "traces" => &["trace_id"],
+            "red_metrics" => &[
+                "metric",
+                "service",
+                "instance",
+                "operation",
+                "call_type",
+                "peer",
+                "status",
+            ],
+            "exemplars" => &[
+                "metric",
+                "service",
+                "instance",
+                "operation",
+                "call_type",
+                "peer",
+                "status",
+                "bucket_le",
+            ],
+            "service_relation" => &["source", "target", "target_kind", "call_type"],
+            "dead_letters" => &["source", "split"],
+            _ => &[],
+        };
+        let key_columns = key_names
+            .iter()
+            .filter_map(|n| schema.index_of(n).ok())
+            .collect();
+        Ok(RowEncoder {
+            table: table.to_owned(),
+            format,
+            avro,
+            key_columns,
+            key_is_trace,
+        })
+    }
+
+    /// The record key of a row: the trace id (hex) for trace and span tables, the
+    /// series (its dimensions joined by `|`) for metric tables. Deterministic, so a
+    /// replay produces the same keys.
+    pub fn key(&self, batch: &RecordBatch, row: usize) -> String {
+        let mut key = String::new();
+        for (i, &c) in self.key_columns.iter().enumerate() {
+            if i > 0 {
+                key.push('|');
+            }
+            match cell(batch.column(c), row) {
+                Cell::Str(s) => key.push_str(s),
+                Cell::Bytes(b) => key.push_str(&hex::encode(b)),
+                Cell::U64(u) => key.push_str(&u.to_string()),
+                Cell::F64(f) => key.push_str(&f.to_string()),
+                _ => {}
+            }
+        }
+        key
+    }
+
+    /// Encodes every row of `batch`, calling `out(key, value)` per record. OTLP
+    /// protobuf produces one record per trace (consecutive rows of one trace id).
+    pub fn encode(&mut self, batch: &RecordBatch, out: &mut RecordSink<'_>) -> Result<(), String> {
+        match self.format {
+            super::OutputFormat::Avro => {
+                let schema = batch.schema();
+                let mut buf = Vec::with_capacity(512);
+                for row in 0..batch.num_rows() {
+                    let mut fields = Vec::with_capacity(schema.fields().len());
+                    for (f, col) in schema.fields().iter().zip(batch.columns()) {
+                        let v = to_avro(cell(col, row), f.is_nullable())
+                            .map_err(|e| format!("`{}`.{}: {e}", self.table, f.name()))?;
+                        fields.push((f.name().clone(), v));
+                    }
+                    buf.clear();
+                    let Some((_, w)) = self.avro.as_mut() else {
+                        return Err("internal error: Avro writer missing".into());
+                    };
+                    w.write_value(Avro::Record(fields), &mut buf)
+                        .map_err(|e| format!("encoding a `{}` row as Avro: {e}", self.table))?;
+                    out(&self.key(batch, row), &buf)?;
+                }
+            }
+            super::OutputFormat::Json => {
+                let schema = batch.schema();
+                for row in 0..batch.num_rows() {
+                    let mut obj = serde_json::Map::with_capacity(schema.fields().len());
+                    for (f, col) in schema.fields().iter().zip(batch.columns()) {
+                        obj.insert(f.name().clone(), to_json(cell(col, row)));
+                    }
+                    let bytes = serde_json::to_vec(&Json::Object(obj))
+                        .map_err(|e| format!("encoding a `{}` row as JSON: {e}", self.table))?;
+                    out(&self.key(batch, row), &bytes)?;
+                }
+            }
+            super::OutputFormat::OtlpProto => {
+                let mut start = 0;
+                while start < batch.num_rows() {
+                    let key = self.key(batch, start);
+                    let mut end = start + 1;
+                    while end < batch.num_rows() && self.key(batch, end) == key {
+                        end += 1;
+                    }
+                    let bytes = otlp_request(batch, start..end)?;
+                    out(&key, &bytes)?;
+                    start = end;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// True when records are keyed by trace id.
+    pub fn keyed_by_trace(&self) -> bool {
+        self.key_is_trace
+    }
+}
+
+/// Builds an OTLP `ExportTraceServiceRequest` from span rows (one resource per
+/// service/instance). Attributes the decoder lifted into columns (HTTP status, peer,
+/// db system, messaging destination) are written back under their semantic-convention
+/// names.
+fn otlp_request(batch: &RecordBatch, rows: std::ops::Range<usize>) -> Result<Vec<u8>, String> {
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
+    use opentelemetry_proto::tonic::resource::v1::Resource;
+    use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span, Status};
+    use prost::Message;
+
+    let col = |name: &str| -> Result<&ArrayRef, String> {
+        batch
+            .schema()
+            .index_of(name)
+            .map(|i| batch.column(i))
+            .map_err(|_| format!("span rows have no `{name}` column"))
+    };
+    let s = |v: &str| AnyValue {
+        value: Some(any_value::Value::StringValue(v.to_owned())),
+    };
+    let kv = |k: &str, v: AnyValue| KeyValue {
+        key: k.to_owned(),
+        value: Some(v),
+        ..Default::default()
+    };
+    let str_at = |c: &ArrayRef, r: usize| -> String {
+        match cell(c, r) {
+            Cell::Str(v) => v.to_owned(),
+            _ => String::new(),
+        }
+    };
+    let bytes_at = |c: &ArrayRef, r: usize| -> Vec<u8> {
+        match cell(c, r) {
+            Cell::Bytes(b) => b.to_vec(),
+            _ => Vec::new(),
+        }
+    };
+    let (trace_id, span_id, parent) = (col("trace_id")?, col("span_id")?, col("parent_span_id")?);
+    let (service, instance, name, kind) = (
+        col("service")?,
+        col("instance")?,
+        col("name")?,
+        col("kind")?,
+    );
+    let (start, end, status) = (col("start_time")?, col("end_time")?, col("status")?);
+    let (http, peer, db, dest) = (
+        col("http_status")?,
+        col("peer")?,
+        col("db_system")?,
+        col("messaging_destination")?,
+    );
+    let (attrs, res_attrs) = (col("attributes")?, col("resource_attributes")?);
+
+    let mut resources: BTreeMap<(String, String), ResourceSpans> = BTreeMap::new();
+    for r in rows {
+        let svc = str_at(service, r);
+        let inst = str_at(instance, r);
+        let rs = resources
+            .entry((svc.clone(), inst.clone()))
+            .or_insert_with(|| {
+                let mut attributes = vec![kv("service.name", s(&svc))];
+                if !inst.is_empty() {
+                    attributes.push(kv("service.instance.id", s(&inst)));
+                }
+                if let Cell::Map(m) = cell(res_attrs, r) {
+                    for (k, v) in m {
+                        if k != "service.name" && k != "service.instance.id" {
+                            attributes.push(kv(k, s(v)));
+                        }
+                    }
+                }
+                ResourceSpans {
+                    resource: Some(Resource {
+                        attributes,
+                        ..Default::default()
+                    }),
+                    scope_spans: vec![ScopeSpans::default()],
+                    schema_url: String::new(),
+                }
+            });
+        let mut attributes = Vec::new();
+        if let Cell::Map(m) = cell(attrs, r) {
+            for (k, v) in m {
+                attributes.push(kv(k, s(v)));
+            }
+        }
+        let has = |a: &[KeyValue], k: &str| a.iter().any(|x| x.key == k);
+        if let Cell::U64(code) = cell(http, r)
+            && code > 0
+            && !has(&attributes, "http.response.status_code")
+            && !has(&attributes, "http.status_code")
+        {
+            attributes.push(kv(
+                "http.response.status_code",
+                AnyValue {
+                    value: Some(any_value::Value::IntValue(code as i64)),
+                },
+            ));
+        }
+        for (key, c) in [
+            ("peer.service", peer),
+            ("db.system", db),
+            ("messaging.destination.name", dest),
+        ] {
+            let v = str_at(c, r);
+            if !v.is_empty() && !has(&attributes, key) {
+                attributes.push(kv(key, s(&v)));
+            }
+        }
+        let ts = |c: &ArrayRef| match cell(c, r) {
+            Cell::Ts(t) => u64::try_from(t).unwrap_or(0),
+            _ => 0,
+        };
+        let span = Span {
+            trace_id: bytes_at(trace_id, r),
+            span_id: bytes_at(span_id, r),
+            parent_span_id: bytes_at(parent, r),
+            name: str_at(name, r),
+            kind: match str_at(kind, r).as_str() {
+                "internal" => 1,
+                "server" => 2,
+                "client" => 3,
+                "producer" => 4,
+                "consumer" => 5,
+                _ => 0,
+            },
+            start_time_unix_nano: ts(start),
+            end_time_unix_nano: ts(end),
+            attributes,
+            status: Some(Status {
+                message: String::new(),
+                code: match str_at(status, r).as_str() {
+                    "ok" => 1,
+                    "error" => 2,
+                    _ => 0,
+                },
+            }),
+            ..Default::default()
+        };
+        if let Some(ss) = rs.scope_spans.first_mut() {
+            ss.spans.push(span);
+        }
+    }
+    let req = ExportTraceServiceRequest {
+        resource_spans: resources.into_values().collect(),
+    };
+    Ok(req.encode_to_vec())
+}
+
+/// Avro schemas of every output table, as shipped in schemas/avro (file name
+/// `<table>.avsc`).
+pub fn shipped_avro_schemas() -> Vec<(&'static str, Json)> {
+    crate::tables::all_schemas()
+        .into_iter()
+        .map(|(table, schema)| (table, avro_schema_json(table, &schema)))
+        .collect()
+}
+
+/// Parses one shipped schema file's text.
+pub fn parse_avro_schema(text: &str) -> Result<apache_avro::Schema, String> {
+    apache_avro::Schema::parse_str(text).map_err(|e| e.to_string())
+}

@@ -1,0 +1,90 @@
+//! Kafka: the `kafka` source (consumer group, start/end positions, per-partition
+//! splits), the `kafka` sink (Avro, JSON or OTLP protobuf records) and the producer
+//! behind `spanflow gen --kafka`.
+
+mod config;
+pub mod encode;
+pub mod produce;
+pub mod sink;
+pub mod source;
+
+pub use config::{
+    EndPosition, KafkaSinkConfig, KafkaSourceConfig, OutputFormat, StartPosition, parse_time,
+};
+
+use std::collections::BTreeMap;
+
+use rdkafka::ClientConfig;
+
+/// Client settings shared by consumers and producers: brokers, then the user's
+/// `properties` (which win, so any librdkafka setting can be overridden).
+pub(crate) fn client_config(brokers: &str, properties: &BTreeMap<String, String>) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", brokers);
+    // librdkafka logs through its own callback; keep it to warnings and worse.
+    c.set("log_level", "4");
+    for (k, v) in properties {
+        c.set(k, v);
+    }
+    c
+}
+
+/// Creates `topics` with `partitions` partitions each when they do not exist yet
+/// (an existing topic is left as it is).
+pub fn create_topics(
+    brokers: &str,
+    properties: &BTreeMap<String, String>,
+    topics: &[String],
+    partitions: i32,
+) -> Result<(), String> {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+    use rdkafka::types::RDKafkaErrorCode;
+
+    let admin: AdminClient<DefaultClientContext> = client_config(brokers, properties)
+        .create()
+        .map_err(|e| format!("cannot create a Kafka admin client for {brokers}: {e}"))?;
+    let new: Vec<NewTopic<'_>> = topics
+        .iter()
+        .map(|t| NewTopic::new(t, partitions, TopicReplication::Fixed(1)))
+        .collect();
+    let opts = AdminOptions::new().operation_timeout(Some(std::time::Duration::from_secs(10)));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start a runtime for the admin client: {e}"))?;
+    let results = rt
+        .block_on(admin.create_topics(&new, &opts))
+        .map_err(|e| format!("creating topics on {brokers}: {e}"))?;
+    for r in results {
+        match r {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((topic, code)) => return Err(format!("creating topic `{topic}`: {code}")),
+        }
+    }
+    Ok(())
+}
+
+/// Number of partitions of `topic`.
+pub fn topic_partitions(
+    brokers: &str,
+    properties: &BTreeMap<String, String>,
+    topic: &str,
+) -> Result<i32, String> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let c: BaseConsumer = client_config(brokers, properties)
+        .create()
+        .map_err(|e| format!("cannot connect to {brokers}: {e}"))?;
+    let md = c
+        .fetch_metadata(Some(topic), std::time::Duration::from_secs(15))
+        .map_err(|e| format!("cannot read metadata of `{topic}` from {brokers}: {e}"))?;
+    md.topics()
+        .iter()
+        .find(|t| t.name() == topic)
+        .map(|t| t.partitions().len() as i32)
+        .filter(|n| *n > 0)
+        .ok_or_else(|| format!("topic `{topic}` does not exist on {brokers}"))
+}
+
+#[cfg(test)]
+mod tests;

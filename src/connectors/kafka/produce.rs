@@ -1,0 +1,255 @@
+//! Producing to Kafka: the idempotent producer shared by the sink and
+//! `spanflow gen --kafka`, and the splitting of generated requests by partition.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use rdkafka::ClientContext;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use spanflow_operators::TraceId;
+
+/// How long `flush` waits for outstanding deliveries at the end.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Counts deliveries and keeps the first failure: librdkafka retries a failed send
+/// itself (up to `message.timeout.ms`), so a failure reported here is final and must
+/// fail the run rather than be dropped.
+#[derive(Default)]
+pub(crate) struct DeliveryCtx {
+    delivered: AtomicU64,
+    failed: AtomicU64,
+    first_error: Mutex<Option<String>>,
+}
+
+impl ClientContext for DeliveryCtx {
+    fn error(&self, error: KafkaError, reason: &str) {
+        tracing::warn!(%error, reason, "kafka producer");
+    }
+}
+
+impl ProducerContext for DeliveryCtx {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: Self::DeliveryOpaque) {
+        match result {
+            Ok(_) => {
+                self.delivered.fetch_add(1, Ordering::Relaxed);
+            }
+            Err((e, m)) => {
+                self.failed.fetch_add(1, Ordering::Relaxed);
+                if let Ok(mut first) = self.first_error.lock()
+                    && first.is_none()
+                {
+                    use rdkafka::message::Message;
+                    *first = Some(format!(
+                        "delivery to {}/{} failed: {e}",
+                        m.topic(),
+                        m.partition()
+                    ));
+                }
+            }
+        }
+    }
+}
+
+/// An idempotent producer (ordering per partition kept across librdkafka's retries).
+pub struct KafkaProducer {
+    inner: ThreadedProducer<DeliveryCtx>,
+    brokers: String,
+}
+
+impl std::fmt::Debug for KafkaProducer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaProducer")
+            .field("brokers", &self.brokers)
+            .finish_non_exhaustive()
+    }
+}
+
+impl KafkaProducer {
+    /// Creates the producer; `properties` may tune batching (`linger.ms`, ...).
+    pub fn new(brokers: &str, properties: &BTreeMap<String, String>) -> Result<Self, String> {
+        let mut cc = super::client_config(brokers, &BTreeMap::new());
+        cc.set("enable.idempotence", "true")
+            .set("linger.ms", "5")
+            .set("compression.type", "lz4")
+            .set("message.max.bytes", "16777216");
+        for (k, v) in properties {
+            cc.set(k, v);
+        }
+        let inner: ThreadedProducer<DeliveryCtx> =
+            cc.create_with_context(DeliveryCtx::default())
+                .map_err(|e| format!("cannot create a Kafka producer for {brokers}: {e}"))?;
+        Ok(KafkaProducer {
+            inner,
+            brokers: brokers.to_owned(),
+        })
+    }
+
+    /// Queues one record; blocks while librdkafka's queue is full (backpressure).
+    pub fn send(
+        &self,
+        topic: &str,
+        partition: Option<i32>,
+        key: Option<&[u8]>,
+        payload: &[u8],
+    ) -> Result<(), String> {
+        self.check()?;
+        let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic).payload(payload);
+        if let Some(k) = key {
+            record = record.key(k);
+        }
+        if let Some(p) = partition {
+            record = record.partition(p);
+        }
+        loop {
+            match self.inner.send(record) {
+                Ok(()) => return Ok(()),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                    record = r;
+                    std::thread::sleep(Duration::from_millis(2));
+                    self.check()?;
+                }
+                Err((e, _)) => return Err(format!("producing to `{topic}`: {e}")),
+            }
+        }
+    }
+
+    /// Fails when a delivery has failed.
+    fn check(&self) -> Result<(), String> {
+        let ctx = self.inner.context();
+        if ctx.failed.load(Ordering::Relaxed) > 0 {
+            let first = ctx
+                .first_error
+                .lock()
+                .ok()
+                .and_then(|f| f.clone())
+                .unwrap_or_default();
+            return Err(format!(
+                "{} record(s) could not be delivered to {}: {first}",
+                ctx.failed.load(Ordering::Relaxed),
+                self.brokers
+            ));
+        }
+        Ok(())
+    }
+
+    /// Waits until every queued record is delivered; fails if any was not.
+    pub fn flush(&self) -> Result<u64, String> {
+        self.inner
+            .flush(FLUSH_TIMEOUT)
+            .map_err(|e| format!("flushing to {}: {e}", self.brokers))?;
+        self.check()?;
+        Ok(self.inner.context().delivered.load(Ordering::Relaxed))
+    }
+}
+
+/// The partition of a trace: the same hash the router shards by, so a partition's
+/// traces land on few shards.
+pub fn partition_of(trace_id: &[u8], partitions: i32) -> i32 {
+    let mut id = [0u8; 16];
+    let n = trace_id.len().min(16);
+    id[..n].copy_from_slice(&trace_id[..n]);
+    (TraceId(id).hash64() % partitions.max(1) as u64) as i32
+}
+
+/// Splits an OTLP protobuf request into one request per partition (by trace id), each
+/// keeping its spans' resource and scope. A record that does not decode is returned
+/// whole for partition `fallback` (garbage stays garbage, for dead-letter tests).
+pub fn split_request(payload: &[u8], partitions: i32, fallback: i32) -> Vec<(i32, Vec<u8>)> {
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans};
+    use prost::Message;
+
+    let Ok(req) = ExportTraceServiceRequest::decode(payload) else {
+        return vec![(fallback, payload.to_vec())];
+    };
+    let mut parts: BTreeMap<i32, ExportTraceServiceRequest> = BTreeMap::new();
+    for rs in req.resource_spans {
+        let mut per: BTreeMap<i32, ResourceSpans> = BTreeMap::new();
+        for ss in rs.scope_spans {
+            let mut per_scope: BTreeMap<i32, ScopeSpans> = BTreeMap::new();
+            for span in ss.spans {
+                let p = partition_of(&span.trace_id, partitions);
+                per_scope
+                    .entry(p)
+                    .or_insert_with(|| ScopeSpans {
+                        scope: ss.scope.clone(),
+                        spans: Vec::new(),
+                        schema_url: ss.schema_url.clone(),
+                    })
+                    .spans
+                    .push(span);
+            }
+            for (p, s) in per_scope {
+                per.entry(p)
+                    .or_insert_with(|| ResourceSpans {
+                        resource: rs.resource.clone(),
+                        scope_spans: Vec::new(),
+                        schema_url: rs.schema_url.clone(),
+                    })
+                    .scope_spans
+                    .push(s);
+            }
+        }
+        for (p, r) in per {
+            parts.entry(p).or_default().resource_spans.push(r);
+        }
+    }
+    parts
+        .into_iter()
+        .map(|(p, r)| (p, r.encode_to_vec()))
+        .collect()
+}
+
+/// What `produce_generated` did.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ProduceStats {
+    /// Generator records consumed.
+    pub records: u64,
+    /// Kafka messages delivered.
+    pub messages: u64,
+    /// Payload bytes produced.
+    pub bytes: u64,
+    /// Wall seconds, flush included.
+    pub seconds: f64,
+}
+
+/// Produces generated OTLP protobuf records to `topic`, split by trace id over its
+/// `partitions`, at most `spans_per_second` (None: as fast as possible). `on_record`
+/// sees each record's span count (for a progress bar).
+pub fn produce_generated(
+    producer: &KafkaProducer,
+    topic: &str,
+    partitions: i32,
+    records: impl Iterator<Item = crate::connectors::generator::GeneratedRecord>,
+    spans_per_second: Option<f64>,
+    mut on_record: impl FnMut(usize),
+) -> Result<ProduceStats, String> {
+    let t0 = Instant::now();
+    let mut stats = ProduceStats::default();
+    let mut spans_sent = 0u64;
+    for (i, r) in records.enumerate() {
+        let fallback = (i as i64 % i64::from(partitions.max(1))) as i32;
+        for (p, bytes) in split_request(&r.payload, partitions, fallback) {
+            producer.send(topic, Some(p), None, &bytes)?;
+            stats.messages += 1;
+            stats.bytes += bytes.len() as u64;
+        }
+        stats.records += 1;
+        spans_sent += r.spans as u64;
+        on_record(r.spans);
+        if let Some(rate) = spans_per_second.filter(|r| *r > 0.0) {
+            let due = Duration::from_secs_f64(spans_sent as f64 / rate);
+            if let Some(wait) = due.checked_sub(t0.elapsed()) {
+                std::thread::sleep(wait);
+            }
+        }
+    }
+    producer.flush()?;
+    stats.seconds = t0.elapsed().as_secs_f64();
+    Ok(stats)
+}

@@ -1,0 +1,111 @@
+//! The `kafka` sink: each table it reads goes to its own topic, one record per row (or
+//! per trace for OTLP protobuf), keyed deterministically, through one idempotent
+//! producer per sink shared by every shard.
+
+use std::sync::{Arc, Mutex};
+
+use arrow::datatypes::SchemaRef;
+use arrow::record_batch::RecordBatch;
+
+use super::config::{KafkaSinkConfig, OutputFormat};
+use super::encode::RowEncoder;
+use super::produce::KafkaProducer;
+
+/// A Kafka sink's table as the planner resolved it; the producer is created on first
+/// use, so planning (and `spanflow validate`) never connects.
+#[derive(Debug, Clone)]
+pub struct KafkaTarget {
+    /// The sink's settings.
+    pub config: Arc<KafkaSinkConfig>,
+    /// Topic of this table.
+    pub topic: String,
+    /// Record format of this table.
+    pub format: OutputFormat,
+    producer: Arc<Mutex<Option<Arc<KafkaProducer>>>>,
+}
+
+impl KafkaTarget {
+    /// A target for `table` of the sink `config`; `producer` is shared by the sink's
+    /// targets.
+    pub fn new(
+        config: Arc<KafkaSinkConfig>,
+        table: &str,
+        producer: Arc<Mutex<Option<Arc<KafkaProducer>>>>,
+    ) -> Self {
+        KafkaTarget {
+            topic: config.topic_of(table),
+            format: config.format_of(table),
+            config,
+            producer,
+        }
+    }
+
+    /// The sink's producer, created (and its topics created, when asked) on first use.
+    pub fn producer(&self, topics: &[String]) -> Result<Arc<KafkaProducer>, String> {
+        let mut slot = self
+            .producer
+            .lock()
+            .map_err(|_| "internal error: poisoned lock".to_owned())?;
+        if let Some(p) = slot.as_ref() {
+            return Ok(p.clone());
+        }
+        if self.config.create_topics_partitions > 0 {
+            super::create_topics(
+                &self.config.brokers,
+                &self.config.properties,
+                topics,
+                self.config.create_topics_partitions,
+            )?;
+        }
+        let p = Arc::new(KafkaProducer::new(
+            &self.config.brokers,
+            &self.config.properties,
+        )?);
+        *slot = Some(p.clone());
+        Ok(p)
+    }
+}
+
+/// Writes one table's batches to its topic.
+pub struct KafkaTableWriter {
+    producer: Arc<KafkaProducer>,
+    topic: String,
+    encoder: RowEncoder,
+    rows: u64,
+}
+
+impl KafkaTableWriter {
+    /// A writer of `table` rows (with `schema`) to `target`; `all_topics` are the
+    /// sink's topics, created together on first use when the sink asks for it.
+    pub fn create(
+        target: &KafkaTarget,
+        all_topics: &[String],
+        table: &str,
+        schema: &SchemaRef,
+    ) -> Result<Self, String> {
+        Ok(KafkaTableWriter {
+            producer: target.producer(all_topics)?,
+            topic: target.topic.clone(),
+            encoder: RowEncoder::new(table, schema, target.format)?,
+            rows: 0,
+        })
+    }
+
+    /// Queues every row of `batch`; blocks while the producer's queue is full.
+    pub fn write(&mut self, batch: &RecordBatch) -> Result<(), String> {
+        let producer = &self.producer;
+        let topic = &self.topic;
+        self.encoder.encode(batch, &mut |key, value| {
+            producer.send(topic, None, Some(key.as_bytes()), value)
+        })?;
+        self.rows += batch.num_rows() as u64;
+        Ok(())
+    }
+
+    /// Waits for every queued record of the sink to be delivered; returns the rows
+    /// written by this writer.
+    pub fn close(self) -> Result<u64, String> {
+        self.producer.flush()?;
+        Ok(self.rows)
+    }
+}

@@ -1,0 +1,633 @@
+//! The `kafka` source: a consumer-group member that reads its assigned partitions from
+//! resolved start offsets (to optional end offsets), in chunks of records per
+//! partition, and commits what the run has fully processed.
+//!
+//! Start and end offsets are resolved once, when the source starts (committed offsets,
+//! offsets by time, partition ends), so a partition assigned late or re-assigned by a
+//! rebalance starts exactly where it should: at the run's own position when it already
+//! read from it, otherwise at its resolved start. Offsets are never committed while
+//! consuming (`enable.auto.commit=false`): the runtime asks for a commit once every
+//! output of the consumed records is written.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::types::RDKafkaRespErr;
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+
+use super::config::{EndPosition, KafkaSourceConfig, StartPosition, format_time};
+
+/// Timeout of the metadata and offset requests made at start and at commit.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// A chunk is sent when it holds this many records...
+const CHUNK_RECORDS: usize = 64;
+/// ... or this many payload bytes, or when the consumer has nothing more right now.
+const CHUNK_BYTES: usize = 1 << 20;
+
+/// What the consumer reports to the runtime, in order.
+#[derive(Debug)]
+pub enum KafkaEvent {
+    /// Partitions now read by this member; each is a split with its own watermark.
+    Assigned(Vec<Split>),
+    /// Partitions taken away by a rebalance (or finished, in a bounded run).
+    Revoked(Vec<Split>),
+    /// Consecutive records of one partition.
+    Records {
+        /// The partition.
+        split: Split,
+        /// Offsets, one per record.
+        offsets: Vec<u64>,
+        /// Payloads (an empty payload for a null record).
+        records: Vec<Bytes>,
+    },
+    /// Reading ended (end offsets reached, or stopped); the reader now waits for
+    /// [`Finish`].
+    EndOfInput,
+}
+
+/// One partition of one topic, with the split key the runtime tracks it by.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Split {
+    /// Split key, unique within the source (1, 2, ...; 0 is the runtime's placeholder).
+    pub key: u32,
+    /// Topic name.
+    pub topic: Arc<str>,
+    /// Partition number.
+    pub partition: i32,
+}
+
+/// What the runtime tells a finished reader.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Finish {
+    /// Every output of the consumed records is written: commit the positions.
+    Commit,
+    /// The run failed or was cancelled without a complete output: commit nothing.
+    Abort,
+}
+
+/// State shared between the poll loop and the rebalance callback.
+#[derive(Default)]
+struct Shared {
+    /// Resolved start offset per partition.
+    start: HashMap<(Arc<str>, i32), i64>,
+    /// Next offset to read per partition, once the run has read from it.
+    position: HashMap<(Arc<str>, i32), i64>,
+    /// End offset (exclusive) per partition in a bounded run.
+    end: HashMap<(Arc<str>, i32), i64>,
+    /// Rebalance events not yet handled by the poll loop.
+    pending: Vec<KafkaEvent>,
+    /// Split keys by partition.
+    keys: HashMap<(Arc<str>, i32), u32>,
+    /// Topic names as given, for cheap `Arc<str>` reuse.
+    topics: Vec<Arc<str>>,
+    /// Partitions currently assigned.
+    assigned: BTreeMap<u32, Split>,
+    /// At least one assignment arrived.
+    ever_assigned: bool,
+    /// Errors reported by librdkafka's callbacks.
+    errors: Vec<String>,
+}
+
+impl Shared {
+    fn topic_arc(&mut self, topic: &str) -> Arc<str> {
+        if let Some(t) = self.topics.iter().find(|t| &***t == topic) {
+            return t.clone();
+        }
+        let t: Arc<str> = Arc::from(topic);
+        self.topics.push(t.clone());
+        t
+    }
+
+    fn split(&mut self, topic: &str, partition: i32) -> Split {
+        let topic = self.topic_arc(topic);
+        let next = self.keys.len() as u32 + 1;
+        let key = *self.keys.entry((topic.clone(), partition)).or_insert(next);
+        Split {
+            key,
+            topic,
+            partition,
+        }
+    }
+}
+
+/// The consumer context: positions newly assigned partitions and queues the
+/// assignment changes for the poll loop.
+struct Ctx {
+    shared: Arc<Mutex<Shared>>,
+}
+
+impl ClientContext for Ctx {
+    fn error(&self, error: KafkaError, reason: &str) {
+        tracing::warn!(%error, reason, "kafka consumer");
+    }
+}
+
+impl ConsumerContext for Ctx {
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        let Ok(mut shared) = self.shared.lock() else {
+            return;
+        };
+        let cooperative = matches!(
+            consumer.rebalance_protocol(),
+            rdkafka::consumer::RebalanceProtocol::Cooperative
+        );
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                let mut splits = Vec::new();
+                for e in tpl.elements() {
+                    splits.push(shared.split(e.topic(), e.partition()));
+                }
+                for s in &splits {
+                    let k = (s.topic.clone(), s.partition);
+                    let at = shared
+                        .position
+                        .get(&k)
+                        .or_else(|| shared.start.get(&k))
+                        .copied();
+                    let offset = at.map_or(Offset::Stored, Offset::Offset);
+                    // A partition assigned but never read still commits where it
+                    // started, so the group resumes there and not at its fallback.
+                    if let Some(o) = at {
+                        shared.position.entry(k).or_insert(o);
+                    }
+                    if let Err(e) = tpl.set_partition_offset(&s.topic, s.partition, offset) {
+                        shared
+                            .errors
+                            .push(format!("cannot position {}/{}: {e}", s.topic, s.partition));
+                    }
+                }
+                let r = if cooperative {
+                    consumer.incremental_assign(tpl)
+                } else {
+                    consumer.assign(tpl)
+                };
+                if let Err(e) = r {
+                    shared.errors.push(format!("assigning partitions: {e}"));
+                }
+                shared.ever_assigned = true;
+                for s in &splits {
+                    shared.assigned.insert(s.key, s.clone());
+                }
+                shared.pending.push(KafkaEvent::Assigned(splits));
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                let mut splits = Vec::new();
+                for e in tpl.elements() {
+                    let s = shared.split(e.topic(), e.partition());
+                    if shared.assigned.remove(&s.key).is_some() {
+                        splits.push(s);
+                    }
+                }
+                let r = if cooperative {
+                    consumer.incremental_unassign(tpl)
+                } else {
+                    consumer.unassign()
+                };
+                if let Err(e) = r {
+                    shared.errors.push(format!("revoking partitions: {e}"));
+                }
+                shared.pending.push(KafkaEvent::Revoked(splits));
+            }
+            other => {
+                shared.errors.push(format!("rebalance failed: {other:?}"));
+            }
+        }
+    }
+}
+
+/// A Kafka source ready to run on a blocking thread.
+pub struct KafkaReader {
+    config: KafkaSourceConfig,
+    consumer: BaseConsumer<Ctx>,
+    shared: Arc<Mutex<Shared>>,
+    bounded: bool,
+}
+
+impl KafkaReader {
+    /// Connects, resolves start (and end) offsets of every partition of the topics and
+    /// subscribes. Fails when a broker is unreachable or a topic does not exist.
+    pub fn connect(config: &KafkaSourceConfig) -> Result<Self, String> {
+        let shared = Arc::new(Mutex::new(Shared::default()));
+        let mut cc = super::client_config(&config.brokers, &config.properties);
+        cc.set("group.id", &config.group_id)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set(
+                "auto.offset.reset",
+                if config.on_no_committed == "latest" {
+                    "latest"
+                } else {
+                    "earliest"
+                },
+            );
+        let consumer: BaseConsumer<Ctx> = cc
+            .create_with_context(Ctx {
+                shared: shared.clone(),
+            })
+            .map_err(|e| format!("cannot create a Kafka consumer for {}: {e}", config.brokers))?;
+        let start = config.start_position()?;
+        let end = config.end_position()?;
+        let mut partitions = Vec::new();
+        for topic in &config.topics {
+            let md = consumer
+                .fetch_metadata(Some(topic), REQUEST_TIMEOUT)
+                .map_err(|e| {
+                    format!(
+                        "cannot read metadata of topic `{topic}` from {}: {e}",
+                        config.brokers
+                    )
+                })?;
+            let Some(t) = md.topics().iter().find(|t| t.name() == topic) else {
+                return Err(format!(
+                    "topic `{topic}` does not exist on {}",
+                    config.brokers
+                ));
+            };
+            if let Some(err) = t.error() {
+                return Err(format!(
+                    "topic `{topic}` is not readable on {}: {:?}",
+                    config.brokers, err
+                ));
+            }
+            if t.partitions().is_empty() {
+                return Err(format!("topic `{topic}` has no partitions"));
+            }
+            for p in t.partitions() {
+                partitions.push((topic.clone(), p.id()));
+            }
+        }
+        let mut starts = HashMap::new();
+        let mut ends = HashMap::new();
+        let mut marks = HashMap::new();
+        for (topic, p) in &partitions {
+            let wm = consumer
+                .fetch_watermarks(topic, *p, REQUEST_TIMEOUT)
+                .map_err(|e| format!("cannot read the offsets of {topic}/{p}: {e}"))?;
+            marks.insert((topic.clone(), *p), wm);
+        }
+        let by_time = |ms: i64| -> Result<HashMap<(String, i32), i64>, String> {
+            let mut tpl = TopicPartitionList::new();
+            for (topic, p) in &partitions {
+                tpl.add_partition_offset(topic, *p, Offset::Offset(ms))
+                    .map_err(|e| format!("{topic}/{p}: {e}"))?;
+            }
+            let found = consumer
+                .offsets_for_times(tpl, REQUEST_TIMEOUT)
+                .map_err(|e| format!("cannot look up offsets at {}: {e}", format_time(ms)))?;
+            let mut out = HashMap::new();
+            for e in found.elements() {
+                let key = (e.topic().to_owned(), e.partition());
+                let high = marks.get(&key).map_or(0, |m| m.1);
+                // No record at or after the time: the partition's end.
+                let o = match e.offset() {
+                    Offset::Offset(o) if o >= 0 => o,
+                    _ => high,
+                };
+                out.insert(key, o);
+            }
+            Ok(out)
+        };
+        match start {
+            StartPosition::Earliest => {
+                for (k, (low, _)) in &marks {
+                    starts.insert(k.clone(), *low);
+                }
+            }
+            StartPosition::Latest => {
+                for (k, (_, high)) in &marks {
+                    starts.insert(k.clone(), *high);
+                }
+            }
+            StartPosition::Timestamp(ms) => starts = by_time(ms)?,
+            StartPosition::Committed { earliest_fallback } => {
+                let mut tpl = TopicPartitionList::new();
+                for (topic, p) in &partitions {
+                    tpl.add_partition(topic, *p);
+                }
+                let committed = consumer
+                    .committed_offsets(tpl, REQUEST_TIMEOUT)
+                    .map_err(|e| {
+                        format!(
+                            "cannot read the committed offsets of group `{}`: {e}",
+                            config.group_id
+                        )
+                    })?;
+                for e in committed.elements() {
+                    let key = (e.topic().to_owned(), e.partition());
+                    let (low, high) = marks.get(&key).copied().unwrap_or((0, 0));
+                    let o = match e.offset() {
+                        Offset::Offset(o) if o >= 0 => o.clamp(low, high.max(low)),
+                        _ if earliest_fallback => low,
+                        _ => high,
+                    };
+                    starts.insert(key, o);
+                }
+            }
+        }
+        match end {
+            None => {}
+            Some(EndPosition::Latest) => {
+                for (k, (_, high)) in &marks {
+                    ends.insert(k.clone(), *high);
+                }
+            }
+            Some(EndPosition::Timestamp(ms)) => ends = by_time(ms)?,
+        }
+        {
+            let mut s = shared
+                .lock()
+                .map_err(|_| "internal error: poisoned lock".to_owned())?;
+            for ((topic, p), o) in starts {
+                let t = s.topic_arc(&topic);
+                s.start.insert((t, p), o);
+            }
+            for ((topic, p), o) in ends {
+                let t = s.topic_arc(&topic);
+                s.end.insert((t, p), o);
+            }
+        }
+        let topics: Vec<&str> = config.topics.iter().map(String::as_str).collect();
+        consumer
+            .subscribe(&topics)
+            .map_err(|e| format!("cannot subscribe to {}: {e}", config.topics.join(", ")))?;
+        Ok(KafkaReader {
+            config: config.clone(),
+            consumer,
+            shared,
+            bounded: end.is_some(),
+        })
+    }
+
+    /// Reads until the end offsets (bounded) or until `stop` is set, handing events to
+    /// `emit` (which returns false when the runtime is gone). Then waits for `finish`
+    /// and commits the positions when told to. Returns a description of what failed.
+    pub fn run(
+        self,
+        stop: &AtomicBool,
+        emit: &mut dyn FnMut(KafkaEvent) -> bool,
+        finish: std::sync::mpsc::Receiver<Finish>,
+    ) -> Result<KafkaRunStats, String> {
+        let mut stats = KafkaRunStats::default();
+        let mut chunks: BTreeMap<u32, Chunk> = BTreeMap::new();
+        let mut done: BTreeMap<u32, Split> = BTreeMap::new();
+        let mut last_flush = Instant::now();
+        loop {
+            if stop.load(Ordering::Relaxed) {
+                break;
+            }
+            let msg = self.consumer.poll(Duration::from_millis(50));
+            // Rebalance events first: records of a new partition must follow its
+            // assignment, and a revoked partition's pending records go out before the
+            // revocation.
+            let (pending, errors) = match self.shared.lock() {
+                Ok(mut s) => (
+                    std::mem::take(&mut s.pending),
+                    std::mem::take(&mut s.errors),
+                ),
+                Err(_) => return Err("internal error: poisoned lock".into()),
+            };
+            if let Some(e) = errors.into_iter().next() {
+                return Err(e);
+            }
+            for ev in pending {
+                if let KafkaEvent::Revoked(splits) = &ev {
+                    for s in splits {
+                        if let Some(c) = chunks.remove(&s.key)
+                            && !emit(c.into_event())
+                        {
+                            return Ok(stats);
+                        }
+                    }
+                }
+                if !emit(ev) {
+                    return Ok(stats);
+                }
+            }
+            let mut idle = true;
+            match msg {
+                None => {}
+                Some(Err(KafkaError::PartitionEOF(_))) => {}
+                Some(Err(e)) => {
+                    // Broker and network errors are retried by librdkafka; report them
+                    // and keep polling.
+                    tracing::warn!(error = %e, "kafka consumer");
+                    stats.errors += 1;
+                }
+                Some(Ok(m)) => {
+                    idle = false;
+                    let mut s = self
+                        .shared
+                        .lock()
+                        .map_err(|_| "internal error: poisoned lock".to_owned())?;
+                    let split = s.split(m.topic(), m.partition());
+                    let k = (split.topic.clone(), split.partition);
+                    let end = s.end.get(&k).copied();
+                    if done.contains_key(&split.key) {
+                        // A paused partition can still deliver what was prefetched.
+                        continue;
+                    }
+                    if end.is_some_and(|e| m.offset() >= e) {
+                        drop(s);
+                        self.finish_partition(&split, &mut chunks, &mut done, emit)?;
+                        continue;
+                    }
+                    s.position.insert(k.clone(), m.offset() + 1);
+                    drop(s);
+                    let payload = m.payload().unwrap_or(&[]);
+                    stats.records += 1;
+                    stats.bytes += payload.len() as u64;
+                    let c = chunks
+                        .entry(split.key)
+                        .or_insert_with(|| Chunk::new(split.clone()));
+                    c.offsets.push(u64::try_from(m.offset()).unwrap_or(0));
+                    c.bytes += payload.len();
+                    c.records.push(Bytes::copy_from_slice(payload));
+                    if (c.records.len() >= CHUNK_RECORDS || c.bytes >= CHUNK_BYTES)
+                        && let Some(c) = chunks.remove(&split.key)
+                        && !emit(c.into_event())
+                    {
+                        return Ok(stats);
+                    }
+                    if end.is_some_and(|e| m.offset() + 1 >= e) {
+                        self.finish_partition(&split, &mut chunks, &mut done, emit)?;
+                    }
+                }
+            }
+            if idle || last_flush.elapsed() >= Duration::from_millis(20) {
+                last_flush = Instant::now();
+                for (_, c) in std::mem::take(&mut chunks) {
+                    if !emit(c.into_event()) {
+                        return Ok(stats);
+                    }
+                }
+            }
+            if self.bounded && self.all_done(&mut done, emit)? {
+                break;
+            }
+        }
+        for (_, c) in std::mem::take(&mut chunks) {
+            if !emit(c.into_event()) {
+                return Ok(stats);
+            }
+        }
+        stats.finished = true;
+        emit(KafkaEvent::EndOfInput);
+        match finish.recv() {
+            Ok(Finish::Commit) => {
+                stats.committed = self.commit()?;
+            }
+            Ok(Finish::Abort) | Err(_) => {}
+        }
+        Ok(stats)
+    }
+
+    /// In a bounded run: true once some assignment arrived and every assigned partition
+    /// reached its end (partitions already at their end when assigned finish here).
+    fn all_done(
+        &self,
+        done: &mut BTreeMap<u32, Split>,
+        emit: &mut dyn FnMut(KafkaEvent) -> bool,
+    ) -> Result<bool, String> {
+        let (ever, assigned, at_end): (bool, Vec<Split>, Vec<Split>) = {
+            let s = self
+                .shared
+                .lock()
+                .map_err(|_| "internal error: poisoned lock".to_owned())?;
+            let at_end = s
+                .assigned
+                .values()
+                .filter(|sp| !done.contains_key(&sp.key))
+                .filter(|sp| {
+                    let k = (sp.topic.clone(), sp.partition);
+                    let pos = s.position.get(&k).or_else(|| s.start.get(&k)).copied();
+                    matches!((pos, s.end.get(&k)), (Some(p), Some(e)) if p >= *e)
+                })
+                .cloned()
+                .collect();
+            (
+                s.ever_assigned,
+                s.assigned.values().cloned().collect(),
+                at_end,
+            )
+        };
+        if !at_end.is_empty() {
+            self.pause(&at_end);
+            for sp in &at_end {
+                done.insert(sp.key, sp.clone());
+            }
+            if !emit(KafkaEvent::Revoked(at_end)) {
+                return Ok(true);
+            }
+        }
+        Ok(ever && assigned.iter().all(|s| done.contains_key(&s.key)))
+    }
+
+    fn finish_partition(
+        &self,
+        split: &Split,
+        chunks: &mut BTreeMap<u32, Chunk>,
+        done: &mut BTreeMap<u32, Split>,
+        emit: &mut dyn FnMut(KafkaEvent) -> bool,
+    ) -> Result<(), String> {
+        if done.contains_key(&split.key) {
+            return Ok(());
+        }
+        if let Some(c) = chunks.remove(&split.key) {
+            emit(c.into_event());
+        }
+        self.pause(std::slice::from_ref(split));
+        done.insert(split.key, split.clone());
+        emit(KafkaEvent::Revoked(vec![split.clone()]));
+        Ok(())
+    }
+
+    fn pause(&self, splits: &[Split]) {
+        let mut tpl = TopicPartitionList::new();
+        for s in splits {
+            tpl.add_partition(&s.topic, s.partition);
+        }
+        if let Err(e) = self.consumer.pause(&tpl) {
+            tracing::warn!(error = %e, "pausing finished partitions");
+        }
+    }
+
+    /// Commits the next offset of every partition the run read from. Returns how many
+    /// partitions were committed.
+    fn commit(&self) -> Result<usize, String> {
+        let positions: Vec<((Arc<str>, i32), i64)> = {
+            let s = self
+                .shared
+                .lock()
+                .map_err(|_| "internal error: poisoned lock".to_owned())?;
+            s.position.iter().map(|(k, v)| (k.clone(), *v)).collect()
+        };
+        if positions.is_empty() {
+            return Ok(0);
+        }
+        let mut tpl = TopicPartitionList::new();
+        for ((topic, p), o) in &positions {
+            tpl.add_partition_offset(topic, *p, Offset::Offset(*o))
+                .map_err(|e| format!("{topic}/{p}: {e}"))?;
+        }
+        self.consumer.commit(&tpl, CommitMode::Sync).map_err(|e| {
+            format!(
+                "committing offsets of group `{}` failed: {e}",
+                self.config.group_id
+            )
+        })?;
+        Ok(positions.len())
+    }
+}
+
+/// Counters of a finished Kafka source.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KafkaRunStats {
+    /// Records read.
+    pub records: u64,
+    /// Payload bytes read.
+    pub bytes: u64,
+    /// Consumer errors reported (and retried by librdkafka).
+    pub errors: u64,
+    /// The reader ended normally (end offsets reached or stopped).
+    pub finished: bool,
+    /// Partitions whose offsets were committed.
+    pub committed: usize,
+}
+
+struct Chunk {
+    split: Split,
+    offsets: Vec<u64>,
+    records: Vec<Bytes>,
+    bytes: usize,
+}
+
+impl Chunk {
+    fn new(split: Split) -> Self {
+        Chunk {
+            split,
+            offsets: Vec::with_capacity(CHUNK_RECORDS),
+            records: Vec::with_capacity(CHUNK_RECORDS),
+            bytes: 0,
+        }
+    }
+
+    fn into_event(self) -> KafkaEvent {
+        KafkaEvent::Records {
+            split: self.split,
+            offsets: self.offsets,
+            records: self.records,
+        }
+    }
+}

@@ -1,0 +1,380 @@
+//! Fast tests of the Kafka connector logic against librdkafka's in-process mock
+//! cluster (the end-to-end tests against a real broker are in tests/it/kafka.rs).
+
+use std::collections::BTreeMap;
+use std::sync::atomic::AtomicBool;
+
+use rdkafka::mocking::MockCluster;
+
+use super::produce::{KafkaProducer, split_request};
+use super::source::{Finish, KafkaEvent, KafkaReader};
+use super::*;
+use crate::connectors::generator::{Generator, GeneratorConfig};
+
+fn source_config(brokers: &str, topic: &str, group: &str) -> KafkaSourceConfig {
+    KafkaSourceConfig {
+        brokers: brokers.into(),
+        topics: vec![topic.into()],
+        group_id: group.into(),
+        format: crate::formats::InputFormat::OtlpProto,
+        start: "earliest".into(),
+        on_no_committed: "earliest".into(),
+        end: Some("latest".into()),
+        properties: BTreeMap::new(),
+    }
+}
+
+/// Reads a bounded source to its end; returns its events and the finish channel's
+/// sender (to commit or abort).
+fn read_all(config: &KafkaSourceConfig, finish: Finish) -> Vec<KafkaEvent> {
+    let t0 = std::time::Instant::now();
+    let reader = KafkaReader::connect(config).expect("connect");
+    eprintln!("connect {:?}", t0.elapsed());
+    let (tx, rx) = std::sync::mpsc::channel();
+    tx.send(finish).unwrap();
+    let stop = AtomicBool::new(false);
+    let mut events = Vec::new();
+    let stats = reader
+        .run(
+            &stop,
+            &mut |e| {
+                events.push(e);
+                true
+            },
+            rx,
+        )
+        .expect("run");
+    eprintln!("run {:?}", t0.elapsed());
+    assert!(stats.finished);
+    events
+}
+
+fn records_by_partition(events: &[KafkaEvent]) -> BTreeMap<i32, Vec<u64>> {
+    let mut out: BTreeMap<i32, Vec<u64>> = BTreeMap::new();
+    for e in events {
+        if let KafkaEvent::Records { split, offsets, .. } = e {
+            out.entry(split.partition)
+                .or_default()
+                .extend(offsets.iter().copied());
+        }
+    }
+    out
+}
+
+fn produce(brokers: &str, topic: &str, per_partition: &[usize]) {
+    let p = KafkaProducer::new(brokers, &BTreeMap::new()).unwrap();
+    for (part, n) in per_partition.iter().enumerate() {
+        for i in 0..*n {
+            p.send(topic, Some(part as i32), None, format!("r{i}").as_bytes())
+                .unwrap();
+        }
+    }
+    p.flush().unwrap();
+}
+
+#[test]
+fn bounded_read_sees_every_record_once_in_order_and_commits() {
+    let cluster = MockCluster::new(1).unwrap();
+    cluster.create_topic("t", 3, 1).unwrap();
+    let brokers = cluster.bootstrap_servers();
+    produce(&brokers, "t", &[5, 0, 7]);
+
+    let config = source_config(&brokers, "t", "g1");
+    let events = read_all(&config, Finish::Commit);
+    // Assignment precedes the records of a partition, and the reader ends with
+    // EndOfInput.
+    let first_assign = events
+        .iter()
+        .position(|e| matches!(e, KafkaEvent::Assigned(_)))
+        .expect("an assignment");
+    let first_records = events
+        .iter()
+        .position(|e| matches!(e, KafkaEvent::Records { .. }))
+        .expect("records");
+    assert!(first_assign < first_records);
+    assert!(matches!(events.last(), Some(KafkaEvent::EndOfInput)));
+    let by_part = records_by_partition(&events);
+    assert_eq!(by_part.get(&0), Some(&(0..5).collect::<Vec<u64>>()));
+    assert_eq!(by_part.get(&1), None, "an empty partition yields nothing");
+    assert_eq!(by_part.get(&2), Some(&(0..7).collect::<Vec<u64>>()));
+    // Every partition is reported finished (revoked) so it stops holding the watermark.
+    let revoked: Vec<i32> = events
+        .iter()
+        .filter_map(|e| match e {
+            KafkaEvent::Revoked(s) => Some(s.iter().map(|s| s.partition).collect::<Vec<_>>()),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    let mut revoked_sorted = revoked.clone();
+    revoked_sorted.sort();
+    assert_eq!(revoked_sorted, vec![0, 1, 2]);
+
+    // The group's committed offsets are the next offsets to read. (The mock cluster
+    // ignores LeaveGroup, so a second member of the same group would wait out the
+    // session timeout: resuming a group is tested against the real broker, in
+    // tests/it/kafka.rs.)
+    assert_eq!(committed(&brokers, "t", "g1", 3), vec![5, 0, 7]);
+
+    // Abort commits nothing.
+    let _ = read_all(&source_config(&brokers, "t", "g2"), Finish::Abort);
+    assert_eq!(
+        committed(&brokers, "t", "g2", 3),
+        vec![-1001; 3],
+        "none committed"
+    );
+}
+
+/// Committed offsets of `group` per partition (-1001, librdkafka's "invalid": none).
+fn committed(brokers: &str, topic: &str, group: &str, partitions: i32) -> Vec<i64> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let c: BaseConsumer = client_config(brokers, &BTreeMap::new())
+        .set("group.id", group)
+        .create()
+        .unwrap();
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    tpl.add_partition_range(topic, 0, partitions - 1);
+    let got = c
+        .committed_offsets(tpl, std::time::Duration::from_secs(10))
+        .unwrap();
+    got.elements()
+        .iter()
+        .map(|e| e.offset().to_raw().unwrap_or(-1001))
+        .collect()
+}
+
+#[test]
+fn latest_start_and_missing_topic() {
+    let cluster = MockCluster::new(1).unwrap();
+    cluster.create_topic("t", 2, 1).unwrap();
+    let brokers = cluster.bootstrap_servers();
+    produce(&brokers, "t", &[3, 3]);
+    let mut config = source_config(&brokers, "t", "g2");
+    config.start = "latest".into();
+    let events = read_all(&config, Finish::Abort);
+    assert!(records_by_partition(&events).is_empty());
+
+    let missing = source_config(&brokers, "nope", "g3");
+    let err = KafkaReader::connect(&missing).err().expect("an error");
+    assert!(err.contains("nope"), "{err}");
+}
+
+#[test]
+fn config_validation_names_each_problem() {
+    let mut c = source_config("127.0.0.1:1", "ok.topic", "g");
+    assert!(c.validate().is_empty());
+    c.topics = vec!["bad topic".into()];
+    c.start = "yesterday".into();
+    c.end = Some("2020-01-01T00:00:00Z".into());
+    c.on_no_committed = "never".into();
+    c.properties.insert("group.id".into(), "x".into());
+    let issues = c.validate();
+    let paths: Vec<String> = issues.iter().map(|i| i.path.join(".")).collect();
+    assert_eq!(
+        paths,
+        vec![
+            "topics.0",
+            "start",
+            "on_no_committed",
+            "properties.group.id"
+        ]
+    );
+    c.start = "2021-01-01T00:00:00Z".into();
+    let issues = c.validate();
+    assert!(
+        issues
+            .iter()
+            .any(|i| i.path == ["end"] && i.message.contains("after")),
+        "{issues:?}"
+    );
+
+    let sink = KafkaSinkConfig {
+        brokers: "127.0.0.1:1".into(),
+        topic_prefix: "p.".into(),
+        topics: BTreeMap::from([("red_metrics".into(), "metrics".into())]),
+        format: OutputFormat::Avro,
+        formats: BTreeMap::from([
+            ("spans".into(), OutputFormat::OtlpProto),
+            ("traces".into(), OutputFormat::OtlpProto),
+        ]),
+        create_topics_partitions: 0,
+        properties: BTreeMap::new(),
+    };
+    let issues = sink.validate();
+    assert_eq!(issues.len(), 1, "{issues:?}");
+    assert_eq!(issues[0].path, ["formats", "traces"]);
+    assert_eq!(sink.topic_of("red_metrics"), "metrics");
+    assert_eq!(sink.topic_of("traces"), "p.traces");
+    assert_eq!(sink.format_of("spans"), OutputFormat::OtlpProto);
+    assert_eq!(sink.format_of("red_metrics"), OutputFormat::Avro);
+}
+
+#[test]
+fn split_request_keeps_every_span_and_groups_by_trace() {
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use prost::Message;
+
+    let mut g = Generator::new(GeneratorConfig {
+        traces: 50,
+        garbage_fraction: 0.0,
+        ..Default::default()
+    })
+    .unwrap();
+    let mut total = 0;
+    let mut seen: BTreeMap<Vec<u8>, i32> = BTreeMap::new();
+    while let Some(r) = g.next_record() {
+        let parts = split_request(&r.payload, 4, 0);
+        for (p, bytes) in parts {
+            let req = ExportTraceServiceRequest::decode(bytes.as_slice()).unwrap();
+            for rs in &req.resource_spans {
+                assert!(rs.resource.is_some(), "resources are kept");
+                for ss in &rs.scope_spans {
+                    for s in &ss.spans {
+                        total += 1;
+                        let prev = seen.insert(s.trace_id.clone(), p);
+                        assert!(
+                            prev.is_none_or(|q| q == p),
+                            "a trace stays in one partition"
+                        );
+                    }
+                }
+            }
+        }
+    }
+    assert_eq!(total, g.ground_truth().spans);
+    // Garbage is passed through whole, to the fallback partition.
+    assert_eq!(
+        split_request(b"\xff\xff", 4, 3),
+        vec![(3, b"\xff\xff".to_vec())]
+    );
+}
+
+/// schemas/avro/<table>.avsc are generated from the tables' Arrow schemas; this fails
+/// when they drift (regenerate with `UPDATE_SCHEMA=1 cargo test --lib kafka::`).
+#[test]
+fn shipped_avro_schemas_are_current() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas/avro");
+    let update = std::env::var_os("UPDATE_SCHEMA").is_some();
+    if update {
+        std::fs::create_dir_all(&dir).unwrap();
+    }
+    for (table, json) in encode::shipped_avro_schemas() {
+        let path = dir.join(format!("{table}.avsc"));
+        let text = serde_json::to_string_pretty(&json).unwrap() + "\n";
+        if update {
+            std::fs::write(&path, &text).unwrap();
+        }
+        let shipped = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("{}: {e} (UPDATE_SCHEMA=1 writes it)", path.display()));
+        assert_eq!(
+            shipped,
+            text,
+            "{} is stale: regenerate with UPDATE_SCHEMA=1 cargo test --lib kafka::",
+            path.display()
+        );
+        // And it is a valid Avro schema.
+        encode::parse_avro_schema(&shipped).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    }
+}
+
+/// Every table's rows encode as Avro and decode back with the shipped schema; JSON
+/// carries the same values, ids as hex.
+#[test]
+fn rows_round_trip_through_avro_and_json() {
+    use apache_avro::types::Value as Avro;
+    use arrow::array::RecordBatch;
+
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas/avro");
+    let job_text = r#"
+sources:
+  gen: { type: generator, traces: 60, seed: 3, traces_per_second: 2, spans_per_record: 16, garbage_fraction: 0.1, late_fraction: 0.1 }
+operators:
+  sessions: { type: session_window, from: gen, gap: 5s }
+  sampler:
+    type: tail_sampling
+    from: sessions
+    policies: [{ name: all, type: probabilistic, percentage: 100 }]
+  metrics: { type: red_metrics, from: sampler, interval: 10s }
+  graph: { type: service_graph, from: sampler, interval: 10s }
+sinks:
+  out:
+    type: parquet
+    from: [sampler, sampler.spans, sessions.late_spans, gen.dead_letters, metrics, metrics.exemplars, graph]
+"#;
+    let tmp = tempfile::tempdir().unwrap();
+    let job = crate::job::load_str(&tmp.path().join("j.yaml"), job_text).unwrap();
+    crate::runtime::run_job(
+        &job,
+        &crate::runtime::RunOptions {
+            output_dir: Some(tmp.path().to_path_buf()),
+            parallelism: Some(1),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    for (table, schema) in crate::tables::all_schemas() {
+        let mut batches: Vec<RecordBatch> = Vec::new();
+        let tdir = tmp.path().join(table);
+        for e in std::fs::read_dir(&tdir).unwrap() {
+            let f = std::fs::File::open(e.unwrap().path()).unwrap();
+            let r = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(f)
+                .unwrap()
+                .build()
+                .unwrap();
+            batches.extend(r.map(Result::unwrap));
+        }
+        let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+        assert!(rows > 0, "{table} has rows to test with");
+        let avsc = std::fs::read_to_string(dir.join(format!("{table}.avsc"))).unwrap();
+        let avro_schema = encode::parse_avro_schema(&avsc).unwrap();
+        let reader = apache_avro::GenericSingleObjectReader::builder()
+            .schema(avro_schema)
+            .build()
+            .unwrap();
+        let mut avro = encode::RowEncoder::new(table, &schema, OutputFormat::Avro).unwrap();
+        let mut json = encode::RowEncoder::new(table, &schema, OutputFormat::Json).unwrap();
+        let mut decoded = 0;
+        for b in &batches {
+            let mut values = Vec::new();
+            avro.encode(b, &mut |_, v| {
+                values.push(reader.read_value(&mut &v[..]).map_err(|e| e.to_string())?);
+                Ok(())
+            })
+            .unwrap();
+            let mut jsons = Vec::new();
+            json.encode(b, &mut |k, v| {
+                jsons.push((
+                    k.to_owned(),
+                    serde_json::from_slice::<serde_json::Value>(v).unwrap(),
+                ));
+                Ok(())
+            })
+            .unwrap();
+            assert_eq!(values.len(), b.num_rows());
+            assert_eq!(jsons.len(), b.num_rows());
+            for (row, (v, (key, j))) in values.iter().zip(&jsons).enumerate() {
+                let Avro::Record(fields) = v else {
+                    panic!("{table}: not a record: {v:?}")
+                };
+                assert_eq!(fields.len(), schema.fields().len());
+                assert_eq!(key, &avro.key(b, row));
+                // Same field names in both, ids as hex in JSON.
+                for (name, value) in fields {
+                    let jv = &j[name.as_str()];
+                    match value {
+                        Avro::Fixed(_, bytes) => {
+                            assert_eq!(jv, &serde_json::json!(hex::encode(bytes)))
+                        }
+                        Avro::Long(l) => assert_eq!(jv.as_i64(), Some(*l), "{table}.{name}"),
+                        Avro::TimestampNanos(l) => assert_eq!(jv.as_i64(), Some(*l)),
+                        Avro::String(s) => assert_eq!(jv.as_str(), Some(s.as_str())),
+                        Avro::Boolean(x) => assert_eq!(jv.as_bool(), Some(*x)),
+                        _ => {}
+                    }
+                }
+            }
+            decoded += values.len();
+        }
+        assert_eq!(decoded, rows);
+    }
+}
