@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite: formatting, lints, unit, property, golden and CLI tests.
-# Installs what it needs; later steps start ClickHouse and Kafka on 127.0.0.1 here.
+# Installs what it needs: cargo-nextest, and a real Kafka-protocol broker (tansu, built
+# once into ~/.cache/spanflow); the Kafka tests start their own broker on 127.0.0.1 and
+# stop it by PID.
 # Usage: scripts/test.sh            (from the repository root)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,6 +15,9 @@ if ! cargo nextest --version >/dev/null 2>&1; then
   step "installing cargo-nextest (cached in ~/.cargo/bin)"
   cargo install cargo-nextest --locked
 fi
+
+step "Kafka broker for the integration tests (cached build)"
+bash scripts/kafka.sh install
 
 step "cargo fmt --check"
 cargo fmt --all -- --check

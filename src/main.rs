@@ -40,6 +40,11 @@ enum Command {
         /// Do not show the progress bar.
         #[arg(long)]
         no_progress: bool,
+        /// Keep the open state here when stopped with Ctrl-C (a savepoint) and resume
+        /// from it on the next run; without it Ctrl-C flushes every open window.
+        /// Resuming needs Kafka sources (they restart from the saved positions).
+        #[arg(long, value_name = "DIR")]
+        checkpoint_dir: Option<PathBuf>,
     },
     /// Check a job file; exit 1 and print `file:line:column` diagnostics if invalid.
     Validate {
@@ -185,6 +190,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             parallelism,
             json,
             no_progress,
+            checkpoint_dir,
         } => {
             let job = load_job(&job)?;
             let opts = RunOptions {
@@ -194,6 +200,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
                     && !json
                     && std::io::IsTerminal::is_terminal(&std::io::stderr()),
                 stop_on_ctrl_c: true,
+                checkpoint_dir,
                 ..Default::default()
             };
             let summary =

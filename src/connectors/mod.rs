@@ -99,7 +99,7 @@ impl TableWriter {
             None => Ok(TableWriter::Parquet(parquet::ParquetTableWriter::create(
                 &target.dir,
                 &target.table,
-                part,
+                target.part_base + part,
                 schema,
                 &target.config,
             )?)),

@@ -52,6 +52,10 @@ pub(crate) struct MergeResult {
     pub intervals: u64,
     pub folded_series: u64,
     pub late_observations: u64,
+    /// The mergers' final state: intervals still open when the run stopped for a
+    /// savepoint.
+    pub red_merger: Option<MetricsMerger>,
+    pub graph_merger: Option<MetricsMerger>,
 }
 
 pub(crate) struct RedSide {
@@ -169,11 +173,13 @@ pub(crate) async fn run_merger(
                 .then_with(|| a.service.cmp(&b.service))
         });
         result.services = services;
+        result.red_merger = Some(r.merger);
     }
     if let Some(g) = graph {
         result.folded_series += g.merger.folded_series;
         result.late_observations += g.merger.late_observations;
         g.rows.close(&mut result.outputs)?;
+        result.graph_merger = Some(g.merger);
     }
     Ok(result)
 }

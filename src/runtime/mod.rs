@@ -12,6 +12,7 @@
 
 mod metrics;
 mod plan;
+mod savepoint;
 mod shard;
 mod source;
 mod summary;
@@ -60,6 +61,9 @@ pub enum RunError {
     /// A sink failed.
     #[error(transparent)]
     Sink(#[from] SinkError),
+    /// A savepoint cannot be read, does not fit the job, or cannot be written.
+    #[error("savepoint: {0}")]
+    Savepoint(String),
     /// A task died; this is a bug.
     #[error("internal error: {0} (this is a bug)")]
     Internal(String),
@@ -84,6 +88,11 @@ pub struct RunOptions {
     pub stop: Option<Arc<std::sync::atomic::AtomicBool>>,
     /// Stop on Ctrl-C (SIGINT) as `stop` does.
     pub stop_on_ctrl_c: bool,
+    /// Where a stopped run keeps its open state (a savepoint) and the next run resumes
+    /// from it. Without it a stop flushes every open window, like the end of input.
+    pub checkpoint_dir: Option<PathBuf>,
+    /// Counts the spans decoded so far (for callers that watch a running job).
+    pub spans_seen: Option<Arc<AtomicU64>>,
 }
 
 /// Counters shared with the progress bar and the memory sampler.
@@ -114,9 +123,21 @@ pub fn run_job(job: &Job, opts: &RunOptions) -> Result<RunSummary, RunError> {
         .enable_time()
         .build()
         .map_err(|e| RunError::Internal(format!("cannot start the tokio runtime: {e}")))?;
+    let restore = match &opts.checkpoint_dir {
+        Some(dir) => {
+            let sp = savepoint::load(dir).map_err(RunError::Savepoint)?;
+            if let Some(sp) = &sp {
+                savepoint::check(sp, job, parallelism, dir).map_err(RunError::Savepoint)?;
+                plan.set_part_base(sp.next_part);
+            }
+            sp
+        }
+        None => None,
+    };
+    let identity = (job.name.clone(), savepoint::fingerprint(job));
     let cpu0 = summary::cpu_seconds();
     let t0 = Instant::now();
-    let result = rt.block_on(run_plan(plan, parallelism, opts.clone()));
+    let result = rt.block_on(run_plan(plan, parallelism, opts.clone(), restore, identity));
     let mut summary = result?;
     summary.wall_seconds = t0.elapsed().as_secs_f64();
     summary.cpu_seconds = summary::cpu_seconds() - cpu0;
@@ -128,11 +149,19 @@ async fn run_plan(
     plan: Plan,
     parallelism: usize,
     opts: RunOptions,
+    mut restore: Option<savepoint::Savepoint>,
+    identity: (String, u64),
 ) -> Result<RunSummary, RunError> {
     let progress = Arc::new(Progress::default());
+    let restored = restore.is_some();
     if !opts.discard_outputs {
         for t in plan.all_targets().filter(|t| t.kafka.is_none()) {
-            prepare_table_dir(&t.dir, &t.table)?;
+            let tdir = t.dir.join(&t.table);
+            let keep: &[String] = restore
+                .as_ref()
+                .and_then(|sp| sp.parts.iter().find(|(d, _)| *d == tdir))
+                .map_or(&[], |(_, parts)| parts.as_slice());
+            prepare_table_dir(&t.dir, &t.table, keep)?;
         }
     }
 
@@ -145,7 +174,10 @@ async fn run_plan(
                 let op = spanflow_operators::red_metrics::RedMetrics::new(cfg.clone());
                 let rows_t = plan.targets_of(name, "red_metrics");
                 Some(metrics::RedSide {
-                    merger: op.merger(parallelism, plan.tail_sampling.is_some()),
+                    merger: restore
+                        .as_mut()
+                        .and_then(|sp| sp.red_merger.take())
+                        .unwrap_or_else(|| op.merger(parallelism, plan.tail_sampling.is_some())),
                     buckets: op.buckets().clone(),
                     rows: shard::Port::new(
                         crate::tables::MetricRows::red_metrics(),
@@ -176,7 +208,10 @@ async fn run_plan(
             Some((name, cfg)) => {
                 let op = spanflow_operators::service_graph::ServiceGraph::new(cfg.clone());
                 Some(metrics::GraphSide {
-                    merger: op.merger(parallelism, plan.tail_sampling.is_some()),
+                    merger: restore
+                        .as_mut()
+                        .and_then(|sp| sp.graph_merger.take())
+                        .unwrap_or_else(|| op.merger(parallelism, plan.tail_sampling.is_some())),
                     buckets: op.buckets().clone(),
                     rows: shard::Port::new(
                         crate::tables::MetricRows::service_relation(),
@@ -199,9 +234,26 @@ async fn run_plan(
     // Shards.
     let mut shard_txs = Vec::with_capacity(parallelism);
     let mut shard_handles = Vec::with_capacity(parallelism);
-    for index in 0..parallelism {
+    let mut shard_states: Vec<Option<shard::ShardSnapshot>> = restore
+        .as_mut()
+        .map(|sp| {
+            std::mem::take(&mut sp.shards)
+                .into_iter()
+                .map(Some)
+                .collect()
+        })
+        .unwrap_or_default();
+    shard_states.resize_with(parallelism, || None);
+    for (index, state) in shard_states.into_iter().enumerate() {
         let (tx, rx) = mpsc::channel::<ShardMsg>(16);
-        let shard = shard::Shard::new(index, &plan, discard, progress.clone(), merge_tx.clone())?;
+        let shard = shard::Shard::new(
+            index,
+            &plan,
+            discard,
+            progress.clone(),
+            merge_tx.clone(),
+            state,
+        )?;
         shard_txs.push(tx);
         shard_handles.push(tokio::spawn(shard.run(rx)));
     }
@@ -221,11 +273,17 @@ async fn run_plan(
         split_settings.push((Sym::new(&mem.name), wm));
         source_tasks.push(SourceTask::Memory(mem.clone()));
     } else {
-        for s in &plan.sources {
+        for (i, s) in plan.sources.iter().enumerate() {
             split_settings.push((Sym::new(&s.name), s.watermark.clone()));
-            source_tasks.push(SourceTask::from_node(s)?);
+            let mut task = SourceTask::from_node(s)?;
+            if let Some(positions) = restore.as_ref().and_then(|sp| sp.positions.get(i)) {
+                task.resume_from(positions.clone());
+            }
+            source_tasks.push(task);
         }
     }
+    // Only a run whose every source can resume where it stopped can leave a savepoint.
+    let resumable = source_tasks.iter().all(SourceTask::resumable);
     let n_sources = source_tasks.len();
     let mut source_handles = Vec::new();
     let mut finish_txs = Vec::new();
@@ -234,9 +292,7 @@ async fn run_plan(
         let stop = stop.clone();
         tokio::spawn(async move {
             if tokio::signal::ctrl_c().await.is_ok() {
-                eprintln!(
-                    "stopping: finishing open windows and writing outputs (Ctrl-C again to abort)"
-                );
+                eprintln!("stopping: writing outputs (Ctrl-C again to abort)");
                 stop.store(true, Ordering::Relaxed);
                 if tokio::signal::ctrl_c().await.is_ok() {
                     std::process::exit(130);
@@ -280,6 +336,9 @@ async fn run_plan(
     for (i, (_, wm)) in split_settings.iter().enumerate() {
         tracker.add_split((i, 0), wm.max_out_of_order.0, wm.idle_timeout.0, start);
     }
+    let resumed_watermark = restore.as_ref().map_or(0, |sp| sp.watermark);
+    tracker.resume_at(resumed_watermark);
+    let mut positions: Vec<Vec<(String, i32, i64)>> = vec![Vec::new(); n_sources];
     let mut decode_stats = DecodeStats::default();
     let decoded = tokio_stream_from(src_rx)
         .map(|ev| async move {
@@ -328,7 +387,7 @@ async fn run_plan(
                     }
                 }
 
-                SourceEvent::Done { source } => Routed::Done { source },
+                SourceEvent::Done { source, positions } => Routed::Done { source, positions },
                 SourceEvent::SplitsAdded { source, splits } => {
                     Routed::SplitsAdded { source, splits }
                 }
@@ -343,7 +402,7 @@ async fn run_plan(
 
     let mut per_shard: Vec<Vec<spanflow_operators::Span>> =
         (0..parallelism).map(|_| Vec::new()).collect();
-    let mut last_wm = 0u64;
+    let mut last_wm = resumed_watermark;
     let mut ended_sources = 0usize;
     let mut failure: Option<RunError> = None;
     let idle_check = Duration::from_millis(500);
@@ -369,6 +428,9 @@ async fn run_plan(
                 progress
                     .spans
                     .fetch_add(out.spans.len() as u64, Ordering::Relaxed);
+                if let Some(seen) = &opts.spans_seen {
+                    seen.fetch_add(out.spans.len() as u64, Ordering::Relaxed);
+                }
                 for d in &out.dead_letters {
                     dead_rows.push(d);
                 }
@@ -398,7 +460,13 @@ async fn run_plan(
                 }
                 send_spans(&mut per_shard, &shard_txs, &mut failure).await;
             }
-            Some(Routed::Done { source }) => {
+            Some(Routed::Done {
+                source,
+                positions: p,
+            }) => {
+                if let (Some(p), Some(slot)) = (p, positions.get_mut(source)) {
+                    *slot = p;
+                }
                 tracker.finish_source(source);
                 ended_sources += 1;
             }
@@ -452,8 +520,20 @@ async fn run_plan(
             }
         }
     }
+    // A requested stop with a checkpoint directory keeps the open state instead of
+    // flushing it.
+    let savepoint_dir = opts
+        .checkpoint_dir
+        .clone()
+        .filter(|_| stop.load(Ordering::Relaxed) && resumable && failure.is_none());
     for tx in &shard_txs {
-        let _ = tx.send(ShardMsg::End).await;
+        let _ = tx
+            .send(if savepoint_dir.is_some() {
+                ShardMsg::Savepoint
+            } else {
+                ShardMsg::End
+            })
+            .await;
     }
     drop(shard_txs);
     flush_dead(&mut dead_rows, &mut dead_writers)?;
@@ -468,6 +548,7 @@ async fn run_plan(
     let mut sampling: Option<spanflow_operators::tail_sampling::SamplingMetrics> = None;
     let mut peak_buffered = (0usize, 0usize);
     let mut late_metric_observations = 0u64;
+    let mut snapshots = Vec::new();
     for h in shard_handles {
         let r: Result<ShardResult, RunError> = h
             .await
@@ -486,7 +567,9 @@ async fn run_plan(
         }
         peak_buffered.0 += r.peak_buffered.0;
         peak_buffered.1 += r.peak_buffered.1;
+        snapshots.push(r.snapshot);
     }
+    let mut mergers = (None, None);
     let mut services = Vec::new();
     let mut metric_intervals = 0;
     let mut folded_series = 0;
@@ -497,12 +580,53 @@ async fn run_plan(
         for (t, rows) in m.outputs {
             summary::add_output(&mut outputs, &t, rows);
         }
+        mergers = (m.red_merger, m.graph_merger);
         services = m.services;
         metric_intervals = m.intervals;
         folded_series = m.folded_series;
         late_metric_observations += m.late_observations;
     }
-    // Every output is written: Kafka sources may commit what they read.
+    // Every output is written. Keep the open state for the next run, or, when the run
+    // finished, drop any savepoint (nothing is left open); then Kafka sources may
+    // commit what they read.
+    let mut savepoint_written = None;
+    if failure.is_none() {
+        if let Some(dir) = &savepoint_dir {
+            let shards: Option<Vec<_>> = snapshots.into_iter().collect();
+            let Some(shards) = shards else {
+                return Err(RunError::Internal("a shard returned no snapshot".into()));
+            };
+            let mut parts = Vec::new();
+            for t in plan.all_targets().filter(|t| t.kafka.is_none()) {
+                let tdir = t.dir.join(&t.table);
+                if !parts.iter().any(|(d, _)| *d == tdir) {
+                    let names = savepoint::list_parts(&tdir);
+                    parts.push((tdir, names));
+                }
+            }
+            let next_part =
+                plan.all_targets().map(|t| t.part_base).max().unwrap_or(0) + parallelism;
+            let sp = savepoint::Savepoint {
+                version: savepoint::VERSION,
+                job: identity.0.clone(),
+                fingerprint: identity.1,
+                parallelism,
+                watermark: last_wm,
+                shards,
+                red_merger: mergers.0,
+                graph_merger: mergers.1,
+                positions: positions.clone(),
+                parts,
+                next_part,
+            };
+            savepoint::write(dir, &sp).map_err(RunError::Savepoint)?;
+            savepoint_written = Some(savepoint::path(dir));
+        } else if let Some(dir) = &opts.checkpoint_dir
+            && !opts.discard_outputs
+        {
+            savepoint::remove(dir).map_err(RunError::Savepoint)?;
+        }
+    }
     for tx in finish_txs {
         let _ = tx.send(if failure.is_none() {
             source::Finish::Commit
@@ -554,6 +678,8 @@ async fn run_plan(
         wall_seconds: 0.0,
         cpu_seconds: 0.0,
         peak_rss_bytes: 0,
+        restored,
+        savepoint: savepoint_written,
     })
 }
 
@@ -569,6 +695,7 @@ enum Routed {
 
     Done {
         source: usize,
+        positions: Option<Vec<(String, i32, i64)>>,
     },
     SplitsAdded {
         source: usize,

@@ -44,6 +44,9 @@ pub struct TableTarget {
     pub kafka: Option<KafkaTarget>,
     /// Every topic of the target's Kafka sink (created together when asked).
     pub sink_topics: Vec<String>,
+    /// Added to the shard number in Parquet part names (a resumed run continues after
+    /// the parts it keeps).
+    pub part_base: usize,
 }
 
 /// The executable shape, one chain per shard:
@@ -278,6 +281,7 @@ impl Plan {
                         .as_ref()
                         .map(|(c, p, _)| KafkaTarget::new(c.clone(), &input.port, p.clone())),
                     sink_topics: kafka.as_ref().map(|k| k.2.clone()).unwrap_or_default(),
+                    part_base: 0,
                 });
             }
         }
@@ -317,6 +321,13 @@ impl Plan {
                 port: port.to_owned(),
             })
             .map_or(&[], Vec::as_slice)
+    }
+
+    /// Numbers this run's Parquet parts from `base`.
+    pub fn set_part_base(&mut self, base: usize) {
+        for t in self.targets.values_mut().flatten() {
+            t.part_base = base;
+        }
     }
 
     /// Every target, for preparing directories.

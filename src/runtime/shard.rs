@@ -25,6 +25,16 @@ pub(crate) enum ShardMsg {
     Spans(Vec<Span>),
     Watermark(u64),
     End,
+    /// Stop without flushing: hand the open state to a savepoint.
+    Savepoint,
+}
+
+/// A shard's state in a savepoint.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub(crate) struct ShardSnapshot {
+    pub window: spanflow_operators::session_window::SessionWindowState,
+    pub sampler: Option<spanflow_operators::tail_sampling::TailSamplerState>,
+    pub forwarded: u64,
 }
 
 /// What a shard reports when it finishes.
@@ -36,6 +46,8 @@ pub(crate) struct ShardResult {
     /// (spans, bytes) buffered at the moment the shard held the most spans.
     pub peak_buffered: (usize, usize),
     pub late_metric_observations: u64,
+    /// Set when the shard stopped for a savepoint.
+    pub snapshot: Option<ShardSnapshot>,
 }
 
 /// One output stream: its rows and where they go.
@@ -116,6 +128,7 @@ impl Shard {
         discard: bool,
         progress: Arc<Progress>,
         merge_tx: Option<mpsc::Sender<MergeMsg>>,
+        restore: Option<ShardSnapshot>,
     ) -> Result<Self, RunError> {
         let sw = &plan.session_window;
         let shards = plan.shards.max(1);
@@ -127,14 +140,31 @@ impl Shard {
             trace_targets.extend_from_slice(plan.targets_of(name, "traces"));
             span_targets.extend_from_slice(plan.targets_of(name, "spans"));
         }
+        let (window, sampler, forwarded) = match restore {
+            Some(snap) => (
+                SessionWindow::with_state(plan.session_config.clone(), snap.window),
+                match (&plan.tail_sampling, snap.sampler) {
+                    (Some((_, c)), Some(state)) => {
+                        Some(TailSampler::with_state_sharded(c.clone(), shards, state))
+                    }
+                    (Some((_, c)), None) => Some(TailSampler::new_sharded(c.clone(), shards)),
+                    (None, _) => None,
+                },
+                snap.forwarded,
+            ),
+            None => (
+                SessionWindow::new(plan.session_config.clone()),
+                plan.tail_sampling
+                    .as_ref()
+                    .map(|(_, c)| TailSampler::new_sharded(c.clone(), shards)),
+                0,
+            ),
+        };
         Ok(Shard {
             index,
             filter: plan.span_filter.as_ref().map(|(_, c)| SpanFilter::new(c)),
-            window: SessionWindow::new(plan.session_config.clone()),
-            sampler: plan
-                .tail_sampling
-                .as_ref()
-                .map(|(_, c)| TailSampler::new_sharded(c.clone(), shards)),
+            window,
+            sampler,
             red: plan
                 .red_metrics
                 .as_ref()
@@ -144,7 +174,7 @@ impl Shard {
                 .as_ref()
                 .map(|(_, c)| ServiceGraph::new(c.clone())),
             merge_tx,
-            forwarded: 0,
+            forwarded,
             out: SessionOutput::default(),
             traces: Port::new(TraceRows::default(), &trace_targets, index, discard)?,
             spans: Port::new(SpanRows::spans(), &span_targets, index, discard)?,
@@ -160,6 +190,7 @@ impl Shard {
     }
 
     pub async fn run(mut self, mut rx: mpsc::Receiver<ShardMsg>) -> Result<ShardResult, RunError> {
+        let mut snapshot = None;
         while let Some(msg) = rx.recv().await {
             let before = self.window.buffered_spans();
             let end = match msg {
@@ -181,6 +212,16 @@ impl Shard {
                 ShardMsg::End => {
                     self.window.on_watermark(WATERMARK_END, &mut self.out);
                     true
+                }
+                ShardMsg::Savepoint => {
+                    self.drain()?;
+                    self.hand_over_partials().await;
+                    snapshot = Some(ShardSnapshot {
+                        window: self.window.snapshot().clone(),
+                        sampler: self.sampler.as_ref().map(|s| s.snapshot().clone()),
+                        forwarded: self.forwarded,
+                    });
+                    break;
                 }
             };
             let after = self.window.buffered_spans();
@@ -208,7 +249,37 @@ impl Shard {
             outputs,
             peak_buffered: self.peak_buffered,
             late_metric_observations,
+            snapshot,
         })
+    }
+
+    /// For a savepoint: every metric partial goes to the merge task (which keeps the
+    /// intervals open in its own state), without advancing this shard's watermark.
+    async fn hand_over_partials(&mut self) {
+        let Some(tx) = &self.merge_tx else { return };
+        let mut parts: Vec<Partial> = Vec::new();
+        if let Some(r) = &mut self.red {
+            r.flush(WATERMARK_END, &mut parts);
+            if !parts.is_empty() {
+                let _ = tx
+                    .send(MergeMsg::Partials {
+                        op: MetricOp::Red,
+                        parts: std::mem::take(&mut parts),
+                    })
+                    .await;
+            }
+        }
+        if let Some(g) = &mut self.graph {
+            g.flush(WATERMARK_END, &mut parts);
+            if !parts.is_empty() {
+                let _ = tx
+                    .send(MergeMsg::Partials {
+                        op: MetricOp::Graph,
+                        parts,
+                    })
+                    .await;
+            }
+        }
     }
 
     /// Hands complete metric intervals to the merge task when the window's (held-back)

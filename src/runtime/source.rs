@@ -49,8 +49,11 @@ pub(crate) enum SourceEvent {
     SplitsAdded { source: usize, splits: Vec<u32> },
     /// Splits no longer read (revoked, or finished in a bounded run).
     SplitsRemoved { source: usize, splits: Vec<u32> },
-    /// The source is exhausted.
-    Done { source: usize },
+    /// The source is exhausted (or stopped). A Kafka source reports where it got to.
+    Done {
+        source: usize,
+        positions: Option<Vec<(String, i32, i64)>>,
+    },
     /// The source failed; it sends nothing more.
     Failed { source: usize, message: String },
 }
@@ -70,6 +73,8 @@ pub(crate) enum SourceTask {
         name: String,
         config: crate::connectors::kafka::KafkaSourceConfig,
         format: InputFormat,
+        /// Positions to resume from (a savepoint's).
+        resume: Vec<(String, i32, i64)>,
     },
 }
 
@@ -88,8 +93,21 @@ impl SourceTask {
                 name: node.name.clone(),
                 format: c.format,
                 config: c.clone(),
+                resume: Vec::new(),
             },
         })
+    }
+
+    /// Sets where a resumed run continues (a savepoint's positions).
+    pub fn resume_from(&mut self, positions: Vec<(String, i32, i64)>) {
+        if let SourceTask::Kafka { resume, .. } = self {
+            *resume = positions;
+        }
+    }
+
+    /// True when the source can continue where a stopped run left off.
+    pub fn resumable(&self) -> bool {
+        matches!(self, SourceTask::Kafka { .. })
     }
 
     /// Runs to the end, sending chunks; blocks on backpressure. Returns an error that
@@ -197,9 +215,10 @@ impl SourceTask {
                 name,
                 config,
                 format,
+                resume,
             } => {
                 // The Kafka source reports its own end (before it waits for the commit).
-                return run_kafka(source, &name, &config, format, &send, control);
+                return run_kafka(source, &name, &config, format, &resume, &send, control);
             }
             SourceTask::Memory(mem) => {
                 let sym = Sym::new(&mem.name);
@@ -221,7 +240,10 @@ impl SourceTask {
                 }
             }
         }
-        send(SourceEvent::Done { source });
+        send(SourceEvent::Done {
+            source,
+            positions: None,
+        });
         None
     }
 }
@@ -240,11 +262,12 @@ fn run_kafka(
     name: &str,
     config: &crate::connectors::kafka::KafkaSourceConfig,
     format: InputFormat,
+    resume: &[(String, i32, i64)],
     send: &dyn Fn(SourceEvent) -> bool,
     control: SourceControl,
 ) -> Option<String> {
     let sym = Sym::new(name);
-    let reader = match KafkaReader::connect(config) {
+    let reader = match KafkaReader::connect(config, resume) {
         Ok(r) => r,
         Err(message) => {
             send(SourceEvent::Failed { source, message });
@@ -263,9 +286,12 @@ fn run_kafka(
                 source,
                 splits: splits.iter().map(|s| s.key).collect(),
             }),
-            KafkaEvent::EndOfInput => {
+            KafkaEvent::EndOfInput(positions) => {
                 ended.set(true);
-                send(SourceEvent::Done { source })
+                send(SourceEvent::Done {
+                    source,
+                    positions: Some(positions),
+                })
             }
             KafkaEvent::Records {
                 split,

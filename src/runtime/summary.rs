@@ -85,6 +85,10 @@ pub struct RunSummary {
     pub cpu_seconds: f64,
     /// Peak resident memory of the process.
     pub peak_rss_bytes: u64,
+    /// The run resumed from a savepoint.
+    pub restored: bool,
+    /// The run stopped and kept its open state here (resume by running again).
+    pub savepoint: Option<std::path::PathBuf>,
 }
 
 impl RunSummary {
@@ -116,9 +120,29 @@ impl RunSummary {
         let m = &self.sessions;
         let _ = writeln!(
             s,
-            "job `{}` finished in {:.2}s ({} shards)",
-            self.job, self.wall_seconds, self.parallelism
+            "job `{}` {} in {:.2}s ({} shards){}",
+            self.job,
+            if self.savepoint.is_some() {
+                "stopped"
+            } else {
+                "finished"
+            },
+            self.wall_seconds,
+            self.parallelism,
+            if self.restored {
+                ", resumed from a savepoint"
+            } else {
+                ""
+            }
         );
+        if let Some(p) = &self.savepoint {
+            let _ = writeln!(
+                s,
+                "  savepoint   open traces, metric intervals and Kafka positions kept in {}; \
+                 run the job again to resume",
+                p.display()
+            );
+        }
         let _ = writeln!(
             s,
             "  input       {} records, {} spans decoded, {} dead letters ({} bad records, {} bad spans)",

@@ -54,6 +54,11 @@ impl WatermarkTracker {
         });
     }
 
+    /// Continues from a watermark a stopped run reached (it never goes back).
+    pub fn resume_at(&mut self, watermark: EventTime) {
+        self.current = self.current.max(watermark);
+    }
+
     /// Forgets a split (a revoked or finished Kafka partition): it no longer holds the
     /// watermark back.
     pub fn remove_split(&mut self, key: SplitKey) {

@@ -4,5 +4,6 @@ mod alibaba;
 mod cli;
 mod demo;
 mod golden;
+mod kafka;
 mod runtime;
 mod support;

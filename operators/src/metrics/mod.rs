@@ -555,8 +555,9 @@ pub struct ClosedInterval {
 }
 
 /// Merges the shards' partials and closes intervals when every shard's watermark has
-/// passed their end.
-#[derive(Debug, Clone)]
+/// passed their end. Serializable, for savepoints: a stopped run keeps its pending
+/// intervals and the next run continues them.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct MetricsMerger {
     interval_ns: u64,
     buckets: usize,

@@ -48,8 +48,9 @@ pub enum KafkaEvent {
         records: Vec<Bytes>,
     },
     /// Reading ended (end offsets reached, or stopped); the reader now waits for
-    /// [`Finish`].
-    EndOfInput,
+    /// [`Finish`]. Carries the next offset of every partition read (what a commit
+    /// would store), for savepoints.
+    EndOfInput(Vec<(String, i32, i64)>),
 }
 
 /// One partition of one topic, with the split key the runtime tracks it by.
@@ -217,8 +218,12 @@ pub struct KafkaReader {
 
 impl KafkaReader {
     /// Connects, resolves start (and end) offsets of every partition of the topics and
-    /// subscribes. Fails when a broker is unreachable or a topic does not exist.
-    pub fn connect(config: &KafkaSourceConfig) -> Result<Self, String> {
+    /// subscribes. `resume` (from a savepoint) overrides the start of the partitions it
+    /// lists. Fails when a broker is unreachable or a topic does not exist.
+    pub fn connect(
+        config: &KafkaSourceConfig,
+        resume: &[(String, i32, i64)],
+    ) -> Result<Self, String> {
         let shared = Arc::new(Mutex::new(Shared::default()));
         let mut cc = super::client_config(&config.brokers, &config.properties);
         cc.set("group.id", &config.group_id)
@@ -344,6 +349,9 @@ impl KafkaReader {
                 }
             }
             Some(EndPosition::Timestamp(ms)) => ends = by_time(ms)?,
+        }
+        for (topic, p, o) in resume {
+            starts.insert((topic.clone(), *p), *o);
         }
         {
             let mut s = shared
@@ -483,7 +491,20 @@ impl KafkaReader {
             }
         }
         stats.finished = true;
-        emit(KafkaEvent::EndOfInput);
+        let positions = {
+            let s = self
+                .shared
+                .lock()
+                .map_err(|_| "internal error: poisoned lock".to_owned())?;
+            let mut p: Vec<(String, i32, i64)> = s
+                .position
+                .iter()
+                .map(|((t, p), o)| (t.to_string(), *p, *o))
+                .collect();
+            p.sort();
+            p
+        };
+        emit(KafkaEvent::EndOfInput(positions));
         match finish.recv() {
             Ok(Finish::Commit) => {
                 stats.committed = self.commit()?;

@@ -28,7 +28,7 @@ fn source_config(brokers: &str, topic: &str, group: &str) -> KafkaSourceConfig {
 /// sender (to commit or abort).
 fn read_all(config: &KafkaSourceConfig, finish: Finish) -> Vec<KafkaEvent> {
     let t0 = std::time::Instant::now();
-    let reader = KafkaReader::connect(config).expect("connect");
+    let reader = KafkaReader::connect(config, &[]).expect("connect");
     eprintln!("connect {:?}", t0.elapsed());
     let (tx, rx) = std::sync::mpsc::channel();
     tx.send(finish).unwrap();
@@ -92,7 +92,17 @@ fn bounded_read_sees_every_record_once_in_order_and_commits() {
         .position(|e| matches!(e, KafkaEvent::Records { .. }))
         .expect("records");
     assert!(first_assign < first_records);
-    assert!(matches!(events.last(), Some(KafkaEvent::EndOfInput)));
+    let Some(KafkaEvent::EndOfInput(positions)) = events.last() else {
+        panic!("ends with EndOfInput")
+    };
+    assert_eq!(
+        positions,
+        &vec![
+            ("t".to_owned(), 0, 5),
+            ("t".to_owned(), 1, 0),
+            ("t".to_owned(), 2, 7)
+        ]
+    );
     let by_part = records_by_partition(&events);
     assert_eq!(by_part.get(&0), Some(&(0..5).collect::<Vec<u64>>()));
     assert_eq!(by_part.get(&1), None, "an empty partition yields nothing");
@@ -155,7 +165,7 @@ fn latest_start_and_missing_topic() {
     assert!(records_by_partition(&events).is_empty());
 
     let missing = source_config(&brokers, "nope", "g3");
-    let err = KafkaReader::connect(&missing).err().expect("an error");
+    let err = KafkaReader::connect(&missing, &[]).err().expect("an error");
     assert!(err.contains("nope"), "{err}");
 }
 

@@ -86,15 +86,19 @@ impl ParquetSinkConfig {
 }
 
 /// Removes the `part-*.parquet` files a previous run left in `<dir>/<table>/`, so a run
-/// with fewer shards does not leave stale parts behind. Other files are left alone.
-pub fn prepare_table_dir(dir: &Path, table: &str) -> Result<PathBuf, SinkError> {
+/// with fewer shards does not leave stale parts behind, except those in `keep` (the
+/// parts a savepoint vouches for, when a run resumes). Other files are left alone.
+pub fn prepare_table_dir(dir: &Path, table: &str, keep: &[String]) -> Result<PathBuf, SinkError> {
     let tdir = dir.join(table);
     std::fs::create_dir_all(&tdir).map_err(|e| SinkError::io(&tdir, e))?;
     let entries = std::fs::read_dir(&tdir).map_err(|e| SinkError::io(&tdir, e))?;
     for entry in entries.flatten() {
         let name = entry.file_name();
         let name = name.to_string_lossy();
-        if name.starts_with("part-") && name.ends_with(".parquet") {
+        if name.starts_with("part-")
+            && name.ends_with(".parquet")
+            && !keep.iter().any(|k| *k == name)
+        {
             std::fs::remove_file(entry.path()).map_err(|e| SinkError::io(&entry.path(), e))?;
         }
     }

@@ -1,0 +1,586 @@
+//! The Kafka source and sink against a real Kafka-protocol broker (tansu, started on
+//! 127.0.0.1 by scripts/kafka.sh; one broker per test, so tests share no topics or
+//! groups). Set SPANFLOW_KAFKA_BROKERS to use an already running broker instead.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use rdkafka::Message;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use spanflow::connectors::generator::{GeneratedRecord, Generator, GeneratorConfig, write_records};
+use spanflow::connectors::kafka::{self, produce};
+use spanflow::runtime::{RunOptions, RunSummary, run_job};
+
+use crate::support::{read_table, root, rows, sum};
+
+/// A broker for one test; stopped (by the PID the script recorded) on drop.
+struct Broker {
+    brokers: String,
+    dir: Option<String>,
+}
+
+impl Broker {
+    fn start() -> Broker {
+        if let Ok(b) = std::env::var("SPANFLOW_KAFKA_BROKERS") {
+            return Broker {
+                brokers: b,
+                dir: None,
+            };
+        }
+        let out = Command::new("bash")
+            .arg(root().join("scripts/kafka.sh"))
+            .arg("start")
+            .output()
+            .expect("running scripts/kafka.sh");
+        assert!(
+            out.status.success(),
+            "scripts/kafka.sh start failed (run `scripts/kafka.sh install` once): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let var = |name: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(&format!("export {name}=")))
+                .unwrap_or_else(|| panic!("no {name} in: {text}"))
+                .to_owned()
+        };
+        Broker {
+            brokers: var("SPANFLOW_KAFKA_BROKERS"),
+            dir: Some(var("SPANFLOW_KAFKA_DIR")),
+        }
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        if let Some(dir) = &self.dir {
+            let _ = Command::new("bash")
+                .arg(root().join("scripts/kafka.sh"))
+                .arg("stop")
+                .arg(dir)
+                .status();
+        }
+    }
+}
+
+fn generate(
+    config: GeneratorConfig,
+) -> (
+    Vec<GeneratedRecord>,
+    spanflow::connectors::generator::GroundTruth,
+) {
+    let mut g = Generator::new(config).unwrap();
+    let records: Vec<GeneratedRecord> = g.by_ref().collect();
+    (records, g.ground_truth().clone())
+}
+
+fn produce_records(broker: &Broker, topic: &str, partitions: i32, records: &[GeneratedRecord]) {
+    let props = BTreeMap::new();
+    kafka::create_topics(&broker.brokers, &props, &[topic.to_owned()], partitions).unwrap();
+    let p = produce::KafkaProducer::new(&broker.brokers, &props).unwrap();
+    produce::produce_generated(&p, topic, partitions, records.iter().cloned(), None, |_| {})
+        .unwrap();
+}
+
+/// The analytics of jobs/demo.yaml (without the per-shard rate limit), reading `source`.
+fn analytics_job(source: &str, sinks: &str) -> spanflow::job::Job {
+    let text = format!(
+        r#"
+name: kafka_test
+sources:
+{source}
+operators:
+  sessions:
+    type: session_window
+    from: [in]
+    gap: 10s
+    gap_rules:
+      - when: {{ has_async: true }}
+        gap: 30s
+      - when: {{ root_ended: true }}
+        gap: 3s
+  sampler:
+    type: tail_sampling
+    from: sessions
+    policies:
+      - {{ name: errors, type: error }}
+      - {{ name: slow-db, type: slow_span, call_type: db, threshold: 200ms }}
+      - {{ name: baseline, type: probabilistic, percentage: 10 }}
+  metrics:
+    type: red_metrics
+    from: sampler
+    interval: 10s
+  graph:
+    type: service_graph
+    from: sampler
+    interval: 10s
+sinks:
+{sinks}
+"#
+    );
+    spanflow::job::load_str(&root().join("jobs/kafka_test.yaml"), &text)
+        .unwrap_or_else(|d| panic!("{d}"))
+}
+
+const PARQUET_SINK: &str = r#"  out:
+    type: parquet
+    from: [sampler, sampler.spans, sessions.late_spans, in.dead_letters, metrics, metrics.exemplars, graph]
+"#;
+
+fn kafka_source(broker: &Broker, topic: &str, group: &str, start: &str, end: &str) -> String {
+    format!(
+        r#"  in:
+    type: kafka
+    brokers: "{}"
+    topics: [{topic}]
+    group_id: {group}
+    start: "{start}"
+    end: "{end}"
+    watermark: {{ max_out_of_order: 5s, idle_timeout: 30s }}
+"#,
+        broker.brokers
+    )
+}
+
+fn run(job: &spanflow::job::Job, dir: &Path) -> RunSummary {
+    run_job(
+        job,
+        &RunOptions {
+            output_dir: Some(dir.to_path_buf()),
+            parallelism: Some(2),
+            ..Default::default()
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}"))
+}
+
+const COMPARED: &[&str] = &[
+    "traces",
+    "spans",
+    "late_spans",
+    "red_metrics",
+    "exemplars",
+    "service_relation",
+];
+
+#[test]
+fn kafka_input_gives_the_same_outputs_as_the_same_spans_from_a_file() {
+    let broker = Broker::start();
+    let (records, truth) = generate(GeneratorConfig {
+        traces: 1500,
+        seed: 11,
+        traces_per_second: 50.0,
+        spans_per_record: 64,
+        late_fraction: 0.0,
+        garbage_fraction: 0.0,
+        ..Default::default()
+    });
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("spans.otlp");
+    write_records(
+        &file,
+        spanflow::formats::InputFormat::OtlpProto,
+        records.clone(),
+    )
+    .unwrap();
+    produce_records(&broker, "spans", 4, &records);
+
+    let file_job = analytics_job(
+        &format!(
+            "  in:\n    type: file\n    paths: [\"{}\"]\n    format: otlp_proto\n",
+            file.display()
+        ),
+        PARQUET_SINK,
+    );
+    let kafka_job = analytics_job(
+        &kafka_source(&broker, "spans", "same-outputs", "earliest", "latest"),
+        PARQUET_SINK,
+    );
+    let from_file = run(&file_job, &tmp.path().join("file"));
+    let from_kafka = run(&kafka_job, &tmp.path().join("kafka"));
+    assert_eq!(from_kafka.decode.spans, truth.spans);
+    assert_eq!(from_file.decode.spans, truth.spans);
+    assert_eq!(from_kafka.sessions.traces_closed(), truth.traces);
+    for table in COMPARED {
+        let a = rows(&read_table(&tmp.path().join("file"), table), &[]);
+        let b = rows(&read_table(&tmp.path().join("kafka"), table), &[]);
+        assert_eq!(a.len(), b.len(), "{table}: row counts differ");
+        assert!(a == b, "{table}: rows differ");
+    }
+    assert!(
+        !read_table(&tmp.path().join("kafka"), "red_metrics").is_empty(),
+        "metrics were computed"
+    );
+}
+
+#[test]
+fn garbage_records_become_dead_letters_with_their_offsets() {
+    let broker = Broker::start();
+    let (good, truth) = generate(GeneratorConfig {
+        traces: 30,
+        seed: 5,
+        spans_per_record: 32,
+        garbage_fraction: 0.0,
+        ..Default::default()
+    });
+    // One partition: good, garbage, good, garbage, ... so offsets are known.
+    let props = BTreeMap::new();
+    kafka::create_topics(&broker.brokers, &props, &["mixed".to_owned()], 1).unwrap();
+    let p = produce::KafkaProducer::new(&broker.brokers, &props).unwrap();
+    let mut bad_offsets = BTreeSet::new();
+    let mut offset = 0u64;
+    for r in &good {
+        p.send("mixed", Some(0), None, &r.payload).unwrap();
+        offset += 1;
+        p.send("mixed", Some(0), None, b"\x0a\xff\xff\xff garbage")
+            .unwrap();
+        bad_offsets.insert(offset);
+        offset += 1;
+    }
+    p.flush().unwrap();
+
+    let job = analytics_job(
+        &kafka_source(&broker, "mixed", "dead-letters", "earliest", "latest"),
+        PARQUET_SINK,
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let s = run(&job, tmp.path());
+    assert_eq!(s.decode.spans, truth.spans, "every good span was processed");
+    assert_eq!(s.decode.bad_records, good.len() as u64);
+    assert_eq!(s.sessions.traces_closed(), truth.traces);
+    let dead = read_table(tmp.path(), "dead_letters");
+    let offsets: BTreeSet<u64> = crate::support::column(&dead, "offset")
+        .iter()
+        .map(|o| o.parse().unwrap())
+        .collect();
+    assert_eq!(offsets, bad_offsets);
+    let topics: BTreeSet<String> = crate::support::column(&dead, "topic").into_iter().collect();
+    assert_eq!(topics, BTreeSet::from(["mixed".to_owned()]));
+    let kinds: BTreeSet<String> = crate::support::column(&dead, "kind").into_iter().collect();
+    assert_eq!(kinds, BTreeSet::from(["malformed_protobuf".to_owned()]));
+}
+
+#[test]
+fn reading_from_a_timestamp_starts_at_the_first_record_at_or_after_it() {
+    use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
+    let broker = Broker::start();
+    let (records, _) = generate(GeneratorConfig {
+        traces: 40,
+        seed: 9,
+        spans_per_record: 16,
+        ..Default::default()
+    });
+    assert!(records.len() >= 20);
+    kafka::create_topics(&broker.brokers, &BTreeMap::new(), &["timed".to_owned()], 2).unwrap();
+    let p: ThreadedProducer<_> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &broker.brokers)
+        .create()
+        .unwrap();
+    // Record i has Kafka timestamp base + i seconds, partitions alternate.
+    let base = 1_763_700_000_000i64;
+    for (i, r) in records.iter().enumerate() {
+        let rec: BaseRecord<'_, (), [u8]> = BaseRecord::to("timed")
+            .partition((i % 2) as i32)
+            .timestamp(base + i as i64 * 1000)
+            .payload(&r.payload);
+        p.send(rec).map_err(|(e, _)| e).unwrap();
+    }
+    p.flush(Duration::from_secs(30)).unwrap();
+    let from = 12usize;
+    let start = humantime::format_rfc3339_millis(
+        std::time::UNIX_EPOCH + Duration::from_millis((base + from as i64 * 1000) as u64),
+    )
+    .to_string();
+    let job = analytics_job(
+        &kafka_source(&broker, "timed", "by-time", &start, "latest"),
+        PARQUET_SINK,
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let s = run(&job, tmp.path());
+    let expected_spans: usize = records[from..].iter().map(|r| r.spans).sum();
+    assert_eq!(s.decode.records, (records.len() - from) as u64);
+    assert_eq!(s.decode.spans, expected_spans as u64);
+}
+
+/// Reads every record of `topic` (all partitions, from the start).
+fn consume_all(brokers: &str, topic: &str) -> Vec<(Option<Vec<u8>>, Vec<u8>)> {
+    let c: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", format!("reader-{topic}"))
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let n = kafka::topic_partitions(brokers, &BTreeMap::new(), topic).unwrap();
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    let mut remaining = 0i64;
+    for p in 0..n {
+        tpl.add_partition_offset(topic, p, rdkafka::Offset::Beginning)
+            .unwrap();
+        let (lo, hi) = c
+            .fetch_watermarks(topic, p, Duration::from_secs(10))
+            .unwrap();
+        remaining += hi - lo;
+    }
+    c.assign(&tpl).unwrap();
+    let mut out = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while remaining > 0 && std::time::Instant::now() < deadline {
+        if let Some(Ok(m)) = c.poll(Duration::from_millis(200)) {
+            out.push((
+                m.key().map(<[u8]>::to_vec),
+                m.payload().unwrap_or(&[]).to_vec(),
+            ));
+            remaining -= 1;
+        }
+    }
+    assert_eq!(remaining, 0, "read every record of {topic}");
+    out
+}
+
+#[test]
+fn avro_json_and_otlp_outputs_decode_against_the_shipped_schemas() {
+    let broker = Broker::start();
+    let (records, truth) = generate(GeneratorConfig {
+        traces: 300,
+        seed: 21,
+        traces_per_second: 20.0,
+        ..Default::default()
+    });
+    produce_records(&broker, "in_spans", 2, &records);
+    let sinks = format!(
+        r#"{PARQUET_SINK}  bus:
+    type: kafka
+    from: [sampler, sampler.spans, metrics, metrics.exemplars, graph]
+    brokers: "{}"
+    topic_prefix: "out."
+    format: avro
+    formats: {{ spans: otlp_proto, service_relation: json }}
+    create_topics_partitions: 2
+"#,
+        broker.brokers
+    );
+    let job = analytics_job(
+        &kafka_source(&broker, "in_spans", "outputs", "earliest", "latest"),
+        &sinks,
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let s = run(&job, tmp.path());
+    assert_eq!(s.decode.spans, truth.spans);
+
+    // Avro tables: every record decodes with schemas/avro/<table>.avsc and the values
+    // match the Parquet rows.
+    for (table, measure) in [
+        ("traces", "span_count"),
+        ("red_metrics", "requests"),
+        ("exemplars", ""),
+    ] {
+        let text =
+            std::fs::read_to_string(root().join(format!("schemas/avro/{table}.avsc"))).unwrap();
+        let schema = apache_avro::Schema::parse_str(&text).unwrap();
+        let reader = apache_avro::GenericSingleObjectReader::builder()
+            .schema(schema)
+            .build()
+            .unwrap();
+        let msgs = consume_all(&broker.brokers, &format!("out.{table}"));
+        let parquet = read_table(tmp.path(), table);
+        let parquet_rows: usize = parquet.iter().map(|b| b.num_rows()).sum();
+        assert_eq!(msgs.len(), parquet_rows, "{table}: one record per row");
+        let mut total = 0i64;
+        for (key, value) in &msgs {
+            assert!(
+                key.as_ref().is_some_and(|k| !k.is_empty()),
+                "{table}: keyed"
+            );
+            let v = reader
+                .read_value(&mut value.as_slice())
+                .unwrap_or_else(|e| panic!("{table}: {e}"));
+            let apache_avro::types::Value::Record(fields) = v else {
+                panic!("{table}: not a record")
+            };
+            if let Some((_, apache_avro::types::Value::Long(n))) =
+                fields.iter().find(|(n, _)| n == measure)
+            {
+                total += n;
+            }
+        }
+        if !measure.is_empty() {
+            assert_eq!(total as u64, sum(&parquet, measure), "{table}.{measure}");
+        }
+    }
+
+    // JSON: one object per row.
+    let msgs = consume_all(&broker.brokers, "out.service_relation");
+    let parquet = read_table(tmp.path(), "service_relation");
+    let mut requests = 0u64;
+    for (_, v) in &msgs {
+        let j: serde_json::Value = serde_json::from_slice(v).unwrap();
+        requests += j["requests"].as_u64().unwrap();
+    }
+    assert_eq!(requests, sum(&parquet, "requests"));
+
+    // OTLP protobuf: one request per kept trace, keyed by its trace id, every kept span.
+    use prost::Message as _;
+    let msgs = consume_all(&broker.brokers, "out.spans");
+    let mut spans = 0usize;
+    let mut traces = BTreeSet::new();
+    for (key, v) in &msgs {
+        let req =
+            opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest::decode(
+                v.as_slice(),
+            )
+            .unwrap();
+        for rs in &req.resource_spans {
+            for ss in &rs.scope_spans {
+                for sp in &ss.spans {
+                    assert_eq!(
+                        key.as_deref(),
+                        Some(hex::encode(&sp.trace_id).as_bytes()),
+                        "keyed by trace id"
+                    );
+                    traces.insert(sp.trace_id.clone());
+                    spans += 1;
+                }
+            }
+        }
+    }
+    let kept: usize = read_table(tmp.path(), "spans")
+        .iter()
+        .map(|b| b.num_rows())
+        .sum();
+    assert_eq!(spans, kept);
+    assert!(traces.len() > 10);
+}
+
+/// Stop a consuming run mid-stream (traces still open), resume it: the two runs'
+/// outputs together equal one uninterrupted run over the same spans.
+#[test]
+fn a_stopped_run_resumes_from_its_savepoint_without_losing_or_repeating_a_trace() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+    let broker = Broker::start();
+    let (records, truth) = generate(GeneratorConfig {
+        traces: 1200,
+        seed: 31,
+        traces_per_second: 40.0,
+        spans_per_record: 64,
+        late_fraction: 0.0,
+        garbage_fraction: 0.0,
+        ..Default::default()
+    });
+    let half = records.len() / 2;
+    let first_spans: u64 = records[..half].iter().map(|r| r.spans as u64).sum();
+    let tmp = tempfile::tempdir().unwrap();
+
+    // Reference: every record from a file, one run.
+    let file = tmp.path().join("spans.otlp");
+    write_records(
+        &file,
+        spanflow::formats::InputFormat::OtlpProto,
+        records.clone(),
+    )
+    .unwrap();
+    let file_job = analytics_job(
+        &format!(
+            "  in:\n    type: file\n    paths: [\"{}\"]\n    format: otlp_proto\n",
+            file.display()
+        ),
+        PARQUET_SINK,
+    );
+    run(&file_job, &tmp.path().join("reference"));
+
+    // Run 1: unbounded, consumes the first half, is stopped with traces open.
+    produce_records(&broker, "live", 4, &records[..half]);
+    let unbounded = analytics_job(
+        &format!(
+            r#"  in:
+    type: kafka
+    brokers: "{}"
+    topics: [live]
+    group_id: resumable
+    start: earliest
+    watermark: {{ max_out_of_order: 5s, idle_timeout: 1h }}
+"#,
+            broker.brokers
+        ),
+        PARQUET_SINK,
+    );
+    let out = tmp.path().join("resumed");
+    let checkpoints = tmp.path().join("checkpoints");
+    let stop = Arc::new(AtomicBool::new(false));
+    let seen = Arc::new(AtomicU64::new(0));
+    let opts = RunOptions {
+        output_dir: Some(out.clone()),
+        parallelism: Some(2),
+        stop: Some(stop.clone()),
+        spans_seen: Some(seen.clone()),
+        checkpoint_dir: Some(checkpoints.clone()),
+        ..Default::default()
+    };
+    let job1 = unbounded.clone();
+    let opts1 = opts.clone();
+    let handle = std::thread::spawn(move || run_job(&job1, &opts1));
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while seen.load(Ordering::Relaxed) < first_spans {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "run 1 consumed the first half"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let s1 = handle.join().unwrap().unwrap_or_else(|e| panic!("{e}"));
+    assert!(s1.savepoint.is_some(), "run 1 left a savepoint");
+    assert!(
+        s1.sessions.traces_closed() < truth.traces,
+        "run 1 stopped with traces still open"
+    );
+    assert!(checkpoints.join("savepoint.cbor").exists());
+
+    // Run 2: the rest arrives; the run resumes and ends at the topic's end.
+    produce_records(&broker, "live", 4, &records[half..]);
+    let bounded = analytics_job(
+        &format!(
+            r#"  in:
+    type: kafka
+    brokers: "{}"
+    topics: [live]
+    group_id: resumable
+    start: committed
+    end: latest
+    watermark: {{ max_out_of_order: 5s, idle_timeout: 1h }}
+"#,
+            broker.brokers
+        ),
+        PARQUET_SINK,
+    );
+    // The same computation: only the source's bounds differ.
+    let s2 = run_job(
+        &bounded,
+        &RunOptions {
+            stop: None,
+            spans_seen: None,
+            ..opts
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert!(s2.restored, "run 2 resumed from the savepoint");
+    assert!(s2.savepoint.is_none());
+    assert!(
+        !checkpoints.join("savepoint.cbor").exists(),
+        "finished: nothing left open"
+    );
+    assert_eq!(
+        s1.decode.spans + s2.decode.spans,
+        truth.spans,
+        "each span read exactly once"
+    );
+    for table in COMPARED {
+        let a = rows(&read_table(&tmp.path().join("reference"), table), &[]);
+        let b = rows(&read_table(&out, table), &[]);
+        assert_eq!(a.len(), b.len(), "{table}: row counts differ");
+        assert!(a == b, "{table}: rows differ");
+    }
+}
