@@ -49,7 +49,7 @@ start() {
     exec "$BIN" broker \
       --listener-url "tcp://127.0.0.1:$port" \
       --advertised-listener-url "tcp://127.0.0.1:$port" \
-      --storage-engine "sqlite://$dir/tansu.db" \
+      --storage-engine "sqlite://tansu.db" \
       >"$dir/broker.log" 2>&1
   ) &
   local pid=$!

@@ -121,6 +121,7 @@ pub fn run_job(job: &Job, opts: &RunOptions) -> Result<RunSummary, RunError> {
         .worker_threads(parallelism.max(2))
         .thread_name("spanflow")
         .enable_time()
+        .enable_io()
         .build()
         .map_err(|e| RunError::Internal(format!("cannot start the tokio runtime: {e}")))?;
     let restore = match &opts.checkpoint_dir {

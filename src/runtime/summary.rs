@@ -24,14 +24,18 @@ pub struct OutputTable {
     pub sink: String,
     /// Table name.
     pub table: String,
-    /// Directory holding the table's part files.
+    /// Where the rows went: the directory of the table's part files, or
+    /// `kafka:<topic>`.
     pub path: PathBuf,
     /// Rows written.
     pub rows: u64,
 }
 
 pub(crate) fn add_output(outputs: &mut Vec<OutputTable>, t: &TableTarget, rows: u64) {
-    let path = t.dir.join(&t.table);
+    let path = match &t.kafka {
+        Some(k) => PathBuf::from(format!("kafka:{}", k.topic)),
+        None => t.dir.join(&t.table),
+    };
     if let Some(o) = outputs
         .iter_mut()
         .find(|o| o.sink == t.sink && o.table == t.table)

@@ -49,13 +49,20 @@ pub fn create_topics(
         .map(|t| NewTopic::new(t, partitions, TopicReplication::Fixed(1)))
         .collect();
     let opts = AdminOptions::new().operation_timeout(Some(std::time::Duration::from_secs(10)));
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| format!("cannot start a runtime for the admin client: {e}"))?;
-    let results = rt
-        .block_on(admin.create_topics(&new, &opts))
-        .map_err(|e| format!("creating topics on {brokers}: {e}"))?;
+    // The admin API is async; run it on a thread of its own so that this works both
+    // from plain code and from inside the runtime's tasks.
+    let results = std::thread::scope(|s| {
+        s.spawn(|| {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| format!("cannot start a runtime for the admin client: {e}"))?;
+            rt.block_on(admin.create_topics(&new, &opts))
+                .map_err(|e| format!("creating topics on {brokers}: {e}"))
+        })
+        .join()
+        .map_err(|_| "the admin client thread panicked".to_owned())?
+    })?;
     for r in results {
         match r {
             Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
