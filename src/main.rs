@@ -131,6 +131,8 @@ enum DiagFormat {
 enum GenFormat {
     OtlpProto,
     OtlpJson,
+    /// Avro single-object encoding of schemas/avro/otlp_span_batch.avsc.
+    Avro,
 }
 
 impl From<GenFormat> for InputFormat {
@@ -138,6 +140,7 @@ impl From<GenFormat> for InputFormat {
         match f {
             GenFormat::OtlpProto => InputFormat::OtlpProto,
             GenFormat::OtlpJson => InputFormat::OtlpJson,
+            GenFormat::Avro => InputFormat::Avro,
         }
     }
 }

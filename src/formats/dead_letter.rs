@@ -25,6 +25,9 @@ pub enum DecodeError {
     /// The JSON is malformed or not an OTLP request.
     #[error("malformed OTLP JSON: {0}")]
     Json(String),
+    /// The Avro record is malformed or does not match the SpanBatch schema.
+    #[error("malformed Avro: {0}")]
+    Avro(String),
     /// A span's trace id is missing, not 16 bytes, or all zeros.
     #[error("invalid trace_id ({0})")]
     TraceId(String),
@@ -58,6 +61,7 @@ impl DecodeError {
         match self {
             DecodeError::Protobuf(_) => "malformed_protobuf",
             DecodeError::Json(_) => "malformed_json",
+            DecodeError::Avro(_) => "malformed_avro",
             DecodeError::TraceId(_) => "invalid_trace_id",
             DecodeError::SpanId(_) => "invalid_span_id",
             DecodeError::ParentSpanId(_) => "invalid_parent_span_id",

@@ -2,6 +2,7 @@
 //!
 //! [`Span`]: spanflow_operators::Span
 
+pub mod avro;
 mod convert;
 mod dead_letter;
 pub mod otlp_proto;
@@ -21,6 +22,8 @@ pub enum InputFormat {
     OtlpProto,
     /// OTLP JSON `ExportTraceServiceRequest` (the Collector's `otlp_json`).
     OtlpJson,
+    /// Avro single-object encoding of schemas/avro/otlp_span_batch.avsc.
+    Avro,
 }
 
 impl InputFormat {
@@ -29,6 +32,7 @@ impl InputFormat {
         match self {
             InputFormat::OtlpProto => "otlp_proto",
             InputFormat::OtlpJson => "otlp_json",
+            InputFormat::Avro => "avro",
         }
     }
 }
@@ -110,6 +114,8 @@ impl SpanDecoder {
                 otlp_proto::decode_request(&mut self.builder, payload, meta, out)
             }
             InputFormat::OtlpJson => self.decode_json(payload, meta, out),
+            InputFormat::Avro => avro::decode_request(payload)
+                .map(|req| convert::convert_request(&mut self.builder, &req, meta, out)),
         };
         if let Err(e) = result {
             out.spans.truncate(spans_before);

@@ -556,6 +556,8 @@ pub(super) fn encode_records(
             InputFormat::OtlpProto => prost::Message::encode_to_vec(&request),
             InputFormat::OtlpJson => serde_json::to_vec(&request)
                 .map_err(|e| AlibabaError::Internal(format!("cannot encode OTLP JSON: {e}")))?,
+            InputFormat::Avro => crate::formats::avro::encode_request(&request)
+                .map_err(|e| AlibabaError::Internal(format!("cannot encode Avro: {e}")))?,
         };
         records.push(GeneratedRecord {
             payload,

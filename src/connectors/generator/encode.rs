@@ -203,6 +203,12 @@ impl Grouper {
                 // empty payload would surface as a decode error, never a panic.
                 serde_json::to_vec(&request).unwrap_or_default()
             }
+            InputFormat::Avro => {
+                let request = self.request(fleet, spans);
+                // Encoding against the shipped schema cannot fail for these values; an
+                // empty payload would surface as a decode error, never a panic.
+                crate::formats::avro::encode_request(&request).unwrap_or_default()
+            }
         }
     }
 
@@ -356,6 +362,18 @@ pub(super) fn garbage(rng: &mut ChaCha8Rng, format: InputFormat, real: &[u8]) ->
                 .as_bytes()
                 .to_vec(),
         },
+        InputFormat::Avro => {
+            // Cut inside the datum, or a header with an unknown schema fingerprint.
+            if rng.random_range(0..2u8) == 0 && real.len() > 12 {
+                real[..rng.random_range(11..real.len())].to_vec()
+            } else {
+                let mut out = vec![0xc3, 0x01];
+                let mut noise = [0u8; 24];
+                rng.fill_bytes(&mut noise);
+                out.extend_from_slice(&noise);
+                out
+            }
+        }
     }
 }
 

@@ -23,7 +23,7 @@ pub fn write_records(
     let mut out = BufWriter::with_capacity(1 << 20, File::create(path)?);
     for (i, record) in records.into_iter().enumerate() {
         match format {
-            InputFormat::OtlpProto => {
+            InputFormat::OtlpProto | InputFormat::Avro => {
                 let len = u32::try_from(record.payload.len()).map_err(|_| {
                     io::Error::new(
                         ErrorKind::InvalidInput,
@@ -64,7 +64,7 @@ pub fn write_records(
 pub fn read_records(path: &Path, format: InputFormat) -> io::Result<Vec<Vec<u8>>> {
     let data = std::fs::read(path)?;
     match format {
-        InputFormat::OtlpProto => read_proto(path, &data),
+        InputFormat::OtlpProto | InputFormat::Avro => read_proto(path, &data),
         InputFormat::OtlpJson => read_json(path, &data),
     }
 }

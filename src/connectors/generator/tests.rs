@@ -30,6 +30,7 @@ fn decode(r: &GeneratedRecord, format: InputFormat) -> ExportTraceServiceRequest
     match format {
         InputFormat::OtlpProto => ExportTraceServiceRequest::decode(&r.payload[..]).unwrap(),
         InputFormat::OtlpJson => serde_json::from_slice(&r.payload).unwrap(),
+        InputFormat::Avro => crate::formats::avro::decode_request(&r.payload).unwrap(),
     }
 }
 
@@ -666,14 +667,14 @@ fn file_round_trip_and_truncation() {
         let bytes = std::fs::read(&path).unwrap();
         let cut = match format {
             // Inside the second record's body.
-            InputFormat::OtlpProto => 4 + records[0].payload.len() + 4 + 10,
+            InputFormat::OtlpProto | InputFormat::Avro => 4 + records[0].payload.len() + 4 + 10,
             // Inside the last line, which then has no newline.
             InputFormat::OtlpJson => bytes.len() - 10,
         };
         std::fs::write(&path, &bytes[..cut]).unwrap();
         let err = read_records(&path, format).unwrap_err();
         let offset = match format {
-            InputFormat::OtlpProto => 4 + records[0].payload.len(),
+            InputFormat::OtlpProto | InputFormat::Avro => 4 + records[0].payload.len(),
             InputFormat::OtlpJson => {
                 bytes[..bytes.len() - 1]
                     .iter()
@@ -851,4 +852,63 @@ fn report() {
         truth.spans as f64 / t.elapsed().as_secs_f64()
     );
     println!("peak pending spans {}", g.peak_pending);
+}
+
+#[test]
+fn avro_describes_the_same_spans_and_its_garbage_never_decodes() {
+    let proto = run(GeneratorConfig {
+        garbage_fraction: 0.1,
+        ..rich()
+    });
+    let avro = run(GeneratorConfig {
+        garbage_fraction: 0.1,
+        format: InputFormat::Avro,
+        ..rich()
+    });
+    assert_eq!(proto.1, avro.1);
+    assert_eq!(proto.0.len(), avro.0.len());
+    // Spans as comparable text: ids, times, names and attributes in key order (Avro
+    // maps have no order; scopes are flattened).
+    let flat = |req: ExportTraceServiceRequest| -> Vec<String> {
+        let mut out = Vec::new();
+        for rs in req.resource_spans {
+            for ss in rs.scope_spans {
+                for s in ss.spans {
+                    let mut attrs: Vec<String> =
+                        s.attributes.iter().map(|kv| format!("{kv:?}")).collect();
+                    attrs.sort();
+                    out.push(format!(
+                        "{:?} {:?} {:?} {} {} {} {} {} {attrs:?}",
+                        s.trace_id,
+                        s.span_id,
+                        s.parent_span_id,
+                        s.name,
+                        s.kind,
+                        s.start_time_unix_nano,
+                        s.end_time_unix_nano,
+                        s.status.map_or(0, |st| st.code)
+                    ));
+                }
+            }
+        }
+        out.sort();
+        out
+    };
+    let mut garbage = 0;
+    for (p, a) in proto.0.iter().zip(&avro.0) {
+        assert_eq!(
+            (p.arrival_ns, p.garbage, p.spans),
+            (a.arrival_ns, a.garbage, a.spans)
+        );
+        if p.garbage {
+            garbage += 1;
+            assert!(crate::formats::avro::decode_request(&a.payload).is_err());
+        } else {
+            assert_eq!(
+                flat(decode(p, InputFormat::OtlpProto)),
+                flat(decode(a, InputFormat::Avro))
+            );
+        }
+    }
+    assert!(garbage > 0);
 }
