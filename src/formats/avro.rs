@@ -43,30 +43,30 @@ pub(crate) fn decode_request(payload: &[u8]) -> Result<ExportTraceServiceRequest
         .map_err(|e| bad(e.to_string()))?;
     let batch = fields(&value, "SpanBatch")?;
     let mut req = ExportTraceServiceRequest::default();
-    for rs in array(field(&batch, "resource_spans")?)? {
+    for rs in array(field(batch, "resource_spans")?)? {
         let rs = fields(rs, "ResourceSpans")?;
         let mut spans = Vec::new();
-        for s in array(field(&rs, "spans")?)? {
+        for s in array(field(rs, "spans")?)? {
             let s = fields(s, "Span")?;
             spans.push(Span {
-                trace_id: bytes(field(&s, "trace_id")?)?,
-                span_id: bytes(field(&s, "span_id")?)?,
-                parent_span_id: bytes(field(&s, "parent_span_id")?)?,
-                name: string(field(&s, "name")?)?,
-                kind: int(field(&s, "kind")?)?,
-                start_time_unix_nano: nanos(field(&s, "start_time_unix_nano")?)?,
-                end_time_unix_nano: nanos(field(&s, "end_time_unix_nano")?)?,
+                trace_id: bytes(field(s, "trace_id")?)?,
+                span_id: bytes(field(s, "span_id")?)?,
+                parent_span_id: bytes(field(s, "parent_span_id")?)?,
+                name: string(field(s, "name")?)?,
+                kind: int(field(s, "kind")?)?,
+                start_time_unix_nano: nanos(field(s, "start_time_unix_nano")?)?,
+                end_time_unix_nano: nanos(field(s, "end_time_unix_nano")?)?,
                 status: Some(Status {
-                    code: int(field(&s, "status_code")?)?,
-                    message: string(field(&s, "status_message")?)?,
+                    code: int(field(s, "status_code")?)?,
+                    message: string(field(s, "status_message")?)?,
                 }),
-                attributes: attributes(field(&s, "attributes")?)?,
+                attributes: attributes(field(s, "attributes")?)?,
                 ..Default::default()
             });
         }
         req.resource_spans.push(ResourceSpans {
             resource: Some(Resource {
-                attributes: attributes(field(&rs, "resource_attributes")?)?,
+                attributes: attributes(field(rs, "resource_attributes")?)?,
                 ..Default::default()
             }),
             scope_spans: vec![ScopeSpans {
