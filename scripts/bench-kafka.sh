@@ -4,6 +4,7 @@
 # Parquet outputs only) and print the run's summary (spans/s, spans per CPU-second).
 #
 # Usage: scripts/bench-kafka.sh [TRACES]      (default 80000, about 2 M spans)
+#        SPANFLOW_KAFKA_STORAGE=memory scripts/bench-kafka.sh    (broker without sqlite)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -118,6 +118,11 @@ enum Command {
         /// Print one JSON object on stdout instead of text.
         #[arg(long)]
         json: bool,
+        /// Read the spans through Kafka: they are first produced (untimed) to a
+        /// 4-partition topic of librdkafka's in-process mock cluster, then the job
+        /// consumes them with a `kafka` source (consumer, decode, routing: all measured).
+        #[arg(long)]
+        kafka_mock: bool,
     },
 }
 
@@ -308,9 +313,10 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             spans,
             parallelism,
             json,
+            kafka_mock,
         } => {
             let job = load_job(&job)?;
-            bench(&job, spans, parallelism, json)?;
+            bench(&job, spans, parallelism, json, kafka_mock)?;
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -375,13 +381,79 @@ fn gen_kafka(
     Ok(ExitCode::SUCCESS)
 }
 
+/// Produces `records` to a 4-partition topic of an in-process mock Kafka cluster and
+/// returns the cluster with `job` reading that topic instead of its sources.
+fn mock_kafka_job(
+    job: &Job,
+    name: &str,
+    records: &[bytes::Bytes],
+    format: InputFormat,
+    quiet: bool,
+) -> Result<(rdkafka::mocking::MockCluster<'static, rdkafka::producer::DefaultProducerContext>, Job)>
+{
+    use spanflow::connectors::kafka::{KafkaSourceConfig, produce};
+    let cluster = rdkafka::mocking::MockCluster::new(1)?;
+    cluster.create_topic("bench", 4, 1)?;
+    let brokers = cluster.bootstrap_servers();
+    let producer = produce::KafkaProducer::new(&brokers, &Default::default())
+        .map_err(anyhow::Error::msg)?;
+    if !quiet {
+        eprintln!("producing {} records to the mock cluster", records.len());
+    }
+    let generated = records
+        .iter()
+        .map(|r| spanflow::connectors::generator::GeneratedRecord {
+            payload: r.to_vec(),
+            arrival_ns: 0,
+            garbage: false,
+            spans: 0,
+        });
+    let stats = produce::produce_generated(&producer, "bench", 4, generated, None, |_| {})
+        .map_err(anyhow::Error::msg)?;
+    if !quiet {
+        eprintln!(
+            "produced {} messages ({:.1} MiB) in {:.1}s",
+            stats.messages,
+            stats.bytes as f64 / 1048576.0,
+            stats.seconds
+        );
+    }
+    let watermark = job
+        .sources
+        .first()
+        .map(|s| s.watermark.clone())
+        .unwrap_or_default();
+    let mut kafka_job = job.clone();
+    kafka_job.sources = vec![spanflow::job::SourceNode {
+        name: name.to_owned(),
+        kind: SourceKind::Kafka(KafkaSourceConfig {
+            brokers,
+            topics: vec!["bench".into()],
+            group_id: "bench".into(),
+            format,
+            start: "earliest".into(),
+            on_no_committed: "earliest".into(),
+            end: Some("latest".into()),
+            properties: Default::default(),
+        }),
+        watermark,
+    }];
+    Ok((cluster, kafka_job))
+}
+
 fn truth_path(out: &Path) -> PathBuf {
     let mut s = out.as_os_str().to_owned();
     s.push(".truth.json");
     PathBuf::from(s)
 }
 
-fn bench(job: &Job, spans: u64, parallelism: Option<usize>, json: bool) -> Result<()> {
+fn bench(
+    job: &Job,
+    spans: u64,
+    parallelism: Option<usize>,
+    json: bool,
+    kafka_mock: bool,
+) -> Result<()> {
     let (name, base) = job
         .sources
         .iter()
@@ -421,15 +493,25 @@ fn bench(job: &Job, spans: u64, parallelism: Option<usize>, json: bool) -> Resul
     if let Some(b) = bar {
         b.finish_and_clear();
     }
-    let input = Arc::new(MemoryInput {
-        name,
-        format: config.format,
-        records,
-    });
+    // Kept alive until the run ends.
+    let mut _cluster = None;
+    let (job, memory_input) = if kafka_mock {
+        let (cluster, kafka_job) = mock_kafka_job(job, &name, &records, config.format, json)?;
+        _cluster = Some(cluster);
+        (kafka_job, None)
+    } else {
+        let input = Arc::new(MemoryInput {
+            name,
+            format: config.format,
+            records,
+        });
+        (job.clone(), Some(input))
+    };
+    let job = &job;
     let opts = RunOptions {
         parallelism,
         progress: !json && std::io::IsTerminal::is_terminal(&std::io::stderr()),
-        memory_input: Some(input),
+        memory_input,
         discard_outputs: true,
         ..Default::default()
     };

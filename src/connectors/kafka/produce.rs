@@ -160,13 +160,16 @@ pub fn partition_of(trace_id: &[u8], partitions: i32) -> i32 {
 /// keeping its spans' resource and scope. A record that does not decode is returned
 /// whole for partition `fallback` (garbage stays garbage, for dead-letter tests).
 pub fn split_request(payload: &[u8], partitions: i32, fallback: i32) -> Vec<(i32, Vec<u8>)> {
+    try_split(payload, partitions).unwrap_or_else(|| vec![(fallback, payload.to_vec())])
+}
+
+/// [`split_request`], or None when the record does not decode.
+fn try_split(payload: &[u8], partitions: i32) -> Option<Vec<(i32, Vec<u8>)>> {
     use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
     use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans};
     use prost::Message;
 
-    let Ok(req) = ExportTraceServiceRequest::decode(payload) else {
-        return vec![(fallback, payload.to_vec())];
-    };
+    let req = ExportTraceServiceRequest::decode(payload).ok()?;
     let mut parts: BTreeMap<i32, ExportTraceServiceRequest> = BTreeMap::new();
     for rs in req.resource_spans {
         let mut per: BTreeMap<i32, ResourceSpans> = BTreeMap::new();
@@ -199,10 +202,12 @@ pub fn split_request(payload: &[u8], partitions: i32, fallback: i32) -> Vec<(i32
             parts.entry(p).or_default().resource_spans.push(r);
         }
     }
-    parts
-        .into_iter()
-        .map(|(p, r)| (p, r.encode_to_vec()))
-        .collect()
+    Some(
+        parts
+            .into_iter()
+            .map(|(p, r)| (p, r.encode_to_vec()))
+            .collect(),
+    )
 }
 
 /// What `produce_generated` did.
@@ -218,9 +223,17 @@ pub struct ProduceStats {
     pub seconds: f64,
 }
 
+/// Target size of one produced message. Like the Collector's batch processor feeding
+/// its Kafka exporter, each message carries many spans (about 2,500 here), so the
+/// broker's per-message cost does not dominate.
+pub const MESSAGE_BYTES: usize = 1 << 20;
+
 /// Produces generated OTLP protobuf records to `topic`, split by trace id over its
-/// `partitions`, at most `spans_per_second` (None: as fast as possible). `on_record`
-/// sees each record's span count (for a progress bar).
+/// `partitions` and batched per partition into messages of about [`MESSAGE_BYTES`]
+/// (concatenated protobuf messages merge: the result is one request with all their
+/// resource spans), at most `spans_per_second` (None: as fast as possible). A record
+/// that does not decode is sent alone, as it is. `on_record` sees each record's span
+/// count (for a progress bar).
 pub fn produce_generated(
     producer: &KafkaProducer,
     topic: &str,
@@ -232,12 +245,32 @@ pub fn produce_generated(
     let t0 = Instant::now();
     let mut stats = ProduceStats::default();
     let mut spans_sent = 0u64;
+    let mut pending: BTreeMap<i32, Vec<u8>> = BTreeMap::new();
+    let send = |p: i32, bytes: &[u8], stats: &mut ProduceStats| -> Result<(), String> {
+        producer.send(topic, Some(p), None, bytes)?;
+        stats.messages += 1;
+        stats.bytes += bytes.len() as u64;
+        Ok(())
+    };
     for (i, r) in records.enumerate() {
         let fallback = (i as i64 % i64::from(partitions.max(1))) as i32;
-        for (p, bytes) in split_request(&r.payload, partitions, fallback) {
-            producer.send(topic, Some(p), None, &bytes)?;
-            stats.messages += 1;
-            stats.bytes += bytes.len() as u64;
+        // An undecodable record must not be merged into a batch: it goes alone.
+        let split = if r.garbage {
+            None
+        } else {
+            try_split(&r.payload, partitions)
+        };
+        if let Some(parts) = split {
+            for (p, bytes) in parts {
+                let buf = pending.entry(p).or_default();
+                buf.extend_from_slice(&bytes);
+                if buf.len() >= MESSAGE_BYTES {
+                    let full = std::mem::take(buf);
+                    send(p, &full, &mut stats)?;
+                }
+            }
+        } else {
+            send(fallback, &r.payload, &mut stats)?;
         }
         stats.records += 1;
         spans_sent += r.spans as u64;
@@ -245,8 +278,18 @@ pub fn produce_generated(
         if let Some(rate) = spans_per_second.filter(|r| *r > 0.0) {
             let due = Duration::from_secs_f64(spans_sent as f64 / rate);
             if let Some(wait) = due.checked_sub(t0.elapsed()) {
+                // Pacing: what is buffered goes out before waiting.
+                for (p, buf) in pending.iter_mut().filter(|(_, b)| !b.is_empty()) {
+                    let full = std::mem::take(buf);
+                    send(*p, &full, &mut stats)?;
+                }
                 std::thread::sleep(wait);
             }
+        }
+    }
+    for (p, buf) in pending {
+        if !buf.is_empty() {
+            send(p, &buf, &mut stats)?;
         }
     }
     producer.flush()?;

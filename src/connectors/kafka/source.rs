@@ -350,6 +350,7 @@ impl KafkaReader {
             }
             Some(EndPosition::Timestamp(ms)) => ends = by_time(ms)?,
         }
+        tracing::debug!(?starts, ?ends, ?marks, "kafka source offsets");
         for (topic, p, o) in resume {
             starts.insert((topic.clone(), *p), *o);
         }
