@@ -51,11 +51,13 @@ impl Sym {
 
     /// A number identifying the symbol within this process (interning order): cheap to
     /// sort or hash by, but not stable across runs, so never output it.
+    #[inline]
     pub fn id(self) -> u32 {
         self.0.into_inner().get()
     }
 
     /// The empty string, used for "absent" (no peer, no db system, ...).
+    #[inline]
     pub fn empty() -> Self {
         static EMPTY: LazyLock<Sym> = LazyLock::new(|| Sym::new(""));
         *EMPTY
@@ -474,8 +476,12 @@ const FLAG_RESOURCE: u8 = 0x80;
 /// for text, 1 or 8 bytes otherwise). One allocation per span instead of two per
 /// attribute, and a resource's attributes are one buffer shared by all its spans;
 /// operators never read it, only the span sinks do.
-#[derive(Clone, PartialEq, Default)]
+#[derive(Clone, PartialEq, Eq, Hash, Default)]
 pub struct Attrs(Option<std::sync::Arc<[u8]>>);
+
+/// A map keyed by attribute content (equal packed bytes, equal attributes), for sinks
+/// that render each distinct resource once.
+pub type AttrsMap<V> = ahash::AHashMap<Attrs, V>;
 
 impl Attrs {
     /// No attributes.
@@ -499,6 +505,16 @@ impl Attrs {
             buf: self.0.as_deref().unwrap_or(&[]),
             failed: false,
             checked: false,
+        }
+    }
+
+    /// True when both are the same buffer (not merely equal bytes): spans of one
+    /// resource share it, so sinks can render it once.
+    pub fn same_buffer(&self, other: &Attrs) -> bool {
+        match (&self.0, &other.0) {
+            (Some(a), Some(b)) => std::sync::Arc::ptr_eq(a, b),
+            (None, None) => true,
+            _ => false,
         }
     }
 
