@@ -151,8 +151,22 @@ impl<'de> Deserialize<'de> for Sym {
 macro_rules! hex_id {
     ($name:ident, $len:expr, $doc:expr) => {
         #[doc = $doc]
-        #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+        #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
         pub struct $name(pub [u8; $len]);
+
+        /// Hashed as whole words rather than a length and a byte slice: ids are keys of
+        /// the per-trace maps every span goes through. Consistent with `Eq` (the words
+        /// are the bytes).
+        impl std::hash::Hash for $name {
+            #[inline]
+            fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+                for w in self.0.chunks_exact(8) {
+                    let mut b = [0u8; 8];
+                    b.copy_from_slice(w);
+                    state.write_u64(u64::from_le_bytes(b));
+                }
+            }
+        }
 
         impl $name {
             /// Byte length of the id.
