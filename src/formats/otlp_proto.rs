@@ -108,7 +108,17 @@ fn decode_span(
         end: 0,
         status_code: 0,
     };
-    while let Some((field, wt)) = r.field()? {
+    loop {
+        // Attributes are most of a span's fields: take their one-byte tag (field 9,
+        // length-delimited) directly. Everything else, and every error, goes through
+        // the general field walk.
+        if r.peek() == Some(0x4a) {
+            r.advance(1);
+            let kv = r.message()?;
+            key_value(kv, |k, v| b.span_attr(k, v))?;
+            continue;
+        }
+        let Some((field, wt)) = r.field()? else { break };
         match field {
             1 => {
                 r.expect(wt, WireType::Len, "trace_id")?;

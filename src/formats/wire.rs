@@ -65,6 +65,18 @@ impl<'a> Reader<'a> {
         &self.buf[self.pos..]
     }
 
+    /// The next byte, if any, without consuming it.
+    #[inline(always)]
+    pub fn peek(&self) -> Option<u8> {
+        self.buf.get(self.pos).copied()
+    }
+
+    /// Skips `n` bytes already inspected with [`peek`](Self::peek).
+    #[inline(always)]
+    pub fn advance(&mut self, n: usize) {
+        self.pos = (self.pos + n).min(self.buf.len());
+    }
+
     /// Absolute offset of the next byte.
     pub fn offset(&self) -> usize {
         self.base + self.pos
