@@ -18,7 +18,8 @@ pub mod tail_sampling;
 
 pub use config::{ConfigIssue, HumanDuration};
 pub use model::{
-    AttrValue, Attrs, AttrsBuilder, CallType, Span, SpanId, SpanKind, StatusCode, Sym, TraceId,
+    AttrValue, Attrs, AttrsBuilder, AttrsMap, CallType, Span, SpanId, SpanKind, StatusCode, Sym,
+    TraceId,
 };
 
 /// Event time in unix nanoseconds.

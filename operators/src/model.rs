@@ -51,11 +51,13 @@ impl Sym {
 
     /// A number identifying the symbol within this process (interning order): cheap to
     /// sort or hash by, but not stable across runs, so never output it.
+    #[inline]
     pub fn id(self) -> u32 {
         self.0.into_inner().get()
     }
 
     /// The empty string, used for "absent" (no peer, no db system, ...).
+    #[inline]
     pub fn empty() -> Self {
         static EMPTY: LazyLock<Sym> = LazyLock::new(|| Sym::new(""));
         *EMPTY
@@ -149,8 +151,22 @@ impl<'de> Deserialize<'de> for Sym {
 macro_rules! hex_id {
     ($name:ident, $len:expr, $doc:expr) => {
         #[doc = $doc]
-        #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+        #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
         pub struct $name(pub [u8; $len]);
+
+        /// Hashed as whole words rather than a length and a byte slice: ids are keys of
+        /// the per-trace maps every span goes through. Consistent with `Eq` (the words
+        /// are the bytes).
+        impl std::hash::Hash for $name {
+            #[inline]
+            fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+                for w in self.0.chunks_exact(8) {
+                    let mut b = [0u8; 8];
+                    b.copy_from_slice(w);
+                    state.write_u64(u64::from_le_bytes(b));
+                }
+            }
+        }
 
         impl $name {
             /// Byte length of the id.
@@ -474,8 +490,12 @@ const FLAG_RESOURCE: u8 = 0x80;
 /// for text, 1 or 8 bytes otherwise). One allocation per span instead of two per
 /// attribute, and a resource's attributes are one buffer shared by all its spans;
 /// operators never read it, only the span sinks do.
-#[derive(Clone, PartialEq, Default)]
+#[derive(Clone, PartialEq, Eq, Hash, Default)]
 pub struct Attrs(Option<std::sync::Arc<[u8]>>);
+
+/// A map keyed by attribute content (equal packed bytes, equal attributes), for sinks
+/// that render each distinct resource once.
+pub type AttrsMap<V> = ahash::AHashMap<Attrs, V>;
 
 impl Attrs {
     /// No attributes.
@@ -499,6 +519,16 @@ impl Attrs {
             buf: self.0.as_deref().unwrap_or(&[]),
             failed: false,
             checked: false,
+        }
+    }
+
+    /// True when both are the same buffer (not merely equal bytes): spans of one
+    /// resource share it, so sinks can render it once.
+    pub fn same_buffer(&self, other: &Attrs) -> bool {
+        match (&self.0, &other.0) {
+            (Some(a), Some(b)) => std::sync::Arc::ptr_eq(a, b),
+            (None, None) => true,
+            _ => false,
         }
     }
 

@@ -19,6 +19,9 @@ pub(crate) fn decode_request(
     meta: &RecordMeta,
     out: &mut Decoded,
 ) -> Result<(), DecodeError> {
+    // Growing the span vector from empty copied each span several times; OTLP spans
+    // take ~200-400 bytes on the wire, so this rarely needs to grow again.
+    out.spans.reserve(payload.len() / 256);
     let mut r = Reader::new(payload, 0);
     let mut index = 0u32;
     while let Some((field, wt)) = r.field()? {
@@ -105,7 +108,17 @@ fn decode_span(
         end: 0,
         status_code: 0,
     };
-    while let Some((field, wt)) = r.field()? {
+    loop {
+        // Attributes are most of a span's fields: take their one-byte tag (field 9,
+        // length-delimited) directly. Everything else, and every error, goes through
+        // the general field walk.
+        if r.peek() == Some(0x4a) {
+            r.advance(1);
+            let kv = r.message()?;
+            key_value(kv, |k, v| b.span_attr(k, v))?;
+            continue;
+        }
+        let Some((field, wt)) = r.field()? else { break };
         match field {
             1 => {
                 r.expect(wt, WireType::Len, "trace_id")?;
@@ -169,7 +182,96 @@ fn decode_span(
 
 /// Decodes a `KeyValue` and hands it to `f` (values that are unset are skipped, as the
 /// prost path does).
-fn key_value(mut r: Reader<'_>, f: impl FnOnce(&str, AttrValue<'_>)) -> Result<(), DecodeError> {
+#[inline]
+fn key_value(r: Reader<'_>, f: impl FnOnce(&str, AttrValue<'_>)) -> Result<(), DecodeError> {
+    // Attributes are most of a span's bytes and nearly all of them are a key and one
+    // scalar value in canonical field order; read that shape directly and leave
+    // everything else (and every error) to the general walk below.
+    if let Some((k, v)) = canonical_key_value(r.remaining()) {
+        f(k, v);
+        return Ok(());
+    }
+    key_value_general(r, f)
+}
+
+/// A one- or two-byte varint at `at` (lengths below 16 KiB), as `(value, next)`.
+#[inline(always)]
+fn short_varint(b: &[u8], at: usize) -> Option<(usize, usize)> {
+    let b0 = *b.get(at)?;
+    if b0 < 0x80 {
+        return Some((usize::from(b0), at + 1));
+    }
+    let b1 = *b.get(at + 1)?;
+    if b1 < 0x80 {
+        return Some((usize::from(b0 & 0x7f) | usize::from(b1) << 7, at + 2));
+    }
+    None
+}
+
+/// A length-delimited field of `b` at `at` with tag byte `tag`, as `(body, next)`.
+#[inline(always)]
+fn short_len_field(b: &[u8], at: usize, tag: u8) -> Option<(&[u8], usize)> {
+    if *b.get(at)? != tag {
+        return None;
+    }
+    let (len, start) = short_varint(b, at + 1)?;
+    let end = start.checked_add(len)?;
+    Some((b.get(start..end)?, end))
+}
+
+/// A whole varint that must end exactly at the end of `b`.
+#[inline(always)]
+fn varint_to_end(b: &[u8]) -> Option<u64> {
+    if b.is_empty() || b.len() > 10 {
+        return None;
+    }
+    let mut v = 0u64;
+    for (i, &x) in b.iter().enumerate() {
+        v |= u64::from(x & 0x7f) << (7 * i);
+        if x < 0x80 {
+            return (i + 1 == b.len()).then_some(v);
+        }
+    }
+    None
+}
+
+/// `KeyValue { key (1), value (2): AnyValue { one string, bool, int or double } }`
+/// with nothing else, or `None` to take the general path. Returns what the general path
+/// would hand on for the same bytes.
+#[inline(always)]
+fn canonical_key_value(kv: &[u8]) -> Option<(&str, AttrValue<'_>)> {
+    let (key, next) = short_len_field(kv, 0, 0x0a)?;
+    let (value, end) = short_len_field(kv, next, 0x12)?;
+    if end != kv.len() {
+        return None;
+    }
+    let (&tag, rest) = value.split_first()?;
+    let value = match tag {
+        0x0a => {
+            let (text, end) = short_len_field(value, 0, 0x0a)?;
+            if end != value.len() {
+                return None;
+            }
+            AttrValue::Str(utf8(text)?)
+        }
+        0x10 => AttrValue::Bool(varint_to_end(rest)? != 0),
+        0x18 => AttrValue::Int(varint_to_end(rest)? as i64),
+        0x21 => AttrValue::Double(f64::from_bits(u64::from_le_bytes(rest.try_into().ok()?))),
+        _ => return None,
+    };
+    Some((utf8(key)?, value))
+}
+
+/// Validated text; `None` leaves the error (and its message) to the general path.
+#[inline(always)]
+fn utf8(b: &[u8]) -> Option<&str> {
+    super::wire::utf8(b).ok()
+}
+
+fn key_value_general(
+    mut r: Reader<'_>,
+    f: impl FnOnce(&str, AttrValue<'_>),
+) -> Result<(), DecodeError> {
     let mut key = "";
     let mut value: Option<Reader<'_>> = None;
     while let Some((field, wt)) = r.field()? {
@@ -259,4 +361,92 @@ fn nested_any_value(
         _ => Value::BytesValue(body.to_vec()),
     };
     Ok(AnyValue { value: Some(value) })
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn general(kv: &[u8]) -> Result<Option<(String, String)>, DecodeError> {
+        let mut got = None;
+        key_value_general(Reader::new(kv, 0), |k, v| {
+            got = Some((k.to_owned(), format!("{v:?}")));
+        })?;
+        Ok(got)
+    }
+
+    /// Bytes shaped like a `KeyValue`: field tags, lengths and values drawn so that the
+    /// canonical shape, its near misses and invalid UTF-8 all come up.
+    fn arb_kv() -> impl Strategy<Value = Vec<u8>> {
+        let text = prop_oneof![
+            "[a-z.]{0,8}".prop_map(String::into_bytes),
+            "\\PC{0,4}".prop_map(String::into_bytes),
+            prop::collection::vec(any::<u8>(), 0..6),
+            (120usize..140).prop_map(|n| vec![b'v'; n]),
+        ];
+        let value = prop_oneof![
+            text.clone().prop_map(|t| {
+                let mut v = vec![0x0a];
+                push_len(&mut v, t.len());
+                v.extend(t);
+                v
+            }),
+            (prop_oneof![Just(0x10u8), Just(0x18)], any::<u64>()).prop_map(|(tag, x)| {
+                let mut v = vec![tag];
+                push_len(&mut v, x as usize);
+                v
+            }),
+            any::<f64>().prop_map(|d| {
+                let mut v = vec![0x21];
+                v.extend(d.to_bits().to_le_bytes());
+                v
+            }),
+            prop::collection::vec(any::<u8>(), 0..12),
+        ];
+        (
+            text,
+            value,
+            prop::collection::vec(any::<u8>(), 0..3),
+            any::<bool>(),
+        )
+            .prop_map(|(key, value, tail, swap)| {
+                let mut k = vec![0x0a];
+                push_len(&mut k, key.len());
+                k.extend(key);
+                let mut v = vec![0x12];
+                push_len(&mut v, value.len());
+                v.extend(value);
+                let mut out = if swap {
+                    [v, k].concat()
+                } else {
+                    [k, v].concat()
+                };
+                out.extend(tail);
+                out
+            })
+    }
+
+    fn push_len(v: &mut Vec<u8>, mut n: usize) {
+        while n >= 0x80 {
+            v.push((n as u8) | 0x80);
+            n >>= 7;
+        }
+        v.push(n as u8);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        /// Whenever the shortcut reads a `KeyValue`, the general walk reads the same.
+        #[test]
+        fn canonical_key_value_agrees_with_the_general_walk(kv in arb_kv()) {
+            if let Some((k, v)) = canonical_key_value(&kv) {
+                let g = general(&kv);
+                prop_assert!(g.is_ok(), "general path failed: {g:?}");
+                prop_assert_eq!(g.ok().flatten(), Some((k.to_owned(), format!("{v:?}"))));
+            }
+        }
+    }
 }

@@ -255,6 +255,8 @@ fn json_and_proto_agree() {
 fn arb_value() -> impl Strategy<Value = Value> {
     prop_oneof![
         "[a-z0-9./ ]{0,12}".prop_map(Value::StringValue),
+        // Non-ASCII text and values whose lengths take two or three varint bytes.
+        "\\PC{0,3}(x{120,130}|y{16380,16390})?\\PC{0,3}".prop_map(Value::StringValue),
         any::<bool>().prop_map(Value::BoolValue),
         any::<i64>().prop_map(Value::IntValue),
         (-1e9f64..1e9).prop_map(Value::DoubleValue),

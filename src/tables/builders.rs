@@ -4,54 +4,20 @@ use std::sync::{Arc, LazyLock};
 
 use arrow::array::{
     ArrayBuilder, ArrayRef, BinaryBuilder, BooleanBuilder, FixedSizeBinaryBuilder, Float64Builder,
-    MapBuilder, MapFieldNames, StringBuilder, TimestampNanosecondBuilder, UInt16Builder,
-    UInt32Builder, UInt64Builder,
+    StringBuilder, TimestampNanosecondBuilder, UInt16Builder, UInt32Builder, UInt64Builder,
 };
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use arrow::record_batch::RecordBatch;
+use spanflow_operators::Span;
 use spanflow_operators::session_window::{ClosedTrace, LateSpan};
 use spanflow_operators::tail_sampling::Decision;
-use spanflow_operators::{AttrValue, Span};
 
 use super::TableRows;
+use super::attr_map::{AttrMaps, MapSizes, map_type};
 use crate::formats::DeadLetter;
 
 fn ts() -> DataType {
     DataType::Timestamp(TimeUnit::Nanosecond, Some("+00:00".into()))
-}
-
-fn map_type() -> DataType {
-    DataType::Map(
-        Arc::new(Field::new(
-            "entries",
-            DataType::Struct(
-                vec![
-                    Field::new("keys", DataType::Utf8, false),
-                    Field::new("values", DataType::Utf8, true),
-                ]
-                .into(),
-            ),
-            false,
-        )),
-        false,
-    )
-}
-
-fn map_builder(rows: usize, entries: usize) -> MapBuilder<StringBuilder, StringBuilder> {
-    MapBuilder::with_capacity(
-        Some(MapFieldNames {
-            entry: "entries".into(),
-            key: "keys".into(),
-            value: "values".into(),
-        }),
-        StringBuilder::with_capacity(entries, entries * 24),
-        StringBuilder::with_capacity(entries, entries * 32),
-        rows,
-    )
-}
-
-fn strings(rows: usize, bytes_per_row: usize) -> StringBuilder {
-    StringBuilder::with_capacity(rows, rows * bytes_per_row)
 }
 
 fn batch(schema: &SchemaRef, cols: Vec<ArrayRef>) -> RecordBatch {
@@ -248,47 +214,91 @@ pub struct SpanRows {
     peer: StringBuilder,
     db_system: StringBuilder,
     destination: StringBuilder,
-    attributes: MapBuilder<StringBuilder, StringBuilder>,
-    resource_attributes: MapBuilder<StringBuilder, StringBuilder>,
+    /// `attributes` and `resource_attributes`.
+    attr_maps: AttrMaps,
     late_reason: StringBuilder,
     watermark: TimestampNanosecondBuilder,
-    text: String,
+}
+
+/// Rows and text bytes of a batch, to size the next one like it.
+#[derive(Default)]
+struct SpanSizes {
+    rows: usize,
+    /// Bytes of the string columns, in [`SpanRows::text_columns`] order.
+    text: [usize; 10],
+    maps: [MapSizes; 2],
 }
 
 impl SpanRows {
     fn new(late: bool) -> Self {
-        Self::with_capacity(late, 0, 0, 0)
+        Self::with_capacity(late, &SpanSizes::default())
     }
 
     /// Builders pre-sized for a batch like the previous one: growing them from empty
     /// for every batch cost more (reallocations, fresh pages) than filling them.
-    fn with_capacity(late: bool, rows: usize, attrs: usize, resource_attrs: usize) -> Self {
+    fn with_capacity(late: bool, sizes: &SpanSizes) -> Self {
+        let rows = sizes.rows;
         let ts = || TimestampNanosecondBuilder::with_capacity(rows).with_timezone("+00:00");
+        let [
+            service,
+            instance,
+            name,
+            kind,
+            status,
+            call_type,
+            peer,
+            db_system,
+            destination,
+            late_reason,
+        ] = sizes
+            .text
+            .map(|bytes| StringBuilder::with_capacity(rows, bytes));
         SpanRows {
             late,
             trace_id: FixedSizeBinaryBuilder::with_capacity(rows, 16),
             span_id: FixedSizeBinaryBuilder::with_capacity(rows, 8),
             parent: FixedSizeBinaryBuilder::with_capacity(rows, 8),
-            service: strings(rows, 16),
-            instance: strings(rows, 24),
-            name: strings(rows, 24),
-            kind: strings(rows, 8),
+            service,
+            instance,
+            name,
+            kind,
             start: ts(),
             end: ts(),
             duration: UInt64Builder::with_capacity(rows),
-            status: strings(rows, 5),
+            status,
             is_error: BooleanBuilder::with_capacity(rows),
-            call_type: strings(rows, 5),
+            call_type,
             http_status: UInt16Builder::with_capacity(rows),
-            peer: strings(rows, 12),
-            db_system: strings(rows, 4),
-            destination: strings(rows, 4),
-            attributes: map_builder(rows, attrs),
-            resource_attributes: map_builder(rows, resource_attrs),
-            late_reason: strings(if late { rows } else { 0 }, 12),
+            peer,
+            db_system,
+            destination,
+            attr_maps: AttrMaps::with_capacity(sizes.maps),
+            late_reason,
             watermark: TimestampNanosecondBuilder::with_capacity(if late { rows } else { 0 })
                 .with_timezone("+00:00"),
-            text: String::new(),
+        }
+    }
+
+    fn text_columns(&self) -> [&StringBuilder; 10] {
+        [
+            &self.service,
+            &self.instance,
+            &self.name,
+            &self.kind,
+            &self.status,
+            &self.call_type,
+            &self.peer,
+            &self.db_system,
+            &self.destination,
+            &self.late_reason,
+        ]
+    }
+
+    fn sizes(&self) -> SpanSizes {
+        SpanSizes {
+            rows: self.len(),
+            text: self.text_columns().map(|c| c.values_slice().len()),
+            maps: self.attr_maps.sizes(),
         }
     }
 
@@ -304,7 +314,6 @@ impl SpanRows {
 
     /// Appends one span (for `spans`).
     pub fn push(&mut self, s: &Span) {
-        use std::fmt::Write;
         let _ = self.trace_id.append_value(s.trace_id.0);
         let _ = self.span_id.append_value(s.span_id.0);
         if s.is_root() {
@@ -327,26 +336,7 @@ impl SpanRows {
         self.db_system.append_value(s.db_system.as_str());
         self.destination
             .append_value(s.messaging_destination.as_str());
-        for (k, v, resource) in s.attrs.iter().chain(s.resource_attrs.iter()) {
-            let m = if resource {
-                &mut self.resource_attributes
-            } else {
-                &mut self.attributes
-            };
-            m.keys().append_value(k);
-            match v {
-                AttrValue::Str(t) | AttrValue::Json(t) => m.values().append_value(t),
-                other => {
-                    self.text.clear();
-                    let _ = write!(self.text, "{other}");
-                    m.values().append_value(&self.text);
-                }
-            }
-        }
-        // Map entries are always balanced (one key and one value each), so append
-        // cannot fail.
-        let _ = self.attributes.append(true);
-        let _ = self.resource_attributes.append(true);
+        self.attr_maps.push(&s.attrs, &s.resource_attrs);
     }
 
     /// Appends one late span (for `late_spans`).
@@ -373,18 +363,26 @@ impl TableRows for SpanRows {
         }
     }
     fn finish(&mut self) -> RecordBatch {
-        let (rows, attrs, res) = (
-            self.len(),
-            self.attributes.values().len(),
-            self.resource_attributes.values().len(),
-        );
-        let mut old = std::mem::replace(self, SpanRows::with_capacity(self.late, rows, attrs, res));
-        old.finish_columns()
+        let next = SpanRows::with_capacity(self.late, &self.sizes());
+        std::mem::replace(self, next).finish_columns()
     }
 }
 
 impl SpanRows {
-    fn finish_columns(&mut self) -> RecordBatch {
+    fn finish_columns(mut self) -> RecordBatch {
+        let schema = if self.late {
+            &*LATE_SPANS_SCHEMA
+        } else {
+            &*SPANS_SCHEMA
+        };
+        let maps = match self.attr_maps.finish() {
+            Ok(maps) => maps,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot build the attribute columns; batch dropped");
+                return RecordBatch::new_empty(schema.clone());
+            }
+        };
+        let [attributes, resource_attributes] = maps;
         let mut cols: Vec<ArrayRef> = vec![
             Arc::new(self.trace_id.finish()),
             Arc::new(self.span_id.finish()),
@@ -403,8 +401,8 @@ impl SpanRows {
             Arc::new(self.peer.finish()),
             Arc::new(self.db_system.finish()),
             Arc::new(self.destination.finish()),
-            Arc::new(self.attributes.finish()),
-            Arc::new(self.resource_attributes.finish()),
+            Arc::new(attributes),
+            Arc::new(resource_attributes),
         ];
         if self.late {
             cols.push(Arc::new(self.late_reason.finish()));

@@ -3,6 +3,7 @@
 //! Column names and types are the contract with users' SQL (`spanflow sql`), with the
 //! ClickHouse DDL and with the Avro schemas, so they change only deliberately.
 
+mod attr_map;
 mod builders;
 mod metrics;
 

@@ -197,6 +197,8 @@ impl RedMetrics {
         }
         let [keep_instance, keep_operation, keep_peer, keep_status] = self.keep;
         let empty = Sym::empty();
+        // Built once: `SeriesKey::new` resolves the empty symbol for each dimension.
+        let blank = SeriesKey::new(Metric::ServiceNode);
         for s in &trace.spans {
             let d = s.duration_ns();
             let error = s.is_error();
@@ -212,7 +214,7 @@ impl RedMetrics {
             let node = SeriesKey {
                 service: s.service,
                 instance: if keep_instance { s.instance } else { empty },
-                ..SeriesKey::new(Metric::ServiceNode)
+                ..blank
             };
             self.agg.observe(node, d, slow, ex);
             let entry = matches!(s.kind, SpanKind::Server | SpanKind::Consumer);
@@ -234,7 +236,8 @@ impl RedMetrics {
                     service: s.service,
                     operation,
                     call_type: s.call_type,
-                    ..SeriesKey::new(Metric::ServiceServer)
+                    metric: Metric::ServiceServer,
+                    ..blank
                 };
                 self.agg.observe(key, d, slow, ex);
             } else {
@@ -243,7 +246,8 @@ impl RedMetrics {
                     operation,
                     call_type: s.call_type,
                     peer: if keep_peer { s.peer } else { empty },
-                    ..SeriesKey::new(Metric::ServiceCall(s.call_type))
+                    metric: Metric::ServiceCall(s.call_type),
+                    ..blank
                 };
                 self.agg.observe(key, d, slow, ex);
                 if error {

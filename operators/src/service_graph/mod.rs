@@ -230,13 +230,14 @@ impl ServiceGraph {
             &mut self.linked,
             &mut self.edges,
         );
+        let blank = SeriesKey::new(Metric::ServiceRelation);
         for e in &self.edges {
             let key = SeriesKey {
                 service: e.source,
                 peer: e.target,
                 peer_kind: e.target_kind,
                 call_type: e.call_type,
-                ..SeriesKey::new(Metric::ServiceRelation)
+                ..blank
             };
             let ex = Exemplar {
                 trace_id: e.trace_id,
