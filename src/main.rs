@@ -389,14 +389,16 @@ fn mock_kafka_job(
     records: &[bytes::Bytes],
     format: InputFormat,
     quiet: bool,
-) -> Result<(rdkafka::mocking::MockCluster<'static, rdkafka::producer::DefaultProducerContext>, Job)>
-{
+) -> Result<(
+    rdkafka::mocking::MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
+    Job,
+)> {
     use spanflow::connectors::kafka::{KafkaSourceConfig, produce};
     let cluster = rdkafka::mocking::MockCluster::new(1)?;
     cluster.create_topic("bench", 4, 1)?;
     let brokers = cluster.bootstrap_servers();
-    let producer = produce::KafkaProducer::new(&brokers, &Default::default())
-        .map_err(anyhow::Error::msg)?;
+    let producer =
+        produce::KafkaProducer::new(&brokers, &Default::default()).map_err(anyhow::Error::msg)?;
     if !quiet {
         eprintln!("producing {} records to the mock cluster", records.len());
     }

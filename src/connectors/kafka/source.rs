@@ -225,7 +225,19 @@ impl KafkaReader {
         resume: &[(String, i32, i64)],
     ) -> Result<Self, String> {
         let shared = Arc::new(Mutex::new(Shared::default()));
-        let mut cc = super::client_config(&config.brokers, &config.properties);
+        // Bigger fetches than librdkafka's defaults: OTLP batches are large messages
+        // (about 1 MiB), and one message per partition per round trip starves the
+        // pipeline. `properties` still override these.
+        let mut defaults = BTreeMap::from([
+            (
+                "max.partition.fetch.bytes".to_owned(),
+                "16777216".to_owned(),
+            ),
+            ("fetch.max.bytes".to_owned(), "67108864".to_owned()),
+            ("fetch.wait.max.ms".to_owned(), "100".to_owned()),
+        ]);
+        defaults.extend(config.properties.clone());
+        let mut cc = super::client_config(&config.brokers, &defaults);
         cc.set("group.id", &config.group_id)
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
