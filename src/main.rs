@@ -54,8 +54,9 @@ enum Command {
         #[arg(long, value_enum, default_value_t = DiagFormat::Human)]
         format: DiagFormat,
     },
-    /// Generate spans with the built-in generator and write them to a file
-    /// (plus the ground truth next to it, as `<FILE>.truth.json`).
+    /// Generate spans with the built-in generator and write them to a file (plus the
+    /// ground truth next to it, as `<FILE>.truth.json`), or produce them to Kafka
+    /// (the ground truth goes to stdout).
     Gen {
         /// Number of traces.
         #[arg(long, default_value_t = 1000)]
