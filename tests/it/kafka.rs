@@ -538,6 +538,26 @@ fn a_stopped_run_resumes_from_its_savepoint_without_losing_or_repeating_a_trace(
         "run 1 stopped with traces still open"
     );
     assert!(checkpoints.join("savepoint.cbor").exists());
+    // Run 1 committed the end of what it read: the first half, every partition.
+    let c: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &broker.brokers)
+        .set("group.id", "resumable")
+        .create()
+        .unwrap();
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    tpl.add_partition_range("live", 0, 3);
+    let committed = c.committed_offsets(tpl, Duration::from_secs(10)).unwrap();
+    for e in committed.elements() {
+        let (_, high) = c
+            .fetch_watermarks("live", e.partition(), Duration::from_secs(10))
+            .unwrap();
+        assert_eq!(
+            e.offset(),
+            rdkafka::Offset::Offset(high),
+            "partition {}",
+            e.partition()
+        );
+    }
 
     // Run 2: the rest arrives; the run resumes and ends at the topic's end.
     produce_records(&broker, "live", 4, &records[half..]);
@@ -583,4 +603,120 @@ fn a_stopped_run_resumes_from_its_savepoint_without_losing_or_repeating_a_trace(
         assert_eq!(a.len(), b.len(), "{table}: row counts differ");
         assert!(a == b, "{table}: rows differ");
     }
+}
+
+/// A second member joining the group takes partitions away from the first: the first
+/// sees them revoked (so they stop holding its watermark) and keeps the rest; between
+/// them the two members read every partition.
+#[test]
+fn rebalance_moves_partitions_between_members() {
+    use std::sync::Arc;
+    use std::sync::atomic::Ordering;
+
+    use spanflow::connectors::kafka::KafkaSourceConfig;
+    use spanflow::connectors::kafka::source::{Finish, KafkaEvent, KafkaReader};
+    use std::sync::atomic::AtomicBool;
+
+    // (librdkafka's mock cluster never completes this rebalance, so it runs here.)
+    let broker = Broker::start();
+    let brokers = broker.brokers.clone();
+    let props = BTreeMap::new();
+    kafka::create_topics(&brokers, &props, &["shared".to_owned()], 4).unwrap();
+    let p = produce::KafkaProducer::new(&brokers, &props).unwrap();
+    for part in 0..4 {
+        for i in 0..3 {
+            p.send("shared", Some(part), None, format!("r{i}").as_bytes())
+                .unwrap();
+        }
+    }
+    p.flush().unwrap();
+    let config = KafkaSourceConfig {
+        brokers: brokers.clone(),
+        topics: vec!["shared".into()],
+        group_id: "two-members".into(),
+        format: spanflow::formats::InputFormat::OtlpProto,
+        start: "earliest".into(),
+        on_no_committed: "earliest".into(),
+        end: None,
+        properties: BTreeMap::new(),
+    };
+
+    let spawn = |config: KafkaSourceConfig, stop: Arc<AtomicBool>| {
+        std::thread::spawn(move || {
+            let reader = KafkaReader::connect(&config, &[]).expect("connect");
+            let (tx, rx) = std::sync::mpsc::channel();
+            tx.send(Finish::Abort).unwrap();
+            let mut events = Vec::new();
+            reader
+                .run(
+                    &stop,
+                    &mut |e| {
+                        events.push(e);
+                        true
+                    },
+                    rx,
+                )
+                .expect("run");
+            events
+        })
+    };
+    let assigned = |events: &[KafkaEvent]| -> std::collections::BTreeSet<i32> {
+        let mut now = std::collections::BTreeSet::new();
+        for e in events {
+            match e {
+                KafkaEvent::Assigned(s) => now.extend(s.iter().map(|s| s.partition)),
+                KafkaEvent::Revoked(s) => {
+                    for sp in s {
+                        now.remove(&sp.partition);
+                    }
+                }
+                _ => {}
+            }
+        }
+        now
+    };
+    let stop_a = Arc::new(AtomicBool::new(false));
+    let a = spawn(config.clone(), stop_a.clone());
+    // Let A join alone and read, then B joins.
+    std::thread::sleep(Duration::from_secs(4));
+    let stop_b = Arc::new(AtomicBool::new(false));
+    let b = spawn(config, stop_b.clone());
+    std::thread::sleep(Duration::from_secs(10));
+    stop_a.store(true, Ordering::Relaxed);
+    stop_b.store(true, Ordering::Relaxed);
+    let (ea, eb) = (a.join().unwrap(), b.join().unwrap());
+    let first_a = ea.iter().find_map(|e| match e {
+        KafkaEvent::Assigned(s) => Some(s.len()),
+        _ => None,
+    });
+    assert_eq!(first_a, Some(4), "A alone gets every partition");
+    assert!(
+        ea.iter()
+            .any(|e| matches!(e, KafkaEvent::Revoked(s) if !s.is_empty())),
+        "A saw partitions revoked"
+    );
+    let brief = |ev: &[KafkaEvent]| -> Vec<String> {
+        ev.iter()
+            .filter_map(|e| match e {
+                KafkaEvent::Assigned(s) => Some(format!(
+                    "+{:?}",
+                    s.iter().map(|s| s.partition).collect::<Vec<_>>()
+                )),
+                KafkaEvent::Revoked(s) => Some(format!(
+                    "-{:?}",
+                    s.iter().map(|s| s.partition).collect::<Vec<_>>()
+                )),
+                _ => None,
+            })
+            .collect()
+    };
+    eprintln!("A {:?}\nB {:?}", brief(&ea), brief(&eb));
+    let (now_a, now_b) = (assigned(&ea), assigned(&eb));
+    assert!(
+        !now_a.is_empty() && !now_b.is_empty(),
+        "{now_a:?} {now_b:?}"
+    );
+    assert!(now_a.is_disjoint(&now_b));
+    let all: std::collections::BTreeSet<i32> = now_a.union(&now_b).copied().collect();
+    assert_eq!(all, (0..4).collect());
 }
