@@ -388,3 +388,24 @@ sinks:
         assert_eq!(decoded, rows);
     }
 }
+
+/// A record that cannot be delivered (no broker) fails the flush with a message naming
+/// the destination, instead of being dropped.
+#[test]
+fn undeliverable_records_fail_the_flush() {
+    // A port nothing listens on (bound, then closed).
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let p = KafkaProducer::new(
+        &format!("127.0.0.1:{port}"),
+        &BTreeMap::from([("message.timeout.ms".to_owned(), "1500".to_owned())]),
+    )
+    .unwrap();
+    p.send("nowhere", Some(0), Some(b"k"), b"v").unwrap();
+    let err = p.flush().expect_err("delivery must fail");
+    assert!(err.contains("could not be delivered"), "{err}");
+    assert!(err.contains("nowhere"), "{err}");
+}
