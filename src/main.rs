@@ -437,6 +437,7 @@ fn mock_kafka_job(
             start: "earliest".into(),
             on_no_committed: "earliest".into(),
             end: Some("latest".into()),
+            end_offsets: Default::default(),
             properties: Default::default(),
         }),
         watermark,

@@ -638,6 +638,7 @@ fn rebalance_moves_partitions_between_members() {
         start: "earliest".into(),
         on_no_committed: "earliest".into(),
         end: None,
+        end_offsets: BTreeMap::new(),
         properties: BTreeMap::new(),
     };
 

@@ -38,6 +38,12 @@ pub struct KafkaSourceConfig {
     /// Without it the source runs until stopped.
     #[serde(default)]
     pub end: Option<String>,
+    /// Optional end offsets (exclusive) per topic and partition, e.g.
+    /// `{otlp_spans: {0: 1200, 1: 1180}}`; they make the run bounded and override `end`
+    /// for the partitions they list (a partition not listed ends where `end` says, or
+    /// at its end offset when the run started).
+    #[serde(default)]
+    pub end_offsets: BTreeMap<String, BTreeMap<i32, i64>>,
     /// Extra librdkafka consumer settings (`fetch.max.bytes`, `security.protocol`, ...).
     #[serde(default)]
     pub properties: BTreeMap<String, String>,
@@ -141,6 +147,22 @@ impl KafkaSourceConfig {
                 }
             }
             Ok(_) => {}
+        }
+        for (topic, parts) in &self.end_offsets {
+            if !self.topics.contains(topic) {
+                issues.push(ConfigIssue::new(
+                    &format!("end_offsets.{topic}"),
+                    format!("names a topic not in `topics` ({})", self.topics.join(", ")),
+                ));
+            }
+            for (p, o) in parts {
+                if *p < 0 || *o < 0 {
+                    issues.push(ConfigIssue::new(
+                        &format!("end_offsets.{topic}.{p}"),
+                        format!("partitions and offsets are 0 or more, found {p}: {o}"),
+                    ));
+                }
+            }
         }
         for key in self.properties.keys() {
             if RESERVED_CONSUMER_KEYS.contains(&key.as_str()) {

@@ -353,6 +353,12 @@ impl KafkaReader {
                 }
             }
         }
+        // Explicit end offsets alone still make the run bounded: unlisted partitions
+        // end where they are now.
+        let end = match end {
+            None if !config.end_offsets.is_empty() => Some(EndPosition::Latest),
+            e => e,
+        };
         match end {
             None => {}
             Some(EndPosition::Latest) => {
@@ -363,6 +369,11 @@ impl KafkaReader {
             Some(EndPosition::Timestamp(ms)) => ends = by_time(ms)?,
         }
         tracing::debug!(?starts, ?ends, ?marks, "kafka source offsets");
+        for (topic, parts) in &config.end_offsets {
+            for (p, o) in parts {
+                ends.insert((topic.clone(), *p), *o);
+            }
+        }
         for (topic, p, o) in resume {
             starts.insert((topic.clone(), *p), *o);
         }

@@ -20,6 +20,7 @@ fn source_config(brokers: &str, topic: &str, group: &str) -> KafkaSourceConfig {
         start: "earliest".into(),
         on_no_committed: "earliest".into(),
         end: Some("latest".into()),
+        end_offsets: BTreeMap::new(),
         properties: BTreeMap::new(),
     }
 }
@@ -80,6 +81,14 @@ fn bounded_read_sees_every_record_once_in_order_and_commits() {
     produce(&brokers, "t", &[5, 0, 7]);
 
     let config = source_config(&brokers, "t", "g1");
+    // Explicit end offsets stop each listed partition there.
+    let mut upto = source_config(&brokers, "t", "g0");
+    upto.end = None;
+    upto.end_offsets = BTreeMap::from([("t".to_owned(), BTreeMap::from([(0, 2), (2, 4)]))]);
+    let by_part = records_by_partition(&read_all(&upto, Finish::Abort));
+    assert_eq!(by_part.get(&0), Some(&vec![0, 1]));
+    assert_eq!(by_part.get(&2), Some(&vec![0, 1, 2, 3]));
+
     let events = read_all(&config, Finish::Commit);
     // Assignment precedes the records of a partition, and the reader ends with
     // EndOfInput.
