@@ -1,0 +1,148 @@
+#!/usr/bin/env bash
+# A real ClickHouse server (Debian's clickhouse-server package) on 127.0.0.1 for the
+# integration tests and the demo, as a plain background process (no systemd) with its
+# config and data in a temp dir.
+#
+#   scripts/clickhouse.sh install       apt-get install clickhouse-server when missing
+#   scripts/clickhouse.sh start         start it on free ports, wait for /ping; prints
+#                                       `export` lines (HTTP URL, pid, dir)
+#   scripts/clickhouse.sh stop DIR      stop the server started in DIR (by its PID) and
+#                                       remove DIR
+#
+# Only the process this script started is ever stopped, by the PID it recorded.
+set -euo pipefail
+
+BIN=/usr/sbin/clickhouse-server
+
+install() {
+  if [[ -x "$BIN" ]]; then
+    return 0
+  fi
+  echo "installing Debian's clickhouse-server" >&2
+  local sudo=""
+  if [[ $(id -u) -ne 0 ]]; then
+    sudo="sudo"
+  fi
+  # apt's service start fails harmlessly without systemd; the server is started below.
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y clickhouse-server clickhouse-client >&2 ||
+    { $sudo apt-get update >&2 &&
+      DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y clickhouse-server clickhouse-client >&2; }
+}
+
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+start() {
+  install
+  local dir http tcp
+  dir=$(mktemp -d "${TMPDIR:-/tmp}/spanflow-clickhouse.XXXXXX")
+  http=$(free_port)
+  tcp=$(free_port)
+  mkdir -p "$dir/data" "$dir/tmp" "$dir/user_files" "$dir/format_schemas" "$dir/log"
+  cat >"$dir/config.xml" <<EOF
+<?xml version="1.0"?>
+<yandex>
+  <logger>
+    <level>warning</level>
+    <log>$dir/log/server.log</log>
+    <errorlog>$dir/log/error.log</errorlog>
+    <console>0</console>
+  </logger>
+  <listen_host>127.0.0.1</listen_host>
+  <http_port>$http</http_port>
+  <tcp_port>$tcp</tcp_port>
+  <path>$dir/data/</path>
+  <tmp_path>$dir/tmp/</tmp_path>
+  <user_files_path>$dir/user_files/</user_files_path>
+  <format_schema_path>$dir/format_schemas/</format_schema_path>
+  <users_config>$dir/users.xml</users_config>
+  <default_profile>default</default_profile>
+  <default_database>default</default_database>
+  <timezone>UTC</timezone>
+  <mark_cache_size>536870912</mark_cache_size>
+  <max_concurrent_queries>100</max_concurrent_queries>
+</yandex>
+EOF
+  cat >"$dir/users.xml" <<'EOF'
+<?xml version="1.0"?>
+<yandex>
+  <profiles>
+    <default>
+      <max_memory_usage>4000000000</max_memory_usage>
+    </default>
+  </profiles>
+  <users>
+    <default>
+      <password></password>
+      <networks>
+        <ip>127.0.0.1</ip>
+        <ip>::1</ip>
+      </networks>
+      <profile>default</profile>
+      <quota>default</quota>
+    </default>
+  </users>
+  <quotas>
+    <default>
+      <interval>
+        <duration>3600</duration>
+        <queries>0</queries>
+        <errors>0</errors>
+        <result_rows>0</result_rows>
+        <read_rows>0</read_rows>
+        <execution_time>0</execution_time>
+      </interval>
+    </default>
+  </quotas>
+</yandex>
+EOF
+  "$BIN" --config-file="$dir/config.xml" >"$dir/log/stdout.log" 2>&1 &
+  local pid=$!
+  echo "$pid" >"$dir/pid"
+  for _ in $(seq 1 200); do
+    if [[ "$(curl -s "http://127.0.0.1:$http/ping" 2>/dev/null)" == "Ok." ]]; then
+      echo "export SPANFLOW_CLICKHOUSE_URL=http://127.0.0.1:$http"
+      echo "export SPANFLOW_CLICKHOUSE_PID=$pid"
+      echo "export SPANFLOW_CLICKHOUSE_DIR=$dir"
+      return 0
+    fi
+    if ! kill -0 "$pid" 2>/dev/null; then
+      echo "clickhouse-server exited during start; its logs:" >&2
+      cat "$dir/log/stdout.log" "$dir/log/error.log" >&2 2>/dev/null || true
+      return 1
+    fi
+    sleep 0.05
+  done
+  echo "clickhouse-server did not answer /ping within 10 s" >&2
+  kill "$pid" 2>/dev/null || true
+  return 1
+}
+
+stop() {
+  local dir="$1"
+  if [[ -f "$dir/pid" ]]; then
+    local pid
+    pid=$(cat "$dir/pid")
+    if kill "$pid" 2>/dev/null; then
+      for _ in $(seq 1 100); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.05
+      done
+      kill -9 "$pid" 2>/dev/null || true
+    fi
+  fi
+  case "$dir" in
+    "${TMPDIR:-/tmp}"/spanflow-clickhouse.*) rm -rf "$dir" ;;
+  esac
+}
+
+case "${1:-}" in
+  install) install ;;
+  start) start ;;
+  stop) stop "${2:?usage: scripts/clickhouse.sh stop DIR}" ;;
+  *)
+    sed -n '2,13p' "$0" >&2
+    exit 2
+    ;;
+esac
