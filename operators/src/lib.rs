@@ -14,6 +14,7 @@ pub mod red_metrics;
 pub mod service_graph;
 pub mod session_window;
 pub mod span_filter;
+pub mod span_index;
 pub mod tail_sampling;
 
 pub use config::{ConfigIssue, HumanDuration};

@@ -12,6 +12,7 @@ use spanflow_operators::red_metrics::RedMetrics;
 use spanflow_operators::service_graph::ServiceGraph;
 use spanflow_operators::session_window::{SessionMetrics, SessionOutput, SessionWindow};
 use spanflow_operators::span_filter::{SpanFilter, SpanFilterMetrics};
+use spanflow_operators::span_index::SpanIndex;
 use spanflow_operators::tail_sampling::{SamplingMetrics, TailSampler};
 use tokio::sync::mpsc;
 
@@ -111,6 +112,8 @@ pub(crate) struct Shard {
     sampler: Option<TailSampler>,
     red: Option<RedMetrics>,
     graph: Option<ServiceGraph>,
+    /// Parent links of the trace being handed to `red` and `graph`, built once for both.
+    span_index: SpanIndex,
     merge_tx: Option<mpsc::Sender<MergeMsg>>,
     forwarded: u64,
     out: SessionOutput,
@@ -173,6 +176,7 @@ impl Shard {
                 .service_graph
                 .as_ref()
                 .map(|(_, c)| ServiceGraph::new(c.clone())),
+            span_index: SpanIndex::default(),
             merge_tx,
             forwarded,
             out: SessionOutput::default(),
@@ -336,11 +340,15 @@ impl Shard {
         for t in self.out.closed.drain(..) {
             let decision = self.sampler.as_mut().map(|s| s.decide(&t));
             let kept = decision.as_ref().is_none_or(|d| d.sampled);
+            // Both metric operators follow parent links: index the trace once for both.
+            if self.red.is_some() || self.graph.is_some() {
+                self.span_index.build(&t.spans);
+            }
             if let Some(r) = &mut self.red {
-                r.add_trace(&t, kept);
+                r.add_indexed_trace(&t, &self.span_index, kept);
             }
             if let Some(g) = &mut self.graph {
-                g.add_trace(&t, kept);
+                g.add_indexed_trace(&t, &self.span_index, kept);
             }
             if self.traces.active {
                 self.traces.rows.push(&t, decision.as_ref());

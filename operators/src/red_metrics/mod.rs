@@ -13,7 +13,6 @@
 //! Each observation lands in the interval of its span's event time (end), whenever its
 //! trace closes: the session window holds the watermark back until then.
 
-use ahash::{AHashMap, AHashSet};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -23,8 +22,9 @@ use crate::metrics::{
     Buckets, Exemplar, IntervalAggregator, Metric, MetricsMerger, Partial, SeriesKey,
     SlowThresholds, default_buckets, validate_metric_settings,
 };
-use crate::model::{CallType, SpanId, SpanKind, Sym};
+use crate::model::{CallType, SpanKind, Sym};
 use crate::session_window::ClosedTrace;
+use crate::span_index::SpanIndex;
 
 /// Optional dimensions of the series (`service` is always kept).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
@@ -114,8 +114,12 @@ pub struct RedMetrics {
     norm: OperationNormalizer,
     slow_ns: [u64; 6],
     keep: [bool; 4],
-    by_id: AHashMap<SpanId, usize>,
-    wrappers: AHashSet<SpanId>,
+    /// Scratch index for [`RedMetrics::add_trace`] (callers holding one use
+    /// [`RedMetrics::add_indexed_trace`]).
+    index: SpanIndex,
+    /// Per span position (canonical, see [`SpanIndex::canonical`]): a client span
+    /// wrapping another client span of the same service and call type.
+    wrappers: Vec<bool>,
 }
 
 /// The HTTP status of a failed call, else `error`.
@@ -151,8 +155,8 @@ impl RedMetrics {
             agg,
             norm: OperationNormalizer::default(),
             config,
-            by_id: AHashMap::new(),
-            wrappers: AHashSet::new(),
+            index: SpanIndex::default(),
+            wrappers: Vec::new(),
         }
     }
 
@@ -175,31 +179,36 @@ impl RedMetrics {
     /// Adds every span of a closed trace. `sampled`: the tail sampler kept it (pass
     /// `true` when no sampler runs).
     pub fn add_trace(&mut self, trace: &ClosedTrace, sampled: bool) {
-        self.by_id.clear();
+        let mut index = std::mem::take(&mut self.index);
+        index.build(&trace.spans);
+        self.add_indexed_trace(trace, &index, sampled);
+        self.index = index;
+    }
+
+    /// [`RedMetrics::add_trace`] with the trace's [`SpanIndex`] already built (shared
+    /// with `service_graph`).
+    pub fn add_indexed_trace(&mut self, trace: &ClosedTrace, index: &SpanIndex, sampled: bool) {
         self.wrappers.clear();
+        self.wrappers.resize(trace.spans.len(), false);
         for (i, s) in trace.spans.iter().enumerate() {
-            self.by_id.insert(s.span_id, i);
-        }
-        for s in &trace.spans {
-            if s.kind != SpanKind::Client || s.is_root() {
+            if s.kind != SpanKind::Client {
                 continue;
             }
-            if let Some(p) = self
-                .by_id
-                .get(&s.parent_span_id)
-                .and_then(|&i| trace.spans.get(i))
+            if let Some(pi) = index.parent(i)
+                && let Some(p) = trace.spans.get(pi)
                 && p.kind == SpanKind::Client
                 && p.service == s.service
                 && p.call_type == s.call_type
+                && let Some(w) = self.wrappers.get_mut(pi)
             {
-                self.wrappers.insert(p.span_id);
+                *w = true;
             }
         }
         let [keep_instance, keep_operation, keep_peer, keep_status] = self.keep;
         let empty = Sym::empty();
         // Built once: `SeriesKey::new` resolves the empty symbol for each dimension.
         let blank = SeriesKey::new(Metric::ServiceNode);
-        for s in &trace.spans {
+        for (i, s) in trace.spans.iter().enumerate() {
             let d = s.duration_ns();
             let error = s.is_error();
             let slow = d > self.slow_ns[s.call_type as usize];
@@ -220,7 +229,11 @@ impl RedMetrics {
             let entry = matches!(s.kind, SpanKind::Server | SpanKind::Consumer);
             let call = matches!(s.kind, SpanKind::Client | SpanKind::Producer)
                 && s.call_type != CallType::Local
-                && !self.wrappers.contains(&s.span_id);
+                && !self
+                    .wrappers
+                    .get(index.canonical(i))
+                    .copied()
+                    .unwrap_or(false);
             if !entry && !call {
                 continue;
             }

@@ -10,7 +10,6 @@
 //!   `peer.service`/`server.address`/`db.system`, cache, external HTTP/RPC host, queue
 //!   topic), flagged by its [`NodeKind`].
 
-use ahash::{AHashMap, AHashSet};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -21,6 +20,7 @@ use crate::metrics::{
 };
 use crate::model::{CallType, Span, SpanId, SpanKind, Sym, TraceId};
 use crate::session_window::ClosedTrace;
+use crate::span_index::SpanIndex;
 
 /// Configuration of `service_graph` in a job file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -107,34 +107,35 @@ fn virtual_kind(s: &Span) -> NodeKind {
     }
 }
 
-/// Appends the edges of one trace to `out`. `index` and `linked` are scratch space.
+/// Appends the edges of one trace to `out`. `index` is the trace's [`SpanIndex`];
+/// `linked` is scratch space (per canonical span position: a span of another service
+/// answered the call).
 pub fn trace_edges(
     trace: &ClosedTrace,
+    index: &SpanIndex,
     virtual_nodes: bool,
-    index: &mut AHashMap<SpanId, usize>,
-    linked: &mut AHashSet<SpanId>,
+    linked: &mut Vec<bool>,
     out: &mut Vec<Edge>,
 ) {
-    index.clear();
     linked.clear();
+    linked.resize(trace.spans.len(), false);
     for (i, s) in trace.spans.iter().enumerate() {
-        index.insert(s.span_id, i);
-    }
-    for s in &trace.spans {
         let entry = matches!(s.kind, SpanKind::Server | SpanKind::Consumer);
-        if !entry || s.is_root() {
+        if !entry {
             continue;
         }
-        let Some(p) = index
-            .get(&s.parent_span_id)
-            .and_then(|&i| trace.spans.get(i))
-        else {
+        let Some(pi) = index.parent(i) else {
+            continue;
+        };
+        let Some(p) = trace.spans.get(pi) else {
             continue;
         };
         if p.service == s.service || !matches!(p.kind, SpanKind::Client | SpanKind::Producer) {
             continue;
         }
-        linked.insert(p.span_id);
+        if let Some(l) = linked.get_mut(pi) {
+            *l = true;
+        }
         let queue = p.kind == SpanKind::Producer || s.kind == SpanKind::Consumer;
         let measured = if queue { s } else { p };
         let call_type = if p.call_type != CallType::Local {
@@ -157,10 +158,10 @@ pub fn trace_edges(
     if !virtual_nodes {
         return;
     }
-    for p in &trace.spans {
+    for (i, p) in trace.spans.iter().enumerate() {
         if !matches!(p.kind, SpanKind::Client | SpanKind::Producer)
             || p.call_type == CallType::Local
-            || linked.contains(&p.span_id)
+            || linked.get(index.canonical(i)).copied().unwrap_or(false)
         {
             continue;
         }
@@ -191,8 +192,9 @@ pub struct ServiceGraph {
     config: ServiceGraphConfig,
     agg: IntervalAggregator,
     slow_ns: [u64; 6],
-    index: AHashMap<SpanId, usize>,
-    linked: AHashSet<SpanId>,
+    /// Scratch index for [`ServiceGraph::add_trace`].
+    index: SpanIndex,
+    linked: Vec<bool>,
     edges: Vec<Edge>,
 }
 
@@ -203,8 +205,8 @@ impl ServiceGraph {
             agg: IntervalAggregator::new(config.interval, Buckets::new(&config.buckets)),
             slow_ns: config.slow_thresholds.nanos(),
             config,
-            index: AHashMap::new(),
-            linked: AHashSet::new(),
+            index: SpanIndex::default(),
+            linked: Vec::new(),
             edges: Vec::new(),
         }
     }
@@ -222,11 +224,20 @@ impl ServiceGraph {
 
     /// Adds the edges of a closed trace.
     pub fn add_trace(&mut self, trace: &ClosedTrace, sampled: bool) {
+        let mut index = std::mem::take(&mut self.index);
+        index.build(&trace.spans);
+        self.add_indexed_trace(trace, &index, sampled);
+        self.index = index;
+    }
+
+    /// [`ServiceGraph::add_trace`] with the trace's [`SpanIndex`] already built (shared
+    /// with `red_metrics`).
+    pub fn add_indexed_trace(&mut self, trace: &ClosedTrace, index: &SpanIndex, sampled: bool) {
         self.edges.clear();
         trace_edges(
             trace,
+            index,
             self.config.virtual_nodes,
-            &mut self.index,
             &mut self.linked,
             &mut self.edges,
         );
