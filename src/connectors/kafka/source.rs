@@ -415,9 +415,25 @@ impl KafkaReader {
         let mut chunks: BTreeMap<u32, Chunk> = BTreeMap::new();
         let mut done: BTreeMap<u32, Split> = BTreeMap::new();
         let mut last_flush = Instant::now();
+        let started = Instant::now();
+        let mut next_wait_warning = Duration::from_secs(30);
         loop {
             if stop.load(Ordering::Relaxed) {
                 break;
+            }
+            // A group that never assigns anything (all partitions held by other members,
+            // a stuck rebalance) would otherwise look like a silent hang.
+            if started.elapsed() >= next_wait_warning {
+                next_wait_warning += Duration::from_secs(30);
+                let assigned = self.shared.lock().map_or(true, |s| s.ever_assigned);
+                if !assigned {
+                    tracing::warn!(
+                        group = %self.config.group_id,
+                        topics = %self.config.topics.join(","),
+                        waited_s = started.elapsed().as_secs(),
+                        "no partition assigned yet; waiting for the consumer group"
+                    );
+                }
             }
             let msg = self.consumer.poll(Duration::from_millis(50));
             // Rebalance events first: records of a new partition must follow its
