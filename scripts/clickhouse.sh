@@ -11,6 +11,8 @@
 #
 # Only the process this script started is ever stopped, by the PID it recorded.
 set -euo pipefail
+# shellcheck source=scripts/lib.sh
+source "$(dirname "$0")/lib.sh"
 
 BIN=/usr/sbin/clickhouse-server
 
@@ -27,10 +29,6 @@ install() {
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y clickhouse-server clickhouse-client >&2 ||
     { $sudo apt-get update >&2 &&
       DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y clickhouse-server clickhouse-client >&2; }
-}
-
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
 }
 
 start() {
@@ -120,21 +118,7 @@ EOF
 }
 
 stop() {
-  local dir="$1"
-  if [[ -f "$dir/pid" ]]; then
-    local pid
-    pid=$(cat "$dir/pid")
-    if kill "$pid" 2>/dev/null; then
-      for _ in $(seq 1 100); do
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.05
-      done
-      kill -9 "$pid" 2>/dev/null || true
-    fi
-  fi
-  case "$dir" in
-    "${TMPDIR:-/tmp}"/spanflow-clickhouse.*) rm -rf "$dir" ;;
-  esac
+  stop_started_in "$1" spanflow-clickhouse
 }
 
 case "${1:-}" in

@@ -14,6 +14,8 @@
 # cheaper per byte, but it is known to lose messages on a group resume and has no
 # offsets by time, so only benchmarks use it.
 set -euo pipefail
+# shellcheck source=scripts/lib.sh
+source "$(dirname "$0")/lib.sh"
 
 VERSION=0.6.0
 CACHE="${SPANFLOW_CACHE:-$HOME/.cache/spanflow}"
@@ -39,7 +41,7 @@ start() {
   local port="${1:-}"
   if [[ -z "$port" ]]; then
     # A free port: let the kernel pick one.
-    port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+    port=$(free_port)
   fi
   if port_open "$port"; then
     echo "port $port on 127.0.0.1 is already in use" >&2
@@ -81,21 +83,7 @@ start() {
 }
 
 stop() {
-  local dir="$1"
-  if [[ -f "$dir/pid" ]]; then
-    local pid
-    pid=$(cat "$dir/pid")
-    if kill "$pid" 2>/dev/null; then
-      for _ in $(seq 1 100); do
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.05
-      done
-      kill -9 "$pid" 2>/dev/null || true
-    fi
-  fi
-  case "$dir" in
-    "${TMPDIR:-/tmp}"/spanflow-kafka.*) rm -rf "$dir" ;;
-  esac
+  stop_started_in "$1" spanflow-kafka
 }
 
 case "${1:-}" in

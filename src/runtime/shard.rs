@@ -260,36 +260,15 @@ impl Shard {
     /// For a savepoint: every metric partial goes to the merge task (which keeps the
     /// intervals open in its own state), without advancing this shard's watermark.
     async fn hand_over_partials(&mut self) {
-        let Some(tx) = &self.merge_tx else { return };
-        let mut parts: Vec<Partial> = Vec::new();
-        if let Some(r) = &mut self.red {
-            r.flush(WATERMARK_END, &mut parts);
-            if !parts.is_empty() {
-                let _ = tx
-                    .send(MergeMsg::Partials {
-                        op: MetricOp::Red,
-                        parts: std::mem::take(&mut parts),
-                    })
-                    .await;
-            }
-        }
-        if let Some(g) = &mut self.graph {
-            g.flush(WATERMARK_END, &mut parts);
-            if !parts.is_empty() {
-                let _ = tx
-                    .send(MergeMsg::Partials {
-                        op: MetricOp::Graph,
-                        parts,
-                    })
-                    .await;
-            }
-        }
+        self.send_partials(WATERMARK_END).await;
     }
 
     /// Hands complete metric intervals to the merge task when the window's (held-back)
     /// watermark advanced.
     async fn forward_watermark(&mut self, end: bool) {
-        let Some(tx) = &self.merge_tx else { return };
+        if self.merge_tx.is_none() {
+            return;
+        }
         let wm = if end {
             WATERMARK_END
         } else {
@@ -299,9 +278,23 @@ impl Shard {
             return;
         }
         self.forwarded = wm;
+        self.send_partials(wm).await;
+        if let Some(tx) = &self.merge_tx {
+            let _ = tx
+                .send(MergeMsg::Watermark {
+                    shard: self.index,
+                    watermark: wm,
+                })
+                .await;
+        }
+    }
+
+    /// Sends the metric operators' partials of the intervals that end by `until`.
+    async fn send_partials(&mut self, until: u64) {
+        let Some(tx) = &self.merge_tx else { return };
         let mut parts: Vec<Partial> = Vec::new();
         if let Some(r) = &mut self.red {
-            r.flush(wm, &mut parts);
+            r.flush(until, &mut parts);
             if !parts.is_empty() {
                 let _ = tx
                     .send(MergeMsg::Partials {
@@ -312,7 +305,7 @@ impl Shard {
             }
         }
         if let Some(g) = &mut self.graph {
-            g.flush(wm, &mut parts);
+            g.flush(until, &mut parts);
             if !parts.is_empty() {
                 let _ = tx
                     .send(MergeMsg::Partials {
@@ -322,12 +315,6 @@ impl Shard {
                     .await;
             }
         }
-        let _ = tx
-            .send(MergeMsg::Watermark {
-                shard: self.index,
-                watermark: wm,
-            })
-            .await;
     }
 
     fn drain(&mut self) -> Result<(), RunError> {

@@ -129,7 +129,15 @@ const PARQUET_SINK: &str = r#"  out:
     from: [sampler, sampler.spans, sessions.late_spans, in.dead_letters, metrics, metrics.exemplars, graph]
 "#;
 
-fn kafka_source(broker: &Broker, topic: &str, group: &str, start: &str, end: &str) -> String {
+/// A `kafka` source named `in`; `end: None` leaves the run unbounded.
+fn kafka_source(
+    broker: &Broker,
+    topic: &str,
+    group: &str,
+    start: &str,
+    end: Option<&str>,
+) -> String {
+    let end = end.map_or(String::new(), |e| format!("    end: \"{e}\"\n"));
     format!(
         r#"  in:
     type: kafka
@@ -137,10 +145,17 @@ fn kafka_source(broker: &Broker, topic: &str, group: &str, start: &str, end: &st
     topics: [{topic}]
     group_id: {group}
     start: "{start}"
-    end: "{end}"
-    watermark: {{ max_out_of_order: 5s, idle_timeout: 30s }}
+{end}    watermark: {{ max_out_of_order: 5s, idle_timeout: 1h }}
 "#,
         broker.brokers
+    )
+}
+
+/// A `file` source named `in` reading OTLP protobuf from `path`.
+fn file_source(path: &Path) -> String {
+    format!(
+        "  in:\n    type: file\n    paths: [\"{}\"]\n    format: otlp_proto\n",
+        path.display()
     )
 }
 
@@ -187,15 +202,9 @@ fn kafka_input_gives_the_same_outputs_as_the_same_spans_from_a_file() {
     .unwrap();
     produce_records(&broker, "spans", 4, &records);
 
-    let file_job = analytics_job(
-        &format!(
-            "  in:\n    type: file\n    paths: [\"{}\"]\n    format: otlp_proto\n",
-            file.display()
-        ),
-        PARQUET_SINK,
-    );
+    let file_job = analytics_job(&file_source(&file), PARQUET_SINK);
     let kafka_job = analytics_job(
-        &kafka_source(&broker, "spans", "same-outputs", "earliest", "latest"),
+        &kafka_source(&broker, "spans", "same-outputs", "earliest", Some("latest")),
         PARQUET_SINK,
     );
     let from_file = run(&file_job, &tmp.path().join("file"));
@@ -242,7 +251,7 @@ fn garbage_records_become_dead_letters_with_their_offsets() {
     p.flush().unwrap();
 
     let job = analytics_job(
-        &kafka_source(&broker, "mixed", "dead-letters", "earliest", "latest"),
+        &kafka_source(&broker, "mixed", "dead-letters", "earliest", Some("latest")),
         PARQUET_SINK,
     );
     let tmp = tempfile::tempdir().unwrap();
@@ -294,7 +303,7 @@ fn reading_from_a_timestamp_starts_at_the_first_record_at_or_after_it() {
     )
     .to_string();
     let job = analytics_job(
-        &kafka_source(&broker, "timed", "by-time", &start, "latest"),
+        &kafka_source(&broker, "timed", "by-time", &start, Some("latest")),
         PARQUET_SINK,
     );
     let tmp = tempfile::tempdir().unwrap();
@@ -362,7 +371,7 @@ fn avro_json_and_otlp_outputs_decode_against_the_shipped_schemas() {
         broker.brokers
     );
     let job = analytics_job(
-        &kafka_source(&broker, "in_spans", "outputs", "earliest", "latest"),
+        &kafka_source(&broker, "in_spans", "outputs", "earliest", Some("latest")),
         &sinks,
     );
     let tmp = tempfile::tempdir().unwrap();
@@ -482,29 +491,13 @@ fn a_stopped_run_resumes_from_its_savepoint_without_losing_or_repeating_a_trace(
         records.clone(),
     )
     .unwrap();
-    let file_job = analytics_job(
-        &format!(
-            "  in:\n    type: file\n    paths: [\"{}\"]\n    format: otlp_proto\n",
-            file.display()
-        ),
-        PARQUET_SINK,
-    );
+    let file_job = analytics_job(&file_source(&file), PARQUET_SINK);
     run(&file_job, &tmp.path().join("reference"));
 
     // Run 1: unbounded, consumes the first half, is stopped with traces open.
     produce_records(&broker, "live", 4, &records[..half]);
     let unbounded = analytics_job(
-        &format!(
-            r#"  in:
-    type: kafka
-    brokers: "{}"
-    topics: [live]
-    group_id: resumable
-    start: earliest
-    watermark: {{ max_out_of_order: 5s, idle_timeout: 1h }}
-"#,
-            broker.brokers
-        ),
+        &kafka_source(&broker, "live", "resumable", "earliest", None),
         PARQUET_SINK,
     );
     let out = tmp.path().join("resumed");
@@ -562,18 +555,7 @@ fn a_stopped_run_resumes_from_its_savepoint_without_losing_or_repeating_a_trace(
     // Run 2: the rest arrives; the run resumes and ends at the topic's end.
     produce_records(&broker, "live", 4, &records[half..]);
     let bounded = analytics_job(
-        &format!(
-            r#"  in:
-    type: kafka
-    brokers: "{}"
-    topics: [live]
-    group_id: resumable
-    start: committed
-    end: latest
-    watermark: {{ max_out_of_order: 5s, idle_timeout: 1h }}
-"#,
-            broker.brokers
-        ),
+        &kafka_source(&broker, "live", "resumable", "committed", Some("latest")),
         PARQUET_SINK,
     );
     // The same computation: only the source's bounds differ.

@@ -7,11 +7,11 @@
 use std::collections::BTreeMap;
 
 use apache_avro::types::Value as Avro;
-use arrow::array::{
-    Array, ArrayRef, AsArray, BinaryArray, BooleanArray, FixedSizeBinaryArray, Float64Array,
-    MapArray, StringArray, TimestampNanosecondArray, UInt16Array, UInt32Array, UInt64Array,
+use arrow::array::{Array, ArrayRef, AsArray, StringArray};
+use arrow::datatypes::{
+    DataType, Float64Type, Schema, TimeUnit, TimestampNanosecondType, UInt16Type, UInt32Type,
+    UInt64Type,
 };
-use arrow::datatypes::{DataType, Float64Type, Schema, TimeUnit, UInt64Type};
 use arrow::record_batch::RecordBatch;
 use serde_json::{Value as Json, json};
 
@@ -104,35 +104,19 @@ fn cell(col: &ArrayRef, row: usize) -> Cell<'_> {
     if col.is_null(row) {
         return Cell::Null;
     }
-    let any = col.as_any();
+    // The `as_*` casts below cannot fail: each arm matched the column's type first.
     match col.data_type() {
-        DataType::Utf8 => any
-            .downcast_ref::<StringArray>()
-            .map_or(Cell::Unsupported, |a| Cell::Str(a.value(row))),
-        DataType::Boolean => any
-            .downcast_ref::<BooleanArray>()
-            .map_or(Cell::Unsupported, |a| Cell::Bool(a.value(row))),
-        DataType::UInt16 => any
-            .downcast_ref::<UInt16Array>()
-            .map_or(Cell::Unsupported, |a| Cell::U64(u64::from(a.value(row)))),
-        DataType::UInt32 => any
-            .downcast_ref::<UInt32Array>()
-            .map_or(Cell::Unsupported, |a| Cell::U64(u64::from(a.value(row)))),
-        DataType::UInt64 => any
-            .downcast_ref::<UInt64Array>()
-            .map_or(Cell::Unsupported, |a| Cell::U64(a.value(row))),
-        DataType::Float64 => any
-            .downcast_ref::<Float64Array>()
-            .map_or(Cell::Unsupported, |a| Cell::F64(a.value(row))),
-        DataType::Binary => any
-            .downcast_ref::<BinaryArray>()
-            .map_or(Cell::Unsupported, |a| Cell::Bytes(a.value(row))),
-        DataType::FixedSizeBinary(_) => any
-            .downcast_ref::<FixedSizeBinaryArray>()
-            .map_or(Cell::Unsupported, |a| Cell::Bytes(a.value(row))),
-        DataType::Timestamp(TimeUnit::Nanosecond, _) => any
-            .downcast_ref::<TimestampNanosecondArray>()
-            .map_or(Cell::Unsupported, |a| Cell::Ts(a.value(row))),
+        DataType::Utf8 => Cell::Str(col.as_string::<i32>().value(row)),
+        DataType::Boolean => Cell::Bool(col.as_boolean().value(row)),
+        DataType::UInt16 => Cell::U64(u64::from(col.as_primitive::<UInt16Type>().value(row))),
+        DataType::UInt32 => Cell::U64(u64::from(col.as_primitive::<UInt32Type>().value(row))),
+        DataType::UInt64 => Cell::U64(col.as_primitive::<UInt64Type>().value(row)),
+        DataType::Float64 => Cell::F64(col.as_primitive::<Float64Type>().value(row)),
+        DataType::Binary => Cell::Bytes(col.as_binary::<i32>().value(row)),
+        DataType::FixedSizeBinary(_) => Cell::Bytes(col.as_fixed_size_binary().value(row)),
+        DataType::Timestamp(TimeUnit::Nanosecond, _) => {
+            Cell::Ts(col.as_primitive::<TimestampNanosecondType>().value(row))
+        }
         DataType::List(item) => {
             let list = col.as_list::<i32>();
             let values = list.value(row);
@@ -147,9 +131,7 @@ fn cell(col: &ArrayRef, row: usize) -> Cell<'_> {
             }
         }
         DataType::Map(_, _) => {
-            let Some(m) = any.downcast_ref::<MapArray>() else {
-                return Cell::Unsupported;
-            };
+            let m = col.as_map();
             let offsets = m.value_offsets();
             let (start, end) = (offsets[row] as usize, offsets[row + 1] as usize);
             let keys = m.keys().as_any().downcast_ref::<StringArray>();
