@@ -8,6 +8,8 @@
 #                                       `export` lines (HTTP URL, pid, dir)
 #   scripts/clickhouse.sh stop DIR      stop the server started in DIR (by its PID) and
 #                                       remove DIR
+#   scripts/clickhouse.sh restart DIR S stop that server, keep it down S seconds, start
+#                                       it again on the same port and data (outage tests)
 #
 # Only the process this script started is ever stopped, by the PID it recorded.
 set -euo pipefail
@@ -95,14 +97,20 @@ EOF
   </quotas>
 </yandex>
 EOF
-  "$BIN" --config-file="$dir/config.xml" >"$dir/log/stdout.log" 2>&1 &
+  launch "$dir" "$http"
+  echo "export SPANFLOW_CLICKHOUSE_URL=http://127.0.0.1:$http"
+  echo "export SPANFLOW_CLICKHOUSE_PID=$(cat "$dir/pid")"
+  echo "export SPANFLOW_CLICKHOUSE_DIR=$dir"
+}
+
+# Starts the server of DIR's config in the background and waits for /ping on port $2.
+launch() {
+  local dir="$1" http="$2"
+  "$BIN" --config-file="$dir/config.xml" >>"$dir/log/stdout.log" 2>&1 &
   local pid=$!
   echo "$pid" >"$dir/pid"
   for _ in $(seq 1 200); do
     if [[ "$(curl -s "http://127.0.0.1:$http/ping" 2>/dev/null)" == "Ok." ]]; then
-      echo "export SPANFLOW_CLICKHOUSE_URL=http://127.0.0.1:$http"
-      echo "export SPANFLOW_CLICKHOUSE_PID=$pid"
-      echo "export SPANFLOW_CLICKHOUSE_DIR=$dir"
       return 0
     fi
     if ! kill -0 "$pid" 2>/dev/null; then
@@ -121,12 +129,29 @@ stop() {
   stop_started_in "$1" spanflow-clickhouse
 }
 
+# Stops the server started in DIR (by its PID), keeps it down for SECONDS, and starts
+# it again with the same config and data (an outage, for the tests).
+restart() {
+  local dir="$1" secs="$2" pid http
+  pid=$(cat "$dir/pid")
+  http=$(sed -n 's:.*<http_port>\([0-9]*\)</http_port>.*:\1:p' "$dir/config.xml")
+  kill "$pid" 2>/dev/null || true
+  for _ in $(seq 1 200); do
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.05
+  done
+  kill -9 "$pid" 2>/dev/null || true
+  sleep "$secs"
+  launch "$dir" "$http"
+}
+
 case "${1:-}" in
   install) install ;;
   start) start ;;
   stop) stop "${2:?usage: scripts/clickhouse.sh stop DIR}" ;;
+  restart) restart "${2:?usage: scripts/clickhouse.sh restart DIR SECONDS}" "${3:-3}" ;;
   *)
-    sed -n '2,13p' "$0" >&2
+    sed -n '2,15p' "$0" >&2
     exit 2
     ;;
 esac

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite: formatting, lints, unit, property, golden and CLI tests.
-# Installs what it needs: cargo-nextest, and a real Kafka-protocol broker (tansu, built
-# once into ~/.cache/spanflow); the Kafka tests start their own broker on 127.0.0.1 and
-# stop it by PID.
+# Installs what it needs: cargo-nextest, a real Kafka-protocol broker (tansu, built
+# once into ~/.cache/spanflow) and Debian's clickhouse-server; the Kafka and ClickHouse
+# tests start their own servers on 127.0.0.1 and stop them by PID.
 # Usage: scripts/test.sh            (from the repository root)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,6 +18,9 @@ fi
 
 step "Kafka broker for the integration tests (cached build)"
 bash scripts/kafka.sh install
+
+step "ClickHouse server for the integration tests (Debian's clickhouse-server)"
+bash scripts/clickhouse.sh install
 
 step "cargo fmt --check"
 cargo fmt --all -- --check

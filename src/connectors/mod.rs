@@ -1,6 +1,7 @@
 //! Sources and sinks.
 
 pub mod alibaba;
+pub mod clickhouse;
 pub mod file;
 pub mod generator;
 pub mod kafka;
@@ -25,6 +26,16 @@ pub enum SinkError {
         /// Sink node name.
         sink: String,
         /// Table written.
+        table: String,
+        /// What failed.
+        message: String,
+    },
+    /// A ClickHouse sink failed (connection, schema or insert).
+    #[error("clickhouse sink `{sink}`, table `{table}`: {message}")]
+    ClickHouse {
+        /// Sink node name.
+        sink: String,
+        /// Output written.
         table: String,
         /// What failed.
         message: String,
@@ -68,6 +79,15 @@ pub enum TableWriter {
         /// The writer.
         writer: kafka::sink::KafkaTableWriter,
     },
+    /// A ClickHouse table.
+    ClickHouse {
+        /// Sink node name, for errors.
+        sink: String,
+        /// Output name, for errors.
+        table: String,
+        /// The writer.
+        writer: clickhouse::ClickHouseTableWriter,
+    },
 }
 
 impl TableWriter {
@@ -77,6 +97,21 @@ impl TableWriter {
         part: usize,
         schema: arrow::datatypes::SchemaRef,
     ) -> Result<Self, SinkError> {
+        if let Some(c) = &target.clickhouse {
+            let writer =
+                clickhouse::ClickHouseTableWriter::create(c, &schema).map_err(|message| {
+                    SinkError::ClickHouse {
+                        sink: target.sink.clone(),
+                        table: target.table.clone(),
+                        message,
+                    }
+                })?;
+            return Ok(TableWriter::ClickHouse {
+                sink: target.sink.clone(),
+                table: target.table.clone(),
+                writer,
+            });
+        }
         match &target.kafka {
             Some(k) => {
                 let writer = kafka::sink::KafkaTableWriter::create(
@@ -119,6 +154,17 @@ impl TableWriter {
                 table: table.clone(),
                 message,
             }),
+            TableWriter::ClickHouse {
+                sink,
+                table,
+                writer,
+            } => writer
+                .write(batch)
+                .map_err(|message| SinkError::ClickHouse {
+                    sink: sink.clone(),
+                    table: table.clone(),
+                    message,
+                }),
         }
     }
 
@@ -131,6 +177,15 @@ impl TableWriter {
                 table,
                 writer,
             } => writer.close().map_err(|message| SinkError::Kafka {
+                sink,
+                table,
+                message,
+            }),
+            TableWriter::ClickHouse {
+                sink,
+                table,
+                writer,
+            } => writer.close().map_err(|message| SinkError::ClickHouse {
                 sink,
                 table,
                 message,

@@ -17,6 +17,7 @@ use spanflow_operators::span_filter::SpanFilterConfig;
 use spanflow_operators::tail_sampling::TailSamplingConfig;
 
 use super::spec::WatermarkConfig;
+use crate::connectors::clickhouse::ClickHouseSinkConfig;
 use crate::connectors::file::FileSourceConfig;
 use crate::connectors::generator::GeneratorConfig;
 use crate::connectors::kafka::{KafkaSinkConfig, KafkaSourceConfig};
@@ -158,6 +159,15 @@ pub enum SinkFile {
         /// The sink's settings.
         #[serde(flatten)]
         config: KafkaSinkConfig,
+    },
+    /// ClickHouse tables, one per output (ReplacingMergeTree, DDL in schemas/clickhouse).
+    #[schemars(extend("additionalProperties" = false))]
+    Clickhouse {
+        /// Input streams.
+        from: FromFile,
+        /// The sink's settings.
+        #[serde(flatten)]
+        config: Box<ClickHouseSinkConfig>,
     },
 }
 

@@ -22,6 +22,7 @@ use super::spec::{
     WatermarkConfig,
 };
 use super::yaml::{self, Document, Entry, Node, NodeId, Pos, Resolved, Value};
+use crate::connectors::clickhouse::ClickHouseSinkConfig;
 use crate::connectors::file::FileSourceConfig;
 use crate::connectors::generator::GeneratorConfig;
 use crate::connectors::kafka::{KafkaSinkConfig, KafkaSourceConfig};
@@ -156,7 +157,7 @@ impl Section {
                 "red_metrics",
                 "service_graph",
             ],
-            Section::Sinks => &["parquet", "kafka"],
+            Section::Sinks => &["parquet", "kafka", "clickhouse"],
         }
     }
 
@@ -707,6 +708,14 @@ impl Loader<'_, '_> {
             "parquet" => self
                 .component::<ParquetSinkConfig>(section, e, &what, ParquetSinkConfig::validate)
                 .map(|c| Built::Sink(SinkKind::Parquet(c))),
+            "clickhouse" if section == Section::Sinks => self
+                .component::<ClickHouseSinkConfig>(
+                    section,
+                    e,
+                    &what,
+                    ClickHouseSinkConfig::validate,
+                )
+                .map(|c| Built::Sink(SinkKind::ClickHouse(Box::new(c)))),
             "kafka" if section == Section::Sinks => self
                 .component::<KafkaSinkConfig>(section, e, &what, KafkaSinkConfig::validate)
                 .map(|c| Built::Sink(SinkKind::Kafka(c))),

@@ -27,6 +27,7 @@ use spanflow_operators::session_window::SessionWindowConfig;
 use spanflow_operators::span_filter::SpanFilterConfig;
 use spanflow_operators::tail_sampling::TailSamplingConfig;
 
+use crate::connectors::clickhouse::ClickHouseSinkConfig;
 use crate::connectors::file::FileSourceConfig;
 use crate::connectors::generator::GeneratorConfig;
 use crate::connectors::kafka::{KafkaSinkConfig, KafkaSourceConfig};
@@ -130,6 +131,8 @@ pub enum SinkKind {
     Parquet(ParquetSinkConfig),
     /// `type: kafka`: one topic per table.
     Kafka(KafkaSinkConfig),
+    /// `type: clickhouse`: one table per output.
+    ClickHouse(Box<ClickHouseSinkConfig>),
 }
 
 /// Event-time watermark settings of a source (`watermark:` key of any source).

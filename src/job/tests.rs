@@ -802,7 +802,7 @@ fn schema_types_read_the_demo_job() {
             .collect()
     };
     assert_eq!(types("SourceFile"), ["generator", "file", "kafka"]);
-    assert_eq!(types("SinkFile"), ["parquet", "kafka"]);
+    assert_eq!(types("SinkFile"), ["parquet", "kafka", "clickhouse"]);
 }
 
 #[test]

@@ -156,7 +156,7 @@ async fn run_plan(
     let progress = Arc::new(Progress::default());
     let restored = restore.is_some();
     if !opts.discard_outputs {
-        for t in plan.all_targets().filter(|t| t.kafka.is_none()) {
+        for t in plan.all_targets().filter(|t| t.is_parquet()) {
             let tdir = t.dir.join(&t.table);
             let keep: &[String] = restore
                 .as_ref()
@@ -197,7 +197,7 @@ async fn run_plan(
                     } else {
                         rows_t
                             .iter()
-                            .filter(|t| t.kafka.is_none())
+                            .filter(|t| t.is_parquet())
                             .map(|t| t.dir.clone())
                             .collect()
                     },
@@ -598,7 +598,7 @@ async fn run_plan(
                 return Err(RunError::Internal("a shard returned no snapshot".into()));
             };
             let mut parts = Vec::new();
-            for t in plan.all_targets().filter(|t| t.kafka.is_none()) {
+            for t in plan.all_targets().filter(|t| t.is_parquet()) {
                 let tdir = t.dir.join(&t.table);
                 if !parts.iter().any(|(d, _)| *d == tdir) {
                     let names = savepoint::list_parts(&tdir);

@@ -10,6 +10,7 @@ use spanflow_operators::session_window::SessionWindowConfig;
 use spanflow_operators::span_filter::SpanFilterConfig;
 use spanflow_operators::tail_sampling::TailSamplingConfig;
 
+use crate::connectors::clickhouse::ClickHouseTarget;
 use crate::connectors::kafka::sink::KafkaTarget;
 use crate::connectors::parquet::ParquetSinkConfig;
 use crate::job::{Job, OperatorKind, OperatorNode, SinkKind, SourceNode, StreamRef};
@@ -42,11 +43,20 @@ pub struct TableTarget {
     pub config: ParquetSinkConfig,
     /// Set when the sink is Kafka (then `dir` and `config` are unused).
     pub kafka: Option<KafkaTarget>,
+    /// Set when the sink is ClickHouse (then `dir` and `config` are unused).
+    pub clickhouse: Option<ClickHouseTarget>,
     /// Every topic of the target's Kafka sink (created together when asked).
     pub sink_topics: Vec<String>,
     /// Added to the shard number in Parquet part names (a resumed run continues after
     /// the parts it keeps).
     pub part_base: usize,
+}
+
+impl TableTarget {
+    /// Whether the target writes Parquet files (not Kafka or ClickHouse).
+    pub fn is_parquet(&self) -> bool {
+        self.kafka.is_none() && self.clickhouse.is_none()
+    }
 }
 
 /// The executable shape, one chain per shard:
@@ -252,11 +262,19 @@ impl Plan {
                         .map(|i| k.topic_of(&i.port))
                         .collect::<Vec<_>>(),
                 )),
-                SinkKind::Parquet(_) => None,
+                SinkKind::Parquet(_) | SinkKind::ClickHouse(_) => None,
+            };
+            let clickhouse = match &sink.kind {
+                SinkKind::ClickHouse(c) => Some((
+                    Arc::new(c.as_ref().clone()),
+                    ClickHouseTarget::new_shared(),
+                    Arc::new(sink.from.iter().map(|i| i.port.clone()).collect::<Vec<_>>()),
+                )),
+                SinkKind::Parquet(_) | SinkKind::Kafka(_) => None,
             };
             let parquet = match &sink.kind {
                 SinkKind::Parquet(cfg) => cfg.clone(),
-                SinkKind::Kafka(_) => ParquetSinkConfig::default(),
+                SinkKind::Kafka(_) | SinkKind::ClickHouse(_) => ParquetSinkConfig::default(),
             };
             for input in &sink.from {
                 if !producible.contains(input) {
@@ -271,7 +289,7 @@ impl Plan {
                     node: input.node.clone(),
                     sink: sink.name.clone(),
                     table: input.port.clone(),
-                    dir: if kafka.is_some() {
+                    dir: if kafka.is_some() || clickhouse.is_some() {
                         PathBuf::new()
                     } else {
                         parquet.dir(output_dir)
@@ -280,13 +298,22 @@ impl Plan {
                     kafka: kafka
                         .as_ref()
                         .map(|(c, p, _)| KafkaTarget::new(c.clone(), &input.port, p.clone())),
+                    clickhouse: clickhouse.as_ref().map(|(c, shared, outputs)| {
+                        ClickHouseTarget::new(
+                            c.clone(),
+                            &sink.name,
+                            &input.port,
+                            outputs.clone(),
+                            shared.clone(),
+                        )
+                    }),
                     sink_topics: kafka.as_ref().map(|k| k.2.clone()).unwrap_or_default(),
                     part_base: 0,
                 });
             }
         }
         let mut seen: BTreeMap<(PathBuf, String), &str> = BTreeMap::new();
-        for t in targets.values().flatten().filter(|t| t.kafka.is_none()) {
+        for t in targets.values().flatten().filter(|t| t.is_parquet()) {
             if let Some(other) = seen.insert((t.dir.clone(), t.table.clone()), &t.sink)
                 && other != t.sink
             {

@@ -25,16 +25,17 @@ pub struct OutputTable {
     /// Table name.
     pub table: String,
     /// Where the rows went: the directory of the table's part files, or
-    /// `kafka:<topic>`.
+    /// `kafka:<topic>`, or `clickhouse:<database>.<table>`.
     pub path: PathBuf,
     /// Rows written.
     pub rows: u64,
 }
 
 pub(crate) fn add_output(outputs: &mut Vec<OutputTable>, t: &TableTarget, rows: u64) {
-    let path = match &t.kafka {
-        Some(k) => PathBuf::from(format!("kafka:{}", k.topic)),
-        None => t.dir.join(&t.table),
+    let path = match (&t.kafka, &t.clickhouse) {
+        (Some(k), _) => PathBuf::from(format!("kafka:{}", k.topic)),
+        (None, Some(c)) => PathBuf::from(format!("clickhouse:{}", c.qualified)),
+        (None, None) => t.dir.join(&t.table),
     };
     if let Some(o) = outputs
         .iter_mut()

@@ -4,7 +4,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use rdkafka::Message;
@@ -13,12 +12,12 @@ use spanflow::connectors::generator::{GeneratedRecord, Generator, GeneratorConfi
 use spanflow::connectors::kafka::{self, produce};
 use spanflow::runtime::{RunOptions, RunSummary, run_job};
 
-use crate::support::{read_table, root, rows, sum};
+use crate::support::{Service, read_table, root, rows, sum};
 
 /// A broker for one test; stopped (by the PID the script recorded) on drop.
 struct Broker {
     brokers: String,
-    dir: Option<String>,
+    _service: Option<Service>,
 }
 
 impl Broker {
@@ -26,41 +25,13 @@ impl Broker {
         if let Ok(b) = std::env::var("SPANFLOW_KAFKA_BROKERS") {
             return Broker {
                 brokers: b,
-                dir: None,
+                _service: None,
             };
         }
-        let out = Command::new("bash")
-            .arg(root().join("scripts/kafka.sh"))
-            .arg("start")
-            .output()
-            .expect("running scripts/kafka.sh");
-        assert!(
-            out.status.success(),
-            "scripts/kafka.sh start failed (run `scripts/kafka.sh install` once): {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let text = String::from_utf8_lossy(&out.stdout).to_string();
-        let var = |name: &str| {
-            text.lines()
-                .find_map(|l| l.strip_prefix(&format!("export {name}=")))
-                .unwrap_or_else(|| panic!("no {name} in: {text}"))
-                .to_owned()
-        };
+        let service = Service::start("kafka.sh", "SPANFLOW_KAFKA_DIR");
         Broker {
-            brokers: var("SPANFLOW_KAFKA_BROKERS"),
-            dir: Some(var("SPANFLOW_KAFKA_DIR")),
-        }
-    }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        if let Some(dir) = &self.dir {
-            let _ = Command::new("bash")
-                .arg(root().join("scripts/kafka.sh"))
-                .arg("stop")
-                .arg(dir)
-                .status();
+            brokers: service.var("SPANFLOW_KAFKA_BROKERS"),
+            _service: Some(service),
         }
     }
 }

@@ -2,6 +2,7 @@
 
 mod alibaba;
 mod cli;
+mod clickhouse;
 mod demo;
 mod golden;
 mod kafka;

@@ -90,3 +90,65 @@ pub fn sum(batches: &[RecordBatch], name: &str) -> u64 {
         .map(|v| v.parse::<u64>().unwrap())
         .sum()
 }
+
+/// A server started by one of the scripts/ service scripts for one test, stopped (by the
+/// PID the script recorded) on drop.
+pub struct Service {
+    script: &'static str,
+    vars: Vec<(String, String)>,
+    dir: String,
+}
+
+impl Service {
+    /// Runs `scripts/<script> start` and keeps the variables it exports; `dir_var` names
+    /// the one holding the server's directory.
+    pub fn start(script: &'static str, dir_var: &str) -> Service {
+        let out = std::process::Command::new("bash")
+            .arg(root().join("scripts").join(script))
+            .arg("start")
+            .output()
+            .unwrap_or_else(|e| panic!("running scripts/{script}: {e}"));
+        assert!(
+            out.status.success(),
+            "scripts/{script} start failed (run `scripts/{script} install` once): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let vars: Vec<(String, String)> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("export "))
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+        let dir = vars
+            .iter()
+            .find(|(k, _)| k == dir_var)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_else(|| panic!("no {dir_var} in: {text}"));
+        Service { script, vars, dir }
+    }
+
+    /// A variable the script exported.
+    pub fn var(&self, name: &str) -> String {
+        self.vars
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_else(|| panic!("scripts/{} exported no {name}", self.script))
+    }
+
+    /// The server's directory.
+    pub fn dir(&self) -> &str {
+        &self.dir
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("bash")
+            .arg(root().join("scripts").join(self.script))
+            .arg("stop")
+            .arg(&self.dir)
+            .status();
+    }
+}

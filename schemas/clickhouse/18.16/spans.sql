@@ -1,0 +1,30 @@
+-- spanflow output `spans`: every span of the traces the sampler kept; looked up by trace id.
+-- Rendered for ClickHouse 18.16 (Debian's package) and other servers before 19.3 by spanflow (the sink creates it when `create_tables: true`);
+-- ReplacingMergeTree on the natural key: query with FINAL or argMax(..., version).
+-- Regenerate: UPDATE_SCHEMA=1 cargo test --lib clickhouse::
+CREATE TABLE IF NOT EXISTS `spanflow`.`spans`
+(
+    `trace_id` FixedString(16),
+    `span_id` FixedString(8),
+    `parent_span_id` Nullable(FixedString(8)),
+    `service` String,
+    `instance` String,
+    `name` String,
+    `kind` String,
+    `start_time` UInt64,
+    `end_time` UInt64,
+    `duration_ns` UInt64,
+    `status` String,
+    `is_error` UInt8,
+    `call_type` String,
+    `http_status` UInt16,
+    `peer` String,
+    `db_system` String,
+    `messaging_destination` String,
+    `attributes` Nested(key String, value String),
+    `resource_attributes` Nested(key String, value String),
+    `version` UInt64
+)
+ENGINE = ReplacingMergeTree(`version`)
+PARTITION BY toDate(toDateTime(intDiv(`start_time`, 1000000000)))
+ORDER BY (`trace_id`, `span_id`);

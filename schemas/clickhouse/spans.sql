@@ -1,0 +1,30 @@
+-- spanflow output `spans`: every span of the traces the sampler kept; looked up by trace id.
+-- Rendered for current ClickHouse (22.1 and later) by spanflow (the sink creates it when `create_tables: true`);
+-- ReplacingMergeTree on the natural key: query with FINAL or argMax(..., version).
+-- Regenerate: UPDATE_SCHEMA=1 cargo test --lib clickhouse::
+CREATE TABLE IF NOT EXISTS `spanflow`.`spans`
+(
+    `trace_id` FixedString(16),
+    `span_id` FixedString(8),
+    `parent_span_id` Nullable(FixedString(8)),
+    `service` LowCardinality(String),
+    `instance` LowCardinality(String),
+    `name` String,
+    `kind` LowCardinality(String),
+    `start_time` DateTime64(9, 'UTC'),
+    `end_time` DateTime64(9, 'UTC'),
+    `duration_ns` UInt64,
+    `status` LowCardinality(String),
+    `is_error` Bool,
+    `call_type` LowCardinality(String),
+    `http_status` UInt16,
+    `peer` LowCardinality(String),
+    `db_system` LowCardinality(String),
+    `messaging_destination` LowCardinality(String),
+    `attributes` Map(LowCardinality(String), String),
+    `resource_attributes` Map(LowCardinality(String), String),
+    `version` UInt64
+)
+ENGINE = ReplacingMergeTree(`version`)
+PARTITION BY toDate(`start_time`)
+ORDER BY (`trace_id`, `span_id`);

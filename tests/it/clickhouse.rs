@@ -1,0 +1,501 @@
+//! The ClickHouse sink against a real server (Debian's clickhouse-server, started on
+//! 127.0.0.1 by scripts/clickhouse.sh; one server per test, so tests share no tables and
+//! the outage test can stop its own).
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use spanflow::runtime::{RunOptions, RunSummary, run_job};
+
+use crate::support::{Service, read_table, root, sum};
+
+/// Every output of the analytics job, as `node.port`.
+const ALL_OUTPUTS: &str = "[sampler, sampler.spans, sessions.late_spans, in.dead_letters, metrics, metrics.exemplars, graph]";
+
+struct Server {
+    url: String,
+    service: Service,
+}
+
+impl Server {
+    fn start() -> Server {
+        let service = Service::start("clickhouse.sh", "SPANFLOW_CLICKHOUSE_DIR");
+        Server {
+            url: service.var("SPANFLOW_CLICKHOUSE_URL"),
+            service,
+        }
+    }
+
+    fn client(&self) -> clickhouse::Client {
+        clickhouse::Client::default()
+            .with_url(&self.url)
+            .with_validation(false)
+    }
+
+    /// Runs `sql` and returns its TabSeparated output.
+    fn query(&self, sql: &str) -> String {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let bytes = self
+                .client()
+                .query(sql)
+                .fetch_bytes("TabSeparated")
+                .unwrap()
+                .collect()
+                .await
+                .unwrap_or_else(|e| panic!("{sql}: {e}"));
+            // Trace ids are raw bytes.
+            String::from_utf8_lossy(&bytes).into_owned()
+        })
+    }
+
+    fn execute(&self, sql: &str) {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(self.client().query(sql).execute())
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+
+    fn count(&self, table: &str, final_: bool) -> u64 {
+        let f = if final_ { " FINAL" } else { "" };
+        self.query(&format!("SELECT count() FROM {table}{f}"))
+            .trim()
+            .parse()
+            .unwrap()
+    }
+
+    /// Every row of `table` (after FINAL) as sorted TabSeparated lines.
+    fn snapshot(&self, table: &str) -> Vec<String> {
+        let mut lines: Vec<String> = self
+            .query(&format!("SELECT * FROM {table} FINAL"))
+            .lines()
+            .map(str::to_owned)
+            .collect();
+        lines.sort();
+        lines
+    }
+}
+
+/// The analytics of jobs/demo.yaml on a small generated input, writing `outputs` to the
+/// ClickHouse database `db` with `settings` (YAML lines of the sink), plus `parquet`
+/// outputs under `dir`.
+fn job(
+    db: &str,
+    traces: u64,
+    outputs: &str,
+    settings: &str,
+    url: &str,
+    dir: &std::path::Path,
+) -> spanflow::job::Job {
+    let text = format!(
+        r#"
+name: clickhouse_test
+sources:
+  in:
+    type: generator
+    seed: 7
+    traces: {traces}
+    traces_per_second: 50
+    late_fraction: 0.01
+    garbage_fraction: 0.01
+operators:
+  sessions:
+    type: session_window
+    from: [in]
+    gap: 10s
+    gap_rules:
+      - when: {{ root_ended: true }}
+        gap: 3s
+  sampler:
+    type: tail_sampling
+    from: sessions
+    policies:
+      - {{ name: errors, type: error }}
+      - {{ name: slow-db, type: slow_span, call_type: db, threshold: 200ms }}
+      - {{ name: baseline, type: probabilistic, percentage: 10 }}
+  metrics:
+    type: red_metrics
+    from: sampler
+    interval: 10s
+  graph:
+    type: service_graph
+    from: sampler
+    interval: 10s
+sinks:
+  warehouse:
+    type: clickhouse
+    from: {outputs}
+    url: {url}
+    database: {db}
+{settings}
+  local:
+    type: parquet
+    from: [sampler, metrics, graph]
+    path: {path}
+"#,
+        path = dir.display()
+    );
+    spanflow::job::load_str(&root().join("jobs/clickhouse_test.yaml"), &text)
+        .unwrap_or_else(|e| panic!("{e:?}"))
+}
+
+fn run(job: &spanflow::job::Job) -> RunSummary {
+    run_job(
+        job,
+        &RunOptions {
+            parallelism: Some(2),
+            ..Default::default()
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Rows per output table written to ClickHouse, from the run's summary.
+fn summary_rows(s: &RunSummary) -> BTreeMap<String, u64> {
+    s.outputs
+        .iter()
+        .filter(|o| o.path.to_string_lossy().starts_with("clickhouse:"))
+        .map(|o| (o.table.clone(), o.rows))
+        .collect()
+}
+
+const TABLES: [&str; 7] = [
+    "traces",
+    "spans",
+    "late_spans",
+    "dead_letters",
+    "red_metrics",
+    "exemplars",
+    "service_relation",
+];
+
+#[test]
+fn a_generated_run_creates_every_table_and_lands_the_summarys_rows() {
+    let server = Server::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let job = job(
+        "sf",
+        600,
+        ALL_OUTPUTS,
+        "    create_tables: true",
+        &server.url,
+        tmp.path(),
+    );
+    let s = run(&job);
+    let tables =
+        server.query("SELECT name, engine FROM system.tables WHERE database = 'sf' ORDER BY name");
+    let mut want: Vec<String> = TABLES
+        .iter()
+        .map(|t| format!("{t}\tReplacingMergeTree"))
+        .collect();
+    want.sort();
+    assert_eq!(tables.lines().collect::<Vec<_>>(), want);
+    let rows = summary_rows(&s);
+    assert_eq!(rows.len(), 7, "{rows:?}");
+    for t in TABLES {
+        let n = rows[t];
+        assert!(
+            n > 0,
+            "the run wrote no `{t}` rows; the test input must produce some"
+        );
+        assert_eq!(server.count(&format!("sf.{t}"), true), n, "rows of `{t}`");
+    }
+    // The same values as the Parquet outputs of the same run.
+    let red = read_table(tmp.path(), "red_metrics");
+    let ch = |sql: &str| server.query(sql).trim().parse::<u64>().unwrap();
+    assert_eq!(
+        ch("SELECT sum(requests) FROM sf.red_metrics FINAL"),
+        sum(&red, "requests")
+    );
+    assert_eq!(
+        ch("SELECT sum(arraySum(bucket_counts)) FROM sf.red_metrics FINAL"),
+        sum(&red, "requests")
+    );
+    let traces = read_table(tmp.path(), "traces");
+    assert_eq!(
+        ch("SELECT sum(span_count) FROM sf.traces FINAL"),
+        sum(&traces, "span_count")
+    );
+    assert!(
+        ch("SELECT count() FROM sf.spans WHERE has(attributes.key, 'http.request.method')") > 0,
+        "span attributes are stored"
+    );
+    assert_eq!(
+        ch("SELECT sum(span_count) FROM sf.traces FINAL WHERE sampled = 1"),
+        server.count("sf.spans", true),
+        "every span of every kept trace is in `spans`"
+    );
+}
+
+#[test]
+fn replaying_the_same_input_leaves_the_same_rows() {
+    let server = Server::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let job = job(
+        "sf",
+        300,
+        ALL_OUTPUTS,
+        "    create_tables: true",
+        &server.url,
+        tmp.path(),
+    );
+    run(&job);
+    let first: Vec<(u64, Vec<String>)> = TABLES
+        .iter()
+        .map(|t| {
+            let t = format!("sf.{t}");
+            (server.count(&t, false), server.snapshot(&t))
+        })
+        .collect();
+    run(&job);
+    for (t, (n, snapshot)) in TABLES.iter().zip(&first) {
+        let t = format!("sf.{t}");
+        // Two copies until ClickHouse merges them (or FINAL collapses them).
+        assert!(server.count(&t, false) >= *n, "{t}");
+        assert_eq!(server.count(&t, true), *n, "{t} with FINAL");
+        server.execute(&format!("OPTIMIZE TABLE {t} FINAL"));
+        assert_eq!(server.count(&t, false), *n, "{t} after OPTIMIZE FINAL");
+        assert_eq!(&server.snapshot(&t), snapshot, "{t}");
+    }
+}
+
+#[test]
+fn a_server_outage_mid_run_delays_the_job_and_loses_nothing() {
+    let server = Server::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let settings = "    create_tables: true
+    batch: { max_rows: 300, max_delay: 50ms }
+    retry: { initial_backoff: 50ms, max_backoff: 400ms }";
+    let job = job("sf", 2500, ALL_OUTPUTS, settings, &server.url, tmp.path());
+    let handle = std::thread::spawn(move || run(&job));
+    let deadline = Instant::now() + Duration::from_secs(120);
+    // Stop the server once the first rows have landed, while the run goes on.
+    loop {
+        let landed = server
+            .query("SELECT count() FROM system.tables WHERE database = 'sf' AND name = 'traces'")
+            .trim()
+            == "1"
+            && server.count("sf.traces", false) > 0;
+        if landed {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no rows landed within 120 s");
+        assert!(!handle.is_finished(), "the run ended before any row landed");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        !handle.is_finished(),
+        "the run ended before the outage; give it more traces"
+    );
+    let down = Instant::now();
+    let status = std::process::Command::new("bash")
+        .arg(root().join("scripts/clickhouse.sh"))
+        .args(["restart", server.service.dir(), "4"])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert!(down.elapsed() >= Duration::from_secs(4));
+    let s = handle.join().expect("the run panicked");
+    for (t, n) in summary_rows(&s) {
+        assert_eq!(server.count(&format!("sf.{t}"), true), n, "rows of `{t}`");
+    }
+    let red = read_table(tmp.path(), "red_metrics");
+    assert_eq!(
+        server
+            .query("SELECT sum(requests) FROM sf.red_metrics FINAL")
+            .trim()
+            .parse::<u64>()
+            .unwrap(),
+        sum(&red, "requests")
+    );
+}
+
+#[test]
+fn a_wrong_column_type_or_a_missing_table_fails_at_start() {
+    let server = Server::start();
+    let tmp = tempfile::tempdir().unwrap();
+    server.execute("CREATE DATABASE sf");
+    let ddl = std::fs::read_to_string(root().join("schemas/clickhouse/18.16/spans.sql"))
+        .unwrap()
+        .replace("`spanflow`.", "`sf`.")
+        .replace("`duration_ns` UInt64", "`duration_ns` String");
+    let ddl: String = ddl
+        .lines()
+        .filter(|l| !l.starts_with("--"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    server.execute(ddl.trim_end_matches(';'));
+    let job = job(
+        "sf",
+        20,
+        "[sampler.spans]",
+        "    create_tables: true",
+        &server.url,
+        tmp.path(),
+    );
+    let err = run_job(&job, &RunOptions::default())
+        .expect_err("a String duration must fail")
+        .to_string();
+    for part in ["`sf.spans`", "`duration_ns` is String", "UInt64"] {
+        assert!(err.contains(part), "error lacks {part}: {err}");
+    }
+    let job = job_without_create(&server.url, tmp.path());
+    let err = run_job(&job, &RunOptions::default())
+        .expect_err("a missing table must fail")
+        .to_string();
+    assert!(
+        err.contains("`sf.traces` does not exist") && err.contains("create_tables"),
+        "{err}"
+    );
+}
+
+fn job_without_create(url: &str, dir: &std::path::Path) -> spanflow::job::Job {
+    job("sf", 20, "[sampler]", "    create_tables: false", url, dir)
+}
+
+/// The crate's own typed insert of the same rows is the reference for the encoder.
+#[derive(clickhouse::Row, serde::Serialize)]
+struct RedRow {
+    interval_start: u64,
+    interval_end: u64,
+    metric: String,
+    service: String,
+    instance: String,
+    operation: String,
+    call_type: String,
+    peer: String,
+    status: String,
+    requests: u64,
+    errors: u64,
+    slow: u64,
+    duration_sum_ns: u64,
+    duration_min_ns: u64,
+    duration_max_ns: u64,
+    bucket_bounds: Vec<f64>,
+    bucket_counts: Vec<u64>,
+    version: u64,
+}
+
+#[test]
+fn encoded_rows_equal_the_crates_typed_insert_of_the_same_rows() {
+    use arrow::array::{Array, AsArray};
+    use arrow::datatypes::{Float64Type, TimestampNanosecondType, UInt64Type};
+
+    let server = Server::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let job = job(
+        "sf",
+        200,
+        "[metrics]",
+        "    create_tables: true",
+        &server.url,
+        tmp.path(),
+    );
+    run(&job);
+    let ddl = std::fs::read_to_string(root().join("schemas/clickhouse/18.16/red_metrics.sql"))
+        .unwrap()
+        .replace("`spanflow`.`red_metrics`", "`sf`.`reference`");
+    let ddl: String = ddl
+        .lines()
+        .filter(|l| !l.starts_with("--"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    server.execute(ddl.trim_end_matches(';'));
+    let mut rows = Vec::new();
+    for b in read_table(tmp.path(), "red_metrics") {
+        let ts = |n: &str| {
+            b.column_by_name(n)
+                .unwrap()
+                .as_primitive::<TimestampNanosecondType>()
+                .clone()
+        };
+        let st = |n: &str| b.column_by_name(n).unwrap().as_string::<i32>().clone();
+        let u = |n: &str| {
+            b.column_by_name(n)
+                .unwrap()
+                .as_primitive::<UInt64Type>()
+                .clone()
+        };
+        let (start, end) = (ts("interval_start"), ts("interval_end"));
+        let (metric, service, instance, operation, call_type, peer, status) = (
+            st("metric"),
+            st("service"),
+            st("instance"),
+            st("operation"),
+            st("call_type"),
+            st("peer"),
+            st("status"),
+        );
+        let (requests, errors, slow, dsum, dmin, dmax) = (
+            u("requests"),
+            u("errors"),
+            u("slow"),
+            u("duration_sum_ns"),
+            u("duration_min_ns"),
+            u("duration_max_ns"),
+        );
+        let bounds = b
+            .column_by_name("bucket_bounds")
+            .unwrap()
+            .as_list::<i32>()
+            .clone();
+        let counts = b
+            .column_by_name("bucket_counts")
+            .unwrap()
+            .as_list::<i32>()
+            .clone();
+        for i in 0..b.num_rows() {
+            rows.push(RedRow {
+                interval_start: start.value(i) as u64,
+                interval_end: end.value(i) as u64,
+                metric: metric.value(i).into(),
+                service: service.value(i).into(),
+                instance: instance.value(i).into(),
+                operation: operation.value(i).into(),
+                call_type: call_type.value(i).into(),
+                peer: peer.value(i).into(),
+                status: status.value(i).into(),
+                requests: requests.value(i),
+                errors: errors.value(i),
+                slow: slow.value(i),
+                duration_sum_ns: dsum.value(i),
+                duration_min_ns: dmin.value(i),
+                duration_max_ns: dmax.value(i),
+                bucket_bounds: bounds
+                    .value(i)
+                    .as_primitive::<Float64Type>()
+                    .values()
+                    .to_vec(),
+                bucket_counts: counts
+                    .value(i)
+                    .as_primitive::<UInt64Type>()
+                    .values()
+                    .to_vec(),
+                version: 1,
+            });
+            assert!(!bounds.is_null(i));
+        }
+    }
+    assert!(!rows.is_empty());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let client = server.client().with_database("sf");
+        let mut insert = client.insert::<RedRow>("reference").await.unwrap();
+        for r in &rows {
+            insert.write(r).await.unwrap();
+        }
+        insert.end().await.unwrap();
+    });
+    assert_eq!(
+        server.snapshot("sf.red_metrics"),
+        server.snapshot("sf.reference")
+    );
+}
