@@ -4,6 +4,8 @@
 # config and data in a temp dir.
 #
 #   scripts/clickhouse.sh install       apt-get install clickhouse-server when missing
+#   scripts/clickhouse.sh install-current   a current engine (chdb-core 26.9, cached venv)
+#   scripts/clickhouse.sh current-python    installs it when missing; prints its python
 #   scripts/clickhouse.sh start         start it on free ports, wait for /ping; prints
 #                                       `export` lines (HTTP URL, pid, dir)
 #   scripts/clickhouse.sh stop DIR      stop the server started in DIR (by its PID) and
@@ -31,6 +33,24 @@ install() {
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y clickhouse-server clickhouse-client >&2 ||
     { $sudo apt-get update >&2 &&
       DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y clickhouse-server clickhouse-client >&2; }
+}
+
+# A current ClickHouse engine for checking the current-release DDL and encoding: the
+# chdb-core wheel (ClickHouse 26.9 in-process) in a venv cached under ~/.cache/spanflow.
+CHDB_VENV="${SPANFLOW_CACHE:-$HOME/.cache/spanflow}/chdb-26.9.0"
+
+install_current() {
+  if [[ -x "$CHDB_VENV/bin/python" ]] && "$CHDB_VENV/bin/python" -c 'import chdb' 2>/dev/null; then
+    return 0
+  fi
+  echo "installing chdb-core 26.9.0 (a current ClickHouse engine) into $CHDB_VENV" >&2
+  if ! python3 -m venv "$CHDB_VENV" >&2 2>/dev/null; then
+    local sudo=""
+    [[ $(id -u) -ne 0 ]] && sudo="sudo"
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y python3-venv >&2
+    python3 -m venv "$CHDB_VENV" >&2
+  fi
+  "$CHDB_VENV/bin/pip" install --quiet chdb-core==26.9.0 >&2
 }
 
 start() {
@@ -147,11 +167,13 @@ restart() {
 
 case "${1:-}" in
   install) install ;;
+  install-current) install_current ;;
+  current-python) install_current && echo "$CHDB_VENV/bin/python" ;;
   start) start ;;
   stop) stop "${2:?usage: scripts/clickhouse.sh stop DIR}" ;;
   restart) restart "${2:?usage: scripts/clickhouse.sh restart DIR SECONDS}" "${3:-3}" ;;
   *)
-    sed -n '2,15p' "$0" >&2
+    sed -n '2,17p' "$0" >&2
     exit 2
     ;;
 esac

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite: formatting, lints, unit, property, golden and CLI tests.
 # Installs what it needs: cargo-nextest, a real Kafka-protocol broker (tansu, built
-# once into ~/.cache/spanflow) and Debian's clickhouse-server; the Kafka and ClickHouse
+# once into ~/.cache/spanflow), Debian's clickhouse-server and chdb-core (a current
+# ClickHouse engine, pip-installed into ~/.cache/spanflow); the Kafka and ClickHouse
 # tests start their own servers on 127.0.0.1 and stop them by PID.
 # Usage: scripts/test.sh            (from the repository root)
 set -euo pipefail
@@ -21,6 +22,8 @@ bash scripts/kafka.sh install
 
 step "ClickHouse server for the integration tests (Debian's clickhouse-server)"
 bash scripts/clickhouse.sh install
+step "a current ClickHouse engine for the DDL check (chdb-core in a cached venv)"
+bash scripts/clickhouse.sh install-current
 
 step "cargo fmt --check"
 cargo fmt --all -- --check

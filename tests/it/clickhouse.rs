@@ -499,3 +499,243 @@ fn encoded_rows_equal_the_crates_typed_insert_of_the_same_rows() {
         server.snapshot("sf.reference")
     );
 }
+
+/// One check expression per column and the value the Arrow rows give for it.
+fn column_checks(batches: &[arrow::record_batch::RecordBatch]) -> Vec<(String, String)> {
+    use arrow::array::{Array, AsArray};
+    use arrow::datatypes::{DataType, Float64Type, TimestampNanosecondType};
+    let schema = batches[0].schema();
+    let mut checks = vec![(
+        "count()".to_owned(),
+        batches
+            .iter()
+            .map(|b| b.num_rows())
+            .sum::<usize>()
+            .to_string(),
+    )];
+    for (i, field) in schema.fields().iter().enumerate() {
+        let q = format!("`{}`", field.name());
+        let cols: Vec<&arrow::array::ArrayRef> = batches.iter().map(|b| b.column(i)).collect();
+        let nulls: usize = cols.iter().map(|c| c.null_count()).sum();
+        if field.is_nullable() {
+            checks.push((format!("countIf({q} IS NULL)"), nulls.to_string()));
+        }
+        match field.data_type() {
+            DataType::UInt16 | DataType::UInt32 | DataType::UInt64 => {
+                let total: u64 = cols
+                    .iter()
+                    .map(|c| {
+                        let c = arrow::compute::cast(c, &DataType::UInt64).unwrap();
+                        arrow::compute::sum(c.as_primitive::<arrow::datatypes::UInt64Type>())
+                            .unwrap_or(0)
+                    })
+                    .sum();
+                checks.push((format!("sum(ifNull({q}, 0))"), total.to_string()));
+            }
+            DataType::Float64 => {
+                let vals: Vec<f64> = cols
+                    .iter()
+                    .flat_map(|c| c.as_primitive::<Float64Type>().values().to_vec())
+                    .collect();
+                let min = vals.iter().copied().fold(f64::INFINITY, f64::min);
+                let max = vals.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                checks.push((format!("min({q})"), format!("{min}")));
+                checks.push((format!("max({q})"), format!("{max}")));
+            }
+            DataType::Timestamp(..) => {
+                let vals: Vec<i64> = cols
+                    .iter()
+                    .flat_map(|c| {
+                        c.as_primitive::<TimestampNanosecondType>()
+                            .values()
+                            .to_vec()
+                    })
+                    .collect();
+                let e = format!("toUnixTimestamp64Nano({q})");
+                checks.push((format!("min({e})"), vals.iter().min().unwrap().to_string()));
+                checks.push((format!("max({e})"), vals.iter().max().unwrap().to_string()));
+            }
+            DataType::Boolean => {
+                let n: usize = cols.iter().map(|c| c.as_boolean().true_count()).sum();
+                checks.push((format!("countIf({q})"), n.to_string()));
+            }
+            DataType::Utf8 => {
+                let n: usize = cols
+                    .iter()
+                    .flat_map(|c| {
+                        c.as_string::<i32>()
+                            .iter()
+                            .flatten()
+                            .map(str::len)
+                            .collect::<Vec<_>>()
+                    })
+                    .sum();
+                checks.push((format!("sum(length(ifNull({q}, '')))"), n.to_string()));
+            }
+            DataType::Binary => {
+                let n: usize = cols
+                    .iter()
+                    .flat_map(|c| {
+                        c.as_binary::<i32>()
+                            .iter()
+                            .flatten()
+                            .map(<[u8]>::len)
+                            .collect::<Vec<_>>()
+                    })
+                    .sum();
+                checks.push((format!("sum(length({q}))"), n.to_string()));
+            }
+            DataType::FixedSizeBinary(_) => {
+                let distinct: std::collections::BTreeSet<Vec<u8>> = cols
+                    .iter()
+                    .flat_map(|c| {
+                        c.as_fixed_size_binary()
+                            .iter()
+                            .flatten()
+                            .map(<[u8]>::to_vec)
+                            .collect::<Vec<_>>()
+                    })
+                    .collect();
+                checks.push((format!("uniqExact({q})"), distinct.len().to_string()));
+            }
+            DataType::List(_) => {
+                let n: usize = cols.iter().map(|c| c.as_list::<i32>().values().len()).sum();
+                checks.push((format!("sum(length({q}))"), n.to_string()));
+            }
+            DataType::Map(..) => {
+                let (mut entries, mut bytes) = (0usize, 0usize);
+                for c in &cols {
+                    let m = c.as_map();
+                    entries += m.keys().len();
+                    bytes += m
+                        .values()
+                        .as_string::<i32>()
+                        .iter()
+                        .flatten()
+                        .map(str::len)
+                        .sum::<usize>();
+                }
+                checks.push((format!("sum(length({q}))"), entries.to_string()));
+                checks.push((
+                    format!("sum(arraySum(arrayMap(v -> length(v), mapValues({q}))))"),
+                    bytes.to_string(),
+                ));
+            }
+            other => panic!("no check for Arrow type {other}"),
+        }
+    }
+    checks
+}
+
+/// The other dialect: every table created from the DDL spanflow renders for current
+/// servers, filled with the RowBinary it encodes for them, on a current engine (chdb,
+/// ClickHouse 26.9 in-process), holds exactly the rows of the Parquet outputs.
+#[test]
+fn a_current_release_runs_the_ddl_and_reads_the_encoded_rows() {
+    use spanflow::connectors::clickhouse::ddl::{self, Features};
+    use spanflow::connectors::clickhouse::encode::TablePlan;
+
+    let out = std::process::Command::new("bash")
+        .arg(root().join("scripts/clickhouse.sh"))
+        .arg("current-python")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "scripts/clickhouse.sh current-python: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let python = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let tmp = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(root().join("jobs/demo.yaml"))
+        .unwrap()
+        .replace("traces: 20000", "traces: 400")
+        .replace("late_fraction: 0.0005", "late_fraction: 0.02")
+        .replace("garbage_fraction: 0.002", "garbage_fraction: 0.02");
+    let job = spanflow::job::load_str(&root().join("jobs/demo.yaml"), &text).unwrap();
+    run_job(
+        &job,
+        &RunOptions {
+            output_dir: Some(tmp.path().join("parquet")),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let mut manifest = Vec::new();
+    let mut expected = BTreeMap::new();
+    for t in TABLES {
+        let batches = read_table(&tmp.path().join("parquet"), t);
+        assert!(
+            !batches.is_empty() && batches.iter().any(|b| b.num_rows() > 0),
+            "{t}"
+        );
+        let schema = batches[0].schema();
+        let layout = ddl::layout(t).unwrap();
+        let columns = ddl::server_columns(&schema, layout, Features::current());
+        let plan = TablePlan::new(t, &schema, &columns, 1).unwrap();
+        let mut data = Vec::new();
+        for b in &batches {
+            plan.encode(b, &mut data).unwrap();
+        }
+        std::fs::write(tmp.path().join(format!("{t}.bin")), &data).unwrap();
+        let checks = column_checks(&batches);
+        let exprs: Vec<&str> = checks.iter().map(|(e, _)| e.as_str()).collect();
+        manifest.push(serde_json::json!({
+            "table": t,
+            "ddl": ddl::create_table(
+                layout,
+                &schema,
+                "spanflow",
+                t,
+                // The generated traces are from 2026-01-01: a short TTL would drop them
+                // at once. A long one still checks the TTL clause.
+                Some(Duration::from_secs(10 * 365 * 86_400)),
+                Features::current(),
+            ),
+            "insert": plan.insert_columns.iter().map(|c| format!("`{c}`")).collect::<Vec<_>>().join(", "),
+            "file": format!("{t}.bin"),
+            "structure": columns
+                .iter()
+                .map(|c| format!("`{}` {}", c.name, c.ty))
+                .collect::<Vec<_>>()
+                .join(", ")
+                .replace('\'', "\\'"),
+            "check": format!("SELECT {} FROM spanflow.`{t}`", exprs.join(", ")),
+        }));
+        expected.insert(t.to_owned(), checks);
+    }
+    std::fs::write(
+        tmp.path().join("manifest.json"),
+        serde_json::to_vec(&manifest).unwrap(),
+    )
+    .unwrap();
+    let out = std::process::Command::new(&python)
+        .arg(root().join("scripts/chdb_check.py"))
+        .arg(tmp.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "chdb_check.py failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut seen = 0;
+    for line in text.lines() {
+        let mut parts = line.split('\t');
+        let table = parts.next().unwrap();
+        let got: Vec<&str> = parts.collect();
+        let checks = &expected[table];
+        assert_eq!(got.len(), checks.len(), "{table}: {line}");
+        for ((expr, want), got) in checks.iter().zip(got) {
+            let same = want == got
+                || matches!((want.parse::<f64>(), got.parse::<f64>()), (Ok(a), Ok(b)) if a == b);
+            assert!(
+                same,
+                "{table}: {expr} is {got} on the current engine, {want} in Parquet"
+            );
+        }
+        seen += 1;
+    }
+    assert_eq!(seen, TABLES.len(), "{text}");
+}

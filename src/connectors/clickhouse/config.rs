@@ -277,6 +277,16 @@ impl ClickHouseSinkConfig {
             if ttl.0 < Duration::from_secs(1) {
                 issues.push(ConfigIssue::new(&what, "must be at least 1s"));
             }
+            // TTL arithmetic is in DateTime, which ends in 2106: a longer TTL would wrap
+            // around and drop rows at once.
+            if ttl.0 > Duration::from_secs(50 * 365 * 86_400) {
+                issues.push(ConfigIssue::new(
+                    &what,
+                    format!(
+                        "must be at most 50 years (ClickHouse's DateTime ends in 2106), found {ttl}"
+                    ),
+                ));
+            }
         }
         if self.batch.max_rows == 0 {
             issues.push(ConfigIssue::new("batch.max_rows", "must be at least 1"));

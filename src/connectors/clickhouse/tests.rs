@@ -376,9 +376,10 @@ fn config_checks_and_never_shows_the_password() {
     };
     c.tables.insert("spanz".into(), "x".into());
     c.batch.max_rows = 0;
+    c.ttl = Some(spanflow_operators::HumanDuration::secs(100 * 365 * 86_400));
     let issues: Vec<String> = c.validate().iter().map(|i| format!("{i:?}")).collect();
     let all = issues.join("\n");
-    for what in ["url", "database", "spanz", "max_rows"] {
+    for what in ["url", "database", "spanz", "max_rows", "2106"] {
         assert!(all.contains(what), "no issue about {what}: {all}");
     }
     let shown = format!("{c:?}");
