@@ -84,7 +84,7 @@ pub struct ClickHouseSinkConfig {
 impl fmt::Debug for ClickHouseSinkConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ClickHouseSinkConfig")
-            .field("url", &self.url)
+            .field("url", &self.url.as_ref().map(|_| self.display_url()))
             .field("database", &self.database)
             .field("user", &self.user)
             .field("user_env", &self.user_env)
@@ -233,13 +233,19 @@ impl ClickHouseSinkConfig {
     /// Checks the values serde cannot; returns every problem found.
     pub fn validate(&self) -> Vec<ConfigIssue> {
         let mut issues = Vec::new();
-        if let Some(url) = &self.url
-            && !(url.starts_with("http://") || url.starts_with("https://"))
-        {
-            issues.push(ConfigIssue::new(
-                "url",
-                format!("must be an http:// URL such as http://127.0.0.1:8123, found `{url}`"),
-            ));
+        if let Some(url) = &self.url {
+            if url.starts_with("https://") {
+                issues.push(ConfigIssue::new(
+                    "url",
+                    "https is not supported by this build (no TLS); use http:// to a local \
+                     endpoint or a TLS-terminating proxy",
+                ));
+            } else if !url.starts_with("http://") {
+                issues.push(ConfigIssue::new(
+                    "url",
+                    format!("must be an http:// URL such as http://127.0.0.1:8123, found `{url}`"),
+                ));
+            }
         }
         if let Err(e) = check_identifier(&self.database) {
             issues.push(ConfigIssue::new("database", e));
@@ -330,6 +336,19 @@ impl ClickHouseSinkConfig {
             .clone()
             .or_else(|| std::env::var(URL_ENV).ok().filter(|u| !u.is_empty()))
             .unwrap_or_else(|| "http://127.0.0.1:8123".into())
+    }
+
+    /// The server URL for messages: without any `user:password@` part.
+    pub fn display_url(&self) -> String {
+        let url = self.resolved_url();
+        match url.split_once("://") {
+            Some((scheme, rest)) => {
+                let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+                let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+                format!("{scheme}://{host}{path}")
+            }
+            None => url,
+        }
     }
 
     /// The user, if any is configured.

@@ -275,7 +275,7 @@ where
                 return Ok(v);
             }
             Err(e) => {
-                let url = config.resolved_url();
+                let url = config.display_url();
                 if !retriable(&e) {
                     return Err(format!("{what} at {url}: {e}"));
                 }
@@ -395,7 +395,7 @@ async fn prepare(
         with_retries(config, sink, "connecting", || server_features(client)).await?;
     tracing::info!(
         "clickhouse sink `{sink}`: server {version} at {}",
-        config.resolved_url()
+        config.display_url()
     );
     if config.create_tables {
         let sql = format!(
@@ -554,11 +554,12 @@ impl Inserter {
                     };
                     if b.rows == 0 {
                         b.since = Some(Instant::now());
-                        if b.data.capacity() == 0 {
-                            b.data.reserve(self.config.batch.max_bytes.min(64 << 20));
-                        }
+                        // The first chunk becomes the buffer: no copy, and no buffer of
+                        // `max_bytes` held per table while it fills.
+                        b.data = data;
+                    } else {
+                        b.data.extend_from_slice(&data);
                     }
-                    b.data.extend_from_slice(&data);
                     b.rows += rows;
                     if b.rows >= self.config.batch.max_rows
                         || b.data.len() >= self.config.batch.max_bytes

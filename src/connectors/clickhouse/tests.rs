@@ -382,6 +382,12 @@ fn config_checks_and_never_shows_the_password() {
     for what in ["url", "database", "spanz", "max_rows", "2106"] {
         assert!(all.contains(what), "no issue about {what}: {all}");
     }
+    let with_userinfo = ClickHouseSinkConfig {
+        url: Some("http://bob:hunter2@db.local:8123/x".into()),
+        ..Default::default()
+    };
+    assert_eq!(with_userinfo.display_url(), "http://db.local:8123/x");
+    assert!(!format!("{with_userinfo:?}").contains("hunter2"));
     let shown = format!("{c:?}");
     assert!(
         !shown.contains("hunter2") && shown.contains("<redacted>"),
