@@ -720,7 +720,10 @@ async fn send_spans(
 ) {
     for (i, batch) in per_shard.iter_mut().enumerate() {
         if !batch.is_empty() {
-            let b = std::mem::take(batch);
+            // The next batch is about as large: growing it from empty copied every
+            // span several times.
+            let next = Vec::with_capacity(batch.len());
+            let b = std::mem::replace(batch, next);
             if txs[i].send(ShardMsg::Spans(b)).await.is_err() {
                 failure.get_or_insert(RunError::Internal("a shard stopped early".into()));
             }
