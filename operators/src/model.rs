@@ -798,6 +798,21 @@ mod tests {
     }
 
     #[test]
+    fn sym_front_cache_slot_collisions_keep_the_right_text() {
+        // Same length, first and last eight bytes: the same front-cache slot.
+        let a = "GET /api/v1/aaaa/orders/{id}";
+        let b = "GET /api/v1/bbbb/orders/{id}";
+        assert_eq!(front_slot(a.as_bytes()), front_slot(b.as_bytes()));
+        for _ in 0..3 {
+            assert_eq!(Sym::new(a).as_str(), a);
+            assert_eq!(Sym::new(b).as_str(), b);
+        }
+        assert_ne!(Sym::new(a), Sym::new(b));
+        assert_eq!(Sym::new("ab").as_str(), "ab");
+        assert_eq!(Sym::new("").as_str(), "");
+    }
+
+    #[test]
     fn ids_hex() {
         let t = TraceId::from_hex("0102030405060708090a0b0c0d0e0f10").unwrap();
         assert_eq!(t.0[0], 1);
