@@ -22,6 +22,10 @@ static INTERNER: LazyLock<ThreadedRodeo<Spur, ahash::RandomState>> = LazyLock::n
 /// Slots of [`Sym::new`]'s direct-mapped front cache (a power of two).
 const FRONT_SLOTS: usize = 1024;
 
+/// [`Sym::new`]'s front cache: each slot holds the text of the symbol last looked up
+/// there (`None` until then).
+type FrontCache = [(&'static str, Option<Sym>); FRONT_SLOTS];
+
 /// The front cache slot of a string: its length mixed with its first and last (up to)
 /// eight bytes. Names that differ only in the middle share a slot and evict each other,
 /// which costs a second-level lookup, never a wrong symbol (the slot keeps the text).
@@ -56,7 +60,7 @@ impl Sym {
         // string's length and end words, so a repeated name costs one compare; the
         // second is a hash map of everything this thread interned.
         thread_local! {
-            static FRONT: std::cell::RefCell<Box<[(&'static str, Option<Sym>); FRONT_SLOTS]>> =
+            static FRONT: std::cell::RefCell<Box<FrontCache>> =
                 std::cell::RefCell::new(Box::new([("", None); FRONT_SLOTS]));
             static CACHE: std::cell::RefCell<ahash::AHashMap<Box<str>, Sym>> =
                 std::cell::RefCell::new(ahash::AHashMap::new());
