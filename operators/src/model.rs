@@ -19,6 +19,33 @@ static INTERNER: LazyLock<ThreadedRodeo<Spur, ahash::RandomState>> = LazyLock::n
     rodeo
 });
 
+/// Slots of [`Sym::new`]'s direct-mapped front cache (a power of two).
+const FRONT_SLOTS: usize = 1024;
+
+/// [`Sym::new`]'s front cache: each slot holds the text of the symbol last looked up
+/// there (`None` until then).
+type FrontCache = [(&'static str, Option<Sym>); FRONT_SLOTS];
+
+/// The front cache slot of a string: its length mixed with its first and last (up to)
+/// eight bytes. Names that differ only in the middle share a slot and evict each other,
+/// which costs a second-level lookup, never a wrong symbol (the slot keeps the text).
+#[inline(always)]
+fn front_slot(b: &[u8]) -> usize {
+    let word = |b: &[u8]| {
+        let mut w = [0u8; 8];
+        w[..b.len()].copy_from_slice(b);
+        u64::from_le_bytes(w)
+    };
+    let n = b.len();
+    let (head, tail) = if n >= 8 {
+        (word(&b[..8]), word(&b[n - 8..]))
+    } else {
+        (word(b), 0)
+    };
+    let x = (head ^ tail.rotate_left(29) ^ n as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    (x >> (64 - FRONT_SLOTS.trailing_zeros())) as usize
+}
+
 /// An interned string. Serializes as the string itself, so checkpoints and outputs do
 /// not depend on interning order (which differs between runs and thread schedules).
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
@@ -27,14 +54,28 @@ pub struct Sym(Spur);
 impl Sym {
     /// Interns `s`, returning the existing symbol when it was seen before.
     pub fn new(s: &str) -> Self {
-        // A per-thread front cache: decoders intern several strings per span, and the
-        // shared interner's sharded locks cost more than a private hash lookup.
+        // Two per-thread front caches: decoders intern several strings per span (name,
+        // peer, db system), and the shared interner's sharded locks cost more than a
+        // private lookup. The first level is direct-mapped by a cheap hash of the
+        // string's length and end words, so a repeated name costs one compare; the
+        // second is a hash map of everything this thread interned.
         thread_local! {
+            static FRONT: std::cell::RefCell<Box<FrontCache>> =
+                std::cell::RefCell::new(Box::new([("", None); FRONT_SLOTS]));
             static CACHE: std::cell::RefCell<ahash::AHashMap<Box<str>, Sym>> =
                 std::cell::RefCell::new(ahash::AHashMap::new());
         }
         const CACHE_LIMIT: usize = 1 << 16;
-        CACHE.with(|c| {
+        let slot = front_slot(s.as_bytes());
+        let hit = FRONT.with(|f| {
+            let f = f.try_borrow().ok()?;
+            let (text, sym) = f[slot];
+            if text == s { sym } else { None }
+        });
+        if let Some(sym) = hit {
+            return sym;
+        }
+        let sym = CACHE.with(|c| {
             let Ok(mut cache) = c.try_borrow_mut() else {
                 return Sym(INTERNER.get_or_intern(s));
             };
@@ -46,7 +87,14 @@ impl Sym {
                 cache.insert(s.into(), sym);
             }
             sym
-        })
+        });
+        let text = sym.as_str();
+        FRONT.with(|f| {
+            if let Ok(mut f) = f.try_borrow_mut() {
+                f[slot] = (text, Some(sym));
+            }
+        });
+        sym
     }
 
     /// A number identifying the symbol within this process (interning order): cheap to
@@ -751,6 +799,21 @@ mod tests {
         assert_eq!(json, "\"checkout\"");
         let back: Sym = serde_json::from_str(&json).unwrap();
         assert_eq!(back, a);
+    }
+
+    #[test]
+    fn sym_front_cache_slot_collisions_keep_the_right_text() {
+        // Same length, first and last eight bytes: the same front-cache slot.
+        let a = "GET /api/v1/aaaa/orders/{id}";
+        let b = "GET /api/v1/bbbb/orders/{id}";
+        assert_eq!(front_slot(a.as_bytes()), front_slot(b.as_bytes()));
+        for _ in 0..3 {
+            assert_eq!(Sym::new(a).as_str(), a);
+            assert_eq!(Sym::new(b).as_str(), b);
+        }
+        assert_ne!(Sym::new(a), Sym::new(b));
+        assert_eq!(Sym::new("ab").as_str(), "ab");
+        assert_eq!(Sym::new("").as_str(), "");
     }
 
     #[test]

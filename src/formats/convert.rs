@@ -6,7 +6,7 @@ use opentelemetry_proto::tonic::common::v1::{AnyValue, any_value};
 use prost::Message;
 use spanflow_operators::classify::CallAttrs;
 use spanflow_operators::{
-    AttrValue, Attrs, AttrsBuilder, Span, SpanId, SpanKind, StatusCode, Sym, TraceId,
+    AttrValue, Attrs, AttrsBuilder, AttrsMap, Span, SpanId, SpanKind, StatusCode, Sym, TraceId,
 };
 
 use super::Decoded;
@@ -86,7 +86,7 @@ impl SpanBuilder {
                 .resource_instance
                 .or(self.resource_host)
                 .unwrap_or_default(),
-            extra: self.resource_attrs.finish(),
+            extra: shared_resource(self.resource_attrs.finish()),
         }
     }
 
@@ -131,6 +131,36 @@ impl SpanBuilder {
             resource_attrs: res.extra.clone(),
         })
     }
+}
+
+/// The buffer this thread decoded before with the same content as `extra`, else
+/// `extra`. Every record carries its own copy of each resource's attributes, and a
+/// trace's spans come from many records: sharing one buffer per distinct resource lets
+/// the span sinks recognize a resource by a pointer compare instead of hashing its
+/// bytes again for nearly every span (and keeps one copy in memory instead of one per
+/// record).
+fn shared_resource(extra: Attrs) -> Attrs {
+    /// Distinct resources remembered per thread; a fleet has far fewer.
+    const LIMIT: usize = 4096;
+    thread_local! {
+        static SEEN: std::cell::RefCell<AttrsMap<()>> = std::cell::RefCell::new(AttrsMap::default());
+    }
+    if extra.is_empty() {
+        return extra;
+    }
+    SEEN.with(|seen| {
+        let Ok(mut seen) = seen.try_borrow_mut() else {
+            return extra;
+        };
+        if let Some((known, _)) = seen.get_key_value(&extra) {
+            return known.clone();
+        }
+        if seen.len() >= LIMIT {
+            seen.clear();
+        }
+        seen.insert(extra.clone(), ());
+        extra
+    })
 }
 
 fn check(raw: &RawSpan<'_>) -> Result<(TraceId, SpanId, SpanId), DecodeError> {

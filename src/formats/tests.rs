@@ -121,6 +121,19 @@ fn decodes_fields_and_classifies() {
 }
 
 #[test]
+fn records_with_the_same_resource_share_its_buffer() {
+    let bytes = request(vec![pspan(1, 1, None, vec![])]).encode_to_vec();
+    let mut dec = SpanDecoder::new();
+    let mut out = Decoded::default();
+    dec.decode(InputFormat::OtlpProto, &bytes, &meta(), &mut out);
+    dec.decode(InputFormat::OtlpProto, &bytes, &meta(), &mut out);
+    assert_eq!(out.spans.len(), 2);
+    let (a, b) = (&out.spans[0].resource_attrs, &out.spans[1].resource_attrs);
+    assert!(!a.is_empty());
+    assert!(a.same_buffer(b), "one buffer per distinct resource");
+}
+
+#[test]
 fn truncated_record_is_one_dead_letter_and_no_spans() {
     let bytes = request(vec![
         pspan(1, 2, None, vec![]),

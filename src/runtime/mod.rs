@@ -372,16 +372,16 @@ async fn run_plan(
                             dec.decode(format, r, &meta, &mut out);
                             ends.push(out.spans.len());
                         }
-                        (out, ends, *dec.stats())
+                        let records = route_records(out.spans, &ends, parallelism);
+                        (out.dead_letters, records, *dec.stats())
                     })
                     .await;
                     match res {
-                        Ok((out, ends, stats)) => Routed::Decoded {
+                        Ok((dead_letters, records, stats)) => Routed::Decoded {
                             source,
                             split,
-
-                            out,
-                            ends,
+                            dead_letters,
+                            records,
                             stats,
                         },
                         Err(e) => Routed::Failed(format!("decoder task failed: {e}")),
@@ -419,20 +419,18 @@ async fn run_plan(
             Some(Routed::Decoded {
                 source,
                 split,
-                out,
-                ends,
+                dead_letters,
+                records,
                 stats,
             }) => {
                 decode_stats.merge(&stats);
                 tracker.touch((source, split), now);
 
-                progress
-                    .spans
-                    .fetch_add(out.spans.len() as u64, Ordering::Relaxed);
+                progress.spans.fetch_add(stats.spans, Ordering::Relaxed);
                 if let Some(seen) = &opts.spans_seen {
-                    seen.fetch_add(out.spans.len() as u64, Ordering::Relaxed);
+                    seen.fetch_add(stats.spans, Ordering::Relaxed);
                 }
-                for d in &out.dead_letters {
+                for d in &dead_letters {
                     dead_rows.push(d);
                 }
                 if dead_rows.len() >= 4096 {
@@ -441,15 +439,17 @@ async fn run_plan(
                 // The watermark may advance after every record (as a Kafka source's
                 // would), never in the middle of one: spans before it reach the shards
                 // first.
-                let mut spans = out.spans.into_iter();
-                let mut start = 0;
-                for end in ends {
-                    for span in spans.by_ref().take(end - start) {
-                        tracker.observe((source, split), span.end_ns);
-                        let shard = (span.trace_id.hash64() % parallelism as u64) as usize;
-                        per_shard[shard].push(span);
+                for record in records {
+                    if let Some(t) = record.max_end {
+                        tracker.observe((source, split), t);
                     }
-                    start = end;
+                    for (pending, spans) in per_shard.iter_mut().zip(record.per_shard) {
+                        if pending.is_empty() {
+                            *pending = spans;
+                        } else {
+                            pending.extend(spans);
+                        }
+                    }
                     let wm = tracker.watermark(now);
                     if wm > last_wm && wm != spanflow_operators::WATERMARK_END {
                         last_wm = wm;
@@ -685,12 +685,12 @@ async fn run_plan(
 }
 
 enum Routed {
-    /// `ends[i]` is the end of record i's spans in `out.spans`.
     Decoded {
         source: usize,
         split: u32,
-        out: Decoded,
-        ends: Vec<usize>,
+        dead_letters: Vec<crate::formats::DeadLetter>,
+        /// In record order.
+        records: Vec<RoutedRecord>,
         stats: DecodeStats,
     },
 
@@ -713,6 +713,46 @@ enum Routed {
     Failed(String),
 }
 
+/// One record's spans, split by shard.
+struct RoutedRecord {
+    /// Latest end time among the spans (their event times), `None` without spans.
+    max_end: Option<u64>,
+    /// Spans for shard `i`, in record order.
+    per_shard: Vec<Vec<spanflow_operators::Span>>,
+}
+
+/// Splits decoded spans by record (`ends[i]` is the end of record i's spans) and by
+/// shard (trace id hash), on the decoding thread: the spans are still in its cache
+/// there, and the router (one thread for the whole job) only hands vectors on.
+fn route_records(
+    spans: Vec<spanflow_operators::Span>,
+    ends: &[usize],
+    parallelism: usize,
+) -> Vec<RoutedRecord> {
+    let shards = parallelism.max(1);
+    let mut spans = spans.into_iter();
+    let mut start = 0;
+    let mut records = Vec::with_capacity(ends.len());
+    for &end in ends {
+        let n = end.saturating_sub(start);
+        start = end;
+        // Trace ids hash evenly: room for a fair share and some slack.
+        let mut per_shard: Vec<Vec<spanflow_operators::Span>> = (0..shards)
+            .map(|_| Vec::with_capacity(n / shards + n / (4 * shards) + 4))
+            .collect();
+        let mut max_end = None;
+        for span in spans.by_ref().take(n) {
+            max_end = Some(max_end.map_or(span.end_ns, |m: u64| m.max(span.end_ns)));
+            let shard = (span.trace_id.hash64() % shards as u64) as usize;
+            if let Some(v) = per_shard.get_mut(shard) {
+                v.push(span);
+            }
+        }
+        records.push(RoutedRecord { max_end, per_shard });
+    }
+    records
+}
+
 async fn send_spans(
     per_shard: &mut [Vec<spanflow_operators::Span>],
     txs: &[mpsc::Sender<ShardMsg>],
@@ -720,6 +760,7 @@ async fn send_spans(
 ) {
     for (i, batch) in per_shard.iter_mut().enumerate() {
         if !batch.is_empty() {
+            // The next batch usually arrives as a whole vector from a decoding thread.
             let b = std::mem::take(batch);
             if txs[i].send(ShardMsg::Spans(b)).await.is_err() {
                 failure.get_or_insert(RunError::Internal("a shard stopped early".into()));

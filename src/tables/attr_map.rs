@@ -187,9 +187,10 @@ impl Block {
     }
 }
 
-/// Resources rendered so far, by content: each record carries its own copy of a
-/// resource's attributes, so spans of one service share a buffer only within a record,
-/// but a fleet has few distinct resources. Cleared when it grows past this.
+/// Resources rendered so far, by content: each decoding thread shares one buffer per
+/// resource among the spans it read, so a resource can arrive in several buffers, but a
+/// fleet has few distinct resources. Kept from batch to batch; cleared when it grows
+/// past this.
 const RESOURCE_CACHE: usize = 4096;
 
 /// One `Map<Utf8, Utf8>` column.
@@ -258,9 +259,18 @@ pub(crate) struct AttrMaps {
     /// Rendered resources and where each is in `blocks`, by content.
     cache: AttrsMap<usize>,
     blocks: Vec<Block>,
-    /// The buffer rendered last (kept alive so its address stays unique) and its block.
-    last: (Attrs, usize),
+    /// The last buffers rendered (kept alive so their addresses stay unique) and their
+    /// blocks: a trace's spans come from a handful of resources, each shared by the
+    /// spans a decoding thread read (see `formats::convert`), and a pointer compare
+    /// here saves hashing a resource's bytes, which another thread wrote long ago.
+    recent: Vec<(Attrs, usize)>,
+    /// The entry of `recent` to replace next.
+    next_recent: usize,
 }
+
+/// Buffers [`AttrMaps::recent`] keeps: a trace's services times the decoding threads
+/// that may have read each of them.
+const RECENT_RESOURCES: usize = 32;
 
 impl AttrMaps {
     /// Columns pre-sized like a previous batch (`[attributes, resource_attributes]`).
@@ -272,7 +282,8 @@ impl AttrMaps {
             ],
             cache: AttrsMap::default(),
             blocks: Vec::new(),
-            last: (Attrs::empty(), 0),
+            recent: Vec::with_capacity(RECENT_RESOURCES),
+            next_recent: 0,
         }
     }
 
@@ -285,11 +296,12 @@ impl AttrMaps {
             m.values.push_value(v);
         }
         if !resource.is_empty() {
-            self.render_resource(resource);
-            let block = &self.blocks[self.last.1];
-            for (m, i) in self.maps.iter_mut().zip(0..) {
-                m.keys.extend(&block.keys[i]);
-                m.values.extend(&block.values[i]);
+            let at = self.render_resource(resource);
+            if let Some(block) = self.blocks.get(at) {
+                for (m, i) in self.maps.iter_mut().zip(0..) {
+                    m.keys.extend(&block.keys[i]);
+                    m.values.extend(&block.values[i]);
+                }
             }
         }
         for m in &mut self.maps {
@@ -297,23 +309,41 @@ impl AttrMaps {
         }
     }
 
-    /// Points `last` at `resource` rendered.
-    fn render_resource(&mut self, resource: &Attrs) {
-        if !self.last.0.same_buffer(resource) || self.blocks.is_empty() {
-            let at = match self.cache.get(resource) {
-                Some(&at) => at,
-                None => {
-                    if self.blocks.len() >= RESOURCE_CACHE {
-                        self.cache.clear();
-                        self.blocks.clear();
-                    }
-                    self.blocks.push(Block::render(resource));
-                    self.cache.insert(resource.clone(), self.blocks.len() - 1);
-                    self.blocks.len() - 1
-                }
-            };
-            self.last = (resource.clone(), at);
+    /// The block of `resource`, rendered if it is new.
+    fn render_resource(&mut self, resource: &Attrs) -> usize {
+        if let Some((_, at)) = self.recent.iter().find(|(a, _)| a.same_buffer(resource)) {
+            return *at;
         }
+        let at = match self.cache.get(resource) {
+            Some(&at) => at,
+            None => {
+                if self.blocks.len() >= RESOURCE_CACHE {
+                    self.cache.clear();
+                    self.blocks.clear();
+                    self.recent.clear();
+                    self.next_recent = 0;
+                }
+                self.blocks.push(Block::render(resource));
+                self.cache.insert(resource.clone(), self.blocks.len() - 1);
+                self.blocks.len() - 1
+            }
+        };
+        let entry = (resource.clone(), at);
+        match self.recent.get_mut(self.next_recent) {
+            Some(slot) => *slot = entry,
+            None => self.recent.push(entry),
+        }
+        self.next_recent = (self.next_recent + 1) % RECENT_RESOURCES;
+        at
+    }
+
+    /// Takes over the resources `prev` rendered, so that a new batch does not render
+    /// and hash them again (a fleet's resources recur in every batch).
+    pub fn keep_resources_of(&mut self, prev: &mut AttrMaps) {
+        self.cache = std::mem::take(&mut prev.cache);
+        self.blocks = std::mem::take(&mut prev.blocks);
+        self.recent = std::mem::take(&mut prev.recent);
+        self.next_recent = prev.next_recent;
     }
 
     /// Sizes of what is buffered.

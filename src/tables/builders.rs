@@ -363,7 +363,8 @@ impl TableRows for SpanRows {
         }
     }
     fn finish(&mut self) -> RecordBatch {
-        let next = SpanRows::with_capacity(self.late, &self.sizes());
+        let mut next = SpanRows::with_capacity(self.late, &self.sizes());
+        next.attr_maps.keep_resources_of(&mut self.attr_maps);
         std::mem::replace(self, next).finish_columns()
     }
 }
