@@ -10,7 +10,7 @@
 #                                       `export` lines (HTTP URL, pid, dir)
 #   scripts/clickhouse.sh stop DIR      stop the server started in DIR (by its PID) and
 #                                       remove DIR
-#   scripts/clickhouse.sh restart DIR S stop that server, keep it down S seconds, start
+#   scripts/clickhouse.sh restart DIR S kill that server, keep it down S seconds, start
 #                                       it again on the same port and data (outage tests)
 #
 # Only the process this script started is ever stopped, by the PID it recorded.
@@ -155,12 +155,12 @@ restart() {
   local dir="$1" secs="$2" pid http
   pid=$(cat "$dir/pid")
   http=$(sed -n 's:.*<http_port>\([0-9]*\)</http_port>.*:\1:p' "$dir/config.xml")
-  kill "$pid" 2>/dev/null || true
+  # A crash, not a shutdown: a graceful stop would let the inserts in flight finish.
+  kill -9 "$pid" 2>/dev/null || true
   for _ in $(seq 1 200); do
     kill -0 "$pid" 2>/dev/null || break
     sleep 0.05
   done
-  kill -9 "$pid" 2>/dev/null || true
   sleep "$secs"
   launch "$dir" "$http"
 }

@@ -244,7 +244,7 @@ fn replaying_the_same_input_leaves_the_same_rows() {
         &server.url,
         tmp.path(),
     );
-    run(&job);
+    let first_rows = summary_rows(&run(&job));
     let first: Vec<(u64, Vec<String>)> = TABLES
         .iter()
         .map(|t| {
@@ -252,7 +252,11 @@ fn replaying_the_same_input_leaves_the_same_rows() {
             (server.count(&t, false), server.snapshot(&t))
         })
         .collect();
-    run(&job);
+    assert_eq!(
+        summary_rows(&run(&job)),
+        first_rows,
+        "the replay writes every row again"
+    );
     for (t, (n, snapshot)) in TABLES.iter().zip(&first) {
         let t = format!("sf.{t}");
         // Two copies until ClickHouse merges them (or FINAL collapses them).
@@ -271,10 +275,10 @@ fn a_server_outage_mid_run_delays_the_job_and_loses_nothing() {
     let settings = "    create_tables: true
     batch: { max_rows: 300, max_delay: 50ms }
     retry: { initial_backoff: 50ms, max_backoff: 400ms }";
-    let job = job("sf", 2500, ALL_OUTPUTS, settings, &server.url, tmp.path());
+    let job = job("sf", 5000, ALL_OUTPUTS, settings, &server.url, tmp.path());
     let handle = std::thread::spawn(move || run(&job));
     let deadline = Instant::now() + Duration::from_secs(120);
-    // Stop the server once the first rows have landed, while the run goes on.
+    // Kill the server once the first rows have landed, while the run goes on.
     loop {
         let landed = server
             .query("SELECT count() FROM system.tables WHERE database = 'sf' AND name = 'traces'")
@@ -301,6 +305,12 @@ fn a_server_outage_mid_run_delays_the_job_and_loses_nothing() {
     assert!(status.success());
     assert!(down.elapsed() >= Duration::from_secs(4));
     let s = handle.join().expect("the run panicked");
+    // The run was still going when the server went down, so it waited out the outage.
+    assert!(
+        s.wall_seconds >= 4.0,
+        "the run took {:.1} s: it did not overlap the 4 s outage",
+        s.wall_seconds
+    );
     for (t, n) in summary_rows(&s) {
         assert_eq!(server.count(&format!("sf.{t}"), true), n, "rows of `{t}`");
     }

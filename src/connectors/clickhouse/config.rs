@@ -71,6 +71,10 @@ pub struct ClickHouseSinkConfig {
     /// Compression of the inserted data: `lz4` or `none`.
     #[serde(default)]
     pub compression: Compression,
+    /// Longest time one request (an insert, a query) may take before it counts as
+    /// failed and is retried: a stopped server or a dead connection is noticed.
+    #[serde(default = "default_request_timeout")]
+    pub request_timeout: HumanDuration,
     /// How failed inserts are retried.
     #[serde(default)]
     pub retry: RetryConfig,
@@ -98,6 +102,7 @@ impl fmt::Debug for ClickHouseSinkConfig {
             .field("table_ttl", &self.table_ttl)
             .field("batch", &self.batch)
             .field("compression", &self.compression)
+            .field("request_timeout", &self.request_timeout)
             .field("retry", &self.retry)
             .field("settings", &self.settings)
             .finish()
@@ -168,6 +173,9 @@ pub enum Compression {
     None,
 }
 
+fn default_request_timeout() -> HumanDuration {
+    HumanDuration::secs(120)
+}
 fn default_database() -> String {
     "spanflow".into()
 }
@@ -207,6 +215,7 @@ impl Default for ClickHouseSinkConfig {
             table_ttl: BTreeMap::new(),
             batch: BatchConfig::default(),
             compression: Compression::default(),
+            request_timeout: default_request_timeout(),
             retry: RetryConfig::default(),
             settings: BTreeMap::new(),
         }
@@ -240,10 +249,11 @@ impl ClickHouseSinkConfig {
                     "https is not supported by this build (no TLS); use http:// to a local \
                      endpoint or a TLS-terminating proxy",
                 ));
-            } else if !url.starts_with("http://") {
+            } else if !url.starts_with("http://") || url::Url::parse(url).is_err() {
+                // The value is not shown: it may hold credentials.
                 issues.push(ConfigIssue::new(
                     "url",
-                    format!("must be an http:// URL such as http://127.0.0.1:8123, found `{url}`"),
+                    "must be an http:// URL such as http://127.0.0.1:8123",
                 ));
             }
         }
@@ -306,6 +316,9 @@ impl ClickHouseSinkConfig {
         if self.batch.max_delay.0.is_zero() {
             issues.push(ConfigIssue::new("batch.max_delay", "must be more than 0s"));
         }
+        if self.request_timeout.0 < Duration::from_secs(1) {
+            issues.push(ConfigIssue::new("request_timeout", "must be at least 1s"));
+        }
         if self.retry.initial_backoff.0.is_zero() {
             issues.push(ConfigIssue::new(
                 "retry.initial_backoff",
@@ -338,33 +351,36 @@ impl ClickHouseSinkConfig {
             .unwrap_or_else(|| "http://127.0.0.1:8123".into())
     }
 
-    /// The server URL for messages: without any `user:password@` part.
+    /// The server URL for messages: without user, password or query (which may carry
+    /// credentials).
     pub fn display_url(&self) -> String {
-        let url = self.resolved_url();
-        match url.split_once("://") {
-            Some((scheme, rest)) => {
-                let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-                let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-                format!("{scheme}://{host}{path}")
+        match url::Url::parse(&self.resolved_url()) {
+            Ok(mut u) => {
+                let _ = u.set_username("");
+                let _ = u.set_password(None);
+                u.set_query(None);
+                u.to_string()
             }
-            None => url,
+            Err(_) => "<an invalid URL>".into(),
         }
     }
 
-    /// The user, if any is configured.
-    pub fn resolved_user(&self) -> Option<String> {
-        self.user.clone().or_else(|| {
-            std::env::var(self.user_env.as_deref().unwrap_or(USER_ENV))
-                .ok()
-                .filter(|u| !u.is_empty())
-        })
+    /// The user, if any is configured; an error when `user_env` names a variable that
+    /// is not set (rather than connecting as another user).
+    pub fn resolved_user(&self) -> Result<Option<String>, String> {
+        if let Some(u) = &self.user {
+            return Ok(Some(u.clone()));
+        }
+        named_env(self.user_env.as_deref(), USER_ENV, "user_env")
     }
 
-    /// The password, if any is configured.
-    pub fn resolved_password(&self) -> Option<String> {
-        self.password
-            .clone()
-            .or_else(|| std::env::var(self.password_env.as_deref().unwrap_or(PASSWORD_ENV)).ok())
+    /// The password, if any is configured; an error when `password_env` names a variable
+    /// that is not set.
+    pub fn resolved_password(&self) -> Result<Option<String>, String> {
+        if let Some(p) = &self.password {
+            return Ok(Some(p.clone()));
+        }
+        named_env(self.password_env.as_deref(), PASSWORD_ENV, "password_env")
     }
 
     /// The table an output is written to (without the database).
@@ -381,5 +397,15 @@ impl ClickHouseSinkConfig {
             .get(output)
             .or(self.ttl.as_ref())
             .map(|t| t.0)
+    }
+}
+
+/// The value of the variable `named` (which must be set) or else of `fallback` (if set).
+fn named_env(named: Option<&str>, fallback: &str, key: &str) -> Result<Option<String>, String> {
+    match named {
+        Some(var) => std::env::var(var)
+            .map(Some)
+            .map_err(|_| format!("`{key}` names `{var}`, which is not set")),
+        None => Ok(std::env::var(fallback).ok().filter(|v| !v.is_empty())),
     }
 }

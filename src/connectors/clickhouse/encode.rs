@@ -491,7 +491,9 @@ impl<'a> Bound<'a> {
             Bound::Str(a) => put_bytes(a.value(row).as_bytes(), out),
             Bound::Bin(a) => put_bytes(a.value(row), out),
             Bound::Fixed(a) => out.extend_from_slice(a.value(row)),
-            Bound::Time64(v, _, div) => out.extend_from_slice(&(v[row] / div).to_le_bytes()),
+            Bound::Time64(v, _, div) => {
+                out.extend_from_slice(&v[row].div_euclid(*div).to_le_bytes());
+            }
             Bound::Time32(v, _) => {
                 let secs = u32::try_from(v[row].div_euclid(1_000_000_000)).unwrap_or(0);
                 out.extend_from_slice(&secs.to_le_bytes());

@@ -111,6 +111,17 @@ pub struct ClickHouseTableWriter {
     rows: u64,
 }
 
+/// Runs `f`, which may block for long (the sink is behind), telling the job's tokio
+/// runtime first so that its other tasks (the Ctrl-C handler among them) keep running.
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
+    }
+}
+
 impl ClickHouseTableWriter {
     /// A writer of `target`'s rows (with `schema`, which must be the one the plan was
     /// made for).
@@ -143,17 +154,11 @@ impl ClickHouseTableWriter {
         }
         let mut data = Vec::with_capacity(batch.get_array_memory_size());
         self.plan.encode(batch, &mut data)?;
-        self.handle
-            .tx
-            .send(Msg::Rows {
-                table: self.table,
-                rows: batch.num_rows(),
-                data,
-            })
-            .map_err(|_| {
-                self.failure()
-                    .unwrap_or_else(|| "the sink's inserter stopped".into())
-            })?;
+        let (tx, table, rows) = (&self.handle.tx, self.table, batch.num_rows());
+        blocking(|| tx.send(Msg::Rows { table, rows, data })).map_err(|_| {
+            self.failure()
+                .unwrap_or_else(|| "the sink's inserter stopped".into())
+        })?;
         self.rows += batch.num_rows() as u64;
         Ok(())
     }
@@ -166,7 +171,7 @@ impl ClickHouseTableWriter {
             self.failure()
                 .unwrap_or_else(|| "the sink's inserter stopped".into())
         })?;
-        match ack_rx.recv() {
+        match blocking(|| ack_rx.recv()) {
             Ok(r) => r.map(|()| self.rows),
             Err(_) => Err(self
                 .failure()
@@ -176,7 +181,7 @@ impl ClickHouseTableWriter {
 }
 
 /// The connection settings of a sink.
-fn client_of(config: &ClickHouseSinkConfig) -> clickhouse::Client {
+fn client_of(config: &ClickHouseSinkConfig) -> Result<clickhouse::Client, String> {
     let mut c = clickhouse::Client::default()
         .with_url(config.resolved_url())
         // 18.16 has no RowBinaryWithNamesAndTypes; `TablePlan` checks the schema instead.
@@ -185,30 +190,29 @@ fn client_of(config: &ClickHouseSinkConfig) -> clickhouse::Client {
             Compression::Lz4 => clickhouse::Compression::Lz4,
             Compression::None => clickhouse::Compression::None,
         });
-    if let Some(u) = config.resolved_user() {
+    if let Some(u) = config.resolved_user()? {
         c = c.with_user(u);
     }
-    if let Some(p) = config.resolved_password() {
+    if let Some(p) = config.resolved_password()? {
         c = c.with_password(p);
     }
     for (k, v) in &config.settings {
         c = c.with_setting(k, v);
     }
-    c
+    Ok(c)
 }
 
 /// ClickHouse error codes that pass with time (overload, timeouts, network).
 const RETRIABLE_CODES: &[u32] = &[
     159, // TIMEOUT_EXCEEDED
-    164, // READONLY (a replica starting)
     202, // TOO_MANY_SIMULTANEOUS_QUERIES
     203, // NO_FREE_CONNECTION
     209, // SOCKET_TIMEOUT
     210, // NETWORK_ERROR
     236, // ABORTED
     241, // MEMORY_LIMIT_EXCEEDED
-    242, // TABLE_IS_READ_ONLY
-    252, // TOO_MANY_PARTS
+    242, // TABLE_IS_READ_ONLY (a replica starting)
+    252, // TOO_MANY_PARTS (but see `retriable`)
     319, // UNKNOWN_STATUS_OF_INSERT
     394, // QUERY_WAS_CANCELLED
     425, // SYSTEM_ERROR
@@ -234,14 +238,21 @@ pub fn retriable(e: &clickhouse::error::Error) -> bool {
         Error::Network(_) | Error::TimedOut => true,
         Error::BadResponse(msg) => {
             if msg.contains("Code:") {
-                error_code(msg).is_some_and(|c| RETRIABLE_CODES.contains(&c))
+                // 252 is also "too many partitions for single INSERT block", which
+                // repeating cannot fix.
+                !msg.contains("partitions for single INSERT")
+                    && error_code(msg).is_some_and(|c| RETRIABLE_CODES.contains(&c))
             } else if let Ok(code) = msg.trim().parse::<u32>() {
                 // The bare code of the X-ClickHouse-Exception-Code header.
                 RETRIABLE_CODES.contains(&code)
             } else {
-                // An HTTP status without a ClickHouse code, e.g. a proxy's "503 Service
-                // Unavailable".
-                msg.starts_with('5')
+                // No ClickHouse error: an HTTP status line or a proxy's page. Only a 4xx
+                // status (a wrong URL or path) is not worth repeating.
+                let status = msg
+                    .trim()
+                    .get(..3)
+                    .filter(|s| s.bytes().all(|b| b.is_ascii_digit()));
+                !status.is_some_and(|s| s.starts_with('4'))
             }
         }
         _ => false,
@@ -308,15 +319,31 @@ where
 async fn query_text(
     client: &clickhouse::Client,
     sql: &str,
+    timeout: Duration,
 ) -> Result<String, clickhouse::error::Error> {
-    let bytes = client
-        .query(sql)
-        .fetch_bytes("TabSeparated")?
-        .collect()
-        .await?;
+    let fetch = async {
+        client
+            .query(sql)
+            .fetch_bytes("TabSeparated")?
+            .collect()
+            .await
+    };
+    let bytes = tokio::time::timeout(timeout, fetch)
+        .await
+        .map_err(|_| clickhouse::error::Error::TimedOut)??;
     Ok(String::from_utf8_lossy(&bytes).into_owned())
 }
 
+/// Runs a statement, giving up after `timeout`.
+async fn execute(
+    client: &clickhouse::Client,
+    sql: &str,
+    timeout: Duration,
+) -> Result<(), clickhouse::error::Error> {
+    tokio::time::timeout(timeout, client.query(sql).execute())
+        .await
+        .map_err(|_| clickhouse::error::Error::TimedOut)?
+}
 /// A SQL string literal.
 fn literal(s: &str) -> String {
     format!("'{}'", s.replace('\\', "\\\\").replace('\'', "\\'"))
@@ -325,8 +352,9 @@ fn literal(s: &str) -> String {
 /// What the server is and which features its DDL may use.
 pub async fn server_features(
     client: &clickhouse::Client,
+    timeout: Duration,
 ) -> Result<(String, Features), clickhouse::error::Error> {
-    let v = query_text(client, "SELECT version()").await?;
+    let v = query_text(client, "SELECT version()", timeout).await?;
     let v = v.trim().to_owned();
     let features = ServerVersion::parse(&v)
         .map(Features::of)
@@ -360,7 +388,13 @@ fn start(
                     return;
                 }
             };
-            let client = client_of(&config);
+            let client = match client_of(&config) {
+                Ok(c) => c,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
+                    return;
+                }
+            };
             match rt.block_on(prepare(&config, &sink_name, &outputs, &client)) {
                 Err(e) => {
                     let _ = ready_tx.send(Err(e));
@@ -391,8 +425,11 @@ async fn prepare(
     client: &clickhouse::Client,
 ) -> Result<Plans, String> {
     let schemas = crate::tables::all_schemas();
-    let (version, features) =
-        with_retries(config, sink, "connecting", || server_features(client)).await?;
+    let timeout = config.request_timeout.0;
+    let (version, features) = with_retries(config, sink, "connecting", || {
+        server_features(client, timeout)
+    })
+    .await?;
     tracing::info!(
         "clickhouse sink `{sink}`: server {version} at {}",
         config.display_url()
@@ -403,7 +440,7 @@ async fn prepare(
             ddl::quote(&config.database)
         );
         with_retries(config, sink, "creating the database", || {
-            client.query(&sql).execute()
+            execute(client, &sql, timeout)
         })
         .await?;
         if !features.ttl && outputs.iter().any(|o| config.ttl_of(o).is_some()) {
@@ -427,7 +464,7 @@ async fn prepare(
                 config,
                 sink,
                 &format!("creating table for `{output}`"),
-                || client.query(&sql).execute(),
+                || execute(client, &sql, timeout),
             )
             .await?;
         }
@@ -443,7 +480,7 @@ async fn prepare(
             literal(&table)
         );
         let text = with_retries(config, sink, "reading the table's columns", || {
-            query_text(client, &sql)
+            query_text(client, &sql, timeout)
         })
         .await?;
         let columns: Vec<ServerColumn> = text
@@ -461,6 +498,24 @@ async fn prepare(
             ));
         }
         let plan = TablePlan::new(&qualified, schema, &columns, config.version)?;
+        // Replays collapse only in a ReplacingMergeTree: say so when the table is not one
+        // (created by hand, say); the rows are still written.
+        let engine_sql = format!(
+            "SELECT engine FROM system.tables WHERE database = {} AND name = {}",
+            literal(&config.database),
+            literal(&table)
+        );
+        let engine = with_retries(config, sink, "reading the table's engine", || {
+            query_text(client, &engine_sql, timeout)
+        })
+        .await?;
+        if !engine.contains("ReplacingMergeTree") {
+            tracing::warn!(
+                "clickhouse sink `{sink}`: table `{qualified}` is {}, not a ReplacingMergeTree: \
+                 a replay of the same input will duplicate its rows",
+                engine.trim()
+            );
+        }
         plans.insert(output.clone(), (i, Arc::new(plan)));
     }
     Ok(plans)
@@ -566,6 +621,9 @@ impl Inserter {
                     {
                         self.insert(&rt, table);
                     }
+                    // While the channel never runs dry (backpressure), the timeout arm
+                    // below never fires: small tables must still go out on time.
+                    self.insert_overdue(&rt, max_delay);
                 }
                 Ok(Msg::Flush(ack)) => {
                     for t in 0..self.buffers.len() {
@@ -577,22 +635,25 @@ impl Inserter {
                     };
                     let _ = ack.send(r);
                 }
-                Err(RecvTimeoutError::Timeout) => {
-                    for t in 0..self.buffers.len() {
-                        if self.buffers[t]
-                            .since
-                            .is_some_and(|s| s.elapsed() >= max_delay)
-                        {
-                            self.insert(&rt, t);
-                        }
-                    }
-                }
+                Err(RecvTimeoutError::Timeout) => self.insert_overdue(&rt, max_delay),
                 Err(RecvTimeoutError::Disconnected) => {
                     for t in 0..self.buffers.len() {
                         self.insert(&rt, t);
                     }
                     return;
                 }
+            }
+        }
+    }
+
+    /// Inserts every table whose oldest row has waited `max_delay`.
+    fn insert_overdue(&mut self, rt: &tokio::runtime::Runtime, max_delay: Duration) {
+        for t in 0..self.buffers.len() {
+            if self.buffers[t]
+                .since
+                .is_some_and(|s| s.elapsed() >= max_delay)
+            {
+                self.insert(rt, t);
             }
         }
     }
@@ -617,11 +678,14 @@ impl Inserter {
         }
         let sql = &self.sql[t];
         let client = &self.client;
+        let timeout = self.config.request_timeout.0;
         let what = format!("inserting {rows} rows of `{}`", self.names[t]);
         let r = rt.block_on(with_retries(&self.config, &self.sink, &what, || {
             let data = data.clone();
             async move {
-                let mut insert = client.insert_formatted_with(sql.clone());
+                let mut insert = client
+                    .insert_formatted_with(sql.clone())
+                    .with_timeouts(Some(timeout), Some(timeout));
                 // One send per insert: every compressed block then holds whole rows
                 // (old servers mis-read RowBinary rows split across blocks).
                 insert.send(data).await?;

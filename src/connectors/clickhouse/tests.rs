@@ -246,6 +246,12 @@ fn rowbinary_of_each_column_kind() {
     want.extend(9u64.to_le_bytes());
     assert_eq!(out, want);
 
+    // A slice starting past row 0 (offsets of lists, maps and strings, the null bitmap).
+    let mut second = Vec::new();
+    plan.encode(&batch.slice(1, 1), &mut second).unwrap();
+    let first_len = out.len() - second.len();
+    assert_eq!(second, out[first_len..], "row 2 alone");
+
     // Current types: DateTime64(3) scales, Map pairs, Bool, LowCardinality.
     let new = cols(&[
         ("id", "FixedString(2)"),
@@ -361,7 +367,14 @@ fn error_codes_and_retries() {
     ));
     assert!(!bad("Code: 60. DB::Exception: Table x doesn't exist"));
     assert!(bad("503 Service Unavailable"));
+    assert!(bad("<html><body>502 Bad Gateway</body></html>"));
     assert!(!bad("404 Not Found"));
+    assert!(!bad(
+        "Code: 252. DB::Exception: Too many partitions for single INSERT block (more than 100)"
+    ));
+    assert!(!bad(
+        "Code: 164. DB::Exception: default: Cannot execute query in readonly mode"
+    ));
     assert!(super::sink::retriable(&Error::TimedOut));
     assert!(!super::sink::retriable(&Error::NotEnoughData));
 }
@@ -393,6 +406,12 @@ fn config_checks_and_never_shows_the_password() {
         !shown.contains("hunter2") && shown.contains("<redacted>"),
         "{shown}"
     );
+    let missing = ClickHouseSinkConfig {
+        password_env: Some("SPANFLOW_TEST_SURELY_UNSET_VARIABLE".into()),
+        ..Default::default()
+    };
+    let e = missing.resolved_password().unwrap_err();
+    assert!(e.contains("SPANFLOW_TEST_SURELY_UNSET_VARIABLE"), "{e}");
     let ok = ClickHouseSinkConfig::default();
     assert!(ok.validate().is_empty(), "{:?}", ok.validate());
     assert_eq!(ok.table_of("spans"), "spans");
