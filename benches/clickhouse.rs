@@ -105,8 +105,7 @@ fn bench(c: &mut Criterion) {
                     outputs.clone(),
                     ClickHouseTarget::new_shared(),
                 );
-                let mut w =
-                    ClickHouseTableWriter::create(&target, &batches[0].schema()).expect("sink");
+                let mut w = ClickHouseTableWriter::create(&target).expect("sink");
                 for _ in 0..repeat {
                     for batch in batches.iter() {
                         w.write(batch).expect("write");

@@ -98,14 +98,13 @@ impl TableWriter {
         schema: arrow::datatypes::SchemaRef,
     ) -> Result<Self, SinkError> {
         if let Some(c) = &target.clickhouse {
-            let writer =
-                clickhouse::ClickHouseTableWriter::create(c, &schema).map_err(|message| {
-                    SinkError::ClickHouse {
-                        sink: target.sink.clone(),
-                        table: target.table.clone(),
-                        message,
-                    }
-                })?;
+            let writer = clickhouse::ClickHouseTableWriter::create(c).map_err(|message| {
+                SinkError::ClickHouse {
+                    sink: target.sink.clone(),
+                    table: target.table.clone(),
+                    message,
+                }
+            })?;
             return Ok(TableWriter::ClickHouse {
                 sink: target.sink.clone(),
                 table: target.table.clone(),

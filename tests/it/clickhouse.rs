@@ -12,6 +12,15 @@ use crate::support::{Service, read_table, root, sum};
 /// Every output of the analytics job, as `node.port`.
 const ALL_OUTPUTS: &str = "[sampler, sampler.spans, sessions.late_spans, in.dead_letters, metrics, metrics.exemplars, graph]";
 
+/// Runs a future of the clickhouse client to completion.
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(f)
+}
+
 struct Server {
     url: String,
     service: Service,
@@ -34,11 +43,7 @@ impl Server {
 
     /// Runs `sql` and returns its TabSeparated output.
     fn query(&self, sql: &str) -> String {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async {
+        block_on(async {
             let bytes = self
                 .client()
                 .query(sql)
@@ -53,12 +58,7 @@ impl Server {
     }
 
     fn execute(&self, sql: &str) {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(self.client().query(sql).execute())
-            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+        block_on(self.client().query(sql).execute()).unwrap_or_else(|e| panic!("{sql}: {e}"));
     }
 
     fn count(&self, table: &str, final_: bool) -> u64 {
@@ -492,11 +492,7 @@ fn encoded_rows_equal_the_crates_typed_insert_of_the_same_rows() {
         }
     }
     assert!(!rows.is_empty());
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
+    block_on(async {
         let client = server.client().with_database("sf");
         let mut insert = client.insert::<RedRow>("reference").await.unwrap();
         for r in &rows {

@@ -31,6 +31,16 @@ pub struct TableLayout {
     pub trace_id_index: bool,
 }
 
+/// The series dimensions of the metric tables with few distinct values.
+const SERIES_LOW_CARDINALITY: &[&str] = &[
+    "metric",
+    "service",
+    "instance",
+    "call_type",
+    "peer",
+    "status",
+];
+
 /// Every output table, in the order of `crate::tables::all_schemas`.
 pub const TABLES: &[TableLayout] = &[
     TableLayout {
@@ -103,14 +113,7 @@ pub const TABLES: &[TableLayout] = &[
             "status",
             "instance",
         ],
-        low_cardinality: &[
-            "metric",
-            "service",
-            "instance",
-            "call_type",
-            "peer",
-            "status",
-        ],
+        low_cardinality: SERIES_LOW_CARDINALITY,
         trace_id_index: false,
     },
     TableLayout {
@@ -128,14 +131,7 @@ pub const TABLES: &[TableLayout] = &[
             "instance",
             "bucket_le",
         ],
-        low_cardinality: &[
-            "metric",
-            "service",
-            "instance",
-            "call_type",
-            "peer",
-            "status",
-        ],
+        low_cardinality: SERIES_LOW_CARDINALITY,
         trace_id_index: false,
     },
     TableLayout {

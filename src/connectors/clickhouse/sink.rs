@@ -123,9 +123,8 @@ fn blocking<T>(f: impl FnOnce() -> T) -> T {
 }
 
 impl ClickHouseTableWriter {
-    /// A writer of `target`'s rows (with `schema`, which must be the one the plan was
-    /// made for).
-    pub fn create(target: &ClickHouseTarget, _schema: &SchemaRef) -> Result<Self, String> {
+    /// A writer of `target`'s rows (in the schema of its output's table).
+    pub fn create(target: &ClickHouseTarget) -> Result<Self, String> {
         let handle = target.handle()?;
         let (table, plan) = handle
             .plans

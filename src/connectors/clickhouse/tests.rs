@@ -19,6 +19,14 @@ fn manifest(path: &str) -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
 }
 
+fn schema_of(table: &str) -> arrow::datatypes::SchemaRef {
+    crate::tables::all_schemas()
+        .into_iter()
+        .find(|(n, _)| *n == table)
+        .unwrap()
+        .1
+}
+
 #[test]
 fn shipped_ddl_files_are_current() {
     let update = std::env::var_os("UPDATE_SCHEMA").is_some();
@@ -75,11 +83,7 @@ fn every_output_has_a_layout_whose_keys_are_columns() {
 
 #[test]
 fn ddl_uses_only_what_the_server_has() {
-    let schema = crate::tables::all_schemas()
-        .into_iter()
-        .find(|(n, _)| *n == "spans")
-        .unwrap()
-        .1;
+    let schema = schema_of("spans");
     let layout = ddl::layout("spans").unwrap();
     let ttl = Some(std::time::Duration::from_secs(86_400));
     let old = ddl::create_table(layout, &schema, "db", "spans", ttl, Features::legacy());
@@ -115,11 +119,7 @@ fn ddl_uses_only_what_the_server_has() {
         assert!(new.contains(present), "current DDL lacks {present}:\n{new}");
     }
     // Nullable key columns are keyed through ifNull on every server.
-    let dl = crate::tables::all_schemas()
-        .into_iter()
-        .find(|(n, _)| *n == "dead_letters")
-        .unwrap()
-        .1;
+    let dl = schema_of("dead_letters");
     let sql = ddl::create_table(
         ddl::layout("dead_letters").unwrap(),
         &dl,
