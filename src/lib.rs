@@ -8,4 +8,5 @@ pub mod connectors;
 pub mod formats;
 pub mod job;
 pub mod runtime;
+pub mod sql;
 pub mod tables;

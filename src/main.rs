@@ -125,6 +125,24 @@ enum Command {
         #[arg(long)]
         kafka_mock: bool,
     },
+    /// Query a job's Parquet outputs with SQL (DataFusion): each table directory under
+    /// the output directory is a table (`traces`, `spans`, `red_metrics`, `exemplars`,
+    /// `service_relation`, rollups, ...). Without a query or --file, an interactive
+    /// prompt. Extra functions: quantile_from_buckets(bucket_bounds, bucket_counts, q),
+    /// sum_buckets(bucket_counts), hex(trace_id), unhex('<hex>').
+    Sql {
+        /// The query; several statements separated by `;` print the last one's rows.
+        query: Option<String>,
+        /// Read the statements from this file instead.
+        #[arg(long, conflicts_with = "query")]
+        file: Option<PathBuf>,
+        /// The job's Parquet output directory (a parquet sink's `path`).
+        #[arg(long, default_value = "out/demo")]
+        output_dir: PathBuf,
+        /// How to print rows.
+        #[arg(long, value_enum, default_value_t = spanflow::sql::cli::Format::Table)]
+        format: spanflow::sql::cli::Format,
+    },
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -319,6 +337,24 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             let job = load_job(&job)?;
             bench(&job, spans, parallelism, json, kafka_mock)?;
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Sql {
+            query,
+            file,
+            output_dir,
+            format,
+        } => {
+            let ok = spanflow::sql::cli::main(&spanflow::sql::cli::SqlCommand {
+                output_dir,
+                query,
+                file,
+                format,
+            })?;
+            Ok(if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
     }
 }

@@ -16,7 +16,7 @@ use spanflow_operators::session_window::SessionWindowConfig;
 use spanflow_operators::span_filter::SpanFilterConfig;
 use spanflow_operators::tail_sampling::TailSamplingConfig;
 
-use super::spec::WatermarkConfig;
+use super::spec::{RollupConfig, WatermarkConfig};
 use crate::connectors::clickhouse::ClickHouseSinkConfig;
 use crate::connectors::file::FileSourceConfig;
 use crate::connectors::generator::GeneratorConfig;
@@ -45,6 +45,23 @@ pub struct JobFile {
     /// Sinks by name.
     #[schemars(extend("propertyNames" = { "pattern": "^[A-Za-z0-9_-]+$" }, "minProperties" = 1))]
     pub sinks: BTreeMap<String, SinkFile>,
+    /// SQL rollups by name; each is an output named after itself that sinks can read.
+    #[serde(default)]
+    #[schemars(extend("propertyNames" = { "pattern": "^[A-Za-z0-9_-]+$" }))]
+    pub rollups: Option<BTreeMap<String, RollupFile>>,
+}
+
+/// A rollup: one SQL `SELECT` over the rows of each closed window of metric streams
+/// (`red_metrics`, `exemplars`, `service_relation`), read as tables named after their
+/// ports. Its output is named after the rollup.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RollupFile {
+    /// Input metric streams.
+    pub from: FromFile,
+    /// The query and its window.
+    #[serde(flatten)]
+    pub config: RollupConfig,
 }
 
 /// A source. Outputs: `spans` (default) and `dead_letters`.

@@ -7,19 +7,20 @@
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
+use arrow::datatypes::SchemaRef;
 use serde::de::DeserializeOwned;
-use spanflow_operators::ConfigIssue;
 use spanflow_operators::red_metrics::RedMetricsConfig;
 use spanflow_operators::service_graph::ServiceGraphConfig;
 use spanflow_operators::session_window::SessionWindowConfig;
 use spanflow_operators::span_filter::SpanFilterConfig;
 use spanflow_operators::tail_sampling::TailSamplingConfig;
+use spanflow_operators::{ConfigIssue, HumanDuration};
 
 use super::de::{self, DeError, DeErrorKind};
 use super::diagnostics::{Diagnostic, Diagnostics};
 use super::spec::{
-    Job, OperatorKind, OperatorNode, SinkKind, SinkNode, SourceKind, SourceNode, StreamRef,
-    WatermarkConfig,
+    Job, OperatorKind, OperatorNode, RollupConfig, RollupNode, SinkKind, SinkNode, SourceKind,
+    SourceNode, StreamRef, WatermarkConfig,
 };
 use super::yaml::{self, Document, Entry, Node, NodeId, Pos, Resolved, Value};
 use crate::connectors::clickhouse::ClickHouseSinkConfig;
@@ -119,7 +120,14 @@ impl Report<'_> {
 }
 
 /// The top-level keys of a job file.
-const TOP_KEYS: &[&str] = &["name", "parallelism", "sources", "operators", "sinks"];
+const TOP_KEYS: &[&str] = &[
+    "name",
+    "parallelism",
+    "sources",
+    "operators",
+    "sinks",
+    "rollups",
+];
 
 /// The three sections of a job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -127,6 +135,7 @@ enum Section {
     Sources,
     Operators,
     Sinks,
+    Rollups,
 }
 
 impl Section {
@@ -135,6 +144,7 @@ impl Section {
             Section::Sources => "sources",
             Section::Operators => "operators",
             Section::Sinks => "sinks",
+            Section::Rollups => "rollups",
         }
     }
 
@@ -143,6 +153,7 @@ impl Section {
             Section::Sources => "source",
             Section::Operators => "operator",
             Section::Sinks => "sink",
+            Section::Rollups => "rollup",
         }
     }
 
@@ -158,6 +169,7 @@ impl Section {
                 "service_graph",
             ],
             Section::Sinks => &["parquet", "kafka", "clickhouse"],
+            Section::Rollups => &["rollup"],
         }
     }
 
@@ -166,6 +178,7 @@ impl Section {
         match self {
             Section::Sources => &["type", "watermark"],
             Section::Operators | Section::Sinks => &["type", "from"],
+            Section::Rollups => &["from"],
         }
     }
 }
@@ -177,6 +190,7 @@ enum StreamKind {
     Traces,
     DeadLetters,
     Metrics,
+    Rollup,
 }
 
 impl StreamKind {
@@ -186,6 +200,7 @@ impl StreamKind {
             StreamKind::Traces => "traces",
             StreamKind::DeadLetters => "dead letters",
             StreamKind::Metrics => "metric rows",
+            StreamKind::Rollup => "rollup rows",
         }
     }
 }
@@ -221,11 +236,13 @@ fn accepts(section: Section, type_name: &str) -> &'static [StreamKind] {
         (Section::Operators, "red_metrics" | "service_graph" | "tail_sampling") => {
             &[StreamKind::Traces]
         }
+        (Section::Rollups, _) => &[StreamKind::Metrics],
         (Section::Sinks, _) => &[
             StreamKind::Spans,
             StreamKind::Traces,
             StreamKind::DeadLetters,
             StreamKind::Metrics,
+            StreamKind::Rollup,
         ],
         _ => &[],
     }
@@ -236,6 +253,7 @@ enum Built {
     Source(SourceKind, WatermarkConfig),
     Operator(OperatorKind),
     Sink(SinkKind),
+    Rollup(RollupConfig),
 }
 
 /// One `from:` entry as written.
@@ -259,6 +277,10 @@ struct Decl {
     /// Resolved `from`, filled by the graph checks.
     resolved: Vec<StreamRef>,
     built: Option<Built>,
+    /// A rollup's node, to place errors of its query.
+    node: Option<Node>,
+    /// A rollup's planned query: (text, file, window, result schema).
+    rollup: Option<RollupNode>,
 }
 
 struct Loader<'d, 't> {
@@ -404,11 +426,12 @@ impl Loader<'_, '_> {
             match e.key_text() {
                 "name" => name = self.job_name(&e.value),
                 "parallelism" => parallelism = self.parallelism(&e.value),
-                key @ ("sources" | "operators" | "sinks") => {
+                key @ ("sources" | "operators" | "sinks" | "rollups") => {
                     section_keys.insert(key, e.key.pos);
                     let section = match key {
                         "sources" => Section::Sources,
                         "operators" => Section::Operators,
+                        "rollups" => Section::Rollups,
                         _ => Section::Sinks,
                     };
                     self.section(section, e, &mut decls);
@@ -461,6 +484,7 @@ impl Loader<'_, '_> {
         }
 
         self.check_graph(&mut decls);
+        self.plan_rollups(&mut decls);
 
         let mut job = Job {
             name: name.unwrap_or_else(|| {
@@ -474,8 +498,13 @@ impl Loader<'_, '_> {
             sources: Vec::new(),
             operators: Vec::new(),
             sinks: Vec::new(),
+            rollups: Vec::new(),
         };
         for d in decls {
+            if d.section == Section::Rollups {
+                job.rollups.push(d.rollup?);
+                continue;
+            }
             match d.built? {
                 Built::Source(kind, watermark) => job.sources.push(SourceNode {
                     name: d.name,
@@ -492,6 +521,7 @@ impl Loader<'_, '_> {
                     from: d.resolved,
                     kind,
                 }),
+                Built::Rollup(_) => {}
             }
         }
         Some(job)
@@ -581,7 +611,12 @@ impl Loader<'_, '_> {
             from: Vec::new(),
             resolved: Vec::new(),
             built: None,
+            node: None,
+            rollup: None,
         };
+        if section == Section::Rollups {
+            return self.rollup_decl(e, decl);
+        }
         let types = section.types();
         let Value::Map(fields) = &e.value.value else {
             self.report.push(
@@ -733,6 +768,283 @@ impl Loader<'_, '_> {
             _ => None,
         };
         decl
+    }
+
+    /// A `rollups:` entry: `from`, and `sql` or `query` with an optional `window`.
+    fn rollup_decl(&mut self, e: &Entry, mut decl: Decl) -> Decl {
+        let name = decl.name.clone();
+        let path = decl.path.clone();
+        decl.type_name = Some("rollup");
+        decl.node = Some(e.value.clone());
+        let Value::Map(fields) = &e.value.value else {
+            self.report.push(
+                e.value.pos,
+                path,
+                format!(
+                    "rollup `{name}` must be a map with `from` and `sql` (or `query`), found {}",
+                    describe(&e.value)
+                ),
+                Some(format!(
+                    "write e.g. `{name}: {{ from: metrics, sql: ../sql/red_per_service_1m.sql, window: 1m }}`"
+                )),
+            );
+            return decl;
+        };
+        match entry(fields, "from") {
+            Some(f) => decl.from = self.parse_from(&path, &f.value),
+            None => self.report.push(
+                e.key.pos,
+                format!("{path}.from"),
+                format!("rollup `{name}` has no `from`: it must name the metric streams it reads"),
+                Some("add e.g. `from: [metrics, metrics.exemplars]`".into()),
+            ),
+        }
+        let what = format!("rollup `{name}`");
+        decl.built = self
+            .component::<RollupConfig>(Section::Rollups, e, &what, RollupConfig::validate)
+            .map(Built::Rollup);
+        decl
+    }
+
+    /// Reads each rollup's query and plans it against its inputs' tables, so a query
+    /// that cannot run is a job error at its line and column.
+    fn plan_rollups(&mut self, decls: &mut [Decl]) {
+        let intervals: HashMap<String, HumanDuration> = decls
+            .iter()
+            .filter_map(|d| match &d.built {
+                Some(Built::Operator(OperatorKind::RedMetrics(c))) => {
+                    Some((d.name.clone(), c.interval))
+                }
+                Some(Built::Operator(OperatorKind::ServiceGraph(c))) => {
+                    Some((d.name.clone(), c.interval))
+                }
+                _ => None,
+            })
+            .collect();
+        let schemas: HashMap<&str, SchemaRef> = crate::tables::all_schemas().into_iter().collect();
+        for d in decls.iter_mut().filter(|d| d.section == Section::Rollups) {
+            let (Some(Built::Rollup(cfg)), Some(node)) = (&d.built, &d.node) else {
+                continue;
+            };
+            // Unresolved inputs were reported by the graph checks.
+            if d.from.is_empty() || d.resolved.len() != d.from.len() {
+                continue;
+            }
+            let mut inputs: Vec<(String, SchemaRef)> = Vec::new();
+            let mut clean = true;
+            for (r, stream) in d.from.iter().zip(&d.resolved) {
+                if inputs.iter().any(|(t, _)| *t == stream.port) {
+                    self.report.push(
+                        r.pos,
+                        r.key.clone(),
+                        format!(
+                            "rollup `{}` reads two streams named `{}`; its query sees each input \
+                             as a table named after the port",
+                            d.name, stream.port
+                        ),
+                        Some("split it into two rollups".into()),
+                    );
+                    clean = false;
+                    continue;
+                }
+                match schemas.get(stream.port.as_str()) {
+                    Some(schema) => inputs.push((stream.port.clone(), schema.clone())),
+                    None => clean = false,
+                }
+            }
+            let node_intervals: Vec<(&str, HumanDuration)> = d
+                .resolved
+                .iter()
+                .filter_map(|s| intervals.get(&s.node).map(|i| (s.node.as_str(), *i)))
+                .collect();
+            let window_pos = match &node.value {
+                Value::Map(f) => entry(f, "window").map(|w| w.value.pos),
+                _ => None,
+            }
+            .unwrap_or(d.name_pos);
+            let window = match cfg.window {
+                Some(w) => {
+                    for (n, iv) in &node_intervals {
+                        if w.as_nanos() % iv.as_nanos().max(1) != 0 {
+                            self.report.push(
+                                window_pos,
+                                format!("{}.window", d.path),
+                                format!(
+                                    "`window` ({w:?}) must be a multiple of the interval of `{n}` \
+                                     ({iv:?}), so each interval falls in one window"
+                                ),
+                                None,
+                            );
+                            clean = false;
+                        }
+                    }
+                    w
+                }
+                None => match node_intervals.as_slice() {
+                    [] => continue,
+                    [(_, first), rest @ ..] => {
+                        if let Some((n, iv)) = rest.iter().find(|(_, iv)| iv != first) {
+                            self.report.push(
+                                d.name_pos,
+                                format!("{}.window", d.path),
+                                format!(
+                                    "rollup `{}` reads intervals of {first:?} and {iv:?} (`{n}`); \
+                                     set `window` to a common multiple",
+                                    d.name
+                                ),
+                                None,
+                            );
+                            clean = false;
+                        }
+                        *first
+                    }
+                },
+            };
+            if !clean {
+                continue;
+            }
+            let Some((text, file, text_pos)) = self.rollup_text(d, cfg, node) else {
+                continue;
+            };
+            let planned =
+                futures::executor::block_on(crate::sql::rollup::RollupQuery::plan(&text, &inputs));
+            match planned {
+                Ok(q) => {
+                    d.rollup = Some(RollupNode {
+                        name: d.name.clone(),
+                        from: d.resolved.clone(),
+                        query: text,
+                        query_file: file,
+                        window,
+                        schema: q.schema(),
+                    });
+                }
+                Err(e) => self.sql_error(d, &e, &text, file.as_deref(), text_pos, node),
+            }
+        }
+    }
+
+    /// The rollup's SQL text, the file it is in (for `sql:`), and the position of the
+    /// `sql`/`query` value.
+    fn rollup_text(
+        &mut self,
+        d: &Decl,
+        cfg: &RollupConfig,
+        node: &Node,
+    ) -> Option<(String, Option<PathBuf>, Pos)> {
+        let value_pos = |key: &str| match &node.value {
+            Value::Map(f) => entry(f, key).map(|e| e.value.pos),
+            _ => None,
+        };
+        if let Some(q) = &cfg.query {
+            return Some((q.clone(), None, value_pos("query").unwrap_or(d.name_pos)));
+        }
+        let rel = cfg.sql.as_ref()?;
+        let pos = value_pos("sql").unwrap_or(d.name_pos);
+        let file = match &self.base_dir {
+            Some(base) if rel.is_relative() => base.join(rel),
+            _ => rel.clone(),
+        };
+        match std::fs::read_to_string(&file) {
+            Ok(text) => Some((text, Some(file), pos)),
+            Err(e) => {
+                self.report.push(
+                    pos,
+                    format!("{}.sql", d.path),
+                    format!(
+                        "cannot read the query of rollup `{}` from `{}`: {e}",
+                        d.name,
+                        file.display()
+                    ),
+                    Some("`sql` is relative to the job file".into()),
+                );
+                None
+            }
+        }
+    }
+
+    /// Reports a query that does not plan, at its place in the `.sql` file or in the
+    /// job file for an inline query.
+    fn sql_error(
+        &mut self,
+        d: &Decl,
+        e: &crate::sql::SqlError,
+        text: &str,
+        file: Option<&Path>,
+        value_pos: Pos,
+        node: &Node,
+    ) {
+        let message = format!("rollup `{}`: {}", d.name, e.message);
+        let located = e.line.zip(e.column);
+        match (file, located) {
+            (Some(file), Some((line, column))) => {
+                let job_line = value_pos.line;
+                self.report.items.push(Diagnostic {
+                    file: file.to_owned(),
+                    line,
+                    column,
+                    key: format!("{}.sql", d.path),
+                    message,
+                    hint: Some(format!(
+                        "the query of rollup `{}` ({}:{job_line})",
+                        d.name,
+                        self.report.file.display()
+                    )),
+                    width: 0,
+                    source_line: text.lines().nth(line - 1).map(str::to_owned),
+                });
+            }
+            (Some(file), None) => self.report.push(
+                value_pos,
+                format!("{}.sql", d.path),
+                format!("{message} (in `{}`)", file.display()),
+                None,
+            ),
+            (None, loc) => {
+                let query_node = match &node.value {
+                    Value::Map(f) => entry(f, "query").map(|e| e.value.clone()),
+                    _ => None,
+                };
+                let pos = match (loc, query_node) {
+                    (Some((line, column)), Some(q)) => self.query_pos(&q, text, line, column),
+                    _ => value_pos,
+                };
+                self.report
+                    .push(pos, format!("{}.query", d.path), message, None);
+            }
+        }
+    }
+
+    /// Where line `line`, column `column` of an inline query (the scalar `node`) is in
+    /// the job file: the query's lines appear verbatim in the file (a `|` block or a
+    /// one-line scalar), at or just after the scalar's own line.
+    fn query_pos(&self, node: &Node, query: &str, line: usize, column: usize) -> Pos {
+        let Some(sql_line) = query.lines().nth(line.saturating_sub(1)) else {
+            return node.pos;
+        };
+        if sql_line.trim().is_empty() {
+            return node.pos;
+        }
+        let first = node.pos.line.saturating_sub(1) + line.saturating_sub(1);
+        for idx in first..(first + 2).min(self.report.lines.len()) {
+            let file_line = self.report.lines[idx];
+            let from = if idx + 1 == node.pos.line {
+                file_line
+                    .char_indices()
+                    .nth(node.pos.column.saturating_sub(1))
+                    .map_or(0, |(b, _)| b)
+            } else {
+                0
+            };
+            if let Some(k) = file_line[from..].find(sql_line) {
+                return Pos {
+                    line: idx + 1,
+                    column: file_line[..from + k].chars().count() + column,
+                    width: 1,
+                };
+            }
+        }
+        node.pos
     }
 
     /// Deserializes a node's map, without the keys every node of its section takes, into
@@ -1037,7 +1349,13 @@ impl Loader<'_, '_> {
                     // Its `type` is wrong, already reported; its ports are unknown.
                     continue;
                 };
-                let outs = outputs(target.section, target_type);
+                // A rollup's one output is named after it.
+                let rollup_out = [(target.name.as_str(), StreamKind::Rollup)];
+                let outs: &[(&str, StreamKind)] = if target.section == Section::Rollups {
+                    &rollup_out
+                } else {
+                    outputs(target.section, target_type)
+                };
                 let Some(&(default_port, _)) = outs.first() else {
                     continue;
                 };
@@ -1081,14 +1399,29 @@ impl Loader<'_, '_> {
                 if let Some(my_type) = me.type_name {
                     let ok = accepts(me.section, my_type);
                     if !ok.contains(&kind) {
+                        let (reads, hint) = match ok.first() {
+                            Some(StreamKind::Traces) => (
+                                "traces",
+                                "traces are a session_window's or a tail_sampling's `traces`",
+                            ),
+                            Some(StreamKind::Metrics) => (
+                                "metric streams",
+                                "metric streams are a red_metrics' `red_metrics` and `exemplars` \
+                                 and a service_graph's `service_relation`",
+                            ),
+                            _ => (
+                                "span streams",
+                                "span streams are a source's `spans` and a session_window's `late_spans`",
+                            ),
+                        };
                         self.report.push(
                             r.pos,
                             r.key.clone(),
                             format!(
-                                "{my_type} reads span streams, but `{stream}` carries {}",
+                                "{my_type} reads {reads}, but `{stream}` carries {}",
                                 kind.describe()
                             ),
-                            Some("span streams are a source's `spans` and a session_window's `late_spans`".into()),
+                            Some(hint.into()),
                         );
                         continue;
                     }

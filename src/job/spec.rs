@@ -48,6 +48,8 @@ pub struct Job {
     pub operators: Vec<OperatorNode>,
     /// Sinks, in file order.
     pub sinks: Vec<SinkNode>,
+    /// SQL rollups over metric outputs, in file order.
+    pub rollups: Vec<RollupNode>,
 }
 
 /// A reference to one output of a node: `node` or `node.port`, resolved.
@@ -133,6 +135,68 @@ pub enum SinkKind {
     Kafka(KafkaSinkConfig),
     /// `type: clickhouse`: one table per output.
     ClickHouse(Box<ClickHouseSinkConfig>),
+}
+
+/// A rollup (`rollups:` in the job file): a SQL query run over the rows of each closed
+/// window of its input metric streams; its result is an output named after it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RollupNode {
+    /// Its name in `rollups:`, which is also its output's (and table's) name.
+    pub name: String,
+    /// Input metric streams; the query reads each as a table named after its port
+    /// (`red_metrics`, `exemplars`, `service_relation`).
+    pub from: Vec<StreamRef>,
+    /// The SQL text.
+    pub query: String,
+    /// The file it came from (`sql:`), or `None` when inline (`query:`).
+    pub query_file: Option<PathBuf>,
+    /// Rows of upstream intervals that start in one window are queried together.
+    pub window: HumanDuration,
+    /// The result's schema, from planning the query at load time.
+    pub schema: arrow::datatypes::SchemaRef,
+}
+
+/// The settings of a rollup as written in the job file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RollupConfig {
+    /// A file holding the query (one `SELECT`), relative to the job file; e.g.
+    /// `../sql/red_per_service_1m.sql`.
+    #[serde(default)]
+    pub sql: Option<PathBuf>,
+    /// The query inline, instead of `sql`.
+    #[serde(default)]
+    pub query: Option<String>,
+    /// How much event time one run of the query covers: every upstream interval that
+    /// starts in the window is in its input. A multiple of the inputs' intervals;
+    /// default: their interval (one run per closed interval).
+    #[serde(default)]
+    pub window: Option<HumanDuration>,
+}
+
+impl RollupConfig {
+    /// Checks what does not need the query or the graph.
+    pub fn validate(&self) -> Vec<spanflow_operators::ConfigIssue> {
+        let mut issues = Vec::new();
+        match (&self.sql, &self.query) {
+            (Some(_), Some(_)) => issues.push(spanflow_operators::ConfigIssue {
+                path: vec!["query".into()],
+                message: "set either `sql` (a file) or `query` (inline), not both".into(),
+            }),
+            (None, None) => issues.push(spanflow_operators::ConfigIssue {
+                path: vec![],
+                message: "needs `sql: <file.sql>` or `query: <SELECT ...>`".into(),
+            }),
+            _ => {}
+        }
+        if self.window.is_some_and(|w| w.as_nanos() == 0) {
+            issues.push(spanflow_operators::ConfigIssue {
+                path: vec!["window".into()],
+                message: "must be longer than 0s".into(),
+            });
+        }
+        issues
+    }
 }
 
 /// Event-time watermark settings of a source (`watermark:` key of any source).

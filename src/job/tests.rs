@@ -252,8 +252,192 @@ fn demo_job_loads() {
             stream("gen", "dead_letters"),
             stream("metrics", "red_metrics"),
             stream("metrics", "exemplars"),
-            stream("graph", "service_relation")
+            stream("graph", "service_relation"),
+            stream("red_per_service_1m", "red_per_service_1m"),
+            stream("top_slow_operations_1m", "top_slow_operations_1m"),
+            stream("error_hotspots_1m", "error_hotspots_1m"),
+            stream("slowest_exemplars_1m", "slowest_exemplars_1m"),
         ]
+    );
+    let names: Vec<&str> = job.rollups.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "red_per_service_1m",
+            "top_slow_operations_1m",
+            "error_hotspots_1m",
+            "slowest_exemplars_1m"
+        ]
+    );
+    assert!(
+        job.rollups
+            .iter()
+            .all(|r| r.window == HumanDuration::secs(60))
+    );
+}
+
+/// A job with a metrics operator, a graph and `rollups` (its text from line 21 on).
+fn with_rollups(rollups: &str) -> String {
+    format!(
+        "sources:
+  gen: {{ type: generator }}
+operators:
+  sessions: {{ type: session_window, from: gen }}
+  metrics: {{ type: red_metrics, from: sessions, interval: 10s }}
+  graph: {{ type: service_graph, from: sessions, interval: 30s }}
+sinks:
+  out:
+    type: parquet
+    from: [metrics, per_service]
+    path: out
+rollups:
+  per_service:
+    from: metrics
+    window: 1m
+    query: |
+      SELECT service,
+             sum(requests) AS requests
+      FROM red_metrics
+      GROUP BY service
+{rollups}"
+    )
+}
+
+#[test]
+fn rollups_plan_their_query_and_become_outputs() {
+    let text = with_rollups(
+        "  edges:\n    from: [graph]\n    query: SELECT source, target FROM service_relation\n",
+    );
+    let job = load_str(Path::new(FILE), &text).unwrap_or_else(|d| panic!("{d}"));
+    assert_eq!(job.rollups.len(), 2);
+    let r = &job.rollups[0];
+    assert_eq!(r.name, "per_service");
+    assert_eq!(r.from, [stream("metrics", "red_metrics")]);
+    assert_eq!(r.window, HumanDuration::secs(60));
+    assert_eq!(r.query_file, None);
+    let cols: Vec<&str> = r
+        .schema
+        .fields()
+        .iter()
+        .map(|f| f.name().as_str())
+        .collect();
+    assert_eq!(cols, ["service", "requests"]);
+    // Without `window`, the input's interval.
+    assert_eq!(job.rollups[1].window, HumanDuration::secs(30));
+    assert_eq!(
+        job.sinks[0].from,
+        [
+            stream("metrics", "red_metrics"),
+            stream("per_service", "per_service")
+        ]
+    );
+}
+
+#[test]
+fn an_invalid_inline_rollup_query_is_located_in_the_job_file() {
+    let text = with_rollups("").replace("sum(requests)", "sum(requestz)");
+    let d = one_error(&text);
+    // Line 18 is `             sum(requestz) AS requests`, `requestz` at column 18.
+    assert_eq!(
+        (d.line, d.column, d.key.as_str()),
+        (18, 18, "rollups.per_service.query")
+    );
+    assert!(
+        d.message.starts_with("rollup `per_service`: "),
+        "{}",
+        d.message
+    );
+    assert!(d.message.contains("requestz"), "{}", d.message);
+    assert_eq!(
+        d.source_line.as_deref(),
+        Some("             sum(requestz) AS requests")
+    );
+    // A one-line query: the column counts from the start of the line.
+    let text = with_rollups(
+        "  edges:\n    from: graph\n    query: SELECT source, targt FROM service_relation\n",
+    );
+    let d = one_error(&text);
+    assert_eq!((d.line, d.column), (23, 27), "{}", d.message);
+    assert!(d.message.contains("targt"), "{}", d.message);
+}
+
+#[test]
+fn an_invalid_rollup_sql_file_is_located_in_that_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sql = dir.path().join("bad.sql");
+    std::fs::write(
+        &sql,
+        "-- per service\nSELECT service\nFROM red_metrics\nGROUP BY servic\n",
+    )
+    .expect("write");
+    let job_path = dir.path().join("job.yaml");
+    let text = with_rollups("  from_file:\n    from: metrics\n    sql: bad.sql\n");
+    let d = match load_str(&job_path, &text) {
+        Ok(_) => panic!("loaded"),
+        Err(d) => d,
+    };
+    assert_eq!(d.items.len(), 1, "{d}");
+    let d = &d.items[0];
+    assert_eq!(d.file, sql);
+    assert_eq!((d.line, d.column), (4, 10), "{}", d.message);
+    assert_eq!(d.source_line.as_deref(), Some("GROUP BY servic"));
+    assert_eq!(d.key, "rollups.from_file.sql");
+    assert!(
+        d.hint.as_deref().is_some_and(|h| h.contains("job.yaml:23")),
+        "{:?}",
+        d.hint
+    );
+    // A missing file is reported at `sql:` in the job.
+    let text = with_rollups("  from_file:\n    from: metrics\n    sql: missing.sql\n");
+    let d = match load_str(&job_path, &text) {
+        Ok(_) => panic!("loaded"),
+        Err(d) => d.items.into_iter().next().expect("one"),
+    };
+    assert_eq!((d.line, d.column), (23, 10));
+    assert!(d.message.contains("missing.sql"), "{}", d.message);
+}
+
+#[test]
+fn rollup_graph_and_window_problems() {
+    // Reads spans.
+    let d = one_error(&with_rollups(
+        "  r2:\n    from: gen\n    query: SELECT 1 AS one\n",
+    ));
+    assert_eq!((d.line, d.column), (22, 11));
+    assert!(
+        d.message.contains("rollup reads metric streams"),
+        "{}",
+        d.message
+    );
+    // Reads another rollup.
+    let d = one_error(&with_rollups(
+        "  r2:\n    from: per_service\n    query: SELECT 1 AS one\n",
+    ));
+    assert!(d.message.contains("carries rollup rows"), "{}", d.message);
+    // A window that is not a multiple of the interval.
+    let d = one_error(&with_rollups(
+        "  r2:\n    from: graph\n    window: 45s\n    query: SELECT 1 AS one\n",
+    ));
+    assert_eq!(
+        (d.line, d.column, d.key.as_str()),
+        (23, 13, "rollups.r2.window")
+    );
+    assert!(d.message.contains("multiple"), "{}", d.message);
+    // Inputs with different intervals need a window.
+    let d = one_error(&with_rollups(
+        "  r2:\n    from: [metrics, graph]\n    query: SELECT 1 AS one\n",
+    ));
+    assert!(d.message.contains("common multiple"), "{}", d.message);
+    // Neither sql nor query; and an unknown key.
+    let d = errors(&with_rollups("  r2:\n    from: graph\n    type: sql\n"));
+    let messages: Vec<&str> = d.items.iter().map(|i| i.message.as_str()).collect();
+    assert!(
+        messages.iter().any(|m| m.contains("unknown key `type`")),
+        "{messages:?}"
+    );
+    assert!(
+        messages.iter().any(|m| m.contains("needs `sql")),
+        "{messages:?}"
     );
 }
 

@@ -11,6 +11,7 @@ use spanflow_operators::metrics::{
 };
 use tokio::sync::mpsc;
 
+use super::rollup::{Bounds, RollupSide, RollupState};
 use super::shard::Port;
 use super::{RunError, TableTarget};
 use crate::tables::{ExemplarRows, MetricRows};
@@ -56,6 +57,10 @@ pub(crate) struct MergeResult {
     /// savepoint.
     pub red_merger: Option<MetricsMerger>,
     pub graph_merger: Option<MetricsMerger>,
+    /// Rollups' open windows, by rollup name.
+    pub rollups: Vec<(String, RollupState)>,
+    /// Windows each rollup ran its query on, by rollup name.
+    pub rollup_windows: Vec<(String, u64)>,
 }
 
 pub(crate) struct RedSide {
@@ -84,8 +89,20 @@ pub(crate) async fn run_merger(
     mut rx: mpsc::Receiver<MergeMsg>,
     mut red: Option<RedSide>,
     mut graph: Option<GraphSide>,
+    mut rollups: Vec<RollupSide>,
+    shards: usize,
 ) -> Result<MergeResult, RunError> {
     let mut result = MergeResult::default();
+    // The same minimum the mergers close intervals at, for the rollups' windows.
+    let mut shard_watermarks = vec![0u64; shards.max(1)];
+    let red_bounds = red
+        .as_ref()
+        .map(|r| r.buckets.bounds_seconds())
+        .unwrap_or_default();
+    let graph_bounds = graph
+        .as_ref()
+        .map(|g| g.buckets.bounds_seconds())
+        .unwrap_or_default();
     let mut per_service: BTreeMap<String, ServiceAcc> = BTreeMap::new();
     let mut last_red: Option<ClosedInterval> = None;
     while let Some(msg) = rx.recv().await {
@@ -130,6 +147,9 @@ pub(crate) async fn run_merger(
                         r.exemplars.rows.push_interval(&ci, &bounds);
                         r.rows.maybe_flush(false)?;
                         r.exemplars.maybe_flush(false)?;
+                        for ru in &mut rollups {
+                            ru.add(MetricOp::Red, &ci);
+                        }
                         last_red = Some(ci);
                     }
                 }
@@ -138,6 +158,22 @@ pub(crate) async fn run_merger(
                     for ci in g.merger.on_watermark(shard, watermark) {
                         g.rows.rows.push_interval(&ci, &bounds);
                         g.rows.maybe_flush(false)?;
+                        for ru in &mut rollups {
+                            ru.add(MetricOp::Graph, &ci);
+                        }
+                    }
+                }
+                if !rollups.is_empty() {
+                    if let Some(w) = shard_watermarks.get_mut(shard) {
+                        *w = (*w).max(watermark);
+                    }
+                    let min = shard_watermarks.iter().copied().min().unwrap_or(0);
+                    let bounds = Bounds {
+                        red: &red_bounds,
+                        graph: &graph_bounds,
+                    };
+                    for ru in &mut rollups {
+                        ru.on_watermark(min, &bounds).await?;
                     }
                 }
             }
@@ -174,6 +210,14 @@ pub(crate) async fn run_merger(
         });
         result.services = services;
         result.red_merger = Some(r.merger);
+    }
+    for ru in rollups {
+        result
+            .rollup_windows
+            .push((ru.name.clone(), ru.windows_run));
+        let name = ru.name.clone();
+        let state = ru.close(&mut result.outputs)?;
+        result.rollups.push((name, state));
     }
     if let Some(g) = graph {
         result.folded_series += g.merger.folded_series;

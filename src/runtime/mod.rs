@@ -12,6 +12,7 @@
 
 mod metrics;
 mod plan;
+mod rollup;
 mod savepoint;
 mod shard;
 mod source;
@@ -64,6 +65,14 @@ pub enum RunError {
     /// A savepoint cannot be read, does not fit the job, or cannot be written.
     #[error("savepoint: {0}")]
     Savepoint(String),
+    /// A rollup's query failed on a window's rows.
+    #[error("rollup `{name}`: {message}")]
+    Rollup {
+        /// Rollup name.
+        name: String,
+        /// What failed.
+        message: String,
+    },
     /// A task died; this is a bug.
     #[error("internal error: {0} (this is a bug)")]
     Internal(String),
@@ -224,9 +233,31 @@ async fn run_plan(
             }
             None => None,
         };
+        let mut rollups = Vec::new();
+        for node in &plan.rollups {
+            let state = restore.as_mut().and_then(|sp| {
+                let i = sp.rollups.iter().position(|(n, _)| *n == node.name)?;
+                Some(sp.rollups.swap_remove(i).1)
+            });
+            rollups.push(
+                rollup::RollupSide::new(
+                    node,
+                    plan.targets_of(&node.name, &node.name),
+                    discard,
+                    state,
+                )
+                .await?,
+            );
+        }
         (
             Some(tx),
-            Some(tokio::spawn(metrics::run_merger(rx, red, graph))),
+            Some(tokio::spawn(metrics::run_merger(
+                rx,
+                red,
+                graph,
+                rollups,
+                parallelism,
+            ))),
         )
     } else {
         (None, None)
@@ -571,6 +602,8 @@ async fn run_plan(
         snapshots.push(r.snapshot);
     }
     let mut mergers = (None, None);
+    let mut rollup_states = Vec::new();
+    let mut rollup_windows = Vec::new();
     let mut services = Vec::new();
     let mut metric_intervals = 0;
     let mut folded_series = 0;
@@ -582,6 +615,8 @@ async fn run_plan(
             summary::add_output(&mut outputs, &t, rows);
         }
         mergers = (m.red_merger, m.graph_merger);
+        rollup_states = m.rollups;
+        rollup_windows = m.rollup_windows;
         services = m.services;
         metric_intervals = m.intervals;
         folded_series = m.folded_series;
@@ -616,6 +651,7 @@ async fn run_plan(
                 shards,
                 red_merger: mergers.0,
                 graph_merger: mergers.1,
+                rollups: rollup_states,
                 positions: positions.clone(),
                 parts,
                 next_part,
@@ -666,6 +702,7 @@ async fn run_plan(
         sampling,
         services,
         metric_intervals,
+        rollup_windows,
         folded_series,
         late_metric_observations,
         outputs,

@@ -13,7 +13,7 @@ use spanflow_operators::tail_sampling::TailSamplingConfig;
 use crate::connectors::clickhouse::ClickHouseTarget;
 use crate::connectors::kafka::sink::KafkaTarget;
 use crate::connectors::parquet::ParquetSinkConfig;
-use crate::job::{Job, OperatorKind, OperatorNode, SinkKind, SourceNode, StreamRef};
+use crate::job::{Job, OperatorKind, OperatorNode, RollupNode, SinkKind, SourceNode, StreamRef};
 
 /// Errors planning a job (shapes this version cannot run yet).
 #[derive(Debug, thiserror::Error)]
@@ -82,6 +82,8 @@ pub struct Plan {
     pub service_graph: Option<(String, ServiceGraphConfig)>,
     /// Shards the job runs with (set by the runtime).
     pub shards: usize,
+    /// SQL rollups over the metric outputs, run by the metric merge task.
+    pub rollups: Vec<RollupNode>,
     /// Sink targets per output stream.
     pub targets: BTreeMap<StreamRef, Vec<TableTarget>>,
 }
@@ -251,8 +253,34 @@ impl Plan {
                 port: "service_relation".into(),
             });
         }
+        for r in &job.rollups {
+            if let Some(input) = r.from.iter().find(|i| !producible.contains(i)) {
+                return Err(unsupported(format!(
+                    "rollup `{}` reads `{input}`, which this job does not compute",
+                    r.name
+                )));
+            }
+        }
+        let rollup_outputs: Vec<StreamRef> = job
+            .rollups
+            .iter()
+            .map(|r| StreamRef {
+                node: r.name.clone(),
+                port: r.name.clone(),
+            })
+            .collect();
+        producible.extend(rollup_outputs.iter().cloned());
         let mut targets: BTreeMap<StreamRef, Vec<TableTarget>> = BTreeMap::new();
         for sink in &job.sinks {
+            if let SinkKind::ClickHouse(_) = &sink.kind
+                && let Some(r) = sink.from.iter().find(|i| rollup_outputs.contains(i))
+            {
+                return Err(unsupported(format!(
+                    "sink `{}` reads rollup `{}`: ClickHouse sinks write the built-in tables in \
+                     this version; send rollups to a parquet or kafka sink",
+                    sink.name, r.node
+                )));
+            }
             let kafka = match &sink.kind {
                 SinkKind::Kafka(k) => Some((
                     Arc::new(k.clone()),
@@ -335,6 +363,7 @@ impl Plan {
             tail_sampling,
             red_metrics,
             service_graph,
+            rollups: job.rollups.clone(),
             shards: 1,
             targets,
         })

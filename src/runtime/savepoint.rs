@@ -36,6 +36,9 @@ pub(crate) struct Savepoint {
     pub shards: Vec<ShardSnapshot>,
     pub red_merger: Option<MetricsMerger>,
     pub graph_merger: Option<MetricsMerger>,
+    /// Rollups' open windows, by rollup name.
+    #[serde(default)]
+    pub rollups: Vec<(String, super::rollup::RollupState)>,
     /// Per source (by index): (topic, partition, next offset).
     pub positions: Vec<Vec<(String, i32, i64)>>,
     /// Parquet part files written so far, per `<dir>/<table>`; a restore removes any
@@ -52,7 +55,14 @@ pub(crate) fn path(dir: &Path) -> PathBuf {
 
 /// A stable fingerprint of what a job computes and where it writes.
 pub(crate) fn fingerprint(job: &Job) -> u64 {
-    let text = format!("{:?}|{:?}", job.operators, job.sinks);
+    let mut text = format!("{:?}|{:?}", job.operators, job.sinks);
+    // Only with rollups, so jobs without them keep their fingerprint.
+    for r in &job.rollups {
+        text.push_str(&format!(
+            "|{}:{:?}:{:?}:{}",
+            r.name, r.from, r.window, r.query
+        ));
+    }
     // FNV-1a: stable across builds and platforms, unlike the std hasher.
     text.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
         (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)

@@ -72,6 +72,8 @@ pub struct RunSummary {
     pub services: Vec<ServiceSummary>,
     /// Metric intervals closed.
     pub metric_intervals: u64,
+    /// Per rollup, the windows its query ran on.
+    pub rollup_windows: Vec<(String, u64)>,
     /// Series folded into overflow series by cardinality limits.
     pub folded_series: u64,
     /// Metric observations that arrived after their interval closed.
@@ -270,6 +272,14 @@ impl RunSummary {
                     ms(svc.p99_seconds)
                 );
             }
+        }
+        for (name, windows) in &self.rollup_windows {
+            let _ = writeln!(
+                s,
+                "  rollup      `{name}`: query ran on {windows} closed window{}, {} rows",
+                if *windows == 1 { "" } else { "s" },
+                self.rows(name)
+            );
         }
         if let Some(gt) = &self.ground_truth {
             let _ = writeln!(

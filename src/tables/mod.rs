@@ -10,12 +10,14 @@ mod metrics;
 pub use builders::{DeadLetterRows, SpanRows, TraceRows};
 pub use metrics::{ExemplarRows, MetricRows};
 
+use arrow::datatypes::SchemaRef;
+
 use arrow::record_batch::RecordBatch;
 
 /// A buffer of rows for one table that turns into Arrow record batches.
 pub trait TableRows: Send {
     /// Table name (`traces`, `late_spans`, `dead_letters`, ...).
-    fn table(&self) -> &'static str;
+    fn table(&self) -> &str;
     /// Rows buffered.
     fn len(&self) -> usize;
     /// True when no rows are buffered.
@@ -40,4 +42,51 @@ pub fn all_schemas() -> Vec<(&'static str, arrow::datatypes::SchemaRef)> {
         ("exemplars", metrics::EXEMPLARS_SCHEMA.clone()),
         ("service_relation", metrics::SERVICE_RELATION_SCHEMA.clone()),
     ]
+}
+
+/// Rows that arrive as record batches (a rollup's query results), for a table whose
+/// schema is known only at run time.
+pub struct BatchRows {
+    table: String,
+    schema: SchemaRef,
+    batches: Vec<RecordBatch>,
+    rows: usize,
+}
+
+impl BatchRows {
+    /// Rows of `table` with `schema`.
+    pub fn new(table: &str, schema: SchemaRef) -> Self {
+        BatchRows {
+            table: table.to_owned(),
+            schema,
+            batches: Vec::new(),
+            rows: 0,
+        }
+    }
+
+    /// Buffers a batch (it must have the table's schema).
+    pub fn push(&mut self, batch: RecordBatch) {
+        self.rows += batch.num_rows();
+        self.batches.push(batch);
+    }
+}
+
+impl TableRows for BatchRows {
+    fn table(&self) -> &str {
+        &self.table
+    }
+    fn len(&self) -> usize {
+        self.rows
+    }
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+    fn finish(&mut self) -> RecordBatch {
+        let batches = std::mem::take(&mut self.batches);
+        self.rows = 0;
+        arrow::compute::concat_batches(&self.schema, &batches).unwrap_or_else(|e| {
+            tracing::error!(table = %self.table, error = %e, "internal error joining result batches; this is a bug");
+            RecordBatch::new_empty(self.schema.clone())
+        })
+    }
 }

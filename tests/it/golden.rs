@@ -73,3 +73,20 @@ fn analytics_basic() {
         );
     }
 }
+
+/// The shipped rollups (sql/*.sql) run inside a job on a fixed generated input.
+#[test]
+fn rollups_basic() {
+    for p in [1, 2] {
+        check_case(
+            "rollups_basic",
+            &[
+                "red_per_service_1m",
+                "top_slow_operations_1m",
+                "error_hotspots_1m",
+                "slowest_exemplars_1m",
+            ],
+            p,
+        );
+    }
+}

@@ -7,4 +7,5 @@ mod demo;
 mod golden;
 mod kafka;
 mod runtime;
+mod sql;
 mod support;

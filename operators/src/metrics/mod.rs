@@ -569,7 +569,7 @@ impl IntervalAggregator {
 }
 
 /// A closed interval: merged over shards, cardinality-limited, sorted by key.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ClosedInterval {
     /// Start, unix ns.
     pub start_ns: EventTime,

@@ -1,0 +1,146 @@
+//! A rollup's query: planned once, when the job is loaded, against empty tables with
+//! its inputs' schemas; run once per closed window over that window's rows.
+//!
+//! The tables are DataFusion `MemTable`s whose single partition is swapped before each
+//! run, so the logical plan (names resolved, types checked) is built once and only the
+//! physical plan is made per window.
+
+use std::sync::Arc;
+
+use arrow::datatypes::SchemaRef;
+use arrow::record_batch::RecordBatch;
+use datafusion::catalog::MemTable;
+use datafusion::execution::context::SQLOptions;
+use datafusion::logical_expr::LogicalPlan;
+use datafusion::prelude::SessionContext;
+
+use super::{SqlError, plan_statements, session};
+
+/// A planned rollup query.
+pub struct RollupQuery {
+    ctx: SessionContext,
+    tables: Vec<Arc<MemTable>>,
+    plan: LogicalPlan,
+    schema: SchemaRef,
+}
+
+impl std::fmt::Debug for RollupQuery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RollupQuery")
+            .field("schema", &self.schema)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Column names a sink can use as they are (Parquet, Kafka, ClickHouse).
+fn plain_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+fn error(message: String) -> SqlError {
+    SqlError {
+        message,
+        line: None,
+        column: None,
+    }
+}
+
+impl RollupQuery {
+    /// Plans `sql` (exactly one `SELECT`) over tables named as `inputs`.
+    pub async fn plan(sql: &str, inputs: &[(String, SchemaRef)]) -> Result<Self, SqlError> {
+        let ctx = session();
+        let mut tables = Vec::new();
+        for (name, schema) in inputs {
+            let table = Arc::new(MemTable::try_new(schema.clone(), vec![Vec::new()])?);
+            ctx.register_table(name.as_str(), table.clone())?;
+            tables.push(table);
+        }
+        let mut plans = plan_statements(&ctx, sql).await?;
+        let plan = match (plans.pop(), plans.is_empty()) {
+            (Some(p), true) => p,
+            (None, _) => return Err(error("the rollup has no SQL statement".into())),
+            (Some(_), false) => {
+                return Err(error(
+                    "a rollup is one SELECT statement; found several (separated by `;`)".into(),
+                ));
+            }
+        };
+        SQLOptions::new()
+            .with_allow_ddl(false)
+            .with_allow_dml(false)
+            .with_allow_statements(false)
+            .verify_plan(&plan)
+            .map_err(|e| {
+                error(format!(
+                    "a rollup must be a SELECT query: {}",
+                    e.strip_backtrace()
+                ))
+            })?;
+        let schema = Arc::new(plan.schema().as_arrow().clone());
+        for f in schema.fields() {
+            if !plain_name(f.name()) {
+                return Err(error(format!(
+                    "result column `{}` needs a plain name (letters, digits, `_`) for the \
+                     output table: add `AS <name>`",
+                    f.name()
+                )));
+            }
+        }
+        if let Some(dup) = schema
+            .fields()
+            .iter()
+            .enumerate()
+            .find(|(i, f)| schema.fields()[..*i].iter().any(|g| g.name() == f.name()))
+        {
+            return Err(error(format!(
+                "result column `{}` appears twice; give each column its own name",
+                dup.1.name()
+            )));
+        }
+        Ok(RollupQuery {
+            ctx,
+            tables,
+            plan,
+            schema,
+        })
+    }
+
+    /// The result's schema (the output table's).
+    pub fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    /// Runs the query over one window: `inputs[i]` are the rows of the `i`-th input.
+    pub async fn run(&self, inputs: Vec<Vec<RecordBatch>>) -> Result<Vec<RecordBatch>, SqlError> {
+        for (table, batches) in self.tables.iter().zip(inputs) {
+            if let Some(p) = table.batches.first() {
+                *p.write().await = batches;
+            }
+        }
+        let result = async {
+            let df = self.ctx.execute_logical_plan(self.plan.clone()).await?;
+            df.collect().await
+        }
+        .await;
+        for table in &self.tables {
+            if let Some(p) = table.batches.first() {
+                p.write().await.clear();
+            }
+        }
+        let mut out = Vec::new();
+        for b in result? {
+            // The planned schema is the table's; executed batches may differ in field
+            // metadata only.
+            let b = RecordBatch::try_new(self.schema.clone(), b.columns().to_vec())
+                .map_err(|e| error(format!("rollup result does not fit its schema: {e}")))?;
+            if b.num_rows() > 0 {
+                out.push(b);
+            }
+        }
+        Ok(out)
+    }
+}
