@@ -290,10 +290,17 @@ impl RunSummary {
         }
         if !self.outputs.is_empty() {
             let _ = writeln!(s, "  outputs");
+            let width = self
+                .outputs
+                .iter()
+                .map(|o| o.table.len())
+                .max()
+                .unwrap_or(0)
+                .max(14);
             for o in &self.outputs {
                 let _ = writeln!(
                     s,
-                    "    {:<14} {:>10} rows  {}",
+                    "    {:<width$} {:>10} rows  {}",
                     o.table,
                     o.rows,
                     o.path.display()

@@ -55,7 +55,8 @@ fn produce_records(broker: &Broker, topic: &str, partitions: i32, records: &[Gen
         .unwrap();
 }
 
-/// The analytics of jobs/demo.yaml (without the per-shard rate limit), reading `source`.
+/// The analytics of jobs/demo.yaml (without the per-shard rate limit, with one of its
+/// rollups), reading `source`.
 fn analytics_job(source: &str, sinks: &str) -> spanflow::job::Job {
     let text = format!(
         r#"
@@ -89,6 +90,11 @@ operators:
     interval: 10s
 sinks:
 {sinks}
+rollups:
+  per_service_1m:
+    from: metrics
+    sql: ../sql/red_per_service_1m.sql
+    window: 1m
 "#
     );
     spanflow::job::load_str(&root().join("jobs/kafka_test.yaml"), &text)
@@ -97,7 +103,7 @@ sinks:
 
 const PARQUET_SINK: &str = r#"  out:
     type: parquet
-    from: [sampler, sampler.spans, sessions.late_spans, in.dead_letters, metrics, metrics.exemplars, graph]
+    from: [sampler, sampler.spans, sessions.late_spans, in.dead_letters, metrics, metrics.exemplars, graph, per_service_1m]
 "#;
 
 /// A `kafka` source named `in`; `end: None` leaves the run unbounded.
@@ -149,6 +155,7 @@ const COMPARED: &[&str] = &[
     "red_metrics",
     "exemplars",
     "service_relation",
+    "per_service_1m",
 ];
 
 #[test]

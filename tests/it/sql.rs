@@ -10,7 +10,10 @@ use spanflow::sql::{OutputCatalog, run, session};
 use crate::support::{bin, read_table, root, rows};
 
 /// Runs the rollups_basic golden job into `out`.
-fn run_rollups_job(out: &Path, parallelism: usize) -> spanflow::job::Job {
+fn run_rollups_job(
+    out: &Path,
+    parallelism: usize,
+) -> (spanflow::job::Job, spanflow::runtime::RunSummary) {
     let job = spanflow::job::load(&root().join("tests/golden/rollups_basic/job.yaml"))
         .unwrap_or_else(|d| panic!("{d}"));
     let opts = RunOptions {
@@ -24,13 +27,13 @@ fn run_rollups_job(out: &Path, parallelism: usize) -> spanflow::job::Job {
     for (name, windows) in &summary.rollup_windows {
         assert!(*windows >= 3, "{name} ran on {windows} windows");
     }
-    job
+    (job, summary)
 }
 
 #[test]
 fn rollup_outputs_equal_the_same_query_over_the_parquet_outputs() {
     let out = tempfile::tempdir().unwrap();
-    let job = run_rollups_job(out.path(), 2);
+    let (job, summary) = run_rollups_job(out.path(), 2);
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let ctx = session();
@@ -63,13 +66,28 @@ fn rollup_outputs_equal_the_same_query_over_the_parquet_outputs() {
             rolled.trim_start_matches("rolled="),
             raw.trim_start_matches("raw=")
         );
+        // quantile_from_buckets over merged histograms is the run summary's p99.
+        let top = &summary.services[0];
+        let q = format!(
+            "SELECT quantile_from_buckets(first_value(bucket_bounds), sum_buckets(bucket_counts), 0.99) AS p99 \
+             FROM red_metrics WHERE metric = 'service_server' AND service = '{}'",
+            top.service
+        );
+        let r = run(&ctx, &q).await.unwrap();
+        let p99 = r.batches[0]
+            .column(0)
+            .as_any()
+            .downcast_ref::<arrow::array::Float64Array>()
+            .unwrap()
+            .value(0);
+        assert_eq!(Some(p99), top.p99_seconds, "{}", top.service);
     });
 }
 
 #[test]
 fn spanflow_sql_prints_rows_and_locates_errors() {
     let out = tempfile::tempdir().unwrap();
-    run_rollups_job(out.path(), 1);
+    let _ = run_rollups_job(out.path(), 1);
     let traces = read_table(out.path(), "traces")
         .iter()
         .map(|b| b.num_rows())
