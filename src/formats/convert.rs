@@ -105,6 +105,13 @@ impl SpanBuilder {
         });
     }
 
+    /// Forgets the attributes and classification of a span that was not finished (its
+    /// record turned out malformed), so they do not end up in the next span decoded.
+    pub fn discard_span(&mut self) {
+        self.attrs.finish();
+        self.call = CallAttrs::default();
+    }
+
     /// Starts collecting a resource's attributes.
     pub fn begin_resource(&mut self) {
         self.truncated_at_resource = self.truncated;
