@@ -5,7 +5,7 @@
 //! as typed fields, and everything else packed into one [`Attrs`] buffer for the sinks.
 
 use std::fmt;
-use std::sync::LazyLock;
+use std::sync::{LazyLock, OnceLock};
 
 use lasso::{Spur, ThreadedRodeo};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -18,6 +18,14 @@ static INTERNER: LazyLock<ThreadedRodeo<Spur, ahash::RandomState>> = LazyLock::n
     rodeo.get_or_intern_static("");
     rodeo
 });
+
+/// Symbols per chunk of [`RESOLVED`].
+const RESOLVED_CHUNK: usize = 4096;
+
+/// The text of every symbol resolved so far, by symbol id, in chunks allocated on first
+/// use (the first 4 M symbols; later ones are resolved through the interner each time).
+static RESOLVED: [OnceLock<Box<[OnceLock<&'static str>]>>; 1024] =
+    [const { OnceLock::new() }; 1024];
 
 /// Slots of [`Sym::new`]'s direct-mapped front cache (a power of two).
 const FRONT_SLOTS: usize = 1024;
@@ -112,28 +120,37 @@ impl Sym {
     }
 
     /// The interned text.
+    #[inline]
     pub fn as_str(self) -> &'static str {
         // The interner resolves through a sharded map with locks; sinks resolve several
-        // symbols per span, so each thread keeps an index of what it resolved before.
-        thread_local! {
-            static RESOLVED: std::cell::RefCell<Vec<Option<&'static str>>> =
-                const { std::cell::RefCell::new(Vec::new()) };
-        }
+        // symbols per span, so resolved texts go into a process-wide table indexed by
+        // the symbol: two atomic loads on a hit, no lock and no thread-local access
+        // (which cost ~50 instructions per call).
         let id = self.0.into_inner().get() as usize;
-        RESOLVED.with(|r| {
-            let Ok(mut cache) = r.try_borrow_mut() else {
-                return Self::resolve(self.0);
-            };
-            if let Some(Some(s)) = cache.get(id) {
-                return *s;
+        let hit = RESOLVED
+            .get(id / RESOLVED_CHUNK)
+            .and_then(OnceLock::get)
+            .and_then(|chunk| chunk.get(id % RESOLVED_CHUNK))
+            .and_then(OnceLock::get);
+        match hit {
+            Some(s) => s,
+            None => self.resolve_and_remember(id),
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn resolve_and_remember(self, id: usize) -> &'static str {
+        let s = Self::resolve(self.0);
+        if let Some(chunk) = RESOLVED.get(id / RESOLVED_CHUNK) {
+            let chunk =
+                chunk.get_or_init(|| (0..RESOLVED_CHUNK).map(|_| OnceLock::new()).collect());
+            if let Some(slot) = chunk.get(id % RESOLVED_CHUNK) {
+                // Another thread may have set it first, to the same text.
+                let _ = slot.set(s);
             }
-            let s = Self::resolve(self.0);
-            if cache.len() <= id {
-                cache.resize(id + 1, None);
-            }
-            cache[id] = Some(s);
-            s
-        })
+        }
+        s
     }
 
     fn resolve(spur: Spur) -> &'static str {
@@ -526,24 +543,41 @@ impl fmt::Display for AttrValue<'_> {
     }
 }
 
-const TAG_STR: u8 = 0;
-const TAG_BOOL: u8 = 1;
-const TAG_INT: u8 = 2;
-const TAG_DOUBLE: u8 = 3;
-const TAG_JSON: u8 = 4;
-const FLAG_RESOURCE: u8 = 0x80;
+/// Entry tag of a span attribute: the field tag of `Span.attributes` (9, length-delimited).
+const ENTRY_SPAN: u8 = 0x4a;
+/// Entry tag of a resource attribute: the field tag of `Resource.attributes` (1,
+/// length-delimited).
+const ENTRY_RESOURCE: u8 = 0x0a;
+/// `AnyValue` field tags: string (1), bool (2), int (3), double (4), and a field number
+/// OTLP does not use (15, length-delimited) for arrays, kvlists and bytes rendered as
+/// JSON text. Only buffers built here carry it; a decoder never accepts it from the wire.
+const VALUE_STR: u8 = 0x0a;
+const VALUE_BOOL: u8 = 0x10;
+const VALUE_INT: u8 = 0x18;
+const VALUE_DOUBLE: u8 = 0x21;
+const VALUE_JSON: u8 = 0x7a;
 
-/// Attributes packed into one shared buffer: per entry a tag byte (type, plus a flag for
-/// resource attributes), the key (u16 length + bytes) and the value (u32 length + bytes
-/// for text, 1 or 8 bytes otherwise). One allocation per span instead of two per
-/// attribute, and a resource's attributes are one buffer shared by all its spans;
-/// operators never read it, only the span sinks do.
+/// Attributes packed into one shared buffer, in the OTLP wire format: each entry is a
+/// `KeyValue` field (tag [`ENTRY_SPAN`] or [`ENTRY_RESOURCE`], length, then the key and
+/// one scalar value in canonical order). The wire format lets the protobuf decoder copy
+/// a span's attributes as they arrived, run by run, instead of re-encoding each one
+/// (most spans are dropped by sampling and their attributes never read). One allocation
+/// per span instead of two per attribute, and a resource's attributes are one buffer
+/// shared by all its spans; operators never read it, only the span sinks do.
 #[derive(Clone, PartialEq, Eq, Hash, Default)]
 pub struct Attrs(Option<std::sync::Arc<[u8]>>);
 
 /// A map keyed by attribute content (equal packed bytes, equal attributes), for sinks
 /// that render each distinct resource once.
 pub type AttrsMap<V> = ahash::AHashMap<Attrs, V>;
+
+/// A map keyed by encoded bytes, with the hasher the operators use: decoders recognize
+/// repeated encoded parts (a resource every record repeats) by it.
+pub type BytesMap<V> = FastMap<Box<[u8]>, V>;
+
+/// A hash map with the fast (not DoS-resistant) hasher the operators use, for crates
+/// that do not depend on one.
+pub type FastMap<K, V> = ahash::AHashMap<K, V>;
 
 impl Attrs {
     /// No attributes.
@@ -566,7 +600,6 @@ impl Attrs {
         AttrIter {
             buf: self.0.as_deref().unwrap_or(&[]),
             failed: false,
-            checked: false,
         }
     }
 
@@ -578,6 +611,13 @@ impl Attrs {
             (None, None) => true,
             _ => false,
         }
+    }
+
+    /// The address of the buffer (0 when empty): the same for attributes that share a
+    /// buffer ([`same_buffer`](Self::same_buffer)), and unique among buffers alive at
+    /// once.
+    pub fn buffer_address(&self) -> usize {
+        self.0.as_ref().map_or(0, |b| b.as_ptr() as usize)
     }
 
     /// Looks one key up (linear; for tests and sinks, not hot paths).
@@ -592,49 +632,164 @@ impl fmt::Debug for Attrs {
     }
 }
 
+/// A varint length at `at` of `b` (at most five bytes), as `(value, next)`.
+#[inline(always)]
+fn len_varint(b: &[u8], at: usize) -> Option<(usize, usize)> {
+    let b0 = *b.get(at)?;
+    if b0 < 0x80 {
+        return Some((usize::from(b0), at + 1));
+    }
+    let mut v = u64::from(b0 & 0x7f);
+    for i in 1..5 {
+        let x = *b.get(at + i)?;
+        v |= u64::from(x & 0x7f) << (7 * i);
+        if x < 0x80 {
+            return Some((usize::try_from(v).ok()?, at + i + 1));
+        }
+    }
+    None
+}
+
+/// A length-delimited field of `b` at `at` with tag byte `tag`, as `(body, next)`.
+#[inline(always)]
+fn len_field(b: &[u8], at: usize, tag: u8) -> Option<(&[u8], usize)> {
+    if *b.get(at)? != tag {
+        return None;
+    }
+    let (len, start) = len_varint(b, at + 1)?;
+    let end = start.checked_add(len)?;
+    Some((b.get(start..end)?, end))
+}
+
+/// A whole varint that must end exactly at the end of `b`.
+#[inline(always)]
+fn varint_to_end(b: &[u8]) -> Option<u64> {
+    if b.is_empty() || b.len() > 10 {
+        return None;
+    }
+    let mut v = 0u64;
+    for (i, &x) in b.iter().enumerate() {
+        v |= u64::from(x & 0x7f) << (7 * i);
+        if x < 0x80 {
+            return (i + 1 == b.len()).then_some(v);
+        }
+    }
+    None
+}
+
+/// A value read by [`canonical_key_value`], text not yet validated as UTF-8.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum WireValue<'a> {
+    /// A string value's bytes.
+    Str(&'a [u8]),
+    /// A bool.
+    Bool(bool),
+    /// An int64.
+    Int(i64),
+    /// A double.
+    Double(f64),
+    /// JSON text's bytes (only in buffers [`AttrsBuilder`] wrote).
+    Json(&'a [u8]),
+}
+
+/// Reads an OTLP `KeyValue` message body of the canonical shape — `key` (1), then
+/// `value` (2) holding one string, bool, int or double and nothing else — as the key's
+/// bytes and the value; `None` for any other shape. With `json`, also reads the JSON
+/// text value only [`AttrsBuilder`] writes. The caller validates the text (each crate
+/// with its own fast path, inlined).
+///
+/// The protobuf decoder reads span attributes with this (`json` false) and copies the
+/// bytes it accepted into [`Attrs`] unchanged, so that [`AttrIter`], reading them back
+/// with the same function, yields exactly what the decoder saw.
+#[inline(always)]
+pub fn canonical_key_value(kv: &[u8], json: bool) -> Option<(&[u8], WireValue<'_>)> {
+    let (key, next) = len_field(kv, 0, 0x0a)?;
+    let (value, end) = len_field(kv, next, 0x12)?;
+    if end != kv.len() {
+        return None;
+    }
+    let (&tag, rest) = value.split_first()?;
+    let value = match tag {
+        VALUE_STR => {
+            let (text, end) = len_field(value, 0, VALUE_STR)?;
+            if end != value.len() {
+                return None;
+            }
+            WireValue::Str(text)
+        }
+        VALUE_BOOL => WireValue::Bool(varint_to_end(rest)? != 0),
+        VALUE_INT => WireValue::Int(varint_to_end(rest)? as i64),
+        VALUE_DOUBLE => {
+            WireValue::Double(f64::from_bits(u64::from_le_bytes(rest.try_into().ok()?)))
+        }
+        VALUE_JSON if json => {
+            let (text, end) = len_field(value, 0, VALUE_JSON)?;
+            if end != value.len() {
+                return None;
+            }
+            WireValue::Json(text)
+        }
+        _ => return None,
+    };
+    Some((key, value))
+}
+
+/// Validated text: short ASCII (nearly every key and value) by a word-wise check, the
+/// rest by the standard validator, which costs ~100 instructions even for a short
+/// string.
+#[inline(always)]
+fn utf8(b: &[u8]) -> Option<&str> {
+    if b.is_ascii() {
+        // SAFETY: ASCII bytes are valid UTF-8.
+        return Some(unsafe { std::str::from_utf8_unchecked(b) });
+    }
+    std::str::from_utf8(b).ok()
+}
+
 /// Iterator over [`Attrs`].
 pub struct AttrIter<'a> {
     buf: &'a [u8],
     failed: bool,
-    /// Validate UTF-8 (only when walking bytes from outside, i.e. a checkpoint).
-    checked: bool,
 }
 
 impl<'a> AttrIter<'a> {
-    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
-        if self.buf.len() < n {
-            self.buf = &[];
-            self.failed = true;
+    /// The next entry when it is a short string or an int attribute (every length a
+    /// one-byte varint), which most are; `None` leaves it to the general parse. Reads the
+    /// same as [`canonical_key_value`] for those bytes, with a quarter of the checks.
+    #[inline(always)]
+    fn next_short(&mut self) -> Option<(&'a str, AttrValue<'a>, bool)> {
+        let b = self.buf;
+        let [tag, len, 0x0a, klen, ..] = *b else {
+            return None;
+        };
+        if (tag != ENTRY_SPAN && tag != ENTRY_RESOURCE) || (len | klen) >= 0x80 {
             return None;
         }
-        let (h, t) = self.buf.split_at(n);
-        self.buf = t;
-        Some(h)
-    }
-
-    fn take_str(&mut self, len_bytes: usize) -> Option<&'a str> {
-        let lb = self.take(len_bytes)?;
-        let len = if len_bytes == 2 {
-            u16::from_le_bytes([lb[0], lb[1]]) as usize
-        } else {
-            u32::from_le_bytes([lb[0], lb[1], lb[2], lb[3]]) as usize
+        let end = 2 + usize::from(len);
+        let key_end = 4 + usize::from(klen);
+        let entry = b.get(..end)?;
+        // The value field (tag, length) must end exactly at the end of the entry, and
+        // hold a string (tag, length, text) or an int (tag, varint).
+        let [0x12, vlen, vtag] = *entry.get(key_end..key_end + 3)? else {
+            return None;
         };
-        let bytes = self.take(len)?;
-        if self.checked {
-            return match std::str::from_utf8(bytes) {
-                Ok(s) => Some(s),
-                Err(_) => {
-                    self.failed = true;
-                    None
-                }
-            };
+        if vlen >= 0x80 || key_end + 2 + usize::from(vlen) != end {
+            return None;
         }
-        // SAFETY: an `Attrs` buffer is built only by `AttrsBuilder`, which copies whole
-        // `&str`s (truncated at char boundaries) between length prefixes, or by
-        // `Deserialize`, which walks it with a checked iterator and rejects it unless
-        // every key and text value is valid UTF-8. So these bytes are a `&str`'s bytes.
-        // Re-validating here cost ~10% of the span sink's time.
-        Some(unsafe { std::str::from_utf8_unchecked(bytes) })
+        let value = match vtag {
+            VALUE_STR => {
+                let tlen = *entry.get(key_end + 3)?;
+                if tlen >= 0x80 || usize::from(tlen) + 2 != usize::from(vlen) {
+                    return None;
+                }
+                AttrValue::Str(utf8(entry.get(key_end + 4..)?)?)
+            }
+            VALUE_INT => AttrValue::Int(varint_to_end(entry.get(key_end + 3..)?)? as i64),
+            _ => return None,
+        };
+        let key = utf8(entry.get(4..key_end)?)?;
+        self.buf = b.get(end..)?;
+        Some((key, value, tag == ENTRY_RESOURCE))
     }
 }
 
@@ -642,24 +797,38 @@ impl<'a> Iterator for AttrIter<'a> {
     type Item = (&'a str, AttrValue<'a>, bool);
 
     fn next(&mut self) -> Option<Self::Item> {
-        if self.buf.is_empty() {
-            return None;
+        if let Some(fast) = self.next_short() {
+            return Some(fast);
         }
-        let tag = *self.take(1)?.first()?;
-        let key = self.take_str(2)?;
-        let value = match tag & !FLAG_RESOURCE {
-            TAG_STR => AttrValue::Str(self.take_str(4)?),
-            TAG_JSON => AttrValue::Json(self.take_str(4)?),
-            TAG_BOOL => AttrValue::Bool(self.take(1)?[0] != 0),
-            TAG_INT => AttrValue::Int(i64::from_le_bytes(self.take(8)?.try_into().ok()?)),
-            TAG_DOUBLE => AttrValue::Double(f64::from_le_bytes(self.take(8)?.try_into().ok()?)),
-            _ => {
+        let (&tag, _) = self.buf.split_first()?;
+        let entry = (tag == ENTRY_SPAN || tag == ENTRY_RESOURCE)
+            .then(|| len_field(self.buf, 0, tag))
+            .flatten()
+            .and_then(|(body, next)| {
+                // Text is validated again here (cheap for the ASCII that nearly all
+                // attributes are), so the buffer needs no trusted constructor: only the
+                // spans of kept traces are ever read back.
+                let (k, v) = canonical_key_value(body, true)?;
+                let v = match v {
+                    WireValue::Str(t) => AttrValue::Str(utf8(t)?),
+                    WireValue::Json(t) => AttrValue::Json(utf8(t)?),
+                    WireValue::Bool(b) => AttrValue::Bool(b),
+                    WireValue::Int(i) => AttrValue::Int(i),
+                    WireValue::Double(d) => AttrValue::Double(d),
+                };
+                Some((utf8(k)?, v, next))
+            });
+        match entry {
+            Some((k, v, next)) => {
+                self.buf = self.buf.get(next..).unwrap_or(&[]);
+                Some((k, v, tag == ENTRY_RESOURCE))
+            }
+            None => {
                 self.failed = true;
                 self.buf = &[];
-                return None;
+                None
             }
-        };
-        Some((key, value, tag & FLAG_RESOURCE != 0))
+        }
     }
 }
 
@@ -686,50 +855,73 @@ fn truncate_str(s: &str, max: usize) -> &str {
     &s[..end]
 }
 
+fn put_varint(buf: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        buf.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    buf.push(v as u8);
+}
+
+fn varint_len(v: u64) -> usize {
+    (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
+}
+
 impl AttrsBuilder {
-    fn key(&mut self, tag: u8, resource: bool, key: &str) {
-        let key = truncate_str(key, MAX_ATTR_KEY_LEN);
-        self.buf
-            .push(tag | if resource { FLAG_RESOURCE } else { 0 });
-        self.buf
-            .extend_from_slice(&(key.len() as u16).to_le_bytes());
-        self.buf.extend_from_slice(key.as_bytes());
-    }
-
-    fn text(&mut self, s: &str) {
-        let s = truncate_str(s, MAX_ATTR_VALUE_LEN);
-        self.buf.extend_from_slice(&(s.len() as u32).to_le_bytes());
-        self.buf.extend_from_slice(s.as_bytes());
-    }
-
     /// Appends one attribute. Returns true when a value had to be truncated.
     pub fn push(&mut self, key: &str, value: AttrValue<'_>, resource: bool) -> bool {
         let mut truncated = key.len() > MAX_ATTR_KEY_LEN;
-        match value {
+        let key = truncate_str(key, MAX_ATTR_KEY_LEN);
+        // The `AnyValue` body: its tag and payload.
+        let (tag, text, scalar) = match value {
             AttrValue::Str(s) => {
                 truncated |= s.len() > MAX_ATTR_VALUE_LEN;
-                self.key(TAG_STR, resource, key);
-                self.text(s);
+                (VALUE_STR, truncate_str(s, MAX_ATTR_VALUE_LEN), 0)
             }
             AttrValue::Json(s) => {
                 truncated |= s.len() > MAX_ATTR_VALUE_LEN;
-                self.key(TAG_JSON, resource, key);
-                self.text(s);
+                (VALUE_JSON, truncate_str(s, MAX_ATTR_VALUE_LEN), 0)
             }
-            AttrValue::Bool(b) => {
-                self.key(TAG_BOOL, resource, key);
-                self.buf.push(b as u8);
+            AttrValue::Bool(b) => (VALUE_BOOL, "", u64::from(b)),
+            AttrValue::Int(i) => (VALUE_INT, "", i as u64),
+            AttrValue::Double(d) => (VALUE_DOUBLE, "", d.to_bits()),
+        };
+        let any_len = 1 + match tag {
+            VALUE_STR | VALUE_JSON => varint_len(text.len() as u64) + text.len(),
+            VALUE_DOUBLE => 8,
+            _ => varint_len(scalar),
+        };
+        let body_len =
+            1 + varint_len(key.len() as u64) + key.len() + 1 + varint_len(any_len as u64) + any_len;
+        let b = &mut self.buf;
+        b.push(if resource { ENTRY_RESOURCE } else { ENTRY_SPAN });
+        put_varint(b, body_len as u64);
+        b.push(0x0a);
+        put_varint(b, key.len() as u64);
+        b.extend_from_slice(key.as_bytes());
+        b.push(0x12);
+        put_varint(b, any_len as u64);
+        b.push(tag);
+        match tag {
+            VALUE_STR | VALUE_JSON => {
+                put_varint(b, text.len() as u64);
+                b.extend_from_slice(text.as_bytes());
             }
-            AttrValue::Int(i) => {
-                self.key(TAG_INT, resource, key);
-                self.buf.extend_from_slice(&i.to_le_bytes());
-            }
-            AttrValue::Double(d) => {
-                self.key(TAG_DOUBLE, resource, key);
-                self.buf.extend_from_slice(&d.to_le_bytes());
-            }
+            VALUE_DOUBLE => b.extend_from_slice(&scalar.to_le_bytes()),
+            _ => put_varint(b, scalar),
         }
         truncated
+    }
+
+    /// Appends span attributes already in the packed form: whole OTLP `Span.attributes`
+    /// fields (tag, length, `KeyValue`) each of which [`canonical_key_value`] reads
+    /// (`json` false) with keys and text within [`MAX_ATTR_KEY_LEN`] and
+    /// [`MAX_ATTR_VALUE_LEN`]. The protobuf decoder hands over runs of consecutive fields
+    /// straight from the record; entries are not checked here (the iterator validates
+    /// what it reads back).
+    #[inline]
+    pub fn push_encoded(&mut self, fields: &[u8]) {
+        self.buf.extend_from_slice(fields);
     }
 
     /// Copies everything pushed since the last call into a fresh [`Attrs`] and clears
@@ -774,7 +966,6 @@ impl<'de> Deserialize<'de> for Attrs {
             Attrs(Some(v.into()))
         };
         let mut it = a.iter();
-        it.checked = true;
         while it.next().is_some() {}
         if it.failed {
             return Err(serde::de::Error::custom("corrupt packed attributes"));
@@ -832,7 +1023,12 @@ mod tests {
         assert!(serde_json::from_str::<Attrs>(&bad).is_err());
         let truncated = serde_json::to_string(&[0u8, 5, 0, b'a']).unwrap();
         assert!(serde_json::from_str::<Attrs>(&truncated).is_err());
-        let good = serde_json::to_string(&[0u8, 1, 0, b'k', 1, 0, 0, 0, b'v']).unwrap();
+        // KeyValue { key: "k", value: { string_value: "v" } } with a non-UTF-8 key
+        let bad_key =
+            serde_json::to_string(&[0x4au8, 8, 0x0a, 1, 0xff, 0x12, 3, 0x0a, 1, b'v']).unwrap();
+        assert!(serde_json::from_str::<Attrs>(&bad_key).is_err());
+        let good =
+            serde_json::to_string(&[0x4au8, 8, 0x0a, 1, b'k', 0x12, 3, 0x0a, 1, b'v']).unwrap();
         let a: Attrs = serde_json::from_str(&good).unwrap();
         assert_eq!(a.get("k"), Some(AttrValue::Str("v")));
     }
@@ -854,6 +1050,39 @@ mod tests {
         let json = serde_json::to_string(&a).unwrap();
         let back: Attrs = serde_json::from_str(&json).unwrap();
         assert_eq!(back, a);
+    }
+
+    #[test]
+    fn attrs_read_back_as_pushed_and_as_copied_from_the_wire() {
+        let long = "é".repeat(200);
+        let values = [
+            AttrValue::Str("GET"),
+            AttrValue::Str(&long),
+            AttrValue::Str(""),
+            AttrValue::Int(-7),
+            AttrValue::Int(200),
+            AttrValue::Bool(false),
+            AttrValue::Double(-0.25),
+            AttrValue::Json("{\"a\":1}"),
+        ];
+        let mut b = AttrsBuilder::default();
+        for (i, v) in values.iter().enumerate() {
+            b.push(&format!("k{i}"), *v, i % 3 == 0);
+        }
+        let a = b.finish();
+        let got: Vec<_> = a.iter().collect();
+        assert_eq!(got.len(), values.len());
+        for (i, (k, v, resource)) in got.into_iter().enumerate() {
+            assert_eq!(k, format!("k{i}"));
+            assert_eq!(v, values[i]);
+            assert_eq!(resource, i % 3 == 0);
+        }
+        // The same bytes handed over as encoded fields, as the protobuf decoder does.
+        let bytes: Vec<u8> = serde_json::from_str(&serde_json::to_string(&a).unwrap()).unwrap();
+        let mut c = AttrsBuilder::default();
+        c.push_encoded(&bytes[..5]);
+        c.push_encoded(&bytes[5..]);
+        assert_eq!(c.finish(), a);
     }
 
     #[test]

@@ -5,6 +5,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, any_value};
 use prost::Message;
 use spanflow_operators::classify::CallAttrs;
+use spanflow_operators::model::{BytesMap, MAX_ATTR_KEY_LEN, MAX_ATTR_VALUE_LEN};
 use spanflow_operators::{
     AttrValue, Attrs, AttrsBuilder, AttrsMap, Span, SpanId, SpanKind, StatusCode, Sym, TraceId,
 };
@@ -16,6 +17,7 @@ use super::dead_letter::{DeadLetter, DecodeError, RecordMeta};
 pub const UNKNOWN_SERVICE: &str = "unknown_service";
 
 /// Per-resource facts, decoded once and shared by all its spans.
+#[derive(Clone)]
 pub(crate) struct Resource {
     pub service: Sym,
     pub instance: Sym,
@@ -35,6 +37,17 @@ pub(crate) struct RawSpan<'a> {
     pub status_code: i32,
 }
 
+/// What to do with a span attribute read from the wire ([`SpanBuilder::span_attr_wire`]).
+pub(crate) enum WireAttr {
+    /// Keep its field bytes as they are: append them to the packed attributes (after
+    /// the attributes before it).
+    Copy,
+    /// It went into a typed field of the span; it is not kept.
+    Absorbed,
+    /// It must be truncated: hand it to [`SpanBuilder::span_attr`] instead.
+    Reencode,
+}
+
 /// Scratch state reused across spans.
 #[derive(Default)]
 pub(crate) struct SpanBuilder {
@@ -45,6 +58,17 @@ pub(crate) struct SpanBuilder {
     resource_host: Option<Sym>,
     call: CallAttrs,
     truncated: u64,
+    /// `truncated` when the current resource began.
+    truncated_at_resource: u64,
+}
+
+thread_local! {
+    /// Resources decoded on this thread, by the bytes of their `Resource` message, with
+    /// the number of attributes truncated in them. Decoding a resource (ten attributes,
+    /// interning, packing, looking up its shared buffer) cost as much as ten spans, and
+    /// each record repeats the resources of all its spans.
+    static RESOURCES: std::cell::RefCell<BytesMap<(Resource, u64)>> =
+        std::cell::RefCell::new(BytesMap::default());
 }
 
 impl SpanBuilder {
@@ -53,8 +77,44 @@ impl SpanBuilder {
         std::mem::take(&mut self.truncated)
     }
 
+    /// The resource decoded before on this thread from the same `Resource` message
+    /// bytes, counting its truncated attributes again as decoding it would.
+    pub fn cached_resource(&mut self, bytes: &[u8]) -> Option<Resource> {
+        RESOURCES.with(|c| {
+            let c = c.try_borrow().ok()?;
+            let (res, truncated) = c.get(bytes)?;
+            self.truncated += truncated;
+            Some(res.clone())
+        })
+    }
+
+    /// Remembers the resource just finished ([`end_resource`](Self::end_resource))
+    /// under its message bytes, for [`cached_resource`](Self::cached_resource).
+    pub fn remember_resource(&mut self, bytes: &[u8], res: &Resource) {
+        /// Distinct resources remembered per thread; a fleet has far fewer.
+        const LIMIT: usize = 4096;
+        let truncated = self.truncated.saturating_sub(self.truncated_at_resource);
+        RESOURCES.with(|c| {
+            let Ok(mut c) = c.try_borrow_mut() else {
+                return;
+            };
+            if c.len() >= LIMIT {
+                c.clear();
+            }
+            c.insert(bytes.into(), (res.clone(), truncated));
+        });
+    }
+
+    /// Forgets the attributes and classification of a span that was not finished (its
+    /// record turned out malformed), so they do not end up in the next span decoded.
+    pub fn discard_span(&mut self) {
+        self.attrs.finish();
+        self.call = CallAttrs::default();
+    }
+
     /// Starts collecting a resource's attributes.
     pub fn begin_resource(&mut self) {
+        self.truncated_at_resource = self.truncated;
         self.resource_service = None;
         self.resource_instance = None;
         self.resource_host = None;
@@ -96,6 +156,35 @@ impl SpanBuilder {
         if !self.call.observe(key, value) {
             self.truncated += u64::from(self.attrs.push(key, value, false));
         }
+    }
+
+    /// Classifies one span attribute read from the OTLP wire in the canonical shape,
+    /// whose field bytes the caller holds (see [`WireAttr`]).
+    #[inline]
+    pub fn span_attr_wire(&mut self, key: &str, value: AttrValue<'_>) -> WireAttr {
+        if self.call.observe(key, value) {
+            return WireAttr::Absorbed;
+        }
+        let long = key.len() > MAX_ATTR_KEY_LEN
+            || matches!(value, AttrValue::Str(s) if s.len() > MAX_ATTR_VALUE_LEN);
+        if long {
+            WireAttr::Reencode
+        } else {
+            WireAttr::Copy
+        }
+    }
+
+    /// Packs one span attribute that [`span_attr_wire`](Self::span_attr_wire) already
+    /// classified as [`WireAttr::Reencode`].
+    pub fn push_span_attr(&mut self, key: &str, value: AttrValue<'_>) {
+        self.truncated += u64::from(self.attrs.push(key, value, false));
+    }
+
+    /// Appends span attribute fields copied from the wire (see
+    /// [`AttrsBuilder::push_encoded`]).
+    #[inline]
+    pub fn push_encoded(&mut self, fields: &[u8]) {
+        self.attrs.push_encoded(fields);
     }
 
     /// Validates the fixed fields and builds the span; attributes observed since the

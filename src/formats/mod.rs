@@ -118,6 +118,7 @@ impl SpanDecoder {
                 .map(|req| convert::convert_request(&mut self.builder, &req, meta, out)),
         };
         if let Err(e) = result {
+            self.builder.discard_span();
             out.spans.truncate(spans_before);
             out.dead_letters.truncate(dl_before);
             self.stats.bad_records += 1;

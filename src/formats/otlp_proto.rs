@@ -7,7 +7,7 @@
 use spanflow_operators::AttrValue;
 
 use super::Decoded;
-use super::convert::{RawSpan, Resource, SpanBuilder};
+use super::convert::{RawSpan, Resource, SpanBuilder, WireAttr};
 use super::dead_letter::{DeadLetter, DecodeError, RecordMeta};
 use super::wire::{Reader, WireType};
 
@@ -43,27 +43,54 @@ fn resource_spans(
     out: &mut Decoded,
     index: &mut u32,
 ) -> Result<(), DecodeError> {
-    // The resource may follow its spans on the wire; read it first.
-    b.begin_resource();
+    // The resource may follow its spans on the wire; read it first. Every record
+    // repeats the resources of its spans, so a resource seen before on this thread (the
+    // same bytes) is taken from the cache instead of decoded again.
+    let mut only: Option<&[u8]> = None;
+    let mut count = 0usize;
     let mut pass = Reader::new(rs.remaining(), rs.offset());
     while let Some((field, wt)) = pass.field()? {
         if field == 1 {
             pass.expect(wt, WireType::Len, "resource")?;
-            let mut res = pass.message()?;
-            while let Some((f, wt)) = res.field()? {
-                if f == 1 {
-                    res.expect(wt, WireType::Len, "resource.attributes")?;
-                    let kv = res.message()?;
-                    key_value(kv, |k, v| b.resource_attr(k, v))?;
-                } else {
-                    res.skip(wt)?;
-                }
-            }
+            only = Some(pass.message()?.remaining());
+            count += 1;
         } else {
             pass.skip(wt)?;
         }
     }
-    let resource = b.end_resource();
+    let cached = match only {
+        Some(bytes) if count == 1 => b.cached_resource(bytes),
+        _ => None,
+    };
+    let resource = match cached {
+        Some(r) => r,
+        None => {
+            b.begin_resource();
+            let mut pass = Reader::new(rs.remaining(), rs.offset());
+            while let Some((field, wt)) = pass.field()? {
+                if field == 1 {
+                    pass.expect(wt, WireType::Len, "resource")?;
+                    let mut res = pass.message()?;
+                    while let Some((f, wt)) = res.field()? {
+                        if f == 1 {
+                            res.expect(wt, WireType::Len, "resource.attributes")?;
+                            let kv = res.message()?;
+                            key_value(kv, |k, v| b.resource_attr(k, v))?;
+                        } else {
+                            res.skip(wt)?;
+                        }
+                    }
+                } else {
+                    pass.skip(wt)?;
+                }
+            }
+            let resource = b.end_resource();
+            if let Some(bytes) = only.filter(|_| count == 1) {
+                b.remember_resource(bytes, &resource);
+            }
+            resource
+        }
+    };
     let mut pass = Reader::new(rs.remaining(), rs.offset());
     while let Some((field, wt)) = pass.field()? {
         if field == 2 {
@@ -108,14 +135,42 @@ fn decode_span(
         end: 0,
         status_code: 0,
     };
+    // Kept attributes are copied into the span's packed attributes as they are on the
+    // wire, a run of consecutive `attributes` fields at a time: `run` is the pending run
+    // (positions in `bytes`), handed over when an attribute breaks it and at the end.
+    let bytes = r.remaining();
+    let base = r.offset();
+    let mut run = 0..0;
     loop {
         // Attributes are most of a span's fields: take their one-byte tag (field 9,
         // length-delimited) directly. Everything else, and every error, goes through
         // the general field walk.
         if r.peek() == Some(0x4a) {
+            let at = r.offset() - base;
             r.advance(1);
             let kv = r.message()?;
-            key_value(kv, |k, v| b.span_attr(k, v))?;
+            let end = r.offset() - base;
+            if let Some((k, v)) = canonical_key_value(kv.remaining()) {
+                match b.span_attr_wire(k, v) {
+                    WireAttr::Copy => {
+                        if run.end != at {
+                            b.push_encoded(bytes.get(run.clone()).unwrap_or_default());
+                            run.start = at;
+                        }
+                        run.end = end;
+                    }
+                    WireAttr::Absorbed => {}
+                    WireAttr::Reencode => {
+                        b.push_encoded(bytes.get(run.clone()).unwrap_or_default());
+                        run = 0..0;
+                        b.push_span_attr(k, v);
+                    }
+                }
+            } else {
+                b.push_encoded(bytes.get(run.clone()).unwrap_or_default());
+                run = 0..0;
+                key_value_general(kv, |k, v| b.span_attr(k, v))?;
+            }
             continue;
         }
         let Some((field, wt)) = r.field()? else { break };
@@ -151,6 +206,8 @@ fn decode_span(
             9 => {
                 r.expect(wt, WireType::Len, "attributes")?;
                 let kv = r.message()?;
+                b.push_encoded(bytes.get(run.clone()).unwrap_or_default());
+                run = 0..0;
                 key_value(kv, |k, v| b.span_attr(k, v))?;
             }
             15 => {
@@ -177,6 +234,7 @@ fn decode_span(
             _ => r.skip(wt)?,
         }
     }
+    b.push_encoded(bytes.get(run).unwrap_or_default());
     Ok(b.finish_span(&raw, res))
 }
 
@@ -194,70 +252,20 @@ fn key_value(r: Reader<'_>, f: impl FnOnce(&str, AttrValue<'_>)) -> Result<(), D
     key_value_general(r, f)
 }
 
-/// A one- or two-byte varint at `at` (lengths below 16 KiB), as `(value, next)`.
-#[inline(always)]
-fn short_varint(b: &[u8], at: usize) -> Option<(usize, usize)> {
-    let b0 = *b.get(at)?;
-    if b0 < 0x80 {
-        return Some((usize::from(b0), at + 1));
-    }
-    let b1 = *b.get(at + 1)?;
-    if b1 < 0x80 {
-        return Some((usize::from(b0 & 0x7f) | usize::from(b1) << 7, at + 2));
-    }
-    None
-}
-
-/// A length-delimited field of `b` at `at` with tag byte `tag`, as `(body, next)`.
-#[inline(always)]
-fn short_len_field(b: &[u8], at: usize, tag: u8) -> Option<(&[u8], usize)> {
-    if *b.get(at)? != tag {
-        return None;
-    }
-    let (len, start) = short_varint(b, at + 1)?;
-    let end = start.checked_add(len)?;
-    Some((b.get(start..end)?, end))
-}
-
-/// A whole varint that must end exactly at the end of `b`.
-#[inline(always)]
-fn varint_to_end(b: &[u8]) -> Option<u64> {
-    if b.is_empty() || b.len() > 10 {
-        return None;
-    }
-    let mut v = 0u64;
-    for (i, &x) in b.iter().enumerate() {
-        v |= u64::from(x & 0x7f) << (7 * i);
-        if x < 0x80 {
-            return (i + 1 == b.len()).then_some(v);
-        }
-    }
-    None
-}
-
 /// `KeyValue { key (1), value (2): AnyValue { one string, bool, int or double } }`
 /// with nothing else, or `None` to take the general path. Returns what the general path
 /// would hand on for the same bytes.
 #[inline(always)]
 fn canonical_key_value(kv: &[u8]) -> Option<(&str, AttrValue<'_>)> {
-    let (key, next) = short_len_field(kv, 0, 0x0a)?;
-    let (value, end) = short_len_field(kv, next, 0x12)?;
-    if end != kv.len() {
-        return None;
-    }
-    let (&tag, rest) = value.split_first()?;
-    let value = match tag {
-        0x0a => {
-            let (text, end) = short_len_field(value, 0, 0x0a)?;
-            if end != value.len() {
-                return None;
-            }
-            AttrValue::Str(utf8(text)?)
-        }
-        0x10 => AttrValue::Bool(varint_to_end(rest)? != 0),
-        0x18 => AttrValue::Int(varint_to_end(rest)? as i64),
-        0x21 => AttrValue::Double(f64::from_bits(u64::from_le_bytes(rest.try_into().ok()?))),
-        _ => return None,
+    use spanflow_operators::model::WireValue;
+    let (key, value) = spanflow_operators::model::canonical_key_value(kv, false)?;
+    let value = match value {
+        WireValue::Str(t) => AttrValue::Str(utf8(t)?),
+        WireValue::Bool(b) => AttrValue::Bool(b),
+        WireValue::Int(i) => AttrValue::Int(i),
+        WireValue::Double(d) => AttrValue::Double(d),
+        // Not accepted from the wire (`json` false).
+        WireValue::Json(_) => return None,
     };
     Some((utf8(key)?, value))
 }

@@ -153,6 +153,33 @@ fn truncated_record_is_one_dead_letter_and_no_spans() {
 }
 
 #[test]
+fn a_malformed_record_leaves_no_attributes_to_the_next_span() {
+    let good = request(vec![pspan(1, 2, None, vec![kv("a", s("1"))])]).encode_to_vec();
+    let broken = request(vec![pspan(
+        1,
+        3,
+        None,
+        vec![
+            kv("leak", s("x")),
+            kv("http.route", s("/r")),
+            kv("more", s("y")),
+        ],
+    )])
+    .encode_to_vec();
+    let mut alone = Decoded::default();
+    SpanDecoder::new().decode(InputFormat::OtlpProto, &good, &meta(), &mut alone);
+    assert_eq!(alone.spans.len(), 1);
+    for cut in 1..broken.len() {
+        let mut dec = SpanDecoder::new();
+        let mut out = Decoded::default();
+        dec.decode(InputFormat::OtlpProto, &broken[..cut], &meta(), &mut out);
+        let before = out.spans.len();
+        dec.decode(InputFormat::OtlpProto, &good, &meta(), &mut out);
+        assert_eq!(out.spans[before..], alone.spans[..], "cut at {cut}");
+    }
+}
+
+#[test]
 fn garbage_is_a_dead_letter() {
     let mut d = SpanDecoder::new();
     let mut out = Decoded::default();

@@ -389,6 +389,9 @@ async fn run_plan(
                     let res = tokio::task::spawn_blocking(move || {
                         let mut dec = SpanDecoder::new();
                         let mut out = Decoded::default();
+                        // Sized for the whole chunk: growing it copied every span again.
+                        out.spans
+                            .reserve(records.iter().map(|r| r.len()).sum::<usize>() / 256);
                         let mut ends = Vec::with_capacity(records.len());
                         for (i, r) in records.iter().enumerate() {
                             let meta = RecordMeta {
