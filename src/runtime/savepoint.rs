@@ -19,7 +19,7 @@ use super::shard::ShardSnapshot;
 use crate::job::Job;
 
 /// Bumped when the layout changes; an older savepoint is refused with a clear message.
-pub(crate) const VERSION: u32 = 1;
+pub(crate) const VERSION: u32 = 2;
 
 /// What a stopped run leaves for the next one.
 #[derive(Debug, Serialize, Deserialize)]
