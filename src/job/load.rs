@@ -821,7 +821,6 @@ impl Loader<'_, '_> {
                 _ => None,
             })
             .collect();
-        let schemas: HashMap<&str, SchemaRef> = crate::tables::all_schemas().into_iter().collect();
         for d in decls.iter_mut().filter(|d| d.section == Section::Rollups) {
             let (Some(Built::Rollup(cfg)), Some(node)) = (&d.built, &d.node) else {
                 continue;
@@ -847,8 +846,8 @@ impl Loader<'_, '_> {
                     clean = false;
                     continue;
                 }
-                match schemas.get(stream.port.as_str()) {
-                    Some(schema) => inputs.push((stream.port.clone(), schema.clone())),
+                match crate::tables::schema(&stream.port) {
+                    Some(schema) => inputs.push((stream.port.clone(), schema)),
                     None => clean = false,
                 }
             }

@@ -86,10 +86,7 @@ impl RollupSide {
                     )));
                 }
             };
-            let schema = crate::tables::all_schemas()
-                .into_iter()
-                .find(|(t, _)| *t == s.port)
-                .map(|(_, schema)| schema)
+            let schema = crate::tables::schema(&s.port)
                 .ok_or_else(|| RunError::Internal(format!("no schema for `{}`", s.port)))?;
             inputs.push(input);
             tables.push((s.port.clone(), schema));
@@ -147,30 +144,24 @@ impl RollupSide {
         let mut tables = Vec::with_capacity(self.inputs.len());
         for input in &self.inputs {
             let batch = match input {
-                Input::RedMetrics => {
-                    let mut rows = MetricRows::red_metrics();
-                    window
-                        .red
-                        .iter()
-                        .for_each(|ci| rows.push_interval(ci, bounds.red));
-                    rows.finish()
-                }
-                Input::Exemplars => {
-                    let mut rows = ExemplarRows::default();
-                    window
-                        .red
-                        .iter()
-                        .for_each(|ci| rows.push_interval(ci, bounds.red));
-                    rows.finish()
-                }
-                Input::ServiceRelation => {
-                    let mut rows = MetricRows::service_relation();
-                    window
-                        .graph
-                        .iter()
-                        .for_each(|ci| rows.push_interval(ci, bounds.graph));
-                    rows.finish()
-                }
+                Input::RedMetrics => rows_of(
+                    MetricRows::red_metrics(),
+                    MetricRows::push_interval,
+                    &window.red,
+                    bounds.red,
+                ),
+                Input::Exemplars => rows_of(
+                    ExemplarRows::default(),
+                    ExemplarRows::push_interval,
+                    &window.red,
+                    bounds.red,
+                ),
+                Input::ServiceRelation => rows_of(
+                    MetricRows::service_relation(),
+                    MetricRows::push_interval,
+                    &window.graph,
+                    bounds.graph,
+                ),
             };
             tables.push(vec![batch]);
         }
@@ -191,6 +182,19 @@ impl RollupSide {
         self.port.close(outputs)?;
         Ok(self.state)
     }
+}
+
+/// The rows of `intervals` as one batch of `rows`' table.
+fn rows_of<R: TableRows>(
+    mut rows: R,
+    push: fn(&mut R, &ClosedInterval, &[f64]),
+    intervals: &[ClosedInterval],
+    bounds: &[f64],
+) -> arrow::record_batch::RecordBatch {
+    for ci in intervals {
+        push(&mut rows, ci, bounds);
+    }
+    rows.finish()
 }
 
 fn rollup_error(name: &str, message: &str) -> RunError {

@@ -167,13 +167,6 @@ async fn plan_statement(ctx: &SessionContext, s: Statement) -> Result<LogicalPla
 /// Runs every statement of `sql` and returns the last one's rows (with its schema).
 pub async fn run(ctx: &SessionContext, sql: &str) -> Result<QueryResult, SqlError> {
     let plans = plan_statements(ctx, sql).await?;
-    if plans.is_empty() {
-        return Err(SqlError {
-            message: "no SQL statement found".into(),
-            line: None,
-            column: None,
-        });
-    }
     let mut last = None;
     for p in plans {
         let df = ctx.execute_logical_plan(p).await?;

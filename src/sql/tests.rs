@@ -135,12 +135,7 @@ fn parse_errors_carry_line_and_column() {
 
 #[test]
 fn unknown_columns_carry_line_and_column() {
-    let schemas = crate::tables::all_schemas();
-    let red = schemas
-        .iter()
-        .find(|(t, _)| *t == "red_metrics")
-        .map(|(_, s)| s.clone())
-        .expect("schema");
+    let red = crate::tables::schema("red_metrics").expect("schema");
     let e = block(RollupQuery::plan(
         "SELECT service,\n       sum(requestz) AS r\nFROM red_metrics GROUP BY service",
         &[("red_metrics".into(), red)],
@@ -152,12 +147,7 @@ fn unknown_columns_carry_line_and_column() {
 
 #[test]
 fn rollups_must_be_one_select_with_named_columns() {
-    let schemas = crate::tables::all_schemas();
-    let red = schemas
-        .iter()
-        .find(|(t, _)| *t == "red_metrics")
-        .map(|(_, s)| s.clone())
-        .expect("schema");
+    let red = crate::tables::schema("red_metrics").expect("schema");
     let inputs = [("red_metrics".to_owned(), red)];
     let plan = |sql: &str| block(RollupQuery::plan(sql, &inputs));
     let e = plan("SELECT service, sum(requests) FROM red_metrics GROUP BY service")
@@ -176,12 +166,7 @@ fn rollups_must_be_one_select_with_named_columns() {
 fn a_planned_rollup_runs_on_each_window_alone() {
     use crate::tables::{MetricRows, TableRows};
     use spanflow_operators::metrics::{ClosedInterval, Metric, SeriesAgg, SeriesKey};
-    let schemas = crate::tables::all_schemas();
-    let red = schemas
-        .iter()
-        .find(|(t, _)| *t == "red_metrics")
-        .map(|(_, s)| s.clone())
-        .expect("schema");
+    let red = crate::tables::schema("red_metrics").expect("schema");
     let q = block(RollupQuery::plan(
         "SELECT service, sum(requests) AS requests FROM red_metrics GROUP BY service ORDER BY service",
         &[("red_metrics".into(), red)],

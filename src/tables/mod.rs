@@ -30,6 +30,14 @@ pub trait TableRows: Send {
     fn schema(&self) -> arrow::datatypes::SchemaRef;
 }
 
+/// The schema of the built-in table `name` (`red_metrics`, `spans`, ...).
+pub fn schema(name: &str) -> Option<arrow::datatypes::SchemaRef> {
+    all_schemas()
+        .into_iter()
+        .find(|(t, _)| *t == name)
+        .map(|(_, s)| s)
+}
+
 /// Every output table's name and schema, in a stable order (for the Avro schemas in
 /// schemas/avro and the ClickHouse DDL).
 pub fn all_schemas() -> Vec<(&'static str, arrow::datatypes::SchemaRef)> {

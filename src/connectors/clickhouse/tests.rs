@@ -20,11 +20,7 @@ fn manifest(path: &str) -> std::path::PathBuf {
 }
 
 fn schema_of(table: &str) -> arrow::datatypes::SchemaRef {
-    crate::tables::all_schemas()
-        .into_iter()
-        .find(|(n, _)| *n == table)
-        .unwrap()
-        .1
+    crate::tables::schema(table).unwrap()
 }
 
 #[test]
