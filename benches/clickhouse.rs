@@ -10,7 +10,7 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use spanflow::connectors::clickhouse::config::ClickHouseSinkConfig;
 use spanflow::connectors::clickhouse::ddl::{self, Features};
 use spanflow::connectors::clickhouse::encode::TablePlan;
-use spanflow::connectors::clickhouse::{ClickHouseTableWriter, ClickHouseTarget};
+use spanflow::connectors::clickhouse::{ClickHouseTableWriter, ClickHouseTarget, SinkTable};
 use spanflow::runtime::{RunOptions, run_job};
 
 /// The demo job's analytics on a small generated input, written to Parquet; returns
@@ -51,7 +51,7 @@ fn outputs() -> (Vec<RecordBatch>, Vec<RecordBatch>) {
 fn plan(table: &str, batches: &[RecordBatch], f: Features) -> TablePlan {
     let schema = batches[0].schema();
     let layout = ddl::layout(table).expect("layout");
-    TablePlan::new(table, &schema, &ddl::server_columns(&schema, layout, f), 1).expect("plan")
+    TablePlan::new(table, &schema, &ddl::server_columns(&schema, &layout, f), 1).expect("plan")
 }
 
 fn bench(c: &mut Criterion) {
@@ -92,7 +92,7 @@ fn bench(c: &mut Criterion) {
             create_tables: true,
             ..Default::default()
         });
-        let outputs = Arc::new(vec![name.to_owned()]);
+        let outputs = Arc::new(vec![SinkTable::builtin(name).expect("built-in output")]);
         g.throughput(Throughput::Elements(rows(batches) * repeat));
         g.bench_function(name, |b| {
             b.iter(|| {

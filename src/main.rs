@@ -244,8 +244,12 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
                 if matches!(format, DiagFormat::Json) {
                     println!("[]");
                 } else {
+                    let rollups = match j.rollups.len() {
+                        0 => String::new(),
+                        n => format!(", {n} rollups"),
+                    };
                     println!(
-                        "{}: ok (job `{}`: {} sources, {} operators, {} sinks)",
+                        "{}: ok (job `{}`: {} sources, {} operators, {} sinks{rollups})",
                         job.display(),
                         j.name,
                         j.sources.len(),

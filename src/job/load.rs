@@ -277,7 +277,8 @@ struct Decl {
     /// Resolved `from`, filled by the graph checks.
     resolved: Vec<StreamRef>,
     built: Option<Built>,
-    /// A rollup's node, to place errors of its query.
+    /// A rollup's or a sink's node, to place errors found after it is built (in its
+    /// query, or about what it reads).
     node: Option<Node>,
     /// A rollup's planned query: (text, file, window, result schema).
     rollup: Option<RollupNode>,
@@ -485,6 +486,7 @@ impl Loader<'_, '_> {
 
         self.check_graph(&mut decls);
         self.plan_rollups(&mut decls);
+        self.check_clickhouse_sinks(&decls);
 
         let mut job = Job {
             name: name.unwrap_or_else(|| {
@@ -697,6 +699,9 @@ impl Loader<'_, '_> {
         let Some(type_name) = decl.type_name else {
             return decl;
         };
+        if section == Section::Sinks {
+            decl.node = Some(e.value.clone());
+        }
         let what = format!("{type_name} {} `{name}`", section.noun());
         decl.built = match type_name {
             "generator" => {
@@ -916,9 +921,86 @@ impl Loader<'_, '_> {
                         query_file: file,
                         window,
                         schema: q.schema(),
+                        key: q.key(),
                     });
                 }
                 Err(e) => self.sql_error(d, &e, &text, file.as_deref(), text_pos, node),
+            }
+        }
+    }
+
+    /// What a ClickHouse sink can only check once its inputs are known: each output
+    /// it reads has a table it can create (a rollup's result needs a timestamp column
+    /// and types the sink writes), and `tables`/`table_ttl` name outputs it writes.
+    fn check_clickhouse_sinks(&mut self, decls: &[Decl]) {
+        for d in decls {
+            let (Some(Built::Sink(SinkKind::ClickHouse(cfg))), Some(node)) = (&d.built, &d.node)
+            else {
+                continue;
+            };
+            for stream in &d.resolved {
+                let Some(rollup) = decls
+                    .iter()
+                    .filter(|o| o.section == Section::Rollups && o.name == stream.node)
+                    .find_map(|o| o.rollup.as_ref())
+                else {
+                    continue;
+                };
+                if let Err(e) = crate::connectors::clickhouse::ddl::TableLayout::of_rollup(
+                    &rollup.name,
+                    &rollup.schema,
+                    &rollup.key,
+                ) {
+                    let (pos, key) = d
+                        .from
+                        .iter()
+                        .find(|r| r.node == stream.node)
+                        .map_or((d.name_pos, d.path.clone()), |r| (r.pos, r.key.clone()));
+                    self.report.push(
+                        pos,
+                        key,
+                        format!(
+                            "clickhouse sink `{}` cannot write rollup `{}`: {e}",
+                            d.name, rollup.name
+                        ),
+                        rollup
+                            .query_file
+                            .as_ref()
+                            .map(|f| format!("the query is in {}", f.display())),
+                    );
+                }
+            }
+            let written: Vec<&str> = d.resolved.iter().map(|s| s.port.as_str()).collect();
+            for (key, names) in [
+                ("tables", cfg.tables.keys().collect::<Vec<_>>()),
+                ("table_ttl", cfg.table_ttl.keys().collect()),
+            ] {
+                for name in names {
+                    if written.contains(&name.as_str()) {
+                        continue;
+                    }
+                    let pos = match &node.value {
+                        Value::Map(fields) => {
+                            entry(fields, key).and_then(|e| match &e.value.value {
+                                Value::Map(inner) => entry(inner, name).map(|i| i.key.pos),
+                                _ => None,
+                            })
+                        }
+                        _ => None,
+                    }
+                    .unwrap_or(d.name_pos);
+                    let hint = did_you_mean(name, written.iter().copied())
+                        .unwrap_or_else(|| format!("it writes {}", one_of(&written)));
+                    self.report.push(
+                        pos,
+                        format!("{}.{key}.{name}", d.path),
+                        format!(
+                            "`{key}.{name}`: clickhouse sink `{}` does not write `{name}`",
+                            d.name
+                        ),
+                        Some(hint),
+                    );
+                }
             }
         }
     }

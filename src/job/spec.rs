@@ -154,6 +154,9 @@ pub struct RollupNode {
     pub window: HumanDuration,
     /// The result's schema, from planning the query at load time.
     pub schema: arrow::datatypes::SchemaRef,
+    /// The result's natural key (its GROUP BY columns), when the plan shows one; keyed
+    /// sinks (ClickHouse) order and de-duplicate by it.
+    pub key: Vec<String>,
 }
 
 /// The settings of a rollup as written in the job file.

@@ -441,6 +441,61 @@ fn rollup_graph_and_window_problems() {
     );
 }
 
+/// A ClickHouse sink writes rollups whose result has a time column, and its `tables`
+/// and `table_ttl` name outputs it writes.
+#[test]
+fn clickhouse_sinks_of_rollups() {
+    let with_sink = |rollup_query: &str, settings: &str| {
+        with_rollups("").replace("GROUP BY service", rollup_query).replace(
+            "rollups:\n",
+            &format!(
+                "  ch:\n    type: clickhouse\n    from: [metrics, per_service]\n{settings}rollups:\n"
+            ),
+        )
+    };
+    // Line 20 is `      SELECT service,`; a time column makes it writable.
+    let ok = with_sink(
+        "GROUP BY service",
+        "    tables: { per_service: svc_rollup }\n    table_ttl: { red_metrics: 3d }\n",
+    )
+    .replace(
+        "      SELECT service,",
+        "      SELECT date_bin(INTERVAL '1 minute', interval_start) AS minute, service,",
+    )
+    .replace("GROUP BY service", "GROUP BY 1, 2");
+    let job = load_str(Path::new(FILE), &ok).unwrap_or_else(|d| panic!("{d}"));
+    assert_eq!(job.rollups[0].key, ["minute", "service"]);
+    // Without one, rows of successive windows would replace each other.
+    let d = one_error(&with_sink("GROUP BY service", ""));
+    assert_eq!(
+        (d.line, d.column, d.key.as_str()),
+        (14, 21, "sinks.ch.from.1")
+    );
+    assert!(
+        d.message
+            .starts_with("clickhouse sink `ch` cannot write rollup `per_service`: ")
+            && d.message.contains("no timestamp column"),
+        "{}",
+        d.message
+    );
+    // A table named for an output the sink does not write.
+    let d = one_error(&ok.replace(
+        "table_ttl: { red_metrics: 3d }",
+        "table_ttl: { exemplars: 3d }",
+    ));
+    assert_eq!(
+        (d.line, d.column, d.key.as_str()),
+        (16, 18, "sinks.ch.table_ttl.exemplars")
+    );
+    assert!(
+        d.message.contains("does not write `exemplars`"),
+        "{}",
+        d.message
+    );
+    let d = one_error(&ok.replace("tables: { per_service:", "tables: { per_servic:"));
+    assert_eq!(d.hint.as_deref(), Some("did you mean `per_service`?"));
+}
+
 #[test]
 fn unknown_top_level_key() {
     let text =

@@ -10,7 +10,7 @@ use spanflow_operators::session_window::SessionWindowConfig;
 use spanflow_operators::span_filter::SpanFilterConfig;
 use spanflow_operators::tail_sampling::TailSamplingConfig;
 
-use crate::connectors::clickhouse::ClickHouseTarget;
+use crate::connectors::clickhouse::{ClickHouseTarget, SinkTable};
 use crate::connectors::kafka::sink::KafkaTarget;
 use crate::connectors::parquet::ParquetSinkConfig;
 use crate::job::{Job, OperatorKind, OperatorNode, RollupNode, SinkKind, SourceNode, StreamRef};
@@ -272,13 +272,12 @@ impl Plan {
         producible.extend(rollup_outputs.iter().cloned());
         let mut targets: BTreeMap<StreamRef, Vec<TableTarget>> = BTreeMap::new();
         for sink in &job.sinks {
-            if let SinkKind::ClickHouse(_) = &sink.kind
-                && let Some(r) = sink.from.iter().find(|i| rollup_outputs.contains(i))
-            {
+            if let Some(input) = sink.from.iter().find(|i| !producible.contains(i)) {
+                let list: Vec<String> = producible.iter().map(ToString::to_string).collect();
                 return Err(unsupported(format!(
-                    "sink `{}` reads rollup `{}`: ClickHouse sinks write the built-in tables in \
-                     this version; send rollups to a parquet or kafka sink",
-                    sink.name, r.node
+                    "sink `{}` reads `{input}`, which this version cannot write yet (it can write: {})",
+                    sink.name,
+                    list.join(", ")
                 )));
             }
             let kafka = match &sink.kind {
@@ -293,11 +292,31 @@ impl Plan {
                 SinkKind::Parquet(_) | SinkKind::ClickHouse(_) => None,
             };
             let clickhouse = match &sink.kind {
-                SinkKind::ClickHouse(c) => Some((
-                    Arc::new(c.as_ref().clone()),
-                    ClickHouseTarget::new_shared(),
-                    Arc::new(sink.from.iter().map(|i| i.port.clone()).collect::<Vec<_>>()),
-                )),
+                SinkKind::ClickHouse(c) => {
+                    let mut tables = Vec::with_capacity(sink.from.len());
+                    for input in &sink.from {
+                        let table = match job
+                            .rollups
+                            .iter()
+                            .find(|r| rollup_outputs.contains(input) && r.name == input.node)
+                        {
+                            Some(r) => SinkTable::rollup(&r.name, &r.schema, &r.key).map_err(|e| {
+                                format!(
+                                    "sink `{}` cannot write rollup `{}`: {e}",
+                                    sink.name, r.name
+                                )
+                            }),
+                            None => SinkTable::builtin(&input.port)
+                                .map_err(|e| format!("sink `{}`: {e}", sink.name)),
+                        };
+                        tables.push(table.map_err(unsupported)?);
+                    }
+                    Some((
+                        Arc::new(c.as_ref().clone()),
+                        ClickHouseTarget::new_shared(),
+                        Arc::new(tables),
+                    ))
+                }
                 SinkKind::Parquet(_) | SinkKind::Kafka(_) => None,
             };
             let parquet = match &sink.kind {
@@ -305,14 +324,6 @@ impl Plan {
                 SinkKind::Kafka(_) | SinkKind::ClickHouse(_) => ParquetSinkConfig::default(),
             };
             for input in &sink.from {
-                if !producible.contains(input) {
-                    let list: Vec<String> = producible.iter().map(ToString::to_string).collect();
-                    return Err(unsupported(format!(
-                        "sink `{}` reads `{input}`, which this version cannot write yet (it can write: {})",
-                        sink.name,
-                        list.join(", ")
-                    )));
-                }
                 targets.entry(input.clone()).or_default().push(TableTarget {
                     node: input.node.clone(),
                     sink: sink.name.clone(),

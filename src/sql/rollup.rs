@@ -10,6 +10,7 @@ use std::sync::Arc;
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use datafusion::catalog::MemTable;
+use datafusion::common::Dependency;
 use datafusion::execution::context::SQLOptions;
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::SessionContext;
@@ -112,6 +113,32 @@ impl RollupQuery {
     /// The result's schema (the output table's).
     pub fn schema(&self) -> SchemaRef {
         self.schema.clone()
+    }
+
+    /// The result's natural key: the smallest set of columns that the plan shows to be
+    /// unique per row (a GROUP BY's columns, as DataFusion's functional dependencies
+    /// carry them through projections, sorts and filters), in column order; empty when
+    /// the plan shows none (a query without GROUP BY, or one that drops a group column).
+    pub fn key(&self) -> Vec<String> {
+        let schema = self.plan.schema();
+        let all = schema.fields().len();
+        let mut best: Option<Vec<usize>> = None;
+        for d in schema.functional_dependencies().iter() {
+            if d.mode != Dependency::Single || d.target_indices.len() < all {
+                continue;
+            }
+            if best
+                .as_ref()
+                .is_none_or(|b| d.source_indices.len() < b.len())
+            {
+                best = Some(d.source_indices.clone());
+            }
+        }
+        let mut key = best.unwrap_or_default();
+        key.sort_unstable();
+        key.iter()
+            .filter_map(|&i| self.schema.fields().get(i).map(|f| f.name().clone()))
+            .collect()
     }
 
     /// Runs the query over one window: `inputs[i]` are the rows of the `i`-th input.

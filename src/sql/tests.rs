@@ -196,3 +196,42 @@ fn a_planned_rollup_runs_on_each_window_alone() {
     let empty = block(q.run(vec![vec![]])).expect("runs on no rows");
     assert!(empty.is_empty());
 }
+
+/// The shipped rollups' keys are their GROUP BY columns; a query without one has none.
+#[test]
+fn a_rollups_key_is_its_group_by() {
+    let input = |t: &str| (t.to_owned(), crate::tables::schema(t).expect("schema"));
+    let key = |file: &str, table: &str| {
+        let sql = std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("sql")
+                .join(file),
+        )
+        .expect("sql file");
+        block(RollupQuery::plan(&sql, &[input(table)]))
+            .expect("plans")
+            .key()
+    };
+    assert_eq!(
+        key("red_per_service_1m.sql", "red_metrics"),
+        ["minute", "service"]
+    );
+    // Through a window function and a filter on its rank.
+    assert_eq!(
+        key("top_slow_operations.sql", "red_metrics"),
+        ["minute", "service", "operation"]
+    );
+    assert_eq!(
+        key("error_hotspots_by_edge.sql", "service_relation"),
+        ["minute", "source", "target", "target_kind", "call_type"]
+    );
+    assert!(key("slowest_bucket_exemplars.sql", "exemplars").is_empty());
+    // A group column left out of the result leaves no key.
+    let red = [input("red_metrics")];
+    let q = block(RollupQuery::plan(
+        "SELECT sum(requests) AS r FROM red_metrics GROUP BY service",
+        &red,
+    ))
+    .expect("plans");
+    assert!(q.key().is_empty(), "{:?}", q.key());
+}

@@ -92,7 +92,24 @@ fn job(
     url: &str,
     dir: &std::path::Path,
 ) -> spanflow::job::Job {
-    let text = format!(
+    load(&job_text(db, traces, outputs, settings, url, dir))
+}
+
+fn load(text: &str) -> spanflow::job::Job {
+    spanflow::job::load_str(&root().join("jobs/clickhouse_test.yaml"), text)
+        .unwrap_or_else(|e| panic!("{e:?}"))
+}
+
+/// The text of [`job`].
+fn job_text(
+    db: &str,
+    traces: u64,
+    outputs: &str,
+    settings: &str,
+    url: &str,
+    dir: &std::path::Path,
+) -> String {
+    format!(
         r#"
 name: clickhouse_test
 sources:
@@ -139,9 +156,7 @@ sinks:
     path: {path}
 "#,
         path = dir.display()
-    );
-    spanflow::job::load_str(&root().join("jobs/clickhouse_test.yaml"), &text)
-        .unwrap_or_else(|e| panic!("{e:?}"))
+    )
 }
 
 fn run(job: &spanflow::job::Job) -> RunSummary {
@@ -268,6 +283,85 @@ fn replaying_the_same_input_leaves_the_same_rows() {
     }
 }
 
+/// SQL rollups (the shipped queries: two keyed by their GROUP BY, one without a key)
+/// land in tables derived from their results, with the rows of the Parquet sink, and a
+/// replay collapses onto them.
+#[test]
+fn rollups_land_in_their_own_tables_and_replays_collapse() {
+    const ROLLUPS: [&str; 3] = ["red_per_service", "error_hotspots", "slowest_exemplars"];
+    let server = Server::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let text = job_text(
+        "sf",
+        600,
+        "[metrics, red_per_service, error_hotspots, slowest_exemplars]",
+        "    create_tables: true\n    tables: { red_per_service: red_per_service_1m }",
+        &server.url,
+        tmp.path(),
+    )
+    .replace(
+        "from: [sampler, metrics, graph]",
+        "from: [metrics, red_per_service, error_hotspots, slowest_exemplars]",
+    ) + "rollups:
+  red_per_service: { from: metrics, sql: ../sql/red_per_service_1m.sql, window: 1m }
+  error_hotspots: { from: graph, sql: ../sql/error_hotspots_by_edge.sql, window: 1m }
+  slowest_exemplars: { from: metrics.exemplars, sql: ../sql/slowest_bucket_exemplars.sql, window: 1m }
+";
+    let job = load(&text);
+    let first = summary_rows(&run(&job));
+    let table = |r: &str| {
+        if r == "red_per_service" {
+            "sf.red_per_service_1m".to_owned()
+        } else {
+            format!("sf.{r}")
+        }
+    };
+    // Keyed by the GROUP BY (a NULL minute as the epoch), a partition per day.
+    let ddl = server.query("SHOW CREATE TABLE sf.red_per_service_1m");
+    assert!(
+        ddl.contains("ENGINE = ReplacingMergeTree(version) PARTITION BY toDate(toDateTime(intDiv(ifNull(minute, 0), 1000000000))) ORDER BY (ifNull(minute, 0), service)"),
+        "{ddl}"
+    );
+    let mut snapshots = Vec::new();
+    for r in ROLLUPS {
+        let parquet = read_table(tmp.path(), r);
+        let rows: usize = parquet.iter().map(|b| b.num_rows()).sum();
+        assert!(rows > 0, "the run computed no `{r}` rows");
+        assert_eq!(first[r], rows as u64, "summary rows of `{r}`");
+        assert_eq!(server.count(&table(r), true), rows as u64, "rows of `{r}`");
+        snapshots.push(server.snapshot(&table(r)));
+    }
+    let red = read_table(tmp.path(), "red_per_service");
+    assert_eq!(
+        server
+            .query("SELECT sum(requests) FROM sf.red_per_service_1m FINAL")
+            .trim()
+            .parse::<u64>()
+            .unwrap(),
+        sum(&red, "requests")
+    );
+    assert_eq!(
+        server
+            .query("SELECT count() FROM sf.error_hotspots FINAL WHERE errors = 0")
+            .trim(),
+        "0",
+        "HAVING sum(errors) > 0"
+    );
+    // The replay writes every row again; the tables' keys collapse the copies.
+    assert_eq!(summary_rows(&run(&job)), first);
+    for (r, snapshot) in ROLLUPS.iter().zip(&snapshots) {
+        let t = table(r);
+        assert!(server.count(&t, false) >= first[*r], "{t} before merging");
+        server.execute(&format!("OPTIMIZE TABLE {t} FINAL"));
+        assert_eq!(
+            server.count(&t, false),
+            first[*r],
+            "{t} after OPTIMIZE FINAL"
+        );
+        assert_eq!(&server.snapshot(&t), snapshot, "{t}");
+    }
+}
+
 #[test]
 fn a_server_outage_mid_run_delays_the_job_and_loses_nothing() {
     let server = Server::start();
@@ -361,6 +455,36 @@ fn a_wrong_column_type_or_a_missing_table_fails_at_start() {
     assert!(
         err.contains("`sf.traces` does not exist") && err.contains("create_tables"),
         "{err}"
+    );
+    // A rollup's missing table: the error holds the DDL for this server, which works.
+    let text = job_text(
+        "sf",
+        20,
+        "[per_minute]",
+        "    create_tables: false",
+        &server.url,
+        tmp.path(),
+    ) + "rollups:
+  per_minute:
+    from: metrics
+    window: 1m
+    query: SELECT date_bin(INTERVAL '1 minute', interval_start) AS minute, service, sum(requests) AS requests FROM red_metrics GROUP BY 1, 2
+";
+    let job = load(&text);
+    let err = run_job(&job, &RunOptions::default())
+        .expect_err("a missing rollup table must fail")
+        .to_string();
+    let create = err
+        .find("CREATE TABLE")
+        .map(|i| err[i..].trim_end().trim_end_matches(';').to_owned())
+        .unwrap_or_else(|| panic!("no DDL in: {err}"));
+    assert!(err.contains("`sf.per_minute` does not exist"), "{err}");
+    server.execute(&create);
+    let s = run(&job);
+    assert!(summary_rows(&s)["per_minute"] > 0, "{:?}", summary_rows(&s));
+    assert_eq!(
+        server.count("sf.per_minute", true),
+        summary_rows(&s)["per_minute"]
     );
 }
 
@@ -538,10 +662,26 @@ fn column_checks(batches: &[arrow::record_batch::RecordBatch]) -> Vec<(String, S
                     .sum();
                 checks.push((format!("sum(ifNull({q}, 0))"), total.to_string()));
             }
+            DataType::Int8 | DataType::Int16 | DataType::Int32 | DataType::Int64 => {
+                let total: i64 = cols
+                    .iter()
+                    .map(|c| {
+                        let c = arrow::compute::cast(c, &DataType::Int64).unwrap();
+                        arrow::compute::sum(c.as_primitive::<arrow::datatypes::Int64Type>())
+                            .unwrap_or(0)
+                    })
+                    .sum();
+                checks.push((format!("sum(ifNull({q}, 0))"), total.to_string()));
+            }
             DataType::Float64 => {
                 let vals: Vec<f64> = cols
                     .iter()
-                    .flat_map(|c| c.as_primitive::<Float64Type>().values().to_vec())
+                    .flat_map(|c| {
+                        c.as_primitive::<Float64Type>()
+                            .iter()
+                            .flatten()
+                            .collect::<Vec<_>>()
+                    })
                     .collect();
                 let min = vals.iter().copied().fold(f64::INFINITY, f64::min);
                 let max = vals.iter().copied().fold(f64::NEG_INFINITY, f64::max);
@@ -553,8 +693,9 @@ fn column_checks(batches: &[arrow::record_batch::RecordBatch]) -> Vec<(String, S
                     .iter()
                     .flat_map(|c| {
                         c.as_primitive::<TimestampNanosecondType>()
-                            .values()
-                            .to_vec()
+                            .iter()
+                            .flatten()
+                            .collect::<Vec<_>>()
                     })
                     .collect();
                 let e = format!("toUnixTimestamp64Nano({q})");
@@ -669,15 +810,23 @@ fn a_current_release_runs_the_ddl_and_reads_the_encoded_rows() {
     .unwrap();
     let mut manifest = Vec::new();
     let mut expected = BTreeMap::new();
-    for t in TABLES {
+    // The built-in tables, and the demo's rollups in tables derived from their results.
+    let layouts = TABLES
+        .iter()
+        .map(|t| ddl::layout(t).unwrap())
+        .chain(job.rollups.iter().map(|r| {
+            ddl::TableLayout::of_rollup(&r.name, &r.schema, &r.key)
+                .unwrap_or_else(|e| panic!("{}: {e}", r.name))
+        }));
+    for layout in layouts {
+        let t = layout.name.as_str();
         let batches = read_table(&tmp.path().join("parquet"), t);
         assert!(
             !batches.is_empty() && batches.iter().any(|b| b.num_rows() > 0),
             "{t}"
         );
         let schema = batches[0].schema();
-        let layout = ddl::layout(t).unwrap();
-        let columns = ddl::server_columns(&schema, layout, Features::current());
+        let columns = ddl::server_columns(&schema, &layout, Features::current());
         let plan = TablePlan::new(t, &schema, &columns, 1).unwrap();
         let mut data = Vec::new();
         for b in &batches {
@@ -689,7 +838,7 @@ fn a_current_release_runs_the_ddl_and_reads_the_encoded_rows() {
         manifest.push(serde_json::json!({
             "table": t,
             "ddl": ddl::create_table(
-                layout,
+                &layout,
                 &schema,
                 "spanflow",
                 t,
@@ -743,5 +892,5 @@ fn a_current_release_runs_the_ddl_and_reads_the_encoded_rows() {
         }
         seen += 1;
     }
-    assert_eq!(seen, TABLES.len(), "{text}");
+    assert_eq!(seen, TABLES.len() + job.rollups.len(), "{text}");
 }

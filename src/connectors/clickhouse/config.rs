@@ -8,8 +8,6 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use spanflow_operators::{ConfigIssue, HumanDuration};
 
-use super::ddl::TABLES;
-
 /// Environment variable read for the server URL when the job file gives none.
 pub const URL_ENV: &str = "SPANFLOW_CLICKHOUSE_URL";
 /// Environment variable read for the user when the job file gives none.
@@ -265,24 +263,11 @@ impl ClickHouseSinkConfig {
         {
             issues.push(ConfigIssue::new("table_prefix", e));
         }
-        let known = || TABLES.iter().map(|t| t.name).collect::<Vec<_>>().join(", ");
-        for (table, name) in &self.tables {
-            if !TABLES.iter().any(|t| t.name == table) {
-                issues.push(ConfigIssue::new(
-                    &format!("tables.{table}"),
-                    format!("is not a spanflow output (outputs: {})", known()),
-                ));
-            }
+        // Whether they name outputs the sink writes is checked with its `from`
+        // (rollups are outputs too).
+        for (output, name) in &self.tables {
             if let Err(e) = check_identifier(name) {
-                issues.push(ConfigIssue::new(&format!("tables.{table}"), e));
-            }
-        }
-        for table in self.table_ttl.keys() {
-            if !TABLES.iter().any(|t| t.name == table) {
-                issues.push(ConfigIssue::new(
-                    &format!("table_ttl.{table}"),
-                    format!("is not a spanflow output (outputs: {})", known()),
-                ));
+                issues.push(ConfigIssue::new(&format!("tables.{output}"), e));
             }
         }
         for (what, ttl) in self.ttl.iter().map(|t| ("ttl".to_owned(), t)).chain(

@@ -11,11 +11,11 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use arrow::datatypes::{DataType, Field, SchemaRef};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 
-/// Where one output lands in ClickHouse.
+/// Where one of spanflow's built-in outputs lands in ClickHouse (see [`TableLayout`]).
 #[derive(Debug, Clone, Copy)]
-pub struct TableLayout {
+pub struct Builtin {
     /// Output (and default table) name.
     pub name: &'static str,
     /// What a row is, for the DDL's comment.
@@ -41,9 +41,9 @@ const SERIES_LOW_CARDINALITY: &[&str] = &[
     "status",
 ];
 
-/// Every output table, in the order of `crate::tables::all_schemas`.
-pub const TABLES: &[TableLayout] = &[
-    TableLayout {
+/// Every built-in output table, in the order of `crate::tables::all_schemas`.
+pub const TABLES: &[Builtin] = &[
+    Builtin {
         name: "traces",
         about: "one row per closed trace (fragment); searched by root service and time",
         time_column: Some("start_time"),
@@ -56,7 +56,7 @@ pub const TABLES: &[TableLayout] = &[
         ],
         trace_id_index: true,
     },
-    TableLayout {
+    Builtin {
         name: "spans",
         about: "every span of the traces the sampler kept; looked up by trace id",
         time_column: Some("start_time"),
@@ -73,7 +73,7 @@ pub const TABLES: &[TableLayout] = &[
         ],
         trace_id_index: false,
     },
-    TableLayout {
+    Builtin {
         name: "late_spans",
         about: "spans that arrived after their trace's window closed",
         time_column: Some("start_time"),
@@ -91,7 +91,7 @@ pub const TABLES: &[TableLayout] = &[
         ],
         trace_id_index: false,
     },
-    TableLayout {
+    Builtin {
         name: "dead_letters",
         about: "input that could not be decoded, with where it came from and why",
         time_column: None,
@@ -99,7 +99,7 @@ pub const TABLES: &[TableLayout] = &[
         low_cardinality: &["source", "kind"],
         trace_id_index: false,
     },
-    TableLayout {
+    Builtin {
         name: "red_metrics",
         about: "RED series per interval; queried by service, metric and time",
         time_column: Some("interval_start"),
@@ -116,7 +116,7 @@ pub const TABLES: &[TableLayout] = &[
         low_cardinality: SERIES_LOW_CARDINALITY,
         trace_id_index: false,
     },
-    TableLayout {
+    Builtin {
         name: "exemplars",
         about: "one exemplar per series, interval and histogram bucket",
         time_column: Some("interval_start"),
@@ -134,7 +134,7 @@ pub const TABLES: &[TableLayout] = &[
         low_cardinality: SERIES_LOW_CARDINALITY,
         trace_id_index: false,
     },
-    TableLayout {
+    Builtin {
         name: "service_relation",
         about: "service graph edges per interval; queried by source service and time",
         time_column: Some("interval_start"),
@@ -150,9 +150,159 @@ pub const TABLES: &[TableLayout] = &[
     },
 ];
 
-/// The layout of an output, if it is one of spanflow's.
-pub fn layout(output: &str) -> Option<&'static TableLayout> {
-    TABLES.iter().find(|t| t.name == output)
+/// Where one output lands in ClickHouse: a built-in table's layout, or one derived from a
+/// rollup's result ([`TableLayout::of_rollup`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableLayout {
+    /// Output (and default table) name.
+    pub name: String,
+    /// What a row is, for the DDL's comment.
+    pub about: String,
+    /// Event-time column: partitions are its days, and the TTL counts from it.
+    pub time_column: Option<String>,
+    /// The natural key, which is also the sort order (ReplacingMergeTree collapses rows
+    /// with equal keys).
+    pub order_by: Vec<String>,
+    /// String columns with few distinct values (`LowCardinality` where supported).
+    pub low_cardinality: Vec<String>,
+    /// Add a bloom-filter index on `trace_id` (servers with data-skipping indexes).
+    pub trace_id_index: bool,
+}
+
+impl From<&Builtin> for TableLayout {
+    fn from(b: &Builtin) -> Self {
+        let owned = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect();
+        TableLayout {
+            name: b.name.to_owned(),
+            about: b.about.to_owned(),
+            time_column: b.time_column.map(str::to_owned),
+            order_by: owned(b.order_by),
+            low_cardinality: owned(b.low_cardinality),
+            trace_id_index: b.trace_id_index,
+        }
+    }
+}
+
+/// The layout of a built-in output, if `output` is one.
+pub fn layout(output: &str) -> Option<TableLayout> {
+    TABLES
+        .iter()
+        .find(|t| t.name == output)
+        .map(TableLayout::from)
+}
+
+/// Whether the sink can write a column of type `t` (what `encode.rs` encodes), or what
+/// to do instead.
+pub fn writable(t: &DataType) -> Result<(), String> {
+    match t {
+        DataType::Boolean
+        | DataType::Utf8
+        | DataType::Binary
+        | DataType::FixedSizeBinary(_)
+        | DataType::UInt8
+        | DataType::UInt16
+        | DataType::UInt32
+        | DataType::UInt64
+        | DataType::Int8
+        | DataType::Int16
+        | DataType::Int32
+        | DataType::Int64
+        | DataType::Float32
+        | DataType::Float64
+        | DataType::Timestamp(TimeUnit::Nanosecond, _) => Ok(()),
+        DataType::List(item)
+            if item.data_type().is_primitive() && writable(item.data_type()).is_ok() =>
+        {
+            Ok(())
+        }
+        DataType::Timestamp(..) | DataType::Date32 | DataType::Date64 => {
+            Err("cast it to a nanosecond timestamp: `CAST(... AS TIMESTAMP)`".into())
+        }
+        DataType::Utf8View | DataType::LargeUtf8 | DataType::Dictionary(..) => {
+            Err("cast it to text: `CAST(... AS VARCHAR)`".into())
+        }
+        DataType::Decimal32(..)
+        | DataType::Decimal64(..)
+        | DataType::Decimal128(..)
+        | DataType::Decimal256(..)
+        | DataType::Float16 => Err("cast it to `DOUBLE`".into()),
+        DataType::Null => Err(
+            "it is always NULL: cast it to the type it stands for, e.g. \
+                               `CAST(NULL AS DOUBLE)`"
+                .into(),
+        ),
+        _ => Err("select numbers, text, booleans, timestamps or arrays of numbers".into()),
+    }
+}
+
+impl TableLayout {
+    /// The layout of a rollup's table: ordered (and so de-duplicated on replay) by the
+    /// result's natural `key` (its GROUP BY columns, when the query has them; else every
+    /// column but floats and arrays), always including a timestamp column, so the rows of
+    /// different windows never replace each other; partitioned by the day of the first
+    /// timestamp column. Fails, saying why, for a result the sink cannot write.
+    pub fn of_rollup(name: &str, schema: &Schema, key: &[String]) -> Result<TableLayout, String> {
+        for f in schema.fields() {
+            if let Err(hint) = writable(f.data_type()) {
+                return Err(format!(
+                    "result column `{}` is {}, which the ClickHouse sink cannot write; {hint}",
+                    f.name(),
+                    f.data_type()
+                ));
+            }
+        }
+        let time = schema
+            .fields()
+            .iter()
+            .find(|f| matches!(f.data_type(), DataType::Timestamp(..)))
+            .ok_or_else(|| {
+                "its result has no timestamp column, so the rows of successive windows would \
+                 replace each other in the table (a ReplacingMergeTree on the result's key); \
+                 select the window's time, e.g. \
+                 `date_bin(INTERVAL '1 minute', interval_start) AS minute`"
+                    .to_owned()
+            })?
+            .name()
+            .clone();
+        let keyable = |f: &Field| {
+            !matches!(
+                f.data_type(),
+                DataType::List(_) | DataType::Float32 | DataType::Float64
+            )
+        };
+        let mut order_by: Vec<String> = if key.is_empty() {
+            schema
+                .fields()
+                .iter()
+                .filter(|f| keyable(f))
+                .map(|f| f.name().clone())
+                .collect()
+        } else {
+            key.to_vec()
+        };
+        if !order_by.contains(&time) {
+            order_by.push(time.clone());
+        }
+        // Text dimensions repeat (services, operations); ids do not.
+        let low_cardinality = order_by
+            .iter()
+            .filter(|k| {
+                !k.ends_with("_id")
+                    && schema
+                        .field_with_name(k)
+                        .is_ok_and(|f| f.data_type() == &DataType::Utf8)
+            })
+            .cloned()
+            .collect();
+        Ok(TableLayout {
+            name: name.to_owned(),
+            about: format!("the rows of rollup `{name}`, per window"),
+            time_column: Some(time),
+            order_by,
+            low_cardinality,
+            trace_id_index: false,
+        })
+    }
 }
 
 /// Name of the column every table carries for ReplacingMergeTree.
@@ -289,18 +439,30 @@ pub fn quote(name: &str) -> String {
     format!("`{}`", name.replace('`', "\\`"))
 }
 
-/// An expression of the day of `column`, for partitioning.
-fn day_of(column: &str, f: Features) -> String {
+/// An expression of the time in `column` that is never NULL (a NULL is the epoch), in
+/// nanoseconds (a `UInt64` on old servers) or as a `DateTime64`.
+fn time_expr(field: Option<&Field>, column: &str, f: Features) -> String {
+    let q = quote(column);
+    match (field.is_some_and(|f| f.is_nullable()), f.datetime64) {
+        (false, _) => q,
+        (true, true) => format!("ifNull({q}, toDateTime64(0, 9, 'UTC'))"),
+        (true, false) => format!("ifNull({q}, 0)"),
+    }
+}
+
+/// `time` (from [`time_expr`]) in whole seconds, as `DateTime`.
+fn to_datetime(time: &str, f: Features) -> String {
     if f.datetime64 {
-        format!("toDate({})", quote(column))
+        format!("toDateTime({time})")
     } else {
-        format!("toDate(toDateTime(intDiv({}, 1000000000)))", quote(column))
+        format!("toDateTime(intDiv({time}, 1000000000))")
     }
 }
 
 /// Sort-key expression of a column: `Nullable` columns cannot be keys on every server,
-/// so they are keyed through `ifNull` (nulls sort after every value).
-fn key_expr(field: &Field) -> String {
+/// so they are keyed through `ifNull` (nulls sort after every unsigned value and the
+/// empty string, and as zero otherwise).
+fn key_expr(field: &Field, f: Features) -> String {
     let q = quote(field.name());
     if !field.is_nullable() {
         return q;
@@ -308,6 +470,10 @@ fn key_expr(field: &Field) -> String {
     match field.data_type() {
         DataType::UInt32 => format!("ifNull({q}, 4294967295)"),
         DataType::UInt64 => format!("ifNull({q}, 18446744073709551615)"),
+        DataType::Timestamp(..) => time_expr(Some(field), field.name(), f),
+        DataType::Boolean if f.bool_type => format!("ifNull({q}, false)"),
+        DataType::FixedSizeBinary(n) => format!("ifNull({q}, toFixedString('', {n}))"),
+        t if t.is_numeric() || *t == DataType::Boolean => format!("ifNull({q}, 0)"),
         _ => format!("ifNull({q}, '')"),
     }
 }
@@ -329,7 +495,7 @@ pub fn create_table(
         quote(table)
     );
     for field in schema.fields() {
-        let lc = layout.low_cardinality.contains(&field.name().as_str());
+        let lc = layout.low_cardinality.contains(field.name());
         let _ = writeln!(
             sql,
             "    {} {},",
@@ -351,25 +517,34 @@ pub fn create_table(
         "ENGINE = ReplacingMergeTree({})",
         quote(VERSION_COLUMN)
     );
-    if let Some(tc) = layout.time_column {
-        let _ = writeln!(sql, "PARTITION BY {}", day_of(tc, f));
+    let time = layout
+        .time_column
+        .as_deref()
+        .map(|tc| time_expr(schema.field_with_name(tc).ok(), tc, f));
+    if let Some(time) = &time {
+        let day = if f.datetime64 {
+            time.clone()
+        } else {
+            to_datetime(time, f)
+        };
+        let _ = writeln!(sql, "PARTITION BY toDate({day})");
     }
     let keys: Vec<String> = layout
         .order_by
         .iter()
         .map(|k| match schema.field_with_name(k) {
-            Ok(field) => key_expr(field),
+            Ok(field) => key_expr(field, f),
             Err(_) => quote(k),
         })
         .collect();
     let _ = write!(sql, "ORDER BY ({})", keys.join(", "));
-    if let (Some(tc), Some(ttl), true) = (layout.time_column, ttl, f.ttl) {
-        let time = if f.datetime64 {
-            format!("toDateTime({})", quote(tc))
-        } else {
-            format!("toDateTime(intDiv({}, 1000000000))", quote(tc))
-        };
-        let _ = write!(sql, "\nTTL {time} + INTERVAL {} SECOND", ttl.as_secs());
+    if let (Some(time), Some(ttl), true) = (&time, ttl, f.ttl) {
+        let _ = write!(
+            sql,
+            "\nTTL {} + INTERVAL {} SECOND",
+            to_datetime(time, f),
+            ttl.as_secs()
+        );
     }
     sql
 }
@@ -389,7 +564,7 @@ pub fn schema_file(layout: &TableLayout, schema: &SchemaRef, f: Features, server
         layout,
         schema,
         "spanflow",
-        layout.name,
+        &layout.name,
         None,
         f,
     ));
@@ -407,7 +582,7 @@ pub fn server_columns(
     use super::encode::ServerColumn;
     let mut out = Vec::new();
     for field in schema.fields() {
-        let lc = layout.low_cardinality.contains(&field.name().as_str());
+        let lc = layout.low_cardinality.contains(field.name());
         let ty = column_type(field, lc, f);
         if ty.starts_with("Nested(") {
             for part in ["key", "value"] {

@@ -11,4 +11,4 @@ pub mod sink;
 mod tests;
 
 pub use config::ClickHouseSinkConfig;
-pub use sink::{ClickHouseTableWriter, ClickHouseTarget};
+pub use sink::{ClickHouseTableWriter, ClickHouseTarget, SinkTable};

@@ -38,9 +38,45 @@ pub struct ClickHouseTarget {
     pub output: String,
     /// `database.table`, for messages.
     pub qualified: String,
-    /// Every output of the sink (its tables are created and checked together).
-    outputs: Arc<Vec<String>>,
+    /// Every table of the sink (created and checked together).
+    tables: Arc<Vec<SinkTable>>,
     shared: Arc<Mutex<Option<Arc<SinkHandle>>>>,
+}
+
+/// One table of a sink: the output it holds, the schema of its rows and its layout.
+#[derive(Debug, Clone)]
+pub struct SinkTable {
+    /// Output name.
+    pub output: String,
+    /// The rows' schema.
+    pub schema: SchemaRef,
+    /// Key, partitioning and column types.
+    pub layout: ddl::TableLayout,
+}
+
+impl SinkTable {
+    /// The table of one of spanflow's built-in outputs.
+    pub fn builtin(output: &str) -> Result<SinkTable, String> {
+        let layout = ddl::layout(output).ok_or_else(|| {
+            format!("`{output}` is not an output spanflow can write to ClickHouse")
+        })?;
+        let schema = crate::tables::schema(output)
+            .ok_or_else(|| format!("internal error: no schema for `{output}`"))?;
+        Ok(SinkTable {
+            output: output.to_owned(),
+            schema,
+            layout,
+        })
+    }
+
+    /// The table of a rollup whose result has `schema` and natural `key`.
+    pub fn rollup(name: &str, schema: &SchemaRef, key: &[String]) -> Result<SinkTable, String> {
+        Ok(SinkTable {
+            output: name.to_owned(),
+            schema: schema.clone(),
+            layout: ddl::TableLayout::of_rollup(name, schema, key)?,
+        })
+    }
 }
 
 /// A running sink: the channel to its thread (which ends when the last sender is
@@ -64,13 +100,13 @@ enum Msg {
 }
 
 impl ClickHouseTarget {
-    /// A target for `output` of the sink `sink` (whose outputs are `outputs`);
-    /// `shared` is shared by the sink's targets.
+    /// A target for `output` of the sink `sink` (whose tables are `tables`); `shared` is
+    /// shared by the sink's targets.
     pub fn new(
         config: Arc<ClickHouseSinkConfig>,
         sink: &str,
         output: &str,
-        outputs: Arc<Vec<String>>,
+        tables: Arc<Vec<SinkTable>>,
         shared: Arc<Mutex<Option<Arc<SinkHandle>>>>,
     ) -> Self {
         ClickHouseTarget {
@@ -78,7 +114,7 @@ impl ClickHouseTarget {
             config,
             sink: sink.to_owned(),
             output: output.to_owned(),
-            outputs,
+            tables,
             shared,
         }
     }
@@ -97,7 +133,7 @@ impl ClickHouseTarget {
         if let Some(h) = slot.as_ref() {
             return Ok(h.clone());
         }
-        let h = Arc::new(start(&self.config, &self.sink, &self.outputs)?);
+        let h = Arc::new(start(&self.config, &self.sink, &self.tables)?);
         *slot = Some(h.clone());
         Ok(h)
     }
@@ -366,12 +402,13 @@ pub async fn server_features(
 fn start(
     config: &ClickHouseSinkConfig,
     sink: &str,
-    outputs: &[String],
+    tables: &[SinkTable],
 ) -> Result<SinkHandle, String> {
     let (ready_tx, ready_rx) = mpsc::channel();
     let (tx, rx) = mpsc::sync_channel(CHANNEL_BATCHES);
     let failed = Arc::new(Mutex::new(None));
-    let (config, sink_name, outputs) = (config.clone(), sink.to_owned(), outputs.to_vec());
+    let (config, sink_name, tables) = (config.clone(), sink.to_owned(), tables.to_vec());
+    let outputs: Vec<String> = tables.iter().map(|t| t.output.clone()).collect();
     let thread_failed = failed.clone();
     std::thread::Builder::new()
         .name(format!("clickhouse-{sink}"))
@@ -394,7 +431,7 @@ fn start(
                     return;
                 }
             };
-            match rt.block_on(prepare(&config, &sink_name, &outputs, &client)) {
+            match rt.block_on(prepare(&config, &sink_name, &tables, &client)) {
                 Err(e) => {
                     let _ = ready_tx.send(Err(e));
                 }
@@ -420,10 +457,9 @@ type Plans = HashMap<String, (usize, Arc<TablePlan>)>;
 async fn prepare(
     config: &ClickHouseSinkConfig,
     sink: &str,
-    outputs: &[String],
+    tables: &[SinkTable],
     client: &clickhouse::Client,
 ) -> Result<Plans, String> {
-    let schemas = crate::tables::all_schemas();
     let timeout = config.request_timeout.0;
     let (version, features) = with_retries(config, sink, "connecting", || {
         server_features(client, timeout)
@@ -442,14 +478,18 @@ async fn prepare(
             execute(client, &sql, timeout)
         })
         .await?;
-        if !features.ttl && outputs.iter().any(|o| config.ttl_of(o).is_some()) {
+        if !features.ttl && tables.iter().any(|t| config.ttl_of(&t.output).is_some()) {
             tracing::warn!(
                 "clickhouse sink `{sink}`: server {version} has no TTL (19.6 and later do): \
                  the tables are created without one and keep their rows until deleted"
             );
         }
-        for output in outputs {
-            let (layout, schema) = layout_and_schema(output, &schemas)?;
+        for SinkTable {
+            output,
+            schema,
+            layout,
+        } in tables
+        {
             let ttl = config.ttl_of(output);
             let sql = ddl::create_table(
                 layout,
@@ -469,8 +509,15 @@ async fn prepare(
         }
     }
     let mut plans = HashMap::new();
-    for (i, output) in outputs.iter().enumerate() {
-        let (_, schema) = layout_and_schema(output, &schemas)?;
+    for (
+        i,
+        SinkTable {
+            output,
+            schema,
+            layout,
+        },
+    ) in tables.iter().enumerate()
+    {
         let table = config.table_of(output);
         let qualified = format!("{}.{}", config.database, table);
         let sql = format!(
@@ -491,9 +538,25 @@ async fn prepare(
             })
             .collect();
         if columns.is_empty() {
+            let how = if ddl::layout(output).is_some() {
+                format!("create it with schemas/clickhouse/{output}.sql")
+            } else {
+                // A rollup's table depends on its query: show the DDL for this server.
+                format!(
+                    "create it with\n{};",
+                    ddl::create_table(
+                        layout,
+                        schema,
+                        &config.database,
+                        &table,
+                        config.ttl_of(output),
+                        features
+                    )
+                )
+            };
             return Err(format!(
                 "table `{qualified}` does not exist: set `create_tables: true` on the sink, or \
-                 create it with schemas/clickhouse/{output}.sql"
+                 {how}"
             ));
         }
         let plan = TablePlan::new(&qualified, schema, &columns, config.version)?;
@@ -518,20 +581,6 @@ async fn prepare(
         plans.insert(output.clone(), (i, Arc::new(plan)));
     }
     Ok(plans)
-}
-
-fn layout_and_schema<'a>(
-    output: &str,
-    schemas: &'a [(&'static str, SchemaRef)],
-) -> Result<(&'static ddl::TableLayout, &'a SchemaRef), String> {
-    let layout = ddl::layout(output)
-        .ok_or_else(|| format!("`{output}` is not an output spanflow can write to ClickHouse"))?;
-    let schema = schemas
-        .iter()
-        .find(|(n, _)| *n == output)
-        .map(|(_, s)| s)
-        .ok_or_else(|| format!("internal error: no schema for `{output}`"))?;
-    Ok((layout, schema))
 }
 
 /// Rows of one table waiting for their insert.

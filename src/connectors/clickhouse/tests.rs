@@ -41,7 +41,7 @@ fn shipped_ddl_files_are_current() {
     ] {
         for (name, schema) in crate::tables::all_schemas() {
             let layout = ddl::layout(name).expect("every output has a layout");
-            let text = ddl::schema_file(layout, &schema, f, server);
+            let text = ddl::schema_file(&layout, &schema, f, server);
             let path = manifest(&format!("{dir}/{name}.sql"));
             if update {
                 std::fs::create_dir_all(path.parent().unwrap()).unwrap();
@@ -66,7 +66,7 @@ fn every_output_has_a_layout_whose_keys_are_columns() {
         for k in layout
             .order_by
             .iter()
-            .chain(layout.low_cardinality)
+            .chain(&layout.low_cardinality)
             .chain(layout.time_column.iter())
         {
             assert!(
@@ -82,7 +82,7 @@ fn ddl_uses_only_what_the_server_has() {
     let schema = schema_of("spans");
     let layout = ddl::layout("spans").unwrap();
     let ttl = Some(std::time::Duration::from_secs(86_400));
-    let old = ddl::create_table(layout, &schema, "db", "spans", ttl, Features::legacy());
+    let old = ddl::create_table(&layout, &schema, "db", "spans", ttl, Features::legacy());
     for absent in [
         "DateTime64",
         "Map(",
@@ -102,7 +102,7 @@ fn ddl_uses_only_what_the_server_has() {
         old.contains("PARTITION BY toDate(toDateTime(intDiv(`start_time`, 1000000000)))"),
         "{old}"
     );
-    let new = ddl::create_table(layout, &schema, "db", "spans", ttl, Features::current());
+    let new = ddl::create_table(&layout, &schema, "db", "spans", ttl, Features::current());
     for present in [
         "DateTime64(9, 'UTC')",
         "Map(LowCardinality(String), String)",
@@ -117,7 +117,7 @@ fn ddl_uses_only_what_the_server_has() {
     // Nullable key columns are keyed through ifNull on every server.
     let dl = schema_of("dead_letters");
     let sql = ddl::create_table(
-        ddl::layout("dead_letters").unwrap(),
+        &ddl::layout("dead_letters").unwrap(),
         &dl,
         "db",
         "dead_letters",
@@ -333,7 +333,7 @@ fn every_table_plans_against_its_own_ddl_on_both_servers() {
     for f in [Features::legacy(), Features::current()] {
         for (name, schema) in crate::tables::all_schemas() {
             let layout = ddl::layout(name).unwrap();
-            let server = ddl::server_columns(&schema, layout, f);
+            let server = ddl::server_columns(&schema, &layout, f);
             let plan = TablePlan::new(name, &schema, &server, 1);
             assert!(plan.is_ok(), "{name} on {f:?}: {:?}", plan.err());
         }
@@ -383,12 +383,12 @@ fn config_checks_and_never_shows_the_password() {
         password: Some("hunter2".into()),
         ..Default::default()
     };
-    c.tables.insert("spanz".into(), "x".into());
+    c.tables.insert("spans".into(), "otel-spans".into());
     c.batch.max_rows = 0;
     c.ttl = Some(spanflow_operators::HumanDuration::secs(100 * 365 * 86_400));
     let issues: Vec<String> = c.validate().iter().map(|i| format!("{i:?}")).collect();
     let all = issues.join("\n");
-    for what in ["url", "database", "spanz", "max_rows", "2106"] {
+    for what in ["url", "database", "otel-spans", "max_rows", "2106"] {
         assert!(all.contains(what), "no issue about {what}: {all}");
     }
     let with_userinfo = ClickHouseSinkConfig {
@@ -416,4 +416,66 @@ fn config_checks_and_never_shows_the_password() {
         ..Default::default()
     };
     assert_eq!(c.table_of("red_metrics"), "otel_red_metrics");
+}
+
+#[test]
+fn rollup_tables_are_keyed_by_the_result_key_and_a_time_column() {
+    let ts = DataType::Timestamp(TimeUnit::Nanosecond, Some("UTC".into()));
+    let schema = Schema::new(vec![
+        Field::new("minute", ts.clone(), true),
+        Field::new("service", DataType::Utf8, false),
+        Field::new("trace_id", DataType::Utf8, true),
+        Field::new("requests", DataType::Int64, true),
+        Field::new("error_rate", DataType::Float64, true),
+    ]);
+    let key = ["minute".to_owned(), "service".to_owned()];
+    let layout = ddl::TableLayout::of_rollup("per_minute", &schema, &key).unwrap();
+    assert_eq!(layout.order_by, key);
+    assert_eq!(layout.time_column.as_deref(), Some("minute"));
+    assert_eq!(layout.low_cardinality, ["service"]);
+    let schema = Arc::new(schema);
+    let ttl = Some(std::time::Duration::from_secs(86_400));
+    let old = ddl::create_table(&layout, &schema, "db", "t", ttl, Features::legacy());
+    // A NULL time is the epoch, in the key and in the partition.
+    assert!(
+        old.contains("PARTITION BY toDate(toDateTime(intDiv(ifNull(`minute`, 0), 1000000000)))"),
+        "{old}"
+    );
+    assert!(
+        old.contains("ORDER BY (ifNull(`minute`, 0), `service`)"),
+        "{old}"
+    );
+    assert!(old.contains("`requests` Nullable(Int64)"), "{old}");
+    let new = ddl::create_table(&layout, &schema, "db", "t", ttl, Features::current());
+    let epoch = "ifNull(`minute`, toDateTime64(0, 9, 'UTC'))";
+    assert!(
+        new.contains(&format!("PARTITION BY toDate({epoch})"))
+            && new.contains(&format!("ORDER BY ({epoch}, `service`)"))
+            && new.contains(&format!("TTL toDateTime({epoch}) + INTERVAL 86400 SECOND"))
+            && new.contains("`service` LowCardinality(String)")
+            && new.contains("`trace_id` Nullable(String)"),
+        "{new}"
+    );
+
+    // Without a key: every column but floats, plus the time column if it was not one.
+    let fallback = ddl::TableLayout::of_rollup("x", &schema, &[]).unwrap();
+    assert_eq!(
+        fallback.order_by,
+        ["minute", "service", "trace_id", "requests"]
+    );
+    let only_service = ddl::TableLayout::of_rollup("x", &schema, &key[1..]).unwrap();
+    assert_eq!(only_service.order_by, ["service", "minute"]);
+
+    let no_time = Schema::new(vec![Field::new("service", DataType::Utf8, false)]);
+    let e = ddl::TableLayout::of_rollup("x", &no_time, &[]).unwrap_err();
+    assert!(
+        e.contains("no timestamp column") && e.contains("date_bin"),
+        "{e}"
+    );
+    let decimal = Schema::new(vec![
+        Field::new("minute", ts, false),
+        Field::new("avg", DataType::Decimal128(38, 4), true),
+    ]);
+    let e = ddl::TableLayout::of_rollup("x", &decimal, &[]).unwrap_err();
+    assert!(e.contains("`avg`") && e.contains("DOUBLE"), "{e}");
 }
