@@ -9,6 +9,7 @@
 pub mod cli;
 pub mod rollup;
 pub mod udf;
+mod window_table;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, LazyLock};
@@ -121,15 +122,20 @@ impl SqlError {
 
 /// A DataFusion session configured for spanflow's tables, with its functions.
 pub fn session() -> SessionContext {
+    // Few, small partitions: the tables are modest and results come back in a stable
+    // order for queries without ORDER BY over one file.
+    session_with_partitions(
+        std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(4),
+    )
+}
+
+/// [`session`] with `partitions` target partitions.
+pub(crate) fn session_with_partitions(partitions: usize) -> SessionContext {
     let mut config = SessionConfig::new()
         .with_information_schema(true)
-        // Few, small partitions: the tables are modest and results come back in a
-        // stable order for queries without ORDER BY over one file.
-        .with_target_partitions(
-            std::thread::available_parallelism()
-                .map_or(1, |n| n.get())
-                .min(4),
-        );
+        .with_target_partitions(partitions.max(1));
     let options = config.options_mut();
     // The tables write Utf8; Utf8View results would not round-trip into sinks that
     // expect the tables' own types.

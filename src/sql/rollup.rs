@@ -1,27 +1,30 @@
 //! A rollup's query: planned once, when the job is loaded, against empty tables with
 //! its inputs' schemas; run once per closed window over that window's rows.
 //!
-//! The tables are DataFusion `MemTable`s whose single partition is swapped before each
-//! run, so the logical plan (names resolved, types checked) is built once and only the
-//! physical plan is made per window.
+//! The tables read their rows from slots filled before each run (`window_table.rs`),
+//! so the physical plan is made and optimized once, when the rollup is planned, and
+//! each window only executes it (planning costs far more than running one window).
 
 use std::sync::Arc;
 
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
-use datafusion::catalog::MemTable;
 use datafusion::common::Dependency;
 use datafusion::execution::context::SQLOptions;
 use datafusion::logical_expr::LogicalPlan;
+use datafusion::physical_plan::execution_plan::reset_plan_states;
+use datafusion::physical_plan::{ExecutionPlan, collect};
 use datafusion::prelude::SessionContext;
 
-use super::{SqlError, plan_statements, session};
+use super::window_table::{Slot, WindowTable};
+use super::{SqlError, plan_statements, session_with_partitions};
 
 /// A planned rollup query.
 pub struct RollupQuery {
     ctx: SessionContext,
-    tables: Vec<Arc<MemTable>>,
+    slots: Vec<Slot>,
     plan: LogicalPlan,
+    physical: Arc<dyn ExecutionPlan>,
     schema: SchemaRef,
 }
 
@@ -53,12 +56,14 @@ fn error(message: String) -> SqlError {
 impl RollupQuery {
     /// Plans `sql` (exactly one `SELECT`) over tables named as `inputs`.
     pub async fn plan(sql: &str, inputs: &[(String, SchemaRef)]) -> Result<Self, SqlError> {
-        let ctx = session();
-        let mut tables = Vec::new();
+        // One partition: a window's rows are few, and a plan without repartitioning
+        // runs its operators in one task, in a stable order.
+        let ctx = session_with_partitions(1);
+        let mut slots = Vec::new();
         for (name, schema) in inputs {
-            let table = Arc::new(MemTable::try_new(schema.clone(), vec![Vec::new()])?);
-            ctx.register_table(name.as_str(), table.clone())?;
-            tables.push(table);
+            let (table, slot) = WindowTable::new(schema.clone());
+            ctx.register_table(name.as_str(), Arc::new(table))?;
+            slots.push(slot);
         }
         let mut plans = plan_statements(&ctx, sql).await?;
         let plan = match (plans.pop(), plans.is_empty()) {
@@ -102,10 +107,12 @@ impl RollupQuery {
                 dup.1.name()
             )));
         }
+        let physical = ctx.state().create_physical_plan(&plan).await?;
         Ok(RollupQuery {
             ctx,
-            tables,
+            slots,
             plan,
+            physical,
             schema,
         })
     }
@@ -143,20 +150,23 @@ impl RollupQuery {
 
     /// Runs the query over one window: `inputs[i]` are the rows of the `i`-th input.
     pub async fn run(&self, inputs: Vec<Vec<RecordBatch>>) -> Result<Vec<RecordBatch>, SqlError> {
-        for (table, batches) in self.tables.iter().zip(inputs) {
-            if let Some(p) = table.batches.first() {
-                *p.write().await = batches;
+        let fill = |slot: &Slot, batches: Vec<RecordBatch>| match slot.lock() {
+            Ok(mut s) => {
+                *s = batches;
+                Ok(())
             }
+            Err(_) => Err(error("a rollup's window slot is poisoned".into())),
+        };
+        for (slot, batches) in self.slots.iter().zip(inputs) {
+            fill(slot, batches)?;
         }
-        let result = async {
-            let df = self.ctx.execute_logical_plan(self.plan.clone()).await?;
-            df.collect().await
-        }
-        .await;
-        for table in &self.tables {
-            if let Some(p) = table.batches.first() {
-                p.write().await.clear();
-            }
+        // A fresh copy of the plan's operator state (hash tables, sorts) for this run.
+        let result = match reset_plan_states(self.physical.clone()) {
+            Ok(plan) => collect(plan, self.ctx.task_ctx()).await,
+            Err(e) => Err(e),
+        };
+        for slot in &self.slots {
+            fill(slot, Vec::new())?;
         }
         let mut out = Vec::new();
         for b in result? {

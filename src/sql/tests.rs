@@ -195,6 +195,33 @@ fn a_planned_rollup_runs_on_each_window_alone() {
     }
     let empty = block(q.run(vec![vec![]])).expect("runs on no rows");
     assert!(empty.is_empty());
+
+    // The physical plan is made once: a count (which an optimizer may answer from the
+    // table's statistics), a sort with a limit and a window function still see each
+    // window's own rows.
+    let red = crate::tables::schema("red_metrics").expect("schema");
+    let q = block(RollupQuery::plan(
+        "SELECT count(*) AS n, max(requests) AS top, max(rn) AS ranked FROM \
+         (SELECT requests, row_number() OVER (ORDER BY requests) AS rn FROM red_metrics)",
+        &[("red_metrics".into(), red)],
+    ))
+    .expect("plans");
+    for windows in [1usize, 3, 2] {
+        let mut rows = MetricRows::red_metrics();
+        for w in 0..windows {
+            rows.push_interval(&interval(10 + w as u64), &[0.1]);
+        }
+        let out = block(q.run(vec![vec![rows.finish()]])).expect("runs");
+        let n = out[0]
+            .column(0)
+            .as_primitive::<arrow::datatypes::Int64Type>();
+        let top = out[0].column(1).as_primitive::<UInt64Type>();
+        let ranked = out[0].column(2).as_primitive::<UInt64Type>();
+        assert_eq!(
+            (n.value(0), top.value(0), ranked.value(0)),
+            (windows as i64, 9 + windows as u64, windows as u64)
+        );
+    }
 }
 
 /// The shipped rollups' keys are their GROUP BY columns; a query without one has none.
