@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Alternates `spanflow bench` runs of several binaries (A/B comparison on a noisy machine).
 #
-#   scripts/bench_ab.sh ROUNDS SPANS BINARY...
+#   scripts/bench-ab.sh ROUNDS SPANS BINARY...
 #
 # Prints one line per run: binary, spans per CPU-second, spans per second, CPU seconds,
 # peak RSS (MiB) and the load average when it ended.
