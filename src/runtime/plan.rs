@@ -295,11 +295,12 @@ impl Plan {
                 SinkKind::ClickHouse(c) => {
                     let mut tables = Vec::with_capacity(sink.from.len());
                     for input in &sink.from {
-                        let table = match job
+                        // A rollup's one output is named after it.
+                        let rollup = job
                             .rollups
                             .iter()
-                            .find(|r| rollup_outputs.contains(input) && r.name == input.node)
-                        {
+                            .find(|r| r.name == input.node && r.name == input.port);
+                        let table = match rollup {
                             Some(r) => SinkTable::rollup(&r.name, &r.schema, &r.key).map_err(|e| {
                                 format!(
                                     "sink `{}` cannot write rollup `{}`: {e}",

@@ -630,6 +630,22 @@ fn encoded_rows_equal_the_crates_typed_insert_of_the_same_rows() {
     );
 }
 
+/// The sum of integer columns, each cast to `T` first, as text.
+fn sum_as<T>(cols: &[&arrow::array::ArrayRef]) -> String
+where
+    T: arrow::datatypes::ArrowPrimitiveType,
+    T::Native: std::iter::Sum + std::ops::Add<Output = T::Native> + std::fmt::Display,
+{
+    use arrow::array::AsArray;
+    cols.iter()
+        .map(|c| {
+            let c = arrow::compute::cast(c, &T::DATA_TYPE).unwrap();
+            arrow::compute::sum(c.as_primitive::<T>()).unwrap_or_default()
+        })
+        .sum::<T::Native>()
+        .to_string()
+}
+
 /// One check expression per column and the value the Arrow rows give for it.
 fn column_checks(batches: &[arrow::record_batch::RecordBatch]) -> Vec<(String, String)> {
     use arrow::array::{Array, AsArray};
@@ -652,26 +668,12 @@ fn column_checks(batches: &[arrow::record_batch::RecordBatch]) -> Vec<(String, S
         }
         match field.data_type() {
             DataType::UInt16 | DataType::UInt32 | DataType::UInt64 => {
-                let total: u64 = cols
-                    .iter()
-                    .map(|c| {
-                        let c = arrow::compute::cast(c, &DataType::UInt64).unwrap();
-                        arrow::compute::sum(c.as_primitive::<arrow::datatypes::UInt64Type>())
-                            .unwrap_or(0)
-                    })
-                    .sum();
-                checks.push((format!("sum(ifNull({q}, 0))"), total.to_string()));
+                let total = sum_as::<arrow::datatypes::UInt64Type>(&cols);
+                checks.push((format!("sum(ifNull({q}, 0))"), total));
             }
             DataType::Int8 | DataType::Int16 | DataType::Int32 | DataType::Int64 => {
-                let total: i64 = cols
-                    .iter()
-                    .map(|c| {
-                        let c = arrow::compute::cast(c, &DataType::Int64).unwrap();
-                        arrow::compute::sum(c.as_primitive::<arrow::datatypes::Int64Type>())
-                            .unwrap_or(0)
-                    })
-                    .sum();
-                checks.push((format!("sum(ifNull({q}, 0))"), total.to_string()));
+                let total = sum_as::<arrow::datatypes::Int64Type>(&cols);
+                checks.push((format!("sum(ifNull({q}, 0))"), total));
             }
             DataType::Float64 => {
                 let vals: Vec<f64> = cols

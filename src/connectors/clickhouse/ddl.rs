@@ -210,11 +210,7 @@ pub fn writable(t: &DataType) -> Result<(), String> {
         | DataType::Float32
         | DataType::Float64
         | DataType::Timestamp(TimeUnit::Nanosecond, _) => Ok(()),
-        DataType::List(item)
-            if item.data_type().is_primitive() && writable(item.data_type()).is_ok() =>
-        {
-            Ok(())
-        }
+        DataType::List(item) if super::encode::writable_list_item(item.data_type()) => Ok(()),
         DataType::Timestamp(..) | DataType::Date32 | DataType::Date64 => {
             Err("cast it to a nanosecond timestamp: `CAST(... AS TIMESTAMP)`".into())
         }

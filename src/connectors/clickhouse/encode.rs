@@ -65,6 +65,11 @@ impl Prim {
     }
 }
 
+/// Whether a list of `item`s can be written (as `Array(...)` of a fixed-width number).
+pub(crate) fn writable_list_item(item: &DataType) -> bool {
+    Prim::of(item).is_some()
+}
+
 /// How one Arrow column becomes RowBinary.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Enc {

@@ -478,4 +478,15 @@ fn rollup_tables_are_keyed_by_the_result_key_and_a_time_column() {
     ]);
     let e = ddl::TableLayout::of_rollup("x", &decimal, &[]).unwrap_err();
     assert!(e.contains("`avg`") && e.contains("DOUBLE"), "{e}");
+    // Lists are arrays of numbers only, as the encoder writes them.
+    let names = Schema::new(vec![
+        Field::new(
+            "minute",
+            DataType::Timestamp(TimeUnit::Nanosecond, None),
+            false,
+        ),
+        Field::new_list("names", Field::new_list_field(DataType::Utf8, true), true),
+    ]);
+    let e = ddl::TableLayout::of_rollup("x", &names, &[]).unwrap_err();
+    assert!(e.contains("`names`"), "{e}");
 }
