@@ -124,6 +124,11 @@ enum Command {
         /// consumes them with a `kafka` source (consumer, decode, routing: all measured).
         #[arg(long)]
         kafka_mock: bool,
+        /// Run the job this many times on the same generated spans and report the
+        /// median run (and every run): the first run of a process also pays for the
+        /// memory it touches for the first time, which a long-running job does not.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100))]
+        runs: u32,
     },
     /// Query a job's Parquet outputs with SQL (DataFusion): each table directory under
     /// the output directory is a table (`traces`, `spans`, `red_metrics`, `exemplars`,
@@ -174,6 +179,26 @@ impl From<GenFormat> for InputFormat {
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// Turns transparent huge pages off for this process (unless `SPANFLOW_THP=1`).
+///
+/// The allocator asks for huge pages, and the kernel then zeroes 2 MiB on each first
+/// touch, compacts memory to find them, and splits them again when freed parts are
+/// returned: measured on `spanflow bench`, that cost ~12% of the pipeline's CPU time
+/// for memory a job of small, short-lived buffers does not need in huge pages (see
+/// BENCHMARKS.md, 2026-11-22). Databases with the same allocation pattern advise the
+/// same.
+fn disable_transparent_huge_pages() {
+    if std::env::var_os("SPANFLOW_THP").is_some_and(|v| v == "1") {
+        return;
+    }
+    // SAFETY: PR_SET_THP_DISABLE only sets a flag of this process; no memory is passed.
+    let rc = unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
+    if rc != 0 {
+        // Old kernels: a performance setting, not a correctness one.
+        tracing::debug!("PR_SET_THP_DISABLE: {}", std::io::Error::last_os_error());
+    }
+}
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -182,6 +207,7 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
+    disable_transparent_huge_pages();
     let cli = Cli::parse();
     match dispatch(cli) {
         Ok(code) => code,
@@ -337,9 +363,10 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             parallelism,
             json,
             kafka_mock,
+            runs,
         } => {
             let job = load_job(&job)?;
-            bench(&job, spans, parallelism, json, kafka_mock)?;
+            bench(&job, spans, parallelism, json, kafka_mock, runs)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Sql {
@@ -497,6 +524,7 @@ fn bench(
     parallelism: Option<usize>,
     json: bool,
     kafka_mock: bool,
+    runs: u32,
 ) -> Result<()> {
     let (name, base) = job
         .sources
@@ -537,30 +565,60 @@ fn bench(
     if let Some(b) = bar {
         b.finish_and_clear();
     }
-    // Kept alive until the run ends.
-    let mut _cluster = None;
-    let (job, memory_input) = if kafka_mock {
-        let (cluster, kafka_job) = mock_kafka_job(job, &name, &records, config.format, json)?;
-        _cluster = Some(cluster);
-        (kafka_job, None)
-    } else {
-        let input = Arc::new(MemoryInput {
-            name,
-            format: config.format,
-            records,
-        });
-        (job.clone(), Some(input))
-    };
-    let job = &job;
-    let opts = RunOptions {
-        parallelism,
-        progress: !json && std::io::IsTerminal::is_terminal(&std::io::stderr()),
-        memory_input,
-        discard_outputs: true,
-        ..Default::default()
-    };
-    let s = run_job(job, &opts)?;
+    let input = Arc::new(MemoryInput {
+        name: name.clone(),
+        format: config.format,
+        records: records.clone(),
+    });
+    let mut results = Vec::new();
+    for run in 1..=runs {
+        // A fresh cluster per run: each run consumes the whole topic.
+        let mut _cluster = None;
+        let (job, memory_input) = if kafka_mock {
+            let (cluster, kafka_job) = mock_kafka_job(job, &name, &records, config.format, json)?;
+            _cluster = Some(cluster);
+            (kafka_job, None)
+        } else {
+            (job.clone(), Some(input.clone()))
+        };
+        let opts = RunOptions {
+            parallelism,
+            progress: !json && std::io::IsTerminal::is_terminal(&std::io::stderr()),
+            memory_input,
+            discard_outputs: true,
+            ..Default::default()
+        };
+        let s = run_job(&job, &opts)?;
+        if !json && runs > 1 {
+            eprintln!(
+                "run {run}/{runs}: {:.0} spans/s, {:.0} spans per CPU-second ({:.2} CPU-s), {} page faults",
+                s.spans_per_second(),
+                s.spans_per_cpu_second(),
+                s.cpu_seconds,
+                s.page_faults
+            );
+        }
+        results.push(s);
+    }
+    let per_cpu: Vec<f64> = results.iter().map(|s| s.spans_per_cpu_second()).collect();
+    let mut order: Vec<usize> = (0..results.len()).collect();
+    order.sort_by(|&a, &b| per_cpu[a].total_cmp(&per_cpu[b]));
+    // The lower median for an even count: a real run's figures, not an average of two.
+    let s = &results[order[(order.len() - 1) / 2]];
+    let (lo, hi) = (per_cpu[order[0]], per_cpu[order[order.len() - 1]]);
     if json {
+        let each: Vec<_> = results
+            .iter()
+            .map(|s| {
+                serde_json::json!({
+                    "wall_seconds": s.wall_seconds,
+                    "cpu_seconds": s.cpu_seconds,
+                    "spans_per_second": s.spans_per_second(),
+                    "spans_per_cpu_second": s.spans_per_cpu_second(),
+                    "page_faults": s.page_faults,
+                })
+            })
+            .collect();
         let v = serde_json::json!({
             "job": s.job,
             "spans": s.decode.spans,
@@ -571,14 +629,21 @@ fn bench(
             "spans_per_second": s.spans_per_second(),
             "spans_per_cpu_second": s.spans_per_cpu_second(),
             "peak_rss_bytes": s.peak_rss_bytes,
+            "page_faults": s.page_faults,
             "input_bytes": input_bytes,
             "peak_buffered_spans": s.peak_buffered_spans,
             "bytes_per_buffered_span": s.bytes_per_buffered_span,
+            "runs": each,
         });
         println!("{v}");
     } else {
+        let which = if runs > 1 {
+            format!("\n  median of {runs} runs; spans per CPU-second ranged {lo:.0} - {hi:.0}")
+        } else {
+            String::new()
+        };
         println!(
-            "bench `{}`: {} spans ({} traces) in {:.2}s on {} shards\n  {:.0} spans/s, {:.0} spans per CPU-second ({:.2} CPU-s)\n  peak RSS {:.1} MiB (input held in memory: {:.1} MiB)\n  peak {} spans buffered, {:.0} bytes per buffered span",
+            "bench `{}`: {} spans ({} traces) in {:.2}s on {} shards\n  {:.0} spans/s, {:.0} spans per CPU-second ({:.2} CPU-s, {} page faults){which}\n  peak RSS {:.1} MiB (input held in memory: {:.1} MiB)\n  peak {} spans buffered, {:.0} bytes per buffered span",
             s.job,
             s.decode.spans,
             s.sessions.traces_closed(),
@@ -587,6 +652,7 @@ fn bench(
             s.spans_per_second(),
             s.spans_per_cpu_second(),
             s.cpu_seconds,
+            s.page_faults,
             s.peak_rss_bytes as f64 / 1048576.0,
             input_bytes as f64 / 1048576.0,
             s.peak_buffered_spans,

@@ -145,12 +145,14 @@ pub fn run_job(job: &Job, opts: &RunOptions) -> Result<RunSummary, RunError> {
         None => None,
     };
     let identity = (job.name.clone(), savepoint::fingerprint(job));
-    let cpu0 = summary::cpu_seconds();
+    let (cpu0, faults0) = summary::usage();
     let t0 = Instant::now();
     let result = rt.block_on(run_plan(plan, parallelism, opts.clone(), restore, identity));
     let mut summary = result?;
     summary.wall_seconds = t0.elapsed().as_secs_f64();
-    summary.cpu_seconds = summary::cpu_seconds() - cpu0;
+    let (cpu1, faults1) = summary::usage();
+    summary.cpu_seconds = cpu1 - cpu0;
+    summary.page_faults = faults1.saturating_sub(faults0);
     summary.peak_rss_bytes = summary::peak_rss_bytes();
     Ok(summary)
 }
@@ -719,6 +721,7 @@ async fn run_plan(
         wall_seconds: 0.0,
         cpu_seconds: 0.0,
         peak_rss_bytes: 0,
+        page_faults: 0,
         restored,
         savepoint: savepoint_written,
     })

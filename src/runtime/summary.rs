@@ -92,6 +92,9 @@ pub struct RunSummary {
     pub cpu_seconds: f64,
     /// Peak resident memory of the process.
     pub peak_rss_bytes: u64,
+    /// Page faults the process took during the run (the kernel zeroing fresh pages
+    /// shows up here, not as the job's own work).
+    pub page_faults: u64,
     /// The run resumed from a savepoint.
     pub restored: bool,
     /// The run stopped and kept its open state here (resume by running again).
@@ -311,16 +314,17 @@ impl RunSummary {
     }
 }
 
-/// CPU seconds (user + system) used by this process so far.
-pub fn cpu_seconds() -> f64 {
+/// What the process has used so far: CPU seconds (user + system) and page faults.
+pub fn usage() -> (f64, u64) {
     // SAFETY: getrusage writes into the zeroed struct we pass and has no other effects.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
     let rc = unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
     if rc != 0 {
-        return 0.0;
+        return (0.0, 0);
     }
     let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-    tv(ru.ru_utime) + tv(ru.ru_stime)
+    let faults = ru.ru_minflt.max(0) as u64 + ru.ru_majflt.max(0) as u64;
+    (tv(ru.ru_utime) + tv(ru.ru_stime), faults)
 }
 
 /// Peak resident set size of this process, in bytes.

@@ -142,6 +142,7 @@ fn bench_json_has_the_promised_fields() {
         "spans_per_second",
         "spans_per_cpu_second",
         "peak_rss_bytes",
+        "page_faults",
     ] {
         assert!(
             v.get(key).is_some_and(|x| x.is_number()),
