@@ -125,7 +125,7 @@ fn gen_writes_records_and_ground_truth() {
 #[test]
 fn bench_json_has_the_promised_fields() {
     let out = Command::new(bin())
-        .args(["bench", "--json", "--spans", "20000"])
+        .args(["bench", "--json", "--spans", "20000", "--runs", "3"])
         .arg(root().join("jobs/demo.yaml"))
         .output()
         .unwrap();
@@ -150,6 +150,15 @@ fn bench_json_has_the_promised_fields() {
         );
     }
     assert!(v["spans"].as_u64().unwrap() >= 20000);
+    // Three runs of the same input; the top level is the median one.
+    let runs = v["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 3);
+    let mut per_cpu: Vec<f64> = runs
+        .iter()
+        .map(|r| r["spans_per_cpu_second"].as_f64().unwrap())
+        .collect();
+    per_cpu.sort_by(f64::total_cmp);
+    assert_eq!(v["spans_per_cpu_second"].as_f64().unwrap(), per_cpu[1]);
 }
 
 #[test]
