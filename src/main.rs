@@ -181,12 +181,12 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Turns transparent huge pages off for this process (unless `SPANFLOW_THP=1`).
 ///
-/// The allocator asks for huge pages, and the kernel then zeroes 2 MiB on each first
-/// touch, compacts memory to find them, and splits them again when freed parts are
-/// returned: measured on `spanflow bench`, that cost ~12% of the pipeline's CPU time
-/// for memory a job of small, short-lived buffers does not need in huge pages (see
-/// BENCHMARKS.md, 2026-11-22). Databases with the same allocation pattern advise the
-/// same.
+/// The allocator asks for huge pages, and the kernel then backs each partly used 2 MiB
+/// range with a whole zeroed huge page, compacting memory to find one. A job's memory is
+/// many small, short-lived buffers: measured on `spanflow bench` (BENCHMARKS.md,
+/// 2026-11-22), huge pages held ~150 MiB more at peak for the same CPU time, and the
+/// zeroing showed up as 12% of the pipeline's profile samples. Databases with the same
+/// allocation pattern advise the same.
 fn disable_transparent_huge_pages() {
     if std::env::var_os("SPANFLOW_THP").is_some_and(|v| v == "1") {
         return;
