@@ -565,26 +565,29 @@ fn bench(
     if let Some(b) = bar {
         b.finish_and_clear();
     }
-    let input = Arc::new(MemoryInput {
-        name: name.clone(),
-        format: config.format,
-        records: records.clone(),
+    let input = (!kafka_mock).then(|| {
+        Arc::new(MemoryInput {
+            name: name.clone(),
+            format: config.format,
+            // Only the Kafka path reads `records` again.
+            records: std::mem::take(&mut records),
+        })
     });
     let mut results = Vec::new();
     for run in 1..=runs {
         // A fresh cluster per run: each run consumes the whole topic.
         let mut _cluster = None;
-        let (job, memory_input) = if kafka_mock {
+        let job = if kafka_mock {
             let (cluster, kafka_job) = mock_kafka_job(job, &name, &records, config.format, json)?;
             _cluster = Some(cluster);
-            (kafka_job, None)
+            kafka_job
         } else {
-            (job.clone(), Some(input.clone()))
+            job.clone()
         };
         let opts = RunOptions {
             parallelism,
             progress: !json && std::io::IsTerminal::is_terminal(&std::io::stderr()),
-            memory_input,
+            memory_input: input.clone(),
             discard_outputs: true,
             ..Default::default()
         };

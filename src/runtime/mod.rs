@@ -145,15 +145,15 @@ pub fn run_job(job: &Job, opts: &RunOptions) -> Result<RunSummary, RunError> {
         None => None,
     };
     let identity = (job.name.clone(), savepoint::fingerprint(job));
-    let (cpu0, faults0) = summary::usage();
+    let before = summary::Usage::now();
     let t0 = Instant::now();
     let result = rt.block_on(run_plan(plan, parallelism, opts.clone(), restore, identity));
     let mut summary = result?;
     summary.wall_seconds = t0.elapsed().as_secs_f64();
-    let (cpu1, faults1) = summary::usage();
-    summary.cpu_seconds = cpu1 - cpu0;
-    summary.page_faults = faults1.saturating_sub(faults0);
-    summary.peak_rss_bytes = summary::peak_rss_bytes();
+    let after = summary::Usage::now();
+    summary.cpu_seconds = after.cpu_seconds - before.cpu_seconds;
+    summary.page_faults = after.page_faults.saturating_sub(before.page_faults);
+    summary.peak_rss_bytes = after.peak_rss_bytes;
     Ok(summary)
 }
 

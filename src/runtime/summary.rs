@@ -314,29 +314,34 @@ impl RunSummary {
     }
 }
 
-/// What the process has used so far: CPU seconds (user + system) and page faults.
-pub fn usage() -> (f64, u64) {
-    // SAFETY: getrusage writes into the zeroed struct we pass and has no other effects.
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    let rc = unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
-    if rc != 0 {
-        return (0.0, 0);
-    }
-    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-    let faults = ru.ru_minflt.max(0) as u64 + ru.ru_majflt.max(0) as u64;
-    (tv(ru.ru_utime) + tv(ru.ru_stime), faults)
+/// What the process has used so far, from one `getrusage`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Usage {
+    /// CPU seconds, user + system.
+    pub cpu_seconds: f64,
+    /// Minor and major page faults.
+    pub page_faults: u64,
+    /// Peak resident set size, bytes.
+    pub peak_rss_bytes: u64,
 }
 
-/// Peak resident set size of this process, in bytes.
-pub fn peak_rss_bytes() -> u64 {
-    // SAFETY: as above.
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    let rc = unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
-    if rc != 0 {
-        return 0;
+impl Usage {
+    /// The process's usage now (all zero if the kernel refuses).
+    pub fn now() -> Self {
+        // SAFETY: getrusage writes into the zeroed struct we pass and has no other effects.
+        let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+        let rc = unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+        if rc != 0 {
+            return Usage::default();
+        }
+        let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+        Usage {
+            cpu_seconds: tv(ru.ru_utime) + tv(ru.ru_stime),
+            page_faults: ru.ru_minflt.max(0) as u64 + ru.ru_majflt.max(0) as u64,
+            // Linux reports kilobytes.
+            peak_rss_bytes: (ru.ru_maxrss.max(0) as u64) * 1024,
+        }
     }
-    // Linux reports kilobytes.
-    (ru.ru_maxrss.max(0) as u64) * 1024
 }
 
 pub(crate) fn progress_bar(progress: Arc<Progress>) -> ProgressBar {
