@@ -563,6 +563,14 @@ async fn run_plan(
         .checkpoint_dir
         .clone()
         .filter(|_| stop.load(Ordering::Relaxed) && resumable && failure.is_none());
+    if savepoint_dir.is_none() {
+        let wm = tracker.end_of_input_watermark();
+        if wm > last_wm {
+            for tx in &shard_txs {
+                let _ = tx.send(ShardMsg::Watermark(wm)).await;
+            }
+        }
+    }
     for tx in &shard_txs {
         let _ = tx
             .send(if savepoint_dir.is_some() {

@@ -26,6 +26,8 @@ pub struct WatermarkTracker {
     /// Sources that have not finished yet.
     open_sources: usize,
     current: EventTime,
+    /// The largest watermark any split reached, finished and removed ones included.
+    high: EventTime,
 }
 
 impl WatermarkTracker {
@@ -35,6 +37,7 @@ impl WatermarkTracker {
             splits: BTreeMap::new(),
             open_sources: sources,
             current: 0,
+            high: 0,
         }
     }
 
@@ -70,7 +73,21 @@ impl WatermarkTracker {
     pub fn observe(&mut self, key: SplitKey, event_time: EventTime) {
         if let Some(s) = self.splits.get_mut(&key) {
             s.max_event = Some(s.max_event.map_or(event_time, |m| m.max(event_time)));
+            self.high = self.high.max(
+                event_time
+                    .saturating_sub(s.max_out_of_order)
+                    .saturating_sub(1),
+            );
         }
+    }
+
+    /// The watermark to pass before the final one when every source ended: the largest
+    /// any split reached. With all input read no span can be late any more, and this is
+    /// where one reader of all the input in event-time order would stand, so which
+    /// traces close on their gap (rather than at the end of input) depends on the data
+    /// alone, not on which Kafka partition happened to finish last.
+    pub fn end_of_input_watermark(&self) -> EventTime {
+        self.high.max(self.current)
     }
 
     /// Marks a split active (data arrived) at `now`.
@@ -133,6 +150,25 @@ mod tests {
         w.touch((0, 1), t0 + Duration::from_secs(32));
         assert_eq!(w.watermark(t0 + Duration::from_secs(32)), 89);
         w.finish_source(0);
+        assert_eq!(w.end_of_input_watermark(), 89);
         assert_eq!(w.watermark(t0), WATERMARK_END);
+    }
+
+    #[test]
+    fn end_of_input_watermark_remembers_finished_splits() {
+        let t0 = Instant::now();
+        let mut w = WatermarkTracker::new(1);
+        let idle = Duration::from_secs(30);
+        w.add_split((0, 0), Duration::from_nanos(10), idle, t0);
+        w.add_split((0, 1), Duration::from_nanos(10), idle, t0);
+        w.observe((0, 0), 500);
+        w.observe((0, 1), 100);
+        // Split 0 finishes first: split 1 alone holds the running watermark back...
+        w.remove_split((0, 0));
+        assert_eq!(w.watermark(t0), 89);
+        // ...but the end-of-input watermark is where split 0 got to.
+        assert_eq!(w.end_of_input_watermark(), 489);
+        w.finish_source(0);
+        assert_eq!(w.end_of_input_watermark(), 489);
     }
 }
