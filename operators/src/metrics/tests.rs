@@ -218,3 +218,120 @@ fn openmetrics_text_with_exemplars() {
     assert!(text.contains("le=\"+Inf\"} 1\n"), "{text}");
     assert!(text.ends_with("# EOF\n"));
 }
+
+/// What the aggregator must hand over: per (interval start, series), the `SeriesAgg` of
+/// every observation not late at its arrival; an observation is late when its interval
+/// started before the last flush's boundary.
+mod reference {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Observe {
+            series: u8,
+            t: u64,
+            value_ns: u64,
+            slow: bool,
+            error: bool,
+            sampled: bool,
+            id: u8,
+        },
+        Flush(u64),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            8 => (0u8..6, 1u64..50, any::<bool>(), 0u64..2_000, any::<bool>(), any::<bool>(), any::<bool>(), any::<u8>())
+                .prop_map(|(series, t, edge, value, slow, error, sampled, id)| Op::Observe {
+                    series,
+                    t: t * 100 * MS - u64::from(edge),
+                    value_ns: value * MS,
+                    slow,
+                    error,
+                    sampled,
+                    id,
+                }),
+            // Watermarks on and one before interval boundaries.
+            1 => (1u64..60, any::<bool>()).prop_map(|(t, edge)| Op::Flush(t * 100 * MS - u64::from(edge))),
+        ]
+    }
+
+    fn key(series: u8) -> SeriesKey {
+        let metric = match series % 3 {
+            0 => Metric::ServiceNode,
+            1 => Metric::ServiceServer,
+            _ => Metric::ServiceCall(CallType::Db),
+        };
+        SeriesKey {
+            service: Sym::new(if series < 3 { "checkout" } else { "cart" }),
+            ..SeriesKey::new(metric)
+        }
+    }
+
+    fn sorted(mut parts: Vec<Partial>) -> Vec<(u64, Vec<(SeriesKey, SeriesAgg)>)> {
+        parts.sort_by_key(|p| p.start_ns);
+        parts
+            .into_iter()
+            .map(|mut p| {
+                p.series.sort_by_key(|(k, _)| *k);
+                (p.start_ns, p.series)
+            })
+            .collect()
+    }
+
+    proptest! {
+        #[test]
+        fn aggregator_matches_naive_model(ops in proptest::collection::vec(op(), 1..200)) {
+            let interval = HumanDuration::millis(1000);
+            let mut agg = IntervalAggregator::new(interval, buckets());
+            let mut got = Vec::new();
+            // The model: every interval's series in a sorted map, flushed the same way.
+            let mut model: BTreeMap<u64, BTreeMap<SeriesKey, SeriesAgg>> = BTreeMap::new();
+            let mut want = Vec::new();
+            let mut boundary = 0u64;
+            let mut late = 0u64;
+            let n = buckets().len();
+            for op in ops {
+                match op {
+                    Op::Observe { series, t, value_ns, slow, error, sampled, id } => {
+                        let e = ex(id, series, value_ns, t, error, sampled);
+                        agg.observe(key(series), value_ns, slow, e);
+                        let start = t - t % (1000 * MS);
+                        if start < boundary {
+                            late += 1;
+                            continue;
+                        }
+                        model
+                            .entry(start)
+                            .or_default()
+                            .entry(key(series))
+                            .or_insert_with(|| SeriesAgg::new(n))
+                            .observe(buckets().index(value_ns), value_ns, slow, e);
+                    }
+                    Op::Flush(w) => {
+                        agg.flush(w, &mut got);
+                        let done: Vec<u64> = model
+                            .keys()
+                            .copied()
+                            .filter(|s| s + 1000 * MS <= w + 1)
+                            .collect();
+                        for s in done {
+                            if let Some(series) = model.remove(&s) {
+                                want.push(Partial { start_ns: s, series: series.into_iter().collect() });
+                            }
+                        }
+                        let b = w + 1;
+                        boundary = boundary.max(b - b % (1000 * MS));
+                    }
+                }
+            }
+            agg.flush(WATERMARK_END, &mut got);
+            for (s, series) in std::mem::take(&mut model) {
+                want.push(Partial { start_ns: s, series: series.into_iter().collect() });
+            }
+            prop_assert_eq!(agg.late_observations, late);
+            prop_assert_eq!(sorted(got), sorted(want));
+        }
+    }
+}
