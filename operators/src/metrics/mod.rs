@@ -527,6 +527,32 @@ impl OpenInterval {
         }
     }
 
+    /// Opens a series (out of line: most observations find theirs).
+    #[inline(never)]
+    fn add_series(&mut self, key: SeriesKey, words: [u64; 3], buckets: usize) -> usize {
+        let at = self.heads.len();
+        // More series than a u32 counts would be far past any cardinality limit.
+        self.index
+            .insert(words, u32::try_from(at).unwrap_or(u32::MAX));
+        self.heads.push(Head {
+            key,
+            requests: 0,
+            errors: 0,
+            slow: 0,
+            sum_ns: 0,
+            min_ns: u64::MAX,
+            max_ns: 0,
+        });
+        self.cells.extend(std::iter::repeat_n(
+            Cell {
+                count: 0,
+                exemplar: NO_EXEMPLAR,
+            },
+            buckets,
+        ));
+        at
+    }
+
     /// The series as the merger takes them.
     fn into_partial(self, buckets: usize) -> Partial {
         let series = self
@@ -650,29 +676,11 @@ impl IntervalAggregator {
             self.late_observations += 1;
             return;
         };
-        let next = interval.heads.len();
-        let series = *interval.index.entry(key.words()).or_insert_with(|| {
-            // More series than a u32 counts would be far past any cardinality limit.
-            u32::try_from(next).unwrap_or(u32::MAX)
-        }) as usize;
-        if series == next {
-            interval.heads.push(Head {
-                key,
-                requests: 0,
-                errors: 0,
-                slow: 0,
-                sum_ns: 0,
-                min_ns: u64::MAX,
-                max_ns: 0,
-            });
-            interval.cells.extend(std::iter::repeat_n(
-                Cell {
-                    count: 0,
-                    exemplar: NO_EXEMPLAR,
-                },
-                n,
-            ));
-        }
+        let words = key.words();
+        let series = match interval.index.get(&words) {
+            Some(&i) => i as usize,
+            None => interval.add_series(key, words, n),
+        };
         let Some(h) = interval.heads.get_mut(series) else {
             return;
         };
