@@ -782,7 +782,23 @@ impl<'a> AttrIter<'a> {
                 if tlen >= 0x80 || usize::from(tlen) + 2 != usize::from(vlen) {
                     return None;
                 }
-                AttrValue::Str(utf8(entry.get(key_end + 4..)?)?)
+                let text = entry.get(key_end + 4..)?;
+                let key = entry.get(4..key_end)?;
+                // Every tag and length of the entry is below 0x80 (checked above), so the
+                // entry is ASCII exactly when its key and text are: one check for both.
+                if entry.is_ascii() {
+                    self.buf = b.get(end..)?;
+                    // SAFETY: `key` and `text` are parts of `entry`, which is ASCII,
+                    // hence valid UTF-8.
+                    let (key, text) = unsafe {
+                        (
+                            std::str::from_utf8_unchecked(key),
+                            std::str::from_utf8_unchecked(text),
+                        )
+                    };
+                    return Some((key, AttrValue::Str(text), tag == ENTRY_RESOURCE));
+                }
+                AttrValue::Str(utf8(text)?)
             }
             VALUE_INT => AttrValue::Int(varint_to_end(entry.get(key_end + 3..)?)? as i64),
             _ => return None,
@@ -977,6 +993,61 @@ impl<'de> Deserialize<'de> for Attrs {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    fn arb_text() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            "[a-z.]{0,8}".prop_map(String::into_bytes),
+            "\\PC{0,4}".prop_map(String::into_bytes),
+            prop::collection::vec(any::<u8>(), 0..6),
+        ]
+    }
+
+    proptest! {
+        /// The short-entry fast path of `AttrIter` reads exactly what the general parse
+        /// (and the standard UTF-8 validator) reads, for valid and invalid text alike.
+        #[test]
+        fn short_entries_read_like_the_general_parse(
+            key in arb_text(),
+            text in arb_text(),
+            int in prop::option::of(any::<i64>()),
+            resource in any::<bool>(),
+        ) {
+            let value = match int {
+                Some(i) => {
+                    let mut v = vec![VALUE_INT];
+                    let mut x = i as u64;
+                    while x >= 0x80 {
+                        v.push((x as u8) | 0x80);
+                        x >>= 7;
+                    }
+                    v.push(x as u8);
+                    v
+                }
+                None => [vec![VALUE_STR, text.len() as u8], text.clone()].concat(),
+            };
+            let body = [
+                vec![0x0a, key.len() as u8],
+                key.clone(),
+                vec![0x12, value.len() as u8],
+                value,
+            ]
+            .concat();
+            let tag = if resource { ENTRY_RESOURCE } else { ENTRY_SPAN };
+            let buf = [vec![tag, body.len() as u8], body.clone()].concat();
+            let attrs = Attrs(Some(buf.into()));
+            let got: Vec<_> = attrs.iter().collect();
+            let want = canonical_key_value(&body, true).and_then(|(k, v)| {
+                let v = match v {
+                    WireValue::Str(t) => AttrValue::Str(std::str::from_utf8(t).ok()?),
+                    WireValue::Int(i) => AttrValue::Int(i),
+                    _ => return None,
+                };
+                Some((std::str::from_utf8(k).ok()?, v, resource))
+            });
+            prop_assert_eq!(got, want.into_iter().collect::<Vec<_>>());
+        }
+    }
 
     #[test]
     fn sym_roundtrip_and_order() {

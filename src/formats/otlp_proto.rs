@@ -259,6 +259,21 @@ fn key_value(r: Reader<'_>, f: impl FnOnce(&str, AttrValue<'_>)) -> Result<(), D
 fn canonical_key_value(kv: &[u8]) -> Option<(&str, AttrValue<'_>)> {
     use spanflow_operators::model::WireValue;
     let (key, value) = spanflow_operators::model::canonical_key_value(kv, false)?;
+    // The entry's tags are ASCII, and so are its lengths below 128: when the whole entry
+    // is ASCII, so are the key and a string value, and one check validates both (most
+    // attributes are short ASCII strings).
+    if let WireValue::Str(t) = value
+        && kv.is_ascii()
+    {
+        // SAFETY: `key` and `t` are parts of `kv`, which is ASCII, hence valid UTF-8.
+        let (k, t) = unsafe {
+            (
+                std::str::from_utf8_unchecked(key),
+                std::str::from_utf8_unchecked(t),
+            )
+        };
+        return Some((k, AttrValue::Str(t)));
+    }
     let value = match value {
         WireValue::Str(t) => AttrValue::Str(utf8(t)?),
         WireValue::Bool(b) => AttrValue::Bool(b),
