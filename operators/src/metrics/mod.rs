@@ -259,12 +259,7 @@ impl SeriesAgg {
     /// Adds one observation in bucket `bucket`.
     #[inline]
     pub fn observe(&mut self, bucket: usize, value_ns: u64, slow: bool, exemplar: Exemplar) {
-        self.requests += 1;
-        self.errors += u64::from(exemplar.error);
-        self.slow += u64::from(slow);
-        self.sum_ns = self.sum_ns.saturating_add(value_ns);
-        self.min_ns = self.min_ns.min(value_ns);
-        self.max_ns = self.max_ns.max(value_ns);
+        self.observe_totals(value_ns, slow, exemplar.error);
         if let Some(c) = self.counts.get_mut(bucket) {
             *c += 1;
         }
@@ -274,6 +269,17 @@ impl SeriesAgg {
                 _ => *slot = Some(exemplar),
             }
         }
+    }
+
+    /// Adds one observation to the totals only (not to a bucket).
+    #[inline]
+    fn observe_totals(&mut self, value_ns: u64, slow: bool, error: bool) {
+        self.requests += 1;
+        self.errors += u64::from(error);
+        self.slow += u64::from(slow);
+        self.sum_ns = self.sum_ns.saturating_add(value_ns);
+        self.min_ns = self.min_ns.min(value_ns);
+        self.max_ns = self.max_ns.max(value_ns);
     }
 
     /// Adds another aggregate of the same series (same buckets).
@@ -493,19 +499,8 @@ const NO_EXEMPLAR: Exemplar = Exemplar {
     sampled: false,
 };
 
-/// The totals of one series while its interval is open.
-#[derive(Debug, Clone)]
-struct Head {
-    key: SeriesKey,
-    requests: u64,
-    errors: u64,
-    slow: u64,
-    sum_ns: u64,
-    min_ns: u64,
-    max_ns: u64,
-}
-
-/// The series of one open interval: series `i` has `heads[i]` and the cells
+/// The series of one open interval: series `i` has its key and totals in `heads[i]`
+/// (a `SeriesAgg` whose bucket vectors stay empty) and its buckets in
 /// `cells[i * buckets..(i + 1) * buckets]`, found by its key's words. No allocation per
 /// series: observing was the largest cost of the metric operators, most of it finding
 /// the series and touching its three separately allocated parts.
@@ -513,7 +508,7 @@ struct Head {
 struct OpenInterval {
     start: EventTime,
     index: AHashMap<[u64; 3], u32>,
-    heads: Vec<Head>,
+    heads: Vec<(SeriesKey, SeriesAgg)>,
     cells: Vec<Cell>,
 }
 
@@ -534,15 +529,7 @@ impl OpenInterval {
         // More series than a u32 counts would be far past any cardinality limit.
         self.index
             .insert(words, u32::try_from(at).unwrap_or(u32::MAX));
-        self.heads.push(Head {
-            key,
-            requests: 0,
-            errors: 0,
-            slow: 0,
-            sum_ns: 0,
-            min_ns: u64::MAX,
-            max_ns: 0,
-        });
+        self.heads.push((key, SeriesAgg::new(0)));
         self.cells.extend(std::iter::repeat_n(
             Cell {
                 count: 0,
@@ -559,21 +546,13 @@ impl OpenInterval {
             .heads
             .into_iter()
             .zip(self.cells.chunks_exact(buckets.max(1)))
-            .map(|(h, cells)| {
-                let agg = SeriesAgg {
-                    requests: h.requests,
-                    errors: h.errors,
-                    slow: h.slow,
-                    sum_ns: h.sum_ns,
-                    min_ns: h.min_ns,
-                    max_ns: h.max_ns,
-                    counts: cells.iter().map(|c| c.count).collect(),
-                    exemplars: cells
-                        .iter()
-                        .map(|c| (c.count > 0).then_some(c.exemplar))
-                        .collect(),
-                };
-                (h.key, agg)
+            .map(|((key, mut agg), cells)| {
+                agg.counts = cells.iter().map(|c| c.count).collect();
+                agg.exemplars = cells
+                    .iter()
+                    .map(|c| (c.count > 0).then_some(c.exemplar))
+                    .collect();
+                (key, agg)
             })
             .collect();
         Partial {
@@ -681,15 +660,10 @@ impl IntervalAggregator {
             Some(&i) => i as usize,
             None => interval.add_series(key, words, n),
         };
-        let Some(h) = interval.heads.get_mut(series) else {
+        let Some((_, totals)) = interval.heads.get_mut(series) else {
             return;
         };
-        h.requests += 1;
-        h.errors += u64::from(exemplar.error);
-        h.slow += u64::from(slow);
-        h.sum_ns = h.sum_ns.saturating_add(value_ns);
-        h.min_ns = h.min_ns.min(value_ns);
-        h.max_ns = h.max_ns.max(value_ns);
+        totals.observe_totals(value_ns, slow, exemplar.error);
         if let Some(c) = interval.cells.get_mut(series * n + bucket) {
             if c.count == 0 || exemplar.beats(&c.exemplar) {
                 c.exemplar = exemplar;
