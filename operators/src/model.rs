@@ -776,34 +776,35 @@ impl<'a> AttrIter<'a> {
         if vlen >= 0x80 || key_end + 2 + usize::from(vlen) != end {
             return None;
         }
-        let value = match vtag {
+        let key = entry.get(4..key_end)?;
+        // Every tag and length of the entry is below 0x80 (checked above), so a string
+        // entry is ASCII exactly when its key and text are: one check for both.
+        let (key, value) = match vtag {
             VALUE_STR => {
                 let tlen = *entry.get(key_end + 3)?;
                 if tlen >= 0x80 || usize::from(tlen) + 2 != usize::from(vlen) {
                     return None;
                 }
                 let text = entry.get(key_end + 4..)?;
-                let key = entry.get(4..key_end)?;
-                // Every tag and length of the entry is below 0x80 (checked above), so the
-                // entry is ASCII exactly when its key and text are: one check for both.
                 if entry.is_ascii() {
-                    self.buf = b.get(end..)?;
                     // SAFETY: `key` and `text` are parts of `entry`, which is ASCII,
                     // hence valid UTF-8.
-                    let (key, text) = unsafe {
+                    unsafe {
                         (
                             std::str::from_utf8_unchecked(key),
-                            std::str::from_utf8_unchecked(text),
+                            AttrValue::Str(std::str::from_utf8_unchecked(text)),
                         )
-                    };
-                    return Some((key, AttrValue::Str(text), tag == ENTRY_RESOURCE));
+                    }
+                } else {
+                    (utf8(key)?, AttrValue::Str(utf8(text)?))
                 }
-                AttrValue::Str(utf8(text)?)
             }
-            VALUE_INT => AttrValue::Int(varint_to_end(entry.get(key_end + 3..)?)? as i64),
+            VALUE_INT => (
+                utf8(key)?,
+                AttrValue::Int(varint_to_end(entry.get(key_end + 3..)?)? as i64),
+            ),
             _ => return None,
         };
-        let key = utf8(entry.get(4..key_end)?)?;
         self.buf = b.get(end..)?;
         Some((key, value, tag == ENTRY_RESOURCE))
     }
