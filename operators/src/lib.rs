@@ -19,8 +19,8 @@ pub mod tail_sampling;
 
 pub use config::{ConfigIssue, HumanDuration};
 pub use model::{
-    AttrValue, Attrs, AttrsBuilder, AttrsMap, CallType, Span, SpanId, SpanKind, StatusCode, Sym,
-    TraceId,
+    AttrArena, AttrValue, Attrs, AttrsBuilder, AttrsMap, CallType, Span, SpanId, SpanKind,
+    StatusCode, Sym, TraceId,
 };
 
 /// Event time in unix nanoseconds.

@@ -564,8 +564,12 @@ const VALUE_JSON: u8 = 0x7a;
 /// (most spans are dropped by sampling and their attributes never read). One allocation
 /// per span instead of two per attribute, and a resource's attributes are one buffer
 /// shared by all its spans; operators never read it, only the span sinks do.
+///
+/// A span's attributes are a slice of a larger reference-counted chunk written by an
+/// [`AttrArena`]: the chunk a decoder filled for the span's shard, or, once its session
+/// outlived its first deadline, the session's own (see [`AttrArena`] for why).
 #[derive(Clone, PartialEq, Eq, Hash, Default)]
-pub struct Attrs(Option<std::sync::Arc<[u8]>>);
+pub struct Attrs(bytes::Bytes);
 
 /// A map keyed by attribute content (equal packed bytes, equal attributes), for sinks
 /// that render each distinct resource once.
@@ -582,23 +586,37 @@ pub type FastMap<K, V> = ahash::AHashMap<K, V>;
 impl Attrs {
     /// No attributes.
     pub fn empty() -> Self {
-        Attrs(None)
+        Attrs(bytes::Bytes::new())
     }
 
-    /// Heap bytes used.
+    /// Heap bytes used (the packed bytes; a chunk's unused tail is not counted).
     pub fn heap_bytes(&self) -> usize {
-        self.0.as_ref().map_or(0, |b| b.len())
+        self.0.len()
     }
 
     /// True when there are no attributes.
     pub fn is_empty(&self) -> bool {
-        self.0.is_none()
+        self.0.is_empty()
+    }
+
+    /// The packed bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// The same attributes in `arena`'s current chunk (this handle's chunk is released
+    /// when its last handle goes).
+    pub fn moved_to(self, arena: &mut AttrArena) -> Attrs {
+        if self.is_empty() {
+            return self;
+        }
+        arena.store(&self.0)
     }
 
     /// Iterates `(key, value, is_resource_attribute)`.
     pub fn iter(&self) -> AttrIter<'_> {
         AttrIter {
-            buf: self.0.as_deref().unwrap_or(&[]),
+            buf: &self.0,
             failed: false,
         }
     }
@@ -606,9 +624,9 @@ impl Attrs {
     /// True when both are the same buffer (not merely equal bytes): spans of one
     /// resource share it, so sinks can render it once.
     pub fn same_buffer(&self, other: &Attrs) -> bool {
-        match (&self.0, &other.0) {
-            (Some(a), Some(b)) => std::sync::Arc::ptr_eq(a, b),
-            (None, None) => true,
+        match (self.is_empty(), other.is_empty()) {
+            (false, false) => self.0.as_ptr() == other.0.as_ptr() && self.0.len() == other.0.len(),
+            (true, true) => true,
             _ => false,
         }
     }
@@ -617,7 +635,11 @@ impl Attrs {
     /// buffer ([`same_buffer`](Self::same_buffer)), and unique among buffers alive at
     /// once.
     pub fn buffer_address(&self) -> usize {
-        self.0.as_ref().map_or(0, |b| b.as_ptr() as usize)
+        if self.is_empty() {
+            0
+        } else {
+            self.0.as_ptr() as usize
+        }
     }
 
     /// Looks one key up (linear; for tests and sinks, not hot paths).
@@ -849,6 +871,81 @@ impl<'a> Iterator for AttrIter<'a> {
     }
 }
 
+/// Storage for [`Attrs`]: chunks of packed attribute bytes shared by many spans' handles,
+/// each chunk freed when its last handle goes.
+///
+/// One allocation per span's attributes, made on a decoding thread and freed on a
+/// shard, made the allocator the largest single cost of the pipeline: an allocation on
+/// the decoder found its block in the other core's cache, collecting the blocks shards
+/// had freed walked cold memory, and dropping a closed trace touched one cold reference
+/// count per span. Now a decoder keeps one arena per shard, so a chunk's reference
+/// count is only ever touched by the shard it goes to, in the order it reads the spans
+/// (a hot cache line), and freeing is one call per chunk. A session that stays open
+/// past its first deadline moves its spans' attributes into an arena of its own, so
+/// that it does not keep the decoder's chunks (and the other traces' attributes in
+/// them) alive.
+pub struct AttrArena {
+    chunk: bytes::BytesMut,
+    /// Capacity of the next chunk, doubled after each up to `max`.
+    next: usize,
+    max: usize,
+}
+
+impl AttrArena {
+    /// Chunks of `first` bytes, doubling up to `max` (a larger entry gets a chunk of
+    /// its own size).
+    pub fn new(first: usize, max: usize) -> Self {
+        AttrArena {
+            chunk: bytes::BytesMut::new(),
+            next: first.max(1),
+            max: max.max(first).max(1),
+        }
+    }
+
+    /// Copies `packed` (a whole [`Attrs`] buffer) into the current chunk.
+    #[inline]
+    pub(crate) fn store(&mut self, packed: &[u8]) -> Attrs {
+        if self.chunk.capacity() - self.chunk.len() < packed.len() {
+            self.new_chunk(packed.len());
+        }
+        self.chunk.extend_from_slice(packed);
+        Attrs(self.chunk.split().freeze())
+    }
+
+    #[cold]
+    fn new_chunk(&mut self, need: usize) {
+        self.chunk = bytes::BytesMut::with_capacity(self.next.max(need));
+        self.next = self.next.saturating_mul(2).min(self.max);
+    }
+}
+
+impl Default for AttrArena {
+    /// 4 KiB chunks doubling up to 64 KiB.
+    fn default() -> Self {
+        AttrArena::new(4 << 10, 64 << 10)
+    }
+}
+
+/// A clone starts with no chunk of its own (chunks are never shared between writers).
+impl Clone for AttrArena {
+    fn clone(&self) -> Self {
+        AttrArena {
+            chunk: bytes::BytesMut::new(),
+            next: self.next,
+            max: self.max,
+        }
+    }
+}
+
+impl fmt::Debug for AttrArena {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AttrArena")
+            .field("free", &(self.chunk.capacity() - self.chunk.len()))
+            .field("next", &self.next)
+            .finish()
+    }
+}
+
 /// Builds [`Attrs`]; reuse one builder (via [`AttrsBuilder::finish`]) across spans so
 /// its scratch buffer is allocated once.
 #[derive(Default)]
@@ -947,7 +1044,18 @@ impl AttrsBuilder {
         if self.buf.is_empty() {
             return Attrs::empty();
         }
-        let a = Attrs(Some(self.buf.as_slice().into()));
+        let a = Attrs(bytes::Bytes::copy_from_slice(&self.buf));
+        self.buf.clear();
+        a
+    }
+
+    /// Like [`finish`](Self::finish), but the bytes go into `arena`'s current chunk
+    /// instead of an allocation of their own.
+    pub fn finish_in(&mut self, arena: &mut AttrArena) -> Attrs {
+        if self.buf.is_empty() {
+            return Attrs::empty();
+        }
+        let a = arena.store(&self.buf);
         self.buf.clear();
         a
     }
@@ -966,10 +1074,7 @@ impl AttrsBuilder {
 /// Serialized as the packed bytes: checkpoints are read back by the same version.
 impl Serialize for Attrs {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        match &self.0 {
-            Some(b) => s.serialize_bytes(b),
-            None => s.serialize_bytes(&[]),
-        }
+        s.serialize_bytes(&self.0)
     }
 }
 
@@ -980,7 +1085,7 @@ impl<'de> Deserialize<'de> for Attrs {
         let a = if v.is_empty() {
             Attrs::empty()
         } else {
-            Attrs(Some(v.into()))
+            Attrs(v.into())
         };
         let mut it = a.iter();
         while it.next().is_some() {}
@@ -1036,7 +1141,7 @@ mod tests {
             .concat();
             let tag = if resource { ENTRY_RESOURCE } else { ENTRY_SPAN };
             let buf = [vec![tag, body.len() as u8], body.clone()].concat();
-            let attrs = Attrs(Some(buf.into()));
+            let attrs = Attrs(buf.into());
             let got: Vec<_> = attrs.iter().collect();
             let want = canonical_key_value(&body, true).and_then(|(k, v)| {
                 let v = match v {
@@ -1047,6 +1152,54 @@ mod tests {
                 Some((std::str::from_utf8(k).ok()?, v, resource))
             });
             prop_assert_eq!(got, want.into_iter().collect::<Vec<_>>());
+        }
+    }
+
+    proptest! {
+        /// Attributes stored in an arena read exactly as their own buffers do, whatever
+        /// the chunk size, and stay valid after the arena and every other handle to
+        /// their chunk are gone; distinct ones never look like the same buffer.
+        #[test]
+        fn arena_attrs_read_like_their_own_buffers(
+            spans in prop::collection::vec(
+                prop::collection::vec(("[a-z.]{1,12}", "\\PC{0,24}", any::<bool>()), 0..6),
+                1..40,
+            ),
+            first in 1usize..300,
+            max in 1usize..600,
+        ) {
+            let mut arena = AttrArena::new(first, max);
+            let mut b = AttrsBuilder::default();
+            let mut stored = Vec::new();
+            for entries in &spans {
+                for (k, v, res) in entries {
+                    b.push(k, AttrValue::Str(v), *res);
+                }
+                let own = {
+                    let mut c = AttrsBuilder::default();
+                    for (k, v, res) in entries {
+                        c.push(k, AttrValue::Str(v), *res);
+                    }
+                    c.finish()
+                };
+                stored.push((b.finish_in(&mut arena), own));
+            }
+            drop(arena);
+            // Every other handle of a chunk goes before the ones checked last.
+            let keep: Vec<_> = stored.into_iter().rev().step_by(2).collect();
+            for (i, (a, own)) in keep.iter().enumerate() {
+                prop_assert_eq!(a, own);
+                prop_assert_eq!(a.iter().collect::<Vec<_>>(), own.iter().collect::<Vec<_>>());
+                prop_assert!(a.same_buffer(&a.clone()));
+                for (b, _) in keep.iter().skip(i + 1) {
+                    if !a.is_empty() && !b.is_empty() {
+                        prop_assert!(!a.same_buffer(b));
+                        prop_assert_ne!(a.buffer_address(), b.buffer_address());
+                    }
+                }
+                let moved = a.clone().moved_to(&mut AttrArena::new(first, max));
+                prop_assert_eq!(&moved, own);
+            }
         }
     }
 

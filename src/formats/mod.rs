@@ -91,6 +91,16 @@ impl SpanDecoder {
         Self::default()
     }
 
+    /// A decoder whose spans go to `shards` shards, routed by `trace_id.hash64() %
+    /// shards`: each shard's spans keep their attributes in chunks of their own, which
+    /// only that shard then releases.
+    pub fn with_shards(shards: usize) -> Self {
+        SpanDecoder {
+            builder: convert::SpanBuilder::with_shards(shards),
+            stats: DecodeStats::default(),
+        }
+    }
+
     /// Counters so far.
     pub fn stats(&self) -> &DecodeStats {
         &self.stats

@@ -389,7 +389,7 @@ async fn run_plan(
                     records,
                 } => {
                     let res = tokio::task::spawn_blocking(move || {
-                        let mut dec = SpanDecoder::new();
+                        let mut dec = SpanDecoder::with_shards(parallelism);
                         let mut out = Decoded::default();
                         // Sized for the whole chunk: growing it copied every span again.
                         out.spans

@@ -1,5 +1,5 @@
 use super::*;
-use crate::model::{SpanId, SpanKind, StatusCode};
+use crate::model::{Attrs, SpanId, SpanKind, StatusCode};
 use proptest::prelude::*;
 
 const S: u64 = 1_000_000_000;
@@ -420,8 +420,83 @@ fn run(
     (out.closed, out.late, wms)
 }
 
+/// Packed attributes unique to `span`, in `arena` (shared by spans of several traces,
+/// as a decoder's chunk is).
+fn with_attrs(mut s: Span, arena: &mut crate::model::AttrArena) -> Span {
+    let mut b = crate::model::AttrsBuilder::default();
+    b.push(
+        "span",
+        crate::AttrValue::Int(u64::from_be_bytes(s.span_id.0) as i64),
+        false,
+    );
+    b.push("text", crate::AttrValue::Str("some attribute text"), false);
+    s.attrs = b.finish_in(arena);
+    s
+}
+
+#[test]
+fn a_session_that_outlives_its_first_deadline_moves_its_attributes_out() {
+    // Chunks of 64 bytes: a few spans each, of both traces.
+    let mut arena = crate::model::AttrArena::new(64, 64);
+    let mut w = SessionWindow::new(cfg(10));
+    let mut out = SessionOutput::default();
+    let short = [with_attrs(span(2, 1, 0, 100), &mut arena)];
+    let first = [
+        with_attrs(span(1, 2, 1, 100), &mut arena),
+        with_attrs(span(1, 3, 1, 101), &mut arena),
+    ];
+    w.process(short.iter().cloned(), &mut out);
+    w.process(first.iter().cloned(), &mut out);
+    // Trace 1's first deadline is 110 (its first span + 10 s); a span at 108 moves its
+    // real deadline to 118, so the timer at 110 re-arms the session.
+    let later = with_attrs(span(1, 4, 1, 108), &mut arena);
+    w.process([later.clone()], &mut out);
+    w.on_watermark(111 * S, &mut out);
+    let [closed] = &out.closed[..] else {
+        panic!("trace 2 closes at its deadline: {:?}", out.closed)
+    };
+    assert_eq!(closed.trace_id, tid(2));
+    assert!(
+        closed.spans[0].attrs.same_buffer(&short[0].attrs),
+        "a trace that closes at its first deadline keeps the decoder's chunk (no copy)"
+    );
+    out.closed.clear();
+    let last = with_attrs(span(1, 5, 1, 112), &mut arena);
+    w.process([last.clone()], &mut out);
+    w.on_watermark(200 * S, &mut out);
+    let [t1] = &out.closed[..] else {
+        panic!("trace 1 closes: {:?}", out.closed)
+    };
+    let sent: Vec<&Span> = first.iter().chain([&later, &last]).collect();
+    assert_eq!(t1.spans.len(), sent.len());
+    for s in &t1.spans {
+        let given = sent.iter().find(|g| g.span_id == s.span_id).unwrap();
+        assert_eq!(s.attrs, given.attrs, "same attributes");
+        let moved = !s.attrs.same_buffer(&given.attrs);
+        // Spans held when the session re-armed moved; the one after it did not yet.
+        assert_eq!(moved, s.span_id != last.span_id, "{:?}", s.span_id);
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(300))]
+
+    /// Whatever settles when, every closed span carries the attributes it arrived with.
+    #[test]
+    fn closed_spans_keep_their_attributes(sc in scenario(), chunk in 16usize..512) {
+        let mut arena = crate::model::AttrArena::new(chunk, chunk);
+        let mut sc = sc;
+        sc.spans = sc.spans.into_iter().map(|s| with_attrs(s, &mut arena)).collect();
+        let given: std::collections::HashMap<SpanId, Attrs> =
+            sc.spans.iter().map(|s| (s.span_id, s.attrs.clone())).collect();
+        let (closed, late, _) = run(&sc, None);
+        let mut n = 0;
+        for s in closed.iter().flat_map(|c| &c.spans).chain(late.iter().map(|l| &l.span)) {
+            prop_assert_eq!(Some(&s.attrs), given.get(&s.span_id));
+            n += 1;
+        }
+        prop_assert_eq!(n, sc.spans.len());
+    }
 
     #[test]
     fn matches_naive_reference(sc in scenario()) {
