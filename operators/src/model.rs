@@ -308,6 +308,17 @@ impl TraceId {
         x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
         x ^ (x >> 31)
     }
+
+    /// The shard of `shards` this trace goes to (0 when there are none or one). The
+    /// router and the decoders' per-shard attribute arenas must agree on it.
+    #[inline]
+    pub fn shard(&self, shards: usize) -> usize {
+        if shards <= 1 {
+            0
+        } else {
+            (self.hash64() % shards as u64) as usize
+        }
+    }
 }
 
 /// OTLP span kind.
@@ -597,11 +608,6 @@ impl Attrs {
     /// True when there are no attributes.
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
-    }
-
-    /// The packed bytes.
-    pub fn as_bytes(&self) -> &[u8] {
-        &self.0
     }
 
     /// The same attributes in `arena`'s current chunk (this handle's chunk is released
@@ -916,13 +922,6 @@ impl AttrArena {
     fn new_chunk(&mut self, need: usize) {
         self.chunk = bytes::BytesMut::with_capacity(self.next.max(need));
         self.next = self.next.saturating_mul(2).min(self.max);
-    }
-}
-
-impl Default for AttrArena {
-    /// 4 KiB chunks doubling up to 64 KiB.
-    fn default() -> Self {
-        AttrArena::new(4 << 10, 64 << 10)
     }
 }
 

@@ -60,7 +60,8 @@ pub(crate) struct SpanBuilder {
     attrs: AttrsBuilder,
     /// Where finished spans' attributes go: one arena per shard the spans are routed to
     /// (by trace id, as the runtime routes them), so that a chunk is only ever released
-    /// by one shard's thread. Empty means one.
+    /// by one shard's thread. Without any (a builder made without shards), each span's
+    /// attributes get an allocation of their own.
     arenas: Vec<AttrArena>,
     resource_attrs: AttrsBuilder,
     resource_service: Option<Sym>,
@@ -83,7 +84,7 @@ thread_local! {
 
 impl SpanBuilder {
     /// A builder for spans that go to `shards` shards, routed by
-    /// `trace_id.hash64() % shards`.
+    /// [`TraceId::shard`].
     pub fn with_shards(shards: usize) -> Self {
         SpanBuilder {
             arenas: (0..shards.max(1))
@@ -247,16 +248,7 @@ impl SpanBuilder {
     /// The span attributes pushed since the last span, in the arena of the span's shard.
     #[inline]
     fn finish_attrs(&mut self, trace_id: &TraceId) -> Attrs {
-        if self.arenas.is_empty() {
-            self.arenas
-                .push(AttrArena::new(DECODER_CHUNK, DECODER_CHUNK));
-        }
-        let n = self.arenas.len();
-        let shard = if n == 1 {
-            0
-        } else {
-            (trace_id.hash64() % n as u64) as usize
-        };
+        let shard = trace_id.shard(self.arenas.len());
         match self.arenas.get_mut(shard) {
             Some(arena) => self.attrs.finish_in(arena),
             None => self.attrs.finish(),

@@ -91,9 +91,9 @@ impl SpanDecoder {
         Self::default()
     }
 
-    /// A decoder whose spans go to `shards` shards, routed by `trace_id.hash64() %
-    /// shards`: each shard's spans keep their attributes in chunks of their own, which
-    /// only that shard then releases.
+    /// A decoder whose spans go to `shards` shards, routed by `TraceId::shard`: each
+    /// shard's spans keep their attributes in chunks of their own, which only that
+    /// shard then releases.
     pub fn with_shards(shards: usize) -> Self {
         SpanDecoder {
             builder: convert::SpanBuilder::with_shards(shards),

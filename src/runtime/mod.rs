@@ -794,7 +794,7 @@ fn route_records(
         let mut max_end = None;
         for span in spans.by_ref().take(n) {
             max_end = Some(max_end.map_or(span.end_ns, |m: u64| m.max(span.end_ns)));
-            let shard = (span.trace_id.hash64() % shards as u64) as usize;
+            let shard = span.trace_id.shard(shards);
             if let Some(v) = per_shard.get_mut(shard) {
                 v.push(span);
             }
