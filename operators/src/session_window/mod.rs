@@ -19,11 +19,9 @@
 //!   buffered, so downstream intervals close only when complete.
 
 mod state;
+mod timers;
 
 pub use state::SessionWindowState;
-
-use std::cmp::Reverse;
-use std::collections::BinaryHeap;
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -31,6 +29,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::{ConfigIssue, HumanDuration};
 use crate::model::{AttrArena, Span, Sym, TraceId};
 use crate::{EventTime, WATERMARK_END};
+use timers::TimerQueue;
 
 /// Configuration of `session_window` in a job file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -567,7 +566,7 @@ impl SessionWindow {
             let list = self.state.sessions.entry(tid).or_default();
             list.push(probe);
             self.state.open_sessions += 1;
-            self.state.holds.push(Reverse((t, tid)));
+            self.state.holds.push(t, tid);
             list.len() - 1
         } else if n_hits == 1 {
             hits[0]
@@ -631,7 +630,7 @@ impl SessionWindow {
         list.push(target);
         let first = list.last().map_or(t, |s| s.first_event);
         self.state.open_sessions -= absorbed;
-        self.state.holds.push(Reverse((first, tid)));
+        self.state.holds.push(first, tid);
         list.len() - 1
     }
 
@@ -658,7 +657,7 @@ impl SessionWindow {
 
     /// Closes the session with the earliest live timer.
     fn evict_one(&mut self, out: &mut SessionOutput) {
-        while let Some(Reverse((deadline, tid))) = self.state.timers.pop() {
+        while let Some((deadline, tid)) = self.state.timers.pop() {
             if let Some(idx) = self.find_timer(&tid, deadline) {
                 self.close(tid, idx, CloseReason::MaxOpenTraces, out);
                 return;
@@ -675,7 +674,7 @@ impl SessionWindow {
         }
         let previous = self.state.watermark;
         self.state.watermark = wm;
-        while let Some(&Reverse((deadline, tid))) = self.state.timers.peek() {
+        while let Some((deadline, tid)) = self.state.timers.peek() {
             if deadline > wm {
                 break;
             }
@@ -704,10 +703,10 @@ impl SessionWindow {
             } else {
                 session.timer = current;
                 session.settle_attrs();
-                st.timers.push(Reverse((current, tid)));
+                st.timers.push(current, tid);
             }
         }
-        while let Some(&Reverse((expires, tid))) = self.state.expiry.peek() {
+        while let Some((expires, tid)) = self.state.expiry.peek() {
             if expires > wm {
                 break;
             }
@@ -725,7 +724,7 @@ impl SessionWindow {
     }
 
     fn drop_stale_holds(&mut self) {
-        while let Some(&Reverse((first, tid))) = self.state.holds.peek() {
+        while let Some((first, tid)) = self.state.holds.peek() {
             let live = self
                 .state
                 .sessions
@@ -745,7 +744,7 @@ impl SessionWindow {
         self.drop_stale_holds();
         let wm = self.state.watermark;
         let held = match self.state.holds.peek() {
-            Some(Reverse((first, _))) => wm.min(first.saturating_sub(1)),
+            Some((first, _)) => wm.min(first.saturating_sub(1)),
             None => wm,
         };
         self.state.forwarded = self.state.forwarded.max(held);
@@ -785,7 +784,7 @@ impl SessionWindow {
                 expires,
             },
         );
-        st.expiry.push(Reverse((expires, tid)));
+        st.expiry.push(expires, tid);
         session
             .spans
             .sort_unstable_by_key(|s| (s.start_ns, s.span_id));
@@ -808,8 +807,8 @@ fn add_span(
     session: &mut Session,
     span: Span,
     bytes: usize,
-    timers: &mut BinaryHeap<Reverse<(EventTime, TraceId)>>,
-    holds: &mut BinaryHeap<Reverse<(EventTime, TraceId)>>,
+    timers: &mut TimerQueue,
+    holds: &mut TimerQueue,
 ) -> bool {
     let tid = span.trace_id;
     let t = span.event_time();
@@ -819,14 +818,14 @@ fn add_span(
     let (deadline, _) = gaps.deadline(session);
     let rearm = session.timer == 0 || deadline < session.timer;
     if lowered_first {
-        holds.push(Reverse((t, tid)));
+        holds.push(t, tid);
     }
     if span_count >= u64::from(max_spans) {
         return true;
     }
     if rearm {
         session.timer = deadline;
-        timers.push(Reverse((deadline, tid)));
+        timers.push(deadline, tid);
     }
     false
 }

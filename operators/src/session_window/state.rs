@@ -1,11 +1,9 @@
 //! Serializable state of `session_window`, for checkpoints.
 
-use std::cmp::Reverse;
-use std::collections::BinaryHeap;
-
 use ahash::AHashMap;
 use serde::{Deserialize, Serialize};
 
+use super::timers::TimerQueue;
 use super::{Session, SessionMetrics, Tombstone};
 use crate::EventTime;
 use crate::model::TraceId;
@@ -21,11 +19,11 @@ pub struct SessionWindowState {
     pub(super) tombstones: AHashMap<TraceId, Tombstone>,
     /// Timer entries `(deadline, trace)`; an entry is live when it equals the session's
     /// `timer` (stale entries are skipped when popped).
-    pub(super) timers: BinaryHeap<Reverse<(EventTime, TraceId)>>,
+    pub(super) timers: TimerQueue,
     /// Tombstone expiry entries.
-    pub(super) expiry: BinaryHeap<Reverse<(EventTime, TraceId)>>,
+    pub(super) expiry: TimerQueue,
     /// Watermark hold entries `(first_event, trace)`, live when equal to the session's.
-    pub(super) holds: BinaryHeap<Reverse<(EventTime, TraceId)>>,
+    pub(super) holds: TimerQueue,
     pub(super) watermark: EventTime,
     /// Last watermark forwarded downstream.
     pub(super) forwarded: EventTime,
