@@ -119,9 +119,12 @@ enum Command {
         /// Print one JSON object on stdout instead of text.
         #[arg(long)]
         json: bool,
-        /// Read the spans through Kafka: they are first produced (untimed) to a
-        /// 4-partition topic of librdkafka's in-process mock cluster, then the job
-        /// consumes them with a `kafka` source (consumer, decode, routing: all measured).
+        /// Read the spans through Kafka: they are first produced (untimed) to a topic of
+        /// librdkafka's in-process mock cluster, then the job consumes them with a
+        /// `kafka` source (consumer, decode, routing: all measured). The mock keeps only
+        /// 5 MiB per partition, so large inputs get more partitions than the default 4;
+        /// each partition is a split whose watermark the others wait for, so more of the
+        /// input stays buffered than in the in-memory run.
         #[arg(long)]
         kafka_mock: bool,
         /// Run the job this many times on the same generated spans and report the
@@ -449,8 +452,20 @@ fn gen_kafka(
     Ok(ExitCode::SUCCESS)
 }
 
-/// Produces `records` to a 4-partition topic of an in-process mock Kafka cluster and
-/// returns the cluster with `job` reading that topic instead of its sources.
+/// What librdkafka's mock cluster keeps of a partition: at most 5 MiB of message sets
+/// (`rd_kafka_mock_partition_init`, not configurable); older ones are dropped as new
+/// ones arrive, and producing is done before the job reads, so the topic needs enough
+/// partitions to hold the whole input.
+const MOCK_PARTITION_BYTES: u64 = 5 << 20;
+
+/// Most partitions `--kafka-mock` gives its topic (each one a split of the source).
+const MOCK_MAX_PARTITIONS: i32 = 1024;
+
+/// Produces `records` to a topic of an in-process mock Kafka cluster and returns the
+/// cluster with `job` reading that topic instead of its sources. The topic gets at least
+/// 4 partitions, and more when the mock would otherwise drop the oldest messages (see
+/// [`MOCK_PARTITION_BYTES`]): it is produced again with more until the partitions'
+/// start offsets show that nothing was dropped.
 fn mock_kafka_job(
     job: &Job,
     name: &str,
@@ -462,32 +477,65 @@ fn mock_kafka_job(
     Job,
 )> {
     use spanflow::connectors::kafka::{KafkaSourceConfig, produce};
-    let cluster = rdkafka::mocking::MockCluster::new(1)?;
-    cluster.create_topic("bench", 4, 1)?;
-    let brokers = cluster.bootstrap_servers();
-    let producer =
-        produce::KafkaProducer::new(&brokers, &Default::default()).map_err(anyhow::Error::msg)?;
-    if !quiet {
-        eprintln!("producing {} records to the mock cluster", records.len());
-    }
-    let generated = records
-        .iter()
-        .map(|r| spanflow::connectors::generator::GeneratedRecord {
-            payload: r.to_vec(),
-            arrival_ns: 0,
-            garbage: false,
-            spans: 0,
-        });
-    let stats = produce::produce_generated(&producer, "bench", 4, generated, None, |_| {})
-        .map_err(anyhow::Error::msg)?;
-    if !quiet {
-        eprintln!(
-            "produced {} messages ({:.1} MiB) in {:.1}s",
-            stats.messages,
-            stats.bytes as f64 / 1048576.0,
-            stats.seconds
-        );
-    }
+    let mut partitions: i32 = 4;
+    let (cluster, brokers) = loop {
+        let cluster = rdkafka::mocking::MockCluster::new(1)?;
+        cluster.create_topic("bench", partitions, 1)?;
+        let brokers = cluster.bootstrap_servers();
+        let producer = produce::KafkaProducer::new(&brokers, &Default::default())
+            .map_err(anyhow::Error::msg)?;
+        if !quiet {
+            eprintln!(
+                "producing {} records to {partitions} partitions of the mock cluster",
+                records.len()
+            );
+        }
+        let generated = records
+            .iter()
+            .map(|r| spanflow::connectors::generator::GeneratedRecord {
+                payload: r.to_vec(),
+                arrival_ns: 0,
+                garbage: false,
+                spans: 0,
+            });
+        let stats =
+            produce::produce_generated(&producer, "bench", partitions, generated, None, |_| {})
+                .map_err(anyhow::Error::msg)?;
+        drop(producer);
+        if !quiet {
+            eprintln!(
+                "produced {} messages ({:.1} MiB) in {:.1}s",
+                stats.messages,
+                stats.bytes as f64 / 1048576.0,
+                stats.seconds
+            );
+        }
+        let (dropped, total) = mock_dropped_messages(&brokers, "bench", partitions)?;
+        if dropped == 0 {
+            break (cluster, brokers);
+        }
+        if partitions >= MOCK_MAX_PARTITIONS {
+            bail!(
+                "the mock Kafka cluster dropped {dropped} of {total} messages even with \
+                 {partitions} partitions (it keeps {} MiB per partition); use fewer --spans, \
+                 or scripts/bench-kafka.sh for a real broker",
+                MOCK_PARTITION_BYTES >> 20
+            );
+        }
+        let kept = total.saturating_sub(dropped).max(1);
+        let grown = (f64::from(partitions) * total as f64 / kept as f64 * 1.25).ceil();
+        let next = (grown as i32)
+            .max(partitions.saturating_mul(2))
+            .min(MOCK_MAX_PARTITIONS);
+        if !quiet {
+            eprintln!(
+                "the mock cluster dropped {dropped} of {total} messages (it keeps {} MiB per \
+                 partition); producing again to {next} partitions",
+                MOCK_PARTITION_BYTES >> 20
+            );
+        }
+        partitions = next;
+    };
     let watermark = job
         .sources
         .first()
@@ -510,6 +558,23 @@ fn mock_kafka_job(
         watermark,
     }];
     Ok((cluster, kafka_job))
+}
+
+/// Messages the mock cluster dropped from `topic` (the sum of its partitions' start
+/// offsets, as everything was produced from offset 0) and all it was given.
+fn mock_dropped_messages(brokers: &str, topic: &str, partitions: i32) -> Result<(u64, u64)> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()?;
+    let (mut dropped, mut total) = (0u64, 0u64);
+    for p in 0..partitions {
+        let (low, high) =
+            consumer.fetch_watermarks(topic, p, std::time::Duration::from_secs(10))?;
+        dropped += u64::try_from(low).unwrap_or(0);
+        total += u64::try_from(high).unwrap_or(0);
+    }
+    Ok((dropped, total))
 }
 
 fn truth_path(out: &Path) -> PathBuf {
@@ -565,6 +630,7 @@ fn bench(
     if let Some(b) = bar {
         b.finish_and_clear();
     }
+    let generated_spans = generator.ground_truth().spans;
     let input = (!kafka_mock).then(|| {
         Arc::new(MemoryInput {
             name: name.clone(),
@@ -592,6 +658,19 @@ fn bench(
             ..Default::default()
         };
         let s = run_job(&job, &opts)?;
+        // Figures over part of the input would look like a faster pipeline.
+        let read = s.decode.spans + s.decode.bad_spans;
+        if read != generated_spans {
+            bail!(
+                "run {run} read {read} spans of the {generated_spans} generated, so its figures \
+                 would not describe the input{}",
+                if kafka_mock {
+                    " (the mock Kafka cluster lost or repeated messages)"
+                } else {
+                    ""
+                }
+            );
+        }
         if !json && runs > 1 {
             eprintln!(
                 "run {run}/{runs}: {:.0} spans/s, {:.0} spans per CPU-second ({:.2} CPU-s), {} page faults",
