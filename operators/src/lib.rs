@@ -10,6 +10,7 @@ pub mod classify;
 pub mod config;
 pub mod metrics;
 pub mod model;
+pub mod operator;
 pub mod red_metrics;
 pub mod service_graph;
 pub mod session_window;
@@ -22,6 +23,7 @@ pub use model::{
     AttrArena, AttrValue, Attrs, AttrsBuilder, AttrsMap, CallType, Span, SpanId, SpanKind,
     StatusCode, Sym, TraceId,
 };
+pub use operator::{Batch, Emitter, Operator, OperatorError, Shape};
 
 /// Event time in unix nanoseconds.
 pub type EventTime = u64;

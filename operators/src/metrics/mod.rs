@@ -8,7 +8,10 @@
 //! commutative and the cardinality limit is applied at close time over the merged
 //! series, so the rows do not depend on the number of shards.
 
+mod merge;
 pub mod normalize;
+
+pub use merge::{MetricsMerge, MetricsReport, ServiceTotals};
 
 use std::cmp::Reverse;
 use std::collections::BTreeMap;
@@ -540,6 +543,32 @@ impl OpenInterval {
         at
     }
 
+    /// An open interval again from the partial [`OpenInterval::into_partial`] made of
+    /// it (restoring a snapshot).
+    fn from_partial(p: Partial, buckets: usize) -> Self {
+        let mut open = OpenInterval::new(p.start_ns, p.series.len(), buckets);
+        for (key, agg) in p.series {
+            let at = open.add_series(key, key.words(), buckets);
+            let base = at * buckets;
+            for (b, count) in agg.counts.iter().enumerate().take(buckets) {
+                if let Some(c) = open.cells.get_mut(base + b) {
+                    c.count = *count;
+                    if let Some(Some(e)) = agg.exemplars.get(b) {
+                        c.exemplar = *e;
+                    }
+                }
+            }
+            if let Some((_, head)) = open.heads.get_mut(at) {
+                *head = SeriesAgg {
+                    counts: Vec::new(),
+                    exemplars: Vec::new(),
+                    ..agg
+                };
+            }
+        }
+        open
+    }
+
     /// The series as the merger takes them.
     fn into_partial(self, buckets: usize) -> Partial {
         let series = self
@@ -560,6 +589,17 @@ impl OpenInterval {
             series,
         }
     }
+}
+
+/// What [`IntervalAggregator::state`] saves: the open intervals as partials.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct AggregatorState {
+    /// Open intervals, ascending by start.
+    pub open: Vec<Partial>,
+    /// Intervals before this start were flushed.
+    pub flushed_until: EventTime,
+    /// Observations that arrived for an interval already flushed.
+    pub late_observations: u64,
 }
 
 /// Per-shard pre-aggregation into event-time tumbling intervals.
@@ -670,6 +710,35 @@ impl IntervalAggregator {
             }
             c.count += 1;
         }
+    }
+
+    /// The open intervals and counters, for a snapshot; flushing is unaffected.
+    pub fn state(&self) -> AggregatorState {
+        let n = self.buckets.len();
+        AggregatorState {
+            open: self
+                .open
+                .iter()
+                .cloned()
+                .map(|i| i.into_partial(n))
+                .collect(),
+            flushed_until: self.flushed_until,
+            late_observations: self.late_observations,
+        }
+    }
+
+    /// Replaces the open intervals and counters with a snapshot's.
+    pub fn restore(&mut self, state: AggregatorState) {
+        let n = self.buckets.len();
+        self.open = state
+            .open
+            .into_iter()
+            .map(|p| OpenInterval::from_partial(p, n))
+            .collect();
+        self.open.sort_by_key(|i| i.start);
+        self.last = 0;
+        self.flushed_until = state.flushed_until;
+        self.late_observations = state.late_observations;
     }
 
     /// Hands over every interval that ends at or before `watermark`.

@@ -16,13 +16,18 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::EventTime;
 use crate::config::{ConfigIssue, HumanDuration};
 use crate::metrics::normalize::OperationNormalizer;
 use crate::metrics::{
-    Buckets, Exemplar, IntervalAggregator, Metric, MetricsMerger, Partial, SeriesKey,
-    SlowThresholds, default_buckets, validate_metric_settings,
+    Buckets, Exemplar, IntervalAggregator, Metric, MetricsMerge, MetricsMerger, MetricsReport,
+    Partial, SeriesKey, SlowThresholds, default_buckets, validate_metric_settings,
 };
 use crate::model::{CallType, SpanKind, Sym};
+use crate::operator::{
+    Batch, DataKind, Emitter, Operator, OperatorError, PortSpec, Report, Scope, Shape, Table,
+    decode_state, encode_state,
+};
 use crate::session_window::ClosedTrace;
 use crate::span_index::SpanIndex;
 
@@ -283,6 +288,86 @@ impl RedMetrics {
     /// watermark).
     pub fn flush(&mut self, watermark: u64, out: &mut Vec<Partial>) {
         self.agg.flush(watermark, out);
+    }
+}
+
+impl RedMetrics {
+    /// Ports and tables of `red_metrics` nodes.
+    pub const SHAPE: Shape = Shape {
+        kind: "red_metrics",
+        input: DataKind::Traces,
+        scope: Scope::Merged,
+        outputs: &[
+            PortSpec {
+                name: "red_metrics",
+                data: DataKind::Intervals,
+                table: Some(Table::RedMetrics),
+                doc: "requests, errors, slow calls and a histogram per series and interval",
+            },
+            PortSpec {
+                name: "exemplars",
+                data: DataKind::Intervals,
+                table: Some(Table::Exemplars),
+                doc: "one span per series, interval and histogram bucket",
+            },
+        ],
+    };
+
+    /// The merge stage over every shard's partials. `keep_sampled_only` (the input
+    /// comes from a sampler) drops exemplars of traces it did not keep.
+    pub fn merge_operator(&self, keep_sampled_only: bool) -> MetricsMerge {
+        MetricsMerge::new(
+            self.merger(1, keep_sampled_only),
+            self.buckets().clone(),
+            Self::SHAPE.outputs.len(),
+            true,
+        )
+    }
+}
+
+/// The partial side: closed traces in, this shard's intervals out (port 0) once the
+/// watermark completes them.
+impl Operator for RedMetrics {
+    fn process(
+        &mut self,
+        input: usize,
+        batch: Batch,
+        _out: &mut Emitter,
+    ) -> Result<(), OperatorError> {
+        let Batch::Traces(traces) = batch else {
+            return Err(OperatorError::unexpected("red_metrics", input, &batch));
+        };
+        for t in &traces {
+            self.add_trace(&t.trace, t.kept());
+        }
+        Ok(())
+    }
+
+    fn on_watermark(
+        &mut self,
+        watermark: EventTime,
+        out: &mut Emitter,
+    ) -> Result<EventTime, OperatorError> {
+        let mut parts = Vec::new();
+        self.flush(watermark, &mut parts);
+        out.emit(0, Batch::Partials(parts));
+        Ok(watermark)
+    }
+
+    fn snapshot(&self) -> Result<Vec<u8>, OperatorError> {
+        encode_state(&self.agg.state())
+    }
+
+    fn restore(&mut self, state: &[u8]) -> Result<(), OperatorError> {
+        self.agg.restore(decode_state(state)?);
+        Ok(())
+    }
+
+    fn report(&self) -> Report {
+        Report::Metrics(MetricsReport {
+            late_observations: self.late_observations(),
+            ..MetricsReport::default()
+        })
     }
 }
 

@@ -13,12 +13,17 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::EventTime;
 use crate::config::{ConfigIssue, HumanDuration};
 use crate::metrics::{
-    Buckets, Exemplar, IntervalAggregator, Metric, MetricsMerger, NodeKind, Partial, SeriesKey,
-    SlowThresholds, default_buckets, validate_metric_settings,
+    Buckets, Exemplar, IntervalAggregator, Metric, MetricsMerge, MetricsMerger, MetricsReport,
+    NodeKind, Partial, SeriesKey, SlowThresholds, default_buckets, validate_metric_settings,
 };
 use crate::model::{CallType, Span, SpanId, SpanKind, Sym, TraceId};
+use crate::operator::{
+    Batch, DataKind, Emitter, Operator, OperatorError, PortSpec, Report, Scope, Shape, Table,
+    decode_state, encode_state,
+};
 use crate::session_window::ClosedTrace;
 use crate::span_index::SpanIndex;
 
@@ -272,3 +277,78 @@ impl ServiceGraph {
         self.agg.flush(watermark, out);
     }
 }
+
+impl ServiceGraph {
+    /// Ports and tables of `service_graph` nodes.
+    pub const SHAPE: Shape = Shape {
+        kind: "service_graph",
+        input: DataKind::Traces,
+        scope: Scope::Merged,
+        outputs: &[PortSpec {
+            name: "service_relation",
+            data: DataKind::Intervals,
+            table: Some(Table::ServiceRelation),
+            doc: "calls, errors and a latency histogram per edge and interval",
+        }],
+    };
+
+    /// The merge stage over every shard's partials. `keep_sampled_only` (the input
+    /// comes from a sampler) drops exemplars of traces it did not keep.
+    pub fn merge_operator(&self, keep_sampled_only: bool) -> MetricsMerge {
+        MetricsMerge::new(
+            self.merger(1, keep_sampled_only),
+            self.buckets().clone(),
+            Self::SHAPE.outputs.len(),
+            false,
+        )
+    }
+}
+
+/// The partial side: closed traces in, this shard's intervals out (port 0) once the
+/// watermark completes them.
+impl Operator for ServiceGraph {
+    fn process(
+        &mut self,
+        input: usize,
+        batch: Batch,
+        _out: &mut Emitter,
+    ) -> Result<(), OperatorError> {
+        let Batch::Traces(traces) = batch else {
+            return Err(OperatorError::unexpected("service_graph", input, &batch));
+        };
+        for t in &traces {
+            self.add_trace(&t.trace, t.kept());
+        }
+        Ok(())
+    }
+
+    fn on_watermark(
+        &mut self,
+        watermark: EventTime,
+        out: &mut Emitter,
+    ) -> Result<EventTime, OperatorError> {
+        let mut parts = Vec::new();
+        self.flush(watermark, &mut parts);
+        out.emit(0, Batch::Partials(parts));
+        Ok(watermark)
+    }
+
+    fn snapshot(&self) -> Result<Vec<u8>, OperatorError> {
+        encode_state(&self.agg.state())
+    }
+
+    fn restore(&mut self, state: &[u8]) -> Result<(), OperatorError> {
+        self.agg.restore(decode_state(state)?);
+        Ok(())
+    }
+
+    fn report(&self) -> Report {
+        Report::Metrics(MetricsReport {
+            late_observations: self.agg.late_observations,
+            ..MetricsReport::default()
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;

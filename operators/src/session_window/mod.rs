@@ -27,7 +27,13 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{ConfigIssue, HumanDuration};
+use std::sync::Arc;
+
 use crate::model::{AttrArena, Span, Sym, TraceId};
+use crate::operator::{
+    Batch, Buffered, DataKind, Emitter, Operator, OperatorError, PortSpec, Report, Scope, Shape,
+    Table, TraceRef, decode_state, encode_state,
+};
 use crate::{EventTime, WATERMARK_END};
 use timers::TimerQueue;
 
@@ -404,6 +410,8 @@ pub struct SessionWindow {
     gaps: Gaps,
     retention_ns: u64,
     state: SessionWindowState,
+    /// Reused between calls of the [`Operator`] methods.
+    scratch: SessionOutput,
 }
 
 /// The gap rules and the duration cap in nanoseconds, apart from the state so that a
@@ -458,6 +466,7 @@ impl SessionWindow {
             retention_ns: config.closed_trace_retention.as_nanos(),
             config,
             state,
+            scratch: SessionOutput::default(),
         }
     }
 
@@ -794,6 +803,104 @@ impl SessionWindow {
             spans: session.spans,
             summary,
         });
+    }
+}
+
+impl SessionWindow {
+    /// Ports and tables of `session_window` nodes.
+    pub const SHAPE: Shape = Shape {
+        kind: "session_window",
+        input: DataKind::Spans,
+        scope: Scope::Shard,
+        outputs: &[
+            PortSpec {
+                name: "traces",
+                data: DataKind::Traces,
+                table: Some(Table::Traces),
+                doc: "one closed trace per session",
+            },
+            PortSpec {
+                name: "late_spans",
+                data: DataKind::LateSpans,
+                table: Some(Table::LateSpans),
+                doc: "spans that arrived after their trace or window closed",
+            },
+        ],
+    };
+
+    /// Output port of the closed traces.
+    pub const TRACES: usize = 0;
+    /// Output port of the late spans.
+    pub const LATE_SPANS: usize = 1;
+
+    fn emit(out: &mut Emitter, so: &mut SessionOutput) {
+        if !so.closed.is_empty() {
+            let traces = so
+                .closed
+                .drain(..)
+                .map(|t| TraceRef {
+                    trace: Arc::new(t),
+                    decision: None,
+                })
+                .collect();
+            out.emit(Self::TRACES, Batch::Traces(traces));
+        }
+        if !so.late.is_empty() {
+            out.emit(
+                Self::LATE_SPANS,
+                Batch::LateSpans(std::mem::take(&mut so.late)),
+            );
+        }
+    }
+}
+
+impl Operator for SessionWindow {
+    fn process(
+        &mut self,
+        input: usize,
+        batch: Batch,
+        out: &mut Emitter,
+    ) -> Result<(), OperatorError> {
+        let Batch::Spans(spans) = batch else {
+            return Err(OperatorError::unexpected("session_window", input, &batch));
+        };
+        let mut so = std::mem::take(&mut self.scratch);
+        SessionWindow::process(self, spans, &mut so);
+        Self::emit(out, &mut so);
+        self.scratch = so;
+        Ok(())
+    }
+
+    fn on_watermark(
+        &mut self,
+        watermark: EventTime,
+        out: &mut Emitter,
+    ) -> Result<EventTime, OperatorError> {
+        let mut so = std::mem::take(&mut self.scratch);
+        SessionWindow::on_watermark(self, watermark, &mut so);
+        Self::emit(out, &mut so);
+        self.scratch = so;
+        Ok(self.output_watermark())
+    }
+
+    fn snapshot(&self) -> Result<Vec<u8>, OperatorError> {
+        encode_state(&self.state)
+    }
+
+    fn restore(&mut self, state: &[u8]) -> Result<(), OperatorError> {
+        self.state = decode_state(state)?;
+        Ok(())
+    }
+
+    fn report(&self) -> Report {
+        Report::Sessions(self.state.metrics.clone())
+    }
+
+    fn buffered(&self) -> Buffered {
+        Buffered {
+            spans: self.state.buffered_spans,
+            bytes: self.state.buffered_bytes,
+        }
     }
 }
 

@@ -8,6 +8,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::ConfigIssue;
 use crate::model::{Span, Sym};
+use crate::operator::{
+    Batch, DataKind, Emitter, Operator, OperatorError, PortSpec, Report, Scope, Shape, Table,
+    decode_state, encode_state,
+};
 
 /// Configuration of `span_filter` in a job file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -165,6 +169,58 @@ impl SpanFilter {
             }
         }
         *spans = keep;
+    }
+}
+
+impl SpanFilter {
+    /// Ports and tables of `span_filter` nodes.
+    pub const SHAPE: Shape = Shape {
+        kind: "span_filter",
+        input: DataKind::Spans,
+        scope: Scope::Shard,
+        outputs: &[PortSpec {
+            name: "spans",
+            data: DataKind::Spans,
+            table: Some(Table::Spans),
+            doc: "the spans no rule dropped",
+        }],
+    };
+}
+
+impl Operator for SpanFilter {
+    fn process(
+        &mut self,
+        input: usize,
+        batch: Batch,
+        out: &mut Emitter,
+    ) -> Result<(), OperatorError> {
+        let Batch::Spans(mut spans) = batch else {
+            return Err(OperatorError::unexpected("span_filter", input, &batch));
+        };
+        self.apply(&mut spans);
+        out.emit(0, Batch::Spans(spans));
+        Ok(())
+    }
+
+    fn snapshot(&self) -> Result<Vec<u8>, OperatorError> {
+        encode_state(&self.metrics)
+    }
+
+    fn restore(&mut self, state: &[u8]) -> Result<(), OperatorError> {
+        let m: SpanFilterMetrics = decode_state(state)?;
+        if m.dropped_by_rule.len() != self.metrics.dropped_by_rule.len() {
+            return Err(OperatorError::State(format!(
+                "the checkpoint counts {} rules, the job has {}",
+                m.dropped_by_rule.len(),
+                self.metrics.dropped_by_rule.len()
+            )));
+        }
+        self.metrics = m;
+        Ok(())
+    }
+
+    fn report(&self) -> Report {
+        Report::Filter(self.metrics.clone())
     }
 }
 

@@ -72,6 +72,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{ConfigIssue, HumanDuration};
 use crate::model::{CallType, Sym};
+use crate::operator::{
+    Batch, DataKind, Emitter, Operator, OperatorError, PortSpec, Report, Scope, Shape, Table,
+    TraceRef, decode_state, encode_state,
+};
 use crate::session_window::ClosedTrace;
 
 use policy::{Ctx, Node, Touch};
@@ -467,35 +471,51 @@ impl TailSampler {
                 }
             })
             .collect();
+        let limiters = specs
+            .iter()
+            .map(|(key, _)| LimiterState {
+                key: key.clone(),
+                ..LimiterState::default()
+            })
+            .collect();
+        let mut sampler = TailSampler {
+            matched: Vec::with_capacity(policies.len()),
+            policies,
+            modes: specs.into_iter().map(|(_, m)| m).collect(),
+            state: TailSamplerState {
+                limiters,
+                metrics: SamplingMetrics::default(),
+            },
+            touched: Vec::new(),
+            scratch: String::new(),
+        };
+        sampler.restore_state(state);
+        sampler
+    }
+
+    /// Takes over saved state: rate limits find their buckets by key; a limiter without
+    /// saved state starts empty, saved state of a policy the config no longer has is
+    /// dropped.
+    pub fn restore_state(&mut self, state: TailSamplerState) {
         let TailSamplerState {
             limiters: saved,
             mut metrics,
         } = state;
         let mut saved: HashMap<String, LimiterState> =
             saved.into_iter().map(|l| (l.key.clone(), l)).collect();
-        let limiters = specs
-            .iter()
-            .map(|(key, _)| {
-                saved.remove(key).unwrap_or_else(|| LimiterState {
-                    key: key.clone(),
-                    ..LimiterState::default()
-                })
-            })
-            .collect();
-        for p in &policies {
+        for l in &mut self.state.limiters {
+            *l = saved.remove(&l.key).unwrap_or_else(|| LimiterState {
+                key: l.key.clone(),
+                ..LimiterState::default()
+            });
+        }
+        for p in &self.policies {
             metrics
                 .kept_by_policy
                 .entry(p.name.as_str().to_owned())
                 .or_insert(0);
         }
-        TailSampler {
-            matched: Vec::with_capacity(policies.len()),
-            policies,
-            modes: specs.into_iter().map(|(_, m)| m).collect(),
-            state: TailSamplerState { limiters, metrics },
-            touched: Vec::new(),
-            scratch: String::new(),
-        }
+        self.state.metrics = metrics;
     }
 
     /// The sampler's state, for a checkpoint.
@@ -639,6 +659,87 @@ impl TailSampler {
             policy,
             adjusted_count,
         }
+    }
+}
+
+impl TailSampler {
+    /// Ports and tables of `tail_sampling` nodes.
+    pub const SHAPE: Shape = Shape {
+        kind: "tail_sampling",
+        input: DataKind::Traces,
+        scope: Scope::Shard,
+        outputs: &[
+            PortSpec {
+                name: "traces",
+                data: DataKind::Traces,
+                table: Some(Table::Traces),
+                doc: "every trace, marked with the decision",
+            },
+            PortSpec {
+                name: "spans",
+                data: DataKind::Traces,
+                table: Some(Table::Spans),
+                doc: "the spans of the kept traces",
+            },
+            PortSpec {
+                name: "kept",
+                data: DataKind::Traces,
+                table: Some(Table::Traces),
+                doc: "the kept traces only",
+            },
+        ],
+    };
+
+    /// Output port of every trace with its decision.
+    pub const TRACES: usize = 0;
+    /// Output port of the kept traces, written as their spans.
+    pub const SPANS: usize = 1;
+    /// Output port of the kept traces.
+    pub const KEPT: usize = 2;
+}
+
+impl Operator for TailSampler {
+    fn process(
+        &mut self,
+        input: usize,
+        batch: Batch,
+        out: &mut Emitter,
+    ) -> Result<(), OperatorError> {
+        let Batch::Traces(mut traces) = batch else {
+            return Err(OperatorError::unexpected("tail_sampling", input, &batch));
+        };
+        for t in &mut traces {
+            t.decision = Some(self.decide(&t.trace));
+        }
+        let want_kept = out.is_connected(Self::SPANS) || out.is_connected(Self::KEPT);
+        let kept: Vec<TraceRef> = if want_kept {
+            traces.iter().filter(|t| t.kept()).cloned().collect()
+        } else {
+            Vec::new()
+        };
+        out.emit(Self::TRACES, Batch::Traces(traces));
+        if out.is_connected(Self::KEPT) && out.is_connected(Self::SPANS) {
+            out.emit(Self::SPANS, Batch::Traces(kept.clone()));
+            out.emit(Self::KEPT, Batch::Traces(kept));
+        } else if out.is_connected(Self::KEPT) {
+            out.emit(Self::KEPT, Batch::Traces(kept));
+        } else {
+            out.emit(Self::SPANS, Batch::Traces(kept));
+        }
+        Ok(())
+    }
+
+    fn snapshot(&self) -> Result<Vec<u8>, OperatorError> {
+        encode_state(&self.state)
+    }
+
+    fn restore(&mut self, state: &[u8]) -> Result<(), OperatorError> {
+        self.restore_state(decode_state(state)?);
+        Ok(())
+    }
+
+    fn report(&self) -> Report {
+        Report::Sampling(self.state.metrics.clone())
     }
 }
 

@@ -1,0 +1,462 @@
+//! The operator frame: one trait every operator implements, the batches that flow on
+//! its ports, and the declaration of its ports and their tables.
+//!
+//! In the spirit of Arroyo's `ArrowOperator` and Flink's `StreamOperator`: the runtime
+//! hands an operator batches ([`Operator::process`]) and watermarks
+//! ([`Operator::on_watermark`]), the operator emits batches to numbered output ports
+//! through an [`Emitter`], and returns the watermark it forwards: its input watermark
+//! held back to what it still buffers. Keyed routing, channels, sinks and checkpoint
+//! storage belong to the runtime; an operator sees only its shard's keys and stays a
+//! deterministic function of its inputs (no clock, no I/O), which is what lets
+//! [`harness`] run it from a script.
+//!
+//! An operator that aggregates across shards (`red_metrics`, `service_graph`) is two
+//! operators: a *partial* one in every shard that emits [`Batch::Partials`] on its one
+//! port, and a *merge* one the runtime runs once, fed by every shard's partials, whose
+//! input watermark is the minimum of the shards' (the runtime aligns them). Its
+//! [`Shape::scope`] says so.
+//!
+//! Each operator kind declares its [`Shape`] once (`SessionWindow::SHAPE`, ...): the
+//! data it reads, its output ports, what each carries and the table a sink writes from
+//! it. The job loader, the planner and the sinks read these declarations.
+
+pub mod harness;
+
+use std::any::Any;
+use std::sync::Arc;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::EventTime;
+use crate::metrics::{Buckets, ClosedInterval, Partial};
+use crate::model::Span;
+use crate::session_window::{ClosedTrace, LateSpan, SessionMetrics};
+use crate::span_filter::SpanFilterMetrics;
+use crate::tail_sampling::{Decision, SamplingMetrics};
+
+/// What flows on a port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DataKind {
+    /// [`Batch::Spans`].
+    Spans,
+    /// [`Batch::Traces`].
+    Traces,
+    /// [`Batch::LateSpans`].
+    LateSpans,
+    /// [`Batch::Partials`].
+    Partials,
+    /// [`Batch::Intervals`].
+    Intervals,
+    /// [`Batch::Other`]: rows the runtime produced itself (a rollup's query result).
+    Rows,
+    /// Records a source could not decode (the runtime's dead-letter rows).
+    DeadLetters,
+}
+
+impl DataKind {
+    /// Name used in diagnostics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DataKind::Spans => "spans",
+            DataKind::Traces => "traces",
+            DataKind::LateSpans => "late spans",
+            DataKind::Partials => "metric partials",
+            DataKind::Intervals => "metric intervals",
+            DataKind::Rows => "query rows",
+            DataKind::DeadLetters => "dead letters",
+        }
+    }
+}
+
+/// The table a sink writes from a port: one of the built-in tables (their columns are
+/// defined once, by the `spanflow` crate's `tables` module), or a table whose schema
+/// the planner knows (a rollup's query result).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Table {
+    /// `traces`: one row per trace of a [`Batch::Traces`].
+    Traces,
+    /// `spans`: every span of every trace of a [`Batch::Traces`], or of a
+    /// [`Batch::Spans`].
+    Spans,
+    /// `late_spans`.
+    LateSpans,
+    /// `dead_letters`.
+    DeadLetters,
+    /// `red_metrics`: one row per series of each closed interval.
+    RedMetrics,
+    /// `exemplars`: one row per exemplar of each closed interval.
+    Exemplars,
+    /// `service_relation`: one row per edge of each closed interval.
+    ServiceRelation,
+    /// Rows with a schema planned at load time (a rollup's result).
+    Query,
+}
+
+impl Table {
+    /// The built-in table's name (`traces`, ...); `None` for [`Table::Query`].
+    pub fn builtin_name(self) -> Option<&'static str> {
+        Some(match self {
+            Table::Traces => "traces",
+            Table::Spans => "spans",
+            Table::LateSpans => "late_spans",
+            Table::DeadLetters => "dead_letters",
+            Table::RedMetrics => "red_metrics",
+            Table::Exemplars => "exemplars",
+            Table::ServiceRelation => "service_relation",
+            Table::Query => return None,
+        })
+    }
+}
+
+/// One output port of an operator kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PortSpec {
+    /// Name in `from:` lists (`node.name`); the first port is the node's default.
+    pub name: &'static str,
+    /// What the port carries.
+    pub data: DataKind,
+    /// What a sink writes from it; `None` when no sink may read it.
+    pub table: Option<Table>,
+    /// One line for the docs and diagnostics.
+    pub doc: &'static str,
+}
+
+/// Where an operator kind runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// One instance per shard, on that shard's keys.
+    Shard,
+    /// A partial instance per shard and one merge instance over all of them; the
+    /// node's output ports are the merge instance's.
+    Merged,
+    /// One instance, downstream of merged operators (rollups).
+    Global,
+}
+
+/// The declaration of an operator kind: what it reads, where it runs, what it writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shape {
+    /// The kind's name in job files (`session_window`, ...).
+    pub kind: &'static str,
+    /// What every input must carry.
+    pub input: DataKind,
+    /// Where it runs.
+    pub scope: Scope,
+    /// Output ports, the default first.
+    pub outputs: &'static [PortSpec],
+}
+
+impl Shape {
+    /// The output port called `name`, with its index.
+    pub fn port(&self, name: &str) -> Option<(usize, &'static PortSpec)> {
+        self.outputs
+            .iter()
+            .enumerate()
+            .find(|(_, p)| p.name == name)
+    }
+
+    /// The default (first) output port.
+    pub fn default_port(&self) -> Option<&'static PortSpec> {
+        self.outputs.first()
+    }
+}
+
+/// A closed trace on its way between operators. The trace is shared (fan-out to two
+/// samplers or to `red_metrics` and `service_graph` copies a pointer, not the spans);
+/// the decision belongs to the edge it travels on.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TraceRef {
+    /// The trace.
+    pub trace: Arc<ClosedTrace>,
+    /// The decision of the `tail_sampling` that emitted it; `None` before any sampler.
+    pub decision: Option<Decision>,
+}
+
+impl TraceRef {
+    /// True unless a sampler dropped the trace.
+    #[inline]
+    pub fn kept(&self) -> bool {
+        self.decision.as_ref().is_none_or(|d| d.sampled)
+    }
+}
+
+/// Closed metric intervals with the histogram buckets their counts refer to.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IntervalBatch {
+    /// The operator's histogram buckets.
+    pub buckets: Arc<Buckets>,
+    /// Closed intervals, ascending by start.
+    pub intervals: Vec<Arc<ClosedInterval>>,
+}
+
+/// A batch on a port.
+#[derive(Debug, Clone)]
+pub enum Batch {
+    /// Spans, in arrival order.
+    Spans(Vec<Span>),
+    /// Closed traces.
+    Traces(Vec<TraceRef>),
+    /// Spans that arrived after their trace or window closed.
+    LateSpans(Vec<LateSpan>),
+    /// One shard's pre-aggregated metric intervals, for a merge operator.
+    Partials(Vec<Partial>),
+    /// Metric intervals closed by a merge operator.
+    Intervals(IntervalBatch),
+    /// Data the runtime defines (query rows, dead letters); operators of this crate
+    /// never read it.
+    Other(Arc<dyn Any + Send + Sync>),
+}
+
+impl Batch {
+    /// What the batch carries.
+    pub fn kind(&self) -> DataKind {
+        match self {
+            Batch::Spans(_) => DataKind::Spans,
+            Batch::Traces(_) => DataKind::Traces,
+            Batch::LateSpans(_) => DataKind::LateSpans,
+            Batch::Partials(_) => DataKind::Partials,
+            Batch::Intervals(_) => DataKind::Intervals,
+            Batch::Other(_) => DataKind::Rows,
+        }
+    }
+
+    /// Items in the batch (0 for [`Batch::Other`]).
+    pub fn len(&self) -> usize {
+        match self {
+            Batch::Spans(v) => v.len(),
+            Batch::Traces(v) => v.len(),
+            Batch::LateSpans(v) => v.len(),
+            Batch::Partials(v) => v.len(),
+            Batch::Intervals(b) => b.intervals.len(),
+            Batch::Other(_) => 0,
+        }
+    }
+
+    /// True when the batch holds nothing (a [`Batch::Other`] is never empty).
+    pub fn is_empty(&self) -> bool {
+        !matches!(self, Batch::Other(_)) && self.len() == 0
+    }
+}
+
+impl PartialEq for Batch {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Batch::Spans(a), Batch::Spans(b)) => a == b,
+            (Batch::Traces(a), Batch::Traces(b)) => a == b,
+            (Batch::LateSpans(a), Batch::LateSpans(b)) => a == b,
+            (Batch::Partials(a), Batch::Partials(b)) => a == b,
+            (Batch::Intervals(a), Batch::Intervals(b)) => a == b,
+            (Batch::Other(a), Batch::Other(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
+}
+
+/// Collects what an operator emits during one call, per output port.
+#[derive(Debug, Default)]
+pub struct Emitter {
+    ports: Vec<Vec<Batch>>,
+    connected: Vec<bool>,
+}
+
+impl Emitter {
+    /// An emitter for `ports` output ports, every one of them read by someone.
+    pub fn new(ports: usize) -> Self {
+        Emitter::with_connected(vec![true; ports])
+    }
+
+    /// An emitter whose port `i` is read by someone iff `connected[i]`: batches for
+    /// other ports are dropped, and operators skip building them.
+    pub fn with_connected(connected: Vec<bool>) -> Self {
+        Emitter {
+            ports: connected.iter().map(|_| Vec::new()).collect(),
+            connected,
+        }
+    }
+
+    /// Whether anyone reads `port` (operators skip work for ports nobody reads).
+    #[inline]
+    pub fn is_connected(&self, port: usize) -> bool {
+        self.connected.get(port).copied().unwrap_or(false)
+    }
+
+    /// Emits `batch` on `port`; empty batches and batches for ports nobody reads are
+    /// dropped.
+    #[inline]
+    pub fn emit(&mut self, port: usize, batch: Batch) {
+        if batch.is_empty() || !self.is_connected(port) {
+            return;
+        }
+        if let Some(p) = self.ports.get_mut(port) {
+            p.push(batch);
+        }
+    }
+
+    /// Number of output ports.
+    pub fn ports(&self) -> usize {
+        self.ports.len()
+    }
+
+    /// Takes what was emitted on `port`, in emission order.
+    pub fn take(&mut self, port: usize) -> Vec<Batch> {
+        self.ports
+            .get_mut(port)
+            .map(std::mem::take)
+            .unwrap_or_default()
+    }
+
+    /// True when nothing waits on any port.
+    pub fn is_empty(&self) -> bool {
+        self.ports.iter().all(Vec::is_empty)
+    }
+}
+
+/// Errors of operators. Operators validate their configs before they are built, and
+/// decide about bad data themselves (late spans, caps), so what is left is state that
+/// does not fit and wiring mistakes.
+#[derive(Debug, thiserror::Error)]
+pub enum OperatorError {
+    /// A snapshot could not be encoded or a saved state not decoded (a checkpoint of
+    /// another version or of another operator).
+    #[error("operator state: {0}")]
+    State(String),
+    /// The runtime delivered a batch the operator does not read; this is a bug.
+    #[error("internal error: {0} (this is a bug)")]
+    Internal(String),
+}
+
+impl OperatorError {
+    /// The error for a batch of the wrong kind on `input`.
+    pub fn unexpected(operator: &str, input: usize, batch: &Batch) -> Self {
+        OperatorError::Internal(format!(
+            "`{operator}` received {} on input {input}",
+            batch.kind().as_str()
+        ))
+    }
+}
+
+/// Encodes an operator's state for a snapshot (CBOR: compact, self-describing, so a
+/// checkpoint can be inspected and a field added with a default).
+pub fn encode_state<T: Serialize>(state: &T) -> Result<Vec<u8>, OperatorError> {
+    let mut out = Vec::new();
+    ciborium::into_writer(state, &mut out).map_err(|e| OperatorError::State(e.to_string()))?;
+    Ok(out)
+}
+
+/// Decodes a state written by [`encode_state`].
+pub fn decode_state<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, OperatorError> {
+    ciborium::from_reader(bytes).map_err(|e| OperatorError::State(e.to_string()))
+}
+
+/// What an operator reports for the run summary and the server's metrics; instances
+/// of one node (its shards) are merged with [`Report::merge`].
+#[derive(Debug, Clone, PartialEq, Default)]
+pub enum Report {
+    /// Nothing to report.
+    #[default]
+    None,
+    /// A `session_window`'s counters.
+    Sessions(SessionMetrics),
+    /// A `span_filter`'s counters.
+    Filter(SpanFilterMetrics),
+    /// A `tail_sampling`'s counters.
+    Sampling(SamplingMetrics),
+    /// A metric operator's counters (merge or partial side).
+    Metrics(crate::metrics::MetricsReport),
+}
+
+impl Report {
+    /// Adds another instance's report of the same node.
+    pub fn merge(&mut self, other: &Report) {
+        match (self, other) {
+            (_, Report::None) => {}
+            (me @ Report::None, o) => *me = o.clone(),
+            (Report::Sessions(a), Report::Sessions(b)) => a.merge(b),
+            (Report::Filter(a), Report::Filter(b)) => a.merge(b),
+            (Report::Sampling(a), Report::Sampling(b)) => a.merge(b),
+            (Report::Metrics(a), Report::Metrics(b)) => a.merge(b),
+            // Instances of one node report alike; a mismatch keeps the first.
+            _ => {}
+        }
+    }
+}
+
+/// Spans and bytes an operator holds, for memory figures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Buffered {
+    /// Spans held.
+    pub spans: usize,
+    /// Approximate bytes held by them.
+    pub bytes: usize,
+}
+
+/// A streaming operator.
+///
+/// The runtime calls, for each instance, in this order: any number of
+/// [`process`](Operator::process) and [`on_watermark`](Operator::on_watermark) calls
+/// (watermarks strictly increasing), then either `on_watermark(WATERMARK_END)` and
+/// [`on_end`](Operator::on_end) when the input ends, or
+/// [`snapshot`](Operator::snapshot) when the run stops to resume later. A new instance
+/// given that snapshot through [`restore`](Operator::restore) goes on exactly as the
+/// stopped one would have.
+pub trait Operator: Send {
+    /// Processes one batch that arrived on input `input` (the index of the stream in
+    /// the node's `from:` list) and emits what it produced.
+    fn process(
+        &mut self,
+        input: usize,
+        batch: Batch,
+        out: &mut Emitter,
+    ) -> Result<(), OperatorError>;
+
+    /// The input watermark advanced to `watermark`: no more input at or before it.
+    /// Emits what that completes and returns the watermark to forward, which is at
+    /// most `watermark` and holds back to the earliest event time the operator still
+    /// buffers; the runtime never lets a forwarded watermark go backwards.
+    fn on_watermark(
+        &mut self,
+        watermark: EventTime,
+        out: &mut Emitter,
+    ) -> Result<EventTime, OperatorError> {
+        let _ = out;
+        Ok(watermark)
+    }
+
+    /// The input ended (after `on_watermark(WATERMARK_END)`): emit anything left.
+    fn on_end(&mut self, out: &mut Emitter) -> Result<(), OperatorError> {
+        let _ = out;
+        Ok(())
+    }
+
+    /// The operator's state, to resume from (see [`encode_state`]). Empty for
+    /// stateless operators.
+    fn snapshot(&self) -> Result<Vec<u8>, OperatorError> {
+        Ok(Vec::new())
+    }
+
+    /// Replaces the state of a freshly built instance with a snapshot of an instance
+    /// built from the same config.
+    fn restore(&mut self, state: &[u8]) -> Result<(), OperatorError> {
+        if state.is_empty() {
+            Ok(())
+        } else {
+            Err(OperatorError::State(
+                "this operator keeps no state, but the checkpoint has some for it".into(),
+            ))
+        }
+    }
+
+    /// Counters for the run summary.
+    fn report(&self) -> Report {
+        Report::None
+    }
+
+    /// What the operator holds in memory now.
+    fn buffered(&self) -> Buffered {
+        Buffered::default()
+    }
+}
+
+#[cfg(test)]
+mod tests;
