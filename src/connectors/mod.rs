@@ -116,7 +116,8 @@ impl TableWriter {
                 let writer = kafka::sink::KafkaTableWriter::create(
                     k,
                     &target.sink_topics,
-                    &target.table,
+                    // Rows are keyed and encoded by their kind, whatever the table's name.
+                    target.kind.builtin_name().unwrap_or(&target.table),
                     &schema,
                 )
                 .map_err(|message| SinkError::Kafka {

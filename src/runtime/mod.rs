@@ -10,7 +10,7 @@
 //! watermark sequence to every shard, so each trace sees the same spans and watermarks
 //! in the same order whatever the parallelism; outputs differ only in row order.
 
-mod metrics;
+mod global;
 mod plan;
 mod rollup;
 mod savepoint;
@@ -26,12 +26,12 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use spanflow_operators::Sym;
-use spanflow_operators::session_window::SessionMetrics;
+use spanflow_operators::operator::Report;
 use tokio::sync::mpsc;
 
-pub use metrics::ServiceSummary;
-pub use plan::{Plan, PlanError, TableTarget};
+pub use plan::{Input, NodeBuild, Plan, PlanError, PlanNode, TableTarget};
 pub use source::MemoryInput;
+pub use summary::ServiceSummary;
 pub use summary::{OutputTable, RunSummary};
 
 use crate::connectors::SinkError;
@@ -41,7 +41,7 @@ use crate::connectors::parquet::prepare_table_dir;
 use crate::formats::{DecodeStats, Decoded, RecordMeta, SpanDecoder};
 use crate::job::Job;
 use crate::tables::{DeadLetterRows, TableRows};
-use shard::{ShardMsg, ShardResult};
+use shard::{GlobalMsg, ShardMsg, ShardResult};
 use source::{SourceEvent, SourceTask};
 use watermark::WatermarkTracker;
 
@@ -177,98 +177,31 @@ async fn run_plan(
         }
     }
 
-    // The metric merge task, when the job computes metrics.
+    // The global stage (merge sides of the metric operators, rollups), when the job
+    // has one: one blocking thread, as a rollup's query runs on this runtime from it.
     let discard = opts.discard_outputs;
-    let (merge_tx, merge_handle) = if plan.red_metrics.is_some() || plan.service_graph.is_some() {
-        let (tx, rx) = mpsc::channel::<metrics::MergeMsg>(64 * parallelism);
-        let red = match &plan.red_metrics {
-            Some((name, cfg)) => {
-                let op = spanflow_operators::red_metrics::RedMetrics::new(cfg.clone());
-                let rows_t = plan.targets_of(name, "red_metrics");
-                Some(metrics::RedSide {
-                    merger: restore
-                        .as_mut()
-                        .and_then(|sp| sp.red_merger.take())
-                        .unwrap_or_else(|| op.merger(parallelism, plan.tail_sampling.is_some())),
-                    buckets: op.buckets().clone(),
-                    rows: shard::Port::new(
-                        crate::tables::MetricRows::red_metrics(),
-                        rows_t,
-                        0,
-                        discard,
-                    )?,
-                    exemplars: shard::Port::new(
-                        crate::tables::ExemplarRows::default(),
-                        plan.targets_of(name, "exemplars"),
-                        0,
-                        discard,
-                    )?,
-                    openmetrics_dirs: if discard {
-                        Vec::new()
-                    } else {
-                        rows_t
-                            .iter()
-                            .filter(|t| t.is_parquet())
-                            .map(|t| t.dir.clone())
-                            .collect()
-                    },
-                })
-            }
-            None => None,
-        };
-        let graph = match &plan.service_graph {
-            Some((name, cfg)) => {
-                let op = spanflow_operators::service_graph::ServiceGraph::new(cfg.clone());
-                Some(metrics::GraphSide {
-                    merger: restore
-                        .as_mut()
-                        .and_then(|sp| sp.graph_merger.take())
-                        .unwrap_or_else(|| op.merger(parallelism, plan.tail_sampling.is_some())),
-                    buckets: op.buckets().clone(),
-                    rows: shard::Port::new(
-                        crate::tables::MetricRows::service_relation(),
-                        plan.targets_of(name, "service_relation"),
-                        0,
-                        discard,
-                    )?,
-                })
-            }
-            None => None,
-        };
-        let mut rollups = Vec::new();
-        for node in &plan.rollups {
-            let state = restore.as_mut().and_then(|sp| {
-                let i = sp.rollups.iter().position(|(n, _)| *n == node.name)?;
-                Some(sp.rollups.swap_remove(i).1)
-            });
-            rollups.push(
-                rollup::RollupSide::new(
-                    node,
-                    plan.targets_of(&node.name, &node.name),
-                    discard,
-                    state,
-                )
-                .await?,
-            );
+    let global = global::Global::new(
+        &plan,
+        discard,
+        restore.as_mut().and_then(|sp| sp.global.take()),
+    )
+    .await?;
+    let (global_tx, global_handle) = match global {
+        Some(g) => {
+            let (tx, rx) = mpsc::channel::<GlobalMsg>(64 * parallelism);
+            (
+                Some(tx),
+                Some(tokio::task::spawn_blocking(move || g.run(rx))),
+            )
         }
-        (
-            Some(tx),
-            Some(tokio::spawn(metrics::run_merger(
-                rx,
-                red,
-                graph,
-                rollups,
-                parallelism,
-            ))),
-        )
-    } else {
-        (None, None)
+        None => (None, None),
     };
 
     // Shards.
+    let resumed_watermark = restore.as_ref().map_or(0, |sp| sp.watermark);
     let mut shard_txs = Vec::with_capacity(parallelism);
     let mut shard_handles = Vec::with_capacity(parallelism);
-    let mut shard_states: Vec<Option<shard::ShardSnapshot>> = restore
+    let mut shard_states: Vec<Option<Vec<shard::NodeSnapshot>>> = restore
         .as_mut()
         .map(|sp| {
             std::mem::take(&mut sp.shards)
@@ -285,13 +218,14 @@ async fn run_plan(
             &plan,
             discard,
             progress.clone(),
-            merge_tx.clone(),
+            global_tx.clone(),
             state,
+            resumed_watermark,
         )?;
         shard_txs.push(tx);
         shard_handles.push(tokio::spawn(shard.run(rx)));
     }
-    drop(merge_tx);
+    drop(global_tx);
 
     // Sources.
     let (src_tx, src_rx) = mpsc::channel::<SourceEvent>(4 * parallelism);
@@ -370,7 +304,6 @@ async fn run_plan(
     for (i, (_, wm)) in split_settings.iter().enumerate() {
         tracker.add_split((i, 0), wm.max_out_of_order.0, wm.idle_timeout.0, start);
     }
-    let resumed_watermark = restore.as_ref().map_or(0, |sp| sp.watermark);
     tracker.resume_at(resumed_watermark);
     let mut positions: Vec<Vec<(String, i32, i64)>> = vec![Vec::new(); n_sources];
     let mut decode_stats = DecodeStats::default();
@@ -494,13 +427,13 @@ async fn run_plan(
                     let wm = tracker.watermark(now);
                     if wm > last_wm && wm != spanflow_operators::WATERMARK_END {
                         last_wm = wm;
-                        send_spans(&mut per_shard, &shard_txs, &mut failure).await;
+                        send_spans(source, &mut per_shard, &shard_txs, &mut failure).await;
                         for tx in &shard_txs {
                             let _ = tx.send(ShardMsg::Watermark(wm)).await;
                         }
                     }
                 }
-                send_spans(&mut per_shard, &shard_txs, &mut failure).await;
+                send_spans(source, &mut per_shard, &shard_txs, &mut failure).await;
             }
             Some(Routed::Done {
                 source,
@@ -593,25 +526,19 @@ async fn run_plan(
         summary::add_output(&mut outputs, &t, rows);
     }
 
-    let mut sessions = SessionMetrics::default();
-    let mut filtered: Option<spanflow_operators::span_filter::SpanFilterMetrics> = None;
-    let mut sampling: Option<spanflow_operators::tail_sampling::SamplingMetrics> = None;
+    let mut reports: Vec<Report> = vec![Report::None; plan.nodes.len()];
     let mut peak_buffered = (0usize, 0usize);
-    let mut late_metric_observations = 0u64;
     let mut snapshots = Vec::new();
     for h in shard_handles {
         let r: Result<ShardResult, RunError> = h
             .await
             .map_err(|e| RunError::Internal(format!("shard task failed: {e}")))?;
         let r = r?;
-        sessions.merge(&r.metrics);
-        if let Some(f) = &r.filter {
-            filtered.get_or_insert_with(Default::default).merge(f);
+        for (node, report) in &r.reports {
+            if let Some(slot) = reports.get_mut(*node) {
+                slot.merge(report);
+            }
         }
-        if let Some(m) = &r.sampling {
-            sampling.get_or_insert_with(Default::default).merge(m);
-        }
-        late_metric_observations += r.late_metric_observations;
         for (t, rows) in r.outputs {
             summary::add_output(&mut outputs, &t, rows);
         }
@@ -619,27 +546,28 @@ async fn run_plan(
         peak_buffered.1 += r.peak_buffered.1;
         snapshots.push(r.snapshot);
     }
-    let mut mergers = (None, None);
-    let mut rollup_states = Vec::new();
-    let mut rollup_windows = Vec::new();
-    let mut services = Vec::new();
-    let mut metric_intervals = 0;
-    let mut folded_series = 0;
-    if let Some(h) = merge_handle {
-        let m = h
+    let mut global_snapshot = None;
+    if let Some(h) = global_handle {
+        let g = h
             .await
-            .map_err(|e| RunError::Internal(format!("metric merge task failed: {e}")))??;
-        for (t, rows) in m.outputs {
+            .map_err(|e| RunError::Internal(format!("global stage failed: {e}")))??;
+        for (t, rows) in g.outputs {
             summary::add_output(&mut outputs, &t, rows);
         }
-        mergers = (m.red_merger, m.graph_merger);
-        rollup_states = m.rollups;
-        rollup_windows = m.rollup_windows;
-        services = m.services;
-        metric_intervals = m.intervals;
-        folded_series = m.folded_series;
-        late_metric_observations += m.late_observations;
+        for (node, report) in &g.reports {
+            if let Some(slot) = reports.get_mut(*node) {
+                slot.merge(report);
+            }
+        }
+        global_snapshot = g.snapshot;
     }
+    let node_reports: Vec<(&str, &str, Report)> = plan
+        .nodes
+        .iter()
+        .zip(reports)
+        .map(|(n, r)| (n.name.as_str(), n.shape.kind, r))
+        .collect();
+    let totals = summary::Totals::from_reports(&node_reports);
     // Every output is written. Keep the open state for the next run, or, when the run
     // finished, drop any savepoint (nothing is left open); then Kafka sources may
     // commit what they read.
@@ -667,9 +595,7 @@ async fn run_plan(
                 parallelism,
                 watermark: last_wm,
                 shards,
-                red_merger: mergers.0,
-                graph_merger: mergers.1,
-                rollups: rollup_states,
+                global: global_snapshot,
                 positions: positions.clone(),
                 parts,
                 next_part,
@@ -715,14 +641,14 @@ async fn run_plan(
         job: plan.job.clone(),
         parallelism,
         decode: decode_stats,
-        sessions,
-        span_filter: filtered,
-        sampling,
-        services,
-        metric_intervals,
-        rollup_windows,
-        folded_series,
-        late_metric_observations,
+        sessions: totals.sessions,
+        span_filter: totals.span_filter,
+        sampling: totals.sampling,
+        services: totals.services,
+        metric_intervals: totals.metric_intervals,
+        rollup_windows: totals.rollup_windows,
+        folded_series: totals.folded_series,
+        late_metric_observations: totals.late_metric_observations,
         outputs,
         ground_truth: gt,
         peak_buffered_spans: peak_buffered.0 as u64,
@@ -810,6 +736,7 @@ fn route_records(
 }
 
 async fn send_spans(
+    source: usize,
     per_shard: &mut [Vec<spanflow_operators::Span>],
     txs: &[mpsc::Sender<ShardMsg>],
     failure: &mut Option<RunError>,
@@ -818,7 +745,11 @@ async fn send_spans(
         if !batch.is_empty() {
             // The next batch usually arrives as a whole vector from a decoding thread.
             let b = std::mem::take(batch);
-            if txs[i].send(ShardMsg::Spans(b)).await.is_err() {
+            if txs[i]
+                .send(ShardMsg::Spans { source, spans: b })
+                .await
+                .is_err()
+            {
                 failure.get_or_insert(RunError::Internal("a shard stopped early".into()));
             }
         }

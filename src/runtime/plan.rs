@@ -1,24 +1,33 @@
-//! Turning a validated [`Job`] into the dataflow the runtime can execute.
+//! Turning a validated [`Job`] into the dataflow graph the runtime executes.
+//!
+//! Every operator node of the job becomes a [`PlanNode`]: its [`Shape`] (declared by the
+//! operator kind), where each input comes from, and how its instances are built. Nodes
+//! are in topological order. Each output stream that sinks read gets its
+//! [`TableTarget`]s, named after the port (`traces`, `red_metrics`, a rollup's name), or
+//! `<node>_<port>` when two streams of the job would otherwise share a table name (two
+//! `tail_sampling` nodes, say).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use spanflow_operators::red_metrics::RedMetricsConfig;
-use spanflow_operators::service_graph::ServiceGraphConfig;
-use spanflow_operators::session_window::SessionWindowConfig;
-use spanflow_operators::span_filter::SpanFilterConfig;
-use spanflow_operators::tail_sampling::TailSamplingConfig;
+use spanflow_operators::Operator;
+use spanflow_operators::operator::{DataKind, PortSpec, Scope, Shape, Table};
+use spanflow_operators::red_metrics::RedMetrics;
+use spanflow_operators::service_graph::ServiceGraph;
+use spanflow_operators::session_window::SessionWindow;
+use spanflow_operators::span_filter::SpanFilter;
+use spanflow_operators::tail_sampling::TailSampler;
 
 use crate::connectors::clickhouse::{ClickHouseTarget, SinkTable};
 use crate::connectors::kafka::sink::KafkaTarget;
 use crate::connectors::parquet::ParquetSinkConfig;
-use crate::job::{Job, OperatorKind, OperatorNode, RollupNode, SinkKind, SourceNode, StreamRef};
+use crate::job::{Job, OperatorKind, RollupNode, SinkKind, SourceNode, StreamRef};
 
-/// Errors planning a job (shapes this version cannot run yet).
+/// Errors planning a job (shapes this version cannot run).
 #[derive(Debug, thiserror::Error)]
 pub enum PlanError {
-    /// The DAG has a shape the runtime does not support yet.
+    /// The DAG has a shape the runtime does not support.
     #[error("job `{job}`: {message}")]
     Unsupported {
         /// Job name.
@@ -35,8 +44,10 @@ pub struct TableTarget {
     pub node: String,
     /// Sink node name.
     pub sink: String,
-    /// Table name (the output port).
+    /// Table name: the output port's, or `<node>_<port>` when that name is taken.
     pub table: String,
+    /// The kind of rows (their schema and ClickHouse layout).
+    pub kind: Table,
     /// Directory of the Parquet sink.
     pub dir: PathBuf,
     /// Parquet settings.
@@ -59,33 +70,157 @@ impl TableTarget {
     }
 }
 
-/// The executable shape, one chain per shard:
-/// sources -> [span_filter] -> session_window -> [red_metrics] [service_graph],
-/// with the metric operators' shard partials merged by one task.
+/// Builds one instance of an operator for a run with the given number of shards.
+pub type Build = Arc<dyn Fn(usize) -> Box<dyn Operator> + Send + Sync>;
+
+/// How a node's instances are built.
+#[derive(Clone)]
+pub enum NodeBuild {
+    /// One instance per shard.
+    Shard(Build),
+    /// A partial instance per shard and one merge instance.
+    Merged {
+        /// The per-shard side.
+        partial: Build,
+        /// The merge side.
+        merge: Build,
+    },
+    /// One instance in the global stage: a rollup (its query is planned when the run
+    /// starts).
+    Rollup(RollupNode),
+}
+
+impl std::fmt::Debug for NodeBuild {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            NodeBuild::Shard(_) => "Shard",
+            NodeBuild::Merged { .. } => "Merged",
+            NodeBuild::Rollup(_) => "Rollup",
+        })
+    }
+}
+
+/// Where one input of a node comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Input {
+    /// The spans of source `i` (index into [`Plan::sources`]).
+    Source(usize),
+    /// Output `port` of node `node` (index into [`Plan::nodes`]).
+    Node {
+        /// Upstream node.
+        node: usize,
+        /// Its output port.
+        port: usize,
+    },
+}
+
+/// One operator node of the graph.
+#[derive(Debug, Clone)]
+pub struct PlanNode {
+    /// Node name in the job.
+    pub name: String,
+    /// The kind's declaration.
+    pub shape: Shape,
+    /// Output port names, in port order (a rollup's one port is named after it).
+    pub ports: Vec<String>,
+    /// Inputs, in `from:` order.
+    pub inputs: Vec<Input>,
+    /// How to build its instances.
+    pub build: NodeBuild,
+}
+
+impl PlanNode {
+    /// Runs in every shard (its own instances, or the partial side of a merged node).
+    pub fn in_shards(&self) -> bool {
+        matches!(self.build, NodeBuild::Shard(_) | NodeBuild::Merged { .. })
+    }
+
+    /// Has an instance in the global stage (a merge side or a rollup).
+    pub fn in_global(&self) -> bool {
+        matches!(self.build, NodeBuild::Merged { .. } | NodeBuild::Rollup(_))
+    }
+}
+
+/// The shape of a rollup node: metric intervals in, query rows out.
+pub const ROLLUP_SHAPE: Shape = Shape {
+    kind: "rollup",
+    input: DataKind::Intervals,
+    scope: Scope::Global,
+    outputs: &[PortSpec {
+        name: "",
+        data: DataKind::Rows,
+        table: Some(Table::Query),
+        doc: "the query's result over each closed window (named after the rollup)",
+    }],
+};
+
+/// The executable graph of a job.
 #[derive(Debug, Clone)]
 pub struct Plan {
     /// Job name.
     pub job: String,
-    /// Sources feeding the chain.
+    /// Sources.
     pub sources: Vec<SourceNode>,
-    /// The span filter, if any.
-    pub span_filter: Option<(String, SpanFilterConfig)>,
-    /// Name of the session_window operator.
-    pub session_window: String,
-    /// Its config.
-    pub session_config: SessionWindowConfig,
-    /// The tail sampler, if any.
-    pub tail_sampling: Option<(String, TailSamplingConfig)>,
-    /// The RED metrics operator, if any.
-    pub red_metrics: Option<(String, RedMetricsConfig)>,
-    /// The service graph operator, if any.
-    pub service_graph: Option<(String, ServiceGraphConfig)>,
+    /// Operator and rollup nodes, in topological order.
+    pub nodes: Vec<PlanNode>,
     /// Shards the job runs with (set by the runtime).
     pub shards: usize,
-    /// SQL rollups over the metric outputs, run by the metric merge task.
-    pub rollups: Vec<RollupNode>,
     /// Sink targets per output stream.
     pub targets: BTreeMap<StreamRef, Vec<TableTarget>>,
+}
+
+/// The one place that maps an operator kind of the job format to its running
+/// operator: its shape and how to build its instances.
+fn register(kind: &OperatorKind, sampled_input: bool) -> (Shape, NodeBuild) {
+    match kind {
+        OperatorKind::SpanFilter(c) => {
+            let c = c.clone();
+            (
+                SpanFilter::SHAPE,
+                NodeBuild::Shard(Arc::new(move |_| Box::new(SpanFilter::new(&c)))),
+            )
+        }
+        OperatorKind::SessionWindow(c) => {
+            let c = c.clone();
+            (
+                SessionWindow::SHAPE,
+                NodeBuild::Shard(Arc::new(move |_| Box::new(SessionWindow::new(c.clone())))),
+            )
+        }
+        OperatorKind::TailSampling(c) => {
+            let c = c.clone();
+            (
+                TailSampler::SHAPE,
+                NodeBuild::Shard(Arc::new(move |shards| {
+                    Box::new(TailSampler::new_sharded(c.clone(), shards))
+                })),
+            )
+        }
+        OperatorKind::RedMetrics(c) => {
+            let (p, m) = (c.clone(), c.clone());
+            (
+                RedMetrics::SHAPE,
+                NodeBuild::Merged {
+                    partial: Arc::new(move |_| Box::new(RedMetrics::new(p.clone()))),
+                    merge: Arc::new(move |_| {
+                        Box::new(RedMetrics::new(m.clone()).merge_operator(sampled_input))
+                    }),
+                },
+            )
+        }
+        OperatorKind::ServiceGraph(c) => {
+            let (p, m) = (c.clone(), c.clone());
+            (
+                ServiceGraph::SHAPE,
+                NodeBuild::Merged {
+                    partial: Arc::new(move |_| Box::new(ServiceGraph::new(p.clone()))),
+                    merge: Arc::new(move |_| {
+                        Box::new(ServiceGraph::new(m.clone()).merge_operator(sampled_input))
+                    }),
+                },
+            )
+        }
+    }
 }
 
 impl Plan {
@@ -95,287 +230,162 @@ impl Plan {
             job: job.name.clone(),
             message,
         };
-        let is_source = |name: &str| job.sources.iter().any(|s| s.name == name);
-        let mut filter: Option<&OperatorNode> = None;
-        let mut session: Option<&OperatorNode> = None;
-        let mut sampler = None;
-        let mut red = None;
-        let mut graph = None;
-        for op in &job.operators {
-            let slot = match &op.kind {
-                OperatorKind::SpanFilter(_) => &mut filter,
-                OperatorKind::SessionWindow(_) => &mut session,
-                OperatorKind::TailSampling(_) => &mut sampler,
-                OperatorKind::RedMetrics(_) => &mut red,
-                OperatorKind::ServiceGraph(_) => &mut graph,
-            };
-            if let Some(other) = slot {
-                return Err(unsupported(format!(
-                    "this version runs one operator of each type; `{}` and `{}` have the same type",
-                    other.name, op.name
-                )));
-            }
-            *slot = Some(op);
-        }
-        let Some(session) = session else {
-            return Err(unsupported(
-                "this version needs a `session_window` operator".into(),
-            ));
-        };
-        let OperatorKind::SessionWindow(session_config) = &session.kind else {
-            return Err(unsupported(
-                "internal: session_window slot holds another type (this is a bug)".into(),
-            ));
-        };
-        let mut span_filter = None;
-        let source_names: Vec<&str>;
-        if let Some(f) = filter {
-            let OperatorKind::SpanFilter(cfg) = &f.kind else {
-                return Err(unsupported(
-                    "internal: span_filter slot (this is a bug)".into(),
-                ));
-            };
-            for input in &f.from {
-                if !is_source(&input.node) || input.port != "spans" {
-                    return Err(unsupported(format!(
-                        "`{}` must read sources' `spans`; found `{input}`",
-                        f.name
-                    )));
-                }
-            }
-            if session.from.len() != 1 || session.from[0].node != f.name {
-                return Err(unsupported(format!(
-                    "with a span_filter, `{}` must read exactly `{}`",
-                    session.name, f.name
-                )));
-            }
-            source_names = f.from.iter().map(|r| r.node.as_str()).collect();
-            span_filter = Some((f.name.clone(), cfg.clone()));
-        } else {
-            for input in &session.from {
-                if !is_source(&input.node) || input.port != "spans" {
-                    return Err(unsupported(format!(
-                        "`{}` must read sources' `spans` (or a span_filter); found `{input}`",
-                        session.name
-                    )));
-                }
-            }
-            source_names = session.from.iter().map(|r| r.node.as_str()).collect();
-        }
-        let sources: Vec<SourceNode> = job
-            .sources
-            .iter()
-            .filter(|s| source_names.contains(&s.name.as_str()))
-            .cloned()
-            .collect();
-        let traces_of_session = StreamRef {
-            node: session.name.clone(),
-            port: "traces".into(),
-        };
-        let tail_sampling = match sampler {
-            Some(op) => {
-                if op.from.len() != 1 || op.from[0] != traces_of_session {
-                    return Err(unsupported(format!(
-                        "`{}` must read `{traces_of_session}`",
-                        op.name
-                    )));
-                }
-                match &op.kind {
-                    OperatorKind::TailSampling(c) => Some((op.name.clone(), c.clone())),
-                    _ => None,
-                }
-            }
-            None => None,
-        };
-        let traces_of_sampler = tail_sampling.as_ref().map(|(n, _)| StreamRef {
-            node: n.clone(),
-            port: "traces".into(),
-        });
-        let metric_op =
-            |node: Option<&OperatorNode>| -> Result<Option<(String, OperatorKind)>, PlanError> {
-                let Some(op) = node else { return Ok(None) };
-                let ok = op.from.len() == 1
-                    && (op.from[0] == traces_of_session
-                        || Some(&op.from[0]) == traces_of_sampler.as_ref());
-                if !ok {
-                    return Err(unsupported(format!(
-                        "`{}` must read `{traces_of_session}` (or a tail_sampling's `traces`)",
-                        op.name
-                    )));
-                }
-                Ok(Some((op.name.clone(), op.kind.clone())))
-            };
-        let red_metrics = match metric_op(red)? {
-            Some((name, OperatorKind::RedMetrics(c))) => Some((name, c)),
-            _ => None,
-        };
-        let service_graph = match metric_op(graph)? {
-            Some((name, OperatorKind::ServiceGraph(c))) => Some((name, c)),
-            _ => None,
-        };
+        let source_index = |name: &str| job.sources.iter().position(|s| s.name == name);
 
-        let mut producible: Vec<StreamRef> = vec![
-            traces_of_session.clone(),
-            StreamRef {
-                node: session.name.clone(),
-                port: "late_spans".into(),
-            },
-        ];
-        for s in &sources {
-            producible.push(StreamRef {
-                node: s.name.clone(),
-                port: "dead_letters".into(),
-            });
+        // Every node with its `from:` list, operators then rollups.
+        struct Raw<'j> {
+            name: &'j str,
+            from: &'j [StreamRef],
+            kind: Option<&'j OperatorKind>,
+            rollup: Option<&'j RollupNode>,
         }
-        if let Some((n, _)) = &tail_sampling {
-            producible.push(StreamRef {
-                node: n.clone(),
-                port: "traces".into(),
-            });
-            producible.push(StreamRef {
-                node: n.clone(),
-                port: "spans".into(),
-            });
-        }
-        if let Some((n, _)) = &red_metrics {
-            producible.push(StreamRef {
-                node: n.clone(),
-                port: "red_metrics".into(),
-            });
-            producible.push(StreamRef {
-                node: n.clone(),
-                port: "exemplars".into(),
-            });
-        }
-        if let Some((n, _)) = &service_graph {
-            producible.push(StreamRef {
-                node: n.clone(),
-                port: "service_relation".into(),
-            });
-        }
-        for r in &job.rollups {
-            if let Some(input) = r.from.iter().find(|i| !producible.contains(i)) {
-                return Err(unsupported(format!(
-                    "rollup `{}` reads `{input}`, which this job does not compute",
-                    r.name
-                )));
-            }
-        }
-        let rollup_outputs: Vec<StreamRef> = job
-            .rollups
+        let mut raw: Vec<Raw<'_>> = job
+            .operators
             .iter()
-            .map(|r| StreamRef {
-                node: r.name.clone(),
-                port: r.name.clone(),
+            .map(|o| Raw {
+                name: &o.name,
+                from: &o.from,
+                kind: Some(&o.kind),
+                rollup: None,
             })
             .collect();
-        producible.extend(rollup_outputs.iter().cloned());
-        let mut targets: BTreeMap<StreamRef, Vec<TableTarget>> = BTreeMap::new();
-        for sink in &job.sinks {
-            if let Some(input) = sink.from.iter().find(|i| !producible.contains(i)) {
-                let list: Vec<String> = producible.iter().map(ToString::to_string).collect();
-                return Err(unsupported(format!(
-                    "sink `{}` reads `{input}`, which this version cannot write yet (it can write: {})",
-                    sink.name,
-                    list.join(", ")
-                )));
-            }
-            let kafka = match &sink.kind {
-                SinkKind::Kafka(k) => Some((
-                    Arc::new(k.clone()),
-                    Arc::new(Mutex::new(None)),
-                    sink.from
-                        .iter()
-                        .map(|i| k.topic_of(&i.port))
-                        .collect::<Vec<_>>(),
-                )),
-                SinkKind::Parquet(_) | SinkKind::ClickHouse(_) => None,
-            };
-            let clickhouse = match &sink.kind {
-                SinkKind::ClickHouse(c) => {
-                    let mut tables = Vec::with_capacity(sink.from.len());
-                    for input in &sink.from {
-                        // A rollup's one output is named after it.
-                        let rollup = job
-                            .rollups
-                            .iter()
-                            .find(|r| r.name == input.node && r.name == input.port);
-                        let table = match rollup {
-                            Some(r) => SinkTable::rollup(&r.name, &r.schema, &r.key).map_err(|e| {
-                                format!(
-                                    "sink `{}` cannot write rollup `{}`: {e}",
-                                    sink.name, r.name
-                                )
-                            }),
-                            None => SinkTable::builtin(&input.port)
-                                .map_err(|e| format!("sink `{}`: {e}", sink.name)),
-                        };
-                        tables.push(table.map_err(unsupported)?);
-                    }
-                    Some((
-                        Arc::new(c.as_ref().clone()),
-                        ClickHouseTarget::new_shared(),
-                        Arc::new(tables),
-                    ))
+        raw.extend(job.rollups.iter().map(|r| Raw {
+            name: &r.name,
+            from: &r.from,
+            kind: None,
+            rollup: Some(r),
+        }));
+        let by_name: BTreeMap<&str, usize> =
+            raw.iter().enumerate().map(|(i, r)| (r.name, i)).collect();
+
+        // Topological order (the loader reports cycles with their place in the file).
+        let mut order: Vec<usize> = Vec::with_capacity(raw.len());
+        let mut placed = vec![false; raw.len()];
+        while order.len() < raw.len() {
+            let before = order.len();
+            for (i, r) in raw.iter().enumerate() {
+                if placed[i] {
+                    continue;
                 }
-                SinkKind::Parquet(_) | SinkKind::Kafka(_) => None,
-            };
-            let parquet = match &sink.kind {
-                SinkKind::Parquet(cfg) => cfg.clone(),
-                SinkKind::Kafka(_) | SinkKind::ClickHouse(_) => ParquetSinkConfig::default(),
-            };
-            for input in &sink.from {
-                targets.entry(input.clone()).or_default().push(TableTarget {
-                    node: input.node.clone(),
-                    sink: sink.name.clone(),
-                    table: input.port.clone(),
-                    dir: if kafka.is_some() || clickhouse.is_some() {
-                        PathBuf::new()
-                    } else {
-                        parquet.dir(output_dir)
-                    },
-                    config: parquet.clone(),
-                    kafka: kafka
-                        .as_ref()
-                        .map(|(c, p, _)| KafkaTarget::new(c.clone(), &input.port, p.clone())),
-                    clickhouse: clickhouse.as_ref().map(|(c, shared, outputs)| {
-                        ClickHouseTarget::new(
-                            c.clone(),
-                            &sink.name,
-                            &input.port,
-                            outputs.clone(),
-                            shared.clone(),
-                        )
-                    }),
-                    sink_topics: kafka.as_ref().map(|k| k.2.clone()).unwrap_or_default(),
-                    part_base: 0,
+                let ready = r.from.iter().all(|f| {
+                    source_index(&f.node).is_some()
+                        || by_name.get(f.node.as_str()).is_none_or(|&u| placed[u])
                 });
+                if ready {
+                    placed[i] = true;
+                    order.push(i);
+                }
+            }
+            if order.len() == before {
+                return Err(unsupported(
+                    "the operators' `from` lists make a cycle".into(),
+                ));
             }
         }
-        let mut seen: BTreeMap<(PathBuf, String), &str> = BTreeMap::new();
-        for t in targets.values().flatten().filter(|t| t.is_parquet()) {
-            if let Some(other) = seen.insert((t.dir.clone(), t.table.clone()), &t.sink)
-                && other != t.sink
-            {
-                return Err(unsupported(format!(
-                    "sinks `{other}` and `{}` both write table `{}` under `{}`; give them different `path`s \
-                     (or do not pass --output-dir)",
-                    t.sink,
-                    t.table,
-                    t.dir.display()
-                )));
+        let position: BTreeMap<usize, usize> =
+            order.iter().enumerate().map(|(p, &i)| (i, p)).collect();
+
+        let mut nodes: Vec<PlanNode> = Vec::with_capacity(raw.len());
+        for &i in &order {
+            let r = &raw[i];
+            let mut inputs = Vec::with_capacity(r.from.len());
+            let mut sampled_input = false;
+            for f in r.from {
+                if let Some(s) = source_index(&f.node) {
+                    if f.port != "spans" {
+                        return Err(unsupported(format!(
+                            "`{}` reads `{f}`; operators read a source's `spans`",
+                            r.name
+                        )));
+                    }
+                    inputs.push(Input::Source(s));
+                    continue;
+                }
+                let Some(&u) = by_name.get(f.node.as_str()) else {
+                    return Err(unsupported(format!("`{}` reads unknown `{f}`", r.name)));
+                };
+                let Some(&up) = position.get(&u) else {
+                    return Err(unsupported(format!("`{}` reads unknown `{f}`", r.name)));
+                };
+                let upstream: &PlanNode = &nodes[up];
+                let Some(port) = upstream.ports.iter().position(|p| *p == f.port) else {
+                    return Err(unsupported(format!(
+                        "`{}` reads `{f}`, but `{}` has no output `{}` (it has: {})",
+                        r.name,
+                        f.node,
+                        f.port,
+                        upstream.ports.join(", ")
+                    )));
+                };
+                sampled_input |= upstream.shape.kind == TailSampler::SHAPE.kind;
+                inputs.push(Input::Node { node: up, port });
             }
+            let (shape, build, ports) = match (r.kind, r.rollup) {
+                (Some(kind), _) => {
+                    let (shape, build) = register(kind, sampled_input);
+                    let ports = shape.outputs.iter().map(|p| p.name.to_owned()).collect();
+                    (shape, build, ports)
+                }
+                (None, Some(rollup)) => (
+                    ROLLUP_SHAPE,
+                    NodeBuild::Rollup(rollup.clone()),
+                    vec![rollup.name.clone()],
+                ),
+                (None, None) => {
+                    return Err(unsupported(format!(
+                        "internal: node `{}` has no kind (this is a bug)",
+                        r.name
+                    )));
+                }
+            };
+            // What each input carries must be what the node reads, and a node reads
+            // from where it can run: shard nodes from sources and shard nodes, the
+            // global stage from merged nodes.
+            for (input, f) in inputs.iter().zip(r.from) {
+                let (data, upstream_global) = match *input {
+                    Input::Source(_) => (DataKind::Spans, false),
+                    Input::Node { node, port } => {
+                        let u = &nodes[node];
+                        let data = u.shape.outputs.get(port).map(|p| p.data);
+                        (data.unwrap_or(DataKind::Rows), u.in_global())
+                    }
+                };
+                if data != shape.input {
+                    return Err(unsupported(format!(
+                        "`{}` ({}) reads {}, but `{f}` carries {}",
+                        r.name,
+                        shape.kind,
+                        shape.input.as_str(),
+                        data.as_str()
+                    )));
+                }
+                let global = matches!(build, NodeBuild::Rollup(_));
+                if upstream_global != global {
+                    return Err(unsupported(format!(
+                        "`{}` cannot read `{f}`: {}",
+                        r.name,
+                        if global {
+                            "rollups read metric operators' outputs"
+                        } else {
+                            "only rollups read metric operators' outputs"
+                        }
+                    )));
+                }
+            }
+            nodes.push(PlanNode {
+                name: r.name.to_owned(),
+                shape,
+                ports,
+                inputs,
+                build,
+            });
         }
+
+        let targets = plan_targets(job, &nodes, output_dir).map_err(unsupported)?;
         Ok(Plan {
             job: job.name.clone(),
-            sources,
-            span_filter,
-            session_window: session.name.clone(),
-            session_config: session_config.clone(),
-            tail_sampling,
-            red_metrics,
-            service_graph,
-            rollups: job.rollups.clone(),
+            sources: job.sources.clone(),
+            nodes,
             shards: 1,
             targets,
         })
@@ -407,8 +417,153 @@ impl Plan {
     pub fn dead_letter_targets(&self) -> Vec<TableTarget> {
         self.targets
             .iter()
-            .filter(|(k, _)| k.port == "dead_letters")
+            .filter(|(k, _)| {
+                k.port == "dead_letters" && self.sources.iter().any(|s| s.name == k.node)
+            })
             .flat_map(|(_, v)| v.clone())
             .collect()
     }
+}
+
+/// The table kind a stream is written as.
+fn table_of(job: &Job, nodes: &[PlanNode], s: &StreamRef) -> Option<Table> {
+    if job.sources.iter().any(|src| src.name == s.node) {
+        return match s.port.as_str() {
+            "spans" => Some(Table::Spans),
+            "dead_letters" => Some(Table::DeadLetters),
+            _ => None,
+        };
+    }
+    let node = nodes.iter().find(|n| n.name == s.node)?;
+    let port = node.ports.iter().position(|p| *p == s.port)?;
+    node.shape.outputs.get(port).and_then(|p| p.table)
+}
+
+fn plan_targets(
+    job: &Job,
+    nodes: &[PlanNode],
+    output_dir: Option<&std::path::Path>,
+) -> Result<BTreeMap<StreamRef, Vec<TableTarget>>, String> {
+    // Table names: the port's, unless two streams written by sinks share it.
+    let written: BTreeSet<&StreamRef> = job.sinks.iter().flat_map(|s| &s.from).collect();
+    let mut by_name: BTreeMap<&str, usize> = BTreeMap::new();
+    for s in &written {
+        *by_name.entry(s.port.as_str()).or_default() += 1;
+    }
+    let table_name = |s: &StreamRef| -> String {
+        if by_name.get(s.port.as_str()).copied().unwrap_or(0) > 1 {
+            format!("{}_{}", s.node, s.port)
+        } else {
+            s.port.clone()
+        }
+    };
+    let mut targets: BTreeMap<StreamRef, Vec<TableTarget>> = BTreeMap::new();
+    for sink in &job.sinks {
+        let mut kinds = Vec::with_capacity(sink.from.len());
+        for input in &sink.from {
+            let kind = table_of(job, nodes, input)
+                .ok_or_else(|| format!("sink `{}` cannot write `{input}`", sink.name))?;
+            if kind == Table::Spans && job.sources.iter().any(|s| s.name == input.node) {
+                return Err(format!(
+                    "sink `{}` reads `{input}`: a source's spans are written after a \
+                     session window or sampler (read `<sampler>.spans`)",
+                    sink.name
+                ));
+            }
+            kinds.push(kind);
+        }
+        let kafka = match &sink.kind {
+            SinkKind::Kafka(k) => Some((
+                Arc::new(k.clone()),
+                Arc::new(Mutex::new(None)),
+                sink.from
+                    .iter()
+                    .map(|i| k.topic_of(&table_name(i)))
+                    .collect::<Vec<_>>(),
+            )),
+            SinkKind::Parquet(_) | SinkKind::ClickHouse(_) => None,
+        };
+        let clickhouse = match &sink.kind {
+            SinkKind::ClickHouse(c) => {
+                let mut tables = Vec::with_capacity(sink.from.len());
+                for (input, kind) in sink.from.iter().zip(&kinds) {
+                    let name = table_name(input);
+                    let table = match kind.builtin_name() {
+                        None => {
+                            let r = job
+                                .rollups
+                                .iter()
+                                .find(|r| r.name == input.node)
+                                .ok_or_else(|| {
+                                    format!("internal: no rollup `{}` (this is a bug)", input.node)
+                                })?;
+                            SinkTable::rollup(&name, &r.schema, &r.key).map_err(|e| {
+                                format!(
+                                    "sink `{}` cannot write rollup `{}`: {e}",
+                                    sink.name, r.name
+                                )
+                            })?
+                        }
+                        Some(builtin) => SinkTable::builtin_as(builtin, &name)
+                            .map_err(|e| format!("sink `{}`: {e}", sink.name))?,
+                    };
+                    tables.push(table);
+                }
+                Some((
+                    Arc::new(c.as_ref().clone()),
+                    ClickHouseTarget::new_shared(),
+                    Arc::new(tables),
+                ))
+            }
+            SinkKind::Parquet(_) | SinkKind::Kafka(_) => None,
+        };
+        let parquet = match &sink.kind {
+            SinkKind::Parquet(cfg) => cfg.clone(),
+            SinkKind::Kafka(_) | SinkKind::ClickHouse(_) => ParquetSinkConfig::default(),
+        };
+        for (input, kind) in sink.from.iter().zip(kinds) {
+            let table = table_name(input);
+            targets.entry(input.clone()).or_default().push(TableTarget {
+                node: input.node.clone(),
+                sink: sink.name.clone(),
+                kind,
+                dir: if kafka.is_some() || clickhouse.is_some() {
+                    PathBuf::new()
+                } else {
+                    parquet.dir(output_dir)
+                },
+                config: parquet.clone(),
+                kafka: kafka
+                    .as_ref()
+                    .map(|(c, p, _)| KafkaTarget::new(c.clone(), &table, p.clone())),
+                clickhouse: clickhouse.as_ref().map(|(c, shared, outputs)| {
+                    ClickHouseTarget::new(
+                        c.clone(),
+                        &sink.name,
+                        &table,
+                        outputs.clone(),
+                        shared.clone(),
+                    )
+                }),
+                sink_topics: kafka.as_ref().map(|k| k.2.clone()).unwrap_or_default(),
+                part_base: 0,
+                table,
+            });
+        }
+    }
+    let mut seen: BTreeMap<(PathBuf, String), &str> = BTreeMap::new();
+    for t in targets.values().flatten().filter(|t| t.is_parquet()) {
+        if let Some(other) = seen.insert((t.dir.clone(), t.table.clone()), &t.sink)
+            && other != t.sink
+        {
+            return Err(format!(
+                "sinks `{other}` and `{}` both write table `{}` under `{}`; give them different `path`s \
+                 (or do not pass --output-dir)",
+                t.sink,
+                t.table,
+                t.dir.display()
+            ));
+        }
+    }
+    Ok(targets)
 }

@@ -1,186 +1,193 @@
-//! Rollups inside a job: the merge task hands each rollup the metric intervals it
-//! closes; a rollup collects them per window of event time and, once the watermark has
-//! passed the window's end (the rule that closes the intervals themselves), runs its
-//! query over the window's rows and writes the result to its sinks.
+//! Rollups inside a job, as an operator of the global stage: a rollup collects the
+//! closed metric intervals of its inputs per window of event time and, once the
+//! watermark has passed the window's end (the rule that closes the intervals
+//! themselves), runs its query over the window's rows and emits the result.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
+use spanflow_operators::EventTime;
 use spanflow_operators::metrics::ClosedInterval;
+use spanflow_operators::operator::{
+    Batch, Emitter, Operator, OperatorError, Report, Table, decode_state, encode_state,
+};
 
-use super::metrics::MetricOp;
-use super::shard::Port;
-use super::{RunError, TableTarget};
+use super::RunError;
 use crate::job::RollupNode;
 use crate::sql::rollup::RollupQuery;
-use crate::tables::{BatchRows, ExemplarRows, MetricRows, TableRows};
+use crate::tables::{ExemplarRows, MetricRows, TableRows};
 
-/// One input table of a rollup's query.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Input {
-    RedMetrics,
-    Exemplars,
-    ServiceRelation,
-}
-
-impl Input {
-    fn op(self) -> MetricOp {
-        match self {
-            Input::RedMetrics | Input::Exemplars => MetricOp::Red,
-            Input::ServiceRelation => MetricOp::Graph,
-        }
-    }
-}
-
-/// The closed intervals of one window, per metric operator.
+/// A rollup's open windows and its inputs' bucket bounds, kept in a savepoint.
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
-struct Window {
-    red: Vec<ClosedInterval>,
-    graph: Vec<ClosedInterval>,
+struct RollupState {
+    /// By window start (unix ns): the closed intervals of each input.
+    windows: BTreeMap<u64, Vec<Vec<ClosedInterval>>>,
+    /// Bucket bounds (seconds) of each input, once seen.
+    bounds: Vec<Vec<f64>>,
+    /// Windows whose query ran.
+    windows_run: u64,
 }
 
-/// A rollup's open windows, kept in a savepoint.
-#[derive(Debug, Default, Clone, Serialize, Deserialize)]
-pub(crate) struct RollupState {
-    /// By window start (unix ns).
-    windows: BTreeMap<u64, Window>,
-}
-
-/// Histogram bounds of the metric operators, for turning intervals into rows.
-pub(crate) struct Bounds<'a> {
-    pub red: &'a [f64],
-    pub graph: &'a [f64],
-}
-
-pub(crate) struct RollupSide {
-    pub name: String,
+/// A rollup.
+pub(crate) struct RollupOp {
+    name: String,
     query: RollupQuery,
-    inputs: Vec<Input>,
+    /// The table each input is seen as.
+    inputs: Vec<Table>,
     window_ns: u64,
     state: RollupState,
-    port: Port<BatchRows>,
-    /// Windows whose query ran.
-    pub windows_run: u64,
+    /// Runs the query (DataFusion is async); the global stage runs on a blocking
+    /// thread of this runtime.
+    handle: tokio::runtime::Handle,
 }
 
-impl RollupSide {
-    /// Plans the rollup's query (it planned when the job was loaded, so this does not
-    /// fail for a validated job) and opens its sinks.
-    pub async fn new(
-        node: &RollupNode,
-        targets: &[TableTarget],
-        discard: bool,
-        restored: Option<RollupState>,
-    ) -> Result<Self, RunError> {
-        let mut inputs = Vec::new();
+impl RollupOp {
+    /// Plans the rollup's query (it was planned when the job was loaded, so this does
+    /// not fail for a validated job); `inputs` are the tables of its `from:` entries.
+    pub async fn new(node: &RollupNode, inputs: Vec<Table>) -> Result<Self, RunError> {
         let mut tables = Vec::new();
-        for s in &node.from {
-            let input = match s.port.as_str() {
-                "red_metrics" => Input::RedMetrics,
-                "exemplars" => Input::Exemplars,
-                "service_relation" => Input::ServiceRelation,
-                other => {
-                    return Err(RunError::Internal(format!(
-                        "rollup `{}` reads `{other}`, which is not a metric table",
-                        node.name
-                    )));
-                }
-            };
-            let schema = crate::tables::schema(&s.port)
-                .ok_or_else(|| RunError::Internal(format!("no schema for `{}`", s.port)))?;
-            inputs.push(input);
+        for (s, kind) in node.from.iter().zip(&inputs) {
+            let schema = kind
+                .builtin_name()
+                .and_then(crate::tables::schema)
+                .ok_or_else(|| RunError::Internal(format!("no schema for `{s}`")))?;
             tables.push((s.port.clone(), schema));
         }
-        let query = RollupQuery::plan(&node.query, &tables)
-            .await
-            .map_err(|e| rollup_error(&node.name, &e.to_string()))?;
-        let port = Port::new(
-            BatchRows::new(&node.name, query.schema()),
-            targets,
-            0,
-            discard,
-        )?;
-        Ok(RollupSide {
+        let query =
+            RollupQuery::plan(&node.query, &tables)
+                .await
+                .map_err(|e| RunError::Rollup {
+                    name: node.name.clone(),
+                    message: e.to_string(),
+                })?;
+        let n = inputs.len();
+        Ok(RollupOp {
             name: node.name.clone(),
             query,
             inputs,
             window_ns: node.window.as_nanos().max(1),
-            state: restored.unwrap_or_default(),
-            port,
-            windows_run: 0,
+            state: RollupState {
+                bounds: vec![Vec::new(); n],
+                ..RollupState::default()
+            },
+            handle: tokio::runtime::Handle::current(),
         })
     }
 
-    /// Takes a closed interval of `op` if the query reads that operator's tables.
-    pub fn add(&mut self, op: MetricOp, ci: &ClosedInterval) {
-        if !self.inputs.iter().any(|i| i.op() == op) {
-            return;
-        }
-        let start = ci.start_ns - ci.start_ns % self.window_ns;
-        let w = self.state.windows.entry(start).or_default();
-        match op {
-            MetricOp::Red => w.red.push(ci.clone()),
-            MetricOp::Graph => w.graph.push(ci.clone()),
-        }
+    /// The schema of its result rows.
+    pub fn schema(&self) -> arrow::datatypes::SchemaRef {
+        self.query.schema()
     }
 
-    /// Runs the query of every window the watermark `wm` (the minimum over shards) has
-    /// passed.
-    pub async fn on_watermark(&mut self, wm: u64, bounds: &Bounds<'_>) -> Result<(), RunError> {
+    fn run(
+        &mut self,
+        window: &[Vec<ClosedInterval>],
+        out: &mut Emitter,
+    ) -> Result<(), OperatorError> {
+        let mut tables = Vec::with_capacity(self.inputs.len());
+        for (i, kind) in self.inputs.iter().enumerate() {
+            let intervals = window.get(i).map_or(&[][..], Vec::as_slice);
+            let bounds = self.state.bounds.get(i).map_or(&[][..], Vec::as_slice);
+            let batch = match kind {
+                Table::RedMetrics => rows_of(
+                    MetricRows::red_metrics(),
+                    MetricRows::push_interval,
+                    intervals,
+                    bounds,
+                ),
+                Table::ServiceRelation => rows_of(
+                    MetricRows::service_relation(),
+                    MetricRows::push_interval,
+                    intervals,
+                    bounds,
+                ),
+                Table::Exemplars => rows_of(
+                    ExemplarRows::default(),
+                    ExemplarRows::push_interval,
+                    intervals,
+                    bounds,
+                ),
+                other => {
+                    return Err(OperatorError::Internal(format!(
+                        "rollup `{}` reads {other:?}",
+                        self.name
+                    )));
+                }
+            };
+            tables.push(vec![batch]);
+        }
+        let result = self
+            .handle
+            .block_on(self.query.run(tables))
+            .map_err(|e| OperatorError::Execution(e.to_string()))?;
+        self.state.windows_run += 1;
+        for b in result {
+            out.emit(0, Batch::Other(Arc::new(b)));
+        }
+        Ok(())
+    }
+}
+
+impl Operator for RollupOp {
+    fn process(
+        &mut self,
+        input: usize,
+        batch: Batch,
+        _out: &mut Emitter,
+    ) -> Result<(), OperatorError> {
+        let Batch::Intervals(b) = batch else {
+            return Err(OperatorError::unexpected("rollup", input, &batch));
+        };
+        let n = self.inputs.len();
+        if let Some(bounds) = self.state.bounds.get_mut(input)
+            && bounds.is_empty()
+        {
+            *bounds = b.buckets.bounds_seconds();
+        }
+        for ci in b.intervals {
+            let start = ci.start_ns - ci.start_ns % self.window_ns;
+            let w = self
+                .state
+                .windows
+                .entry(start)
+                .or_insert_with(|| vec![Vec::new(); n]);
+            if let Some(v) = w.get_mut(input) {
+                v.push(Arc::unwrap_or_clone(ci));
+            }
+        }
+        Ok(())
+    }
+
+    fn on_watermark(
+        &mut self,
+        watermark: EventTime,
+        out: &mut Emitter,
+    ) -> Result<EventTime, OperatorError> {
         while let Some((&start, _)) = self.state.windows.first_key_value() {
             let end = start.saturating_add(self.window_ns);
-            if end > wm.saturating_add(1) {
+            if end > watermark.saturating_add(1) {
                 break;
             }
             let Some((_, window)) = self.state.windows.pop_first() else {
                 break;
             };
-            self.run(&window, bounds).await?;
+            self.run(&window, out)?;
         }
+        Ok(watermark)
+    }
+
+    fn snapshot(&self) -> Result<Vec<u8>, OperatorError> {
+        encode_state(&self.state)
+    }
+
+    fn restore(&mut self, state: &[u8]) -> Result<(), OperatorError> {
+        self.state = decode_state(state)?;
         Ok(())
     }
 
-    async fn run(&mut self, window: &Window, bounds: &Bounds<'_>) -> Result<(), RunError> {
-        let mut tables = Vec::with_capacity(self.inputs.len());
-        for input in &self.inputs {
-            let batch = match input {
-                Input::RedMetrics => rows_of(
-                    MetricRows::red_metrics(),
-                    MetricRows::push_interval,
-                    &window.red,
-                    bounds.red,
-                ),
-                Input::Exemplars => rows_of(
-                    ExemplarRows::default(),
-                    ExemplarRows::push_interval,
-                    &window.red,
-                    bounds.red,
-                ),
-                Input::ServiceRelation => rows_of(
-                    MetricRows::service_relation(),
-                    MetricRows::push_interval,
-                    &window.graph,
-                    bounds.graph,
-                ),
-            };
-            tables.push(vec![batch]);
-        }
-        let out = self
-            .query
-            .run(tables)
-            .await
-            .map_err(|e| rollup_error(&self.name, &e.to_string()))?;
-        self.windows_run += 1;
-        for b in out {
-            self.port.rows.push(b);
-        }
-        self.port.maybe_flush(false)
-    }
-
-    /// Closes the sinks; returns the windows still open (for a savepoint).
-    pub fn close(self, outputs: &mut Vec<(TableTarget, u64)>) -> Result<RollupState, RunError> {
-        self.port.close(outputs)?;
-        Ok(self.state)
+    fn report(&self) -> Report {
+        Report::Windows(self.state.windows_run)
     }
 }
 
@@ -195,11 +202,4 @@ fn rows_of<R: TableRows>(
         push(&mut rows, ci, bounds);
     }
     rows.finish()
-}
-
-fn rollup_error(name: &str, message: &str) -> RunError {
-    RunError::Rollup {
-        name: name.to_owned(),
-        message: message.to_owned(),
-    }
 }

@@ -13,13 +13,12 @@
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use spanflow_operators::metrics::MetricsMerger;
 
-use super::shard::ShardSnapshot;
+use super::shard::NodeSnapshot;
 use crate::job::Job;
 
 /// Bumped when the layout changes; an older savepoint is refused with a clear message.
-pub(crate) const VERSION: u32 = 2;
+pub(crate) const VERSION: u32 = 3;
 
 /// What a stopped run leaves for the next one.
 #[derive(Debug, Serialize, Deserialize)]
@@ -33,12 +32,10 @@ pub(crate) struct Savepoint {
     pub parallelism: usize,
     /// The router's watermark when the run stopped.
     pub watermark: u64,
-    pub shards: Vec<ShardSnapshot>,
-    pub red_merger: Option<MetricsMerger>,
-    pub graph_merger: Option<MetricsMerger>,
-    /// Rollups' open windows, by rollup name.
-    #[serde(default)]
-    pub rollups: Vec<(String, super::rollup::RollupState)>,
+    /// Per shard, the state of each node instance it runs.
+    pub shards: Vec<Vec<NodeSnapshot>>,
+    /// The global stage's node instances (metric merges, rollups).
+    pub global: Option<Vec<NodeSnapshot>>,
     /// Per source (by index): (topic, partition, next offset).
     pub positions: Vec<Vec<(String, i32, i64)>>,
     /// Parquet part files written so far, per `<dir>/<table>`; a restore removes any

@@ -1,54 +1,75 @@
-//! A shard: the operator chain for the traces whose id hashes to it
-//! ([span_filter] -> session_window -> [red_metrics] [service_graph]) and the table rows
-//! it produces.
+//! A shard: every shard-scoped node of the plan (and the partial side of every merged
+//! node), run over the traces whose id hashes to this shard, and the table rows they
+//! produce.
+//!
+//! The shard executes the graph in topological order. A batch from the router goes to
+//! the nodes that read its source; what a node emits goes, in emission order, to the
+//! nodes and sinks that read that port (the batch is shared by pointer where several
+//! read it), and partials of merged nodes to the global stage. A watermark passes the
+//! nodes in topological order: each one's input watermark is the minimum of what its
+//! inputs forwarded, so a node has received every batch its upstream emitted before it
+//! sees the watermark that follows them.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use spanflow_operators::Span;
-use spanflow_operators::WATERMARK_END;
-use spanflow_operators::metrics::Partial;
-use spanflow_operators::red_metrics::RedMetrics;
-use spanflow_operators::service_graph::ServiceGraph;
-use spanflow_operators::session_window::{SessionMetrics, SessionOutput, SessionWindow};
-use spanflow_operators::span_filter::{SpanFilter, SpanFilterMetrics};
-use spanflow_operators::span_index::SpanIndex;
-use spanflow_operators::tail_sampling::{SamplingMetrics, TailSampler};
+use serde::{Deserialize, Serialize};
+use spanflow_operators::metrics::{Buckets, ClosedInterval, render_openmetrics};
+use spanflow_operators::operator::{Batch, Buffered, Emitter, Operator, Report, Table};
+use spanflow_operators::{Span, WATERMARK_END};
 use tokio::sync::mpsc;
 
-use super::metrics::{MergeMsg, MetricOp};
-use super::{Plan, Progress, RunError, TableTarget};
+use super::plan::{Input, NodeBuild, Plan};
+use super::{Progress, RunError, TableTarget};
 use crate::connectors::TableWriter;
-use crate::tables::{SpanRows, TableRows, TraceRows};
+use crate::tables::{BatchRows, ExemplarRows, MetricRows, SpanRows, TableRows, TraceRows};
 
 /// Messages from the router.
 pub(crate) enum ShardMsg {
-    Spans(Vec<Span>),
+    /// Spans of source `source` (index into the plan's sources).
+    Spans {
+        source: usize,
+        spans: Vec<Span>,
+    },
     Watermark(u64),
     End,
     /// Stop without flushing: hand the open state to a savepoint.
     Savepoint,
 }
 
-/// A shard's state in a savepoint.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub(crate) struct ShardSnapshot {
-    pub window: spanflow_operators::session_window::SessionWindowState,
-    pub sampler: Option<spanflow_operators::tail_sampling::TailSamplerState>,
-    pub forwarded: u64,
+/// Messages from shards to the global stage. A shard sends a node's partials before
+/// the watermark that completed them, and one channel keeps that order.
+pub(crate) enum GlobalMsg {
+    Batch {
+        node: usize,
+        batch: Batch,
+    },
+    Watermark {
+        shard: usize,
+        node: usize,
+        watermark: u64,
+    },
+}
+
+/// One node instance's state in a savepoint.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct NodeSnapshot {
+    pub node: String,
+    pub state: Vec<u8>,
+    /// The node's input and forwarded watermarks.
+    pub watermarks: (u64, u64),
 }
 
 /// What a shard reports when it finishes.
 pub(crate) struct ShardResult {
-    pub metrics: SessionMetrics,
-    pub filter: Option<SpanFilterMetrics>,
-    pub sampling: Option<SamplingMetrics>,
+    /// Per plan node that runs in shards: its report.
+    pub reports: Vec<(usize, Report)>,
     pub outputs: Vec<(TableTarget, u64)>,
     /// (spans, bytes) buffered at the moment the shard held the most spans.
     pub peak_buffered: (usize, usize),
-    pub late_metric_observations: u64,
     /// Set when the shard stopped for a savepoint.
-    pub snapshot: Option<ShardSnapshot>,
+    pub snapshot: Option<Vec<NodeSnapshot>>,
 }
 
 /// One output stream: its rows and where they go.
@@ -56,8 +77,6 @@ pub(crate) struct Port<R> {
     pub rows: R,
     writers: Vec<(TableTarget, TableWriter)>,
     flush_rows: usize,
-    /// Some sink reads this stream (in a benchmark the rows are built but not written).
-    pub active: bool,
 }
 
 impl<R: TableRows> Port<R> {
@@ -81,7 +100,6 @@ impl<R: TableRows> Port<R> {
             rows,
             writers,
             flush_rows,
-            active: !targets.is_empty(),
         })
     }
 
@@ -105,23 +123,523 @@ impl<R: TableRows> Port<R> {
     }
 }
 
+/// The rows of one output stream, by the kind of table it is written as.
+pub(crate) enum TableSink {
+    Traces(Port<TraceRows>),
+    Spans(Port<SpanRows>),
+    Late(Port<SpanRows>),
+    Red(Port<MetricRows>, OpenMetricsText),
+    Relation(Port<MetricRows>),
+    Exemplars(Port<ExemplarRows>),
+    Rows(Port<BatchRows>),
+}
+
+impl TableSink {
+    /// Opens the writers of `targets` (one stream, all of kind `kind`); `query` is the
+    /// schema of a [`Table::Query`] stream.
+    pub fn new(
+        kind: Table,
+        targets: &[TableTarget],
+        part: usize,
+        discard: bool,
+        query: Option<(&str, arrow::datatypes::SchemaRef)>,
+    ) -> Result<Self, RunError> {
+        Ok(match kind {
+            Table::Traces => {
+                TableSink::Traces(Port::new(TraceRows::default(), targets, part, discard)?)
+            }
+            Table::Spans => TableSink::Spans(Port::new(SpanRows::spans(), targets, part, discard)?),
+            Table::LateSpans => {
+                TableSink::Late(Port::new(SpanRows::late(), targets, part, discard)?)
+            }
+            Table::RedMetrics => TableSink::Red(
+                Port::new(MetricRows::red_metrics(), targets, part, discard)?,
+                OpenMetricsText {
+                    files: if discard {
+                        Vec::new()
+                    } else {
+                        targets
+                            .iter()
+                            .filter(|t| t.is_parquet())
+                            .map(|t| t.dir.join(format!("{}.openmetrics.txt", t.table)))
+                            .collect()
+                    },
+                    last: None,
+                },
+            ),
+            Table::ServiceRelation => TableSink::Relation(Port::new(
+                MetricRows::service_relation(),
+                targets,
+                part,
+                discard,
+            )?),
+            Table::Exemplars => {
+                TableSink::Exemplars(Port::new(ExemplarRows::default(), targets, part, discard)?)
+            }
+            Table::Query => {
+                let (name, schema) = query
+                    .ok_or_else(|| RunError::Internal("a query table without a schema".into()))?;
+                TableSink::Rows(Port::new(
+                    BatchRows::new(name, schema),
+                    targets,
+                    part,
+                    discard,
+                )?)
+            }
+            Table::DeadLetters => {
+                return Err(RunError::Internal(
+                    "dead letters are written by the router, not by an operator".into(),
+                ));
+            }
+        })
+    }
+
+    /// Buffers the rows of `batch` and writes full batches.
+    pub fn write(&mut self, batch: &Batch) -> Result<(), RunError> {
+        match (self, batch) {
+            (TableSink::Traces(p), Batch::Traces(traces)) => {
+                for t in traces {
+                    p.rows.push(&t.trace, t.decision.as_ref());
+                }
+                p.maybe_flush(false)
+            }
+            (TableSink::Spans(p), Batch::Traces(traces)) => {
+                for t in traces.iter().filter(|t| t.kept()) {
+                    for s in &t.trace.spans {
+                        p.rows.push(s);
+                    }
+                }
+                p.maybe_flush(false)
+            }
+            (TableSink::Spans(p), Batch::Spans(spans)) => {
+                for s in spans {
+                    p.rows.push(s);
+                }
+                p.maybe_flush(false)
+            }
+            (TableSink::Late(p), Batch::LateSpans(late)) => {
+                for l in late {
+                    p.rows.push_late(l);
+                }
+                p.maybe_flush(false)
+            }
+            (TableSink::Red(p, text), Batch::Intervals(b)) => {
+                let bounds = b.buckets.bounds_seconds();
+                for ci in &b.intervals {
+                    p.rows.push_interval(ci, &bounds);
+                }
+                if let Some(ci) = b.intervals.last() {
+                    text.last = Some((ci.clone(), b.buckets.clone()));
+                }
+                p.maybe_flush(false)
+            }
+            (TableSink::Relation(p), Batch::Intervals(b)) => {
+                let bounds = b.buckets.bounds_seconds();
+                for ci in &b.intervals {
+                    p.rows.push_interval(ci, &bounds);
+                }
+                p.maybe_flush(false)
+            }
+            (TableSink::Exemplars(p), Batch::Intervals(b)) => {
+                let bounds = b.buckets.bounds_seconds();
+                for ci in &b.intervals {
+                    p.rows.push_interval(ci, &bounds);
+                }
+                p.maybe_flush(false)
+            }
+            (TableSink::Rows(p), Batch::Other(any)) => {
+                let Some(rb) = any.downcast_ref::<arrow::record_batch::RecordBatch>() else {
+                    return Err(RunError::Internal("query rows of an unknown type".into()));
+                };
+                p.rows.push(rb.clone());
+                p.maybe_flush(false)
+            }
+            (_, b) => Err(RunError::Internal(format!(
+                "a table sink received {}",
+                b.kind().as_str()
+            ))),
+        }
+    }
+
+    pub fn close(self, outputs: &mut Vec<(TableTarget, u64)>) -> Result<(), RunError> {
+        match self {
+            TableSink::Traces(p) => p.close(outputs),
+            TableSink::Spans(p) | TableSink::Late(p) => p.close(outputs),
+            TableSink::Red(p, text) => {
+                if let Some((ci, buckets)) = &text.last {
+                    let body = render_openmetrics(ci, buckets, "spanflow_");
+                    for f in &text.files {
+                        std::fs::write(f, &body)
+                            .map_err(|e| crate::connectors::SinkError::io(f, e))?;
+                    }
+                }
+                p.close(outputs)
+            }
+            TableSink::Relation(p) => p.close(outputs),
+            TableSink::Exemplars(p) => p.close(outputs),
+            TableSink::Rows(p) => p.close(outputs),
+        }
+    }
+}
+
+/// The latest closed interval of a `red_metrics` table, written as OpenMetrics text
+/// (with exemplars) next to its Parquet parts when the run ends.
+pub(crate) struct OpenMetricsText {
+    files: Vec<std::path::PathBuf>,
+    last: Option<(Arc<ClosedInterval>, Arc<Buckets>)>,
+}
+
+/// Where an emitted batch goes.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Target {
+    /// Input `input` of executor node `node`.
+    Node { node: usize, input: usize },
+    /// Table sink `i` of the executor.
+    Table(usize),
+    /// The global stage's instance of plan node `node`.
+    Global { node: usize },
+}
+
+/// Where a node's input comes from, inside one executor.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Upstream {
+    /// The router's spans of a source (their watermark is the router's).
+    Source(usize),
+    /// Another executor node.
+    Node(usize),
+    /// Every shard's partials of a merged node (the global stage aligns them).
+    Shards,
+}
+
+/// One running node instance.
+pub(crate) struct ExecNode {
+    /// Index into the plan's nodes.
+    pub plan_index: usize,
+    pub name: String,
+    pub kind: &'static str,
+    pub op: Box<dyn Operator>,
+    pub inputs: Vec<Upstream>,
+    /// Per output port, who reads it.
+    pub consumers: Vec<Vec<Target>>,
+    pub emitter: Emitter,
+    pub in_wm: u64,
+    pub out_wm: u64,
+    /// Partial side of a merged node: its forwarded watermark goes to the global stage.
+    pub partial: bool,
+}
+
+/// Runs nodes, routes what they emit and writes tables; shared by the shards and the
+/// global stage.
+pub(crate) struct Executor {
+    pub nodes: Vec<ExecNode>,
+    pub tables: Vec<TableSink>,
+    queue: VecDeque<(usize, usize, Batch)>,
+    /// Messages for the global stage, sent after each step (shards only).
+    pub to_global: Vec<GlobalMsg>,
+    /// Traces the session windows closed (progress bar).
+    pub traces_closed: u64,
+}
+
+impl Executor {
+    pub fn new(nodes: Vec<ExecNode>, tables: Vec<TableSink>) -> Self {
+        Executor {
+            nodes,
+            tables,
+            queue: VecDeque::new(),
+            to_global: Vec::new(),
+            traces_closed: 0,
+        }
+    }
+
+    /// Delivers `batch` to input `input` of node `node` and runs everything it causes.
+    pub fn deliver(&mut self, node: usize, input: usize, batch: Batch) -> Result<(), RunError> {
+        self.queue.push_back((node, input, batch));
+        self.run_queue()
+    }
+
+    fn run_queue(&mut self) -> Result<(), RunError> {
+        while let Some((node, input, batch)) = self.queue.pop_front() {
+            let Some(n) = self.nodes.get_mut(node) else {
+                return Err(RunError::Internal(format!("no node {node}")));
+            };
+            n.op.process(input, batch, &mut n.emitter)
+                .map_err(|e| node_error(&n.name, e))?;
+            self.route(node)?;
+        }
+        Ok(())
+    }
+
+    /// Hands what node `node` emitted to its consumers.
+    fn route(&mut self, node: usize) -> Result<(), RunError> {
+        let Some(n) = self.nodes.get_mut(node) else {
+            return Ok(());
+        };
+        if n.emitter.is_empty() {
+            return Ok(());
+        }
+        let is_window = n.kind == "session_window";
+        for port in 0..n.consumers.len() {
+            let batches = self.nodes[node].emitter.take(port);
+            for batch in batches {
+                if is_window && port == 0 {
+                    self.traces_closed += batch.len() as u64;
+                }
+                let consumers = &self.nodes[node].consumers[port];
+                // Tables read the batch in place; nodes get it by value (shared
+                // pointers inside), the last one without a copy.
+                for t in consumers {
+                    if let Target::Table(i) = *t
+                        && let Some(sink) = self.tables.get_mut(i)
+                    {
+                        sink.write(&batch)?;
+                    }
+                }
+                let movers: Vec<Target> = consumers
+                    .iter()
+                    .copied()
+                    .filter(|t| !matches!(t, Target::Table(_)))
+                    .collect();
+                let mut batch = Some(batch);
+                for (k, t) in movers.iter().enumerate() {
+                    let b = if k + 1 == movers.len() {
+                        batch.take()
+                    } else {
+                        batch.clone()
+                    };
+                    let Some(b) = b else { continue };
+                    match *t {
+                        Target::Node { node, input } => self.queue.push_back((node, input, b)),
+                        Target::Global { node } => {
+                            self.to_global.push(GlobalMsg::Batch { node, batch: b })
+                        }
+                        Target::Table(_) => {}
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Passes watermarks through the nodes in topological order: `source_wm` for
+    /// inputs from the router, `shards_wm(node)` for the global stage's merged inputs.
+    /// Returns the partial nodes whose forwarded watermark advanced.
+    pub fn advance(
+        &mut self,
+        source_wm: u64,
+        shards_wm: &dyn Fn(usize) -> u64,
+    ) -> Result<Vec<(usize, u64)>, RunError> {
+        let mut advanced = Vec::new();
+        for i in 0..self.nodes.len() {
+            let input = self.nodes[i]
+                .inputs
+                .iter()
+                .map(|u| match *u {
+                    Upstream::Source(_) => source_wm,
+                    Upstream::Node(j) => self.nodes.get(j).map_or(0, |n| n.out_wm),
+                    Upstream::Shards => shards_wm(self.nodes[i].plan_index),
+                })
+                .min()
+                .unwrap_or(source_wm);
+            let n = &mut self.nodes[i];
+            // The same watermark again lets an operator forward more (a trace closed by
+            // a cap released its hold); an older one is never delivered.
+            if input < n.in_wm {
+                continue;
+            }
+            n.in_wm = input;
+            let f =
+                n.op.on_watermark(input, &mut n.emitter)
+                    .map_err(|e| node_error(&n.name, e))?;
+            self.route(i)?;
+            self.run_queue()?;
+            let n = &mut self.nodes[i];
+            let f = f.min(input);
+            if f > n.out_wm || (f == WATERMARK_END && n.out_wm != WATERMARK_END) {
+                n.out_wm = f;
+                if n.partial {
+                    advanced.push((n.plan_index, f));
+                }
+            }
+        }
+        Ok(advanced)
+    }
+
+    /// Ends the input: `on_end` on every node, in order.
+    pub fn end(&mut self) -> Result<(), RunError> {
+        for i in 0..self.nodes.len() {
+            let n = &mut self.nodes[i];
+            n.op.on_end(&mut n.emitter)
+                .map_err(|e| node_error(&n.name, e))?;
+            self.route(i)?;
+            self.run_queue()?;
+        }
+        Ok(())
+    }
+
+    /// Every node's state.
+    pub fn snapshot(&self) -> Result<Vec<NodeSnapshot>, RunError> {
+        self.nodes
+            .iter()
+            .map(|n| {
+                Ok(NodeSnapshot {
+                    node: n.name.clone(),
+                    state: n.op.snapshot().map_err(|e| node_error(&n.name, e))?,
+                    watermarks: (n.in_wm, n.out_wm),
+                })
+            })
+            .collect()
+    }
+
+    /// Restores every node from a snapshot of the same plan.
+    pub fn restore(&mut self, states: Vec<NodeSnapshot>) -> Result<(), RunError> {
+        for s in states {
+            let Some(n) = self.nodes.iter_mut().find(|n| n.name == s.node) else {
+                return Err(RunError::Savepoint(format!(
+                    "it holds state of `{}`, which this job does not have",
+                    s.node
+                )));
+            };
+            n.op.restore(&s.state)
+                .map_err(|e| RunError::Savepoint(format!("`{}`: {e}", s.node)))?;
+            (n.in_wm, n.out_wm) = s.watermarks;
+        }
+        Ok(())
+    }
+
+    pub fn buffered(&self) -> Buffered {
+        let mut b = Buffered::default();
+        for n in &self.nodes {
+            let x = n.op.buffered();
+            b.spans += x.spans;
+            b.bytes += x.bytes;
+        }
+        b
+    }
+
+    pub fn reports(&self) -> Vec<(usize, Report)> {
+        self.nodes
+            .iter()
+            .map(|n| (n.plan_index, n.op.report()))
+            .collect()
+    }
+
+    pub fn close(self, outputs: &mut Vec<(TableTarget, u64)>) -> Result<(), RunError> {
+        for t in self.tables {
+            t.close(outputs)?;
+        }
+        Ok(())
+    }
+}
+
+pub(crate) fn node_error(node: &str, e: spanflow_operators::OperatorError) -> RunError {
+    match e {
+        spanflow_operators::OperatorError::State(m) => {
+            RunError::Savepoint(format!("operator `{node}`: {m}"))
+        }
+        spanflow_operators::OperatorError::Internal(m) => {
+            RunError::Internal(format!("operator `{node}`: {m}"))
+        }
+        spanflow_operators::OperatorError::Execution(message) => RunError::Rollup {
+            name: node.to_owned(),
+            message,
+        },
+    }
+}
+
+/// Builds shard `index`'s executor: the plan's shard nodes (partials for merged ones)
+/// and the tables they write.
+pub(crate) fn shard_executor(
+    plan: &Plan,
+    index: usize,
+    discard: bool,
+) -> Result<Executor, RunError> {
+    let mut exec_of_plan: Vec<Option<usize>> = vec![None; plan.nodes.len()];
+    let mut nodes: Vec<ExecNode> = Vec::new();
+    let mut tables: Vec<TableSink> = Vec::new();
+    for (pi, pn) in plan.nodes.iter().enumerate() {
+        let (op, partial) = match &pn.build {
+            NodeBuild::Shard(b) => (b(plan.shards), false),
+            NodeBuild::Merged { partial, .. } => (partial(plan.shards), true),
+            NodeBuild::Rollup(_) => continue,
+        };
+        let mut inputs = Vec::with_capacity(pn.inputs.len());
+        for (k, input) in pn.inputs.iter().enumerate() {
+            match *input {
+                Input::Source(s) => inputs.push(Upstream::Source(s)),
+                Input::Node { node, port } => {
+                    let Some(up) = exec_of_plan[node] else {
+                        return Err(RunError::Internal(format!(
+                            "`{}` reads a node outside the shards",
+                            pn.name
+                        )));
+                    };
+                    inputs.push(Upstream::Node(up));
+                    let me = nodes.len();
+                    nodes[up].consumers[port].push(Target::Node { node: me, input: k });
+                }
+            }
+        }
+        let ports = if partial { 1 } else { pn.ports.len() };
+        let mut consumers: Vec<Vec<Target>> = vec![Vec::new(); ports];
+        if partial {
+            consumers[0].push(Target::Global { node: pi });
+        } else {
+            for (port, name) in pn.ports.iter().enumerate() {
+                let targets = plan.targets_of(&pn.name, name);
+                if targets.is_empty() {
+                    continue;
+                }
+                let Some(kind) = pn.shape.outputs.get(port).and_then(|p| p.table) else {
+                    continue;
+                };
+                tables.push(TableSink::new(kind, targets, index, discard, None)?);
+                consumers[port].push(Target::Table(tables.len() - 1));
+            }
+        }
+        exec_of_plan[pi] = Some(nodes.len());
+        nodes.push(ExecNode {
+            plan_index: pi,
+            name: pn.name.clone(),
+            kind: pn.shape.kind,
+            op,
+            inputs,
+            consumers,
+            emitter: Emitter::default(),
+            in_wm: 0,
+            out_wm: 0,
+            partial,
+        });
+    }
+    for n in &mut nodes {
+        n.emitter = Emitter::with_connected(n.consumers.iter().map(|c| !c.is_empty()).collect());
+    }
+    Ok(Executor::new(nodes, tables))
+}
+
+/// The source inputs of the shard executor: for each source, the (node, input) pairs
+/// that read its spans.
+fn source_readers(exec: &Executor, sources: usize) -> Vec<Vec<(usize, usize)>> {
+    let mut readers = vec![Vec::new(); sources];
+    for (i, n) in exec.nodes.iter().enumerate() {
+        for (k, u) in n.inputs.iter().enumerate() {
+            if let Upstream::Source(s) = *u
+                && let Some(r) = readers.get_mut(s)
+            {
+                r.push((i, k));
+            }
+        }
+    }
+    readers
+}
+
 pub(crate) struct Shard {
     index: usize,
-    filter: Option<SpanFilter>,
-    window: SessionWindow,
-    sampler: Option<TailSampler>,
-    red: Option<RedMetrics>,
-    graph: Option<ServiceGraph>,
-    /// Parent links of the trace being handed to `red` and `graph`, built once for both.
-    span_index: SpanIndex,
-    merge_tx: Option<mpsc::Sender<MergeMsg>>,
-    forwarded: u64,
-    out: SessionOutput,
-    traces: Port<TraceRows>,
-    late: Port<SpanRows>,
-    spans: Port<SpanRows>,
+    exec: Executor,
+    readers: Vec<Vec<(usize, usize)>>,
+    global_tx: Option<mpsc::Sender<GlobalMsg>>,
     progress: Arc<Progress>,
     peak_buffered: (usize, usize),
+    source_wm: u64,
 }
 
 impl Shard {
@@ -130,230 +648,109 @@ impl Shard {
         plan: &Plan,
         discard: bool,
         progress: Arc<Progress>,
-        merge_tx: Option<mpsc::Sender<MergeMsg>>,
-        restore: Option<ShardSnapshot>,
+        global_tx: Option<mpsc::Sender<GlobalMsg>>,
+        restore: Option<Vec<NodeSnapshot>>,
+        resumed_watermark: u64,
     ) -> Result<Self, RunError> {
-        let sw = &plan.session_window;
-        let shards = plan.shards.max(1);
-        // With a sampler, `<session>.traces` and `<sampler>.traces` carry the same rows,
-        // marked with the decision.
-        let mut trace_targets = plan.targets_of(sw, "traces").to_vec();
-        let mut span_targets = Vec::new();
-        if let Some((name, _)) = &plan.tail_sampling {
-            trace_targets.extend_from_slice(plan.targets_of(name, "traces"));
-            span_targets.extend_from_slice(plan.targets_of(name, "spans"));
+        let mut exec = shard_executor(plan, index, discard)?;
+        if let Some(states) = restore {
+            exec.restore(states)?;
         }
-        let (window, sampler, forwarded) = match restore {
-            Some(snap) => (
-                SessionWindow::with_state(plan.session_config.clone(), snap.window),
-                match (&plan.tail_sampling, snap.sampler) {
-                    (Some((_, c)), Some(state)) => {
-                        Some(TailSampler::with_state_sharded(c.clone(), shards, state))
-                    }
-                    (Some((_, c)), None) => Some(TailSampler::new_sharded(c.clone(), shards)),
-                    (None, _) => None,
-                },
-                snap.forwarded,
-            ),
-            None => (
-                SessionWindow::new(plan.session_config.clone()),
-                plan.tail_sampling
-                    .as_ref()
-                    .map(|(_, c)| TailSampler::new_sharded(c.clone(), shards)),
-                0,
-            ),
-        };
+        let readers = source_readers(&exec, plan.sources.len());
         Ok(Shard {
             index,
-            filter: plan.span_filter.as_ref().map(|(_, c)| SpanFilter::new(c)),
-            window,
-            sampler,
-            red: plan
-                .red_metrics
-                .as_ref()
-                .map(|(_, c)| RedMetrics::new(c.clone())),
-            graph: plan
-                .service_graph
-                .as_ref()
-                .map(|(_, c)| ServiceGraph::new(c.clone())),
-            span_index: SpanIndex::default(),
-            merge_tx,
-            forwarded,
-            out: SessionOutput::default(),
-            traces: Port::new(TraceRows::default(), &trace_targets, index, discard)?,
-            spans: Port::new(SpanRows::spans(), &span_targets, index, discard)?,
-            late: Port::new(
-                SpanRows::late(),
-                plan.targets_of(sw, "late_spans"),
-                index,
-                discard,
-            )?,
+            exec,
+            readers,
+            global_tx,
             progress,
             peak_buffered: (0, 0),
+            source_wm: resumed_watermark,
         })
     }
 
     pub async fn run(mut self, mut rx: mpsc::Receiver<ShardMsg>) -> Result<ShardResult, RunError> {
         let mut snapshot = None;
         while let Some(msg) = rx.recv().await {
-            let before = self.window.buffered_spans();
+            let before = self.exec.buffered().spans;
+            let closed_before = self.exec.traces_closed;
             let end = match msg {
-                ShardMsg::Spans(mut spans) => {
-                    if let Some(f) = &mut self.filter {
-                        f.apply(&mut spans);
+                ShardMsg::Spans { source, spans } => {
+                    let readers = self.readers.get(source).cloned().unwrap_or_default();
+                    let mut batch = Some(Batch::Spans(spans));
+                    for (k, (node, input)) in readers.iter().enumerate() {
+                        let b = if k + 1 == readers.len() {
+                            batch.take()
+                        } else {
+                            batch.clone()
+                        };
+                        if let Some(b) = b {
+                            self.exec.deliver(*node, *input, b)?;
+                        }
                     }
-                    self.window.process(spans, &mut self.out);
-                    let after = self.window.buffered_spans();
-                    if after > self.peak_buffered.0 {
-                        self.peak_buffered = (after, self.window.buffered_bytes());
+                    let b = self.exec.buffered();
+                    if b.spans > self.peak_buffered.0 {
+                        self.peak_buffered = (b.spans, b.bytes);
                     }
                     false
                 }
                 ShardMsg::Watermark(wm) => {
-                    self.window.on_watermark(wm, &mut self.out);
+                    self.source_wm = self.source_wm.max(wm);
                     false
                 }
                 ShardMsg::End => {
-                    self.window.on_watermark(WATERMARK_END, &mut self.out);
+                    self.source_wm = WATERMARK_END;
                     true
                 }
                 ShardMsg::Savepoint => {
-                    self.drain()?;
-                    self.hand_over_partials().await;
-                    snapshot = Some(ShardSnapshot {
-                        window: self.window.snapshot().clone(),
-                        sampler: self.sampler.as_ref().map(|s| s.snapshot().clone()),
-                        forwarded: self.forwarded,
-                    });
+                    snapshot = Some(self.exec.snapshot()?);
+                    self.send_global().await;
                     break;
                 }
             };
-            let after = self.window.buffered_spans();
+            // After spans too: a trace closed by a cap may have released the hold.
+            let advanced = self.exec.advance(self.source_wm, &|_| 0)?;
+            for (node, watermark) in advanced {
+                self.exec.to_global.push(GlobalMsg::Watermark {
+                    shard: self.index,
+                    node,
+                    watermark,
+                });
+            }
+            if end {
+                self.exec.end()?;
+            }
+            self.send_global().await;
+            let after = self.exec.buffered().spans;
             self.progress
                 .buffered_spans
                 .fetch_add(after as u64, Ordering::Relaxed);
             self.progress
                 .buffered_spans
                 .fetch_sub(before as u64, Ordering::Relaxed);
-            self.drain()?;
-            self.forward_watermark(end).await;
+            self.progress
+                .traces_closed
+                .fetch_add(self.exec.traces_closed - closed_before, Ordering::Relaxed);
             if end {
                 break;
             }
         }
+        let reports = self.exec.reports();
         let mut outputs = Vec::new();
-        self.traces.close(&mut outputs)?;
-        self.late.close(&mut outputs)?;
-        self.spans.close(&mut outputs)?;
-        let late_metric_observations = self.red.as_ref().map_or(0, |r| r.late_observations());
+        self.exec.close(&mut outputs)?;
         Ok(ShardResult {
-            metrics: self.window.metrics().clone(),
-            filter: self.filter.as_ref().map(|f| f.metrics().clone()),
-            sampling: self.sampler.as_ref().map(|s| s.metrics().clone()),
+            reports,
             outputs,
             peak_buffered: self.peak_buffered,
-            late_metric_observations,
             snapshot,
         })
     }
 
-    /// For a savepoint: every metric partial goes to the merge task (which keeps the
-    /// intervals open in its own state), without advancing this shard's watermark.
-    async fn hand_over_partials(&mut self) {
-        self.send_partials(WATERMARK_END).await;
-    }
-
-    /// Hands complete metric intervals to the merge task when the window's (held-back)
-    /// watermark advanced.
-    async fn forward_watermark(&mut self, end: bool) {
-        if self.merge_tx.is_none() {
-            return;
-        }
-        let wm = if end {
-            WATERMARK_END
-        } else {
-            self.window.output_watermark()
-        };
-        if wm <= self.forwarded && !end {
-            return;
-        }
-        self.forwarded = wm;
-        self.send_partials(wm).await;
-        if let Some(tx) = &self.merge_tx {
-            let _ = tx
-                .send(MergeMsg::Watermark {
-                    shard: self.index,
-                    watermark: wm,
-                })
-                .await;
-        }
-    }
-
-    /// Sends the metric operators' partials of the intervals that end by `until`.
-    async fn send_partials(&mut self, until: u64) {
-        let Some(tx) = &self.merge_tx else { return };
-        let mut parts: Vec<Partial> = Vec::new();
-        if let Some(r) = &mut self.red {
-            r.flush(until, &mut parts);
-            if !parts.is_empty() {
-                let _ = tx
-                    .send(MergeMsg::Partials {
-                        op: MetricOp::Red,
-                        parts: std::mem::take(&mut parts),
-                    })
-                    .await;
+    async fn send_global(&mut self) {
+        let msgs = std::mem::take(&mut self.exec.to_global);
+        if let Some(tx) = &self.global_tx {
+            for m in msgs {
+                let _ = tx.send(m).await;
             }
         }
-        if let Some(g) = &mut self.graph {
-            g.flush(until, &mut parts);
-            if !parts.is_empty() {
-                let _ = tx
-                    .send(MergeMsg::Partials {
-                        op: MetricOp::Graph,
-                        parts,
-                    })
-                    .await;
-            }
-        }
-    }
-
-    fn drain(&mut self) -> Result<(), RunError> {
-        if self.out.is_empty() {
-            return Ok(());
-        }
-        self.progress
-            .traces_closed
-            .fetch_add(self.out.closed.len() as u64, Ordering::Relaxed);
-        for t in self.out.closed.drain(..) {
-            let decision = self.sampler.as_mut().map(|s| s.decide(&t));
-            let kept = decision.as_ref().is_none_or(|d| d.sampled);
-            // Both metric operators follow parent links: index the trace once for both.
-            if self.red.is_some() || self.graph.is_some() {
-                self.span_index.build(&t.spans);
-            }
-            if let Some(r) = &mut self.red {
-                r.add_indexed_trace(&t, &self.span_index, kept);
-            }
-            if let Some(g) = &mut self.graph {
-                g.add_indexed_trace(&t, &self.span_index, kept);
-            }
-            if self.traces.active {
-                self.traces.rows.push(&t, decision.as_ref());
-            }
-            if kept && decision.is_some() && self.spans.active {
-                for s in &t.spans {
-                    self.spans.rows.push(s);
-                }
-            }
-        }
-        for l in self.out.late.drain(..) {
-            if self.late.active {
-                self.late.rows.push_late(&l);
-            }
-        }
-        self.traces.maybe_flush(false)?;
-        self.late.maybe_flush(false)?;
-        self.spans.maybe_flush(false)?;
-        Ok(())
     }
 }

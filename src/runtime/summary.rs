@@ -13,9 +13,87 @@ use spanflow_operators::session_window::{CloseReason, LateReason, SessionMetrics
 use spanflow_operators::span_filter::SpanFilterMetrics;
 use spanflow_operators::tail_sampling::SamplingMetrics;
 
-use super::{Progress, ServiceSummary, TableTarget};
+use spanflow_operators::metrics::MetricsReport;
+use spanflow_operators::operator::Report;
+
+use super::{Progress, TableTarget};
 use crate::connectors::generator::GroundTruth;
 use crate::formats::DecodeStats;
+
+/// Requests, errors and latency of one service's entry spans over the whole run.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ServiceSummary {
+    /// Service.
+    pub service: String,
+    /// Entry spans (server, consumer).
+    pub requests: u64,
+    /// Failed entry spans.
+    pub errors: u64,
+    /// Median latency from the histogram, seconds.
+    pub p50_seconds: Option<f64>,
+    /// 99th percentile latency from the histogram, seconds.
+    pub p99_seconds: Option<f64>,
+}
+
+/// The summary's counters, added up from the nodes' reports.
+#[derive(Debug, Default)]
+pub(crate) struct Totals {
+    pub sessions: SessionMetrics,
+    pub span_filter: Option<SpanFilterMetrics>,
+    pub sampling: Option<SamplingMetrics>,
+    pub services: Vec<ServiceSummary>,
+    pub metric_intervals: u64,
+    pub rollup_windows: Vec<(String, u64)>,
+    pub folded_series: u64,
+    pub late_metric_observations: u64,
+}
+
+impl Totals {
+    /// Adds up `(node, kind, report)` of every node (each already merged over its
+    /// instances). Several nodes of one kind add up; services come from the first
+    /// `red_metrics` node.
+    pub fn from_reports(reports: &[(&str, &str, Report)]) -> Self {
+        let mut t = Totals::default();
+        let mut red: Option<&MetricsReport> = None;
+        for (name, kind, report) in reports {
+            match report {
+                Report::None => {}
+                Report::Sessions(m) => t.sessions.merge(m),
+                Report::Filter(m) => t.span_filter.get_or_insert_with(Default::default).merge(m),
+                Report::Sampling(m) => t.sampling.get_or_insert_with(Default::default).merge(m),
+                Report::Metrics(m) => {
+                    t.folded_series += m.folded_series;
+                    t.late_metric_observations += m.late_observations;
+                    if *kind == "red_metrics" {
+                        t.metric_intervals += m.intervals;
+                        red.get_or_insert(m);
+                    }
+                }
+                Report::Windows(n) => t.rollup_windows.push(((*name).to_owned(), *n)),
+            }
+        }
+        if let Some(m) = red {
+            let mut services: Vec<ServiceSummary> = m
+                .services
+                .iter()
+                .map(|(service, acc)| ServiceSummary {
+                    service: service.clone(),
+                    requests: acc.requests,
+                    errors: acc.errors,
+                    p50_seconds: m.service_quantile(service, 0.5),
+                    p99_seconds: m.service_quantile(service, 0.99),
+                })
+                .collect();
+            services.sort_by(|a, b| {
+                b.requests
+                    .cmp(&a.requests)
+                    .then_with(|| a.service.cmp(&b.service))
+            });
+            t.services = services;
+        }
+        t
+    }
+}
 
 /// Rows written to one table by one sink.
 #[derive(Debug, Clone, PartialEq, Serialize)]

@@ -321,6 +321,10 @@ pub enum OperatorError {
     /// another version or of another operator).
     #[error("operator state: {0}")]
     State(String),
+    /// The operator's computation failed on its input (a rollup's query on a window's
+    /// rows).
+    #[error("{0}")]
+    Execution(String),
     /// The runtime delivered a batch the operator does not read; this is a bug.
     #[error("internal error: {0} (this is a bug)")]
     Internal(String),
@@ -364,6 +368,8 @@ pub enum Report {
     Sampling(SamplingMetrics),
     /// A metric operator's counters (merge or partial side).
     Metrics(crate::metrics::MetricsReport),
+    /// Windows of event time an operator computed a result for (a rollup's query runs).
+    Windows(u64),
 }
 
 impl Report {
@@ -376,6 +382,7 @@ impl Report {
             (Report::Filter(a), Report::Filter(b)) => a.merge(b),
             (Report::Sampling(a), Report::Sampling(b)) => a.merge(b),
             (Report::Metrics(a), Report::Metrics(b)) => a.merge(b),
+            (Report::Windows(a), Report::Windows(b)) => *a += b,
             // Instances of one node report alike; a mismatch keeps the first.
             _ => {}
         }

@@ -69,6 +69,15 @@ impl SinkTable {
         })
     }
 
+    /// A built-in table of kind `builtin` (`traces`, ...) written under the output name
+    /// `output` (`<node>_<port>` when two nodes of a job write that kind).
+    pub fn builtin_as(builtin: &str, output: &str) -> Result<SinkTable, String> {
+        Ok(SinkTable {
+            output: output.to_owned(),
+            ..SinkTable::builtin(builtin)?
+        })
+    }
+
     /// The table of a rollup whose result has `schema` and natural `key`.
     pub fn rollup(name: &str, schema: &SchemaRef, key: &[String]) -> Result<SinkTable, String> {
         Ok(SinkTable {

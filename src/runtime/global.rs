@@ -1,0 +1,174 @@
+//! The global stage: the merge side of every merged node (fed by all shards' partials,
+//! its watermark the minimum of the shards') and everything downstream of them
+//! (rollups), with the tables they write.
+
+use std::sync::Arc;
+
+use spanflow_operators::WATERMARK_END;
+use spanflow_operators::operator::{Emitter, Report, Table};
+use tokio::sync::mpsc;
+
+use super::plan::{Input, NodeBuild, Plan};
+use super::rollup::RollupOp;
+use super::shard::{ExecNode, Executor, GlobalMsg, NodeSnapshot, TableSink, Target, Upstream};
+use super::{RunError, TableTarget};
+
+/// What the global stage reports.
+pub(crate) struct GlobalResult {
+    pub reports: Vec<(usize, Report)>,
+    pub outputs: Vec<(TableTarget, u64)>,
+    /// Set when the run stopped for a savepoint.
+    pub snapshot: Option<Vec<NodeSnapshot>>,
+}
+
+pub(crate) struct Global {
+    exec: Executor,
+    /// Per plan node: each shard's forwarded watermark (merged nodes only).
+    shard_wms: Vec<Vec<u64>>,
+    /// Executor node of each plan node.
+    exec_of_plan: Vec<Option<usize>>,
+}
+
+impl Global {
+    /// Builds the stage, or `None` when the job has no merged node.
+    pub async fn new(
+        plan: &Plan,
+        discard: bool,
+        restore: Option<Vec<NodeSnapshot>>,
+    ) -> Result<Option<Self>, RunError> {
+        if !plan.nodes.iter().any(|n| n.in_global()) {
+            return Ok(None);
+        }
+        let mut exec_of_plan: Vec<Option<usize>> = vec![None; plan.nodes.len()];
+        let mut nodes: Vec<ExecNode> = Vec::new();
+        let mut tables: Vec<TableSink> = Vec::new();
+        for (pi, pn) in plan.nodes.iter().enumerate() {
+            let (op, inputs, query): (Box<dyn spanflow_operators::Operator>, _, _) = match &pn.build
+            {
+                NodeBuild::Shard(_) => continue,
+                NodeBuild::Merged { merge, .. } => {
+                    (merge(plan.shards), vec![Upstream::Shards], None)
+                }
+                NodeBuild::Rollup(node) => {
+                    let mut ups = Vec::new();
+                    let mut kinds = Vec::new();
+                    for (k, input) in pn.inputs.iter().enumerate() {
+                        let Input::Node { node: up, port } = *input else {
+                            return Err(RunError::Internal(format!(
+                                "rollup `{}` reads a source",
+                                pn.name
+                            )));
+                        };
+                        let Some(e) = exec_of_plan[up] else {
+                            return Err(RunError::Internal(format!(
+                                "rollup `{}` reads a shard node",
+                                pn.name
+                            )));
+                        };
+                        let kind = plan.nodes[up]
+                            .shape
+                            .outputs
+                            .get(port)
+                            .and_then(|p| p.table)
+                            .unwrap_or(Table::Query);
+                        kinds.push(kind);
+                        ups.push(Upstream::Node(e));
+                        let me = nodes.len();
+                        nodes[e].consumers[port].push(Target::Node { node: me, input: k });
+                    }
+                    let op = RollupOp::new(node, kinds).await?;
+                    let schema = op.schema();
+                    (
+                        Box::new(op) as Box<dyn spanflow_operators::Operator>,
+                        ups,
+                        Some(schema),
+                    )
+                }
+            };
+            let mut consumers: Vec<Vec<Target>> = vec![Vec::new(); pn.ports.len()];
+            for (port, name) in pn.ports.iter().enumerate() {
+                let targets = plan.targets_of(&pn.name, name);
+                if targets.is_empty() {
+                    continue;
+                }
+                let Some(kind) = pn.shape.outputs.get(port).and_then(|p| p.table) else {
+                    continue;
+                };
+                let q = query.as_ref().map(|s| (pn.name.as_str(), Arc::clone(s)));
+                tables.push(TableSink::new(kind, targets, 0, discard, q)?);
+                consumers[port].push(Target::Table(tables.len() - 1));
+            }
+            exec_of_plan[pi] = Some(nodes.len());
+            nodes.push(ExecNode {
+                plan_index: pi,
+                name: pn.name.clone(),
+                kind: pn.shape.kind,
+                op,
+                inputs,
+                consumers,
+                emitter: Emitter::default(),
+                in_wm: 0,
+                out_wm: 0,
+                partial: false,
+            });
+        }
+        for n in &mut nodes {
+            n.emitter =
+                Emitter::with_connected(n.consumers.iter().map(|c| !c.is_empty()).collect());
+        }
+        let mut exec = Executor::new(nodes, tables);
+        if let Some(states) = restore {
+            exec.restore(states)?;
+        }
+        Ok(Some(Global {
+            exec,
+            shard_wms: vec![vec![0; plan.shards.max(1)]; plan.nodes.len()],
+            exec_of_plan,
+        }))
+    }
+
+    /// Runs until every shard has hung up; blocking (a rollup's query runs on the
+    /// runtime from here).
+    pub fn run(mut self, mut rx: mpsc::Receiver<GlobalMsg>) -> Result<GlobalResult, RunError> {
+        while let Some(msg) = rx.blocking_recv() {
+            match msg {
+                GlobalMsg::Batch { node, batch } => {
+                    let Some(Some(e)) = self.exec_of_plan.get(node).copied() else {
+                        return Err(RunError::Internal(format!("no global node for {node}")));
+                    };
+                    self.exec.deliver(e, 0, batch)?;
+                }
+                GlobalMsg::Watermark {
+                    shard,
+                    node,
+                    watermark,
+                } => {
+                    if let Some(w) = self.shard_wms.get_mut(node).and_then(|v| v.get_mut(shard)) {
+                        *w = (*w).max(watermark);
+                    }
+                    let wms = &self.shard_wms;
+                    self.exec.advance(0, &|pi| {
+                        wms.get(pi)
+                            .and_then(|v| v.iter().copied().min())
+                            .unwrap_or(0)
+                    })?;
+                }
+            }
+        }
+        let ended = self.exec.nodes.iter().all(|n| n.in_wm == WATERMARK_END);
+        let snapshot = if ended {
+            self.exec.end()?;
+            None
+        } else {
+            Some(self.exec.snapshot()?)
+        };
+        let reports = self.exec.reports();
+        let mut outputs = Vec::new();
+        self.exec.close(&mut outputs)?;
+        Ok(GlobalResult {
+            reports,
+            outputs,
+            snapshot,
+        })
+    }
+}
