@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 use arrow::datatypes::SchemaRef;
 use serde::de::DeserializeOwned;
+use spanflow_operators::operator::DataKind;
 use spanflow_operators::red_metrics::RedMetricsConfig;
 use spanflow_operators::service_graph::ServiceGraphConfig;
 use spanflow_operators::session_window::SessionWindowConfig;
@@ -158,18 +159,12 @@ impl Section {
     }
 
     /// The `type:` names of the section (one per variant of its kind enum).
-    fn types(self) -> &'static [&'static str] {
+    fn types(self) -> Vec<&'static str> {
         match self {
-            Section::Sources => &["generator", "file", "kafka"],
-            Section::Operators => &[
-                "span_filter",
-                "session_window",
-                "tail_sampling",
-                "red_metrics",
-                "service_graph",
-            ],
-            Section::Sinks => &["parquet", "kafka", "clickhouse"],
-            Section::Rollups => &["rollup"],
+            Section::Sources => vec!["generator", "file", "kafka"],
+            Section::Operators => OperatorKind::SHAPES.iter().map(|s| s.kind).collect(),
+            Section::Sinks => vec!["parquet", "kafka", "clickhouse"],
+            Section::Rollups => vec!["rollup"],
         }
     }
 
@@ -183,68 +178,37 @@ impl Section {
     }
 }
 
-/// What a stream carries.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum StreamKind {
-    Spans,
-    Traces,
-    DeadLetters,
-    Metrics,
-    Rollup,
-}
-
-impl StreamKind {
-    fn describe(self) -> &'static str {
-        match self {
-            StreamKind::Spans => "spans",
-            StreamKind::Traces => "traces",
-            StreamKind::DeadLetters => "dead letters",
-            StreamKind::Metrics => "metric rows",
-            StreamKind::Rollup => "rollup rows",
-        }
+/// Output ports of a node type, the default first, with what each carries: a
+/// source's are fixed, an operator's are its kind's [`Shape`] declaration.
+fn outputs(section: Section, type_name: &str) -> Vec<(&'static str, DataKind)> {
+    match section {
+        Section::Sources => vec![
+            ("spans", DataKind::Spans),
+            ("dead_letters", DataKind::DeadLetters),
+        ],
+        Section::Operators => OperatorKind::shape_of(type_name)
+            .map(|s| s.outputs.iter().map(|p| (p.name, p.data)).collect())
+            .unwrap_or_default(),
+        Section::Sinks | Section::Rollups => Vec::new(),
     }
 }
 
-/// Output ports of a node type, the default first.
-fn outputs(section: Section, type_name: &str) -> &'static [(&'static str, StreamKind)] {
-    match (section, type_name) {
-        (Section::Sources, _) => &[
-            ("spans", StreamKind::Spans),
-            ("dead_letters", StreamKind::DeadLetters),
+/// What a node type reads.
+fn accepts(section: Section, type_name: &str) -> Vec<DataKind> {
+    match section {
+        Section::Operators => OperatorKind::shape_of(type_name)
+            .map(|s| vec![s.input])
+            .unwrap_or_default(),
+        Section::Rollups => vec![DataKind::Intervals],
+        Section::Sinks => vec![
+            DataKind::Spans,
+            DataKind::Traces,
+            DataKind::LateSpans,
+            DataKind::DeadLetters,
+            DataKind::Intervals,
+            DataKind::Rows,
         ],
-        (Section::Operators, "session_window") => &[
-            ("traces", StreamKind::Traces),
-            ("late_spans", StreamKind::Spans),
-        ],
-        (Section::Operators, "span_filter") => &[("spans", StreamKind::Spans)],
-        (Section::Operators, "tail_sampling") => {
-            &[("traces", StreamKind::Traces), ("spans", StreamKind::Spans)]
-        }
-        (Section::Operators, "red_metrics") => &[
-            ("red_metrics", StreamKind::Metrics),
-            ("exemplars", StreamKind::Metrics),
-        ],
-        (Section::Operators, "service_graph") => &[("service_relation", StreamKind::Metrics)],
-        _ => &[],
-    }
-}
-
-/// Stream kinds a node type reads.
-fn accepts(section: Section, type_name: &str) -> &'static [StreamKind] {
-    match (section, type_name) {
-        (Section::Operators, "session_window" | "span_filter") => &[StreamKind::Spans],
-        (Section::Operators, "red_metrics" | "service_graph" | "tail_sampling") => {
-            &[StreamKind::Traces]
-        }
-        (Section::Rollups, _) => &[StreamKind::Metrics],
-        (Section::Sinks, _) => &[
-            StreamKind::Spans,
-            StreamKind::Traces,
-            StreamKind::DeadLetters,
-            StreamKind::Metrics,
-            StreamKind::Rollup,
-        ],
-        _ => &[],
+        Section::Sources => Vec::new(),
     }
 }
 
@@ -644,14 +608,14 @@ impl Loader<'_, '_> {
                     section.noun(),
                     section.noun()
                 ),
-                Some(format!("add `type: ...` with one of {}", one_of(types))),
+                Some(format!("add `type: ...` with one of {}", one_of(&types))),
             ),
             Some(t) => match scalar_text(&t.value) {
                 Some(s) => match types.iter().find(|x| **x == s) {
                     Some(x) => decl.type_name = Some(x),
                     None => {
                         let hint = did_you_mean(s, types.iter().copied()).unwrap_or_else(|| {
-                            format!("{} types are {}", section.noun(), one_of(types))
+                            format!("{} types are {}", section.noun(), one_of(&types))
                         });
                         self.report.push(
                             t.value.pos,
@@ -665,7 +629,7 @@ impl Loader<'_, '_> {
                     t.value.pos,
                     format!("{path}.type"),
                     format!("`type` must be a name, found {}", describe(&t.value)),
-                    Some(format!("{} types are {}", section.noun(), one_of(types))),
+                    Some(format!("{} types are {}", section.noun(), one_of(&types))),
                 ),
             },
         }
@@ -1389,7 +1353,6 @@ impl Loader<'_, '_> {
         for i in 0..decls.len() {
             let mut resolved = Vec::new();
             let mut seen: HashMap<StreamRef, String> = HashMap::new();
-            let mut tables: HashMap<String, String> = HashMap::new();
             let me = &decls[i];
             for r in &me.from {
                 let Some(&t) = by_name.get(&r.node) else {
@@ -1431,9 +1394,8 @@ impl Loader<'_, '_> {
                     continue;
                 };
                 // A rollup's one output is named after it.
-                let rollup_out = [(target.name.as_str(), StreamKind::Rollup)];
-                let outs: &[(&str, StreamKind)] = if target.section == Section::Rollups {
-                    &rollup_out
+                let outs: Vec<(&str, DataKind)> = if target.section == Section::Rollups {
+                    vec![(target.name.as_str(), DataKind::Rows)]
                 } else {
                     outputs(target.section, target_type)
                 };
@@ -1481,11 +1443,12 @@ impl Loader<'_, '_> {
                     let ok = accepts(me.section, my_type);
                     if !ok.contains(&kind) {
                         let (reads, hint) = match ok.first() {
-                            Some(StreamKind::Traces) => (
+                            Some(DataKind::Traces) => (
                                 "traces",
-                                "traces are a session_window's or a tail_sampling's `traces`",
+                                "traces are a session_window's `traces` or a tail_sampling's \
+                                 `traces` and `kept`",
                             ),
-                            Some(StreamKind::Metrics) => (
+                            Some(DataKind::Intervals) => (
                                 "metric streams",
                                 "metric streams are a red_metrics' `red_metrics` and `exemplars` \
                                  and a service_graph's `service_relation`",
@@ -1500,7 +1463,7 @@ impl Loader<'_, '_> {
                             r.key.clone(),
                             format!(
                                 "{my_type} reads {reads}, but `{stream}` carries {}",
-                                kind.describe()
+                                kind.as_str()
                             ),
                             Some(hint.into()),
                         );
@@ -1522,22 +1485,6 @@ impl Loader<'_, '_> {
                     continue;
                 }
                 seen.insert(stream.clone(), r.text.clone());
-                if me.section == Section::Sinks {
-                    if let Some(first) = tables.get(port) {
-                        self.report.push(
-                            r.pos,
-                            r.key.clone(),
-                            format!(
-                                "sink `{}` would write `{first}` and `{stream}` to the same table \
-                                 `{port}`: a sink names each table after the output port",
-                                me.name
-                            ),
-                            Some("send one of them to a second sink".into()),
-                        );
-                        continue;
-                    }
-                    tables.insert(port.to_owned(), stream.to_string());
-                }
                 if target.section == Section::Operators {
                     reads[i].push((t, r.pos, r.key.clone()));
                 }
@@ -1545,7 +1492,36 @@ impl Loader<'_, '_> {
             }
             decls[i].resolved = resolved;
         }
+        self.check_table_names(decls);
         self.check_cycles(decls, &reads);
+    }
+
+    /// Two streams a sink writes must not land in one table (after `table_names`
+    /// renamed streams that share a port name).
+    fn check_table_names(&mut self, decls: &[Decl]) {
+        let names = super::spec::table_names(
+            decls
+                .iter()
+                .filter(|d| d.section == Section::Sinks)
+                .flat_map(|d| &d.resolved),
+        );
+        for d in decls.iter().filter(|d| d.section == Section::Sinks) {
+            let mut seen: HashMap<&str, &StreamRef> = HashMap::new();
+            for s in &d.resolved {
+                let Some(table) = names.get(s) else { continue };
+                if let Some(first) = seen.insert(table.as_str(), s) {
+                    self.report.push(
+                        d.name_pos,
+                        d.path.clone(),
+                        format!(
+                            "sink `{}` would write `{first}` and `{s}` to the same table `{table}`",
+                            d.name
+                        ),
+                        Some("rename one of the nodes, or send one stream to a second sink".into()),
+                    );
+                }
+            }
+        }
     }
 
     /// Reports each cycle among operators once, at the `from` entry of its first node

@@ -21,11 +21,12 @@ use std::path::PathBuf;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use spanflow_operators::HumanDuration;
-use spanflow_operators::red_metrics::RedMetricsConfig;
-use spanflow_operators::service_graph::ServiceGraphConfig;
-use spanflow_operators::session_window::SessionWindowConfig;
-use spanflow_operators::span_filter::SpanFilterConfig;
-use spanflow_operators::tail_sampling::TailSamplingConfig;
+use spanflow_operators::operator::Shape;
+use spanflow_operators::red_metrics::{RedMetrics, RedMetricsConfig};
+use spanflow_operators::service_graph::{ServiceGraph, ServiceGraphConfig};
+use spanflow_operators::session_window::{SessionWindow, SessionWindowConfig};
+use spanflow_operators::span_filter::{SpanFilter, SpanFilterConfig};
+use spanflow_operators::tail_sampling::{TailSampler, TailSamplingConfig};
 
 use crate::connectors::clickhouse::ClickHouseSinkConfig;
 use crate::connectors::file::FileSourceConfig;
@@ -113,6 +114,48 @@ pub enum OperatorKind {
     RedMetrics(RedMetricsConfig),
     /// `type: service_graph`.
     ServiceGraph(ServiceGraphConfig),
+}
+
+/// The table each stream written by a sink lands in: named after its output port
+/// (`traces`, `red_metrics`, a rollup's name), or `<node>_<port>` when several streams
+/// written by the job's sinks share that port name (two `tail_sampling` nodes, say), so
+/// that tables of two nodes of one kind never collide.
+pub fn table_names<'a>(
+    written: impl IntoIterator<Item = &'a StreamRef>,
+) -> std::collections::BTreeMap<StreamRef, String> {
+    let streams: std::collections::BTreeSet<&StreamRef> = written.into_iter().collect();
+    let mut uses: std::collections::BTreeMap<&str, usize> = std::collections::BTreeMap::new();
+    for s in &streams {
+        *uses.entry(s.port.as_str()).or_default() += 1;
+    }
+    streams
+        .into_iter()
+        .map(|s| {
+            let name = if uses.get(s.port.as_str()).copied().unwrap_or(0) > 1 {
+                format!("{}_{}", s.node, s.port)
+            } else {
+                s.port.clone()
+            };
+            (s.clone(), name)
+        })
+        .collect()
+}
+
+impl OperatorKind {
+    /// Every operator kind's declaration (its `type:` name, what it reads, its output
+    /// ports and their tables), read by the loader, the planner and the sinks.
+    pub const SHAPES: &'static [Shape] = &[
+        SpanFilter::SHAPE,
+        SessionWindow::SHAPE,
+        TailSampler::SHAPE,
+        RedMetrics::SHAPE,
+        ServiceGraph::SHAPE,
+    ];
+
+    /// The declaration of the kind named `type_name` in job files.
+    pub fn shape_of(type_name: &str) -> Option<&'static Shape> {
+        Self::SHAPES.iter().find(|s| s.kind == type_name)
+    }
 }
 
 /// A named sink.

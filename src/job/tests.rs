@@ -92,7 +92,7 @@ operators:
         gap: 2s
   more:
     type: session_window
-    from: [files, sessions.late_spans]
+    from: [files]
 sinks:
   out:
     type: parquet
@@ -152,10 +152,7 @@ sinks:
         })
     );
     let more = &job.operators[1];
-    assert_eq!(
-        more.from,
-        [stream("files", "spans"), stream("sessions", "late_spans")]
-    );
+    assert_eq!(more.from, [stream("files", "spans")]);
     assert_eq!(
         more.kind,
         OperatorKind::SessionWindow(SessionWindowConfig::default())
@@ -702,11 +699,13 @@ sources:
     type: generator
 operators:
   a:
-    type: session_window
-    from: [gen, b.late_spans]
+    type: span_filter
+    from: [gen, b]
+    drop: [{ name: x }]
   b:
-    type: session_window
-    from: a.late_spans
+    type: span_filter
+    from: a
+    drop: [{ name: x }]
 sinks:
   out:
     type: parquet
@@ -729,7 +728,7 @@ sinks:
         d.message
     );
 
-    let self_loop = text.replace("from: [gen, b.late_spans]", "from: [gen, a.late_spans]");
+    let self_loop = text.replace("from: [gen, b]", "from: [gen, a]");
     let d = one_error(&self_loop);
     assert_eq!((d.line, d.column), (7, 17));
     assert!(
@@ -857,31 +856,28 @@ fn missing_sections() {
 }
 
 #[test]
-fn sink_table_name_collision() {
+fn streams_sharing_a_port_name_get_tables_named_after_their_node() {
     let text = "\
 sources:
   a: { type: generator }
   b: { type: generator }
+  c: { type: generator }
 sinks:
   out:
     type: parquet
     from: [a.dead_letters, b.dead_letters]
+  other:
+    type: parquet
+    path: elsewhere
+    from: [c.dead_letters]
 ";
-    let d = one_error(text);
-    assert_eq!(
-        spot(&d),
-        (
-            7,
-            28,
-            "sinks.out.from.1",
-            Some("send one of them to a second sink")
-        )
-    );
-    assert!(
-        d.message.contains("same table `dead_letters`"),
-        "{}",
-        d.message
-    );
+    let job = load_str(Path::new("jobs/t.yaml"), text).unwrap_or_else(|d| panic!("{d}"));
+    let names = crate::job::table_names(job.sinks.iter().flat_map(|s| &s.from));
+    let got: Vec<&str> = names.values().map(String::as_str).collect();
+    assert_eq!(got, ["a_dead_letters", "b_dead_letters", "c_dead_letters"]);
+    // One stream per port name keeps the port's name.
+    let one = crate::job::table_names(job.sinks[1].from.iter());
+    assert_eq!(one.values().collect::<Vec<_>>(), ["dead_letters"]);
 }
 
 #[test]

@@ -644,6 +644,7 @@ async fn run_plan(
         sessions: totals.sessions,
         span_filter: totals.span_filter,
         sampling: totals.sampling,
+        samplers: totals.samplers,
         services: totals.services,
         metric_intervals: totals.metric_intervals,
         rollup_windows: totals.rollup_windows,

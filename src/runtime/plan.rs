@@ -7,7 +7,7 @@
 //! `<node>_<port>` when two streams of the job would otherwise share a table name (two
 //! `tail_sampling` nodes, say).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
@@ -444,19 +444,9 @@ fn plan_targets(
     nodes: &[PlanNode],
     output_dir: Option<&std::path::Path>,
 ) -> Result<BTreeMap<StreamRef, Vec<TableTarget>>, String> {
-    // Table names: the port's, unless two streams written by sinks share it.
-    let written: BTreeSet<&StreamRef> = job.sinks.iter().flat_map(|s| &s.from).collect();
-    let mut by_name: BTreeMap<&str, usize> = BTreeMap::new();
-    for s in &written {
-        *by_name.entry(s.port.as_str()).or_default() += 1;
-    }
-    let table_name = |s: &StreamRef| -> String {
-        if by_name.get(s.port.as_str()).copied().unwrap_or(0) > 1 {
-            format!("{}_{}", s.node, s.port)
-        } else {
-            s.port.clone()
-        }
-    };
+    let names = crate::job::table_names(job.sinks.iter().flat_map(|s| &s.from));
+    let table_name =
+        |s: &StreamRef| -> String { names.get(s).cloned().unwrap_or_else(|| s.port.clone()) };
     let mut targets: BTreeMap<StreamRef, Vec<TableTarget>> = BTreeMap::new();
     for sink in &job.sinks {
         let mut kinds = Vec::with_capacity(sink.from.len());

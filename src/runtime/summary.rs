@@ -41,6 +41,7 @@ pub(crate) struct Totals {
     pub sessions: SessionMetrics,
     pub span_filter: Option<SpanFilterMetrics>,
     pub sampling: Option<SamplingMetrics>,
+    pub samplers: Vec<(String, SamplingMetrics)>,
     pub services: Vec<ServiceSummary>,
     pub metric_intervals: u64,
     pub rollup_windows: Vec<(String, u64)>,
@@ -60,7 +61,10 @@ impl Totals {
                 Report::None => {}
                 Report::Sessions(m) => t.sessions.merge(m),
                 Report::Filter(m) => t.span_filter.get_or_insert_with(Default::default).merge(m),
-                Report::Sampling(m) => t.sampling.get_or_insert_with(Default::default).merge(m),
+                Report::Sampling(m) => {
+                    t.sampling.get_or_insert_with(Default::default).merge(m);
+                    t.samplers.push(((*name).to_owned(), m.clone()));
+                }
                 Report::Metrics(m) => {
                     t.folded_series += m.folded_series;
                     t.late_metric_observations += m.late_observations;
@@ -143,8 +147,10 @@ pub struct RunSummary {
     pub sessions: SessionMetrics,
     /// Span filter counters, when the job filters spans.
     pub span_filter: Option<SpanFilterMetrics>,
-    /// Tail sampling counters, when the job samples.
+    /// Tail sampling counters, when the job samples (all samplers added up).
     pub sampling: Option<SamplingMetrics>,
+    /// Each sampler's counters, by node name.
+    pub samplers: Vec<(String, SamplingMetrics)>,
     /// Per service: entry-span requests, errors and latency quantiles, busiest first
     /// (when the job computes RED metrics).
     pub services: Vec<ServiceSummary>,
@@ -302,7 +308,7 @@ impl RunSummary {
                 f.dropped_by_rule
             );
         }
-        if let Some(m) = &self.sampling {
+        let line = |s: &mut String, label: &str, m: &SamplingMetrics| {
             let per: Vec<String> = m
                 .kept_by_policy
                 .iter()
@@ -310,7 +316,7 @@ impl RunSummary {
                 .collect();
             let _ = writeln!(
                 s,
-                "  sampling    {} of {} traces kept ({:.1}%): {}",
+                "  sampling    {label}{} of {} traces kept ({:.1}%): {}",
                 m.traces_kept,
                 m.traces_seen,
                 100.0 * m.traces_kept as f64 / m.traces_seen.max(1) as f64,
@@ -320,6 +326,13 @@ impl RunSummary {
                     per.join(", ")
                 }
             );
+        };
+        if self.samplers.len() > 1 {
+            for (name, m) in &self.samplers {
+                line(&mut s, &format!("`{name}`: "), m);
+            }
+        } else if let Some(m) = &self.sampling {
+            line(&mut s, "", m);
         }
         if !self.services.is_empty() {
             let _ = writeln!(

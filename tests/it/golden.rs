@@ -90,3 +90,27 @@ fn rollups_basic() {
         );
     }
 }
+
+/// One session window feeding two samplers with different policies, RED metrics over
+/// all traces and over one sampler's kept traces, and the service graph: every output
+/// lands in its own table (`<node>_<port>` where two nodes share a port name), the
+/// same at every parallelism.
+#[test]
+fn graph_fanout() {
+    for p in [1, 2, 3] {
+        check_case(
+            "graph_fanout",
+            &[
+                "errors_traces",
+                "slow_traces",
+                "spans",
+                "red_all_red_metrics",
+                "red_all_exemplars",
+                "red_kept_red_metrics",
+                "red_kept_exemplars",
+                "service_relation",
+            ],
+            p,
+        );
+    }
+}

@@ -63,7 +63,7 @@ impl DataKind {
             DataKind::LateSpans => "late spans",
             DataKind::Partials => "metric partials",
             DataKind::Intervals => "metric intervals",
-            DataKind::Rows => "query rows",
+            DataKind::Rows => "rollup rows",
             DataKind::DeadLetters => "dead letters",
         }
     }
