@@ -1,16 +1,20 @@
 //! `tail_sampling` on generated closed traces (~25 spans each) with a typical policy
 //! set: errors, slow db calls, slow traces, a per-endpoint rate limit, a span
-//! attribute and a probabilistic baseline. Sweeps the number of distinct root
-//! endpoints, which is what the rate limiter's state grows with (with 20 endpoints
-//! about 22 % of traces are kept; with 5,000 most traces are their endpoint's first in
-//! its second and the rate limit keeps them).
+//! attribute and a probabilistic baseline, both stages: the shard's sampler (decides,
+//! offers to the rate-limit windows, holds) and the merge (verdicts), then the held
+//! traces released. Sweeps the number of distinct root endpoints, which is what the
+//! rate limits' windows grow with (with 5,000 most traces are alone in their endpoint's
+//! second and the rate limit keeps them).
 //!
 //! Input comes from a small seeded generator built on the public model types, so the
 //! bench measures the operator only (no decoding, no session window).
 
 use criterion::{BatchSize, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use spanflow_operators::session_window::{CloseReason, ClosedTrace, TraceSummary};
-use spanflow_operators::tail_sampling::{Decision, PolicyConfig, TailSampler, TailSamplingConfig};
+use std::sync::Arc;
+
+use spanflow_operators::operator::{Batch, Emitter, Operator, TraceRef};
+use spanflow_operators::tail_sampling::{PolicyConfig, TailSampler, TailSamplingConfig};
 use spanflow_operators::{
     AttrValue, AttrsBuilder, CallType, HumanDuration, Span, SpanId, SpanKind, StatusCode, Sym,
     TraceId,
@@ -192,17 +196,35 @@ fn config() -> TailSamplingConfig {
     }
 }
 
-/// Returns the decisions so criterion drops them outside the measurement.
-fn run(mut sampler: TailSampler, input: &[ClosedTrace]) -> Vec<Decision> {
-    let mut out = Vec::with_capacity(input.len());
-    sampler.process(input, &mut out);
-    out
+/// Returns the decided traces so criterion drops them outside the measurement.
+fn run(mut sampler: TailSampler, input: Vec<TraceRef>) -> Vec<Batch> {
+    let mut merge = sampler.merge_operator();
+    let mut out = Emitter::new(4);
+    let mut none = Emitter::new(1);
+    let mut verdicts = Emitter::new(1);
+    let ok = sampler.process(0, Batch::Traces(input), &mut out).is_ok()
+        && out
+            .take(TailSampler::OFFERS)
+            .into_iter()
+            .all(|b| merge.process(0, b, &mut none).is_ok())
+        && merge
+            .on_watermark(spanflow_operators::WATERMARK_END, &mut verdicts)
+            .is_ok()
+        && verdicts
+            .take(0)
+            .into_iter()
+            .all(|b| sampler.process(1, b, &mut out).is_ok());
+    assert!(ok, "the sampler runs");
+    out.take(TailSampler::TRACES)
 }
 
 fn bench_tail_sampling(c: &mut Criterion) {
     let mut group = c.benchmark_group("tail_sampling");
     for endpoints in [20u64, 5_000] {
-        let input = traces(TRACES, endpoints, 7);
+        let input: Vec<Arc<ClosedTrace>> = traces(TRACES, endpoints, 7)
+            .into_iter()
+            .map(Arc::new)
+            .collect();
         let spans: usize = input.iter().map(|t| t.spans.len()).sum();
         group.throughput(Throughput::Elements(spans as u64));
         group.bench_with_input(
@@ -210,8 +232,17 @@ fn bench_tail_sampling(c: &mut Criterion) {
             &input,
             |b, input| {
                 b.iter_batched(
-                    || TailSampler::new(config()),
-                    |sampler| run(sampler, input),
+                    || {
+                        let refs: Vec<TraceRef> = input
+                            .iter()
+                            .map(|t| TraceRef {
+                                trace: t.clone(),
+                                decision: None,
+                            })
+                            .collect();
+                        (TailSampler::new(config()), refs)
+                    },
+                    |(sampler, refs)| run(sampler, refs),
                     BatchSize::SmallInput,
                 )
             },

@@ -10,7 +10,9 @@ use tokio::sync::mpsc;
 
 use super::plan::{Input, NodeBuild, Plan};
 use super::rollup::RollupOp;
-use super::shard::{ExecNode, Executor, GlobalMsg, NodeSnapshot, TableSink, Target, Upstream};
+use super::shard::{
+    ExecNode, Executor, Feedback, GlobalMsg, NodeSnapshot, TableSink, Target, Upstream,
+};
 use super::{RunError, TableTarget};
 
 /// What the global stage reports.
@@ -23,6 +25,8 @@ pub(crate) struct GlobalResult {
 
 pub(crate) struct Global {
     exec: Executor,
+    /// To every shard, for feedback nodes' answers.
+    feedback: Vec<mpsc::UnboundedSender<Feedback>>,
     /// Per plan node: each shard's forwarded watermark (merged nodes only).
     shard_wms: Vec<Vec<u64>>,
     /// Executor node of each plan node.
@@ -46,7 +50,7 @@ impl Global {
             let (op, inputs, query): (Box<dyn spanflow_operators::Operator>, _, _) = match &pn.build
             {
                 NodeBuild::Shard(_) => continue,
-                NodeBuild::Merged { merge, .. } => {
+                NodeBuild::Merged { merge, .. } | NodeBuild::Feedback { merge, .. } => {
                     (merge(plan.shards), vec![Upstream::Shards], None)
                 }
                 NodeBuild::Rollup(node) => {
@@ -85,6 +89,25 @@ impl Global {
                     )
                 }
             };
+            if let NodeBuild::Feedback { .. } = pn.build {
+                // The merge side's one output goes back to every shard.
+                exec_of_plan[pi] = Some(nodes.len());
+                nodes.push(ExecNode {
+                    plan_index: pi,
+                    name: pn.name.clone(),
+                    kind: pn.shape.kind,
+                    op,
+                    inputs,
+                    consumers: vec![vec![Target::Broadcast { node: pi }]],
+                    emitter: Emitter::default(),
+                    in_wm: 0,
+                    out_wm: 0,
+                    partial: false,
+                    feedback: false,
+                    sent_wm: 0,
+                });
+                continue;
+            }
             let mut consumers: Vec<Vec<Target>> = vec![Vec::new(); pn.ports.len()];
             for (port, name) in pn.ports.iter().enumerate() {
                 let targets = plan.targets_of(&pn.name, name);
@@ -110,6 +133,8 @@ impl Global {
                 in_wm: 0,
                 out_wm: 0,
                 partial: false,
+                feedback: false,
+                sent_wm: 0,
             });
         }
         for n in &mut nodes {
@@ -122,9 +147,37 @@ impl Global {
         }
         Ok(Some(Global {
             exec,
+            feedback: Vec::new(),
             shard_wms: vec![vec![0; plan.shards.max(1)]; plan.nodes.len()],
             exec_of_plan,
         }))
+    }
+
+    /// A channel to each of `shards` shards for the answers of feedback nodes; the
+    /// receivers go to the shards.
+    pub fn connect(&mut self, shards: usize) -> Vec<mpsc::UnboundedReceiver<Feedback>> {
+        (0..shards)
+            .map(|_| {
+                let (tx, rx) = mpsc::unbounded_channel();
+                self.feedback.push(tx);
+                rx
+            })
+            .collect()
+    }
+
+    /// Sends what feedback nodes emitted to every shard. The channels are unbounded so
+    /// that this stage never waits for a shard that waits for it; what they carry is
+    /// small (one verdict per rate-limit window and endpoint).
+    fn broadcast(&mut self) {
+        for (node, batch) in std::mem::take(&mut self.exec.to_shards) {
+            for tx in &self.feedback {
+                // A shard that stopped (for a savepoint) no longer listens.
+                let _ = tx.send(Feedback {
+                    node,
+                    batch: batch.clone(),
+                });
+            }
+        }
     }
 
     /// Runs until every shard has hung up; blocking (a rollup's query runs on the
@@ -154,7 +207,9 @@ impl Global {
                     })?;
                 }
             }
+            self.broadcast();
         }
+        self.feedback.clear();
         let ended = self.exec.nodes.iter().all(|n| n.in_wm == WATERMARK_END);
         let snapshot = if ended {
             self.exec.end()?;

@@ -180,12 +180,17 @@ async fn run_plan(
     // The global stage (merge sides of the metric operators, rollups), when the job
     // has one: one blocking thread, as a rollup's query runs on this runtime from it.
     let discard = opts.discard_outputs;
-    let global = global::Global::new(
+    let mut global = global::Global::new(
         &plan,
         discard,
         restore.as_mut().and_then(|sp| sp.global.take()),
     )
     .await?;
+    let mut feedback_rxs: Vec<Option<_>> = match global.as_mut() {
+        Some(g) => g.connect(parallelism).into_iter().map(Some).collect(),
+        None => Vec::new(),
+    };
+    feedback_rxs.resize_with(parallelism, || None);
     let (global_tx, global_handle) = match global {
         Some(g) => {
             let (tx, rx) = mpsc::channel::<GlobalMsg>(64 * parallelism);
@@ -211,7 +216,7 @@ async fn run_plan(
         })
         .unwrap_or_default();
     shard_states.resize_with(parallelism, || None);
-    for (index, state) in shard_states.into_iter().enumerate() {
+    for ((index, state), feedback_rx) in shard_states.into_iter().enumerate().zip(feedback_rxs) {
         let (tx, rx) = mpsc::channel::<ShardMsg>(16);
         let shard = shard::Shard::new(
             index,
@@ -219,6 +224,7 @@ async fn run_plan(
             discard,
             progress.clone(),
             global_tx.clone(),
+            feedback_rx,
             state,
             resumed_watermark,
         )?;

@@ -85,6 +85,16 @@ pub enum NodeBuild {
         /// The merge side.
         merge: Build,
     },
+    /// A per-shard instance whose extra output (the port after the node's declared
+    /// ones) goes to one merge instance, whose output comes back to every shard's
+    /// instance as an extra input (after the node's `from:` inputs): a decision that
+    /// needs all shards' view, such as a sampler's rate limits.
+    Feedback {
+        /// The per-shard side.
+        partial: Build,
+        /// The merge side.
+        merge: Build,
+    },
     /// One instance in the global stage: a rollup (its query is planned when the run
     /// starts).
     Rollup(RollupNode),
@@ -95,6 +105,7 @@ impl std::fmt::Debug for NodeBuild {
         f.write_str(match self {
             NodeBuild::Shard(_) => "Shard",
             NodeBuild::Merged { .. } => "Merged",
+            NodeBuild::Feedback { .. } => "Feedback",
             NodeBuild::Rollup(_) => "Rollup",
         })
     }
@@ -132,11 +143,22 @@ pub struct PlanNode {
 impl PlanNode {
     /// Runs in every shard (its own instances, or the partial side of a merged node).
     pub fn in_shards(&self) -> bool {
-        matches!(self.build, NodeBuild::Shard(_) | NodeBuild::Merged { .. })
+        matches!(
+            self.build,
+            NodeBuild::Shard(_) | NodeBuild::Merged { .. } | NodeBuild::Feedback { .. }
+        )
     }
 
     /// Has an instance in the global stage (a merge side or a rollup).
     pub fn in_global(&self) -> bool {
+        matches!(
+            self.build,
+            NodeBuild::Merged { .. } | NodeBuild::Feedback { .. } | NodeBuild::Rollup(_)
+        )
+    }
+
+    /// Its outputs are the global stage's (rollups read only those).
+    pub fn outputs_global(&self) -> bool {
         matches!(self.build, NodeBuild::Merged { .. } | NodeBuild::Rollup(_))
     }
 }
@@ -188,13 +210,19 @@ fn register(kind: &OperatorKind, sampled_input: bool) -> (Shape, NodeBuild) {
             )
         }
         OperatorKind::TailSampling(c) => {
-            let c = c.clone();
-            (
-                TailSampler::SHAPE,
-                NodeBuild::Shard(Arc::new(move |shards| {
-                    Box::new(TailSampler::new_sharded(c.clone(), shards))
-                })),
-            )
+            let (p, m) = (c.clone(), c.clone());
+            let build = if TailSampler::new(c.clone()).has_rate_limits() {
+                // Rate limits decide over all shards' traces (see `tail_sampling::limit`).
+                NodeBuild::Feedback {
+                    partial: Arc::new(move |_| Box::new(TailSampler::new(p.clone()))),
+                    merge: Arc::new(move |_| {
+                        Box::new(TailSampler::new(m.clone()).merge_operator())
+                    }),
+                }
+            } else {
+                NodeBuild::Shard(Arc::new(move |_| Box::new(TailSampler::new(p.clone()))))
+            };
+            (TailSampler::SHAPE, build)
         }
         OperatorKind::RedMetrics(c) => {
             let (p, m) = (c.clone(), c.clone());
@@ -347,7 +375,7 @@ impl Plan {
                     Input::Node { node, port } => {
                         let u = &nodes[node];
                         let data = u.shape.outputs.get(port).map(|p| p.data);
-                        (data.unwrap_or(DataKind::Rows), u.in_global())
+                        (data.unwrap_or(DataKind::Rows), u.outputs_global())
                     }
                 };
                 if data != shape.input {

@@ -298,6 +298,8 @@ pub(crate) enum Target {
     Table(usize),
     /// The global stage's instance of plan node `node`.
     Global { node: usize },
+    /// Every shard's instance of plan node `node` (from the global stage).
+    Broadcast { node: usize },
 }
 
 /// Where a node's input comes from, inside one executor.
@@ -326,6 +328,11 @@ pub(crate) struct ExecNode {
     pub out_wm: u64,
     /// Partial side of a merged node: its forwarded watermark goes to the global stage.
     pub partial: bool,
+    /// Shard side of a feedback node: its input watermark goes to the global stage
+    /// (its forwarded one waits for the global stage's answers).
+    pub feedback: bool,
+    /// The last watermark sent to the global stage.
+    pub sent_wm: u64,
 }
 
 /// Runs nodes, routes what they emit and writes tables; shared by the shards and the
@@ -336,6 +343,8 @@ pub(crate) struct Executor {
     queue: VecDeque<(usize, usize, Batch)>,
     /// Messages for the global stage, sent after each step (shards only).
     pub to_global: Vec<GlobalMsg>,
+    /// Batches for every shard's instance of a plan node (global stage only).
+    pub to_shards: Vec<(usize, Batch)>,
     /// Traces the session windows closed (progress bar).
     pub traces_closed: u64,
 }
@@ -347,6 +356,7 @@ impl Executor {
             tables,
             queue: VecDeque::new(),
             to_global: Vec::new(),
+            to_shards: Vec::new(),
             traces_closed: 0,
         }
     }
@@ -412,6 +422,7 @@ impl Executor {
                         Target::Global { node } => {
                             self.to_global.push(GlobalMsg::Batch { node, batch: b })
                         }
+                        Target::Broadcast { node } => self.to_shards.push((node, b)),
                         Target::Table(_) => {}
                     }
                 }
@@ -422,7 +433,8 @@ impl Executor {
 
     /// Passes watermarks through the nodes in topological order: `source_wm` for
     /// inputs from the router, `shards_wm(node)` for the global stage's merged inputs.
-    /// Returns the partial nodes whose forwarded watermark advanced.
+    /// Returns, per plan node, the watermark to send to the global stage when it
+    /// advanced (a partial's forwarded one, a feedback node's input one).
     pub fn advance(
         &mut self,
         source_wm: u64,
@@ -454,11 +466,19 @@ impl Executor {
             self.run_queue()?;
             let n = &mut self.nodes[i];
             let f = f.min(input);
-            if f > n.out_wm || (f == WATERMARK_END && n.out_wm != WATERMARK_END) {
+            if f > n.out_wm {
                 n.out_wm = f;
-                if n.partial {
-                    advanced.push((n.plan_index, f));
-                }
+            }
+            let send = if n.feedback {
+                n.in_wm
+            } else if n.partial {
+                n.out_wm
+            } else {
+                0
+            };
+            if (n.partial || n.feedback) && send > n.sent_wm {
+                n.sent_wm = send;
+                advanced.push((n.plan_index, send));
             }
         }
         Ok(advanced)
@@ -557,9 +577,10 @@ pub(crate) fn shard_executor(
     let mut nodes: Vec<ExecNode> = Vec::new();
     let mut tables: Vec<TableSink> = Vec::new();
     for (pi, pn) in plan.nodes.iter().enumerate() {
-        let (op, partial) = match &pn.build {
-            NodeBuild::Shard(b) => (b(plan.shards), false),
-            NodeBuild::Merged { partial, .. } => (partial(plan.shards), true),
+        let (op, partial, feedback) = match &pn.build {
+            NodeBuild::Shard(b) => (b(plan.shards), false, false),
+            NodeBuild::Merged { partial, .. } => (partial(plan.shards), true, false),
+            NodeBuild::Feedback { partial, .. } => (partial(plan.shards), false, true),
             NodeBuild::Rollup(_) => continue,
         };
         let mut inputs = Vec::with_capacity(pn.inputs.len());
@@ -579,8 +600,15 @@ pub(crate) fn shard_executor(
                 }
             }
         }
-        let ports = if partial { 1 } else { pn.ports.len() };
+        let ports = if partial {
+            1
+        } else {
+            pn.ports.len() + usize::from(feedback)
+        };
         let mut consumers: Vec<Vec<Target>> = vec![Vec::new(); ports];
+        if feedback && let Some(last) = consumers.last_mut() {
+            last.push(Target::Global { node: pi });
+        }
         if partial {
             consumers[0].push(Target::Global { node: pi });
         } else {
@@ -608,6 +636,8 @@ pub(crate) fn shard_executor(
             in_wm: 0,
             out_wm: 0,
             partial,
+            feedback,
+            sent_wm: 0,
         });
     }
     for n in &mut nodes {
@@ -632,23 +662,32 @@ fn source_readers(exec: &Executor, sources: usize) -> Vec<Vec<(usize, usize)>> {
     readers
 }
 
+/// A batch from the global stage for a shard's instance of plan node `node`.
+pub(crate) struct Feedback {
+    pub node: usize,
+    pub batch: Batch,
+}
+
 pub(crate) struct Shard {
     index: usize,
     exec: Executor,
     readers: Vec<Vec<(usize, usize)>>,
     global_tx: Option<mpsc::Sender<GlobalMsg>>,
+    feedback_rx: Option<mpsc::UnboundedReceiver<Feedback>>,
     progress: Arc<Progress>,
     peak_buffered: (usize, usize),
     source_wm: u64,
 }
 
 impl Shard {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         index: usize,
         plan: &Plan,
         discard: bool,
         progress: Arc<Progress>,
         global_tx: Option<mpsc::Sender<GlobalMsg>>,
+        feedback_rx: Option<mpsc::UnboundedReceiver<Feedback>>,
         restore: Option<Vec<NodeSnapshot>>,
         resumed_watermark: u64,
     ) -> Result<Self, RunError> {
@@ -662,6 +701,7 @@ impl Shard {
             exec,
             readers,
             global_tx,
+            feedback_rx,
             progress,
             peak_buffered: (0, 0),
             source_wm: resumed_watermark,
@@ -670,11 +710,45 @@ impl Shard {
 
     pub async fn run(mut self, mut rx: mpsc::Receiver<ShardMsg>) -> Result<ShardResult, RunError> {
         let mut snapshot = None;
-        while let Some(msg) = rx.recv().await {
+        let mut ended = false;
+        let mut feedback_rx = self.feedback_rx.take();
+        loop {
+            // Answers of the global stage first: they release held traces.
+            let msg = tokio::select! {
+                biased;
+                f = async {
+                    match feedback_rx.as_mut() {
+                        Some(r) => r.recv().await,
+                        None => std::future::pending().await,
+                    }
+                } => match f {
+                    Some(f) => Err(f),
+                    None => {
+                        feedback_rx = None;
+                        if ended {
+                            return Err(RunError::Internal(
+                                "the global stage ended before it answered".into(),
+                            ));
+                        }
+                        continue;
+                    }
+                },
+                m = rx.recv(), if !ended => match m {
+                    Some(m) => Ok(m),
+                    None => break,
+                },
+            };
             let before = self.exec.buffered().spans;
             let closed_before = self.exec.traces_closed;
-            let end = match msg {
-                ShardMsg::Spans { source, spans } => {
+            match msg {
+                Err(Feedback { node, batch }) => {
+                    let Some(i) = self.exec.nodes.iter().position(|n| n.plan_index == node) else {
+                        return Err(RunError::Internal(format!("no shard node for {node}")));
+                    };
+                    let input = self.exec.nodes[i].inputs.len();
+                    self.exec.deliver(i, input, batch)?;
+                }
+                Ok(ShardMsg::Spans { source, spans }) => {
                     let readers = self.readers.get(source).cloned().unwrap_or_default();
                     let mut batch = Some(Batch::Spans(spans));
                     for (k, (node, input)) in readers.iter().enumerate() {
@@ -691,22 +765,20 @@ impl Shard {
                     if b.spans > self.peak_buffered.0 {
                         self.peak_buffered = (b.spans, b.bytes);
                     }
-                    false
                 }
-                ShardMsg::Watermark(wm) => {
+                Ok(ShardMsg::Watermark(wm)) => {
                     self.source_wm = self.source_wm.max(wm);
-                    false
                 }
-                ShardMsg::End => {
+                Ok(ShardMsg::End) => {
                     self.source_wm = WATERMARK_END;
-                    true
+                    ended = true;
                 }
-                ShardMsg::Savepoint => {
+                Ok(ShardMsg::Savepoint) => {
                     snapshot = Some(self.exec.snapshot()?);
                     self.send_global().await;
                     break;
                 }
-            };
+            }
             // After spans too: a trace closed by a cap may have released the hold.
             let advanced = self.exec.advance(self.source_wm, &|_| 0)?;
             for (node, watermark) in advanced {
@@ -716,7 +788,10 @@ impl Shard {
                     watermark,
                 });
             }
-            if end {
+            // The input ended and every node forwarded it (none waits for the global
+            // stage's answers any more).
+            let done = ended && self.exec.nodes.iter().all(|n| n.out_wm == WATERMARK_END);
+            if done {
                 self.exec.end()?;
             }
             self.send_global().await;
@@ -730,7 +805,7 @@ impl Shard {
             self.progress
                 .traces_closed
                 .fetch_add(self.exec.traces_closed - closed_before, Ordering::Relaxed);
-            if end {
+            if done {
                 break;
             }
         }

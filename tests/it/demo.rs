@@ -14,15 +14,9 @@ fn demo_job(traces: u64) -> spanflow::job::Job {
     let text = text.replace("traces: 20000", &format!("traces: {traces}"));
     let text = text.replace("late_fraction: 0.0005", "late_fraction: 0.002");
     let text = text.replace("garbage_fraction: 0.002", "garbage_fraction: 0.01");
-    // Rate-limited sampling is per shard, so it depends on the parallelism; compare runs
-    // of different parallelism without it (every other policy is per-trace).
-    let text = text.replace(
-        "      - { name: per-endpoint, type: endpoint_rate_limit, traces_per_second: 1 }\n",
-        "",
-    );
     assert!(
-        !text.contains("endpoint_rate_limit"),
-        "the demo's rate limit line changed"
+        text.contains("type: endpoint_rate_limit"),
+        "the demo rate-limits per endpoint (its decisions must not depend on shards)"
     );
     spanflow::job::load_str(&root().join("jobs/demo.yaml"), &text).unwrap_or_else(|d| panic!("{d}"))
 }
@@ -42,9 +36,11 @@ fn outputs_match_ground_truth_and_are_deterministic() {
     let a = tempfile::tempdir().unwrap();
     let b = tempfile::tempdir().unwrap();
     let c = tempfile::tempdir().unwrap();
+    let d = tempfile::tempdir().unwrap();
     let sa = run(&job, a.path(), 1);
     let sb = run(&job, b.path(), 2);
     let sc = run(&job, c.path(), 2);
+    let sd = run(&job, d.path(), 3);
     let gt = sa.ground_truth.clone().expect("generator ground truth");
     assert!(
         gt.late_spans > 0 && gt.garbage_records > 0,
@@ -153,23 +149,23 @@ fn outputs_match_ground_truth_and_are_deterministic() {
             .is_some_and(|s| s.service == "frontend-gateway")
     );
 
-    // Same rows whatever the parallelism, and across runs.
-    for table in [
-        "traces",
-        "spans",
-        "late_spans",
-        "dead_letters",
-        "red_metrics",
-        "exemplars",
-        "service_relation",
-    ] {
+    // Every table is the same whatever the parallelism (sampling included: rate limits
+    // decide over all shards' traces), and across runs.
+    let tables: Vec<&str> = sa.outputs.iter().map(|o| o.table.as_str()).collect();
+    assert_eq!(tables.len(), 11, "every output of the demo: {tables:?}");
+    assert!(sa.sampling.as_ref().unwrap().kept_by_policy["per-endpoint"] > 0);
+    for table in tables {
         let ra = rows(&read_table(a.path(), table), &[]);
+        assert!(!ra.is_empty(), "{table} has rows");
         let rb = rows(&read_table(b.path(), table), &[]);
         let rc = rows(&read_table(c.path(), table), &[]);
+        let rd = rows(&read_table(d.path(), table), &[]);
         assert_eq!(ra, rb, "{table}: parallelism 1 vs 2");
         assert_eq!(rb, rc, "{table}: two runs");
+        assert_eq!(ra, rd, "{table}: parallelism 1 vs 3");
     }
     assert_eq!(sb.sessions, sc.sessions);
+    assert_eq!(sa.sampling, sd.sampling);
 }
 
 #[test]

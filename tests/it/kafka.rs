@@ -55,8 +55,7 @@ fn produce_records(broker: &Broker, topic: &str, partitions: i32, records: &[Gen
         .unwrap();
 }
 
-/// The analytics of jobs/demo.yaml (without the per-shard rate limit, with one of its
-/// rollups), reading `source`.
+/// The analytics of jobs/demo.yaml (with one of its rollups), reading `source`.
 fn analytics_job(source: &str, sinks: &str) -> spanflow::job::Job {
     let text = format!(
         r#"
@@ -79,6 +78,7 @@ operators:
     policies:
       - {{ name: errors, type: error }}
       - {{ name: slow-db, type: slow_span, call_type: db, threshold: 200ms }}
+      - {{ name: per-endpoint, type: endpoint_rate_limit, traces_per_second: 1 }}
       - {{ name: baseline, type: probabilistic, percentage: 10 }}
   metrics:
     type: red_metrics

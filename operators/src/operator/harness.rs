@@ -111,6 +111,8 @@ fn empty_like(script: &[Step]) -> Batch {
         Some(Batch::Traces(_)) => Batch::Traces(Vec::new()),
         Some(Batch::LateSpans(_)) => Batch::LateSpans(Vec::new()),
         Some(Batch::Partials(_)) => Batch::Partials(Vec::new()),
+        Some(Batch::RateOffers(_)) => Batch::RateOffers(Vec::new()),
+        Some(Batch::RateVerdicts(_)) => Batch::RateVerdicts(Vec::new()),
         _ => Batch::Spans(Vec::new()),
     }
 }

@@ -52,6 +52,10 @@ pub enum DataKind {
     Rows,
     /// Records a source could not decode (the runtime's dead-letter rows).
     DeadLetters,
+    /// [`Batch::RateOffers`].
+    RateOffers,
+    /// [`Batch::RateVerdicts`].
+    RateVerdicts,
 }
 
 impl DataKind {
@@ -65,6 +69,8 @@ impl DataKind {
             DataKind::Intervals => "metric intervals",
             DataKind::Rows => "rollup rows",
             DataKind::DeadLetters => "dead letters",
+            DataKind::RateOffers => "rate-limit offers",
+            DataKind::RateVerdicts => "rate-limit verdicts",
         }
     }
 }
@@ -203,6 +209,10 @@ pub enum Batch {
     Partials(Vec<Partial>),
     /// Metric intervals closed by a merge operator.
     Intervals(IntervalBatch),
+    /// A sampler's offers to its rate-limit windows, for their merge stage.
+    RateOffers(Vec<crate::tail_sampling::RateOffers>),
+    /// The merge stage's verdicts on rate-limit windows, for every shard's sampler.
+    RateVerdicts(Vec<crate::tail_sampling::RateVerdict>),
     /// Data the runtime defines (query rows, dead letters); operators of this crate
     /// never read it.
     Other(Arc<dyn Any + Send + Sync>),
@@ -217,6 +227,8 @@ impl Batch {
             Batch::LateSpans(_) => DataKind::LateSpans,
             Batch::Partials(_) => DataKind::Partials,
             Batch::Intervals(_) => DataKind::Intervals,
+            Batch::RateOffers(_) => DataKind::RateOffers,
+            Batch::RateVerdicts(_) => DataKind::RateVerdicts,
             Batch::Other(_) => DataKind::Rows,
         }
     }
@@ -229,6 +241,8 @@ impl Batch {
             Batch::LateSpans(v) => v.len(),
             Batch::Partials(v) => v.len(),
             Batch::Intervals(b) => b.intervals.len(),
+            Batch::RateOffers(v) => v.len(),
+            Batch::RateVerdicts(v) => v.len(),
             Batch::Other(_) => 0,
         }
     }
@@ -247,6 +261,8 @@ impl PartialEq for Batch {
             (Batch::LateSpans(a), Batch::LateSpans(b)) => a == b,
             (Batch::Partials(a), Batch::Partials(b)) => a == b,
             (Batch::Intervals(a), Batch::Intervals(b)) => a == b,
+            (Batch::RateOffers(a), Batch::RateOffers(b)) => a == b,
+            (Batch::RateVerdicts(a), Batch::RateVerdicts(b)) => a == b,
             (Batch::Other(a), Batch::Other(b)) => Arc::ptr_eq(a, b),
             _ => false,
         }

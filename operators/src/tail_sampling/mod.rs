@@ -60,12 +60,16 @@
 //! expressions: this crate has no regex dependency yet and exact string matching is
 //! cheap and unambiguous.
 
+pub mod limit;
 mod policy;
 mod state;
 
+pub use limit::{LimitKey, LimitSpec, Rank, RateLimitMerge, RateOffers, RateVerdict};
 pub use state::TailSamplerState;
 
 use std::collections::{BTreeMap, HashMap};
+
+use ahash::AHashMap;
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -73,13 +77,14 @@ use serde::{Deserialize, Serialize};
 use crate::config::{ConfigIssue, HumanDuration};
 use crate::model::{CallType, Sym};
 use crate::operator::{
-    Batch, DataKind, Emitter, Operator, OperatorError, PortSpec, Report, Scope, Shape, Table,
-    TraceRef, decode_state, encode_state,
+    Batch, Buffered, DataKind, Emitter, Operator, OperatorError, PortSpec, Report, Scope, Shape,
+    Table, TraceRef, decode_state, encode_state,
 };
 use crate::session_window::ClosedTrace;
 
-use policy::{Ctx, Node, Touch};
-use state::{LimiterMode, LimiterState};
+use crate::{EventTime, WATERMARK_END};
+use policy::{Ctx, Eval, Node};
+use state::HeldState;
 
 /// Deepest nesting of `and`/`not` that [`TailSamplingConfig::validate`] accepts.
 pub const MAX_POLICY_DEPTH: usize = 16;
@@ -403,55 +408,54 @@ struct TopPolicy {
     /// Recorded on kept traces: the name, or `policies.<i>` when it has none.
     name: Sym,
     node: Node,
-    stateful: bool,
+    /// Holds a rate limit: decided only with its windows' verdicts.
+    limited: bool,
     /// A bare `probabilistic`: such policies cut the same hash, so they nest.
     probabilistic: bool,
 }
 
+/// A trace waiting for the verdicts of the rate-limit windows it was offered to.
+#[derive(Debug, Clone)]
+struct Held {
+    trace: TraceRef,
+    /// Per offer: limiter, window, the trace's rank, and whether the offer went to the
+    /// merge (a window the watermark had passed gets none; its verdict, if any, is
+    /// used as is).
+    offers: Vec<(usize, LimitKey, Rank, bool)>,
+}
+
 /// The running `tail_sampling` operator of one shard.
+///
+/// Without rate limits it decides each trace when it arrives. With rate limits it is
+/// the per-shard side of a two-stage operator (see [`limit`]): it decides at once
+/// the traces that a deterministic policy keeps ahead of every rate limit, offers
+/// every trace to its rate-limit windows ([`TailSampler::OFFERS`], for
+/// [`TailSampler::merge_operator`]), and holds the others until the verdicts of
+/// their windows come back on input [`TailSampler::VERDICTS`].
 #[derive(Debug)]
 pub struct TailSampler {
     policies: Vec<TopPolicy>,
-    /// Mode of each rate limit, indexed like `state.limiters`.
-    modes: Vec<LimiterMode>,
-    state: TailSamplerState,
+    limits: Vec<LimitSpec>,
+    metrics: SamplingMetrics,
+    held: Vec<Held>,
+    /// Verdicts received, kept for [`limit::RETAIN_NS`] past their window.
+    verdicts: AHashMap<LimitKey, RateVerdict>,
+    /// The last input watermark.
+    watermark: EventTime,
+    /// Offers of the current batch, per window.
+    offers: AHashMap<LimitKey, RateOffers>,
     /// Scratch buffers reused across traces.
-    touched: Vec<Touch>,
-    matched: Vec<bool>,
+    rate: Vec<Option<Eval>>,
+    offered: Vec<usize>,
     scratch: String,
 }
 
 impl TailSampler {
-    /// Builds the sampler for a single shard. The config should have passed
-    /// [`TailSamplingConfig::validate`]; invalid values are clamped (a negative rate or
-    /// percentage keeps nothing) rather than causing a panic.
+    /// Builds the sampler. The config should have passed [`TailSamplingConfig::validate`];
+    /// invalid values are clamped (a negative rate or percentage keeps nothing) rather
+    /// than causing a panic.
     pub fn new(config: TailSamplingConfig) -> Self {
-        Self::with_state_sharded(config, 1, TailSamplerState::default())
-    }
-
-    /// Builds the sampler of one of `shards` shards: every `endpoint_rate_limit` budget
-    /// is divided by `shards` (at least 1), so the shards together keep about the
-    /// configured rate. Rate-limited decisions therefore depend on the parallelism;
-    /// all other policies do not.
-    pub fn new_sharded(config: TailSamplingConfig, shards: usize) -> Self {
-        Self::with_state_sharded(config, shards, TailSamplerState::default())
-    }
-
-    /// Builds a single-shard sampler around restored state.
-    pub fn with_state(config: TailSamplingConfig, state: TailSamplerState) -> Self {
-        Self::with_state_sharded(config, 1, state)
-    }
-
-    /// Builds the sampler of one of `shards` shards around restored state. Rate limits
-    /// find their saved buckets by key (the top-level policy's name plus the nested
-    /// path, e.g. `vip.policies.1`), not by position, so adding or reordering policies
-    /// keeps them; a limiter without saved state starts empty.
-    pub fn with_state_sharded(
-        config: TailSamplingConfig,
-        shards: usize,
-        state: TailSamplerState,
-    ) -> Self {
-        let mut specs: Vec<(String, LimiterMode)> = Vec::new();
+        let mut specs: Vec<(String, LimitSpec)> = Vec::new();
         let policies: Vec<TopPolicy> = config
             .policies
             .iter()
@@ -462,132 +466,123 @@ impl TailSampler {
                 } else {
                     p.name().to_owned()
                 };
-                let node = Node::compile(p, &key, shards, &mut specs);
+                let node = Node::compile(p, &key, &mut specs);
                 TopPolicy {
                     name: Sym::new(&key),
-                    stateful: node.is_stateful(),
+                    limited: node.is_stateful(),
                     probabilistic: matches!(node, Node::Probabilistic(_)),
                     node,
                 }
             })
             .collect();
-        let limiters = specs
-            .iter()
-            .map(|(key, _)| LimiterState {
-                key: key.clone(),
-                ..LimiterState::default()
-            })
-            .collect();
-        let mut sampler = TailSampler {
-            matched: Vec::with_capacity(policies.len()),
+        let mut metrics = SamplingMetrics::default();
+        for p in &policies {
+            metrics.kept_by_policy.insert(p.name.as_str().to_owned(), 0);
+        }
+        TailSampler {
+            rate: vec![None; specs.len()],
+            limits: specs.into_iter().map(|(_, s)| s).collect(),
             policies,
-            modes: specs.into_iter().map(|(_, m)| m).collect(),
-            state: TailSamplerState {
-                limiters,
-                metrics: SamplingMetrics::default(),
-            },
-            touched: Vec::new(),
+            metrics,
+            held: Vec::new(),
+            verdicts: AHashMap::new(),
+            watermark: 0,
+            offers: AHashMap::new(),
+            offered: Vec::new(),
             scratch: String::new(),
-        };
-        sampler.restore_state(state);
-        sampler
+        }
     }
 
-    /// Takes over saved state: rate limits find their buckets by key; a limiter without
-    /// saved state starts empty, saved state of a policy the config no longer has is
-    /// dropped.
-    pub fn restore_state(&mut self, state: TailSamplerState) {
-        let TailSamplerState {
-            limiters: saved,
-            mut metrics,
-        } = state;
-        let mut saved: HashMap<String, LimiterState> =
-            saved.into_iter().map(|l| (l.key.clone(), l)).collect();
-        for l in &mut self.state.limiters {
-            *l = saved.remove(&l.key).unwrap_or_else(|| LimiterState {
-                key: l.key.clone(),
-                ..LimiterState::default()
-            });
-        }
-        for p in &self.policies {
-            metrics
-                .kept_by_policy
-                .entry(p.name.as_str().to_owned())
-                .or_insert(0);
-        }
-        self.state.metrics = metrics;
+    /// True when a policy holds a rate limit: the sampler then runs in two stages and
+    /// needs its [`TailSampler::merge_operator`].
+    pub fn has_rate_limits(&self) -> bool {
+        !self.limits.is_empty()
     }
 
-    /// The sampler's state, for a checkpoint.
-    pub fn snapshot(&self) -> &TailSamplerState {
-        &self.state
+    /// The merge stage of the rate limits.
+    pub fn merge_operator(&self) -> RateLimitMerge {
+        RateLimitMerge::new(self.limits.clone())
     }
 
     /// Counters so far.
     pub fn metrics(&self) -> &SamplingMetrics {
-        &self.state.metrics
+        &self.metrics
     }
 
-    /// Endpoints currently tracked by all rate limits (bounded by eviction).
-    pub fn tracked_endpoints(&self) -> usize {
-        self.state.limiters.iter().map(|l| l.endpoints.len()).sum()
+    /// Traces waiting for rate-limit verdicts.
+    pub fn held_traces(&self) -> usize {
+        self.held.len()
     }
 
-    /// Decides a batch of traces, appending one decision per trace to `out`.
-    pub fn process(&mut self, traces: &[ClosedTrace], out: &mut Vec<Decision>) {
-        out.reserve(traces.len());
-        for t in traces {
-            out.push(self.decide(t));
-        }
-    }
-
-    /// Decides one trace.
-    pub fn decide(&mut self, trace: &ClosedTrace) -> Decision {
-        let TailSampler {
-            policies,
-            modes,
-            state,
-            touched,
-            matched,
-            scratch,
-        } = self;
-        touched.clear();
-        matched.clear();
-        matched.resize(policies.len(), false);
-        let endpoint = (trace.summary.root_service, trace.summary.root_operation);
+    /// Decides a trace that no rate limit is offered, or whose outcome no rate limit
+    /// can change; `None` when it must wait for verdicts.
+    pub fn decide(&mut self, trace: &ClosedTrace) -> Option<Decision> {
+        self.offered.clear();
+        let hash = trace.trace_id.hash64();
         let mut cx = Ctx {
             trace,
-            hash: trace.trace_id.hash64(),
-            endpoint,
-            end_ns: trace.summary.end_ns,
-            modes,
-            limiters: &mut state.limiters,
-            touched,
-            top: 0,
-            scratch,
+            hash,
+            rate: &[],
+            scratch: &mut self.scratch,
         };
+        for p in &self.policies {
+            if p.limited {
+                p.node.offers(&mut cx, &mut self.offered);
+            }
+        }
+        if self.offered.is_empty() {
+            return Some(self.evaluate(trace, hash));
+        }
+        // A certain match ahead of every rate limit fixes the outcome.
+        let mut cx = Ctx {
+            trace,
+            hash,
+            rate: &[],
+            scratch: &mut self.scratch,
+        };
+        for p in &self.policies {
+            if p.limited {
+                return None;
+            }
+            let e = p.node.eval(&mut cx);
+            if e.matched && e.p >= 1.0 {
+                let d = Decision {
+                    sampled: true,
+                    policy: Some(p.name),
+                    adjusted_count: 1.0,
+                };
+                self.count(&d);
+                return Some(d);
+            }
+        }
+        None
+    }
 
+    /// The decision with `self.rate` holding the rate limits' outcomes.
+    fn evaluate(&mut self, trace: &ClosedTrace, hash: u64) -> Decision {
+        let mut cx = Ctx {
+            trace,
+            hash,
+            rate: &self.rate,
+            scratch: &mut self.scratch,
+        };
         let mut first: Option<usize> = None;
         let mut certain = false;
         // Non-deterministic matches: bare probabilistic policies nest (same hash), so
         // only the widest counts; the others combine as independent.
-        let mut widest: Option<policy::Eval> = None;
+        let mut widest: Option<Eval> = None;
         let mut others = 0usize;
         let mut other_w = 1.0;
         let mut miss = 1.0;
         let mut min_w = f64::INFINITY;
-        for (i, pol) in policies.iter().enumerate() {
-            // Once a certain match fixed the outcome, only rate limits still need to
-            // see the trace (their counts must not depend on other policies).
-            if certain && !pol.stateful {
-                continue;
+        for (i, pol) in self.policies.iter().enumerate() {
+            if certain {
+                break;
             }
-            cx.top = i;
             let e = pol.node.eval(&mut cx);
             if !e.matched {
                 continue;
             }
-            matched[i] = true;
             first.get_or_insert(i);
             if e.p >= 1.0 {
                 certain = true;
@@ -604,7 +599,6 @@ impl TailSampler {
                 miss *= 1.0 - e.p;
             }
         }
-
         let sampled = first.is_some();
         let adjusted_count = if !sampled {
             0.0
@@ -626,39 +620,145 @@ impl TailSampler {
                 }
             }
         };
+        let d = Decision {
+            sampled,
+            policy: first.and_then(|i| self.policies.get(i)).map(|p| p.name),
+            adjusted_count,
+        };
+        self.count(&d);
+        d
+    }
 
-        for t in touched.iter() {
-            let Some(limiter) = state.limiters.get_mut(t.limiter) else {
+    fn count(&mut self, d: &Decision) {
+        let m = &mut self.metrics;
+        m.traces_seen += 1;
+        match d.policy.filter(|_| d.sampled) {
+            Some(name) => {
+                m.traces_kept += 1;
+                *m.kept_by_policy
+                    .entry(name.as_str().to_owned())
+                    .or_insert(0) += 1;
+            }
+            None => m.traces_dropped += 1,
+        }
+    }
+
+    /// Takes a trace: decides it, or records its offers and holds it.
+    fn take(&mut self, t: TraceRef, out: &mut Vec<TraceRef>) {
+        if let Some(d) = self.decide(&t.trace) {
+            // Its offers still count (a rate limit ranks every trace it is offered).
+            self.record_offers(&t.trace, None);
+            out.push(TraceRef {
+                decision: Some(d),
+                ..t
+            });
+            return;
+        }
+        self.record_offers(&t.trace, Some(t.clone()));
+        self.release(out);
+    }
+
+    /// Offers `trace` to its windows; with `hold`, keeps it until their verdicts.
+    fn record_offers(&mut self, trace: &ClosedTrace, hold: Option<TraceRef>) {
+        let mut offers = Vec::with_capacity(self.offered.len());
+        let (service, operation) = (trace.summary.root_service, trace.summary.root_operation);
+        for &l in &self.offered {
+            let Some(spec) = self.limits.get(l) else {
                 continue;
             };
-            if !sampled {
-                limiter.count_dropped(&endpoint);
-            } else if t.kept && !certain && matched.get(t.top).copied().unwrap_or(false) {
-                // This keep's count included the pending drops: start counting anew.
-                limiter.clear_pending(&endpoint);
+            let key = LimitKey {
+                limiter: u32::try_from(l).unwrap_or(u32::MAX),
+                service,
+                operation,
+                window: spec.window(trace.summary.end_ns),
+            };
+            let rank = spec.rank(trace.trace_id);
+            // A window the watermark has passed has its verdict (or gets none): the
+            // trace is judged with what is known, and not offered again.
+            let late = spec.window_end(key.window) <= self.watermark.saturating_add(1);
+            offers.push((l, key, rank, !late));
+            if late {
+                continue;
             }
+            let o = self.offers.entry(key).or_insert_with(|| RateOffers {
+                key,
+                offered: 0,
+                lowest: Vec::new(),
+            });
+            o.offered += 1;
+            limit::keep_lowest(&mut o.lowest, rank, spec.budget);
         }
+        if let Some(trace) = hold {
+            self.held.push(Held { trace, offers });
+        }
+    }
 
-        let metrics = &mut state.metrics;
-        metrics.traces_seen += 1;
-        let policy = first.and_then(|i| policies.get(i)).map(|p| p.name);
-        match policy {
-            Some(name) => {
-                metrics.traces_kept += 1;
-                match metrics.kept_by_policy.get_mut(name.as_str()) {
-                    Some(n) => *n += 1,
-                    None => {
-                        metrics.kept_by_policy.insert(name.as_str().to_owned(), 1);
+    /// Decides every held trace whose offered windows all have verdicts (a late
+    /// window without one counts as not kept by its limit).
+    fn release(&mut self, out: &mut Vec<TraceRef>) {
+        let mut i = 0;
+        while i < self.held.len() {
+            let ready = self.held[i]
+                .offers
+                .iter()
+                .all(|(_, k, _, sent)| !sent || self.verdicts.contains_key(k));
+            if !ready {
+                i += 1;
+                continue;
+            }
+            let h = self.held.swap_remove(i);
+            self.rate.iter_mut().for_each(|r| *r = None);
+            for (l, k, rank, _) in &h.offers {
+                let budget = self.limits.get(*l).map_or(0, |s| s.budget);
+                let e = match self.verdicts.get(k) {
+                    Some(v) => {
+                        let (matched, p, w) = v.judge(*rank, budget);
+                        Eval { matched, p, w }
                     }
+                    None => Eval::certain(false),
+                };
+                if let Some(slot) = self.rate.get_mut(*l) {
+                    *slot = Some(e);
                 }
             }
-            None => metrics.traces_dropped += 1,
+            let hash = h.trace.trace.trace_id.hash64();
+            let d = self.evaluate(&h.trace.trace, hash);
+            out.push(TraceRef {
+                decision: Some(d),
+                ..h.trace
+            });
         }
-        Decision {
-            sampled,
-            policy,
-            adjusted_count,
+    }
+
+    /// Emits decided traces on the ports that are read.
+    fn emit(out: &mut Emitter, traces: Vec<TraceRef>) {
+        if traces.is_empty() {
+            return;
         }
+        let want_kept = out.is_connected(Self::SPANS) || out.is_connected(Self::KEPT);
+        let kept: Vec<TraceRef> = if want_kept {
+            traces.iter().filter(|t| t.kept()).cloned().collect()
+        } else {
+            Vec::new()
+        };
+        out.emit(Self::TRACES, Batch::Traces(traces));
+        if out.is_connected(Self::KEPT) && out.is_connected(Self::SPANS) {
+            out.emit(Self::SPANS, Batch::Traces(kept.clone()));
+            out.emit(Self::KEPT, Batch::Traces(kept));
+        } else if out.is_connected(Self::KEPT) {
+            out.emit(Self::KEPT, Batch::Traces(kept));
+        } else {
+            out.emit(Self::SPANS, Batch::Traces(kept));
+        }
+    }
+
+    fn emit_offers(&mut self, out: &mut Emitter) {
+        if self.offers.is_empty() {
+            return;
+        }
+        let mut offers: Vec<RateOffers> = self.offers.drain().map(|(_, o)| o).collect();
+        offers.sort_by_key(|a| a.key);
+        out.emit(Self::OFFERS, Batch::RateOffers(offers));
     }
 }
 
@@ -696,6 +796,19 @@ impl TailSampler {
     pub const SPANS: usize = 1;
     /// Output port of the kept traces.
     pub const KEPT: usize = 2;
+    /// Output port of the rate-limit offers, for the merge stage (not a port of the
+    /// node: the runtime connects it to [`TailSampler::merge_operator`], whose one
+    /// output, the verdicts, it delivers back to every shard's sampler).
+    pub const OFFERS: usize = 3;
+
+    /// The forwarded watermark: held back to before the earliest held trace.
+    fn forwarded(&self, watermark: EventTime) -> EventTime {
+        self.held
+            .iter()
+            .map(|h| h.trace.trace.summary.start_ns.saturating_sub(1))
+            .min()
+            .map_or(watermark, |h| h.min(watermark))
+    }
 }
 
 impl Operator for TailSampler {
@@ -705,41 +818,101 @@ impl Operator for TailSampler {
         batch: Batch,
         out: &mut Emitter,
     ) -> Result<(), OperatorError> {
-        let Batch::Traces(mut traces) = batch else {
-            return Err(OperatorError::unexpected("tail_sampling", input, &batch));
-        };
-        for t in &mut traces {
-            t.decision = Some(self.decide(&t.trace));
+        let mut decided = Vec::new();
+        match batch {
+            Batch::Traces(traces) => {
+                decided.reserve(traces.len());
+                for t in traces {
+                    self.take(t, &mut decided);
+                }
+            }
+            Batch::RateVerdicts(verdicts) => {
+                for v in verdicts {
+                    self.verdicts.insert(v.key, v);
+                }
+                self.release(&mut decided);
+            }
+            other => return Err(OperatorError::unexpected("tail_sampling", input, &other)),
         }
-        let want_kept = out.is_connected(Self::SPANS) || out.is_connected(Self::KEPT);
-        let kept: Vec<TraceRef> = if want_kept {
-            traces.iter().filter(|t| t.kept()).cloned().collect()
-        } else {
-            Vec::new()
-        };
-        out.emit(Self::TRACES, Batch::Traces(traces));
-        if out.is_connected(Self::KEPT) && out.is_connected(Self::SPANS) {
-            out.emit(Self::SPANS, Batch::Traces(kept.clone()));
-            out.emit(Self::KEPT, Batch::Traces(kept));
-        } else if out.is_connected(Self::KEPT) {
-            out.emit(Self::KEPT, Batch::Traces(kept));
-        } else {
-            out.emit(Self::SPANS, Batch::Traces(kept));
-        }
+        Self::emit(out, decided);
+        self.emit_offers(out);
         Ok(())
     }
 
+    fn on_watermark(
+        &mut self,
+        watermark: EventTime,
+        out: &mut Emitter,
+    ) -> Result<EventTime, OperatorError> {
+        self.watermark = self.watermark.max(watermark);
+        if watermark != WATERMARK_END && !self.verdicts.is_empty() {
+            let limits = &self.limits;
+            self.verdicts.retain(|k, _| {
+                limits.get(k.limiter as usize).is_none_or(|s| {
+                    s.window_end(k.window).saturating_add(limit::RETAIN_NS) > watermark
+                })
+            });
+        }
+        let mut decided = Vec::new();
+        self.release(&mut decided);
+        Self::emit(out, decided);
+        Ok(self.forwarded(watermark))
+    }
+
     fn snapshot(&self) -> Result<Vec<u8>, OperatorError> {
-        encode_state(&self.state)
+        let mut verdicts: Vec<RateVerdict> = self.verdicts.values().cloned().collect();
+        verdicts.sort_by_key(|a| a.key);
+        encode_state(&TailSamplerState {
+            metrics: self.metrics.clone(),
+            held: self
+                .held
+                .iter()
+                .map(|h| HeldState {
+                    trace: (*h.trace.trace).clone(),
+                    offers: h.offers.clone(),
+                })
+                .collect(),
+            verdicts,
+            watermark: self.watermark,
+        })
     }
 
     fn restore(&mut self, state: &[u8]) -> Result<(), OperatorError> {
-        self.restore_state(decode_state(state)?);
+        let s: TailSamplerState = decode_state(state)?;
+        let mut metrics = s.metrics;
+        for p in &self.policies {
+            metrics
+                .kept_by_policy
+                .entry(p.name.as_str().to_owned())
+                .or_insert(0);
+        }
+        self.metrics = metrics;
+        self.held = s
+            .held
+            .into_iter()
+            .map(|h| Held {
+                trace: TraceRef {
+                    trace: std::sync::Arc::new(h.trace),
+                    decision: None,
+                },
+                offers: h.offers,
+            })
+            .collect();
+        self.verdicts = s.verdicts.into_iter().map(|v| (v.key, v)).collect();
+        self.watermark = s.watermark;
         Ok(())
     }
 
     fn report(&self) -> Report {
-        Report::Sampling(self.state.metrics.clone())
+        Report::Sampling(self.metrics.clone())
+    }
+
+    fn buffered(&self) -> Buffered {
+        let spans: usize = self.held.iter().map(|h| h.trace.trace.spans.len()).sum();
+        Buffered {
+            spans,
+            bytes: spans * std::mem::size_of::<crate::model::Span>(),
+        }
     }
 }
 

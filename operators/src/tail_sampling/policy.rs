@@ -3,7 +3,7 @@
 use std::fmt::Write as _;
 
 use super::PolicyConfig;
-use super::state::{Endpoint, LimiterMode, LimiterState};
+use super::limit::LimitSpec;
 use crate::model::{AttrValue, Attrs, CallType, Span};
 use crate::session_window::ClosedTrace;
 
@@ -17,12 +17,12 @@ pub(super) struct Eval {
     /// else about the trace: exactly 1 or 0 for deterministic policies.
     pub(super) p: f64,
     /// `1 / p` when matched, computed where it is exact (`100 / percentage`,
-    /// `pending + 1`), so the common single-policy adjusted counts are exact.
+    /// `offered / kept`), so the common single-policy adjusted counts are exact.
     pub(super) w: f64,
 }
 
 impl Eval {
-    fn certain(matched: bool) -> Self {
+    pub(super) fn certain(matched: bool) -> Self {
         Eval {
             matched,
             p: if matched { 1.0 } else { 0.0 },
@@ -81,57 +81,22 @@ impl Probabilistic {
     }
 }
 
-/// Everything a policy evaluation reads or updates.
+/// Everything a policy evaluation reads.
 pub(super) struct Ctx<'a> {
     pub(super) trace: &'a ClosedTrace,
     pub(super) hash: u64,
-    pub(super) endpoint: Endpoint,
-    pub(super) end_ns: u64,
-    pub(super) modes: &'a [LimiterMode],
-    pub(super) limiters: &'a mut [LimiterState],
-    pub(super) touched: &'a mut Vec<Touch>,
-    /// Index of the top-level policy being evaluated.
-    pub(super) top: usize,
+    /// The outcome of each rate limit for this trace, by limiter index (`None` for a
+    /// limiter the trace was not offered to).
+    pub(super) rate: &'a [Option<Eval>],
     pub(super) scratch: &'a mut String,
 }
 
-/// A rate limit offered the current trace; settled once the decision is known.
-#[derive(Debug, Clone, Copy)]
-pub(super) struct Touch {
-    pub(super) limiter: usize,
-    pub(super) top: usize,
-    pub(super) kept: bool,
-}
-
-impl Ctx<'_> {
-    fn offer(&mut self, limiter: usize) -> Eval {
-        let (Some(mode), Some(state)) = (self.modes.get(limiter), self.limiters.get_mut(limiter))
-        else {
-            return Eval::certain(false);
-        };
-        let (kept, pending) = state.offer(*mode, self.endpoint, self.end_ns);
-        self.touched.push(Touch {
-            limiter,
-            top: self.top,
-            kept,
-        });
-        // The kept trace stands for itself and the dropped traces since the last keep.
-        let w = pending.saturating_add(1) as f64;
-        Eval {
-            matched: kept,
-            p: 1.0 / w,
-            w,
-        }
-    }
-}
-
 impl Node {
-    /// Compiles `config`; `key` names it for checkpoints, `shards` divides rate budgets.
+    /// Compiles `config`; `key` names it (and salts a rate limit's ranks).
     pub(super) fn compile(
         config: &PolicyConfig,
         key: &str,
-        shards: usize,
-        limiters: &mut Vec<(String, LimiterMode)>,
+        limiters: &mut Vec<(String, LimitSpec)>,
     ) -> Node {
         match config {
             PolicyConfig::Error { .. } => Node::Error,
@@ -157,10 +122,8 @@ impl Node {
                     n += 1;
                     unique = format!("{key}#{n}");
                 }
-                limiters.push((
-                    unique,
-                    LimiterMode::new(traces_per_second / shards.max(1) as f64),
-                ));
+                let spec = LimitSpec::new(*traces_per_second, &unique);
+                limiters.push((unique, spec));
                 Node::RateLimit(limiters.len() - 1)
             }
             PolicyConfig::Attribute {
@@ -184,28 +147,59 @@ impl Node {
                 policies
                     .iter()
                     .enumerate()
-                    .map(|(j, p)| {
-                        Node::compile(p, &format!("{key}.policies.{j}"), shards, limiters)
-                    })
+                    .map(|(j, p)| Node::compile(p, &format!("{key}.policies.{j}"), limiters))
                     .collect(),
             ),
             PolicyConfig::Not { policy, .. } => Node::Not(Box::new(Node::compile(
                 policy,
                 &format!("{key}.policy"),
-                shards,
                 limiters,
             ))),
         }
     }
 
-    /// True when evaluating the policy updates state (it holds a rate limit), so it
-    /// must be evaluated even when the decision is already certain.
+    /// True when the policy holds a rate limit: its outcome is known only once the
+    /// rate limit's window has its verdict.
     pub(super) fn is_stateful(&self) -> bool {
         match self {
             Node::RateLimit(_) => true,
             Node::And(members) => members.iter().any(Node::is_stateful),
             Node::Not(inner) => inner.is_stateful(),
             _ => false,
+        }
+    }
+
+    /// The rate limits the trace is offered to (their indexes, appended to `out`):
+    /// every rate limit in the policy, except inside an `and` after a member without
+    /// rate limits that certainly fails. A superset of the rate limits
+    /// [`Node::eval`] consults, whatever their verdicts. Returns false when the policy
+    /// certainly fails whatever the rate limits decide.
+    pub(super) fn offers(&self, cx: &mut Ctx<'_>, out: &mut Vec<usize>) -> bool {
+        match self {
+            Node::RateLimit(i) => {
+                out.push(*i);
+                true
+            }
+            Node::And(members) => {
+                for m in members {
+                    if m.is_stateful() {
+                        if !m.offers(cx, out) {
+                            return false;
+                        }
+                    } else {
+                        let e = m.eval(cx);
+                        if !e.matched && e.p <= 0.0 {
+                            return false;
+                        }
+                    }
+                }
+                true
+            }
+            Node::Not(inner) => {
+                inner.offers(cx, out);
+                true
+            }
+            _ => true,
         }
     }
 
@@ -228,13 +222,18 @@ impl Node {
                 p: p.p,
                 w: p.w,
             },
-            Node::RateLimit(i) => cx.offer(*i),
+            Node::RateLimit(i) => cx
+                .rate
+                .get(*i)
+                .copied()
+                .flatten()
+                .unwrap_or(Eval::certain(false)),
             Node::And(members) => {
                 let (mut all, mut p, mut w) = (true, 1.0, 1.0);
                 for m in members {
-                    // Once the `and` has failed, a rate limit must not spend budget on
-                    // the trace; stateless members still run so that `p` is right for
-                    // an enclosing `not`.
+                    // Once the `and` has failed, its rate limits are not consulted;
+                    // stateless members still run so that `p` is right for an
+                    // enclosing `not`.
                     if !all && m.is_stateful() {
                         continue;
                     }

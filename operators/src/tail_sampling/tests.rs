@@ -165,7 +165,94 @@ fn sampler(policies: Vec<PolicyConfig>) -> TailSampler {
 }
 
 fn kept(s: &mut TailSampler, t: &ClosedTrace) -> bool {
-    s.decide(t).sampled
+    now(s, t).sampled
+}
+
+/// The decision on a trace no rate limit is offered (decided on arrival).
+fn now(s: &mut TailSampler, t: &ClosedTrace) -> Decision {
+    s.decide(t)
+        .expect("no rate limit involved: decided on arrival")
+}
+
+/// Decides `traces` as the runtime does with `shards` shards: each shard's sampler
+/// takes the traces routed to it, in order, and sends its offers to one merge stage;
+/// the end of input closes every window and the verdicts go back to every shard.
+/// Returns the decisions in input order and the counters summed over shards.
+fn decide_all(
+    config: &TailSamplingConfig,
+    traces: &[ClosedTrace],
+    shards: usize,
+) -> (Vec<Decision>, SamplingMetrics) {
+    use crate::operator::{Emitter, Operator};
+    let mut samplers: Vec<TailSampler> = (0..shards)
+        .map(|_| TailSampler::new(config.clone()))
+        .collect();
+    let mut merge = samplers[0].merge_operator();
+    let refs: Vec<TraceRef> = traces
+        .iter()
+        .map(|t| TraceRef {
+            trace: std::sync::Arc::new(t.clone()),
+            decision: None,
+        })
+        .collect();
+    let mut decided: Vec<Option<Decision>> = vec![None; traces.len()];
+    let index_of = |t: &TraceRef| {
+        refs.iter()
+            .position(|r| std::sync::Arc::ptr_eq(&r.trace, &t.trace))
+    };
+    let collect =
+        |out: &mut Emitter, merge: &mut RateLimitMerge, decided: &mut Vec<Option<Decision>>| {
+            for b in out.take(TailSampler::TRACES) {
+                let Batch::Traces(ts) = b else {
+                    panic!("traces port carries traces")
+                };
+                for t in ts {
+                    let i = index_of(&t).expect("a trace of the input");
+                    assert!(decided[i].is_none(), "trace {i} decided twice");
+                    decided[i] = t.decision;
+                }
+            }
+            let mut sink = Emitter::new(1);
+            for b in out.take(TailSampler::OFFERS) {
+                merge.process(0, b, &mut sink).unwrap();
+            }
+        };
+    let mut out = Emitter::new(4);
+    for r in &refs {
+        let shard = r.trace.trace_id.shard(shards);
+        samplers[shard]
+            .process(0, Batch::Traces(vec![r.clone()]), &mut out)
+            .unwrap();
+        collect(&mut out, &mut merge, &mut decided);
+    }
+    for s in &mut samplers {
+        s.on_watermark(WATERMARK_END, &mut out).unwrap();
+        collect(&mut out, &mut merge, &mut decided);
+    }
+    let mut verdicts = Emitter::new(1);
+    merge.on_watermark(WATERMARK_END, &mut verdicts).unwrap();
+    let verdicts = verdicts.take(0);
+    for s in &mut samplers {
+        for v in &verdicts {
+            s.process(1, v.clone(), &mut out).unwrap();
+        }
+        collect(&mut out, &mut merge, &mut decided);
+        assert_eq!(s.held_traces(), 0, "every held trace is decided at the end");
+    }
+    let mut metrics = SamplingMetrics::default();
+    for s in &samplers {
+        metrics.merge(s.metrics());
+    }
+    let decided = decided
+        .into_iter()
+        .enumerate()
+        .map(|(i, d)| d.unwrap_or_else(|| panic!("trace {i} was never decided")))
+        .collect();
+    (decided, metrics)
+}
+
+fn config(policies: Vec<PolicyConfig>) -> TailSamplingConfig {
+    TailSamplingConfig { policies }
 }
 
 /// A trace id whose hash puts it inside (or outside) the lowest `pct` percent.
@@ -371,13 +458,13 @@ fn first_matching_policy_is_recorded_and_counted() {
     let mut slow_err = ok_trace(1);
     slow_err.spans[1].start_ns -= 300 * MS;
     slow_err.spans[1].status = StatusCode::Error;
-    let d = s.decide(&slow_err);
+    let d = now(&mut s, &slow_err);
     assert_eq!(d.policy, Some(Sym::new("errors")), "first in config order");
     let mut slow = ok_trace(2);
     slow.spans[1].start_ns -= 300 * MS;
     slow.summary.start_ns = slow.spans[1].start_ns;
-    assert_eq!(s.decide(&slow).policy, Some(Sym::new("slow-db")));
-    let d = s.decide(&ok_trace(3));
+    assert_eq!(now(&mut s, &slow).policy, Some(Sym::new("slow-db")));
+    let d = now(&mut s, &ok_trace(3));
     assert_eq!(
         d,
         Decision {
@@ -414,27 +501,27 @@ fn adjusted_counts() {
 
     // Probabilistic only: 100 / percentage.
     let mut s = sampler(vec![error("errors"), probabilistic("baseline", 5.0)]);
-    let d = s.decide(&with_id(inside_5));
+    let d = now(&mut s, &with_id(inside_5));
     assert_eq!(d.policy, Some(Sym::new("baseline")));
     assert_eq!(d.adjusted_count, 20.0);
     // Deterministic: 1.
-    let d = s.decide(&with_error(outside_10));
+    let d = now(&mut s, &with_error(outside_10));
     assert_eq!(
         (d.policy, d.adjusted_count),
         (Some(Sym::new("errors")), 1.0)
     );
     // Dropped: 0.
-    assert_eq!(s.decide(&with_id(outside_10)).adjusted_count, 0.0);
+    assert_eq!(now(&mut s, &with_id(outside_10)).adjusted_count, 0.0);
 
     // Probabilistic first, but a deterministic policy matched too: 1.
     let mut s = sampler(vec![probabilistic("baseline", 5.0), error("errors")]);
-    let d = s.decide(&with_error(inside_5));
+    let d = now(&mut s, &with_error(inside_5));
     assert_eq!(d.policy, Some(Sym::new("baseline")));
     assert_eq!(d.adjusted_count, 1.0);
 
     // Nested probabilistic policies cut the same hash: the widest counts.
     let mut s = sampler(vec![probabilistic("p5", 5.0), probabilistic("p10", 10.0)]);
-    let d = s.decide(&with_id(inside_5));
+    let d = now(&mut s, &with_id(inside_5));
     assert_eq!((d.policy, d.adjusted_count), (Some(Sym::new("p5")), 10.0));
 
     // and(deterministic, probabilistic): 100 / percentage among matching traces.
@@ -442,46 +529,58 @@ fn adjusted_counts() {
         "errors-5",
         vec![error(""), probabilistic("", 5.0)],
     )]);
-    assert_eq!(s.decide(&with_error(inside_5)).adjusted_count, 20.0);
-    assert!(!s.decide(&with_id(inside_5)).sampled);
+    assert_eq!(now(&mut s, &with_error(inside_5)).adjusted_count, 20.0);
+    assert!(!now(&mut s, &with_id(inside_5)).sampled);
 
     // not(probabilistic 10): keeps 90 %, each standing for 100/90.
     let mut s = sampler(vec![not("not-10", probabilistic("", 10.0))]);
-    let d = s.decide(&with_id(outside_10));
+    let d = now(&mut s, &with_id(outside_10));
     assert!((d.adjusted_count - 100.0 / 90.0).abs() < 1e-12);
-    assert!(!s.decide(&with_id(inside_5)).sampled);
+    assert!(!now(&mut s, &with_id(inside_5)).sampled);
 
     // Probabilistic 100 keeps everything at weight 1.
     let mut s = sampler(vec![probabilistic("all", 100.0)]);
-    assert_eq!(s.decide(&with_id(outside_10)).adjusted_count, 1.0);
+    assert_eq!(now(&mut s, &with_id(outside_10)).adjusted_count, 1.0);
 
-    // A trace kept by a rate limit and, independently, by the hash: the union.
-    let mut s = sampler(vec![
+    // A trace kept by a rate limit and, independently, by the hash: the union. Three
+    // traces of one endpoint and second, budget 1: the rate limit keeps the one of
+    // lowest rank, which stands for 3; with the hash too, 1 / (1 - 2/3 * 0.95).
+    let cfg = config(vec![
         rate_limit("per-endpoint", 1.0),
         probabilistic("p5", 5.0),
     ]);
     let mut rng = Rng(5);
-    for i in 0..3 {
-        let id = loop {
-            let id = rng.trace_id();
-            if id.hash64() as f64 / 18_446_744_073_709_551_616.0 >= 0.05 {
-                break id;
+    let third = loop {
+        let id = rng.trace_id();
+        if id.hash64() as f64 / 18_446_744_073_709_551_616.0 >= 0.05 && id != outside_10 {
+            break id;
+        }
+    };
+    let ids = [inside_5, outside_10, third];
+    let traces: Vec<ClosedTrace> = ids.iter().map(|id| with_id(*id)).collect();
+    let (d, _) = decide_all(&cfg, &traces, 1);
+    let spec = LimitSpec::new(1.0, "per-endpoint");
+    let lowest = (0..3).min_by_key(|&i| spec.rank(ids[i])).unwrap();
+    for (i, d) in d.iter().enumerate() {
+        let by_hash = i == 0;
+        match (i == lowest, by_hash) {
+            (true, true) => {
+                let want = 1.0 / (1.0 - (1.0 - 1.0 / 3.0) * (1.0 - 0.05));
+                assert_eq!(d.policy, Some(Sym::new("per-endpoint")));
+                assert!(
+                    (d.adjusted_count - want).abs() < 1e-12,
+                    "{}",
+                    d.adjusted_count
+                );
             }
-        };
-        assert_eq!(s.decide(&with_id(id)).sampled, i == 0);
+            (true, false) => assert_eq!(
+                (d.policy, d.adjusted_count),
+                (Some(Sym::new("per-endpoint")), 3.0)
+            ),
+            (false, true) => assert_eq!((d.policy, d.adjusted_count), (Some(Sym::new("p5")), 20.0)),
+            (false, false) => assert!(!d.sampled),
+        }
     }
-    // The first trace took the second's budget; the rest were dropped. Next second:
-    let mut t = with_id(inside_5);
-    t.summary.end_ns += 2 * S;
-    let d = s.decide(&t);
-    let (p_rl, p_prob) = (1.0 / 3.0, 0.05);
-    let want = 1.0 / (1.0 - (1.0 - p_rl) * (1.0 - p_prob));
-    assert_eq!(d.policy, Some(Sym::new("per-endpoint")));
-    assert!(
-        (d.adjusted_count - want).abs() < 1e-12,
-        "{}",
-        d.adjusted_count
-    );
 }
 
 #[test]
@@ -490,17 +589,15 @@ fn probabilistic_is_deterministic_across_instances() {
         policies: vec![probabilistic("baseline", 30.0)],
     };
     let mut a = TailSampler::new(config.clone());
-    let mut b = TailSampler::new(config.clone());
-    let mut c = TailSampler::new_sharded(config, 8);
+    let mut b = TailSampler::new(config);
     let mut rng = Rng(7);
     for _ in 0..2_000 {
         let mut t = ok_trace(0);
         t.trace_id = rng.trace_id();
-        let da = a.decide(&t);
-        assert_eq!(da, b.decide(&t));
-        assert_eq!(da, c.decide(&t), "sharding does not affect probabilistic");
+        let da = now(&mut a, &t);
+        assert_eq!(da, now(&mut b, &t));
         // Deciding the same trace again gives the same answer.
-        assert_eq!(da, a.decide(&t));
+        assert_eq!(da, now(&mut a, &t));
     }
 }
 
@@ -515,8 +612,8 @@ fn probabilistic_extremes() {
     for id in ids {
         let mut t = ok_trace(0);
         t.trace_id = id;
-        assert!(!none.decide(&t).sampled);
-        let d = all.decide(&t);
+        assert!(!now(&mut none, &t).sampled);
+        let d = now(&mut all, &t);
         assert!(d.sampled);
         assert_eq!(d.adjusted_count, 1.0);
     }
@@ -531,7 +628,7 @@ fn probabilistic_keeps_the_target_fraction() {
             .iter()
             .filter(|id| {
                 t.trace_id = **id;
-                s.decide(&t).sampled
+                now(&mut s, &t).sampled
             })
             .count();
         kept as f64 * 100.0 / ids.len() as f64
@@ -553,263 +650,199 @@ fn probabilistic_keeps_the_target_fraction() {
     );
 }
 
-#[test]
-fn rate_limit_keeps_budget_per_endpoint_and_second() {
-    let mut s = sampler(vec![rate_limit("per-endpoint", 2.0)]);
-    let second = |s: &mut TailSampler, base: u64, start: u64| -> Vec<Decision> {
-        (0..10)
-            .map(|i| {
-                s.decide(&endpoint_trace(
-                    base + i,
-                    "api",
-                    "GET /a",
-                    start + i * 90 * MS,
-                ))
-            })
-            .collect()
-    };
-    let first = second(&mut s, 0, T0);
-    let kept: Vec<usize> = (0..10).filter(|&i| first[i].sampled).collect();
-    assert_eq!(kept, vec![0, 1], "exactly two, the first two");
-    assert!(first[0].adjusted_count == 1.0 && first[1].adjusted_count == 1.0);
-    assert!(first[2..].iter().all(|d| d.adjusted_count == 0.0));
+/// Indexes of the kept decisions.
+fn kept_at(d: &[Decision]) -> Vec<usize> {
+    (0..d.len()).filter(|&i| d[i].sampled).collect()
+}
 
-    // The next second has a fresh budget. Its first kept trace also stands for the
-    // eight dropped in the previous second.
-    let next = second(&mut s, 100, T0 + S);
-    let kept: Vec<usize> = (0..10).filter(|&i| next[i].sampled).collect();
-    assert_eq!(kept, vec![0, 1]);
-    assert_eq!(next[0].adjusted_count, 9.0);
-    assert_eq!(next[1].adjusted_count, 1.0);
-    let m = s.metrics();
+#[test]
+fn rate_limit_keeps_the_lowest_ranks_per_endpoint_and_second() {
+    let cfg = config(vec![rate_limit("per-endpoint", 2.0)]);
+    let spec = LimitSpec::new(2.0, "per-endpoint");
+    let traces: Vec<ClosedTrace> = (0..20u64)
+        .map(|i| endpoint_trace(i, "api", "GET /a", T0 + (i / 10) * S + (i % 10) * 90 * MS))
+        .collect();
+    let (d, m) = decide_all(&cfg, &traces, 1);
+    for second in 0..2 {
+        let ids: Vec<usize> = (second * 10..second * 10 + 10).collect();
+        let mut by_rank = ids.clone();
+        by_rank.sort_by_key(|&i| spec.rank(traces[i].trace_id));
+        let want: Vec<usize> = {
+            let mut w = by_rank[..2].to_vec();
+            w.sort_unstable();
+            w
+        };
+        let got: Vec<usize> = ids.iter().copied().filter(|&i| d[i].sampled).collect();
+        assert_eq!(got, want, "second {second}: the two of lowest rank");
+        for &i in &want {
+            // Each kept trace stands for 10 / 2 traces of its window, exactly.
+            assert_eq!(d[i].adjusted_count, 5.0);
+            assert_eq!(d[i].policy, Some(Sym::new("per-endpoint")));
+        }
+    }
     assert_eq!((m.traces_kept, m.traces_dropped), (4, 16));
     assert_eq!(m.kept_by_policy.get("per-endpoint"), Some(&4));
 }
 
 #[test]
+fn rate_limit_decisions_do_not_depend_on_shards_or_order() {
+    let traces = mixed_stream(600, 3);
+    let (one, m1) = decide_all(&mixed_config(), &traces, 1);
+    assert!(
+        one.iter()
+            .any(|d| d.policy == Some(Sym::new("per-endpoint")))
+    );
+    assert!(
+        one.iter()
+            .any(|d| d.policy == Some(Sym::new("health-limited")))
+    );
+    for shards in [2, 3, 4] {
+        let (d, m) = decide_all(&mixed_config(), &traces, shards);
+        assert_eq!(d, one, "{shards} shards");
+        assert_eq!(m, m1, "{shards} shards");
+    }
+    // Reversed arrival order: the same decisions per trace.
+    let mut rev = traces.clone();
+    rev.reverse();
+    let (mut d, _) = decide_all(&mixed_config(), &rev, 2);
+    d.reverse();
+    assert_eq!(d, one);
+}
+
+#[test]
 fn rate_limit_does_not_starve_low_traffic_endpoints() {
-    let mut s = sampler(vec![rate_limit("per-endpoint", 1.0)]);
+    let cfg = config(vec![rate_limit("per-endpoint", 1.0)]);
+    let mut traces = Vec::new();
+    let mut cold = Vec::new();
     let mut id = 0;
-    let mut cold_kept = 0;
     for sec in 0..20u64 {
-        for i in 0..500u64 {
+        for i in 0..100u64 {
             id += 1;
-            s.decide(&endpoint_trace(
-                id,
-                "api",
-                "GET /hot",
-                T0 + sec * S + i * MS,
-            ));
-            if i == 250 && sec % 5 == 0 {
+            traces.push(endpoint_trace(id, "api", "GET /hot", T0 + sec * S + i * MS));
+            if i == 50 && sec % 5 == 0 {
                 id += 1;
-                let d = s.decide(&endpoint_trace(
+                cold.push(traces.len());
+                traces.push(endpoint_trace(
                     id,
                     "api",
                     "POST /cold",
                     T0 + sec * S + i * MS,
                 ));
-                cold_kept += usize::from(d.sampled);
-                assert_eq!(d.adjusted_count, 1.0);
             }
         }
     }
-    assert_eq!(cold_kept, 4, "every trace of the quiet endpoint is kept");
-    // The hot endpoint got exactly its budget.
-    assert_eq!(s.metrics().traces_kept, 20 + 4);
+    let (d, m) = decide_all(&cfg, &traces, 2);
+    for &i in &cold {
+        assert!(d[i].sampled, "every trace of the quiet endpoint is kept");
+        assert_eq!(d[i].adjusted_count, 1.0);
+    }
+    // The hot endpoint got exactly its budget: one per second.
+    assert_eq!(m.traces_kept, 20 + 4);
 }
 
 #[test]
-fn fractional_rate_uses_an_event_time_token_bucket() {
-    let mut s = sampler(vec![rate_limit("per-endpoint", 0.5)]);
-    let decisions: Vec<Decision> = (0..100u64)
-        .map(|i| s.decide(&endpoint_trace(i, "api", "GET /a", T0 + i * 100 * MS)))
+fn fractional_rates_use_longer_windows() {
+    // 0.5 per second: one trace per 2 s window.
+    let cfg = config(vec![rate_limit("per-endpoint", 0.5)]);
+    let traces: Vec<ClosedTrace> = (0..100u64)
+        .map(|i| endpoint_trace(i, "api", "GET /a", T0 + i * 100 * MS))
         .collect();
-    let kept_at: Vec<u64> = (0..100u64)
-        .filter(|&i| decisions[i as usize].sampled)
-        .collect();
-    // A full bucket (1 token) keeps the first; then one token every 2 s of event time.
-    assert_eq!(kept_at, vec![0, 20, 40, 60, 80]);
-    assert_eq!(decisions[0].adjusted_count, 1.0);
-    for i in [20, 40, 60, 80] {
-        assert_eq!(decisions[i].adjusted_count, 20.0, "19 dropped + itself");
+    let (d, _) = decide_all(&cfg, &traces, 2);
+    let kept = kept_at(&d);
+    assert_eq!(kept.len(), 5, "{kept:?}");
+    for (w, &i) in kept.iter().enumerate() {
+        assert_eq!(i / 20, w, "one per 2 s window");
+        assert_eq!(d[i].adjusted_count, 20.0);
     }
-
-    // Capacity max(1, rate): 2.5 per second keeps at most 2 of a sudden burst.
-    let mut s = sampler(vec![rate_limit("per-endpoint", 2.5)]);
-    let burst = (0..10)
-        .filter(|&i| kept(&mut s, &endpoint_trace(i, "api", "GET /a", T0)))
-        .count();
-    assert_eq!(burst, 2);
-    // 2.5 tokens accrue over the next second, 2 of them usable right away.
-    let later = (10..20)
-        .filter(|&i| kept(&mut s, &endpoint_trace(i, "api", "GET /a", T0 + S)))
-        .count();
-    assert_eq!(later, 2);
+    // 2.5 per second rounds to 3 per 1 s window.
+    assert_eq!(LimitSpec::new(2.5, "x").budget, 3);
+    assert_eq!(LimitSpec::new(0.3, "x").window_ns, 3 * S);
+    assert_eq!(LimitSpec::new(0.3, "x").budget, 1);
 }
 
 #[test]
 fn zero_rate_keeps_nothing() {
-    let mut s = sampler(vec![rate_limit("off", 0.0)]);
-    for i in 0..10 {
-        assert!(!kept(
-            &mut s,
-            &endpoint_trace(i, "api", "GET /a", T0 + i * S)
-        ));
-    }
+    let cfg = config(vec![rate_limit("off", 0.0)]);
+    let traces: Vec<ClosedTrace> = (0..10)
+        .map(|i| endpoint_trace(i, "api", "GET /a", T0 + i * S))
+        .collect();
+    let (d, _) = decide_all(&cfg, &traces, 1);
+    assert!(d.iter().all(|d| !d.sampled));
 }
 
 #[test]
-fn sharded_sampler_divides_rate_budgets() {
-    let config = TailSamplingConfig {
-        policies: vec![rate_limit("per-endpoint", 2.0), error("errors")],
-    };
-    let mut shard = TailSampler::new_sharded(config.clone(), 2);
-    let kept_in_second = (0..10)
-        .filter(|&i| kept(&mut shard, &endpoint_trace(i, "api", "GET /a", T0 + i * MS)))
-        .count();
-    assert_eq!(
-        kept_in_second, 1,
-        "2 per second over 2 shards is 1 per shard"
-    );
-
-    // 3 over 2 shards: 1.5 per second, a token bucket; over 10 s about 15 per shard.
-    let config = TailSamplingConfig {
-        policies: vec![rate_limit("per-endpoint", 3.0)],
-    };
-    let mut shard = TailSampler::new_sharded(config, 2);
-    let kept_total = (0..1_000u64)
-        .filter(|&i| {
-            kept(
-                &mut shard,
-                &endpoint_trace(i, "api", "GET /a", T0 + i * 10 * MS),
-            )
+fn rate_limit_ranks_every_trace_it_is_offered() {
+    // Errors are kept by `errors` at once (weight 1), and the rate limit still ranks
+    // them: the trace it keeps is the lowest rank of all, errors included.
+    let cfg = config(vec![error("errors"), rate_limit("per-endpoint", 1.0)]);
+    let spec = LimitSpec::new(1.0, "per-endpoint");
+    let traces: Vec<ClosedTrace> = (0..8u64)
+        .map(|i| {
+            let mut t = endpoint_trace(i, "api", "GET /a", T0 + i * 10 * MS);
+            if i % 2 == 0 {
+                t.spans[0].status = StatusCode::Error;
+            }
+            t
         })
-        .count();
-    assert!((15..=16).contains(&kept_total), "{kept_total}");
-
-    // Zero shards is treated as one rather than dividing by zero.
-    let config = TailSamplingConfig {
-        policies: vec![rate_limit("per-endpoint", 2.0)],
-    };
-    let mut s = TailSampler::new_sharded(config, 0);
-    let kept_in_second = (0..10)
-        .filter(|&i| kept(&mut s, &endpoint_trace(i, "api", "GET /a", T0 + i * MS)))
-        .count();
-    assert_eq!(kept_in_second, 2);
-}
-
-#[test]
-fn rate_limit_state_is_bounded_by_event_time_eviction() {
-    let mut s = sampler(vec![rate_limit("per-endpoint", 1.0)]);
-    for i in 0..100 {
-        s.decide(&endpoint_trace(
-            i,
-            "api",
-            &format!("GET /{i}"),
-            T0 + 500 * MS,
-        ));
-    }
-    assert_eq!(s.tracked_endpoints(), 100);
-    s.decide(&endpoint_trace(1000, "api", "GET /new", T0 + 60 * S));
-    assert_eq!(s.tracked_endpoints(), 101, "60 s behind the newest is kept");
-    s.decide(&endpoint_trace(1001, "api", "GET /new", T0 + 61 * S));
-    assert_eq!(
-        s.tracked_endpoints(),
-        1,
-        "older than 60 s behind is evicted"
-    );
-    // An evicted endpoint comes back with a fresh budget.
-    assert!(kept(
-        &mut s,
-        &endpoint_trace(1002, "api", "GET /1", T0 + 61 * S)
-    ));
-}
-
-#[test]
-fn out_of_order_trace_is_charged_to_the_current_bucket() {
-    let mut s = sampler(vec![rate_limit("per-endpoint", 1.0)]);
-    assert!(kept(
-        &mut s,
-        &endpoint_trace(1, "api", "GET /a", T0 + 10 * S)
-    ));
-    assert!(
-        !kept(&mut s, &endpoint_trace(2, "api", "GET /a", T0 + 5 * S)),
-        "an older trace does not reopen its second's budget"
-    );
-    assert!(kept(
-        &mut s,
-        &endpoint_trace(3, "api", "GET /a", T0 + 11 * S)
-    ));
-}
-
-#[test]
-fn rate_limit_counts_only_fully_dropped_traces_as_pending() {
-    let mut s = sampler(vec![error("errors"), rate_limit("per-endpoint", 1.0)]);
-    let at = |id: u64, ms: u64, is_error: bool| {
-        let mut t = endpoint_trace(id, "api", "GET /a", T0 + ms * MS);
-        if is_error {
-            t.spans[0].status = StatusCode::Error;
+        .collect();
+    let (d, _) = decide_all(&cfg, &traces, 1);
+    let lowest = (0..8)
+        .min_by_key(|&i| spec.rank(traces[i].trace_id))
+        .unwrap();
+    for (i, d) in d.iter().enumerate() {
+        if i % 2 == 0 {
+            assert_eq!(
+                (d.policy, d.adjusted_count),
+                (Some(Sym::new("errors")), 1.0)
+            );
+        } else if i == lowest {
+            assert_eq!(
+                (d.policy, d.adjusted_count),
+                (Some(Sym::new("per-endpoint")), 8.0),
+                "stands for the 8 traces it ranked"
+            );
+        } else {
+            assert!(!d.sampled);
         }
-        t
-    };
-    let d = s.decide(&at(1, 0, false));
-    assert_eq!(
-        (d.policy, d.adjusted_count),
-        (Some(Sym::new("per-endpoint")), 1.0)
-    );
-    // Errors are kept by `errors` (weight 1) and spend no further limiter budget.
-    for i in 2..6 {
-        let d = s.decide(&at(i, i * 10, true));
-        assert_eq!(
-            (d.policy, d.adjusted_count),
-            (Some(Sym::new("errors")), 1.0)
-        );
     }
-    // Three ordinary traces over the budget are dropped...
-    for i in 6..9 {
-        assert!(!s.decide(&at(i, i * 10, false)).sampled);
-    }
-    // ...and the next trace the limiter keeps stands for them and itself.
-    let d = s.decide(&at(9, 1_000, false));
+}
+
+#[test]
+fn a_trace_is_decided_on_arrival_when_no_rate_limit_can_change_it() {
+    let mut s = sampler(vec![error("errors"), rate_limit("per-endpoint", 1.0)]);
+    let mut err = endpoint_trace(1, "api", "GET /a", T0);
+    err.spans[0].status = StatusCode::Error;
     assert_eq!(
-        (d.policy, d.adjusted_count),
-        (Some(Sym::new("per-endpoint")), 4.0)
+        s.decide(&err).map(|d| d.policy),
+        Some(Some(Sym::new("errors")))
     );
-    // An error kept in a later second uses the limiter's token but keeps weight 1,
-    // and the pending count is not consumed by it.
-    assert!(!s.decide(&at(10, 1_100, false)).sampled);
-    let d = s.decide(&at(11, 2_000, true));
-    assert_eq!(
-        (d.policy, d.adjusted_count),
-        (Some(Sym::new("errors")), 1.0)
-    );
-    assert!(!s.decide(&at(12, 2_100, false)).sampled);
-    let d = s.decide(&at(13, 3_000, false));
-    assert_eq!(d.adjusted_count, 3.0, "two pending drops + itself");
+    assert_eq!(s.decide(&endpoint_trace(2, "api", "GET /a", T0)), None);
+    // A rate limit ahead of the deterministic policy names the policy: wait.
+    let mut s = sampler(vec![rate_limit("per-endpoint", 1.0), error("errors")]);
+    assert_eq!(s.decide(&err), None);
 }
 
 #[test]
 fn rate_limit_inside_and_only_counts_matching_traces() {
-    let mut s = sampler(vec![and(
+    let cfg = config(vec![and(
         "vip-limited",
         vec![attribute("", "service.name", &["vip"]), rate_limit("", 1.0)],
     )]);
-    // Non-vip traces never reach the limiter, so they do not spend its budget.
-    for i in 0..5 {
-        assert!(!kept(
-            &mut s,
-            &endpoint_trace(i, "api", "GET /a", T0 + i * MS)
-        ));
+    let mut traces: Vec<ClosedTrace> = (0..5)
+        .map(|i| endpoint_trace(i, "api", "GET /a", T0 + i * MS))
+        .collect();
+    traces.push(endpoint_trace(10, "vip", "GET /a", T0 + 10 * MS));
+    traces.push(endpoint_trace(11, "vip", "GET /a", T0 + 20 * MS));
+    // Non-vip traces are never offered, so they are decided at once.
+    let mut s = TailSampler::new(cfg.clone());
+    for t in &traces[..5] {
+        assert_eq!(s.decide(t).map(|d| d.sampled), Some(false));
     }
-    assert_eq!(s.tracked_endpoints(), 0);
-    assert!(kept(
-        &mut s,
-        &endpoint_trace(10, "vip", "GET /a", T0 + 10 * MS)
-    ));
-    assert!(!kept(
-        &mut s,
-        &endpoint_trace(11, "vip", "GET /a", T0 + 20 * MS)
-    ));
+    let (d, _) = decide_all(&cfg, &traces, 2);
+    assert_eq!(kept_at(&d).len(), 1);
+    let kept = kept_at(&d)[0];
+    assert!(kept >= 5);
+    assert_eq!(d[kept].adjusted_count, 2.0, "one of the two vip traces");
 }
 
 /// A mixed stream: several endpoints, some errors and slow spans, random ids.
@@ -851,86 +884,151 @@ fn mixed_config() -> TailSamplingConfig {
 }
 
 #[test]
-fn snapshot_and_restore_give_the_same_decisions() {
-    let traces = mixed_stream(600, 3);
-    let mut whole = TailSampler::new(mixed_config());
-    let expected: Vec<Decision> = traces.iter().map(|t| whole.decide(t)).collect();
+fn the_sampler_and_its_merge_pass_the_operator_harness() {
+    use crate::operator::harness::{Step, check};
+    // Traces in end order, a watermark after each batch of ten; held traces wait for
+    // verdicts that come back on input 1 (the harness plays the merge's part with the
+    // verdicts a run of the whole stream gives).
+    let traces = mixed_stream(120, 8);
+    let (all, _) = decide_all(&mixed_config(), &traces, 1);
     assert!(
-        expected
-            .iter()
-            .any(|d| d.policy == Some(Sym::new("health-limited")))
+        all.iter()
+            .any(|d| d.policy == Some(Sym::new("per-endpoint")))
     );
+    let mut merge_script = Vec::new();
+    let mut offers_seen = Vec::new();
+    let make =
+        || -> Box<dyn crate::operator::Operator> { Box::new(TailSampler::new(mixed_config())) };
+    let mut script = Vec::new();
+    let mut sorted = traces.clone();
+    sorted.sort_by_key(|t| t.summary.end_ns);
+    for chunk in sorted.chunks(10) {
+        script.push(Step::Batch(Batch::Traces(
+            chunk
+                .iter()
+                .map(|t| TraceRef {
+                    trace: std::sync::Arc::new(t.clone()),
+                    decision: None,
+                })
+                .collect(),
+        )));
+        let end = chunk.iter().map(|t| t.summary.end_ns).max().unwrap_or(0);
+        script.push(Step::Watermark(end));
+    }
+    script.push(Step::End);
+    let o = check("tail_sampling (offers)", &make, 4, &script);
+    for b in &o.outputs[TailSampler::OFFERS] {
+        offers_seen.push(b.clone());
+        merge_script.push(Step::Batch(b.clone()));
+    }
+    assert!(!offers_seen.is_empty());
+    for (_, w) in &o.forwarded {
+        merge_script.push(Step::Watermark(*w));
+    }
+    merge_script.push(Step::End);
+    let make_merge = || -> Box<dyn crate::operator::Operator> {
+        Box::new(TailSampler::new(mixed_config()).merge_operator())
+    };
+    let m = check("tail_sampling merge", &make_merge, 1, &merge_script);
+    // The merge answers for every window it was offered.
+    let offered: usize = offers_seen.iter().map(Batch::len).sum();
+    let answered: usize = m.outputs[0].iter().map(Batch::len).sum();
+    assert!(answered > 0 && answered <= offered);
+}
 
-    for cut in [0, 1, 250, 599, 600] {
-        let mut first = TailSampler::new(mixed_config());
-        let mut got: Vec<Decision> = traces[..cut].iter().map(|t| first.decide(t)).collect();
-        let json = serde_json::to_string(first.snapshot()).unwrap();
-        drop(first);
-        let state: TailSamplerState = serde_json::from_str(&json).unwrap();
-        let mut restored = TailSampler::with_state(mixed_config(), state);
-        got.extend(traces[cut..].iter().map(|t| restored.decide(t)));
-        assert_eq!(got, expected, "cut at {cut}");
-        assert_eq!(restored.metrics(), whole.metrics());
-        assert_eq!(
-            serde_json::to_string(restored.snapshot()).unwrap(),
-            serde_json::to_string(whole.snapshot()).unwrap(),
-            "equal states give equal checkpoints"
-        );
+#[test]
+fn snapshot_and_restore_of_a_waiting_sampler_give_the_same_decisions() {
+    use crate::operator::{Emitter, Operator};
+    let traces = mixed_stream(300, 3);
+    let (expected, _) = decide_all(&mixed_config(), &traces, 1);
+    let refs: Vec<TraceRef> = traces
+        .iter()
+        .map(|t| TraceRef {
+            trace: std::sync::Arc::new(t.clone()),
+            decision: None,
+        })
+        .collect();
+    for cut in [0, 1, 150, 300] {
+        let mut s = TailSampler::new(mixed_config());
+        let mut merge = s.merge_operator();
+        let mut out = Emitter::new(4);
+        let mut sink = Emitter::new(1);
+        let mut got: Vec<(TraceId, Decision)> = Vec::new();
+        let mut drain =
+            |out: &mut Emitter, merge: &mut RateLimitMerge, got: &mut Vec<(TraceId, Decision)>| {
+                for b in out.take(TailSampler::TRACES) {
+                    if let Batch::Traces(ts) = b {
+                        got.extend(
+                            ts.into_iter()
+                                .map(|t| (t.trace.trace_id, t.decision.unwrap())),
+                        );
+                    }
+                }
+                for b in out.take(TailSampler::OFFERS) {
+                    merge.process(0, b, &mut sink).unwrap();
+                }
+            };
+        s.process(0, Batch::Traces(refs[..cut].to_vec()), &mut out)
+            .unwrap();
+        drain(&mut out, &mut merge, &mut got);
+        // Stop: both sides keep their state; a new pair resumes from it.
+        let (ss, ms) = (s.snapshot().unwrap(), merge.snapshot().unwrap());
+        let mut s = TailSampler::new(mixed_config());
+        s.restore(&ss).unwrap();
+        let mut merge = s.merge_operator();
+        merge.restore(&ms).unwrap();
+        s.process(0, Batch::Traces(refs[cut..].to_vec()), &mut out)
+            .unwrap();
+        drain(&mut out, &mut merge, &mut got);
+        s.on_watermark(WATERMARK_END, &mut out).unwrap();
+        drain(&mut out, &mut merge, &mut got);
+        let mut v = Emitter::new(1);
+        merge.on_watermark(WATERMARK_END, &mut v).unwrap();
+        for b in v.take(0) {
+            s.process(1, b, &mut out).unwrap();
+        }
+        drain(&mut out, &mut merge, &mut got);
+        assert_eq!(s.held_traces(), 0);
+        let mut want: Vec<(TraceId, Decision)> = traces
+            .iter()
+            .map(|t| t.trace_id)
+            .zip(expected.iter().cloned())
+            .collect();
+        want.sort_by_key(|(id, _)| *id);
+        got.sort_by_key(|(id, _)| *id);
+        assert_eq!(got, want, "cut at {cut}");
     }
 }
 
 #[test]
-fn restore_matches_limiters_by_key_not_position() {
-    let mut before = sampler(vec![rate_limit("per-endpoint", 1.0)]);
-    assert!(kept(&mut before, &endpoint_trace(1, "api", "GET /a", T0)));
-    let state = before.snapshot().clone();
-    // A limiter was added in front: the old one still finds its buckets.
-    let config = TailSamplingConfig {
-        policies: vec![
-            rate_limit("new-limit", 0.0),
-            rate_limit("per-endpoint", 1.0),
-        ],
-    };
-    let mut after = TailSampler::with_state(config, state);
-    assert!(
-        !kept(
-            &mut after,
-            &endpoint_trace(2, "api", "GET /a", T0 + 10 * MS)
-        ),
-        "per-endpoint's budget for this second was spent before the restore"
-    );
-    assert!(kept(
-        &mut after,
-        &endpoint_trace(3, "api", "GET /a", T0 + S)
-    ));
-    assert_eq!(after.metrics().kept_by_policy.get("per-endpoint"), Some(&2));
-}
-
-#[test]
-fn process_matches_decide() {
+fn process_matches_decide_without_rate_limits() {
+    use crate::operator::{Emitter, Operator};
+    let cfg = config(vec![error("errors"), probabilistic("baseline", 10.0)]);
     let traces = mixed_stream(200, 5);
-    let mut a = TailSampler::new(mixed_config());
-    let mut b = TailSampler::new(mixed_config());
-    let mut out = Vec::new();
-    a.process(&traces, &mut out);
-    let one_by_one: Vec<Decision> = traces.iter().map(|t| b.decide(t)).collect();
-    assert_eq!(out, one_by_one);
+    let mut a = TailSampler::new(cfg.clone());
+    let mut b = TailSampler::new(cfg);
+    let mut out = Emitter::new(4);
+    let refs: Vec<TraceRef> = traces
+        .iter()
+        .map(|t| TraceRef {
+            trace: std::sync::Arc::new(t.clone()),
+            decision: None,
+        })
+        .collect();
+    a.process(0, Batch::Traces(refs), &mut out).unwrap();
+    let Some(Batch::Traces(ts)) = out.take(TailSampler::TRACES).pop() else {
+        panic!("one batch of decided traces")
+    };
+    let got: Vec<Decision> = ts.into_iter().map(|t| t.decision.unwrap()).collect();
+    let one_by_one: Vec<Decision> = traces.iter().map(|t| now(&mut b, t)).collect();
+    assert_eq!(got, one_by_one);
+    assert!(out.take(TailSampler::OFFERS).is_empty(), "nothing to offer");
 }
 
 #[test]
 fn metrics_merge_sums_shards() {
     let traces = mixed_stream(300, 11);
-    let mut a = TailSampler::new_sharded(mixed_config(), 2);
-    let mut b = TailSampler::new_sharded(mixed_config(), 2);
-    for t in &traces {
-        if t.trace_id.hash64() % 2 == 0 {
-            a.decide(t);
-        } else {
-            b.decide(t);
-        }
-    }
-    let mut sum = a.metrics().clone();
-    sum.merge(b.metrics());
+    let (_, sum) = decide_all(&mixed_config(), &traces, 2);
     assert_eq!(sum.traces_seen, 300);
     assert_eq!(sum.traces_kept + sum.traces_dropped, 300);
     assert_eq!(sum.kept_by_policy.values().sum::<u64>(), sum.traces_kept);
@@ -1085,7 +1183,7 @@ fn invalid_values_do_not_panic() {
     };
     let mut s = TailSampler::new(config);
     for t in mixed_stream(50, 1) {
-        let d = s.decide(&t);
+        let d = now(&mut s, &t);
         assert!(d.sampled);
         assert!(d.adjusted_count >= 1.0 && d.adjusted_count.is_finite());
     }
@@ -1093,7 +1191,7 @@ fn invalid_values_do_not_panic() {
     let mut s = sampler(vec![error("")]);
     let mut t = ok_trace(1);
     t.spans[0].status = StatusCode::Error;
-    assert_eq!(s.decide(&t).policy, Some(Sym::new("policies.0")));
+    assert_eq!(now(&mut s, &t).policy, Some(Sym::new("policies.0")));
 }
 
 // ---- property test against a naive reference for the stateless policies ----
@@ -1201,7 +1299,7 @@ proptest! {
         prop_assert!(config.validate().is_empty());
         let mut s = TailSampler::new(config);
         for t in &traces {
-            let d = s.decide(t);
+            let d = now(&mut s, t);
             let matches: Vec<bool> = policies.iter().map(|p| naive_matches(p, t)).collect();
             let first = matches.iter().position(|m| *m);
             prop_assert_eq!(d.sampled, first.is_some());
