@@ -125,7 +125,8 @@ pub enum OperatorFile {
         config: SpanFilterConfig,
     },
     /// Tail sampling on complete traces. Reads traces; outputs `traces` (all of them,
-    /// marked `sampled`) and `spans` (the spans of kept traces).
+    /// marked `sampled`), `spans` (the spans of kept traces) and `kept` (the kept
+    /// traces).
     #[schemars(extend("additionalProperties" = false))]
     TailSampling {
         /// Input streams.

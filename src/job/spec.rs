@@ -9,17 +9,21 @@
 //! | any source       | `spans`, `dead_letters`        | spans / records  |
 //! | `span_filter`    | `spans`                        | spans            |
 //! | `session_window` | `traces`, `late_spans`         | traces / spans   |
-//! | `tail_sampling`  | `traces`, `spans`              | traces / spans   |
+//! | `tail_sampling`  | `traces`, `spans`, `kept`      | traces           |
 //! | `red_metrics`    | `red_metrics`, `exemplars`     | metric rows      |
 //! | `service_graph`  | `service_relation`             | metric rows      |
 //!
 //! A sink writes each stream it reads to a table named after the output port
-//! (`traces`, `late_spans`, `dead_letters`, ...).
+//! (`traces`, `late_spans`, `dead_letters`, ...), or `<node>_<port>` when streams of
+//! two nodes share the port's name ([`table_names`]). The operators' rows of this
+//! table are their kinds' [`Shape`]s ([`OperatorKind::SHAPES`]).
 
 use std::path::PathBuf;
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+
 use spanflow_operators::HumanDuration;
 use spanflow_operators::operator::Shape;
 use spanflow_operators::red_metrics::{RedMetrics, RedMetricsConfig};
@@ -33,6 +37,7 @@ use crate::connectors::file::FileSourceConfig;
 use crate::connectors::generator::GeneratorConfig;
 use crate::connectors::kafka::{KafkaSinkConfig, KafkaSourceConfig};
 use crate::connectors::parquet::ParquetSinkConfig;
+use crate::runtime::NodeBuild;
 
 /// A validated job.
 #[derive(Debug, Clone, PartialEq)]
@@ -155,6 +160,67 @@ impl OperatorKind {
     /// The declaration of the kind named `type_name` in job files.
     pub fn shape_of(type_name: &str) -> Option<&'static Shape> {
         Self::SHAPES.iter().find(|s| s.kind == type_name)
+    }
+
+    /// The running operator of this kind: its shape and how the runtime builds its
+    /// instances. `sampled_input`: the node reads a sampler's output (metric operators
+    /// then keep exemplars of kept traces only).
+    pub fn build(&self, sampled_input: bool) -> (Shape, NodeBuild) {
+        match self {
+            OperatorKind::SpanFilter(c) => {
+                let c = c.clone();
+                (
+                    SpanFilter::SHAPE,
+                    NodeBuild::Shard(Arc::new(move |_| Box::new(SpanFilter::new(&c)))),
+                )
+            }
+            OperatorKind::SessionWindow(c) => {
+                let c = c.clone();
+                (
+                    SessionWindow::SHAPE,
+                    NodeBuild::Shard(Arc::new(move |_| Box::new(SessionWindow::new(c.clone())))),
+                )
+            }
+            OperatorKind::TailSampling(c) => {
+                let (p, m) = (c.clone(), c.clone());
+                let build = if TailSampler::new(c.clone()).has_rate_limits() {
+                    // Rate limits decide over all shards' traces (see `tail_sampling::limit`).
+                    NodeBuild::Feedback {
+                        partial: Arc::new(move |_| Box::new(TailSampler::new(p.clone()))),
+                        merge: Arc::new(move |_| {
+                            Box::new(TailSampler::new(m.clone()).merge_operator())
+                        }),
+                    }
+                } else {
+                    NodeBuild::Shard(Arc::new(move |_| Box::new(TailSampler::new(p.clone()))))
+                };
+                (TailSampler::SHAPE, build)
+            }
+            OperatorKind::RedMetrics(c) => {
+                let (p, m) = (c.clone(), c.clone());
+                (
+                    RedMetrics::SHAPE,
+                    NodeBuild::Merged {
+                        partial: Arc::new(move |_| Box::new(RedMetrics::new(p.clone()))),
+                        merge: Arc::new(move |_| {
+                            Box::new(RedMetrics::new(m.clone()).merge_operator(sampled_input))
+                        }),
+                    },
+                )
+            }
+            OperatorKind::ServiceGraph(c) => {
+                let (p, m) = (c.clone(), c.clone());
+                (
+                    ServiceGraph::SHAPE,
+                    NodeBuild::Merged {
+                        partial: Arc::new(move |_| Box::new(ServiceGraph::new(p.clone()))),
+                        merge: Arc::new(move |_| {
+                            Box::new(ServiceGraph::new(m.clone()).merge_operator(sampled_input))
+                        }),
+                    },
+                )
+            }
+        }
     }
 }
 

@@ -13,10 +13,6 @@ use std::sync::{Arc, Mutex};
 
 use spanflow_operators::Operator;
 use spanflow_operators::operator::{DataKind, PortSpec, Scope, Shape, Table};
-use spanflow_operators::red_metrics::RedMetrics;
-use spanflow_operators::service_graph::ServiceGraph;
-use spanflow_operators::session_window::SessionWindow;
-use spanflow_operators::span_filter::SpanFilter;
 use spanflow_operators::tail_sampling::TailSampler;
 
 use crate::connectors::clickhouse::{ClickHouseTarget, SinkTable};
@@ -191,66 +187,6 @@ pub struct Plan {
     pub targets: BTreeMap<StreamRef, Vec<TableTarget>>,
 }
 
-/// The one place that maps an operator kind of the job format to its running
-/// operator: its shape and how to build its instances.
-fn register(kind: &OperatorKind, sampled_input: bool) -> (Shape, NodeBuild) {
-    match kind {
-        OperatorKind::SpanFilter(c) => {
-            let c = c.clone();
-            (
-                SpanFilter::SHAPE,
-                NodeBuild::Shard(Arc::new(move |_| Box::new(SpanFilter::new(&c)))),
-            )
-        }
-        OperatorKind::SessionWindow(c) => {
-            let c = c.clone();
-            (
-                SessionWindow::SHAPE,
-                NodeBuild::Shard(Arc::new(move |_| Box::new(SessionWindow::new(c.clone())))),
-            )
-        }
-        OperatorKind::TailSampling(c) => {
-            let (p, m) = (c.clone(), c.clone());
-            let build = if TailSampler::new(c.clone()).has_rate_limits() {
-                // Rate limits decide over all shards' traces (see `tail_sampling::limit`).
-                NodeBuild::Feedback {
-                    partial: Arc::new(move |_| Box::new(TailSampler::new(p.clone()))),
-                    merge: Arc::new(move |_| {
-                        Box::new(TailSampler::new(m.clone()).merge_operator())
-                    }),
-                }
-            } else {
-                NodeBuild::Shard(Arc::new(move |_| Box::new(TailSampler::new(p.clone()))))
-            };
-            (TailSampler::SHAPE, build)
-        }
-        OperatorKind::RedMetrics(c) => {
-            let (p, m) = (c.clone(), c.clone());
-            (
-                RedMetrics::SHAPE,
-                NodeBuild::Merged {
-                    partial: Arc::new(move |_| Box::new(RedMetrics::new(p.clone()))),
-                    merge: Arc::new(move |_| {
-                        Box::new(RedMetrics::new(m.clone()).merge_operator(sampled_input))
-                    }),
-                },
-            )
-        }
-        OperatorKind::ServiceGraph(c) => {
-            let (p, m) = (c.clone(), c.clone());
-            (
-                ServiceGraph::SHAPE,
-                NodeBuild::Merged {
-                    partial: Arc::new(move |_| Box::new(ServiceGraph::new(p.clone()))),
-                    merge: Arc::new(move |_| {
-                        Box::new(ServiceGraph::new(m.clone()).merge_operator(sampled_input))
-                    }),
-                },
-            )
-        }
-    }
-}
-
 impl Plan {
     /// Plans `job`; `output_dir` overrides every Parquet sink's directory.
     pub fn new(job: &Job, output_dir: Option<&std::path::Path>) -> Result<Plan, PlanError> {
@@ -350,7 +286,7 @@ impl Plan {
             }
             let (shape, build, ports) = match (r.kind, r.rollup) {
                 (Some(kind), _) => {
-                    let (shape, build) = register(kind, sampled_input);
+                    let (shape, build) = kind.build(sampled_input);
                     let ports = shape.outputs.iter().map(|p| p.name.to_owned()).collect();
                     (shape, build, ports)
                 }

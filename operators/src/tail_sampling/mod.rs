@@ -5,28 +5,32 @@
 //! - Policies are evaluated in config order; a trace is kept when any of them matches,
 //!   and the first matching one is recorded in [`Decision::policy`] and counted in
 //!   [`SamplingMetrics::kept_by_policy`].
-//! - Decisions are a deterministic function of the config and the sequence of traces:
-//!   no clock and no randomness other than [`TraceId::hash64`](crate::TraceId::hash64),
-//!   so replay, restore and every instance agree. `probabilistic` keeps a trace iff its
-//!   hash is below `percentage / 100 * 2^64`, so all shards and processes (and a
-//!   downstream sampler using the same rule) keep the same trace ids.
-//! - `endpoint_rate_limit` keeps at most `traces_per_second` traces per
-//!   `(root service, root operation)` and event-time second (`floor(summary.end_ns /
-//!   1s)`). Whole rates use fixed one-second windows. Fractional rates (which is what
-//!   sharding often produces) use a token bucket in event time: tokens accrue at the
-//!   rate per event-time second, capacity `max(1, rate)`, and a new endpoint starts
-//!   full so its first trace is kept. A trace that ended before its endpoint's current
-//!   bucket is charged to that bucket, since only the newest bucket is kept per
-//!   endpoint. Endpoint entries are evicted once the newest second the limiter has seen
-//!   is more than 60 s past their bucket (and on growth, in case a far-future trace
-//!   stalls that clock), so state is bounded by the endpoints active in the last minute
-//!   of event time.
-//! - A top-level rate limit is offered every trace: it counts and spends budget on
-//!   traces that other policies keep too, so its behaviour does not depend on policy
-//!   order or on the other policies. Inside `and`, members run in order and
-//!   a rate limit is not offered a trace that an earlier member rejected, so
-//!   `and: [attribute ..., endpoint_rate_limit ...]` limits the matching traces only;
-//!   put the rate limit last.
+//! - Decisions are a deterministic function of the config and the set of traces: no
+//!   clock and no randomness other than [`TraceId::hash64`](crate::TraceId::hash64),
+//!   so replay, restore, every parallelism and every instance agree. `probabilistic`
+//!   keeps a trace iff its hash is below `percentage / 100 * 2^64`, so all shards and
+//!   processes (and a downstream sampler using the same rule) keep the same trace ids.
+//! - `endpoint_rate_limit` keeps, per `(root service, root operation)` and window of
+//!   event time (by the trace's end), the `budget` traces of lowest rank: a hash of the
+//!   trace id salted with the policy's key, so it picks a sample independent of
+//!   `probabilistic` and of other rate limits (see [`limit`]). Rates of 1 and more use
+//!   one-second windows and `round(rate)` traces; lower rates keep one trace per window
+//!   of `round(1 / rate)` seconds. Which traces are lowest is known only once every
+//!   shard has closed the window, so the runtime runs a sampler with rate limits in two
+//!   stages: each shard's sampler offers its traces' ranks to the window, one
+//!   [`RateLimitMerge`] answers with the window's verdict once the shards' watermarks
+//!   passed it, and the shard holds the traces whose decision depends on it until then
+//!   (holding back its watermark, so metric intervals wait for them). A trace a
+//!   deterministic policy keeps ahead of every rate limit is decided at once.
+//! - A top-level rate limit is offered every trace: it ranks traces that other policies
+//!   keep too, so its behaviour does not depend on policy order or on the other
+//!   policies. Inside `and`, a rate limit is offered the traces for which no member
+//!   before it (other than a rate limit) certainly failed, so `and: [attribute ...,
+//!   endpoint_rate_limit ...]` limits the matching traces only; put the rate limit
+//!   last.
+//! - A trace that reaches a window after the watermark passed it (a fragment continued
+//!   after a cap, from spans behind the watermark) is judged by the window's verdict if
+//!   the shard has it, else as not kept by that limit; it is not offered again.
 //!
 //! Adjusted counts ([`Decision::adjusted_count`]) let rollups over sampled traces
 //! re-weight them; 0 for dropped traces, otherwise:
@@ -34,27 +38,12 @@
 //!   `attribute`, and `and`/`not` of those) matched: the trace would be kept anyway.
 //! - `100 / percentage` when only `probabilistic` policies matched (all of them cut the
 //!   same hash, so several of them count as the widest).
-//! - For `endpoint_rate_limit`, the trace stands for itself and for the traces of its
-//!   endpoint that were offered to the limiter and dropped by every policy since the
-//!   limiter's previous keep: `pending + 1`. The exact figure, "traces of the endpoint
-//!   in that second / traces kept", is unknown when the decision is due (later traces
-//!   of the second have not closed yet), and "seen so far / kept so far" is 1 for every
-//!   trace a fixed window keeps (they are the first of their second). Carrying the
-//!   dropped count forward instead makes the adjusted counts of an endpoint sum to the
-//!   number of traces it had, up to the drops after its last keep; the price is that
-//!   drops are credited to the next kept trace, possibly in the next second. (With a
-//!   `probabilistic` policy as well, a dropped trace is credited by both, so totals
-//!   re-weighted from the sample run high; exact per-endpoint counts are in the
-//!   `traces` output, which has every trace.)
+//! - For `endpoint_rate_limit`, `offered / kept` of its window, exact: the verdict
+//!   counts every trace offered to the window by every shard.
 //! - `and` multiplies its members' counts and `not` inverts its policy's probability;
 //!   when several non-deterministic top-level policies match, the count is
 //!   `1 / (1 - Π(1 - 1/count_i))`, their union treated as independent. Independence is
 //!   an approximation: probabilistic policies inside one `and` share the hash.
-//!
-//! Each runtime shard runs its own sampler over the traces routed to it. Built with
-//! [`TailSampler::new_sharded`], rate budgets are divided by the shard count, so the
-//! rate-limited decisions depend on the parallelism (which traces land together in a
-//! shard); every other policy decides from the trace alone and does not.
 //!
 //! `attribute` matches exact values, prefixes, suffixes and substrings, not regular
 //! expressions: this crate has no regex dependency yet and exact string matching is
@@ -137,8 +126,9 @@ pub enum PolicyConfig {
         /// Name recorded on the traces this policy keeps.
         #[serde(default, skip_serializing_if = "String::is_empty")]
         name: String,
-        /// Budget per endpoint and event-time second, over all shards; may be
-        /// fractional (0.1 keeps one trace every ten seconds).
+        /// Budget per endpoint and event-time second, over all shards; rounded to
+        /// whole traces per second, or below 1 to one trace per `round(1 / rate)`
+        /// seconds (0.1 keeps one trace every ten seconds).
         traces_per_second: f64,
     },
     /// Keeps traces with a span whose attribute `key` matches one of the patterns.
@@ -431,7 +421,8 @@ struct Held {
 /// the traces that a deterministic policy keeps ahead of every rate limit, offers
 /// every trace to its rate-limit windows ([`TailSampler::OFFERS`], for
 /// [`TailSampler::merge_operator`]), and holds the others until the verdicts of
-/// their windows come back on input [`TailSampler::VERDICTS`].
+/// their windows come back (as a [`Batch::RateVerdicts`] on the input after the
+/// node's `from:` inputs).
 #[derive(Debug)]
 pub struct TailSampler {
     policies: Vec<TopPolicy>,
