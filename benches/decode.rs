@@ -5,8 +5,8 @@ use criterion::measurement::WallTime;
 use criterion::{
     BenchmarkGroup, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main,
 };
-use spanflow::connectors::generator::{Generator, GeneratorConfig};
 use spanflow::formats::{Decoded, InputFormat, RecordMeta, SpanDecoder};
+use spanflow::testkit::generator::{Generator, GeneratorConfig};
 use spanflow_operators::Sym;
 
 fn records(format: InputFormat, spans_per_record: usize) -> (Vec<Vec<u8>>, u64) {

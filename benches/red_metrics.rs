@@ -4,7 +4,7 @@
 mod common;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use spanflow::connectors::generator::GeneratorConfig;
+use spanflow::testkit::generator::GeneratorConfig;
 use spanflow_operators::WATERMARK_END;
 use spanflow_operators::metrics::{Exemplar, SeriesAgg};
 use spanflow_operators::red_metrics::{RedMetrics, RedMetricsConfig};

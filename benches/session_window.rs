@@ -4,7 +4,7 @@
 mod common;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use spanflow::connectors::generator::GeneratorConfig;
+use spanflow::testkit::generator::GeneratorConfig;
 use spanflow_operators::session_window::{
     GapCondition, GapRule, SessionOutput, SessionWindow, SessionWindowConfig,
 };

@@ -10,3 +10,4 @@ pub mod job;
 pub mod runtime;
 pub mod sql;
 pub mod tables;
+pub mod testkit;

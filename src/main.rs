@@ -6,10 +6,10 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
-use spanflow::connectors::generator::{Generator, GeneratorConfig, write_records};
 use spanflow::formats::InputFormat;
 use spanflow::job::{self, Job, SourceKind};
 use spanflow::runtime::{MemoryInput, RunOptions, run_job};
+use spanflow::testkit::generator::{Generator, GeneratorConfig, write_records};
 
 /// spanflow: a Flink-style stream processor for distributed-tracing analytics.
 ///
@@ -356,7 +356,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::ImportAlibaba { input, out, format } => {
-            let stats = spanflow::connectors::alibaba::import(&input, &out, format.into())?;
+            let stats = spanflow::testkit::alibaba::import(&input, &out, format.into())?;
             print!("{}", stats.render());
             Ok(ExitCode::SUCCESS)
         }
@@ -492,7 +492,7 @@ fn mock_kafka_job(
         }
         let generated = records
             .iter()
-            .map(|r| spanflow::connectors::generator::GeneratedRecord {
+            .map(|r| spanflow::testkit::generator::GeneratedRecord {
                 payload: r.to_vec(),
                 arrival_ns: 0,
                 garbage: false,

@@ -1,7 +1,7 @@
 //! Inputs shared by the benches: the seeded generator's spans, decoded.
 
-use spanflow::connectors::generator::{Generator, GeneratorConfig};
 use spanflow::formats::{Decoded, RecordMeta, SpanDecoder};
+use spanflow::testkit::generator::{Generator, GeneratorConfig};
 use spanflow_operators::{Span, Sym};
 
 /// Every span the generator produces for `config`, decoded, in arrival order.

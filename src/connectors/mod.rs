@@ -1,9 +1,8 @@
-//! Sources and sinks.
+//! Sources and sinks of the systems spanflow connects to (Kafka, files, ClickHouse,
+//! Parquet). The generator and the Alibaba importer are in [`crate::testkit`].
 
-pub mod alibaba;
 pub mod clickhouse;
 pub mod file;
-pub mod generator;
 pub mod kafka;
 pub mod parquet;
 

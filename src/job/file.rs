@@ -19,9 +19,9 @@ use spanflow_operators::tail_sampling::TailSamplingConfig;
 use super::spec::{RollupConfig, WatermarkConfig};
 use crate::connectors::clickhouse::ClickHouseSinkConfig;
 use crate::connectors::file::FileSourceConfig;
-use crate::connectors::generator::GeneratorConfig;
 use crate::connectors::kafka::{KafkaSinkConfig, KafkaSourceConfig};
 use crate::connectors::parquet::ParquetSinkConfig;
+use crate::testkit::generator::GeneratorConfig;
 
 /// A spanflow job: named sources, operators and sinks forming a DAG through `from:`.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]

@@ -26,9 +26,9 @@ use super::spec::{
 use super::yaml::{self, Document, Entry, Node, NodeId, Pos, Resolved, Value};
 use crate::connectors::clickhouse::ClickHouseSinkConfig;
 use crate::connectors::file::FileSourceConfig;
-use crate::connectors::generator::GeneratorConfig;
 use crate::connectors::kafka::{KafkaSinkConfig, KafkaSourceConfig};
 use crate::connectors::parquet::ParquetSinkConfig;
+use crate::testkit::generator::GeneratorConfig;
 
 /// Loads and validates a job file. All problems are collected before failing.
 pub fn load(path: &Path) -> Result<Job, Diagnostics> {

@@ -34,10 +34,10 @@ use spanflow_operators::tail_sampling::{TailSampler, TailSamplingConfig};
 
 use crate::connectors::clickhouse::ClickHouseSinkConfig;
 use crate::connectors::file::FileSourceConfig;
-use crate::connectors::generator::GeneratorConfig;
 use crate::connectors::kafka::{KafkaSinkConfig, KafkaSourceConfig};
 use crate::connectors::parquet::ParquetSinkConfig;
 use crate::runtime::NodeBuild;
+use crate::testkit::generator::GeneratorConfig;
 
 /// A validated job.
 #[derive(Debug, Clone, PartialEq)]

@@ -8,9 +8,9 @@ use spanflow_operators::HumanDuration;
 use spanflow_operators::session_window::{GapCondition, GapRule, SessionWindowConfig};
 
 use super::*;
-use crate::connectors::generator::GeneratorConfig;
 use crate::connectors::parquet::{ParquetCompression, ParquetSinkConfig};
 use crate::formats::InputFormat;
+use crate::testkit::generator::GeneratorConfig;
 
 const FILE: &str = "jobs/t.yaml";
 

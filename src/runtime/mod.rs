@@ -36,11 +36,11 @@ pub use summary::{OutputTable, RunSummary};
 
 use crate::connectors::SinkError;
 use crate::connectors::TableWriter;
-use crate::connectors::generator::GroundTruth;
 use crate::connectors::parquet::prepare_table_dir;
 use crate::formats::{DecodeStats, Decoded, RecordMeta, SpanDecoder};
 use crate::job::Job;
 use crate::tables::{DeadLetterRows, TableRows};
+use crate::testkit::generator::GroundTruth;
 use shard::{GlobalMsg, ShardMsg, ShardResult};
 use source::{SourceEvent, SourceTask};
 use watermark::WatermarkTracker;

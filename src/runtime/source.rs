@@ -9,11 +9,11 @@ use spanflow_operators::Sym;
 use tokio::sync::mpsc;
 
 use super::{RECORDS_PER_CHUNK, RunError};
-use crate::connectors::generator::{Generator, GroundTruth, read_records};
 pub(crate) use crate::connectors::kafka::source::Finish;
 use crate::connectors::kafka::source::{KafkaEvent, KafkaReader};
 use crate::formats::InputFormat;
 use crate::job::{SourceKind, SourceNode};
+use crate::testkit::generator::{Generator, GroundTruth, read_records};
 
 /// Pre-encoded records held in memory: what `spanflow bench` feeds the pipeline so that
 /// generation is not part of the measurement.
@@ -62,7 +62,7 @@ pub(crate) enum SourceEvent {
 pub(crate) enum SourceTask {
     Generator {
         name: String,
-        config: crate::connectors::generator::GeneratorConfig,
+        config: crate::testkit::generator::GeneratorConfig,
     },
     File {
         name: String,

@@ -17,8 +17,8 @@ use spanflow_operators::metrics::MetricsReport;
 use spanflow_operators::operator::Report;
 
 use super::{Progress, TableTarget};
-use crate::connectors::generator::GroundTruth;
 use crate::formats::DecodeStats;
+use crate::testkit::generator::GroundTruth;
 
 /// Requests, errors and latency of one service's entry spans over the whole run.
 #[derive(Debug, Clone, PartialEq, Serialize)]

@@ -5,10 +5,10 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
 
-use spanflow::connectors::alibaba::{self, ConvertStats, Edge, ExpectedCounts};
-use spanflow::connectors::generator::write_records;
 use spanflow::formats::{Decoded, InputFormat, RecordMeta, SpanDecoder};
 use spanflow::runtime::{RunOptions, run_job};
+use spanflow::testkit::alibaba::{self, ConvertStats, Edge, ExpectedCounts};
+use spanflow::testkit::generator::write_records;
 use spanflow_operators::{Span, SpanKind, Sym};
 
 use crate::support::{column, read_table, root, sum};

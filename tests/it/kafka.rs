@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use rdkafka::Message;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use spanflow::connectors::generator::{GeneratedRecord, Generator, GeneratorConfig, write_records};
 use spanflow::connectors::kafka::{self, produce};
 use spanflow::runtime::{RunOptions, RunSummary, run_job};
+use spanflow::testkit::generator::{GeneratedRecord, Generator, GeneratorConfig, write_records};
 
 use crate::support::{Service, read_table, root, rows, sum};
 
@@ -40,7 +40,7 @@ fn generate(
     config: GeneratorConfig,
 ) -> (
     Vec<GeneratedRecord>,
-    spanflow::connectors::generator::GroundTruth,
+    spanflow::testkit::generator::GroundTruth,
 ) {
     let mut g = Generator::new(config).unwrap();
     let records: Vec<GeneratedRecord> = g.by_ref().collect();

@@ -238,7 +238,7 @@ pub fn produce_generated(
     producer: &KafkaProducer,
     topic: &str,
     partitions: i32,
-    records: impl Iterator<Item = crate::connectors::generator::GeneratedRecord>,
+    records: impl Iterator<Item = crate::testkit::generator::GeneratedRecord>,
     spans_per_second: Option<f64>,
     mut on_record: impl FnMut(usize),
 ) -> Result<ProduceStats, String> {

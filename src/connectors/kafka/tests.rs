@@ -9,7 +9,7 @@ use rdkafka::mocking::MockCluster;
 use super::produce::{KafkaProducer, split_request};
 use super::source::{Finish, KafkaEvent, KafkaReader};
 use super::*;
-use crate::connectors::generator::{Generator, GeneratorConfig};
+use crate::testkit::generator::{Generator, GeneratorConfig};
 
 fn source_config(brokers: &str, topic: &str, group: &str) -> KafkaSourceConfig {
     KafkaSourceConfig {

@@ -808,7 +808,7 @@ fn zero_export_delay_and_tiny_records() {
 }
 
 /// Prints the shape of the default fleet and the generation speed:
-/// `cargo test --lib connectors::generator::tests::report -- --ignored --nocapture`.
+/// `cargo test --lib testkit::generator::tests::report -- --ignored --nocapture`.
 #[test]
 #[ignore]
 fn report() {

@@ -13,8 +13,8 @@ use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span, spa
 use super::calls::{Call, TraceCalls};
 use super::rows::{Party, RpcType};
 use super::{AlibabaError, EPOCH_UNIX_NS, LinkKind};
-use crate::connectors::generator::GeneratedRecord;
 use crate::formats::InputFormat;
+use crate::testkit::generator::GeneratedRecord;
 
 /// Shortest span: a call with rt 0 still lasts 1 µs, so it has a duration.
 const MIN_DURATION_NS: u64 = 1_000;

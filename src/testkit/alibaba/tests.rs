@@ -496,7 +496,7 @@ fn gzip_and_plain_files() {
     // import writes the file source's framing, creating the directory.
     let out = dir.path().join("sub/dir/x.otlp");
     let stats = import(&gz, &out, InputFormat::OtlpJson).unwrap();
-    let records = crate::connectors::generator::read_records(&out, InputFormat::OtlpJson).unwrap();
+    let records = crate::testkit::generator::read_records(&out, InputFormat::OtlpJson).unwrap();
     assert_eq!(records.len() as u64, stats.records);
     assert!(stats.render().contains("1 traces, 8 spans"));
 }

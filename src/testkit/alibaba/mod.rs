@@ -27,8 +27,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use crate::connectors::generator::{GeneratedRecord, write_records};
 use crate::formats::InputFormat;
+use crate::testkit::generator::{GeneratedRecord, write_records};
 
 /// The relative timestamps of the CSV count from this instant:
 /// 2026-01-01T00:00:00Z, in unix nanoseconds.
