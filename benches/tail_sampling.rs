@@ -152,11 +152,7 @@ fn traces(n: usize, endpoints: u64, seed: u64) -> Vec<ClosedTrace> {
                 close_reason: CloseReason::Gap,
                 fragment: 0,
             };
-            ClosedTrace {
-                trace_id,
-                spans,
-                summary,
-            }
+            ClosedTrace::new(trace_id, spans, summary)
         })
         .collect()
 }

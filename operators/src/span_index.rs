@@ -14,7 +14,7 @@ const NONE: u32 = u32::MAX;
 /// Span ids are not guaranteed unique in bad input. Where an id repeats, it stands for
 /// its last span (the one a span-id map filled in order keeps), and sets keyed by span id
 /// are kept by that span's position: [`SpanIndex::canonical`].
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct SpanIndex {
     /// Span id (as a word: cheaper to hash than the byte array) -> last position.
     by_id: AHashMap<u64, u32>,
@@ -58,6 +58,28 @@ impl SpanIndex {
                     .map(|s| self.by_id.get(&key(&s.span_id)).copied().unwrap_or(NONE)),
             );
         }
+    }
+
+    /// The index of `spans`, built with a per-thread scratch map and kept without it
+    /// (two small vectors per trace).
+    pub fn of(spans: &[Span]) -> SpanIndex {
+        thread_local! {
+            static SCRATCH: std::cell::RefCell<SpanIndex> = std::cell::RefCell::default();
+        }
+        SCRATCH.with(|s| {
+            let Ok(mut s) = s.try_borrow_mut() else {
+                let mut ix = SpanIndex::default();
+                ix.build(spans);
+                ix.by_id = AHashMap::new();
+                return ix;
+            };
+            s.build(spans);
+            SpanIndex {
+                by_id: AHashMap::new(),
+                parent: s.parent.clone(),
+                canonical: s.canonical.clone(),
+            }
+        })
     }
 
     /// Position of span `i`'s parent, if it is in the trace.

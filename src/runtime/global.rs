@@ -105,6 +105,7 @@ impl Global {
                     partial: false,
                     feedback: false,
                     sent_wm: 0,
+                    trace_lag: 0,
                 });
                 continue;
             }
@@ -135,6 +136,7 @@ impl Global {
                 partial: false,
                 feedback: false,
                 sent_wm: 0,
+                trace_lag: 0,
             });
         }
         for n in &mut nodes {

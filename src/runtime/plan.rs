@@ -134,6 +134,10 @@ pub struct PlanNode {
     pub inputs: Vec<Input>,
     /// How to build its instances.
     pub build: NodeBuild,
+    /// How far behind the source watermark a closed trace reaching this node can end
+    /// (the largest gap of the session windows upstream): a feedback node's merge
+    /// side completes windows of trace ends at the source watermark less this.
+    pub trace_lag: u64,
 }
 
 impl PlanNode {
@@ -336,12 +340,26 @@ impl Plan {
                     )));
                 }
             }
+            let trace_lag = match r.kind {
+                Some(OperatorKind::SessionWindow(c)) => {
+                    spanflow_operators::session_window::SessionWindow::trace_end_lag(c)
+                }
+                _ => inputs
+                    .iter()
+                    .map(|i| match *i {
+                        Input::Source(_) => 0,
+                        Input::Node { node, .. } => nodes[node].trace_lag,
+                    })
+                    .max()
+                    .unwrap_or(0),
+            };
             nodes.push(PlanNode {
                 name: r.name.to_owned(),
                 shape,
                 ports,
                 inputs,
                 build,
+                trace_lag,
             });
         }
 

@@ -333,6 +333,8 @@ pub(crate) struct ExecNode {
     pub feedback: bool,
     /// The last watermark sent to the global stage.
     pub sent_wm: u64,
+    /// See [`PlanNode::trace_lag`](super::plan::PlanNode::trace_lag).
+    pub trace_lag: u64,
 }
 
 /// Runs nodes, routes what they emit and writes tables; shared by the shards and the
@@ -469,8 +471,15 @@ impl Executor {
             if f > n.out_wm {
                 n.out_wm = f;
             }
+            // A feedback node's merge side decides about windows of trace ends: once the
+            // shard has run source watermark W through, every trace ending before
+            // `W - lag` was offered (before this message, on the same channel).
             let send = if n.feedback {
-                n.in_wm
+                if source_wm == WATERMARK_END {
+                    WATERMARK_END
+                } else {
+                    source_wm.saturating_sub(n.trace_lag)
+                }
             } else if n.partial {
                 n.out_wm
             } else {
@@ -638,6 +647,7 @@ pub(crate) fn shard_executor(
             partial,
             feedback,
             sent_wm: 0,
+            trace_lag: pn.trace_lag,
         });
     }
     for n in &mut nodes {

@@ -525,10 +525,10 @@ mod tests {
     fn every_table_builds_batches_matching_its_schema() {
         let mut t = TraceRows::default();
         t.push(
-            &ClosedTrace {
-                trace_id: TraceId([1; 16]),
-                spans: vec![span(), span()],
-                summary: TraceSummary {
+            &ClosedTrace::new(
+                TraceId([1; 16]),
+                vec![span(), span()],
+                TraceSummary {
                     root_service: Sym::new("a"),
                     root_operation: Sym::new("op"),
                     has_root: true,
@@ -539,7 +539,7 @@ mod tests {
                     close_reason: CloseReason::Gap,
                     fragment: 0,
                 },
-            },
+            ),
             None,
         );
         let b = t.finish();

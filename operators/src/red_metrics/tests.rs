@@ -53,11 +53,7 @@ fn trace(spans: Vec<Span>) -> ClosedTrace {
         close_reason: CloseReason::Gap,
         fragment: 0,
     };
-    ClosedTrace {
-        trace_id: spans[0].trace_id,
-        spans,
-        summary,
-    }
+    ClosedTrace::new(spans[0].trace_id, spans, summary)
 }
 
 fn run(config: RedMetricsConfig, traces: &[ClosedTrace]) -> Vec<ClosedInterval> {

@@ -317,7 +317,8 @@ impl Operator for ServiceGraph {
             return Err(OperatorError::unexpected("service_graph", input, &batch));
         };
         for t in &traces {
-            self.add_trace(&t.trace, t.kept());
+            // The index is built once per trace for every operator that reads it.
+            self.add_indexed_trace(&t.trace, t.trace.index(), t.kept());
         }
         Ok(())
     }

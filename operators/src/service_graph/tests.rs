@@ -73,11 +73,7 @@ fn trace(t: u8, mut spans: Vec<Span>) -> ClosedTrace {
         close_reason: CloseReason::Gap,
         fragment: 0,
     };
-    ClosedTrace {
-        trace_id: tid(t),
-        spans,
-        summary,
-    }
+    ClosedTrace::new(tid(t), spans, summary)
 }
 
 fn edges_of(t: &ClosedTrace, virtual_nodes: bool) -> Vec<Edge> {

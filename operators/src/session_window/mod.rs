@@ -34,6 +34,7 @@ use crate::operator::{
     Batch, Buffered, DataKind, Emitter, Operator, OperatorError, PortSpec, Report, Scope, Shape,
     Table, TraceRef, decode_state, encode_state,
 };
+use crate::span_index::SpanIndex;
 use crate::{EventTime, WATERMARK_END};
 use timers::TimerQueue;
 
@@ -290,7 +291,7 @@ impl TraceSummary {
 }
 
 /// A closed trace: its spans, sorted by start time, and its summary.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ClosedTrace {
     /// The trace id.
     pub trace_id: TraceId,
@@ -298,6 +299,36 @@ pub struct ClosedTrace {
     pub spans: Vec<Span>,
     /// The summary.
     pub summary: TraceSummary,
+    /// Parent links of the spans, built on first use by whichever operator walks them
+    /// first (`red_metrics`, `service_graph`) and shared with the others: the trace
+    /// travels between operators behind one pointer. Change `spans` only before.
+    #[serde(skip)]
+    index: std::sync::OnceLock<SpanIndex>,
+}
+
+impl ClosedTrace {
+    /// A closed trace of `spans` (ordered by start, span id) with its summary.
+    pub fn new(trace_id: TraceId, spans: Vec<Span>, summary: TraceSummary) -> Self {
+        ClosedTrace {
+            trace_id,
+            spans,
+            summary,
+            index: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// The spans' parent links (built once).
+    pub fn index(&self) -> &SpanIndex {
+        self.index.get_or_init(|| SpanIndex::of(&self.spans))
+    }
+}
+
+impl PartialEq for ClosedTrace {
+    fn eq(&self, other: &Self) -> bool {
+        self.trace_id == other.trace_id
+            && self.spans == other.spans
+            && self.summary == other.summary
+    }
 }
 
 /// A span routed to `late_spans`.
@@ -798,11 +829,8 @@ impl SessionWindow {
             .spans
             .sort_unstable_by_key(|s| (s.start_ns, s.span_id));
         let summary = session.summary(reason);
-        out.closed.push(ClosedTrace {
-            trace_id: tid,
-            spans: session.spans,
-            summary,
-        });
+        out.closed
+            .push(ClosedTrace::new(tid, session.spans, summary));
     }
 }
 
@@ -830,6 +858,20 @@ impl SessionWindow {
 
     /// Output port of the closed traces.
     pub const TRACES: usize = 0;
+
+    /// How far behind its input watermark a trace can still end: once the window has
+    /// seen watermark `W`, every trace it emits later ends after `W - lag` (an open
+    /// session's deadline is past `W`, so its last span is after `W - gap`; a span
+    /// behind `W - gap` cannot open a session). Its largest gap.
+    pub fn trace_end_lag(config: &SessionWindowConfig) -> EventTime {
+        config
+            .gap_rules
+            .iter()
+            .map(|r| r.gap.as_nanos())
+            .chain(std::iter::once(config.gap.as_nanos()))
+            .max()
+            .unwrap_or(0)
+    }
     /// Output port of the late spans.
     pub const LATE_SPANS: usize = 1;
 

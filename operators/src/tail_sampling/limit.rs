@@ -3,11 +3,16 @@
 //! A rate limit keeps, per root endpoint and window of event time, the `budget` traces
 //! of lowest *rank*: a hash of the trace id salted with the limiter's key (so two rate
 //! limits, or a rate limit and `probabilistic`, pick independent samples), ties broken
-//! by the trace id. That set is a function of the traces alone, not of their order or
-//! of which shard saw them:
+//! by the trace id; a trace belongs to the window of its end. The kept set is a
+//! function of the traces alone, not of their order, of the watermarks or of which
+//! shard saw them:
 //! - each shard's sampler sends, per (limiter, endpoint, window), how many traces it
 //!   offered and its lowest ranks ([`RateOffers`]) to one [`RateLimitMerge`];
-//! - when the minimum of the shards' input watermarks passes the window's end, the
+//! - when the minimum over the shards of their session windows' trace-end watermark
+//!   (the input watermark less the largest gap:
+//!   [`SessionWindow::trace_end_lag`](crate::session_window::SessionWindow::trace_end_lag);
+//!   the window's own output watermark would wait for the longest open trace) passes
+//!   the window's end, the
 //!   merge knows every trace of the window and answers every shard with the rank
 //!   threshold and the total count ([`RateVerdict`]);
 //! - the shards hold the traces whose decision depends on a rate limit until then.
@@ -180,6 +185,11 @@ pub struct RateLimitMerge {
     /// Verdicts given, kept for [`RETAIN_NS`] to resend after a restore.
     recent: Vec<RateVerdict>,
     watermark: EventTime,
+    /// The watermark windows were last closed at (offers since then may complete
+    /// windows only when it advances).
+    finalized: EventTime,
+    /// An offer came for a window already complete: close it at the next watermark.
+    rescan: bool,
     late_offers: u64,
     /// Restored: resend `recent` with the next watermark (shards may have stopped
     /// before they received them).
@@ -194,6 +204,8 @@ impl RateLimitMerge {
             open: AHashMap::new(),
             recent: Vec::new(),
             watermark: 0,
+            finalized: 0,
+            rescan: false,
             late_offers: 0,
             resend: false,
         }
@@ -225,12 +237,12 @@ impl Operator for RateLimitMerge {
             ));
         };
         for o in offers {
-            // Shards offer only windows their own watermark has not passed, and this
-            // watermark is the shards' minimum, so a window is never offered after its
-            // verdict; should it be, the verdict stands and the offer is counted.
-            if self.recent.iter().any(|v| v.key == o.key) {
+            // A shard offers a trace before it reports the watermark the trace closed
+            // at, so a window is never offered after its verdict. Should it be, it
+            // gets a second verdict (the shards wait for one); counted.
+            if self.watermark > 0 && self.complete(&o.key, self.watermark) {
                 self.late_offers += o.offered;
-                continue;
+                self.rescan = true;
             }
             let budget = self.spec(&o.key).map_or(0, |s| s.budget);
             let w = self.open.entry(o.key).or_default();
@@ -247,18 +259,24 @@ impl Operator for RateLimitMerge {
         watermark: EventTime,
         out: &mut Emitter,
     ) -> Result<EventTime, OperatorError> {
+        let swept = self.watermark / 1_000_000_000 != watermark / 1_000_000_000;
         self.watermark = self.watermark.max(watermark);
         let mut verdicts = Vec::new();
         if self.resend {
             self.resend = false;
             verdicts.extend(self.recent.iter().cloned());
         }
-        let done: Vec<LimitKey> = self
-            .open
-            .keys()
-            .filter(|k| self.complete(k, watermark))
-            .copied()
-            .collect();
+        let done: Vec<LimitKey> = if watermark > self.finalized || self.rescan {
+            self.open
+                .keys()
+                .filter(|k| self.complete(k, watermark))
+                .copied()
+                .collect()
+        } else {
+            Vec::new()
+        };
+        self.finalized = self.finalized.max(watermark);
+        self.rescan = false;
         let mut fresh = Vec::with_capacity(done.len());
         for key in done {
             let Some(w) = self.open.remove(&key) else {
@@ -283,7 +301,8 @@ impl Operator for RateLimitMerge {
         self.recent.extend(fresh.iter().cloned());
         verdicts.extend(fresh);
         let specs = &self.specs;
-        if watermark != WATERMARK_END {
+        // By whole seconds: this runs for every watermark message of every shard.
+        if swept && watermark != WATERMARK_END {
             self.recent.retain(|v| {
                 specs.get(v.key.limiter as usize).is_none_or(|s| {
                     s.window_end(v.key.window).saturating_add(RETAIN_NS) > watermark

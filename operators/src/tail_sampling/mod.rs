@@ -28,9 +28,6 @@
 //!   before it (other than a rate limit) certainly failed, so `and: [attribute ...,
 //!   endpoint_rate_limit ...]` limits the matching traces only; put the rate limit
 //!   last.
-//! - A trace that reaches a window after the watermark passed it (a fragment continued
-//!   after a cap, from spans behind the watermark) is judged by the window's verdict if
-//!   the shard has it, else as not kept by that limit; it is not offered again.
 //!
 //! Adjusted counts ([`Decision::adjusted_count`]) let rollups over sampled traces
 //! re-weight them; 0 for dropped traces, otherwise:
@@ -408,10 +405,8 @@ struct TopPolicy {
 #[derive(Debug, Clone)]
 struct Held {
     trace: TraceRef,
-    /// Per offer: limiter, window, the trace's rank, and whether the offer went to the
-    /// merge (a window the watermark had passed gets none; its verdict, if any, is
-    /// used as is).
-    offers: Vec<(usize, LimitKey, Rank, bool)>,
+    /// Per offer: limiter, window and the trace's rank.
+    offers: Vec<(usize, LimitKey, Rank)>,
 }
 
 /// The running `tail_sampling` operator of one shard.
@@ -428,7 +423,12 @@ pub struct TailSampler {
     policies: Vec<TopPolicy>,
     limits: Vec<LimitSpec>,
     metrics: SamplingMetrics,
-    held: Vec<Held>,
+    /// In arrival order, which is the order of the traces' close watermarks and so of
+    /// their windows: verdicts release them from the front.
+    held: std::collections::VecDeque<Held>,
+    /// Spans of the held traces, and the earliest start among them.
+    held_spans: usize,
+    held_start: Option<EventTime>,
     /// Verdicts received, kept for [`limit::RETAIN_NS`] past their window.
     verdicts: AHashMap<LimitKey, RateVerdict>,
     /// The last input watermark.
@@ -475,7 +475,9 @@ impl TailSampler {
             limits: specs.into_iter().map(|(_, s)| s).collect(),
             policies,
             metrics,
-            held: Vec::new(),
+            held: std::collections::VecDeque::new(),
+            held_spans: 0,
+            held_start: None,
             verdicts: AHashMap::new(),
             watermark: 0,
             offers: AHashMap::new(),
@@ -649,7 +651,8 @@ impl TailSampler {
         self.release(out);
     }
 
-    /// Offers `trace` to its windows; with `hold`, keeps it until their verdicts.
+    /// Offers `trace` to its windows (by its end); with `hold`, keeps it until their
+    /// verdicts.
     fn record_offers(&mut self, trace: &ClosedTrace, hold: Option<TraceRef>) {
         let mut offers = Vec::with_capacity(self.offered.len());
         let (service, operation) = (trace.summary.root_service, trace.summary.root_operation);
@@ -664,13 +667,7 @@ impl TailSampler {
                 window: spec.window(trace.summary.end_ns),
             };
             let rank = spec.rank(trace.trace_id);
-            // A window the watermark has passed has its verdict (or gets none): the
-            // trace is judged with what is known, and not offered again.
-            let late = spec.window_end(key.window) <= self.watermark.saturating_add(1);
-            offers.push((l, key, rank, !late));
-            if late {
-                continue;
-            }
+            offers.push((l, key, rank));
             let o = self.offers.entry(key).or_insert_with(|| RateOffers {
                 key,
                 offered: 0,
@@ -680,26 +677,31 @@ impl TailSampler {
             limit::keep_lowest(&mut o.lowest, rank, spec.budget);
         }
         if let Some(trace) = hold {
-            self.held.push(Held { trace, offers });
+            self.held_spans += trace.trace.spans.len();
+            let start = trace.trace.summary.start_ns;
+            self.held_start = Some(self.held_start.map_or(start, |s| s.min(start)));
+            self.held.push_back(Held { trace, offers });
         }
     }
 
-    /// Decides every held trace whose offered windows all have verdicts (a late
-    /// window without one counts as not kept by its limit).
+    /// Decides the held traces, from the front, whose windows all have verdicts.
     fn release(&mut self, out: &mut Vec<TraceRef>) {
-        let mut i = 0;
-        while i < self.held.len() {
-            let ready = self.held[i]
+        let mut released = false;
+        while let Some(front) = self.held.front() {
+            if !front
                 .offers
                 .iter()
-                .all(|(_, k, _, sent)| !sent || self.verdicts.contains_key(k));
-            if !ready {
-                i += 1;
-                continue;
+                .all(|(_, k, _)| self.verdicts.contains_key(k))
+            {
+                break;
             }
-            let h = self.held.swap_remove(i);
+            let Some(h) = self.held.pop_front() else {
+                break;
+            };
+            released = true;
+            self.held_spans -= h.trace.trace.spans.len();
             self.rate.iter_mut().for_each(|r| *r = None);
-            for (l, k, rank, _) in &h.offers {
+            for (l, k, rank) in &h.offers {
                 let budget = self.limits.get(*l).map_or(0, |s| s.budget);
                 let e = match self.verdicts.get(k) {
                     Some(v) => {
@@ -718,6 +720,13 @@ impl TailSampler {
                 decision: Some(d),
                 ..h.trace
             });
+        }
+        if released {
+            self.held_start = self
+                .held
+                .iter()
+                .map(|h| h.trace.trace.summary.start_ns)
+                .min();
         }
     }
 
@@ -794,11 +803,8 @@ impl TailSampler {
 
     /// The forwarded watermark: held back to before the earliest held trace.
     fn forwarded(&self, watermark: EventTime) -> EventTime {
-        self.held
-            .iter()
-            .map(|h| h.trace.trace.summary.start_ns.saturating_sub(1))
-            .min()
-            .map_or(watermark, |h| h.min(watermark))
+        self.held_start
+            .map_or(watermark, |s| s.saturating_sub(1).min(watermark))
     }
 }
 
@@ -835,8 +841,11 @@ impl Operator for TailSampler {
         watermark: EventTime,
         out: &mut Emitter,
     ) -> Result<EventTime, OperatorError> {
+        // Verdicts expire by whole seconds: the runtime asks for the watermark after
+        // every batch, and a sweep of the map each time would cost more than the rest.
+        let swept = self.watermark / 1_000_000_000 != watermark / 1_000_000_000;
         self.watermark = self.watermark.max(watermark);
-        if watermark != WATERMARK_END && !self.verdicts.is_empty() {
+        if swept && watermark != WATERMARK_END && !self.verdicts.is_empty() {
             let limits = &self.limits;
             self.verdicts.retain(|k, _| {
                 limits.get(k.limiter as usize).is_none_or(|s| {
@@ -889,6 +898,12 @@ impl Operator for TailSampler {
                 offers: h.offers,
             })
             .collect();
+        self.held_spans = self.held.iter().map(|h| h.trace.trace.spans.len()).sum();
+        self.held_start = self
+            .held
+            .iter()
+            .map(|h| h.trace.trace.summary.start_ns)
+            .min();
         self.verdicts = s.verdicts.into_iter().map(|v| (v.key, v)).collect();
         self.watermark = s.watermark;
         Ok(())
@@ -899,10 +914,9 @@ impl Operator for TailSampler {
     }
 
     fn buffered(&self) -> Buffered {
-        let spans: usize = self.held.iter().map(|h| h.trace.trace.spans.len()).sum();
         Buffered {
-            spans,
-            bytes: spans * std::mem::size_of::<crate::model::Span>(),
+            spans: self.held_spans,
+            bytes: self.held_spans * std::mem::size_of::<crate::model::Span>(),
         }
     }
 }

@@ -21,5 +21,5 @@ pub struct TailSamplerState {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub(super) struct HeldState {
     pub(super) trace: ClosedTrace,
-    pub(super) offers: Vec<(usize, LimitKey, Rank, bool)>,
+    pub(super) offers: Vec<(usize, LimitKey, Rank)>,
 }

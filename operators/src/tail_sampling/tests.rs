@@ -76,11 +76,7 @@ fn trace(id: TraceId, mut spans: Vec<Span>) -> ClosedTrace {
         close_reason: CloseReason::Gap,
         fragment: 0,
     };
-    ClosedTrace {
-        trace_id: id,
-        spans,
-        summary,
-    }
+    ClosedTrace::new(id, spans, summary)
 }
 
 /// A one-span trace of an endpoint, ending at `end_ns`.
