@@ -186,28 +186,43 @@ impl Global {
     /// runtime from here).
     pub fn run(mut self, mut rx: mpsc::Receiver<GlobalMsg>) -> Result<GlobalResult, RunError> {
         while let Some(msg) = rx.blocking_recv() {
-            match msg {
-                GlobalMsg::Batch { node, batch } => {
-                    let Some(Some(e)) = self.exec_of_plan.get(node).copied() else {
-                        return Err(RunError::Internal(format!("no global node for {node}")));
-                    };
-                    self.exec.deliver(e, 0, batch)?;
-                }
-                GlobalMsg::Watermark {
-                    shard,
-                    node,
-                    watermark,
-                } => {
-                    if let Some(w) = self.shard_wms.get_mut(node).and_then(|v| v.get_mut(shard)) {
-                        *w = (*w).max(watermark);
+            let msgs = match msg {
+                GlobalMsg::Step(msgs) => msgs,
+                one => vec![one],
+            };
+            let mut advanced = false;
+            for msg in msgs {
+                match msg {
+                    GlobalMsg::Batch { node, batch } => {
+                        let Some(Some(e)) = self.exec_of_plan.get(node).copied() else {
+                            return Err(RunError::Internal(format!("no global node for {node}")));
+                        };
+                        self.exec.deliver(e, 0, batch)?;
                     }
-                    let wms = &self.shard_wms;
-                    self.exec.advance(0, &|pi| {
-                        wms.get(pi)
-                            .and_then(|v| v.iter().copied().min())
-                            .unwrap_or(0)
-                    })?;
+                    GlobalMsg::Watermark {
+                        shard,
+                        node,
+                        watermark,
+                    } => {
+                        if let Some(w) = self.shard_wms.get_mut(node).and_then(|v| v.get_mut(shard))
+                        {
+                            *w = (*w).max(watermark);
+                            advanced = true;
+                        }
+                    }
+                    GlobalMsg::Step(_) => {
+                        return Err(RunError::Internal("a nested step message".into()));
+                    }
                 }
+            }
+            // One pass per shard step, whatever it carried.
+            if advanced {
+                let wms = &self.shard_wms;
+                self.exec.advance(0, &|pi| {
+                    wms.get(pi)
+                        .and_then(|v| v.iter().copied().min())
+                        .unwrap_or(0)
+                })?;
             }
             self.broadcast();
         }

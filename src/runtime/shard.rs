@@ -50,6 +50,9 @@ pub(crate) enum GlobalMsg {
         node: usize,
         watermark: u64,
     },
+    /// Everything one step of a shard produced, in order: one message, one wake-up
+    /// of the global stage and one watermark pass there.
+    Step(Vec<GlobalMsg>),
 }
 
 /// One node instance's state in a savepoint.
@@ -831,9 +834,14 @@ impl Shard {
     }
 
     async fn send_global(&mut self) {
-        let msgs = std::mem::take(&mut self.exec.to_global);
+        let mut msgs = std::mem::take(&mut self.exec.to_global);
         if let Some(tx) = &self.global_tx {
-            for m in msgs {
+            let msg = match msgs.len() {
+                0 => return,
+                1 => msgs.pop(),
+                _ => Some(GlobalMsg::Step(msgs)),
+            };
+            if let Some(m) = msg {
                 let _ = tx.send(m).await;
             }
         }
