@@ -2,13 +2,23 @@
 //!
 //! ```text
 //! sources ──records──▶ ordered parallel decode ──▶ router ──spans by trace_id──▶ shard 0..P
-//!   (generator, file,     (runtime tasks,           (watermarks per split,       (session_window,
-//!    memory)               order preserved)          dead letters)                 table rows -> sinks)
+//!   (generator, file,     (runtime tasks,           (watermarks per split,       (the plan's graph of
+//!    memory, kafka)        order preserved)          dead letters)                 operators, tables)
+//!                                                                                    │ partials, offers
+//!                                                                                    ▼    ▲ verdicts
+//!                                                                          global stage (metric merges,
+//!                                                                          rate-limit merges, rollups)
 //! ```
+//!
+//! Each shard runs every operator node of the [`Plan`] through the
+//! [`Operator`](spanflow_operators::Operator) trait ([`shard`]); nodes that aggregate
+//! across shards run their merge side once, in the global stage, at the minimum of the
+//! shards' watermarks ([`global`]).
 //!
 //! Determinism: decoding preserves record order and the router broadcasts the same
 //! watermark sequence to every shard, so each trace sees the same spans and watermarks
-//! in the same order whatever the parallelism; outputs differ only in row order.
+//! in the same order whatever the parallelism; cross-shard decisions (metric intervals,
+//! rate limits) are made over all shards' data; outputs differ only in row order.
 
 mod global;
 mod plan;
