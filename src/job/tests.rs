@@ -1083,3 +1083,34 @@ sinks:
         }
     );
 }
+
+#[test]
+fn a_metric_operator_reading_two_session_windows_is_refused() {
+    let text = "\
+sources:
+  gen: { type: generator }
+operators:
+  a: { type: session_window, from: gen }
+  b: { type: session_window, from: gen }
+  red:
+    type: red_metrics
+    from: [a, b]
+sinks:
+  out: { type: parquet, from: [red] }
+";
+    let d = one_error(text);
+    assert_eq!(
+        spot(&d),
+        (
+            8,
+            15,
+            "operators.red.from.1",
+            Some("give each window its own red_metrics")
+        )
+    );
+    assert!(
+        d.message.contains("two session windows, `a` and `b`"),
+        "{}",
+        d.message
+    );
+}

@@ -2,6 +2,8 @@
 //! names, cycles.
 
 use super::*;
+use spanflow_operators::operator::Scope;
+use spanflow_operators::session_window::SessionWindow;
 
 impl Loader<'_, '_> {
     /// Names, references, stream kinds, duplicate inputs, table names, cycles.
@@ -203,6 +205,68 @@ impl Loader<'_, '_> {
         }
         self.check_table_names(decls);
         self.check_cycles(decls, &reads);
+        self.check_merge_inputs(decls, &reads);
+    }
+
+    /// An operator that merges across shards (`red_metrics`, `service_graph`) reads
+    /// the traces of one session window: its intervals close by that window's held-back
+    /// watermark.
+    fn check_merge_inputs(&mut self, decls: &[Decl], reads: &[Vec<(usize, Pos, String)>]) {
+        // The session windows upstream of node `n` (a window is its own).
+        fn windows(
+            decls: &[Decl],
+            reads: &[Vec<(usize, Pos, String)>],
+            n: usize,
+            seen: &mut HashSet<usize>,
+            out: &mut Vec<usize>,
+        ) {
+            if !seen.insert(n) {
+                return;
+            }
+            if decls[n].type_name == Some(SessionWindow::SHAPE.kind) {
+                out.push(n);
+                return;
+            }
+            for (u, _, _) in &reads[n] {
+                windows(decls, reads, *u, seen, out);
+            }
+        }
+        for (i, d) in decls.iter().enumerate() {
+            let merged = d
+                .type_name
+                .and_then(OperatorKind::shape_of)
+                .is_some_and(|s| s.scope == Scope::Merged);
+            if d.section != Section::Operators || !merged {
+                continue;
+            }
+            let mut first: Option<usize> = None;
+            for (u, pos, key) in &reads[i] {
+                let mut found = Vec::new();
+                windows(decls, reads, *u, &mut HashSet::new(), &mut found);
+                for w in found {
+                    match first {
+                        None => first = Some(w),
+                        Some(f) if f != w => {
+                            self.report.push(
+                                *pos,
+                                key.clone(),
+                                format!(
+                                    "`{}` reads the traces of two session windows, `{}` and `{}`; \
+                                     its intervals close by one window's watermark",
+                                    d.name, decls[f].name, decls[w].name
+                                ),
+                                Some(format!(
+                                    "give each window its own {}",
+                                    d.type_name.unwrap_or("operator")
+                                )),
+                            );
+                            return;
+                        }
+                        Some(_) => {}
+                    }
+                }
+            }
+        }
     }
 
     /// Two streams a sink writes must not land in one table (after `table_names`
