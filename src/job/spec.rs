@@ -146,7 +146,44 @@ pub fn table_names<'a>(
         .collect()
 }
 
+/// Reads a component's config from the job file, reporting every problem with its
+/// place (the loader implements it).
+pub(crate) trait ConfigReader {
+    /// The config, when it deserialized and `validate` found nothing wrong.
+    fn read<T: serde::de::DeserializeOwned>(
+        &mut self,
+        validate: fn(&T) -> Vec<spanflow_operators::ConfigIssue>,
+    ) -> Option<T>;
+}
+
 impl OperatorKind {
+    /// Parses the config of an operator of kind `type_name` (`None` for a name that is
+    /// no operator kind; `Some(None)` when the config had problems, which `reader`
+    /// reported).
+    pub(crate) fn parse(
+        type_name: &str,
+        reader: &mut impl ConfigReader,
+    ) -> Option<Option<OperatorKind>> {
+        Some(match type_name {
+            "span_filter" => reader
+                .read(SpanFilterConfig::validate)
+                .map(OperatorKind::SpanFilter),
+            "session_window" => reader
+                .read(SessionWindowConfig::validate)
+                .map(OperatorKind::SessionWindow),
+            "tail_sampling" => reader
+                .read(TailSamplingConfig::validate)
+                .map(OperatorKind::TailSampling),
+            "red_metrics" => reader
+                .read(RedMetricsConfig::validate)
+                .map(OperatorKind::RedMetrics),
+            "service_graph" => reader
+                .read(ServiceGraphConfig::validate)
+                .map(OperatorKind::ServiceGraph),
+            _ => return None,
+        })
+    }
+
     /// Every operator kind's declaration (its `type:` name, what it reads, its output
     /// ports and their tables), read by the loader, the planner and the sinks.
     pub const SHAPES: &'static [Shape] = &[

@@ -10,11 +10,6 @@ use std::path::{Path, PathBuf};
 use arrow::datatypes::SchemaRef;
 use serde::de::DeserializeOwned;
 use spanflow_operators::operator::DataKind;
-use spanflow_operators::red_metrics::RedMetricsConfig;
-use spanflow_operators::service_graph::ServiceGraphConfig;
-use spanflow_operators::session_window::SessionWindowConfig;
-use spanflow_operators::span_filter::SpanFilterConfig;
-use spanflow_operators::tail_sampling::TailSamplingConfig;
 use spanflow_operators::{ConfigIssue, HumanDuration};
 
 use super::de::{self, DeError, DeErrorKind};
@@ -213,6 +208,22 @@ fn accepts(section: Section, type_name: &str) -> Vec<DataKind> {
             DataKind::Rows,
         ],
         Section::Sources => Vec::new(),
+    }
+}
+
+/// Reads one component's config for [`OperatorKind::parse`], with the loader's
+/// diagnostics.
+struct ComponentReader<'l, 'd, 't, 'e> {
+    loader: &'l mut Loader<'d, 't>,
+    section: Section,
+    entry: &'e Entry,
+    what: &'e str,
+}
+
+impl super::spec::ConfigReader for ComponentReader<'_, '_, '_, '_> {
+    fn read<T: DeserializeOwned>(&mut self, validate: fn(&T) -> Vec<ConfigIssue>) -> Option<T> {
+        self.loader
+            .component::<T>(self.section, self.entry, self.what, validate)
     }
 }
 
@@ -698,21 +709,17 @@ impl Loader<'_, '_> {
                     Built::Source(SourceKind::File(c), w)
                 })
             }
-            "session_window" => self
-                .component::<SessionWindowConfig>(section, e, &what, SessionWindowConfig::validate)
-                .map(|c| Built::Operator(OperatorKind::SessionWindow(c))),
-            "span_filter" => self
-                .component::<SpanFilterConfig>(section, e, &what, SpanFilterConfig::validate)
-                .map(|c| Built::Operator(OperatorKind::SpanFilter(c))),
-            "tail_sampling" => self
-                .component::<TailSamplingConfig>(section, e, &what, TailSamplingConfig::validate)
-                .map(|c| Built::Operator(OperatorKind::TailSampling(c))),
-            "red_metrics" => self
-                .component::<RedMetricsConfig>(section, e, &what, RedMetricsConfig::validate)
-                .map(|c| Built::Operator(OperatorKind::RedMetrics(c))),
-            "service_graph" => self
-                .component::<ServiceGraphConfig>(section, e, &what, ServiceGraphConfig::validate)
-                .map(|c| Built::Operator(OperatorKind::ServiceGraph(c))),
+            op if section == Section::Operators => {
+                let mut reader = ComponentReader {
+                    loader: self,
+                    section,
+                    entry: e,
+                    what: &what,
+                };
+                OperatorKind::parse(op, &mut reader)
+                    .flatten()
+                    .map(Built::Operator)
+            }
             "parquet" => self
                 .component::<ParquetSinkConfig>(section, e, &what, ParquetSinkConfig::validate)
                 .map(|c| Built::Sink(SinkKind::Parquet(c))),
