@@ -340,6 +340,19 @@ impl Plan {
                     )));
                 }
             }
+            // A rate-limited sampler downstream of another holds traces the first one
+            // releases only after its verdicts, so its windows would close before its
+            // traces arrive: not supported (yet).
+            if matches!(build, NodeBuild::Feedback { .. })
+                && let Some(up) = feedback_upstream(&nodes, &inputs)
+            {
+                return Err(unsupported(format!(
+                    "`{}` rate-limits traces that `{up}` already held for its own rate limit; \
+                     read the session window's `traces` instead, or move the rate limits into \
+                     one tail_sampling",
+                    r.name
+                )));
+            }
             let trace_lag = match r.kind {
                 Some(OperatorKind::SessionWindow(c)) => {
                     spanflow_operators::session_window::SessionWindow::trace_end_lag(c)
@@ -405,6 +418,23 @@ impl Plan {
             .flat_map(|(_, v)| v.clone())
             .collect()
     }
+}
+
+/// The nearest feedback node (a rate-limited sampler) upstream of `inputs`, if any.
+fn feedback_upstream<'n>(nodes: &'n [PlanNode], inputs: &[Input]) -> Option<&'n str> {
+    for i in inputs {
+        let Input::Node { node, .. } = *i else {
+            continue;
+        };
+        let n = nodes.get(node)?;
+        if matches!(n.build, NodeBuild::Feedback { .. }) {
+            return Some(&n.name);
+        }
+        if let Some(up) = feedback_upstream(nodes, &n.inputs) {
+            return Some(up);
+        }
+    }
+    None
 }
 
 /// The table kind a stream is written as.

@@ -60,3 +60,39 @@ sinks:
         "{err}"
     );
 }
+
+/// A rate-limited sampler reading another's output would see its traces only after
+/// its own windows closed: refused before anything runs, naming both nodes.
+#[test]
+fn chained_rate_limited_samplers_are_refused_with_both_names() {
+    let text = "\
+sources:
+  gen: { type: generator, traces: 50 }
+operators:
+  s: { type: session_window, from: gen }
+  a:
+    type: tail_sampling
+    from: s
+    policies: [{ name: rl, type: endpoint_rate_limit, traces_per_second: 1 }]
+  b:
+    type: tail_sampling
+    from: a.kept
+    policies: [{ name: rl2, type: endpoint_rate_limit, traces_per_second: 1 }]
+sinks:
+  o: { type: parquet, from: [b] }
+";
+    let job =
+        spanflow::job::load_str(&root().join("chain.yaml"), text).unwrap_or_else(|d| panic!("{d}"));
+    let dir = tempfile::tempdir().unwrap();
+    let opts = RunOptions {
+        output_dir: Some(dir.path().to_path_buf()),
+        ..Default::default()
+    };
+    let err = run_job(&job, &opts).err().expect("refused").to_string();
+    assert!(
+        err.contains("`b` rate-limits traces that `a` already held"),
+        "{err}"
+    );
+    // Nothing was written.
+    assert!(std::fs::read_dir(dir.path()).unwrap().next().is_none());
+}
