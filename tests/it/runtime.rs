@@ -88,7 +88,7 @@ sinks:
         output_dir: Some(dir.path().to_path_buf()),
         ..Default::default()
     };
-    let err = run_job(&job, &opts).err().expect("refused").to_string();
+    let err = run_job(&job, &opts).expect_err("refused").to_string();
     assert!(
         err.contains("`b` rate-limits traces that `a` already held"),
         "{err}"
