@@ -11,9 +11,9 @@
 //! ```
 //!
 //! Each shard runs every operator node of the [`Plan`] through the
-//! [`Operator`](spanflow_operators::Operator) trait ([`shard`]); nodes that aggregate
+//! [`Operator`](spanflow_operators::Operator) trait (`shard.rs`); nodes that aggregate
 //! across shards run their merge side once, in the global stage, at the minimum of the
-//! shards' watermarks ([`global`]).
+//! shards' watermarks (`global.rs`).
 //!
 //! Determinism: decoding preserves record order and the router broadcasts the same
 //! watermark sequence to every shard, so each trace sees the same spans and watermarks
