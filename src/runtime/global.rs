@@ -2,16 +2,15 @@
 //! its watermark the minimum of the shards') and everything downstream of them
 //! (rollups), with the tables they write.
 
-use std::sync::Arc;
-
 use spanflow_operators::WATERMARK_END;
-use spanflow_operators::operator::{Emitter, Report, Table};
+use spanflow_operators::operator::{Report, Table};
 use tokio::sync::mpsc;
 
 use super::plan::{Input, NodeBuild, Plan};
 use super::rollup::RollupOp;
 use super::shard::{
     ExecNode, Executor, Feedback, GlobalMsg, NodeSnapshot, TableSink, Target, Upstream,
+    table_consumers,
 };
 use super::{RunError, TableTarget};
 
@@ -89,59 +88,24 @@ impl Global {
                     )
                 }
             };
-            if let NodeBuild::Feedback { .. } = pn.build {
+            let consumers = if let NodeBuild::Feedback { .. } = pn.build {
                 // The merge side's one output goes back to every shard.
-                exec_of_plan[pi] = Some(nodes.len());
-                nodes.push(ExecNode {
-                    plan_index: pi,
-                    name: pn.name.clone(),
-                    kind: pn.shape.kind,
-                    op,
-                    inputs,
-                    consumers: vec![vec![Target::Broadcast { node: pi }]],
-                    emitter: Emitter::default(),
-                    in_wm: 0,
-                    out_wm: 0,
-                    partial: false,
-                    feedback: false,
-                    sent_wm: 0,
-                    trace_lag: 0,
-                });
-                continue;
-            }
-            let mut consumers: Vec<Vec<Target>> = vec![Vec::new(); pn.ports.len()];
-            for (port, name) in pn.ports.iter().enumerate() {
-                let targets = plan.targets_of(&pn.name, name);
-                if targets.is_empty() {
-                    continue;
-                }
-                let Some(kind) = pn.shape.outputs.get(port).and_then(|p| p.table) else {
-                    continue;
-                };
-                let q = query.as_ref().map(|s| (pn.name.as_str(), Arc::clone(s)));
-                tables.push(TableSink::new(kind, targets, 0, discard, q)?);
-                consumers[port].push(Target::Table(tables.len() - 1));
-            }
+                vec![vec![Target::Broadcast { node: pi }]]
+            } else {
+                let mut consumers: Vec<Vec<Target>> = vec![Vec::new(); pn.ports.len()];
+                table_consumers(
+                    plan,
+                    pi,
+                    0,
+                    discard,
+                    query.as_ref(),
+                    &mut tables,
+                    &mut consumers,
+                )?;
+                consumers
+            };
             exec_of_plan[pi] = Some(nodes.len());
-            nodes.push(ExecNode {
-                plan_index: pi,
-                name: pn.name.clone(),
-                kind: pn.shape.kind,
-                op,
-                inputs,
-                consumers,
-                emitter: Emitter::default(),
-                in_wm: 0,
-                out_wm: 0,
-                partial: false,
-                feedback: false,
-                sent_wm: 0,
-                trace_lag: 0,
-            });
-        }
-        for n in &mut nodes {
-            n.emitter =
-                Emitter::with_connected(n.consumers.iter().map(|c| !c.is_empty()).collect());
+            nodes.push(ExecNode::new(plan, pi, op, inputs, consumers));
         }
         let mut exec = Executor::new(nodes, tables);
         if let Some(states) = restore {

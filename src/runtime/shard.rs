@@ -17,6 +17,7 @@ use std::sync::atomic::Ordering;
 use serde::{Deserialize, Serialize};
 use spanflow_operators::metrics::{Buckets, ClosedInterval, render_openmetrics};
 use spanflow_operators::operator::{Batch, Buffered, Emitter, Operator, Report, Table};
+use spanflow_operators::session_window::SessionWindow;
 use spanflow_operators::{Span, WATERMARK_END};
 use tokio::sync::mpsc;
 
@@ -340,6 +341,62 @@ pub(crate) struct ExecNode {
     pub trace_lag: u64,
 }
 
+impl ExecNode {
+    /// An instance of plan node `pi`, neither partial nor feedback, watermarks at 0.
+    pub fn new(
+        plan: &Plan,
+        pi: usize,
+        op: Box<dyn Operator>,
+        inputs: Vec<Upstream>,
+        consumers: Vec<Vec<Target>>,
+    ) -> Self {
+        let pn = &plan.nodes[pi];
+        ExecNode {
+            plan_index: pi,
+            name: pn.name.clone(),
+            kind: pn.shape.kind,
+            op,
+            inputs,
+            consumers,
+            emitter: Emitter::default(),
+            in_wm: 0,
+            out_wm: 0,
+            partial: false,
+            feedback: false,
+            sent_wm: 0,
+            trace_lag: pn.trace_lag,
+        }
+    }
+}
+
+/// Opens the table sinks of plan node `pi`'s output ports that sinks read (appended to
+/// `tables`) and adds them to `consumers`, port by port.
+pub(crate) fn table_consumers(
+    plan: &Plan,
+    pi: usize,
+    part: usize,
+    discard: bool,
+    query: Option<&arrow::datatypes::SchemaRef>,
+    tables: &mut Vec<TableSink>,
+    consumers: &mut [Vec<Target>],
+) -> Result<(), RunError> {
+    let pn = &plan.nodes[pi];
+    for (port, name) in pn.ports.iter().enumerate() {
+        let targets = plan.targets_of(&pn.name, name);
+        let kind = pn.shape.outputs.get(port).and_then(|p| p.table);
+        let (Some(kind), Some(c)) = (kind, consumers.get_mut(port)) else {
+            continue;
+        };
+        if targets.is_empty() {
+            continue;
+        }
+        let q = query.map(|s| (pn.name.as_str(), s.clone()));
+        tables.push(TableSink::new(kind, targets, part, discard, q)?);
+        c.push(Target::Table(tables.len() - 1));
+    }
+    Ok(())
+}
+
 /// Runs nodes, routes what they emit and writes tables; shared by the shards and the
 /// global stage.
 pub(crate) struct Executor {
@@ -355,7 +412,13 @@ pub(crate) struct Executor {
 }
 
 impl Executor {
-    pub fn new(nodes: Vec<ExecNode>, tables: Vec<TableSink>) -> Self {
+    /// An executor of `nodes` (topological order, consumers wired); each node's
+    /// emitter skips the ports nobody reads.
+    pub fn new(mut nodes: Vec<ExecNode>, tables: Vec<TableSink>) -> Self {
+        for n in &mut nodes {
+            n.emitter =
+                Emitter::with_connected(n.consumers.iter().map(|c| !c.is_empty()).collect());
+        }
         Executor {
             nodes,
             tables,
@@ -386,48 +449,63 @@ impl Executor {
 
     /// Hands what node `node` emitted to its consumers.
     fn route(&mut self, node: usize) -> Result<(), RunError> {
-        let Some(n) = self.nodes.get_mut(node) else {
+        let Executor {
+            nodes,
+            tables,
+            queue,
+            to_global,
+            to_shards,
+            traces_closed,
+        } = self;
+        let Some(ExecNode {
+            kind,
+            consumers,
+            emitter,
+            ..
+        }) = nodes.get_mut(node)
+        else {
             return Ok(());
         };
-        if n.emitter.is_empty() {
+        if emitter.is_empty() {
             return Ok(());
         }
-        let is_window = n.kind == "session_window";
-        for port in 0..n.consumers.len() {
-            let batches = self.nodes[node].emitter.take(port);
-            for batch in batches {
-                if is_window && port == 0 {
-                    self.traces_closed += batch.len() as u64;
+        for (port, consumers) in consumers.iter().enumerate() {
+            // Nodes and the other stages get the batch by value (shared pointers
+            // inside), the last of them without a copy; tables read it in place.
+            let movers = consumers
+                .iter()
+                .filter(|t| !matches!(t, Target::Table(_)))
+                .count();
+            for batch in emitter.drain(port) {
+                if port == 0 && *kind == SessionWindow::SHAPE.kind {
+                    *traces_closed += batch.len() as u64;
                 }
-                let consumers = &self.nodes[node].consumers[port];
-                // Tables read the batch in place; nodes get it by value (shared
-                // pointers inside), the last one without a copy.
-                for t in consumers {
-                    if let Target::Table(i) = *t
-                        && let Some(sink) = self.tables.get_mut(i)
-                    {
-                        sink.write(&batch)?;
-                    }
-                }
-                let movers: Vec<Target> = consumers
-                    .iter()
-                    .copied()
-                    .filter(|t| !matches!(t, Target::Table(_)))
-                    .collect();
                 let mut batch = Some(batch);
-                for (k, t) in movers.iter().enumerate() {
-                    let b = if k + 1 == movers.len() {
-                        batch.take()
-                    } else {
-                        batch.clone()
+                let mut moved = 0;
+                for t in consumers {
+                    let b = match *t {
+                        Target::Table(i) => {
+                            if let (Some(sink), Some(b)) = (tables.get_mut(i), &batch) {
+                                sink.write(b)?;
+                            }
+                            continue;
+                        }
+                        _ => {
+                            moved += 1;
+                            if moved == movers {
+                                batch.take()
+                            } else {
+                                batch.clone()
+                            }
+                        }
                     };
                     let Some(b) = b else { continue };
                     match *t {
-                        Target::Node { node, input } => self.queue.push_back((node, input, b)),
+                        Target::Node { node, input } => queue.push_back((node, input, b)),
                         Target::Global { node } => {
-                            self.to_global.push(GlobalMsg::Batch { node, batch: b })
+                            to_global.push(GlobalMsg::Batch { node, batch: b })
                         }
-                        Target::Broadcast { node } => self.to_shards.push((node, b)),
+                        Target::Broadcast { node } => to_shards.push((node, b)),
                         Target::Table(_) => {}
                     }
                 }
@@ -624,37 +702,14 @@ pub(crate) fn shard_executor(
         if partial {
             consumers[0].push(Target::Global { node: pi });
         } else {
-            for (port, name) in pn.ports.iter().enumerate() {
-                let targets = plan.targets_of(&pn.name, name);
-                if targets.is_empty() {
-                    continue;
-                }
-                let Some(kind) = pn.shape.outputs.get(port).and_then(|p| p.table) else {
-                    continue;
-                };
-                tables.push(TableSink::new(kind, targets, index, discard, None)?);
-                consumers[port].push(Target::Table(tables.len() - 1));
-            }
+            table_consumers(plan, pi, index, discard, None, &mut tables, &mut consumers)?;
         }
         exec_of_plan[pi] = Some(nodes.len());
         nodes.push(ExecNode {
-            plan_index: pi,
-            name: pn.name.clone(),
-            kind: pn.shape.kind,
-            op,
-            inputs,
-            consumers,
-            emitter: Emitter::default(),
-            in_wm: 0,
-            out_wm: 0,
             partial,
             feedback,
-            sent_wm: 0,
-            trace_lag: pn.trace_lag,
+            ..ExecNode::new(plan, pi, op, inputs, consumers)
         });
-    }
-    for n in &mut nodes {
-        n.emitter = Emitter::with_connected(n.consumers.iter().map(|c| !c.is_empty()).collect());
     }
     Ok(Executor::new(nodes, tables))
 }
@@ -762,7 +817,7 @@ impl Shard {
                     self.exec.deliver(i, input, batch)?;
                 }
                 Ok(ShardMsg::Spans { source, spans }) => {
-                    let readers = self.readers.get(source).cloned().unwrap_or_default();
+                    let readers = self.readers.get(source).map_or(&[][..], Vec::as_slice);
                     let mut batch = Some(Batch::Spans(spans));
                     for (k, (node, input)) in readers.iter().enumerate() {
                         let b = if k + 1 == readers.len() {

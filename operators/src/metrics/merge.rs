@@ -94,9 +94,10 @@ pub struct MetricsMerge {
 }
 
 impl MetricsMerge {
-    /// A merge stage closing intervals of `interval` with `buckets`; `ports` output
-    /// ports receive each closed interval. `keep_sampled_only` drops exemplars of
-    /// traces a sampler did not keep.
+    /// A merge stage around `merger` (its interval, cardinality limit and whether it
+    /// keeps only sampled traces' exemplars), emitting each closed interval, with
+    /// `buckets`, on each of `ports` output ports; `service_totals` keeps per-service
+    /// totals for the run summary (`red_metrics`).
     pub fn new(
         merger: MetricsMerger,
         buckets: Buckets,

@@ -10,8 +10,10 @@
 
 mod merge;
 pub mod normalize;
+mod partial;
 
 pub use merge::{MetricsMerge, MetricsReport, ServiceTotals};
+pub use partial::TracePartial;
 
 use std::cmp::Reverse;
 use std::collections::BTreeMap;

@@ -322,6 +322,15 @@ impl Emitter {
             .unwrap_or_default()
     }
 
+    /// Drains what was emitted on `port`, in emission order, keeping the buffer for
+    /// the next call (the runtime's path: no allocation per call).
+    pub fn drain(&mut self, port: usize) -> impl Iterator<Item = Batch> + '_ {
+        self.ports
+            .get_mut(port)
+            .into_iter()
+            .flat_map(|p| p.drain(..))
+    }
+
     /// True when nothing waits on any port.
     pub fn is_empty(&self) -> bool {
         self.ports.iter().all(Vec::is_empty)

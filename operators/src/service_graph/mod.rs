@@ -13,17 +13,13 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::EventTime;
 use crate::config::{ConfigIssue, HumanDuration};
 use crate::metrics::{
-    Buckets, Exemplar, IntervalAggregator, Metric, MetricsMerge, MetricsMerger, MetricsReport,
-    NodeKind, Partial, SeriesKey, SlowThresholds, default_buckets, validate_metric_settings,
+    Buckets, Exemplar, IntervalAggregator, Metric, MetricsMerge, MetricsMerger, NodeKind, Partial,
+    SeriesKey, SlowThresholds, TracePartial, default_buckets, validate_metric_settings,
 };
 use crate::model::{CallType, Span, SpanId, SpanKind, Sym, TraceId};
-use crate::operator::{
-    Batch, DataKind, Emitter, Operator, OperatorError, PortSpec, Report, Scope, Shape, Table,
-    decode_state, encode_state,
-};
+use crate::operator::{DataKind, PortSpec, Scope, Shape, Table};
 use crate::session_window::ClosedTrace;
 use crate::span_index::SpanIndex;
 
@@ -304,50 +300,20 @@ impl ServiceGraph {
     }
 }
 
-/// The partial side: closed traces in, this shard's intervals out (port 0) once the
-/// watermark completes them.
-impl Operator for ServiceGraph {
-    fn process(
-        &mut self,
-        input: usize,
-        batch: Batch,
-        _out: &mut Emitter,
-    ) -> Result<(), OperatorError> {
-        let Batch::Traces(traces) = batch else {
-            return Err(OperatorError::unexpected("service_graph", input, &batch));
-        };
-        for t in &traces {
-            // The index is built once per trace for every operator that reads it.
-            self.add_indexed_trace(&t.trace, t.trace.index(), t.kept());
-        }
-        Ok(())
+/// The partial side (see [`TracePartial`]).
+impl TracePartial for ServiceGraph {
+    const KIND: &'static str = "service_graph";
+
+    fn add(&mut self, trace: &ClosedTrace, index: &SpanIndex, kept: bool) {
+        self.add_indexed_trace(trace, index, kept);
     }
 
-    fn on_watermark(
-        &mut self,
-        watermark: EventTime,
-        out: &mut Emitter,
-    ) -> Result<EventTime, OperatorError> {
-        let mut parts = Vec::new();
-        self.flush(watermark, &mut parts);
-        out.emit(0, Batch::Partials(parts));
-        Ok(watermark)
+    fn aggregator(&self) -> &IntervalAggregator {
+        &self.agg
     }
 
-    fn snapshot(&self) -> Result<Vec<u8>, OperatorError> {
-        encode_state(&self.agg.state())
-    }
-
-    fn restore(&mut self, state: &[u8]) -> Result<(), OperatorError> {
-        self.agg.restore(decode_state(state)?);
-        Ok(())
-    }
-
-    fn report(&self) -> Report {
-        Report::Metrics(MetricsReport {
-            late_observations: self.agg.late_observations,
-            ..MetricsReport::default()
-        })
+    fn aggregator_mut(&mut self) -> &mut IntervalAggregator {
+        &mut self.agg
     }
 }
 

@@ -24,9 +24,7 @@ use ahash::AHashMap;
 use serde::{Deserialize, Serialize};
 
 use crate::model::{Sym, TraceId};
-use crate::operator::{
-    Batch, Emitter, Operator, OperatorError, Report, decode_state, encode_state,
-};
+use crate::operator::{Batch, Emitter, Operator, OperatorError, decode_state, encode_state};
 use crate::{EventTime, WATERMARK_END};
 
 /// Nanoseconds per second.
@@ -174,7 +172,6 @@ struct MergeState {
     open: Vec<(LimitKey, Open)>,
     recent: Vec<RateVerdict>,
     watermark: EventTime,
-    late_offers: u64,
 }
 
 /// The merge stage of a sampler's rate limits (see the module docs).
@@ -190,7 +187,6 @@ pub struct RateLimitMerge {
     finalized: EventTime,
     /// An offer came for a window already complete: close it at the next watermark.
     rescan: bool,
-    late_offers: u64,
     /// Restored: resend `recent` with the next watermark (shards may have stopped
     /// before they received them).
     resend: bool,
@@ -206,7 +202,6 @@ impl RateLimitMerge {
             watermark: 0,
             finalized: 0,
             rescan: false,
-            late_offers: 0,
             resend: false,
         }
     }
@@ -239,9 +234,8 @@ impl Operator for RateLimitMerge {
         for o in offers {
             // A shard offers a trace before it reports the watermark the trace closed
             // at, so a window is never offered after its verdict. Should it be, it
-            // gets a second verdict (the shards wait for one); counted.
+            // gets a second verdict (the shards wait for one).
             if self.watermark > 0 && self.complete(&o.key, self.watermark) {
-                self.late_offers += o.offered;
                 self.rescan = true;
             }
             let budget = self.spec(&o.key).map_or(0, |s| s.budget);
@@ -321,7 +315,6 @@ impl Operator for RateLimitMerge {
             open,
             recent: self.recent.clone(),
             watermark: self.watermark,
-            late_offers: self.late_offers,
         })
     }
 
@@ -330,12 +323,7 @@ impl Operator for RateLimitMerge {
         self.open = s.open.into_iter().collect();
         self.recent = s.recent;
         self.watermark = s.watermark;
-        self.late_offers = s.late_offers;
         self.resend = true;
         Ok(())
-    }
-
-    fn report(&self) -> Report {
-        Report::None
     }
 }

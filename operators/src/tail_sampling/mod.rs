@@ -735,21 +735,20 @@ impl TailSampler {
         if traces.is_empty() {
             return;
         }
-        let want_kept = out.is_connected(Self::SPANS) || out.is_connected(Self::KEPT);
-        let kept: Vec<TraceRef> = if want_kept {
-            traces.iter().filter(|t| t.kept()).cloned().collect()
-        } else {
-            Vec::new()
-        };
-        out.emit(Self::TRACES, Batch::Traces(traces));
-        if out.is_connected(Self::KEPT) && out.is_connected(Self::SPANS) {
-            out.emit(Self::SPANS, Batch::Traces(kept.clone()));
-            out.emit(Self::KEPT, Batch::Traces(kept));
-        } else if out.is_connected(Self::KEPT) {
-            out.emit(Self::KEPT, Batch::Traces(kept));
-        } else {
-            out.emit(Self::SPANS, Batch::Traces(kept));
+        // `spans` and `kept` carry the same kept traces (written as spans or as
+        // traces); the emitter drops a port nobody reads.
+        if out.is_connected(Self::SPANS) || out.is_connected(Self::KEPT) {
+            let kept: Vec<TraceRef> = traces.iter().filter(|t| t.kept()).cloned().collect();
+            if !out.is_connected(Self::KEPT) {
+                out.emit(Self::SPANS, Batch::Traces(kept));
+            } else {
+                if out.is_connected(Self::SPANS) {
+                    out.emit(Self::SPANS, Batch::Traces(kept.clone()));
+                }
+                out.emit(Self::KEPT, Batch::Traces(kept));
+            }
         }
+        out.emit(Self::TRACES, Batch::Traces(traces));
     }
 
     fn emit_offers(&mut self, out: &mut Emitter) {
