@@ -10,8 +10,10 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use spanflow::connectors::clickhouse::config::ClickHouseSinkConfig;
 use spanflow::connectors::clickhouse::ddl::{self, Features};
 use spanflow::connectors::clickhouse::encode::TablePlan;
-use spanflow::connectors::clickhouse::{ClickHouseTableWriter, ClickHouseTarget, SinkTable};
-use spanflow::runtime::{RunOptions, run_job};
+use spanflow::connectors::clickhouse::{ClickHouseTarget, SinkTable};
+use spanflow::job::run_job;
+use spanflow::runtime::RunOptions;
+use spanflow::runtime::io::Sink;
 
 /// The demo job's analytics on a small generated input, written to Parquet; returns
 /// the batches of `spans` and `red_metrics`.
@@ -105,7 +107,7 @@ fn bench(c: &mut Criterion) {
                     outputs.clone(),
                     ClickHouseTarget::new_shared(),
                 );
-                let mut w = ClickHouseTableWriter::create(&target).expect("sink");
+                let mut w = target.open(0, batches[0].schema()).expect("sink");
                 for _ in 0..repeat {
                     for batch in batches.iter() {
                         w.write(batch).expect("write");

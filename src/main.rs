@@ -7,8 +7,9 @@ use std::sync::Arc;
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use spanflow::formats::InputFormat;
+use spanflow::job::run_job;
 use spanflow::job::{self, Job, SourceKind};
-use spanflow::runtime::{MemoryInput, RunOptions, run_job};
+use spanflow::runtime::{MemoryInput, RunOptions};
 use spanflow::testkit::generator::{Generator, GeneratorConfig, write_records};
 
 /// spanflow: a Flink-style stream processor for distributed-tracing analytics.

@@ -5,6 +5,7 @@
 pub mod avro;
 mod convert;
 mod dead_letter;
+pub mod framing;
 pub mod otlp_proto;
 mod wire;
 

@@ -10,13 +10,8 @@ use std::collections::BTreeMap;
 
 use schemars::JsonSchema;
 use serde::Deserialize;
-use spanflow_operators::red_metrics::RedMetricsConfig;
-use spanflow_operators::service_graph::ServiceGraphConfig;
-use spanflow_operators::session_window::SessionWindowConfig;
-use spanflow_operators::span_filter::SpanFilterConfig;
-use spanflow_operators::tail_sampling::TailSamplingConfig;
 
-use super::spec::{RollupConfig, WatermarkConfig};
+use super::spec::{OperatorFile, RollupConfig, WatermarkConfig};
 use crate::connectors::clickhouse::ClickHouseSinkConfig;
 use crate::connectors::file::FileSourceConfig;
 use crate::connectors::kafka::{KafkaSinkConfig, KafkaSourceConfig};
@@ -97,62 +92,6 @@ pub enum SourceFile {
         /// Event-time watermark settings.
         #[serde(default)]
         watermark: Option<WatermarkConfig>,
-    },
-}
-
-/// An operator.
-#[derive(Debug, Clone, Deserialize, JsonSchema)]
-#[serde(tag = "type", rename_all = "snake_case")]
-pub enum OperatorFile {
-    /// Groups spans into traces. Reads span streams; outputs `traces` (default) and
-    /// `late_spans`.
-    #[schemars(extend("additionalProperties" = false))]
-    SessionWindow {
-        /// Input streams.
-        from: FromFile,
-        /// The window's settings.
-        #[serde(flatten)]
-        config: SessionWindowConfig,
-    },
-    /// Drops spans by service/name regex before windowing. Reads span streams; outputs
-    /// `spans`.
-    #[schemars(extend("additionalProperties" = false))]
-    SpanFilter {
-        /// Input streams.
-        from: FromFile,
-        /// The filter's settings.
-        #[serde(flatten)]
-        config: SpanFilterConfig,
-    },
-    /// Tail sampling on complete traces. Reads traces; outputs `traces` (all of them,
-    /// marked `sampled`), `spans` (the spans of kept traces) and `kept` (the kept
-    /// traces).
-    #[schemars(extend("additionalProperties" = false))]
-    TailSampling {
-        /// Input streams.
-        from: FromFile,
-        /// The sampler's settings.
-        #[serde(flatten)]
-        config: TailSamplingConfig,
-    },
-    /// RED metrics with histograms and exemplars. Reads traces; outputs `red_metrics`
-    /// (default) and `exemplars`.
-    #[schemars(extend("additionalProperties" = false))]
-    RedMetrics {
-        /// Input streams.
-        from: FromFile,
-        /// The metrics' settings.
-        #[serde(flatten)]
-        config: RedMetricsConfig,
-    },
-    /// Service graph edges. Reads traces; outputs `service_relation`.
-    #[schemars(extend("additionalProperties" = false))]
-    ServiceGraph {
-        /// Input streams.
-        from: FromFile,
-        /// The graph's settings.
-        #[serde(flatten)]
-        config: ServiceGraphConfig,
     },
 }
 

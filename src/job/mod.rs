@@ -9,12 +9,14 @@ mod de;
 mod diagnostics;
 pub mod file;
 mod load;
+mod plan;
 pub mod spec;
 mod yaml;
 
 pub use diagnostics::{Diagnostic, Diagnostics};
 pub use file::json_schema;
 pub use load::{load, load_str};
+pub use plan::{plan, run_job};
 pub use spec::*;
 
 #[cfg(test)]

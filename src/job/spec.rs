@@ -106,19 +106,74 @@ pub struct OperatorNode {
     pub kind: OperatorKind,
 }
 
-/// The operator kinds (`type:` in the job file).
-#[derive(Debug, Clone, PartialEq)]
-pub enum OperatorKind {
-    /// `type: session_window`.
-    SessionWindow(SessionWindowConfig),
-    /// `type: span_filter`.
-    SpanFilter(SpanFilterConfig),
-    /// `type: tail_sampling`.
-    TailSampling(TailSamplingConfig),
-    /// `type: red_metrics`.
-    RedMetrics(RedMetricsConfig),
-    /// `type: service_graph`.
-    ServiceGraph(ServiceGraphConfig),
+/// Declares the operator kinds, one line each: the variant, its config type, its
+/// `type:` name and its [`Shape`], with the doc the job file's JSON schema shows. This
+/// generates [`OperatorKind`], the job file's [`OperatorFile`], config parsing and
+/// [`OperatorKind::SHAPES`]; [`OperatorKind::build`] says how the runtime runs each.
+macro_rules! operator_kinds {
+    ($( $(#[doc = $doc:literal])* $variant:ident($config:ty) = $name:literal, $shape:expr; )*) => {
+        /// The operator kinds (`type:` in the job file).
+        #[derive(Debug, Clone, PartialEq)]
+        pub enum OperatorKind {
+            $( #[doc = concat!("`type: ", $name, "`.")] $variant($config), )*
+        }
+
+        /// An operator.
+        #[derive(Debug, Clone, Deserialize, JsonSchema)]
+        #[serde(tag = "type")]
+        pub enum OperatorFile {
+            $(
+                $(#[doc = $doc])*
+                #[schemars(extend("additionalProperties" = false))]
+                #[serde(rename = $name)]
+                $variant {
+                    /// Input streams.
+                    from: super::file::FromFile,
+                    /// The operator's settings.
+                    #[serde(flatten)]
+                    config: $config,
+                },
+            )*
+        }
+
+        impl OperatorKind {
+            /// Parses the config of an operator of kind `type_name` (`None` for a name
+            /// that is no operator kind; `Some(None)` when the config had problems,
+            /// which `reader` reported).
+            pub(crate) fn parse(
+                type_name: &str,
+                reader: &mut impl ConfigReader,
+            ) -> Option<Option<OperatorKind>> {
+                Some(match type_name {
+                    $( $name => reader.read(<$config>::validate).map(OperatorKind::$variant), )*
+                    _ => return None,
+                })
+            }
+
+            /// Every operator kind's declaration (its `type:` name, what it reads, its
+            /// output ports and their tables), read by the loader, the planner and the
+            /// sinks.
+            pub const SHAPES: &'static [Shape] = &[ $( $shape, )* ];
+        }
+    };
+}
+
+operator_kinds! {
+    /// Groups spans into traces. Reads span streams; outputs `traces` (default) and
+    /// `late_spans`.
+    SessionWindow(SessionWindowConfig) = "session_window", SessionWindow::SHAPE;
+    /// Drops spans by service/name regex before windowing. Reads span streams; outputs
+    /// `spans`.
+    SpanFilter(SpanFilterConfig) = "span_filter", SpanFilter::SHAPE;
+    /// Tail sampling on complete traces. Reads traces; outputs `traces` (all of them,
+    /// marked `sampled`), `spans` (the spans of kept traces) and `kept` (the kept
+    /// traces).
+    TailSampling(TailSamplingConfig) = "tail_sampling", TailSampler::SHAPE;
+    /// RED metrics with histograms and exemplars. Reads traces; outputs `red_metrics`
+    /// (default) and `exemplars`.
+    RedMetrics(RedMetricsConfig) = "red_metrics", RedMetrics::SHAPE;
+    /// Service graph edges. Reads traces; outputs `service_relation`.
+    ServiceGraph(ServiceGraphConfig) = "service_graph", ServiceGraph::SHAPE;
 }
 
 /// The table each stream written by a sink lands in: named after its output port
@@ -157,42 +212,11 @@ pub(crate) trait ConfigReader {
 }
 
 impl OperatorKind {
-    /// Parses the config of an operator of kind `type_name` (`None` for a name that is
-    /// no operator kind; `Some(None)` when the config had problems, which `reader`
-    /// reported).
-    pub(crate) fn parse(
-        type_name: &str,
-        reader: &mut impl ConfigReader,
-    ) -> Option<Option<OperatorKind>> {
-        Some(match type_name {
-            "span_filter" => reader
-                .read(SpanFilterConfig::validate)
-                .map(OperatorKind::SpanFilter),
-            "session_window" => reader
-                .read(SessionWindowConfig::validate)
-                .map(OperatorKind::SessionWindow),
-            "tail_sampling" => reader
-                .read(TailSamplingConfig::validate)
-                .map(OperatorKind::TailSampling),
-            "red_metrics" => reader
-                .read(RedMetricsConfig::validate)
-                .map(OperatorKind::RedMetrics),
-            "service_graph" => reader
-                .read(ServiceGraphConfig::validate)
-                .map(OperatorKind::ServiceGraph),
-            _ => return None,
-        })
+    /// Whether its merge side answers the shards (a sampler's rate limits): such a node
+    /// holds traces back until the answer comes.
+    pub fn answers_shards(&self) -> bool {
+        matches!(self, OperatorKind::TailSampling(c) if TailSampler::new(c.clone()).has_rate_limits())
     }
-
-    /// Every operator kind's declaration (its `type:` name, what it reads, its output
-    /// ports and their tables), read by the loader, the planner and the sinks.
-    pub const SHAPES: &'static [Shape] = &[
-        SpanFilter::SHAPE,
-        SessionWindow::SHAPE,
-        TailSampler::SHAPE,
-        RedMetrics::SHAPE,
-        ServiceGraph::SHAPE,
-    ];
 
     /// The declaration of the kind named `type_name` in job files.
     pub fn shape_of(type_name: &str) -> Option<&'static Shape> {
@@ -220,7 +244,7 @@ impl OperatorKind {
             }
             OperatorKind::TailSampling(c) => {
                 let (p, m) = (c.clone(), c.clone());
-                let build = if TailSampler::new(c.clone()).has_rate_limits() {
+                let build = if self.answers_shards() {
                     // Rate limits decide over all shards' traces (see `tail_sampling::limit`).
                     NodeBuild::Feedback {
                         partial: Arc::new(move |_| Box::new(TailSampler::new(p.clone()))),

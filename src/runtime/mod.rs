@@ -2,8 +2,8 @@
 //!
 //! ```text
 //! sources ──records──▶ ordered parallel decode ──▶ router ──spans by trace_id──▶ shard 0..P
-//!   (generator, file,     (runtime tasks,           (watermarks per split,       (the plan's graph of
-//!    memory, kafka)        order preserved)          dead letters)                 operators, tables)
+//!  (io::Source: Kafka,    (runtime tasks,           (watermarks per split,       (the plan's graph of
+//!   files, generator)      order preserved)          dead letters)                 operators, io::Sink)
 //!                                                                                    │ partials, offers
 //!                                                                                    ▼    ▲ verdicts
 //!                                                                          global stage (metric merges,
@@ -21,6 +21,7 @@
 //! rate limits) are made over all shards' data; outputs differ only in row order.
 
 mod global;
+pub mod io;
 mod plan;
 mod rollup;
 mod router;
@@ -39,17 +40,16 @@ use spanflow_operators::Sym;
 use spanflow_operators::operator::Report;
 use tokio::sync::mpsc;
 
-pub use plan::{Input, NodeBuild, Plan, PlanError, PlanNode, TableTarget};
-pub use source::MemoryInput;
+pub use plan::{
+    Input, NodeBuild, OpenSource, Plan, PlanError, PlanNode, PlanSource, ROLLUP_SHAPE, TableTarget,
+};
+pub use rollup::RollupSpec;
+pub use source::{MemoryInput, MemorySource};
 pub use summary::ServiceSummary;
 pub use summary::{OutputTable, RunSummary};
 
-use crate::connectors::SinkError;
-use crate::connectors::parquet::prepare_table_dir;
-use crate::job::Job;
-use crate::testkit::generator::GroundTruth;
+use io::{ConnectorError, Fault, Finish, SourceEvent, SourceOutput};
 use shard::{GlobalMsg, ShardMsg, ShardResult};
-use source::{SourceEvent, SourceTask};
 
 /// Errors of a run.
 #[derive(Debug, thiserror::Error)]
@@ -57,13 +57,13 @@ pub enum RunError {
     /// The job cannot be planned.
     #[error(transparent)]
     Plan(#[from] PlanError),
-    /// A source failed (unreadable file, bad generator config).
-    #[error("source `{source_name}`: {message}")]
+    /// A source failed (unreadable file, bad generator config, broker down).
+    #[error("source `{source_name}`: {error}")]
     Source {
         /// Source node name.
         source_name: String,
-        /// What went wrong.
-        message: String,
+        /// What went wrong, and whose fault it is.
+        error: ConnectorError,
     },
     /// A sink failed.
     #[error(transparent)]
@@ -84,10 +84,46 @@ pub enum RunError {
     Internal(String),
 }
 
+impl RunError {
+    /// Whose fault the failure is: the user's (fix the job or input; retrying cannot
+    /// help), an external system's (retry later), or a bug.
+    pub fn fault(&self) -> Fault {
+        match self {
+            RunError::Plan(_) | RunError::Savepoint(_) | RunError::Rollup { .. } => Fault::User,
+            RunError::Source { error, .. } => error.fault,
+            RunError::Sink(e) => e.error.fault,
+            RunError::Internal(_) => Fault::Internal,
+        }
+    }
+}
+
+/// A sink failed writing a table.
+#[derive(Debug, thiserror::Error)]
+#[error("sink `{sink}`, table `{table}`: {error}")]
+pub struct SinkError {
+    /// Sink node name.
+    pub sink: String,
+    /// Table written.
+    pub table: String,
+    /// What went wrong, and whose fault it is.
+    pub error: ConnectorError,
+}
+
+impl SinkError {
+    pub(crate) fn of(t: &TableTarget, error: ConnectorError) -> Self {
+        SinkError {
+            sink: t.sink.clone(),
+            table: t.table.clone(),
+            error,
+        }
+    }
+}
+
 /// How to run a job.
 #[derive(Debug, Clone, Default)]
 pub struct RunOptions {
-    /// Overrides every Parquet sink's directory.
+    /// Overrides every Parquet sink's directory (when the job is planned by
+    /// [`crate::job::run_job`]).
     pub output_dir: Option<PathBuf>,
     /// Shards; `None` = the job's `parallelism`, else one per core.
     pub parallelism: Option<usize>,
@@ -119,16 +155,26 @@ pub(crate) struct Progress {
     pub buffered_spans: AtomicU64,
 }
 
-/// Spans per decode chunk target; chunks are cut by record count so that chunking
-/// (and thus the watermark sequence) never depends on timing.
-const RECORDS_PER_CHUNK: usize = 2;
+/// Attempts at opening a sink's writer while its system is down.
+const OPEN_ATTEMPTS: u32 = 4;
 
-/// Runs a job to completion (bounded sources) and returns its summary.
-pub fn run_job(job: &Job, opts: &RunOptions) -> Result<RunSummary, RunError> {
-    let mut plan = Plan::new(job, opts.output_dir.as_deref())?;
+/// Opens `t`'s writer for part `part`, retrying while its system is down.
+pub(crate) fn open_writer(
+    t: &TableTarget,
+    part: usize,
+    schema: arrow::datatypes::SchemaRef,
+) -> Result<Box<dyn io::TableWriter>, RunError> {
+    let what = format!("opening sink `{}`, table `{}`", t.sink, t.table);
+    io::retry(OPEN_ATTEMPTS, &what, || t.out.open(part, schema.clone()))
+        .map_err(|e| SinkError::of(t, e).into())
+}
+
+/// Runs a plan to completion (bounded sources, or until stopped) and returns its
+/// summary. [`crate::job::run_job`] plans a job and runs it.
+pub fn run(mut plan: Plan, opts: &RunOptions) -> Result<RunSummary, RunError> {
     let parallelism = opts
         .parallelism
-        .or(job.parallelism)
+        .or(plan.parallelism)
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
         .max(1);
     plan.shards = parallelism;
@@ -143,17 +189,29 @@ pub fn run_job(job: &Job, opts: &RunOptions) -> Result<RunSummary, RunError> {
         Some(dir) => {
             let sp = savepoint::load(dir).map_err(RunError::Savepoint)?;
             if let Some(sp) = &sp {
-                savepoint::check(sp, job, parallelism, dir).map_err(RunError::Savepoint)?;
-                plan.set_part_base(sp.next_part);
+                savepoint::check(sp, &plan, parallelism, dir).map_err(RunError::Savepoint)?;
+                plan.part_base = sp.next_part;
             }
             sp
         }
         None => None,
     };
-    let identity = (job.name.clone(), savepoint::fingerprint(job));
+    if let Some(mem) = &opts.memory_input {
+        let mem = mem.clone();
+        let source = PlanSource {
+            name: mem.name.clone(),
+            watermark: plan
+                .sources
+                .first()
+                .map(|s| s.watermark)
+                .unwrap_or_default(),
+            open: Arc::new(move || Box::new(MemorySource(mem.clone()))),
+        };
+        plan.sources = vec![source];
+    }
     let before = summary::Usage::now();
     let t0 = Instant::now();
-    let result = rt.block_on(run_plan(plan, parallelism, opts.clone(), restore, identity));
+    let result = rt.block_on(run_plan(plan, parallelism, opts.clone(), restore));
     let mut summary = result?;
     summary.wall_seconds = t0.elapsed().as_secs_f64();
     let after = summary::Usage::now();
@@ -168,18 +226,15 @@ async fn run_plan(
     parallelism: usize,
     opts: RunOptions,
     mut restore: Option<savepoint::Savepoint>,
-    identity: (String, u64),
 ) -> Result<RunSummary, RunError> {
     let progress = Arc::new(Progress::default());
     let restored = restore.is_some();
     if !opts.discard_outputs {
-        for t in plan.all_targets().filter(|t| t.is_parquet()) {
-            let tdir = t.dir.join(&t.table);
-            let keep: &[String] = restore
+        for t in plan.all_targets() {
+            let kept = restore
                 .as_ref()
-                .and_then(|sp| sp.parts.iter().find(|(d, _)| *d == tdir))
-                .map_or(&[], |(_, parts)| parts.as_slice());
-            prepare_table_dir(&t.dir, &t.table, keep)?;
+                .and_then(|sp| sp.sinks.iter().find(|(k, _)| *k == t.key()).map(|(_, p)| p));
+            t.out.prepare(kept).map_err(|e| SinkError::of(t, e))?;
         }
     }
 
@@ -241,29 +296,30 @@ async fn run_plan(
 
     // Sources.
     let (src_tx, src_rx) = mpsc::channel::<SourceEvent>(4 * parallelism);
-    let mut source_tasks = Vec::new();
-    let mut split_settings = Vec::new();
-    let ground_truth = Arc::new(std::sync::Mutex::new(None::<GroundTruth>));
-    if let Some(mem) = &opts.memory_input {
-        let wm = plan
-            .sources
-            .first()
-            .map(|s| s.watermark.clone())
-            .unwrap_or_default();
-        split_settings.push((Sym::new(&mem.name), wm));
-        source_tasks.push(SourceTask::Memory(mem.clone()));
-    } else {
-        for (i, s) in plan.sources.iter().enumerate() {
-            split_settings.push((Sym::new(&s.name), s.watermark.clone()));
-            let mut task = SourceTask::from_node(s)?;
-            if let Some(positions) = restore.as_ref().and_then(|sp| sp.positions.get(i)) {
-                task.resume_from(positions.clone());
-            }
-            source_tasks.push(task);
+    let mut sources = Vec::with_capacity(plan.sources.len());
+    for (i, s) in plan.sources.iter().enumerate() {
+        let mut source = (s.open)();
+        if let Some(position) = restore
+            .as_ref()
+            .and_then(|sp| sp.positions.get(i))
+            .and_then(Option::as_ref)
+        {
+            source
+                .resume_from(position)
+                .map_err(|error| RunError::Source {
+                    source_name: s.name.clone(),
+                    error,
+                })?;
         }
+        sources.push(source);
     }
+    let split_settings: Vec<(Sym, watermark::WatermarkSettings)> = plan
+        .sources
+        .iter()
+        .map(|s| (Sym::new(&s.name), s.watermark))
+        .collect();
     // Only a run whose every source can resume where it stopped can leave a savepoint.
-    let resumable = source_tasks.iter().all(SourceTask::resumable);
+    let resumable = sources.iter().all(|s| s.resumable());
     let mut source_handles = Vec::new();
     let mut finish_txs = Vec::new();
     let stop = opts.stop.clone().unwrap_or_default();
@@ -279,17 +335,19 @@ async fn run_plan(
             }
         });
     }
-    for (i, task) in source_tasks.into_iter().enumerate() {
-        let tx = src_tx.clone();
-        let gt = ground_truth.clone();
+    for (i, source) in sources.into_iter().enumerate() {
         let (finish_tx, finish_rx) = std::sync::mpsc::channel();
         finish_txs.push(finish_tx);
-        let control = source::SourceControl {
-            stop: stop.clone(),
-            finish: finish_rx,
-        };
+        let out = SourceOutput::new(
+            i,
+            split_settings[i].0,
+            source.format(),
+            src_tx.clone(),
+            stop.clone(),
+            finish_rx,
+        );
         source_handles.push(tokio::task::spawn_blocking(move || {
-            task.run(i, tx, gt, control)
+            source::run_source(source, out)
         }));
     }
     drop(src_tx);
@@ -309,6 +367,7 @@ async fn run_plan(
         } else {
             plan.dead_letter_targets()
         },
+        part: plan.part_base,
         parallelism,
         resumed_watermark,
         progress: &progress,
@@ -351,7 +410,7 @@ async fn run_plan(
     router::flush_dead(&mut dead_rows, &mut dead_writers)?;
     let mut outputs: Vec<OutputTable> = Vec::new();
     for (t, w) in dead_writers {
-        let rows = w.close()?;
+        let rows = w.close().map_err(|e| SinkError::of(&t, e))?;
         summary::add_output(&mut outputs, &t, rows);
     }
 
@@ -407,27 +466,23 @@ async fn run_plan(
             let Some(shards) = shards else {
                 return Err(RunError::Internal("a shard returned no snapshot".into()));
             };
-            let mut parts = Vec::new();
-            for t in plan.all_targets().filter(|t| t.is_parquet()) {
-                let tdir = t.dir.join(&t.table);
-                if !parts.iter().any(|(d, _)| *d == tdir) {
-                    let names = savepoint::list_parts(&tdir);
-                    parts.push((tdir, names));
+            let mut sinks = Vec::new();
+            for t in plan.all_targets() {
+                if let Some(p) = t.out.savepoint().map_err(|e| SinkError::of(t, e))? {
+                    sinks.push((t.key(), p));
                 }
             }
-            let next_part =
-                plan.all_targets().map(|t| t.part_base).max().unwrap_or(0) + parallelism;
             let sp = savepoint::Savepoint {
                 version: savepoint::VERSION,
-                job: identity.0.clone(),
-                fingerprint: identity.1,
+                job: plan.job.clone(),
+                fingerprint: plan.fingerprint,
                 parallelism,
                 watermark: last_wm,
                 shards,
                 global: global_snapshot,
                 positions: positions.clone(),
-                parts,
-                next_part,
+                sinks,
+                next_part: plan.part_base + parallelism,
             };
             savepoint::write(dir, &sp).map_err(RunError::Savepoint)?;
             savepoint_written = Some(savepoint::path(dir));
@@ -439,24 +494,28 @@ async fn run_plan(
     }
     for tx in finish_txs {
         let _ = tx.send(if failure.is_none() {
-            source::Finish::Commit
+            Finish::Commit
         } else {
-            source::Finish::Abort
+            Finish::Abort
         });
     }
+    let mut source_reports = Vec::new();
     for (i, h) in source_handles.into_iter().enumerate() {
-        let late_error = h
+        let end = h
             .await
             .map_err(|e| RunError::Internal(format!("source task failed: {e}")))?;
-        if let Some(message) = late_error {
-            let name = split_settings
-                .get(i)
-                .map_or("?", |s| s.0.as_str())
-                .to_owned();
+        let name = split_settings
+            .get(i)
+            .map_or("?", |s| s.0.as_str())
+            .to_owned();
+        if let Some(error) = end.late_error {
             failure.get_or_insert(RunError::Source {
-                source_name: name,
-                message,
+                source_name: name.clone(),
+                error,
             });
+        }
+        if let Some(r) = end.report {
+            source_reports.push((name, r));
         }
     }
     if let Some(bar) = bar {
@@ -465,7 +524,6 @@ async fn run_plan(
     if let Some(e) = failure {
         return Err(e);
     }
-    let gt = ground_truth.lock().ok().and_then(|g| g.clone());
     Ok(RunSummary {
         job: plan.job.clone(),
         parallelism,
@@ -480,7 +538,7 @@ async fn run_plan(
         folded_series: totals.folded_series,
         late_metric_observations: totals.late_metric_observations,
         outputs,
-        ground_truth: gt,
+        source_reports,
         peak_buffered_spans: peak_buffered.0 as u64,
         bytes_per_buffered_span: if peak_buffered.0 > 0 {
             peak_buffered.1 as f64 / peak_buffered.0 as f64

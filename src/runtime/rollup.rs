@@ -14,9 +14,22 @@ use spanflow_operators::operator::{
 };
 
 use super::RunError;
-use crate::job::RollupNode;
 use crate::sql::rollup::RollupQuery;
 use crate::tables::{ExemplarRows, MetricRows, TableRows};
+
+/// What the runtime needs of a rollup.
+#[derive(Debug, Clone)]
+pub struct RollupSpec {
+    /// Its name, which is also its output's.
+    pub name: String,
+    /// The table name the query reads each input as (`red_metrics`, ...), in input
+    /// order.
+    pub tables: Vec<String>,
+    /// The SQL text.
+    pub query: String,
+    /// Rows of upstream intervals that start in one window are queried together.
+    pub window_ns: u64,
+}
 
 /// A rollup's open windows and its inputs' bucket bounds, kept in a savepoint.
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
@@ -45,14 +58,14 @@ pub(crate) struct RollupOp {
 impl RollupOp {
     /// Plans the rollup's query (it was planned when the job was loaded, so this does
     /// not fail for a validated job); `inputs` are the tables of its `from:` entries.
-    pub async fn new(node: &RollupNode, inputs: Vec<Table>) -> Result<Self, RunError> {
+    pub async fn new(node: &RollupSpec, inputs: Vec<Table>) -> Result<Self, RunError> {
         let mut tables = Vec::new();
-        for (s, kind) in node.from.iter().zip(&inputs) {
+        for (name, kind) in node.tables.iter().zip(&inputs) {
             let schema = kind
                 .builtin_name()
                 .and_then(crate::tables::schema)
-                .ok_or_else(|| RunError::Internal(format!("no schema for `{s}`")))?;
-            tables.push((s.port.clone(), schema));
+                .ok_or_else(|| RunError::Internal(format!("no schema for `{name}`")))?;
+            tables.push((name.clone(), schema));
         }
         let query =
             RollupQuery::plan(&node.query, &tables)
@@ -66,7 +79,7 @@ impl RollupOp {
             name: node.name.clone(),
             query,
             inputs,
-            window_ns: node.window.as_nanos().max(1),
+            window_ns: node.window_ns.max(1),
             state: RollupState {
                 bounds: vec![Vec::new(); n],
                 ..RollupState::default()

@@ -10,13 +10,11 @@ use futures::StreamExt;
 use spanflow_operators::Sym;
 use tokio::sync::mpsc;
 
+use super::io::{ConnectorError, Position, Records, SourceEvent, TableWriter};
 use super::shard::ShardMsg;
-use super::source::SourceEvent;
-use super::watermark::WatermarkTracker;
-use super::{Progress, RunError, TableTarget};
-use crate::connectors::TableWriter;
+use super::watermark::{WatermarkSettings, WatermarkTracker};
+use super::{Progress, RunError, SinkError, TableTarget};
 use crate::formats::{DecodeStats, Decoded, RecordMeta, SpanDecoder};
-use crate::job::WatermarkConfig;
 use crate::tables::{DeadLetterRows, TableRows};
 
 /// What the router needs.
@@ -24,8 +22,10 @@ pub(crate) struct RouteInput<'a> {
     pub src_rx: mpsc::Receiver<SourceEvent>,
     pub shard_txs: &'a [mpsc::Sender<ShardMsg>],
     /// Name and watermark settings of each source.
-    pub split_settings: &'a [(Sym, WatermarkConfig)],
+    pub split_settings: &'a [(Sym, WatermarkSettings)],
     pub dead_letter_targets: Vec<TableTarget>,
+    /// Part number of the dead-letter writers.
+    pub part: usize,
     pub parallelism: usize,
     pub resumed_watermark: u64,
     pub progress: &'a Arc<Progress>,
@@ -37,13 +37,13 @@ pub(crate) struct Routed {
     pub tracker: WatermarkTracker,
     /// The last watermark sent to the shards.
     pub last_wm: u64,
-    /// Per source: (topic, partition, next offset) it reported at its end.
-    pub positions: Vec<Vec<(String, i32, i64)>>,
+    /// Per source: the position it reported at its end.
+    pub positions: Vec<Option<Position>>,
     pub decode_stats: DecodeStats,
     /// The first failure (a source's, or a bug's); the run ends with it.
     pub failure: Option<RunError>,
     pub dead_rows: DeadLetterRows,
-    pub dead_writers: Vec<(TableTarget, TableWriter)>,
+    pub dead_writers: Vec<(TableTarget, Box<dyn TableWriter>)>,
 }
 
 /// Runs until every source has reported its end.
@@ -53,6 +53,7 @@ pub(crate) async fn route(input: RouteInput<'_>) -> Result<Routed, RunError> {
         shard_txs,
         split_settings,
         dead_letter_targets,
+        part,
         parallelism,
         resumed_watermark,
         progress,
@@ -62,7 +63,7 @@ pub(crate) async fn route(input: RouteInput<'_>) -> Result<Routed, RunError> {
     let mut dead_rows = DeadLetterRows::default();
     let mut dead_writers = Vec::new();
     for t in &dead_letter_targets {
-        let w = TableWriter::create(t, 0, dead_rows.schema())?;
+        let w = super::open_writer(t, part, dead_rows.schema())?;
         dead_writers.push((t.clone(), w));
     }
     let mut tracker = WatermarkTracker::new(n_sources);
@@ -70,10 +71,10 @@ pub(crate) async fn route(input: RouteInput<'_>) -> Result<Routed, RunError> {
     // to deliver its first records does not find the watermark already past them.
     let start = Instant::now();
     for (i, (_, wm)) in split_settings.iter().enumerate() {
-        tracker.add_split((i, 0), wm.max_out_of_order.0, wm.idle_timeout.0, start);
+        tracker.add_split((i, 0), wm.max_out_of_order, wm.idle_timeout, start);
     }
     tracker.resume_at(resumed_watermark);
-    let mut positions: Vec<Vec<(String, i32, i64)>> = vec![Vec::new(); n_sources];
+    let mut positions: Vec<Option<Position>> = vec![None; n_sources];
     let mut decode_stats = DecodeStats::default();
     let decoded = tokio_stream_from(src_rx)
         .map(|ev| async move {
@@ -81,13 +82,16 @@ pub(crate) async fn route(input: RouteInput<'_>) -> Result<Routed, RunError> {
                 SourceEvent::Records {
                     source,
                     name,
-                    split,
-                    topic,
-                    partition,
-                    first_offset,
-                    offsets,
                     format,
-                    records,
+                    records:
+                        Records {
+                            split,
+                            topic,
+                            partition,
+                            first_offset,
+                            offsets,
+                            records,
+                        },
                 } => {
                     // Decoding runs as a task on the runtime's workers (one per core, shared
                     // with the shards), not on the blocking pool: a chunk is two records,
@@ -130,14 +134,14 @@ pub(crate) async fn route(input: RouteInput<'_>) -> Result<Routed, RunError> {
                     }
                 }
 
-                SourceEvent::Done { source, positions } => Event::Done { source, positions },
+                SourceEvent::Done { source, position } => Event::Done { source, position },
                 SourceEvent::SplitsAdded { source, splits } => {
                     Event::SplitsAdded { source, splits }
                 }
                 SourceEvent::SplitsRemoved { source, splits } => {
                     Event::SplitsRemoved { source, splits }
                 }
-                SourceEvent::Failed { source, message } => Event::SourceFailed { source, message },
+                SourceEvent::Failed { source, error } => Event::SourceFailed { source, error },
             }
         })
         .buffered(parallelism + 1);
@@ -203,12 +207,9 @@ pub(crate) async fn route(input: RouteInput<'_>) -> Result<Routed, RunError> {
                 }
                 send_spans(source, &mut per_shard, shard_txs, &mut failure).await;
             }
-            Some(Event::Done {
-                source,
-                positions: p,
-            }) => {
-                if let (Some(p), Some(slot)) = (p, positions.get_mut(source)) {
-                    *slot = p;
+            Some(Event::Done { source, position }) => {
+                if let Some(slot) = positions.get_mut(source) {
+                    *slot = position;
                 }
                 tracker.finish_source(source);
                 ended_sources += 1;
@@ -219,12 +220,7 @@ pub(crate) async fn route(input: RouteInput<'_>) -> Result<Routed, RunError> {
                 tracker.remove_split((source, 0));
                 if let Some((_, wm)) = split_settings.get(source) {
                     for s in splits {
-                        tracker.add_split(
-                            (source, s),
-                            wm.max_out_of_order.0,
-                            wm.idle_timeout.0,
-                            now,
-                        );
+                        tracker.add_split((source, s), wm.max_out_of_order, wm.idle_timeout, now);
                     }
                 }
             }
@@ -233,7 +229,7 @@ pub(crate) async fn route(input: RouteInput<'_>) -> Result<Routed, RunError> {
                     tracker.remove_split((source, s));
                 }
             }
-            Some(Event::SourceFailed { source, message }) => {
+            Some(Event::SourceFailed { source, error }) => {
                 ended_sources += 1;
                 let name = split_settings
                     .get(source)
@@ -241,7 +237,7 @@ pub(crate) async fn route(input: RouteInput<'_>) -> Result<Routed, RunError> {
                     .to_owned();
                 failure.get_or_insert(RunError::Source {
                     source_name: name,
-                    message,
+                    error,
                 });
                 tracker.finish_source(source);
             }
@@ -286,7 +282,7 @@ enum Event {
 
     Done {
         source: usize,
-        positions: Option<Vec<(String, i32, i64)>>,
+        position: Option<Position>,
     },
     SplitsAdded {
         source: usize,
@@ -298,7 +294,7 @@ enum Event {
     },
     SourceFailed {
         source: usize,
-        message: String,
+        error: ConnectorError,
     },
     Failed(String),
 }
@@ -366,7 +362,7 @@ async fn send_spans(
 
 pub(crate) fn flush_dead(
     rows: &mut DeadLetterRows,
-    writers: &mut [(TableTarget, TableWriter)],
+    writers: &mut [(TableTarget, Box<dyn TableWriter>)],
 ) -> Result<(), RunError> {
     if rows.is_empty() {
         return Ok(());
@@ -377,7 +373,7 @@ pub(crate) fn flush_dead(
         let mask: Vec<bool> = batch_sources(&batch).map(|s| s == t.node).collect();
         let filtered = arrow::compute::filter_record_batch(&batch, &mask.into())
             .map_err(|e| RunError::Internal(format!("filtering dead letters: {e}")))?;
-        w.write(&filtered)?;
+        w.write(&filtered).map_err(|e| SinkError::of(t, e))?;
     }
     Ok(())
 }

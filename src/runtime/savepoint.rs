@@ -14,11 +14,12 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use super::Plan;
+use super::io::Position;
 use super::shard::NodeSnapshot;
-use crate::job::Job;
 
 /// Bumped when the layout changes; an older savepoint is refused with a clear message.
-pub(crate) const VERSION: u32 = 3;
+pub(crate) const VERSION: u32 = 4;
 
 /// What a stopped run leaves for the next one.
 #[derive(Debug, Serialize, Deserialize)]
@@ -36,11 +37,11 @@ pub(crate) struct Savepoint {
     pub shards: Vec<Vec<NodeSnapshot>>,
     /// The global stage's node instances (metric merges, rollups).
     pub global: Option<Vec<NodeSnapshot>>,
-    /// Per source (by index): (topic, partition, next offset).
-    pub positions: Vec<Vec<(String, i32, i64)>>,
-    /// Parquet part files written so far, per `<dir>/<table>`; a restore removes any
-    /// other part (written after the savepoint by a run that then crashed).
-    pub parts: Vec<(PathBuf, Vec<String>)>,
+    /// Per source (by index): where it got to, as the source encoded it.
+    pub positions: Vec<Option<Position>>,
+    /// Per sink table (`<sink>/<table>`): what it keeps to undo writes made after the
+    /// savepoint (Parquet: the part files written so far).
+    pub sinks: Vec<(String, Position)>,
     /// Part numbers the next run starts from, so it never overwrites kept parts.
     pub next_part: usize,
 }
@@ -48,22 +49,6 @@ pub(crate) struct Savepoint {
 /// The savepoint file in `dir`.
 pub(crate) fn path(dir: &Path) -> PathBuf {
     dir.join("savepoint.cbor")
-}
-
-/// A stable fingerprint of what a job computes and where it writes.
-pub(crate) fn fingerprint(job: &Job) -> u64 {
-    let mut text = format!("{:?}|{:?}", job.operators, job.sinks);
-    // Only with rollups, so jobs without them keep their fingerprint.
-    for r in &job.rollups {
-        text.push_str(&format!(
-            "|{}:{:?}:{:?}:{}",
-            r.name, r.from, r.window, r.query
-        ));
-    }
-    // FNV-1a: stable across builds and platforms, unlike the std hasher.
-    text.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    })
 }
 
 /// Loads the savepoint in `dir`, if any.
@@ -89,17 +74,17 @@ pub(crate) fn load(dir: &Path) -> Result<Option<Savepoint>, String> {
 /// Checks that `sp` belongs to this job and parallelism.
 pub(crate) fn check(
     sp: &Savepoint,
-    job: &Job,
+    plan: &Plan,
     parallelism: usize,
     dir: &Path,
 ) -> Result<(), String> {
-    if sp.job != job.name || sp.fingerprint != fingerprint(job) {
+    if sp.job != plan.job || sp.fingerprint != plan.fingerprint {
         return Err(format!(
             "{} was written by a different job or job version (`{}`); restoring it into `{}` \
              would mix state of different computations. Remove the file to start fresh.",
             path(dir).display(),
             sp.job,
-            job.name
+            plan.job
         ));
     }
     if sp.parallelism != parallelism {
@@ -137,18 +122,4 @@ pub(crate) fn remove(dir: &Path) -> Result<(), String> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(format!("{}: {e}", path(dir).display())),
     }
-}
-
-/// The part files now in `<dir>/<table>`.
-pub(crate) fn list_parts(table_dir: &Path) -> Vec<String> {
-    let mut out: Vec<String> = std::fs::read_dir(table_dir)
-        .map(|rd| {
-            rd.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| n.starts_with("part-") && n.ends_with(".parquet"))
-                .collect()
-        })
-        .unwrap_or_default();
-    out.sort();
-    out
 }

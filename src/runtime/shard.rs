@@ -21,9 +21,9 @@ use spanflow_operators::session_window::SessionWindow;
 use spanflow_operators::{Span, WATERMARK_END};
 use tokio::sync::mpsc;
 
+use super::io::{ConnectorError, TableWriter};
 use super::plan::{Input, NodeBuild, Plan};
-use super::{Progress, RunError, TableTarget};
-use crate::connectors::TableWriter;
+use super::{Progress, RunError, SinkError, TableTarget};
 use crate::tables::{BatchRows, ExemplarRows, MetricRows, SpanRows, TableRows, TraceRows};
 
 /// Messages from the router.
@@ -79,7 +79,7 @@ pub(crate) struct ShardResult {
 /// One output stream: its rows and where they go.
 pub(crate) struct Port<R> {
     pub rows: R,
-    writers: Vec<(TableTarget, TableWriter)>,
+    writers: Vec<(TableTarget, Box<dyn TableWriter>)>,
     flush_rows: usize,
 }
 
@@ -91,13 +91,11 @@ impl<R: TableRows> Port<R> {
         discard: bool,
     ) -> Result<Self, RunError> {
         let mut writers = Vec::new();
-        // Small batches keep the builders' buffers in cache and reused; the Parquet
-        // writer still forms row groups of `row_group_rows`.
         let mut flush_rows = 1024;
         if !discard {
             for t in targets {
-                flush_rows = flush_rows.min(t.config.row_group_rows.max(1));
-                writers.push((t.clone(), TableWriter::create(t, part, rows.schema())?));
+                flush_rows = flush_rows.min(t.out.batch_rows().max(1));
+                writers.push((t.clone(), super::open_writer(t, part, rows.schema())?));
             }
         }
         Ok(Port {
@@ -112,8 +110,8 @@ impl<R: TableRows> Port<R> {
             return Ok(());
         }
         let batch = self.rows.finish();
-        for (_, w) in &mut self.writers {
-            w.write(&batch)?;
+        for (t, w) in &mut self.writers {
+            w.write(&batch).map_err(|e| SinkError::of(t, e))?;
         }
         Ok(())
     }
@@ -121,7 +119,8 @@ impl<R: TableRows> Port<R> {
     pub fn close(mut self, outputs: &mut Vec<(TableTarget, u64)>) -> Result<(), RunError> {
         self.maybe_flush(true)?;
         for (t, w) in self.writers {
-            outputs.push((t, w.close()?));
+            let rows = w.close().map_err(|e| SinkError::of(&t, e))?;
+            outputs.push((t, rows));
         }
         Ok(())
     }
@@ -164,8 +163,7 @@ impl TableSink {
                     } else {
                         targets
                             .iter()
-                            .filter(|t| t.is_parquet())
-                            .map(|t| t.dir.join(format!("{}.openmetrics.txt", t.table)))
+                            .filter_map(|t| Some((t.clone(), t.out.openmetrics_file()?)))
                             .collect()
                     },
                     last: None,
@@ -272,9 +270,9 @@ impl TableSink {
             TableSink::Red(p, text) => {
                 if let Some((ci, buckets)) = &text.last {
                     let body = render_openmetrics(ci, buckets, "spanflow_");
-                    for f in &text.files {
+                    for (t, f) in &text.files {
                         std::fs::write(f, &body)
-                            .map_err(|e| crate::connectors::SinkError::io(f, e))?;
+                            .map_err(|e| SinkError::of(t, ConnectorError::io(f, &e)))?;
                     }
                 }
                 p.close(outputs)
@@ -289,7 +287,7 @@ impl TableSink {
 /// The latest closed interval of a `red_metrics` table, written as OpenMetrics text
 /// (with exemplars) next to its Parquet parts when the run ends.
 pub(crate) struct OpenMetricsText {
-    files: Vec<std::path::PathBuf>,
+    files: Vec<(TableTarget, std::path::PathBuf)>,
     last: Option<(Arc<ClosedInterval>, Arc<Buckets>)>,
 }
 
@@ -391,7 +389,13 @@ pub(crate) fn table_consumers(
             continue;
         }
         let q = query.map(|s| (pn.name.as_str(), s.clone()));
-        tables.push(TableSink::new(kind, targets, part, discard, q)?);
+        tables.push(TableSink::new(
+            kind,
+            targets,
+            plan.part_base + part,
+            discard,
+            q,
+        )?);
         c.push(Target::Table(tables.len() - 1));
     }
     Ok(())

@@ -16,9 +16,9 @@ use spanflow_operators::tail_sampling::SamplingMetrics;
 use spanflow_operators::metrics::MetricsReport;
 use spanflow_operators::operator::Report;
 
+use super::io::SourceReport;
 use super::{Progress, TableTarget};
 use crate::formats::DecodeStats;
-use crate::testkit::generator::GroundTruth;
 
 /// Requests, errors and latency of one service's entry spans over the whole run.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -114,11 +114,7 @@ pub struct OutputTable {
 }
 
 pub(crate) fn add_output(outputs: &mut Vec<OutputTable>, t: &TableTarget, rows: u64) {
-    let path = match (&t.kafka, &t.clickhouse) {
-        (Some(k), _) => PathBuf::from(format!("kafka:{}", k.topic)),
-        (None, Some(c)) => PathBuf::from(format!("clickhouse:{}", c.qualified)),
-        (None, None) => t.dir.join(&t.table),
-    };
+    let path = t.out.location();
     if let Some(o) = outputs
         .iter_mut()
         .find(|o| o.sink == t.sink && o.table == t.table)
@@ -132,6 +128,19 @@ pub(crate) fn add_output(outputs: &mut Vec<OutputTable>, t: &TableTarget, rows: 
             rows,
         });
     }
+}
+
+/// Source reports in JSON: each source's name and its report's text.
+fn reports_as_text<S: serde::Serializer>(
+    reports: &[(String, Arc<dyn SourceReport>)],
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeMap;
+    let mut m = s.serialize_map(Some(reports.len()))?;
+    for (name, r) in reports {
+        m.serialize_entry(name, &r.to_string())?;
+    }
+    m.end()
 }
 
 /// What a run did.
@@ -164,8 +173,10 @@ pub struct RunSummary {
     pub late_metric_observations: u64,
     /// Rows written per sink and table.
     pub outputs: Vec<OutputTable>,
-    /// The generator's ground truth, when the job read the generator.
-    pub ground_truth: Option<GroundTruth>,
+    /// What sources reported about their run (the generator's ground truth), by
+    /// source name.
+    #[serde(serialize_with = "reports_as_text")]
+    pub source_reports: Vec<(String, Arc<dyn SourceReport>)>,
     /// Most spans buffered at once (sum of per-shard peaks).
     pub peak_buffered_spans: u64,
     /// Accounted bytes per buffered span at those peaks.
@@ -186,6 +197,13 @@ pub struct RunSummary {
 }
 
 impl RunSummary {
+    /// The first report of type `T` a source made (the generator's `GroundTruth`).
+    pub fn source_report<T: 'static>(&self) -> Option<&T> {
+        self.source_reports
+            .iter()
+            .find_map(|(_, r)| r.as_any().downcast_ref::<T>())
+    }
+
     /// Spans per wall-clock second.
     pub fn spans_per_second(&self) -> f64 {
         self.decode.spans as f64 / self.wall_seconds.max(1e-9)
@@ -375,12 +393,8 @@ impl RunSummary {
                 self.rows(name)
             );
         }
-        if let Some(gt) = &self.ground_truth {
-            let _ = writeln!(
-                s,
-                "  generator   {} traces, {} spans, {} error spans, {} late spans, {} garbage records",
-                gt.traces, gt.spans, gt.error_spans, gt.late_spans, gt.garbage_records
-            );
+        for (_, r) in &self.source_reports {
+            let _ = writeln!(s, "  {:<11} {r}", r.label());
         }
         if !self.outputs.is_empty() {
             let _ = writeln!(s, "  outputs");

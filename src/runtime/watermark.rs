@@ -7,6 +7,25 @@ use std::time::{Duration, Instant};
 
 use spanflow_operators::{EventTime, WATERMARK_END};
 
+/// A source's watermark settings (the `watermark:` key of any source).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WatermarkSettings {
+    /// How far behind the largest event time seen in a split the watermark trails.
+    pub max_out_of_order: Duration,
+    /// A split with no data for this long (wall clock) stops holding the watermark
+    /// back.
+    pub idle_timeout: Duration,
+}
+
+impl Default for WatermarkSettings {
+    fn default() -> Self {
+        WatermarkSettings {
+            max_out_of_order: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
 /// Identifies a split across all sources: (source index, split number).
 pub type SplitKey = (usize, u32);
 

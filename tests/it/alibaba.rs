@@ -6,7 +6,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
 
 use spanflow::formats::{Decoded, InputFormat, RecordMeta, SpanDecoder};
-use spanflow::runtime::{RunOptions, run_job};
+use spanflow::job::run_job;
+use spanflow::runtime::RunOptions;
 use spanflow::testkit::alibaba::{self, ConvertStats, Edge, ExpectedCounts};
 use spanflow::testkit::generator::write_records;
 use spanflow_operators::{Span, SpanKind, Sym};

@@ -5,7 +5,8 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use spanflow::runtime::{RunOptions, RunSummary, run_job};
+use spanflow::job::run_job;
+use spanflow::runtime::{RunOptions, RunSummary};
 
 use crate::support::{Service, read_table, root, sum};
 

@@ -4,7 +4,8 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 
-use spanflow::runtime::{RunOptions, RunSummary, run_job};
+use spanflow::job::run_job;
+use spanflow::runtime::{RunOptions, RunSummary};
 
 use crate::support::{column, read_table, root, rows, sum};
 
@@ -41,7 +42,10 @@ fn outputs_match_ground_truth_and_are_deterministic() {
     let sb = run(&job, b.path(), 2);
     let sc = run(&job, c.path(), 2);
     let sd = run(&job, d.path(), 3);
-    let gt = sa.ground_truth.clone().expect("generator ground truth");
+    let gt = sa
+        .source_report::<spanflow::testkit::generator::GroundTruth>()
+        .cloned()
+        .expect("generator ground truth");
     assert!(
         gt.late_spans > 0 && gt.garbage_records > 0,
         "the scenario exercises late data and garbage"

@@ -4,7 +4,8 @@
 
 use std::path::Path;
 
-use spanflow::runtime::{RunOptions, run_job};
+use spanflow::job::run_job;
+use spanflow::runtime::RunOptions;
 
 use crate::support::{read_table, root, rows};
 

@@ -9,7 +9,8 @@ use std::time::Duration;
 use rdkafka::Message;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use spanflow::connectors::kafka::{self, produce};
-use spanflow::runtime::{RunOptions, RunSummary, run_job};
+use spanflow::job::run_job;
+use spanflow::runtime::{RunOptions, RunSummary};
 use spanflow::testkit::generator::{GeneratedRecord, Generator, GeneratorConfig, write_records};
 
 use crate::support::{Service, read_table, root, rows, sum};
@@ -574,7 +575,8 @@ fn rebalance_moves_partitions_between_members() {
     use std::sync::atomic::Ordering;
 
     use spanflow::connectors::kafka::KafkaSourceConfig;
-    use spanflow::connectors::kafka::source::{Finish, KafkaEvent, KafkaReader};
+    use spanflow::connectors::kafka::source::{KafkaEvent, KafkaReader};
+    use spanflow::runtime::io::{Finish, FinishSignal};
     use std::sync::atomic::AtomicBool;
 
     // (librdkafka's mock cluster never completes this rebalance, so it runs here.)
@@ -605,8 +607,6 @@ fn rebalance_moves_partitions_between_members() {
     let spawn = |config: KafkaSourceConfig, stop: Arc<AtomicBool>| {
         std::thread::spawn(move || {
             let reader = KafkaReader::connect(&config, &[]).expect("connect");
-            let (tx, rx) = std::sync::mpsc::channel();
-            tx.send(Finish::Abort).unwrap();
             let mut events = Vec::new();
             reader
                 .run(
@@ -615,7 +615,7 @@ fn rebalance_moves_partitions_between_members() {
                         events.push(e);
                         true
                     },
-                    rx,
+                    Some(FinishSignal::ready(Finish::Abort)),
                 )
                 .expect("run");
             events

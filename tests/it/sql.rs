@@ -4,7 +4,8 @@
 use std::path::Path;
 use std::process::Command;
 
-use spanflow::runtime::{RunOptions, run_job};
+use spanflow::job::run_job;
+use spanflow::runtime::RunOptions;
 use spanflow::sql::{OutputCatalog, run, session};
 
 use crate::support::{bin, read_table, root, rows};

@@ -8,6 +8,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use spanflow_operators::{ConfigIssue, HumanDuration};
 
+use crate::runtime::io::ConnectorError;
+
 /// Environment variable read for the server URL when the job file gives none.
 pub const URL_ENV: &str = "SPANFLOW_CLICKHOUSE_URL";
 /// Environment variable read for the user when the job file gives none.
@@ -352,7 +354,7 @@ impl ClickHouseSinkConfig {
 
     /// The user, if any is configured; an error when `user_env` names a variable that
     /// is not set (rather than connecting as another user).
-    pub fn resolved_user(&self) -> Result<Option<String>, String> {
+    pub fn resolved_user(&self) -> Result<Option<String>, ConnectorError> {
         if let Some(u) = &self.user {
             return Ok(Some(u.clone()));
         }
@@ -361,7 +363,7 @@ impl ClickHouseSinkConfig {
 
     /// The password, if any is configured; an error when `password_env` names a variable
     /// that is not set.
-    pub fn resolved_password(&self) -> Result<Option<String>, String> {
+    pub fn resolved_password(&self) -> Result<Option<String>, ConnectorError> {
         if let Some(p) = &self.password {
             return Ok(Some(p.clone()));
         }
@@ -386,11 +388,15 @@ impl ClickHouseSinkConfig {
 }
 
 /// The value of the variable `named` (which must be set) or else of `fallback` (if set).
-fn named_env(named: Option<&str>, fallback: &str, key: &str) -> Result<Option<String>, String> {
+fn named_env(
+    named: Option<&str>,
+    fallback: &str,
+    key: &str,
+) -> Result<Option<String>, ConnectorError> {
     match named {
         Some(var) => std::env::var(var)
             .map(Some)
-            .map_err(|_| format!("`{key}` names `{var}`, which is not set")),
+            .map_err(|_| ConnectorError::user(format!("`{key}` names `{var}`, which is not set"))),
         None => Ok(std::env::var(fallback).ok().filter(|v| !v.is_empty())),
     }
 }

@@ -13,6 +13,8 @@ use std::time::Duration;
 
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 
+use crate::runtime::io::ConnectorError;
+
 /// Where one of spanflow's built-in outputs lands in ClickHouse (see [`TableLayout`]).
 #[derive(Debug, Clone, Copy)]
 pub struct Builtin {
@@ -193,7 +195,7 @@ pub fn layout(output: &str) -> Option<TableLayout> {
 
 /// Whether the sink can write a column of type `t` (what `encode.rs` encodes), or what
 /// to do instead.
-pub fn writable(t: &DataType) -> Result<(), String> {
+fn writable(t: &DataType) -> Result<(), String> {
     match t {
         DataType::Boolean
         | DataType::Utf8
@@ -237,7 +239,15 @@ impl TableLayout {
     /// column but floats and arrays), always including a timestamp column, so the rows of
     /// different windows never replace each other; partitioned by the day of the first
     /// timestamp column. Fails, saying why, for a result the sink cannot write.
-    pub fn of_rollup(name: &str, schema: &Schema, key: &[String]) -> Result<TableLayout, String> {
+    pub fn of_rollup(
+        name: &str,
+        schema: &Schema,
+        key: &[String],
+    ) -> Result<TableLayout, ConnectorError> {
+        Self::rollup_layout(name, schema, key).map_err(ConnectorError::user)
+    }
+
+    fn rollup_layout(name: &str, schema: &Schema, key: &[String]) -> Result<TableLayout, String> {
         for f in schema.fields() {
             if let Err(hint) = writable(f.data_type()) {
                 return Err(format!(

@@ -22,6 +22,7 @@ use arrow::datatypes::{
 use arrow::record_batch::RecordBatch;
 
 use super::ddl::VERSION_COLUMN;
+use crate::runtime::io::ConnectorError;
 
 /// A column as `system.columns` lists it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -261,7 +262,18 @@ fn plan_map(
 impl TablePlan {
     /// Plans the encoding of batches with `schema` into `table` (`db.table`, for
     /// messages), whose columns are `server`; `version` goes into the version column.
+    /// Fails (the user's to fix: the table's definition) when a column is missing or of
+    /// another type.
     pub fn new(
+        table: &str,
+        schema: &SchemaRef,
+        server: &[ServerColumn],
+        version: u64,
+    ) -> Result<TablePlan, ConnectorError> {
+        Self::plan(table, schema, server, version).map_err(ConnectorError::user)
+    }
+
+    fn plan(
         table: &str,
         schema: &SchemaRef,
         server: &[ServerColumn],
@@ -344,7 +356,13 @@ impl TablePlan {
     }
 
     /// Appends every row of `batch` to `out`.
-    pub fn encode(&self, batch: &RecordBatch, out: &mut Vec<u8>) -> Result<(), String> {
+    pub fn encode(&self, batch: &RecordBatch, out: &mut Vec<u8>) -> Result<(), ConnectorError> {
+        // The plan was checked against the batch's schema: a mismatch here is a bug.
+        self.encode_rows(batch, out)
+            .map_err(ConnectorError::internal)
+    }
+
+    fn encode_rows(&self, batch: &RecordBatch, out: &mut Vec<u8>) -> Result<(), String> {
         let bound: Vec<(Bound<'_>, bool)> = self
             .columns
             .iter()

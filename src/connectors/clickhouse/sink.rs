@@ -21,6 +21,7 @@ use bytes::Bytes;
 use super::config::{ClickHouseSinkConfig, Compression};
 use super::ddl::{self, Features, ServerVersion};
 use super::encode::{ServerColumn, TablePlan};
+use crate::runtime::io::{ConnectorError, Sink, TableWriter};
 
 /// Encoded batches that may wait in the channel (each at most one shard batch, about
 /// 1,024 rows), on top of one `max_bytes` buffer per table in the thread.
@@ -56,12 +57,14 @@ pub struct SinkTable {
 
 impl SinkTable {
     /// The table of one of spanflow's built-in outputs.
-    pub fn builtin(output: &str) -> Result<SinkTable, String> {
+    pub fn builtin(output: &str) -> Result<SinkTable, ConnectorError> {
         let layout = ddl::layout(output).ok_or_else(|| {
-            format!("`{output}` is not an output spanflow can write to ClickHouse")
+            ConnectorError::user(format!(
+                "`{output}` is not an output spanflow can write to ClickHouse"
+            ))
         })?;
         let schema = crate::tables::schema(output)
-            .ok_or_else(|| format!("internal error: no schema for `{output}`"))?;
+            .ok_or_else(|| ConnectorError::internal(format!("no schema for `{output}`")))?;
         Ok(SinkTable {
             output: output.to_owned(),
             schema,
@@ -71,7 +74,7 @@ impl SinkTable {
 
     /// A built-in table of kind `builtin` (`traces`, ...) written under the output name
     /// `output` (`<node>_<port>` when two nodes of a job write that kind).
-    pub fn builtin_as(builtin: &str, output: &str) -> Result<SinkTable, String> {
+    pub fn builtin_as(builtin: &str, output: &str) -> Result<SinkTable, ConnectorError> {
         Ok(SinkTable {
             output: output.to_owned(),
             ..SinkTable::builtin(builtin)?
@@ -79,7 +82,11 @@ impl SinkTable {
     }
 
     /// The table of a rollup whose result has `schema` and natural `key`.
-    pub fn rollup(name: &str, schema: &SchemaRef, key: &[String]) -> Result<SinkTable, String> {
+    pub fn rollup(
+        name: &str,
+        schema: &SchemaRef,
+        key: &[String],
+    ) -> Result<SinkTable, ConnectorError> {
         Ok(SinkTable {
             output: name.to_owned(),
             schema: schema.clone(),
@@ -94,7 +101,7 @@ impl SinkTable {
 pub struct SinkHandle {
     tx: SyncSender<Msg>,
     plans: HashMap<String, (usize, Arc<TablePlan>)>,
-    failed: Arc<Mutex<Option<String>>>,
+    failed: Arc<Mutex<Option<ConnectorError>>>,
 }
 
 #[derive(Debug)]
@@ -105,7 +112,7 @@ enum Msg {
         data: Vec<u8>,
     },
     /// Insert everything buffered, then answer.
-    Flush(mpsc::Sender<Result<(), String>>),
+    Flush(mpsc::Sender<Result<(), ConnectorError>>),
 }
 
 impl ClickHouseTarget {
@@ -134,17 +141,31 @@ impl ClickHouseTarget {
     }
 
     /// The sink's running handle, started (tables created and checked) on first use.
-    fn handle(&self) -> Result<Arc<SinkHandle>, String> {
+    fn handle(&self) -> Result<Arc<SinkHandle>, ConnectorError> {
         let mut slot = self
             .shared
             .lock()
-            .map_err(|_| "internal error: poisoned lock".to_owned())?;
+            .map_err(|_| ConnectorError::internal("poisoned lock"))?;
         if let Some(h) = slot.as_ref() {
             return Ok(h.clone());
         }
         let h = Arc::new(start(&self.config, &self.sink, &self.tables)?);
         *slot = Some(h.clone());
         Ok(h)
+    }
+}
+
+impl Sink for ClickHouseTarget {
+    fn location(&self) -> std::path::PathBuf {
+        std::path::PathBuf::from(format!("clickhouse:{}", self.qualified))
+    }
+
+    fn open(
+        &self,
+        _part: usize,
+        _schema: SchemaRef,
+    ) -> Result<Box<dyn TableWriter>, ConnectorError> {
+        Ok(Box::new(ClickHouseTableWriter::create(self)?))
     }
 }
 
@@ -169,13 +190,11 @@ fn blocking<T>(f: impl FnOnce() -> T) -> T {
 
 impl ClickHouseTableWriter {
     /// A writer of `target`'s rows (in the schema of its output's table).
-    pub fn create(target: &ClickHouseTarget) -> Result<Self, String> {
+    pub fn create(target: &ClickHouseTarget) -> Result<Self, ConnectorError> {
         let handle = target.handle()?;
-        let (table, plan) = handle
-            .plans
-            .get(&target.output)
-            .cloned()
-            .ok_or_else(|| format!("internal error: no plan for output `{}`", target.output))?;
+        let (table, plan) = handle.plans.get(&target.output).cloned().ok_or_else(|| {
+            ConnectorError::internal(format!("no plan for output `{}`", target.output))
+        })?;
         Ok(ClickHouseTableWriter {
             handle,
             table,
@@ -184,12 +203,19 @@ impl ClickHouseTableWriter {
         })
     }
 
-    fn failure(&self) -> Option<String> {
+    fn failure(&self) -> Option<ConnectorError> {
         self.handle.failed.lock().ok().and_then(|f| f.clone())
     }
 
+    fn inserter_stopped(&self) -> ConnectorError {
+        self.failure()
+            .unwrap_or_else(|| ConnectorError::internal("the sink's inserter stopped"))
+    }
+}
+
+impl TableWriter for ClickHouseTableWriter {
     /// Encodes `batch` and queues it; blocks while the sink is behind (backpressure).
-    pub fn write(&mut self, batch: &RecordBatch) -> Result<(), String> {
+    fn write(&mut self, batch: &RecordBatch) -> Result<(), ConnectorError> {
         if batch.num_rows() == 0 {
             return Ok(());
         }
@@ -199,33 +225,28 @@ impl ClickHouseTableWriter {
         let mut data = Vec::with_capacity(batch.get_array_memory_size());
         self.plan.encode(batch, &mut data)?;
         let (tx, table, rows) = (&self.handle.tx, self.table, batch.num_rows());
-        blocking(|| tx.send(Msg::Rows { table, rows, data })).map_err(|_| {
-            self.failure()
-                .unwrap_or_else(|| "the sink's inserter stopped".into())
-        })?;
+        blocking(|| tx.send(Msg::Rows { table, rows, data }))
+            .map_err(|_| self.inserter_stopped())?;
         self.rows += batch.num_rows() as u64;
         Ok(())
     }
 
-    /// Waits until every row queued so far is inserted; returns the rows this writer
-    /// wrote.
-    pub fn close(self) -> Result<u64, String> {
+    /// Waits until every row queued so far is inserted.
+    fn close(self: Box<Self>) -> Result<u64, ConnectorError> {
         let (ack_tx, ack_rx) = mpsc::channel();
-        self.handle.tx.send(Msg::Flush(ack_tx)).map_err(|_| {
-            self.failure()
-                .unwrap_or_else(|| "the sink's inserter stopped".into())
-        })?;
+        self.handle
+            .tx
+            .send(Msg::Flush(ack_tx))
+            .map_err(|_| self.inserter_stopped())?;
         match blocking(|| ack_rx.recv()) {
             Ok(r) => r.map(|()| self.rows),
-            Err(_) => Err(self
-                .failure()
-                .unwrap_or_else(|| "the sink's inserter stopped".into())),
+            Err(_) => Err(self.inserter_stopped()),
         }
     }
 }
 
 /// The connection settings of a sink.
-fn client_of(config: &ClickHouseSinkConfig) -> Result<clickhouse::Client, String> {
+fn client_of(config: &ClickHouseSinkConfig) -> Result<clickhouse::Client, ConnectorError> {
     let mut c = clickhouse::Client::default()
         .with_url(config.resolved_url())
         // 18.16 has no RowBinaryWithNamesAndTypes; `TablePlan` checks the schema instead.
@@ -309,7 +330,7 @@ async fn with_retries<T, F, Fut>(
     sink: &str,
     what: &str,
     mut op: F,
-) -> Result<T, String>
+) -> Result<T, ConnectorError>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, clickhouse::error::Error>>,
@@ -332,16 +353,18 @@ where
             Err(e) => {
                 let url = config.display_url();
                 if !retriable(&e) {
-                    return Err(format!("{what} at {url}: {e}"));
+                    // What does not pass with time is the job's to fix (credentials, a
+                    // table's definition, a query the server refuses).
+                    return Err(ConnectorError::user(format!("{what} at {url}: {e}")));
                 }
                 if let Some(max) = config.retry.max_elapsed
                     && started.elapsed() >= max.0
                 {
-                    return Err(format!(
+                    return Err(ConnectorError::external(format!(
                         "{what} at {url}: still failing after {:.1} s and {attempts} retries \
                          (retry.max_elapsed): {e}",
                         started.elapsed().as_secs_f64()
-                    ));
+                    )));
                 }
                 if last_warning.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
                     tracing::warn!(
@@ -412,7 +435,7 @@ fn start(
     config: &ClickHouseSinkConfig,
     sink: &str,
     tables: &[SinkTable],
-) -> Result<SinkHandle, String> {
+) -> Result<SinkHandle, ConnectorError> {
     let (ready_tx, ready_rx) = mpsc::channel();
     let (tx, rx) = mpsc::sync_channel(CHANNEL_BATCHES);
     let failed = Arc::new(Mutex::new(None));
@@ -429,7 +452,9 @@ fn start(
             {
                 Ok(rt) => rt,
                 Err(e) => {
-                    let _ = ready_tx.send(Err(format!("cannot start the sink's runtime: {e}")));
+                    let _ = ready_tx.send(Err(ConnectorError::internal(format!(
+                        "cannot start the sink's runtime: {e}"
+                    ))));
                     return;
                 }
             };
@@ -452,10 +477,10 @@ fn start(
                 }
             }
         })
-        .map_err(|e| format!("cannot start the sink's thread: {e}"))?;
+        .map_err(|e| ConnectorError::internal(format!("cannot start the sink's thread: {e}")))?;
     let plans = ready_rx
         .recv()
-        .map_err(|_| "the sink's thread stopped during start".to_owned())??;
+        .map_err(|_| ConnectorError::internal("the sink's thread stopped during start"))??;
     Ok(SinkHandle { tx, plans, failed })
 }
 
@@ -468,7 +493,7 @@ async fn prepare(
     sink: &str,
     tables: &[SinkTable],
     client: &clickhouse::Client,
-) -> Result<Plans, String> {
+) -> Result<Plans, ConnectorError> {
     let timeout = config.request_timeout.0;
     let (version, features) = with_retries(config, sink, "connecting", || {
         server_features(client, timeout)
@@ -563,10 +588,10 @@ async fn prepare(
                     )
                 )
             };
-            return Err(format!(
+            return Err(ConnectorError::user(format!(
                 "table `{qualified}` does not exist: set `create_tables: true` on the sink, or \
                  {how}"
-            ));
+            )));
         }
         let plan = TablePlan::new(&qualified, schema, &columns, config.version)?;
         // Replays collapse only in a ReplacingMergeTree: say so when the table is not one
@@ -608,7 +633,7 @@ struct Inserter {
     sql: Vec<String>,
     names: Vec<String>,
     buffers: Vec<Buffer>,
-    failed: Arc<Mutex<Option<String>>>,
+    failed: Arc<Mutex<Option<ConnectorError>>>,
 }
 
 impl Inserter {
@@ -618,7 +643,7 @@ impl Inserter {
         client: clickhouse::Client,
         outputs: &[String],
         plans: &Plans,
-        failed: Arc<Mutex<Option<String>>>,
+        failed: Arc<Mutex<Option<ConnectorError>>>,
     ) -> Inserter {
         let sql = outputs
             .iter()

@@ -299,6 +299,10 @@ fn a_mismatched_table_names_the_table_and_column() {
             .collect();
         TablePlan::new("spanflow.t", &batch.schema(), &cols(&list), 1)
             .err()
+            .map(|e| {
+                assert_eq!(e.fault, crate::runtime::io::Fault::User, "{e}");
+                e.message
+            })
             .unwrap_or_default()
     };
     let e = with("s", Some("UInt64"));
@@ -406,7 +410,7 @@ fn config_checks_and_never_shows_the_password() {
         password_env: Some("SPANFLOW_TEST_SURELY_UNSET_VARIABLE".into()),
         ..Default::default()
     };
-    let e = missing.resolved_password().unwrap_err();
+    let e = missing.resolved_password().unwrap_err().message;
     assert!(e.contains("SPANFLOW_TEST_SURELY_UNSET_VARIABLE"), "{e}");
     let ok = ClickHouseSinkConfig::default();
     assert!(ok.validate().is_empty(), "{:?}", ok.validate());
@@ -467,7 +471,9 @@ fn rollup_tables_are_keyed_by_the_result_key_and_a_time_column() {
     assert_eq!(only_service.order_by, ["service", "minute"]);
 
     let no_time = Schema::new(vec![Field::new("service", DataType::Utf8, false)]);
-    let e = ddl::TableLayout::of_rollup("x", &no_time, &[]).unwrap_err();
+    let e = ddl::TableLayout::of_rollup("x", &no_time, &[])
+        .unwrap_err()
+        .message;
     assert!(
         e.contains("no timestamp column") && e.contains("date_bin"),
         "{e}"
@@ -476,7 +482,9 @@ fn rollup_tables_are_keyed_by_the_result_key_and_a_time_column() {
         Field::new("minute", ts, false),
         Field::new("avg", DataType::Decimal128(38, 4), true),
     ]);
-    let e = ddl::TableLayout::of_rollup("x", &decimal, &[]).unwrap_err();
+    let e = ddl::TableLayout::of_rollup("x", &decimal, &[])
+        .unwrap_err()
+        .message;
     assert!(e.contains("`avg`") && e.contains("DOUBLE"), "{e}");
     // Lists are arrays of numbers only, as the encoder writes them.
     let names = Schema::new(vec![
@@ -487,6 +495,8 @@ fn rollup_tables_are_keyed_by_the_result_key_and_a_time_column() {
         ),
         Field::new_list("names", Field::new_list_field(DataType::Utf8, true), true),
     ]);
-    let e = ddl::TableLayout::of_rollup("x", &names, &[]).unwrap_err();
+    let e = ddl::TableLayout::of_rollup("x", &names, &[])
+        .unwrap_err()
+        .message;
     assert!(e.contains("`names`"), "{e}");
 }

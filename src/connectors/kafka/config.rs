@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use spanflow_operators::ConfigIssue;
 
 use crate::formats::InputFormat;
+use crate::runtime::io::ConnectorError;
 
 /// Configuration of the `kafka` source.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -87,11 +88,15 @@ pub enum EndPosition {
 }
 
 /// Parses an RFC 3339 time (`2026-11-21T10:00:00Z`, fractions allowed) into unix ms.
-pub fn parse_time(s: &str) -> Result<i64, String> {
-    let t = humantime::parse_rfc3339_weak(s)
-        .map_err(|e| format!("`{s}` is not an RFC 3339 time such as 2026-11-21T10:00:00Z ({e})"))?;
+pub fn parse_time(s: &str) -> Result<i64, ConnectorError> {
+    let t = humantime::parse_rfc3339_weak(s).map_err(|e| {
+        ConnectorError::user(format!(
+            "`{s}` is not an RFC 3339 time such as 2026-11-21T10:00:00Z ({e})"
+        ))
+    })?;
     let d = t.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO);
-    i64::try_from(d.as_millis()).map_err(|_| format!("`{s}` is too far in the future"))
+    i64::try_from(d.as_millis())
+        .map_err(|_| ConnectorError::user(format!("`{s}` is too far in the future")))
 }
 
 /// Renders unix ms as RFC 3339, for messages.
@@ -119,7 +124,7 @@ impl KafkaSourceConfig {
             issues.push(ConfigIssue::new("group_id", "must not be empty"));
         }
         if let Err(e) = self.start_position() {
-            issues.push(ConfigIssue::new("start", e));
+            issues.push(ConfigIssue::new("start", e.message));
         }
         if !matches!(self.on_no_committed.as_str(), "earliest" | "latest") {
             issues.push(ConfigIssue::new(
@@ -131,7 +136,7 @@ impl KafkaSourceConfig {
             ));
         }
         match self.end_position() {
-            Err(e) => issues.push(ConfigIssue::new("end", e)),
+            Err(e) => issues.push(ConfigIssue::new("end", e.message)),
             Ok(Some(EndPosition::Timestamp(end))) => {
                 if let Ok(StartPosition::Timestamp(start)) = self.start_position()
                     && start >= end
@@ -176,7 +181,7 @@ impl KafkaSourceConfig {
     }
 
     /// The parsed `start`.
-    pub fn start_position(&self) -> Result<StartPosition, String> {
+    pub fn start_position(&self) -> Result<StartPosition, ConnectorError> {
         Ok(match self.start.as_str() {
             "committed" => StartPosition::Committed {
                 earliest_fallback: self.on_no_committed != "latest",
@@ -184,19 +189,19 @@ impl KafkaSourceConfig {
             "earliest" => StartPosition::Earliest,
             "latest" => StartPosition::Latest,
             other => StartPosition::Timestamp(parse_time(other).map_err(|e| {
-                format!("must be committed, earliest, latest or an RFC 3339 time: {e}")
+                e.context("must be committed, earliest, latest or an RFC 3339 time")
             })?),
         })
     }
 
     /// The parsed `end`, if any.
-    pub fn end_position(&self) -> Result<Option<EndPosition>, String> {
+    pub fn end_position(&self) -> Result<Option<EndPosition>, ConnectorError> {
         Ok(match self.end.as_deref() {
             None => None,
             Some("latest") => Some(EndPosition::Latest),
             Some(other) => {
                 Some(EndPosition::Timestamp(parse_time(other).map_err(|e| {
-                    format!("must be `latest` or an RFC 3339 time: {e}")
+                    e.context("must be `latest` or an RFC 3339 time")
                 })?))
             }
         })

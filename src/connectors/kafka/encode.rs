@@ -15,6 +15,8 @@ use arrow::datatypes::{
 use arrow::record_batch::RecordBatch;
 use serde_json::{Value as Json, json};
 
+use crate::runtime::io::ConnectorError;
+
 /// The Avro schema (as JSON) of a table with this Arrow schema. Record name
 /// `spanflow.<TableInCamelCase>`; ids are `fixed`, timestamps `long` with
 /// `timestamp-nanos`, unsigned integers `long`, maps `map<string>`, nullable columns a
@@ -200,7 +202,7 @@ fn to_json(c: Cell<'_>) -> Json {
 }
 
 /// Receives each encoded record as (key, value); an error stops the encoding.
-pub type RecordSink<'a> = dyn FnMut(&str, &[u8]) -> Result<(), String> + 'a;
+pub type RecordSink<'a> = dyn FnMut(&str, &[u8]) -> Result<(), ConnectorError> + 'a;
 
 /// Turns rows of one table into (key, value) records.
 pub struct RowEncoder {
@@ -213,13 +215,17 @@ pub struct RowEncoder {
 
 impl RowEncoder {
     /// An encoder for `table` rows with `schema` in `format`.
-    pub fn new(table: &str, schema: &Schema, format: super::OutputFormat) -> Result<Self, String> {
+    pub fn new(
+        table: &str,
+        schema: &Schema,
+        format: super::OutputFormat,
+    ) -> Result<Self, ConnectorError> {
         let avro = if format == super::OutputFormat::Avro {
             let json = avro_schema_json(table, schema);
             let s = apache_avro::Schema::parse(&json)
-                .map_err(|e| format!("Avro schema of `{table}`: {e}"))?;
+                .map_err(|e| ConnectorError::internal(format!("Avro schema of `{table}`: {e}")))?;
             let w = apache_avro::GenericSingleObjectWriter::new_with_capacity(&s, 1024)
-                .map_err(|e| format!("Avro writer of `{table}`: {e}"))?;
+                .map_err(|e| ConnectorError::internal(format!("Avro writer of `{table}`: {e}")))?;
             Some((s, w))
         } else {
             None
@@ -285,7 +291,11 @@ impl RowEncoder {
 
     /// Encodes every row of `batch`, calling `out(key, value)` per record. OTLP
     /// protobuf produces one record per trace (consecutive rows of one trace id).
-    pub fn encode(&mut self, batch: &RecordBatch, out: &mut RecordSink<'_>) -> Result<(), String> {
+    pub fn encode(
+        &mut self,
+        batch: &RecordBatch,
+        out: &mut RecordSink<'_>,
+    ) -> Result<(), ConnectorError> {
         match self.format {
             super::OutputFormat::Avro => {
                 let schema = batch.schema();
@@ -293,16 +303,21 @@ impl RowEncoder {
                 for row in 0..batch.num_rows() {
                     let mut fields = Vec::with_capacity(schema.fields().len());
                     for (f, col) in schema.fields().iter().zip(batch.columns()) {
-                        let v = to_avro(cell(col, row), f.is_nullable())
-                            .map_err(|e| format!("`{}`.{}: {e}", self.table, f.name()))?;
+                        let v = to_avro(cell(col, row), f.is_nullable()).map_err(|e| {
+                            ConnectorError::user(format!("`{}`.{}: {e}", self.table, f.name()))
+                        })?;
                         fields.push((f.name().clone(), v));
                     }
                     buf.clear();
                     let Some((_, w)) = self.avro.as_mut() else {
-                        return Err("internal error: Avro writer missing".into());
+                        return Err(ConnectorError::internal("Avro writer missing"));
                     };
-                    w.write_value(Avro::Record(fields), &mut buf)
-                        .map_err(|e| format!("encoding a `{}` row as Avro: {e}", self.table))?;
+                    w.write_value(Avro::Record(fields), &mut buf).map_err(|e| {
+                        ConnectorError::internal(format!(
+                            "encoding a `{}` row as Avro: {e}",
+                            self.table
+                        ))
+                    })?;
                     out(&self.key(batch, row), &buf)?;
                 }
             }
@@ -313,8 +328,12 @@ impl RowEncoder {
                     for (f, col) in schema.fields().iter().zip(batch.columns()) {
                         obj.insert(f.name().clone(), to_json(cell(col, row)));
                     }
-                    let bytes = serde_json::to_vec(&Json::Object(obj))
-                        .map_err(|e| format!("encoding a `{}` row as JSON: {e}", self.table))?;
+                    let bytes = serde_json::to_vec(&Json::Object(obj)).map_err(|e| {
+                        ConnectorError::internal(format!(
+                            "encoding a `{}` row as JSON: {e}",
+                            self.table
+                        ))
+                    })?;
                     out(&self.key(batch, row), &bytes)?;
                 }
             }
@@ -345,19 +364,22 @@ impl RowEncoder {
 /// service/instance). Attributes the decoder lifted into columns (HTTP status, peer,
 /// db system, messaging destination) are written back under their semantic-convention
 /// names.
-fn otlp_request(batch: &RecordBatch, rows: std::ops::Range<usize>) -> Result<Vec<u8>, String> {
+fn otlp_request(
+    batch: &RecordBatch,
+    rows: std::ops::Range<usize>,
+) -> Result<Vec<u8>, ConnectorError> {
     use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
     use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
     use opentelemetry_proto::tonic::resource::v1::Resource;
     use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span, Status};
     use prost::Message;
 
-    let col = |name: &str| -> Result<&ArrayRef, String> {
+    let col = |name: &str| -> Result<&ArrayRef, ConnectorError> {
         batch
             .schema()
             .index_of(name)
             .map(|i| batch.column(i))
-            .map_err(|_| format!("span rows have no `{name}` column"))
+            .map_err(|_| ConnectorError::internal(format!("span rows have no `{name}` column")))
     };
     let s = |v: &str| AnyValue {
         value: Some(any_value::Value::StringValue(v.to_owned())),
@@ -501,6 +523,6 @@ pub fn shipped_avro_schemas() -> Vec<(&'static str, Json)> {
 }
 
 /// Parses one shipped schema file's text.
-pub fn parse_avro_schema(text: &str) -> Result<apache_avro::Schema, String> {
-    apache_avro::Schema::parse_str(text).map_err(|e| e.to_string())
+pub fn parse_avro_schema(text: &str) -> Result<apache_avro::Schema, ConnectorError> {
+    apache_avro::Schema::parse_str(text).map_err(|e| ConnectorError::user(e.to_string()))
 }

@@ -16,6 +16,8 @@ use std::collections::BTreeMap;
 
 use rdkafka::ClientConfig;
 
+use crate::runtime::io::ConnectorError;
+
 /// Client settings shared by consumers and producers: brokers, then the user's
 /// `properties` (which win, so any librdkafka setting can be overridden).
 pub(crate) fn client_config(brokers: &str, properties: &BTreeMap<String, String>) -> ClientConfig {
@@ -36,14 +38,17 @@ pub fn create_topics(
     properties: &BTreeMap<String, String>,
     topics: &[String],
     partitions: i32,
-) -> Result<(), String> {
+) -> Result<(), ConnectorError> {
     use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
     use rdkafka::client::DefaultClientContext;
     use rdkafka::types::RDKafkaErrorCode;
 
-    let admin: AdminClient<DefaultClientContext> = client_config(brokers, properties)
-        .create()
-        .map_err(|e| format!("cannot create a Kafka admin client for {brokers}: {e}"))?;
+    let admin: AdminClient<DefaultClientContext> =
+        client_config(brokers, properties).create().map_err(|e| {
+            ConnectorError::user(format!(
+                "cannot create a Kafka admin client for {brokers}: {e}"
+            ))
+        })?;
     let new: Vec<NewTopic<'_>> = topics
         .iter()
         .map(|t| NewTopic::new(t, partitions, TopicReplication::Fixed(1)))
@@ -56,17 +61,25 @@ pub fn create_topics(
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
-                .map_err(|e| format!("cannot start a runtime for the admin client: {e}"))?;
+                .map_err(|e| {
+                    ConnectorError::internal(format!(
+                        "cannot start a runtime for the admin client: {e}"
+                    ))
+                })?;
             rt.block_on(admin.create_topics(&new, &opts))
-                .map_err(|e| format!("creating topics on {brokers}: {e}"))
+                .map_err(|e| ConnectorError::external(format!("creating topics on {brokers}: {e}")))
         })
         .join()
-        .map_err(|_| "the admin client thread panicked".to_owned())?
+        .map_err(|_| ConnectorError::internal("the admin client thread panicked"))?
     })?;
     for r in results {
         match r {
             Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-            Err((topic, code)) => return Err(format!("creating topic `{topic}`: {code}")),
+            Err((topic, code)) => {
+                return Err(ConnectorError::external(format!(
+                    "creating topic `{topic}`: {code}"
+                )));
+            }
         }
     }
     Ok(())
@@ -77,20 +90,24 @@ pub fn topic_partitions(
     brokers: &str,
     properties: &BTreeMap<String, String>,
     topic: &str,
-) -> Result<i32, String> {
+) -> Result<i32, ConnectorError> {
     use rdkafka::consumer::{BaseConsumer, Consumer};
     let c: BaseConsumer = client_config(brokers, properties)
         .create()
-        .map_err(|e| format!("cannot connect to {brokers}: {e}"))?;
+        .map_err(|e| ConnectorError::user(format!("cannot connect to {brokers}: {e}")))?;
     let md = c
         .fetch_metadata(Some(topic), std::time::Duration::from_secs(15))
-        .map_err(|e| format!("cannot read metadata of `{topic}` from {brokers}: {e}"))?;
+        .map_err(|e| {
+            ConnectorError::external(format!(
+                "cannot read metadata of `{topic}` from {brokers}: {e}"
+            ))
+        })?;
     md.topics()
         .iter()
         .find(|t| t.name() == topic)
         .map(|t| t.partitions().len() as i32)
         .filter(|n| *n > 0)
-        .ok_or_else(|| format!("topic `{topic}` does not exist on {brokers}"))
+        .ok_or_else(|| ConnectorError::user(format!("topic `{topic}` does not exist on {brokers}")))
 }
 
 #[cfg(test)]

@@ -11,6 +11,8 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use spanflow_operators::TraceId;
 
+use crate::runtime::io::ConnectorError;
+
 /// How long `flush` waits for outstanding deliveries at the end.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -71,7 +73,10 @@ impl std::fmt::Debug for KafkaProducer {
 
 impl KafkaProducer {
     /// Creates the producer; `properties` may tune batching (`linger.ms`, ...).
-    pub fn new(brokers: &str, properties: &BTreeMap<String, String>) -> Result<Self, String> {
+    pub fn new(
+        brokers: &str,
+        properties: &BTreeMap<String, String>,
+    ) -> Result<Self, ConnectorError> {
         let mut cc = super::client_config(brokers, &BTreeMap::new());
         cc.set("enable.idempotence", "true")
             .set("linger.ms", "5")
@@ -80,9 +85,11 @@ impl KafkaProducer {
         for (k, v) in properties {
             cc.set(k, v);
         }
-        let inner: ThreadedProducer<DeliveryCtx> =
-            cc.create_with_context(DeliveryCtx::default())
-                .map_err(|e| format!("cannot create a Kafka producer for {brokers}: {e}"))?;
+        let inner: ThreadedProducer<DeliveryCtx> = cc
+            .create_with_context(DeliveryCtx::default())
+            .map_err(|e| {
+            ConnectorError::user(format!("cannot create a Kafka producer for {brokers}: {e}"))
+        })?;
         Ok(KafkaProducer {
             inner,
             brokers: brokers.to_owned(),
@@ -96,7 +103,7 @@ impl KafkaProducer {
         partition: Option<i32>,
         key: Option<&[u8]>,
         payload: &[u8],
-    ) -> Result<(), String> {
+    ) -> Result<(), ConnectorError> {
         self.check()?;
         let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic).payload(payload);
         if let Some(k) = key {
@@ -113,13 +120,17 @@ impl KafkaProducer {
                     std::thread::sleep(Duration::from_millis(2));
                     self.check()?;
                 }
-                Err((e, _)) => return Err(format!("producing to `{topic}`: {e}")),
+                Err((e, _)) => {
+                    return Err(ConnectorError::external(format!(
+                        "producing to `{topic}`: {e}"
+                    )));
+                }
             }
         }
     }
 
     /// Fails when a delivery has failed.
-    fn check(&self) -> Result<(), String> {
+    fn check(&self) -> Result<(), ConnectorError> {
         let ctx = self.inner.context();
         if ctx.failed.load(Ordering::Relaxed) > 0 {
             let first = ctx
@@ -128,20 +139,20 @@ impl KafkaProducer {
                 .ok()
                 .and_then(|f| f.clone())
                 .unwrap_or_default();
-            return Err(format!(
+            return Err(ConnectorError::external(format!(
                 "{} record(s) could not be delivered to {}: {first}",
                 ctx.failed.load(Ordering::Relaxed),
                 self.brokers
-            ));
+            )));
         }
         Ok(())
     }
 
     /// Waits until every queued record is delivered; fails if any was not.
-    pub fn flush(&self) -> Result<u64, String> {
+    pub fn flush(&self) -> Result<u64, ConnectorError> {
         self.inner
             .flush(FLUSH_TIMEOUT)
-            .map_err(|e| format!("flushing to {}: {e}", self.brokers))?;
+            .map_err(|e| ConnectorError::external(format!("flushing to {}: {e}", self.brokers)))?;
         self.check()?;
         Ok(self.inner.context().delivered.load(Ordering::Relaxed))
     }
@@ -241,12 +252,12 @@ pub fn produce_generated(
     records: impl Iterator<Item = crate::testkit::generator::GeneratedRecord>,
     spans_per_second: Option<f64>,
     mut on_record: impl FnMut(usize),
-) -> Result<ProduceStats, String> {
+) -> Result<ProduceStats, ConnectorError> {
     let t0 = Instant::now();
     let mut stats = ProduceStats::default();
     let mut spans_sent = 0u64;
     let mut pending: BTreeMap<i32, Vec<u8>> = BTreeMap::new();
-    let send = |p: i32, bytes: &[u8], stats: &mut ProduceStats| -> Result<(), String> {
+    let send = |p: i32, bytes: &[u8], stats: &mut ProduceStats| -> Result<(), ConnectorError> {
         producer.send(topic, Some(p), None, bytes)?;
         stats.messages += 1;
         stats.bytes += bytes.len() as u64;

@@ -10,6 +10,7 @@ use arrow::record_batch::RecordBatch;
 use super::config::{KafkaSinkConfig, OutputFormat};
 use super::encode::RowEncoder;
 use super::produce::KafkaProducer;
+use crate::runtime::io::{ConnectorError, Sink, TableWriter};
 
 /// A Kafka sink's table as the planner resolved it; the producer is created on first
 /// use, so planning (and `spanflow validate`) never connects.
@@ -41,11 +42,11 @@ impl KafkaTarget {
     }
 
     /// The sink's producer, created (and its topics created, when asked) on first use.
-    pub fn producer(&self, topics: &[String]) -> Result<Arc<KafkaProducer>, String> {
+    pub fn producer(&self, topics: &[String]) -> Result<Arc<KafkaProducer>, ConnectorError> {
         let mut slot = self
             .producer
             .lock()
-            .map_err(|_| "internal error: poisoned lock".to_owned())?;
+            .map_err(|_| ConnectorError::internal("poisoned lock"))?;
         if let Some(p) = slot.as_ref() {
             return Ok(p.clone());
         }
@@ -66,6 +67,47 @@ impl KafkaTarget {
     }
 }
 
+/// One table of a `kafka` sink.
+#[derive(Debug, Clone)]
+pub struct KafkaTable {
+    target: KafkaTarget,
+    /// Every topic of the sink, created together on first use when the sink asks.
+    all_topics: Arc<Vec<String>>,
+    /// How rows are keyed and encoded: the table's kind (`traces`, ...), whatever its
+    /// name.
+    kind: String,
+}
+
+impl KafkaTable {
+    /// Table `target` of a sink whose topics are `all_topics`, holding `kind` rows.
+    pub fn new(target: KafkaTarget, all_topics: Arc<Vec<String>>, kind: &str) -> Self {
+        KafkaTable {
+            target,
+            all_topics,
+            kind: kind.to_owned(),
+        }
+    }
+}
+
+impl Sink for KafkaTable {
+    fn location(&self) -> std::path::PathBuf {
+        std::path::PathBuf::from(format!("kafka:{}", self.target.topic))
+    }
+
+    fn open(
+        &self,
+        _part: usize,
+        schema: SchemaRef,
+    ) -> Result<Box<dyn TableWriter>, ConnectorError> {
+        Ok(Box::new(KafkaTableWriter {
+            producer: self.target.producer(&self.all_topics)?,
+            topic: self.target.topic.clone(),
+            encoder: RowEncoder::new(&self.kind, &schema, self.target.format)?,
+            rows: 0,
+        }))
+    }
+}
+
 /// Writes one table's batches to its topic.
 pub struct KafkaTableWriter {
     producer: Arc<KafkaProducer>,
@@ -74,25 +116,9 @@ pub struct KafkaTableWriter {
     rows: u64,
 }
 
-impl KafkaTableWriter {
-    /// A writer of `table` rows (with `schema`) to `target`; `all_topics` are the
-    /// sink's topics, created together on first use when the sink asks for it.
-    pub fn create(
-        target: &KafkaTarget,
-        all_topics: &[String],
-        table: &str,
-        schema: &SchemaRef,
-    ) -> Result<Self, String> {
-        Ok(KafkaTableWriter {
-            producer: target.producer(all_topics)?,
-            topic: target.topic.clone(),
-            encoder: RowEncoder::new(table, schema, target.format)?,
-            rows: 0,
-        })
-    }
-
+impl TableWriter for KafkaTableWriter {
     /// Queues every row of `batch`; blocks while the producer's queue is full.
-    pub fn write(&mut self, batch: &RecordBatch) -> Result<(), String> {
+    fn write(&mut self, batch: &RecordBatch) -> Result<(), ConnectorError> {
         let producer = &self.producer;
         let topic = &self.topic;
         self.encoder.encode(batch, &mut |key, value| {
@@ -102,9 +128,8 @@ impl KafkaTableWriter {
         Ok(())
     }
 
-    /// Waits for every queued record of the sink to be delivered; returns the rows
-    /// written by this writer.
-    pub fn close(self) -> Result<u64, String> {
+    /// Waits for every queued record of the sink to be delivered.
+    fn close(self: Box<Self>) -> Result<u64, ConnectorError> {
         self.producer.flush()?;
         Ok(self.rows)
     }

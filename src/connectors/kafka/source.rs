@@ -20,8 +20,13 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use spanflow_operators::Sym;
 
 use super::config::{EndPosition, KafkaSourceConfig, StartPosition, format_time};
+use crate::formats::InputFormat;
+use crate::runtime::io::{
+    ConnectorError, Finish, FinishSignal, Position, Records, Source, SourceOutput,
+};
 
 /// Timeout of the metadata and offset requests made at start and at commit.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
@@ -62,15 +67,6 @@ pub struct Split {
     pub topic: Arc<str>,
     /// Partition number.
     pub partition: i32,
-}
-
-/// What the runtime tells a finished reader.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Finish {
-    /// Every output of the consumed records is written: commit the positions.
-    Commit,
-    /// The run failed or was cancelled without a complete output: commit nothing.
-    Abort,
 }
 
 /// State shared between the poll loop and the rebalance callback.
@@ -223,7 +219,7 @@ impl KafkaReader {
     pub fn connect(
         config: &KafkaSourceConfig,
         resume: &[(String, i32, i64)],
-    ) -> Result<Self, String> {
+    ) -> Result<Self, ConnectorError> {
         let shared = Arc::new(Mutex::new(Shared::default()));
         // Bigger fetches than librdkafka's defaults: OTLP batches are large messages
         // (about 1 MiB), and one message per partition per round trip starves the
@@ -253,7 +249,12 @@ impl KafkaReader {
             .create_with_context(Ctx {
                 shared: shared.clone(),
             })
-            .map_err(|e| format!("cannot create a Kafka consumer for {}: {e}", config.brokers))?;
+            .map_err(|e| {
+                ConnectorError::user(format!(
+                    "cannot create a Kafka consumer for {}: {e}",
+                    config.brokers
+                ))
+            })?;
         let start = config.start_position()?;
         let end = config.end_position()?;
         let mut partitions = Vec::new();
@@ -261,25 +262,27 @@ impl KafkaReader {
             let md = consumer
                 .fetch_metadata(Some(topic), REQUEST_TIMEOUT)
                 .map_err(|e| {
-                    format!(
+                    ConnectorError::external(format!(
                         "cannot read metadata of topic `{topic}` from {}: {e}",
                         config.brokers
-                    )
+                    ))
                 })?;
             let Some(t) = md.topics().iter().find(|t| t.name() == topic) else {
-                return Err(format!(
+                return Err(ConnectorError::user(format!(
                     "topic `{topic}` does not exist on {}",
                     config.brokers
-                ));
+                )));
             };
             if let Some(err) = t.error() {
-                return Err(format!(
+                return Err(ConnectorError::user(format!(
                     "topic `{topic}` is not readable on {}: {:?}",
                     config.brokers, err
-                ));
+                )));
             }
             if t.partitions().is_empty() {
-                return Err(format!("topic `{topic}` has no partitions"));
+                return Err(ConnectorError::user(format!(
+                    "topic `{topic}` has no partitions"
+                )));
             }
             for p in t.partitions() {
                 partitions.push((topic.clone(), p.id()));
@@ -291,18 +294,25 @@ impl KafkaReader {
         for (topic, p) in &partitions {
             let wm = consumer
                 .fetch_watermarks(topic, *p, REQUEST_TIMEOUT)
-                .map_err(|e| format!("cannot read the offsets of {topic}/{p}: {e}"))?;
+                .map_err(|e| {
+                    ConnectorError::external(format!("cannot read the offsets of {topic}/{p}: {e}"))
+                })?;
             marks.insert((topic.clone(), *p), wm);
         }
-        let by_time = |ms: i64| -> Result<HashMap<(String, i32), i64>, String> {
+        let by_time = |ms: i64| -> Result<HashMap<(String, i32), i64>, ConnectorError> {
             let mut tpl = TopicPartitionList::new();
             for (topic, p) in &partitions {
                 tpl.add_partition_offset(topic, *p, Offset::Offset(ms))
-                    .map_err(|e| format!("{topic}/{p}: {e}"))?;
+                    .map_err(|e| ConnectorError::internal(format!("{topic}/{p}: {e}")))?;
             }
             let found = consumer
                 .offsets_for_times(tpl, REQUEST_TIMEOUT)
-                .map_err(|e| format!("cannot look up offsets at {}: {e}", format_time(ms)))?;
+                .map_err(|e| {
+                    ConnectorError::external(format!(
+                        "cannot look up offsets at {}: {e}",
+                        format_time(ms)
+                    ))
+                })?;
             let mut out = HashMap::new();
             for e in found.elements() {
                 let key = (e.topic().to_owned(), e.partition());
@@ -336,10 +346,10 @@ impl KafkaReader {
                 let committed = consumer
                     .committed_offsets(tpl, REQUEST_TIMEOUT)
                     .map_err(|e| {
-                        format!(
+                        ConnectorError::external(format!(
                             "cannot read the committed offsets of group `{}`: {e}",
                             config.group_id
-                        )
+                        ))
                     })?;
                 for e in committed.elements() {
                     let key = (e.topic().to_owned(), e.partition());
@@ -380,7 +390,7 @@ impl KafkaReader {
         {
             let mut s = shared
                 .lock()
-                .map_err(|_| "internal error: poisoned lock".to_owned())?;
+                .map_err(|_| ConnectorError::internal("poisoned lock"))?;
             for ((topic, p), o) in starts {
                 let t = s.topic_arc(&topic);
                 s.start.insert((t, p), o);
@@ -391,9 +401,12 @@ impl KafkaReader {
             }
         }
         let topics: Vec<&str> = config.topics.iter().map(String::as_str).collect();
-        consumer
-            .subscribe(&topics)
-            .map_err(|e| format!("cannot subscribe to {}: {e}", config.topics.join(", ")))?;
+        consumer.subscribe(&topics).map_err(|e| {
+            ConnectorError::external(format!(
+                "cannot subscribe to {}: {e}",
+                config.topics.join(", ")
+            ))
+        })?;
         Ok(KafkaReader {
             config: config.clone(),
             consumer,
@@ -409,8 +422,8 @@ impl KafkaReader {
         self,
         stop: &AtomicBool,
         emit: &mut dyn FnMut(KafkaEvent) -> bool,
-        finish: std::sync::mpsc::Receiver<Finish>,
-    ) -> Result<KafkaRunStats, String> {
+        finish: Option<FinishSignal>,
+    ) -> Result<KafkaRunStats, ConnectorError> {
         let mut stats = KafkaRunStats::default();
         let mut chunks: BTreeMap<u32, Chunk> = BTreeMap::new();
         let mut done: BTreeMap<u32, Split> = BTreeMap::new();
@@ -444,10 +457,10 @@ impl KafkaReader {
                     std::mem::take(&mut s.pending),
                     std::mem::take(&mut s.errors),
                 ),
-                Err(_) => return Err("internal error: poisoned lock".into()),
+                Err(_) => return Err(ConnectorError::internal("poisoned lock")),
             };
             if let Some(e) = errors.into_iter().next() {
-                return Err(e);
+                return Err(ConnectorError::external(e));
             }
             for ev in pending {
                 if let KafkaEvent::Revoked(splits) = &ev {
@@ -478,7 +491,7 @@ impl KafkaReader {
                     let mut s = self
                         .shared
                         .lock()
-                        .map_err(|_| "internal error: poisoned lock".to_owned())?;
+                        .map_err(|_| ConnectorError::internal("poisoned lock"))?;
                     let split = s.split(m.topic(), m.partition());
                     let k = (split.topic.clone(), split.partition);
                     let end = s.end.get(&k).copied();
@@ -535,7 +548,7 @@ impl KafkaReader {
             let s = self
                 .shared
                 .lock()
-                .map_err(|_| "internal error: poisoned lock".to_owned())?;
+                .map_err(|_| ConnectorError::internal("poisoned lock"))?;
             let mut p: Vec<(String, i32, i64)> = s
                 .position
                 .iter()
@@ -545,11 +558,8 @@ impl KafkaReader {
             p
         };
         emit(KafkaEvent::EndOfInput(positions));
-        match finish.recv() {
-            Ok(Finish::Commit) => {
-                stats.committed = self.commit()?;
-            }
-            Ok(Finish::Abort) | Err(_) => {}
+        if finish.is_some_and(|f| f.wait() == Finish::Commit) {
+            stats.committed = self.commit()?;
         }
         Ok(stats)
     }
@@ -560,12 +570,12 @@ impl KafkaReader {
         &self,
         done: &mut BTreeMap<u32, Split>,
         emit: &mut dyn FnMut(KafkaEvent) -> bool,
-    ) -> Result<bool, String> {
+    ) -> Result<bool, ConnectorError> {
         let (ever, assigned, at_end): (bool, Vec<Split>, Vec<Split>) = {
             let s = self
                 .shared
                 .lock()
-                .map_err(|_| "internal error: poisoned lock".to_owned())?;
+                .map_err(|_| ConnectorError::internal("poisoned lock"))?;
             let at_end = s
                 .assigned
                 .values()
@@ -601,7 +611,7 @@ impl KafkaReader {
         chunks: &mut BTreeMap<u32, Chunk>,
         done: &mut BTreeMap<u32, Split>,
         emit: &mut dyn FnMut(KafkaEvent) -> bool,
-    ) -> Result<(), String> {
+    ) -> Result<(), ConnectorError> {
         if done.contains_key(&split.key) {
             return Ok(());
         }
@@ -626,12 +636,12 @@ impl KafkaReader {
 
     /// Commits the next offset of every partition the run read from. Returns how many
     /// partitions were committed.
-    fn commit(&self) -> Result<usize, String> {
+    fn commit(&self) -> Result<usize, ConnectorError> {
         let positions: Vec<((Arc<str>, i32), i64)> = {
             let s = self
                 .shared
                 .lock()
-                .map_err(|_| "internal error: poisoned lock".to_owned())?;
+                .map_err(|_| ConnectorError::internal("poisoned lock"))?;
             s.position.iter().map(|(k, v)| (k.clone(), *v)).collect()
         };
         if positions.is_empty() {
@@ -640,13 +650,13 @@ impl KafkaReader {
         let mut tpl = TopicPartitionList::new();
         for ((topic, p), o) in &positions {
             tpl.add_partition_offset(topic, *p, Offset::Offset(*o))
-                .map_err(|e| format!("{topic}/{p}: {e}"))?;
+                .map_err(|e| ConnectorError::internal(format!("{topic}/{p}: {e}")))?;
         }
         self.consumer.commit(&tpl, CommitMode::Sync).map_err(|e| {
-            format!(
+            ConnectorError::external(format!(
                 "committing offsets of group `{}` failed: {e}",
                 self.config.group_id
-            )
+            ))
         })?;
         Ok(positions.len())
     }
@@ -690,5 +700,92 @@ impl Chunk {
             offsets: self.offsets,
             records: self.records,
         }
+    }
+}
+
+/// The `kafka` source as the runtime runs it.
+#[derive(Debug)]
+pub struct KafkaSource {
+    config: KafkaSourceConfig,
+    /// (topic, partition, next offset) to resume from: a savepoint's.
+    resume: Vec<(String, i32, i64)>,
+}
+
+impl KafkaSource {
+    /// A source reading what `config` describes.
+    pub fn new(config: KafkaSourceConfig) -> Self {
+        KafkaSource {
+            config,
+            resume: Vec::new(),
+        }
+    }
+}
+
+impl Source for KafkaSource {
+    fn format(&self) -> InputFormat {
+        self.config.format
+    }
+
+    fn resumable(&self) -> bool {
+        true
+    }
+
+    fn resume_from(&mut self, position: &Position) -> Result<(), ConnectorError> {
+        self.resume = position.decode()?;
+        Ok(())
+    }
+
+    fn run(&mut self, out: &mut SourceOutput) -> Result<(), ConnectorError> {
+        let reader = KafkaReader::connect(&self.config, &self.resume)?;
+        let mut topics: Vec<(Arc<str>, Sym)> = Vec::new();
+        let stop = out.stop_flag();
+        let finish = out.take_finish();
+        let mut position_error = None;
+        let mut emit = |ev: KafkaEvent| -> bool {
+            match ev {
+                KafkaEvent::Assigned(splits) => {
+                    out.splits_added(splits.iter().map(|s| s.key).collect())
+                }
+                KafkaEvent::Revoked(splits) => {
+                    out.splits_removed(splits.iter().map(|s| s.key).collect())
+                }
+                KafkaEvent::EndOfInput(positions) => match Position::encode(&positions) {
+                    Ok(p) => out.end(Some(p)),
+                    Err(e) => {
+                        position_error = Some(e);
+                        false
+                    }
+                },
+                KafkaEvent::Records {
+                    split,
+                    offsets,
+                    records,
+                } => {
+                    let topic = match topics.iter().find(|(t, _)| Arc::ptr_eq(t, &split.topic)) {
+                        Some((_, s)) => *s,
+                        None => {
+                            let s = Sym::new(&split.topic);
+                            topics.push((split.topic.clone(), s));
+                            s
+                        }
+                    };
+                    out.records(Records {
+                        split: split.key,
+                        topic: Some(topic),
+                        partition: u32::try_from(split.partition).unwrap_or(0),
+                        first_offset: offsets.first().copied().unwrap_or(0),
+                        offsets: Some(offsets),
+                        records,
+                    })
+                }
+            }
+        };
+        let result = reader.run(&stop, &mut emit, finish);
+        if let Some(e) = position_error {
+            return Err(e);
+        }
+        let stats = result?;
+        tracing::debug!(?stats, "kafka source finished");
+        Ok(())
     }
 }

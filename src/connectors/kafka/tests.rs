@@ -7,8 +7,9 @@ use std::sync::atomic::AtomicBool;
 use rdkafka::mocking::MockCluster;
 
 use super::produce::{KafkaProducer, split_request};
-use super::source::{Finish, KafkaEvent, KafkaReader};
+use super::source::{KafkaEvent, KafkaReader};
 use super::*;
+use crate::runtime::io::{Fault, Finish, FinishSignal};
 use crate::testkit::generator::{Generator, GeneratorConfig};
 
 fn source_config(brokers: &str, topic: &str, group: &str) -> KafkaSourceConfig {
@@ -31,8 +32,6 @@ fn read_all(config: &KafkaSourceConfig, finish: Finish) -> Vec<KafkaEvent> {
     let t0 = std::time::Instant::now();
     let reader = KafkaReader::connect(config, &[]).expect("connect");
     eprintln!("connect {:?}", t0.elapsed());
-    let (tx, rx) = std::sync::mpsc::channel();
-    tx.send(finish).unwrap();
     let stop = AtomicBool::new(false);
     let mut events = Vec::new();
     let stats = reader
@@ -42,7 +41,7 @@ fn read_all(config: &KafkaSourceConfig, finish: Finish) -> Vec<KafkaEvent> {
                 events.push(e);
                 true
             },
-            rx,
+            Some(FinishSignal::ready(finish)),
         )
         .expect("run");
     eprintln!("run {:?}", t0.elapsed());
@@ -175,7 +174,12 @@ fn latest_start_and_missing_topic() {
 
     let missing = source_config(&brokers, "nope", "g3");
     let err = KafkaReader::connect(&missing, &[]).err().expect("an error");
-    assert!(err.contains("nope"), "{err}");
+    assert!(err.message.contains("nope"), "{err}");
+    assert_eq!(
+        err.fault,
+        Fault::User,
+        "a missing topic is the job's to fix"
+    );
 }
 
 #[test]
@@ -322,7 +326,7 @@ sinks:
 "#;
     let tmp = tempfile::tempdir().unwrap();
     let job = crate::job::load_str(&tmp.path().join("j.yaml"), job_text).unwrap();
-    crate::runtime::run_job(
+    crate::job::run_job(
         &job,
         &crate::runtime::RunOptions {
             output_dir: Some(tmp.path().to_path_buf()),
@@ -356,7 +360,11 @@ sinks:
         for b in &batches {
             let mut values = Vec::new();
             avro.encode(b, &mut |_, v| {
-                values.push(reader.read_value(&mut &v[..]).map_err(|e| e.to_string())?);
+                values.push(
+                    reader
+                        .read_value(&mut &v[..])
+                        .map_err(|e| crate::runtime::io::ConnectorError::internal(e.to_string()))?,
+                );
                 Ok(())
             })
             .unwrap();
@@ -415,6 +423,11 @@ fn undeliverable_records_fail_the_flush() {
     .unwrap();
     p.send("nowhere", Some(0), Some(b"k"), b"v").unwrap();
     let err = p.flush().expect_err("delivery must fail");
-    assert!(err.contains("could not be delivered"), "{err}");
-    assert!(err.contains("nowhere"), "{err}");
+    assert!(err.message.contains("could not be delivered"), "{err}");
+    assert!(err.message.contains("nowhere"), "{err}");
+    assert_eq!(
+        err.fault,
+        Fault::External,
+        "an unreachable broker may come back"
+    );
 }

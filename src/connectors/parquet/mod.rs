@@ -76,7 +76,7 @@ use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 
-use crate::connectors::SinkError;
+use crate::runtime::io::{ConnectorError, Position, Sink, TableWriter};
 
 impl ParquetSinkConfig {
     /// The output directory, unless the command line overrides it.
@@ -85,28 +85,111 @@ impl ParquetSinkConfig {
     }
 }
 
-/// Removes the `part-*.parquet` files a previous run left in `<dir>/<table>/`, so a run
-/// with fewer shards does not leave stale parts behind, except those in `keep` (the
-/// parts a savepoint vouches for, when a run resumes). Other files are left alone.
-pub fn prepare_table_dir(dir: &Path, table: &str, keep: &[String]) -> Result<PathBuf, SinkError> {
-    let tdir = dir.join(table);
-    std::fs::create_dir_all(&tdir).map_err(|e| SinkError::io(&tdir, e))?;
-    let entries = std::fs::read_dir(&tdir).map_err(|e| SinkError::io(&tdir, e))?;
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let name = name.to_string_lossy();
-        if name.starts_with("part-")
-            && name.ends_with(".parquet")
-            && !keep.iter().any(|k| *k == name)
-        {
-            std::fs::remove_file(entry.path()).map_err(|e| SinkError::io(&entry.path(), e))?;
+/// One table of a `parquet` sink: `<dir>/<table>/part-<part>.parquet`, one part per
+/// shard (and per resumed run).
+#[derive(Debug, Clone)]
+pub struct ParquetTable {
+    dir: PathBuf,
+    table: String,
+    config: ParquetSinkConfig,
+}
+
+impl ParquetTable {
+    /// Table `table` of a sink writing under `dir`.
+    pub fn new(dir: PathBuf, table: &str, config: ParquetSinkConfig) -> Self {
+        ParquetTable {
+            dir,
+            table: table.to_owned(),
+            config,
         }
     }
-    Ok(tdir)
+
+    fn table_dir(&self) -> PathBuf {
+        self.dir.join(&self.table)
+    }
+
+    /// The part files now in the table's directory.
+    fn parts(&self) -> Vec<String> {
+        let mut out: Vec<String> = std::fs::read_dir(self.table_dir())
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| n.starts_with("part-") && n.ends_with(".parquet"))
+                    .collect()
+            })
+            .unwrap_or_default();
+        out.sort();
+        out
+    }
+}
+
+impl Sink for ParquetTable {
+    fn location(&self) -> PathBuf {
+        self.table_dir()
+    }
+
+    fn batch_rows(&self) -> usize {
+        // Small batches keep the builders' buffers in cache and reused; the writer
+        // still forms row groups of `row_group_rows`.
+        self.config.row_group_rows.clamp(1, 1024)
+    }
+
+    /// Removes the `part-*.parquet` files a previous run left, so a run with fewer
+    /// shards does not leave stale parts behind, except those a savepoint vouches for
+    /// when a run resumes. Other files are left alone.
+    fn prepare(&self, restored: Option<&Position>) -> Result<(), ConnectorError> {
+        let keep: Vec<String> = match restored {
+            Some(p) => p.decode()?,
+            None => Vec::new(),
+        };
+        let tdir = self.table_dir();
+        std::fs::create_dir_all(&tdir).map_err(|e| ConnectorError::io(&tdir, &e))?;
+        let entries = std::fs::read_dir(&tdir).map_err(|e| ConnectorError::io(&tdir, &e))?;
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with("part-")
+                && name.ends_with(".parquet")
+                && !keep.iter().any(|k| *k == name)
+            {
+                std::fs::remove_file(entry.path())
+                    .map_err(|e| ConnectorError::io(&entry.path(), &e))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn open(&self, part: usize, schema: SchemaRef) -> Result<Box<dyn TableWriter>, ConnectorError> {
+        Ok(Box::new(ParquetTableWriter::create(
+            &self.dir,
+            &self.table,
+            part,
+            schema,
+            &self.config,
+        )?))
+    }
+
+    /// The parts written so far: a resumed run removes any other (written after the
+    /// savepoint by a run that then crashed).
+    fn savepoint(&self) -> Result<Option<Position>, ConnectorError> {
+        Position::encode(&self.parts()).map(Some)
+    }
+
+    fn openmetrics_file(&self) -> Option<PathBuf> {
+        Some(self.dir.join(format!("{}.openmetrics.txt", self.table)))
+    }
+}
+
+fn parquet_error(path: &Path, e: &parquet::errors::ParquetError) -> ConnectorError {
+    let message = format!("{}: parquet: {e}", path.display());
+    match e {
+        parquet::errors::ParquetError::External(_) => ConnectorError::external(message),
+        _ => ConnectorError::internal(message),
+    }
 }
 
 /// Writes one part file of one table. The file appears under its final name only when
-/// [`ParquetTableWriter::close`] succeeds.
+/// [`TableWriter::close`] succeeds.
 pub struct ParquetTableWriter {
     writer: ArrowWriter<File>,
     tmp: PathBuf,
@@ -122,12 +205,12 @@ impl ParquetTableWriter {
         part: usize,
         schema: SchemaRef,
         config: &ParquetSinkConfig,
-    ) -> Result<Self, SinkError> {
+    ) -> Result<Self, ConnectorError> {
         let tdir = dir.join(table);
-        std::fs::create_dir_all(&tdir).map_err(|e| SinkError::io(&tdir, e))?;
+        std::fs::create_dir_all(&tdir).map_err(|e| ConnectorError::io(&tdir, &e))?;
         let path = tdir.join(format!("part-{part:03}.parquet"));
         let tmp = tdir.join(format!(".part-{part:03}.parquet.tmp"));
-        let file = File::create(&tmp).map_err(|e| SinkError::io(&tmp, e))?;
+        let file = File::create(&tmp).map_err(|e| ConnectorError::io(&tmp, &e))?;
         let compression = match config.compression {
             ParquetCompression::None => Compression::UNCOMPRESSED,
             ParquetCompression::Snappy => Compression::SNAPPY,
@@ -137,8 +220,8 @@ impl ParquetTableWriter {
             .set_compression(compression)
             .set_max_row_group_row_count(Some(config.row_group_rows.max(1)))
             .build();
-        let writer = ArrowWriter::try_new(file, schema, Some(props))
-            .map_err(|e| SinkError::parquet(&tmp, e))?;
+        let writer =
+            ArrowWriter::try_new(file, schema, Some(props)).map_err(|e| parquet_error(&tmp, &e))?;
         Ok(ParquetTableWriter {
             writer,
             tmp,
@@ -146,21 +229,26 @@ impl ParquetTableWriter {
             rows: 0,
         })
     }
+}
 
-    /// Appends a batch.
-    pub fn write(&mut self, batch: &RecordBatch) -> Result<(), SinkError> {
+impl TableWriter for ParquetTableWriter {
+    fn write(&mut self, batch: &RecordBatch) -> Result<(), ConnectorError> {
         self.rows += batch.num_rows() as u64;
         self.writer
             .write(batch)
-            .map_err(|e| SinkError::parquet(&self.tmp, e))
+            .map_err(|e| parquet_error(&self.tmp, &e))
     }
 
-    /// Finishes the file and moves it to its final name; returns the rows written.
-    pub fn close(self) -> Result<u64, SinkError> {
-        self.writer
-            .close()
-            .map_err(|e| SinkError::parquet(&self.tmp, e))?;
-        std::fs::rename(&self.tmp, &self.path).map_err(|e| SinkError::io(&self.path, e))?;
-        Ok(self.rows)
+    /// Finishes the file and moves it to its final name.
+    fn close(self: Box<Self>) -> Result<u64, ConnectorError> {
+        let ParquetTableWriter {
+            writer,
+            tmp,
+            path,
+            rows,
+        } = *self;
+        writer.close().map_err(|e| parquet_error(&tmp, &e))?;
+        std::fs::rename(&tmp, &path).map_err(|e| ConnectorError::io(&path, &e))?;
+        Ok(rows)
     }
 }

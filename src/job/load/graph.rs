@@ -206,6 +206,65 @@ impl Loader<'_, '_> {
         self.check_table_names(decls);
         self.check_cycles(decls, &reads);
         self.check_merge_inputs(decls, &reads);
+        self.check_feedback_chains(decls, &reads);
+    }
+
+    /// A node whose merge side answers the shards (a rate-limited sampler) must not
+    /// read, even through other operators, what another such node held back for its
+    /// own answers: its windows would close before those traces arrive.
+    fn check_feedback_chains(&mut self, decls: &[Decl], reads: &[Vec<(usize, Pos, String)>]) {
+        let feedback =
+            |d: &Decl| matches!(&d.built, Some(Built::Operator(k)) if k.answers_shards());
+        // The nearest feedback node upstream of `n`, if any.
+        fn upstream(
+            decls: &[Decl],
+            reads: &[Vec<(usize, Pos, String)>],
+            n: usize,
+            seen: &mut HashSet<usize>,
+            feedback: &dyn Fn(&Decl) -> bool,
+        ) -> Option<usize> {
+            for (u, _, _) in &reads[n] {
+                if !seen.insert(*u) {
+                    continue;
+                }
+                if feedback(&decls[*u]) {
+                    return Some(*u);
+                }
+                if let Some(f) = upstream(decls, reads, *u, seen, feedback) {
+                    return Some(f);
+                }
+            }
+            None
+        }
+        for (i, d) in decls.iter().enumerate() {
+            if !feedback(d) {
+                continue;
+            }
+            for (u, pos, key) in &reads[i] {
+                let found = if feedback(&decls[*u]) {
+                    Some(*u)
+                } else {
+                    upstream(decls, reads, *u, &mut HashSet::from([*u]), &feedback)
+                };
+                if let Some(f) = found {
+                    self.report.push(
+                        *pos,
+                        key.clone(),
+                        format!(
+                            "`{}` rate-limits traces that `{}` already held for its own rate \
+                             limit; its windows would close before those traces arrive",
+                            d.name, decls[f].name
+                        ),
+                        Some(
+                            "read the session window's `traces` instead, or move the rate \
+                             limits into one tail_sampling"
+                                .into(),
+                        ),
+                    );
+                    break;
+                }
+            }
+        }
     }
 
     /// An operator that merges across shards (`red_metrics`, `service_graph`) reads

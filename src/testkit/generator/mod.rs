@@ -6,7 +6,6 @@
 //!   databases and caches, queue consumers), built once from the seed.
 //! - `trace`: one trace at a time: call tree, timing, errors that propagate upward,
 //!   slow queries, async tails through Kafka, batch jobs lasting minutes.
-//! - `file`: the file framing shared with the `file` source.
 //! - this module: export timing (SDK batching delay, late spans), ordering records by
 //!   arrival, garbage records, ground truth.
 //! - `encode`: protobuf / JSON encoding and garbage.
@@ -16,9 +15,9 @@
 
 mod config;
 mod encode;
-mod file;
 mod fleet;
 mod rand_util;
+mod source;
 mod trace;
 
 #[cfg(test)]
@@ -32,8 +31,9 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use spanflow_operators::{CallType, ConfigIssue};
 
+pub use crate::formats::framing::{read_records, write_records};
 pub use config::GeneratorConfig;
-pub use file::{read_records, write_records};
+pub use source::GeneratorSource;
 
 use encode::Grouper;
 use fleet::Fleet;
@@ -81,6 +81,12 @@ pub struct GeneratedRecord {
     pub garbage: bool,
     /// Number of spans in the record (0 for garbage).
     pub spans: usize,
+}
+
+impl AsRef<[u8]> for GeneratedRecord {
+    fn as_ref(&self) -> &[u8] {
+        &self.payload
+    }
 }
 
 /// What the generator emitted, counted as it was emitted. Garbage records count in

@@ -1,5 +1,5 @@
-//! File framing of generated records, shared by `spanflow gen --out` and the `file`
-//! source.
+//! File framing of OTLP records, shared by the `file` source, `spanflow gen --out`
+//! and the Alibaba importer.
 //!
 //! `otlp_proto`: per record a 4-byte big-endian length, then the bytes (the
 //! OpenTelemetry Collector's file exporter framing). `otlp_json`: one JSON request per
@@ -9,7 +9,6 @@ use std::fs::File;
 use std::io::{self, BufWriter, ErrorKind, Write};
 use std::path::Path;
 
-use super::GeneratedRecord;
 use crate::formats::InputFormat;
 
 /// File framing for `spanflow gen --out` and the `file` source:
@@ -18,27 +17,28 @@ use crate::formats::InputFormat;
 pub fn write_records(
     path: &Path,
     format: InputFormat,
-    records: impl IntoIterator<Item = GeneratedRecord>,
+    records: impl IntoIterator<Item = impl AsRef<[u8]>>,
 ) -> io::Result<()> {
     let mut out = BufWriter::with_capacity(1 << 20, File::create(path)?);
     for (i, record) in records.into_iter().enumerate() {
+        let record = record.as_ref();
         match format {
             InputFormat::OtlpProto | InputFormat::Avro => {
-                let len = u32::try_from(record.payload.len()).map_err(|_| {
+                let len = u32::try_from(record.len()).map_err(|_| {
                     io::Error::new(
                         ErrorKind::InvalidInput,
                         format!(
                             "{}: record {i} is {} bytes, more than a 4-byte length can frame",
                             path.display(),
-                            record.payload.len()
+                            record.len()
                         ),
                     )
                 })?;
                 out.write_all(&len.to_be_bytes())?;
-                out.write_all(&record.payload)?;
+                out.write_all(record)?;
             }
             InputFormat::OtlpJson => {
-                if record.payload.contains(&b'\n') {
+                if record.contains(&b'\n') {
                     return Err(io::Error::new(
                         ErrorKind::InvalidInput,
                         format!(
@@ -47,7 +47,7 @@ pub fn write_records(
                         ),
                     ));
                 }
-                out.write_all(&record.payload)?;
+                out.write_all(record)?;
                 out.write_all(b"\n")?;
             }
         }

@@ -1,0 +1,498 @@
+//! What the runtime asks of the systems it reads from and writes to. Connectors (Kafka,
+//! files, Parquet, ClickHouse) and tools (the span generator) implement [`Source`] and
+//! [`Sink`]; the runtime never names a concrete one.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use arrow::datatypes::SchemaRef;
+use arrow::record_batch::RecordBatch;
+use bytes::Bytes;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use spanflow_operators::Sym;
+use tokio::sync::mpsc;
+
+use crate::formats::InputFormat;
+
+/// Whose fault an error is, which decides what to do about it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Fault {
+    /// The job or its input is wrong (a missing file, a table that does not exist, a
+    /// record that cannot be encoded): retrying cannot help; the user must act.
+    User,
+    /// An external system failed (broker or server down, a timeout): retry with
+    /// backoff.
+    External,
+    /// A bug in spanflow.
+    Internal,
+}
+
+impl Fault {
+    /// The word used in messages.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Fault::User => "user",
+            Fault::External => "external",
+            Fault::Internal => "internal",
+        }
+    }
+}
+
+/// An error of a source or a sink.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}{}", if *.fault == Fault::Internal { " (this is a bug)" } else { "" })]
+pub struct ConnectorError {
+    /// Whose fault it is.
+    pub fault: Fault,
+    /// What went wrong, for a person.
+    pub message: String,
+}
+
+impl ConnectorError {
+    /// The job or its input is wrong.
+    pub fn user(message: impl Into<String>) -> Self {
+        ConnectorError {
+            fault: Fault::User,
+            message: message.into(),
+        }
+    }
+
+    /// An external system failed.
+    pub fn external(message: impl Into<String>) -> Self {
+        ConnectorError {
+            fault: Fault::External,
+            message: message.into(),
+        }
+    }
+
+    /// A bug.
+    pub fn internal(message: impl Into<String>) -> Self {
+        ConnectorError {
+            fault: Fault::Internal,
+            message: message.into(),
+        }
+    }
+
+    /// The same error with `context` in front of its message.
+    pub fn context(mut self, context: impl std::fmt::Display) -> Self {
+        self.message = format!("{context}: {}", self.message);
+        self
+    }
+
+    /// A local file operation failed: the user's (a path), unless the disk is full or
+    /// the OS ran out of something, which may pass.
+    pub fn io(path: &std::path::Path, e: &std::io::Error) -> Self {
+        use std::io::ErrorKind;
+        let message = format!("{}: {e}", path.display());
+        match e.kind() {
+            ErrorKind::StorageFull | ErrorKind::Interrupted | ErrorKind::OutOfMemory => {
+                ConnectorError::external(message)
+            }
+            _ => ConnectorError::user(message),
+        }
+    }
+}
+
+/// Where a source got to: opaque to the runtime, which keeps it in savepoints and
+/// hands it back to the same source to resume from. Each source encodes its own
+/// (Kafka: the next offset of every partition).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Position(ciborium::Value);
+
+impl Position {
+    /// Encodes a source's position.
+    pub fn encode<T: Serialize>(value: &T) -> Result<Self, ConnectorError> {
+        ciborium::Value::serialized(value)
+            .map(Position)
+            .map_err(|e| ConnectorError::internal(format!("cannot encode a position: {e}")))
+    }
+
+    /// Decodes what [`Position::encode`] made.
+    pub fn decode<T: DeserializeOwned>(&self) -> Result<T, ConnectorError> {
+        self.0.deserialized().map_err(|e| {
+            ConnectorError::user(format!(
+                "the saved position does not fit this source ({e}); remove the savepoint to \
+                 start fresh"
+            ))
+        })
+    }
+}
+
+/// What a source reports about its run (the generator's ground truth), shown in the
+/// run's summary and readable by tests through [`RunSummary::source_report`](super::RunSummary::source_report).
+pub trait SourceReport: std::fmt::Display + std::fmt::Debug + Send + Sync + 'static {
+    /// The summary line's label (`generator`).
+    fn label(&self) -> &'static str;
+    /// For downcasting to the concrete report.
+    fn as_any(&self) -> &dyn std::any::Any;
+}
+
+/// A source of records. It runs on its own blocking thread, reads in order and hands
+/// the records, by split, to [`SourceOutput`]; the runtime decodes them.
+pub trait Source: Send {
+    /// How its records are encoded.
+    fn format(&self) -> InputFormat;
+
+    /// Whether a stopped run can continue where this source left off (then a stop with
+    /// a checkpoint directory keeps a savepoint).
+    fn resumable(&self) -> bool {
+        false
+    }
+
+    /// Continues from `position` (what it passed to [`SourceOutput::end`] in a stopped
+    /// run). Called before [`Source::run`].
+    fn resume_from(&mut self, _position: &Position) -> Result<(), ConnectorError> {
+        Ok(())
+    }
+
+    /// Reads to the end of bounded input, or until [`SourceOutput::stopped`]. Ends by
+    /// calling [`SourceOutput::end`] (the runtime does when it returns without);
+    /// afterwards it may wait for [`FinishSignal::wait`] and commit what it read. An
+    /// error returned after `end` is reported when the run joins the source.
+    fn run(&mut self, out: &mut SourceOutput) -> Result<(), ConnectorError>;
+
+    /// What it reports about its run, once it ran.
+    fn report(&self) -> Option<Arc<dyn SourceReport>> {
+        None
+    }
+}
+
+/// What the runtime tells a source that has ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Finish {
+    /// Every output of the records it read is written: commit its positions.
+    Commit,
+    /// The run failed or was cancelled without a complete output: commit nothing.
+    Abort,
+}
+
+/// The runtime's answer to an ended source, once every output is written.
+#[derive(Debug)]
+pub struct FinishSignal(std::sync::mpsc::Receiver<Finish>);
+
+impl FinishSignal {
+    /// An answer already given (a source run outside the runtime, in tests or tools).
+    pub fn ready(finish: Finish) -> Self {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let _ = tx.send(finish);
+        FinishSignal(rx)
+    }
+
+    /// Blocks until the runtime answers (`Abort` when it is gone).
+    pub fn wait(self) -> Finish {
+        self.0.recv().unwrap_or(Finish::Abort)
+    }
+}
+
+/// Records of one split, consecutive, in order.
+#[derive(Debug)]
+pub struct Records {
+    /// The split (partition) key, unique within the source; it has its own watermark.
+    /// Single-split sources use 0.
+    pub split: u32,
+    /// Kafka topic, for dead letters.
+    pub topic: Option<Sym>,
+    /// Partition number, for dead letters.
+    pub partition: u32,
+    /// Offset of the first record.
+    pub first_offset: u64,
+    /// Per-record offsets, when they are not `first_offset + i`.
+    pub offsets: Option<Vec<u64>>,
+    /// Payloads.
+    pub records: Vec<Bytes>,
+}
+
+/// What sources send the router.
+pub(crate) enum SourceEvent {
+    /// A chunk of consecutive records of one split.
+    Records {
+        source: usize,
+        name: Sym,
+        format: InputFormat,
+        records: Records,
+    },
+    /// Splits (Kafka partitions) now read by the source; they hold the watermark.
+    SplitsAdded { source: usize, splits: Vec<u32> },
+    /// Splits no longer read (revoked, or finished in a bounded run).
+    SplitsRemoved { source: usize, splits: Vec<u32> },
+    /// The source is exhausted (or stopped), and where it got to.
+    Done {
+        source: usize,
+        position: Option<Position>,
+    },
+    /// The source failed; it sends nothing more.
+    Failed {
+        source: usize,
+        error: ConnectorError,
+    },
+}
+
+/// Records per chunk of a single-split source: chunks are cut by record count so that
+/// chunking (and thus the watermark sequence) never depends on timing.
+pub(crate) const RECORDS_PER_CHUNK: usize = 2;
+
+/// A running source's way to the runtime.
+pub struct SourceOutput {
+    source: usize,
+    name: Sym,
+    format: InputFormat,
+    tx: mpsc::Sender<SourceEvent>,
+    stop: Arc<AtomicBool>,
+    finish: Option<FinishSignal>,
+    ended: bool,
+    /// Next offset of split 0, for [`SourceOutput::send_in_order`].
+    next_offset: u64,
+    chunk: Vec<Bytes>,
+}
+
+impl SourceOutput {
+    pub(crate) fn new(
+        source: usize,
+        name: Sym,
+        format: InputFormat,
+        tx: mpsc::Sender<SourceEvent>,
+        stop: Arc<AtomicBool>,
+        finish: std::sync::mpsc::Receiver<Finish>,
+    ) -> Self {
+        SourceOutput {
+            source,
+            name,
+            format,
+            tx,
+            stop,
+            finish: Some(FinishSignal(finish)),
+            ended: false,
+            next_offset: 0,
+            chunk: Vec::with_capacity(RECORDS_PER_CHUNK),
+        }
+    }
+
+    fn send(&self, ev: SourceEvent) -> bool {
+        self.tx.blocking_send(ev).is_ok()
+    }
+
+    /// Sends records of one split; blocks on backpressure. False when the runtime is
+    /// gone (stop reading).
+    pub fn records(&mut self, records: Records) -> bool {
+        self.send(SourceEvent::Records {
+            source: self.source,
+            name: self.name,
+            format: self.format,
+            records,
+        })
+    }
+
+    /// Queues one record of the source's only split (split 0, offsets counted from 0),
+    /// sending fixed-size chunks. False when the runtime is gone.
+    pub fn send_in_order(&mut self, record: Bytes) -> bool {
+        self.chunk.push(record);
+        if self.chunk.len() >= RECORDS_PER_CHUNK {
+            return self.flush_in_order();
+        }
+        true
+    }
+
+    fn flush_in_order(&mut self) -> bool {
+        if self.chunk.is_empty() {
+            return true;
+        }
+        let records = std::mem::replace(&mut self.chunk, Vec::with_capacity(RECORDS_PER_CHUNK));
+        let first_offset = self.next_offset;
+        self.next_offset += records.len() as u64;
+        self.records(Records {
+            split: 0,
+            topic: None,
+            partition: 0,
+            first_offset,
+            offsets: None,
+            records,
+        })
+    }
+
+    /// Splits now read; each holds the watermark until it is removed or idle.
+    pub fn splits_added(&mut self, splits: Vec<u32>) -> bool {
+        self.send(SourceEvent::SplitsAdded {
+            source: self.source,
+            splits,
+        })
+    }
+
+    /// Splits no longer read.
+    pub fn splits_removed(&mut self, splits: Vec<u32>) -> bool {
+        self.send(SourceEvent::SplitsRemoved {
+            source: self.source,
+            splits,
+        })
+    }
+
+    /// The source has read everything it will (bounded input consumed, or stopped);
+    /// `position` is where a resumed run continues. Records queued with
+    /// [`SourceOutput::send_in_order`] are sent first.
+    pub fn end(&mut self, position: Option<Position>) -> bool {
+        if self.ended {
+            return true;
+        }
+        let sent = self.flush_in_order();
+        self.ended = true;
+        sent && self.send(SourceEvent::Done {
+            source: self.source,
+            position,
+        })
+    }
+
+    /// Whether [`SourceOutput::end`] was called.
+    pub fn has_ended(&self) -> bool {
+        self.ended
+    }
+
+    /// True once the run asks its sources to stop: an unbounded source then ends like
+    /// a bounded one.
+    pub fn stopped(&self) -> bool {
+        self.stop.load(Ordering::Relaxed)
+    }
+
+    /// The stop flag, for sources that poll it from their own loop.
+    pub fn stop_flag(&self) -> Arc<AtomicBool> {
+        self.stop.clone()
+    }
+
+    /// The runtime's answer after [`SourceOutput::end`] (taken once).
+    pub fn take_finish(&mut self) -> Option<FinishSignal> {
+        self.finish.take()
+    }
+
+    pub(crate) fn fail(&mut self, error: ConnectorError) {
+        self.ended = true;
+        self.send(SourceEvent::Failed {
+            source: self.source,
+            error,
+        });
+    }
+}
+
+/// One table of one sink node: where a stream's rows go. Every shard opens its own
+/// writer.
+pub trait Sink: Send + Sync + std::fmt::Debug {
+    /// Where the rows go, for the summary: a directory, `kafka:<topic>`,
+    /// `clickhouse:<database>.<table>`.
+    fn location(&self) -> PathBuf;
+
+    /// Rows per batch handed to a writer.
+    fn batch_rows(&self) -> usize {
+        1024
+    }
+
+    /// Gets the table ready before anything is written: a fresh run starts it empty
+    /// where that is the sink's contract (Parquet), a resumed one removes what was
+    /// written after `restored` (what [`Sink::savepoint`] returned).
+    fn prepare(&self, _restored: Option<&Position>) -> Result<(), ConnectorError> {
+        Ok(())
+    }
+
+    /// Opens a writer; `part` is unique per shard and grows across resumed runs.
+    fn open(&self, part: usize, schema: SchemaRef) -> Result<Box<dyn TableWriter>, ConnectorError>;
+
+    /// What a savepoint keeps so that a resumed run can undo writes made after it.
+    fn savepoint(&self) -> Result<Option<Position>, ConnectorError> {
+        Ok(None)
+    }
+
+    /// Where the latest closed metric interval is also written as OpenMetrics text when
+    /// the run ends (file sinks).
+    fn openmetrics_file(&self) -> Option<PathBuf> {
+        None
+    }
+}
+
+/// A writer of one table, opened by one shard.
+pub trait TableWriter: Send {
+    /// Writes one batch.
+    fn write(&mut self, batch: &RecordBatch) -> Result<(), ConnectorError>;
+
+    /// Finishes (flushes, waits for delivery); returns the rows written.
+    fn close(self: Box<Self>) -> Result<u64, ConnectorError>;
+}
+
+/// Runs `f` again while it fails with an external fault, with exponential backoff,
+/// `attempts` times at most.
+pub(crate) fn retry<T>(
+    attempts: u32,
+    what: &str,
+    mut f: impl FnMut() -> Result<T, ConnectorError>,
+) -> Result<T, ConnectorError> {
+    let mut delay = std::time::Duration::from_millis(100);
+    let mut attempt = 1;
+    loop {
+        match f() {
+            Err(e) if e.fault == Fault::External && attempt < attempts => {
+                tracing::warn!(attempt, error = %e, "{what} failed; retrying in {delay:?}");
+                std::thread::sleep(delay);
+                delay *= 2;
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_repeats_only_external_faults() {
+        let mut calls = 0;
+        let r: Result<(), _> = retry(3, "x", || {
+            calls += 1;
+            Err(ConnectorError::external("down"))
+        });
+        assert_eq!(calls, 3);
+        assert_eq!(r.unwrap_err().fault, Fault::External);
+
+        let mut calls = 0;
+        let r: Result<(), _> = retry(3, "x", || {
+            calls += 1;
+            Err(ConnectorError::user("no such table"))
+        });
+        assert_eq!(calls, 1);
+        assert_eq!(r.unwrap_err().fault, Fault::User);
+
+        let mut calls = 0;
+        let r = retry(3, "x", || {
+            calls += 1;
+            if calls < 2 {
+                Err(ConnectorError::external("down"))
+            } else {
+                Ok(7)
+            }
+        });
+        assert_eq!(r, Ok(7));
+    }
+
+    #[test]
+    fn positions_round_trip_and_refuse_another_shape() {
+        let p = Position::encode(&vec![("t".to_owned(), 0i32, 42i64)]).unwrap();
+        let back: Vec<(String, i32, i64)> = p.decode().unwrap();
+        assert_eq!(back, vec![("t".to_owned(), 0, 42)]);
+        let e = p.decode::<u64>().unwrap_err();
+        assert_eq!(e.fault, Fault::User);
+        let bytes = {
+            let mut b = Vec::new();
+            ciborium::into_writer(&p, &mut b).unwrap();
+            b
+        };
+        let again: Position = ciborium::from_reader(bytes.as_slice()).unwrap();
+        assert_eq!(again, p);
+    }
+
+    #[test]
+    fn internal_errors_say_so() {
+        assert_eq!(
+            ConnectorError::internal("x").to_string(),
+            "x (this is a bug)"
+        );
+        assert_eq!(ConnectorError::user("x").context("f").to_string(), "f: x");
+    }
+}
