@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use schemars::JsonSchema;
 use serde::Deserialize;
 
-use super::spec::{OperatorFile, RollupConfig, WatermarkConfig};
+use super::spec::{FromFile, OperatorFile, RollupConfig, WatermarkConfig};
 use crate::connectors::clickhouse::ClickHouseSinkConfig;
 use crate::connectors::file::FileSourceConfig;
 use crate::connectors::kafka::{KafkaSinkConfig, KafkaSourceConfig};
@@ -127,23 +127,6 @@ pub enum SinkFile {
         config: Box<ClickHouseSinkConfig>,
     },
 }
-
-/// Input streams: `node`, `node.port`, or a list of them.
-#[derive(Debug, Clone, Deserialize, JsonSchema)]
-#[serde(untagged)]
-pub enum FromFile {
-    /// One stream.
-    One(StreamName),
-    /// Several streams.
-    Many(Vec<StreamName>),
-}
-
-/// `node` (its default output) or `node.port`.
-#[derive(Debug, Clone, Deserialize, JsonSchema)]
-#[serde(transparent)]
-pub struct StreamName(
-    #[schemars(regex(pattern = r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_]+)?$"))] pub String,
-);
 
 /// The JSON schema of the job file format, generated from the types with schemars.
 pub fn json_schema() -> serde_json::Value {

@@ -106,6 +106,23 @@ pub struct OperatorNode {
     pub kind: OperatorKind,
 }
 
+/// Input streams: `node`, `node.port`, or a list of them.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum FromFile {
+    /// One stream.
+    One(StreamName),
+    /// Several streams.
+    Many(Vec<StreamName>),
+}
+
+/// `node` (its default output) or `node.port`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(transparent)]
+pub struct StreamName(
+    #[schemars(regex(pattern = r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_]+)?$"))] pub String,
+);
+
 /// Declares the operator kinds, one line each: the variant, its config type, its
 /// `type:` name and its [`Shape`], with the doc the job file's JSON schema shows. This
 /// generates [`OperatorKind`], the job file's [`OperatorFile`], config parsing and
@@ -128,7 +145,7 @@ macro_rules! operator_kinds {
                 #[serde(rename = $name)]
                 $variant {
                     /// Input streams.
-                    from: super::file::FromFile,
+                    from: FromFile,
                     /// The operator's settings.
                     #[serde(flatten)]
                     config: $config,
