@@ -151,6 +151,7 @@ fn traces(n: usize, endpoints: u64, seed: u64) -> Vec<ClosedTrace> {
                 error_count: spans.iter().filter(|s| s.is_error()).count() as u32,
                 close_reason: CloseReason::Gap,
                 fragment: 0,
+                closes_at: spans.iter().map(|s| s.end_ns).max().unwrap_or(start),
             };
             ClosedTrace::new(trace_id, spans, summary)
         })

@@ -234,26 +234,12 @@ pub fn plan(job: &Job, output_dir: Option<&std::path::Path>) -> Result<Plan, Pla
                 r.name
             )));
         }
-        let trace_lag = match r.kind {
-            Some(OperatorKind::SessionWindow(c)) => {
-                spanflow_operators::session_window::SessionWindow::trace_end_lag(c)
-            }
-            _ => inputs
-                .iter()
-                .map(|i| match *i {
-                    Input::Source(_) => 0,
-                    Input::Node { node, .. } => nodes[node].trace_lag,
-                })
-                .max()
-                .unwrap_or(0),
-        };
         nodes.push(PlanNode {
             name: r.name.to_owned(),
             shape,
             ports,
             inputs,
             build,
-            trace_lag,
         });
     }
 

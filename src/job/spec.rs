@@ -264,6 +264,7 @@ impl OperatorKind {
                 let build = if self.answers_shards() {
                     // Rate limits decide over all shards' traces (see `tail_sampling::limit`).
                     NodeBuild::Feedback {
+                        grain: TailSampler::new(c.clone()).rate_limit_grain(),
                         partial: Arc::new(move |_| Box::new(TailSampler::new(p.clone()))),
                         merge: Arc::new(move |_| {
                             Box::new(TailSampler::new(m.clone()).merge_operator())
@@ -279,6 +280,7 @@ impl OperatorKind {
                 (
                     RedMetrics::SHAPE,
                     NodeBuild::Merged {
+                        grain: c.interval.as_nanos(),
                         partial: Arc::new(move |_| Box::new(RedMetrics::new(p.clone()))),
                         merge: Arc::new(move |_| {
                             Box::new(RedMetrics::new(m.clone()).merge_operator(sampled_input))
@@ -291,6 +293,7 @@ impl OperatorKind {
                 (
                     ServiceGraph::SHAPE,
                     NodeBuild::Merged {
+                        grain: c.interval.as_nanos(),
                         partial: Arc::new(move |_| Box::new(ServiceGraph::new(p.clone()))),
                         merge: Arc::new(move |_| {
                             Box::new(ServiceGraph::new(m.clone()).merge_operator(sampled_input))

@@ -85,6 +85,10 @@ pub enum NodeBuild {
         partial: Build,
         /// The merge side.
         merge: Build,
+        /// The merge side only acts when the watermark reaches `k * grain - 1` (its
+        /// windows end at multiples of `grain` ns): shards send it no other
+        /// watermark, so the global stage wakes once per grain, not per batch.
+        grain: u64,
     },
     /// A per-shard instance whose extra output (the port after the node's declared
     /// ones) goes to one merge instance, whose output comes back to every shard's
@@ -95,6 +99,8 @@ pub enum NodeBuild {
         partial: Build,
         /// The merge side.
         merge: Build,
+        /// As for [`NodeBuild::Merged`].
+        grain: u64,
     },
     /// One instance in the global stage: a rollup (its query is planned when the run
     /// starts).
@@ -139,10 +145,6 @@ pub struct PlanNode {
     pub inputs: Vec<Input>,
     /// How to build its instances.
     pub build: NodeBuild,
-    /// How far behind the source watermark a closed trace reaching this node can end
-    /// (the largest gap of the session windows upstream): a feedback node's merge
-    /// side completes windows of trace ends at the source watermark less this.
-    pub trace_lag: u64,
 }
 
 impl PlanNode {

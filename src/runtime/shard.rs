@@ -335,8 +335,8 @@ pub(crate) struct ExecNode {
     pub feedback: bool,
     /// The last watermark sent to the global stage.
     pub sent_wm: u64,
-    /// See [`PlanNode::trace_lag`](super::plan::PlanNode::trace_lag).
-    pub trace_lag: u64,
+    /// See [`NodeBuild::Merged`]'s `grain`.
+    pub grain: u64,
 }
 
 impl ExecNode {
@@ -362,9 +362,19 @@ impl ExecNode {
             partial: false,
             feedback: false,
             sent_wm: 0,
-            trace_lag: pn.trace_lag,
+            grain: 1,
         }
     }
+}
+
+/// The watermark a merge side whose windows end at multiples of `grain` acts on as it
+/// would on `wm`: the last `k * grain - 1` at or before it (windows close when the
+/// watermark reaches their end less one).
+fn coarse(wm: u64, grain: u64) -> u64 {
+    if wm == WATERMARK_END || grain <= 1 {
+        return wm;
+    }
+    ((wm.saturating_add(1) / grain) * grain).saturating_sub(1)
 }
 
 /// Opens the table sinks of plan node `pi`'s output ports that sinks read (appended to
@@ -556,20 +566,18 @@ impl Executor {
             if f > n.out_wm {
                 n.out_wm = f;
             }
-            // A feedback node's merge side decides about windows of trace ends: once the
-            // shard has run source watermark W through, every trace ending before
-            // `W - lag` was offered (before this message, on the same channel).
+            // A feedback node's merge side decides about windows of the times traces
+            // closed: once the shard has run source watermark W through its session
+            // windows, every trace that closes before W was offered (before this
+            // message, on the same channel).
             let send = if n.feedback {
-                if source_wm == WATERMARK_END {
-                    WATERMARK_END
-                } else {
-                    source_wm.saturating_sub(n.trace_lag)
-                }
+                source_wm
             } else if n.partial {
                 n.out_wm
             } else {
                 0
             };
+            let send = coarse(send, n.grain);
             if (n.partial || n.feedback) && send > n.sent_wm {
                 n.sent_wm = send;
                 advanced.push((n.plan_index, send));
@@ -671,10 +679,12 @@ pub(crate) fn shard_executor(
     let mut nodes: Vec<ExecNode> = Vec::new();
     let mut tables: Vec<TableSink> = Vec::new();
     for (pi, pn) in plan.nodes.iter().enumerate() {
-        let (op, partial, feedback) = match &pn.build {
-            NodeBuild::Shard(b) => (b(plan.shards), false, false),
-            NodeBuild::Merged { partial, .. } => (partial(plan.shards), true, false),
-            NodeBuild::Feedback { partial, .. } => (partial(plan.shards), false, true),
+        let (op, partial, feedback, grain) = match &pn.build {
+            NodeBuild::Shard(b) => (b(plan.shards), false, false, 1),
+            NodeBuild::Merged { partial, grain, .. } => (partial(plan.shards), true, false, *grain),
+            NodeBuild::Feedback { partial, grain, .. } => {
+                (partial(plan.shards), false, true, *grain)
+            }
             NodeBuild::Rollup(_) => continue,
         };
         let mut inputs = Vec::with_capacity(pn.inputs.len());
@@ -712,6 +722,7 @@ pub(crate) fn shard_executor(
         nodes.push(ExecNode {
             partial,
             feedback,
+            grain,
             ..ExecNode::new(plan, pi, op, inputs, consumers)
         });
     }
@@ -847,7 +858,7 @@ impl Shard {
                 }
                 Ok(ShardMsg::Savepoint) => {
                     snapshot = Some(self.exec.snapshot()?);
-                    self.send_global().await;
+                    self.send_global(true).await;
                     break;
                 }
             }
@@ -866,7 +877,7 @@ impl Shard {
             if done {
                 self.exec.end()?;
             }
-            self.send_global().await;
+            self.send_global(done).await;
             let after = self.exec.buffered().spans;
             self.progress
                 .buffered_spans
@@ -892,7 +903,19 @@ impl Shard {
         })
     }
 
-    async fn send_global(&mut self) {
+    /// Sends what the nodes have for the global stage. Batches alone wait for the next
+    /// watermark (the merge sides act only on watermarks; waking the global stage per
+    /// batch cost a context switch each), unless many are pending or `force`.
+    async fn send_global(&mut self, force: bool) {
+        let msgs = &self.exec.to_global;
+        let due = force
+            || msgs.len() >= 256
+            || msgs
+                .iter()
+                .any(|m| matches!(m, GlobalMsg::Watermark { .. }));
+        if !due {
+            return;
+        }
         let mut msgs = std::mem::take(&mut self.exec.to_global);
         if let Some(tx) = &self.global_tx {
             let msg = match msgs.len() {

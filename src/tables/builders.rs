@@ -538,6 +538,7 @@ mod tests {
                     error_count: 0,
                     close_reason: CloseReason::Gap,
                     fragment: 0,
+                    closes_at: 30,
                 },
             ),
             None,

@@ -72,6 +72,7 @@ fn trace(t: u8, mut spans: Vec<Span>) -> ClosedTrace {
         error_count: spans.iter().filter(|s| s.is_error()).count() as u32,
         close_reason: CloseReason::Gap,
         fragment: 0,
+        closes_at: spans.iter().map(|s| s.end_ns).max().unwrap(),
     };
     ClosedTrace::new(tid(t), spans, summary)
 }

@@ -281,6 +281,13 @@ pub struct TraceSummary {
     pub close_reason: CloseReason,
     /// 0 for the first session of a trace id; n for the n-th continuation after a cap.
     pub fragment: u32,
+    /// The session's deadline when it closed (its last span's end plus its gap, or the
+    /// duration cap): the event time the watermark reached to close it, or, for a trace
+    /// closed early (span cap, open-trace cap, end of input), the one it would have.
+    /// Once a shard's watermark passes `T`, every trace with `closes_at < T` has left
+    /// its window, whatever the parallelism: decisions over all shards' traces (rate
+    /// limits) are made per window of `closes_at`.
+    pub closes_at: EventTime,
 }
 
 impl TraceSummary {
@@ -828,7 +835,8 @@ impl SessionWindow {
         session
             .spans
             .sort_unstable_by_key(|s| (s.start_ns, s.span_id));
-        let summary = session.summary(reason);
+        let (closes_at, _) = self.gaps.deadline(&session);
+        let summary = session.summary(reason, closes_at);
         out.closed
             .push(ClosedTrace::new(tid, session.spans, summary));
     }
@@ -859,19 +867,6 @@ impl SessionWindow {
     /// Output port of the closed traces.
     pub const TRACES: usize = 0;
 
-    /// How far behind its input watermark a trace can still end: once the window has
-    /// seen watermark `W`, every trace it emits later ends after `W - lag` (an open
-    /// session's deadline is past `W`, so its last span is after `W - gap`; a span
-    /// behind `W - gap` cannot open a session). Its largest gap.
-    pub fn trace_end_lag(config: &SessionWindowConfig) -> EventTime {
-        config
-            .gap_rules
-            .iter()
-            .map(|r| r.gap.as_nanos())
-            .chain(std::iter::once(config.gap.as_nanos()))
-            .max()
-            .unwrap_or(0)
-    }
     /// Output port of the late spans.
     pub const LATE_SPANS: usize = 1;
 
@@ -1041,7 +1036,7 @@ impl Session {
         self.spans.extend(other.spans);
     }
 
-    fn summary(&self, reason: CloseReason) -> TraceSummary {
+    fn summary(&self, reason: CloseReason, closes_at: EventTime) -> TraceSummary {
         let root = self.spans.iter().find(|s| s.is_root());
         let head = root.or_else(|| self.spans.first());
         TraceSummary {
@@ -1054,6 +1049,7 @@ impl Session {
             error_count: self.errors,
             close_reason: reason,
             fragment: self.fragment,
+            closes_at,
         }
     }
 }

@@ -3,19 +3,19 @@
 //! A rate limit keeps, per root endpoint and window of event time, the `budget` traces
 //! of lowest *rank*: a hash of the trace id salted with the limiter's key (so two rate
 //! limits, or a rate limit and `probabilistic`, pick independent samples), ties broken
-//! by the trace id; a trace belongs to the window of its end. The kept set is a
-//! function of the traces alone, not of their order, of the watermarks or of which
-//! shard saw them:
+//! by the trace id; a trace belongs to the window of the time its session closed
+//! ([`TraceSummary::closes_at`](crate::session_window::TraceSummary::closes_at): its
+//! last span's end plus its gap). The kept set is a function of the traces alone, not
+//! of their order, of the watermarks or of which shard saw them:
 //! - each shard's sampler sends, per (limiter, endpoint, window), how many traces it
 //!   offered and its lowest ranks ([`RateOffers`]) to one [`RateLimitMerge`];
-//! - when the minimum over the shards of their session windows' trace-end watermark
-//!   (the input watermark less the largest gap:
-//!   [`SessionWindow::trace_end_lag`](crate::session_window::SessionWindow::trace_end_lag);
-//!   the window's own output watermark would wait for the longest open trace) passes
-//!   the window's end, the
-//!   merge knows every trace of the window and answers every shard with the rank
-//!   threshold and the total count ([`RateVerdict`]);
-//! - the shards hold the traces whose decision depends on a rate limit until then.
+//! - when the minimum over the shards of the watermark their session windows have
+//!   processed passes the window's end, every trace of the window has closed and been
+//!   offered, so the merge answers every shard with the rank threshold and the total
+//!   count ([`RateVerdict`]);
+//! - the shards hold the traces whose decision depends on a rate limit until then:
+//!   about one window of event time (keying by the trace's end instead would hold
+//!   them for the largest session gap as well).
 //!
 //! A kept trace stands for `offered / kept` traces of its window (its adjusted count),
 //! which is exact: the merge saw them all.
@@ -71,9 +71,9 @@ impl LimitSpec {
         }
     }
 
-    /// The window a trace that ended at `end_ns` belongs to.
-    pub fn window(&self, end_ns: EventTime) -> u64 {
-        end_ns / self.window_ns.max(1)
+    /// The window of a trace whose session closed at `closes_at`.
+    pub fn window(&self, closes_at: EventTime) -> u64 {
+        closes_at / self.window_ns.max(1)
     }
 
     /// The rank of a trace: lower ranks are kept first.

@@ -492,6 +492,16 @@ impl TailSampler {
         !self.limits.is_empty()
     }
 
+    /// The rate limits' windows all end at multiples of this (ns): their merge stage
+    /// decides only when the watermark reaches one.
+    pub fn rate_limit_grain(&self) -> u64 {
+        self.limits
+            .iter()
+            .map(|l| l.window_ns.max(1))
+            .reduce(gcd)
+            .unwrap_or(1)
+    }
+
     /// The merge stage of the rate limits.
     pub fn merge_operator(&self) -> RateLimitMerge {
         RateLimitMerge::new(self.limits.clone())
@@ -651,8 +661,8 @@ impl TailSampler {
         self.release(out);
     }
 
-    /// Offers `trace` to its windows (by its end); with `hold`, keeps it until their
-    /// verdicts.
+    /// Offers `trace` to its windows (by the time its session closed); with `hold`,
+    /// keeps it until their verdicts.
     fn record_offers(&mut self, trace: &ClosedTrace, hold: Option<TraceRef>) {
         let mut offers = Vec::with_capacity(self.offered.len());
         let (service, operation) = (trace.summary.root_service, trace.summary.root_operation);
@@ -664,7 +674,7 @@ impl TailSampler {
                 limiter: u32::try_from(l).unwrap_or(u32::MAX),
                 service,
                 operation,
-                window: spec.window(trace.summary.end_ns),
+                window: spec.window(trace.summary.closes_at),
             };
             let rank = spec.rank(trace.trace_id);
             offers.push((l, key, rank));
@@ -922,3 +932,7 @@ impl Operator for TailSampler {
 
 #[cfg(test)]
 mod tests;
+
+fn gcd(a: u64, b: u64) -> u64 {
+    if b == 0 { a } else { gcd(b, a % b) }
+}

@@ -75,6 +75,7 @@ fn trace(id: TraceId, mut spans: Vec<Span>) -> ClosedTrace {
         error_count: spans.iter().filter(|s| s.is_error()).count() as u32,
         close_reason: CloseReason::Gap,
         fragment: 0,
+        closes_at: spans.iter().map(|s| s.end_ns).max().unwrap_or(0),
     };
     ClosedTrace::new(id, spans, summary)
 }
