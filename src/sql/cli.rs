@@ -4,6 +4,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use arrow::error::ArrowError;
 use datafusion::prelude::SessionContext;
 
 use super::{OutputCatalog, QueryResult, SqlError, run, session};
@@ -20,19 +21,17 @@ pub enum Format {
 }
 
 /// Renders a result in `format`.
-pub fn render(result: &QueryResult, format: Format) -> Result<String, String> {
+pub fn render(result: &QueryResult, format: Format) -> Result<String, ArrowError> {
     let mut out = Vec::new();
     match format {
         Format::Table => {
             let table = arrow::util::pretty::pretty_format_batches_with_schema(
                 result.schema.clone(),
                 &result.batches,
-            )
-            .map_err(|e| e.to_string())?;
+            )?;
             let n = result.rows();
-            writeln!(out, "{table}").map_err(|e| e.to_string())?;
-            writeln!(out, "({n} row{})", if n == 1 { "" } else { "s" })
-                .map_err(|e| e.to_string())?;
+            writeln!(out, "{table}")?;
+            writeln!(out, "({n} row{})", if n == 1 { "" } else { "s" })?;
         }
         Format::Csv => {
             let mut w = arrow::csv::WriterBuilder::new()
@@ -41,19 +40,18 @@ pub fn render(result: &QueryResult, format: Format) -> Result<String, String> {
             if result.batches.is_empty() {
                 w.write(&arrow::record_batch::RecordBatch::new_empty(
                     result.schema.clone(),
-                ))
-                .map_err(|e| e.to_string())?;
+                ))?;
             }
             for b in &result.batches {
-                w.write(b).map_err(|e| e.to_string())?;
+                w.write(b)?;
             }
         }
         Format::Json => {
             let mut w = arrow::json::ArrayWriter::new(&mut out);
             for b in &result.batches {
-                w.write(b).map_err(|e| e.to_string())?;
+                w.write(b)?;
             }
-            w.finish().map_err(|e| e.to_string())?;
+            w.finish()?;
             if result.rows() == 0 {
                 out.clear();
                 out.extend_from_slice(b"[]");
@@ -61,7 +59,7 @@ pub fn render(result: &QueryResult, format: Format) -> Result<String, String> {
             out.push(b'\n');
         }
     }
-    String::from_utf8(out).map_err(|e| e.to_string())
+    String::from_utf8(out).map_err(|e| ArrowError::ExternalError(Box::new(e)))
 }
 
 /// Where `spanflow sql` reads and what it runs.
@@ -84,9 +82,7 @@ pub fn main(cmd: &SqlCommand) -> anyhow::Result<bool> {
         .build()?;
     rt.block_on(async {
         let ctx = session();
-        let catalog = OutputCatalog::register(&ctx, &cmd.output_dir)
-            .await
-            .map_err(anyhow::Error::msg)?;
+        let catalog = OutputCatalog::register(&ctx, &cmd.output_dir).await?;
         let (text, origin) = match (&cmd.query, &cmd.file) {
             (Some(q), _) => (q.clone(), "query".to_owned()),
             (None, Some(f)) => (
@@ -97,10 +93,7 @@ pub fn main(cmd: &SqlCommand) -> anyhow::Result<bool> {
         };
         match run(&ctx, &text).await {
             Ok(result) => {
-                print!(
-                    "{}",
-                    render(&result, cmd.format).map_err(anyhow::Error::msg)?
-                );
+                print!("{}", render(&result, cmd.format)?);
                 Ok(true)
             }
             Err(e) => {

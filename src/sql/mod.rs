@@ -44,6 +44,17 @@ impl std::fmt::Display for SqlError {
 
 impl std::error::Error for SqlError {}
 
+impl SqlError {
+    /// An error without a place in the query text.
+    pub fn plain(message: String) -> Self {
+        SqlError {
+            message,
+            line: None,
+            column: None,
+        }
+    }
+}
+
 static LINE_COLUMN: LazyLock<regex::Regex> = LazyLock::new(|| {
     regex::Regex::new(r"\s*at Line: (\d+), Column: (\d+)").unwrap_or_else(|_| unreachable!())
 });
@@ -215,17 +226,17 @@ pub struct OutputCatalog {
 
 impl OutputCatalog {
     /// Registers every table directory under `dir` that holds Parquet files.
-    pub async fn register(ctx: &SessionContext, dir: &Path) -> Result<OutputCatalog, String> {
+    pub async fn register(ctx: &SessionContext, dir: &Path) -> Result<OutputCatalog, SqlError> {
         let entries = std::fs::read_dir(dir).map_err(|e| {
-            format!(
+            SqlError::plain(format!(
                 "{}: {e}; run a job first (e.g. `spanflow run jobs/demo.yaml`) or pass \
                  --output-dir",
                 dir.display()
-            )
+            ))
         })?;
         let mut tables = Vec::new();
         for entry in entries {
-            let entry = entry.map_err(|e| format!("{}: {e}", dir.display()))?;
+            let entry = entry.map_err(|e| SqlError::plain(format!("{}: {e}", dir.display())))?;
             let path = entry.path();
             let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
                 continue;
@@ -236,14 +247,16 @@ impl OutputCatalog {
             let url = path.to_string_lossy().into_owned() + "/";
             ctx.register_parquet(name, &url, ParquetReadOptions::default())
                 .await
-                .map_err(|e| format!("{}: {}", path.display(), e.strip_backtrace()))?;
+                .map_err(|e| {
+                    SqlError::plain(format!("{}: {}", path.display(), e.strip_backtrace()))
+                })?;
             tables.push(name.to_owned());
         }
         if tables.is_empty() {
-            return Err(format!(
+            return Err(SqlError::plain(format!(
                 "{}: no tables (no <table>/*.parquet); run a job that writes Parquet there first",
                 dir.display()
-            ));
+            )));
         }
         tables.sort();
         Ok(OutputCatalog {
