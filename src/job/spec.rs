@@ -235,6 +235,15 @@ impl OperatorKind {
         matches!(self, OperatorKind::TailSampling(c) if TailSampler::new(c.clone()).has_rate_limits())
     }
 
+    /// The interval of an operator whose merge side closes windows of event time (the
+    /// metric operators, whose outputs rollups read), ns.
+    pub fn merged_interval(&self) -> Option<u64> {
+        match self.build(false).1 {
+            NodeBuild::Merged { grain, .. } => Some(grain),
+            _ => None,
+        }
+    }
+
     /// The declaration of the kind named `type_name` in job files.
     pub fn shape_of(type_name: &str) -> Option<&'static Shape> {
         Self::SHAPES.iter().find(|s| s.kind == type_name)

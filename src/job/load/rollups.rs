@@ -46,11 +46,12 @@ impl Loader<'_, '_> {
         let intervals: HashMap<String, HumanDuration> = decls
             .iter()
             .filter_map(|d| match &d.built {
-                Some(Built::Operator(OperatorKind::RedMetrics(c))) => {
-                    Some((d.name.clone(), c.interval))
-                }
-                Some(Built::Operator(OperatorKind::ServiceGraph(c))) => {
-                    Some((d.name.clone(), c.interval))
+                Some(Built::Operator(k)) => {
+                    let ns = k.merged_interval()?;
+                    Some((
+                        d.name.clone(),
+                        HumanDuration(std::time::Duration::from_nanos(ns)),
+                    ))
                 }
                 _ => None,
             })
