@@ -44,6 +44,7 @@ pub use plan::{
     Input, NodeBuild, OpenSource, Plan, PlanError, PlanNode, PlanSource, ROLLUP_SHAPE, TableTarget,
 };
 pub use rollup::RollupSpec;
+pub use savepoint::SavepointError;
 pub use source::{MemoryInput, MemorySource};
 pub use summary::ServiceSummary;
 pub use summary::{OutputTable, RunSummary};
@@ -70,7 +71,7 @@ pub enum RunError {
     Sink(#[from] SinkError),
     /// A savepoint cannot be read, does not fit the job, or cannot be written.
     #[error("savepoint: {0}")]
-    Savepoint(String),
+    Savepoint(#[from] SavepointError),
     /// A rollup's query failed on a window's rows.
     #[error("rollup `{name}`: {message}")]
     Rollup {
@@ -89,7 +90,9 @@ impl RunError {
     /// help), an external system's (retry later), or a bug.
     pub fn fault(&self) -> Fault {
         match self {
-            RunError::Plan(_) | RunError::Savepoint(_) | RunError::Rollup { .. } => Fault::User,
+            RunError::Plan(_) | RunError::Rollup { .. } => Fault::User,
+            RunError::Savepoint(SavepointError::Refused(_)) => Fault::User,
+            RunError::Savepoint(SavepointError::Io { .. }) => Fault::External,
             RunError::Source { error, .. } => error.fault,
             RunError::Sink(e) => e.error.fault,
             RunError::Internal(_) => Fault::Internal,
@@ -186,14 +189,14 @@ pub fn run(mut plan: Plan, opts: &RunOptions) -> Result<RunSummary, RunError> {
         .build()
         .map_err(|e| RunError::Internal(format!("cannot start the tokio runtime: {e}")))?;
     let restore = match &opts.checkpoint_dir {
-        Some(dir) => {
-            let sp = savepoint::load(dir).map_err(RunError::Savepoint)?;
-            if let Some(sp) = &sp {
-                savepoint::check(sp, &plan, parallelism, dir).map_err(RunError::Savepoint)?;
+        Some(dir) => match savepoint::Store::new(dir).latest()? {
+            Some((at, sp)) => {
+                savepoint::check(&sp, &at, &plan, parallelism)?;
                 plan.part_base = sp.next_part;
+                Some(sp)
             }
-            sp
-        }
+            None => None,
+        },
         None => None,
     };
     if let Some(mem) = &opts.memory_input {
@@ -484,12 +487,11 @@ async fn run_plan(
                 sinks,
                 next_part: plan.part_base + parallelism,
             };
-            savepoint::write(dir, &sp).map_err(RunError::Savepoint)?;
-            savepoint_written = Some(savepoint::path(dir));
+            savepoint_written = Some(savepoint::Store::new(dir).write(&sp)?);
         } else if let Some(dir) = &opts.checkpoint_dir
             && !opts.discard_outputs
         {
-            savepoint::remove(dir).map_err(RunError::Savepoint)?;
+            savepoint::Store::new(dir).clear()?;
         }
     }
     for tx in finish_txs {

@@ -1,15 +1,24 @@
-//! Savepoints: a run stopped on request (`spanflow run` + Ctrl-C, or
-//! [`RunOptions::stop`](super::RunOptions)) with a checkpoint directory keeps its open
-//! state (traces still in session windows, the sampler's rate limiters, metric
-//! intervals not yet closed, the watermark), the Kafka positions it read up to and the
-//! list of Parquet parts it wrote, in `<dir>/savepoint.cbor`, written atomically.
-//! The next run of the same job with the same directory restores all of it and reads
-//! Kafka from the saved positions, so the two runs' outputs together equal one
-//! uninterrupted run: no trace is lost, split or written twice.
+//! Savepoints and their store.
 //!
-//! A run that ends normally (bounded input consumed) removes the savepoint: nothing is
-//! left open.
+//! A run stopped on request (`spanflow run` + Ctrl-C, or
+//! [`RunOptions::stop`](super::RunOptions)) with a checkpoint directory keeps its open
+//! state (traces still in session windows, the sampler's held traces and rate-limit
+//! offers, metric intervals not yet closed, the watermark), where each source got to
+//! (its opaque [`Position`]) and what each sink needs to undo later writes (Parquet:
+//! the parts written so far). The next run of the same job with the same directory
+//! restores all of it, so the two runs' outputs together equal one uninterrupted run:
+//! no trace is lost, split or written twice.
+//!
+//! On disk, each one is a directory `<dir>/chk-<id>/` holding `state.cbor` and a
+//! `MANIFEST.json` written last (temp file, fsync, rename, fsync of the directory)
+//! that names the state's size and checksum: a directory without a manifest, or whose
+//! state does not match it (a crash while writing, a damaged disk), is skipped with a
+//! warning and the one before it is used. The newest [`KEEP`] are kept.
+//!
+//! A run that ends normally (bounded input consumed) removes them: nothing is left
+//! open.
 
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -18,8 +27,16 @@ use super::Plan;
 use super::io::Position;
 use super::shard::NodeSnapshot;
 
-/// Bumped when the layout changes; an older savepoint is refused with a clear message.
-pub(crate) const VERSION: u32 = 4;
+/// Bumped when the layout of the state changes; an older one is refused with a clear
+/// message.
+pub(crate) const VERSION: u32 = 5;
+
+/// Savepoints kept in a directory (the newest first).
+pub(crate) const KEEP: usize = 3;
+
+const MANIFEST: &str = "MANIFEST.json";
+const STATE: &str = "state.cbor";
+const PREFIX: &str = "chk-";
 
 /// What a stopped run leaves for the next one.
 #[derive(Debug, Serialize, Deserialize)]
@@ -46,80 +63,305 @@ pub(crate) struct Savepoint {
     pub next_part: usize,
 }
 
-/// The savepoint file in `dir`.
-pub(crate) fn path(dir: &Path) -> PathBuf {
-    dir.join("savepoint.cbor")
+/// What `MANIFEST.json` says about a savepoint: enough to check its state file before
+/// trusting it, and to see at a glance whose it is.
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
+struct Manifest {
+    version: u32,
+    id: u64,
+    job: String,
+    fingerprint: u64,
+    parallelism: usize,
+    watermark: u64,
+    state_bytes: u64,
+    state_crc32: u32,
 }
 
-/// Loads the savepoint in `dir`, if any.
-pub(crate) fn load(dir: &Path) -> Result<Option<Savepoint>, String> {
-    let p = path(dir);
-    let file = match std::fs::File::open(&p) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(format!("{}: {e}", p.display())),
-    };
-    let sp: Savepoint = ciborium::from_reader(std::io::BufReader::new(file))
-        .map_err(|e| format!("{}: not a readable savepoint ({e})", p.display()))?;
-    if sp.version != VERSION {
-        return Err(format!(
-            "{}: savepoint version {} is not supported by this spanflow (version {VERSION})",
-            p.display(),
-            sp.version
-        ));
+/// Errors of the savepoint store.
+#[derive(Debug, thiserror::Error)]
+pub enum SavepointError {
+    /// Reading or writing a file failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// A savepoint that cannot be used for this run.
+    #[error("{0}")]
+    Refused(String),
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> SavepointError + '_ {
+    move |source| SavepointError::Io {
+        path: path.to_path_buf(),
+        source,
     }
-    Ok(Some(sp))
+}
+
+/// The savepoints of one directory.
+pub(crate) struct Store {
+    dir: PathBuf,
+}
+
+impl Store {
+    pub fn new(dir: &Path) -> Self {
+        Store {
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    /// Savepoint directories by id, newest first.
+    fn ids(&self) -> Result<Vec<(u64, PathBuf)>, SavepointError> {
+        let entries = match std::fs::read_dir(&self.dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(io(&self.dir)(e)),
+        };
+        let mut ids: Vec<(u64, PathBuf)> = entries
+            .flatten()
+            .filter_map(|e| {
+                let name = e.file_name();
+                let id = name.to_str()?.strip_prefix(PREFIX)?.parse().ok()?;
+                Some((id, e.path()))
+            })
+            .collect();
+        ids.sort_by_key(|(id, _)| std::cmp::Reverse(*id));
+        Ok(ids)
+    }
+
+    /// The newest complete savepoint, skipping (with a warning) any that is partial or
+    /// damaged.
+    pub fn latest(&self) -> Result<Option<(PathBuf, Savepoint)>, SavepointError> {
+        let old = self.dir.join("savepoint.cbor");
+        if old.exists() {
+            return Err(SavepointError::Refused(format!(
+                "{} was written by an older spanflow; remove it to start fresh",
+                old.display()
+            )));
+        }
+        for (_, path) in self.ids()? {
+            match read(&path) {
+                Ok(sp) => return Ok(Some((path, sp))),
+                Err(Skip::Damaged(why)) => {
+                    tracing::warn!("skipping savepoint {}: {why}", path.display());
+                    eprintln!(
+                        "warning: skipping savepoint {}: {why}; using the one before it",
+                        path.display()
+                    );
+                }
+                Err(Skip::Refused(e)) => return Err(e),
+            }
+        }
+        Ok(None)
+    }
+
+    /// Writes `sp` as the newest savepoint and drops those beyond [`KEEP`]; returns
+    /// its directory.
+    pub fn write(&self, sp: &Savepoint) -> Result<PathBuf, SavepointError> {
+        std::fs::create_dir_all(&self.dir).map_err(io(&self.dir))?;
+        let ids = self.ids()?;
+        let id = ids.first().map_or(1, |(id, _)| id + 1);
+        let path = self.dir.join(format!("{PREFIX}{id:08}"));
+        std::fs::create_dir_all(&path).map_err(io(&path))?;
+        let mut state = Vec::new();
+        ciborium::into_writer(sp, &mut state).map_err(|e| {
+            SavepointError::Refused(format!("cannot encode the savepoint (a bug): {e}"))
+        })?;
+        write_durably(&path.join(STATE), &state)?;
+        let manifest = Manifest {
+            version: VERSION,
+            id,
+            job: sp.job.clone(),
+            fingerprint: sp.fingerprint,
+            parallelism: sp.parallelism,
+            watermark: sp.watermark,
+            state_bytes: state.len() as u64,
+            state_crc32: crc32fast::hash(&state),
+        };
+        let text = serde_json::to_vec_pretty(&manifest).map_err(|e| {
+            SavepointError::Refused(format!("cannot encode the manifest (a bug): {e}"))
+        })?;
+        // Last: a savepoint exists once its manifest does.
+        write_durably(&path.join(MANIFEST), &text)?;
+        sync_dir(&self.dir)?;
+        for (_, old) in ids.iter().skip(KEEP.saturating_sub(1)) {
+            std::fs::remove_dir_all(old).map_err(io(old))?;
+        }
+        Ok(path)
+    }
+
+    /// Removes every savepoint (the run finished; nothing is left open).
+    pub fn clear(&self) -> Result<(), SavepointError> {
+        for (_, path) in self.ids()? {
+            std::fs::remove_dir_all(&path).map_err(io(&path))?;
+        }
+        Ok(())
+    }
+}
+
+enum Skip {
+    /// Not usable, but an older one may be.
+    Damaged(String),
+    /// Usable by no run of this spanflow.
+    Refused(SavepointError),
+}
+
+fn read(path: &Path) -> Result<Savepoint, Skip> {
+    let mpath = path.join(MANIFEST);
+    let text = std::fs::read(&mpath)
+        .map_err(|e| Skip::Damaged(format!("no readable {MANIFEST} ({e}): written partially")))?;
+    let m: Manifest = serde_json::from_slice(&text)
+        .map_err(|e| Skip::Damaged(format!("{MANIFEST} is not valid ({e})")))?;
+    if m.version != VERSION {
+        return Err(Skip::Refused(SavepointError::Refused(format!(
+            "{}: savepoint version {} is not supported by this spanflow (version {VERSION}); \
+             remove it to start fresh",
+            path.display(),
+            m.version
+        ))));
+    }
+    let spath = path.join(STATE);
+    let state = std::fs::read(&spath).map_err(|e| Skip::Damaged(format!("{STATE}: {e}")))?;
+    if state.len() as u64 != m.state_bytes || crc32fast::hash(&state) != m.state_crc32 {
+        return Err(Skip::Damaged(format!(
+            "{STATE} does not match its manifest ({} bytes, {} expected, or another checksum)",
+            state.len(),
+            m.state_bytes
+        )));
+    }
+    let sp: Savepoint = ciborium::from_reader(state.as_slice())
+        .map_err(|e| Skip::Damaged(format!("{STATE} cannot be decoded ({e})")))?;
+    if sp.version != VERSION {
+        return Err(Skip::Damaged(format!(
+            "{STATE} has version {}, its manifest {VERSION}",
+            sp.version
+        )));
+    }
+    Ok(sp)
+}
+
+/// Writes `bytes` to `dest` atomically: a temp file, fsync, then rename over `dest`.
+fn write_durably(dest: &Path, bytes: &[u8]) -> Result<(), SavepointError> {
+    let tmp = dest.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp).map_err(io(&tmp))?;
+    f.write_all(bytes).map_err(io(&tmp))?;
+    f.sync_all().map_err(io(&tmp))?;
+    std::fs::rename(&tmp, dest).map_err(io(dest))?;
+    if let Some(parent) = dest.parent() {
+        sync_dir(parent)?;
+    }
+    Ok(())
+}
+
+/// Makes a directory's entries (a rename) durable.
+fn sync_dir(dir: &Path) -> Result<(), SavepointError> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io(dir))
 }
 
 /// Checks that `sp` belongs to this job and parallelism.
 pub(crate) fn check(
     sp: &Savepoint,
+    at: &Path,
     plan: &Plan,
     parallelism: usize,
-    dir: &Path,
-) -> Result<(), String> {
+) -> Result<(), SavepointError> {
     if sp.job != plan.job || sp.fingerprint != plan.fingerprint {
-        return Err(format!(
+        return Err(SavepointError::Refused(format!(
             "{} was written by a different job or job version (`{}`); restoring it into `{}` \
-             would mix state of different computations. Remove the file to start fresh.",
-            path(dir).display(),
+             would mix state of different computations. Remove it to start fresh.",
+            at.display(),
             sp.job,
             plan.job
-        ));
+        )));
     }
     if sp.parallelism != parallelism {
-        return Err(format!(
-            "{} holds state for {} shards; run with --parallelism {} (or remove it to start fresh)",
-            path(dir).display(),
+        return Err(SavepointError::Refused(format!(
+            "{} holds state for {} shards; run with --parallelism {} (or remove it to start \
+             fresh)",
+            at.display(),
             sp.parallelism,
             sp.parallelism
-        ));
+        )));
     }
     Ok(())
 }
 
-/// Writes `sp` atomically: a temp file, fsync, then rename over the old one.
-pub(crate) fn write(dir: &Path, sp: &Savepoint) -> Result<(), String> {
-    use std::io::Write;
-    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    let tmp = dir.join(".savepoint.cbor.tmp");
-    let mut f = std::io::BufWriter::new(
-        std::fs::File::create(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?,
-    );
-    ciborium::into_writer(sp, &mut f).map_err(|e| format!("{}: {e}", tmp.display()))?;
-    f.flush().map_err(|e| format!("{}: {e}", tmp.display()))?;
-    f.get_ref()
-        .sync_all()
-        .map_err(|e| format!("{}: {e}", tmp.display()))?;
-    let dest = path(dir);
-    std::fs::rename(&tmp, &dest).map_err(|e| format!("{}: {e}", dest.display()))
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// Removes the savepoint of `dir` (the run finished; nothing is left open).
-pub(crate) fn remove(dir: &Path) -> Result<(), String> {
-    match std::fs::remove_file(path(dir)) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(format!("{}: {e}", path(dir).display())),
+    fn savepoint(watermark: u64) -> Savepoint {
+        Savepoint {
+            version: VERSION,
+            job: "j".into(),
+            fingerprint: 7,
+            parallelism: 2,
+            watermark,
+            shards: vec![Vec::new(), Vec::new()],
+            global: None,
+            positions: vec![None],
+            sinks: Vec::new(),
+            next_part: 2,
+        }
+    }
+
+    #[test]
+    fn the_newest_complete_savepoint_wins_and_only_the_last_ones_are_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(dir.path());
+        assert!(store.latest().unwrap().is_none());
+        for wm in 1..=5 {
+            store.write(&savepoint(wm)).unwrap();
+        }
+        let (path, sp) = store.latest().unwrap().unwrap();
+        assert_eq!(sp.watermark, 5);
+        assert!(path.ends_with("chk-00000005"), "{}", path.display());
+        assert_eq!(store.ids().unwrap().len(), KEEP);
+        store.clear().unwrap();
+        assert!(store.latest().unwrap().is_none());
+    }
+
+    #[test]
+    fn a_partial_or_damaged_savepoint_is_skipped_for_the_one_before() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(dir.path());
+        store.write(&savepoint(1)).unwrap();
+        let second = store.write(&savepoint(2)).unwrap();
+        // One bit flipped in the state.
+        let state = second.join(STATE);
+        let mut bytes = std::fs::read(&state).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        std::fs::write(&state, bytes).unwrap();
+        assert_eq!(store.latest().unwrap().unwrap().1.watermark, 1);
+        // A crash before the manifest: a newer directory with a state only.
+        let third = store.write(&savepoint(3)).unwrap();
+        std::fs::remove_file(third.join(MANIFEST)).unwrap();
+        assert_eq!(store.latest().unwrap().unwrap().1.watermark, 1);
+    }
+
+    #[test]
+    fn another_version_or_the_old_single_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(dir.path());
+        let path = store.write(&savepoint(1)).unwrap();
+        let m = path.join(MANIFEST);
+        let text = std::fs::read_to_string(&m).unwrap();
+        std::fs::write(
+            &m,
+            text.replace(&format!("\"version\": {VERSION}"), "\"version\": 1"),
+        )
+        .unwrap();
+        let e = store.latest().unwrap_err().to_string();
+        assert!(e.contains("version 1 is not supported"), "{e}");
+
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("savepoint.cbor"), b"x").unwrap();
+        let e = Store::new(dir.path()).latest().unwrap_err().to_string();
+        assert!(e.contains("older spanflow"), "{e}");
     }
 }

@@ -23,7 +23,7 @@ use tokio::sync::mpsc;
 
 use super::io::{ConnectorError, TableWriter};
 use super::plan::{Input, NodeBuild, Plan};
-use super::{Progress, RunError, SinkError, TableTarget};
+use super::{Progress, RunError, SavepointError, SinkError, TableTarget};
 use crate::tables::{BatchRows, ExemplarRows, MetricRows, SpanRows, TableRows, TraceRows};
 
 /// Messages from the router.
@@ -616,13 +616,14 @@ impl Executor {
     pub fn restore(&mut self, states: Vec<NodeSnapshot>) -> Result<(), RunError> {
         for s in states {
             let Some(n) = self.nodes.iter_mut().find(|n| n.name == s.node) else {
-                return Err(RunError::Savepoint(format!(
+                return Err(RunError::Savepoint(SavepointError::Refused(format!(
                     "it holds state of `{}`, which this job does not have",
                     s.node
-                )));
+                ))));
             };
-            n.op.restore(&s.state)
-                .map_err(|e| RunError::Savepoint(format!("`{}`: {e}", s.node)))?;
+            n.op.restore(&s.state).map_err(|e| {
+                RunError::Savepoint(SavepointError::Refused(format!("`{}`: {e}", s.node)))
+            })?;
             (n.in_wm, n.out_wm) = s.watermarks;
         }
         Ok(())
@@ -656,7 +657,7 @@ impl Executor {
 pub(crate) fn node_error(node: &str, e: spanflow_operators::OperatorError) -> RunError {
     match e {
         spanflow_operators::OperatorError::State(m) => {
-            RunError::Savepoint(format!("operator `{node}`: {m}"))
+            RunError::Savepoint(SavepointError::Refused(format!("operator `{node}`: {m}")))
         }
         spanflow_operators::OperatorError::Internal(m) => {
             RunError::Internal(format!("operator `{node}`: {m}"))

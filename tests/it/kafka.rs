@@ -509,7 +509,12 @@ fn a_stopped_run_resumes_from_its_savepoint_without_losing_or_repeating_a_trace(
         s1.sessions.traces_closed() < truth.traces,
         "run 1 stopped with traces still open"
     );
-    assert!(checkpoints.join("savepoint.cbor").exists());
+    let kept = s1.savepoint.clone().expect("its directory");
+    assert!(
+        kept.starts_with(&checkpoints) && kept.join("MANIFEST.json").exists(),
+        "{}",
+        kept.display()
+    );
     // Run 1 committed the end of what it read: the first half, every partition.
     let c: BaseConsumer = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", &broker.brokers)
@@ -549,10 +554,7 @@ fn a_stopped_run_resumes_from_its_savepoint_without_losing_or_repeating_a_trace(
     .unwrap_or_else(|e| panic!("{e}"));
     assert!(s2.restored, "run 2 resumed from the savepoint");
     assert!(s2.savepoint.is_none());
-    assert!(
-        !checkpoints.join("savepoint.cbor").exists(),
-        "finished: nothing left open"
-    );
+    assert!(!kept.exists(), "finished: nothing left open");
     assert_eq!(
         s1.decode.spans + s2.decode.spans,
         truth.spans,
