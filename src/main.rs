@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use spanflow::formats::InputFormat;
 use spanflow::job::run_job;
 use spanflow::job::{self, Job, SourceKind};
+use spanflow::runtime::io::Fault;
 use spanflow::runtime::{MemoryInput, RunOptions};
 use spanflow::testkit::generator::{Generator, GeneratorConfig, write_records};
 
@@ -220,7 +221,24 @@ fn main() -> ExitCode {
             for cause in e.chain().skip(1) {
                 eprintln!("  caused by: {cause}");
             }
-            ExitCode::FAILURE
+            // Whose fault a failed run is decides what a supervisor should do: fix the
+            // job (1), restart later (75, EX_TEMPFAIL), or report a bug (70,
+            // EX_SOFTWARE).
+            match e
+                .chain()
+                .find_map(|c| c.downcast_ref::<spanflow::runtime::RunError>())
+                .map(spanflow::runtime::RunError::fault)
+            {
+                Some(Fault::External) => {
+                    eprintln!("  an external system failed: retrying later may succeed");
+                    ExitCode::from(75)
+                }
+                Some(Fault::Internal) => {
+                    eprintln!("  this is a bug in spanflow; please report it");
+                    ExitCode::from(70)
+                }
+                Some(Fault::User) | None => ExitCode::FAILURE,
+            }
         }
     }
 }

@@ -204,3 +204,57 @@ fn every_command_has_help() {
         );
     }
 }
+
+/// A failed run says whose fault it is in its exit code: 1 for the job or its input
+/// (a file that does not exist), 75 for a system that is down (a broker nobody
+/// listens for), so a supervisor knows whether restarting can help.
+#[test]
+fn run_exit_codes_say_whose_fault_a_failure_is() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |name: &str, source: &str| {
+        let job = dir.path().join(format!("{name}.yaml"));
+        std::fs::write(
+            &job,
+            format!(
+                "sources:\n  src:\n{source}operators:\n  s: {{ type: session_window, from: src }}\n\
+                 sinks:\n  out: {{ type: parquet, from: [s], path: {} }}\n",
+                dir.path().join("out").display()
+            ),
+        )
+        .unwrap();
+        let out = Command::new(bin())
+            .args(["run", "--no-progress"])
+            .arg(&job)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, err) = run(
+        "missing",
+        "    type: file\n    format: otlp_json\n    paths: [does-not-exist.jsonl]\n",
+    );
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("source `src`") && err.contains("does-not-exist.jsonl"),
+        "{err}"
+    );
+
+    // A port nothing listens on (bound, then closed).
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let (code, err) = run(
+        "down",
+        &format!(
+            "    type: kafka\n    brokers: 127.0.0.1:{port}\n    topics: [spans]\n    \
+             group_id: g\n    start: earliest\n    end: latest\n"
+        ),
+    );
+    assert_eq!(code, Some(75), "{err}");
+    assert!(err.contains("retrying later may succeed"), "{err}");
+}

@@ -18,6 +18,39 @@ use rdkafka::ClientConfig;
 
 use crate::runtime::io::ConnectorError;
 
+/// Logs librdkafka's client errors without flooding: while brokers are down it reports
+/// the same few errors hundreds of times a second. Each distinct message is logged the
+/// first time, then at most every 10 s with how many repeats were left out.
+#[derive(Default)]
+pub(crate) struct ErrorLog {
+    seen: std::sync::Mutex<BTreeMap<String, (std::time::Instant, u64)>>,
+}
+
+impl ErrorLog {
+    const EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+    pub(crate) fn warn(&self, client: &str, error: &rdkafka::error::KafkaError, reason: &str) {
+        let Ok(mut seen) = self.seen.lock() else {
+            return;
+        };
+        if seen.len() > 64 {
+            seen.clear();
+        }
+        let now = std::time::Instant::now();
+        match seen.get_mut(&format!("{error}: {reason}")) {
+            Some((at, repeats)) if at.elapsed() < Self::EVERY => *repeats += 1,
+            Some((at, repeats)) => {
+                tracing::warn!(%error, reason, repeats = *repeats, "kafka {client} (repeated)");
+                (*at, *repeats) = (now, 0);
+            }
+            None => {
+                tracing::warn!(%error, reason, "kafka {client}");
+                seen.insert(format!("{error}: {reason}"), (now, 0));
+            }
+        }
+    }
+}
+
 /// Client settings shared by consumers and producers: brokers, then the user's
 /// `properties` (which win, so any librdkafka setting can be overridden).
 pub(crate) fn client_config(brokers: &str, properties: &BTreeMap<String, String>) -> ClientConfig {

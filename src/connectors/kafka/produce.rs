@@ -24,11 +24,12 @@ pub(crate) struct DeliveryCtx {
     delivered: AtomicU64,
     failed: AtomicU64,
     first_error: Mutex<Option<String>>,
+    errors: super::ErrorLog,
 }
 
 impl ClientContext for DeliveryCtx {
     fn error(&self, error: KafkaError, reason: &str) {
-        tracing::warn!(%error, reason, "kafka producer");
+        self.errors.warn("producer", &error, reason);
     }
 }
 

@@ -118,11 +118,12 @@ impl Shared {
 /// assignment changes for the poll loop.
 struct Ctx {
     shared: Arc<Mutex<Shared>>,
+    errors: super::ErrorLog,
 }
 
 impl ClientContext for Ctx {
     fn error(&self, error: KafkaError, reason: &str) {
-        tracing::warn!(%error, reason, "kafka consumer");
+        self.errors.warn("consumer", &error, reason);
     }
 }
 
@@ -248,6 +249,7 @@ impl KafkaReader {
         let consumer: BaseConsumer<Ctx> = cc
             .create_with_context(Ctx {
                 shared: shared.clone(),
+                errors: super::ErrorLog::default(),
             })
             .map_err(|e| {
                 ConnectorError::user(format!(
