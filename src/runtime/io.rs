@@ -311,6 +311,18 @@ impl SourceOutput {
         })
     }
 
+    /// Numbers the records [`SourceOutput::send_in_order`] sends from `next` on (a
+    /// resumed source that skipped the records a stopped run read).
+    pub fn resume_offsets_at(&mut self, next: u64) {
+        self.next_offset = next;
+    }
+
+    /// Records passed to [`SourceOutput::send_in_order`] so far, counting those a
+    /// resumed source skipped: where a run stopped now would resume.
+    pub fn records_in_order(&self) -> u64 {
+        self.next_offset + self.chunk.len() as u64
+    }
+
     /// Splits now read; each holds the watermark until it is removed or idle.
     pub fn splits_added(&mut self, splits: Vec<u32>) -> bool {
         self.send(SourceEvent::SplitsAdded {

@@ -92,3 +92,188 @@ sinks:
         "{err}"
     );
 }
+
+/// A generator job stopped mid-run with a checkpoint directory keeps a savepoint (the
+/// generator resumes from its record count); the resumed run reads only the rest, and
+/// the two runs' outputs together equal one uninterrupted run, rate limits included.
+#[test]
+fn a_stopped_generator_run_resumes_and_equals_an_uninterrupted_one() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+    use crate::support::{read_table, rows};
+    use spanflow::testkit::generator::GroundTruth;
+
+    let text = "\
+sources:
+  gen: { type: generator, seed: 9, traces: 4000, traces_per_second: 100, late_fraction: 0.001, garbage_fraction: 0.002 }
+operators:
+  s: { type: session_window, from: gen, gap: 5s }
+  t:
+    type: tail_sampling
+    from: s
+    policies:
+      - { name: errors, type: error }
+      - { name: rl, type: endpoint_rate_limit, traces_per_second: 1 }
+  m: { type: red_metrics, from: t, interval: 10s }
+  g: { type: service_graph, from: t, interval: 10s }
+sinks:
+  o: { type: parquet, from: [t, t.spans, s.late_spans, gen.dead_letters, m, m.exemplars, g] }
+";
+    let job = spanflow::job::load_str(&root().join("resume.yaml"), text)
+        .unwrap_or_else(|d| panic!("{d}"));
+    let tmp = tempfile::tempdir().unwrap();
+    let reference = tmp.path().join("reference");
+    let whole = run_job(
+        &job,
+        &RunOptions {
+            output_dir: Some(reference.clone()),
+            parallelism: Some(2),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let total = whole.source_report::<GroundTruth>().unwrap().spans;
+
+    let out = tmp.path().join("resumed");
+    let checkpoints = tmp.path().join("checkpoints");
+    let stop = Arc::new(AtomicBool::new(false));
+    let seen = Arc::new(AtomicU64::new(0));
+    let opts = RunOptions {
+        output_dir: Some(out.clone()),
+        parallelism: Some(2),
+        stop: Some(stop.clone()),
+        spans_seen: Some(seen.clone()),
+        checkpoint_dir: Some(checkpoints.clone()),
+        ..Default::default()
+    };
+    let (job1, opts1) = (job.clone(), opts.clone());
+    let handle = std::thread::spawn(move || run_job(&job1, &opts1));
+    while seen.load(Ordering::Relaxed) < total * 2 / 5 && !handle.is_finished() {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let first = handle.join().unwrap().unwrap();
+    assert!(
+        first.savepoint.is_some(),
+        "the stopped run kept a savepoint"
+    );
+
+    let second = run_job(
+        &job,
+        &RunOptions {
+            stop: None,
+            spans_seen: None,
+            ..opts
+        },
+    )
+    .unwrap();
+    assert!(second.restored && second.savepoint.is_none());
+    assert_eq!(
+        first.decode.spans + second.decode.spans,
+        total,
+        "each span read once: the resumed run read only the rest"
+    );
+    for table in [
+        "traces",
+        "spans",
+        "late_spans",
+        "dead_letters",
+        "red_metrics",
+        "exemplars",
+        "service_relation",
+    ] {
+        let a = rows(&read_table(&reference, table), &[]);
+        let b = rows(&read_table(&out, table), &[]);
+        assert_eq!(a.len(), b.len(), "{table}: row counts differ");
+        assert!(a == b, "{table}: rows differ");
+    }
+}
+
+/// The `file` source resumes after the records a stopped run read, across its files.
+#[test]
+fn a_stopped_file_run_resumes_after_the_records_it_read() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+    use crate::support::{read_table, rows};
+    use spanflow::formats::InputFormat;
+    use spanflow::testkit::generator::{Generator, GeneratorConfig, write_records};
+
+    let tmp = tempfile::tempdir().unwrap();
+    let mut g = Generator::new(GeneratorConfig {
+        traces: 2000,
+        seed: 4,
+        traces_per_second: 100.0,
+        ..Default::default()
+    })
+    .unwrap();
+    let records: Vec<_> = std::iter::from_fn(|| g.next_record()).collect();
+    let total = g.ground_truth().spans;
+    let (a, b) = records.split_at(records.len() / 3);
+    write_records(
+        &tmp.path().join("a.otlp"),
+        InputFormat::OtlpProto,
+        a.to_vec(),
+    )
+    .unwrap();
+    write_records(
+        &tmp.path().join("b.otlp"),
+        InputFormat::OtlpProto,
+        b.to_vec(),
+    )
+    .unwrap();
+    let text = format!(
+        "sources:\n  f: {{ type: file, format: otlp_proto, paths: [{}, {}] }}\n\
+         operators:\n  s: {{ type: session_window, from: f, gap: 5s }}\n\
+         sinks:\n  o: {{ type: parquet, from: [s, s.late_spans] }}\n",
+        tmp.path().join("a.otlp").display(),
+        tmp.path().join("b.otlp").display()
+    );
+    let job =
+        spanflow::job::load_str(&root().join("file.yaml"), &text).unwrap_or_else(|d| panic!("{d}"));
+    let reference = tmp.path().join("reference");
+    run_job(
+        &job,
+        &RunOptions {
+            output_dir: Some(reference.clone()),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+
+    let out = tmp.path().join("resumed");
+    let stop = Arc::new(AtomicBool::new(false));
+    let seen = Arc::new(AtomicU64::new(0));
+    let opts = RunOptions {
+        output_dir: Some(out.clone()),
+        stop: Some(stop.clone()),
+        spans_seen: Some(seen.clone()),
+        checkpoint_dir: Some(tmp.path().join("checkpoints")),
+        ..Default::default()
+    };
+    let (job1, opts1) = (job.clone(), opts.clone());
+    let handle = std::thread::spawn(move || run_job(&job1, &opts1));
+    // Stop in the second file.
+    while seen.load(Ordering::Relaxed) < total / 2 && !handle.is_finished() {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let first = handle.join().unwrap().unwrap();
+    assert!(first.savepoint.is_some() && first.decode.spans < total);
+    let second = run_job(
+        &job,
+        &RunOptions {
+            stop: None,
+            spans_seen: None,
+            ..opts
+        },
+    )
+    .unwrap();
+    assert_eq!(first.decode.spans + second.decode.spans, total);
+    for table in ["traces", "late_spans"] {
+        let a = rows(&read_table(&reference, table), &[]);
+        let b = rows(&read_table(&out, table), &[]);
+        assert!(a == b, "{table}: rows differ");
+    }
+}

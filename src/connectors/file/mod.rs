@@ -7,7 +7,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::formats::InputFormat;
-use crate::runtime::io::{ConnectorError, Source, SourceOutput};
+use crate::runtime::io::{ConnectorError, Position, Source, SourceOutput};
 
 /// Configuration of the `file` source.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -42,12 +42,14 @@ impl FileSourceConfig {
 #[derive(Debug)]
 pub struct FileSource {
     config: FileSourceConfig,
+    /// Records a stopped run already read.
+    skip: u64,
 }
 
 impl FileSource {
     /// A source reading what `config` lists.
     pub fn new(config: FileSourceConfig) -> Self {
-        FileSource { config }
+        FileSource { config, skip: 0 }
     }
 }
 
@@ -56,16 +58,36 @@ impl Source for FileSource {
         self.config.format
     }
 
+    fn resumable(&self) -> bool {
+        true
+    }
+
+    fn resume_from(&mut self, position: &Position) -> Result<(), ConnectorError> {
+        self.skip = position.decode()?;
+        Ok(())
+    }
+
+    /// Its position is the number of records read, over the files in order.
     fn run(&mut self, out: &mut SourceOutput) -> Result<(), ConnectorError> {
-        for path in &self.config.paths {
+        let mut index = 0u64;
+        out.resume_offsets_at(self.skip);
+        'files: for path in &self.config.paths {
             let records = crate::formats::framing::read_records(path, self.config.format)
                 .map_err(|e| ConnectorError::io(path, &e))?;
             for r in records {
-                if out.stopped() || !out.send_in_order(Bytes::from(r)) {
+                index += 1;
+                if index <= self.skip {
+                    continue;
+                }
+                if out.stopped() {
+                    break 'files;
+                }
+                if !out.send_in_order(Bytes::from(r)) {
                     return Ok(());
                 }
             }
         }
+        out.end(Some(Position::encode(&out.records_in_order())?));
         Ok(())
     }
 }

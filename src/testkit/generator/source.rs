@@ -7,13 +7,16 @@ use bytes::Bytes;
 
 use super::{Generator, GeneratorConfig, GroundTruth};
 use crate::formats::InputFormat;
-use crate::runtime::io::{ConnectorError, Source, SourceOutput, SourceReport};
+use crate::runtime::io::{ConnectorError, Position, Source, SourceOutput, SourceReport};
 
 /// A generator feeding a job.
 #[derive(Debug)]
 pub struct GeneratorSource {
     config: GeneratorConfig,
     truth: Option<Arc<GroundTruth>>,
+    /// Records a stopped run already read (generated again and skipped: the generator
+    /// is deterministic).
+    skip: u64,
 }
 
 impl GeneratorSource {
@@ -22,6 +25,7 @@ impl GeneratorSource {
         GeneratorSource {
             config,
             truth: None,
+            skip: 0,
         }
     }
 }
@@ -31,15 +35,35 @@ impl Source for GeneratorSource {
         self.config.format
     }
 
+    fn resumable(&self) -> bool {
+        true
+    }
+
+    fn resume_from(&mut self, position: &Position) -> Result<(), ConnectorError> {
+        self.skip = position.decode()?;
+        Ok(())
+    }
+
     fn run(&mut self, out: &mut SourceOutput) -> Result<(), ConnectorError> {
         let mut generator =
             Generator::new(self.config.clone()).map_err(|e| ConnectorError::user(e.to_string()))?;
-        while let Some(r) = generator.next_record() {
-            if !out.send_in_order(Bytes::from(r.payload)) || out.stopped() {
+        // The generator is deterministic: a resumed run generates the records a stopped
+        // one read again and skips them.
+        let mut skipped = 0;
+        while skipped < self.skip && generator.next_record().is_some() {
+            skipped += 1;
+        }
+        out.resume_offsets_at(skipped);
+        while !out.stopped() {
+            let Some(r) = generator.next_record() else {
                 break;
+            };
+            if !out.send_in_order(Bytes::from(r.payload)) {
+                return Ok(());
             }
         }
         self.truth = Some(Arc::new(generator.ground_truth().clone()));
+        out.end(Some(Position::encode(&out.records_in_order())?));
         Ok(())
     }
 
