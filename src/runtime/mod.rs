@@ -188,11 +188,13 @@ pub fn run(mut plan: Plan, opts: &RunOptions) -> Result<RunSummary, RunError> {
         .enable_io()
         .build()
         .map_err(|e| RunError::Internal(format!("cannot start the tokio runtime: {e}")))?;
+    let mut restored_from = None;
     let restore = match &opts.checkpoint_dir {
         Some(dir) => match savepoint::Store::new(dir).latest()? {
             Some((at, sp)) => {
                 savepoint::check(&sp, &at, &plan, parallelism)?;
                 plan.part_base = sp.next_part;
+                restored_from = Some(at);
                 Some(sp)
             }
             None => None,
@@ -216,6 +218,7 @@ pub fn run(mut plan: Plan, opts: &RunOptions) -> Result<RunSummary, RunError> {
     let t0 = Instant::now();
     let result = rt.block_on(run_plan(plan, parallelism, opts.clone(), restore));
     let mut summary = result?;
+    summary.restored_from = restored_from;
     summary.wall_seconds = t0.elapsed().as_secs_f64();
     let after = summary::Usage::now();
     summary.cpu_seconds = after.cpu_seconds - before.cpu_seconds;
@@ -552,6 +555,7 @@ async fn run_plan(
         peak_rss_bytes: 0,
         page_faults: 0,
         restored,
+        restored_from: None,
         savepoint: savepoint_written,
     })
 }

@@ -192,6 +192,8 @@ pub struct RunSummary {
     pub page_faults: u64,
     /// The run resumed from a savepoint.
     pub restored: bool,
+    /// The savepoint it resumed from.
+    pub restored_from: Option<std::path::PathBuf>,
     /// The run stopped and kept its open state here (resume by running again).
     pub savepoint: Option<std::path::PathBuf>,
 }
@@ -247,6 +249,9 @@ impl RunSummary {
                 ""
             }
         );
+        if let Some(p) = &self.restored_from {
+            let _ = writeln!(s, "  resumed     from {}", p.display());
+        }
         if let Some(p) = &self.savepoint {
             let _ = writeln!(
                 s,

@@ -170,6 +170,11 @@ sinks:
     .unwrap();
     assert!(second.restored && second.savepoint.is_none());
     assert_eq!(
+        second.restored_from, first.savepoint,
+        "it says which savepoint"
+    );
+    assert!(second.render().contains("resumed     from"));
+    assert_eq!(
         first.decode.spans + second.decode.spans,
         total,
         "each span read once: the resumed run read only the rest"
