@@ -232,7 +232,7 @@ impl OperatorKind {
     /// Whether its merge side answers the shards (a sampler's rate limits): such a node
     /// holds traces back until the answer comes.
     pub fn answers_shards(&self) -> bool {
-        matches!(self, OperatorKind::TailSampling(c) if TailSampler::new(c.clone()).has_rate_limits())
+        matches!(self.build(false).1, NodeBuild::Feedback { .. })
     }
 
     /// The interval of an operator whose merge side closes windows of event time (the
@@ -270,10 +270,11 @@ impl OperatorKind {
             }
             OperatorKind::TailSampling(c) => {
                 let (p, m) = (c.clone(), c.clone());
-                let build = if self.answers_shards() {
+                let probe = TailSampler::new(c.clone());
+                let build = if probe.has_rate_limits() {
                     // Rate limits decide over all shards' traces (see `tail_sampling::limit`).
                     NodeBuild::Feedback {
-                        grain: TailSampler::new(c.clone()).rate_limit_grain(),
+                        grain: probe.rate_limit_grain(),
                         partial: Arc::new(move |_| Box::new(TailSampler::new(p.clone()))),
                         merge: Arc::new(move |_| {
                             Box::new(TailSampler::new(m.clone()).merge_operator())

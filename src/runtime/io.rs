@@ -317,10 +317,13 @@ impl SourceOutput {
         self.next_offset = next;
     }
 
-    /// Records passed to [`SourceOutput::send_in_order`] so far, counting those a
-    /// resumed source skipped: where a run stopped now would resume.
-    pub fn records_in_order(&self) -> u64 {
-        self.next_offset + self.chunk.len() as u64
+    /// Ends a source that sent its records with [`SourceOutput::send_in_order`]; its
+    /// position is the number of records sent, those a resumed run skipped included
+    /// (what the next run skips: decode it as a `u64` in [`Source::resume_from`]).
+    pub fn end_in_order(&mut self) -> Result<(), ConnectorError> {
+        let read = self.next_offset + self.chunk.len() as u64;
+        self.end(Some(Position::encode(&read)?));
+        Ok(())
     }
 
     /// Splits now read; each holds the watermark until it is removed or idle.

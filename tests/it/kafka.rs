@@ -13,7 +13,7 @@ use spanflow::job::run_job;
 use spanflow::runtime::{RunOptions, RunSummary};
 use spanflow::testkit::generator::{GeneratedRecord, Generator, GeneratorConfig, write_records};
 
-use crate::support::{Service, read_table, root, rows, sum};
+use crate::support::{Service, read_table, root, rows, run_and_stop_after, sum};
 
 /// A broker for one test; stopped (by the PID the script recorded) on drop.
 struct Broker {
@@ -445,9 +445,6 @@ fn avro_json_and_otlp_outputs_decode_against_the_shipped_schemas() {
 /// outputs together equal one uninterrupted run over the same spans.
 #[test]
 fn a_stopped_run_resumes_from_its_savepoint_without_losing_or_repeating_a_trace() {
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-
     let broker = Broker::start();
     let (records, truth) = generate(GeneratorConfig {
         traces: 1200,
@@ -481,29 +478,13 @@ fn a_stopped_run_resumes_from_its_savepoint_without_losing_or_repeating_a_trace(
     );
     let out = tmp.path().join("resumed");
     let checkpoints = tmp.path().join("checkpoints");
-    let stop = Arc::new(AtomicBool::new(false));
-    let seen = Arc::new(AtomicU64::new(0));
     let opts = RunOptions {
         output_dir: Some(out.clone()),
         parallelism: Some(2),
-        stop: Some(stop.clone()),
-        spans_seen: Some(seen.clone()),
         checkpoint_dir: Some(checkpoints.clone()),
         ..Default::default()
     };
-    let job1 = unbounded.clone();
-    let opts1 = opts.clone();
-    let handle = std::thread::spawn(move || run_job(&job1, &opts1));
-    let deadline = std::time::Instant::now() + Duration::from_secs(120);
-    while seen.load(Ordering::Relaxed) < first_spans {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "run 1 consumed the first half"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    stop.store(true, Ordering::Relaxed);
-    let s1 = handle.join().unwrap().unwrap_or_else(|e| panic!("{e}"));
+    let s1 = run_and_stop_after(&unbounded, &opts, first_spans);
     assert!(s1.savepoint.is_some(), "run 1 left a savepoint");
     assert!(
         s1.sessions.traces_closed() < truth.traces,
@@ -543,15 +524,7 @@ fn a_stopped_run_resumes_from_its_savepoint_without_losing_or_repeating_a_trace(
         PARQUET_SINK,
     );
     // The same computation: only the source's bounds differ.
-    let s2 = run_job(
-        &bounded,
-        &RunOptions {
-            stop: None,
-            spans_seen: None,
-            ..opts
-        },
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
+    let s2 = run_job(&bounded, &opts).unwrap_or_else(|e| panic!("{e}"));
     assert!(s2.restored, "run 2 resumed from the savepoint");
     assert!(s2.savepoint.is_none());
     assert!(!kept.exists(), "finished: nothing left open");

@@ -98,10 +98,7 @@ sinks:
 /// the two runs' outputs together equal one uninterrupted run, rate limits included.
 #[test]
 fn a_stopped_generator_run_resumes_and_equals_an_uninterrupted_one() {
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-
-    use crate::support::{read_table, rows};
+    use crate::support::{read_table, rows, run_and_stop_after};
     use spanflow::testkit::generator::GroundTruth;
 
     let text = "\
@@ -136,38 +133,19 @@ sinks:
     let total = whole.source_report::<GroundTruth>().unwrap().spans;
 
     let out = tmp.path().join("resumed");
-    let checkpoints = tmp.path().join("checkpoints");
-    let stop = Arc::new(AtomicBool::new(false));
-    let seen = Arc::new(AtomicU64::new(0));
     let opts = RunOptions {
         output_dir: Some(out.clone()),
         parallelism: Some(2),
-        stop: Some(stop.clone()),
-        spans_seen: Some(seen.clone()),
-        checkpoint_dir: Some(checkpoints.clone()),
+        checkpoint_dir: Some(tmp.path().join("checkpoints")),
         ..Default::default()
     };
-    let (job1, opts1) = (job.clone(), opts.clone());
-    let handle = std::thread::spawn(move || run_job(&job1, &opts1));
-    while seen.load(Ordering::Relaxed) < total * 2 / 5 && !handle.is_finished() {
-        std::thread::sleep(std::time::Duration::from_millis(1));
-    }
-    stop.store(true, Ordering::Relaxed);
-    let first = handle.join().unwrap().unwrap();
+    let first = run_and_stop_after(&job, &opts, total * 2 / 5);
     assert!(
         first.savepoint.is_some(),
         "the stopped run kept a savepoint"
     );
 
-    let second = run_job(
-        &job,
-        &RunOptions {
-            stop: None,
-            spans_seen: None,
-            ..opts
-        },
-    )
-    .unwrap();
+    let second = run_job(&job, &opts).unwrap();
     assert!(second.restored && second.savepoint.is_none());
     assert_eq!(
         second.restored_from, first.savepoint,
@@ -198,10 +176,7 @@ sinks:
 /// The `file` source resumes after the records a stopped run read, across its files.
 #[test]
 fn a_stopped_file_run_resumes_after_the_records_it_read() {
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-
-    use crate::support::{read_table, rows};
+    use crate::support::{read_table, rows, run_and_stop_after};
     use spanflow::formats::InputFormat;
     use spanflow::testkit::generator::{Generator, GeneratorConfig, write_records};
 
@@ -248,33 +223,15 @@ fn a_stopped_file_run_resumes_after_the_records_it_read() {
     .unwrap();
 
     let out = tmp.path().join("resumed");
-    let stop = Arc::new(AtomicBool::new(false));
-    let seen = Arc::new(AtomicU64::new(0));
     let opts = RunOptions {
         output_dir: Some(out.clone()),
-        stop: Some(stop.clone()),
-        spans_seen: Some(seen.clone()),
         checkpoint_dir: Some(tmp.path().join("checkpoints")),
         ..Default::default()
     };
-    let (job1, opts1) = (job.clone(), opts.clone());
-    let handle = std::thread::spawn(move || run_job(&job1, &opts1));
     // Stop in the second file.
-    while seen.load(Ordering::Relaxed) < total / 2 && !handle.is_finished() {
-        std::thread::sleep(std::time::Duration::from_millis(1));
-    }
-    stop.store(true, Ordering::Relaxed);
-    let first = handle.join().unwrap().unwrap();
+    let first = run_and_stop_after(&job, &opts, total / 2);
     assert!(first.savepoint.is_some() && first.decode.spans < total);
-    let second = run_job(
-        &job,
-        &RunOptions {
-            stop: None,
-            spans_seen: None,
-            ..opts
-        },
-    )
-    .unwrap();
+    let second = run_job(&job, &opts).unwrap();
     assert_eq!(first.decode.spans + second.decode.spans, total);
     for table in ["traces", "late_spans"] {
         let a = rows(&read_table(&reference, table), &[]);

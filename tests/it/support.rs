@@ -152,3 +152,35 @@ impl Drop for Service {
             .status();
     }
 }
+
+/// Runs `job` on another thread and stops it (as Ctrl-C would) once it has decoded
+/// at least `spans` spans, or when it ended by itself first; returns its summary.
+/// `opts` gets its own stop flag and span counter.
+pub fn run_and_stop_after(
+    job: &spanflow::job::Job,
+    opts: &spanflow::runtime::RunOptions,
+    spans: u64,
+) -> spanflow::runtime::RunSummary {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let seen = Arc::new(AtomicU64::new(0));
+    let opts = spanflow::runtime::RunOptions {
+        stop: Some(stop.clone()),
+        spans_seen: Some(seen.clone()),
+        ..opts.clone()
+    };
+    let job = job.clone();
+    let handle = std::thread::spawn(move || spanflow::job::run_job(&job, &opts));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while seen.load(Ordering::Relaxed) < spans && !handle.is_finished() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the run did not read {spans} spans in 2 minutes"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    stop.store(true, Ordering::Relaxed);
+    handle.join().unwrap().unwrap_or_else(|e| panic!("{e}"))
+}

@@ -87,7 +87,6 @@ impl Source for FileSource {
                 }
             }
         }
-        out.end(Some(Position::encode(&out.records_in_order())?));
-        Ok(())
+        out.end_in_order()
     }
 }

@@ -37,7 +37,8 @@ impl ErrorLog {
             seen.clear();
         }
         let now = std::time::Instant::now();
-        match seen.get_mut(&format!("{error}: {reason}")) {
+        let text = format!("{error}: {reason}");
+        match seen.get_mut(&text) {
             Some((at, repeats)) if at.elapsed() < Self::EVERY => *repeats += 1,
             Some((at, repeats)) => {
                 tracing::warn!(%error, reason, repeats = *repeats, "kafka {client} (repeated)");
@@ -45,7 +46,7 @@ impl ErrorLog {
             }
             None => {
                 tracing::warn!(%error, reason, "kafka {client}");
-                seen.insert(format!("{error}: {reason}"), (now, 0));
+                seen.insert(text, (now, 0));
             }
         }
     }

@@ -63,8 +63,7 @@ impl Source for GeneratorSource {
             }
         }
         self.truth = Some(Arc::new(generator.ground_truth().clone()));
-        out.end(Some(Position::encode(&out.records_in_order())?));
-        Ok(())
+        out.end_in_order()
     }
 
     fn report(&self) -> Option<Arc<dyn SourceReport>> {
