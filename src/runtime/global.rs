@@ -6,6 +6,7 @@ use spanflow_operators::WATERMARK_END;
 use spanflow_operators::operator::{Report, Table};
 use tokio::sync::mpsc;
 
+use super::checkpoint::Part;
 use super::plan::{Input, NodeBuild, Plan};
 use super::rollup::RollupOp;
 use super::shard::{
@@ -18,8 +19,15 @@ use super::{RunError, TableTarget};
 pub(crate) struct GlobalResult {
     pub reports: Vec<(usize, Report)>,
     pub outputs: Vec<(TableTarget, u64)>,
-    /// Set when the run stopped for a savepoint.
-    pub snapshot: Option<Vec<NodeSnapshot>>,
+}
+
+/// A checkpoint barrier the global stage is aligning: it has the barrier of the
+/// shards marked, and holds back what those shards sent after it.
+struct Aligning {
+    id: u64,
+    last: bool,
+    passed: Vec<bool>,
+    held: Vec<GlobalMsg>,
 }
 
 pub(crate) struct Global {
@@ -30,6 +38,8 @@ pub(crate) struct Global {
     shard_wms: Vec<Vec<u64>>,
     /// Executor node of each plan node.
     exec_of_plan: Vec<Option<usize>>,
+    shards: usize,
+    parts: mpsc::UnboundedSender<Part>,
 }
 
 impl Global {
@@ -38,6 +48,7 @@ impl Global {
         plan: &Plan,
         discard: bool,
         restore: Option<Vec<NodeSnapshot>>,
+        parts: mpsc::UnboundedSender<Part>,
     ) -> Result<Option<Self>, RunError> {
         if !plan.nodes.iter().any(|n| n.in_global()) {
             return Ok(None);
@@ -116,6 +127,8 @@ impl Global {
             feedback: Vec::new(),
             shard_wms: vec![vec![0; plan.shards.max(1)]; plan.nodes.len()],
             exec_of_plan,
+            shards: plan.shards.max(1),
+            parts,
         }))
     }
 
@@ -138,7 +151,7 @@ impl Global {
         for (node, batch) in std::mem::take(&mut self.exec.to_shards) {
             for tx in &self.feedback {
                 // A shard that stopped (for a savepoint) no longer listens.
-                let _ = tx.send(Feedback {
+                let _ = tx.send(Feedback::Batch {
                     node,
                     batch: batch.clone(),
                 });
@@ -149,62 +162,131 @@ impl Global {
     /// Runs until every shard has hung up; blocking (a rollup's query runs on the
     /// runtime from here).
     pub fn run(mut self, mut rx: mpsc::Receiver<GlobalMsg>) -> Result<GlobalResult, RunError> {
+        let mut aligning: Option<Aligning> = None;
+        let mut stopped = false;
+        let mut queue = std::collections::VecDeque::new();
         while let Some(msg) = rx.blocking_recv() {
-            let msgs = match msg {
-                GlobalMsg::Step(msgs) => msgs,
-                one => vec![one],
-            };
-            let mut advanced = false;
-            for msg in msgs {
-                match msg {
-                    GlobalMsg::Batch { node, batch } => {
-                        let Some(Some(e)) = self.exec_of_plan.get(node).copied() else {
-                            return Err(RunError::Internal(format!("no global node for {node}")));
-                        };
-                        self.exec.deliver(e, 0, batch)?;
+            queue.push_back(msg);
+            while let Some(msg) = queue.pop_front() {
+                if stopped {
+                    queue.clear();
+                    break;
+                }
+                let shard = match &msg {
+                    GlobalMsg::Step { shard, .. }
+                    | GlobalMsg::Watermark { shard, .. }
+                    | GlobalMsg::Barrier { shard, .. } => *shard,
+                    GlobalMsg::Batch { .. } => {
+                        return Err(RunError::Internal("a batch outside a step".into()));
                     }
-                    GlobalMsg::Watermark {
-                        shard,
-                        node,
-                        watermark,
-                    } => {
-                        if let Some(w) = self.shard_wms.get_mut(node).and_then(|v| v.get_mut(shard))
-                        {
-                            *w = (*w).max(watermark);
-                            advanced = true;
-                        }
-                    }
-                    GlobalMsg::Step(_) => {
-                        return Err(RunError::Internal("a nested step message".into()));
+                };
+                if let Some(a) = aligning.as_mut()
+                    && a.passed.get(shard).copied().unwrap_or(false)
+                {
+                    a.held.push(msg);
+                    continue;
+                }
+                let GlobalMsg::Barrier { id, last, .. } = msg else {
+                    self.step(msg)?;
+                    continue;
+                };
+                let a = aligning.get_or_insert_with(|| Aligning {
+                    id,
+                    last,
+                    passed: vec![false; self.shards],
+                    held: Vec::new(),
+                });
+                if a.id != id {
+                    return Err(RunError::Internal(format!(
+                        "barrier {id} arrived while aligning {}",
+                        a.id
+                    )));
+                }
+                if let Some(p) = a.passed.get_mut(shard) {
+                    *p = true;
+                }
+                if a.passed.iter().all(|p| *p)
+                    && let Some(a) = aligning.take()
+                {
+                    self.checkpoint(a.id)?;
+                    stopped = a.last;
+                    // What the shards sent after the barrier, before what is queued.
+                    for held in a.held.into_iter().rev() {
+                        queue.push_front(held);
                     }
                 }
             }
-            // One pass per shard step, whatever it carried.
-            if advanced {
-                let wms = &self.shard_wms;
-                self.exec.advance(0, &|pi| {
-                    wms.get(pi)
-                        .and_then(|v| v.iter().copied().min())
-                        .unwrap_or(0)
-                })?;
-            }
-            self.broadcast();
         }
         self.feedback.clear();
         let ended = self.exec.nodes.iter().all(|n| n.in_wm == WATERMARK_END);
-        let snapshot = if ended {
+        if ended && !stopped {
             self.exec.end()?;
-            None
-        } else {
-            Some(self.exec.snapshot()?)
-        };
+        }
         let reports = self.exec.reports();
         let mut outputs = Vec::new();
         self.exec.close(&mut outputs)?;
-        Ok(GlobalResult {
-            reports,
-            outputs,
-            snapshot,
-        })
+        Ok(GlobalResult { reports, outputs })
+    }
+
+    /// Snapshots the stage for checkpoint `id`, pre-commits its writers and tells
+    /// every shard (the marker ends the feedback they record for it).
+    fn checkpoint(&mut self, id: u64) -> Result<(), RunError> {
+        let t0 = std::time::Instant::now();
+        let states = self.exec.snapshot()?;
+        let pending = self.exec.precommit()?;
+        let stall = t0.elapsed();
+        let _ = self.parts.send(Part::Global {
+            id,
+            states,
+            pending,
+            stall,
+        });
+        for tx in &self.feedback {
+            let _ = tx.send(Feedback::Marker(id));
+        }
+        Ok(())
+    }
+
+    /// Handles one message of a shard: its batches go to the merge sides, and one
+    /// watermark pass follows a step whatever it carried.
+    fn step(&mut self, msg: GlobalMsg) -> Result<(), RunError> {
+        let msgs = match msg {
+            GlobalMsg::Step { msgs, .. } => msgs,
+            one => vec![one],
+        };
+        let mut advanced = false;
+        for msg in msgs {
+            match msg {
+                GlobalMsg::Batch { node, batch } => {
+                    let Some(Some(e)) = self.exec_of_plan.get(node).copied() else {
+                        return Err(RunError::Internal(format!("no global node for {node}")));
+                    };
+                    self.exec.deliver(e, 0, batch)?;
+                }
+                GlobalMsg::Watermark {
+                    shard,
+                    node,
+                    watermark,
+                } => {
+                    if let Some(w) = self.shard_wms.get_mut(node).and_then(|v| v.get_mut(shard)) {
+                        *w = (*w).max(watermark);
+                        advanced = true;
+                    }
+                }
+                GlobalMsg::Step { .. } | GlobalMsg::Barrier { .. } => {
+                    return Err(RunError::Internal("a nested step message".into()));
+                }
+            }
+        }
+        if advanced {
+            let wms = &self.shard_wms;
+            self.exec.advance(0, &|pi| {
+                wms.get(pi)
+                    .and_then(|v| v.iter().copied().min())
+                    .unwrap_or(0)
+            })?;
+        }
+        self.broadcast();
+        Ok(())
     }
 }

@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
@@ -222,6 +222,13 @@ pub(crate) enum SourceEvent {
         source: usize,
         position: Option<Position>,
     },
+    /// Everything sent before it belongs to checkpoint `id`; `position` is where a
+    /// run restored from that checkpoint continues.
+    Barrier {
+        source: usize,
+        id: u64,
+        position: Option<Position>,
+    },
     /// The source failed; it sends nothing more.
     Failed {
         source: usize,
@@ -233,6 +240,16 @@ pub(crate) enum SourceEvent {
 /// chunking (and thus the watermark sequence) never depends on timing.
 pub(crate) const RECORDS_PER_CHUNK: usize = 2;
 
+/// Checkpoints the runtime asked for and those it made durable, shared with every
+/// source.
+#[derive(Debug, Default)]
+pub(crate) struct CheckpointSignal {
+    /// The newest checkpoint asked for (0: none yet).
+    pub requested: AtomicU64,
+    /// The newest checkpoint written durably (0: none yet).
+    pub durable: AtomicU64,
+}
+
 /// A running source's way to the runtime.
 pub struct SourceOutput {
     source: usize,
@@ -240,6 +257,9 @@ pub struct SourceOutput {
     format: InputFormat,
     tx: mpsc::Sender<SourceEvent>,
     stop: Arc<AtomicBool>,
+    checkpoints: Arc<CheckpointSignal>,
+    /// The last checkpoint this source sent a barrier for.
+    barrier_sent: u64,
     finish: Option<FinishSignal>,
     ended: bool,
     /// Next offset of split 0, for [`SourceOutput::send_in_order`].
@@ -254,6 +274,7 @@ impl SourceOutput {
         format: InputFormat,
         tx: mpsc::Sender<SourceEvent>,
         stop: Arc<AtomicBool>,
+        checkpoints: Arc<CheckpointSignal>,
         finish: std::sync::mpsc::Receiver<Finish>,
     ) -> Self {
         SourceOutput {
@@ -262,6 +283,8 @@ impl SourceOutput {
             format,
             tx,
             stop,
+            checkpoints,
+            barrier_sent: 0,
             finish: Some(FinishSignal(finish)),
             ended: false,
             next_offset: 0,
@@ -301,14 +324,48 @@ impl SourceOutput {
         let records = std::mem::replace(&mut self.chunk, Vec::with_capacity(RECORDS_PER_CHUNK));
         let first_offset = self.next_offset;
         self.next_offset += records.len() as u64;
-        self.records(Records {
+        let sent = self.records(Records {
             split: 0,
             topic: None,
             partition: 0,
             first_offset,
             offsets: None,
             records,
+        });
+        // Barriers go between chunks, which are cut by record count: where a checkpoint
+        // falls never changes what the chunks hold.
+        if sent && let Some(id) = self.barrier_due() {
+            let position = Position::encode(&self.next_offset).ok();
+            return self.barrier(id, position);
+        }
+        sent
+    }
+
+    /// The checkpoint the runtime asks a barrier for, if this source has not sent it
+    /// yet. Sources that send with [`SourceOutput::records`] check it between records
+    /// and answer with [`SourceOutput::barrier`]; [`SourceOutput::send_in_order`] does
+    /// both itself.
+    pub fn barrier_due(&self) -> Option<u64> {
+        let requested = self.checkpoints.requested.load(Ordering::Acquire);
+        (requested > self.barrier_sent).then_some(requested)
+    }
+
+    /// Marks everything sent so far as part of checkpoint `id`; `position` is where a
+    /// run restored from it continues (what [`Source::resume_from`] gets). False when
+    /// the runtime is gone.
+    pub fn barrier(&mut self, id: u64, position: Option<Position>) -> bool {
+        self.barrier_sent = self.barrier_sent.max(id);
+        self.send(SourceEvent::Barrier {
+            source: self.source,
+            id,
+            position,
         })
+    }
+
+    /// The newest checkpoint that is durable: a source that commits its position
+    /// elsewhere (Kafka offsets) commits the position of this barrier's checkpoint.
+    pub fn durable_checkpoint(&self) -> u64 {
+        self.checkpoints.durable.load(Ordering::Acquire)
     }
 
     /// Numbers the records [`SourceOutput::send_in_order`] sends from `next` on (a
@@ -399,18 +456,27 @@ pub trait Sink: Send + Sync + std::fmt::Debug {
         1024
     }
 
-    /// Gets the table ready before anything is written: a fresh run starts it empty
-    /// where that is the sink's contract (Parquet), a resumed one removes what was
-    /// written after `restored` (what [`Sink::savepoint`] returned).
-    fn prepare(&self, _restored: Option<&Position>) -> Result<(), ConnectorError> {
+    /// Gets the table ready before anything is written: a fresh run (`restored` is
+    /// `None`) starts it empty where that is the sink's contract (Parquet); a run
+    /// restored from a checkpoint first completes the checkpoint's pending commits
+    /// (some may be done already) and then removes what was written after it.
+    fn prepare(&self, _restored: Option<&SinkCheckpoint>) -> Result<(), ConnectorError> {
         Ok(())
     }
 
     /// Opens a writer; `part` is unique per shard and grows across resumed runs.
     fn open(&self, part: usize, schema: SchemaRef) -> Result<Box<dyn TableWriter>, ConnectorError>;
 
-    /// What a savepoint keeps so that a resumed run can undo writes made after it.
-    fn savepoint(&self) -> Result<Option<Position>, ConnectorError> {
+    /// Makes visible what the writers pre-committed for a checkpoint, once the
+    /// checkpoint is durable (what [`TableWriter::precommit`] returned, from every
+    /// writer). Must be idempotent: a restored run repeats it.
+    fn commit(&self, _pending: &[Position]) -> Result<(), ConnectorError> {
+        Ok(())
+    }
+
+    /// What a checkpoint keeps so that a restored run can undo writes made after it
+    /// (Parquet: the part files committed so far).
+    fn checkpoint(&self) -> Result<Option<Position>, ConnectorError> {
         Ok(None)
     }
 
@@ -421,10 +487,27 @@ pub trait Sink: Send + Sync + std::fmt::Debug {
     }
 }
 
+/// What a checkpoint holds for one sink table.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct SinkCheckpoint {
+    /// What [`Sink::checkpoint`] returned.
+    pub committed: Option<Position>,
+    /// What the writers pre-committed for the checkpoint, to commit when it is
+    /// restored.
+    pub pending: Vec<Position>,
+}
+
 /// A writer of one table, opened by one shard.
 pub trait TableWriter: Send {
     /// Writes one batch.
     fn write(&mut self, batch: &RecordBatch) -> Result<(), ConnectorError>;
+
+    /// Makes everything written so far durable for a checkpoint, invisible until
+    /// [`Sink::commit`] gets what this returns (two-phase commit). Sinks whose replays
+    /// collapse (Kafka keys, ClickHouse versions) only flush and return `None`.
+    fn precommit(&mut self) -> Result<Option<Position>, ConnectorError> {
+        Ok(None)
+    }
 
     /// Finishes (flushes, waits for delivery); returns the rows written.
     fn close(self: Box<Self>) -> Result<u64, ConnectorError>;

@@ -20,6 +20,7 @@
 //! in the same order whatever the parallelism; cross-shard decisions (metric intervals,
 //! rate limits) are made over all shards' data; outputs differ only in row order.
 
+mod checkpoint;
 mod global;
 pub mod io;
 mod plan;
@@ -40,6 +41,7 @@ use spanflow_operators::Sym;
 use spanflow_operators::operator::Report;
 use tokio::sync::mpsc;
 
+pub use checkpoint::CheckpointStats;
 pub use plan::{
     Input, NodeBuild, OpenSource, Plan, PlanError, PlanNode, PlanSource, ROLLUP_SHAPE, TableTarget,
 };
@@ -142,9 +144,14 @@ pub struct RunOptions {
     pub stop: Option<Arc<std::sync::atomic::AtomicBool>>,
     /// Stop on Ctrl-C (SIGINT) as `stop` does.
     pub stop_on_ctrl_c: bool,
-    /// Where a stopped run keeps its open state (a savepoint) and the next run resumes
-    /// from it. Without it a stop flushes every open window, like the end of input.
+    /// Where checkpoints are kept and the next run resumes from the newest: periodic
+    /// ones with `checkpoint_interval`, and a last one when the run is stopped.
+    /// Without it a stop flushes every open window, like the end of input.
     pub checkpoint_dir: Option<PathBuf>,
+    /// Take a checkpoint this often (needs `checkpoint_dir`).
+    pub checkpoint_interval: Option<std::time::Duration>,
+    /// Checkpoints kept (0: the default, 3).
+    pub checkpoint_keep: usize,
     /// Counts the spans decoded so far (for callers that watch a running job).
     pub spans_seen: Option<Arc<AtomicU64>>,
 }
@@ -237,12 +244,52 @@ async fn run_plan(
     let restored = restore.is_some();
     if !opts.discard_outputs {
         for t in plan.all_targets() {
-            let kept = restore
-                .as_ref()
-                .and_then(|sp| sp.sinks.iter().find(|(k, _)| *k == t.key()).map(|(_, p)| p));
-            t.out.prepare(kept).map_err(|e| SinkError::of(t, e))?;
+            let kept = restore.as_ref().map(|sp| {
+                sp.sinks
+                    .iter()
+                    .find(|(k, _)| *k == t.key())
+                    .map(|(_, p)| p.clone())
+                    .unwrap_or_default()
+            });
+            t.out
+                .prepare(kept.as_ref())
+                .map_err(|e| SinkError::of(t, e))?;
         }
     }
+
+    // Checkpoints: the coordinator gathers every stage's share.
+    let signal = Arc::new(io::CheckpointSignal::default());
+    let (parts_tx, parts_rx) = mpsc::unbounded_channel();
+    let stop = opts.stop.clone().unwrap_or_default();
+    let finished = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let has_global = plan.nodes.iter().any(|n| n.in_global());
+    let coordinator = opts.checkpoint_dir.as_ref().map(|dir| {
+        let c = checkpoint::Coordinator::new(
+            savepoint::Store::new(dir),
+            if opts.checkpoint_keep == 0 {
+                savepoint::KEEP
+            } else {
+                opts.checkpoint_keep
+            },
+            plan.job.clone(),
+            plan.fingerprint,
+            parallelism,
+            plan.part_base + parallelism,
+            has_global,
+            if opts.discard_outputs {
+                Vec::new()
+            } else {
+                plan.all_targets().cloned().collect()
+            },
+            signal.clone(),
+        );
+        tokio::spawn(c.run(
+            parts_rx,
+            opts.checkpoint_interval,
+            stop.clone(),
+            finished.clone(),
+        ))
+    });
 
     // The global stage (merge sides of the metric operators, rollups), when the job
     // has one: one blocking thread, as a rollup's query runs on this runtime from it.
@@ -251,6 +298,7 @@ async fn run_plan(
         &plan,
         discard,
         restore.as_mut().and_then(|sp| sp.global.take()),
+        parts_tx.clone(),
     )
     .await?;
     let mut feedback_rxs: Vec<Option<_>> = match global.as_mut() {
@@ -273,11 +321,14 @@ async fn run_plan(
     let resumed_watermark = restore.as_ref().map_or(0, |sp| sp.watermark);
     let mut shard_txs = Vec::with_capacity(parallelism);
     let mut shard_handles = Vec::with_capacity(parallelism);
-    let mut shard_states: Vec<Option<Vec<shard::NodeSnapshot>>> = restore
+    let mut shard_states: Vec<Option<_>> = restore
         .as_mut()
         .map(|sp| {
+            let mut feedback = std::mem::take(&mut sp.feedback);
+            feedback.resize_with(sp.shards.len(), Vec::new);
             std::mem::take(&mut sp.shards)
                 .into_iter()
+                .zip(feedback)
                 .map(Some)
                 .collect()
         })
@@ -286,14 +337,17 @@ async fn run_plan(
     for ((index, state), feedback_rx) in shard_states.into_iter().enumerate().zip(feedback_rxs) {
         let (tx, rx) = mpsc::channel::<ShardMsg>(16);
         let shard = shard::Shard::new(
-            index,
             &plan,
-            discard,
-            progress.clone(),
-            global_tx.clone(),
-            feedback_rx,
-            state,
-            resumed_watermark,
+            shard::ShardInit {
+                index,
+                discard,
+                progress: progress.clone(),
+                global_tx: global_tx.clone(),
+                feedback_rx,
+                parts: parts_tx.clone(),
+                restore: state,
+                resumed_watermark,
+            },
         )?;
         shard_txs.push(tx);
         shard_handles.push(tokio::spawn(shard.run(rx)));
@@ -324,11 +378,17 @@ async fn run_plan(
         .iter()
         .map(|s| (Sym::new(&s.name), s.watermark))
         .collect();
-    // Only a run whose every source can resume where it stopped can leave a savepoint.
+    // Only a run whose every source can resume where it stopped can checkpoint.
     let resumable = sources.iter().all(|s| s.resumable());
+    if opts.checkpoint_interval.is_some() && opts.checkpoint_dir.is_some() && !resumable {
+        return Err(RunError::Savepoint(SavepointError::Refused(
+            "periodic checkpoints need sources that can resume where a checkpoint was taken; \
+             this job has one that cannot"
+                .into(),
+        )));
+    }
     let mut source_handles = Vec::new();
     let mut finish_txs = Vec::new();
-    let stop = opts.stop.clone().unwrap_or_default();
     if opts.stop_on_ctrl_c {
         let stop = stop.clone();
         tokio::spawn(async move {
@@ -350,6 +410,7 @@ async fn run_plan(
             source.format(),
             src_tx.clone(),
             stop.clone(),
+            signal.clone(),
             finish_rx,
         );
         source_handles.push(tokio::task::spawn_blocking(move || {
@@ -378,6 +439,7 @@ async fn run_plan(
         resumed_watermark,
         progress: &progress,
         spans_seen: opts.spans_seen.clone(),
+        parts: parts_tx.clone(),
     })
     .await?;
     let router::Routed {
@@ -389,30 +451,37 @@ async fn run_plan(
         mut dead_rows,
         mut dead_writers,
     } = routed;
-    // A requested stop with a checkpoint directory keeps the open state instead of
-    // flushing it.
-    let savepoint_dir = opts
-        .checkpoint_dir
-        .clone()
-        .filter(|_| stop.load(Ordering::Relaxed) && resumable && failure.is_none());
-    if savepoint_dir.is_none() {
+    // A requested stop with a checkpoint directory takes a last checkpoint instead of
+    // flushing the open state.
+    let stop_with_checkpoint = opts.checkpoint_dir.is_some()
+        && stop.load(Ordering::Relaxed)
+        && resumable
+        && failure.is_none();
+    if stop_with_checkpoint {
+        let id = signal.requested.fetch_add(1, Ordering::AcqRel) + 1;
+        let pending = router::precommit_dead(&mut dead_rows, &mut dead_writers)?;
+        for tx in &shard_txs {
+            let _ = tx.send(ShardMsg::Barrier { id, last: true }).await;
+        }
+        let _ = parts_tx.send(checkpoint::Part::Router {
+            id,
+            positions: positions.clone(),
+            watermark: last_wm,
+            pending,
+        });
+    } else {
         let wm = tracker.end_of_input_watermark();
         if wm > last_wm {
             for tx in &shard_txs {
                 let _ = tx.send(ShardMsg::Watermark(wm)).await;
             }
         }
-    }
-    for tx in &shard_txs {
-        let _ = tx
-            .send(if savepoint_dir.is_some() {
-                ShardMsg::Savepoint
-            } else {
-                ShardMsg::End
-            })
-            .await;
+        for tx in &shard_txs {
+            let _ = tx.send(ShardMsg::End).await;
+        }
     }
     drop(shard_txs);
+    drop(parts_tx);
     router::flush_dead(&mut dead_rows, &mut dead_writers)?;
     let mut outputs: Vec<OutputTable> = Vec::new();
     for (t, w) in dead_writers {
@@ -422,7 +491,6 @@ async fn run_plan(
 
     let mut reports: Vec<Report> = vec![Report::None; plan.nodes.len()];
     let mut peak_buffered = (0usize, 0usize);
-    let mut snapshots = Vec::new();
     for h in shard_handles {
         let r: Result<ShardResult, RunError> = h
             .await
@@ -438,9 +506,7 @@ async fn run_plan(
         }
         peak_buffered.0 += r.peak_buffered.0;
         peak_buffered.1 += r.peak_buffered.1;
-        snapshots.push(r.snapshot);
     }
-    let mut global_snapshot = None;
     if let Some(h) = global_handle {
         let g = h
             .await
@@ -453,7 +519,34 @@ async fn run_plan(
                 slot.merge(report);
             }
         }
-        global_snapshot = g.snapshot;
+    }
+    // Every output is written. The checkpoints in progress complete; when the run
+    // finished, what they pre-committed is published and the store emptied (nothing
+    // is left open); then Kafka sources may commit what they read.
+    finished.store(
+        failure.is_none() && !stop_with_checkpoint,
+        Ordering::Relaxed,
+    );
+    let mut checkpoints = CheckpointStats::default();
+    if let Some(c) = coordinator {
+        checkpoints = c
+            .await
+            .map_err(|e| RunError::Internal(format!("checkpoint coordinator failed: {e}")))??;
+    }
+    let mut savepoint_written = None;
+    if failure.is_none() {
+        if stop_with_checkpoint {
+            let Some(last) = checkpoints.last.clone() else {
+                return Err(RunError::Internal(
+                    "the run stopped without writing its last checkpoint".into(),
+                ));
+            };
+            savepoint_written = Some(last);
+        } else if let Some(dir) = &opts.checkpoint_dir
+            && !opts.discard_outputs
+        {
+            savepoint::Store::new(dir).clear()?;
+        }
     }
     let node_reports: Vec<(&str, &str, Report)> = plan
         .nodes
@@ -462,41 +555,6 @@ async fn run_plan(
         .map(|(n, r)| (n.name.as_str(), n.shape.kind, r))
         .collect();
     let totals = summary::Totals::from_reports(&node_reports);
-    // Every output is written. Keep the open state for the next run, or, when the run
-    // finished, drop any savepoint (nothing is left open); then Kafka sources may
-    // commit what they read.
-    let mut savepoint_written = None;
-    if failure.is_none() {
-        if let Some(dir) = &savepoint_dir {
-            let shards: Option<Vec<_>> = snapshots.into_iter().collect();
-            let Some(shards) = shards else {
-                return Err(RunError::Internal("a shard returned no snapshot".into()));
-            };
-            let mut sinks = Vec::new();
-            for t in plan.all_targets() {
-                if let Some(p) = t.out.savepoint().map_err(|e| SinkError::of(t, e))? {
-                    sinks.push((t.key(), p));
-                }
-            }
-            let sp = savepoint::Savepoint {
-                version: savepoint::VERSION,
-                job: plan.job.clone(),
-                fingerprint: plan.fingerprint,
-                parallelism,
-                watermark: last_wm,
-                shards,
-                global: global_snapshot,
-                positions: positions.clone(),
-                sinks,
-                next_part: plan.part_base + parallelism,
-            };
-            savepoint_written = Some(savepoint::Store::new(dir).write(&sp)?);
-        } else if let Some(dir) = &opts.checkpoint_dir
-            && !opts.discard_outputs
-        {
-            savepoint::Store::new(dir).clear()?;
-        }
-    }
     for tx in finish_txs {
         let _ = tx.send(if failure.is_none() {
             Finish::Commit
@@ -557,5 +615,6 @@ async fn run_plan(
         restored,
         restored_from: None,
         savepoint: savepoint_written,
+        checkpoints,
     })
 }

@@ -2,6 +2,7 @@
 //! the watermark of every split, and hands each shard its spans (by trace id) and the
 //! same watermark sequence; dead letters go to their tables here.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -10,6 +11,7 @@ use futures::StreamExt;
 use spanflow_operators::Sym;
 use tokio::sync::mpsc;
 
+use super::checkpoint::{Part, Pending};
 use super::io::{ConnectorError, Position, Records, SourceEvent, TableWriter};
 use super::shard::ShardMsg;
 use super::watermark::{WatermarkSettings, WatermarkTracker};
@@ -30,6 +32,8 @@ pub(crate) struct RouteInput<'a> {
     pub resumed_watermark: u64,
     pub progress: &'a Arc<Progress>,
     pub spans_seen: Option<Arc<AtomicU64>>,
+    /// Where checkpoint shares go.
+    pub parts: mpsc::UnboundedSender<Part>,
 }
 
 /// Where the router got to when every source had ended.
@@ -58,9 +62,10 @@ pub(crate) async fn route(input: RouteInput<'_>) -> Result<Routed, RunError> {
         resumed_watermark,
         progress,
         spans_seen,
+        parts,
     } = input;
     let n_sources = split_settings.len();
-    let mut dead_rows = DeadLetterRows::default();
+    let dead_rows = DeadLetterRows::default();
     let mut dead_writers = Vec::new();
     for t in &dead_letter_targets {
         let w = super::open_writer(t, part, dead_rows.schema())?;
@@ -74,8 +79,6 @@ pub(crate) async fn route(input: RouteInput<'_>) -> Result<Routed, RunError> {
         tracker.add_split((i, 0), wm.max_out_of_order, wm.idle_timeout, start);
     }
     tracker.resume_at(resumed_watermark);
-    let mut positions: Vec<Option<Position>> = vec![None; n_sources];
-    let mut decode_stats = DecodeStats::default();
     let decoded = tokio_stream_from(src_rx)
         .map(|ev| async move {
             match ev {
@@ -142,132 +145,316 @@ pub(crate) async fn route(input: RouteInput<'_>) -> Result<Routed, RunError> {
                     Event::SplitsRemoved { source, splits }
                 }
                 SourceEvent::Failed { source, error } => Event::SourceFailed { source, error },
+                SourceEvent::Barrier {
+                    source,
+                    id,
+                    position,
+                } => Event::Barrier {
+                    source,
+                    id,
+                    position,
+                },
             }
         })
         .buffered(parallelism + 1);
     tokio::pin!(decoded);
 
-    let mut per_shard: Vec<Vec<spanflow_operators::Span>> =
-        (0..parallelism).map(|_| Vec::new()).collect();
-    let mut last_wm = resumed_watermark;
-    let mut ended_sources = 0usize;
-    let mut failure: Option<RunError> = None;
+    let mut r = Router {
+        shard_txs,
+        split_settings,
+        parts,
+        progress,
+        spans_seen,
+        tracker,
+        per_shard: (0..parallelism).map(|_| Vec::new()).collect(),
+        last_wm: resumed_watermark,
+        positions: vec![None; n_sources],
+        ended: vec![false; n_sources],
+        decode_stats: DecodeStats::default(),
+        failure: None,
+        dead_rows,
+        dead_writers,
+        aligning: None,
+    };
     let idle_check = Duration::from_millis(500);
+    let mut queue: VecDeque<Event> = VecDeque::new();
     loop {
         let next = tokio::time::timeout(idle_check, decoded.next()).await;
         let now = Instant::now();
-        let item = match next {
-            Ok(Some(item)) => Some(item),
+        match next {
+            Ok(Some(ev)) => queue.push_back(ev),
             Ok(None) => break,
-            Err(_) => None,
-        };
-        match item {
-            Some(Event::Decoded {
+            Err(_) => {}
+        }
+        while let Some(ev) = queue.pop_front() {
+            // What sources sent after a barrier that is now complete comes next.
+            for held in r.handle(ev, now).await?.into_iter().rev() {
+                queue.push_front(held);
+            }
+        }
+        // Sources that wait to commit keep their channel open: the loop ends when
+        // every source has reported its end, not when the channel closes.
+        if r.ended.iter().all(|e| *e) {
+            break;
+        }
+        let wm = r.tracker.watermark(now);
+        if wm > r.last_wm && wm != spanflow_operators::WATERMARK_END {
+            r.last_wm = wm;
+            for tx in r.shard_txs {
+                let _ = tx.send(ShardMsg::Watermark(wm)).await;
+            }
+        }
+    }
+    Ok(Routed {
+        tracker: r.tracker,
+        last_wm: r.last_wm,
+        positions: r.positions,
+        decode_stats: r.decode_stats,
+        failure: r.failure,
+        dead_rows: r.dead_rows,
+        dead_writers: r.dead_writers,
+    })
+}
+
+/// A checkpoint barrier the router is aligning.
+struct Aligning {
+    id: u64,
+    /// Per source: its barrier arrived (or it ended).
+    passed: Vec<bool>,
+    /// Per source: the position its barrier carried.
+    positions: Vec<Option<Position>>,
+    /// What sources sent after their barrier, in arrival order.
+    held: Vec<Event>,
+}
+
+struct Router<'a> {
+    shard_txs: &'a [mpsc::Sender<ShardMsg>],
+    split_settings: &'a [(Sym, WatermarkSettings)],
+    parts: mpsc::UnboundedSender<Part>,
+    progress: &'a Arc<Progress>,
+    spans_seen: Option<Arc<AtomicU64>>,
+    tracker: WatermarkTracker,
+    per_shard: Vec<Vec<spanflow_operators::Span>>,
+    last_wm: u64,
+    positions: Vec<Option<Position>>,
+    ended: Vec<bool>,
+    decode_stats: DecodeStats,
+    failure: Option<RunError>,
+    dead_rows: DeadLetterRows,
+    dead_writers: Vec<(TableTarget, Box<dyn TableWriter>)>,
+    aligning: Option<Aligning>,
+}
+
+impl Router<'_> {
+    /// Handles one event; returns the events a completed barrier released.
+    async fn handle(&mut self, ev: Event, now: Instant) -> Result<Vec<Event>, RunError> {
+        if let Some(a) = self.aligning.as_mut()
+            && let Some(source) = ev.source()
+            && a.passed.get(source).copied().unwrap_or(false)
+        {
+            a.held.push(ev);
+            return Ok(Vec::new());
+        }
+        match ev {
+            Event::Decoded {
                 source,
                 split,
                 dead_letters,
                 records,
                 stats,
-            }) => {
-                decode_stats.merge(&stats);
-                tracker.touch((source, split), now);
-
-                progress.spans.fetch_add(stats.spans, Ordering::Relaxed);
-                if let Some(seen) = &spans_seen {
+            } => {
+                self.decode_stats.merge(&stats);
+                self.tracker.touch((source, split), now);
+                self.progress
+                    .spans
+                    .fetch_add(stats.spans, Ordering::Relaxed);
+                if let Some(seen) = &self.spans_seen {
                     seen.fetch_add(stats.spans, Ordering::Relaxed);
                 }
                 for d in &dead_letters {
-                    dead_rows.push(d);
+                    self.dead_rows.push(d);
                 }
-                if dead_rows.len() >= 4096 {
-                    flush_dead(&mut dead_rows, &mut dead_writers)?;
+                if self.dead_rows.len() >= 4096 {
+                    flush_dead(&mut self.dead_rows, &mut self.dead_writers)?;
                 }
                 // The watermark may advance after every record (as a Kafka source's
                 // would), never in the middle of one: spans before it reach the shards
                 // first.
                 for record in records {
                     if let Some(t) = record.max_end {
-                        tracker.observe((source, split), t);
+                        self.tracker.observe((source, split), t);
                     }
-                    for (pending, spans) in per_shard.iter_mut().zip(record.per_shard) {
+                    for (pending, spans) in self.per_shard.iter_mut().zip(record.per_shard) {
                         if pending.is_empty() {
                             *pending = spans;
                         } else {
                             pending.extend(spans);
                         }
                     }
-                    let wm = tracker.watermark(now);
-                    if wm > last_wm && wm != spanflow_operators::WATERMARK_END {
-                        last_wm = wm;
-                        send_spans(source, &mut per_shard, shard_txs, &mut failure).await;
-                        for tx in shard_txs {
+                    let wm = self.tracker.watermark(now);
+                    if wm > self.last_wm && wm != spanflow_operators::WATERMARK_END {
+                        self.last_wm = wm;
+                        self.send_spans(source).await;
+                        for tx in self.shard_txs {
                             let _ = tx.send(ShardMsg::Watermark(wm)).await;
                         }
                     }
                 }
-                send_spans(source, &mut per_shard, shard_txs, &mut failure).await;
+                self.send_spans(source).await;
             }
-            Some(Event::Done { source, position }) => {
-                if let Some(slot) = positions.get_mut(source) {
-                    *slot = position;
+            Event::Done { source, position } => {
+                if let Some(slot) = self.positions.get_mut(source) {
+                    *slot = position.clone();
                 }
-                tracker.finish_source(source);
-                ended_sources += 1;
+                self.tracker.finish_source(source);
+                self.end_source(source);
+                return self.passed(source, position).await;
             }
-            Some(Event::SplitsAdded { source, splits }) => {
+            Event::Barrier {
+                source,
+                id,
+                position,
+            } => {
+                let a = self.aligning.get_or_insert_with(|| Aligning {
+                    id,
+                    passed: self.ended.clone(),
+                    positions: self.positions.clone(),
+                    held: Vec::new(),
+                });
+                if a.id != id {
+                    return Err(RunError::Internal(format!(
+                        "a source sent barrier {id} while barrier {} was aligning",
+                        a.id
+                    )));
+                }
+                return self.passed(source, position).await;
+            }
+            Event::SplitsAdded { source, splits } => {
                 // The placeholder split held the watermark until the source knew its
                 // real splits.
-                tracker.remove_split((source, 0));
-                if let Some((_, wm)) = split_settings.get(source) {
+                self.tracker.remove_split((source, 0));
+                if let Some((_, wm)) = self.split_settings.get(source) {
                     for s in splits {
-                        tracker.add_split((source, s), wm.max_out_of_order, wm.idle_timeout, now);
+                        self.tracker.add_split(
+                            (source, s),
+                            wm.max_out_of_order,
+                            wm.idle_timeout,
+                            now,
+                        );
                     }
                 }
             }
-            Some(Event::SplitsRemoved { source, splits }) => {
+            Event::SplitsRemoved { source, splits } => {
                 for s in splits {
-                    tracker.remove_split((source, s));
+                    self.tracker.remove_split((source, s));
                 }
             }
-            Some(Event::SourceFailed { source, error }) => {
-                ended_sources += 1;
-                let name = split_settings
+            Event::SourceFailed { source, error } => {
+                let name = self
+                    .split_settings
                     .get(source)
                     .map_or("?", |s| s.0.as_str())
                     .to_owned();
-                failure.get_or_insert(RunError::Source {
+                self.failure.get_or_insert(RunError::Source {
                     source_name: name,
                     error,
                 });
-                tracker.finish_source(source);
+                self.tracker.finish_source(source);
+                self.end_source(source);
+                return self.passed(source, None).await;
             }
-            Some(Event::Failed(msg)) => {
-                failure.get_or_insert(RunError::Internal(msg));
+            Event::Failed(msg) => {
+                self.failure.get_or_insert(RunError::Internal(msg));
             }
-            None => {}
         }
-        // Sources that wait to commit keep their channel open: the loop ends when
-        // every source has reported its end, not when the channel closes.
-        if ended_sources >= n_sources {
-            break;
+        Ok(Vec::new())
+    }
+
+    fn end_source(&mut self, source: usize) {
+        if let Some(e) = self.ended.get_mut(source) {
+            *e = true;
         }
-        let wm = tracker.watermark(now);
-        if wm > last_wm && wm != spanflow_operators::WATERMARK_END {
-            last_wm = wm;
-            for tx in shard_txs {
-                let _ = tx.send(ShardMsg::Watermark(wm)).await;
+    }
+
+    /// Source `source` passed the barrier being aligned (sent it, or ended) at
+    /// `position`; when it was the last one, the barrier goes on to the shards.
+    async fn passed(
+        &mut self,
+        source: usize,
+        position: Option<Position>,
+    ) -> Result<Vec<Event>, RunError> {
+        let Some(a) = self.aligning.as_mut() else {
+            return Ok(Vec::new());
+        };
+        if let Some(p) = a.passed.get_mut(source) {
+            *p = true;
+        }
+        if let Some(p) = a.positions.get_mut(source) {
+            *p = position;
+        }
+        if !a.passed.iter().all(|p| *p) {
+            return Ok(Vec::new());
+        }
+        let Some(a) = self.aligning.take() else {
+            return Ok(Vec::new());
+        };
+        self.barrier(a.id, false, a.positions).await?;
+        Ok(a.held)
+    }
+
+    /// Sends barrier `id` to every shard and the router's share of the checkpoint
+    /// (source positions, watermark, dead letters pre-committed) to the coordinator.
+    pub async fn barrier(
+        &mut self,
+        id: u64,
+        last: bool,
+        positions: Vec<Option<Position>>,
+    ) -> Result<(), RunError> {
+        let pending = precommit_dead(&mut self.dead_rows, &mut self.dead_writers)?;
+        for tx in self.shard_txs {
+            let _ = tx.send(ShardMsg::Barrier { id, last }).await;
+        }
+        let _ = self.parts.send(Part::Router {
+            id,
+            positions,
+            watermark: self.last_wm,
+            pending,
+        });
+        Ok(())
+    }
+
+    async fn send_spans(&mut self, source: usize) {
+        for (i, batch) in self.per_shard.iter_mut().enumerate() {
+            if !batch.is_empty() {
+                // The next batch usually arrives as a whole vector from a decoding
+                // thread.
+                let b = std::mem::take(batch);
+                if self.shard_txs[i]
+                    .send(ShardMsg::Spans { source, spans: b })
+                    .await
+                    .is_err()
+                {
+                    self.failure
+                        .get_or_insert(RunError::Internal("a shard stopped early".into()));
+                }
             }
         }
     }
-    Ok(Routed {
-        tracker,
-        last_wm,
-        positions,
-        decode_stats,
-        failure,
-        dead_rows,
-        dead_writers,
-    })
+}
+
+/// Writes the buffered dead letters and pre-commits their writers for a checkpoint.
+pub(crate) fn precommit_dead(
+    rows: &mut DeadLetterRows,
+    writers: &mut [(TableTarget, Box<dyn TableWriter>)],
+) -> Result<Pending, RunError> {
+    flush_dead(rows, writers)?;
+    let mut pending = Vec::new();
+    for (t, w) in writers.iter_mut() {
+        if let Some(p) = w.precommit().map_err(|e| SinkError::of(t, e))? {
+            pending.push((t.key(), p));
+        }
+    }
+    Ok(pending)
 }
 
 enum Event {
@@ -296,7 +483,27 @@ enum Event {
         source: usize,
         error: ConnectorError,
     },
+    Barrier {
+        source: usize,
+        id: u64,
+        position: Option<Position>,
+    },
     Failed(String),
+}
+
+impl Event {
+    /// The source that sent it (a decoder's failure has none).
+    fn source(&self) -> Option<usize> {
+        match self {
+            Event::Decoded { source, .. }
+            | Event::Done { source, .. }
+            | Event::SplitsAdded { source, .. }
+            | Event::SplitsRemoved { source, .. }
+            | Event::SourceFailed { source, .. }
+            | Event::Barrier { source, .. } => Some(*source),
+            Event::Failed(_) => None,
+        }
+    }
 }
 
 /// One record's spans, split by shard.
@@ -337,27 +544,6 @@ fn route_records(
         records.push(RoutedRecord { max_end, per_shard });
     }
     records
-}
-
-async fn send_spans(
-    source: usize,
-    per_shard: &mut [Vec<spanflow_operators::Span>],
-    txs: &[mpsc::Sender<ShardMsg>],
-    failure: &mut Option<RunError>,
-) {
-    for (i, batch) in per_shard.iter_mut().enumerate() {
-        if !batch.is_empty() {
-            // The next batch usually arrives as a whole vector from a decoding thread.
-            let b = std::mem::take(batch);
-            if txs[i]
-                .send(ShardMsg::Spans { source, spans: b })
-                .await
-                .is_err()
-            {
-                failure.get_or_insert(RunError::Internal("a shard stopped early".into()));
-            }
-        }
-    }
 }
 
 pub(crate) fn flush_dead(

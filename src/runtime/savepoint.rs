@@ -29,7 +29,7 @@ use super::shard::NodeSnapshot;
 
 /// Bumped when the layout of the state changes; an older one is refused with a clear
 /// message.
-pub(crate) const VERSION: u32 = 5;
+pub(crate) const VERSION: u32 = 6;
 
 /// Savepoints kept in a directory (the newest first).
 pub(crate) const KEEP: usize = 3;
@@ -52,13 +52,17 @@ pub(crate) struct Savepoint {
     pub watermark: u64,
     /// Per shard, the state of each node instance it runs.
     pub shards: Vec<Vec<NodeSnapshot>>,
+    /// Per shard, the feedback it received after its snapshot that the global stage
+    /// sent before its own: delivered again to a restored shard.
+    pub feedback: Vec<super::checkpoint::FeedbackLog>,
     /// The global stage's node instances (metric merges, rollups).
     pub global: Option<Vec<NodeSnapshot>>,
     /// Per source (by index): where it got to, as the source encoded it.
     pub positions: Vec<Option<Position>>,
-    /// Per sink table (`<sink>/<table>`): what it keeps to undo writes made after the
-    /// savepoint (Parquet: the part files written so far).
-    pub sinks: Vec<(String, Position)>,
+    /// Per sink table (`<sink>/<table>`): what it committed (a restored run removes
+    /// later writes) and what it pre-committed for this checkpoint (a restored run
+    /// publishes it).
+    pub sinks: Vec<(String, super::io::SinkCheckpoint)>,
     /// Part numbers the next run starts from, so it never overwrites kept parts.
     pub next_part: usize,
 }
@@ -157,9 +161,9 @@ impl Store {
         Ok(None)
     }
 
-    /// Writes `sp` as the newest savepoint and drops those beyond [`KEEP`]; returns
-    /// its directory.
-    pub fn write(&self, sp: &Savepoint) -> Result<PathBuf, SavepointError> {
+    /// Writes `sp` as the newest savepoint and drops all but the newest `keep`; returns
+    /// its directory and the size of its state.
+    pub fn write(&self, sp: &Savepoint, keep: usize) -> Result<(PathBuf, u64), SavepointError> {
         std::fs::create_dir_all(&self.dir).map_err(io(&self.dir))?;
         let ids = self.ids()?;
         let id = ids.first().map_or(1, |(id, _)| id + 1);
@@ -186,10 +190,10 @@ impl Store {
         // Last: a savepoint exists once its manifest does.
         write_durably(&path.join(MANIFEST), &text)?;
         sync_dir(&self.dir)?;
-        for (_, old) in ids.iter().skip(KEEP.saturating_sub(1)) {
+        for (_, old) in ids.iter().skip(keep.max(1) - 1) {
             std::fs::remove_dir_all(old).map_err(io(old))?;
         }
-        Ok(path)
+        Ok((path, state.len() as u64))
     }
 
     /// Removes every savepoint (the run finished; nothing is left open).
@@ -302,6 +306,7 @@ mod tests {
             parallelism: 2,
             watermark,
             shards: vec![Vec::new(), Vec::new()],
+            feedback: vec![Vec::new(), Vec::new()],
             global: None,
             positions: vec![None],
             sinks: Vec::new(),
@@ -315,7 +320,7 @@ mod tests {
         let store = Store::new(dir.path());
         assert!(store.latest().unwrap().is_none());
         for wm in 1..=5 {
-            store.write(&savepoint(wm)).unwrap();
+            store.write(&savepoint(wm), KEEP).unwrap();
         }
         let (path, sp) = store.latest().unwrap().unwrap();
         assert_eq!(sp.watermark, 5);
@@ -329,8 +334,8 @@ mod tests {
     fn a_partial_or_damaged_savepoint_is_skipped_for_the_one_before() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::new(dir.path());
-        store.write(&savepoint(1)).unwrap();
-        let second = store.write(&savepoint(2)).unwrap();
+        store.write(&savepoint(1), KEEP).unwrap();
+        let second = store.write(&savepoint(2), KEEP).unwrap().0;
         // One bit flipped in the state.
         let state = second.join(STATE);
         let mut bytes = std::fs::read(&state).unwrap();
@@ -339,7 +344,7 @@ mod tests {
         std::fs::write(&state, bytes).unwrap();
         assert_eq!(store.latest().unwrap().unwrap().1.watermark, 1);
         // A crash before the manifest: a newer directory with a state only.
-        let third = store.write(&savepoint(3)).unwrap();
+        let third = store.write(&savepoint(3), KEEP).unwrap().0;
         std::fs::remove_file(third.join(MANIFEST)).unwrap();
         assert_eq!(store.latest().unwrap().unwrap().1.watermark, 1);
     }
@@ -348,7 +353,7 @@ mod tests {
     fn another_version_or_the_old_single_file_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::new(dir.path());
-        let path = store.write(&savepoint(1)).unwrap();
+        let path = store.write(&savepoint(1), KEEP).unwrap().0;
         let m = path.join(MANIFEST);
         let text = std::fs::read_to_string(&m).unwrap();
         std::fs::write(

@@ -21,6 +21,7 @@ use spanflow_operators::session_window::SessionWindow;
 use spanflow_operators::{Span, WATERMARK_END};
 use tokio::sync::mpsc;
 
+use super::checkpoint::{FeedbackLog, Part, Pending, log_entry};
 use super::io::{ConnectorError, TableWriter};
 use super::plan::{Input, NodeBuild, Plan};
 use super::{Progress, RunError, SavepointError, SinkError, TableTarget};
@@ -35,8 +36,12 @@ pub(crate) enum ShardMsg {
     },
     Watermark(u64),
     End,
-    /// Stop without flushing: hand the open state to a savepoint.
-    Savepoint,
+    /// Everything before it belongs to checkpoint `id`. After the `last` one (a stop
+    /// with a checkpoint directory) the shard stops without flushing.
+    Barrier {
+        id: u64,
+        last: bool,
+    },
 }
 
 /// Messages from shards to the global stage. A shard sends a node's partials before
@@ -51,9 +56,19 @@ pub(crate) enum GlobalMsg {
         node: usize,
         watermark: u64,
     },
-    /// Everything one step of a shard produced, in order: one message, one wake-up
-    /// of the global stage and one watermark pass there.
-    Step(Vec<GlobalMsg>),
+    /// Everything one step of shard `shard` produced, in order: one message, one
+    /// wake-up of the global stage and one watermark pass there.
+    Step {
+        shard: usize,
+        msgs: Vec<GlobalMsg>,
+    },
+    /// Shard `shard` passed checkpoint `id`'s barrier: what follows belongs to the
+    /// next checkpoint.
+    Barrier {
+        shard: usize,
+        id: u64,
+        last: bool,
+    },
 }
 
 /// One node instance's state in a savepoint.
@@ -72,8 +87,6 @@ pub(crate) struct ShardResult {
     pub outputs: Vec<(TableTarget, u64)>,
     /// (spans, bytes) buffered at the moment the shard held the most spans.
     pub peak_buffered: (usize, usize),
-    /// Set when the shard stopped for a savepoint.
-    pub snapshot: Option<Vec<NodeSnapshot>>,
 }
 
 /// One output stream: its rows and where they go.
@@ -112,6 +125,17 @@ impl<R: TableRows> Port<R> {
         let batch = self.rows.finish();
         for (t, w) in &mut self.writers {
             w.write(&batch).map_err(|e| SinkError::of(t, e))?;
+        }
+        Ok(())
+    }
+
+    /// Writes the buffered rows and pre-commits every writer for a checkpoint.
+    pub fn precommit(&mut self, pending: &mut Pending) -> Result<(), RunError> {
+        self.maybe_flush(true)?;
+        for (t, w) in &mut self.writers {
+            if let Some(p) = w.precommit().map_err(|e| SinkError::of(t, e))? {
+                pending.push((t.key(), p));
+            }
         }
         Ok(())
     }
@@ -260,6 +284,16 @@ impl TableSink {
                 "a table sink received {}",
                 b.kind().as_str()
             ))),
+        }
+    }
+
+    pub fn precommit(&mut self, pending: &mut Pending) -> Result<(), RunError> {
+        match self {
+            TableSink::Traces(p) => p.precommit(pending),
+            TableSink::Spans(p) | TableSink::Late(p) => p.precommit(pending),
+            TableSink::Red(p, _) | TableSink::Relation(p) => p.precommit(pending),
+            TableSink::Exemplars(p) => p.precommit(pending),
+            TableSink::Rows(p) => p.precommit(pending),
         }
     }
 
@@ -441,6 +475,16 @@ impl Executor {
             to_shards: Vec::new(),
             traces_closed: 0,
         }
+    }
+
+    /// Delivers a batch of the global stage to the instance of plan node `node` (its
+    /// input after the others).
+    pub fn feedback(&mut self, node: usize, batch: Batch) -> Result<(), RunError> {
+        let Some(i) = self.nodes.iter().position(|n| n.plan_index == node) else {
+            return Err(RunError::Internal(format!("no shard node for {node}")));
+        };
+        let input = self.nodes[i].inputs.len();
+        self.deliver(i, input, batch)
     }
 
     /// Delivers `batch` to input `input` of node `node` and runs everything it causes.
@@ -629,6 +673,15 @@ impl Executor {
         Ok(())
     }
 
+    /// Pre-commits every table's writers for a checkpoint.
+    pub fn precommit(&mut self) -> Result<Pending, RunError> {
+        let mut pending = Vec::new();
+        for t in &mut self.tables {
+            t.precommit(&mut pending)?;
+        }
+        Ok(pending)
+    }
+
     pub fn buffered(&self) -> Buffered {
         let mut b = Buffered::default();
         for n in &self.nodes {
@@ -746,10 +799,23 @@ fn source_readers(exec: &Executor, sources: usize) -> Vec<Vec<(usize, usize)>> {
     readers
 }
 
-/// A batch from the global stage for a shard's instance of plan node `node`.
-pub(crate) struct Feedback {
-    pub node: usize,
-    pub batch: Batch,
+/// What the global stage sends every shard.
+pub(crate) enum Feedback {
+    /// A batch for the shard's instance of plan node `node`.
+    Batch { node: usize, batch: Batch },
+    /// The global stage took its snapshot of checkpoint `id`: feedback sent before
+    /// this belongs to it.
+    Marker(u64),
+}
+
+/// A checkpoint a shard has snapshotted and waits to send: the global stage's marker
+/// ends the feedback it records.
+struct Awaiting {
+    id: u64,
+    states: Vec<NodeSnapshot>,
+    pending: Pending,
+    feedback: FeedbackLog,
+    stall: std::time::Duration,
 }
 
 pub(crate) struct Shard {
@@ -758,26 +824,45 @@ pub(crate) struct Shard {
     readers: Vec<Vec<(usize, usize)>>,
     global_tx: Option<mpsc::Sender<GlobalMsg>>,
     feedback_rx: Option<mpsc::UnboundedReceiver<Feedback>>,
+    parts: mpsc::UnboundedSender<Part>,
     progress: Arc<Progress>,
     peak_buffered: (usize, usize),
     source_wm: u64,
 }
 
+/// How shard `index` starts.
+pub(crate) struct ShardInit {
+    pub index: usize,
+    pub discard: bool,
+    pub progress: Arc<Progress>,
+    pub global_tx: Option<mpsc::Sender<GlobalMsg>>,
+    pub feedback_rx: Option<mpsc::UnboundedReceiver<Feedback>>,
+    pub parts: mpsc::UnboundedSender<Part>,
+    /// Node states and the recorded feedback of a restored checkpoint.
+    pub restore: Option<(Vec<NodeSnapshot>, FeedbackLog)>,
+    pub resumed_watermark: u64,
+}
+
 impl Shard {
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        index: usize,
-        plan: &Plan,
-        discard: bool,
-        progress: Arc<Progress>,
-        global_tx: Option<mpsc::Sender<GlobalMsg>>,
-        feedback_rx: Option<mpsc::UnboundedReceiver<Feedback>>,
-        restore: Option<Vec<NodeSnapshot>>,
-        resumed_watermark: u64,
-    ) -> Result<Self, RunError> {
+    pub fn new(plan: &Plan, init: ShardInit) -> Result<Self, RunError> {
+        let ShardInit {
+            index,
+            discard,
+            progress,
+            global_tx,
+            feedback_rx,
+            parts,
+            restore,
+            resumed_watermark,
+        } = init;
         let mut exec = shard_executor(plan, index, discard)?;
-        if let Some(states) = restore {
+        if let Some((states, feedback)) = restore {
             exec.restore(states)?;
+            // What the global stage had sent, and the checkpoint recorded, arrives
+            // again.
+            for (node, verdicts) in feedback {
+                exec.feedback(node, Batch::RateVerdicts(verdicts))?;
+            }
         }
         let readers = source_readers(&exec, plan.sources.len());
         Ok(Shard {
@@ -786,6 +871,7 @@ impl Shard {
             readers,
             global_tx,
             feedback_rx,
+            parts,
             progress,
             peak_buffered: (0, 0),
             source_wm: resumed_watermark,
@@ -793,8 +879,12 @@ impl Shard {
     }
 
     pub async fn run(mut self, mut rx: mpsc::Receiver<ShardMsg>) -> Result<ShardResult, RunError> {
-        let mut snapshot = None;
         let mut ended = false;
+        // Set after the last barrier: the shard only waits for the global stage's
+        // marker, then stops without flushing.
+        let mut stopping = false;
+        // Checkpoints snapshotted whose marker has not come yet, oldest first.
+        let mut awaiting: VecDeque<Awaiting> = VecDeque::new();
         let mut feedback_rx = self.feedback_rx.take();
         loop {
             // Answers of the global stage first: they release held traces.
@@ -809,7 +899,7 @@ impl Shard {
                     Some(f) => Err(f),
                     None => {
                         feedback_rx = None;
-                        if ended {
+                        if !awaiting.is_empty() || ended {
                             return Err(RunError::Internal(
                                 "the global stage ended before it answered".into(),
                             ));
@@ -817,7 +907,7 @@ impl Shard {
                         continue;
                     }
                 },
-                m = rx.recv(), if !ended => match m {
+                m = rx.recv(), if !ended && !stopping => match m {
                     Some(m) => Ok(m),
                     None => break,
                 },
@@ -825,12 +915,27 @@ impl Shard {
             let before = self.exec.buffered().spans;
             let closed_before = self.exec.traces_closed;
             match msg {
-                Err(Feedback { node, batch }) => {
-                    let Some(i) = self.exec.nodes.iter().position(|n| n.plan_index == node) else {
-                        return Err(RunError::Internal(format!("no shard node for {node}")));
-                    };
-                    let input = self.exec.nodes[i].inputs.len();
-                    self.exec.deliver(i, input, batch)?;
+                Err(Feedback::Batch { node, batch }) => {
+                    if !awaiting.is_empty() {
+                        let entry = log_entry(node, &batch)?;
+                        for a in &mut awaiting {
+                            a.feedback.push(entry.clone());
+                        }
+                    }
+                    if stopping {
+                        // Past the last snapshot: a restored run does this work.
+                        continue;
+                    }
+                    self.exec.feedback(node, batch)?;
+                }
+                Err(Feedback::Marker(id)) => {
+                    if awaiting.front().is_some_and(|a| a.id == id) {
+                        self.send_part(awaiting.pop_front());
+                        if stopping && awaiting.is_empty() {
+                            break;
+                        }
+                    }
+                    continue;
                 }
                 Ok(ShardMsg::Spans { source, spans }) => {
                     let readers = self.readers.get(source).map_or(&[][..], Vec::as_slice);
@@ -857,10 +962,46 @@ impl Shard {
                     self.source_wm = WATERMARK_END;
                     ended = true;
                 }
-                Ok(ShardMsg::Savepoint) => {
-                    snapshot = Some(self.exec.snapshot()?);
+                Ok(ShardMsg::Barrier { id, last }) => {
+                    let t0 = std::time::Instant::now();
+                    let states = self.exec.snapshot()?;
+                    let pending = self.exec.precommit()?;
+                    let a = Awaiting {
+                        id,
+                        states,
+                        pending,
+                        feedback: Vec::new(),
+                        stall: t0.elapsed(),
+                    };
+                    stopping = last;
                     self.send_global(true).await;
-                    break;
+                    match (&self.global_tx, &feedback_rx) {
+                        (Some(tx), Some(_)) => {
+                            let _ = tx
+                                .send(GlobalMsg::Barrier {
+                                    shard: self.index,
+                                    id,
+                                    last,
+                                })
+                                .await;
+                            awaiting.push_back(a);
+                        }
+                        (Some(tx), None) => {
+                            let _ = tx
+                                .send(GlobalMsg::Barrier {
+                                    shard: self.index,
+                                    id,
+                                    last,
+                                })
+                                .await;
+                            self.send_part(Some(a));
+                        }
+                        (None, _) => self.send_part(Some(a)),
+                    }
+                    if stopping && awaiting.is_empty() {
+                        break;
+                    }
+                    continue;
                 }
             }
             // After spans too: a trace closed by a cap may have released the hold.
@@ -890,6 +1031,11 @@ impl Shard {
                 .traces_closed
                 .fetch_add(self.exec.traces_closed - closed_before, Ordering::Relaxed);
             if done {
+                if !awaiting.is_empty() {
+                    // A checkpoint's share still waits for the global stage's marker.
+                    stopping = true;
+                    continue;
+                }
                 break;
             }
         }
@@ -900,8 +1046,20 @@ impl Shard {
             reports,
             outputs,
             peak_buffered: self.peak_buffered,
-            snapshot,
         })
+    }
+
+    fn send_part(&self, a: Option<Awaiting>) {
+        if let Some(a) = a {
+            let _ = self.parts.send(Part::Shard {
+                id: a.id,
+                shard: self.index,
+                states: a.states,
+                pending: a.pending,
+                feedback: a.feedback,
+                stall: a.stall,
+            });
+        }
     }
 
     /// Sends what the nodes have for the global stage. Batches alone wait for the next
@@ -914,19 +1072,17 @@ impl Shard {
             || msgs
                 .iter()
                 .any(|m| matches!(m, GlobalMsg::Watermark { .. }));
-        if !due {
+        if !due || msgs.is_empty() {
             return;
         }
-        let mut msgs = std::mem::take(&mut self.exec.to_global);
+        let msgs = std::mem::take(&mut self.exec.to_global);
         if let Some(tx) = &self.global_tx {
-            let msg = match msgs.len() {
-                0 => return,
-                1 => msgs.pop(),
-                _ => Some(GlobalMsg::Step(msgs)),
-            };
-            if let Some(m) = msg {
-                let _ = tx.send(m).await;
-            }
+            let _ = tx
+                .send(GlobalMsg::Step {
+                    shard: self.index,
+                    msgs,
+                })
+                .await;
         }
     }
 }

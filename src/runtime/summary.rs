@@ -196,6 +196,8 @@ pub struct RunSummary {
     pub restored_from: Option<std::path::PathBuf>,
     /// The run stopped and kept its open state here (resume by running again).
     pub savepoint: Option<std::path::PathBuf>,
+    /// What the run's checkpoints came to.
+    pub checkpoints: super::CheckpointStats,
 }
 
 impl RunSummary {

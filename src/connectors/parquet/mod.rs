@@ -9,7 +9,8 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ParquetSinkConfig {
-    /// Output directory; tables go to `<path>/<table>/part-<shard>.parquet`. Relative
+    /// Output directory; tables go to `<path>/<table>/part-<shard>.parquet` (and, with
+    /// checkpoints, one more `part-<shard>-<n>.parquet` per checkpoint). Relative
     /// paths are resolved against the working directory; `spanflow run --output-dir`
     /// overrides it.
     #[serde(default = "default_path")]
@@ -67,8 +68,10 @@ impl ParquetSinkConfig {
     }
 }
 
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
@@ -76,7 +79,7 @@ use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 
-use crate::runtime::io::{ConnectorError, Position, Sink, TableWriter};
+use crate::runtime::io::{ConnectorError, Position, Sink, SinkCheckpoint, TableWriter};
 
 impl ParquetSinkConfig {
     /// The output directory, unless the command line overrides it.
@@ -85,13 +88,52 @@ impl ParquetSinkConfig {
     }
 }
 
-/// One table of a `parquet` sink: `<dir>/<table>/part-<part>.parquet`, one part per
-/// shard (and per resumed run).
+/// One part file: writer `part`'s file number `seq` (a writer starts a new file after
+/// every checkpoint).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+struct PartFile {
+    part: usize,
+    seq: u64,
+}
+
+impl PartFile {
+    /// `part-007.parquet` for a writer's first file (all a run without checkpoints
+    /// writes), `part-007-00003.parquet` after.
+    fn name(self) -> String {
+        if self.seq == 0 {
+            format!("part-{:03}.parquet", self.part)
+        } else {
+            format!("part-{:03}-{:05}.parquet", self.part, self.seq)
+        }
+    }
+
+    /// Where it is written, hidden until it is committed.
+    fn hidden(self) -> String {
+        format!(".part-{:03}-{:05}.parquet.tmp", self.part, self.seq)
+    }
+
+    fn parse(name: &str) -> Option<Self> {
+        let stem = name.strip_prefix("part-")?.strip_suffix(".parquet")?;
+        let (part, seq) = match stem.split_once('-') {
+            Some((p, s)) => (p.parse().ok()?, s.parse().ok()?),
+            None => (stem.parse().ok()?, 0),
+        };
+        Some(PartFile { part, seq })
+    }
+}
+
+/// One table of a `parquet` sink: `<dir>/<table>/part-<part>[-<n>].parquet`, one part
+/// per shard (and per resumed run), one file per checkpoint.
 #[derive(Debug, Clone)]
 pub struct ParquetTable {
     dir: PathBuf,
     table: String,
     config: ParquetSinkConfig,
+    /// Per part: the newest file committed by a checkpoint (a restore removes later
+    /// ones).
+    committed: Arc<Mutex<BTreeMap<usize, u64>>>,
 }
 
 impl ParquetTable {
@@ -101,6 +143,7 @@ impl ParquetTable {
             dir,
             table: table.to_owned(),
             config,
+            committed: Arc::default(),
         }
     }
 
@@ -108,18 +151,36 @@ impl ParquetTable {
         self.dir.join(&self.table)
     }
 
-    /// The part files now in the table's directory.
-    fn parts(&self) -> Vec<String> {
-        let mut out: Vec<String> = std::fs::read_dir(self.table_dir())
-            .map(|rd| {
-                rd.flatten()
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .filter(|n| n.starts_with("part-") && n.ends_with(".parquet"))
-                    .collect()
-            })
-            .unwrap_or_default();
-        out.sort();
-        out
+    fn committed(&self) -> std::sync::MutexGuard<'_, BTreeMap<usize, u64>> {
+        // A writer that panicked holding it left a map that is still whole.
+        self.committed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Renames the pre-committed files `pending` names to their visible names; those
+    /// already renamed are skipped.
+    fn publish(&self, pending: &[Position]) -> Result<(), ConnectorError> {
+        let tdir = self.table_dir();
+        let mut renamed = false;
+        for p in pending {
+            let file: PartFile = p.decode()?;
+            let hidden = tdir.join(file.hidden());
+            if hidden.exists() {
+                let visible = tdir.join(file.name());
+                std::fs::rename(&hidden, &visible).map_err(|e| ConnectorError::io(&visible, &e))?;
+                renamed = true;
+            }
+            let mut committed = self.committed();
+            let seq = committed.entry(file.part).or_insert(file.seq);
+            *seq = (*seq).max(file.seq);
+        }
+        if renamed {
+            File::open(&tdir)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| ConnectorError::io(&tdir, &e))?;
+        }
+        Ok(())
     }
 }
 
@@ -134,24 +195,33 @@ impl Sink for ParquetTable {
         self.config.row_group_rows.clamp(1, 1024)
     }
 
-    /// Removes the `part-*.parquet` files a previous run left, so a run with fewer
-    /// shards does not leave stale parts behind, except those a savepoint vouches for
-    /// when a run resumes. Other files are left alone.
-    fn prepare(&self, restored: Option<&Position>) -> Result<(), ConnectorError> {
-        let keep: Vec<String> = match restored {
-            Some(p) => p.decode()?,
-            None => Vec::new(),
-        };
+    /// A fresh run removes the `part-*.parquet` files a previous run left (so a run
+    /// with fewer shards leaves no stale parts behind); a restored one publishes the
+    /// checkpoint's pending files and removes those written after it. Hidden
+    /// unfinished files go too; other files are left alone.
+    fn prepare(&self, restored: Option<&SinkCheckpoint>) -> Result<(), ConnectorError> {
         let tdir = self.table_dir();
         std::fs::create_dir_all(&tdir).map_err(|e| ConnectorError::io(&tdir, &e))?;
+        *self.committed() = match restored.and_then(|r| r.committed.as_ref()) {
+            Some(p) => p.decode()?,
+            None => BTreeMap::new(),
+        };
+        if let Some(r) = restored {
+            self.publish(&r.pending)?;
+        }
+        let committed = self.committed().clone();
         let entries = std::fs::read_dir(&tdir).map_err(|e| ConnectorError::io(&tdir, &e))?;
         for entry in entries.flatten() {
             let name = entry.file_name();
             let name = name.to_string_lossy();
-            if name.starts_with("part-")
-                && name.ends_with(".parquet")
-                && !keep.iter().any(|k| *k == name)
-            {
+            let stale = if name.starts_with(".part-") && name.ends_with(".parquet.tmp") {
+                true
+            } else if let Some(f) = PartFile::parse(&name) {
+                committed.get(&f.part).is_none_or(|&seq| f.seq > seq)
+            } else {
+                false
+            };
+            if stale {
                 std::fs::remove_file(entry.path())
                     .map_err(|e| ConnectorError::io(&entry.path(), &e))?;
             }
@@ -160,24 +230,47 @@ impl Sink for ParquetTable {
     }
 
     fn open(&self, part: usize, schema: SchemaRef) -> Result<Box<dyn TableWriter>, ConnectorError> {
-        Ok(Box::new(ParquetTableWriter::create(
-            &self.dir,
-            &self.table,
-            part,
+        let tdir = self.table_dir();
+        std::fs::create_dir_all(&tdir).map_err(|e| ConnectorError::io(&tdir, &e))?;
+        let mut w = ParquetTableWriter {
+            tdir,
+            file: PartFile { part, seq: 0 },
+            open: None,
             schema,
-            &self.config,
-        )?))
+            props: writer_properties(&self.config),
+            rows: 0,
+        };
+        // The first file exists even if nothing is written: an empty table still has
+        // its schema on disk.
+        w.start()?;
+        Ok(Box::new(w))
     }
 
-    /// The parts written so far: a resumed run removes any other (written after the
-    /// savepoint by a run that then crashed).
-    fn savepoint(&self) -> Result<Option<Position>, ConnectorError> {
-        Position::encode(&self.parts()).map(Some)
+    fn commit(&self, pending: &[Position]) -> Result<(), ConnectorError> {
+        self.publish(pending)
+    }
+
+    /// The newest committed file of every part: a restored run removes later ones
+    /// (written after the checkpoint by a run that then crashed).
+    fn checkpoint(&self) -> Result<Option<Position>, ConnectorError> {
+        Position::encode(&*self.committed()).map(Some)
     }
 
     fn openmetrics_file(&self) -> Option<PathBuf> {
         Some(self.dir.join(format!("{}.openmetrics.txt", self.table)))
     }
+}
+
+fn writer_properties(config: &ParquetSinkConfig) -> WriterProperties {
+    let compression = match config.compression {
+        ParquetCompression::None => Compression::UNCOMPRESSED,
+        ParquetCompression::Snappy => Compression::SNAPPY,
+        ParquetCompression::Zstd => Compression::ZSTD(ZstdLevel::default()),
+    };
+    WriterProperties::builder()
+        .set_compression(compression)
+        .set_max_row_group_row_count(Some(config.row_group_rows.max(1)))
+        .build()
 }
 
 fn parquet_error(path: &Path, e: &parquet::errors::ParquetError) -> ConnectorError {
@@ -188,67 +281,85 @@ fn parquet_error(path: &Path, e: &parquet::errors::ParquetError) -> ConnectorErr
     }
 }
 
-/// Writes one part file of one table. The file appears under its final name only when
-/// [`TableWriter::close`] succeeds.
+/// Writes the part files of one table for one shard. A file is written under a hidden
+/// name and appears under its final name when the run ends ([`TableWriter::close`]) or
+/// when the checkpoint it was pre-committed for is durable ([`Sink::commit`]).
 pub struct ParquetTableWriter {
-    writer: ArrowWriter<File>,
-    tmp: PathBuf,
-    path: PathBuf,
+    tdir: PathBuf,
+    /// The file being written, or the next one.
+    file: PartFile,
+    open: Option<ArrowWriter<File>>,
+    schema: SchemaRef,
+    props: WriterProperties,
     rows: u64,
 }
 
 impl ParquetTableWriter {
-    /// Opens `<dir>/<table>/part-<part>.parquet` (written as a hidden temp file first).
-    pub fn create(
-        dir: &Path,
-        table: &str,
-        part: usize,
-        schema: SchemaRef,
-        config: &ParquetSinkConfig,
-    ) -> Result<Self, ConnectorError> {
-        let tdir = dir.join(table);
-        std::fs::create_dir_all(&tdir).map_err(|e| ConnectorError::io(&tdir, &e))?;
-        let path = tdir.join(format!("part-{part:03}.parquet"));
-        let tmp = tdir.join(format!(".part-{part:03}.parquet.tmp"));
-        let file = File::create(&tmp).map_err(|e| ConnectorError::io(&tmp, &e))?;
-        let compression = match config.compression {
-            ParquetCompression::None => Compression::UNCOMPRESSED,
-            ParquetCompression::Snappy => Compression::SNAPPY,
-            ParquetCompression::Zstd => Compression::ZSTD(ZstdLevel::default()),
+    fn start(&mut self) -> Result<&mut ArrowWriter<File>, ConnectorError> {
+        let w = match self.open.take() {
+            Some(w) => w,
+            None => {
+                let tmp = self.tdir.join(self.file.hidden());
+                let f = File::create(&tmp).map_err(|e| ConnectorError::io(&tmp, &e))?;
+                ArrowWriter::try_new(f, self.schema.clone(), Some(self.props.clone()))
+                    .map_err(|e| parquet_error(&tmp, &e))?
+            }
         };
-        let props = WriterProperties::builder()
-            .set_compression(compression)
-            .set_max_row_group_row_count(Some(config.row_group_rows.max(1)))
-            .build();
-        let writer =
-            ArrowWriter::try_new(file, schema, Some(props)).map_err(|e| parquet_error(&tmp, &e))?;
-        Ok(ParquetTableWriter {
-            writer,
-            tmp,
-            path,
-            rows: 0,
-        })
+        Ok(self.open.insert(w))
+    }
+
+    /// Finishes the open file (footer written, data on disk) under its hidden name.
+    fn finish(&mut self) -> Result<Option<PartFile>, ConnectorError> {
+        let Some(w) = self.open.take() else {
+            return Ok(None);
+        };
+        let tmp = self.tdir.join(self.file.hidden());
+        let f = w.into_inner().map_err(|e| parquet_error(&tmp, &e))?;
+        f.sync_all().map_err(|e| ConnectorError::io(&tmp, &e))?;
+        let done = self.file;
+        self.file.seq += 1;
+        Ok(Some(done))
     }
 }
 
 impl TableWriter for ParquetTableWriter {
     fn write(&mut self, batch: &RecordBatch) -> Result<(), ConnectorError> {
         self.rows += batch.num_rows() as u64;
-        self.writer
+        let tmp = self.tdir.join(self.file.hidden());
+        self.start()?
             .write(batch)
-            .map_err(|e| parquet_error(&self.tmp, &e))
+            .map_err(|e| parquet_error(&tmp, &e))
     }
 
-    /// Finishes the file and moves it to its final name.
-    fn close(self: Box<Self>) -> Result<u64, ConnectorError> {
-        let ParquetTableWriter {
-            writer,
-            tmp,
-            path,
-            rows,
-        } = *self;
-        writer.close().map_err(|e| parquet_error(&tmp, &e))?;
-        std::fs::rename(&tmp, &path).map_err(|e| ConnectorError::io(&path, &e))?;
-        Ok(rows)
+    /// Finishes the open file; a new one starts at the next write.
+    fn precommit(&mut self) -> Result<Option<Position>, ConnectorError> {
+        match self.finish()? {
+            Some(f) => Position::encode(&f).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Finishes the open file and moves it to its final name.
+    fn close(mut self: Box<Self>) -> Result<u64, ConnectorError> {
+        if let Some(f) = self.finish()? {
+            let path = self.tdir.join(f.name());
+            std::fs::rename(self.tdir.join(f.hidden()), &path)
+                .map_err(|e| ConnectorError::io(&path, &e))?;
+        }
+        Ok(self.rows)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn part_file_names_round_trip() {
+        for f in [PartFile { part: 3, seq: 0 }, PartFile { part: 12, seq: 41 }] {
+            assert_eq!(PartFile::parse(&f.name()), Some(f));
+        }
+        assert_eq!(PartFile::parse("part-003.parquet.tmp"), None);
+        assert_eq!(PartFile::parse("notes.parquet"), None);
     }
 }

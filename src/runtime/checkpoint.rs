@@ -1,0 +1,322 @@
+//! Periodic checkpoints: the coordinator that asks for them, gathers every stage's
+//! share and writes them, then lets sinks and sources commit.
+//!
+//! A checkpoint is an aligned barrier (Flink's asynchronous barrier snapshots). The
+//! coordinator raises the requested id; each source puts a barrier after its next
+//! consistent position; the router waits for every source's barrier (holding back the
+//! records of those that sent theirs), then sends the barrier to every shard after the
+//! last spans and watermark before it; each shard snapshots its operators, pre-commits
+//! its writers and passes the barrier to the global stage, which waits for every
+//! shard's, snapshots, pre-commits and sends a marker back down the feedback channels.
+//! A shard records the feedback (rate-limit verdicts) that reaches it between its
+//! snapshot and that marker: it was sent before the global stage's snapshot and
+//! received after the shard's, so it is the channel's state and a restored shard
+//! receives it again. When every share has arrived the checkpoint is written (see
+//! `savepoint.rs`) and only then are the sinks' pre-commits published and the sources
+//! told (Kafka commits its offsets).
+//!
+//! Stopping with a checkpoint directory takes a last checkpoint the same way, after
+//! every source has ended, and the stages then stop without flushing.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use spanflow_operators::operator::Batch;
+use spanflow_operators::tail_sampling::RateVerdict;
+use tokio::sync::mpsc;
+
+use super::io::{CheckpointSignal, Position, SinkCheckpoint};
+use super::savepoint::{Savepoint, Store, VERSION};
+use super::shard::NodeSnapshot;
+use super::{RunError, SinkError, TableTarget};
+
+/// What a sink's writers pre-committed, by table key (`<sink>/<table>`).
+pub(crate) type Pending = Vec<(String, Position)>;
+
+/// Feedback a shard received between its snapshot and the global stage's marker: per
+/// message, the plan node it was for and its verdicts.
+pub(crate) type FeedbackLog = Vec<(usize, Vec<RateVerdict>)>;
+
+/// Turns a feedback batch into what a checkpoint can hold.
+pub(crate) fn log_entry(node: usize, batch: &Batch) -> Result<(usize, Vec<RateVerdict>), RunError> {
+    match batch {
+        Batch::RateVerdicts(v) => Ok((node, v.clone())),
+        other => Err(RunError::Internal(format!(
+            "feedback of kind {} cannot be checkpointed",
+            other.kind().as_str()
+        ))),
+    }
+}
+
+/// One stage's share of checkpoint `id`.
+pub(crate) enum Part {
+    Router {
+        id: u64,
+        /// Per source: where a restored run continues.
+        positions: Vec<Option<Position>>,
+        watermark: u64,
+        pending: Pending,
+    },
+    Shard {
+        id: u64,
+        shard: usize,
+        states: Vec<NodeSnapshot>,
+        pending: Pending,
+        feedback: FeedbackLog,
+        /// How long the snapshot held the shard up.
+        stall: Duration,
+    },
+    Global {
+        id: u64,
+        states: Vec<NodeSnapshot>,
+        pending: Pending,
+        stall: Duration,
+    },
+}
+
+/// What the run's checkpoints came to, for the summary and the benchmarks.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct CheckpointStats {
+    /// Checkpoints written.
+    pub completed: u64,
+    /// The newest one written.
+    pub last: Option<PathBuf>,
+    /// Bytes of the newest one's state.
+    pub last_bytes: u64,
+    /// The longest time from a checkpoint's request to its manifest being durable.
+    pub max_duration_ms: f64,
+    /// The longest time a stage stopped processing to snapshot its state.
+    pub max_stall_ms: f64,
+}
+
+#[derive(Default)]
+struct Building {
+    router: Option<(Vec<Option<Position>>, u64)>,
+    shards: Vec<Option<(Vec<NodeSnapshot>, FeedbackLog)>>,
+    global: Option<Vec<NodeSnapshot>>,
+    pending: Pending,
+}
+
+/// Asks for checkpoints, gathers their parts and writes them.
+pub(crate) struct Coordinator {
+    pub store: Store,
+    pub keep: usize,
+    pub job: String,
+    pub fingerprint: u64,
+    pub parallelism: usize,
+    pub next_part: usize,
+    pub has_global: bool,
+    pub targets: Vec<TableTarget>,
+    pub signal: Arc<CheckpointSignal>,
+    /// What each table committed so far (restored ones start with the checkpoint's).
+    building: BTreeMap<u64, (Instant, Building)>,
+    /// The newest checkpoint written: parts of older ones are stale.
+    written: u64,
+    stats: CheckpointStats,
+}
+
+impl Coordinator {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        store: Store,
+        keep: usize,
+        job: String,
+        fingerprint: u64,
+        parallelism: usize,
+        next_part: usize,
+        has_global: bool,
+        targets: Vec<TableTarget>,
+        signal: Arc<CheckpointSignal>,
+    ) -> Self {
+        Coordinator {
+            store,
+            keep,
+            job,
+            fingerprint,
+            parallelism,
+            next_part,
+            has_global,
+            targets,
+            signal,
+            building: BTreeMap::new(),
+            written: 0,
+            stats: CheckpointStats::default(),
+        }
+    }
+
+    /// Runs until every stage has hung up; asks for a checkpoint every `interval`
+    /// (when set) while none is in progress and the run is not stopping. With
+    /// `finished` (the run's input ended normally, checked at the end) what incomplete
+    /// checkpoints pre-committed is published too: it is all output of a run that
+    /// needs no restore.
+    pub async fn run(
+        mut self,
+        mut rx: mpsc::UnboundedReceiver<Part>,
+        interval: Option<Duration>,
+        stop: Arc<AtomicBool>,
+        finished: Arc<AtomicBool>,
+    ) -> Result<CheckpointStats, RunError> {
+        let mut next = interval.map(|i| tokio::time::Instant::now() + i);
+        loop {
+            let due = next.filter(|_| self.building.is_empty() && !stop.load(Ordering::Relaxed));
+            tokio::select! {
+                part = rx.recv() => match part {
+                    Some(p) => self.add(p)?,
+                    None => break,
+                },
+                _ = async {
+                    match due {
+                        Some(at) => tokio::time::sleep_until(at).await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    let id = self.signal.requested.fetch_add(1, Ordering::AcqRel) + 1;
+                    self.building.insert(id, (Instant::now(), self.empty()));
+                    next = interval.map(|i| tokio::time::Instant::now() + i);
+                }
+            }
+        }
+        if finished.load(Ordering::Relaxed) {
+            for (_, (_, b)) in std::mem::take(&mut self.building) {
+                self.commit(&b.pending)?;
+            }
+        }
+        Ok(self.stats)
+    }
+
+    fn empty(&self) -> Building {
+        Building {
+            shards: vec![None; self.parallelism],
+            ..Building::default()
+        }
+    }
+
+    fn add(&mut self, part: Part) -> Result<(), RunError> {
+        let id = match &part {
+            Part::Router { id, .. } | Part::Shard { id, .. } | Part::Global { id, .. } => *id,
+        };
+        if id <= self.written {
+            return Ok(());
+        }
+        if !self.building.contains_key(&id) {
+            // The last checkpoint of a stopped run is asked for by the router.
+            let b = self.empty();
+            self.building.insert(id, (Instant::now(), b));
+        }
+        let Some((_, b)) = self.building.get_mut(&id) else {
+            return Ok(());
+        };
+        match part {
+            Part::Router {
+                positions,
+                watermark,
+                pending,
+                ..
+            } => {
+                b.router = Some((positions, watermark));
+                b.pending.extend(pending);
+            }
+            Part::Shard {
+                shard,
+                states,
+                pending,
+                feedback,
+                stall,
+                ..
+            } => {
+                if let Some(slot) = b.shards.get_mut(shard) {
+                    *slot = Some((states, feedback));
+                }
+                b.pending.extend(pending);
+                self.stats.max_stall_ms = self.stats.max_stall_ms.max(ms(stall));
+            }
+            Part::Global {
+                states,
+                pending,
+                stall,
+                ..
+            } => {
+                b.global = Some(states);
+                b.pending.extend(pending);
+                self.stats.max_stall_ms = self.stats.max_stall_ms.max(ms(stall));
+            }
+        }
+        let complete = b.router.is_some()
+            && b.shards.iter().all(Option::is_some)
+            && (b.global.is_some() || !self.has_global);
+        if complete && let Some((started, b)) = self.building.remove(&id) {
+            self.complete(id, started, b)?;
+        }
+        Ok(())
+    }
+
+    fn complete(&mut self, id: u64, started: Instant, b: Building) -> Result<(), RunError> {
+        let Building {
+            router,
+            shards,
+            global,
+            pending,
+        } = b;
+        let (positions, watermark) = router.unwrap_or_default();
+        let (shards, feedback): (Vec<_>, Vec<_>) = shards.into_iter().flatten().unzip();
+        let mut sinks: Vec<(String, SinkCheckpoint)> = Vec::new();
+        for t in &self.targets {
+            let committed = t.out.checkpoint().map_err(|e| SinkError::of(t, e))?;
+            let key = t.key();
+            let pending = pending
+                .iter()
+                .filter(|(k, _)| *k == key)
+                .map(|(_, p)| p.clone())
+                .collect();
+            sinks.push((key, SinkCheckpoint { committed, pending }));
+        }
+        let sp = Savepoint {
+            version: VERSION,
+            job: self.job.clone(),
+            fingerprint: self.fingerprint,
+            parallelism: self.parallelism,
+            watermark,
+            shards,
+            feedback,
+            global,
+            positions,
+            sinks,
+            next_part: self.next_part,
+        };
+        let (path, bytes) = tokio::task::block_in_place(|| self.store.write(&sp, self.keep))?;
+        // Older checkpoints still in progress can never complete now.
+        self.building.retain(|&k, _| k > id);
+        self.written = id;
+        self.commit(&pending)?;
+        self.signal.durable.fetch_max(id, Ordering::AcqRel);
+        self.stats.completed += 1;
+        self.stats.last = Some(path);
+        self.stats.last_bytes = bytes;
+        self.stats.max_duration_ms = self.stats.max_duration_ms.max(ms(started.elapsed()));
+        Ok(())
+    }
+
+    /// Publishes what the writers pre-committed.
+    fn commit(&self, pending: &Pending) -> Result<(), RunError> {
+        for t in &self.targets {
+            let key = t.key();
+            let mine: Vec<Position> = pending
+                .iter()
+                .filter(|(k, _)| *k == key)
+                .map(|(_, p)| p.clone())
+                .collect();
+            if !mine.is_empty() {
+                tokio::task::block_in_place(|| t.out.commit(&mine))
+                    .map_err(|e| SinkError::of(t, e))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
