@@ -42,11 +42,15 @@ enum Command {
         /// Do not show the progress bar.
         #[arg(long)]
         no_progress: bool,
-        /// Keep the open state here when stopped with Ctrl-C (a savepoint) and resume
-        /// from it on the next run; without it Ctrl-C flushes every open window.
-        /// Resuming needs Kafka sources (they restart from the saved positions).
+        /// Keep checkpoints here (overrides the job's `checkpoint.dir`): the run
+        /// resumes from the newest complete one, and Ctrl-C takes a last one instead
+        /// of flushing every open window.
         #[arg(long, value_name = "DIR")]
         checkpoint_dir: Option<PathBuf>,
+        /// Take a checkpoint this often, e.g. `10s`, `500ms` (overrides the job's
+        /// `checkpoint.interval`; needs a checkpoint directory).
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+        checkpoint_interval: Option<std::time::Duration>,
     },
     /// Check a job file; exit 1 and print `file:line:column` diagnostics if invalid.
     Validate {
@@ -257,6 +261,15 @@ fn load_job(path: &Path) -> Result<Job> {
     })
 }
 
+/// A duration on the command line, written as in job files (`250ms`, `10s`).
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    match humantime::parse_duration(s) {
+        Ok(d) if d >= std::time::Duration::from_millis(10) => Ok(d),
+        Ok(_) => Err("must be at least 10ms".into()),
+        Err(e) => Err(format!("{e} (write e.g. `500ms`, `10s`, `5m`)")),
+    }
+}
+
 fn dispatch(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Run {
@@ -266,6 +279,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             json,
             no_progress,
             checkpoint_dir,
+            checkpoint_interval,
         } => {
             let job = load_job(&job)?;
             let opts = RunOptions {
@@ -276,6 +290,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
                     && std::io::IsTerminal::is_terminal(&std::io::stderr()),
                 stop_on_ctrl_c: true,
                 checkpoint_dir,
+                checkpoint_interval,
                 ..Default::default()
             };
             let summary =

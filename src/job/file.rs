@@ -44,6 +44,9 @@ pub struct JobFile {
     #[serde(default)]
     #[schemars(extend("propertyNames" = { "pattern": "^[A-Za-z0-9_-]+$" }))]
     pub rollups: Option<BTreeMap<String, RollupFile>>,
+    /// Periodic checkpoints.
+    #[serde(default)]
+    pub checkpoint: Option<super::spec::CheckpointConfig>,
 }
 
 /// A rollup: one SQL `SELECT` over the rows of each closed window of metric streams

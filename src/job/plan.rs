@@ -31,7 +31,16 @@ use crate::testkit::generator::GeneratorSource;
 /// every Parquet sink's directory.
 pub fn run_job(job: &Job, opts: &RunOptions) -> Result<RunSummary, RunError> {
     let plan = plan(job, opts.output_dir.as_deref())?;
-    crate::runtime::run(plan, opts)
+    let mut opts = opts.clone();
+    // The command line overrides the job's `checkpoint:` key, field by field.
+    if let Some(c) = &job.checkpoint {
+        opts.checkpoint_dir = opts.checkpoint_dir.or_else(|| Some(c.dir.clone()));
+        opts.checkpoint_interval = opts.checkpoint_interval.or(Some(c.interval.0));
+        if opts.checkpoint_keep == 0 {
+            opts.checkpoint_keep = c.keep;
+        }
+    }
+    crate::runtime::run(plan, &opts)
 }
 
 /// How one source is opened: the one place that maps source kinds to connectors.

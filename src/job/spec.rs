@@ -56,6 +56,54 @@ pub struct Job {
     pub sinks: Vec<SinkNode>,
     /// SQL rollups over metric outputs, in file order.
     pub rollups: Vec<RollupNode>,
+    /// Periodic checkpoints (`checkpoint:`), if configured.
+    pub checkpoint: Option<CheckpointConfig>,
+}
+
+/// Periodic checkpoints (the `checkpoint:` key of a job): the job's state, source
+/// positions and pending outputs are saved this often, and a run restarted after a
+/// crash resumes from the newest complete one.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CheckpointConfig {
+    /// Time between checkpoints; `spanflow run --checkpoint-interval` overrides it.
+    #[serde(default = "default_checkpoint_interval")]
+    pub interval: HumanDuration,
+    /// Directory holding them (relative paths are resolved against the working
+    /// directory); `spanflow run --checkpoint-dir` overrides it.
+    pub dir: PathBuf,
+    /// How many complete checkpoints are kept, newest first.
+    #[serde(default = "default_checkpoint_keep")]
+    #[schemars(range(min = 1))]
+    pub keep: usize,
+}
+
+fn default_checkpoint_interval() -> HumanDuration {
+    HumanDuration::secs(10)
+}
+
+fn default_checkpoint_keep() -> usize {
+    3
+}
+
+impl CheckpointConfig {
+    /// Checks the values serde cannot; returns every problem found.
+    pub fn validate(&self) -> Vec<spanflow_operators::ConfigIssue> {
+        let mut issues = Vec::new();
+        if self.interval.0 < std::time::Duration::from_millis(10) {
+            issues.push(spanflow_operators::ConfigIssue::new(
+                "interval",
+                format!("must be at least 10ms, found {}", self.interval),
+            ));
+        }
+        if self.keep == 0 {
+            issues.push(spanflow_operators::ConfigIssue::new(
+                "keep",
+                "must be at least 1, found 0",
+            ));
+        }
+        issues
+    }
 }
 
 /// A reference to one output of a node: `node` or `node.port`, resolved.

@@ -30,7 +30,7 @@ use tokio::sync::mpsc;
 
 use super::io::{CheckpointSignal, Position, SinkCheckpoint};
 use super::savepoint::{Savepoint, Store, VERSION};
-use super::shard::NodeSnapshot;
+use super::shard::{DeferredNode, NodeSnapshot};
 use super::{RunError, SinkError, TableTarget};
 
 /// What a sink's writers pre-committed, by table key (`<sink>/<table>`).
@@ -63,7 +63,7 @@ pub(crate) enum Part {
     Shard {
         id: u64,
         shard: usize,
-        states: Vec<NodeSnapshot>,
+        states: Vec<DeferredNode>,
         pending: Pending,
         feedback: FeedbackLog,
         /// How long the snapshot held the shard up.
@@ -71,7 +71,7 @@ pub(crate) enum Part {
     },
     Global {
         id: u64,
-        states: Vec<NodeSnapshot>,
+        states: Vec<DeferredNode>,
         pending: Pending,
         stall: Duration,
     },
@@ -95,8 +95,8 @@ pub struct CheckpointStats {
 #[derive(Default)]
 struct Building {
     router: Option<(Vec<Option<Position>>, u64)>,
-    shards: Vec<Option<(Vec<NodeSnapshot>, FeedbackLog)>>,
-    global: Option<Vec<NodeSnapshot>>,
+    shards: Vec<Option<(Vec<DeferredNode>, FeedbackLog)>>,
+    global: Option<Vec<DeferredNode>>,
     pending: Pending,
 }
 
@@ -189,7 +189,7 @@ impl Coordinator {
 
     fn empty(&self) -> Building {
         Building {
-            shards: vec![None; self.parallelism],
+            shards: (0..self.parallelism).map(|_| None).collect(),
             ..Building::default()
         }
     }
@@ -262,6 +262,18 @@ impl Coordinator {
         } = b;
         let (positions, watermark) = router.unwrap_or_default();
         let (shards, feedback): (Vec<_>, Vec<_>) = shards.into_iter().flatten().unzip();
+        // Encoding the copies the stages took: the slow part, here and not on them.
+        let encode = |nodes: Vec<DeferredNode>| -> Result<Vec<NodeSnapshot>, RunError> {
+            nodes.into_iter().map(DeferredNode::encode).collect()
+        };
+        let (shards, global) = tokio::task::block_in_place(|| {
+            let shards = shards
+                .into_iter()
+                .map(encode)
+                .collect::<Result<Vec<_>, _>>()?;
+            let global = global.map(encode).transpose()?;
+            Ok::<_, RunError>((shards, global))
+        })?;
         let mut sinks: Vec<(String, SinkCheckpoint)> = Vec::new();
         for t in &self.targets {
             let committed = t.out.checkpoint().map_err(|e| SinkError::of(t, e))?;

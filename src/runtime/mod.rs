@@ -217,7 +217,7 @@ pub fn run(mut plan: Plan, opts: &RunOptions) -> Result<RunSummary, RunError> {
                 .first()
                 .map(|s| s.watermark)
                 .unwrap_or_default(),
-            open: Arc::new(move || Box::new(MemorySource(mem.clone()))),
+            open: Arc::new(move || Box::new(MemorySource::new(mem.clone()))),
         };
         plan.sources = vec![source];
     }

@@ -75,9 +75,30 @@ pub(crate) enum GlobalMsg {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct NodeSnapshot {
     pub node: String,
+    /// As one byte string: a plain `Vec<u8>` is a CBOR array of numbers, about twice
+    /// the size.
+    #[serde(with = "serde_bytes")]
     pub state: Vec<u8>,
     /// The node's input and forwarded watermarks.
     pub watermarks: (u64, u64),
+}
+
+/// A node instance's state as a checkpoint took it, to encode off the processing
+/// thread.
+pub(crate) struct DeferredNode {
+    node: String,
+    state: spanflow_operators::operator::DeferredState,
+    watermarks: (u64, u64),
+}
+
+impl DeferredNode {
+    pub fn encode(self) -> Result<NodeSnapshot, RunError> {
+        Ok(NodeSnapshot {
+            state: self.state.encode().map_err(|e| node_error(&self.node, e))?,
+            node: self.node,
+            watermarks: self.watermarks,
+        })
+    }
 }
 
 /// What a shard reports when it finishes.
@@ -642,14 +663,17 @@ impl Executor {
         Ok(())
     }
 
-    /// Every node's state.
-    pub fn snapshot(&self) -> Result<Vec<NodeSnapshot>, RunError> {
+    /// Every node's state, copied now and encoded later ([`DeferredNode::encode`]).
+    pub fn snapshot(&self) -> Result<Vec<DeferredNode>, RunError> {
         self.nodes
             .iter()
             .map(|n| {
-                Ok(NodeSnapshot {
+                Ok(DeferredNode {
                     node: n.name.clone(),
-                    state: n.op.snapshot().map_err(|e| node_error(&n.name, e))?,
+                    state: n
+                        .op
+                        .snapshot_deferred()
+                        .map_err(|e| node_error(&n.name, e))?,
                     watermarks: (n.in_wm, n.out_wm),
                 })
             })
@@ -812,7 +836,7 @@ pub(crate) enum Feedback {
 /// ends the feedback it records.
 struct Awaiting {
     id: u64,
-    states: Vec<NodeSnapshot>,
+    states: Vec<DeferredNode>,
     pending: Pending,
     feedback: FeedbackLog,
     stall: std::time::Duration,

@@ -20,22 +20,43 @@ pub struct MemoryInput {
     pub records: Vec<Bytes>,
 }
 
-/// A source reading a [`MemoryInput`].
+/// A source reading a [`MemoryInput`]; its position is the number of records read.
 #[derive(Debug)]
-pub struct MemorySource(pub Arc<MemoryInput>);
+pub struct MemorySource {
+    input: Arc<MemoryInput>,
+    skip: u64,
+}
+
+impl MemorySource {
+    /// Reads `input` from its first record.
+    pub fn new(input: Arc<MemoryInput>) -> Self {
+        MemorySource { input, skip: 0 }
+    }
+}
 
 impl Source for MemorySource {
     fn format(&self) -> InputFormat {
-        self.0.format
+        self.input.format
+    }
+
+    fn resumable(&self) -> bool {
+        true
+    }
+
+    fn resume_from(&mut self, position: &super::io::Position) -> Result<(), ConnectorError> {
+        self.skip = position.decode()?;
+        Ok(())
     }
 
     fn run(&mut self, out: &mut SourceOutput) -> Result<(), ConnectorError> {
-        for r in &self.0.records {
-            if !out.send_in_order(r.clone()) {
+        let skip = usize::try_from(self.skip).unwrap_or(usize::MAX);
+        out.resume_offsets_at(self.skip);
+        for r in self.input.records.iter().skip(skip) {
+            if out.stopped() || !out.send_in_order(r.clone()) {
                 break;
             }
         }
-        Ok(())
+        out.end_in_order()
     }
 }
 

@@ -1,6 +1,7 @@
 //! Integration tests: one binary, a module per area.
 
 mod alibaba;
+mod checkpoint;
 mod cli;
 mod clickhouse;
 mod demo;

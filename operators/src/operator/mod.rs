@@ -373,6 +373,45 @@ pub fn encode_state<T: Serialize>(state: &T) -> Result<Vec<u8>, OperatorError> {
     Ok(out)
 }
 
+/// A state snapshot, encoded or still to encode (see
+/// [`Operator::snapshot_deferred`]).
+pub struct DeferredState(DeferredInner);
+
+enum DeferredInner {
+    Ready(Vec<u8>),
+    Later(Box<dyn FnOnce() -> Result<Vec<u8>, OperatorError> + Send>),
+}
+
+impl DeferredState {
+    /// A state already encoded.
+    pub fn ready(bytes: Vec<u8>) -> Self {
+        DeferredState(DeferredInner::Ready(bytes))
+    }
+
+    /// A copy of a state, encoded with [`encode_state`] when [`DeferredState::encode`]
+    /// runs.
+    pub fn later<T: Serialize + Send + 'static>(state: T) -> Self {
+        DeferredState(DeferredInner::Later(Box::new(move || encode_state(&state))))
+    }
+
+    /// The encoded state.
+    pub fn encode(self) -> Result<Vec<u8>, OperatorError> {
+        match self.0 {
+            DeferredInner::Ready(b) => Ok(b),
+            DeferredInner::Later(f) => f(),
+        }
+    }
+}
+
+impl std::fmt::Debug for DeferredState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.0 {
+            DeferredInner::Ready(b) => write!(f, "DeferredState::Ready({} bytes)", b.len()),
+            DeferredInner::Later(_) => f.write_str("DeferredState::Later"),
+        }
+    }
+}
+
 /// Decodes a state written by [`encode_state`].
 pub fn decode_state<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, OperatorError> {
     ciborium::from_reader(bytes).map_err(|e| OperatorError::State(e.to_string()))
@@ -465,6 +504,14 @@ pub trait Operator: Send {
     /// stateless operators.
     fn snapshot(&self) -> Result<Vec<u8>, OperatorError> {
         Ok(Vec::new())
+    }
+
+    /// The same state as [`snapshot`](Operator::snapshot), as a copy whose encoding
+    /// the runtime runs later on another thread: a checkpoint then holds up
+    /// processing only while the copy is taken. Operators that buffer much (spans)
+    /// override it; the default encodes right away.
+    fn snapshot_deferred(&self) -> Result<DeferredState, OperatorError> {
+        self.snapshot().map(DeferredState::ready)
     }
 
     /// Replaces the state of a freshly built instance with a snapshot of an instance

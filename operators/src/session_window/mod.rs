@@ -31,8 +31,8 @@ use std::sync::Arc;
 
 use crate::model::{AttrArena, Span, Sym, TraceId};
 use crate::operator::{
-    Batch, Buffered, DataKind, Emitter, Operator, OperatorError, PortSpec, Report, Scope, Shape,
-    Table, TraceRef, decode_state, encode_state,
+    Batch, Buffered, DataKind, DeferredState, Emitter, Operator, OperatorError, PortSpec, Report,
+    Scope, Shape, Table, TraceRef, decode_state, encode_state,
 };
 use crate::span_index::SpanIndex;
 use crate::{EventTime, WATERMARK_END};
@@ -922,6 +922,12 @@ impl Operator for SessionWindow {
 
     fn snapshot(&self) -> Result<Vec<u8>, OperatorError> {
         encode_state(&self.state)
+    }
+
+    /// A copy of the sessions (a memory copy of the buffered spans, several times
+    /// faster than encoding them), encoded later.
+    fn snapshot_deferred(&self) -> Result<DeferredState, OperatorError> {
+        Ok(DeferredState::later(self.state.clone()))
     }
 
     fn restore(&mut self, state: &[u8]) -> Result<(), OperatorError> {

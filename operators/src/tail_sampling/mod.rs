@@ -63,8 +63,8 @@ use serde::{Deserialize, Serialize};
 use crate::config::{ConfigIssue, HumanDuration};
 use crate::model::{CallType, Sym};
 use crate::operator::{
-    Batch, Buffered, DataKind, Emitter, Operator, OperatorError, PortSpec, Report, Scope, Shape,
-    Table, TraceRef, decode_state, encode_state,
+    Batch, Buffered, DataKind, DeferredState, Emitter, Operator, OperatorError, PortSpec, Report,
+    Scope, Shape, Table, TraceRef, decode_state, encode_state,
 };
 use crate::session_window::ClosedTrace;
 
@@ -442,6 +442,25 @@ pub struct TailSampler {
 }
 
 impl TailSampler {
+    /// A copy of everything the sampler holds between calls.
+    fn state(&self) -> TailSamplerState {
+        let mut verdicts: Vec<RateVerdict> = self.verdicts.values().cloned().collect();
+        verdicts.sort_by_key(|a| a.key);
+        TailSamplerState {
+            metrics: self.metrics.clone(),
+            held: self
+                .held
+                .iter()
+                .map(|h| HeldState {
+                    trace: (*h.trace.trace).clone(),
+                    offers: h.offers.clone(),
+                })
+                .collect(),
+            verdicts,
+            watermark: self.watermark,
+        }
+    }
+
     /// Builds the sampler. The config should have passed [`TailSamplingConfig::validate`];
     /// invalid values are clamped (a negative rate or percentage keeps nothing) rather
     /// than causing a panic.
@@ -869,21 +888,11 @@ impl Operator for TailSampler {
     }
 
     fn snapshot(&self) -> Result<Vec<u8>, OperatorError> {
-        let mut verdicts: Vec<RateVerdict> = self.verdicts.values().cloned().collect();
-        verdicts.sort_by_key(|a| a.key);
-        encode_state(&TailSamplerState {
-            metrics: self.metrics.clone(),
-            held: self
-                .held
-                .iter()
-                .map(|h| HeldState {
-                    trace: (*h.trace.trace).clone(),
-                    offers: h.offers.clone(),
-                })
-                .collect(),
-            verdicts,
-            watermark: self.watermark,
-        })
+        encode_state(&self.state())
+    }
+
+    fn snapshot_deferred(&self) -> Result<DeferredState, OperatorError> {
+        Ok(DeferredState::later(self.state()))
     }
 
     fn restore(&mut self, state: &[u8]) -> Result<(), OperatorError> {

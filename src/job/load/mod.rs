@@ -15,8 +15,8 @@ use spanflow_operators::{ConfigIssue, HumanDuration};
 use super::de::{self, DeError, DeErrorKind};
 use super::diagnostics::{Diagnostic, Diagnostics};
 use super::spec::{
-    Job, OperatorKind, OperatorNode, RollupConfig, RollupNode, SinkKind, SinkNode, SourceKind,
-    SourceNode, StreamRef, WatermarkConfig,
+    CheckpointConfig, Job, OperatorKind, OperatorNode, RollupConfig, RollupNode, SinkKind,
+    SinkNode, SourceKind, SourceNode, StreamRef, WatermarkConfig,
 };
 use super::yaml::{self, Document, Entry, Node, NodeId, Pos, Resolved, Value};
 use crate::connectors::clickhouse::ClickHouseSinkConfig;
@@ -127,6 +127,7 @@ const TOP_KEYS: &[&str] = &[
     "operators",
     "sinks",
     "rollups",
+    "checkpoint",
 ];
 
 /// The three sections of a job.
@@ -400,12 +401,14 @@ impl Loader<'_, '_> {
 
         let mut name = None;
         let mut parallelism = None;
+        let mut checkpoint = None;
         let mut decls = Vec::new();
         let mut section_keys: HashMap<&str, Pos> = HashMap::new();
         for e in entries {
             match e.key_text() {
                 "name" => name = self.job_name(&e.value),
                 "parallelism" => parallelism = self.parallelism(&e.value),
+                "checkpoint" => checkpoint = self.checkpoint(e),
                 key @ ("sources" | "operators" | "sinks" | "rollups") => {
                     section_keys.insert(key, e.key.pos);
                     let section = match key {
@@ -480,6 +483,7 @@ impl Loader<'_, '_> {
             operators: Vec::new(),
             sinks: Vec::new(),
             rollups: Vec::new(),
+            checkpoint,
         };
         for d in decls {
             if d.section == Section::Rollups {
@@ -773,6 +777,22 @@ impl Loader<'_, '_> {
         // so that one run reports every problem of the node.
         let value = value?;
         let issues = validate(&value);
+        let clean = clean && issues.is_empty();
+        self.issues(e, issues);
+        clean.then_some(value)
+    }
+
+    fn checkpoint(&mut self, e: &Entry) -> Option<CheckpointConfig> {
+        if is_null(&e.value) {
+            return None;
+        }
+        let (value, errors) = de::deserialize_all::<CheckpointConfig>(&e.value);
+        let clean = errors.is_empty();
+        for err in errors {
+            self.de_error(err, e.value.id, None, "`checkpoint`");
+        }
+        let value = value?;
+        let issues = value.validate();
         let clean = clean && issues.is_empty();
         self.issues(e, issues);
         clean.then_some(value)

@@ -1,0 +1,253 @@
+//! Periodic checkpoints: they change nothing in the outputs, and a run killed with
+//! SIGKILL and restarted ends with the outputs of one uninterrupted run.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use spanflow::job::run_job;
+use spanflow::runtime::RunOptions;
+
+use crate::support::{bin, read_table, root, rows};
+
+/// Every table the checkpoint jobs write.
+const TABLES: &[&str] = &[
+    "traces",
+    "spans",
+    "late_spans",
+    "dead_letters",
+    "red_metrics",
+    "exemplars",
+    "service_relation",
+];
+
+/// A generator job with every kind of state: sessions, held traces and rate-limit
+/// windows of the sampler (feedback from the global stage), metric intervals, late
+/// spans and dead letters.
+fn job_text(traces: u64) -> String {
+    format!(
+        "\
+name: checkpointed
+sources:
+  gen: {{ type: generator, seed: 11, traces: {traces}, traces_per_second: 100, late_fraction: 0.001, garbage_fraction: 0.002 }}
+operators:
+  s: {{ type: session_window, from: gen, gap: 5s }}
+  t:
+    type: tail_sampling
+    from: s
+    policies:
+      - {{ name: errors, type: error }}
+      - {{ name: rl, type: endpoint_rate_limit, traces_per_second: 1 }}
+  m: {{ type: red_metrics, from: t, interval: 10s }}
+  g: {{ type: service_graph, from: t, interval: 10s }}
+sinks:
+  o: {{ type: parquet, from: [t, t.spans, s.late_spans, gen.dead_letters, m, m.exemplars, g] }}
+"
+    )
+}
+
+fn assert_same_tables(reference: &Path, out: &Path) {
+    for table in TABLES {
+        let a = rows(&read_table(reference, table), &[]);
+        let b = rows(&read_table(out, table), &[]);
+        assert!(
+            !a.is_empty() || matches!(*table, "late_spans" | "dead_letters"),
+            "{table}: empty"
+        );
+        assert_eq!(a.len(), b.len(), "{table}: row counts differ");
+        assert!(a == b, "{table}: rows differ");
+    }
+    let hidden: Vec<PathBuf> = TABLES
+        .iter()
+        .flat_map(|t| std::fs::read_dir(out.join(t)).unwrap())
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+        })
+        .collect();
+    assert!(hidden.is_empty(), "unpublished files left: {hidden:?}");
+}
+
+/// Checkpoints every 20 ms, at two parallelisms: the outputs are those of a run
+/// without checkpoints, several checkpoints completed, and a run that ends normally
+/// leaves none behind.
+#[test]
+fn periodic_checkpoints_change_nothing_in_the_outputs() {
+    let job = spanflow::job::load_str(&root().join("ck.yaml"), &job_text(1500))
+        .unwrap_or_else(|d| panic!("{d}"));
+    let tmp = tempfile::tempdir().unwrap();
+    let reference = tmp.path().join("reference");
+    run_job(
+        &job,
+        &RunOptions {
+            output_dir: Some(reference.clone()),
+            parallelism: Some(2),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    for parallelism in [1, 3] {
+        let out = tmp.path().join(format!("p{parallelism}"));
+        let dir = tmp.path().join(format!("chk{parallelism}"));
+        let s = run_job(
+            &job,
+            &RunOptions {
+                output_dir: Some(out.clone()),
+                parallelism: Some(parallelism),
+                checkpoint_dir: Some(dir.clone()),
+                checkpoint_interval: Some(Duration::from_millis(20)),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert!(
+            s.checkpoints.completed >= 2,
+            "only {} checkpoints",
+            s.checkpoints.completed
+        );
+        assert!(s.savepoint.is_none());
+        assert_same_tables(&reference, &out);
+        let left: Vec<_> = std::fs::read_dir(&dir).unwrap().collect();
+        assert!(left.is_empty(), "a finished run keeps no checkpoint");
+    }
+}
+
+/// A small deterministic generator for kill times; the seed is printed so that a
+/// failure can be replayed with `SPANFLOW_KILL_SEED`.
+struct Xorshift(u64);
+
+impl Xorshift {
+    fn next_f64(&mut self) -> f64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// The newest complete checkpoint in `chk` (its directory name), if any.
+fn newest_checkpoint(chk: &Path) -> Option<String> {
+    let mut ids: Vec<String> = std::fs::read_dir(chk)
+        .ok()?
+        .flatten()
+        .filter(|e| e.path().join("MANIFEST.json").exists())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    ids.sort();
+    ids.pop()
+}
+
+/// Runs `spanflow run` on `job` with 500 ms checkpoints. With `kill_after`, waits for
+/// the run to complete a checkpoint of its own, then for `kill_after` more, and kills
+/// it with SIGKILL; otherwise lets it finish and returns its `--json` summary.
+fn run_cli(job: &Path, out: &Path, chk: &Path, kill_after: Option<Duration>) -> Option<String> {
+    let before = newest_checkpoint(chk);
+    let mut child = Command::new(bin())
+        .args([
+            "run",
+            "--json",
+            "--parallelism",
+            "2",
+            "--checkpoint-interval",
+            "500ms",
+        ])
+        .arg("--output-dir")
+        .arg(out)
+        .arg("--checkpoint-dir")
+        .arg(chk)
+        .arg(job)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let Some(extra) = kill_after else {
+        let o = child.wait_with_output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        return Some(String::from_utf8(o.stdout).unwrap());
+    };
+    let started = Instant::now();
+    let mut kill_at = None;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "the run ended ({status}) before it was killed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no checkpoint in a minute"
+        );
+        if kill_at.is_none() && newest_checkpoint(chk) != before {
+            kill_at = Some(Instant::now() + extra);
+        }
+        if kill_at.is_some_and(|t| Instant::now() >= t) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    // SIGKILL: no handler runs, nothing is flushed.
+    child.kill().unwrap();
+    child.wait().unwrap();
+    None
+}
+
+/// Three SIGKILLs at random moments of a generator job with 500 ms checkpoints, then a
+/// run to the end: the Parquet outputs equal one uninterrupted run's, and the last run
+/// read only what the checkpoint it restored had not.
+#[test]
+fn sigkill_at_random_moments_changes_nothing_in_the_outputs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let job_path = tmp.path().join("job.yaml");
+    let text = job_text(12_000);
+    std::fs::write(&job_path, &text).unwrap();
+    let job = spanflow::job::load_str(&job_path, &text).unwrap_or_else(|d| panic!("{d}"));
+    let reference = tmp.path().join("reference");
+    let t0 = Instant::now();
+    let whole = run_job(
+        &job,
+        &RunOptions {
+            output_dir: Some(reference.clone()),
+            parallelism: Some(2),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let whole_time = t0.elapsed();
+    let total = whole.decode.spans;
+
+    let seed = std::env::var("SPANFLOW_KILL_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |d| d.as_nanos() as u64)
+                | 1
+        });
+    eprintln!(
+        "kill seed {seed} (SPANFLOW_KILL_SEED={seed} replays it); uninterrupted run {whole_time:?}"
+    );
+    let mut rng = Xorshift(seed);
+    let out = tmp.path().join("out");
+    let chk = tmp.path().join("chk");
+    // Each run is killed at a random moment up to 700 ms after its first checkpoint
+    // (so each one makes progress, and kills land while checkpoints are being
+    // taken, written or published), well before the job could finish.
+    for _ in 0..3 {
+        let at = Duration::from_secs_f64(rng.next_f64() * 0.7);
+        eprintln!("killing {at:?} after the run's first checkpoint");
+        run_cli(&job_path, &out, &chk, Some(at));
+    }
+    let summary = run_cli(&job_path, &out, &chk, None).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&summary).unwrap();
+    assert_eq!(v["restored"], true, "the last run restored a checkpoint");
+    let read = v["decode"]["spans"].as_u64().unwrap();
+    assert!(
+        read < total,
+        "the last run read {read} spans of {total}: it should have resumed"
+    );
+    assert_same_tables(&reference, &out);
+}
