@@ -138,6 +138,10 @@ enum Command {
         /// memory it touches for the first time, which a long-running job does not.
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100))]
         runs: u32,
+        /// Take checkpoints this often (into a temporary directory, removed after) and
+        /// report their duration, size and the longest stall they caused.
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+        checkpoint_interval: Option<std::time::Duration>,
     },
     /// Query a job's Parquet outputs with SQL (DataFusion): each table directory under
     /// the output directory is a table (`traces`, `spans`, `red_metrics`, `exemplars`,
@@ -401,9 +405,18 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             json,
             kafka_mock,
             runs,
+            checkpoint_interval,
         } => {
             let job = load_job(&job)?;
-            bench(&job, spans, parallelism, json, kafka_mock, runs)?;
+            let b = BenchOptions {
+                spans,
+                parallelism,
+                json,
+                kafka_mock,
+                runs,
+                checkpoint_interval,
+            };
+            bench(&job, &b)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Sql {
@@ -617,14 +630,25 @@ fn truth_path(out: &Path) -> PathBuf {
     PathBuf::from(s)
 }
 
-fn bench(
-    job: &Job,
+/// What `spanflow bench` was asked for.
+struct BenchOptions {
     spans: u64,
     parallelism: Option<usize>,
     json: bool,
     kafka_mock: bool,
     runs: u32,
-) -> Result<()> {
+    checkpoint_interval: Option<std::time::Duration>,
+}
+
+fn bench(job: &Job, b: &BenchOptions) -> Result<()> {
+    let &BenchOptions {
+        spans,
+        parallelism,
+        json,
+        kafka_mock,
+        runs,
+        checkpoint_interval,
+    } = b;
     let (name, base) = job
         .sources
         .iter()
@@ -684,14 +708,23 @@ fn bench(
         } else {
             job.clone()
         };
+        let checkpoint_dir = checkpoint_interval.map(|_| {
+            std::env::temp_dir().join(format!("spanflow-bench-{}-{run}", std::process::id()))
+        });
         let opts = RunOptions {
             parallelism,
             progress: !json && std::io::IsTerminal::is_terminal(&std::io::stderr()),
             memory_input: input.clone(),
             discard_outputs: true,
+            checkpoint_dir: checkpoint_dir.clone(),
+            checkpoint_interval,
             ..Default::default()
         };
-        let s = run_job(&job, &opts)?;
+        let s = run_job(&job, &opts);
+        if let Some(d) = &checkpoint_dir {
+            let _ = std::fs::remove_dir_all(d);
+        }
+        let s = s?;
         // Figures over part of the input would look like a faster pipeline.
         let read = s.decode.spans + s.decode.bad_spans;
         if read != generated_spans {
@@ -749,6 +782,7 @@ fn bench(
             "input_bytes": input_bytes,
             "peak_buffered_spans": s.peak_buffered_spans,
             "bytes_per_buffered_span": s.bytes_per_buffered_span,
+            "checkpoints": s.checkpoints,
             "runs": each,
         });
         println!("{v}");
@@ -774,6 +808,17 @@ fn bench(
             s.peak_buffered_spans,
             s.bytes_per_buffered_span
         );
+        if checkpoint_interval.is_some() {
+            let c = &s.checkpoints;
+            println!(
+                "  {} checkpoints: longest {:.0} ms from barrier to durable, longest stall {:.1} \
+                 ms, last {:.1} MiB",
+                c.completed,
+                c.max_duration_ms,
+                c.max_stall_ms,
+                c.last_bytes as f64 / 1048576.0
+            );
+        }
     }
     Ok(())
 }

@@ -147,8 +147,8 @@ impl Coordinator {
         }
     }
 
-    /// Runs until every stage has hung up; asks for a checkpoint every `interval`
-    /// (when set) while none is in progress and the run is not stopping. With
+    /// Runs until every stage has hung up; asks for a checkpoint `interval` (when set)
+    /// after the last one completed, unless the run is stopping. With
     /// `finished` (the run's input ended normally, checked at the end) what incomplete
     /// checkpoints pre-committed is published too: it is all output of a run that
     /// needs no restore.
@@ -164,7 +164,16 @@ impl Coordinator {
             let due = next.filter(|_| self.building.is_empty() && !stop.load(Ordering::Relaxed));
             tokio::select! {
                 part = rx.recv() => match part {
-                    Some(p) => self.add(p)?,
+                    Some(p) => {
+                        let before = self.written;
+                        self.add(p)?;
+                        // The interval runs from the end of the last checkpoint (Flink's
+                        // minimum pause): a checkpoint slower than the interval never
+                        // keeps the coordinator busy all the time.
+                        if self.written != before {
+                            next = interval.map(|i| tokio::time::Instant::now() + i);
+                        }
+                    }
                     None => break,
                 },
                 _ = async {
@@ -175,7 +184,6 @@ impl Coordinator {
                 } => {
                     let id = self.signal.requested.fetch_add(1, Ordering::AcqRel) + 1;
                     self.building.insert(id, (Instant::now(), self.empty()));
-                    next = interval.map(|i| tokio::time::Instant::now() + i);
                 }
             }
         }

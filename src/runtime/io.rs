@@ -250,6 +250,27 @@ pub(crate) struct CheckpointSignal {
     pub durable: AtomicU64,
 }
 
+/// A source's view of the runtime's checkpoints.
+#[derive(Debug, Clone)]
+pub struct CheckpointHandle {
+    signal: Arc<CheckpointSignal>,
+    /// The last checkpoint the source sent a barrier for.
+    sent: Arc<AtomicU64>,
+}
+
+impl CheckpointHandle {
+    /// The checkpoint a barrier is due for, if the source has not sent it yet.
+    pub fn barrier_due(&self) -> Option<u64> {
+        let requested = self.signal.requested.load(Ordering::Acquire);
+        (requested > self.sent.load(Ordering::Acquire)).then_some(requested)
+    }
+
+    /// The newest checkpoint written durably.
+    pub fn durable(&self) -> u64 {
+        self.signal.durable.load(Ordering::Acquire)
+    }
+}
+
 /// A running source's way to the runtime.
 pub struct SourceOutput {
     source: usize,
@@ -257,9 +278,7 @@ pub struct SourceOutput {
     format: InputFormat,
     tx: mpsc::Sender<SourceEvent>,
     stop: Arc<AtomicBool>,
-    checkpoints: Arc<CheckpointSignal>,
-    /// The last checkpoint this source sent a barrier for.
-    barrier_sent: u64,
+    checkpoints: CheckpointHandle,
     finish: Option<FinishSignal>,
     ended: bool,
     /// Next offset of split 0, for [`SourceOutput::send_in_order`].
@@ -283,8 +302,10 @@ impl SourceOutput {
             format,
             tx,
             stop,
-            checkpoints,
-            barrier_sent: 0,
+            checkpoints: CheckpointHandle {
+                signal: checkpoints,
+                sent: Arc::default(),
+            },
             finish: Some(FinishSignal(finish)),
             ended: false,
             next_offset: 0,
@@ -346,15 +367,21 @@ impl SourceOutput {
     /// and answer with [`SourceOutput::barrier`]; [`SourceOutput::send_in_order`] does
     /// both itself.
     pub fn barrier_due(&self) -> Option<u64> {
-        let requested = self.checkpoints.requested.load(Ordering::Acquire);
-        (requested > self.barrier_sent).then_some(requested)
+        self.checkpoints.barrier_due()
+    }
+
+    /// A handle answering [`SourceOutput::barrier_due`] and
+    /// [`SourceOutput::durable_checkpoint`], for a source loop that lends the output
+    /// to a callback.
+    pub fn checkpoint_handle(&self) -> CheckpointHandle {
+        self.checkpoints.clone()
     }
 
     /// Marks everything sent so far as part of checkpoint `id`; `position` is where a
     /// run restored from it continues (what [`Source::resume_from`] gets). False when
     /// the runtime is gone.
     pub fn barrier(&mut self, id: u64, position: Option<Position>) -> bool {
-        self.barrier_sent = self.barrier_sent.max(id);
+        self.checkpoints.sent.fetch_max(id, Ordering::AcqRel);
         self.send(SourceEvent::Barrier {
             source: self.source,
             id,
@@ -365,7 +392,7 @@ impl SourceOutput {
     /// The newest checkpoint that is durable: a source that commits its position
     /// elsewhere (Kafka offsets) commits the position of this barrier's checkpoint.
     pub fn durable_checkpoint(&self) -> u64 {
-        self.checkpoints.durable.load(Ordering::Acquire)
+        self.checkpoints.durable()
     }
 
     /// Numbers the records [`SourceOutput::send_in_order`] sends from `next` on (a

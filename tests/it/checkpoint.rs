@@ -115,10 +115,10 @@ fn periodic_checkpoints_change_nothing_in_the_outputs() {
 
 /// A small deterministic generator for kill times; the seed is printed so that a
 /// failure can be replayed with `SPANFLOW_KILL_SEED`.
-struct Xorshift(u64);
+pub(crate) struct Xorshift(pub u64);
 
 impl Xorshift {
-    fn next_f64(&mut self) -> f64 {
+    pub fn next_f64(&mut self) -> f64 {
         self.0 ^= self.0 << 13;
         self.0 ^= self.0 >> 7;
         self.0 ^= self.0 << 17;
@@ -138,10 +138,32 @@ fn newest_checkpoint(chk: &Path) -> Option<String> {
     ids.pop()
 }
 
-/// Runs `spanflow run` on `job` with 500 ms checkpoints. With `kill_after`, waits for
+/// The seed of the kill times: `SPANFLOW_KILL_SEED`, else the clock; printed so that
+/// a failure can be replayed.
+pub(crate) fn kill_seed() -> u64 {
+    let seed = std::env::var("SPANFLOW_KILL_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |d| d.as_nanos() as u64)
+                | 1
+        });
+    eprintln!("kill seed {seed} (SPANFLOW_KILL_SEED={seed} replays it)");
+    seed
+}
+
+/// Runs `spanflow run` on `job` with checkpoints every `interval`. With `kill_after`, waits for
 /// the run to complete a checkpoint of its own, then for `kill_after` more, and kills
 /// it with SIGKILL; otherwise lets it finish and returns its `--json` summary.
-fn run_cli(job: &Path, out: &Path, chk: &Path, kill_after: Option<Duration>) -> Option<String> {
+pub(crate) fn run_cli(
+    job: &Path,
+    out: &Path,
+    chk: &Path,
+    interval: &str,
+    kill_after: Option<Duration>,
+) -> Option<String> {
     let before = newest_checkpoint(chk);
     let mut child = Command::new(bin())
         .args([
@@ -150,7 +172,7 @@ fn run_cli(job: &Path, out: &Path, chk: &Path, kill_after: Option<Duration>) -> 
             "--parallelism",
             "2",
             "--checkpoint-interval",
-            "500ms",
+            interval,
         ])
         .arg("--output-dir")
         .arg(out)
@@ -161,12 +183,13 @@ fn run_cli(job: &Path, out: &Path, chk: &Path, kill_after: Option<Duration>) -> 
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    let started = Instant::now();
     let Some(extra) = kill_after else {
         let o = child.wait_with_output().unwrap();
+        eprintln!("last run: {:?}", started.elapsed());
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         return Some(String::from_utf8(o.stdout).unwrap());
     };
-    let started = Instant::now();
     let mut kill_at = None;
     loop {
         if let Some(status) = child.try_wait().unwrap() {
@@ -189,6 +212,7 @@ fn run_cli(job: &Path, out: &Path, chk: &Path, kill_after: Option<Duration>) -> 
         std::thread::sleep(Duration::from_millis(2));
     }
     // SIGKILL: no handler runs, nothing is flushed.
+    eprintln!("killed after {:?}", started.elapsed());
     child.kill().unwrap();
     child.wait().unwrap();
     None
@@ -218,18 +242,8 @@ fn sigkill_at_random_moments_changes_nothing_in_the_outputs() {
     let whole_time = t0.elapsed();
     let total = whole.decode.spans;
 
-    let seed = std::env::var("SPANFLOW_KILL_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(1, |d| d.as_nanos() as u64)
-                | 1
-        });
-    eprintln!(
-        "kill seed {seed} (SPANFLOW_KILL_SEED={seed} replays it); uninterrupted run {whole_time:?}"
-    );
+    eprintln!("uninterrupted run {whole_time:?}");
+    let seed = kill_seed();
     let mut rng = Xorshift(seed);
     let out = tmp.path().join("out");
     let chk = tmp.path().join("chk");
@@ -239,9 +253,9 @@ fn sigkill_at_random_moments_changes_nothing_in_the_outputs() {
     for _ in 0..3 {
         let at = Duration::from_secs_f64(rng.next_f64() * 0.7);
         eprintln!("killing {at:?} after the run's first checkpoint");
-        run_cli(&job_path, &out, &chk, Some(at));
+        run_cli(&job_path, &out, &chk, "500ms", Some(at));
     }
-    let summary = run_cli(&job_path, &out, &chk, None).unwrap();
+    let summary = run_cli(&job_path, &out, &chk, "500ms", None).unwrap();
     let v: serde_json::Value = serde_json::from_str(&summary).unwrap();
     assert_eq!(v["restored"], true, "the last run restored a checkpoint");
     let read = v["decode"]["spans"].as_u64().unwrap();

@@ -58,7 +58,19 @@ fn produce_records(broker: &Broker, topic: &str, partitions: i32, records: &[Gen
 
 /// The analytics of jobs/demo.yaml (with one of its rollups), reading `source`.
 fn analytics_job(source: &str, sinks: &str) -> spanflow::job::Job {
-    let text = format!(
+    spanflow::job::load_str(
+        &root().join("jobs/kafka_test.yaml"),
+        &job_yaml(source, sinks),
+    )
+    .unwrap_or_else(|d| panic!("{d}"))
+}
+
+/// The text of [`analytics_job`] (its rollup's SQL file named by absolute path, so
+/// the text can be written anywhere).
+fn job_yaml(source: &str, sinks: &str) -> String {
+    let sql = root().join("sql/red_per_service_1m.sql");
+    let sql = sql.display();
+    format!(
         r#"
 name: kafka_test
 sources:
@@ -94,12 +106,10 @@ sinks:
 rollups:
   per_service_1m:
     from: metrics
-    sql: ../sql/red_per_service_1m.sql
+    sql: "{sql}"
     window: 1m
 "#
-    );
-    spanflow::job::load_str(&root().join("jobs/kafka_test.yaml"), &text)
-        .unwrap_or_else(|d| panic!("{d}"))
+    )
 }
 
 const PARQUET_SINK: &str = r#"  out:
@@ -591,6 +601,7 @@ fn rebalance_moves_partitions_between_members() {
                         true
                     },
                     Some(FinishSignal::ready(Finish::Abort)),
+                    &(),
                 )
                 .expect("run");
             events
@@ -655,4 +666,86 @@ fn rebalance_moves_partitions_between_members() {
     assert!(now_a.is_disjoint(&now_b));
     let all: std::collections::BTreeSet<i32> = now_a.union(&now_b).copied().collect();
     assert_eq!(all, (0..4).collect());
+}
+
+/// A Kafka-fed job with 1 s checkpoints is killed with SIGKILL at five random
+/// moments and restarted each time: the Parquet outputs equal an uninterrupted run's,
+/// the last run read less than the whole topic, and the consumer group's committed
+/// offsets end where the uninterrupted run's do. Each restart joins the group while
+/// the killed member still holds partitions (until its session times out): the
+/// restored run waits for the checkpoint's partitions, which hold the watermark (it
+/// buffers what the others deliver meanwhile: checkpoints are 1 s apart so that
+/// encoding that state in a debug build does not take the test's time).
+#[test]
+#[ignore = "the test broker (tansu 0.6) takes minutes, sometimes longer, to expire a killed \
+            member and hand its partitions over; run with --run-ignored all"]
+fn sigkill_at_random_moments_of_a_kafka_run_changes_nothing_in_the_outputs() {
+    use crate::checkpoint::{Xorshift, kill_seed, run_cli};
+
+    let broker = Broker::start();
+    let (records, _) = generate(GeneratorConfig {
+        traces: 6000,
+        seed: 37,
+        traces_per_second: 60.0,
+        spans_per_record: 64,
+        late_fraction: 0.0,
+        garbage_fraction: 0.001,
+        ..Default::default()
+    });
+    produce_records(&broker, "killed", 4, &records);
+    let tmp = tempfile::tempdir().unwrap();
+    // Short sessions: a killed member holds its partitions for 6 s at most.
+    let source = |group: &str| {
+        kafka_source(&broker, "killed", group, "earliest", Some("latest")).replace(
+            "    watermark:",
+            "    properties: { session.timeout.ms: \"6000\", heartbeat.interval.ms: \"500\" }\n    \
+             watermark:",
+        )
+    };
+    let reference = tmp.path().join("reference");
+    let t0 = std::time::Instant::now();
+    let whole = run(&analytics_job(&source("whole"), PARQUET_SINK), &reference);
+    eprintln!("uninterrupted run: {:?}", t0.elapsed());
+
+    let yaml = tmp.path().join("job.yaml");
+    std::fs::write(&yaml, job_yaml(&source("killed"), PARQUET_SINK)).unwrap();
+    let out = tmp.path().join("out");
+    let chk = tmp.path().join("chk");
+    let mut rng = Xorshift(kill_seed());
+    for _ in 0..5 {
+        let at = Duration::from_secs_f64(rng.next_f64() * 0.7);
+        eprintln!("killing {at:?} after the run's first checkpoint");
+        run_cli(&yaml, &out, &chk, "1s", Some(at));
+    }
+    let summary = run_cli(&yaml, &out, &chk, "1s", None).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&summary).unwrap();
+    assert_eq!(v["restored"], true, "the last run restored a checkpoint");
+    let read = v["decode"]["spans"].as_u64().unwrap();
+    assert!(
+        read < whole.decode.spans,
+        "the last run read {read} spans of {}: it should have resumed",
+        whole.decode.spans
+    );
+    for table in COMPARED.iter().chain(&["dead_letters"]) {
+        let a = rows(&read_table(&reference, table), &[]);
+        let b = rows(&read_table(&out, table), &[]);
+        assert_eq!(a.len(), b.len(), "{table}: row counts differ");
+        assert!(a == b, "{table}: rows differ");
+    }
+    // The group's offsets end where the uninterrupted run's do: at the topic's end.
+    let committed = |group: &str| -> Vec<(i32, rdkafka::Offset)> {
+        let c: BaseConsumer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", &broker.brokers)
+            .set("group.id", group)
+            .create()
+            .unwrap();
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        tpl.add_partition_range("killed", 0, 3);
+        let got = c.committed_offsets(tpl, Duration::from_secs(10)).unwrap();
+        got.elements()
+            .iter()
+            .map(|e| (e.partition(), e.offset()))
+            .collect()
+    };
+    assert_eq!(committed("killed"), committed("whole"));
 }

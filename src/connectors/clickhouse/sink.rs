@@ -21,7 +21,7 @@ use bytes::Bytes;
 use super::config::{ClickHouseSinkConfig, Compression};
 use super::ddl::{self, Features, ServerVersion};
 use super::encode::{ServerColumn, TablePlan};
-use crate::runtime::io::{ConnectorError, Sink, TableWriter};
+use crate::runtime::io::{ConnectorError, Position, Sink, TableWriter};
 
 /// Encoded batches that may wait in the channel (each at most one shard batch, about
 /// 1,024 rows), on top of one `max_bytes` buffer per table in the thread.
@@ -207,6 +207,18 @@ impl ClickHouseTableWriter {
         self.handle.failed.lock().ok().and_then(|f| f.clone())
     }
 
+    fn flush(&self) -> Result<(), ConnectorError> {
+        let (ack_tx, ack_rx) = mpsc::channel();
+        self.handle
+            .tx
+            .send(Msg::Flush(ack_tx))
+            .map_err(|_| self.inserter_stopped())?;
+        match blocking(|| ack_rx.recv()) {
+            Ok(r) => r,
+            Err(_) => Err(self.inserter_stopped()),
+        }
+    }
+
     fn inserter_stopped(&self) -> ConnectorError {
         self.failure()
             .unwrap_or_else(|| ConnectorError::internal("the sink's inserter stopped"))
@@ -231,17 +243,17 @@ impl TableWriter for ClickHouseTableWriter {
         Ok(())
     }
 
+    /// Waits until every row queued so far is inserted: a checkpoint never covers a
+    /// row that could still be lost (a replay collapses in the ReplacingMergeTree).
+    fn precommit(&mut self) -> Result<Option<Position>, ConnectorError> {
+        self.flush()?;
+        Ok(None)
+    }
+
     /// Waits until every row queued so far is inserted.
     fn close(self: Box<Self>) -> Result<u64, ConnectorError> {
-        let (ack_tx, ack_rx) = mpsc::channel();
-        self.handle
-            .tx
-            .send(Msg::Flush(ack_tx))
-            .map_err(|_| self.inserter_stopped())?;
-        match blocking(|| ack_rx.recv()) {
-            Ok(r) => r.map(|()| self.rows),
-            Err(_) => Err(self.inserter_stopped()),
-        }
+        self.flush()?;
+        Ok(self.rows)
     }
 }
 

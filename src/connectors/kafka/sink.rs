@@ -10,7 +10,7 @@ use arrow::record_batch::RecordBatch;
 use super::config::{KafkaSinkConfig, OutputFormat};
 use super::encode::RowEncoder;
 use super::produce::KafkaProducer;
-use crate::runtime::io::{ConnectorError, Sink, TableWriter};
+use crate::runtime::io::{ConnectorError, Position, Sink, TableWriter};
 
 /// A Kafka sink's table as the planner resolved it; the producer is created on first
 /// use, so planning (and `spanflow validate`) never connects.
@@ -126,6 +126,13 @@ impl TableWriter for KafkaTableWriter {
         })?;
         self.rows += batch.num_rows() as u64;
         Ok(())
+    }
+
+    /// Waits for every queued record to be delivered: a checkpoint never covers a
+    /// record that could still be lost (a replay after a crash re-sends the same keys).
+    fn precommit(&mut self) -> Result<Option<Position>, ConnectorError> {
+        self.producer.flush()?;
+        Ok(None)
     }
 
     /// Waits for every queued record of the sink to be delivered.

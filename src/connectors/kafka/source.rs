@@ -25,7 +25,7 @@ use spanflow_operators::Sym;
 use super::config::{EndPosition, KafkaSourceConfig, StartPosition, format_time};
 use crate::formats::InputFormat;
 use crate::runtime::io::{
-    ConnectorError, Finish, FinishSignal, Position, Records, Source, SourceOutput,
+    CheckpointHandle, ConnectorError, Finish, FinishSignal, Position, Records, Source, SourceOutput,
 };
 
 /// Timeout of the metadata and offset requests made at start and at commit.
@@ -56,6 +56,44 @@ pub enum KafkaEvent {
     /// [`Finish`]. Carries the next offset of every partition read (what a commit
     /// would store), for savepoints.
     EndOfInput(Vec<(String, i32, i64)>),
+    /// Every record of checkpoint `id` was emitted before this; carries the next
+    /// offset of every partition read, as [`KafkaEvent::EndOfInput`] does.
+    Barrier {
+        /// The checkpoint.
+        id: u64,
+        /// Next offset per partition.
+        positions: Vec<(String, i32, i64)>,
+    },
+}
+
+/// The next offset of every partition: (topic, partition, offset).
+pub type Offsets = Vec<(String, i32, i64)>;
+
+/// How the reader takes part in the runtime's checkpoints.
+pub trait CheckpointHooks {
+    /// The checkpoint a barrier is due for, if any.
+    fn barrier_due(&self) -> Option<u64>;
+    /// The newest checkpoint that is durable.
+    fn durable(&self) -> u64;
+}
+
+impl CheckpointHooks for CheckpointHandle {
+    fn barrier_due(&self) -> Option<u64> {
+        CheckpointHandle::barrier_due(self)
+    }
+    fn durable(&self) -> u64 {
+        CheckpointHandle::durable(self)
+    }
+}
+
+/// No checkpoints (tools that read a topic outside a run).
+impl CheckpointHooks for () {
+    fn barrier_due(&self) -> Option<u64> {
+        None
+    }
+    fn durable(&self) -> u64 {
+        0
+    }
 }
 
 /// One partition of one topic, with the split key the runtime tracks it by.
@@ -211,6 +249,10 @@ pub struct KafkaReader {
     consumer: BaseConsumer<Ctx>,
     shared: Arc<Mutex<Shared>>,
     bounded: bool,
+    /// Partitions a restored run must read before it ends (bounded), and that hold
+    /// the watermark until they are read (or idle): those of the checkpoint, even
+    /// while the group still gives them to the member the crash left behind.
+    owed: Vec<(Arc<str>, i32)>,
 }
 
 impl KafkaReader {
@@ -389,10 +431,17 @@ impl KafkaReader {
         for (topic, p, o) in resume {
             starts.insert((topic.clone(), *p), *o);
         }
+        let mut owed = Vec::new();
         {
             let mut s = shared
                 .lock()
                 .map_err(|_| ConnectorError::internal("poisoned lock"))?;
+            for (topic, p, o) in resume {
+                let at_end = ends.get(&(topic.clone(), *p)).is_some_and(|e| o >= e);
+                if !at_end {
+                    owed.push((s.topic_arc(topic), *p));
+                }
+            }
             for ((topic, p), o) in starts {
                 let t = s.topic_arc(&topic);
                 s.start.insert((t, p), o);
@@ -414,6 +463,7 @@ impl KafkaReader {
             consumer,
             shared,
             bounded: end.is_some(),
+            owed,
         })
     }
 
@@ -425,12 +475,24 @@ impl KafkaReader {
         stop: &AtomicBool,
         emit: &mut dyn FnMut(KafkaEvent) -> bool,
         finish: Option<FinishSignal>,
+        hooks: &dyn CheckpointHooks,
     ) -> Result<KafkaRunStats, ConnectorError> {
         let mut stats = KafkaRunStats::default();
+        // Positions of checkpoints sent but not yet durable, oldest first.
+        let mut uncommitted: Vec<(u64, Offsets)> = Vec::new();
         let mut chunks: BTreeMap<u32, Chunk> = BTreeMap::new();
         let mut done: BTreeMap<u32, Split> = BTreeMap::new();
         let mut last_flush = Instant::now();
         let started = Instant::now();
+        if !self.owed.is_empty() {
+            let splits: Vec<Split> = match self.shared.lock() {
+                Ok(mut s) => self.owed.iter().map(|(t, p)| s.split(t, *p)).collect(),
+                Err(_) => return Err(ConnectorError::internal("poisoned lock")),
+            };
+            if !emit(KafkaEvent::Assigned(splits)) {
+                return Ok(stats);
+            }
+        }
         let mut next_wait_warning = Duration::from_secs(30);
         loop {
             if stop.load(Ordering::Relaxed) {
@@ -539,6 +601,31 @@ impl KafkaReader {
             if self.bounded && self.all_done(&mut done, emit)? {
                 break;
             }
+            if let Some(id) = hooks.barrier_due() {
+                // Everything read so far goes out first: the positions cover exactly
+                // the records before the barrier.
+                for (_, c) in std::mem::take(&mut chunks) {
+                    if !emit(c.into_event()) {
+                        return Ok(stats);
+                    }
+                }
+                let positions = self.positions()?;
+                uncommitted.push((id, positions.clone()));
+                if !emit(KafkaEvent::Barrier { id, positions }) {
+                    return Ok(stats);
+                }
+            }
+            // Offsets reach the group only once the checkpoint holding them is
+            // durable: a restart without the checkpoint then resumes from there.
+            let durable = hooks.durable();
+            if let Some(i) = uncommitted.iter().rposition(|(id, _)| *id <= durable) {
+                let (_, positions) = uncommitted.swap_remove(i);
+                uncommitted.retain(|(id, _)| *id > durable);
+                match self.commit_positions(&positions, CommitMode::Async) {
+                    Ok(n) => stats.committed = n,
+                    Err(e) => tracing::warn!(error = %e, "committing a checkpoint's offsets"),
+                }
+            }
         }
         for (_, c) in std::mem::take(&mut chunks) {
             if !emit(c.into_event()) {
@@ -546,19 +633,7 @@ impl KafkaReader {
             }
         }
         stats.finished = true;
-        let positions = {
-            let s = self
-                .shared
-                .lock()
-                .map_err(|_| ConnectorError::internal("poisoned lock"))?;
-            let mut p: Vec<(String, i32, i64)> = s
-                .position
-                .iter()
-                .map(|((t, p), o)| (t.to_string(), *p, *o))
-                .collect();
-            p.sort();
-            p
-        };
+        let positions = self.positions()?;
         emit(KafkaEvent::EndOfInput(positions));
         if finish.is_some_and(|f| f.wait() == Finish::Commit) {
             stats.committed = self.commit()?;
@@ -604,7 +679,16 @@ impl KafkaReader {
                 return Ok(true);
             }
         }
-        Ok(ever && assigned.iter().all(|s| done.contains_key(&s.key)))
+        let owed_done = {
+            let mut s = self
+                .shared
+                .lock()
+                .map_err(|_| ConnectorError::internal("poisoned lock"))?;
+            self.owed
+                .iter()
+                .all(|(t, p)| done.contains_key(&s.split(t, *p).key))
+        };
+        Ok(ever && owed_done && assigned.iter().all(|s| done.contains_key(&s.key)))
     }
 
     fn finish_partition(
@@ -636,25 +720,46 @@ impl KafkaReader {
         }
     }
 
+    /// The next offset of every partition: where the run got to in those it read,
+    /// where it was to start in the others (a checkpoint taken before the group
+    /// assigned anything must still hold the position it was restored from).
+    fn positions(&self) -> Result<Vec<(String, i32, i64)>, ConnectorError> {
+        let s = self
+            .shared
+            .lock()
+            .map_err(|_| ConnectorError::internal("poisoned lock"))?;
+        let mut p: BTreeMap<(String, i32), i64> = s
+            .start
+            .iter()
+            .map(|((t, p), o)| ((t.to_string(), *p), *o))
+            .collect();
+        for ((t, part), o) in &s.position {
+            p.insert((t.to_string(), *part), *o);
+        }
+        Ok(p.into_iter().map(|((t, part), o)| (t, part, o)).collect())
+    }
+
     /// Commits the next offset of every partition the run read from. Returns how many
     /// partitions were committed.
     fn commit(&self) -> Result<usize, ConnectorError> {
-        let positions: Vec<((Arc<str>, i32), i64)> = {
-            let s = self
-                .shared
-                .lock()
-                .map_err(|_| ConnectorError::internal("poisoned lock"))?;
-            s.position.iter().map(|(k, v)| (k.clone(), *v)).collect()
-        };
+        let positions = self.positions()?;
+        self.commit_positions(&positions, CommitMode::Sync)
+    }
+
+    fn commit_positions(
+        &self,
+        positions: &[(String, i32, i64)],
+        mode: CommitMode,
+    ) -> Result<usize, ConnectorError> {
         if positions.is_empty() {
             return Ok(0);
         }
         let mut tpl = TopicPartitionList::new();
-        for ((topic, p), o) in &positions {
+        for (topic, p, o) in positions {
             tpl.add_partition_offset(topic, *p, Offset::Offset(*o))
                 .map_err(|e| ConnectorError::internal(format!("{topic}/{p}: {e}")))?;
         }
-        self.consumer.commit(&tpl, CommitMode::Sync).map_err(|e| {
+        self.consumer.commit(&tpl, mode).map_err(|e| {
             ConnectorError::external(format!(
                 "committing offsets of group `{}` failed: {e}",
                 self.config.group_id
@@ -742,6 +847,7 @@ impl Source for KafkaSource {
         let mut topics: Vec<(Arc<str>, Sym)> = Vec::new();
         let stop = out.stop_flag();
         let finish = out.take_finish();
+        let hooks = out.checkpoint_handle();
         let mut position_error = None;
         let mut emit = |ev: KafkaEvent| -> bool {
             match ev {
@@ -753,6 +859,13 @@ impl Source for KafkaSource {
                 }
                 KafkaEvent::EndOfInput(positions) => match Position::encode(&positions) {
                     Ok(p) => out.end(Some(p)),
+                    Err(e) => {
+                        position_error = Some(e);
+                        false
+                    }
+                },
+                KafkaEvent::Barrier { id, positions } => match Position::encode(&positions) {
+                    Ok(p) => out.barrier(id, Some(p)),
                     Err(e) => {
                         position_error = Some(e);
                         false
@@ -782,7 +895,7 @@ impl Source for KafkaSource {
                 }
             }
         };
-        let result = reader.run(&stop, &mut emit, finish);
+        let result = reader.run(&stop, &mut emit, finish, &hooks);
         if let Some(e) = position_error {
             return Err(e);
         }

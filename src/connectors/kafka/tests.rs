@@ -42,6 +42,7 @@ fn read_all(config: &KafkaSourceConfig, finish: Finish) -> Vec<KafkaEvent> {
                 true
             },
             Some(FinishSignal::ready(finish)),
+            &(),
         )
         .expect("run");
     eprintln!("run {:?}", t0.elapsed());
