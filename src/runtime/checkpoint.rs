@@ -111,7 +111,7 @@ pub(crate) struct Coordinator {
     pub has_global: bool,
     pub targets: Vec<TableTarget>,
     pub signal: Arc<CheckpointSignal>,
-    /// What each table committed so far (restored ones start with the checkpoint's).
+    /// Checkpoints asked for whose shares are still coming in, by id.
     building: BTreeMap<u64, (Instant, Building)>,
     /// The newest checkpoint written: parts of older ones are stale.
     written: u64,
@@ -286,11 +286,7 @@ impl Coordinator {
         for t in &self.targets {
             let committed = t.out.checkpoint().map_err(|e| SinkError::of(t, e))?;
             let key = t.key();
-            let pending = pending
-                .iter()
-                .filter(|(k, _)| *k == key)
-                .map(|(_, p)| p.clone())
-                .collect();
+            let pending = of_table(&pending, &key);
             sinks.push((key, SinkCheckpoint { committed, pending }));
         }
         let sp = Savepoint {
@@ -322,12 +318,7 @@ impl Coordinator {
     /// Publishes what the writers pre-committed.
     fn commit(&self, pending: &Pending) -> Result<(), RunError> {
         for t in &self.targets {
-            let key = t.key();
-            let mine: Vec<Position> = pending
-                .iter()
-                .filter(|(k, _)| *k == key)
-                .map(|(_, p)| p.clone())
-                .collect();
+            let mine = of_table(pending, &t.key());
             if !mine.is_empty() {
                 tokio::task::block_in_place(|| t.out.commit(&mine))
                     .map_err(|e| SinkError::of(t, e))?;
@@ -335,6 +326,15 @@ impl Coordinator {
         }
         Ok(())
     }
+}
+
+/// What the writers of table `key` pre-committed.
+fn of_table(pending: &Pending, key: &str) -> Vec<Position> {
+    pending
+        .iter()
+        .filter(|(k, _)| k == key)
+        .map(|(_, p)| p.clone())
+        .collect()
 }
 
 fn ms(d: Duration) -> f64 {

@@ -999,28 +999,20 @@ impl Shard {
                     };
                     stopping = last;
                     self.send_global(true).await;
-                    match (&self.global_tx, &feedback_rx) {
-                        (Some(tx), Some(_)) => {
-                            let _ = tx
-                                .send(GlobalMsg::Barrier {
-                                    shard: self.index,
-                                    id,
-                                    last,
-                                })
-                                .await;
-                            awaiting.push_back(a);
-                        }
-                        (Some(tx), None) => {
-                            let _ = tx
-                                .send(GlobalMsg::Barrier {
-                                    shard: self.index,
-                                    id,
-                                    last,
-                                })
-                                .await;
-                            self.send_part(Some(a));
-                        }
-                        (None, _) => self.send_part(Some(a)),
+                    if let Some(tx) = &self.global_tx {
+                        let _ = tx
+                            .send(GlobalMsg::Barrier {
+                                shard: self.index,
+                                id,
+                                last,
+                            })
+                            .await;
+                    }
+                    // With feedback, the share waits for the global stage's marker.
+                    if feedback_rx.is_some() {
+                        awaiting.push_back(a);
+                    } else {
+                        self.send_part(Some(a));
                     }
                     if stopping && awaiting.is_empty() {
                         break;

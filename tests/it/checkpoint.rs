@@ -46,6 +46,19 @@ sinks:
     )
 }
 
+/// The reference: `job` at parallelism 2 without checkpoints, into `out`.
+fn uninterrupted(job: &spanflow::job::Job, out: &Path) -> spanflow::runtime::RunSummary {
+    run_job(
+        job,
+        &RunOptions {
+            output_dir: Some(out.to_path_buf()),
+            parallelism: Some(2),
+            ..Default::default()
+        },
+    )
+    .unwrap()
+}
+
 fn assert_same_tables(reference: &Path, out: &Path) {
     for table in TABLES {
         let a = rows(&read_table(reference, table), &[]);
@@ -78,15 +91,7 @@ fn periodic_checkpoints_change_nothing_in_the_outputs() {
         .unwrap_or_else(|d| panic!("{d}"));
     let tmp = tempfile::tempdir().unwrap();
     let reference = tmp.path().join("reference");
-    run_job(
-        &job,
-        &RunOptions {
-            output_dir: Some(reference.clone()),
-            parallelism: Some(2),
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    uninterrupted(&job, &reference);
     for parallelism in [1, 3] {
         let out = tmp.path().join(format!("p{parallelism}"));
         let dir = tmp.path().join(format!("chk{parallelism}"));
@@ -230,15 +235,7 @@ fn sigkill_at_random_moments_changes_nothing_in_the_outputs() {
     let job = spanflow::job::load_str(&job_path, &text).unwrap_or_else(|d| panic!("{d}"));
     let reference = tmp.path().join("reference");
     let t0 = Instant::now();
-    let whole = run_job(
-        &job,
-        &RunOptions {
-            output_dir: Some(reference.clone()),
-            parallelism: Some(2),
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let whole = uninterrupted(&job, &reference);
     let whole_time = t0.elapsed();
     let total = whole.decode.spans;
 
