@@ -23,7 +23,7 @@ pub use model::{
     AttrArena, AttrValue, Attrs, AttrsBuilder, AttrsMap, CallType, Span, SpanId, SpanKind,
     StatusCode, Sym, TraceId,
 };
-pub use operator::{Batch, Emitter, Operator, OperatorError, Shape};
+pub use operator::{Batch, Emitter, Operator, OperatorError, Shape, Share};
 
 /// Event time in unix nanoseconds.
 pub type EventTime = u64;

@@ -40,6 +40,24 @@ pub(crate) type Pending = Vec<(String, Position)>;
 /// message, the plan node it was for and its verdicts.
 pub(crate) type FeedbackLog = Vec<(usize, Vec<RateVerdict>)>;
 
+/// One log from several shards' (a checkpoint restored at another parallelism): every
+/// verdict any shard recorded, once each. The global stage sent each verdict to every
+/// shard, and a shard ignores one it already has.
+pub(crate) fn merge_feedback(logs: Vec<FeedbackLog>) -> FeedbackLog {
+    let mut seen = std::collections::BTreeSet::new();
+    let mut merged: FeedbackLog = Vec::new();
+    for (node, verdicts) in logs.into_iter().flatten() {
+        let fresh: Vec<RateVerdict> = verdicts
+            .into_iter()
+            .filter(|v| seen.insert((node, v.key)))
+            .collect();
+        if !fresh.is_empty() {
+            merged.push((node, fresh));
+        }
+    }
+    merged
+}
+
 /// Turns a feedback batch into what a checkpoint can hold.
 pub(crate) fn log_entry(node: usize, batch: &Batch) -> Result<(usize, Vec<RateVerdict>), RunError> {
     match batch {

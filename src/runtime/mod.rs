@@ -52,7 +52,7 @@ pub use summary::ServiceSummary;
 pub use summary::{OutputTable, RunSummary};
 
 use io::{ConnectorError, Fault, Finish, SourceEvent, SourceOutput};
-use shard::{GlobalMsg, ShardMsg, ShardResult};
+use shard::{GlobalMsg, ShardMsg, ShardRestore, ShardResult};
 
 /// Errors of a run.
 #[derive(Debug, thiserror::Error)]
@@ -196,12 +196,14 @@ pub fn run(mut plan: Plan, opts: &RunOptions) -> Result<RunSummary, RunError> {
         .build()
         .map_err(|e| RunError::Internal(format!("cannot start the tokio runtime: {e}")))?;
     let mut restored_from = None;
+    let mut rescaled_from = None;
     let restore = match &opts.checkpoint_dir {
         Some(dir) => match savepoint::Store::new(dir).latest()? {
             Some((at, sp)) => {
-                savepoint::check(&sp, &at, &plan, parallelism)?;
+                savepoint::check(&sp, &at, &plan)?;
                 plan.part_base = sp.next_part;
                 restored_from = Some(at);
+                rescaled_from = (sp.parallelism != parallelism).then_some(sp.parallelism);
                 Some(sp)
             }
             None => None,
@@ -226,12 +228,34 @@ pub fn run(mut plan: Plan, opts: &RunOptions) -> Result<RunSummary, RunError> {
     let result = rt.block_on(run_plan(plan, parallelism, opts.clone(), restore));
     let mut summary = result?;
     summary.restored_from = restored_from;
+    summary.rescaled_from = rescaled_from;
     summary.wall_seconds = t0.elapsed().as_secs_f64();
     let after = summary::Usage::now();
     summary.cpu_seconds = after.cpu_seconds - before.cpu_seconds;
     summary.page_faults = after.page_faults.saturating_sub(before.page_faults);
     summary.peak_rss_bytes = after.peak_rss_bytes;
     Ok(summary)
+}
+
+/// What each shard of a restored run starts from: its own part of the savepoint, or,
+/// when the savepoint was written at another parallelism, its share of every shard's
+/// state and every feedback any shard had recorded.
+fn shard_restores(sp: &mut savepoint::Savepoint, parallelism: usize) -> Vec<Option<ShardRestore>> {
+    let mut feedback = std::mem::take(&mut sp.feedback);
+    feedback.resize_with(sp.shards.len(), Vec::new);
+    let shards = std::mem::take(&mut sp.shards);
+    if shards.len() == parallelism {
+        return shards
+            .into_iter()
+            .zip(feedback)
+            .map(|(states, feedback)| Some(ShardRestore::Own(states, feedback)))
+            .collect();
+    }
+    let feedback = checkpoint::merge_feedback(feedback);
+    let shards = Arc::new(shards);
+    (0..parallelism)
+        .map(|_| Some(ShardRestore::Share(shards.clone(), feedback.clone())))
+        .collect()
 }
 
 async fn run_plan(
@@ -321,17 +345,9 @@ async fn run_plan(
     let resumed_watermark = restore.as_ref().map_or(0, |sp| sp.watermark);
     let mut shard_txs = Vec::with_capacity(parallelism);
     let mut shard_handles = Vec::with_capacity(parallelism);
-    let mut shard_states: Vec<Option<_>> = restore
+    let mut shard_states: Vec<Option<ShardRestore>> = restore
         .as_mut()
-        .map(|sp| {
-            let mut feedback = std::mem::take(&mut sp.feedback);
-            feedback.resize_with(sp.shards.len(), Vec::new);
-            std::mem::take(&mut sp.shards)
-                .into_iter()
-                .zip(feedback)
-                .map(Some)
-                .collect()
-        })
+        .map(|sp| shard_restores(sp, parallelism))
         .unwrap_or_default();
     shard_states.resize_with(parallelism, || None);
     for ((index, state), feedback_rx) in shard_states.into_iter().enumerate().zip(feedback_rxs) {
@@ -614,6 +630,7 @@ async fn run_plan(
         page_faults: 0,
         restored,
         restored_from: None,
+        rescaled_from: None,
         savepoint: savepoint_written,
         checkpoints,
     })

@@ -266,13 +266,9 @@ fn sync_dir(dir: &Path) -> Result<(), SavepointError> {
         .map_err(io(dir))
 }
 
-/// Checks that `sp` belongs to this job and parallelism.
-pub(crate) fn check(
-    sp: &Savepoint,
-    at: &Path,
-    plan: &Plan,
-    parallelism: usize,
-) -> Result<(), SavepointError> {
+/// Checks that `sp` belongs to this job. Another parallelism is fine: its state is
+/// split by trace over this run's shards.
+pub(crate) fn check(sp: &Savepoint, at: &Path, plan: &Plan) -> Result<(), SavepointError> {
     if sp.job != plan.job || sp.fingerprint != plan.fingerprint {
         return Err(SavepointError::Refused(format!(
             "{} was written by a different job or job version (`{}`); restoring it into `{}` \
@@ -282,13 +278,12 @@ pub(crate) fn check(
             plan.job
         )));
     }
-    if sp.parallelism != parallelism {
+    if sp.shards.len() != sp.parallelism || sp.parallelism == 0 {
         return Err(SavepointError::Refused(format!(
-            "{} holds state for {} shards; run with --parallelism {} (or remove it to start \
-             fresh)",
+            "{} claims {} shards but holds the state of {}",
             at.display(),
             sp.parallelism,
-            sp.parallelism
+            sp.shards.len()
         )));
     }
     Ok(())

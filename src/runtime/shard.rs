@@ -16,7 +16,7 @@ use std::sync::atomic::Ordering;
 
 use serde::{Deserialize, Serialize};
 use spanflow_operators::metrics::{Buckets, ClosedInterval, render_openmetrics};
-use spanflow_operators::operator::{Batch, Buffered, Emitter, Operator, Report, Table};
+use spanflow_operators::operator::{Batch, Buffered, Emitter, Operator, Report, Share, Table};
 use spanflow_operators::session_window::SessionWindow;
 use spanflow_operators::{Span, WATERMARK_END};
 use tokio::sync::mpsc;
@@ -697,6 +697,40 @@ impl Executor {
         Ok(())
     }
 
+    /// Restores every node's [`Share`] of the snapshots of all shards of a run at
+    /// another parallelism (`all[shard]` = that shard's node states).
+    pub fn restore_share(
+        &mut self,
+        all: &[Vec<NodeSnapshot>],
+        share: Share,
+    ) -> Result<(), RunError> {
+        let refused = |msg: String| RunError::Savepoint(SavepointError::Refused(msg));
+        for s in all.iter().flatten() {
+            if !self.nodes.iter().any(|n| n.name == s.node) {
+                return Err(refused(format!(
+                    "it holds state of `{}`, which this job does not have",
+                    s.node
+                )));
+            }
+        }
+        for n in &mut self.nodes {
+            let mine: Vec<&NodeSnapshot> =
+                all.iter().flatten().filter(|s| s.node == n.name).collect();
+            if mine.is_empty() {
+                continue;
+            }
+            let states: Vec<&[u8]> = mine.iter().map(|s| s.state.as_slice()).collect();
+            n.op.restore_share(&states, share)
+                .map_err(|e| refused(format!("`{}`: {e}", n.name)))?;
+            // Every shard saw the same input watermark at the barrier; what they
+            // forwarded differs by what each held back, and the new instance may hold
+            // back any of it.
+            n.in_wm = mine.iter().map(|s| s.watermarks.0).min().unwrap_or(0);
+            n.out_wm = mine.iter().map(|s| s.watermarks.1).min().unwrap_or(0);
+        }
+        Ok(())
+    }
+
     /// Pre-commits every table's writers for a checkpoint.
     pub fn precommit(&mut self) -> Result<Pending, RunError> {
         let mut pending = Vec::new();
@@ -855,6 +889,15 @@ pub(crate) struct Shard {
 }
 
 /// How shard `index` starts.
+/// What a shard of a restored run starts from.
+pub(crate) enum ShardRestore {
+    /// Its node states and recorded feedback: the checkpoint's run had as many shards.
+    Own(Vec<NodeSnapshot>, FeedbackLog),
+    /// Every shard's node states (it takes the traces it owns now) and every shard's
+    /// recorded feedback: the checkpoint's run had another number of shards.
+    Share(Arc<Vec<Vec<NodeSnapshot>>>, FeedbackLog),
+}
+
 pub(crate) struct ShardInit {
     pub index: usize,
     pub discard: bool,
@@ -862,8 +905,8 @@ pub(crate) struct ShardInit {
     pub global_tx: Option<mpsc::Sender<GlobalMsg>>,
     pub feedback_rx: Option<mpsc::UnboundedReceiver<Feedback>>,
     pub parts: mpsc::UnboundedSender<Part>,
-    /// Node states and the recorded feedback of a restored checkpoint.
-    pub restore: Option<(Vec<NodeSnapshot>, FeedbackLog)>,
+    /// What a restored checkpoint holds for this shard.
+    pub restore: Option<ShardRestore>,
     pub resumed_watermark: u64,
 }
 
@@ -880,8 +923,23 @@ impl Shard {
             resumed_watermark,
         } = init;
         let mut exec = shard_executor(plan, index, discard)?;
-        if let Some((states, feedback)) = restore {
-            exec.restore(states)?;
+        if let Some(restore) = restore {
+            let feedback = match restore {
+                ShardRestore::Own(states, feedback) => {
+                    exec.restore(states)?;
+                    feedback
+                }
+                ShardRestore::Share(all, feedback) => {
+                    exec.restore_share(
+                        &all,
+                        Share {
+                            index,
+                            count: plan.shards.max(1),
+                        },
+                    )?;
+                    feedback
+                }
+            };
             // What the global stage had sent, and the checkpoint recorded, arrives
             // again.
             for (node, verdicts) in feedback {

@@ -194,6 +194,9 @@ pub struct RunSummary {
     pub restored: bool,
     /// The savepoint it resumed from.
     pub restored_from: Option<std::path::PathBuf>,
+    /// The parallelism of the run that wrote that savepoint, when it was another
+    /// (its state was split over this run's shards).
+    pub rescaled_from: Option<usize>,
     /// The run stopped and kept its open state here (resume by running again).
     pub savepoint: Option<std::path::PathBuf>,
     /// What the run's checkpoints came to.
@@ -253,6 +256,13 @@ impl RunSummary {
         );
         if let Some(p) = &self.restored_from {
             let _ = writeln!(s, "  resumed     from {}", p.display());
+        }
+        if let Some(n) = self.rescaled_from {
+            let _ = writeln!(
+                s,
+                "  rescaled    state of {n} shards split over {}",
+                self.parallelism
+            );
         }
         if let Some(p) = &self.savepoint {
             let _ = writeln!(

@@ -159,10 +159,24 @@ pub(crate) fn kill_seed() -> u64 {
     seed
 }
 
-/// Runs `spanflow run` on `job` with checkpoints every `interval`. With `kill_after`, waits for
+/// Runs `spanflow run` on `job` at parallelism 2 with checkpoints every `interval`
+/// ([`run_cli_at`]).
+pub(crate) fn run_cli(
+    job: &Path,
+    out: &Path,
+    chk: &Path,
+    interval: &str,
+    kill_after: Option<Duration>,
+) -> Option<String> {
+    run_cli_at(2, job, out, chk, interval, kill_after)
+}
+
+/// Runs `spanflow run` on `job` with `parallelism` shards and checkpoints every
+/// `interval`. With `kill_after`, waits for
 /// the run to complete a checkpoint of its own, then for `kill_after` more, and kills
 /// it with SIGKILL; otherwise lets it finish and returns its `--json` summary.
-pub(crate) fn run_cli(
+pub(crate) fn run_cli_at(
+    parallelism: usize,
     job: &Path,
     out: &Path,
     chk: &Path,
@@ -171,14 +185,9 @@ pub(crate) fn run_cli(
 ) -> Option<String> {
     let before = newest_checkpoint(chk);
     let mut child = Command::new(bin())
-        .args([
-            "run",
-            "--json",
-            "--parallelism",
-            "2",
-            "--checkpoint-interval",
-            interval,
-        ])
+        .args(["run", "--json", "--parallelism"])
+        .arg(parallelism.to_string())
+        .args(["--checkpoint-interval", interval])
         .arg("--output-dir")
         .arg(out)
         .arg("--checkpoint-dir")
@@ -260,5 +269,36 @@ fn sigkill_at_random_moments_changes_nothing_in_the_outputs() {
         read < total,
         "the last run read {read} spans of {total}: it should have resumed"
     );
+    assert_same_tables(&reference, &out);
+}
+
+/// Rescaling: a run at parallelism 2 killed after a checkpoint, its restore at
+/// parallelism 3 killed too, then a run at parallelism 1 to the end: the outputs equal
+/// one uninterrupted run's. Session windows, held traces, rate-limit verdicts and metric
+/// intervals are split by trace (or combined) over the new shards.
+#[test]
+fn a_checkpoint_restores_at_another_parallelism() {
+    let tmp = tempfile::tempdir().unwrap();
+    let job_path = tmp.path().join("job.yaml");
+    let text = job_text(8_000);
+    std::fs::write(&job_path, &text).unwrap();
+    let job = spanflow::job::load_str(&job_path, &text).unwrap_or_else(|d| panic!("{d}"));
+    let reference = tmp.path().join("reference");
+    let total = uninterrupted(&job, &reference).decode.spans;
+
+    let mut rng = Xorshift(kill_seed());
+    let out = tmp.path().join("out");
+    let chk = tmp.path().join("chk");
+    for parallelism in [2, 3] {
+        let at = Duration::from_secs_f64(rng.next_f64() * 0.3);
+        eprintln!("parallelism {parallelism}: killing {at:?} after its first checkpoint");
+        run_cli_at(parallelism, &job_path, &out, &chk, "300ms", Some(at));
+    }
+    let summary = run_cli_at(1, &job_path, &out, &chk, "300ms", None).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&summary).unwrap();
+    assert_eq!(v["restored"], true, "the last run restored a checkpoint");
+    assert_eq!(v["rescaled_from"], 3, "it was written at parallelism 3");
+    let read = v["decode"]["spans"].as_u64().unwrap();
+    assert!(read < total, "the last run read {read} spans of {total}");
     assert_same_tables(&reference, &out);
 }

@@ -604,6 +604,44 @@ pub struct AggregatorState {
     pub late_observations: u64,
 }
 
+impl AggregatorState {
+    /// One state from several instances' (rescaling a checkpoint): with `take_open`,
+    /// their open intervals merged series by series, else none; the counters likewise.
+    /// Intervals are flushed from the lowest point any instance had reached, so none
+    /// that an instance still held is taken for late.
+    pub fn combine(states: Vec<AggregatorState>, take_open: bool, buckets: usize) -> Self {
+        let flushed_until = states.iter().map(|s| s.flushed_until).min().unwrap_or(0);
+        if !take_open {
+            return AggregatorState {
+                open: Vec::new(),
+                flushed_until,
+                late_observations: 0,
+            };
+        }
+        let late_observations = states.iter().map(|s| s.late_observations).sum();
+        let mut by_start: BTreeMap<EventTime, BTreeMap<SeriesKey, SeriesAgg>> = BTreeMap::new();
+        for p in states.into_iter().flat_map(|s| s.open) {
+            let slot = by_start.entry(p.start_ns).or_default();
+            for (k, a) in p.series {
+                slot.entry(k)
+                    .or_insert_with(|| SeriesAgg::new(buckets))
+                    .merge(&a);
+            }
+        }
+        AggregatorState {
+            open: by_start
+                .into_iter()
+                .map(|(start_ns, series)| Partial {
+                    start_ns,
+                    series: series.into_iter().collect(),
+                })
+                .collect(),
+            flushed_until,
+            late_observations,
+        }
+    }
+}
+
 /// Per-shard pre-aggregation into event-time tumbling intervals.
 #[derive(Debug, Clone)]
 pub struct IntervalAggregator {

@@ -2,10 +2,10 @@
 //! shard's intervals out (port 0, as [`Batch::Partials`]) once the watermark
 //! completes them, for the merge side ([`super::MetricsMerge`]).
 
-use super::{IntervalAggregator, MetricsReport};
+use super::{AggregatorState, IntervalAggregator, MetricsReport};
 use crate::EventTime;
 use crate::operator::{
-    Batch, Emitter, Operator, OperatorError, Report, decode_state, encode_state,
+    Batch, Emitter, Operator, OperatorError, Report, Share, decode_state, encode_state,
 };
 use crate::session_window::ClosedTrace;
 use crate::span_index::SpanIndex;
@@ -56,6 +56,22 @@ impl<T: TracePartial> Operator for T {
 
     fn restore(&mut self, state: &[u8]) -> Result<(), OperatorError> {
         self.aggregator_mut().restore(decode_state(state)?);
+        Ok(())
+    }
+
+    /// Partial aggregates belong to no trace: the share that takes them gets every
+    /// instance's intervals summed (the merge side sums them anyway), the others none.
+    fn restore_share(&mut self, states: &[&[u8]], share: Share) -> Result<(), OperatorError> {
+        let states = states
+            .iter()
+            .map(|b| decode_state(b))
+            .collect::<Result<Vec<AggregatorState>, _>>()?;
+        let buckets = self.aggregator().buckets().len();
+        self.aggregator_mut().restore(AggregatorState::combine(
+            states,
+            share.takes_unkeyed(),
+            buckets,
+        ));
         Ok(())
     }
 

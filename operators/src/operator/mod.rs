@@ -462,6 +462,31 @@ pub struct Buffered {
     pub bytes: usize,
 }
 
+/// Which part of a rescaled checkpoint's state one new instance takes
+/// ([`Operator::restore_share`]): instance `index` of `count` owns the traces the router
+/// sends it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Share {
+    /// This instance's index.
+    pub index: usize,
+    /// Instances of the node in the restored run.
+    pub count: usize,
+}
+
+impl Share {
+    /// Whether state keyed by `trace` belongs to this instance.
+    #[inline]
+    pub fn owns(&self, trace: &crate::TraceId) -> bool {
+        trace.shard(self.count) == self.index
+    }
+
+    /// Whether this instance takes the state that belongs to no trace (counters,
+    /// partial aggregates): exactly one instance does.
+    pub fn takes_unkeyed(&self) -> bool {
+        self.index == 0
+    }
+}
+
 /// A streaming operator.
 ///
 /// The runtime calls, for each instance, in this order: any number of
@@ -522,6 +547,23 @@ pub trait Operator: Send {
         } else {
             Err(OperatorError::State(
                 "this operator keeps no state, but the checkpoint has some for it".into(),
+            ))
+        }
+    }
+
+    /// Replaces the state of a freshly built instance with its [`Share`] of the
+    /// snapshots of every instance of a run at another parallelism (a job rescaled by
+    /// stopping it and restoring its checkpoint with another `--parallelism`). State
+    /// keyed by trace goes where [`Share::owns`] says; state of the instance as a
+    /// whole (counters, partial aggregates) is combined into the share that
+    /// [`Share::takes_unkeyed`]. Operators whose state cannot be split refuse.
+    fn restore_share(&mut self, states: &[&[u8]], share: Share) -> Result<(), OperatorError> {
+        let _ = share;
+        if states.iter().all(|s| s.is_empty()) {
+            Ok(())
+        } else {
+            Err(OperatorError::State(
+                "this operator's state cannot be split over another number of shards".into(),
             ))
         }
     }

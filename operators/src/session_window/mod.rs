@@ -32,7 +32,7 @@ use std::sync::Arc;
 use crate::model::{AttrArena, Span, Sym, TraceId};
 use crate::operator::{
     Batch, Buffered, DataKind, DeferredState, Emitter, Operator, OperatorError, PortSpec, Report,
-    Scope, Shape, Table, TraceRef, decode_state, encode_state,
+    Scope, Shape, Share, Table, TraceRef, decode_state, encode_state,
 };
 use crate::span_index::SpanIndex;
 use crate::{EventTime, WATERMARK_END};
@@ -932,6 +932,18 @@ impl Operator for SessionWindow {
 
     fn restore(&mut self, state: &[u8]) -> Result<(), OperatorError> {
         self.state = decode_state(state)?;
+        Ok(())
+    }
+
+    fn restore_share(&mut self, states: &[&[u8]], share: Share) -> Result<(), OperatorError> {
+        let mut merged = SessionWindowState::default();
+        let mut first = true;
+        for bytes in states {
+            let s: SessionWindowState = decode_state(bytes)?;
+            merged.take_share(s, share, first);
+            first = false;
+        }
+        self.state = merged;
         Ok(())
     }
 

@@ -7,6 +7,7 @@ use super::timers::TimerQueue;
 use super::{Session, SessionMetrics, Tombstone};
 use crate::EventTime;
 use crate::model::TraceId;
+use crate::operator::Share;
 
 /// Everything `session_window` holds between calls. Restoring it into a new operator
 /// with the same config continues exactly where the snapshot was taken.
@@ -30,4 +31,39 @@ pub struct SessionWindowState {
     pub(super) buffered_spans: usize,
     pub(super) buffered_bytes: usize,
     pub(super) metrics: SessionMetrics,
+}
+
+impl SessionWindowState {
+    /// Adds the part of `other` (one instance's state of a run at another parallelism)
+    /// that `share` owns: its traces' sessions, tombstones and queue entries; the
+    /// counters too when the share takes them. `first`: `self` is still empty, so the
+    /// watermarks are `other`'s rather than the lower of both (instances at one
+    /// checkpoint saw the same input watermark, but forwarded their own).
+    pub(super) fn take_share(&mut self, other: SessionWindowState, share: Share, first: bool) {
+        for (tid, list) in other.sessions {
+            if share.owns(&tid) {
+                self.open_sessions += list.len();
+                for s in &list {
+                    self.buffered_spans += s.spans.len();
+                    self.buffered_bytes += s.bytes;
+                }
+                self.sessions.insert(tid, list);
+            }
+        }
+        self.tombstones
+            .extend(other.tombstones.into_iter().filter(|(t, _)| share.owns(t)));
+        self.timers.extend_owned(&other.timers, share);
+        self.expiry.extend_owned(&other.expiry, share);
+        self.holds.extend_owned(&other.holds, share);
+        if first {
+            self.watermark = other.watermark;
+            self.forwarded = other.forwarded;
+        } else {
+            self.watermark = self.watermark.min(other.watermark);
+            self.forwarded = self.forwarded.min(other.forwarded);
+        }
+        if share.takes_unkeyed() {
+            self.metrics.merge(&other.metrics);
+        }
+    }
 }

@@ -478,8 +478,83 @@ fn a_session_that_outlives_its_first_deadline_moves_its_attributes_out() {
     }
 }
 
+/// Closed sessions as trace and sorted span ids, sorted ([`normalize`]).
+type Sessions = Vec<(TraceId, Vec<SpanId>)>;
+
+/// Runs `sc` over `from` instances (spans routed by trace as the router does), takes
+/// every instance's snapshot before batch `at`, restores their shares into `to` new
+/// instances and goes on: the closed traces and late spans of all instances, and the
+/// summed counters.
+fn run_rescaled(
+    sc: &Scenario,
+    from: usize,
+    to: usize,
+    at: usize,
+) -> (Sessions, Vec<SpanId>, SessionMetrics) {
+    use crate::operator::{Operator, Share};
+    let c = SessionWindowConfig {
+        gap: HumanDuration(std::time::Duration::from_nanos(sc.gap)),
+        closed_trace_retention: HumanDuration::secs(0),
+        max_duration: HumanDuration::secs(1_000_000),
+        ..Default::default()
+    };
+    let mut ws: Vec<SessionWindow> = (0..from).map(|_| SessionWindow::new(c.clone())).collect();
+    let mut out = SessionOutput::default();
+    let mut max_seen = 0u64;
+    let mut metrics = SessionMetrics::default();
+    for (bi, chunk) in sc.spans.chunks(sc.batches[0]).enumerate() {
+        if bi == at {
+            let states: Vec<Vec<u8>> = ws.iter().map(|w| Operator::snapshot(w).unwrap()).collect();
+            let refs: Vec<&[u8]> = states.iter().map(Vec::as_slice).collect();
+            ws = (0..to)
+                .map(|index| {
+                    let mut w = SessionWindow::new(c.clone());
+                    w.restore_share(&refs, Share { index, count: to }).unwrap();
+                    w
+                })
+                .collect();
+        }
+        for s in chunk {
+            max_seen = max_seen.max(s.end_ns);
+        }
+        let n = ws.len();
+        for (i, w) in ws.iter_mut().enumerate() {
+            let mine = chunk.iter().filter(|s| s.trace_id.shard(n) == i).cloned();
+            w.process(mine, &mut out);
+            w.on_watermark(max_seen.saturating_sub(sc.max_ooo + 1), &mut out);
+        }
+    }
+    for w in &mut ws {
+        w.on_watermark(WATERMARK_END, &mut out);
+        metrics.merge(w.metrics());
+        assert_eq!(w.buffered_spans(), 0);
+    }
+    let mut late: Vec<SpanId> = out.late.iter().map(|l| l.span.span_id).collect();
+    late.sort();
+    (normalize(&out.closed), late, metrics)
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(300))]
+
+    /// A checkpoint of `from` instances restored into `to` gives the closed traces,
+    /// late spans and counters of one instance that never stopped.
+    #[test]
+    fn restore_at_another_parallelism_gives_same_output(
+        sc in scenario(),
+        at in 0usize..10,
+        from in 1usize..4,
+        to in 1usize..4,
+    ) {
+        let (closed, late, _) = run(&sc, None);
+        let mut late: Vec<SpanId> = late.iter().map(|l| l.span.span_id).collect();
+        late.sort();
+        let (rc, rl, rm) = run_rescaled(&sc, from, to, at);
+        prop_assert_eq!(normalize(&closed), rc);
+        prop_assert_eq!(late, rl);
+        prop_assert_eq!(rm.spans_in as usize, sc.spans.len());
+        prop_assert_eq!(rm.traces_closed() as usize, closed.len());
+    }
 
     /// Whatever settles when, every closed span carries the attributes it arrived with.
     #[test]

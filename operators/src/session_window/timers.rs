@@ -64,6 +64,15 @@ impl TimerQueue {
         top.map(|e| e.0)
     }
 
+    /// Adds the entries of `other` whose trace `share` owns (rescaling a checkpoint).
+    pub(crate) fn extend_owned(&mut self, other: &TimerQueue, share: crate::operator::Share) {
+        for &(at, tid) in other.entries() {
+            if share.owns(&tid) {
+                self.push(at, tid);
+            }
+        }
+    }
+
     fn entries(&self) -> impl Iterator<Item = &(EventTime, TraceId)> {
         self.buckets.values().flat_map(|b| b.iter().map(|e| &e.0))
     }

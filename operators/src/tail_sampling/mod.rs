@@ -64,7 +64,7 @@ use crate::config::{ConfigIssue, HumanDuration};
 use crate::model::{CallType, Sym};
 use crate::operator::{
     Batch, Buffered, DataKind, DeferredState, Emitter, Operator, OperatorError, PortSpec, Report,
-    Scope, Shape, Table, TraceRef, decode_state, encode_state,
+    Scope, Shape, Share, Table, TraceRef, decode_state, encode_state,
 };
 use crate::session_window::ClosedTrace;
 
@@ -443,6 +443,37 @@ pub struct TailSampler {
 
 impl TailSampler {
     /// A copy of everything the sampler holds between calls.
+    /// Replaces the held traces, verdicts and counters with a checkpoint's.
+    fn restore_state(&mut self, s: TailSamplerState) {
+        let mut metrics = s.metrics;
+        for p in &self.policies {
+            metrics
+                .kept_by_policy
+                .entry(p.name.as_str().to_owned())
+                .or_insert(0);
+        }
+        self.metrics = metrics;
+        self.held = s
+            .held
+            .into_iter()
+            .map(|h| Held {
+                trace: TraceRef {
+                    trace: std::sync::Arc::new(h.trace),
+                    decision: None,
+                },
+                offers: h.offers,
+            })
+            .collect();
+        self.held_spans = self.held.iter().map(|h| h.trace.trace.spans.len()).sum();
+        self.held_start = self
+            .held
+            .iter()
+            .map(|h| h.trace.trace.summary.start_ns)
+            .min();
+        self.verdicts = s.verdicts.into_iter().map(|v| (v.key, v)).collect();
+        self.watermark = s.watermark;
+    }
+
     fn state(&self) -> TailSamplerState {
         let mut verdicts: Vec<RateVerdict> = self.verdicts.values().cloned().collect();
         verdicts.sort_by_key(|a| a.key);
@@ -897,33 +928,17 @@ impl Operator for TailSampler {
 
     fn restore(&mut self, state: &[u8]) -> Result<(), OperatorError> {
         let s: TailSamplerState = decode_state(state)?;
-        let mut metrics = s.metrics;
-        for p in &self.policies {
-            metrics
-                .kept_by_policy
-                .entry(p.name.as_str().to_owned())
-                .or_insert(0);
+        self.restore_state(s);
+        Ok(())
+    }
+
+    fn restore_share(&mut self, states: &[&[u8]], share: Share) -> Result<(), OperatorError> {
+        let mut merged = TailSamplerState::default();
+        for (i, bytes) in states.iter().enumerate() {
+            let s: TailSamplerState = decode_state(bytes)?;
+            merged.take_share(s, share, i == 0);
         }
-        self.metrics = metrics;
-        self.held = s
-            .held
-            .into_iter()
-            .map(|h| Held {
-                trace: TraceRef {
-                    trace: std::sync::Arc::new(h.trace),
-                    decision: None,
-                },
-                offers: h.offers,
-            })
-            .collect();
-        self.held_spans = self.held.iter().map(|h| h.trace.trace.spans.len()).sum();
-        self.held_start = self
-            .held
-            .iter()
-            .map(|h| h.trace.trace.summary.start_ns)
-            .min();
-        self.verdicts = s.verdicts.into_iter().map(|v| (v.key, v)).collect();
-        self.watermark = s.watermark;
+        self.restore_state(merged);
         Ok(())
     }
 

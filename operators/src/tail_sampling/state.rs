@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use super::SamplingMetrics;
 use super::limit::{LimitKey, Rank, RateVerdict};
+use crate::operator::Share;
 use crate::session_window::ClosedTrace;
 
 /// Everything `tail_sampling` holds between calls. Restoring it into a new sampler with
@@ -22,4 +23,36 @@ pub struct TailSamplerState {
 pub(super) struct HeldState {
     pub(super) trace: ClosedTrace,
     pub(super) offers: Vec<(usize, LimitKey, Rank)>,
+}
+
+impl TailSamplerState {
+    /// Adds the part of `other` (one instance's state of a run at another parallelism)
+    /// that `share` owns: its held traces, every verdict (verdicts are sent to all
+    /// instances, and one that came twice changes nothing), and the counters when the
+    /// share takes them. `first`: `self` is still empty.
+    pub(super) fn take_share(&mut self, other: TailSamplerState, share: Share, first: bool) {
+        self.held.extend(
+            other
+                .held
+                .into_iter()
+                .filter(|h| share.owns(&h.trace.trace_id)),
+        );
+        let mut verdicts: std::collections::BTreeMap<LimitKey, RateVerdict> =
+            std::mem::take(&mut self.verdicts)
+                .into_iter()
+                .map(|v| (v.key, v))
+                .collect();
+        for v in other.verdicts {
+            verdicts.entry(v.key).or_insert(v);
+        }
+        self.verdicts = verdicts.into_values().collect();
+        self.watermark = if first {
+            other.watermark
+        } else {
+            self.watermark.min(other.watermark)
+        };
+        if share.takes_unkeyed() {
+            self.metrics.merge(&other.metrics);
+        }
+    }
 }
