@@ -29,7 +29,7 @@ use super::shard::NodeSnapshot;
 
 /// Bumped when the layout of the state changes; an older one is refused with a clear
 /// message.
-pub(crate) const VERSION: u32 = 6;
+pub(crate) const VERSION: u32 = 7;
 
 /// Savepoints kept in a directory (the newest first).
 pub(crate) const KEEP: usize = 3;
@@ -169,11 +169,14 @@ impl Store {
         let id = ids.first().map_or(1, |(id, _)| id + 1);
         let path = self.dir.join(format!("{PREFIX}{id:08}"));
         std::fs::create_dir_all(&path).map_err(io(&path))?;
-        let mut state = Vec::new();
-        ciborium::into_writer(sp, &mut state).map_err(|e| {
-            SavepointError::Refused(format!("cannot encode the savepoint (a bug): {e}"))
+        // Streamed into the file: a copy of the whole state in memory would cost as
+        // much again in fresh pages.
+        let (state_bytes, state_crc32) = write_durably_with(&path.join(STATE), |w| {
+            ciborium::into_writer(sp, w).map_err(|e| match e {
+                ciborium::ser::Error::Io(e) => e,
+                e => std::io::Error::other(format!("cannot encode the savepoint (a bug): {e}")),
+            })
         })?;
-        write_durably(&path.join(STATE), &state)?;
         let manifest = Manifest {
             version: VERSION,
             id,
@@ -181,8 +184,8 @@ impl Store {
             fingerprint: sp.fingerprint,
             parallelism: sp.parallelism,
             watermark: sp.watermark,
-            state_bytes: state.len() as u64,
-            state_crc32: crc32fast::hash(&state),
+            state_bytes,
+            state_crc32,
         };
         let text = serde_json::to_vec_pretty(&manifest).map_err(|e| {
             SavepointError::Refused(format!("cannot encode the manifest (a bug): {e}"))
@@ -193,7 +196,7 @@ impl Store {
         for (_, old) in ids.iter().skip(keep.max(1) - 1) {
             std::fs::remove_dir_all(old).map_err(io(old))?;
         }
-        Ok((path, state.len() as u64))
+        Ok((path, state_bytes))
     }
 
     /// Removes every savepoint (the run finished; nothing is left open).
@@ -257,6 +260,54 @@ fn write_durably(dest: &Path, bytes: &[u8]) -> Result<(), SavepointError> {
         sync_dir(parent)?;
     }
     Ok(())
+}
+
+/// Passes writes on, counting their bytes and their CRC-32 (for the manifest).
+struct Checksummed<W> {
+    inner: W,
+    crc: crc32fast::Hasher,
+    len: u64,
+}
+
+impl<W: std::io::Write> std::io::Write for Checksummed<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        let done = buf.get(..n).unwrap_or(buf);
+        self.crc.update(done);
+        self.len += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Like [`write_durably`], with the content written by `fill`; returns its size and
+/// CRC-32.
+fn write_durably_with(
+    dest: &Path,
+    fill: impl FnOnce(&mut Checksummed<std::io::BufWriter<std::fs::File>>) -> std::io::Result<()>,
+) -> Result<(u64, u32), SavepointError> {
+    let tmp = dest.with_extension("tmp");
+    let f = std::fs::File::create(&tmp).map_err(io(&tmp))?;
+    let mut w = Checksummed {
+        inner: std::io::BufWriter::with_capacity(1 << 20, f),
+        crc: crc32fast::Hasher::new(),
+        len: 0,
+    };
+    fill(&mut w).map_err(io(&tmp))?;
+    let (len, crc) = (w.len, w.crc.finalize());
+    let f = w.inner.into_inner().map_err(|e| SavepointError::Io {
+        path: tmp.clone(),
+        source: e.into_error(),
+    })?;
+    f.sync_all().map_err(io(&tmp))?;
+    std::fs::rename(&tmp, dest).map_err(io(dest))?;
+    if let Some(parent) = dest.parent() {
+        sync_dir(parent)?;
+    }
+    Ok((len, crc))
 }
 
 /// Makes a directory's entries (a rename) durable.

@@ -549,12 +549,22 @@ impl AttrsBuilder {
 /// Serialized as the packed bytes: checkpoints are read back by the same version.
 impl Serialize for Attrs {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_bytes(&self.0)
+        match super::codec::attrs_index(self) {
+            Some(i) => s.serialize_u32(i),
+            None => s.serialize_bytes(&self.0),
+        }
     }
 }
 
 impl<'de> Deserialize<'de> for Attrs {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        if super::codec::decoding() {
+            // Validated when the table was decoded.
+            let i = u32::deserialize(d)?;
+            return super::codec::attrs_at(i).ok_or_else(|| {
+                serde::de::Error::custom(format!("no attributes {i} in the state"))
+            });
+        }
         let v: Vec<u8> = serde::de::Deserialize::deserialize(d)?;
         // Validate by walking it: a corrupt checkpoint must not yield garbage later.
         let a = if v.is_empty() {

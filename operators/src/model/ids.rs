@@ -63,14 +63,22 @@ macro_rules! hex_id {
             }
         }
 
+        /// Hex in text formats (JSON); the raw bytes in binary ones (checkpoints).
         impl Serialize for $name {
             fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-                s.serialize_str(&self.to_hex())
+                if s.is_human_readable() {
+                    s.serialize_str(&self.to_hex())
+                } else {
+                    self.0.serialize(s)
+                }
             }
         }
 
         impl<'de> Deserialize<'de> for $name {
             fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                if !d.is_human_readable() {
+                    return <[u8; $len]>::deserialize(d).map($name);
+                }
                 let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
                 $name::from_hex(&s)
                     .ok_or_else(|| serde::de::Error::custom(concat!("invalid ", stringify!($name))))

@@ -5,6 +5,7 @@
 //! as typed fields, and everything else packed into one [`Attrs`] buffer for the sinks.
 
 mod attrs;
+pub mod codec;
 mod ids;
 mod span;
 mod sym;

@@ -198,12 +198,20 @@ impl Ord for Sym {
 
 impl Serialize for Sym {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(self.as_str())
+        match super::codec::sym_index(*self) {
+            Some(i) => s.serialize_u32(i),
+            None => s.serialize_str(self.as_str()),
+        }
     }
 }
 
 impl<'de> Deserialize<'de> for Sym {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        if super::codec::decoding() {
+            let i = u32::deserialize(d)?;
+            return super::codec::sym_at(i)
+                .ok_or_else(|| serde::de::Error::custom(format!("no string {i} in the state")));
+        }
         let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
         Ok(Sym::new(&s))
     }

@@ -365,12 +365,11 @@ impl OperatorError {
     }
 }
 
-/// Encodes an operator's state for a snapshot (CBOR: compact, self-describing, so a
-/// checkpoint can be inspected and a field added with a default).
+/// Encodes an operator's state for a snapshot ([`crate::model::codec`]: bincode with
+/// each string and shared attribute buffer once). Not self-describing: a change of a
+/// state's layout bumps the savepoint version.
 pub fn encode_state<T: Serialize>(state: &T) -> Result<Vec<u8>, OperatorError> {
-    let mut out = Vec::new();
-    ciborium::into_writer(state, &mut out).map_err(|e| OperatorError::State(e.to_string()))?;
-    Ok(out)
+    crate::model::codec::encode(state).map_err(|e| OperatorError::State(e.to_string()))
 }
 
 /// A state snapshot, encoded or still to encode (see
@@ -391,7 +390,16 @@ impl DeferredState {
     /// A copy of a state, encoded with [`encode_state`] when [`DeferredState::encode`]
     /// runs.
     pub fn later<T: Serialize + Send + 'static>(state: T) -> Self {
-        DeferredState(DeferredInner::Later(Box::new(move || encode_state(&state))))
+        Self::later_sized(state, 0)
+    }
+
+    /// Like [`DeferredState::later`], with about `bytes` of output expected: the buffer
+    /// is allocated once instead of growing (and copying) up to twice that.
+    pub fn later_sized<T: Serialize + Send + 'static>(state: T, bytes: usize) -> Self {
+        DeferredState(DeferredInner::Later(Box::new(move || {
+            crate::model::codec::encode_sized(&state, bytes)
+                .map_err(|e| OperatorError::State(e.to_string()))
+        })))
     }
 
     /// The encoded state.
@@ -414,7 +422,7 @@ impl std::fmt::Debug for DeferredState {
 
 /// Decodes a state written by [`encode_state`].
 pub fn decode_state<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, OperatorError> {
-    ciborium::from_reader(bytes).map_err(|e| OperatorError::State(e.to_string()))
+    crate::model::codec::decode(bytes).map_err(|e| OperatorError::State(e.to_string()))
 }
 
 /// What an operator reports for the run summary and the server's metrics; instances

@@ -82,7 +82,14 @@ impl TimerQueue {
 /// `(time, trace)`), so checkpoints taken before restore into it.
 impl Serialize for TimerQueue {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_seq(self.entries())
+        // With its length up front: bincode (checkpoints) needs it.
+        use serde::ser::SerializeSeq as _;
+        let len = self.buckets.values().map(BinaryHeap::len).sum();
+        let mut seq = serializer.serialize_seq(Some(len))?;
+        for e in self.entries() {
+            seq.serialize_element(e)?;
+        }
+        seq.end()
     }
 }
 
