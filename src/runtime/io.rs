@@ -184,6 +184,15 @@ impl FinishSignal {
     pub fn wait(self) -> Finish {
         self.0.recv().unwrap_or(Finish::Abort)
     }
+
+    /// The answer, if it comes within `timeout` (`Abort` when the runtime is gone).
+    pub fn wait_for(&self, timeout: std::time::Duration) -> Option<Finish> {
+        match self.0.recv_timeout(timeout) {
+            Ok(f) => Some(f),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => None,
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => Some(Finish::Abort),
+        }
+    }
 }
 
 /// Records of one split, consecutive, in order.

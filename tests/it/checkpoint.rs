@@ -184,6 +184,27 @@ pub(crate) fn run_cli_at(
     kill_after: Option<Duration>,
 ) -> Option<String> {
     let before = newest_checkpoint(chk);
+    let ready = || newest_checkpoint(chk) != before;
+    run_cli_until(
+        parallelism,
+        job,
+        out,
+        chk,
+        interval,
+        kill_after.map(|d| (d, &ready as &dyn Fn() -> bool)),
+    )
+}
+
+/// Like [`run_cli_at`], killing the run `kill.0` after `kill.1` first says it is
+/// ready (instead of after its first checkpoint).
+pub(crate) fn run_cli_until(
+    parallelism: usize,
+    job: &Path,
+    out: &Path,
+    chk: &Path,
+    interval: &str,
+    kill: Option<(Duration, &dyn Fn() -> bool)>,
+) -> Option<String> {
     let mut child = Command::new(bin())
         .args(["run", "--json", "--parallelism"])
         .arg(parallelism.to_string())
@@ -193,16 +214,44 @@ pub(crate) fn run_cli_at(
         .arg("--checkpoint-dir")
         .arg(chk)
         .arg(job)
+        .env(
+            "SPANFLOW_LOG",
+            std::env::var("SPANFLOW_LOG").unwrap_or_else(|_| "warn".into()),
+        )
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        // The last run's log shows in the test's output (it is the one that may hang).
+        .stderr(if kill.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::inherit()
+        })
         .spawn()
         .unwrap();
     let started = Instant::now();
-    let Some(extra) = kill_after else {
-        let o = child.wait_with_output().unwrap();
+    let Some((extra, ready)) = kill else {
+        let mut stdout = child.stdout.take().unwrap();
+        let reader = std::thread::spawn(move || {
+            let mut s = String::new();
+            std::io::Read::read_to_string(&mut stdout, &mut s).map(|_| s)
+        });
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if started.elapsed() > Duration::from_secs(150) {
+                // Where every thread is, for the record, before giving up.
+                let _ = Command::new("gdb")
+                    .args(["-batch", "-ex", "thread apply all bt", "-p"])
+                    .arg(child.id().to_string())
+                    .status();
+                child.kill().unwrap();
+                panic!("the last run did not end in 150 s");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
         eprintln!("last run: {:?}", started.elapsed());
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-        return Some(String::from_utf8(o.stdout).unwrap());
+        assert!(status.success(), "the last run failed: {status}");
+        return Some(reader.join().unwrap().unwrap());
     };
     let mut kill_at = None;
     loop {
@@ -215,9 +264,9 @@ pub(crate) fn run_cli_at(
         }
         assert!(
             started.elapsed() < Duration::from_secs(60),
-            "no checkpoint in a minute"
+            "not ready to be killed in a minute"
         );
-        if kill_at.is_none() && newest_checkpoint(chk) != before {
+        if kill_at.is_none() && ready() {
             kill_at = Some(Instant::now() + extra);
         }
         if kill_at.is_some_and(|t| Instant::now() >= t) {

@@ -22,13 +22,14 @@ fn block_on<F: std::future::Future>(f: F) -> F::Output {
         .block_on(f)
 }
 
-struct Server {
-    url: String,
+/// A ClickHouse server of its own, on loopback.
+pub(crate) struct Server {
+    pub url: String,
     service: Service,
 }
 
 impl Server {
-    fn start() -> Server {
+    pub fn start() -> Server {
         let service = Service::start("clickhouse.sh", "SPANFLOW_CLICKHOUSE_DIR");
         Server {
             url: service.var("SPANFLOW_CLICKHOUSE_URL"),
@@ -71,7 +72,7 @@ impl Server {
     }
 
     /// Every row of `table` (after FINAL) as sorted TabSeparated lines.
-    fn snapshot(&self, table: &str) -> Vec<String> {
+    pub fn snapshot(&self, table: &str) -> Vec<String> {
         let mut lines: Vec<String> = self
             .query(&format!("SELECT * FROM {table} FINAL"))
             .lines()

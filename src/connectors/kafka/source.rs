@@ -213,6 +213,10 @@ impl ConsumerContext for Ctx {
                     shared.errors.push(format!("assigning partitions: {e}"));
                 }
                 shared.ever_assigned = true;
+                tracing::debug!(
+                    partitions = ?splits.iter().map(|s| s.partition).collect::<Vec<_>>(),
+                    "kafka partitions assigned"
+                );
                 for s in &splits {
                     shared.assigned.insert(s.key, s.clone());
                 }
@@ -234,6 +238,10 @@ impl ConsumerContext for Ctx {
                 if let Err(e) = r {
                     shared.errors.push(format!("revoking partitions: {e}"));
                 }
+                tracing::debug!(
+                    partitions = ?splits.iter().map(|s| s.partition).collect::<Vec<_>>(),
+                    "kafka partitions revoked"
+                );
                 shared.pending.push(KafkaEvent::Revoked(splits));
             }
             other => {
@@ -480,6 +488,7 @@ impl KafkaReader {
         let mut stats = KafkaRunStats::default();
         // Positions of checkpoints sent but not yet durable, oldest first.
         let mut uncommitted: Vec<(u64, Offsets)> = Vec::new();
+        let mut last_barrier = 0;
         let mut chunks: BTreeMap<u32, Chunk> = BTreeMap::new();
         let mut done: BTreeMap<u32, Split> = BTreeMap::new();
         let mut last_flush = Instant::now();
@@ -502,7 +511,9 @@ impl KafkaReader {
             // a stuck rebalance) would otherwise look like a silent hang.
             if started.elapsed() >= next_wait_warning {
                 next_wait_warning += Duration::from_secs(30);
-                let assigned = self.shared.lock().map_or(true, |s| s.ever_assigned);
+                // Also when a restored run still waits for its checkpoint's partitions
+                // (a group may settle with nothing assigned to it).
+                let assigned = self.shared.lock().map_or(true, |s| !s.assigned.is_empty());
                 if !assigned {
                     tracing::warn!(
                         group = %self.config.group_id,
@@ -611,21 +622,12 @@ impl KafkaReader {
                 }
                 let positions = self.positions()?;
                 uncommitted.push((id, positions.clone()));
+                last_barrier = id;
                 if !emit(KafkaEvent::Barrier { id, positions }) {
                     return Ok(stats);
                 }
             }
-            // Offsets reach the group only once the checkpoint holding them is
-            // durable: a restart without the checkpoint then resumes from there.
-            let durable = hooks.durable();
-            if let Some(i) = uncommitted.iter().rposition(|(id, _)| *id <= durable) {
-                let (_, positions) = uncommitted.swap_remove(i);
-                uncommitted.retain(|(id, _)| *id > durable);
-                match self.commit_positions(&positions, CommitMode::Async) {
-                    Ok(n) => stats.committed = n,
-                    Err(e) => tracing::warn!(error = %e, "committing a checkpoint's offsets"),
-                }
-            }
+            self.commit_durable(&mut uncommitted, hooks, &mut stats);
         }
         for (_, c) in std::mem::take(&mut chunks) {
             if !emit(c.into_event()) {
@@ -634,11 +636,43 @@ impl KafkaReader {
         }
         stats.finished = true;
         let positions = self.positions()?;
+        // Every checkpoint after the last barrier holds this source as finished, at
+        // these positions: once one is durable the group sees them, while the rest of
+        // the job may still take long to finish.
+        uncommitted.push((last_barrier + 1, positions.clone()));
         emit(KafkaEvent::EndOfInput(positions));
-        if finish.is_some_and(|f| f.wait() == Finish::Commit) {
+        let answer = finish.map(|f| {
+            loop {
+                if let Some(answer) = f.wait_for(Duration::from_millis(50)) {
+                    break answer;
+                }
+                self.commit_durable(&mut uncommitted, hooks, &mut stats);
+            }
+        });
+        if answer == Some(Finish::Commit) {
             stats.committed = self.commit()?;
         }
         Ok(stats)
+    }
+
+    /// Commits the newest of `uncommitted` (checkpoint id, positions) whose checkpoint
+    /// is durable, and forgets it and older ones. Offsets reach the group only then: a
+    /// restart without the checkpoint resumes from there, and lag is real.
+    fn commit_durable(
+        &self,
+        uncommitted: &mut Vec<(u64, Offsets)>,
+        hooks: &dyn CheckpointHooks,
+        stats: &mut KafkaRunStats,
+    ) {
+        let durable = hooks.durable();
+        if let Some(i) = uncommitted.iter().rposition(|(id, _)| *id <= durable) {
+            let (_, positions) = uncommitted.swap_remove(i);
+            uncommitted.retain(|(id, _)| *id > durable);
+            match self.commit_positions(&positions, CommitMode::Async) {
+                Ok(n) => stats.committed = n,
+                Err(e) => tracing::warn!(error = %e, "committing a checkpoint's offsets"),
+            }
+        }
     }
 
     /// In a bounded run: true once some assignment arrived and every assigned partition
