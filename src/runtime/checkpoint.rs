@@ -305,7 +305,14 @@ impl Coordinator {
             let committed = t.out.checkpoint().map_err(|e| SinkError::of(t, e))?;
             let key = t.key();
             let pending = of_table(&pending, &key);
-            sinks.push((key, SinkCheckpoint { committed, pending }));
+            sinks.push((
+                key,
+                SinkCheckpoint {
+                    committed,
+                    pending,
+                    published: false,
+                },
+            ));
         }
         let sp = Savepoint {
             version: VERSION,
@@ -325,6 +332,9 @@ impl Coordinator {
         self.building.retain(|&k, _| k > id);
         self.written = id;
         self.commit(&pending)?;
+        if !pending.is_empty() {
+            tokio::task::block_in_place(|| self.store.mark_committed(&path))?;
+        }
         self.signal.durable.fetch_max(id, Ordering::AcqRel);
         self.stats.completed += 1;
         self.stats.last = Some(path);

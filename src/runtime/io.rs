@@ -531,6 +531,10 @@ pub struct SinkCheckpoint {
     /// What the writers pre-committed for the checkpoint, to commit when it is
     /// restored.
     pub pending: Vec<Position>,
+    /// The checkpoint's commits had all finished (its directory says so): sinks whose
+    /// commit is not idempotent (Kafka transactions) skip `pending`.
+    #[serde(skip)]
+    pub published: bool,
 }
 
 /// A writer of one table, opened by one shard.

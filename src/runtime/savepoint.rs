@@ -35,6 +35,8 @@ pub(crate) const VERSION: u32 = 7;
 pub(crate) const KEEP: usize = 3;
 
 const MANIFEST: &str = "MANIFEST.json";
+/// Written once every sink has committed what the checkpoint pre-committed.
+const COMMITTED: &str = "COMMITTED";
 const STATE: &str = "state.cbor";
 const PREFIX: &str = "chk-";
 
@@ -199,6 +201,12 @@ impl Store {
         Ok((path, state_bytes))
     }
 
+    /// Records that the sinks committed what the savepoint at `path` pre-committed, so
+    /// that a restore does not commit it again.
+    pub fn mark_committed(&self, path: &Path) -> Result<(), SavepointError> {
+        write_durably(&path.join(COMMITTED), b"")
+    }
+
     /// Removes every savepoint (the run finished; nothing is left open).
     pub fn clear(&self) -> Result<(), SavepointError> {
         for (_, path) in self.ids()? {
@@ -238,8 +246,12 @@ fn read(path: &Path) -> Result<Savepoint, Skip> {
             m.state_bytes
         )));
     }
-    let sp: Savepoint = ciborium::from_reader(state.as_slice())
+    let mut sp: Savepoint = ciborium::from_reader(state.as_slice())
         .map_err(|e| Skip::Damaged(format!("{STATE} cannot be decoded ({e})")))?;
+    let published = path.join(COMMITTED).exists();
+    for (_, s) in &mut sp.sinks {
+        s.published = published;
+    }
     if sp.version != VERSION {
         return Err(Skip::Damaged(format!(
             "{STATE} has version {}, its manifest {VERSION}",
@@ -358,6 +370,23 @@ mod tests {
             sinks: Vec::new(),
             next_part: 2,
         }
+    }
+
+    /// A checkpoint whose commits finished says so to the run that restores it.
+    #[test]
+    fn a_committed_checkpoint_is_restored_as_published() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(dir.path());
+        let mut sp = savepoint(1);
+        sp.sinks = vec![(
+            "out/traces".into(),
+            super::super::io::SinkCheckpoint::default(),
+        )];
+        let (path, _) = store.write(&sp, KEEP).unwrap();
+        let published = |store: &Store| store.latest().unwrap().unwrap().1.sinks[0].1.published;
+        assert!(!published(&store));
+        store.mark_committed(&path).unwrap();
+        assert!(published(&store));
     }
 
     #[test]

@@ -272,6 +272,18 @@ impl RunSummary {
                 p.display()
             );
         }
+        let c = &self.checkpoints;
+        if c.completed > 0 {
+            let _ = writeln!(
+                s,
+                "  checkpoints {} taken (longest {:.0} ms, processing stopped {:.1} ms at most), \
+                 last {:.1} MiB",
+                c.completed,
+                c.max_duration_ms,
+                c.max_stall_ms,
+                c.last_bytes as f64 / (1024.0 * 1024.0)
+            );
+        }
         let _ = writeln!(
             s,
             "  input       {} records, {} spans decoded, {} dead letters ({} bad records, {} bad spans)",

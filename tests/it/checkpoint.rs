@@ -112,6 +112,11 @@ fn periodic_checkpoints_change_nothing_in_the_outputs() {
             s.checkpoints.completed
         );
         assert!(s.savepoint.is_none());
+        let text = s.render();
+        assert!(
+            text.contains(&format!("checkpoints {} taken", s.checkpoints.completed)),
+            "{text}"
+        );
         assert_same_tables(&reference, &out);
         let left: Vec<_> = std::fs::read_dir(&dir).unwrap().collect();
         assert!(left.is_empty(), "a finished run keeps no checkpoint");

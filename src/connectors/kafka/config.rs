@@ -281,6 +281,12 @@ pub struct KafkaSinkConfig {
     /// Extra librdkafka producer settings (`linger.ms`, `compression.type`, ...).
     #[serde(default)]
     pub properties: BTreeMap<String, String>,
+    /// Exactly-once for `read_committed` consumers: the sink's `transactional.id`.
+    /// Rows are then held by the job until the checkpoint that covers them is durable,
+    /// and produced in one transaction per table and checkpoint (without checkpoints,
+    /// in one transaction at the end of the run). Needs a broker with transactions.
+    #[serde(default)]
+    pub transactional_id: Option<String>,
 }
 
 fn default_topic_prefix() -> String {
@@ -292,7 +298,11 @@ fn default_output_format() -> OutputFormat {
 }
 
 /// librdkafka settings the sink manages itself.
-const RESERVED_PRODUCER_KEYS: &[&str] = &["bootstrap.servers", "enable.idempotence"];
+const RESERVED_PRODUCER_KEYS: &[&str] = &[
+    "bootstrap.servers",
+    "enable.idempotence",
+    "transactional.id",
+];
 
 impl KafkaSinkConfig {
     /// Checks the values serde cannot; returns every problem found.
@@ -330,9 +340,20 @@ impl KafkaSinkConfig {
             if RESERVED_PRODUCER_KEYS.contains(&key.as_str()) {
                 issues.push(ConfigIssue::new(
                     &format!("properties.{key}"),
-                    "is set by spanflow (the producer is always idempotent)",
+                    "is set by spanflow (the producer is always idempotent; set \
+                     `transactional_id` for transactions)",
                 ));
             }
+        }
+        if self
+            .transactional_id
+            .as_ref()
+            .is_some_and(|t| t.trim().is_empty())
+        {
+            issues.push(ConfigIssue::new(
+                "transactional_id",
+                "must not be empty (leave it out for an idempotent producer)",
+            ));
         }
         issues
     }

@@ -62,6 +62,8 @@ impl ProducerContext for DeliveryCtx {
 pub struct KafkaProducer {
     inner: ThreadedProducer<DeliveryCtx>,
     brokers: String,
+    /// One transaction at a time (tables of a sink share the producer).
+    txn: Mutex<()>,
 }
 
 impl std::fmt::Debug for KafkaProducer {
@@ -94,7 +96,56 @@ impl KafkaProducer {
         Ok(KafkaProducer {
             inner,
             brokers: brokers.to_owned(),
+            txn: Mutex::new(()),
         })
+    }
+
+    /// A transactional producer (`transactional.id` = `id`): creating it aborts any
+    /// transaction a previous process with the same id left open.
+    pub fn transactional(
+        brokers: &str,
+        properties: &BTreeMap<String, String>,
+        id: &str,
+    ) -> Result<Self, ConnectorError> {
+        let mut props = properties.clone();
+        props.insert("transactional.id".into(), id.to_owned());
+        let p = Self::new(brokers, &props)?;
+        p.inner.init_transactions(FLUSH_TIMEOUT).map_err(|e| {
+            ConnectorError::external(format!(
+                "initializing transactions of `{id}` on {brokers}: {e}"
+            ))
+        })?;
+        Ok(p)
+    }
+
+    /// Produces `records` (topic, key, value) in one transaction: all of them become
+    /// visible to `read_committed` consumers together, or none.
+    pub fn send_in_transaction<'a>(
+        &self,
+        records: impl IntoIterator<Item = (&'a str, &'a [u8], &'a [u8])>,
+    ) -> Result<(), ConnectorError> {
+        let fail = |what: &str, e: KafkaError| {
+            ConnectorError::external(format!("{what} a transaction on {}: {e}", self.brokers))
+        };
+        let _one = self
+            .txn
+            .lock()
+            .map_err(|_| ConnectorError::internal("poisoned lock"))?;
+        self.inner
+            .begin_transaction()
+            .map_err(|e| fail("beginning", e))?;
+        let sent = records
+            .into_iter()
+            .try_for_each(|(topic, key, value)| self.send(topic, None, Some(key), value));
+        if let Err(e) = sent {
+            let _ = self.inner.abort_transaction(FLUSH_TIMEOUT);
+            return Err(e);
+        }
+        // Commit flushes first; a failed delivery fails the commit.
+        self.inner
+            .commit_transaction(FLUSH_TIMEOUT)
+            .map_err(|e| fail("committing", e))?;
+        self.check()
     }
 
     /// Queues one record; blocks while librdkafka's queue is full (backpressure).
