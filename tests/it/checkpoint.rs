@@ -286,44 +286,77 @@ pub(crate) fn run_cli_until(
     None
 }
 
+/// A generator job of `traces` traces written to a temp dir, and its uninterrupted
+/// run's outputs there, for runs killed and resumed to be compared with.
+struct Killed {
+    tmp: tempfile::TempDir,
+    job_path: PathBuf,
+    reference: PathBuf,
+    /// Spans the uninterrupted run read.
+    total: u64,
+}
+
+impl Killed {
+    fn new(traces: u64) -> Killed {
+        let tmp = tempfile::tempdir().unwrap();
+        let job_path = tmp.path().join("job.yaml");
+        let text = job_text(traces);
+        std::fs::write(&job_path, &text).unwrap();
+        let job = spanflow::job::load_str(&job_path, &text).unwrap_or_else(|d| panic!("{d}"));
+        let reference = tmp.path().join("reference");
+        let t0 = Instant::now();
+        let total = uninterrupted(&job, &reference).decode.spans;
+        eprintln!("uninterrupted run {:?}", t0.elapsed());
+        Killed {
+            tmp,
+            job_path,
+            reference,
+            total,
+        }
+    }
+
+    fn out(&self) -> PathBuf {
+        self.tmp.path().join("out")
+    }
+
+    fn chk(&self) -> PathBuf {
+        self.tmp.path().join("chk")
+    }
+
+    /// Checks the last run's `--json` summary (it restored a checkpoint and read less
+    /// than the whole input) and that the outputs equal the uninterrupted run's;
+    /// returns the summary.
+    fn assert_resumed(&self, summary: &str) -> serde_json::Value {
+        let v: serde_json::Value = serde_json::from_str(summary).unwrap();
+        assert_eq!(v["restored"], true, "the last run restored a checkpoint");
+        let read = v["decode"]["spans"].as_u64().unwrap();
+        assert!(
+            read < self.total,
+            "the last run read {read} spans of {}: it should have resumed",
+            self.total
+        );
+        assert_same_tables(&self.reference, &self.out());
+        v
+    }
+}
+
 /// Three SIGKILLs at random moments of a generator job with 500 ms checkpoints, then a
 /// run to the end: the Parquet outputs equal one uninterrupted run's, and the last run
 /// read only what the checkpoint it restored had not.
 #[test]
 fn sigkill_at_random_moments_changes_nothing_in_the_outputs() {
-    let tmp = tempfile::tempdir().unwrap();
-    let job_path = tmp.path().join("job.yaml");
-    let text = job_text(12_000);
-    std::fs::write(&job_path, &text).unwrap();
-    let job = spanflow::job::load_str(&job_path, &text).unwrap_or_else(|d| panic!("{d}"));
-    let reference = tmp.path().join("reference");
-    let t0 = Instant::now();
-    let whole = uninterrupted(&job, &reference);
-    let whole_time = t0.elapsed();
-    let total = whole.decode.spans;
-
-    eprintln!("uninterrupted run {whole_time:?}");
-    let seed = kill_seed();
-    let mut rng = Xorshift(seed);
-    let out = tmp.path().join("out");
-    let chk = tmp.path().join("chk");
+    let k = Killed::new(12_000);
+    let mut rng = Xorshift(kill_seed());
     // Each run is killed at a random moment up to 700 ms after its first checkpoint
     // (so each one makes progress, and kills land while checkpoints are being
     // taken, written or published), well before the job could finish.
     for _ in 0..3 {
         let at = Duration::from_secs_f64(rng.next_f64() * 0.7);
         eprintln!("killing {at:?} after the run's first checkpoint");
-        run_cli(&job_path, &out, &chk, "500ms", Some(at));
+        run_cli(&k.job_path, &k.out(), &k.chk(), "500ms", Some(at));
     }
-    let summary = run_cli(&job_path, &out, &chk, "500ms", None).unwrap();
-    let v: serde_json::Value = serde_json::from_str(&summary).unwrap();
-    assert_eq!(v["restored"], true, "the last run restored a checkpoint");
-    let read = v["decode"]["spans"].as_u64().unwrap();
-    assert!(
-        read < total,
-        "the last run read {read} spans of {total}: it should have resumed"
-    );
-    assert_same_tables(&reference, &out);
+    let summary = run_cli(&k.job_path, &k.out(), &k.chk(), "500ms", None).unwrap();
+    k.assert_resumed(&summary);
 }
 
 /// Rescaling: a run at parallelism 2 killed after a checkpoint, its restore at
@@ -332,27 +365,21 @@ fn sigkill_at_random_moments_changes_nothing_in_the_outputs() {
 /// intervals are split by trace (or combined) over the new shards.
 #[test]
 fn a_checkpoint_restores_at_another_parallelism() {
-    let tmp = tempfile::tempdir().unwrap();
-    let job_path = tmp.path().join("job.yaml");
-    let text = job_text(8_000);
-    std::fs::write(&job_path, &text).unwrap();
-    let job = spanflow::job::load_str(&job_path, &text).unwrap_or_else(|d| panic!("{d}"));
-    let reference = tmp.path().join("reference");
-    let total = uninterrupted(&job, &reference).decode.spans;
-
+    let k = Killed::new(8_000);
     let mut rng = Xorshift(kill_seed());
-    let out = tmp.path().join("out");
-    let chk = tmp.path().join("chk");
     for parallelism in [2, 3] {
         let at = Duration::from_secs_f64(rng.next_f64() * 0.3);
         eprintln!("parallelism {parallelism}: killing {at:?} after its first checkpoint");
-        run_cli_at(parallelism, &job_path, &out, &chk, "300ms", Some(at));
+        run_cli_at(
+            parallelism,
+            &k.job_path,
+            &k.out(),
+            &k.chk(),
+            "300ms",
+            Some(at),
+        );
     }
-    let summary = run_cli_at(1, &job_path, &out, &chk, "300ms", None).unwrap();
-    let v: serde_json::Value = serde_json::from_str(&summary).unwrap();
-    assert_eq!(v["restored"], true, "the last run restored a checkpoint");
+    let summary = run_cli_at(1, &k.job_path, &k.out(), &k.chk(), "300ms", None).unwrap();
+    let v = k.assert_resumed(&summary);
     assert_eq!(v["rescaled_from"], 3, "it was written at parallelism 3");
-    let read = v["decode"]["spans"].as_u64().unwrap();
-    assert!(read < total, "the last run read {read} spans of {total}");
-    assert_same_tables(&reference, &out);
 }
