@@ -30,7 +30,7 @@ use tokio::sync::mpsc;
 
 use super::io::{CheckpointSignal, Position, SinkCheckpoint};
 use super::savepoint::{Savepoint, Store, VERSION};
-use super::shard::{DeferredNode, NodeSnapshot};
+use super::shard::DeferredNode;
 use super::{RunError, SinkError, TableTarget};
 
 /// What a sink's writers pre-committed, by table key (`<sink>/<table>`).
@@ -288,18 +288,6 @@ impl Coordinator {
         } = b;
         let (positions, watermark) = router.unwrap_or_default();
         let (shards, feedback): (Vec<_>, Vec<_>) = shards.into_iter().flatten().unzip();
-        // Encoding the copies the stages took: the slow part, here and not on them.
-        let encode = |nodes: Vec<DeferredNode>| -> Result<Vec<NodeSnapshot>, RunError> {
-            nodes.into_iter().map(DeferredNode::encode).collect()
-        };
-        let (shards, global) = tokio::task::block_in_place(|| {
-            let shards = shards
-                .into_iter()
-                .map(encode)
-                .collect::<Result<Vec<_>, _>>()?;
-            let global = global.map(encode).transpose()?;
-            Ok::<_, RunError>((shards, global))
-        })?;
         let mut sinks: Vec<(String, SinkCheckpoint)> = Vec::new();
         for t in &self.targets {
             let committed = t.out.checkpoint().map_err(|e| SinkError::of(t, e))?;
@@ -327,7 +315,9 @@ impl Coordinator {
             sinks,
             next_part: self.next_part,
         };
-        let (path, bytes) = tokio::task::block_in_place(|| self.store.write(&sp, self.keep))?;
+        // Encoding the copies the stages took (the slow part) happens here, as the
+        // file is written, and not on the stages.
+        let (path, bytes) = tokio::task::block_in_place(|| self.store.write(sp, self.keep))?;
         // Older checkpoints still in progress can never complete now.
         self.building.retain(|&k, _| k > id);
         self.written = id;

@@ -9,7 +9,7 @@
 //! restores all of it, so the two runs' outputs together equal one uninterrupted run:
 //! no trace is lost, split or written twice.
 //!
-//! On disk, each one is a directory `<dir>/chk-<id>/` holding `state.cbor` and a
+//! On disk, each one is a directory `<dir>/chk-<id>/` holding `state.bin` and a
 //! `MANIFEST.json` written last (temp file, fsync, rename, fsync of the directory)
 //! that names the state's size and checksum: a directory without a manifest, or whose
 //! state does not match it (a crash while writing, a damaged disk), is skipped with a
@@ -25,11 +25,11 @@ use serde::{Deserialize, Serialize};
 
 use super::Plan;
 use super::io::Position;
-use super::shard::NodeSnapshot;
+use super::shard::{DeferredNode, NodeSnapshot};
 
 /// Bumped when the layout of the state changes; an older one is refused with a clear
 /// message.
-pub(crate) const VERSION: u32 = 7;
+pub(crate) const VERSION: u32 = 8;
 
 /// Savepoints kept in a directory (the newest first).
 pub(crate) const KEEP: usize = 3;
@@ -37,12 +37,19 @@ pub(crate) const KEEP: usize = 3;
 const MANIFEST: &str = "MANIFEST.json";
 /// Written once every sink has committed what the checkpoint pre-committed.
 const COMMITTED: &str = "COMMITTED";
-const STATE: &str = "state.cbor";
+const STATE: &str = "state.bin";
 const PREFIX: &str = "chk-";
 
-/// What a stopped run leaves for the next one.
+/// What a stopped run leaves for the next one. `N` is a node instance's state: in
+/// memory after a read ([`NodeSnapshot`]), still to encode when written
+/// ([`DeferredNode`]), a reference to its bytes in the file ([`NodeRef`]).
+///
+/// `state.bin` is every node's encoded state, one after the other (shards in order,
+/// then the global stage), then this struct as CBOR with [`NodeRef`]s, then the CBOR's
+/// length (u64 LE): the states are streamed into the file as they are encoded, so a
+/// checkpoint never holds a second, encoded copy of the buffered spans in memory.
 #[derive(Debug, Serialize, Deserialize)]
-pub(crate) struct Savepoint {
+pub(crate) struct Savepoint<N = NodeSnapshot> {
     pub version: u32,
     /// Job name and a fingerprint of its operators and sinks: state is only restored
     /// into the same computation.
@@ -53,12 +60,12 @@ pub(crate) struct Savepoint {
     /// The router's watermark when the run stopped.
     pub watermark: u64,
     /// Per shard, the state of each node instance it runs.
-    pub shards: Vec<Vec<NodeSnapshot>>,
+    pub shards: Vec<Vec<N>>,
     /// Per shard, the feedback it received after its snapshot that the global stage
     /// sent before its own: delivered again to a restored shard.
     pub feedback: Vec<super::checkpoint::FeedbackLog>,
     /// The global stage's node instances (metric merges, rollups).
-    pub global: Option<Vec<NodeSnapshot>>,
+    pub global: Option<Vec<N>>,
     /// Per source (by index): where it got to, as the source encoded it.
     pub positions: Vec<Option<Position>>,
     /// Per sink table (`<sink>/<table>`): what it committed (a restored run removes
@@ -67,6 +74,44 @@ pub(crate) struct Savepoint {
     pub sinks: Vec<(String, super::io::SinkCheckpoint)>,
     /// Part numbers the next run starts from, so it never overwrites kept parts.
     pub next_part: usize,
+}
+
+/// Where a node instance's state is in `state.bin`: the next `len` bytes after the
+/// previous node's.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct NodeRef {
+    node: String,
+    len: u64,
+    watermarks: (u64, u64),
+}
+
+impl<N> Savepoint<N> {
+    /// The same savepoint with each node's state turned by `f` (shards in order, then
+    /// the global stage: the order of the states in `state.bin`).
+    fn try_map<M, E>(self, mut f: impl FnMut(N) -> Result<M, E>) -> Result<Savepoint<M>, E> {
+        let shards = self
+            .shards
+            .into_iter()
+            .map(|nodes| nodes.into_iter().map(&mut f).collect())
+            .collect::<Result<_, E>>()?;
+        let global = self
+            .global
+            .map(|nodes| nodes.into_iter().map(&mut f).collect())
+            .transpose()?;
+        Ok(Savepoint {
+            version: self.version,
+            job: self.job,
+            fingerprint: self.fingerprint,
+            parallelism: self.parallelism,
+            watermark: self.watermark,
+            shards,
+            feedback: self.feedback,
+            global,
+            positions: self.positions,
+            sinks: self.sinks,
+            next_part: self.next_part,
+        })
+    }
 }
 
 /// What `MANIFEST.json` says about a savepoint: enough to check its state file before
@@ -163,29 +208,57 @@ impl Store {
         Ok(None)
     }
 
-    /// Writes `sp` as the newest savepoint and drops all but the newest `keep`; returns
-    /// its directory and the size of its state.
-    pub fn write(&self, sp: &Savepoint, keep: usize) -> Result<(PathBuf, u64), SavepointError> {
+    /// Writes `sp` as the newest savepoint, encoding each node's state straight into
+    /// the file, and drops all but the newest `keep`; returns its directory and the
+    /// size of its state.
+    pub fn write(
+        &self,
+        sp: Savepoint<DeferredNode>,
+        keep: usize,
+    ) -> Result<(PathBuf, u64), SavepointError> {
         std::fs::create_dir_all(&self.dir).map_err(io(&self.dir))?;
         let ids = self.ids()?;
         let id = ids.first().map_or(1, |(id, _)| id + 1);
         let path = self.dir.join(format!("{PREFIX}{id:08}"));
         std::fs::create_dir_all(&path).map_err(io(&path))?;
-        // Streamed into the file: a copy of the whole state in memory would cost as
-        // much again in fresh pages.
-        let (state_bytes, state_crc32) = write_durably_with(&path.join(STATE), |w| {
-            ciborium::into_writer(sp, w).map_err(|e| match e {
-                ciborium::ser::Error::Io(e) => e,
-                e => std::io::Error::other(format!("cannot encode the savepoint (a bug): {e}")),
-            })
+        let (job, fingerprint, parallelism, watermark) =
+            (sp.job.clone(), sp.fingerprint, sp.parallelism, sp.watermark);
+        let spath = path.join(STATE);
+        let (state_bytes, state_crc32) = write_durably_with(&spath, |w| {
+            let header = sp.try_map(|n| {
+                let (node, watermarks) = (n.node.clone(), n.watermarks);
+                let len = n.write_to(w).map_err(|e| match w.get_mut().error.take() {
+                    // The file failed, not the encoding.
+                    Some(io) => Fail::Io(io),
+                    None => Fail::Encode(e.to_string()),
+                })?;
+                Ok::<_, Fail>(NodeRef {
+                    node,
+                    len,
+                    watermarks,
+                })
+            })?;
+            let mut cbor = Vec::new();
+            ciborium::into_writer(&header, &mut cbor)
+                .map_err(|e| Fail::Encode(format!("cannot encode the savepoint (a bug): {e}")))?;
+            w.write_all(&cbor).map_err(Fail::Io)?;
+            w.write_all(&(cbor.len() as u64).to_le_bytes())
+                .map_err(Fail::Io)
+        })
+        .map_err(|e| match e {
+            Fail::Io(source) => SavepointError::Io {
+                path: spath.clone(),
+                source,
+            },
+            Fail::Encode(m) => SavepointError::Refused(m),
         })?;
         let manifest = Manifest {
             version: VERSION,
             id,
-            job: sp.job.clone(),
-            fingerprint: sp.fingerprint,
-            parallelism: sp.parallelism,
-            watermark: sp.watermark,
+            job,
+            fingerprint,
+            parallelism,
+            watermark,
             state_bytes,
             state_crc32,
         };
@@ -246,8 +319,7 @@ fn read(path: &Path) -> Result<Savepoint, Skip> {
             m.state_bytes
         )));
     }
-    let mut sp: Savepoint = ciborium::from_reader(state.as_slice())
-        .map_err(|e| Skip::Damaged(format!("{STATE} cannot be decoded ({e})")))?;
+    let mut sp = split(&state).map_err(|why| Skip::Damaged(format!("{STATE} {why}")))?;
     let published = path.join(COMMITTED).exists();
     for (_, s) in &mut sp.sinks {
         s.published = published;
@@ -257,6 +329,43 @@ fn read(path: &Path) -> Result<Savepoint, Skip> {
             "{STATE} has version {}, its manifest {VERSION}",
             sp.version
         )));
+    }
+    Ok(sp)
+}
+
+/// The savepoint in `state` (see [`Savepoint`] for the layout), each node's state
+/// copied out of it.
+fn split(state: &[u8]) -> Result<Savepoint, String> {
+    let n = state.len();
+    let (rest, len) = state
+        .split_at_checked(n.saturating_sub(8))
+        .filter(|_| n >= 8)
+        .ok_or("is too short")?;
+    let len = u64::from_le_bytes(len.try_into().map_err(|_| "is too short")?);
+    let at = usize::try_from(len)
+        .ok()
+        .and_then(|l| rest.len().checked_sub(l))
+        .ok_or("has a header longer than itself")?;
+    let (mut states, header) = rest.split_at(at);
+    let sp: Savepoint<NodeRef> =
+        ciborium::from_reader(header).map_err(|e| format!("cannot be decoded ({e})"))?;
+    let sp = sp.try_map(|r| {
+        let len = usize::try_from(r.len).unwrap_or(usize::MAX);
+        let (state, rest) = states
+            .split_at_checked(len)
+            .ok_or_else(|| format!("ends inside the state of `{}`", r.node))?;
+        states = rest;
+        Ok::<_, String>(NodeSnapshot {
+            node: r.node,
+            state: state.to_vec(),
+            watermarks: r.watermarks,
+        })
+    })?;
+    if !states.is_empty() {
+        return Err(format!(
+            "has {} bytes of state no node claims",
+            states.len()
+        ));
     }
     Ok(sp)
 }
@@ -274,16 +383,34 @@ fn write_durably(dest: &Path, bytes: &[u8]) -> Result<(), SavepointError> {
     Ok(())
 }
 
-/// Passes writes on, counting their bytes and their CRC-32 (for the manifest).
+/// Why writing a state file failed.
+enum Fail {
+    Io(std::io::Error),
+    /// A state or the header could not be encoded.
+    Encode(String),
+}
+
+/// Passes writes on, counting their bytes and their CRC-32 (for the manifest), and
+/// keeping the first error of the file (so that a failed state encoding can tell a
+/// full disk from a bug).
 struct Checksummed<W> {
     inner: W,
     crc: crc32fast::Hasher,
     len: u64,
+    error: Option<std::io::Error>,
 }
 
 impl<W: std::io::Write> std::io::Write for Checksummed<W> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let n = self.inner.write(buf)?;
+        let n = match self.inner.write(buf) {
+            Ok(n) => n,
+            Err(e) => {
+                if self.error.is_none() {
+                    self.error = Some(std::io::Error::new(e.kind(), e.to_string()));
+                }
+                return Err(e);
+            }
+        };
         let done = buf.get(..n).unwrap_or(buf);
         self.crc.update(done);
         self.len += n as u64;
@@ -295,29 +422,37 @@ impl<W: std::io::Write> std::io::Write for Checksummed<W> {
     }
 }
 
+/// The writer a state file is filled through: buffered in front of the checksum, so
+/// the CRC runs over large chunks however small the encoder's writes are.
+type StateWriter = std::io::BufWriter<Checksummed<std::fs::File>>;
+
 /// Like [`write_durably`], with the content written by `fill`; returns its size and
 /// CRC-32.
 fn write_durably_with(
     dest: &Path,
-    fill: impl FnOnce(&mut Checksummed<std::io::BufWriter<std::fs::File>>) -> std::io::Result<()>,
-) -> Result<(u64, u32), SavepointError> {
+    fill: impl FnOnce(&mut StateWriter) -> Result<(), Fail>,
+) -> Result<(u64, u32), Fail> {
     let tmp = dest.with_extension("tmp");
-    let f = std::fs::File::create(&tmp).map_err(io(&tmp))?;
-    let mut w = Checksummed {
-        inner: std::io::BufWriter::with_capacity(1 << 20, f),
-        crc: crc32fast::Hasher::new(),
-        len: 0,
-    };
-    fill(&mut w).map_err(io(&tmp))?;
-    let (len, crc) = (w.len, w.crc.finalize());
-    let f = w.inner.into_inner().map_err(|e| SavepointError::Io {
-        path: tmp.clone(),
-        source: e.into_error(),
-    })?;
-    f.sync_all().map_err(io(&tmp))?;
-    std::fs::rename(&tmp, dest).map_err(io(dest))?;
+    let f = std::fs::File::create(&tmp).map_err(Fail::Io)?;
+    let mut w = std::io::BufWriter::with_capacity(
+        1 << 20,
+        Checksummed {
+            inner: f,
+            crc: crc32fast::Hasher::new(),
+            len: 0,
+            error: None,
+        },
+    );
+    fill(&mut w)?;
+    let c = w.into_inner().map_err(|e| Fail::Io(e.into_error()))?;
+    let (len, crc) = (c.len, c.crc.finalize());
+    c.inner.sync_all().map_err(Fail::Io)?;
+    std::fs::rename(&tmp, dest).map_err(Fail::Io)?;
     if let Some(parent) = dest.parent() {
-        sync_dir(parent)?;
+        sync_dir(parent).map_err(|e| match e {
+            SavepointError::Io { source, .. } => Fail::Io(source),
+            SavepointError::Refused(m) => Fail::Encode(m),
+        })?;
     }
     Ok((len, crc))
 }
@@ -356,7 +491,7 @@ pub(crate) fn check(sp: &Savepoint, at: &Path, plan: &Plan) -> Result<(), Savepo
 mod tests {
     use super::*;
 
-    fn savepoint(watermark: u64) -> Savepoint {
+    fn savepoint<N>(watermark: u64) -> Savepoint<N> {
         Savepoint {
             version: VERSION,
             job: "j".into(),
@@ -382,11 +517,75 @@ mod tests {
             "out/traces".into(),
             super::super::io::SinkCheckpoint::default(),
         )];
-        let (path, _) = store.write(&sp, KEEP).unwrap();
+        let (path, _) = store.write(sp, KEEP).unwrap();
         let published = |store: &Store| store.latest().unwrap().unwrap().1.sinks[0].1.published;
         assert!(!published(&store));
         store.mark_committed(&path).unwrap();
         assert!(published(&store));
+    }
+
+    /// Every node's state comes back from the one file, in its shard and in order,
+    /// whether it was encoded already or encoded while written.
+    #[test]
+    fn node_states_are_streamed_into_the_file_and_read_back_in_place() {
+        use spanflow_operators::operator::{DeferredState, decode_state, encode_state};
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(dir.path());
+        let node = |name: &str, state: DeferredState, wm: u64| DeferredNode {
+            node: name.into(),
+            state,
+            watermarks: (wm, wm - 1),
+        };
+        let later: Vec<String> = (0..1000).map(|i| format!("span {i}")).collect();
+        let mut sp = savepoint(9);
+        sp.shards = vec![
+            vec![
+                node("a", DeferredState::later(later.clone()), 10),
+                node("b", DeferredState::ready(Vec::new()), 11),
+            ],
+            vec![
+                node(
+                    "a",
+                    DeferredState::ready(encode_state(&vec![7u32]).unwrap()),
+                    12,
+                ),
+                node("b", DeferredState::ready(vec![1, 2, 3]), 13),
+            ],
+        ];
+        sp.global = Some(vec![node("m", DeferredState::later(42u64), 14)]);
+        let (_, bytes) = store.write(sp, KEEP).unwrap();
+        let (_, back) = store.latest().unwrap().unwrap();
+        assert_eq!(
+            bytes,
+            std::fs::metadata(dir.path().join("chk-00000001").join(STATE))
+                .unwrap()
+                .len()
+        );
+        let names: Vec<Vec<(&str, (u64, u64))>> = back
+            .shards
+            .iter()
+            .map(|s| s.iter().map(|n| (n.node.as_str(), n.watermarks)).collect())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                [("a", (10, 9)), ("b", (11, 10))],
+                [("a", (12, 11)), ("b", (13, 12))]
+            ]
+        );
+        assert_eq!(
+            decode_state::<Vec<String>>(&back.shards[0][0].state).unwrap(),
+            later
+        );
+        assert!(back.shards[0][1].state.is_empty());
+        assert_eq!(
+            decode_state::<Vec<u32>>(&back.shards[1][0].state).unwrap(),
+            [7]
+        );
+        assert_eq!(back.shards[1][1].state, [1, 2, 3]);
+        let global = back.global.unwrap();
+        assert_eq!(global[0].node, "m");
+        assert_eq!(decode_state::<u64>(&global[0].state).unwrap(), 42);
     }
 
     #[test]
@@ -395,7 +594,7 @@ mod tests {
         let store = Store::new(dir.path());
         assert!(store.latest().unwrap().is_none());
         for wm in 1..=5 {
-            store.write(&savepoint(wm), KEEP).unwrap();
+            store.write(savepoint(wm), KEEP).unwrap();
         }
         let (path, sp) = store.latest().unwrap().unwrap();
         assert_eq!(sp.watermark, 5);
@@ -409,8 +608,8 @@ mod tests {
     fn a_partial_or_damaged_savepoint_is_skipped_for_the_one_before() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::new(dir.path());
-        store.write(&savepoint(1), KEEP).unwrap();
-        let second = store.write(&savepoint(2), KEEP).unwrap().0;
+        store.write(savepoint(1), KEEP).unwrap();
+        let second = store.write(savepoint(2), KEEP).unwrap().0;
         // One bit flipped in the state.
         let state = second.join(STATE);
         let mut bytes = std::fs::read(&state).unwrap();
@@ -419,7 +618,7 @@ mod tests {
         std::fs::write(&state, bytes).unwrap();
         assert_eq!(store.latest().unwrap().unwrap().1.watermark, 1);
         // A crash before the manifest: a newer directory with a state only.
-        let third = store.write(&savepoint(3), KEEP).unwrap().0;
+        let third = store.write(savepoint(3), KEEP).unwrap().0;
         std::fs::remove_file(third.join(MANIFEST)).unwrap();
         assert_eq!(store.latest().unwrap().unwrap().1.watermark, 1);
     }
@@ -428,7 +627,7 @@ mod tests {
     fn another_version_or_the_old_single_file_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::new(dir.path());
-        let path = store.write(&savepoint(1), KEEP).unwrap().0;
+        let path = store.write(savepoint(1), KEEP).unwrap().0;
         let m = path.join(MANIFEST);
         let text = std::fs::read_to_string(&m).unwrap();
         std::fs::write(

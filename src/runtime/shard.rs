@@ -84,20 +84,20 @@ pub(crate) struct NodeSnapshot {
 }
 
 /// A node instance's state as a checkpoint took it, to encode off the processing
-/// thread.
+/// thread (straight into the checkpoint's file).
 pub(crate) struct DeferredNode {
-    node: String,
-    state: spanflow_operators::operator::DeferredState,
-    watermarks: (u64, u64),
+    pub node: String,
+    pub state: spanflow_operators::operator::DeferredState,
+    /// The node's input and forwarded watermarks.
+    pub watermarks: (u64, u64),
 }
 
 impl DeferredNode {
-    pub fn encode(self) -> Result<NodeSnapshot, RunError> {
-        Ok(NodeSnapshot {
-            state: self.state.encode().map_err(|e| node_error(&self.node, e))?,
-            node: self.node,
-            watermarks: self.watermarks,
-        })
+    /// Encodes the state into `w`; returns its length.
+    pub fn write_to(self, w: &mut dyn std::io::Write) -> Result<u64, RunError> {
+        self.state
+            .write_to(w)
+            .map_err(|e| node_error(&self.node, e))
     }
 }
 

@@ -565,7 +565,23 @@ impl<'de> Deserialize<'de> for Attrs {
                 serde::de::Error::custom(format!("no attributes {i} in the state"))
             });
         }
-        let v: Vec<u8> = serde::de::Deserialize::deserialize(d)?;
+        inline::deserialize(d)
+    }
+}
+
+/// Serde of a buffer held by one span only (its own attributes): written in place,
+/// never through the state's table of shared buffers, which only pays for a buffer
+/// many spans share (a resource's).
+pub(crate) mod inline {
+    use super::{Attrs, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(a: &Attrs, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(&a.0)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Attrs, D::Error> {
+        let v: serde_bytes::ByteBuf = serde::de::Deserialize::deserialize(d)?;
+        let v = v.into_vec();
         // Validate by walking it: a corrupt checkpoint must not yield garbage later.
         let a = if v.is_empty() {
             Attrs::empty()

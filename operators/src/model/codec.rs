@@ -1,12 +1,12 @@
 //! The encoding of operator state in checkpoints.
 //!
 //! bincode (no field names, fixed-width integers) with each interned string ([`Sym`])
-//! and each shared attribute buffer ([`Attrs`]) written once per state and referred to
-//! by index: a resource's attributes are one buffer shared by every span of it, and
-//! CBOR wrote them, the field names and the service and operation names out for every
+//! and each shared attribute buffer ([`Attrs`]: a resource's, one buffer shared by
+//! every span of it) written once per state and referred to by index; a span's own
+//! attributes are written in place. CBOR wrote the shared parts, the field names and the service and operation names out for every
 //! buffered span (about 1 KB per span, three times its size in memory, and most of a
 //! checkpoint's cost). Layout: `body | tables | u64 LE length of tables`, so the body
-//! is written once, straight into its buffer.
+//! is written once, straight into the checkpoint's file ([`encode_into`]).
 //!
 //! The tables are in a thread-local while one state is encoded or decoded; `Sym` and
 //! `Attrs` consult it in their serde impls, and serialize as themselves otherwise (JSON,
@@ -22,7 +22,9 @@ use super::{Attrs, Sym};
 
 #[derive(Default)]
 struct Encoding {
-    syms: AHashMap<Sym, u32>,
+    /// By [`Sym::id`] (dense, small): 1 + the symbol's index in the table, 0 when not
+    /// in it yet. A lookup per symbol of every buffered span: an array, not a hash.
+    syms: Vec<u32>,
     sym_list: Vec<Sym>,
     /// By the buffer's address and length: shared buffers are the same allocation.
     attrs: AHashMap<(usize, usize), u32>,
@@ -60,24 +62,103 @@ fn err(e: impl std::fmt::Display) -> CodecError {
 
 /// Encodes `state` (see the module docs).
 pub fn encode<T: Serialize>(state: &T) -> Result<Vec<u8>, CodecError> {
-    encode_sized(state, 0)
+    let mut out = Vec::new();
+    encode_to(state, &mut out)?;
+    Ok(out)
 }
 
-/// Like [`encode`], into a buffer of `capacity` bytes to start with.
-pub fn encode_sized<T: Serialize>(state: &T, capacity: usize) -> Result<Vec<u8>, CodecError> {
+/// Like [`encode`], written to `w` as it is encoded (a checkpoint streams a large
+/// state into its file instead of holding a second copy of it in memory); returns the
+/// bytes written.
+pub fn encode_into<T: Serialize, W: std::io::Write>(state: &T, w: W) -> Result<u64, CodecError> {
+    let mut w = Chunked {
+        buf: Vec::with_capacity(CHUNK),
+        inner: w,
+        len: 0,
+    };
+    encode_to(state, &mut w)?;
+    w.flush_chunk().map_err(err)?;
+    Ok(w.len)
+}
+
+/// A writer that knows how much was written to it.
+trait Out: std::io::Write {
+    fn written(&self) -> u64;
+}
+
+impl Out for Vec<u8> {
+    fn written(&self) -> u64 {
+        self.len() as u64
+    }
+}
+
+fn encode_to<T: Serialize, W: Out>(state: &T, w: &mut W) -> Result<(), CodecError> {
     let _reset = Reset;
     ENCODING.with(|e| *e.borrow_mut() = Some(Encoding::default()));
-    let mut out = Vec::with_capacity(capacity);
-    bincode::serialize_into(&mut out, state).map_err(err)?;
+    bincode::serialize_into(&mut *w, state).map_err(err)?;
     let tables = ENCODING
         .with(|e| e.borrow_mut().take())
         .ok_or_else(|| err("the string table went missing"))?;
     // The tables themselves are written plainly: the thread-local is gone now.
-    let at = out.len();
-    bincode::serialize_into(&mut out, &(tables.sym_list, tables.attrs_list)).map_err(err)?;
-    let len = (out.len() - at) as u64;
-    out.extend_from_slice(&len.to_le_bytes());
-    Ok(out)
+    let at = w.written();
+    bincode::serialize_into(&mut *w, &(tables.sym_list, tables.attrs_list)).map_err(err)?;
+    let len = w.written() - at;
+    w.write_all(&len.to_le_bytes()).map_err(err)
+}
+
+/// Bytes gathered before they are passed on by [`Chunked`].
+const CHUNK: usize = 256 << 10;
+
+/// Gathers the encoder's many small writes (a field at a time) into chunks for the
+/// writer behind it, which is usually a file behind `dyn Write`: a call per field
+/// through it cost more than the encoding. Counts the bytes.
+struct Chunked<W: std::io::Write> {
+    buf: Vec<u8>,
+    inner: W,
+    len: u64,
+}
+
+impl<W: std::io::Write> Chunked<W> {
+    fn flush_chunk(&mut self) -> std::io::Result<()> {
+        if !self.buf.is_empty() {
+            self.inner.write_all(&self.buf)?;
+            self.buf.clear();
+        }
+        Ok(())
+    }
+}
+
+impl<W: std::io::Write> Out for Chunked<W> {
+    fn written(&self) -> u64 {
+        self.len
+    }
+}
+
+impl<W: std::io::Write> std::io::Write for Chunked<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.write_all(buf)?;
+        Ok(buf.len())
+    }
+
+    #[inline]
+    fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        if self.buf.len() + buf.len() > CHUNK {
+            self.flush_chunk()?;
+            if buf.len() > CHUNK {
+                self.inner.write_all(buf)?;
+                self.len += buf.len() as u64;
+                return Ok(());
+            }
+        }
+        self.buf.extend_from_slice(buf);
+        self.len += buf.len() as u64;
+        Ok(())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.flush_chunk()?;
+        self.inner.flush()
+    }
 }
 
 /// Decodes what [`encode`] wrote.
@@ -104,12 +185,16 @@ pub(super) fn sym_index(sym: Sym) -> Option<u32> {
     ENCODING.with(|e| {
         let mut e = e.borrow_mut();
         let e = e.as_mut()?;
-        let next = e.sym_list.len() as u32;
-        let i = *e.syms.entry(sym).or_insert(next);
-        if i == next {
-            e.sym_list.push(sym);
+        let id = sym.id() as usize;
+        if id >= e.syms.len() {
+            e.syms.resize((id + 1).next_power_of_two(), 0);
         }
-        Some(i)
+        let slot = e.syms.get_mut(id)?;
+        if *slot == 0 {
+            e.sym_list.push(sym);
+            *slot = e.sym_list.len() as u32;
+        }
+        Some(*slot - 1)
     })
 }
 
@@ -186,6 +271,13 @@ mod tests {
             serde_json::from_str(&serde_json::to_string(&spans).unwrap()).unwrap();
         assert_eq!(back, spans);
         assert_eq!(back, reference);
+        // Streamed through a writer (in chunks, as into a checkpoint's file): the same.
+        let mut streamed = Vec::new();
+        let n = encode_into(&spans, &mut streamed).unwrap();
+        assert_eq!(
+            (streamed.as_slice(), n),
+            (bytes.as_slice(), bytes.len() as u64)
+        );
         // The same spans, each resource a buffer of its own: written once per span.
         let unshared: Vec<Span> = spans
             .iter()
@@ -209,6 +301,26 @@ mod tests {
             serde_json::to_string(&spans[0].service).unwrap(),
             "\"checkout\""
         );
+    }
+
+    /// A state larger than the writer's chunks, with a field larger than one, streams
+    /// to the same bytes as it encodes in memory.
+    #[test]
+    fn streaming_in_chunks_gives_the_same_bytes() {
+        let big = (
+            (0..100_000u32).map(|i| format!("s{i}")).collect::<Vec<_>>(),
+            serde_bytes::ByteBuf::from(vec![7u8; 3 * CHUNK]),
+            spans(),
+        );
+        let bytes = encode(&big).unwrap();
+        let mut streamed = Vec::new();
+        assert_eq!(
+            encode_into(&big, &mut streamed).unwrap(),
+            bytes.len() as u64
+        );
+        assert!(streamed == bytes);
+        let back: (Vec<String>, serde_bytes::ByteBuf, Vec<Span>) = decode(&streamed).unwrap();
+        assert!(back == big);
     }
 
     /// Damaged input is an error, never a panic or garbage.

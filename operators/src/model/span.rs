@@ -166,6 +166,7 @@ pub struct Span {
     /// `messaging.destination.name` / `messaging.destination`, empty when absent.
     pub messaging_destination: Sym,
     /// All other span attributes, packed.
+    #[serde(with = "super::attrs::inline")]
     pub attrs: Attrs,
     /// The resource's attributes other than service name and instance, shared by every
     /// span of that resource.

@@ -376,9 +376,11 @@ pub fn encode_state<T: Serialize>(state: &T) -> Result<Vec<u8>, OperatorError> {
 /// [`Operator::snapshot_deferred`]).
 pub struct DeferredState(DeferredInner);
 
+type WriteState = dyn FnOnce(&mut dyn std::io::Write) -> Result<u64, OperatorError> + Send;
+
 enum DeferredInner {
     Ready(Vec<u8>),
-    Later(Box<dyn FnOnce() -> Result<Vec<u8>, OperatorError> + Send>),
+    Later(Box<WriteState>),
 }
 
 impl DeferredState {
@@ -387,26 +389,36 @@ impl DeferredState {
         DeferredState(DeferredInner::Ready(bytes))
     }
 
-    /// A copy of a state, encoded with [`encode_state`] when [`DeferredState::encode`]
-    /// runs.
+    /// A copy of a state, encoded with [`encode_state`]'s codec when it is written.
     pub fn later<T: Serialize + Send + 'static>(state: T) -> Self {
-        Self::later_sized(state, 0)
-    }
-
-    /// Like [`DeferredState::later`], with about `bytes` of output expected: the buffer
-    /// is allocated once instead of growing (and copying) up to twice that.
-    pub fn later_sized<T: Serialize + Send + 'static>(state: T, bytes: usize) -> Self {
-        DeferredState(DeferredInner::Later(Box::new(move || {
-            crate::model::codec::encode_sized(&state, bytes)
+        DeferredState(DeferredInner::Later(Box::new(move |w| {
+            crate::model::codec::encode_into(&state, w)
                 .map_err(|e| OperatorError::State(e.to_string()))
         })))
     }
 
-    /// The encoded state.
+    /// Writes the encoded state to `w` (the checkpoint's file: a large state is never
+    /// held in memory a second time, encoded); returns its length.
+    pub fn write_to(self, w: &mut dyn std::io::Write) -> Result<u64, OperatorError> {
+        match self.0 {
+            DeferredInner::Ready(b) => {
+                w.write_all(&b)
+                    .map_err(|e| OperatorError::State(e.to_string()))?;
+                Ok(b.len() as u64)
+            }
+            DeferredInner::Later(f) => f(w),
+        }
+    }
+
+    /// The encoded state, in memory.
     pub fn encode(self) -> Result<Vec<u8>, OperatorError> {
         match self.0 {
             DeferredInner::Ready(b) => Ok(b),
-            DeferredInner::Later(f) => f(),
+            DeferredInner::Later(f) => {
+                let mut out = Vec::new();
+                f(&mut out)?;
+                Ok(out)
+            }
         }
     }
 }

@@ -927,10 +927,7 @@ impl Operator for SessionWindow {
     /// A copy of the sessions (a memory copy of the buffered spans, several times
     /// faster than encoding them), encoded later.
     fn snapshot_deferred(&self) -> Result<DeferredState, OperatorError> {
-        // Encoded, a buffered span takes about what it takes in memory; closed traces
-        // about 60 bytes each (tombstone and expiry entry).
-        let bytes = self.state.buffered_bytes + 64 * self.state.tombstones.len() + 4096;
-        Ok(DeferredState::later_sized(self.state.clone(), bytes))
+        Ok(DeferredState::later(self.state.clone()))
     }
 
     fn restore(&mut self, state: &[u8]) -> Result<(), OperatorError> {
