@@ -85,7 +85,8 @@ pub struct DeadLetter {
     pub split: u32,
     /// Offset within the split.
     pub offset: u64,
-    /// Index of the span within the record when only that span was rejected.
+    /// Index of the span within the record when only that span was rejected while
+    /// decoding (a `far_future` span, rejected later, is named by its payload).
     pub span_index: Option<u32>,
     /// Category (see [`DecodeError::kind`]).
     pub kind: &'static str,
@@ -106,6 +107,41 @@ impl DeadLetter {
     /// One span rejected; `payload` is that span's encoding.
     pub fn span(meta: &RecordMeta, index: u32, e: DecodeError, payload: &[u8]) -> Self {
         Self::new(meta, Some(index), e, payload)
+    }
+
+    /// A decoded span that ends after `bound`, the latest end time that may move the
+    /// watermark: a client with a skewed clock. Its payload is the span as decoded
+    /// (JSON), which names it by trace and span id: the record's span order is not
+    /// known any more where this is decided.
+    pub fn far_future(
+        meta: &RecordMeta,
+        span: &spanflow_operators::Span,
+        bound: u64,
+        max_ahead: std::time::Duration,
+    ) -> Self {
+        let at = |ns: u64| {
+            humantime::format_rfc3339_nanos(
+                std::time::UNIX_EPOCH + std::time::Duration::from_nanos(ns),
+            )
+        };
+        let payload = serde_json::to_vec(span).unwrap_or_default();
+        DeadLetter {
+            source: meta.source,
+            topic: meta.topic,
+            split: meta.split,
+            offset: meta.offset,
+            span_index: None,
+            kind: "far_future",
+            reason: format!(
+                "span ends at {}, more than {} ahead of its split's watermark or of the \
+                 clock (the latest end that moves the watermark is {})",
+                at(span.end_ns),
+                humantime::format_duration(max_ahead),
+                at(bound)
+            ),
+            payload_len: payload.len() as u64,
+            payload,
+        }
     }
 
     fn new(meta: &RecordMeta, span_index: Option<u32>, e: DecodeError, payload: &[u8]) -> Self {

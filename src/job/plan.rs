@@ -51,6 +51,8 @@ fn plan_source(node: &SourceNode) -> PlanSource {
         watermark: WatermarkSettings {
             max_out_of_order: node.watermark.max_out_of_order.0,
             idle_timeout: node.watermark.idle_timeout.0,
+            max_drift: node.watermark.align.then_some(node.watermark.max_drift.0),
+            max_ahead: node.watermark.max_ahead.0,
         },
         open: Arc::new(move || -> Box<dyn Source> {
             match &kind {

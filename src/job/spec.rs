@@ -462,6 +462,23 @@ pub struct WatermarkConfig {
     /// the watermark back.
     #[serde(default = "default_idle_timeout")]
     pub idle_timeout: HumanDuration,
+    /// Watermark alignment: a split (partition) whose watermark runs more than
+    /// `max_drift` ahead of the slowest split still reading is paused until that one
+    /// catches up, so that reading many partitions at different speeds does not
+    /// buffer what the fast ones read while the watermark waits for the slow one.
+    /// `false` reads every split as fast as it comes.
+    #[serde(default = "default_align")]
+    pub align: bool,
+    /// How far ahead of the slowest split a split may run before alignment pauses it.
+    /// Memory grows with it (about the input's event-time rate times this); a small
+    /// one pauses and resumes partitions more often.
+    #[serde(default = "default_max_drift")]
+    pub max_drift: HumanDuration,
+    /// Clock-skew guard: a span ending more than this ahead of its split's watermark,
+    /// or of the wall clock, goes to the source's dead letters (`far_future`) instead
+    /// of moving the watermark (which would make every later span of its split late).
+    #[serde(default = "default_max_ahead")]
+    pub max_ahead: HumanDuration,
 }
 
 fn default_max_out_of_order() -> HumanDuration {
@@ -472,11 +489,26 @@ fn default_idle_timeout() -> HumanDuration {
     HumanDuration::secs(30)
 }
 
+fn default_align() -> bool {
+    true
+}
+
+fn default_max_drift() -> HumanDuration {
+    HumanDuration::secs(10)
+}
+
+fn default_max_ahead() -> HumanDuration {
+    HumanDuration::secs(3600)
+}
+
 impl Default for WatermarkConfig {
     fn default() -> Self {
         WatermarkConfig {
             max_out_of_order: default_max_out_of_order(),
             idle_timeout: default_idle_timeout(),
+            align: default_align(),
+            max_drift: default_max_drift(),
+            max_ahead: default_max_ahead(),
         }
     }
 }

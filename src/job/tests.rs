@@ -119,6 +119,7 @@ sinks:
         WatermarkConfig {
             max_out_of_order: HumanDuration::secs(2),
             idle_timeout: HumanDuration::secs(30),
+            ..WatermarkConfig::default()
         }
     );
     let files = &job.sources[1];
@@ -1080,6 +1081,7 @@ sinks:
         WatermarkConfig {
             max_out_of_order: HumanDuration::secs(1),
             idle_timeout: HumanDuration::secs(5),
+            ..WatermarkConfig::default()
         }
     );
 }

@@ -259,15 +259,59 @@ pub(crate) struct CheckpointSignal {
     pub durable: AtomicU64,
 }
 
-/// A source's view of the runtime's checkpoints.
+/// The splits the router asks sources not to read for now (watermark alignment),
+/// shared with every source.
+#[derive(Debug, Default)]
+pub(crate) struct PauseSignal {
+    /// Bumped on every change: a source learns that nothing changed from one atomic
+    /// load.
+    version: AtomicU64,
+    /// Per source, its paused splits.
+    paused: std::sync::Mutex<Vec<std::collections::BTreeSet<u32>>>,
+}
+
+impl PauseSignal {
+    /// Publishes the paused splits of every source.
+    pub fn set(&self, paused: Vec<std::collections::BTreeSet<u32>>) {
+        if let Ok(mut p) = self.paused.lock() {
+            *p = paused;
+        }
+        self.version.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Source `source`'s paused splits, if they may have changed since `seen` (which
+    /// is updated).
+    fn of(&self, source: usize, seen: &mut u64) -> Option<std::collections::BTreeSet<u32>> {
+        let v = self.version.load(Ordering::Acquire);
+        if v == *seen {
+            return None;
+        }
+        *seen = v;
+        let p = self.paused.lock().ok()?;
+        Some(p.get(source).cloned().unwrap_or_default())
+    }
+}
+
+/// A source's view of the runtime's checkpoints and of the splits it is asked to
+/// pause.
 #[derive(Debug, Clone)]
 pub struct CheckpointHandle {
     signal: Arc<CheckpointSignal>,
     /// The last checkpoint the source sent a barrier for.
     sent: Arc<AtomicU64>,
+    pauses: Arc<PauseSignal>,
+    source: usize,
 }
 
 impl CheckpointHandle {
+    /// The splits of this source that watermark alignment pauses now, if they may
+    /// have changed since `seen` (a version the caller keeps, starting at 0). A paused
+    /// split should not be read until it is resumed; what was fetched already may
+    /// still be sent.
+    pub fn paused_splits(&self, seen: &mut u64) -> Option<std::collections::BTreeSet<u32>> {
+        self.pauses.of(self.source, seen)
+    }
+
     /// The checkpoint a barrier is due for, if the source has not sent it yet.
     pub fn barrier_due(&self) -> Option<u64> {
         let requested = self.signal.requested.load(Ordering::Acquire);
@@ -293,9 +337,13 @@ pub struct SourceOutput {
     /// Next offset of split 0, for [`SourceOutput::send_in_order`].
     next_offset: u64,
     chunk: Vec<Bytes>,
+    /// Version of the pause signal last seen, and whether split 0 is paused.
+    pause_seen: u64,
+    paused: bool,
 }
 
 impl SourceOutput {
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         source: usize,
         name: Sym,
@@ -303,6 +351,7 @@ impl SourceOutput {
         tx: mpsc::Sender<SourceEvent>,
         stop: Arc<AtomicBool>,
         checkpoints: Arc<CheckpointSignal>,
+        pauses: Arc<PauseSignal>,
         finish: std::sync::mpsc::Receiver<Finish>,
     ) -> Self {
         SourceOutput {
@@ -314,11 +363,38 @@ impl SourceOutput {
             checkpoints: CheckpointHandle {
                 signal: checkpoints,
                 sent: Arc::default(),
+                pauses,
+                source,
             },
             finish: Some(FinishSignal(finish)),
             ended: false,
             next_offset: 0,
             chunk: Vec::with_capacity(RECORDS_PER_CHUNK),
+            pause_seen: 0,
+            paused: false,
+        }
+    }
+
+    /// Waits while watermark alignment pauses this single-split source, answering
+    /// checkpoint barriers meanwhile (at the position of what was sent, which the
+    /// waiting chunk is not yet part of: the router waits for every source's barrier,
+    /// and the split it waits for to catch up may be behind that barrier). False when
+    /// the runtime is gone.
+    fn wait_while_paused(&mut self) -> bool {
+        loop {
+            if let Some(p) = self.checkpoints.paused_splits(&mut self.pause_seen) {
+                self.paused = p.contains(&0);
+            }
+            if !self.paused || self.stopped() {
+                return true;
+            }
+            if let Some(id) = self.barrier_due() {
+                let position = Position::encode(&self.next_offset).ok();
+                if !self.barrier(id, position) {
+                    return false;
+                }
+            }
+            std::thread::sleep(std::time::Duration::from_millis(2));
         }
     }
 
@@ -350,6 +426,9 @@ impl SourceOutput {
     fn flush_in_order(&mut self) -> bool {
         if self.chunk.is_empty() {
             return true;
+        }
+        if !self.wait_while_paused() {
+            return false;
         }
         let records = std::mem::replace(&mut self.chunk, Vec::with_capacity(RECORDS_PER_CHUNK));
         let first_offset = self.next_offset;

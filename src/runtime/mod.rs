@@ -20,6 +20,7 @@
 //! in the same order whatever the parallelism; cross-shard decisions (metric intervals,
 //! rate limits) are made over all shards' data; outputs differ only in row order.
 
+mod align;
 mod checkpoint;
 mod global;
 pub mod io;
@@ -405,6 +406,7 @@ async fn run_plan(
     }
     let mut source_handles = Vec::new();
     let mut finish_txs = Vec::new();
+    let pauses = Arc::new(io::PauseSignal::default());
     if opts.stop_on_ctrl_c {
         let stop = stop.clone();
         tokio::spawn(async move {
@@ -427,6 +429,7 @@ async fn run_plan(
             src_tx.clone(),
             stop.clone(),
             signal.clone(),
+            pauses.clone(),
             finish_rx,
         );
         source_handles.push(tokio::task::spawn_blocking(move || {
@@ -456,6 +459,7 @@ async fn run_plan(
         progress: &progress,
         spans_seen: opts.spans_seen.clone(),
         parts: parts_tx.clone(),
+        pauses: pauses.clone(),
     })
     .await?;
     let router::Routed {
@@ -466,7 +470,10 @@ async fn run_plan(
         mut failure,
         mut dead_rows,
         mut dead_writers,
+        alignment,
+        far_future,
     } = routed;
+    let event_time = event_time_stats(&tracker, &alignment, far_future, &split_settings);
     // A requested stop with a checkpoint directory takes a last checkpoint instead of
     // flushing the open state.
     let stop_with_checkpoint = opts.checkpoint_dir.is_some()
@@ -633,5 +640,42 @@ async fn run_plan(
         rescaled_from: None,
         savepoint: savepoint_written,
         checkpoints,
+        event_time,
     })
+}
+
+/// The summary's view of event time: every split the tracker knew, its watermark and
+/// lag, and how long alignment paused it.
+fn event_time_stats(
+    tracker: &watermark::WatermarkTracker,
+    alignment: &align::AlignmentStats,
+    far_future: u64,
+    split_settings: &[(Sym, watermark::WatermarkSettings)],
+) -> summary::EventTimeStats {
+    let now_ms = align::wall_clock_ns() / 1_000_000;
+    let splits = tracker
+        .split_watermarks()
+        .into_iter()
+        .map(|((source, split), wm)| {
+            let watermark_ms = wm.map(|w| w / 1_000_000);
+            summary::SplitStats {
+                source: split_settings
+                    .get(source)
+                    .map_or_else(String::new, |s| s.0.as_str().to_owned()),
+                split,
+                watermark_ms,
+                watermark_lag_s: watermark_ms.map(|w| (now_ms as f64 - w as f64) / 1000.0),
+                paused_s: alignment
+                    .paused_seconds
+                    .get(&(source, split))
+                    .copied()
+                    .unwrap_or(0.0),
+            }
+        })
+        .collect();
+    summary::EventTimeStats {
+        far_future_spans: far_future,
+        pauses: alignment.pauses,
+        splits,
+    }
 }

@@ -11,6 +11,7 @@ use futures::StreamExt;
 use spanflow_operators::Sym;
 use tokio::sync::mpsc;
 
+use super::align::{self, Alignment, AlignmentStats};
 use super::checkpoint::{Part, Pending};
 use super::io::{ConnectorError, Position, Records, SourceEvent, TableWriter};
 use super::shard::ShardMsg;
@@ -34,6 +35,8 @@ pub(crate) struct RouteInput<'a> {
     pub spans_seen: Option<Arc<AtomicU64>>,
     /// Where checkpoint shares go.
     pub parts: mpsc::UnboundedSender<Part>,
+    /// Where watermark alignment tells sources which splits to pause.
+    pub pauses: Arc<super::io::PauseSignal>,
 }
 
 /// Where the router got to when every source had ended.
@@ -48,6 +51,9 @@ pub(crate) struct Routed {
     pub failure: Option<RunError>,
     pub dead_rows: DeadLetterRows,
     pub dead_writers: Vec<(TableTarget, Box<dyn TableWriter>)>,
+    pub alignment: AlignmentStats,
+    /// Spans the clock-skew guard took out (dead letters `far_future`).
+    pub far_future: u64,
 }
 
 /// Runs until every source has reported its end.
@@ -63,6 +69,7 @@ pub(crate) async fn route(input: RouteInput<'_>) -> Result<Routed, RunError> {
         progress,
         spans_seen,
         parts,
+        pauses,
     } = input;
     let n_sources = split_settings.len();
     let dead_rows = DeadLetterRows::default();
@@ -76,7 +83,7 @@ pub(crate) async fn route(input: RouteInput<'_>) -> Result<Routed, RunError> {
     // to deliver its first records does not find the watermark already past them.
     let start = Instant::now();
     for (i, (_, wm)) in split_settings.iter().enumerate() {
-        tracker.add_split((i, 0), wm.max_out_of_order, wm.idle_timeout, start);
+        tracker.add_split((i, 0), wm, start);
     }
     tracker.resume_at(resumed_watermark);
     let decoded = tokio_stream_from(src_rx)
@@ -119,7 +126,7 @@ pub(crate) async fn route(input: RouteInput<'_>) -> Result<Routed, RunError> {
                                     .unwrap_or(first_offset + i as u64),
                             };
                             dec.decode(format, r, &meta, &mut out);
-                            ends.push(out.spans.len());
+                            ends.push((out.spans.len(), meta));
                         }
                         let records = route_records(out.spans, &ends, parallelism);
                         (out.dead_letters, records, *dec.stats())
@@ -175,6 +182,9 @@ pub(crate) async fn route(input: RouteInput<'_>) -> Result<Routed, RunError> {
         dead_rows,
         dead_writers,
         aligning: None,
+        alignment: Alignment::new(pauses, n_sources),
+        far_future: 0,
+        resumed_watermark,
     };
     let idle_check = Duration::from_millis(500);
     let mut queue: VecDeque<Event> = VecDeque::new();
@@ -197,6 +207,8 @@ pub(crate) async fn route(input: RouteInput<'_>) -> Result<Routed, RunError> {
         if r.ended.iter().all(|e| *e) {
             break;
         }
+        // Splits go idle with time alone.
+        r.alignment.update(&mut r.tracker, now);
         let wm = r.tracker.watermark(now);
         if wm > r.last_wm && wm != spanflow_operators::WATERMARK_END {
             r.last_wm = wm;
@@ -205,7 +217,11 @@ pub(crate) async fn route(input: RouteInput<'_>) -> Result<Routed, RunError> {
             }
         }
     }
+    let end = Instant::now();
+    r.alignment.release(end);
     Ok(Routed {
+        alignment: r.alignment.stats(end),
+        far_future: r.far_future,
         tracker: r.tracker,
         last_wm: r.last_wm,
         positions: r.positions,
@@ -243,6 +259,9 @@ struct Router<'a> {
     dead_rows: DeadLetterRows,
     dead_writers: Vec<(TableTarget, Box<dyn TableWriter>)>,
     aligning: Option<Aligning>,
+    alignment: Alignment,
+    far_future: u64,
+    resumed_watermark: u64,
 }
 
 impl Router<'_> {
@@ -264,6 +283,7 @@ impl Router<'_> {
                 stats,
             } => {
                 self.decode_stats.merge(&stats);
+                let was_idle = self.tracker.idle((source, split), now);
                 self.tracker.touch((source, split), now);
                 self.progress
                     .spans
@@ -280,7 +300,37 @@ impl Router<'_> {
                 // The watermark may advance after every record (as a Kafka source's
                 // would), never in the middle of one: spans before it reach the shards
                 // first.
-                for record in records {
+                let max_ahead = self
+                    .split_settings
+                    .get(source)
+                    .map_or(Duration::MAX, |s| s.1.max_ahead);
+                let wall = align::wall_clock_ns();
+                for mut record in records {
+                    if let Some(t) = record.max_end {
+                        let bound = align::far_future_bound(
+                            &self.tracker,
+                            (source, split),
+                            max_ahead,
+                            self.resumed_watermark,
+                            wall,
+                            was_idle,
+                        );
+                        if t > bound {
+                            let mut dead = Vec::new();
+                            let (n, max_end) = align::reject_far_future(
+                                &mut record.per_shard,
+                                bound,
+                                &record.meta,
+                                max_ahead,
+                                &mut dead,
+                            );
+                            self.far_future += n;
+                            for d in &dead {
+                                self.dead_rows.push(d);
+                            }
+                            record.max_end = max_end;
+                        }
+                    }
                     if let Some(t) = record.max_end {
                         self.tracker.observe((source, split), t);
                     }
@@ -301,6 +351,7 @@ impl Router<'_> {
                     }
                 }
                 self.send_spans(source).await;
+                self.alignment.update(&mut self.tracker, now);
             }
             Event::Done { source, position } => {
                 if let Some(slot) = self.positions.get_mut(source) {
@@ -335,12 +386,7 @@ impl Router<'_> {
                 self.tracker.remove_split((source, 0));
                 if let Some((_, wm)) = self.split_settings.get(source) {
                     for s in splits {
-                        self.tracker.add_split(
-                            (source, s),
-                            wm.max_out_of_order,
-                            wm.idle_timeout,
-                            now,
-                        );
+                        self.tracker.add_split((source, s), wm, now);
                     }
                 }
             }
@@ -510,6 +556,8 @@ impl Event {
 struct RoutedRecord {
     /// Latest end time among the spans (their event times), `None` without spans.
     max_end: Option<u64>,
+    /// Where the record came from (dead letters of the clock-skew guard).
+    meta: RecordMeta,
     /// Spans for shard `i`, in record order.
     per_shard: Vec<Vec<spanflow_operators::Span>>,
 }
@@ -519,14 +567,14 @@ struct RoutedRecord {
 /// there, and the router (one thread for the whole job) only hands vectors on.
 fn route_records(
     spans: Vec<spanflow_operators::Span>,
-    ends: &[usize],
+    ends: &[(usize, RecordMeta)],
     parallelism: usize,
 ) -> Vec<RoutedRecord> {
     let shards = parallelism.max(1);
     let mut spans = spans.into_iter();
     let mut start = 0;
     let mut records = Vec::with_capacity(ends.len());
-    for &end in ends {
+    for &(end, meta) in ends {
         let n = end.saturating_sub(start);
         start = end;
         // Trace ids hash evenly: room for a fair share and some slack.
@@ -541,7 +589,11 @@ fn route_records(
                 v.push(span);
             }
         }
-        records.push(RoutedRecord { max_end, per_shard });
+        records.push(RoutedRecord {
+            max_end,
+            meta,
+            per_shard,
+        });
     }
     records
 }

@@ -201,6 +201,36 @@ pub struct RunSummary {
     pub savepoint: Option<std::path::PathBuf>,
     /// What the run's checkpoints came to.
     pub checkpoints: super::CheckpointStats,
+    /// Event time: the clock-skew guard, watermark alignment, each split's watermark.
+    pub event_time: EventTimeStats,
+}
+
+/// What happened to event time in a run (Flink's source metrics, at the end).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct EventTimeStats {
+    /// Spans the clock-skew guard sent to dead letters (`far_future`) instead of
+    /// letting them move their split's watermark.
+    pub far_future_spans: u64,
+    /// Times watermark alignment paused a split.
+    pub pauses: u64,
+    /// Per split the run read.
+    pub splits: Vec<SplitStats>,
+}
+
+/// One split (Kafka partition; the one split of other sources) at the end of a run.
+#[derive(Debug, Clone, Serialize)]
+pub struct SplitStats {
+    /// Source node name.
+    pub source: String,
+    /// Split key within the source.
+    pub split: u32,
+    /// Its watermark (unix ms) when it was last read, if it saw any span.
+    pub watermark_ms: Option<u64>,
+    /// Wall clock minus that watermark, in seconds (Flink's watermark lag): how far
+    /// behind real time the split's data is.
+    pub watermark_lag_s: Option<f64>,
+    /// Wall-clock seconds watermark alignment kept it paused.
+    pub paused_s: f64,
 }
 
 impl RunSummary {
@@ -282,6 +312,18 @@ impl RunSummary {
                 c.max_duration_ms,
                 c.max_stall_ms,
                 c.last_bytes as f64 / (1024.0 * 1024.0)
+            );
+        }
+        let e = &self.event_time;
+        if e.far_future_spans > 0 || e.pauses > 0 {
+            let paused: f64 = e.splits.iter().map(|x| x.paused_s).sum();
+            let _ = writeln!(
+                s,
+                "  event time  {} splits; alignment paused splits {} times ({paused:.1} s in all); \
+                 {} far-future spans to dead letters",
+                e.splits.len(),
+                e.pauses,
+                e.far_future_spans
             );
         }
         let _ = writeln!(

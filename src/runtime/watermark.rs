@@ -15,6 +15,13 @@ pub struct WatermarkSettings {
     /// A split with no data for this long (wall clock) stops holding the watermark
     /// back.
     pub idle_timeout: Duration,
+    /// Watermark alignment: a split whose watermark runs more than this ahead of the
+    /// slowest active split is paused until the others catch up. `None`: never.
+    pub max_drift: Option<Duration>,
+    /// Clock-skew guard: a span ending more than this ahead of its split's watermark
+    /// (or of the wall clock) is a dead letter (`far_future`) instead of moving the
+    /// watermark.
+    pub max_ahead: Duration,
 }
 
 impl Default for WatermarkSettings {
@@ -22,8 +29,14 @@ impl Default for WatermarkSettings {
         WatermarkSettings {
             max_out_of_order: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(30),
+            max_drift: Some(Duration::from_secs(10)),
+            max_ahead: Duration::from_secs(3600),
         }
     }
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
 /// Identifies a split across all sources: (source index, split number).
@@ -35,13 +48,29 @@ struct Split {
     max_event: Option<EventTime>,
     max_out_of_order: u64,
     idle_timeout: Duration,
+    /// Alignment's bound (ns), `u64::MAX` without alignment.
+    max_drift: u64,
     last_activity: Instant,
+}
+
+impl Split {
+    /// The split's own watermark, once it has seen an event.
+    fn watermark(&self) -> Option<EventTime> {
+        self.max_event
+            .map(|m| m.saturating_sub(self.max_out_of_order).saturating_sub(1))
+    }
+
+    fn idle(&self, now: Instant) -> bool {
+        now.duration_since(self.last_activity) >= self.idle_timeout
+    }
 }
 
 /// Tracks the watermark over all splits of all sources.
 #[derive(Debug, Default)]
 pub struct WatermarkTracker {
     splits: BTreeMap<SplitKey, Split>,
+    /// Splits no longer read (finished, revoked): where their watermark got to.
+    gone: BTreeMap<SplitKey, Option<EventTime>>,
     /// Sources that have not finished yet.
     open_sources: usize,
     current: EventTime,
@@ -54,6 +83,7 @@ impl WatermarkTracker {
     pub fn new(sources: usize) -> Self {
         WatermarkTracker {
             splits: BTreeMap::new(),
+            gone: BTreeMap::new(),
             open_sources: sources,
             current: 0,
             high: 0,
@@ -61,19 +91,65 @@ impl WatermarkTracker {
     }
 
     /// Declares a split (or refreshes its settings).
-    pub fn add_split(
-        &mut self,
-        key: SplitKey,
-        max_out_of_order: Duration,
-        idle_timeout: Duration,
-        now: Instant,
-    ) {
+    pub fn add_split(&mut self, key: SplitKey, settings: &WatermarkSettings, now: Instant) {
         self.splits.entry(key).or_insert(Split {
             max_event: None,
-            max_out_of_order: u64::try_from(max_out_of_order.as_nanos()).unwrap_or(u64::MAX),
-            idle_timeout,
+            max_out_of_order: nanos(settings.max_out_of_order),
+            idle_timeout: settings.idle_timeout,
+            max_drift: settings.max_drift.map_or(u64::MAX, nanos),
             last_activity: now,
         });
+    }
+
+    /// Whether a split has had no data for its idle timeout (wall clock).
+    pub fn idle(&self, key: SplitKey, now: Instant) -> bool {
+        self.splits.get(&key).is_some_and(|s| s.idle(now))
+    }
+
+    /// A split's own watermark, once it has seen an event.
+    pub fn split_watermark(&self, key: SplitKey) -> Option<EventTime> {
+        self.splits.get(&key).and_then(Split::watermark)
+    }
+
+    /// Watermark alignment: the splits whose watermark is more than their
+    /// `max_drift` ahead of the slowest split that is reading (has seen an event and
+    /// is not idle), into `out` (cleared first). A paused split goes idle, as it reads
+    /// nothing, and so stops counting as the slowest, but stays paused while it is
+    /// ahead; a split that has seen nothing yet holds the watermark but not the others
+    /// (an empty partition would otherwise pause every other one until it is idle).
+    pub fn ahead(&self, now: Instant, out: &mut Vec<SplitKey>) {
+        out.clear();
+        let slowest = self
+            .splits
+            .values()
+            .filter(|s| !s.idle(now))
+            .filter_map(Split::watermark)
+            .min();
+        let Some(slowest) = slowest else {
+            return;
+        };
+        for (key, s) in &self.splits {
+            if let Some(w) = s.watermark()
+                && w > slowest.saturating_add(s.max_drift)
+            {
+                out.push(*key);
+            }
+        }
+    }
+
+    /// Every split's watermark (`None`: nothing seen yet), those no longer read
+    /// included (where they got to), for the summary.
+    pub fn split_watermarks(&self) -> Vec<(SplitKey, Option<EventTime>)> {
+        let mut all: BTreeMap<SplitKey, Option<EventTime>> = self.gone.clone();
+        for (k, s) in &self.splits {
+            all.insert(*k, s.watermark());
+        }
+        all.into_iter().collect()
+    }
+
+    /// The watermark the job has reached (without computing a new one).
+    pub fn current(&self) -> EventTime {
+        self.current
     }
 
     /// Continues from a watermark a stopped run reached (it never goes back).
@@ -84,7 +160,11 @@ impl WatermarkTracker {
     /// Forgets a split (a revoked or finished Kafka partition): it no longer holds the
     /// watermark back.
     pub fn remove_split(&mut self, key: SplitKey) {
-        self.splits.remove(&key);
+        // One that never saw a span (the placeholder a Kafka source holds until its
+        // partitions are known) has nothing to report.
+        if let Some(w) = self.splits.remove(&key).and_then(|s| s.watermark()) {
+            self.gone.insert(key, Some(w));
+        }
     }
 
     /// Records an event time seen on a split.
@@ -118,7 +198,15 @@ impl WatermarkTracker {
 
     /// A source finished: all its splits are done.
     pub fn finish_source(&mut self, source: usize) {
-        self.splits.retain(|(s, _), _| *s != source);
+        let finished: Vec<SplitKey> = self
+            .splits
+            .keys()
+            .filter(|(s, _)| *s == source)
+            .copied()
+            .collect();
+        for key in finished {
+            self.remove_split(key);
+        }
         self.open_sources = self.open_sources.saturating_sub(1);
     }
 
@@ -130,13 +218,11 @@ impl WatermarkTracker {
         }
         let mut min: Option<EventTime> = None;
         for s in self.splits.values() {
-            if now.duration_since(s.last_activity) >= s.idle_timeout {
+            if s.idle(now) {
                 continue;
             }
             // A split that has seen nothing yet holds the watermark at its start.
-            let w = s.max_event.map_or(0, |m| {
-                m.saturating_sub(s.max_out_of_order).saturating_sub(1)
-            });
+            let w = s.watermark().unwrap_or(0);
             min = Some(min.map_or(w, |x| x.min(w)));
         }
         if let Some(m) = min {
@@ -150,14 +236,64 @@ impl WatermarkTracker {
 mod tests {
     use super::*;
 
+    fn settings(max_out_of_order_ns: u64, idle_s: u64) -> WatermarkSettings {
+        WatermarkSettings {
+            max_out_of_order: Duration::from_nanos(max_out_of_order_ns),
+            idle_timeout: Duration::from_secs(idle_s),
+            max_drift: Some(Duration::from_nanos(100)),
+            ..WatermarkSettings::default()
+        }
+    }
+
+    /// Splits more than the drift ahead of the slowest reading split are named; an
+    /// empty split or an idle one does not count as the slowest, a paused (idle) one
+    /// stays named while it is ahead.
+    #[test]
+    fn alignment_names_the_splits_ahead_of_the_slowest_reading_one() {
+        let t0 = Instant::now();
+        let mut w = WatermarkTracker::new(1);
+        for p in 0..4 {
+            w.add_split((0, p), &settings(10, 30), t0);
+        }
+        let mut out = Vec::new();
+        w.ahead(t0, &mut out);
+        assert!(out.is_empty(), "nothing seen yet");
+        w.observe((0, 0), 1_000);
+        w.observe((0, 1), 1_050);
+        w.observe((0, 2), 1_200);
+        // Split 3 is empty: it holds the watermark, not the alignment.
+        w.ahead(t0, &mut out);
+        assert_eq!(out, [(0, 2)], "1189 > 989 + 100");
+        assert_eq!(w.watermark(t0), 0);
+        // Split 2, paused, goes idle; so does split 0: split 1 is the slowest now.
+        let later = t0 + Duration::from_secs(31);
+        w.touch((0, 1), later);
+        w.ahead(later, &mut out);
+        assert_eq!(out, [(0, 2)], "1189 > 1039 + 100 still");
+        w.observe((0, 1), 1_150);
+        w.ahead(later, &mut out);
+        assert!(out.is_empty(), "1189 <= 1139 + 100");
+        // Without alignment nothing is ever named.
+        let mut v = WatermarkTracker::new(1);
+        let off = WatermarkSettings {
+            max_drift: None,
+            ..settings(10, 30)
+        };
+        v.add_split((0, 0), &off, t0);
+        v.add_split((0, 1), &off, t0);
+        v.observe((0, 0), 1);
+        v.observe((0, 1), u64::MAX / 2);
+        v.ahead(t0, &mut out);
+        assert!(out.is_empty());
+    }
+
     #[test]
     fn min_over_active_splits_and_idleness() {
         let t0 = Instant::now();
         let mut w = WatermarkTracker::new(1);
-        let ooo = Duration::from_nanos(10);
-        let idle = Duration::from_secs(30);
-        w.add_split((0, 0), ooo, idle, t0);
-        w.add_split((0, 1), ooo, idle, t0);
+        let settings = settings(10, 30);
+        w.add_split((0, 0), &settings, t0);
+        w.add_split((0, 1), &settings, t0);
         w.observe((0, 0), 100);
         assert_eq!(w.watermark(t0), 0, "split 1 has seen nothing yet");
         w.observe((0, 1), 50);
@@ -177,9 +313,8 @@ mod tests {
     fn end_of_input_watermark_remembers_finished_splits() {
         let t0 = Instant::now();
         let mut w = WatermarkTracker::new(1);
-        let idle = Duration::from_secs(30);
-        w.add_split((0, 0), Duration::from_nanos(10), idle, t0);
-        w.add_split((0, 1), Duration::from_nanos(10), idle, t0);
+        w.add_split((0, 0), &settings(10, 30), t0);
+        w.add_split((0, 1), &settings(10, 30), t0);
         w.observe((0, 0), 500);
         w.observe((0, 1), 100);
         // Split 0 finishes first: split 1 alone holds the running watermark back...

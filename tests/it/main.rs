@@ -5,6 +5,7 @@ mod checkpoint;
 mod cli;
 mod clickhouse;
 mod demo;
+mod event_time;
 mod golden;
 mod kafka;
 mod runtime;

@@ -9,7 +9,7 @@
 //! consuming (`enable.auto.commit=false`): the runtime asks for a commit once every
 //! output of the consumed records is written.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -75,6 +75,12 @@ pub trait CheckpointHooks {
     fn barrier_due(&self) -> Option<u64>;
     /// The newest checkpoint that is durable.
     fn durable(&self) -> u64;
+    /// The splits watermark alignment pauses now, if they may have changed since
+    /// `seen` (a version the reader keeps).
+    fn paused_splits(&self, seen: &mut u64) -> Option<BTreeSet<u32>> {
+        let _ = seen;
+        None
+    }
 }
 
 impl CheckpointHooks for CheckpointHandle {
@@ -83,6 +89,9 @@ impl CheckpointHooks for CheckpointHandle {
     }
     fn durable(&self) -> u64 {
         CheckpointHandle::durable(self)
+    }
+    fn paused_splits(&self, seen: &mut u64) -> Option<BTreeSet<u32>> {
+        CheckpointHandle::paused_splits(self, seen)
     }
 }
 
@@ -503,9 +512,17 @@ impl KafkaReader {
             }
         }
         let mut next_wait_warning = Duration::from_secs(30);
+        // Watermark alignment: what the runtime asks to pause, and what is paused.
+        let mut pause_seen = 0;
+        let mut wanted: BTreeSet<u32> = BTreeSet::new();
+        let mut aligned: BTreeSet<u32> = BTreeSet::new();
         loop {
             if stop.load(Ordering::Relaxed) {
                 break;
+            }
+            if let Some(w) = hooks.paused_splits(&mut pause_seen) {
+                wanted = w;
+                self.align(&wanted, &mut aligned, &done)?;
             }
             // A group that never assigns anything (all partitions held by other members,
             // a stuck rebalance) would otherwise look like a silent hang.
@@ -538,6 +555,14 @@ impl KafkaReader {
                 return Err(ConnectorError::external(e));
             }
             for ev in pending {
+                if let KafkaEvent::Assigned(splits) = &ev {
+                    // A partition assigned again starts unpaused: pause it again if
+                    // it is still ahead.
+                    for s in splits {
+                        aligned.remove(&s.key);
+                    }
+                    self.align(&wanted, &mut aligned, &done)?;
+                }
                 if let KafkaEvent::Revoked(splits) = &ev {
                     for s in splits {
                         if let Some(c) = chunks.remove(&s.key)
@@ -744,13 +769,64 @@ impl KafkaReader {
         Ok(())
     }
 
+    /// Pauses the assigned partitions in `wanted` and resumes the others in
+    /// `aligned` (what alignment paused before), never one that `done` paused for
+    /// good. A paused partition may still deliver what was fetched before: that is
+    /// read as usual, and fetching resumes after it.
+    fn align(
+        &self,
+        wanted: &BTreeSet<u32>,
+        aligned: &mut BTreeSet<u32>,
+        done: &BTreeMap<u32, Split>,
+    ) -> Result<(), ConnectorError> {
+        let (pause, resume) = {
+            let s = self
+                .shared
+                .lock()
+                .map_err(|_| ConnectorError::internal("poisoned lock"))?;
+            let live = |k: &&u32| s.assigned.contains_key(*k) && !done.contains_key(*k);
+            let pause: Vec<Split> = wanted
+                .difference(aligned)
+                .filter(live)
+                .filter_map(|k| s.assigned.get(k).cloned())
+                .collect();
+            let resume: Vec<Split> = aligned
+                .difference(wanted)
+                .filter(live)
+                .filter_map(|k| s.assigned.get(k).cloned())
+                .collect();
+            (pause, resume)
+        };
+        if !pause.is_empty() {
+            self.pause(&pause);
+        }
+        if !resume.is_empty() {
+            let mut tpl = TopicPartitionList::new();
+            for s in &resume {
+                tpl.add_partition(&s.topic, s.partition);
+            }
+            if let Err(e) = self.consumer.resume(&tpl) {
+                tracing::warn!(error = %e, "resuming partitions watermark alignment paused");
+            }
+        }
+        for s in pause {
+            aligned.insert(s.key);
+        }
+        for s in resume {
+            aligned.remove(&s.key);
+        }
+        // Forget partitions no longer assigned or done.
+        aligned.retain(|k| wanted.contains(k));
+        Ok(())
+    }
+
     fn pause(&self, splits: &[Split]) {
         let mut tpl = TopicPartitionList::new();
         for s in splits {
             tpl.add_partition(&s.topic, s.partition);
         }
         if let Err(e) = self.consumer.pause(&tpl) {
-            tracing::warn!(error = %e, "pausing finished partitions");
+            tracing::warn!(error = %e, "pausing partitions");
         }
     }
 

@@ -1,0 +1,252 @@
+//! Event time on real inputs: watermark alignment (pausing splits that run ahead) and
+//! the clock-skew guard (spans far in the future do not move the watermark). Both run
+//! on the router, in the order its records arrive, so what they decide depends on
+//! each split's data, not on timing (alignment only changes what is read when).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+use spanflow_operators::{EventTime, Span};
+
+use super::io::PauseSignal;
+use super::watermark::{SplitKey, WatermarkTracker};
+use crate::formats::{DeadLetter, RecordMeta};
+
+/// Pauses splits that run more than their source's `max_drift` ahead of the slowest
+/// one, and resumes them once it catches up (Flink's watermark alignment, per split).
+pub(crate) struct Alignment {
+    signal: Arc<PauseSignal>,
+    sources: usize,
+    /// What was last published.
+    paused: BTreeSet<SplitKey>,
+    since: BTreeMap<SplitKey, Instant>,
+    /// Per split: time spent paused, the current pause included once it ends.
+    total: BTreeMap<SplitKey, Duration>,
+    pauses: u64,
+    scratch: Vec<SplitKey>,
+}
+
+impl Alignment {
+    pub fn new(signal: Arc<PauseSignal>, sources: usize) -> Self {
+        Alignment {
+            signal,
+            sources,
+            paused: BTreeSet::new(),
+            since: BTreeMap::new(),
+            total: BTreeMap::new(),
+            pauses: 0,
+            scratch: Vec::new(),
+        }
+    }
+
+    /// Pauses and resumes splits after the tracker saw new event times. A resumed
+    /// split counts as active from now: it read nothing while paused, but was not
+    /// idle.
+    pub fn update(&mut self, tracker: &mut WatermarkTracker, now: Instant) {
+        tracker.ahead(now, &mut self.scratch);
+        let same = self.scratch.len() == self.paused.len()
+            && self.scratch.iter().all(|k| self.paused.contains(k));
+        if same {
+            return;
+        }
+        let next: BTreeSet<SplitKey> = self.scratch.iter().copied().collect();
+        for k in self.paused.difference(&next) {
+            if let Some(at) = self.since.remove(k) {
+                *self.total.entry(*k).or_default() += now.duration_since(at);
+            }
+            tracker.touch(*k, now);
+        }
+        for k in next.difference(&self.paused) {
+            self.since.insert(*k, now);
+            self.pauses += 1;
+        }
+        let mut per_source = vec![BTreeSet::new(); self.sources];
+        for (source, split) in &next {
+            if let Some(s) = per_source.get_mut(*source) {
+                s.insert(*split);
+            }
+        }
+        tracing::trace!(paused = next.len(), "watermark alignment");
+        self.paused = next;
+        self.signal.set(per_source);
+    }
+
+    /// Resumes everything (every source ended, or the run stops): a source waiting
+    /// to send must see its end.
+    pub fn release(&mut self, now: Instant) {
+        if !self.paused.is_empty() {
+            self.scratch.clear();
+            for (k, at) in std::mem::take(&mut self.since) {
+                *self.total.entry(k).or_default() += now.duration_since(at);
+            }
+            self.paused.clear();
+            self.signal.set(vec![BTreeSet::new(); self.sources]);
+        }
+    }
+
+    /// What alignment did, for the summary.
+    pub fn stats(&self, now: Instant) -> AlignmentStats {
+        let mut paused = self.total.clone();
+        for (k, at) in &self.since {
+            *paused.entry(*k).or_default() += now.duration_since(*at);
+        }
+        AlignmentStats {
+            pauses: self.pauses,
+            paused_seconds: paused
+                .into_iter()
+                .map(|(k, d)| (k, d.as_secs_f64()))
+                .collect(),
+        }
+    }
+}
+
+/// What watermark alignment did in a run.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct AlignmentStats {
+    /// Times a split was paused.
+    pub pauses: u64,
+    /// Per split that was ever paused: seconds (wall clock) it spent paused.
+    #[serde(skip)]
+    pub paused_seconds: BTreeMap<SplitKey, f64>,
+}
+
+/// The latest end time a span of split `key` may have and still move the watermark:
+/// never more than `max_ahead` past the wall clock (nothing has ended in the future),
+/// and, while the split is reading (`idle` is false), `max_ahead` past its watermark
+/// (or, before the split has seen anything, the watermark the run resumed at). After
+/// a quiet spell longer than the idle timeout (a live partition overnight) the next
+/// spans may legitimately be hours ahead of where the split stopped, so only the wall
+/// clock bounds them.
+pub(crate) fn far_future_bound(
+    tracker: &WatermarkTracker,
+    key: SplitKey,
+    max_ahead: Duration,
+    resumed: EventTime,
+    wall_clock_ns: u64,
+    idle: bool,
+) -> EventTime {
+    let ahead = u64::try_from(max_ahead.as_nanos()).unwrap_or(u64::MAX);
+    let wall = wall_clock_ns.saturating_add(ahead);
+    if idle {
+        return wall;
+    }
+    match tracker.split_watermark(key) {
+        Some(w) => w.saturating_add(ahead).min(wall),
+        None if resumed > 0 => resumed.saturating_add(ahead).min(wall),
+        None => wall,
+    }
+}
+
+/// Now, in unix nanoseconds.
+pub(crate) fn wall_clock_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(u64::MAX, |d| {
+            u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+        })
+}
+
+/// Takes the spans of one record that end after `bound` out of `per_shard` into dead
+/// letters (`far_future`); returns how many, and the latest end among the spans left.
+pub(crate) fn reject_far_future(
+    per_shard: &mut [Vec<Span>],
+    bound: EventTime,
+    meta: &RecordMeta,
+    max_ahead: Duration,
+    dead: &mut Vec<DeadLetter>,
+) -> (u64, Option<EventTime>) {
+    let mut rejected = 0;
+    let mut max_end: Option<EventTime> = None;
+    for spans in per_shard.iter_mut() {
+        spans.retain(|s| {
+            if s.end_ns <= bound {
+                max_end = Some(max_end.map_or(s.end_ns, |m| m.max(s.end_ns)));
+                return true;
+            }
+            rejected += 1;
+            dead.push(DeadLetter::far_future(meta, s, bound, max_ahead));
+            false
+        });
+    }
+    (rejected, max_end)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::watermark::WatermarkSettings;
+
+    fn span(end_ns: u64) -> Span {
+        Span {
+            trace_id: spanflow_operators::TraceId([1; 16]),
+            span_id: spanflow_operators::SpanId([2; 8]),
+            start_ns: end_ns.saturating_sub(10),
+            end_ns,
+            ..Span::default()
+        }
+    }
+
+    /// The bound follows the split's own watermark, the resumed watermark before the
+    /// split saw anything, and the wall clock always.
+    #[test]
+    fn the_far_future_bound_follows_the_split_and_the_wall_clock() {
+        let t0 = Instant::now();
+        let mut t = WatermarkTracker::new(1);
+        let settings = WatermarkSettings {
+            max_out_of_order: Duration::from_nanos(0),
+            ..WatermarkSettings::default()
+        };
+        t.add_split((0, 0), &settings, t0);
+        let hour = Duration::from_secs(3600);
+        let now = wall_clock_ns();
+        let h = 3_600_000_000_000u64;
+        assert_eq!(far_future_bound(&t, (0, 0), hour, 0, now, false), now + h);
+        assert_eq!(
+            far_future_bound(&t, (0, 0), hour, 1_000, now, false),
+            1_000 + h
+        );
+        t.observe((0, 0), 5_000);
+        assert_eq!(
+            far_future_bound(&t, (0, 0), hour, 1_000, now, false),
+            4_999 + h
+        );
+        // After a quiet spell only the wall clock bounds the split.
+        assert_eq!(
+            far_future_bound(&t, (0, 0), hour, 1_000, now, true),
+            now + h
+        );
+        // The wall clock caps a split whose watermark ran ahead of it.
+        t.observe((0, 0), now + 2 * h);
+        assert_eq!(far_future_bound(&t, (0, 0), hour, 0, now, false), now + h);
+    }
+
+    #[test]
+    fn far_future_spans_become_dead_letters_and_leave_the_others() {
+        let meta = RecordMeta {
+            source: spanflow_operators::Sym::new("src"),
+            topic: None,
+            split: 3,
+            offset: 17,
+        };
+        let mut per_shard = vec![vec![span(100), span(5_000)], vec![span(900), span(200)]];
+        let mut dead = Vec::new();
+        let (n, max) = reject_far_future(
+            &mut per_shard,
+            1_000,
+            &meta,
+            Duration::from_secs(1),
+            &mut dead,
+        );
+        assert_eq!((n, max), (1, Some(900)));
+        assert_eq!(per_shard[0].len(), 1);
+        assert_eq!(per_shard[1].len(), 2);
+        assert_eq!(dead.len(), 1);
+        assert_eq!(dead[0].kind, "far_future");
+        assert_eq!((dead[0].split, dead[0].offset), (3, 17));
+        assert!(dead[0].reason.contains("ahead"), "{}", dead[0].reason);
+        let payload: serde_json::Value = serde_json::from_slice(&dead[0].payload).unwrap();
+        assert_eq!(payload["end_ns"], 5_000);
+    }
+}

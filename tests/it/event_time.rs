@@ -1,0 +1,135 @@
+//! Event time on awkward input: clients with skewed clocks, splits read at different
+//! speeds.
+
+use std::collections::BTreeMap;
+
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use prost::Message;
+use spanflow::formats::InputFormat;
+use spanflow::job::run_job;
+use spanflow::runtime::RunOptions;
+use spanflow::testkit::generator::{Generator, GeneratorConfig, write_records};
+
+use crate::support::{column, read_table, root};
+
+/// About three years, in nanoseconds: a client whose clock (or unit) is badly off.
+const SKEW_NS: u64 = 3 * 365 * 86_400 * 1_000_000_000;
+
+/// A corpus of OTLP requests in which a few come from a client whose clock runs years
+/// ahead: per trace id, how many of its spans are good; and how many are skewed.
+fn skewed_corpus(path: &std::path::Path) -> (BTreeMap<String, u64>, u64, usize) {
+    let mut g = Generator::new(GeneratorConfig {
+        traces: 250,
+        seed: 11,
+        traces_per_second: 4.0,
+        late_fraction: 0.0,
+        garbage_fraction: 0.0,
+        ..Default::default()
+    })
+    .unwrap();
+    let mut records: Vec<_> = std::iter::from_fn(|| g.next_record()).collect();
+    let n = records.len();
+    assert!(
+        n >= 40,
+        "{n} records: too few for a few skewed ones among them"
+    );
+    let skewed: Vec<usize> = (1..=4).map(|i| i * n / 5).collect();
+    let mut good: BTreeMap<String, u64> = BTreeMap::new();
+    let mut bad = 0;
+    for (i, r) in records.iter_mut().enumerate() {
+        let mut req = ExportTraceServiceRequest::decode(&r.payload[..]).unwrap();
+        for span in req
+            .resource_spans
+            .iter_mut()
+            .flat_map(|rs| rs.scope_spans.iter_mut())
+            .flat_map(|ss| ss.spans.iter_mut())
+        {
+            if skewed.contains(&i) {
+                span.start_time_unix_nano += SKEW_NS;
+                span.end_time_unix_nano += SKEW_NS;
+                bad += 1;
+            } else {
+                *good.entry(hex::encode(&span.trace_id)).or_default() += 1;
+            }
+        }
+        if skewed.contains(&i) {
+            r.payload = req.encode_to_vec();
+        }
+    }
+    write_records(path, InputFormat::OtlpProto, records).unwrap();
+    (good, bad, n)
+}
+
+fn job(path: &std::path::Path, max_ahead: &str) -> spanflow::job::Job {
+    let text = format!(
+        "sources:\n  f:\n    type: file\n    format: otlp_proto\n    paths: [{}]\n    \
+         watermark: {{ max_out_of_order: 2s, max_ahead: {max_ahead} }}\n\
+         operators:\n  s: {{ type: session_window, from: f, gap: 5s }}\n\
+         sinks:\n  o: {{ type: parquet, from: [s, s.late_spans, f.dead_letters] }}\n",
+        path.display()
+    );
+    spanflow::job::load_str(&root().join("skew.yaml"), &text).unwrap_or_else(|d| panic!("{d}"))
+}
+
+/// A few requests stamped years ahead among good ones: their spans go to dead letters
+/// (`far_future`) and every good span stays in its trace, none late. Without the guard
+/// (a bound of 10 years) the same input makes most good spans late.
+#[test]
+fn far_future_spans_do_not_make_the_good_ones_late() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("skewed.otlp");
+    let (good, bad, records) = skewed_corpus(&input);
+    let good_spans: u64 = good.values().sum();
+    assert!(
+        bad > 0 && good_spans > 10 * bad,
+        "{bad} skewed, {good_spans} good"
+    );
+
+    let out = tmp.path().join("guarded");
+    let s = run_job(
+        &job(&input, "1h"),
+        &RunOptions {
+            output_dir: Some(out.clone()),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(s.event_time.far_future_spans, bad);
+    assert_eq!(s.sessions.late_spans(), 0, "{}", s.render());
+    assert_eq!(s.sessions.spans_closed, good_spans);
+    let traces = read_table(&out, "traces");
+    let ids = column(&traces, "trace_id");
+    let counts = column(&traces, "span_count");
+    let mut got: BTreeMap<String, u64> = BTreeMap::new();
+    for (id, n) in ids.iter().zip(&counts) {
+        *got.entry(id.clone()).or_default() += n.parse::<u64>().unwrap();
+    }
+    assert_eq!(got, good, "every good span in its trace");
+    assert_eq!(ids.len(), good.len(), "one session per trace");
+    let dead = read_table(&out, "dead_letters");
+    let kinds = column(&dead, "kind");
+    assert_eq!(kinds.len() as u64, bad);
+    assert!(kinds.iter().all(|k| k == "far_future"), "{kinds:?}");
+    assert!(
+        column(&dead, "reason")[0].contains("ahead of its split's watermark"),
+        "{:?}",
+        column(&dead, "reason")
+    );
+    assert!(s.render().contains("far-future spans to dead letters"));
+
+    // The same input, the guard's bound beyond the skew.
+    let unguarded = run_job(
+        &job(&input, "3650d"),
+        &RunOptions {
+            output_dir: Some(tmp.path().join("unguarded")),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(unguarded.event_time.far_future_spans, 0);
+    assert!(
+        unguarded.sessions.late_spans() > good_spans / 2,
+        "{} of {good_spans} good spans late without the guard ({records} records)",
+        unguarded.sessions.late_spans()
+    );
+}
