@@ -128,11 +128,16 @@ enum Command {
         /// Read the spans through Kafka: they are first produced (untimed) to a topic of
         /// librdkafka's in-process mock cluster, then the job consumes them with a
         /// `kafka` source (consumer, decode, routing: all measured). The mock keeps only
-        /// 5 MiB per partition, so large inputs get more partitions than the default 4;
-        /// each partition is a split whose watermark the others wait for, so more of the
-        /// input stays buffered than in the in-memory run.
+        /// 5 MiB per partition, so large inputs get more partitions than asked for;
+        /// each partition is a split with its own watermark (watermark alignment keeps
+        /// them within the source's `max_drift` of each other).
         #[arg(long)]
         kafka_mock: bool,
+        /// With --kafka-mock: partitions of the topic (at least; more when the mock
+        /// could not hold the input otherwise).
+        #[arg(long, default_value_t = 4, value_name = "N", requires = "kafka_mock",
+              value_parser = clap::value_parser!(i32).range(1..=1024))]
+        partitions: i32,
         /// Run the job this many times on the same generated spans and report the
         /// median run (and every run): the first run of a process also pays for the
         /// memory it touches for the first time, which a long-running job does not.
@@ -404,6 +409,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             parallelism,
             json,
             kafka_mock,
+            partitions,
             runs,
             checkpoint_interval,
         } => {
@@ -412,7 +418,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
                 spans,
                 parallelism,
                 json,
-                kafka_mock,
+                kafka_mock: kafka_mock.then_some(partitions),
                 runs,
                 checkpoint_interval,
             };
@@ -517,14 +523,16 @@ fn mock_kafka_job(
     job: &Job,
     name: &str,
     records: &[bytes::Bytes],
+    arrivals: &[u64],
     format: InputFormat,
+    partitions: i32,
     quiet: bool,
 ) -> Result<(
     rdkafka::mocking::MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
     Job,
 )> {
     use spanflow::connectors::kafka::{KafkaSourceConfig, produce};
-    let mut partitions: i32 = 4;
+    let mut partitions = partitions;
     let (cluster, brokers) = loop {
         let cluster = rdkafka::mocking::MockCluster::new(1)?;
         cluster.create_topic("bench", partitions, 1)?;
@@ -539,9 +547,10 @@ fn mock_kafka_job(
         }
         let generated = records
             .iter()
-            .map(|r| spanflow::testkit::generator::GeneratedRecord {
+            .zip(arrivals.iter().chain(std::iter::repeat(&0)))
+            .map(|(r, &arrival_ns)| spanflow::testkit::generator::GeneratedRecord {
                 payload: r.to_vec(),
-                arrival_ns: 0,
+                arrival_ns,
                 garbage: false,
                 spans: 0,
             });
@@ -635,7 +644,8 @@ struct BenchOptions {
     spans: u64,
     parallelism: Option<usize>,
     json: bool,
-    kafka_mock: bool,
+    /// Read through the mock Kafka cluster, with at least this many partitions.
+    kafka_mock: Option<i32>,
     runs: u32,
     checkpoint_interval: Option<std::time::Duration>,
 }
@@ -677,10 +687,15 @@ fn bench(job: &Job, b: &BenchOptions) -> Result<()> {
     });
     let mut generator = Generator::new(config.clone())?;
     let mut records = Vec::new();
+    // Arrival times, for batching the records into Kafka messages as a Collector would.
+    let mut arrivals = Vec::new();
     let mut input_bytes = 0u64;
     while let Some(r) = generator.next_record() {
         input_bytes += r.payload.len() as u64;
         records.push(bytes::Bytes::from(r.payload));
+        if kafka_mock.is_some() {
+            arrivals.push(r.arrival_ns);
+        }
         if let Some(b) = &bar {
             b.set_position(generator.ground_truth().traces);
         }
@@ -689,7 +704,7 @@ fn bench(job: &Job, b: &BenchOptions) -> Result<()> {
         b.finish_and_clear();
     }
     let generated_spans = generator.ground_truth().spans;
-    let input = (!kafka_mock).then(|| {
+    let input = kafka_mock.is_none().then(|| {
         Arc::new(MemoryInput {
             name: name.clone(),
             format: config.format,
@@ -701,8 +716,9 @@ fn bench(job: &Job, b: &BenchOptions) -> Result<()> {
     for run in 1..=runs {
         // A fresh cluster per run: each run consumes the whole topic.
         let mut _cluster = None;
-        let job = if kafka_mock {
-            let (cluster, kafka_job) = mock_kafka_job(job, &name, &records, config.format, json)?;
+        let job = if let Some(partitions) = kafka_mock {
+            let (cluster, kafka_job) =
+                mock_kafka_job(job, &name, &records, &arrivals, config.format, partitions, json)?;
             _cluster = Some(cluster);
             kafka_job
         } else {
@@ -731,7 +747,7 @@ fn bench(job: &Job, b: &BenchOptions) -> Result<()> {
             bail!(
                 "run {run} read {read} spans of the {generated_spans} generated, so its figures \
                  would not describe the input{}",
-                if kafka_mock {
+                if kafka_mock.is_some() {
                     " (the mock Kafka cluster lost or repeated messages)"
                 } else {
                     ""
@@ -783,6 +799,10 @@ fn bench(job: &Job, b: &BenchOptions) -> Result<()> {
             "peak_buffered_spans": s.peak_buffered_spans,
             "bytes_per_buffered_span": s.bytes_per_buffered_span,
             "checkpoints": s.checkpoints,
+            "splits": s.event_time.splits.len(),
+            "alignment_pauses": s.event_time.pauses,
+            "paused_seconds": s.event_time.splits.iter().map(|x| x.paused_s).sum::<f64>(),
+            "far_future_spans": s.event_time.far_future_spans,
             "runs": each,
         });
         println!("{v}");
@@ -808,6 +828,14 @@ fn bench(job: &Job, b: &BenchOptions) -> Result<()> {
             s.peak_buffered_spans,
             s.bytes_per_buffered_span
         );
+        if s.event_time.pauses > 0 {
+            println!(
+                "  {} splits; watermark alignment paused splits {} times ({:.1} s in all)",
+                s.event_time.splits.len(),
+                s.event_time.pauses,
+                s.event_time.splits.iter().map(|x| x.paused_s).sum::<f64>()
+            );
+        }
         if checkpoint_interval.is_some() {
             let c = &s.checkpoints;
             println!(

@@ -291,8 +291,16 @@ pub struct ProduceStats {
 /// broker's per-message cost does not dominate.
 pub const MESSAGE_BYTES: usize = 1 << 20;
 
+/// Longest stretch of arrival time one produced message covers: a Collector's batch
+/// processor sends at least every 200 ms (its default timeout), so a partition that
+/// gets few spans still gets a message about that often, and its messages do not
+/// jump its watermark by half a minute each (with many partitions, a message of
+/// [`MESSAGE_BYTES`] would cover that long).
+pub const MESSAGE_WINDOW_NS: u64 = 1_000_000_000;
+
 /// Produces generated OTLP protobuf records to `topic`, split by trace id over its
-/// `partitions` and batched per partition into messages of about [`MESSAGE_BYTES`]
+/// `partitions` and batched per partition into messages of about [`MESSAGE_BYTES`] or
+/// [`MESSAGE_WINDOW_NS`] of the records' arrival times, whichever comes first
 /// (concatenated protobuf messages merge: the result is one request with all their
 /// resource spans), at most `spans_per_second` (None: as fast as possible). A record
 /// that does not decode is sent alone, as it is. `on_record` sees each record's span
@@ -308,7 +316,8 @@ pub fn produce_generated(
     let t0 = Instant::now();
     let mut stats = ProduceStats::default();
     let mut spans_sent = 0u64;
-    let mut pending: BTreeMap<i32, Vec<u8>> = BTreeMap::new();
+    // Per partition: the batch and the arrival time of its first record.
+    let mut pending: BTreeMap<i32, (Vec<u8>, u64)> = BTreeMap::new();
     let send = |p: i32, bytes: &[u8], stats: &mut ProduceStats| -> Result<(), ConnectorError> {
         producer.send(topic, Some(p), None, bytes)?;
         stats.messages += 1;
@@ -324,8 +333,17 @@ pub fn produce_generated(
             try_split(&r.payload, partitions)
         };
         if let Some(parts) = split {
+            for (p, (buf, since)) in pending.iter_mut() {
+                if !buf.is_empty() && r.arrival_ns.saturating_sub(*since) >= MESSAGE_WINDOW_NS {
+                    let full = std::mem::take(buf);
+                    send(*p, &full, &mut stats)?;
+                }
+            }
             for (p, bytes) in parts {
-                let buf = pending.entry(p).or_default();
+                let (buf, since) = pending.entry(p).or_default();
+                if buf.is_empty() {
+                    *since = r.arrival_ns;
+                }
                 buf.extend_from_slice(&bytes);
                 if buf.len() >= MESSAGE_BYTES {
                     let full = std::mem::take(buf);
@@ -342,7 +360,7 @@ pub fn produce_generated(
             let due = Duration::from_secs_f64(spans_sent as f64 / rate);
             if let Some(wait) = due.checked_sub(t0.elapsed()) {
                 // Pacing: what is buffered goes out before waiting.
-                for (p, buf) in pending.iter_mut().filter(|(_, b)| !b.is_empty()) {
+                for (p, (buf, _)) in pending.iter_mut().filter(|(_, (b, _))| !b.is_empty()) {
                     let full = std::mem::take(buf);
                     send(*p, &full, &mut stats)?;
                 }
@@ -350,7 +368,7 @@ pub fn produce_generated(
             }
         }
     }
-    for (p, buf) in pending {
+    for (p, (buf, _)) in pending {
         if !buf.is_empty() {
             send(p, &buf, &mut stats)?;
         }
