@@ -548,12 +548,14 @@ fn mock_kafka_job(
         let generated = records
             .iter()
             .zip(arrivals.iter().chain(std::iter::repeat(&0)))
-            .map(|(r, &arrival_ns)| spanflow::testkit::generator::GeneratedRecord {
-                payload: r.to_vec(),
-                arrival_ns,
-                garbage: false,
-                spans: 0,
-            });
+            .map(
+                |(r, &arrival_ns)| spanflow::testkit::generator::GeneratedRecord {
+                    payload: r.to_vec(),
+                    arrival_ns,
+                    garbage: false,
+                    spans: 0,
+                },
+            );
         let stats =
             produce::produce_generated(&producer, "bench", partitions, generated, None, |_| {})
                 .map_err(anyhow::Error::msg)?;
@@ -717,8 +719,15 @@ fn bench(job: &Job, b: &BenchOptions) -> Result<()> {
         // A fresh cluster per run: each run consumes the whole topic.
         let mut _cluster = None;
         let job = if let Some(partitions) = kafka_mock {
-            let (cluster, kafka_job) =
-                mock_kafka_job(job, &name, &records, &arrivals, config.format, partitions, json)?;
+            let (cluster, kafka_job) = mock_kafka_job(
+                job,
+                &name,
+                &records,
+                &arrivals,
+                config.format,
+                partitions,
+                json,
+            )?;
             _cluster = Some(cluster);
             kafka_job
         } else {
