@@ -45,7 +45,7 @@ impl Alignment {
     /// split counts as active from now: it read nothing while paused, but was not
     /// idle.
     pub fn update(&mut self, tracker: &mut WatermarkTracker, now: Instant) {
-        tracker.ahead(now, &mut self.scratch);
+        tracker.ahead(now, &self.paused, &mut self.scratch);
         let same = self.scratch.len() == self.paused.len()
             && self.scratch.iter().all(|k| self.paused.contains(k));
         if same {

@@ -113,11 +113,19 @@ impl WatermarkTracker {
 
     /// Watermark alignment: the splits whose watermark is more than their
     /// `max_drift` ahead of the slowest split that is reading (has seen an event and
-    /// is not idle), into `out` (cleared first). A paused split goes idle, as it reads
-    /// nothing, and so stops counting as the slowest, but stays paused while it is
-    /// ahead; a split that has seen nothing yet holds the watermark but not the others
-    /// (an empty partition would otherwise pause every other one until it is idle).
-    pub fn ahead(&self, now: Instant, out: &mut Vec<SplitKey>) {
+    /// is not idle), into `out` (cleared first). One in `paused` stays named until it
+    /// is within half its drift (so that a split near the bound is not paused and
+    /// resumed on every record: a Kafka consumer drops what it prefetched for a
+    /// partition it pauses). A paused split goes idle, as it reads nothing, and so
+    /// stops counting as the slowest, but stays paused while it is ahead; a split that
+    /// has seen nothing yet holds the watermark but not the others (an empty partition
+    /// would otherwise pause every other one until it is idle).
+    pub fn ahead(
+        &self,
+        now: Instant,
+        paused: &std::collections::BTreeSet<SplitKey>,
+        out: &mut Vec<SplitKey>,
+    ) {
         out.clear();
         let slowest = self
             .splits
@@ -129,8 +137,13 @@ impl WatermarkTracker {
             return;
         };
         for (key, s) in &self.splits {
+            let drift = if paused.contains(key) {
+                s.max_drift / 2
+            } else {
+                s.max_drift
+            };
             if let Some(w) = s.watermark()
-                && w > slowest.saturating_add(s.max_drift)
+                && w > slowest.saturating_add(drift)
             {
                 out.push(*key);
             }
@@ -256,23 +269,28 @@ mod tests {
             w.add_split((0, p), &settings(10, 30), t0);
         }
         let mut out = Vec::new();
-        w.ahead(t0, &mut out);
+        let mut paused = std::collections::BTreeSet::new();
+        w.ahead(t0, &paused, &mut out);
         assert!(out.is_empty(), "nothing seen yet");
         w.observe((0, 0), 1_000);
         w.observe((0, 1), 1_050);
         w.observe((0, 2), 1_200);
         // Split 3 is empty: it holds the watermark, not the alignment.
-        w.ahead(t0, &mut out);
+        w.ahead(t0, &paused, &mut out);
         assert_eq!(out, [(0, 2)], "1189 > 989 + 100");
+        paused.insert((0, 2));
         assert_eq!(w.watermark(t0), 0);
         // Split 2, paused, goes idle; so does split 0: split 1 is the slowest now.
         let later = t0 + Duration::from_secs(31);
         w.touch((0, 1), later);
-        w.ahead(later, &mut out);
+        w.ahead(later, &paused, &mut out);
         assert_eq!(out, [(0, 2)], "1189 > 1039 + 100 still");
+        w.observe((0, 1), 1_100);
+        w.ahead(later, &paused, &mut out);
+        assert_eq!(out, [(0, 2)], "paused: 1189 > 1089 + 50, resumed only within half");
         w.observe((0, 1), 1_150);
-        w.ahead(later, &mut out);
-        assert!(out.is_empty(), "1189 <= 1139 + 100");
+        w.ahead(later, &paused, &mut out);
+        assert!(out.is_empty(), "1189 <= 1139 + 50");
         // Without alignment nothing is ever named.
         let mut v = WatermarkTracker::new(1);
         let off = WatermarkSettings {
@@ -283,7 +301,7 @@ mod tests {
         v.add_split((0, 1), &off, t0);
         v.observe((0, 0), 1);
         v.observe((0, 1), u64::MAX / 2);
-        v.ahead(t0, &mut out);
+        v.ahead(t0, &Default::default(), &mut out);
         assert!(out.is_empty());
     }
 
