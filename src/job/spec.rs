@@ -494,7 +494,7 @@ fn default_align() -> bool {
 }
 
 fn default_max_drift() -> HumanDuration {
-    HumanDuration::secs(10)
+    HumanDuration::secs(30)
 }
 
 fn default_max_ahead() -> HumanDuration {
