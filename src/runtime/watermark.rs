@@ -287,7 +287,11 @@ mod tests {
         assert_eq!(out, [(0, 2)], "1189 > 1039 + 100 still");
         w.observe((0, 1), 1_100);
         w.ahead(later, &paused, &mut out);
-        assert_eq!(out, [(0, 2)], "paused: 1189 > 1089 + 50, resumed only within half");
+        assert_eq!(
+            out,
+            [(0, 2)],
+            "paused: 1189 > 1089 + 50, resumed only within half"
+        );
         w.observe((0, 1), 1_150);
         w.ahead(later, &paused, &mut out);
         assert!(out.is_empty(), "1189 <= 1139 + 50");
