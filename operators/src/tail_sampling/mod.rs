@@ -407,6 +407,9 @@ struct Held {
     trace: TraceRef,
     /// Per offer: limiter, window and the trace's rank.
     offers: Vec<(usize, LimitKey, Rank)>,
+    /// Leading policies known not to match it (evaluated when it was held): its
+    /// decision starts after them.
+    skip: usize,
 }
 
 /// The running `tail_sampling` operator of one shard.
@@ -438,6 +441,9 @@ pub struct TailSampler {
     /// Scratch buffers reused across traces.
     rate: Vec<Option<Eval>>,
     offered: Vec<usize>,
+    /// What the last `decide` that held its trace found: leading policies that did
+    /// not match.
+    skip: usize,
     scratch: String,
 }
 
@@ -462,6 +468,8 @@ impl TailSampler {
                     decision: None,
                 },
                 offers: h.offers,
+                // Not kept in checkpoints: evaluating every policy decides the same.
+                skip: 0,
             })
             .collect();
         self.held_spans = self.held.iter().map(|h| h.trace.trace.spans.len()).sum();
@@ -532,6 +540,7 @@ impl TailSampler {
             watermark: 0,
             offers: AHashMap::new(),
             offered: Vec::new(),
+            skip: 0,
             scratch: String::new(),
         }
     }
@@ -584,7 +593,7 @@ impl TailSampler {
             }
         }
         if self.offered.is_empty() {
-            return Some(self.evaluate(trace, hash));
+            return Some(self.evaluate(trace, hash, 0));
         }
         // A certain match ahead of every rate limit fixes the outcome.
         let mut cx = Ctx {
@@ -593,11 +602,16 @@ impl TailSampler {
             rate: &[],
             scratch: &mut self.scratch,
         };
-        for p in &self.policies {
+        let mut unmatched = true;
+        for (i, p) in self.policies.iter().enumerate() {
             if p.limited {
+                // Its decision, once the verdicts are in, need not evaluate these
+                // again when none of them matched.
+                self.skip = if unmatched { i } else { 0 };
                 return None;
             }
             let e = p.node.eval(&mut cx);
+            unmatched &= !e.matched;
             if e.matched && e.p >= 1.0 {
                 let d = Decision {
                     sampled: true,
@@ -612,7 +626,8 @@ impl TailSampler {
     }
 
     /// The decision with `self.rate` holding the rate limits' outcomes.
-    fn evaluate(&mut self, trace: &ClosedTrace, hash: u64) -> Decision {
+    /// Policies before `skip` are known not to match.
+    fn evaluate(&mut self, trace: &ClosedTrace, hash: u64, skip: usize) -> Decision {
         let mut cx = Ctx {
             trace,
             hash,
@@ -628,7 +643,7 @@ impl TailSampler {
         let mut other_w = 1.0;
         let mut miss = 1.0;
         let mut min_w = f64::INFINITY;
-        for (i, pol) in self.policies.iter().enumerate() {
+        for (i, pol) in self.policies.iter().enumerate().skip(skip) {
             if certain {
                 break;
             }
@@ -714,7 +729,12 @@ impl TailSampler {
     /// Offers `trace` to its windows (by the time its session closed); with `hold`,
     /// keeps it until their verdicts.
     fn record_offers(&mut self, trace: &ClosedTrace, hold: Option<TraceRef>) {
-        let mut offers = Vec::with_capacity(self.offered.len());
+        // Only a held trace keeps its offers.
+        let mut offers = Vec::with_capacity(if hold.is_some() {
+            self.offered.len()
+        } else {
+            0
+        });
         let (service, operation) = (trace.summary.root_service, trace.summary.root_operation);
         for &l in &self.offered {
             let Some(spec) = self.limits.get(l) else {
@@ -727,7 +747,9 @@ impl TailSampler {
                 window: spec.window(trace.summary.closes_at),
             };
             let rank = spec.rank(trace.trace_id);
-            offers.push((l, key, rank));
+            if hold.is_some() {
+                offers.push((l, key, rank));
+            }
             let o = self.offers.entry(key).or_insert_with(|| RateOffers {
                 key,
                 offered: 0,
@@ -740,7 +762,11 @@ impl TailSampler {
             self.held_spans += trace.trace.spans.len();
             let start = trace.trace.summary.start_ns;
             self.held_start = Some(self.held_start.map_or(start, |s| s.min(start)));
-            self.held.push_back(Held { trace, offers });
+            self.held.push_back(Held {
+                trace,
+                offers,
+                skip: self.skip,
+            });
         }
     }
 
@@ -775,7 +801,7 @@ impl TailSampler {
                 }
             }
             let hash = h.trace.trace.trace_id.hash64();
-            let d = self.evaluate(&h.trace.trace, hash);
+            let d = self.evaluate(&h.trace.trace, hash, h.skip);
             out.push(TraceRef {
                 decision: Some(d),
                 ..h.trace
