@@ -7,7 +7,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use serde::Serialize;
 use spanflow_operators::{EventTime, Span};
 
 use super::io::PauseSignal;
@@ -19,8 +18,7 @@ use crate::formats::{DeadLetter, RecordMeta};
 pub(crate) struct Alignment {
     signal: Arc<PauseSignal>,
     sources: usize,
-    /// What was last published.
-    paused: BTreeSet<SplitKey>,
+    /// The splits last published as paused, and since when.
     since: BTreeMap<SplitKey, Instant>,
     /// Per split: time spent paused, the current pause included once it ends.
     total: BTreeMap<SplitKey, Duration>,
@@ -33,7 +31,6 @@ impl Alignment {
         Alignment {
             signal,
             sources,
-            paused: BTreeSet::new(),
             since: BTreeMap::new(),
             total: BTreeMap::new(),
             pauses: 0,
@@ -45,22 +42,30 @@ impl Alignment {
     /// split counts as active from now: it read nothing while paused, but was not
     /// idle.
     pub fn update(&mut self, tracker: &mut WatermarkTracker, now: Instant) {
-        tracker.ahead(now, &self.paused, &mut self.scratch);
-        let same = self.scratch.len() == self.paused.len()
-            && self.scratch.iter().all(|k| self.paused.contains(k));
+        tracker.ahead(now, |k| self.since.contains_key(k), &mut self.scratch);
+        let same = self.scratch.len() == self.since.len()
+            && self.scratch.iter().all(|k| self.since.contains_key(k));
         if same {
             return;
         }
         let next: BTreeSet<SplitKey> = self.scratch.iter().copied().collect();
-        for k in self.paused.difference(&next) {
-            if let Some(at) = self.since.remove(k) {
-                *self.total.entry(*k).or_default() += now.duration_since(at);
+        let resumed: Vec<SplitKey> = self
+            .since
+            .keys()
+            .filter(|k| !next.contains(k))
+            .copied()
+            .collect();
+        for k in resumed {
+            if let Some(at) = self.since.remove(&k) {
+                *self.total.entry(k).or_default() += now.duration_since(at);
             }
-            tracker.touch(*k, now);
+            tracker.touch(k, now);
         }
-        for k in next.difference(&self.paused) {
-            self.since.insert(*k, now);
-            self.pauses += 1;
+        for k in &next {
+            if !self.since.contains_key(k) {
+                self.since.insert(*k, now);
+                self.pauses += 1;
+            }
         }
         let mut per_source = vec![BTreeSet::new(); self.sources];
         for (source, split) in &next {
@@ -69,19 +74,16 @@ impl Alignment {
             }
         }
         tracing::trace!(paused = next.len(), "watermark alignment");
-        self.paused = next;
         self.signal.set(per_source);
     }
 
     /// Resumes everything (every source ended, or the run stops): a source waiting
     /// to send must see its end.
     pub fn release(&mut self, now: Instant) {
-        if !self.paused.is_empty() {
-            self.scratch.clear();
+        if !self.since.is_empty() {
             for (k, at) in std::mem::take(&mut self.since) {
                 *self.total.entry(k).or_default() += now.duration_since(at);
             }
-            self.paused.clear();
             self.signal.set(vec![BTreeSet::new(); self.sources]);
         }
     }
@@ -103,12 +105,11 @@ impl Alignment {
 }
 
 /// What watermark alignment did in a run.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default)]
 pub struct AlignmentStats {
     /// Times a split was paused.
     pub pauses: u64,
     /// Per split that was ever paused: seconds (wall clock) it spent paused.
-    #[serde(skip)]
     pub paused_seconds: BTreeMap<SplitKey, f64>,
 }
 

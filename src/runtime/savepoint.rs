@@ -267,7 +267,7 @@ impl Store {
         })?;
         // Last: a savepoint exists once its manifest does.
         write_durably(&path.join(MANIFEST), &text)?;
-        sync_dir(&self.dir)?;
+        sync_dir(&self.dir).map_err(io(&self.dir))?;
         for (_, old) in ids.iter().skip(keep.max(1) - 1) {
             std::fs::remove_dir_all(old).map_err(io(old))?;
         }
@@ -378,7 +378,7 @@ fn write_durably(dest: &Path, bytes: &[u8]) -> Result<(), SavepointError> {
     f.sync_all().map_err(io(&tmp))?;
     std::fs::rename(&tmp, dest).map_err(io(dest))?;
     if let Some(parent) = dest.parent() {
-        sync_dir(parent)?;
+        sync_dir(parent).map_err(io(parent))?;
     }
     Ok(())
 }
@@ -449,19 +449,14 @@ fn write_durably_with(
     c.inner.sync_all().map_err(Fail::Io)?;
     std::fs::rename(&tmp, dest).map_err(Fail::Io)?;
     if let Some(parent) = dest.parent() {
-        sync_dir(parent).map_err(|e| match e {
-            SavepointError::Io { source, .. } => Fail::Io(source),
-            SavepointError::Refused(m) => Fail::Encode(m),
-        })?;
+        sync_dir(parent).map_err(Fail::Io)?;
     }
     Ok((len, crc))
 }
 
 /// Makes a directory's entries (a rename) durable.
-fn sync_dir(dir: &Path) -> Result<(), SavepointError> {
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io(dir))
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::File::open(dir).and_then(|d| d.sync_all())
 }
 
 /// Checks that `sp` belongs to this job. Another parallelism is fine: its state is

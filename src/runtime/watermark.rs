@@ -120,12 +120,7 @@ impl WatermarkTracker {
     /// stops counting as the slowest, but stays paused while it is ahead; a split that
     /// has seen nothing yet holds the watermark but not the others (an empty partition
     /// would otherwise pause every other one until it is idle).
-    pub fn ahead(
-        &self,
-        now: Instant,
-        paused: &std::collections::BTreeSet<SplitKey>,
-        out: &mut Vec<SplitKey>,
-    ) {
+    pub fn ahead(&self, now: Instant, paused: impl Fn(&SplitKey) -> bool, out: &mut Vec<SplitKey>) {
         out.clear();
         let slowest = self
             .splits
@@ -137,7 +132,7 @@ impl WatermarkTracker {
             return;
         };
         for (key, s) in &self.splits {
-            let drift = if paused.contains(key) {
+            let drift = if paused(key) {
                 s.max_drift / 2
             } else {
                 s.max_drift
@@ -270,30 +265,30 @@ mod tests {
         }
         let mut out = Vec::new();
         let mut paused = std::collections::BTreeSet::new();
-        w.ahead(t0, &paused, &mut out);
+        w.ahead(t0, |k| paused.contains(k), &mut out);
         assert!(out.is_empty(), "nothing seen yet");
         w.observe((0, 0), 1_000);
         w.observe((0, 1), 1_050);
         w.observe((0, 2), 1_200);
         // Split 3 is empty: it holds the watermark, not the alignment.
-        w.ahead(t0, &paused, &mut out);
+        w.ahead(t0, |k| paused.contains(k), &mut out);
         assert_eq!(out, [(0, 2)], "1189 > 989 + 100");
         paused.insert((0, 2));
         assert_eq!(w.watermark(t0), 0);
         // Split 2, paused, goes idle; so does split 0: split 1 is the slowest now.
         let later = t0 + Duration::from_secs(31);
         w.touch((0, 1), later);
-        w.ahead(later, &paused, &mut out);
+        w.ahead(later, |k| paused.contains(k), &mut out);
         assert_eq!(out, [(0, 2)], "1189 > 1039 + 100 still");
         w.observe((0, 1), 1_100);
-        w.ahead(later, &paused, &mut out);
+        w.ahead(later, |k| paused.contains(k), &mut out);
         assert_eq!(
             out,
             [(0, 2)],
             "paused: 1189 > 1089 + 50, resumed only within half"
         );
         w.observe((0, 1), 1_150);
-        w.ahead(later, &paused, &mut out);
+        w.ahead(later, |k| paused.contains(k), &mut out);
         assert!(out.is_empty(), "1189 <= 1139 + 50");
         // Without alignment nothing is ever named.
         let mut v = WatermarkTracker::new(1);
@@ -305,7 +300,7 @@ mod tests {
         v.add_split((0, 1), &off, t0);
         v.observe((0, 0), 1);
         v.observe((0, 1), u64::MAX / 2);
-        v.ahead(t0, &Default::default(), &mut out);
+        v.ahead(t0, |_| false, &mut out);
         assert!(out.is_empty());
     }
 

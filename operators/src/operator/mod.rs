@@ -409,18 +409,6 @@ impl DeferredState {
             DeferredInner::Later(f) => f(w),
         }
     }
-
-    /// The encoded state, in memory.
-    pub fn encode(self) -> Result<Vec<u8>, OperatorError> {
-        match self.0 {
-            DeferredInner::Ready(b) => Ok(b),
-            DeferredInner::Later(f) => {
-                let mut out = Vec::new();
-                f(&mut out)?;
-                Ok(out)
-            }
-        }
-    }
 }
 
 impl std::fmt::Debug for DeferredState {

@@ -272,6 +272,15 @@ pub struct KafkaReader {
     owed: Vec<(Arc<str>, i32)>,
 }
 
+/// The partitions of `splits`, as librdkafka takes them.
+fn partition_list(splits: &[Split]) -> TopicPartitionList {
+    let mut tpl = TopicPartitionList::new();
+    for s in splits {
+        tpl.add_partition(&s.topic, s.partition);
+    }
+    tpl
+}
+
 impl KafkaReader {
     /// Connects, resolves start (and end) offsets of every partition of the topics and
     /// subscribes. `resume` (from a savepoint) overrides the start of the partitions it
@@ -800,14 +809,10 @@ impl KafkaReader {
         if !pause.is_empty() {
             self.pause(&pause);
         }
-        if !resume.is_empty() {
-            let mut tpl = TopicPartitionList::new();
-            for s in &resume {
-                tpl.add_partition(&s.topic, s.partition);
-            }
-            if let Err(e) = self.consumer.resume(&tpl) {
-                tracing::warn!(error = %e, "resuming partitions watermark alignment paused");
-            }
+        if !resume.is_empty()
+            && let Err(e) = self.consumer.resume(&partition_list(&resume))
+        {
+            tracing::warn!(error = %e, "resuming partitions watermark alignment paused");
         }
         for s in pause {
             aligned.insert(s.key);
@@ -815,17 +820,13 @@ impl KafkaReader {
         for s in resume {
             aligned.remove(&s.key);
         }
-        // Forget partitions no longer assigned or done.
+        // Revoked or finished partitions were not resumed: forget them too.
         aligned.retain(|k| wanted.contains(k));
         Ok(())
     }
 
     fn pause(&self, splits: &[Split]) {
-        let mut tpl = TopicPartitionList::new();
-        for s in splits {
-            tpl.add_partition(&s.topic, s.partition);
-        }
-        if let Err(e) = self.consumer.pause(&tpl) {
+        if let Err(e) = self.consumer.pause(&partition_list(splits)) {
             tracing::warn!(error = %e, "pausing partitions");
         }
     }
