@@ -30,6 +30,10 @@ enum Command {
     Run {
         /// The job file (YAML).
         job: PathBuf,
+        /// Change a value of the job file, e.g. `--set sinks.ch.database=test`
+        /// (a dotted key path, a YAML value); repeatable.
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<job::Override>,
         /// Write every Parquet table under this directory instead of the sinks' `path`.
         #[arg(long)]
         output_dir: Option<PathBuf>,
@@ -51,6 +55,50 @@ enum Command {
         /// `checkpoint.interval`; needs a checkpoint directory).
         #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
         checkpoint_interval: Option<std::time::Duration>,
+    },
+    /// Re-read a time range of a job's Kafka topics (a backfill): every partition from
+    /// the first record at or after --from to the last before --to, under a consumer
+    /// group of its own (the live job's committed offsets never move), with the live
+    /// job's event-time semantics (what is open at the end is flushed). Outputs are
+    /// redirected with --output-dir and --set; checkpoints are taken on the way, and the
+    /// same command run again resumes an interrupted replay.
+    Replay {
+        /// The job file (YAML); every source must be a kafka source.
+        job: PathBuf,
+        /// Start of the range (Kafka record timestamps), RFC 3339, e.g.
+        /// `2026-11-21T10:00:00Z`.
+        #[arg(long, value_name = "TIME")]
+        from: String,
+        /// End of the range (exclusive), RFC 3339.
+        #[arg(long, value_name = "TIME")]
+        to: String,
+        /// Change a value of the job file, e.g. `--set sinks.ch.database=backfill`
+        /// (a dotted key path, a YAML value); repeatable.
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<job::Override>,
+        /// Write every Parquet table under this directory instead of the sinks' `path`.
+        #[arg(long)]
+        output_dir: Option<PathBuf>,
+        /// The replay's consumer group (default: the live group's name with
+        /// `.replay.<from>-<to>`).
+        #[arg(long)]
+        group: Option<String>,
+        /// Keep the replay's checkpoints here (default: `replay-<from>-<to>` under the
+        /// job's checkpoint directory, else `.spanflow/replay/<job>/<from>-<to>`).
+        #[arg(long, value_name = "DIR")]
+        checkpoint_dir: Option<PathBuf>,
+        /// Take a checkpoint this often (default: the job's interval, else 30s).
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+        checkpoint_interval: Option<std::time::Duration>,
+        /// Shards (default: the job's `parallelism`, else one per core).
+        #[arg(long)]
+        parallelism: Option<usize>,
+        /// Print the summary as JSON instead of text.
+        #[arg(long)]
+        json: bool,
+        /// Do not show the progress bar.
+        #[arg(long)]
+        no_progress: bool,
     },
     /// Check a job file; exit 1 and print `file:line:column` diagnostics if invalid.
     Validate {
@@ -257,7 +305,12 @@ fn main() -> ExitCode {
 }
 
 fn load_job(path: &Path) -> Result<Job> {
-    job::load(path).map_err(|d| {
+    load_job_with(path, &[])
+}
+
+/// [`load_job`] with `--set` overrides.
+fn load_job_with(path: &Path, overrides: &[job::Override]) -> Result<Job> {
+    job::load_with(path, overrides).map_err(|d| {
         eprint!(
             "{}",
             d.render_human(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -283,6 +336,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Run {
             job,
+            set,
             output_dir,
             parallelism,
             json,
@@ -290,7 +344,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             checkpoint_dir,
             checkpoint_interval,
         } => {
-            let job = load_job(&job)?;
+            let job = load_job_with(&job, &set)?;
             let opts = RunOptions {
                 output_dir,
                 parallelism,
@@ -304,6 +358,61 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             };
             let summary =
                 run_job(&job, &opts).with_context(|| format!("running job `{}`", job.name))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&summary)?);
+            } else {
+                print!("{}", summary.render());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Replay {
+            job,
+            from,
+            to,
+            set,
+            output_dir,
+            group,
+            checkpoint_dir,
+            checkpoint_interval,
+            parallelism,
+            json,
+            no_progress,
+        } => {
+            let mut job = load_job_with(&job, &set)?;
+            let replay = job::replay::prepare(
+                &mut job,
+                &from,
+                &to,
+                group.as_deref(),
+                checkpoint_dir.as_deref(),
+            )
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+            if !json {
+                for (source, live, group) in &replay.groups {
+                    eprintln!(
+                        "replaying `{}` source `{source}` from {from} to {to} as group \
+                         `{group}` (the live group `{live}` is not touched)",
+                        job.name
+                    );
+                }
+                eprintln!(
+                    "checkpoints in {} (run the same command again to resume)",
+                    replay.checkpoint_dir.display()
+                );
+            }
+            let opts = RunOptions {
+                output_dir,
+                parallelism,
+                progress: !no_progress
+                    && !json
+                    && std::io::IsTerminal::is_terminal(&std::io::stderr()),
+                stop_on_ctrl_c: true,
+                checkpoint_interval,
+                progress_until: Some(replay.to_ms),
+                ..Default::default()
+            };
+            let summary =
+                run_job(&job, &opts).with_context(|| format!("replaying job `{}`", job.name))?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&summary)?);
             } else {

@@ -121,13 +121,14 @@ impl Diagnostics {
             }
             out.push('\n');
         }
-        if let Some(first) = self.items.first() {
+        if !self.items.is_empty() {
             let n = self.items.len();
-            let summary = format!(
-                "{n} problem{} in job file `{}`",
-                if n == 1 { "" } else { "s" },
-                first.file.display()
-            );
+            // Problems of command-line overrides point into the pseudo-file `--set`.
+            let place = match self.items.iter().find(|d| d.file.as_os_str() != "--set") {
+                Some(d) => format!("job file `{}`", d.file.display()),
+                None => "the `--set` overrides".to_owned(),
+            };
+            let summary = format!("{n} problem{} in {place}", if n == 1 { "" } else { "s" });
             let _ = writeln!(
                 out,
                 "{}{}",

@@ -10,12 +10,13 @@ mod diagnostics;
 pub mod file;
 mod load;
 mod plan;
+pub mod replay;
 pub mod spec;
 mod yaml;
 
 pub use diagnostics::{Diagnostic, Diagnostics};
 pub use file::json_schema;
-pub use load::{load, load_str};
+pub use load::{Override, load, load_str, load_str_with, load_with};
 pub use plan::{plan, run_job};
 pub use spec::*;
 

@@ -1116,3 +1116,139 @@ sinks:
         d.message
     );
 }
+
+fn overridden(text: &str, sets: &[&str]) -> Result<Job, Diagnostics> {
+    let overrides: Vec<Override> = sets.iter().map(|s| s.parse().unwrap()).collect();
+    load_str_with(Path::new(FILE), text, &overrides)
+}
+
+#[test]
+fn overrides_replace_add_and_are_validated_like_the_file() {
+    let text =
+        with_session_line("    gap: 10s\n    gap_rules: [{ when: { root_ended: true }, gap: 3s }]");
+    let job = overridden(
+        &text,
+        &[
+            "operators.sessions.gap=20s",
+            "operators.sessions.gap_rules.0.gap=1s",
+            "operators.sessions.max_duration=2m",
+            "sinks.out.from=[sessions, sessions.late_spans]",
+            "sources.gen.seed=7",
+        ],
+    )
+    .unwrap_or_else(|d| panic!("{d}"));
+    let OperatorKind::SessionWindow(c) = &job.operators[0].kind else {
+        panic!("not a session window")
+    };
+    assert_eq!(c.gap, HumanDuration::secs(20));
+    assert_eq!(c.gap_rules[0].gap, HumanDuration::secs(1));
+    assert_eq!(c.max_duration, HumanDuration(Duration::from_secs(120)));
+    assert_eq!(job.sinks[0].from.len(), 2);
+    let SourceKind::Generator(g) = &job.sources[0].kind else {
+        panic!("not a generator")
+    };
+    assert_eq!(g.seed, 7);
+
+    // A bad value is reported at the override, with the file's other problems.
+    let d = overridden(&text, &["operators.sessions.gapp=3s", "sources.gen.seed=x"]).unwrap_err();
+    assert_eq!(d.items.len(), 2, "{d}");
+    assert_eq!(d.items[0].file, Path::new("--set"));
+    assert_eq!(
+        spot(&d.items[0]),
+        (
+            1,
+            25,
+            "operators.sessions.gapp",
+            Some("did you mean `gap`?")
+        )
+    );
+    assert_eq!((d.items[1].line, d.items[1].column), (2, 18));
+    let rendered = d.render_human(false);
+    assert!(rendered.contains("--> --set:1:25"), "{rendered}");
+    assert!(
+        rendered.contains("2 problems in the `--set` overrides"),
+        "{rendered}"
+    );
+
+    // Paths that cannot be followed.
+    let d = overridden(&text, &["name.x=1", "sinks.out.from.5=a"]).unwrap_err();
+    assert!(
+        d.items[0].message.contains("is the value `t`, not a map"),
+        "{d}"
+    );
+    assert!(d.items[1].message.contains("list of 1 items"), "{d}");
+    assert!("=1".parse::<Override>().is_err());
+    assert!("no-equals".parse::<Override>().is_err());
+}
+
+#[test]
+fn replay_rewrites_kafka_sources_and_leaves_the_live_group_alone() {
+    let text = "name: live
+sources:
+  in:
+    type: kafka
+    brokers: 127.0.0.1:9092
+    topics: [spans]
+    group_id: live
+    start: committed
+    end_offsets: { spans: { 0: 10 } }
+operators:
+  sessions:
+    type: session_window
+    from: in
+sinks:
+  out:
+    type: parquet
+    from: [sessions]
+";
+    let mut job = load_str(Path::new(FILE), text).unwrap_or_else(|d| panic!("{d}"));
+    let r = replay::prepare(
+        &mut job,
+        "2026-11-21T10:00:00Z",
+        "2026-11-21T11:00:00Z",
+        None,
+        None,
+    )
+    .unwrap();
+    let SourceKind::Kafka(c) = &job.sources[0].kind else {
+        panic!("not kafka")
+    };
+    assert_eq!(c.group_id, "live.replay.20261121T100000Z-20261121T110000Z");
+    assert_eq!(c.start, "2026-11-21T10:00:00Z");
+    assert_eq!(c.end.as_deref(), Some("2026-11-21T11:00:00Z"));
+    assert!(c.end_offsets.is_empty());
+    assert_eq!(r.groups[0].1, "live");
+    assert_eq!((r.from_ms, r.to_ms), (1_795_255_200_000, 1_795_258_800_000));
+    assert_eq!(
+        r.checkpoint_dir,
+        Path::new(".spanflow/replay/live/20261121T100000Z-20261121T110000Z")
+    );
+    assert_eq!(
+        job.checkpoint.as_ref().map(|c| &c.dir),
+        Some(&r.checkpoint_dir)
+    );
+
+    let fresh = || load_str(Path::new(FILE), text).unwrap();
+    let err = |from: &str, to: &str, group: Option<&str>| {
+        replay::prepare(&mut fresh(), from, to, group, None).unwrap_err()
+    };
+    assert!(err("2026-11-21T11:00:00Z", "2026-11-21T10:00:00Z", None).contains("must be before"));
+    assert!(err("yesterday", "2026-11-21T10:00:00Z", None).contains("--from"));
+    assert!(
+        err("2026-11-21T10:00:00Z", "2026-11-21T11:00:00Z", Some("live"))
+            .contains("must not be the live job's")
+    );
+    let mut generated = load_str(Path::new(FILE), &with_session_line("")).unwrap();
+    let e = replay::prepare(
+        &mut generated,
+        "2026-11-21T10:00:00Z",
+        "2026-11-21T11:00:00Z",
+        None,
+        None,
+    )
+    .unwrap_err();
+    assert!(
+        e.contains("`gen`") && e.contains("not a kafka source"),
+        "{e}"
+    );
+}

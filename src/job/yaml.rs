@@ -492,6 +492,165 @@ impl<'a> Builder<'a> {
     }
 }
 
+/// Where the nodes grafted by [`Document::set`] point: line 0 marks "not in the file",
+/// the column is the 1-based index of the override.
+pub(crate) fn override_pos(index: usize) -> Pos {
+    Pos {
+        line: 0,
+        column: index + 1,
+        width: 0,
+    }
+}
+
+impl Document {
+    /// Sets the value at a dotted key path (`sinks.ch.database`) to `value`, a YAML
+    /// fragment (`backfill`, `[a, b]`, `{x: 1}`): the override number `index` of a
+    /// command line. A key missing from a map is added, with the rest of the path as
+    /// its name (so `properties.fetch.max.bytes` adds the key `fetch.max.bytes`); list
+    /// items are named by index. The new nodes are placed at [`override_pos`].
+    pub fn set(&mut self, index: usize, key: &str, value: &str) -> Result<(), String> {
+        let fragment = parse(value).map_err(|e| format!("`{value}` is not YAML: {}", e.message))?;
+        if let Some(p) = fragment.problems.first() {
+            return Err(format!("`{value}`: {}", p.message));
+        }
+        let segments: Vec<&str> = key.split('.').collect();
+        if key.is_empty() || segments.iter().any(|s| s.is_empty()) {
+            return Err(format!(
+                "`{key}` is not a dotted key path such as `sinks.out.path`"
+            ));
+        }
+        let Some(mut root) = self.root.take() else {
+            return Err("the job file is empty".into());
+        };
+        let result = self.set_in(&mut root, &segments, index, &fragment);
+        self.root = Some(root);
+        result
+    }
+
+    fn set_in(
+        &mut self,
+        root: &mut Node,
+        segments: &[&str],
+        index: usize,
+        fragment: &Document,
+    ) -> Result<(), String> {
+        let pos = override_pos(index);
+        let mut node = root;
+        let mut path: Vec<String> = Vec::new();
+        for (i, seg) in segments.iter().enumerate() {
+            let last = i + 1 == segments.len();
+            let parent = node.id;
+            let here = if path.is_empty() {
+                "the job".to_owned()
+            } else {
+                format!("`{}`", path.join("."))
+            };
+            match &mut node.value {
+                Value::Map(entries) => match entries.iter().position(|e| e.key_text() == *seg) {
+                    Some(at) => {
+                        path.push((*seg).to_owned());
+                        if last {
+                            entries[at].value =
+                                self.graft(fragment.root.as_ref(), &path, parent, pos);
+                            return Ok(());
+                        }
+                        node = &mut entries[at].value;
+                    }
+                    None => {
+                        let name = segments[i..].join(".");
+                        path.push(name.clone());
+                        let key_id = self.alloc(path.clone(), pos, Some(parent));
+                        let value = self.graft(fragment.root.as_ref(), &path, parent, pos);
+                        entries.push(Entry {
+                            key: Node {
+                                id: key_id,
+                                pos,
+                                value: Value::Scalar(Scalar {
+                                    text: name,
+                                    plain: true,
+                                }),
+                            },
+                            value,
+                        });
+                        return Ok(());
+                    }
+                },
+                Value::Seq(items) => {
+                    let n = items.len();
+                    let Some(at) = seg.parse::<usize>().ok().filter(|i| *i < n) else {
+                        return Err(format!(
+                            "{here} is a list of {n} items: `{seg}` is not one of its indexes"
+                        ));
+                    };
+                    path.push((*seg).to_owned());
+                    if last {
+                        items[at] = self.graft(fragment.root.as_ref(), &path, parent, pos);
+                        return Ok(());
+                    }
+                    node = &mut items[at];
+                }
+                Value::Scalar(s) => {
+                    return Err(format!(
+                        "{here} is the value `{}`, not a map: it has no key `{seg}`",
+                        s.text
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn alloc(&mut self, path: Vec<String>, pos: Pos, parent: Option<NodeId>) -> NodeId {
+        self.info.push(NodeInfo {
+            path,
+            pos,
+            key_pos: Some(pos),
+            parent,
+        });
+        self.info.len() - 1
+    }
+
+    /// Copies a fragment's node into this document under `path` (fresh ids).
+    fn graft(&mut self, node: Option<&Node>, path: &[String], parent: NodeId, pos: Pos) -> Node {
+        let id = self.alloc(path.to_vec(), pos, Some(parent));
+        let value = match node.map(|n| &n.value) {
+            None => Value::Scalar(Scalar {
+                text: String::new(),
+                plain: true,
+            }),
+            Some(Value::Scalar(s)) => Value::Scalar(s.clone()),
+            Some(Value::Seq(items)) => Value::Seq(
+                items
+                    .iter()
+                    .enumerate()
+                    .map(|(i, item)| {
+                        let mut p = path.to_vec();
+                        p.push(i.to_string());
+                        self.graft(Some(item), &p, id, pos)
+                    })
+                    .collect(),
+            ),
+            Some(Value::Map(entries)) => Value::Map(
+                entries
+                    .iter()
+                    .map(|e| {
+                        let mut p = path.to_vec();
+                        p.push(e.key_text().to_owned());
+                        let key = Node {
+                            id: self.alloc(p.clone(), pos, Some(id)),
+                            pos,
+                            value: e.key.value.clone(),
+                        };
+                        let value = self.graft(Some(&e.value), &p, id, pos);
+                        Entry { key, value }
+                    })
+                    .collect(),
+            ),
+        };
+        Node { id, pos, value }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -340,6 +340,7 @@ pub struct SourceOutput {
     /// Version of the pause signal last seen, and whether split 0 is paused.
     pause_seen: u64,
     paused: bool,
+    progress: Arc<super::Progress>,
 }
 
 impl SourceOutput {
@@ -353,6 +354,7 @@ impl SourceOutput {
         checkpoints: Arc<CheckpointSignal>,
         pauses: Arc<PauseSignal>,
         finish: std::sync::mpsc::Receiver<Finish>,
+        progress: Arc<super::Progress>,
     ) -> Self {
         SourceOutput {
             source,
@@ -372,7 +374,16 @@ impl SourceOutput {
             chunk: Vec::with_capacity(RECORDS_PER_CHUNK),
             pause_seen: 0,
             paused: false,
+            progress,
         }
+    }
+
+    /// Tells the progress bar how many records this bounded source will read in all
+    /// (a Kafka source knows once it looked its end offsets up).
+    pub fn expect_records(&self, records: u64) {
+        self.progress
+            .records_expected
+            .fetch_add(records, Ordering::Relaxed);
     }
 
     /// Waits while watermark alignment pauses this single-split source, answering

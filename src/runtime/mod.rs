@@ -155,12 +155,21 @@ pub struct RunOptions {
     pub checkpoint_keep: usize,
     /// Counts the spans decoded so far (for callers that watch a running job).
     pub spans_seen: Option<Arc<AtomicU64>>,
+    /// The event time (unix ms) the run is expected to reach (a replay's end): the
+    /// progress bar shows the watermark's way there.
+    pub progress_until: Option<i64>,
 }
 
 /// Counters shared with the progress bar and the memory sampler.
 #[derive(Debug, Default)]
 pub(crate) struct Progress {
     pub spans: AtomicU64,
+    /// Source records decoded.
+    pub records: AtomicU64,
+    /// Records bounded sources said they will read (0: unknown).
+    pub records_expected: AtomicU64,
+    /// The job's watermark (event time, unix ns; 0 before the first).
+    pub watermark: AtomicU64,
 
     pub traces_closed: AtomicU64,
     pub buffered_spans: AtomicU64,
@@ -431,6 +440,7 @@ async fn run_plan(
             signal.clone(),
             pauses.clone(),
             finish_rx,
+            progress.clone(),
         );
         source_handles.push(tokio::task::spawn_blocking(move || {
             source::run_source(source, out)
@@ -441,7 +451,7 @@ async fn run_plan(
     // Progress bar.
     let bar = opts
         .progress
-        .then(|| summary::progress_bar(progress.clone()));
+        .then(|| summary::progress_bar(progress.clone(), opts.progress_until));
 
     // Decode (ordered, parallel) and route.
     let routed = router::route(router::RouteInput {

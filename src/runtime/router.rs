@@ -212,6 +212,7 @@ pub(crate) async fn route(input: RouteInput<'_>) -> Result<Routed, RunError> {
         let wm = r.tracker.watermark(now);
         if wm > r.last_wm && wm != spanflow_operators::WATERMARK_END {
             r.last_wm = wm;
+            r.progress.watermark.store(wm, Ordering::Relaxed);
             for tx in r.shard_txs {
                 let _ = tx.send(ShardMsg::Watermark(wm)).await;
             }
@@ -288,6 +289,9 @@ impl Router<'_> {
                 self.progress
                     .spans
                     .fetch_add(stats.spans, Ordering::Relaxed);
+                self.progress
+                    .records
+                    .fetch_add(records.len() as u64, Ordering::Relaxed);
                 if let Some(seen) = &self.spans_seen {
                     seen.fetch_add(stats.spans, Ordering::Relaxed);
                 }
@@ -344,6 +348,7 @@ impl Router<'_> {
                     let wm = self.tracker.watermark(now);
                     if wm > self.last_wm && wm != spanflow_operators::WATERMARK_END {
                         self.last_wm = wm;
+                        self.progress.watermark.store(wm, Ordering::Relaxed);
                         self.send_spans(source).await;
                         for tx in self.shard_txs {
                             let _ = tx.send(ShardMsg::Watermark(wm)).await;

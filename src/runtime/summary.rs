@@ -520,7 +520,10 @@ impl Usage {
     }
 }
 
-pub(crate) fn progress_bar(progress: Arc<Progress>) -> ProgressBar {
+/// A spinner with spans, traces and buffered spans; when the sources know how many
+/// records they will read (a bounded Kafka run, a replay), a bar over those records
+/// with its ETA, and with `until` (unix ms) the watermark's way to that event time.
+pub(crate) fn progress_bar(progress: Arc<Progress>, until: Option<i64>) -> ProgressBar {
     let bar = ProgressBar::new_spinner();
     bar.set_style(
         ProgressStyle::with_template("{spinner} {elapsed_precise} {msg}")
@@ -529,13 +532,48 @@ pub(crate) fn progress_bar(progress: Arc<Progress>) -> ProgressBar {
     bar.enable_steady_tick(Duration::from_millis(200));
     let b = bar.clone();
     std::thread::spawn(move || {
+        let mut sized = false;
         while !b.is_finished() {
             let spans = progress.spans.load(Ordering::Relaxed);
             let traces = progress.traces_closed.load(Ordering::Relaxed);
             let buffered = progress.buffered_spans.load(Ordering::Relaxed);
+            let expected = progress.records_expected.load(Ordering::Relaxed);
             let elapsed = b.elapsed().as_secs_f64().max(1e-3);
+            if expected > 0 && !sized {
+                sized = true;
+                b.set_length(expected);
+                b.set_style(
+                    ProgressStyle::with_template(
+                        "{elapsed_precise} [{wide_bar}] {human_pos}/{human_len} records, \
+                         ETA {eta}\n{msg}",
+                    )
+                    .unwrap_or_else(|_| ProgressStyle::default_bar()),
+                );
+            }
+            if sized {
+                b.set_position(progress.records.load(Ordering::Relaxed).min(expected));
+            }
+            let event_time = match progress.watermark.load(Ordering::Relaxed) {
+                0 => String::new(),
+                wm => {
+                    let at = std::time::UNIX_EPOCH + Duration::from_nanos(wm);
+                    let at = humantime::format_rfc3339_seconds(at);
+                    match until {
+                        Some(ms) => {
+                            let end = std::time::UNIX_EPOCH
+                                + Duration::from_millis(u64::try_from(ms).unwrap_or(0));
+                            format!(
+                                ", event time {at} of {}",
+                                humantime::format_rfc3339_seconds(end)
+                            )
+                        }
+                        None => format!(", event time {at}"),
+                    }
+                }
+            };
             b.set_message(format!(
-                "{spans} spans ({:.0}/s), {traces} traces closed, {buffered} spans buffered",
+                "{spans} spans ({:.0}/s), {traces} traces closed, {buffered} spans \
+                 buffered{event_time}",
                 spans as f64 / elapsed
             ));
             std::thread::sleep(Duration::from_millis(200));

@@ -832,3 +832,244 @@ fn sigkill_at_random_moments_of_a_kafka_run_changes_nothing_in_the_outputs() {
     };
     assert_eq!(committed("killed"), committed("whole"));
 }
+
+/// The committed offsets of `group` on the partitions of `topic`.
+fn committed_offsets(
+    broker: &Broker,
+    topic: &str,
+    partitions: i32,
+    group: &str,
+) -> Vec<(i32, rdkafka::Offset)> {
+    let c: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &broker.brokers)
+        .set("group.id", group)
+        .create()
+        .unwrap();
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    tpl.add_partition_range(topic, 0, partitions - 1);
+    let got = c.committed_offsets(tpl, Duration::from_secs(10)).unwrap();
+    got.elements()
+        .iter()
+        .map(|e| (e.partition(), e.offset()))
+        .collect()
+}
+
+fn rfc3339(t: std::time::SystemTime) -> String {
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+/// `spanflow replay` of a job file; its summary.
+fn replay_cli(job: &Path, from: &str, to: &str, extra: &[&str]) -> serde_json::Value {
+    let out = std::process::Command::new(crate::support::bin())
+        .args([
+            "replay",
+            &job.display().to_string(),
+            "--from",
+            from,
+            "--to",
+            to,
+            "--json",
+        ])
+        .args(extra)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "replay failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn a_replay_of_a_live_jobs_time_range_writes_the_same_rows_and_leaves_its_group_alone() {
+    let broker = Broker::start();
+    let (records, truth) = generate(GeneratorConfig {
+        traces: 600,
+        seed: 23,
+        traces_per_second: 40.0,
+        spans_per_record: 48,
+        late_fraction: 0.0,
+        garbage_fraction: 0.02,
+        ..Default::default()
+    });
+    let (topic, partitions) = ("otlp_live", 4);
+    kafka::create_topics(
+        &broker.brokers,
+        &BTreeMap::new(),
+        &[topic.to_owned()],
+        partitions,
+    )
+    .unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let job_file = tmp.path().join("live.yaml");
+    std::fs::write(
+        &job_file,
+        job_yaml(
+            &kafka_source(&broker, topic, "live", "committed", None),
+            PARQUET_SINK,
+        ),
+    )
+    .unwrap();
+    let live_job = spanflow::job::load(&job_file).unwrap_or_else(|d| panic!("{d}"));
+
+    // The live job runs while the topic is written in three parts, a second apart
+    // (Kafka timestamps are the produce times), and is stopped once it read them all.
+    let before = std::time::SystemTime::now();
+    let third = records.len() / 3;
+    let parts = [
+        &records[..third],
+        &records[third..2 * third],
+        &records[2 * third..],
+    ];
+    let brokers = broker.brokers.clone();
+    let (marks_tx, marks_rx) = std::sync::mpsc::channel();
+    let parts_owned: Vec<Vec<GeneratedRecord>> = parts.iter().map(|p| p.to_vec()).collect();
+    let producer = std::thread::spawn(move || {
+        let p = produce::KafkaProducer::new(&brokers, &BTreeMap::new()).unwrap();
+        for part in parts_owned {
+            std::thread::sleep(Duration::from_millis(1100));
+            marks_tx.send(std::time::SystemTime::now()).unwrap();
+            produce::produce_generated(&p, topic, partitions, part.into_iter(), None, |_| {})
+                .unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(1100));
+        marks_tx.send(std::time::SystemTime::now()).unwrap();
+    });
+    let live_dir = tmp.path().join("live");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let seen = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let opts = RunOptions {
+        output_dir: Some(live_dir.clone()),
+        parallelism: Some(2),
+        stop: Some(stop.clone()),
+        spans_seen: Some(seen.clone()),
+        ..Default::default()
+    };
+    let live = std::thread::spawn(move || run_job(&live_job, &opts));
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while seen.load(std::sync::atomic::Ordering::Relaxed) < truth.spans || !producer.is_finished() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the live job did not read every span"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // Garbage records travel alone: give the last of them time to arrive too.
+    std::thread::sleep(Duration::from_secs(2));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let live = live.join().unwrap().unwrap_or_else(|e| panic!("{e}"));
+    producer.join().unwrap();
+    let marks: Vec<std::time::SystemTime> = marks_rx.iter().collect();
+    let after = std::time::SystemTime::now();
+    assert_eq!(live.decode.spans, truth.spans);
+    assert!(truth.garbage_records > 0);
+    assert_eq!(live.decode.bad_records, truth.garbage_records);
+    let live_offsets = committed_offsets(&broker, topic, partitions, "live");
+    assert!(
+        live_offsets
+            .iter()
+            .all(|(_, o)| matches!(o, rdkafka::Offset::Offset(n) if *n > 0)),
+        "the live run committed its offsets: {live_offsets:?}"
+    );
+
+    // The whole range, into a fresh output: the same rows in every table.
+    let replay_dir = tmp.path().join("replay");
+    let checkpoints = tmp.path().join("replay-checkpoints");
+    let summary = replay_cli(
+        &job_file,
+        &rfc3339(before),
+        &rfc3339(after),
+        &[
+            "--output-dir",
+            &replay_dir.display().to_string(),
+            "--parallelism",
+            "3",
+            "--checkpoint-dir",
+            &checkpoints.display().to_string(),
+            "--checkpoint-interval",
+            "200ms",
+        ],
+    );
+    assert_eq!(summary["decode"]["records"], live.decode.records);
+    assert_eq!(summary["decode"]["spans"], truth.spans);
+    let mut tables: Vec<&str> = COMPARED.to_vec();
+    tables.push("dead_letters");
+    for table in tables {
+        let a = rows(&read_table(&live_dir, table), &[]);
+        let b = rows(&read_table(&replay_dir, table), &[]);
+        assert!(!a.is_empty() || table == "late_spans", "{table} is empty");
+        assert_eq!(a.len(), b.len(), "{table}: row counts differ");
+        assert!(a == b, "{table}: rows differ");
+    }
+    // The live group's offsets did not move; the replay committed under its own group;
+    // its checkpoints are gone once it completed.
+    assert_eq!(
+        committed_offsets(&broker, topic, partitions, "live"),
+        live_offsets
+    );
+    assert!(
+        std::fs::read_dir(&checkpoints)
+            .map(|d| d.count() == 0)
+            .unwrap_or(true),
+        "a completed replay leaves no checkpoint to resume from"
+    );
+
+    // A replay stopped half-way keeps a checkpoint; the same replay started again
+    // resumes from it and ends with the same rows.
+    // Small fetches, so the stop is likely to come in the middle.
+    let slow: spanflow::job::Override =
+        "sources.in.properties={max.partition.fetch.bytes: '1', queued.max.messages.kbytes: '1'}"
+            .parse()
+            .unwrap();
+    let mut job = spanflow::job::load_with(&job_file, &[slow]).unwrap_or_else(|d| panic!("{d}"));
+    let resumed_checkpoints = tmp.path().join("resumed-checkpoints");
+    spanflow::job::replay::prepare(
+        &mut job,
+        &rfc3339(before),
+        &rfc3339(after),
+        None,
+        Some(&resumed_checkpoints),
+    )
+    .unwrap();
+    let resumed_dir = tmp.path().join("resumed");
+    let opts = RunOptions {
+        output_dir: Some(resumed_dir.clone()),
+        parallelism: Some(2),
+        ..Default::default()
+    };
+    let first = run_and_stop_after(&job, &opts, truth.spans / 3);
+    assert!(
+        first.savepoint.is_some(),
+        "the stopped replay kept a checkpoint"
+    );
+    // (Where it stopped depends on timing: tansu hands out whole partitions per fetch,
+    // so the stop may also come after the last record; the rows must match either way.)
+    let second = run_job(&job, &opts).unwrap_or_else(|e| panic!("{e}"));
+    assert!(second.restored_from.is_some(), "the second replay resumed");
+    assert_eq!(first.decode.spans + second.decode.spans, truth.spans);
+    for table in COMPARED {
+        let a = rows(&read_table(&live_dir, table), &[]);
+        let b = rows(&read_table(&resumed_dir, table), &[]);
+        assert!(a == b, "{table}: the resumed replay's rows differ");
+    }
+    assert_eq!(
+        committed_offsets(&broker, topic, partitions, "live"),
+        live_offsets
+    );
+
+    // The middle part alone: exactly its records.
+    let middle = replay_cli(
+        &job_file,
+        &rfc3339(marks[1]),
+        &rfc3339(marks[2]),
+        &[
+            "--output-dir",
+            &tmp.path().join("middle").display().to_string(),
+        ],
+    );
+    let middle_spans: usize = parts[1].iter().map(|r| r.spans).sum();
+    assert_eq!(middle["decode"]["spans"], middle_spans as u64);
+    let middle_garbage = parts[1].iter().filter(|r| r.garbage).count();
+    assert_eq!(middle["decode"]["bad_records"], middle_garbage as u64);
+}

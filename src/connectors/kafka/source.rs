@@ -270,6 +270,46 @@ pub struct KafkaReader {
     /// the watermark until they are read (or idle): those of the checkpoint, even
     /// while the group still gives them to the member the crash left behind.
     owed: Vec<(Arc<str>, i32)>,
+    /// Records between the start and end offsets of every partition (bounded runs):
+    /// what the progress bar counts towards. With other members in the group this
+    /// member reads only its share.
+    pub backlog: Option<u64>,
+}
+
+/// The Kafka timestamp (ms) of the record at `offset` of a partition, read with a
+/// consumer of its own that joins no group; `None` when it has none.
+fn record_timestamp(
+    cc: &rdkafka::ClientConfig,
+    topic: &str,
+    partition: i32,
+    offset: i64,
+) -> Result<Option<i64>, ConnectorError> {
+    let consumer: BaseConsumer = cc
+        .create()
+        .map_err(|e| ConnectorError::external(format!("cannot create a Kafka consumer: {e}")))?;
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, partition, Offset::Offset(offset))
+        .map_err(|e| ConnectorError::internal(format!("{topic}/{partition}: {e}")))?;
+    consumer
+        .assign(&tpl)
+        .map_err(|e| ConnectorError::external(format!("cannot read {topic}/{partition}: {e}")))?;
+    let deadline = Instant::now() + REQUEST_TIMEOUT;
+    while Instant::now() < deadline {
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(m)) if m.partition() == partition && m.offset() == offset => {
+                return Ok(m.timestamp().to_millis());
+            }
+            Some(Err(e)) => {
+                return Err(ConnectorError::external(format!(
+                    "cannot read {topic}/{partition} at {offset}: {e}"
+                )));
+            }
+            _ => {}
+        }
+    }
+    Err(ConnectorError::external(format!(
+        "cannot read {topic}/{partition} at {offset}: no record within {REQUEST_TIMEOUT:?}"
+    )))
 }
 
 /// The partitions of `splits`, as librdkafka takes them.
@@ -386,12 +426,21 @@ impl KafkaReader {
             let mut out = HashMap::new();
             for e in found.elements() {
                 let key = (e.topic().to_owned(), e.partition());
-                let high = marks.get(&key).map_or(0, |m| m.1);
+                let (low, high) = marks.get(&key).copied().unwrap_or((0, 0));
                 // No record at or after the time: the partition's end.
-                let o = match e.offset() {
+                let mut o = match e.offset() {
                     Offset::Offset(o) if o >= 0 => o,
                     _ => high,
                 };
+                // Some brokers (tansu 0.6) answer "none" with the log's first offset
+                // instead of -1: believe that answer only if that record is at or
+                // after the time.
+                if o == low
+                    && low < high
+                    && record_timestamp(&cc, &key.0, key.1, low)?.is_some_and(|t| t < ms)
+                {
+                    o = high;
+                }
                 out.insert(key, o);
             }
             Ok(out)
@@ -457,6 +506,14 @@ impl KafkaReader {
         for (topic, p, o) in resume {
             starts.insert((topic.clone(), *p), *o);
         }
+        let backlog = end.is_some().then(|| {
+            ends.iter()
+                .map(|(k, e)| {
+                    let s = starts.get(k).copied().unwrap_or(*e);
+                    u64::try_from(e - s).unwrap_or(0)
+                })
+                .sum()
+        });
         let mut owed = Vec::new();
         {
             let mut s = shared
@@ -490,6 +547,7 @@ impl KafkaReader {
             shared,
             bounded: end.is_some(),
             owed,
+            backlog,
         })
     }
 
@@ -955,6 +1013,9 @@ impl Source for KafkaSource {
 
     fn run(&mut self, out: &mut SourceOutput) -> Result<(), ConnectorError> {
         let reader = KafkaReader::connect(&self.config, &self.resume)?;
+        if let Some(n) = reader.backlog {
+            out.expect_records(n);
+        }
         let mut topics: Vec<(Arc<str>, Sym)> = Vec::new();
         let stop = out.stop_flag();
         let finish = out.take_finish();

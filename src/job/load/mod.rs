@@ -51,18 +51,74 @@ pub fn load(path: &Path) -> Result<Job, Diagnostics> {
 /// Same as [`load`], from text; `path` names the file in messages and is the base of
 /// relative `file` source paths (for `spanflow validate -` and tests).
 pub fn load_str(path: &Path, text: &str) -> Result<Job, Diagnostics> {
+    load_str_with(path, text, &[])
+}
+
+/// One `--set KEY=VALUE` of a command line: the value (a YAML fragment) at a dotted key
+/// path of the job file replaces what the file says, or is added.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Override {
+    /// Dotted key path, e.g. `sinks.ch.database`.
+    pub key: String,
+    /// The value as YAML, e.g. `backfill` or `[a, b]`.
+    pub value: String,
+}
+
+impl std::str::FromStr for Override {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.split_once('=') {
+            Some((key, value)) if !key.trim().is_empty() => Ok(Override {
+                key: key.trim().to_owned(),
+                value: value.to_owned(),
+            }),
+            _ => Err(format!(
+                "`{s}` is not KEY=VALUE (e.g. `sinks.ch.database=backfill`)"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for Override {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}={}", self.key, self.value)
+    }
+}
+
+/// [`load`] with overrides applied to the file's tree before anything is checked, so
+/// an overridden value is validated like any other; its problems are reported at
+/// `--set:N` (the N-th override).
+pub fn load_with(path: &Path, overrides: &[Override]) -> Result<Job, Diagnostics> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => load_str_with(path, &text, overrides),
+        Err(_) => load(path),
+    }
+}
+
+/// [`load_with`] from text.
+pub fn load_str_with(path: &Path, text: &str, overrides: &[Override]) -> Result<Job, Diagnostics> {
     let mut report = Report {
         file: path.to_owned(),
         lines: text.lines().collect(),
         items: Vec::new(),
+        overrides: overrides.iter().map(ToString::to_string).collect(),
     };
-    let doc = match yaml::parse(text) {
+    let mut doc = match yaml::parse(text) {
         Ok(doc) => doc,
         Err(e) => {
             report.push(e.pos, "", format!("invalid YAML: {}", e.message), None);
             return Err(report.finish());
         }
     };
+    for (i, o) in overrides.iter().enumerate() {
+        if let Err(message) = doc.set(i, &o.key, &o.value) {
+            report.push(yaml::override_pos(i), o.key.clone(), message, None);
+        }
+    }
+    if !report.items.is_empty() {
+        return Err(report.finish());
+    }
     for p in &doc.problems {
         report.push(p.pos, p.key.clone(), p.message.clone(), p.hint.clone());
     }
@@ -86,6 +142,9 @@ struct Report<'t> {
     file: PathBuf,
     lines: Vec<&'t str>,
     items: Vec<Diagnostic>,
+    /// The command line's `--set` overrides (`key=value`), which problems at
+    /// [`yaml::override_pos`] point into.
+    overrides: Vec<String>,
 }
 
 impl Report<'_> {
@@ -96,6 +155,26 @@ impl Report<'_> {
         message: impl Into<String>,
         hint: Option<String>,
     ) {
+        if pos.line == 0
+            && let Some(text) = pos
+                .column
+                .checked_sub(1)
+                .and_then(|i| self.overrides.get(i))
+        {
+            // A value from the command line: point at it there.
+            let value_at = text.find('=').map_or(0, |i| i + 1);
+            self.items.push(Diagnostic {
+                file: PathBuf::from("--set"),
+                line: pos.column,
+                column: value_at + 1,
+                key: key.into(),
+                message: message.into(),
+                hint,
+                width: text.chars().count().saturating_sub(value_at),
+                source_line: Some(text.clone()),
+            });
+            return;
+        }
         self.items.push(Diagnostic {
             file: self.file.clone(),
             line: pos.line,
