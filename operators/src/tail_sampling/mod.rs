@@ -438,6 +438,13 @@ pub struct TailSampler {
     watermark: EventTime,
     /// Offers of the current batch, per window.
     offers: AHashMap<LimitKey, RateOffers>,
+    /// Per window still without a verdict: the lowest ranks (at most the budget) this
+    /// shard has offered. A held trace ranked above a full list cannot be among the
+    /// window's kept traces whatever the other shards offer, so its decision need not
+    /// wait for the verdict.
+    local: AHashMap<LimitKey, Vec<Rank>>,
+    /// A held trace may have been outranked: look past the front of `held`.
+    outranked: bool,
     /// Scratch buffers reused across traces.
     rate: Vec<Option<Eval>>,
     offered: Vec<usize>,
@@ -480,6 +487,26 @@ impl TailSampler {
             .min();
         self.verdicts = s.verdicts.into_iter().map(|v| (v.key, v)).collect();
         self.watermark = s.watermark;
+        // The lists, and the held traces' ranks (checkpoints of older versions have
+        // no lists: the ranks of the held traces are a subset of what was offered, so
+        // lists of them alone never release early what should wait).
+        self.local.clear();
+        let held_ranks = self
+            .held
+            .iter()
+            .flat_map(|h| h.offers.iter().map(|(_, k, r)| (*k, *r)));
+        let listed = s
+            .local
+            .into_iter()
+            .flat_map(|(k, ranks)| ranks.into_iter().map(move |r| (k, r)));
+        for (k, rank) in listed.chain(held_ranks.collect::<Vec<_>>()) {
+            if self.verdicts.contains_key(&k) {
+                continue;
+            }
+            let budget = self.limits.get(k.limiter as usize).map_or(0, |s| s.budget);
+            limit::keep_lowest(self.local.entry(k).or_default(), rank, budget);
+        }
+        self.outranked = false;
     }
 
     fn state(&self) -> TailSamplerState {
@@ -497,6 +524,12 @@ impl TailSampler {
                 .collect(),
             verdicts,
             watermark: self.watermark,
+            local: {
+                let mut local: Vec<(LimitKey, Vec<Rank>)> =
+                    self.local.iter().map(|(k, r)| (*k, r.clone())).collect();
+                local.sort_by_key(|(k, _)| *k);
+                local
+            },
         }
     }
 
@@ -539,6 +572,8 @@ impl TailSampler {
             verdicts: AHashMap::new(),
             watermark: 0,
             offers: AHashMap::new(),
+            local: AHashMap::new(),
+            outranked: false,
             offered: Vec::new(),
             skip: 0,
             scratch: String::new(),
@@ -715,20 +750,25 @@ impl TailSampler {
     fn take(&mut self, t: TraceRef, out: &mut Vec<TraceRef>) {
         if let Some(d) = self.decide(&t.trace) {
             // Its offers still count (a rate limit ranks every trace it is offered).
-            self.record_offers(&t.trace, None);
+            self.record_offers(&t.trace, None, out);
             out.push(TraceRef {
                 decision: Some(d),
                 ..t
             });
             return;
         }
-        self.record_offers(&t.trace, Some(t.clone()));
+        self.record_offers(&t.trace, Some(t.clone()), out);
         self.release(out);
     }
 
     /// Offers `trace` to its windows (by the time its session closed); with `hold`,
     /// keeps it until their verdicts.
-    fn record_offers(&mut self, trace: &ClosedTrace, hold: Option<TraceRef>) {
+    fn record_offers(
+        &mut self,
+        trace: &ClosedTrace,
+        hold: Option<TraceRef>,
+        out: &mut Vec<TraceRef>,
+    ) {
         // Only a held trace keeps its offers.
         let mut offers = Vec::with_capacity(if hold.is_some() {
             self.offered.len()
@@ -757,8 +797,28 @@ impl TailSampler {
             });
             o.offered += 1;
             limit::keep_lowest(&mut o.lowest, rank, spec.budget);
+            if !self.verdicts.contains_key(&key) {
+                let lowest = self.local.entry(key).or_default();
+                let full = lowest.len() as u64 >= spec.budget;
+                limit::keep_lowest(lowest, rank, spec.budget);
+                // A full list that took this rank pushed another out: its trace, if
+                // held, is now outranked.
+                self.outranked |= full && lowest.binary_search(&rank).is_ok();
+            }
         }
         if let Some(trace) = hold {
+            let held = Held {
+                trace,
+                offers,
+                skip: self.skip,
+            };
+            if self.determined(&held) {
+                // Outranked at once in every window it was offered to.
+                let t = self.decide_held(held);
+                out.push(t);
+                return;
+            }
+            let Held { trace, offers, .. } = held;
             self.held_spans += trace.trace.spans.len();
             let start = trace.trace.summary.start_ns;
             self.held_start = Some(self.held_start.map_or(start, |s| s.min(start)));
@@ -770,15 +830,67 @@ impl TailSampler {
         }
     }
 
-    /// Decides the held traces, from the front, whose windows all have verdicts.
+    /// The outcome of a held trace's offer when it is known: from the window's
+    /// verdict, or "not kept" when the trace is outranked on this shard alone.
+    fn offer_outcome(&self, l: usize, k: &LimitKey, rank: Rank) -> Option<Eval> {
+        let budget = self.limits.get(l).map_or(0, |s| s.budget);
+        if let Some(v) = self.verdicts.get(k) {
+            let (matched, p, w) = v.judge(rank, budget);
+            return Some(Eval { matched, p, w });
+        }
+        let lowest = self.local.get(k)?;
+        let outranked = lowest.len() as u64 >= budget && lowest.last().is_some_and(|x| rank > *x);
+        outranked.then(|| Eval::certain(false))
+    }
+
+    /// Whether every offer of `h` has a known outcome.
+    fn determined(&self, h: &Held) -> bool {
+        h.offers
+            .iter()
+            .all(|(l, k, rank)| self.offer_outcome(*l, k, *rank).is_some())
+    }
+
+    /// Decides a [`determined`](Self::determined) trace (the held count must no
+    /// longer include it).
+    fn decide_held(&mut self, h: Held) -> TraceRef {
+        self.rate.iter_mut().for_each(|r| *r = None);
+        for (l, k, rank) in &h.offers {
+            let e = self
+                .offer_outcome(*l, k, *rank)
+                .unwrap_or(Eval::certain(false));
+            if let Some(slot) = self.rate.get_mut(*l) {
+                *slot = Some(e);
+            }
+        }
+        let hash = h.trace.trace.trace_id.hash64();
+        let d = self.evaluate(&h.trace.trace, hash, h.skip);
+        TraceRef {
+            decision: Some(d),
+            ..h.trace
+        }
+    }
+
+    /// Decides the held traces whose offers all have known outcomes: from the front
+    /// (verdicts come in window order), and anywhere after an outranking.
     fn release(&mut self, out: &mut Vec<TraceRef>) {
         let mut released = false;
+        if std::mem::take(&mut self.outranked) && !self.held.is_empty() {
+            let held = std::mem::take(&mut self.held);
+            let mut waiting = std::collections::VecDeque::with_capacity(held.len());
+            for h in held {
+                if self.determined(&h) {
+                    released = true;
+                    self.held_spans -= h.trace.trace.spans.len();
+                    let t = self.decide_held(h);
+                    out.push(t);
+                } else {
+                    waiting.push_back(h);
+                }
+            }
+            self.held = waiting;
+        }
         while let Some(front) = self.held.front() {
-            if !front
-                .offers
-                .iter()
-                .all(|(_, k, _)| self.verdicts.contains_key(k))
-            {
+            if !self.determined(front) {
                 break;
             }
             let Some(h) = self.held.pop_front() else {
@@ -786,26 +898,8 @@ impl TailSampler {
             };
             released = true;
             self.held_spans -= h.trace.trace.spans.len();
-            self.rate.iter_mut().for_each(|r| *r = None);
-            for (l, k, rank) in &h.offers {
-                let budget = self.limits.get(*l).map_or(0, |s| s.budget);
-                let e = match self.verdicts.get(k) {
-                    Some(v) => {
-                        let (matched, p, w) = v.judge(*rank, budget);
-                        Eval { matched, p, w }
-                    }
-                    None => Eval::certain(false),
-                };
-                if let Some(slot) = self.rate.get_mut(*l) {
-                    *slot = Some(e);
-                }
-            }
-            let hash = h.trace.trace.trace_id.hash64();
-            let d = self.evaluate(&h.trace.trace, hash, h.skip);
-            out.push(TraceRef {
-                decision: Some(d),
-                ..h.trace
-            });
+            let t = self.decide_held(h);
+            out.push(t);
         }
         if released {
             self.held_start = self
@@ -907,9 +1001,12 @@ impl Operator for TailSampler {
                 for t in traces {
                     self.take(t, &mut decided);
                 }
+                // A trace decided at once may have outranked held ones.
+                self.release(&mut decided);
             }
             Batch::RateVerdicts(verdicts) => {
                 for v in verdicts {
+                    self.local.remove(&v.key);
                     self.verdicts.insert(v.key, v);
                 }
                 self.release(&mut decided);
@@ -932,11 +1029,14 @@ impl Operator for TailSampler {
         self.watermark = self.watermark.max(watermark);
         if swept && watermark != WATERMARK_END && !self.verdicts.is_empty() {
             let limits = &self.limits;
-            self.verdicts.retain(|k, _| {
+            let live = |k: &LimitKey| {
                 limits.get(k.limiter as usize).is_none_or(|s| {
                     s.window_end(k.window).saturating_add(limit::RETAIN_NS) > watermark
                 })
-            });
+            };
+            self.verdicts.retain(|k, _| live(k));
+            // Windows offered to after their verdict came (late traces) get a list too.
+            self.local.retain(|k, _| live(k));
         }
         let mut decided = Vec::new();
         self.release(&mut decided);

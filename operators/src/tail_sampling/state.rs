@@ -16,6 +16,10 @@ pub struct TailSamplerState {
     pub(super) held: Vec<HeldState>,
     pub(super) verdicts: Vec<RateVerdict>,
     pub(super) watermark: u64,
+    /// Per window without a verdict, the lowest ranks offered (see
+    /// `TailSampler::local`); absent in checkpoints of older versions.
+    #[serde(default)]
+    pub(super) local: Vec<(LimitKey, Vec<Rank>)>,
 }
 
 /// A held trace in a checkpoint.
@@ -54,5 +58,9 @@ impl TailSamplerState {
         if share.takes_unkeyed() {
             self.metrics.merge(&other.metrics);
         }
+        // Every instance's lists: any ranks that were offered bound a window's
+        // threshold from above, whichever instance offered them (the restore keeps
+        // the lowest of each window's).
+        self.local.extend(other.local);
     }
 }

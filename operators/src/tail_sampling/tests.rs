@@ -1325,3 +1325,48 @@ proptest! {
         prop_assert_eq!(m.traces_seen, traces.len() as u64);
     }
 }
+
+#[test]
+fn a_trace_outranked_on_its_own_shard_is_decided_before_the_verdict() {
+    use crate::operator::{Emitter, Operator};
+    // One endpoint, one window, a budget of one: after each arrival only the lowest
+    // rank so far can still be kept, so at most one trace waits.
+    let config = config(vec![
+        rate_limit("per-endpoint", 1.0),
+        probabilistic("base", 30.0),
+    ]);
+    let mut s = TailSampler::new(config.clone());
+    let mut out = Emitter::new(4);
+    let traces: Vec<ClosedTrace> = (1..=40)
+        .map(|i| endpoint_trace(i, "api", "GET /x", 5_000_000_000 + i * 1_000_000))
+        .collect();
+    let mut early = std::collections::HashMap::new();
+    for t in &traces {
+        let r = TraceRef {
+            trace: std::sync::Arc::new(t.clone()),
+            decision: None,
+        };
+        s.process(0, Batch::Traces(vec![r]), &mut out).unwrap();
+        assert!(s.held_traces() <= 1, "{} traces wait", s.held_traces());
+        for b in out.take(TailSampler::TRACES) {
+            let Batch::Traces(ts) = b else { panic!() };
+            for t in ts {
+                early.insert(t.trace.trace_id, t.decision.expect("decided"));
+            }
+        }
+    }
+    assert_eq!(early.len(), traces.len() - 1);
+    // The same decisions as a sampler that waits for the verdict.
+    let (alone, _) = decide_all(&config, &traces, 1);
+    for (t, d) in traces.iter().zip(&alone) {
+        if let Some(e) = early.get(&t.trace_id) {
+            assert_eq!(e, d, "trace {}", t.trace_id);
+        }
+    }
+    let by_limit = alone
+        .iter()
+        .filter(|d| d.policy == Some(Sym::new("per-endpoint")))
+        .count();
+    assert_eq!(by_limit, 1);
+    assert_eq!(decide_all(&config, &traces, 3).0, alone);
+}
