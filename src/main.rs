@@ -750,6 +750,39 @@ fn truth_path(out: &Path) -> PathBuf {
     PathBuf::from(s)
 }
 
+/// CPU time (user and system, seconds) so far of this process's threads whose name
+/// starts with `prefix` (Linux; 0 elsewhere or when /proc is not readable).
+fn threads_cpu_seconds(prefix: &str) -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if ticks <= 0 {
+        return 0.0;
+    }
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return 0.0;
+    };
+    let mut total = 0u64;
+    for t in tasks.flatten() {
+        let dir = t.path();
+        let named = std::fs::read_to_string(dir.join("comm"))
+            .is_ok_and(|c| c.trim_end().starts_with(prefix));
+        if !named {
+            continue;
+        }
+        let Ok(stat) = std::fs::read_to_string(dir.join("stat")) else {
+            continue;
+        };
+        // Fields after the parenthesised name: state is field 3, utime 14, stime 15.
+        let Some((_, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let field = |i: usize| fields.get(i - 3).and_then(|f| f.parse::<u64>().ok());
+        total += field(14).unwrap_or(0) + field(15).unwrap_or(0);
+    }
+    total as f64 / ticks as f64
+}
+
 /// What `spanflow bench` was asked for.
 struct BenchOptions {
     spans: u64,
@@ -824,6 +857,9 @@ fn bench(job: &Job, b: &BenchOptions) -> Result<()> {
         })
     });
     let mut results = Vec::new();
+    // CPU of the in-process mock broker's threads during each run: part of the
+    // process's, but a real broker runs elsewhere.
+    let mut broker_cpu = Vec::new();
     for run in 1..=runs {
         // A fresh cluster per run: each run consumes the whole topic.
         let mut _cluster = None;
@@ -854,7 +890,9 @@ fn bench(job: &Job, b: &BenchOptions) -> Result<()> {
             checkpoint_interval,
             ..Default::default()
         };
+        let broker_before = threads_cpu_seconds("rdk:mock");
         let s = run_job(&job, &opts);
+        broker_cpu.push(threads_cpu_seconds("rdk:mock") - broker_before);
         if let Some(d) = &checkpoint_dir {
             let _ = std::fs::remove_dir_all(d);
         }
@@ -887,15 +925,22 @@ fn bench(job: &Job, b: &BenchOptions) -> Result<()> {
     let mut order: Vec<usize> = (0..results.len()).collect();
     order.sort_by(|&a, &b| per_cpu[a].total_cmp(&per_cpu[b]));
     // The lower median for an even count: a real run's figures, not an average of two.
-    let s = &results[order[(order.len() - 1) / 2]];
+    let median = order[(order.len() - 1) / 2];
+    let s = &results[median];
+    let broker = broker_cpu.get(median).copied().unwrap_or(0.0);
+    let without_broker = |s: &spanflow::runtime::RunSummary, broker: f64| {
+        s.decode.spans as f64 / (s.cpu_seconds - broker).max(1e-9)
+    };
     let (lo, hi) = (per_cpu[order[0]], per_cpu[order[order.len() - 1]]);
     if json {
         let each: Vec<_> = results
             .iter()
-            .map(|s| {
+            .zip(&broker_cpu)
+            .map(|(s, broker)| {
                 serde_json::json!({
                     "wall_seconds": s.wall_seconds,
                     "cpu_seconds": s.cpu_seconds,
+                    "broker_cpu_seconds": broker,
                     "spans_per_second": s.spans_per_second(),
                     "spans_per_cpu_second": s.spans_per_cpu_second(),
                     "page_faults": s.page_faults,
@@ -921,6 +966,8 @@ fn bench(job: &Job, b: &BenchOptions) -> Result<()> {
             "alignment_pauses": s.event_time.pauses,
             "paused_seconds": s.event_time.splits.iter().map(|x| x.paused_s).sum::<f64>(),
             "far_future_spans": s.event_time.far_future_spans,
+            "broker_cpu_seconds": broker,
+            "spans_per_cpu_second_without_broker": without_broker(s, broker),
             "runs": each,
         });
         println!("{v}");
@@ -946,6 +993,13 @@ fn bench(job: &Job, b: &BenchOptions) -> Result<()> {
             s.peak_buffered_spans,
             s.bytes_per_buffered_span
         );
+        if kafka_mock.is_some() {
+            println!(
+                "  of the CPU time, {broker:.2} CPU-s were the in-process mock broker's: {:.0} \
+                 spans per CPU-second without it",
+                without_broker(s, broker)
+            );
+        }
         if s.event_time.pauses > 0 {
             println!(
                 "  {} splits; watermark alignment paused splits {} times ({:.1} s in all)",
