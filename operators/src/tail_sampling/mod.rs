@@ -443,8 +443,9 @@ pub struct TailSampler {
     /// window's kept traces whatever the other shards offer, so its decision need not
     /// wait for the verdict.
     local: AHashMap<LimitKey, Vec<Rank>>,
-    /// A held trace may have been outranked: look past the front of `held`.
-    outranked: bool,
+    /// Windows in which a held trace may have been outranked since the last
+    /// release: look past the front of `held` for traces offered to them.
+    outranked: Vec<LimitKey>,
     /// Scratch buffers reused across traces.
     rate: Vec<Option<Eval>>,
     offered: Vec<usize>,
@@ -506,7 +507,7 @@ impl TailSampler {
             let budget = self.limits.get(k.limiter as usize).map_or(0, |s| s.budget);
             limit::keep_lowest(self.local.entry(k).or_default(), rank, budget);
         }
-        self.outranked = false;
+        self.outranked.clear();
     }
 
     fn state(&self) -> TailSamplerState {
@@ -573,7 +574,7 @@ impl TailSampler {
             watermark: 0,
             offers: AHashMap::new(),
             local: AHashMap::new(),
-            outranked: false,
+            outranked: Vec::new(),
             offered: Vec::new(),
             skip: 0,
             scratch: String::new(),
@@ -757,8 +758,9 @@ impl TailSampler {
             });
             return;
         }
+        // Held: nothing else can be released before the batch ends (verdicts come
+        // between batches; an outranking is acted on by `process` at its end).
         self.record_offers(&t.trace, Some(t.clone()), out);
-        self.release(out);
     }
 
     /// Offers `trace` to its windows (by the time its session closed); with `hold`,
@@ -803,7 +805,9 @@ impl TailSampler {
                 limit::keep_lowest(lowest, rank, spec.budget);
                 // A full list that took this rank pushed another out: its trace, if
                 // held, is now outranked.
-                self.outranked |= full && lowest.binary_search(&rank).is_ok();
+                if full && lowest.binary_search(&rank).is_ok() && !self.outranked.contains(&key) {
+                    self.outranked.push(key);
+                }
             }
         }
         if let Some(trace) = hold {
@@ -874,20 +878,32 @@ impl TailSampler {
     /// (verdicts come in window order), and anywhere after an outranking.
     fn release(&mut self, out: &mut Vec<TraceRef>) {
         let mut released = false;
-        if std::mem::take(&mut self.outranked) && !self.held.is_empty() {
-            let held = std::mem::take(&mut self.held);
-            let mut waiting = std::collections::VecDeque::with_capacity(held.len());
-            for h in held {
-                if self.determined(&h) {
-                    released = true;
-                    self.held_spans -= h.trace.trace.spans.len();
-                    let t = self.decide_held(h);
-                    out.push(t);
-                } else {
-                    waiting.push_back(h);
-                }
+        if !self.outranked.is_empty() {
+            let keys = std::mem::take(&mut self.outranked);
+            let ready: Vec<usize> = self
+                .held
+                .iter()
+                .enumerate()
+                .filter(|(_, h)| {
+                    h.offers.iter().any(|(_, k, _)| keys.contains(k)) && self.determined(h)
+                })
+                .map(|(i, _)| i)
+                .collect();
+            // From the back, so the indexes stay valid; then in arrival order.
+            let mut taken: Vec<Held> = ready
+                .iter()
+                .rev()
+                .filter_map(|&i| self.held.remove(i))
+                .collect();
+            taken.reverse();
+            for h in taken {
+                released = true;
+                self.held_spans -= h.trace.trace.spans.len();
+                let t = self.decide_held(h);
+                out.push(t);
             }
-            self.held = waiting;
+            self.outranked = keys;
+            self.outranked.clear();
         }
         while let Some(front) = self.held.front() {
             if !self.determined(front) {
@@ -1001,7 +1017,7 @@ impl Operator for TailSampler {
                 for t in traces {
                     self.take(t, &mut decided);
                 }
-                // A trace decided at once may have outranked held ones.
+                // Held traces the batch outranked.
                 self.release(&mut decided);
             }
             Batch::RateVerdicts(verdicts) => {
