@@ -323,6 +323,24 @@ fn load_job_with(path: &Path, overrides: &[job::Override]) -> Result<Job> {
     })
 }
 
+/// Whether `run` and `replay` draw a progress bar: on a terminal, unless told not to
+/// or printing JSON.
+fn show_progress(no_progress: bool, json: bool) -> bool {
+    !no_progress && !json && std::io::IsTerminal::is_terminal(&std::io::stderr())
+}
+
+/// Runs `job` and prints its summary (text, or JSON with `json`); `doing` names the
+/// command in errors ("running job `demo`").
+fn run_and_print(job: &Job, opts: &RunOptions, json: bool, doing: &str) -> Result<ExitCode> {
+    let summary = run_job(job, opts).with_context(|| format!("{doing} job `{}`", job.name))?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+    } else {
+        print!("{}", summary.render());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 /// A duration on the command line, written as in job files (`250ms`, `10s`).
 fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     match humantime::parse_duration(s) {
@@ -348,22 +366,13 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             let opts = RunOptions {
                 output_dir,
                 parallelism,
-                progress: !no_progress
-                    && !json
-                    && std::io::IsTerminal::is_terminal(&std::io::stderr()),
+                progress: show_progress(no_progress, json),
                 stop_on_ctrl_c: true,
                 checkpoint_dir,
                 checkpoint_interval,
                 ..Default::default()
             };
-            let summary =
-                run_job(&job, &opts).with_context(|| format!("running job `{}`", job.name))?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&summary)?);
-            } else {
-                print!("{}", summary.render());
-            }
-            Ok(ExitCode::SUCCESS)
+            run_and_print(&job, &opts, json, "running")
         }
         Command::Replay {
             job,
@@ -403,22 +412,13 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             let opts = RunOptions {
                 output_dir,
                 parallelism,
-                progress: !no_progress
-                    && !json
-                    && std::io::IsTerminal::is_terminal(&std::io::stderr()),
+                progress: show_progress(no_progress, json),
                 stop_on_ctrl_c: true,
                 checkpoint_interval,
                 progress_until: Some(replay.to_ms),
                 ..Default::default()
             };
-            let summary =
-                run_job(&job, &opts).with_context(|| format!("replaying job `{}`", job.name))?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&summary)?);
-            } else {
-                print!("{}", summary.render());
-            }
-            Ok(ExitCode::SUCCESS)
+            run_and_print(&job, &opts, json, "replaying")
         }
         Command::Validate { job, format } => match job::load(&job) {
             Ok(j) => {

@@ -553,23 +553,17 @@ pub(crate) fn progress_bar(progress: Arc<Progress>, until: Option<i64>) -> Progr
             if sized {
                 b.set_position(progress.records.load(Ordering::Relaxed).min(expected));
             }
-            let event_time = match progress.watermark.load(Ordering::Relaxed) {
-                0 => String::new(),
-                wm => {
-                    let at = std::time::UNIX_EPOCH + Duration::from_nanos(wm);
-                    let at = humantime::format_rfc3339_seconds(at);
-                    match until {
-                        Some(ms) => {
-                            let end = std::time::UNIX_EPOCH
-                                + Duration::from_millis(u64::try_from(ms).unwrap_or(0));
-                            format!(
-                                ", event time {at} of {}",
-                                humantime::format_rfc3339_seconds(end)
-                            )
-                        }
-                        None => format!(", event time {at}"),
-                    }
-                }
+            let at = |ns: u64| {
+                humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_nanos(ns))
+            };
+            let event_time = match (progress.watermark.load(Ordering::Relaxed), until) {
+                (0, _) => String::new(),
+                (wm, Some(ms)) => format!(
+                    ", event time {} of {}",
+                    at(wm),
+                    at(u64::try_from(ms).unwrap_or(0).saturating_mul(1_000_000))
+                ),
+                (wm, None) => format!(", event time {}", at(wm)),
             };
             b.set_message(format!(
                 "{spans} spans ({:.0}/s), {traces} traces closed, {buffered} spans \

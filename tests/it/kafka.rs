@@ -816,21 +816,10 @@ fn sigkill_at_random_moments_of_a_kafka_run_changes_nothing_in_the_outputs() {
         );
     }
     // The group's offsets end where the uninterrupted run's do: at the topic's end.
-    let committed = |group: &str| -> Vec<(i32, rdkafka::Offset)> {
-        let c: BaseConsumer = rdkafka::ClientConfig::new()
-            .set("bootstrap.servers", &broker.brokers)
-            .set("group.id", group)
-            .create()
-            .unwrap();
-        let mut tpl = rdkafka::TopicPartitionList::new();
-        tpl.add_partition_range("killed", 0, 3);
-        let got = c.committed_offsets(tpl, Duration::from_secs(10)).unwrap();
-        got.elements()
-            .iter()
-            .map(|e| (e.partition(), e.offset()))
-            .collect()
-    };
-    assert_eq!(committed("killed"), committed("whole"));
+    assert_eq!(
+        committed_offsets(&broker, "killed", 4, "killed"),
+        committed_offsets(&broker, "killed", 4, "whole")
+    );
 }
 
 /// The committed offsets of `group` on the partitions of `topic`.

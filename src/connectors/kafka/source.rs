@@ -276,27 +276,26 @@ pub struct KafkaReader {
     pub backlog: Option<u64>,
 }
 
-/// The Kafka timestamp (ms) of the record at `offset` of a partition, read with a
-/// consumer of its own that joins no group; `None` when it has none.
+/// The Kafka timestamp (ms) of the record at `offset` of a partition, read with
+/// `reader`, a consumer that joins no group; `None` when it has none.
 fn record_timestamp(
-    cc: &rdkafka::ClientConfig,
+    reader: &BaseConsumer,
     topic: &str,
     partition: i32,
     offset: i64,
 ) -> Result<Option<i64>, ConnectorError> {
-    let consumer: BaseConsumer = cc
-        .create()
-        .map_err(|e| ConnectorError::external(format!("cannot create a Kafka consumer: {e}")))?;
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition_offset(topic, partition, Offset::Offset(offset))
         .map_err(|e| ConnectorError::internal(format!("{topic}/{partition}: {e}")))?;
-    consumer
+    reader
         .assign(&tpl)
         .map_err(|e| ConnectorError::external(format!("cannot read {topic}/{partition}: {e}")))?;
     let deadline = Instant::now() + REQUEST_TIMEOUT;
     while Instant::now() < deadline {
-        match consumer.poll(Duration::from_millis(100)) {
-            Some(Ok(m)) if m.partition() == partition && m.offset() == offset => {
+        match reader.poll(Duration::from_millis(100)) {
+            Some(Ok(m))
+                if m.topic() == topic && m.partition() == partition && m.offset() == offset =>
+            {
                 return Ok(m.timestamp().to_millis());
             }
             Some(Err(e)) => {
@@ -424,6 +423,8 @@ impl KafkaReader {
                     ))
                 })?;
             let mut out = HashMap::new();
+            // Reads the records that check a lookup (below), made once if needed.
+            let mut reader: Option<BaseConsumer> = None;
             for e in found.elements() {
                 let key = (e.topic().to_owned(), e.partition());
                 let (low, high) = marks.get(&key).copied().unwrap_or((0, 0));
@@ -435,11 +436,17 @@ impl KafkaReader {
                 // Some brokers (tansu 0.6) answer "none" with the log's first offset
                 // instead of -1: believe that answer only if that record is at or
                 // after the time.
-                if o == low
-                    && low < high
-                    && record_timestamp(&cc, &key.0, key.1, low)?.is_some_and(|t| t < ms)
-                {
-                    o = high;
+                if o == low && low < high {
+                    if reader.is_none() {
+                        reader = Some(cc.create::<BaseConsumer>().map_err(|e| {
+                            ConnectorError::external(format!("cannot create a Kafka consumer: {e}"))
+                        })?);
+                    }
+                    if let Some(r) = &reader
+                        && record_timestamp(r, &key.0, key.1, low)?.is_some_and(|t| t < ms)
+                    {
+                        o = high;
+                    }
                 }
                 out.insert(key, o);
             }
