@@ -8,6 +8,7 @@ pub mod connectors;
 pub mod formats;
 pub mod job;
 pub mod runtime;
+pub mod server;
 pub mod sql;
 pub mod tables;
 pub mod testkit;

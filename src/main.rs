@@ -214,6 +214,77 @@ enum Command {
         #[arg(long, value_enum, default_value_t = spanflow::sql::cli::Format::Table)]
         format: spanflow::sql::cli::Format,
     },
+    /// Run the job server: a REST API under /api/v1 to submit, watch, stop and cancel
+    /// jobs (see `spanflow submit`), and their telemetry at /metrics. Jobs and their
+    /// checkpoints live under --state-dir; Ctrl-C or SIGTERM stops every job with a
+    /// last checkpoint, and a server started again on that directory resumes them.
+    Server {
+        /// Address to listen on; anything but loopback needs --token.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: std::net::SocketAddr,
+        /// Where jobs, their status and checkpoints are kept.
+        #[arg(long, value_name = "DIR", default_value = ".spanflow/server")]
+        state_dir: PathBuf,
+        /// Every API call must carry `Authorization: Bearer <TOKEN>`.
+        #[arg(long, env = "SPANFLOW_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+        /// Checkpoint interval of jobs whose definition sets none.
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "10s")]
+        checkpoint_interval: std::time::Duration,
+    },
+    /// Submit a job to a server: validated here first, its rollup SQL files inlined and
+    /// its relative paths made absolute, so the server runs exactly this job. Prints
+    /// the job's id.
+    Submit {
+        /// The job file (YAML).
+        job: PathBuf,
+        #[command(flatten)]
+        server: ServerArgs,
+        /// Wait until the job has ended, then print it (exits non-zero if it failed).
+        #[arg(long)]
+        wait: bool,
+    },
+    /// List a server's jobs (or show one as JSON).
+    Jobs {
+        /// Show this job, as JSON.
+        id: Option<String>,
+        #[command(flatten)]
+        server: ServerArgs,
+        /// Print the list as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop a server's job with a last checkpoint (its open traces are kept).
+    Stop {
+        /// Job id (see `spanflow jobs`).
+        id: String,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Cancel a server's job: its sources stop and its state is dropped.
+    Cancel {
+        /// Job id (see `spanflow jobs`).
+        id: String,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+}
+
+/// Where the job server is.
+#[derive(clap::Args, Debug)]
+struct ServerArgs {
+    /// The server's URL.
+    #[arg(long = "server", env = "SPANFLOW_SERVER", default_value = spanflow::server::client::DEFAULT_SERVER)]
+    url: String,
+    /// The server's bearer token.
+    #[arg(long, env = "SPANFLOW_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+}
+
+impl ServerArgs {
+    fn client(&self) -> Result<spanflow::server::client::Client> {
+        spanflow::server::client::Client::new(&self.url, self.token.clone())
+    }
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -551,6 +622,81 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             } else {
                 ExitCode::FAILURE
             })
+        }
+        Command::Server {
+            listen,
+            state_dir,
+            token,
+            checkpoint_interval,
+        } => {
+            spanflow::server::serve(spanflow::server::ServerConfig {
+                listen,
+                state_dir,
+                token,
+                checkpoint_interval,
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Submit { job, server, wait } => {
+            let definition = job::self_contained(&job).map_err(|d| {
+                eprint!(
+                    "{}",
+                    d.render_human(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+                );
+                anyhow::anyhow!(
+                    "{}: invalid job ({} problems)",
+                    job.display(),
+                    d.items.len()
+                )
+            })?;
+            let client = server.client()?;
+            let submitted = client.submit(&definition)?;
+            println!("{}", submitted.id);
+            if !wait {
+                return Ok(ExitCode::SUCCESS);
+            }
+            loop {
+                let j = client.job(&submitted.id)?;
+                match j["state"].as_str() {
+                    Some("running") => std::thread::sleep(std::time::Duration::from_millis(200)),
+                    state => {
+                        eprint!(
+                            "{}",
+                            spanflow::server::client::render_jobs(std::slice::from_ref(&j))
+                        );
+                        return Ok(if state == Some("failed") {
+                            ExitCode::FAILURE
+                        } else {
+                            ExitCode::SUCCESS
+                        });
+                    }
+                }
+            }
+        }
+        Command::Jobs { id, server, json } => {
+            let client = server.client()?;
+            match id {
+                Some(id) => println!("{}", serde_json::to_string_pretty(&client.job(&id)?)?),
+                None => {
+                    let jobs = client.jobs()?;
+                    if json {
+                        println!("{}", serde_json::to_string_pretty(&jobs)?);
+                    } else {
+                        print!("{}", spanflow::server::client::render_jobs(&jobs));
+                    }
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Stop { id, server } => {
+            let j = server.client()?.stop(&id)?;
+            print!("{}", spanflow::server::client::render_jobs(&[j]));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Cancel { id, server } => {
+            let j = server.client()?.cancel(&id)?;
+            print!("{}", spanflow::server::client::render_jobs(&[j]));
+            Ok(ExitCode::SUCCESS)
         }
     }
 }

@@ -143,6 +143,11 @@ impl Diagnostics {
     /// `{"file", "line", "column", "key", "message", "hint"}` objects (`hint` may be
     /// null), for editors and CI.
     pub fn render_json(&self) -> String {
+        serde_json::to_string_pretty(&self.to_json()).unwrap_or_else(|_| "[]".into())
+    }
+
+    /// The problems as the JSON array [`Diagnostics::render_json`] prints.
+    pub fn to_json(&self) -> serde_json::Value {
         let items: Vec<serde_json::Value> = self
             .items
             .iter()
@@ -157,8 +162,7 @@ impl Diagnostics {
                 })
             })
             .collect();
-        serde_json::to_string_pretty(&serde_json::Value::Array(items))
-            .unwrap_or_else(|_| "[]".into())
+        serde_json::Value::Array(items)
     }
 }
 

@@ -10,6 +10,7 @@ mod diagnostics;
 pub mod file;
 mod load;
 mod plan;
+mod portable;
 pub mod replay;
 pub mod spec;
 mod yaml;
@@ -18,6 +19,7 @@ pub use diagnostics::{Diagnostic, Diagnostics};
 pub use file::json_schema;
 pub use load::{Override, load, load_str, load_str_with, load_with};
 pub use plan::{plan, run_job};
+pub use portable::self_contained;
 pub use spec::*;
 
 #[cfg(test)]

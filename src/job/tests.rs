@@ -1252,3 +1252,33 @@ sinks:
         "{e}"
     );
 }
+
+/// `spanflow submit`'s self-contained job: the demo's rollup files are inlined, its
+/// relative output made absolute, every comment kept, and it loads to the same job.
+#[test]
+fn a_self_contained_job_inlines_rollup_files_and_keeps_the_rest() {
+    let path = manifest_path("jobs/demo.yaml");
+    let text = self_contained(&path).unwrap();
+    let original = std::fs::read_to_string(&path).unwrap();
+    for line in original.lines().filter(|l| l.trim_start().starts_with('#')) {
+        assert!(text.contains(line), "comment `{line}` lost");
+    }
+    assert!(
+        !text.lines().any(|l| l.trim_start().starts_with("sql:")),
+        "{text}"
+    );
+    let elsewhere = Path::new("/nowhere/job.yaml");
+    let a = load(&path).unwrap();
+    let b = load_str(elsewhere, &text).unwrap();
+    assert_eq!(a.rollups.len(), b.rollups.len());
+    for (x, y) in a.rollups.iter().zip(&b.rollups) {
+        assert_eq!((x.name.as_str(), x.query.as_str()), (y.name.as_str(), y.query.as_str()));
+        assert!(x.query_file.is_some() && y.query_file.is_none());
+    }
+    let out = |j: &Job| match &j.sinks[0].kind {
+        SinkKind::Parquet(c) => c.path.clone(),
+        _ => unreachable!("the demo writes Parquet"),
+    };
+    assert_eq!(out(&b), std::env::current_dir().unwrap().join("out/demo"));
+    assert_eq!(a.operators, b.operators);
+}

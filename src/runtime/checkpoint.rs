@@ -108,6 +108,10 @@ pub struct CheckpointStats {
     pub max_duration_ms: f64,
     /// The longest time a stage stopped processing to snapshot its state.
     pub max_stall_ms: f64,
+    /// The newest one's time from request to durable manifest.
+    pub last_duration_ms: f64,
+    /// When the newest one became durable (unix ms).
+    pub last_completed_unix_ms: u64,
 }
 
 #[derive(Default)]
@@ -134,6 +138,8 @@ pub(crate) struct Coordinator {
     /// The newest checkpoint written: parts of older ones are stale.
     written: u64,
     stats: CheckpointStats,
+    /// Where each checkpoint's figures are published as it completes.
+    pub live: Option<Arc<super::Progress>>,
 }
 
 impl Coordinator {
@@ -162,6 +168,7 @@ impl Coordinator {
             building: BTreeMap::new(),
             written: 0,
             stats: CheckpointStats::default(),
+            live: None,
         }
     }
 
@@ -329,7 +336,15 @@ impl Coordinator {
         self.stats.completed += 1;
         self.stats.last = Some(path);
         self.stats.last_bytes = bytes;
-        self.stats.max_duration_ms = self.stats.max_duration_ms.max(ms(started.elapsed()));
+        let took = ms(started.elapsed());
+        self.stats.max_duration_ms = self.stats.max_duration_ms.max(took);
+        self.stats.last_duration_ms = took;
+        self.stats.last_completed_unix_ms = super::align::wall_clock_ns() / 1_000_000;
+        if let Some(live) = &self.live
+            && let Ok(mut s) = live.checkpoints.lock()
+        {
+            *s = self.stats.clone();
+        }
         Ok(())
     }
 

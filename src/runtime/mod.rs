@@ -50,7 +50,7 @@ pub use rollup::RollupSpec;
 pub use savepoint::SavepointError;
 pub use source::{MemoryInput, MemorySource};
 pub use summary::ServiceSummary;
-pub use summary::{OutputTable, RunSummary};
+pub use summary::{EventTimeStats, OutputTable, RunSummary, SplitStats};
 
 use io::{ConnectorError, Fault, Finish, SourceEvent, SourceOutput};
 use shard::{GlobalMsg, ShardMsg, ShardRestore, ShardResult};
@@ -158,11 +158,15 @@ pub struct RunOptions {
     /// The event time (unix ms) the run is expected to reach (a replay's end): the
     /// progress bar shows the watermark's way there.
     pub progress_until: Option<i64>,
+    /// Where the run publishes its live figures (a watcher keeps the other end).
+    pub live: Option<Arc<Progress>>,
 }
 
-/// Counters shared with the progress bar and the memory sampler.
+/// A running job's live figures, shared with the progress bar and with whoever
+/// watches the run ([`RunOptions::live`]: the job server's API and `/metrics`).
 #[derive(Debug, Default)]
-pub(crate) struct Progress {
+pub struct Progress {
+    /// Spans decoded.
     pub spans: AtomicU64,
     /// Source records decoded.
     pub records: AtomicU64,
@@ -170,9 +174,40 @@ pub(crate) struct Progress {
     pub records_expected: AtomicU64,
     /// The job's watermark (event time, unix ns; 0 before the first).
     pub watermark: AtomicU64,
-
+    /// Traces the session windows closed.
     pub traces_closed: AtomicU64,
+    /// Spans buffered in open traces now (all shards).
     pub buffered_spans: AtomicU64,
+    /// Traces open in session windows now (all shards).
+    pub open_traces: AtomicU64,
+    /// Each split's watermark and lag, refreshed about once a second.
+    pub splits: std::sync::Mutex<Vec<SplitStats>>,
+    /// The checkpoints written so far.
+    pub checkpoints: std::sync::Mutex<CheckpointStats>,
+    /// Decoding counters (records, spans, dead letters), refreshed about once a second.
+    pub decode: std::sync::Mutex<crate::formats::DecodeStats>,
+    /// Spans the clock-skew guard sent to dead letters, refreshed with `decode`.
+    pub far_future: AtomicU64,
+}
+
+impl Progress {
+    /// Each split's watermark and lag as last published.
+    pub fn splits(&self) -> Vec<SplitStats> {
+        self.splits.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// Decoding counters as last published.
+    pub fn decode(&self) -> crate::formats::DecodeStats {
+        self.decode.lock().map(|d| *d).unwrap_or_default()
+    }
+
+    /// The checkpoints written so far.
+    pub fn checkpoints(&self) -> CheckpointStats {
+        self.checkpoints
+            .lock()
+            .map(|s| s.clone())
+            .unwrap_or_default()
+    }
 }
 
 /// Attempts at opening a sink's writer while its system is down.
@@ -274,7 +309,7 @@ async fn run_plan(
     opts: RunOptions,
     mut restore: Option<savepoint::Savepoint>,
 ) -> Result<RunSummary, RunError> {
-    let progress = Arc::new(Progress::default());
+    let progress = opts.live.clone().unwrap_or_default();
     let restored = restore.is_some();
     if !opts.discard_outputs {
         for t in plan.all_targets() {
@@ -298,7 +333,7 @@ async fn run_plan(
     let finished = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let has_global = plan.nodes.iter().any(|n| n.in_global());
     let coordinator = opts.checkpoint_dir.as_ref().map(|dir| {
-        let c = checkpoint::Coordinator::new(
+        let mut c = checkpoint::Coordinator::new(
             savepoint::Store::new(dir),
             if opts.checkpoint_keep == 0 {
                 savepoint::KEEP
@@ -317,6 +352,7 @@ async fn run_plan(
             },
             signal.clone(),
         );
+        c.live = Some(progress.clone());
         tokio::spawn(c.run(
             parts_rx,
             opts.checkpoint_interval,

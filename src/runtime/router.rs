@@ -185,6 +185,7 @@ pub(crate) async fn route(input: RouteInput<'_>) -> Result<Routed, RunError> {
         alignment: Alignment::new(pauses, n_sources),
         far_future: 0,
         resumed_watermark,
+        published: None,
     };
     let idle_check = Duration::from_millis(500);
     let mut queue: VecDeque<Event> = VecDeque::new();
@@ -209,6 +210,7 @@ pub(crate) async fn route(input: RouteInput<'_>) -> Result<Routed, RunError> {
         }
         // Splits go idle with time alone.
         r.alignment.update(&mut r.tracker, now);
+        r.publish(now);
         let wm = r.tracker.watermark(now);
         if wm > r.last_wm && wm != spanflow_operators::WATERMARK_END {
             r.last_wm = wm;
@@ -263,9 +265,38 @@ struct Router<'a> {
     alignment: Alignment,
     far_future: u64,
     resumed_watermark: u64,
+    /// When the live split figures were last published.
+    published: Option<Instant>,
 }
 
 impl Router<'_> {
+    /// Publishes the splits' watermarks and the decode counters for watchers of the
+    /// run, at most once a second (they take locks and allocate).
+    fn publish(&mut self, now: Instant) {
+        if self
+            .published
+            .is_some_and(|at| now.duration_since(at) < Duration::from_secs(1))
+        {
+            return;
+        }
+        self.published = Some(now);
+        let stats = super::event_time_stats(
+            &self.tracker,
+            &self.alignment.stats(now),
+            self.far_future,
+            self.split_settings,
+        );
+        if let Ok(mut s) = self.progress.splits.lock() {
+            *s = stats.splits;
+        }
+        if let Ok(mut d) = self.progress.decode.lock() {
+            *d = self.decode_stats;
+        }
+        self.progress
+            .far_future
+            .store(self.far_future, Ordering::Relaxed);
+    }
+
     /// Handles one event; returns the events a completed barrier released.
     async fn handle(&mut self, ev: Event, now: Instant) -> Result<Vec<Event>, RunError> {
         if let Some(a) = self.aligning.as_mut()

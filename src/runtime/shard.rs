@@ -746,6 +746,7 @@ impl Executor {
             let x = n.op.buffered();
             b.spans += x.spans;
             b.bytes += x.bytes;
+            b.open_traces += x.open_traces;
         }
         b
     }
@@ -885,6 +886,8 @@ pub(crate) struct Shard {
     parts: mpsc::UnboundedSender<Part>,
     progress: Arc<Progress>,
     peak_buffered: (usize, usize),
+    /// What this shard last added to the run's live buffered figures.
+    published: Buffered,
     source_wm: u64,
 }
 
@@ -956,6 +959,7 @@ impl Shard {
             parts,
             progress,
             peak_buffered: (0, 0),
+            published: Buffered::default(),
             source_wm: resumed_watermark,
         })
     }
@@ -994,7 +998,6 @@ impl Shard {
                     None => break,
                 },
             };
-            let before = self.exec.buffered().spans;
             let closed_before = self.exec.traces_closed;
             match msg {
                 Err(Feedback::Batch { node, batch }) => {
@@ -1094,13 +1097,21 @@ impl Shard {
                 self.exec.end()?;
             }
             self.send_global(done).await;
-            let after = self.exec.buffered().spans;
+            let now = self.exec.buffered();
+            let was = std::mem::replace(&mut self.published, now);
+            // Add before subtracting: the sum over shards never wraps below zero.
             self.progress
                 .buffered_spans
-                .fetch_add(after as u64, Ordering::Relaxed);
+                .fetch_add(now.spans as u64, Ordering::Relaxed);
             self.progress
                 .buffered_spans
-                .fetch_sub(before as u64, Ordering::Relaxed);
+                .fetch_sub(was.spans as u64, Ordering::Relaxed);
+            self.progress
+                .open_traces
+                .fetch_add(now.open_traces as u64, Ordering::Relaxed);
+            self.progress
+                .open_traces
+                .fetch_sub(was.open_traces as u64, Ordering::Relaxed);
             self.progress
                 .traces_closed
                 .fetch_add(self.exec.traces_closed - closed_before, Ordering::Relaxed);

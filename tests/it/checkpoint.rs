@@ -11,7 +11,7 @@ use spanflow::runtime::RunOptions;
 use crate::support::{bin, read_table, root, rows};
 
 /// Every table the checkpoint jobs write.
-const TABLES: &[&str] = &[
+pub(crate) const TABLES: &[&str] = &[
     "traces",
     "spans",
     "late_spans",
@@ -24,7 +24,7 @@ const TABLES: &[&str] = &[
 /// A generator job with every kind of state: sessions, held traces and rate-limit
 /// windows of the sampler (feedback from the global stage), metric intervals, late
 /// spans and dead letters.
-fn job_text(traces: u64) -> String {
+pub(crate) fn job_text(traces: u64) -> String {
     format!(
         "\
 name: checkpointed
@@ -47,7 +47,7 @@ sinks:
 }
 
 /// The reference: `job` at parallelism 2 without checkpoints, into `out`.
-fn uninterrupted(job: &spanflow::job::Job, out: &Path) -> spanflow::runtime::RunSummary {
+pub(crate) fn uninterrupted(job: &spanflow::job::Job, out: &Path) -> spanflow::runtime::RunSummary {
     run_job(
         job,
         &RunOptions {
@@ -59,7 +59,7 @@ fn uninterrupted(job: &spanflow::job::Job, out: &Path) -> spanflow::runtime::Run
     .unwrap()
 }
 
-fn assert_same_tables(reference: &Path, out: &Path) {
+pub(crate) fn assert_same_tables(reference: &Path, out: &Path) {
     for table in TABLES {
         let a = rows(&read_table(reference, table), &[]);
         let b = rows(&read_table(out, table), &[]);

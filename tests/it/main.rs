@@ -9,5 +9,6 @@ mod event_time;
 mod golden;
 mod kafka;
 mod runtime;
+mod server;
 mod sql;
 mod support;

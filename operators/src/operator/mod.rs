@@ -468,6 +468,8 @@ pub struct Buffered {
     pub spans: usize,
     /// Approximate bytes held by them.
     pub bytes: usize,
+    /// Traces open in a session window (other operators hold none open).
+    pub open_traces: usize,
 }
 
 /// Which part of a rescaled checkpoint's state one new instance takes

@@ -955,6 +955,7 @@ impl Operator for SessionWindow {
         Buffered {
             spans: self.state.buffered_spans,
             bytes: self.state.buffered_bytes,
+            open_traces: self.open_traces(),
         }
     }
 }

@@ -1092,6 +1092,7 @@ impl Operator for TailSampler {
         Buffered {
             spans: self.held_spans,
             bytes: self.held_spans * std::mem::size_of::<crate::model::Span>(),
+            open_traces: 0,
         }
     }
 }
