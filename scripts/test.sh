@@ -25,6 +25,9 @@ bash scripts/clickhouse.sh install
 step "a current ClickHouse engine for the DDL check (chdb-core in a cached venv)"
 bash scripts/clickhouse.sh install-current
 
+step "Prometheus and its Python client for the job server's tests (Debian's prometheus)"
+bash scripts/prometheus.sh install
+
 step "cargo fmt --check"
 cargo fmt --all -- --check
 

@@ -1272,7 +1272,10 @@ fn a_self_contained_job_inlines_rollup_files_and_keeps_the_rest() {
     let b = load_str(elsewhere, &text).unwrap();
     assert_eq!(a.rollups.len(), b.rollups.len());
     for (x, y) in a.rollups.iter().zip(&b.rollups) {
-        assert_eq!((x.name.as_str(), x.query.as_str()), (y.name.as_str(), y.query.as_str()));
+        assert_eq!(
+            (x.name.as_str(), x.query.as_str()),
+            (y.name.as_str(), y.query.as_str())
+        );
         assert!(x.query_file.is_some() && y.query_file.is_none());
     }
     let out = |j: &Job| match &j.sinks[0].kind {

@@ -46,6 +46,7 @@ impl Global {
     /// Builds the stage, or `None` when the job has no merged node.
     pub async fn new(
         plan: &Plan,
+        progress: std::sync::Arc<super::Progress>,
         discard: bool,
         restore: Option<Vec<NodeSnapshot>>,
         parts: mpsc::UnboundedSender<Part>,
@@ -119,6 +120,9 @@ impl Global {
             nodes.push(ExecNode::new(plan, pi, op, inputs, consumers));
         }
         let mut exec = Executor::new(nodes, tables);
+        if progress.metrics.lock().is_ok_and(|m| m.is_some()) {
+            exec.watch_metrics(progress);
+        }
         if let Some(states) = restore {
             exec.restore(states)?;
         }

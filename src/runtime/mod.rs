@@ -39,7 +39,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use spanflow_operators::Sym;
-use spanflow_operators::operator::Report;
+use spanflow_operators::metrics::cumulative::Cumulative;
+use spanflow_operators::operator::{IntervalBatch, Report};
 use tokio::sync::mpsc;
 
 pub use checkpoint::CheckpointStats;
@@ -188,9 +189,34 @@ pub struct Progress {
     pub decode: std::sync::Mutex<crate::formats::DecodeStats>,
     /// Spans the clock-skew guard sent to dead letters, refreshed with `decode`.
     pub far_future: AtomicU64,
+    /// Per metric node (`red_metrics`, `service_graph`), its series since the run
+    /// started, kept only once [`Progress::watch_metrics`] was called.
+    pub metrics: std::sync::Mutex<Option<std::collections::BTreeMap<String, Cumulative>>>,
 }
 
 impl Progress {
+    /// Keeps every metric node's series since the run started (for a live
+    /// `/metrics`); without it closed intervals only go to the job's sinks.
+    pub fn watch_metrics(&self) {
+        if let Ok(mut m) = self.metrics.lock() {
+            m.get_or_insert_with(Default::default);
+        }
+    }
+
+    /// Adds a metric node's closed intervals, when watched.
+    pub(crate) fn add_intervals(&self, node: &str, batch: &IntervalBatch) {
+        let Ok(mut m) = self.metrics.lock() else {
+            return;
+        };
+        let Some(m) = m.as_mut() else { return };
+        let c = m
+            .entry(node.to_owned())
+            .or_insert_with(|| Cumulative::new(&batch.buckets, batch.max_series));
+        for ci in &batch.intervals {
+            c.add(ci);
+        }
+    }
+
     /// Each split's watermark and lag as last published.
     pub fn splits(&self) -> Vec<SplitStats> {
         self.splits.lock().map(|s| s.clone()).unwrap_or_default()
@@ -366,6 +392,7 @@ async fn run_plan(
     let discard = opts.discard_outputs;
     let mut global = global::Global::new(
         &plan,
+        progress.clone(),
         discard,
         restore.as_mut().and_then(|sp| sp.global.take()),
         parts_tx.clone(),

@@ -478,6 +478,9 @@ pub(crate) struct Executor {
     pub to_shards: Vec<(usize, Batch)>,
     /// Traces the session windows closed (progress bar).
     pub traces_closed: u64,
+    /// Where metric nodes' closed intervals are added up for a live `/metrics`
+    /// (global stage only, when the run is watched).
+    pub live: Option<Arc<Progress>>,
 }
 
 impl Executor {
@@ -495,7 +498,28 @@ impl Executor {
             to_global: Vec::new(),
             to_shards: Vec::new(),
             traces_closed: 0,
+            live: None,
         }
+    }
+
+    /// Adds every metric node's closed intervals (port 0) to `live`'s watched series,
+    /// whether or not a sink reads them.
+    pub fn watch_metrics(&mut self, live: Arc<Progress>) {
+        let metric_kinds = [
+            spanflow_operators::red_metrics::RedMetrics::SHAPE.kind,
+            spanflow_operators::service_graph::ServiceGraph::SHAPE.kind,
+        ];
+        for n in &mut self.nodes {
+            if !metric_kinds.contains(&n.kind) {
+                continue;
+            }
+            let mut connected: Vec<bool> = n.consumers.iter().map(|c| !c.is_empty()).collect();
+            if let Some(first) = connected.first_mut() {
+                *first = true;
+            }
+            n.emitter = Emitter::with_connected(connected);
+        }
+        self.live = Some(live);
     }
 
     /// Delivers a batch of the global stage to the instance of plan node `node` (its
@@ -535,8 +559,10 @@ impl Executor {
             to_global,
             to_shards,
             traces_closed,
+            live,
         } = self;
         let Some(ExecNode {
+            name,
             kind,
             consumers,
             emitter,
@@ -556,6 +582,11 @@ impl Executor {
                 .filter(|t| !matches!(t, Target::Table(_)))
                 .count();
             for batch in emitter.drain(port) {
+                if port == 0
+                    && let (Some(live), Batch::Intervals(b)) = (&live, &batch)
+                {
+                    live.add_intervals(name, b);
+                }
                 if port == 0 && *kind == SessionWindow::SHAPE.kind {
                     *traces_closed += batch.len() as u64;
                 }

@@ -288,6 +288,7 @@ impl Jobs {
             live: Some(h.live.clone()),
             ..RunOptions::default()
         };
+        h.live.watch_metrics();
         let runner = h.clone();
         let thread = std::thread::Builder::new()
             .name(format!("job {}", h.record().id))

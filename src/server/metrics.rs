@@ -4,6 +4,8 @@
 use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
 
+use spanflow_operators::metrics::cumulative::FamilyKind;
+
 use super::jobs::{JobState, Jobs};
 
 /// The exposition format a scrape asked for.
@@ -45,6 +47,7 @@ struct Writer {
 enum Kind {
     Counter,
     Gauge,
+    Histogram,
 }
 
 impl Writer {
@@ -52,6 +55,7 @@ impl Writer {
         let kind = match kind {
             Kind::Counter => "counter",
             Kind::Gauge => "gauge",
+            Kind::Histogram => "histogram",
         };
         // OpenMetrics names a counter family without its `_total` suffix.
         let family = match (self.format, kind) {
@@ -173,7 +177,8 @@ pub fn render(jobs: &Jobs, format: Format) -> String {
             }
         })
         .collect();
-    let labels = |r: &Row| [("job", r.job.clone()), ("job_name", r.name.clone())];
+    // Not `job`: Prometheus sets that to the scrape job's name.
+    let labels = |r: &Row| [("job_id", r.job.clone()), ("job_name", r.name.clone())];
     let counters: [Family<f64>; 4] = [
         (
             "spanflow_records_in_total",
@@ -278,6 +283,41 @@ pub fn render(jobs: &Jobs, format: Format) -> String {
             }
         }
     }
+    // Each job's RED and service-graph series since it started, one family across
+    // jobs (a family's samples must be contiguous).
+    let mut families = std::collections::BTreeMap::new();
+    for h in &all {
+        let r = h.record();
+        let Ok(m) = h.live.metrics.lock() else {
+            continue;
+        };
+        for (node, c) in m.iter().flatten() {
+            let labels = format!(
+                "job_id=\"{}\",job_name=\"{}\",node=\"{}\"",
+                escape(&r.id),
+                escape(&r.name),
+                escape(node)
+            );
+            c.render(
+                "spanflow_",
+                &labels,
+                format == Format::OpenMetrics,
+                &mut families,
+            );
+        }
+    }
+    for (name, f) in families {
+        match f.kind {
+            FamilyKind::Histogram => {
+                w.family(&name, Kind::Histogram, &f.help);
+                if format == Format::OpenMetrics {
+                    let _ = writeln!(w.out, "# UNIT {name} seconds");
+                }
+            }
+            FamilyKind::Counter => w.family(&name, Kind::Counter, &f.help),
+        }
+        w.out.push_str(&f.lines);
+    }
     w.finish()
 }
 
@@ -305,10 +345,10 @@ mod tests {
             format: Format::OpenMetrics,
         };
         w.family("x_total", Kind::Counter, "X.");
-        w.sample("x_total", &[("job", "a")], 2.0);
+        w.sample("x_total", &[("job_id", "a")], 2.0);
         assert_eq!(
             w.finish(),
-            "# HELP x X.\n# TYPE x counter\nx_total{job=\"a\"} 2\n# EOF\n"
+            "# HELP x X.\n# TYPE x counter\nx_total{job_id=\"a\"} 2\n# EOF\n"
         );
         let mut w = Writer {
             out: String::new(),

@@ -15,14 +15,14 @@ use crate::support::bin;
 const TOKEN: &str = "s3cret-token-for-tests";
 
 /// A `spanflow server` process on a free loopback port; killed when dropped.
-struct Server {
+pub(crate) struct Server {
     child: Child,
-    url: String,
+    pub url: String,
     log: Arc<Mutex<Vec<String>>>,
 }
 
 impl Server {
-    fn start(state: &Path) -> Server {
+    pub fn start(state: &Path) -> Server {
         let mut child = Command::new(bin())
             .args([
                 "server",
@@ -66,14 +66,14 @@ impl Server {
             .unwrap()
     }
 
-    fn job(&self, id: &str) -> Value {
+    pub fn job(&self, id: &str) -> Value {
         let resp = self.get(&format!("/api/v1/jobs/{id}"));
         assert_eq!(resp.status(), 200);
         resp.json().unwrap()
     }
 
     /// Polls the job until `done` says so (at most 3 minutes); returns it then.
-    fn wait_for(&self, id: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+    pub fn wait_for(&self, id: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
         let deadline = Instant::now() + Duration::from_secs(180);
         loop {
             let j = self.job(id);
@@ -86,7 +86,7 @@ impl Server {
     }
 
     /// SIGTERM, then waits for the process to exit (it stops its jobs first).
-    fn terminate(mut self) {
+    pub fn terminate(mut self) {
         // SAFETY: kill(2) on the PID of a child this test started and has not reaped.
         unsafe {
             libc::kill(self.child.id() as i32, libc::SIGTERM);
@@ -108,7 +108,7 @@ impl Drop for Server {
 }
 
 /// `spanflow <args> --server URL` run in `cwd` with the test token.
-fn cli(server: &Server, cwd: &Path, args: &[&str]) -> std::process::Output {
+pub(crate) fn cli(server: &Server, cwd: &Path, args: &[&str]) -> std::process::Output {
     Command::new(bin())
         .args(args)
         .args(["--server", &server.url])
@@ -279,12 +279,12 @@ fn a_submitted_job_writes_what_spanflow_run_writes() {
     assert!(text.ends_with("# EOF\n"), "{text}");
     assert!(text.contains("# TYPE spanflow_spans_in counter"), "{text}");
     let line = format!(
-        "spanflow_spans_in_total{{job=\"{id}\",job_name=\"checkpointed\"}} {}",
+        "spanflow_spans_in_total{{job_id=\"{id}\",job_name=\"checkpointed\"}} {}",
         summary.decode.spans
     );
     assert!(text.contains(&line), "no `{line}` in\n{text}");
     assert!(text.contains(&format!(
-        "spanflow_dead_letters_total{{job=\"{id}\",job_name=\"checkpointed\",reason=\"bad_record\"}} {}",
+        "spanflow_dead_letters_total{{job_id=\"{id}\",job_name=\"checkpointed\",reason=\"bad_record\"}} {}",
         summary.decode.bad_records
     )));
     let prom = server.get("/metrics");
@@ -447,4 +447,193 @@ fn a_restarted_server_resumes_its_jobs_from_their_checkpoints() {
     );
     assert_same_tables(&reference, &project.join("out"));
     assert!(TABLES.contains(&"traces"));
+}
+
+/// A `prometheus` (Debian's 2.42) on a free loopback port scraping `target` every
+/// second, with exemplar storage; killed when dropped.
+struct Prometheus {
+    child: Child,
+    url: String,
+}
+
+impl Prometheus {
+    fn start(dir: &Path, target: &str) -> Prometheus {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let config = dir.join("prometheus.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: spanflow\n    static_configs:\n      - targets: ['{target}']\n"
+            ),
+        )
+        .unwrap();
+        let child = Command::new("prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .arg("--enable-feature=exemplar-storage")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("prometheus.log")).unwrap())
+            .spawn()
+            .expect("prometheus (scripts/prometheus.sh install)");
+        Prometheus {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+        }
+    }
+
+    /// `GET /api/v1/<path>` until `ok` accepts the `data` (at most a minute).
+    fn poll(&self, path: &str, ok: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let answer = reqwest::blocking::get(format!("{}/api/v1/{path}", self.url))
+                .ok()
+                .and_then(|r| r.json::<Value>().ok());
+            if let Some(a) = &answer
+                && a["status"] == "success"
+                && ok(&a["data"])
+            {
+                return a["data"].clone();
+            }
+            assert!(Instant::now() < deadline, "prometheus: {path}: {answer:?}");
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `jobs/demo.yaml` submitted to a server: its `/metrics` parses with the official
+/// Prometheus client's OpenMetrics parser (own families, RED histograms with trace
+/// exemplars), and a real Prometheus scraping the server returns the RED series and,
+/// from `query_exemplars`, trace ids of traces the job kept in `spans`.
+#[test]
+fn prometheus_scrapes_red_histograms_with_exemplars_of_kept_traces() {
+    let python = Command::new("bash")
+        .arg(crate::support::root().join("scripts/prometheus.sh"))
+        .arg("python")
+        .output()
+        .unwrap();
+    assert!(
+        python.status.success(),
+        "{}",
+        String::from_utf8_lossy(&python.stderr)
+    );
+    let python = String::from_utf8(python.stdout).unwrap().trim().to_owned();
+
+    let tmp = tempfile::tempdir().unwrap();
+    let root = crate::support::root();
+    let job = root.join("jobs/demo.yaml");
+    let client = tmp.path().join("client");
+    std::fs::create_dir_all(&client).unwrap();
+    let server = Server::start(&tmp.path().join("state"));
+    let out = cli(
+        &server,
+        &client,
+        &["submit", job.to_str().unwrap(), "--wait"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let spans = crate::support::read_table(&client.join("out/demo"), "spans");
+    let kept: std::collections::BTreeSet<String> = crate::support::column(&spans, "trace_id")
+        .into_iter()
+        .collect();
+    assert!(!kept.is_empty());
+
+    let text = reqwest::blocking::Client::new()
+        .get(format!("{}/metrics", server.url))
+        .header("accept", "application/openmetrics-text; version=1.0.0")
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    let mut parse = Command::new(&python)
+        .arg(root.join("scripts/openmetrics_check.py"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut parse.stdin.take().unwrap(), text.as_bytes()).unwrap();
+    let parsed = parse.wait_with_output().unwrap();
+    assert!(
+        parsed.status.success(),
+        "the OpenMetrics parser refused it: {}",
+        String::from_utf8_lossy(&parsed.stderr)
+    );
+    let parsed: Value = serde_json::from_slice(&parsed.stdout).unwrap();
+    let types: std::collections::BTreeMap<&str, &str> = parsed["families"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| (f["name"].as_str().unwrap(), f["type"].as_str().unwrap()))
+        .collect();
+    for (family, kind) in [
+        ("spanflow_spans_in", "counter"),
+        ("spanflow_dead_letters", "counter"),
+        ("spanflow_open_traces", "gauge"),
+        ("spanflow_service_server_duration_seconds", "histogram"),
+        ("spanflow_service_relation_duration_seconds", "histogram"),
+        ("spanflow_service_server_errors", "counter"),
+    ] {
+        assert_eq!(types.get(family), Some(&kind), "{family} in {types:?}");
+    }
+    let exemplars = parsed["exemplars"].as_array().unwrap();
+    assert!(exemplars.len() > 10, "{} exemplars", exemplars.len());
+    for e in exemplars {
+        let id = e["trace_id"].as_str().unwrap();
+        assert!(kept.contains(id), "exemplar trace {id} is not a kept trace");
+    }
+
+    let target = server.url.trim_start_matches("http://").to_owned();
+    let prometheus = Prometheus::start(tmp.path(), &target);
+    let series = prometheus.poll(
+        "query?query=spanflow_service_server_duration_seconds_count%7Bjob_name%3D%22demo%22%7D",
+        |d| d["result"].as_array().is_some_and(|r| !r.is_empty()),
+    );
+    let total: f64 = series["result"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["value"][1].as_str().unwrap().parse::<f64>().unwrap())
+        .sum();
+    assert!(total > 1000.0, "{series:#}");
+    let end = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 60;
+    let found = prometheus.poll(
+        &format!(
+            "query_exemplars?query=spanflow_service_server_duration_seconds_bucket&start=0&end={end}"
+        ),
+        |d| d.as_array().is_some_and(|r| !r.is_empty()),
+    );
+    let mut ids = 0;
+    for s in found.as_array().unwrap() {
+        for e in s["exemplars"].as_array().unwrap() {
+            let id = e["labels"]["trace_id"].as_str().unwrap();
+            assert!(
+                kept.contains(id),
+                "Prometheus' exemplar {id} is not a kept trace"
+            );
+            ids += 1;
+        }
+    }
+    assert!(ids > 0);
 }

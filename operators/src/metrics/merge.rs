@@ -176,6 +176,7 @@ impl Operator for MetricsMerge {
         let batch = IntervalBatch {
             buckets: self.buckets.clone(),
             intervals,
+            max_series: self.merger.max_series(),
         };
         for port in 0..self.ports {
             out.emit(port, Batch::Intervals(batch.clone()));

@@ -8,6 +8,7 @@
 //! commutative and the cardinality limit is applied at close time over the merged
 //! series, so the rows do not depend on the number of shards.
 
+pub mod cumulative;
 mod merge;
 pub mod normalize;
 mod partial;
@@ -872,6 +873,11 @@ impl MetricsMerger {
         for (k, a) in partial.series {
             slot.entry(k).or_insert_with(|| SeriesAgg::new(n)).merge(&a);
         }
+    }
+
+    /// The cardinality limit: series per interval.
+    pub fn max_series(&self) -> usize {
+        self.max_series
     }
 
     /// Records a shard's watermark; returns the intervals that closed.

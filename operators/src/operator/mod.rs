@@ -194,6 +194,8 @@ pub struct IntervalBatch {
     pub buckets: Arc<Buckets>,
     /// Closed intervals, ascending by start.
     pub intervals: Vec<Arc<ClosedInterval>>,
+    /// The operator's cardinality limit (series per interval).
+    pub max_series: usize,
 }
 
 /// A batch on a port.
