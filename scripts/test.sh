@@ -27,6 +27,8 @@ bash scripts/clickhouse.sh install-current
 
 step "Prometheus and its Python client for the job server's tests (Debian's prometheus)"
 bash scripts/prometheus.sh install
+step "headless Chromium for the web page's test (Debian's chromium)"
+bash scripts/chromium.sh install
 
 step "cargo fmt --check"
 cargo fmt --all -- --check

@@ -219,6 +219,13 @@ macro_rules! operator_kinds {
             /// output ports and their tables), read by the loader, the planner and the
             /// sinks.
             pub const SHAPES: &'static [Shape] = &[ $( $shape, )* ];
+
+            /// Its `type:` name in the job file.
+            pub fn type_name(&self) -> &'static str {
+                match self {
+                    $( OperatorKind::$variant(_) => $name, )*
+                }
+            }
         }
     };
 }

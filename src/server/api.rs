@@ -108,6 +108,33 @@ fn rfc3339_ms(unix_ms: u64) -> String {
 }
 
 impl JobView {
+    /// Spans per second now (0 unless running).
+    pub fn spans_per_second(&self) -> f64 {
+        self.spans_per_second
+    }
+
+    /// Start of the current run, RFC 3339.
+    pub fn started_at(&self) -> String {
+        self.started_at.clone()
+    }
+
+    /// Records and spans in dead letters.
+    pub fn dead_letters(&self) -> u64 {
+        self.dead_letters
+    }
+
+    /// The event-time watermark, RFC 3339.
+    pub fn watermark(&self) -> Option<&str> {
+        self.watermark.as_deref()
+    }
+
+    /// When the newest checkpoint completed, RFC 3339.
+    pub fn last_checkpoint_at(&self) -> Option<String> {
+        self.last_checkpoint
+            .as_ref()
+            .map(|c| c.completed_at.clone())
+    }
+
     /// The view of `h` now.
     pub fn of(h: &JobHandle) -> JobView {
         let r = h.record();
@@ -167,21 +194,49 @@ pub async fn require_token(
     let Some(token) = &state.token else {
         return next.run(req).await;
     };
-    let sent = req
+    let matches = |s: &str| constant_time_eq(s.as_bytes(), token.as_bytes());
+    let bearer = req
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
-    let ok = sent.is_some_and(|s| constant_time_eq(s.as_bytes(), token.as_bytes()));
-    if ok {
+    // The web pages (and their scripts' API calls) carry it in a cookie, set once by
+    // opening any page with `?token=`.
+    let cookie = req
+        .headers()
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|c| c.trim().strip_prefix(COOKIE).map(str::to_owned));
+    let query = req
+        .uri()
+        .query()
+        .and_then(|q| q.split('&').find_map(|p| p.strip_prefix("token=")))
+        .map(str::to_owned);
+    let sent = bearer.map(str::to_owned).or(cookie);
+    if sent.as_deref().is_some_and(matches) {
         return next.run(req).await;
+    }
+    if let Some(q) = query.as_deref().filter(|q| matches(q)) {
+        let mut resp = axum::response::Redirect::to(req.uri().path()).into_response();
+        if let Ok(v) = header::HeaderValue::from_str(&format!(
+            "{COOKIE}{q}; Path=/; HttpOnly; SameSite=Strict"
+        )) {
+            resp.headers_mut().insert(header::SET_COOKIE, v);
+        }
+        return resp;
     }
     tracing::warn!(
         %peer,
         method = %req.method(),
         path = %req.uri().path(),
         "refused: {} bearer token",
-        if sent.is_some() { "wrong" } else { "no" }
+        if sent.is_some() || query.is_some() {
+            "wrong"
+        } else {
+            "no"
+        }
     );
     let mut resp = ApiError::new(
         StatusCode::UNAUTHORIZED,
@@ -194,6 +249,9 @@ pub async fn require_token(
     );
     resp
 }
+
+/// The cookie that carries the token for the web pages.
+const COOKIE: &str = "spanflow_token=";
 
 /// Compares without stopping at the first difference, so timing does not reveal how
 /// much of a guessed token was right.

@@ -12,6 +12,7 @@ mod api;
 pub mod client;
 mod jobs;
 mod metrics;
+mod web;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -56,6 +57,9 @@ fn router(state: Arc<api::AppState>) -> Router {
         .route("/api/v1/jobs/{id}", get(api::get).delete(api::cancel))
         .route("/api/v1/jobs/{id}/stop", post(api::stop))
         .route("/api/v1/openapi.json", get(api::openapi))
+        .route("/", get(web::index))
+        .route("/jobs/{id}", get(web::job))
+        .route("/jobs/{id}/traces/{trace_id}", get(web::trace))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             api::require_token,

@@ -637,3 +637,125 @@ fn prometheus_scrapes_red_histograms_with_exemplars_of_kept_traces() {
     }
     assert!(ids > 0);
 }
+
+/// Headless Chromium on `url`: the DOM after load (`dump`), or a screenshot into
+/// `shot`. Each call gets a fresh profile under `dir`.
+fn chromium(chrome: &str, dir: &Path, url: &str, shot: Option<&Path>) -> String {
+    let profile = tempfile::tempdir_in(dir).unwrap();
+    let mut cmd = Command::new(chrome);
+    cmd.args([
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--window-size=1280,1800",
+    ])
+    .arg(format!("--user-data-dir={}", profile.path().display()));
+    match shot {
+        Some(p) => cmd.arg(format!("--screenshot={}", p.display())),
+        None => cmd.arg("--dump-dom"),
+    };
+    let out = cmd.arg(url).stderr(Stdio::null()).output().unwrap();
+    assert!(out.status.success(), "chromium failed on {url}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The web page in a real browser: the job list, a job's page (its DAG, service map and
+/// RED table), an exemplar link followed to the trace's waterfall, a screenshot. The
+/// token reaches the pages once as `?token=` and stays in a cookie.
+#[test]
+fn the_web_page_shows_a_jobs_graph_red_table_and_an_exemplars_waterfall() {
+    let chrome = Command::new("bash")
+        .arg(crate::support::root().join("scripts/chromium.sh"))
+        .arg("path")
+        .output()
+        .unwrap();
+    assert!(
+        chrome.status.success(),
+        "{}",
+        String::from_utf8_lossy(&chrome.stderr)
+    );
+    let chrome = String::from_utf8(chrome.stdout).unwrap().trim().to_owned();
+    let tmp = tempfile::tempdir().unwrap();
+    let job_path = write_job(&tmp.path().join("project"), 1500);
+    let server = Server::start(&tmp.path().join("state"));
+    let out = cli(
+        &server,
+        tmp.path(),
+        &["submit", job_path.to_str().unwrap(), "--wait"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let id = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let page = |path: &str| {
+        chromium(
+            &chrome,
+            tmp.path(),
+            &format!("{}{path}?token={TOKEN}", server.url),
+            None,
+        )
+    };
+
+    // Without the token: refused.
+    let refused = chromium(&chrome, tmp.path(), &format!("{}/", server.url), None);
+    assert!(!refused.contains("id=\"jobs\""), "{refused}");
+
+    let list = page("/");
+    assert!(list.contains("<table id=\"jobs\">"), "{list}");
+    assert!(
+        list.contains(&format!("<a href=\"/jobs/{id}\">{id}</a>")),
+        "{list}"
+    );
+    assert!(list.contains("class=\"state-finished\">finished"), "{list}");
+
+    let job = page(&format!("/jobs/{id}"));
+    for node in ["gen", "s", "t", "m", "g", "o", "per_service"] {
+        assert!(
+            job.contains(&format!(">{node}</text>")),
+            "DAG lacks `{node}`"
+        );
+    }
+    assert!(job.contains("<svg id=\"map\""), "no service map");
+    assert!(
+        job.matches("class=\"edge\"").count() > 5,
+        "service map without edges"
+    );
+    let red = &job[job.find("<table id=\"red\">").expect("RED table")..];
+    assert!(red.matches("<tr>").count() > 5, "{red}");
+    let href = red
+        .split("class=\"exemplar\" href=\"")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .expect("an exemplar link");
+    let trace_id = href.rsplit('/').next().unwrap().to_owned();
+
+    let waterfall = page(href);
+    assert!(waterfall.contains("id=\"waterfall\""), "{waterfall}");
+    let rows = waterfall.matches("class=\"span\"").count();
+    let kept = crate::support::read_table(&tmp.path().join("out"), "spans");
+    let spans_of_trace = crate::support::column(&kept, "trace_id")
+        .iter()
+        .filter(|t| **t == trace_id)
+        .count();
+    assert!(spans_of_trace > 0, "the exemplar's trace is not in `spans`");
+    assert_eq!(
+        rows, spans_of_trace,
+        "the waterfall shows every span of the trace"
+    );
+
+    let shot = tmp.path().join("job.png");
+    chromium(
+        &chrome,
+        tmp.path(),
+        &format!("{}/jobs/{id}?token={TOKEN}", server.url),
+        Some(&shot),
+    );
+    let png = std::fs::read(&shot).unwrap();
+    assert!(
+        png.starts_with(b"\x89PNG") && png.len() > 20_000,
+        "{} bytes",
+        png.len()
+    );
+}

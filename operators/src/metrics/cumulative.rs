@@ -48,6 +48,16 @@ impl Cumulative {
         self.series.is_empty()
     }
 
+    /// Every series and its totals, by key.
+    pub fn series(&self) -> impl Iterator<Item = (&SeriesKey, &SeriesAgg)> {
+        self.series.iter()
+    }
+
+    /// The histograms' bucket bounds in seconds (`+Inf` implicit).
+    pub fn bounds(&self) -> &[f64] {
+        &self.bounds
+    }
+
     /// Adds a closed interval's series.
     pub fn add(&mut self, interval: &ClosedInterval) {
         self.intervals += 1;
