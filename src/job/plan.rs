@@ -415,6 +415,7 @@ fn plan_targets(
                     table: table_name(input),
                     kind,
                     out,
+                    rows_written: Default::default(),
                 });
         }
     }

@@ -192,6 +192,11 @@ pub struct Progress {
     /// Per metric node (`red_metrics`, `service_graph`), its series since the run
     /// started, kept only once [`Progress::watch_metrics`] was called.
     pub metrics: std::sync::Mutex<Option<std::collections::BTreeMap<String, Cumulative>>>,
+    /// Every shard's operator reports (late spans and closed traces by reason, kept
+    /// traces by policy), by (shard, node name), refreshed about once a second.
+    pub reports: std::sync::Mutex<std::collections::BTreeMap<(usize, String), Report>>,
+    /// The run's output tables, with the rows written to each so far.
+    pub tables: std::sync::Mutex<Vec<TableTarget>>,
 }
 
 impl Progress {
@@ -220,6 +225,40 @@ impl Progress {
     /// Each split's watermark and lag as last published.
     pub fn splits(&self) -> Vec<SplitStats> {
         self.splits.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// Every node's report, the shards' added up, by node name.
+    pub fn node_reports(&self) -> std::collections::BTreeMap<String, Report> {
+        let mut out: std::collections::BTreeMap<String, Report> = Default::default();
+        if let Ok(r) = self.reports.lock() {
+            for ((_, node), report) in r.iter() {
+                match out.get_mut(node) {
+                    Some(slot) => slot.merge(report),
+                    None => {
+                        out.insert(node.clone(), report.clone());
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Rows written so far, per (sink, table).
+    pub fn rows_written(&self) -> Vec<(String, String, u64)> {
+        self.tables
+            .lock()
+            .map(|t| {
+                t.iter()
+                    .map(|t| {
+                        (
+                            t.sink.clone(),
+                            t.table.clone(),
+                            t.rows_written.load(Ordering::Relaxed),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     /// Decoding counters as last published.
@@ -336,6 +375,9 @@ async fn run_plan(
     mut restore: Option<savepoint::Savepoint>,
 ) -> Result<RunSummary, RunError> {
     let progress = opts.live.clone().unwrap_or_default();
+    if let Ok(mut t) = progress.tables.lock() {
+        *t = plan.all_targets().cloned().collect();
+    }
     let restored = restore.is_some();
     if !opts.discard_outputs {
         for t in plan.all_targets() {

@@ -39,6 +39,8 @@ pub struct TableTarget {
     pub kind: Table,
     /// The sink's table.
     pub out: Arc<dyn Sink>,
+    /// Rows handed to its writers so far (all shards), for live figures.
+    pub rows_written: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl TableTarget {

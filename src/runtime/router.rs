@@ -648,6 +648,8 @@ pub(crate) fn flush_dead(
         let filtered = arrow::compute::filter_record_batch(&batch, &mask.into())
             .map_err(|e| RunError::Internal(format!("filtering dead letters: {e}")))?;
         w.write(&filtered).map_err(|e| SinkError::of(t, e))?;
+        t.rows_written
+            .fetch_add(filtered.num_rows() as u64, Ordering::Relaxed);
     }
     Ok(())
 }

@@ -146,6 +146,8 @@ impl<R: TableRows> Port<R> {
         let batch = self.rows.finish();
         for (t, w) in &mut self.writers {
             w.write(&batch).map_err(|e| SinkError::of(t, e))?;
+            t.rows_written
+                .fetch_add(batch.num_rows() as u64, Ordering::Relaxed);
         }
         Ok(())
     }
@@ -919,6 +921,8 @@ pub(crate) struct Shard {
     peak_buffered: (usize, usize),
     /// What this shard last added to the run's live buffered figures.
     published: Buffered,
+    /// When its reports were last published.
+    reported: Option<std::time::Instant>,
     source_wm: u64,
 }
 
@@ -991,8 +995,29 @@ impl Shard {
             progress,
             peak_buffered: (0, 0),
             published: Buffered::default(),
+            reported: None,
             source_wm: resumed_watermark,
         })
+    }
+
+    /// Publishes the operators' reports for watchers of the run, at most once a second
+    /// (they clone maps), and at the end.
+    fn publish_reports(&mut self, last: bool) {
+        let now = std::time::Instant::now();
+        if !last
+            && self
+                .reported
+                .is_some_and(|at| now.duration_since(at) < std::time::Duration::from_secs(1))
+        {
+            return;
+        }
+        self.reported = Some(now);
+        let Ok(mut r) = self.progress.reports.lock() else {
+            return;
+        };
+        for n in &self.exec.nodes {
+            r.insert((self.index, n.name.clone()), n.op.report());
+        }
     }
 
     pub async fn run(mut self, mut rx: mpsc::Receiver<ShardMsg>) -> Result<ShardResult, RunError> {
@@ -1128,6 +1153,7 @@ impl Shard {
                 self.exec.end()?;
             }
             self.send_global(done).await;
+            self.publish_reports(done);
             let now = self.exec.buffered();
             let was = std::mem::replace(&mut self.published, now);
             // Add before subtracting: the sum over shards never wraps below zero.

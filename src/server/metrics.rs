@@ -5,6 +5,8 @@ use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
 
 use spanflow_operators::metrics::cumulative::FamilyKind;
+use spanflow_operators::operator::Report;
+use spanflow_operators::session_window::{CloseReason, LateReason};
 
 use super::jobs::{JobState, Jobs};
 
@@ -129,7 +131,6 @@ struct Row {
     far_future: u64,
     open_traces: u64,
     buffered: u64,
-    closed: u64,
     watermark_ns: u64,
     splits: Vec<crate::runtime::SplitStats>,
     checkpoints: crate::runtime::CheckpointStats,
@@ -169,7 +170,6 @@ pub fn render(jobs: &Jobs, format: Format) -> String {
                 far_future: live.far_future.load(Ordering::Relaxed),
                 open_traces: live.open_traces.load(Ordering::Relaxed),
                 buffered: live.buffered_spans.load(Ordering::Relaxed),
-                closed: live.traces_closed.load(Ordering::Relaxed),
                 watermark_ns: live.watermark.load(Ordering::Relaxed),
                 splits: h.splits(),
                 checkpoints: live.checkpoints(),
@@ -179,7 +179,7 @@ pub fn render(jobs: &Jobs, format: Format) -> String {
         .collect();
     // Not `job`: Prometheus sets that to the scrape job's name.
     let labels = |r: &Row| [("job_id", r.job.clone()), ("job_name", r.name.clone())];
-    let counters: [Family<f64>; 4] = [
+    let counters: [Family<f64>; 3] = [
         (
             "spanflow_records_in_total",
             "Source records (Kafka messages, file records) decoded.",
@@ -189,11 +189,6 @@ pub fn render(jobs: &Jobs, format: Format) -> String {
             "spanflow_spans_in_total",
             "Spans decoded from the job's sources.",
             |r| r.spans as f64,
-        ),
-        (
-            "spanflow_traces_closed_total",
-            "Traces the session windows closed.",
-            |r| r.closed as f64,
         ),
         (
             "spanflow_checkpoints_total",
@@ -283,6 +278,103 @@ pub fn render(jobs: &Jobs, format: Format) -> String {
             }
         }
     }
+    // The operators' own counters, by node.
+    let reports: Vec<(String, String, std::collections::BTreeMap<String, Report>)> = all
+        .iter()
+        .map(|h| {
+            let r = h.record();
+            (r.id, r.name, h.live.node_reports())
+        })
+        .collect();
+    let node_labels = |id: &str, name: &str, node: &str| {
+        vec![
+            ("job_id", id.to_owned()),
+            ("job_name", name.to_owned()),
+            ("node", node.to_owned()),
+        ]
+    };
+    w.family(
+        "spanflow_traces_closed_total",
+        Kind::Counter,
+        "Traces a session window closed, by why.",
+    );
+    for (id, name, nodes) in &reports {
+        for (node, report) in nodes {
+            if let Report::Sessions(s) = report {
+                for (reason, n) in CloseReason::ALL.iter().zip(s.closed_by_reason) {
+                    let mut l = node_labels(id, name, node);
+                    l.push(("reason", reason.as_str().to_owned()));
+                    w.sample("spanflow_traces_closed_total", &pairs(&l), n as f64);
+                }
+            }
+        }
+    }
+    w.family(
+        "spanflow_late_spans_total",
+        Kind::Counter,
+        "Spans that arrived after their trace or window closed, by why.",
+    );
+    for (id, name, nodes) in &reports {
+        for (node, report) in nodes {
+            if let Report::Sessions(s) = report {
+                for (reason, n) in LateReason::ALL.iter().zip(s.late_by_reason) {
+                    let mut l = node_labels(id, name, node);
+                    l.push(("reason", reason.as_str().to_owned()));
+                    w.sample("spanflow_late_spans_total", &pairs(&l), n as f64);
+                }
+            }
+        }
+    }
+    w.family(
+        "spanflow_sampled_traces_total",
+        Kind::Counter,
+        "Traces a tail sampler kept, by the first policy that kept them.",
+    );
+    for (id, name, nodes) in &reports {
+        for (node, report) in nodes {
+            if let Report::Sampling(s) = report {
+                for (policy, n) in &s.kept_by_policy {
+                    let mut l = node_labels(id, name, node);
+                    l.push(("policy", policy.clone()));
+                    w.sample("spanflow_sampled_traces_total", &pairs(&l), *n as f64);
+                }
+            }
+        }
+    }
+    w.family(
+        "spanflow_sampling_decisions_total",
+        Kind::Counter,
+        "Traces a tail sampler decided, kept or dropped.",
+    );
+    for (id, name, nodes) in &reports {
+        for (node, report) in nodes {
+            if let Report::Sampling(s) = report {
+                for (decision, n) in [("kept", s.traces_kept), ("dropped", s.traces_dropped)] {
+                    let mut l = node_labels(id, name, node);
+                    l.push(("decision", decision.to_owned()));
+                    w.sample("spanflow_sampling_decisions_total", &pairs(&l), n as f64);
+                }
+            }
+        }
+    }
+    w.family(
+        "spanflow_sink_rows_written_total",
+        Kind::Counter,
+        "Rows handed to each sink's table (committed at the next checkpoint).",
+    );
+    for h in &all {
+        let r = h.record();
+        for (sink, table, n) in h.live.rows_written() {
+            let l = vec![
+                ("job_id", r.id.clone()),
+                ("job_name", r.name.clone()),
+                ("sink", sink),
+                ("table", table),
+            ];
+            w.sample("spanflow_sink_rows_written_total", &pairs(&l), n as f64);
+        }
+    }
+
     // Each job's RED and service-graph series since it started, one family across
     // jobs (a family's samples must be contiguous).
     let mut families = std::collections::BTreeMap::new();

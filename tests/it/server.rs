@@ -287,6 +287,29 @@ fn a_submitted_job_writes_what_spanflow_run_writes() {
         "spanflow_dead_letters_total{{job_id=\"{id}\",job_name=\"checkpointed\",reason=\"bad_record\"}} {}",
         summary.decode.bad_records
     )));
+    // Rows per table, late spans and closed traces by reason, kept traces by policy:
+    // the same figures as the run's summary.
+    for o in &summary.outputs {
+        let line = format!(
+            "spanflow_sink_rows_written_total{{job_id=\"{id}\",job_name=\"checkpointed\",sink=\"{}\",table=\"{}\"}} {}",
+            o.sink, o.table, o.rows
+        );
+        assert!(text.contains(&line), "no `{line}`");
+    }
+    let closed: u64 = summary.sessions.closed_by_reason.iter().sum();
+    assert!(closed > 0);
+    assert!(text.contains(&format!(
+        "spanflow_traces_closed_total{{job_id=\"{id}\",job_name=\"checkpointed\",node=\"s\",reason=\"gap\"}} {}",
+        summary.sessions.closed_by_reason[0]
+    )));
+    let sampling = summary.sampling.as_ref().unwrap();
+    for (policy, n) in &sampling.kept_by_policy {
+        let line = format!(
+            "spanflow_sampled_traces_total{{job_id=\"{id}\",job_name=\"checkpointed\",node=\"t\",policy=\"{policy}\"}} {n}"
+        );
+        assert!(text.contains(&line), "no `{line}`");
+    }
+    assert!(text.contains("spanflow_late_spans_total{"));
     let prom = server.get("/metrics");
     assert!(
         prom.headers()["content-type"]
@@ -590,6 +613,12 @@ fn prometheus_scrapes_red_histograms_with_exemplars_of_kept_traces() {
         ("spanflow_service_server_duration_seconds", "histogram"),
         ("spanflow_service_relation_duration_seconds", "histogram"),
         ("spanflow_service_server_errors", "counter"),
+        ("spanflow_traces_closed", "counter"),
+        ("spanflow_late_spans", "counter"),
+        ("spanflow_sampled_traces", "counter"),
+        ("spanflow_sampling_decisions", "counter"),
+        ("spanflow_sink_rows_written", "counter"),
+        ("spanflow_watermark_lag_seconds", "gauge"),
     ] {
         assert_eq!(types.get(family), Some(&kind), "{family} in {types:?}");
     }
