@@ -378,6 +378,18 @@ impl SourceOutput {
         }
     }
 
+    /// Publishes this source's consumer lag per (topic, partition), replacing what it
+    /// said before, for watchers of the run (the job server's `/metrics`).
+    pub fn consumer_lag(&self, lag: Vec<(String, i32, i64)>) {
+        if let Ok(mut m) = self.progress.consumer_lag.lock() {
+            let name = self.name.as_str().to_owned();
+            m.retain(|(source, _, _), _| *source != name);
+            for (topic, partition, l) in lag {
+                m.insert((name.clone(), topic, partition), l);
+            }
+        }
+    }
+
     /// Tells the progress bar how many records this bounded source will read in all
     /// (a Kafka source knows once it looked its end offsets up).
     pub fn expect_records(&self, records: u64) {

@@ -197,6 +197,9 @@ pub struct Progress {
     pub reports: std::sync::Mutex<std::collections::BTreeMap<(usize, String), Report>>,
     /// The run's output tables, with the rows written to each so far.
     pub tables: std::sync::Mutex<Vec<TableTarget>>,
+    /// Records behind the end of each partition a Kafka source reads, by (source,
+    /// topic, partition), refreshed about once a second.
+    pub consumer_lag: std::sync::Mutex<std::collections::BTreeMap<(String, String, i32), i64>>,
 }
 
 impl Progress {

@@ -375,6 +375,29 @@ pub fn render(jobs: &Jobs, format: Format) -> String {
         }
     }
 
+    w.family(
+        "spanflow_consumer_lag_records",
+        Kind::Gauge,
+        "Records between a Kafka source's position and the end of each partition.",
+    );
+    for h in &all {
+        let r = h.record();
+        let Ok(lag) = h.live.consumer_lag.lock() else {
+            continue;
+        };
+        for ((source, topic, partition), n) in lag.iter() {
+            let partition = partition.to_string();
+            let l = vec![
+                ("job_id", r.id.clone()),
+                ("job_name", r.name.clone()),
+                ("source", source.clone()),
+                ("topic", topic.clone()),
+                ("partition", partition),
+            ];
+            w.sample("spanflow_consumer_lag_records", &pairs(&l), *n as f64);
+        }
+    }
+
     // Each job's RED and service-graph series since it started, one family across
     // jobs (a family's samples must be contiguous).
     let mut families = std::collections::BTreeMap::new();

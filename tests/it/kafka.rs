@@ -1154,6 +1154,31 @@ fn an_unbounded_kafka_job_survives_a_server_restart_without_losing_a_trace() {
             .is_some_and(|w| w > "2026-01-01T00:29:00")
             && j["buffered_spans"].as_u64() == Some(later_spans)
     });
+    // Everything read: the consumer lag /metrics reports is 0 on every partition.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let text = reqwest::blocking::get(format!("{}/metrics", server.url))
+            .unwrap()
+            .text()
+            .unwrap();
+        let caught_up = (0..4).all(|p| {
+            text.contains(&format!(
+                "spanflow_consumer_lag_records{{job_id=\"{id}\",job_name=\"kafka_test\",source=\"in\",topic=\"served\",partition=\"{p}\"}} 0\n"
+            ))
+        });
+        if caught_up {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no consumer lag of 0 on every partition:\n{}",
+            text.lines()
+                .filter(|l| l.contains("consumer_lag"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
     let stop = cli(&server, tmp.path(), &["stop", &id]);
     assert!(
         stop.status.success(),

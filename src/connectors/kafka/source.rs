@@ -64,6 +64,9 @@ pub enum KafkaEvent {
         /// Next offset per partition.
         positions: Vec<(String, i32, i64)>,
     },
+    /// Records between this member's position and the end of each partition it reads
+    /// (from librdkafka's statistics, about once a second).
+    Lag(Vec<(Split, i64)>),
 }
 
 /// The next offset of every partition: (topic, partition, offset).
@@ -137,6 +140,8 @@ struct Shared {
     ever_assigned: bool,
     /// Errors reported by librdkafka's callbacks.
     errors: Vec<String>,
+    /// Consumer lag per partition from the newest statistics, not yet handed on.
+    lag: Option<Vec<((String, i32), i64)>>,
 }
 
 impl Shared {
@@ -171,6 +176,25 @@ struct Ctx {
 impl ClientContext for Ctx {
     fn error(&self, error: KafkaError, reason: &str) {
         self.errors.warn("consumer", &error, reason);
+    }
+
+    /// Keeps each assigned partition's consumer lag (librdkafka reports -1 until it
+    /// knows both ends; partition -1 is its internal queue).
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        let lag: Vec<((String, i32), i64)> = statistics
+            .topics
+            .iter()
+            .flat_map(|(t, topic)| {
+                topic
+                    .partitions
+                    .values()
+                    .filter(|p| p.partition >= 0 && p.consumer_lag >= 0)
+                    .map(move |p| ((t.clone(), p.partition), p.consumer_lag))
+            })
+            .collect();
+        if let Ok(mut s) = self.shared.lock() {
+            s.lag = Some(lag);
+        }
     }
 }
 
@@ -339,6 +363,8 @@ impl KafkaReader {
             ),
             ("fetch.max.bytes".to_owned(), "67108864".to_owned()),
             ("fetch.wait.max.ms".to_owned(), "100".to_owned()),
+            // Consumer lag for the job server's /metrics (served on the poll thread).
+            ("statistics.interval.ms".to_owned(), "1000".to_owned()),
         ]);
         defaults.extend(config.properties.clone());
         let mut cc = super::client_config(&config.brokers, &defaults);
@@ -597,6 +623,19 @@ impl KafkaReader {
             if let Some(w) = hooks.paused_splits(&mut pause_seen) {
                 wanted = w;
                 self.align(&wanted, &mut aligned, &done)?;
+            }
+            let lag = self.shared.lock().ok().and_then(|mut s| {
+                let lag = s.lag.take()?;
+                Some(
+                    lag.into_iter()
+                        .map(|((t, p), l)| (s.split(&t, p), l))
+                        .collect::<Vec<_>>(),
+                )
+            });
+            if let Some(lag) = lag
+                && !emit(KafkaEvent::Lag(lag))
+            {
+                break;
             }
             // A group that never assigns anything (all partitions held by other members,
             // a stuck rebalance) would otherwise look like a silent hang.
@@ -1035,6 +1074,14 @@ impl Source for KafkaSource {
                 }
                 KafkaEvent::Revoked(splits) => {
                     out.splits_removed(splits.iter().map(|s| s.key).collect())
+                }
+                KafkaEvent::Lag(lag) => {
+                    out.consumer_lag(
+                        lag.iter()
+                            .map(|(s, l)| (s.topic.to_string(), s.partition, *l))
+                            .collect(),
+                    );
+                    true
                 }
                 KafkaEvent::EndOfInput(positions) => match Position::encode(&positions) {
                     Ok(p) => out.end(Some(p)),
