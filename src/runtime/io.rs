@@ -602,6 +602,12 @@ pub trait Sink: Send + Sync + std::fmt::Debug {
         Ok(())
     }
 
+    /// Writes to the sink's system that failed and were tried again so far (all its
+    /// writers; a sink that does not retry reports none).
+    fn failed_attempts(&self) -> u64 {
+        0
+    }
+
     /// Opens a writer; `part` is unique per shard and grows across resumed runs.
     fn open(&self, part: usize, schema: SchemaRef) -> Result<Box<dyn TableWriter>, ConnectorError>;
 

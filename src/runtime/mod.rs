@@ -246,6 +246,20 @@ impl Progress {
         out
     }
 
+    /// Failed and retried writes so far, per sink.
+    pub fn sink_errors(&self) -> Vec<(String, u64)> {
+        let mut out: std::collections::BTreeMap<String, u64> = Default::default();
+        if let Ok(t) = self.tables.lock() {
+            for t in t.iter() {
+                // Every table of a sink reports the sink's count.
+                let n = t.out.failed_attempts();
+                let slot = out.entry(t.sink.clone()).or_default();
+                *slot = (*slot).max(n);
+            }
+        }
+        out.into_iter().collect()
+    }
+
     /// Rows written so far, per (sink, table).
     pub fn rows_written(&self) -> Vec<(String, String, u64)> {
         self.tables

@@ -376,6 +376,22 @@ pub fn render(jobs: &Jobs, format: Format) -> String {
     }
 
     w.family(
+        "spanflow_sink_errors_total",
+        Kind::Counter,
+        "Writes to a sink's system that failed and were retried (the job waits meanwhile).",
+    );
+    for h in &all {
+        let r = h.record();
+        for (sink, n) in h.live.sink_errors() {
+            let l = vec![
+                ("job_id", r.id.clone()),
+                ("job_name", r.name.clone()),
+                ("sink", sink),
+            ];
+            w.sample("spanflow_sink_errors_total", &pairs(&l), n as f64);
+        }
+    }
+    w.family(
         "spanflow_consumer_lag_records",
         Kind::Gauge,
         "Records between a Kafka source's position and the end of each partition.",

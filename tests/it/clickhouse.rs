@@ -372,7 +372,14 @@ fn a_server_outage_mid_run_delays_the_job_and_loses_nothing() {
     batch: { max_rows: 300, max_delay: 50ms }
     retry: { initial_backoff: 50ms, max_backoff: 400ms }";
     let job = job("sf", 5000, ALL_OUTPUTS, settings, &server.url, tmp.path());
-    let handle = std::thread::spawn(move || run(&job));
+    // Watched like the job server watches its jobs: the retries show as sink errors.
+    let live = std::sync::Arc::new(spanflow::runtime::Progress::default());
+    let opts = RunOptions {
+        parallelism: Some(2),
+        live: Some(live.clone()),
+        ..Default::default()
+    };
+    let handle = std::thread::spawn(move || run_job(&job, &opts).unwrap_or_else(|e| panic!("{e}")));
     let deadline = Instant::now() + Duration::from_secs(120);
     // Kill the server once the first rows have landed, while the run goes on.
     loop {
@@ -410,6 +417,16 @@ fn a_server_outage_mid_run_delays_the_job_and_loses_nothing() {
     for (t, n) in summary_rows(&s) {
         assert_eq!(server.count(&format!("sf.{t}"), true), n, "rows of `{t}`");
     }
+    let errors = live.sink_errors();
+    assert!(
+        errors.iter().any(|(sink, n)| sink == "warehouse" && *n > 0),
+        "no retried inserts counted: {errors:?}"
+    );
+    assert!(
+        errors
+            .iter()
+            .all(|(sink, n)| sink == "warehouse" || *n == 0)
+    );
     let red = read_table(tmp.path(), "red_metrics");
     assert_eq!(
         server

@@ -10,6 +10,7 @@
 //! inserted, so the runtime commits Kafka offsets only after the rows are in ClickHouse.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -102,6 +103,8 @@ pub struct SinkHandle {
     tx: SyncSender<Msg>,
     plans: HashMap<String, (usize, Arc<TablePlan>)>,
     failed: Arc<Mutex<Option<ConnectorError>>>,
+    /// Inserts that failed and were retried.
+    retries: Arc<AtomicU64>,
 }
 
 #[derive(Debug)]
@@ -166,6 +169,14 @@ impl Sink for ClickHouseTarget {
         _schema: SchemaRef,
     ) -> Result<Box<dyn TableWriter>, ConnectorError> {
         Ok(Box::new(ClickHouseTableWriter::create(self)?))
+    }
+
+    fn failed_attempts(&self) -> u64 {
+        self.shared
+            .lock()
+            .ok()
+            .and_then(|h| h.as_ref().map(|h| h.retries.load(Ordering::Relaxed)))
+            .unwrap_or(0)
     }
 }
 
@@ -341,6 +352,7 @@ async fn with_retries<T, F, Fut>(
     config: &ClickHouseSinkConfig,
     sink: &str,
     what: &str,
+    retries: Option<&AtomicU64>,
     mut op: F,
 ) -> Result<T, ConnectorError>
 where
@@ -387,6 +399,9 @@ where
                     last_warning = Some(Instant::now());
                 }
                 attempts += 1;
+                if let Some(r) = retries {
+                    r.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(config.retry.max_backoff.0);
             }
@@ -454,6 +469,8 @@ fn start(
     let (config, sink_name, tables) = (config.clone(), sink.to_owned(), tables.to_vec());
     let outputs: Vec<String> = tables.iter().map(|t| t.output.clone()).collect();
     let thread_failed = failed.clone();
+    let retries = Arc::new(AtomicU64::new(0));
+    let thread_retries = retries.clone();
     std::thread::Builder::new()
         .name(format!("clickhouse-{sink}"))
         .spawn(move || {
@@ -484,6 +501,10 @@ fn start(
                 Ok(plans) => {
                     let inserter =
                         Inserter::new(config, sink_name, client, &outputs, &plans, thread_failed);
+                    let inserter = Inserter {
+                        retries: thread_retries,
+                        ..inserter
+                    };
                     let _ = ready_tx.send(Ok(plans));
                     inserter.run(rt, rx);
                 }
@@ -493,7 +514,12 @@ fn start(
     let plans = ready_rx
         .recv()
         .map_err(|_| ConnectorError::internal("the sink's thread stopped during start"))??;
-    Ok(SinkHandle { tx, plans, failed })
+    Ok(SinkHandle {
+        tx,
+        plans,
+        failed,
+        retries,
+    })
 }
 
 type Plans = HashMap<String, (usize, Arc<TablePlan>)>;
@@ -507,7 +533,7 @@ async fn prepare(
     client: &clickhouse::Client,
 ) -> Result<Plans, ConnectorError> {
     let timeout = config.request_timeout.0;
-    let (version, features) = with_retries(config, sink, "connecting", || {
+    let (version, features) = with_retries(config, sink, "connecting", None, || {
         server_features(client, timeout)
     })
     .await?;
@@ -520,7 +546,7 @@ async fn prepare(
             "CREATE DATABASE IF NOT EXISTS {}",
             ddl::quote(&config.database)
         );
-        with_retries(config, sink, "creating the database", || {
+        with_retries(config, sink, "creating the database", None, || {
             execute(client, &sql, timeout)
         })
         .await?;
@@ -549,6 +575,7 @@ async fn prepare(
                 config,
                 sink,
                 &format!("creating table for `{output}`"),
+                None,
                 || execute(client, &sql, timeout),
             )
             .await?;
@@ -571,7 +598,7 @@ async fn prepare(
             literal(&config.database),
             literal(&table)
         );
-        let text = with_retries(config, sink, "reading the table's columns", || {
+        let text = with_retries(config, sink, "reading the table's columns", None, || {
             query_text(client, &sql, timeout)
         })
         .await?;
@@ -613,7 +640,7 @@ async fn prepare(
             literal(&config.database),
             literal(&table)
         );
-        let engine = with_retries(config, sink, "reading the table's engine", || {
+        let engine = with_retries(config, sink, "reading the table's engine", None, || {
             query_text(client, &engine_sql, timeout)
         })
         .await?;
@@ -646,6 +673,7 @@ struct Inserter {
     names: Vec<String>,
     buffers: Vec<Buffer>,
     failed: Arc<Mutex<Option<ConnectorError>>>,
+    retries: Arc<AtomicU64>,
 }
 
 impl Inserter {
@@ -680,6 +708,7 @@ impl Inserter {
             sink,
             client,
             failed,
+            retries: Arc::default(),
         }
     }
 
@@ -774,18 +803,24 @@ impl Inserter {
         let client = &self.client;
         let timeout = self.config.request_timeout.0;
         let what = format!("inserting {rows} rows of `{}`", self.names[t]);
-        let r = rt.block_on(with_retries(&self.config, &self.sink, &what, || {
-            let data = data.clone();
-            async move {
-                let mut insert = client
-                    .insert_formatted_with(sql.clone())
-                    .with_timeouts(Some(timeout), Some(timeout));
-                // One send per insert: every compressed block then holds whole rows
-                // (old servers mis-read RowBinary rows split across blocks).
-                insert.send(data).await?;
-                insert.end().await
-            }
-        }));
+        let r = rt.block_on(with_retries(
+            &self.config,
+            &self.sink,
+            &what,
+            Some(&self.retries),
+            || {
+                let data = data.clone();
+                async move {
+                    let mut insert = client
+                        .insert_formatted_with(sql.clone())
+                        .with_timeouts(Some(timeout), Some(timeout));
+                    // One send per insert: every compressed block then holds whole rows
+                    // (old servers mis-read RowBinary rows split across blocks).
+                    insert.send(data).await?;
+                    insert.end().await
+                }
+            },
+        ));
         if let Err(e) = r
             && let Ok(mut f) = self.failed.lock()
             && f.is_none()
