@@ -165,6 +165,9 @@ impl Jobs {
                 Ok(h) => {
                     let resume = h.record().state == JobState::Running;
                     let id = h.record().id.clone();
+                    if !resume {
+                        h.load_metrics();
+                    }
                     jobs.insert(h.clone());
                     if resume {
                         tracing::info!(job = %id, "resuming from its newest checkpoint");
@@ -453,6 +456,44 @@ impl JobHandle {
         }
         if let Err(e) = self.save() {
             tracing::warn!("{e}");
+        }
+        if state != JobState::Running
+            && let Err(e) = self.save_metrics()
+        {
+            tracing::warn!("{e}");
+        }
+    }
+
+    /// Keeps an ended job's series (`metrics.cbor`), so a restarted server still shows
+    /// its RED table and service map. A running job's are not kept: its next run
+    /// starts them again (a counter reset).
+    fn save_metrics(&self) -> Result<(), String> {
+        let path = self.dir.join("metrics.cbor");
+        let m = self
+            .live
+            .metrics
+            .lock()
+            .map_err(|_| "poisoned lock".to_owned())?;
+        let Some(m) = m.as_ref() else {
+            return Ok(());
+        };
+        let mut bytes = Vec::new();
+        ciborium::into_writer(m, &mut bytes).map_err(|e| e.to_string())?;
+        std::fs::write(&path, bytes).map_err(|e| format!("cannot write `{}`: {e}", path.display()))
+    }
+
+    /// Reads what [`JobHandle::save_metrics`] kept (nothing for a job without it).
+    fn load_metrics(&self) {
+        let Ok(bytes) = std::fs::read(self.dir.join("metrics.cbor")) else {
+            return;
+        };
+        match ciborium::from_reader(bytes.as_slice()) {
+            Ok(m) => {
+                if let Ok(mut slot) = self.live.metrics.lock() {
+                    *slot = Some(m);
+                }
+            }
+            Err(e) => tracing::warn!("`{}`: unreadable metrics: {e}", self.dir.display()),
         }
     }
 

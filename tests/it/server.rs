@@ -458,6 +458,25 @@ fn a_restarted_server_resumes_its_jobs_from_their_checkpoints() {
     // The last run started from a checkpoint, not from the beginning.
     assert_eq!(done["summary"]["restored"], true, "{done:#}");
     assert!(done["summary"]["restored_from"].is_string());
+    // An ended job's series outlive the server that ran it.
+    let red = format!("spanflow_service_server_duration_seconds_count{{job_id=\"{id}\"");
+    let scrape = |s: &Server| s.get("/metrics").text().unwrap();
+    let before = scrape(&server);
+    assert!(before.contains(&red), "no RED series for {id}");
+    drop(server);
+    let server = Server::start(&state);
+    assert_eq!(server.job(&id)["state"], "finished");
+    let after = scrape(&server);
+    let lines = |t: &str| -> Vec<String> {
+        t.lines()
+            .filter(|l| {
+                l.starts_with("spanflow_service_") && l.contains(&format!("job_id=\"{id}\""))
+            })
+            .map(str::to_owned)
+            .collect()
+    };
+    assert!(!lines(&before).is_empty());
+    assert_eq!(lines(&before), lines(&after));
 
     let reference = tmp.path().join("reference");
     let loaded = spanflow::job::load(&job_path).unwrap();

@@ -15,7 +15,7 @@ use super::{
 };
 
 /// Totals of one metric operator's series since the run started.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Cumulative {
     bounds: Vec<f64>,
     max_series: usize,
