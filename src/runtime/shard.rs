@@ -799,6 +799,13 @@ impl Executor {
     }
 }
 
+/// Moves this shard's share of a gauge summed over shards from `was` to `now`; adds
+/// before subtracting, so the sum never wraps below zero.
+fn move_gauge(gauge: &std::sync::atomic::AtomicU64, was: usize, now: usize) {
+    gauge.fetch_add(now as u64, Ordering::Relaxed);
+    gauge.fetch_sub(was as u64, Ordering::Relaxed);
+}
+
 pub(crate) fn node_error(node: &str, e: spanflow_operators::OperatorError) -> RunError {
     match e {
         spanflow_operators::OperatorError::State(m) => {
@@ -1156,19 +1163,8 @@ impl Shard {
             self.publish_reports(done);
             let now = self.exec.buffered();
             let was = std::mem::replace(&mut self.published, now);
-            // Add before subtracting: the sum over shards never wraps below zero.
-            self.progress
-                .buffered_spans
-                .fetch_add(now.spans as u64, Ordering::Relaxed);
-            self.progress
-                .buffered_spans
-                .fetch_sub(was.spans as u64, Ordering::Relaxed);
-            self.progress
-                .open_traces
-                .fetch_add(now.open_traces as u64, Ordering::Relaxed);
-            self.progress
-                .open_traces
-                .fetch_sub(was.open_traces as u64, Ordering::Relaxed);
+            move_gauge(&self.progress.buffered_spans, was.spans, now.spans);
+            move_gauge(&self.progress.open_traces, was.open_traces, now.open_traces);
             self.progress
                 .traces_closed
                 .fetch_add(self.exec.traces_closed - closed_before, Ordering::Relaxed);

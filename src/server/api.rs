@@ -170,7 +170,7 @@ impl JobView {
             traces_closed: live.traces_closed.load(Ordering::Relaxed),
             dead_letters: decode.dead_letters() + live.far_future.load(Ordering::Relaxed),
             watermark: (wm > 0).then(|| rfc3339_ms(wm / 1_000_000)),
-            splits: h.splits().into_iter().map(split).collect(),
+            splits: live.splits().into_iter().map(split).collect(),
             last_checkpoint: (ck.completed > 0).then(|| CheckpointView {
                 completed: ck.completed,
                 path: ck.last.map(|p| p.display().to_string()),

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use crate::job::{self, Diagnostics, Job, SinkKind};
-use crate::runtime::{Progress, RunError, RunOptions, RunSummary, SplitStats};
+use crate::runtime::{Progress, RunError, RunOptions, RunSummary};
 
 /// Where a job is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -416,11 +416,6 @@ impl JobHandle {
         if let Some(t) = t {
             let _ = t.join();
         }
-    }
-
-    /// The splits' watermarks and lags now.
-    pub fn splits(&self) -> Vec<SplitStats> {
-        self.live.splits()
     }
 
     fn finish(&self, result: Result<RunSummary, RunError>) {

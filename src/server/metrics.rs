@@ -137,6 +137,14 @@ struct Row {
     running: bool,
 }
 
+/// A family of operator counters: name, help, and a node's samples from its report
+/// (label, label value, count).
+type ReportFamily = (
+    &'static str,
+    &'static str,
+    fn(&Report) -> Vec<(&'static str, String, u64)>,
+);
+
 /// A family: name, help, and its value for a job (none: no sample).
 type Family<T> = (&'static str, &'static str, fn(&Row) -> T);
 
@@ -171,7 +179,7 @@ pub fn render(jobs: &Jobs, format: Format) -> String {
                 open_traces: live.open_traces.load(Ordering::Relaxed),
                 buffered: live.buffered_spans.load(Ordering::Relaxed),
                 watermark_ns: live.watermark.load(Ordering::Relaxed),
-                splits: h.splits(),
+                splits: live.splits(),
                 checkpoints: live.checkpoints(),
                 running: r.state == JobState::Running,
             }
@@ -293,66 +301,63 @@ pub fn render(jobs: &Jobs, format: Format) -> String {
             ("node", node.to_owned()),
         ]
     };
-    w.family(
-        "spanflow_traces_closed_total",
-        Kind::Counter,
-        "Traces a session window closed, by why.",
-    );
-    for (id, name, nodes) in &reports {
-        for (node, report) in nodes {
-            if let Report::Sessions(s) = report {
-                for (reason, n) in CloseReason::ALL.iter().zip(s.closed_by_reason) {
+    let operator_families: [ReportFamily; 4] = [
+        (
+            "spanflow_traces_closed_total",
+            "Traces a session window closed, by why.",
+            |r| match r {
+                Report::Sessions(s) => CloseReason::ALL
+                    .iter()
+                    .zip(s.closed_by_reason)
+                    .map(|(c, n)| ("reason", c.as_str().to_owned(), n))
+                    .collect(),
+                _ => Vec::new(),
+            },
+        ),
+        (
+            "spanflow_late_spans_total",
+            "Spans that arrived after their trace or window closed, by why.",
+            |r| match r {
+                Report::Sessions(s) => LateReason::ALL
+                    .iter()
+                    .zip(s.late_by_reason)
+                    .map(|(c, n)| ("reason", c.as_str().to_owned(), n))
+                    .collect(),
+                _ => Vec::new(),
+            },
+        ),
+        (
+            "spanflow_sampled_traces_total",
+            "Traces a tail sampler kept, by the first policy that kept them.",
+            |r| match r {
+                Report::Sampling(s) => s
+                    .kept_by_policy
+                    .iter()
+                    .map(|(p, n)| ("policy", p.clone(), *n))
+                    .collect(),
+                _ => Vec::new(),
+            },
+        ),
+        (
+            "spanflow_sampling_decisions_total",
+            "Traces a tail sampler decided, kept or dropped.",
+            |r| match r {
+                Report::Sampling(s) => vec![
+                    ("decision", "kept".to_owned(), s.traces_kept),
+                    ("decision", "dropped".to_owned(), s.traces_dropped),
+                ],
+                _ => Vec::new(),
+            },
+        ),
+    ];
+    for (family, help, samples) in operator_families {
+        w.family(family, Kind::Counter, help);
+        for (id, name, nodes) in &reports {
+            for (node, report) in nodes {
+                for (label, value, n) in samples(report) {
                     let mut l = node_labels(id, name, node);
-                    l.push(("reason", reason.as_str().to_owned()));
-                    w.sample("spanflow_traces_closed_total", &pairs(&l), n as f64);
-                }
-            }
-        }
-    }
-    w.family(
-        "spanflow_late_spans_total",
-        Kind::Counter,
-        "Spans that arrived after their trace or window closed, by why.",
-    );
-    for (id, name, nodes) in &reports {
-        for (node, report) in nodes {
-            if let Report::Sessions(s) = report {
-                for (reason, n) in LateReason::ALL.iter().zip(s.late_by_reason) {
-                    let mut l = node_labels(id, name, node);
-                    l.push(("reason", reason.as_str().to_owned()));
-                    w.sample("spanflow_late_spans_total", &pairs(&l), n as f64);
-                }
-            }
-        }
-    }
-    w.family(
-        "spanflow_sampled_traces_total",
-        Kind::Counter,
-        "Traces a tail sampler kept, by the first policy that kept them.",
-    );
-    for (id, name, nodes) in &reports {
-        for (node, report) in nodes {
-            if let Report::Sampling(s) = report {
-                for (policy, n) in &s.kept_by_policy {
-                    let mut l = node_labels(id, name, node);
-                    l.push(("policy", policy.clone()));
-                    w.sample("spanflow_sampled_traces_total", &pairs(&l), *n as f64);
-                }
-            }
-        }
-    }
-    w.family(
-        "spanflow_sampling_decisions_total",
-        Kind::Counter,
-        "Traces a tail sampler decided, kept or dropped.",
-    );
-    for (id, name, nodes) in &reports {
-        for (node, report) in nodes {
-            if let Report::Sampling(s) = report {
-                for (decision, n) in [("kept", s.traces_kept), ("dropped", s.traces_dropped)] {
-                    let mut l = node_labels(id, name, node);
-                    l.push(("decision", decision.to_owned()));
-                    w.sample("spanflow_sampling_decisions_total", &pairs(&l), n as f64);
+                    l.push((label, value));
+                    w.sample(family, &pairs(&l), n as f64);
                 }
             }
         }

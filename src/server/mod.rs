@@ -104,7 +104,7 @@ pub fn serve(cfg: ServerConfig) -> Result<()> {
         let state = Arc::new(api::AppState {
             jobs: jobs.clone(),
             token: cfg.token.clone(),
-            ready: AtomicBool::new(true),
+            ready: AtomicBool::new(false),
         });
         let sampler = jobs.clone();
         tokio::spawn(async move {

@@ -1070,7 +1070,7 @@ fn a_replay_of_a_live_jobs_time_range_writes_the_same_rows_and_leaves_its_group_
 /// written twice.
 #[test]
 fn an_unbounded_kafka_job_survives_a_server_restart_without_losing_a_trace() {
-    use crate::server::{Server, cli};
+    use crate::server::{Server, cli, submit};
 
     let broker = Broker::start();
     let (records, _) = generate(GeneratorConfig {
@@ -1096,13 +1096,7 @@ fn an_unbounded_kafka_job_survives_a_server_restart_without_losing_a_trace() {
     .unwrap();
     let state = tmp.path().join("state");
     let server = Server::start(&state);
-    let out = cli(&server, tmp.path(), &["submit", yaml.to_str().unwrap()]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let id = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let id = submit(&server, tmp.path(), &yaml, false);
     let first = server.wait_for(&id, "progress", |j| {
         j["spans"].as_u64() > Some(0) && !j["last_checkpoint"].is_null()
     });

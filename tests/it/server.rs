@@ -118,6 +118,38 @@ pub(crate) fn cli(server: &Server, cwd: &Path, args: &[&str]) -> std::process::O
         .unwrap()
 }
 
+/// `spanflow submit JOB` (with `--wait`: until it ended) from `cwd`; the job's id.
+pub(crate) fn submit(server: &Server, cwd: &Path, job: &Path, wait: bool) -> String {
+    let job = job.to_str().unwrap();
+    let args: &[&str] = if wait {
+        &["submit", job, "--wait"]
+    } else {
+        &["submit", job]
+    };
+    let out = cli(server, cwd, args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+/// What `bash scripts/<script> <arg>` prints (it installs what is missing first).
+fn script_output(script: &str, arg: &str) -> String {
+    let out = Command::new("bash")
+        .arg(crate::support::root().join("scripts").join(script))
+        .arg(arg)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
 /// The checkpoint tests' generator job, with its outputs at the relative path `out`
 /// and a rollup whose query is in a file next to it.
 fn write_job(dir: &Path, traces: u64) -> PathBuf {
@@ -227,17 +259,7 @@ fn a_submitted_job_writes_what_spanflow_run_writes() {
 
     // Submitted from another directory: the rollup's SQL file travels inline, the
     // outputs go where `spanflow run` in that directory would put them.
-    let out = cli(
-        &server,
-        &client_dir,
-        &["submit", job_path.to_str().unwrap(), "--wait"],
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let id = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let id = submit(&server, &client_dir, &job_path, true);
     assert_eq!(id, "checkpointed-1");
     let doc: Value = server.get("/api/v1/openapi.json").json().unwrap();
     assert_eq!(
@@ -392,13 +414,7 @@ fn a_restarted_server_resumes_its_jobs_from_their_checkpoints() {
     let job_path = write_job(&project, 12_000);
     let state = tmp.path().join("state");
     let server = Server::start(&state);
-    let out = cli(&server, &project, &["submit", job_path.to_str().unwrap()]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let id = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let id = submit(&server, &project, &job_path, false);
     let first = server.wait_for(&id, "checkpoint", |j| !j["last_checkpoint"].is_null());
     assert_eq!(
         first["state"], "running",
@@ -408,12 +424,7 @@ fn a_restarted_server_resumes_its_jobs_from_their_checkpoints() {
     // A second job (writing elsewhere), cancelled: its state goes, it stays cancelled.
     let elsewhere = tmp.path().join("other");
     let other_job = write_job(&elsewhere, 12_000);
-    let other = cli(
-        &server,
-        &elsewhere,
-        &["submit", other_job.to_str().unwrap()],
-    );
-    let other_id = String::from_utf8(other.stdout).unwrap().trim().to_owned();
+    let other_id = submit(&server, &elsewhere, &other_job, false);
     assert_eq!(other_id, "checkpointed-2");
     let cancelled = cli(&server, &project, &["cancel", &other_id]);
     assert!(
@@ -563,17 +574,7 @@ impl Drop for Prometheus {
 /// from `query_exemplars`, trace ids of traces the job kept in `spans`.
 #[test]
 fn prometheus_scrapes_red_histograms_with_exemplars_of_kept_traces() {
-    let python = Command::new("bash")
-        .arg(crate::support::root().join("scripts/prometheus.sh"))
-        .arg("python")
-        .output()
-        .unwrap();
-    assert!(
-        python.status.success(),
-        "{}",
-        String::from_utf8_lossy(&python.stderr)
-    );
-    let python = String::from_utf8(python.stdout).unwrap().trim().to_owned();
+    let python = script_output("prometheus.sh", "python");
 
     let tmp = tempfile::tempdir().unwrap();
     let root = crate::support::root();
@@ -581,16 +582,7 @@ fn prometheus_scrapes_red_histograms_with_exemplars_of_kept_traces() {
     let client = tmp.path().join("client");
     std::fs::create_dir_all(&client).unwrap();
     let server = Server::start(&tmp.path().join("state"));
-    let out = cli(
-        &server,
-        &client,
-        &["submit", job.to_str().unwrap(), "--wait"],
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    submit(&server, &client, &job, true);
     let spans = crate::support::read_table(&client.join("out/demo"), "spans");
     let kept: std::collections::BTreeSet<String> = crate::support::column(&spans, "trace_id")
         .into_iter()
@@ -712,31 +704,11 @@ fn chromium(chrome: &str, dir: &Path, url: &str, shot: Option<&Path>) -> String 
 /// token reaches the pages once as `?token=` and stays in a cookie.
 #[test]
 fn the_web_page_shows_a_jobs_graph_red_table_and_an_exemplars_waterfall() {
-    let chrome = Command::new("bash")
-        .arg(crate::support::root().join("scripts/chromium.sh"))
-        .arg("path")
-        .output()
-        .unwrap();
-    assert!(
-        chrome.status.success(),
-        "{}",
-        String::from_utf8_lossy(&chrome.stderr)
-    );
-    let chrome = String::from_utf8(chrome.stdout).unwrap().trim().to_owned();
+    let chrome = script_output("chromium.sh", "path");
     let tmp = tempfile::tempdir().unwrap();
     let job_path = write_job(&tmp.path().join("project"), 1500);
     let server = Server::start(&tmp.path().join("state"));
-    let out = cli(
-        &server,
-        tmp.path(),
-        &["submit", job_path.to_str().unwrap(), "--wait"],
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let id = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let id = submit(&server, tmp.path(), &job_path, true);
     let page = |path: &str| {
         chromium(
             &chrome,

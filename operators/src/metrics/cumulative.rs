@@ -179,15 +179,7 @@ fn help(metric: Metric) -> String {
 /// delta's when that one's trace was kept (the newest kept trace is the one most
 /// likely to still be stored).
 fn add(total: &mut SeriesAgg, delta: &SeriesAgg) {
-    total.requests += delta.requests;
-    total.errors += delta.errors;
-    total.slow += delta.slow;
-    total.sum_ns = total.sum_ns.saturating_add(delta.sum_ns);
-    total.min_ns = total.min_ns.min(delta.min_ns);
-    total.max_ns = total.max_ns.max(delta.max_ns);
-    for (a, b) in total.counts.iter_mut().zip(&delta.counts) {
-        *a += b;
-    }
+    total.add_counts(delta);
     for (a, b) in total.exemplars.iter_mut().zip(&delta.exemplars) {
         if let Some(e) = b.filter(|e: &Exemplar| e.sampled) {
             *a = Some(e);

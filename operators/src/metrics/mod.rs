@@ -290,6 +290,18 @@ impl SeriesAgg {
 
     /// Adds another aggregate of the same series (same buckets).
     pub fn merge(&mut self, o: &SeriesAgg) {
+        self.add_counts(o);
+        for (a, b) in self.exemplars.iter_mut().zip(&o.exemplars) {
+            match (a.as_ref(), b) {
+                (_, None) => {}
+                (Some(cur), Some(new)) if !new.beats(cur) => {}
+                (_, Some(new)) => *a = Some(*new),
+            }
+        }
+    }
+
+    /// Adds another aggregate's counts, sums and extremes (not its exemplars).
+    pub fn add_counts(&mut self, o: &SeriesAgg) {
         self.requests += o.requests;
         self.errors += o.errors;
         self.slow += o.slow;
@@ -298,13 +310,6 @@ impl SeriesAgg {
         self.max_ns = self.max_ns.max(o.max_ns);
         for (a, b) in self.counts.iter_mut().zip(&o.counts) {
             *a += b;
-        }
-        for (a, b) in self.exemplars.iter_mut().zip(&o.exemplars) {
-            match (a.as_ref(), b) {
-                (_, None) => {}
-                (Some(cur), Some(new)) if !new.beats(cur) => {}
-                (_, Some(new)) => *a = Some(*new),
-            }
         }
     }
 
