@@ -55,6 +55,14 @@ enum Command {
         /// `checkpoint.interval`; needs a checkpoint directory).
         #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
         checkpoint_interval: Option<std::time::Duration>,
+        /// Run as instance NAME of a group of instances of this job that share its
+        /// Kafka consumer group and checkpoint directory: each reads the partitions
+        /// the group assigns it, restores their state from whichever instance
+        /// checkpointed them last, and writes its Parquet files under
+        /// `<table>/<NAME>/`. Needs one kafka source (one topic, keyed by trace id)
+        /// and a checkpoint directory all instances reach.
+        #[arg(long, value_name = "NAME")]
+        instance: Option<String>,
     },
     /// Re-read a time range of a job's Kafka topics (a backfill): every partition from
     /// the first record at or after --from to the last before --to, under a consumer
@@ -404,6 +412,17 @@ fn show_progress(no_progress: bool, json: bool) -> bool {
 /// command in errors ("running job `demo`").
 fn run_and_print(job: &Job, opts: &RunOptions, json: bool, doing: &str) -> Result<ExitCode> {
     let summary = run_job(job, opts).with_context(|| format!("{doing} job `{}`", job.name))?;
+    print_summary(&summary, json)
+}
+
+/// Runs `job` as instance `name` of a consumer group of instances.
+fn run_group_and_print(job: &Job, opts: &RunOptions, json: bool, name: &str) -> Result<ExitCode> {
+    let summary = spanflow::job::run_group(job, opts, name)
+        .with_context(|| format!("running job `{}` as instance `{name}`", job.name))?;
+    print_summary(&summary, json)
+}
+
+fn print_summary(summary: &spanflow::runtime::RunSummary, json: bool) -> Result<ExitCode> {
     if json {
         println!("{}", serde_json::to_string_pretty(&summary)?);
     } else {
@@ -432,6 +451,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             no_progress,
             checkpoint_dir,
             checkpoint_interval,
+            instance,
         } => {
             let job = load_job_with(&job, &set)?;
             let opts = RunOptions {
@@ -443,7 +463,10 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
                 checkpoint_interval,
                 ..Default::default()
             };
-            run_and_print(&job, &opts, json, "running")
+            match instance {
+                Some(name) => run_group_and_print(&job, &opts, json, &name),
+                None => run_and_print(&job, &opts, json, "running"),
+            }
         }
         Command::Replay {
             job,

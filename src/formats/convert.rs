@@ -235,6 +235,8 @@ impl SpanBuilder {
             status: StatusCode::from_i32(raw.status_code),
             call_type: c.call_type,
             http_status: c.http_status,
+            // Set by the router, which knows the record's partition.
+            origin: 0,
             peer: c.peer,
             db_system: c.db_system,
             messaging_destination: c.messaging_destination,

@@ -31,8 +31,13 @@ use crate::testkit::generator::GeneratorSource;
 /// every Parquet sink's directory.
 pub fn run_job(job: &Job, opts: &RunOptions) -> Result<RunSummary, RunError> {
     let plan = plan(job, opts.output_dir.as_deref())?;
+    crate::runtime::run(plan, &with_job_checkpoint(job, opts))
+}
+
+/// `opts` with the job's `checkpoint:` key where the command line leaves a field unset
+/// (the command line overrides it field by field).
+fn with_job_checkpoint(job: &Job, opts: &RunOptions) -> RunOptions {
     let mut opts = opts.clone();
-    // The command line overrides the job's `checkpoint:` key, field by field.
     if let Some(c) = &job.checkpoint {
         opts.checkpoint_dir = opts.checkpoint_dir.or_else(|| Some(c.dir.clone()));
         opts.checkpoint_interval = opts.checkpoint_interval.or(Some(c.interval.0));
@@ -40,7 +45,100 @@ pub fn run_job(job: &Job, opts: &RunOptions) -> Result<RunSummary, RunError> {
             opts.checkpoint_keep = c.keep;
         }
     }
-    crate::runtime::run(plan, &opts)
+    opts
+}
+
+/// Runs `job` as instance `instance` of a group of instances sharing its Kafka
+/// consumer group and the checkpoint root (`opts.checkpoint_dir` or the job's
+/// `checkpoint.dir`): each run restores the partitions the group assigned it from their
+/// newest checkpoints, and when the group moves partitions the run stops (writes since
+/// its last checkpoint rolled back) and the next one starts on the new assignment.
+pub fn run_group(job: &Job, opts: &RunOptions, instance: &str) -> Result<RunSummary, RunError> {
+    use crate::connectors::kafka::source::KafkaMember;
+    use crate::runtime::group::{Fence, GroupRun};
+    let refused = |message: String| {
+        RunError::Plan(PlanError::Unsupported {
+            job: job.name.clone(),
+            message,
+        })
+    };
+    if instance.is_empty()
+        || !instance
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    {
+        return Err(refused(format!(
+            "instance name `{instance}` must be letters, digits, `-`, `_` or `.`"
+        )));
+    }
+    let config = match job.sources.as_slice() {
+        [s] => match &s.kind {
+            SourceKind::Kafka(c) if c.topics.len() == 1 => c.clone(),
+            _ => {
+                return Err(refused(
+                    "a job run as a group (--instance) reads one kafka source with one topic"
+                        .into(),
+                ));
+            }
+        },
+        _ => {
+            return Err(refused(
+                "a job run as a group (--instance) has exactly one source, a kafka one".into(),
+            ));
+        }
+    };
+    let mut opts = with_job_checkpoint(job, opts);
+    let Some(root) = opts.checkpoint_dir.clone() else {
+        return Err(refused(
+            "a job run as a group (--instance) needs a checkpoint directory shared by the              instances (--checkpoint-dir or the job's `checkpoint.dir`)"
+                .into(),
+        ));
+    };
+    let fence = Arc::new(Fence::default());
+    let member = Arc::new(
+        KafkaMember::connect(&config, fence.clone()).map_err(|error| RunError::Source {
+            source_name: job.sources[0].name.clone(),
+            error,
+        })?,
+    );
+    let group = Arc::new(GroupRun::new(instance, &root, 0, fence));
+    opts.group = Some(group.clone());
+    let stop = opts.stop.clone().unwrap_or_default();
+    opts.stop = Some(stop.clone());
+    let mut rebalances = 0u64;
+    loop {
+        let assigned = member
+            .wait_assignment(&stop)
+            .map_err(|error| RunError::Source {
+                source_name: job.sources[0].name.clone(),
+                error,
+            })?;
+        tracing::info!(instance, partitions = ?assigned, "consumer group assignment");
+        group.set_assigned(assigned);
+        let mut plan = plan_member(job, opts.output_dir.as_deref(), Some(instance))?;
+        let (c, m) = (config.clone(), member.clone());
+        plan.sources[0].open = Arc::new(move || -> Box<dyn Source> {
+            Box::new(KafkaSource::with_member(c.clone(), m.clone()))
+        });
+        let result = crate::runtime::run(plan, &opts);
+        if member.rebalanced() && !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            rebalances += 1;
+            tracing::info!(
+                instance,
+                rebalances,
+                "consumer group rebalanced; restarting from the checkpoints"
+            );
+            continue;
+        }
+        return result.map(|mut s| {
+            s.group = Some(crate::runtime::GroupSummary {
+                instance: instance.to_owned(),
+                partitions: group.assigned(),
+                rebalances,
+            });
+            s
+        });
+    }
 }
 
 /// How one source is opened: the one place that maps source kinds to connectors.
@@ -83,6 +181,17 @@ fn fingerprint(job: &Job) -> u64 {
 /// Plans `job`: its graph, its sources and its sinks' tables; `output_dir` overrides
 /// every Parquet sink's directory.
 pub fn plan(job: &Job, output_dir: Option<&std::path::Path>) -> Result<Plan, PlanError> {
+    plan_member(job, output_dir, None)
+}
+
+/// [`plan`] for instance `member` of a job run as a consumer group: its Parquet files
+/// go to a directory of its own in each table's (`<table>/<member>/`), which readers
+/// of the table see with the other members'.
+pub fn plan_member(
+    job: &Job,
+    output_dir: Option<&std::path::Path>,
+    member: Option<&str>,
+) -> Result<Plan, PlanError> {
     let unsupported = |message: String| PlanError::Unsupported {
         job: job.name.clone(),
         message,
@@ -254,7 +363,7 @@ pub fn plan(job: &Job, output_dir: Option<&std::path::Path>) -> Result<Plan, Pla
         });
     }
 
-    let targets = plan_targets(job, &nodes, output_dir).map_err(unsupported)?;
+    let targets = plan_targets(job, &nodes, output_dir, member).map_err(unsupported)?;
     Ok(Plan {
         job: job.name.clone(),
         fingerprint: fingerprint(job),
@@ -302,6 +411,7 @@ fn plan_targets(
     job: &Job,
     nodes: &[PlanNode],
     output_dir: Option<&std::path::Path>,
+    member: Option<&str>,
 ) -> Result<BTreeMap<(String, String), Vec<TableTarget>>, String> {
     let names = super::table_names(job.sinks.iter().flat_map(|s| &s.from));
     let table_name =
@@ -339,11 +449,11 @@ fn plan_targets(
                             dir.display()
                         ));
                     }
-                    out.push(Arc::new(ParquetTable::new(
-                        dir.clone(),
-                        &table,
-                        cfg.clone(),
-                    )));
+                    let mut t = ParquetTable::new(dir.clone(), &table, cfg.clone());
+                    if let Some(m) = member {
+                        t = t.of_member(m);
+                    }
+                    out.push(Arc::new(t));
                 }
                 out
             }

@@ -140,6 +140,9 @@ pub(crate) struct Coordinator {
     stats: CheckpointStats,
     /// Where each checkpoint's figures are published as it completes.
     pub live: Option<Arc<super::Progress>>,
+    /// The consumer group the run is a member of: checkpoints also move the pointers
+    /// of its partitions.
+    pub group: Option<Arc<super::group::GroupRun>>,
 }
 
 impl Coordinator {
@@ -169,6 +172,7 @@ impl Coordinator {
             written: 0,
             stats: CheckpointStats::default(),
             live: None,
+            group: None,
         }
     }
 
@@ -324,7 +328,10 @@ impl Coordinator {
         };
         // Encoding the copies the stages took (the slow part) happens here, as the
         // file is written, and not on the stages.
-        let (path, bytes) = tokio::task::block_in_place(|| self.store.write(sp, self.keep))?;
+        let (path, bytes) = tokio::task::block_in_place(|| match &self.group {
+            Some(g) => super::group::write_checkpoint(g, &self.store, sp, self.keep),
+            None => self.store.write(sp, self.keep),
+        })?;
         // Older checkpoints still in progress can never complete now.
         self.building.retain(|&k, _| k > id);
         self.written = id;

@@ -48,7 +48,7 @@ impl Global {
         plan: &Plan,
         progress: std::sync::Arc<super::Progress>,
         discard: bool,
-        restore: Option<Vec<NodeSnapshot>>,
+        restore: Vec<(Vec<NodeSnapshot>, super::shard::Taken)>,
         parts: mpsc::UnboundedSender<Part>,
     ) -> Result<Option<Self>, RunError> {
         if !plan.nodes.iter().any(|n| n.in_global()) {
@@ -123,8 +123,15 @@ impl Global {
         if progress.metrics.lock().is_ok_and(|m| m.is_some()) {
             exec.watch_metrics(progress);
         }
-        if let Some(states) = restore {
-            exec.restore(states)?;
+        match restore.len() {
+            0 => {}
+            // One stage's state, all of it: as it was.
+            1 if restore[0].1.is_whole() => {
+                if let Some((states, _)) = restore.into_iter().next() {
+                    exec.restore(states)?;
+                }
+            }
+            _ => exec.restore_share(&restore, 0, 1)?,
         }
         Ok(Some(Global {
             exec,

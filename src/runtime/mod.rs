@@ -23,6 +23,7 @@
 mod align;
 mod checkpoint;
 mod global;
+pub mod group;
 pub mod io;
 mod plan;
 mod rollup;
@@ -51,10 +52,11 @@ pub use rollup::RollupSpec;
 pub use savepoint::SavepointError;
 pub use source::{MemoryInput, MemorySource};
 pub use summary::ServiceSummary;
-pub use summary::{EventTimeStats, OutputTable, RunSummary, SplitStats};
+pub use summary::{EventTimeStats, GroupSummary, OutputTable, RunSummary, SplitStats};
 
+use io::Position;
 use io::{ConnectorError, Fault, Finish, SourceEvent, SourceOutput};
-use shard::{GlobalMsg, ShardMsg, ShardRestore, ShardResult};
+use shard::{GlobalMsg, NodeSnapshot, ShardMsg, ShardRestore, ShardResult, Taken};
 
 /// Errors of a run.
 #[derive(Debug, thiserror::Error)]
@@ -161,6 +163,10 @@ pub struct RunOptions {
     pub progress_until: Option<i64>,
     /// Where the run publishes its live figures (a watcher keeps the other end).
     pub live: Option<Arc<Progress>>,
+    /// The run is one member of a consumer group: it restores the partitions the
+    /// group assigned it from the group's checkpoint root, and checkpoints there (its
+    /// `checkpoint_dir` is its own directory under that root).
+    pub group: Option<Arc<group::GroupRun>>,
 }
 
 /// A running job's live figures, shared with the progress bar and with whoever
@@ -324,19 +330,31 @@ pub fn run(mut plan: Plan, opts: &RunOptions) -> Result<RunSummary, RunError> {
         .map_err(|e| RunError::Internal(format!("cannot start the tokio runtime: {e}")))?;
     let mut restored_from = None;
     let mut rescaled_from = None;
-    let restore = match &opts.checkpoint_dir {
-        Some(dir) => match savepoint::Store::new(dir).latest()? {
-            Some((at, sp)) => {
-                savepoint::check(&sp, &at, &plan)?;
-                plan.part_base = sp.next_part;
-                restored_from = Some(at);
-                rescaled_from = (sp.parallelism != parallelism).then_some(sp.parallelism);
-                Some(sp)
-            }
+    let mut opts = opts.clone();
+    let restore = if let Some(g) = &opts.group {
+        let gr = group::restore(&plan, g)?;
+        plan.part_base = gr.next_part;
+        opts.checkpoint_dir = Some(group::member_dir(&g.root, &g.instance));
+        if let Some((_, (member, id))) = gr.from.iter().next() {
+            restored_from = Some(group::member_dir(&g.root, member).join(format!("chk-{id:08}")));
+        }
+        gr.restore
+    } else {
+        match &opts.checkpoint_dir {
+            Some(dir) => match savepoint::Store::new(dir).latest()? {
+                Some((at, sp)) => {
+                    savepoint::check(&sp, &at, &plan)?;
+                    plan.part_base = sp.next_part;
+                    restored_from = Some(at);
+                    rescaled_from = (sp.parallelism != parallelism).then_some(sp.parallelism);
+                    Some(Restore::whole(sp))
+                }
+                None => None,
+            },
             None => None,
-        },
-        None => None,
+        }
     };
+    let opts = &opts;
     if let Some(mem) = &opts.memory_input {
         let mem = mem.clone();
         let source = PlanSource {
@@ -364,32 +382,73 @@ pub fn run(mut plan: Plan, opts: &RunOptions) -> Result<RunSummary, RunError> {
     Ok(summary)
 }
 
-/// What each shard of a restored run starts from: its own part of the savepoint, or,
-/// when the savepoint was written at another parallelism, its share of every shard's
-/// state and every feedback any shard had recorded.
-fn shard_restores(sp: &mut savepoint::Savepoint, parallelism: usize) -> Vec<Option<ShardRestore>> {
-    let mut feedback = std::mem::take(&mut sp.feedback);
-    feedback.resize_with(sp.shards.len(), Vec::new);
-    let shards = std::mem::take(&mut sp.shards);
-    if shards.len() == parallelism {
-        return shards
-            .into_iter()
-            .zip(feedback)
-            .map(|(states, feedback)| Some(ShardRestore::Own(states, feedback)))
-            .collect();
+/// What a restored run starts from: one savepoint of its own, or the parts of several
+/// that a consumer group member takes (see [`group`]).
+pub(crate) struct Restore {
+    /// Every saved shard's node states, with the part of them this run takes.
+    shards: Vec<(Vec<NodeSnapshot>, Taken)>,
+    /// Per saved shard, the feedback it had recorded.
+    feedback: Vec<checkpoint::FeedbackLog>,
+    /// The saved global stages' node states, with whether this run takes them.
+    globals: Vec<(Vec<NodeSnapshot>, Taken)>,
+    /// The lowest router watermark of the savepoints.
+    watermark: u64,
+    /// Per source: where it continues.
+    positions: Vec<Option<Position>>,
+    /// Per sink table: the commits of the run's own newest checkpoint.
+    sinks: Vec<(String, io::SinkCheckpoint)>,
+}
+
+impl Restore {
+    /// All of one savepoint.
+    fn whole(sp: savepoint::Savepoint) -> Self {
+        Restore {
+            shards: sp
+                .shards
+                .into_iter()
+                .map(|s| (s, Taken::default()))
+                .collect(),
+            feedback: sp.feedback,
+            globals: sp
+                .global
+                .into_iter()
+                .map(|g| (g, Taken::default()))
+                .collect(),
+            watermark: sp.watermark,
+            positions: sp.positions,
+            sinks: sp.sinks,
+        }
     }
-    let feedback = checkpoint::merge_feedback(feedback);
-    let shards = Arc::new(shards);
-    (0..parallelism)
-        .map(|_| Some(ShardRestore::Share(shards.clone(), feedback.clone())))
-        .collect()
+
+    /// What each shard of the restored run starts from: its own part of the savepoint,
+    /// or, when the savepoint was written at another parallelism (or several are
+    /// combined), its share of every saved shard's state and every feedback any shard
+    /// had recorded.
+    fn shard_restores(&mut self, parallelism: usize) -> Vec<Option<ShardRestore>> {
+        let mut feedback = std::mem::take(&mut self.feedback);
+        feedback.resize_with(self.shards.len(), Vec::new);
+        let shards = std::mem::take(&mut self.shards);
+        let whole = shards.iter().all(|(_, t)| t.is_whole());
+        if whole && shards.len() == parallelism {
+            return shards
+                .into_iter()
+                .zip(feedback)
+                .map(|((states, _), feedback)| Some(ShardRestore::Own(states, feedback)))
+                .collect();
+        }
+        let feedback = checkpoint::merge_feedback(feedback);
+        let shards = Arc::new(shards);
+        (0..parallelism)
+            .map(|_| Some(ShardRestore::Share(shards.clone(), feedback.clone())))
+            .collect()
+    }
 }
 
 async fn run_plan(
     plan: Plan,
     parallelism: usize,
     opts: RunOptions,
-    mut restore: Option<savepoint::Savepoint>,
+    mut restore: Option<Restore>,
 ) -> Result<RunSummary, RunError> {
     let progress = opts.live.clone().unwrap_or_default();
     if let Ok(mut t) = progress.tables.lock() {
@@ -438,6 +497,7 @@ async fn run_plan(
             signal.clone(),
         );
         c.live = Some(progress.clone());
+        c.group = opts.group.clone();
         tokio::spawn(c.run(
             parts_rx,
             opts.checkpoint_interval,
@@ -453,7 +513,10 @@ async fn run_plan(
         &plan,
         progress.clone(),
         discard,
-        restore.as_mut().and_then(|sp| sp.global.take()),
+        restore
+            .as_mut()
+            .map(|r| std::mem::take(&mut r.globals))
+            .unwrap_or_default(),
         parts_tx.clone(),
     )
     .await?;
@@ -479,7 +542,7 @@ async fn run_plan(
     let mut shard_handles = Vec::with_capacity(parallelism);
     let mut shard_states: Vec<Option<ShardRestore>> = restore
         .as_mut()
-        .map(|sp| shard_restores(sp, parallelism))
+        .map(|r| r.shard_restores(parallelism))
         .unwrap_or_default();
     shard_states.resize_with(parallelism, || None);
     for ((index, state), feedback_rx) in shard_states.into_iter().enumerate().zip(feedback_rxs) {
@@ -770,6 +833,7 @@ async fn run_plan(
         restored,
         restored_from: None,
         rescaled_from: None,
+        group: None,
         savepoint: savepoint_written,
         checkpoints,
         event_time,

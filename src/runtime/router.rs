@@ -618,7 +618,10 @@ fn route_records(
             .map(|_| Vec::with_capacity(n / shards + n / (4 * shards) + 4))
             .collect();
         let mut max_end = None;
-        for span in spans.by_ref().take(n) {
+        // A group member hands a trace's state over with the partition it came from.
+        let origin = u16::try_from(meta.split).unwrap_or(u16::MAX);
+        for mut span in spans.by_ref().take(n) {
+            span.origin = origin;
             max_end = Some(max_end.map_or(span.end_ns, |m: u64| m.max(span.end_ns)));
             let shard = span.trace_id.shard(shards);
             if let Some(v) = per_shard.get_mut(shard) {

@@ -29,7 +29,7 @@ use super::shard::{DeferredNode, NodeSnapshot};
 
 /// Bumped when the layout of the state changes; an older one is refused with a clear
 /// message.
-pub(crate) const VERSION: u32 = 8;
+pub(crate) const VERSION: u32 = 9;
 
 /// Savepoints kept in a directory (the newest first).
 pub(crate) const KEEP: usize = 3;
@@ -216,6 +216,40 @@ impl Store {
         sp: Savepoint<DeferredNode>,
         keep: usize,
     ) -> Result<(PathBuf, u64), SavepointError> {
+        self.write_with(sp, keep, |_| Ok(()), |_| false)
+    }
+
+    /// Whether savepoint `id` is complete (its manifest exists).
+    pub fn is_complete(&self, id: u64) -> bool {
+        self.dir
+            .join(format!("{PREFIX}{id:08}"))
+            .join(MANIFEST)
+            .exists()
+    }
+
+    /// Savepoint `id`, which must be complete and readable.
+    pub fn read_id(&self, id: u64) -> Result<(PathBuf, Savepoint), SavepointError> {
+        let path = self.dir.join(format!("{PREFIX}{id:08}"));
+        match read(&path) {
+            Ok(sp) => Ok((path, sp)),
+            Err(Skip::Damaged(why)) => Err(SavepointError::Refused(format!(
+                "checkpoint {} cannot be read: {why}",
+                path.display()
+            ))),
+            Err(Skip::Refused(e)) => Err(e),
+        }
+    }
+
+    /// [`Store::write`], calling `before_manifest` with the new id once the state is
+    /// durable and before the manifest makes the savepoint exist, and keeping older
+    /// savepoints that are `pinned` besides the newest `keep`.
+    pub fn write_with(
+        &self,
+        sp: Savepoint<DeferredNode>,
+        keep: usize,
+        before_manifest: impl FnOnce(u64) -> Result<(), SavepointError>,
+        pinned: impl Fn(u64) -> bool,
+    ) -> Result<(PathBuf, u64), SavepointError> {
         std::fs::create_dir_all(&self.dir).map_err(io(&self.dir))?;
         let ids = self.ids()?;
         let id = ids.first().map_or(1, |(id, _)| id + 1);
@@ -265,11 +299,14 @@ impl Store {
         let text = serde_json::to_vec_pretty(&manifest).map_err(|e| {
             SavepointError::Refused(format!("cannot encode the manifest (a bug): {e}"))
         })?;
+        before_manifest(id)?;
         // Last: a savepoint exists once its manifest does.
         write_durably(&path.join(MANIFEST), &text)?;
         sync_dir(&self.dir).map_err(io(&self.dir))?;
-        for (_, old) in ids.iter().skip(keep.max(1) - 1) {
-            std::fs::remove_dir_all(old).map_err(io(old))?;
+        for (old_id, old) in ids.iter().skip(keep.max(1) - 1) {
+            if !pinned(*old_id) {
+                std::fs::remove_dir_all(old).map_err(io(old))?;
+            }
         }
         Ok((path, state_bytes))
     }
@@ -371,7 +408,7 @@ fn split(state: &[u8]) -> Result<Savepoint, String> {
 }
 
 /// Writes `bytes` to `dest` atomically: a temp file, fsync, then rename over `dest`.
-fn write_durably(dest: &Path, bytes: &[u8]) -> Result<(), SavepointError> {
+pub(crate) fn write_durably(dest: &Path, bytes: &[u8]) -> Result<(), SavepointError> {
     let tmp = dest.with_extension("tmp");
     let mut f = std::fs::File::create(&tmp).map_err(io(&tmp))?;
     f.write_all(bytes).map_err(io(&tmp))?;

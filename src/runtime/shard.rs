@@ -730,15 +730,17 @@ impl Executor {
         Ok(())
     }
 
-    /// Restores every node's [`Share`] of the snapshots of all shards of a run at
-    /// another parallelism (`all[shard]` = that shard's node states).
+    /// Restores every node's share, as instance `index` of `count`, of the snapshots of
+    /// all saved shards (`all[i]` = a saved shard's node states and the part of them
+    /// taken).
     pub fn restore_share(
         &mut self,
-        all: &[Vec<NodeSnapshot>],
-        share: Share,
+        all: &[(Vec<NodeSnapshot>, Taken)],
+        index: usize,
+        count: usize,
     ) -> Result<(), RunError> {
         let refused = |msg: String| RunError::Savepoint(SavepointError::Refused(msg));
-        for s in all.iter().flatten() {
+        for (s, _) in all.iter().flat_map(|(s, t)| s.iter().map(move |s| (s, t))) {
             if !self.nodes.iter().any(|n| n.name == s.node) {
                 return Err(refused(format!(
                     "it holds state of `{}`, which this job does not have",
@@ -747,14 +749,21 @@ impl Executor {
             }
         }
         for n in &mut self.nodes {
-            let mine: Vec<&NodeSnapshot> =
-                all.iter().flatten().filter(|s| s.node == n.name).collect();
+            let mine: Vec<(&NodeSnapshot, &Taken)> = all
+                .iter()
+                .flat_map(|(s, t)| s.iter().map(move |s| (s, t)))
+                .filter(|(s, _)| s.node == n.name)
+                .collect();
             if mine.is_empty() {
                 continue;
             }
-            let states: Vec<&[u8]> = mine.iter().map(|s| s.state.as_slice()).collect();
-            n.op.restore_share(&states, share)
+            let states: Vec<(&[u8], Share)> = mine
+                .iter()
+                .map(|(s, t)| (s.state.as_slice(), t.share(index, count)))
+                .collect();
+            n.op.restore_share(&states)
                 .map_err(|e| refused(format!("`{}`: {e}", n.name)))?;
+            let mine: Vec<&NodeSnapshot> = mine.into_iter().map(|(s, _)| s).collect();
             // Every shard saw the same input watermark at the barrier; what they
             // forwarded differs by what each held back, and the new instance may hold
             // back any of it.
@@ -938,9 +947,44 @@ pub(crate) struct Shard {
 pub(crate) enum ShardRestore {
     /// Its node states and recorded feedback: the checkpoint's run had as many shards.
     Own(Vec<NodeSnapshot>, FeedbackLog),
-    /// Every shard's node states (it takes the traces it owns now) and every shard's
-    /// recorded feedback: the checkpoint's run had another number of shards.
-    Share(Arc<Vec<Vec<NodeSnapshot>>>, FeedbackLog),
+    /// Every saved shard's node states with the part of them this run takes (of
+    /// which each shard takes the traces it owns now), and every shard's recorded
+    /// feedback: the checkpoint's run had another number of shards, or several
+    /// checkpoints are combined.
+    Share(Arc<Vec<(Vec<NodeSnapshot>, Taken)>>, FeedbackLog),
+}
+
+/// The part of a saved stage's states a restored run takes: the traces of some input
+/// partitions (all when `origins` is `None`), and the state of no trace if `unkeyed`.
+#[derive(Debug, Clone)]
+pub(crate) struct Taken {
+    pub origins: Option<Arc<std::collections::BTreeSet<u16>>>,
+    pub unkeyed: bool,
+}
+
+impl Default for Taken {
+    fn default() -> Self {
+        Taken {
+            origins: None,
+            unkeyed: true,
+        }
+    }
+}
+
+impl Taken {
+    /// All of it.
+    pub fn is_whole(&self) -> bool {
+        self.origins.is_none() && self.unkeyed
+    }
+
+    /// Instance `index` of `count`'s share of it.
+    pub fn share(&self, index: usize, count: usize) -> Share {
+        Share {
+            origins: self.origins.clone(),
+            unkeyed: self.unkeyed,
+            ..Share::new(index, count)
+        }
+    }
 }
 
 pub(crate) struct ShardInit {
@@ -975,13 +1019,7 @@ impl Shard {
                     feedback
                 }
                 ShardRestore::Share(all, feedback) => {
-                    exec.restore_share(
-                        &all,
-                        Share {
-                            index,
-                            count: plan.shards.max(1),
-                        },
-                    )?;
+                    exec.restore_share(&all, index, plan.shards.max(1))?;
                     feedback
                 }
             };

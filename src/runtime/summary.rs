@@ -21,6 +21,17 @@ use super::{Progress, TableTarget};
 use crate::formats::DecodeStats;
 
 /// Requests, errors and latency of one service's entry spans over the whole run.
+/// What an instance of a job run as a consumer group owned.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct GroupSummary {
+    /// The instance's name.
+    pub instance: String,
+    /// The partitions it owned last.
+    pub partitions: Vec<(String, i32)>,
+    /// Times the group moved partitions and the instance restarted from checkpoints.
+    pub rebalances: u64,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ServiceSummary {
     /// Service.
@@ -197,6 +208,8 @@ pub struct RunSummary {
     /// The parallelism of the run that wrote that savepoint, when it was another
     /// (its state was split over this run's shards).
     pub rescaled_from: Option<usize>,
+    /// The run was an instance of a job run as a consumer group.
+    pub group: Option<GroupSummary>,
     /// The run stopped and kept its open state here (resume by running again).
     pub savepoint: Option<std::path::PathBuf>,
     /// What the run's checkpoints came to.
@@ -286,6 +299,22 @@ impl RunSummary {
         );
         if let Some(p) = &self.restored_from {
             let _ = writeln!(s, "  resumed     from {}", p.display());
+        }
+        if let Some(g) = &self.group {
+            let parts: Vec<String> = g
+                .partitions
+                .iter()
+                .map(|(t, p)| format!("{t}/{p}"))
+                .collect();
+            let _ = writeln!(
+                s,
+                "  group       instance {} owns {} partition(s) [{}]; {} rebalance(s) restarted \
+                 it from the group's checkpoints",
+                g.instance,
+                parts.len(),
+                parts.join(", "),
+                g.rebalances
+            );
         }
         if let Some(n) = self.rescaled_from {
             let _ = writeln!(

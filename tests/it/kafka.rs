@@ -16,13 +16,13 @@ use spanflow::testkit::generator::{GeneratedRecord, Generator, GeneratorConfig, 
 use crate::support::{Service, read_table, root, rows, run_and_stop_after, sum};
 
 /// A broker for one test; stopped (by the PID the script recorded) on drop.
-struct Broker {
-    brokers: String,
+pub(crate) struct Broker {
+    pub(crate) brokers: String,
     _service: Option<Service>,
 }
 
 impl Broker {
-    fn start() -> Broker {
+    pub(crate) fn start() -> Broker {
         if let Ok(b) = std::env::var("SPANFLOW_KAFKA_BROKERS") {
             return Broker {
                 brokers: b,
@@ -37,7 +37,7 @@ impl Broker {
     }
 }
 
-fn generate(
+pub(crate) fn generate(
     config: GeneratorConfig,
 ) -> (
     Vec<GeneratedRecord>,
@@ -48,12 +48,68 @@ fn generate(
     (records, g.ground_truth().clone())
 }
 
-fn produce_records(broker: &Broker, topic: &str, partitions: i32, records: &[GeneratedRecord]) {
+pub(crate) fn produce_records(
+    broker: &Broker,
+    topic: &str,
+    partitions: i32,
+    records: &[GeneratedRecord],
+) {
     let props = BTreeMap::new();
     kafka::create_topics(&broker.brokers, &props, &[topic.to_owned()], partitions).unwrap();
     let p = produce::KafkaProducer::new(&broker.brokers, &props).unwrap();
     produce::produce_generated(&p, topic, partitions, records.iter().cloned(), None, |_| {})
         .unwrap();
+}
+
+/// Produces more of `records` to an existing `topic` (see [`produce_records`]).
+pub(crate) fn produce_more(
+    broker: &Broker,
+    topic: &str,
+    partitions: i32,
+    records: &[GeneratedRecord],
+) {
+    let p = produce::KafkaProducer::new(&broker.brokers, &BTreeMap::new()).unwrap();
+    produce::produce_generated(&p, topic, partitions, records.iter().cloned(), None, |_| {})
+        .unwrap();
+}
+
+/// The end offset of every partition of `topic`.
+pub(crate) fn end_offsets(broker: &Broker, topic: &str, partitions: i32) -> Vec<i64> {
+    let c = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &broker.brokers)
+        .create::<BaseConsumer>()
+        .unwrap();
+    (0..partitions)
+        .map(|p| {
+            c.fetch_watermarks(topic, p, Duration::from_secs(10))
+                .unwrap()
+                .1
+        })
+        .collect()
+}
+
+/// The committed offset of `group` on every partition of `topic` (-1: none).
+pub(crate) fn committed_offsets_of(
+    broker: &Broker,
+    topic: &str,
+    partitions: i32,
+    group: &str,
+) -> Vec<i64> {
+    let c = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &broker.brokers)
+        .set("group.id", group)
+        .create::<BaseConsumer>()
+        .unwrap();
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    tpl.add_partition_range(topic, 0, partitions - 1);
+    let got = c.committed_offsets(tpl, Duration::from_secs(10)).unwrap();
+    (0..partitions)
+        .map(|p| {
+            got.find_partition(topic, p)
+                .and_then(|e| e.offset().to_raw())
+                .unwrap_or(-1)
+        })
+        .collect()
 }
 
 /// The analytics of jobs/demo.yaml (with one of its rollups), reading `source`.
@@ -67,7 +123,7 @@ fn analytics_job(source: &str, sinks: &str) -> spanflow::job::Job {
 
 /// The text of [`analytics_job`] (its rollup's SQL file named by absolute path, so
 /// the text can be written anywhere).
-fn job_yaml(source: &str, sinks: &str) -> String {
+pub(crate) fn job_yaml(source: &str, sinks: &str) -> String {
     let sql = root().join("sql/red_per_service_1m.sql");
     let sql = sql.display();
     format!(
@@ -118,7 +174,7 @@ const PARQUET_SINK: &str = r#"  out:
 "#;
 
 /// A `kafka` source named `in`; `end: None` leaves the run unbounded.
-fn kafka_source(
+pub(crate) fn kafka_source(
     broker: &Broker,
     topic: &str,
     group: &str,
@@ -591,7 +647,7 @@ fn rebalance_moves_partitions_between_members() {
 
     let spawn = |config: KafkaSourceConfig, stop: Arc<AtomicBool>| {
         std::thread::spawn(move || {
-            let reader = KafkaReader::connect(&config, &[]).expect("connect");
+            let mut reader = KafkaReader::connect(&config, &[]).expect("connect");
             let mut events = Vec::new();
             reader
                 .run(

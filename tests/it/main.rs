@@ -7,6 +7,7 @@ mod clickhouse;
 mod demo;
 mod event_time;
 mod golden;
+mod group;
 mod kafka;
 mod runtime;
 mod server;

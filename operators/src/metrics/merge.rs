@@ -11,7 +11,8 @@ use serde::{Deserialize, Serialize};
 use super::{Buckets, ClosedInterval, Metric, MetricsMerger, quantile_from_buckets};
 use crate::EventTime;
 use crate::operator::{
-    Batch, Emitter, IntervalBatch, Operator, OperatorError, Report, decode_state, encode_state,
+    Batch, Emitter, IntervalBatch, Operator, OperatorError, Report, Share, decode_state,
+    encode_state,
 };
 
 /// Requests, errors and the latency histogram of one service's entry spans
@@ -195,6 +196,26 @@ impl Operator for MetricsMerge {
         let s: MergeState = decode_state(state)?;
         self.merger = s.merger;
         self.report = s.report;
+        Ok(())
+    }
+
+    /// The merge side belongs to no trace: the states marked unkeyed are added up.
+    fn restore_share(&mut self, states: &[(&[u8], Share)]) -> Result<(), OperatorError> {
+        let mut first = true;
+        for (bytes, share) in states {
+            if !share.takes_unkeyed() {
+                continue;
+            }
+            let s: MergeState = decode_state(bytes)?;
+            if first {
+                self.merger = s.merger;
+                self.report = s.report;
+                first = false;
+            } else {
+                self.merger.absorb(s.merger);
+                self.report.merge(&s.report);
+            }
+        }
         Ok(())
     }
 

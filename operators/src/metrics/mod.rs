@@ -611,19 +611,20 @@ pub struct AggregatorState {
 }
 
 impl AggregatorState {
-    /// One state from several instances' (rescaling a checkpoint): with `take_open`,
-    /// their open intervals merged series by series, else none; the counters likewise.
+    /// One state from several instances' (rescaling a checkpoint): the open intervals
+    /// of those marked to be taken merged series by series; their counters likewise.
     /// Intervals are flushed from the lowest point any instance had reached, so none
     /// that an instance still held is taken for late.
-    pub fn combine(states: Vec<AggregatorState>, take_open: bool, buckets: usize) -> Self {
-        let flushed_until = states.iter().map(|s| s.flushed_until).min().unwrap_or(0);
-        if !take_open {
-            return AggregatorState {
-                open: Vec::new(),
-                flushed_until,
-                late_observations: 0,
-            };
-        }
+    pub fn combine(states: Vec<(AggregatorState, bool)>, buckets: usize) -> Self {
+        let flushed_until = states
+            .iter()
+            .map(|(s, _)| s.flushed_until)
+            .min()
+            .unwrap_or(0);
+        let states: Vec<AggregatorState> = states
+            .into_iter()
+            .filter_map(|(s, take)| take.then_some(s))
+            .collect();
         let late_observations = states.iter().map(|s| s.late_observations).sum();
         let mut by_start: BTreeMap<EventTime, BTreeMap<SeriesKey, SeriesAgg>> = BTreeMap::new();
         for p in states.into_iter().flat_map(|s| s.open) {
@@ -877,6 +878,24 @@ impl MetricsMerger {
         let slot = self.pending.entry(partial.start_ns).or_default();
         for (k, a) in partial.series {
             slot.entry(k).or_insert_with(|| SeriesAgg::new(n)).merge(&a);
+        }
+    }
+
+    /// Adds another merger's pending intervals and counters (a consumer group member
+    /// restoring the state of several members' checkpoints). Intervals are emitted
+    /// from the lower of both points, so none the other still held is taken for late;
+    /// one it had emitted already may be emitted again with what this one holds for
+    /// it, which the downstream merge of a group's outputs adds up.
+    pub fn absorb(&mut self, other: MetricsMerger) {
+        self.closed_until = self.closed_until.min(other.closed_until);
+        self.late_observations += other.late_observations;
+        self.folded_series += other.folded_series;
+        let n = self.buckets;
+        for (start, series) in other.pending {
+            let slot = self.pending.entry(start).or_default();
+            for (k, a) in series {
+                slot.entry(k).or_insert_with(|| SeriesAgg::new(n)).merge(&a);
+            }
         }
     }
 

@@ -61,17 +61,14 @@ impl<T: TracePartial> Operator for T {
 
     /// Partial aggregates belong to no trace: the share that takes them gets every
     /// instance's intervals summed (the merge side sums them anyway), the others none.
-    fn restore_share(&mut self, states: &[&[u8]], share: Share) -> Result<(), OperatorError> {
+    fn restore_share(&mut self, states: &[(&[u8], Share)]) -> Result<(), OperatorError> {
         let states = states
             .iter()
-            .map(|b| decode_state(b))
-            .collect::<Result<Vec<AggregatorState>, _>>()?;
+            .map(|(b, share)| Ok((decode_state(b)?, share.takes_unkeyed())))
+            .collect::<Result<Vec<(AggregatorState, bool)>, OperatorError>>()?;
         let buckets = self.aggregator().buckets().len();
-        self.aggregator_mut().restore(AggregatorState::combine(
-            states,
-            share.takes_unkeyed(),
-            buckets,
-        ));
+        self.aggregator_mut()
+            .restore(AggregatorState::combine(states, buckets));
         Ok(())
     }
 

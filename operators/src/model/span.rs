@@ -158,6 +158,10 @@ pub struct Span {
     pub call_type: CallType,
     /// `http.response.status_code` / `http.status_code`, 0 when absent.
     pub http_status: u16,
+    /// The input partition the span was read from (Kafka partition; 0 for other
+    /// inputs): a trace's state moves with the partition its spans come from when a
+    /// consumer group rebalances. Not an output column.
+    pub origin: u16,
     /// The remote side: `peer.service`, else `server.address`/`net.peer.name`, else the
     /// db/cache system or messaging destination; empty when unknown.
     pub peer: Sym,

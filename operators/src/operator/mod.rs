@@ -474,28 +474,52 @@ pub struct Buffered {
     pub open_traces: usize,
 }
 
-/// Which part of a rescaled checkpoint's state one new instance takes
+/// Which part of a checkpoint's state one new instance takes
 /// ([`Operator::restore_share`]): instance `index` of `count` owns the traces the router
-/// sends it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// sends it, of the input partitions `origins` (all when `None`), and the state that
+/// belongs to no trace when `unkeyed` (and it is instance 0).
+///
+/// A checkpoint restored at another parallelism gives every state the same share. A
+/// member of a consumer group restores each input partition it was assigned from the
+/// checkpoint that holds that partition's newest state: it gives each checkpoint's
+/// states a share limited to those partitions, and takes the unkeyed state only of the
+/// checkpoints that carry it (see `runtime::group`).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Share {
     /// This instance's index.
     pub index: usize,
     /// Instances of the node in the restored run.
     pub count: usize,
+    /// Input partitions whose traces this share takes; `None`: every trace.
+    pub origins: Option<std::sync::Arc<std::collections::BTreeSet<u16>>>,
+    /// Whether the state of no trace (counters, partial aggregates) is taken here.
+    pub unkeyed: bool,
 }
 
 impl Share {
-    /// Whether state keyed by `trace` belongs to this instance.
+    /// Instance `index` of `count`, taking every trace it owns and, if it is the
+    /// first, the unkeyed state.
+    pub fn new(index: usize, count: usize) -> Self {
+        Share {
+            index,
+            count,
+            origins: None,
+            unkeyed: true,
+        }
+    }
+
+    /// Whether state keyed by `trace`, whose spans were read from input partition
+    /// `origin`, belongs to this instance.
     #[inline]
-    pub fn owns(&self, trace: &crate::TraceId) -> bool {
+    pub fn owns(&self, trace: &crate::TraceId, origin: u16) -> bool {
         trace.shard(self.count) == self.index
+            && self.origins.as_ref().is_none_or(|o| o.contains(&origin))
     }
 
     /// Whether this instance takes the state that belongs to no trace (counters,
     /// partial aggregates): exactly one instance does.
     pub fn takes_unkeyed(&self) -> bool {
-        self.index == 0
+        self.unkeyed && self.index == 0
     }
 }
 
@@ -563,20 +587,28 @@ pub trait Operator: Send {
         }
     }
 
-    /// Replaces the state of a freshly built instance with its [`Share`] of the
-    /// snapshots of every instance of a run at another parallelism (a job rescaled by
-    /// stopping it and restoring its checkpoint with another `--parallelism`). State
+    /// Replaces the state of a freshly built instance with its [`Share`] of each of
+    /// `states`: the snapshots of every instance of a run at another parallelism (a job
+    /// rescaled by stopping it and restoring its checkpoint with another
+    /// `--parallelism`), or of several checkpoints of a consumer group's members. State
     /// keyed by trace goes where [`Share::owns`] says; state of the instance as a
     /// whole (counters, partial aggregates) is combined into the share that
-    /// [`Share::takes_unkeyed`]. Operators whose state cannot be split refuse.
-    fn restore_share(&mut self, states: &[&[u8]], share: Share) -> Result<(), OperatorError> {
-        let _ = share;
-        if states.iter().all(|s| s.is_empty()) {
-            Ok(())
-        } else {
-            Err(OperatorError::State(
-                "this operator's state cannot be split over another number of shards".into(),
-            ))
+    /// [`Share::takes_unkeyed`]. The default takes the one state marked so; operators
+    /// whose states cannot be combined refuse several.
+    fn restore_share(&mut self, states: &[(&[u8], Share)]) -> Result<(), OperatorError> {
+        // By default the state is the instance's as a whole: one instance takes it,
+        // and only if there is one to take.
+        let taken: Vec<&[u8]> = states
+            .iter()
+            .filter(|(s, share)| share.takes_unkeyed() && !s.is_empty())
+            .map(|(s, _)| *s)
+            .collect();
+        match taken.as_slice() {
+            [] => Ok(()),
+            [one] => self.restore(one),
+            _ => Err(OperatorError::State(
+                "this operator's state cannot be combined from several checkpoints".into(),
+            )),
         }
     }
 

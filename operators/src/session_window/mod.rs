@@ -439,6 +439,9 @@ pub(crate) struct Tombstone {
     reason: CloseReason,
     fragment: u32,
     expires: EventTime,
+    /// The input partition of the closed trace's spans, so the tombstone moves with
+    /// it (see [`Share`]).
+    origin: u16,
 }
 
 /// The running `session_window` operator of one shard.
@@ -829,6 +832,7 @@ impl SessionWindow {
                 reason,
                 fragment,
                 expires,
+                origin: session.origin(),
             },
         );
         st.expiry.push(expires, tid);
@@ -935,10 +939,10 @@ impl Operator for SessionWindow {
         Ok(())
     }
 
-    fn restore_share(&mut self, states: &[&[u8]], share: Share) -> Result<(), OperatorError> {
+    fn restore_share(&mut self, states: &[(&[u8], Share)]) -> Result<(), OperatorError> {
         let mut merged = SessionWindowState::default();
         let mut first = true;
-        for bytes in states {
+        for (bytes, share) in states {
             let s: SessionWindowState = decode_state(bytes)?;
             merged.take_share(s, share, first);
             first = false;
@@ -994,6 +998,12 @@ fn add_span(
 }
 
 impl Session {
+    /// The input partition of the trace: that of its first span (a trace keyed input
+    /// sends all of a trace's spans through one partition).
+    fn origin(&self) -> u16 {
+        self.spans.first().map_or(0, |s| s.origin)
+    }
+
     /// An empty session whose flags already reflect `span`, so its deadline can be
     /// computed before deciding to keep the span (see [`Session::add`]).
     fn new(span: &Span, fragment: u32) -> Self {

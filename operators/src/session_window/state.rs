@@ -39,22 +39,30 @@ impl SessionWindowState {
     /// counters too when the share takes them. `first`: `self` is still empty, so the
     /// watermarks are `other`'s rather than the lower of both (instances at one
     /// checkpoint saw the same input watermark, but forwarded their own).
-    pub(super) fn take_share(&mut self, other: SessionWindowState, share: Share, first: bool) {
+    pub(super) fn take_share(&mut self, other: SessionWindowState, share: &Share, first: bool) {
+        let mut taken: ahash::AHashSet<TraceId> = ahash::AHashSet::new();
         for (tid, list) in other.sessions {
-            if share.owns(&tid) {
+            let origin = list.first().map_or(0, Session::origin);
+            if share.owns(&tid, origin) {
                 self.open_sessions += list.len();
                 for s in &list {
                     self.buffered_spans += s.spans.len();
                     self.buffered_bytes += s.bytes;
                 }
+                taken.insert(tid);
                 self.sessions.insert(tid, list);
             }
         }
-        self.tombstones
-            .extend(other.tombstones.into_iter().filter(|(t, _)| share.owns(t)));
-        self.timers.extend_owned(&other.timers, share);
-        self.expiry.extend_owned(&other.expiry, share);
-        self.holds.extend_owned(&other.holds, share);
+        for (tid, t) in other.tombstones {
+            if share.owns(&tid, t.origin) {
+                taken.insert(tid);
+                self.tombstones.insert(tid, t);
+            }
+        }
+        let owned = |t: &TraceId| taken.contains(t);
+        self.timers.extend_owned(&other.timers, owned);
+        self.expiry.extend_owned(&other.expiry, owned);
+        self.holds.extend_owned(&other.holds, owned);
         if first {
             self.watermark = other.watermark;
             self.forwarded = other.forwarded;

@@ -388,16 +388,22 @@ fn scenario() -> impl Strategy<Value = Scenario> {
         })
 }
 
-fn run(
-    sc: &Scenario,
-    restore_at: Option<usize>,
-) -> (Vec<ClosedTrace>, Vec<LateSpan>, Vec<EventTime>) {
-    let c = SessionWindowConfig {
+/// The window every scenario runs with: `sc`'s gap, no tombstones kept, no duration
+/// cap.
+fn scenario_config(sc: &Scenario) -> SessionWindowConfig {
+    SessionWindowConfig {
         gap: HumanDuration(std::time::Duration::from_nanos(sc.gap)),
         closed_trace_retention: HumanDuration::secs(0),
         max_duration: HumanDuration::secs(1_000_000),
         ..Default::default()
-    };
+    }
+}
+
+fn run(
+    sc: &Scenario,
+    restore_at: Option<usize>,
+) -> (Vec<ClosedTrace>, Vec<LateSpan>, Vec<EventTime>) {
+    let c = scenario_config(sc);
     let mut w = SessionWindow::new(c.clone());
     let mut out = SessionOutput::default();
     let mut max_seen = 0u64;
@@ -492,12 +498,7 @@ fn run_rescaled(
     at: usize,
 ) -> (Sessions, Vec<SpanId>, SessionMetrics) {
     use crate::operator::{Operator, Share};
-    let c = SessionWindowConfig {
-        gap: HumanDuration(std::time::Duration::from_nanos(sc.gap)),
-        closed_trace_retention: HumanDuration::secs(0),
-        max_duration: HumanDuration::secs(1_000_000),
-        ..Default::default()
-    };
+    let c = scenario_config(sc);
     let mut ws: Vec<SessionWindow> = (0..from).map(|_| SessionWindow::new(c.clone())).collect();
     let mut out = SessionOutput::default();
     let mut max_seen = 0u64;
@@ -505,11 +506,14 @@ fn run_rescaled(
     for (bi, chunk) in sc.spans.chunks(sc.batches[0]).enumerate() {
         if bi == at {
             let states: Vec<Vec<u8>> = ws.iter().map(|w| Operator::snapshot(w).unwrap()).collect();
-            let refs: Vec<&[u8]> = states.iter().map(Vec::as_slice).collect();
             ws = (0..to)
                 .map(|index| {
+                    let parts: Vec<(&[u8], Share)> = states
+                        .iter()
+                        .map(|s| (s.as_slice(), Share::new(index, to)))
+                        .collect();
                     let mut w = SessionWindow::new(c.clone());
-                    w.restore_share(&refs, Share { index, count: to }).unwrap();
+                    w.restore_share(&parts).unwrap();
                     w
                 })
                 .collect();
@@ -534,8 +538,117 @@ fn run_rescaled(
     (normalize(&out.closed), late, metrics)
 }
 
+/// The input partition the spans of `trace` come from, in a topic of `parts`
+/// partitions keyed by trace id (another hash than the router's shards).
+fn partition_of(trace: &TraceId, parts: u16) -> u16 {
+    u16::from(trace.0[15]) % parts
+}
+
+/// Runs `sc` as a consumer group would: `parts` input partitions (spans tagged with
+/// theirs), partition `p` read by member `p % from`; before batch `at` every member
+/// checkpoints and the group rebalances to `to` members (partition `p` to member
+/// `(p + 1) % to`); each new member restores, from each old member's snapshot, the
+/// traces of the partitions it now owns, and the old member's unkeyed state when it
+/// owns that member's lowest partition. Every member sees the same watermarks. The
+/// closed traces and late spans of all members, and the summed counters.
+fn run_regrouped(
+    sc: &Scenario,
+    parts: u16,
+    from: usize,
+    to: usize,
+    at: usize,
+) -> (Sessions, Vec<SpanId>, SessionMetrics) {
+    use std::collections::BTreeSet;
+    use std::sync::Arc;
+
+    use crate::operator::{Operator, Share};
+    let c = scenario_config(sc);
+    let spans: Vec<Span> = sc
+        .spans
+        .iter()
+        .map(|s| Span {
+            origin: partition_of(&s.trace_id, parts),
+            ..s.clone()
+        })
+        .collect();
+    let mut owner: Vec<usize> = (0..parts).map(|p| usize::from(p) % from).collect();
+    let mut ws: Vec<SessionWindow> = (0..from).map(|_| SessionWindow::new(c.clone())).collect();
+    let mut out = SessionOutput::default();
+    let mut max_seen = 0u64;
+    let mut metrics = SessionMetrics::default();
+    for (bi, chunk) in spans.chunks(sc.batches[0]).enumerate() {
+        if bi == at {
+            let states: Vec<Vec<u8>> = ws.iter().map(|w| Operator::snapshot(w).unwrap()).collect();
+            let new_owner: Vec<usize> = (0..parts).map(|p| (usize::from(p) + 1) % to).collect();
+            ws = (0..to)
+                .map(|member| {
+                    let mut taken = Vec::new();
+                    for (old, state) in states.iter().enumerate() {
+                        let origins: BTreeSet<u16> = (0..parts)
+                            .filter(|&p| owner[usize::from(p)] == old)
+                            .filter(|&p| new_owner[usize::from(p)] == member)
+                            .collect();
+                        let anchor = (0..parts).find(|&p| owner[usize::from(p)] == old);
+                        let unkeyed = anchor.is_some_and(|a| new_owner[usize::from(a)] == member);
+                        let share = Share {
+                            origins: Some(Arc::new(origins)),
+                            unkeyed,
+                            ..Share::new(0, 1)
+                        };
+                        taken.push((state.as_slice(), share));
+                    }
+                    let mut w = SessionWindow::new(c.clone());
+                    w.restore_share(&taken).unwrap();
+                    w
+                })
+                .collect();
+            owner = new_owner;
+        }
+        for s in chunk {
+            max_seen = max_seen.max(s.end_ns);
+        }
+        for (i, w) in ws.iter_mut().enumerate() {
+            let mine = chunk
+                .iter()
+                .filter(|s| owner[usize::from(s.origin)] == i)
+                .cloned();
+            w.process(mine, &mut out);
+            w.on_watermark(max_seen.saturating_sub(sc.max_ooo + 1), &mut out);
+        }
+    }
+    for w in &mut ws {
+        w.on_watermark(WATERMARK_END, &mut out);
+        metrics.merge(w.metrics());
+        assert_eq!(w.buffered_spans(), 0);
+    }
+    let mut late: Vec<SpanId> = out.late.iter().map(|l| l.span.span_id).collect();
+    late.sort();
+    (normalize(&out.closed), late, metrics)
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(300))]
+
+    /// Members of a consumer group that checkpoint, rebalance and restore each
+    /// partition's traces from its old owner's checkpoint give the closed traces, late
+    /// spans and counters of one instance that read every partition.
+    #[test]
+    fn a_rebalanced_group_gives_the_output_of_one_instance(
+        sc in scenario(),
+        at in 0usize..10,
+        parts in 1u16..9,
+        from in 1usize..4,
+        to in 1usize..4,
+    ) {
+        let (closed, late, _) = run(&sc, None);
+        let mut late: Vec<SpanId> = late.iter().map(|l| l.span.span_id).collect();
+        late.sort();
+        let (rc, rl, rm) = run_regrouped(&sc, parts, from, to, at);
+        prop_assert_eq!(normalize(&closed), rc);
+        prop_assert_eq!(late, rl);
+        prop_assert_eq!(rm.spans_in as usize, sc.spans.len());
+        prop_assert_eq!(rm.traces_closed() as usize, closed.len());
+    }
 
     /// A checkpoint of `from` instances restored into `to` gives the closed traces,
     /// late spans and counters of one instance that never stopped.

@@ -64,10 +64,10 @@ impl TimerQueue {
         top.map(|e| e.0)
     }
 
-    /// Adds the entries of `other` whose trace `share` owns (rescaling a checkpoint).
-    pub(crate) fn extend_owned(&mut self, other: &TimerQueue, share: crate::operator::Share) {
+    /// Adds the entries of `other` whose trace is `owned` (rescaling a checkpoint).
+    pub(crate) fn extend_owned(&mut self, other: &TimerQueue, owned: impl Fn(&TraceId) -> bool) {
         for &(at, tid) in other.entries() {
-            if share.owns(&tid) {
+            if owned(&tid) {
                 self.push(at, tid);
             }
         }

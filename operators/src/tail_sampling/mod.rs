@@ -1074,9 +1074,9 @@ impl Operator for TailSampler {
         Ok(())
     }
 
-    fn restore_share(&mut self, states: &[&[u8]], share: Share) -> Result<(), OperatorError> {
+    fn restore_share(&mut self, states: &[(&[u8], Share)]) -> Result<(), OperatorError> {
         let mut merged = TailSamplerState::default();
-        for (i, bytes) in states.iter().enumerate() {
+        for (i, (bytes, share)) in states.iter().enumerate() {
             let s: TailSamplerState = decode_state(bytes)?;
             merged.take_share(s, share, i == 0);
         }

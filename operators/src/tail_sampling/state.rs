@@ -34,13 +34,11 @@ impl TailSamplerState {
     /// that `share` owns: its held traces, every verdict (verdicts are sent to all
     /// instances, and one that came twice changes nothing), and the counters when the
     /// share takes them. `first`: `self` is still empty.
-    pub(super) fn take_share(&mut self, other: TailSamplerState, share: Share, first: bool) {
-        self.held.extend(
-            other
-                .held
-                .into_iter()
-                .filter(|h| share.owns(&h.trace.trace_id)),
-        );
+    pub(super) fn take_share(&mut self, other: TailSamplerState, share: &Share, first: bool) {
+        self.held.extend(other.held.into_iter().filter(|h| {
+            let origin = h.trace.spans.first().map_or(0, |s| s.origin);
+            share.owns(&h.trace.trace_id, origin)
+        }));
         let mut verdicts: std::collections::BTreeMap<LimitKey, RateVerdict> =
             std::mem::take(&mut self.verdicts)
                 .into_iter()

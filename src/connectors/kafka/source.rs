@@ -24,6 +24,7 @@ use spanflow_operators::Sym;
 
 use super::config::{EndPosition, KafkaSourceConfig, StartPosition, format_time};
 use crate::formats::InputFormat;
+use crate::runtime::group::{Fence, PartitionKey};
 use crate::runtime::io::{
     CheckpointHandle, ConnectorError, Finish, FinishSignal, Position, Records, Source, SourceOutput,
 };
@@ -142,6 +143,11 @@ struct Shared {
     errors: Vec<String>,
     /// Consumer lag per partition from the newest statistics, not yet handed on.
     lag: Option<Vec<((String, i32), i64)>>,
+    /// As a member of a group of instances of one job: the fence revoked partitions
+    /// go to before they are released (see `runtime::group`).
+    fence: Option<Arc<Fence>>,
+    /// The group's assignment changed since the run started: the run restarts.
+    rebalanced: bool,
 }
 
 impl Shared {
@@ -253,6 +259,15 @@ impl ConsumerContext for Ctx {
                 for s in &splits {
                     shared.assigned.insert(s.key, s.clone());
                 }
+                if shared.fence.is_some() {
+                    // Read from where the restarted run says, once it restored them.
+                    if let Err(e) = consumer.pause(tpl) {
+                        shared
+                            .errors
+                            .push(format!("pausing assigned partitions: {e}"));
+                    }
+                    shared.rebalanced = true;
+                }
                 shared.pending.push(KafkaEvent::Assigned(splits));
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
@@ -262,6 +277,12 @@ impl ConsumerContext for Ctx {
                     if shared.assigned.remove(&s.key).is_some() {
                         splits.push(s);
                     }
+                }
+                if let Some(fence) = &shared.fence {
+                    // Before the partitions are released: no checkpoint of this member
+                    // that holds them completes after this.
+                    fence.revoke(splits.iter().map(|s| (s.topic.to_string(), s.partition)));
+                    shared.rebalanced = true;
                 }
                 let r = if cooperative {
                     consumer.incremental_unassign(tpl)
@@ -588,7 +609,7 @@ impl KafkaReader {
     /// `emit` (which returns false when the runtime is gone). Then waits for `finish`
     /// and commits the positions when told to. Returns a description of what failed.
     pub fn run(
-        self,
+        &mut self,
         stop: &AtomicBool,
         emit: &mut dyn FnMut(KafkaEvent) -> bool,
         finish: Option<FinishSignal>,
@@ -602,7 +623,16 @@ impl KafkaReader {
         let mut done: BTreeMap<u32, Split> = BTreeMap::new();
         let mut last_flush = Instant::now();
         let started = Instant::now();
-        if !self.owed.is_empty() {
+        let member = self.shared.lock().is_ok_and(|s| s.fence.is_some());
+        if member {
+            let splits: Vec<Split> = match self.shared.lock() {
+                Ok(s) => s.assigned.values().cloned().collect(),
+                Err(_) => return Err(ConnectorError::internal("poisoned lock")),
+            };
+            if !emit(KafkaEvent::Assigned(splits)) {
+                return Ok(stats);
+            }
+        } else if !self.owed.is_empty() {
             let splits: Vec<Split> = match self.shared.lock() {
                 Ok(mut s) => self.owed.iter().map(|(t, p)| s.split(t, *p)).collect(),
                 Err(_) => return Err(ConnectorError::internal("poisoned lock")),
@@ -666,6 +696,14 @@ impl KafkaReader {
             };
             if let Some(e) = errors.into_iter().next() {
                 return Err(ConnectorError::external(e));
+            }
+            if member && self.shared.lock().is_ok_and(|s| s.rebalanced) {
+                // Writes since the last checkpoint are rolled back; every partition
+                // continues from its newest checkpoint, wherever it is now.
+                return Err(ConnectorError::external(format!(
+                    "the consumer group `{}` rebalanced",
+                    self.config.group_id
+                )));
             }
             for ev in pending {
                 if let KafkaEvent::Assigned(splits) = &ev {
@@ -951,6 +989,15 @@ impl KafkaReader {
         for ((t, part), o) in &s.position {
             p.insert((t.to_string(), *part), *o);
         }
+        if s.fence.is_some() {
+            // A group member's checkpoint holds exactly the partitions it owns.
+            let owned: BTreeSet<(String, i32)> = s
+                .assigned
+                .values()
+                .map(|sp| (sp.topic.to_string(), sp.partition))
+                .collect();
+            p.retain(|k, _| owned.contains(k));
+        }
         Ok(p.into_iter().map(|((t, part), o)| (t, part, o)).collect())
     }
 
@@ -981,6 +1028,165 @@ impl KafkaReader {
             ))
         })?;
         Ok(positions.len())
+    }
+}
+
+/// A consumer-group member kept across the runs of one instance of a job run as a
+/// group (`spanflow run --instance`): a run ends when the group moves partitions,
+/// and the next one goes on with the same member, so the group sees one member that
+/// stays, not one that leaves and joins again (which would rebalance every other
+/// member too).
+pub struct KafkaMember {
+    reader: Mutex<Option<KafkaReader>>,
+    shared: Arc<Mutex<Shared>>,
+    fence: Arc<Fence>,
+}
+
+impl std::fmt::Debug for KafkaMember {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaMember").finish_non_exhaustive()
+    }
+}
+
+/// How long the group's assignment must stay unchanged before a run starts on it.
+const SETTLE: Duration = Duration::from_millis(300);
+
+impl KafkaMember {
+    /// Connects and subscribes (see [`KafkaReader::connect`]); revoked partitions go to
+    /// `fence` before they are released.
+    pub fn connect(config: &KafkaSourceConfig, fence: Arc<Fence>) -> Result<Self, ConnectorError> {
+        let reader = KafkaReader::connect(config, &[])?;
+        let shared = reader.shared.clone();
+        if let Ok(mut s) = shared.lock() {
+            s.fence = Some(fence.clone());
+        }
+        Ok(KafkaMember {
+            reader: Mutex::new(Some(reader)),
+            shared,
+            fence,
+        })
+    }
+
+    /// Whether the group's assignment changed since the current run started.
+    pub fn rebalanced(&self) -> bool {
+        self.shared.lock().is_ok_and(|s| s.rebalanced)
+    }
+
+    /// Polls the group until it assigned this member its partitions and the
+    /// assignment stayed unchanged for a moment (or `stop` is set); returns them. The
+    /// next run starts on them: nothing is revoked from it yet.
+    pub fn wait_assignment(&self, stop: &AtomicBool) -> Result<Vec<PartitionKey>, ConnectorError> {
+        let guard = self
+            .reader
+            .lock()
+            .map_err(|_| ConnectorError::internal("poisoned lock"))?;
+        let Some(reader) = guard.as_ref() else {
+            return Err(ConnectorError::internal("the group member is in use"));
+        };
+        let started = Instant::now();
+        let mut last_change = Instant::now();
+        let mut warned = false;
+        loop {
+            // Records of partitions kept from the last run are read again from where
+            // the next run restores them: drop what arrives meanwhile.
+            let _ = reader.consumer.poll(Duration::from_millis(50));
+            let mut s = self
+                .shared
+                .lock()
+                .map_err(|_| ConnectorError::internal("poisoned lock"))?;
+            if let Some(e) = s.errors.drain(..).next() {
+                return Err(ConnectorError::external(e));
+            }
+            if !s.pending.is_empty() {
+                s.pending.clear();
+                last_change = Instant::now();
+            }
+            let settled = s.ever_assigned && last_change.elapsed() >= SETTLE;
+            if settled || stop.load(Ordering::Relaxed) {
+                s.rebalanced = false;
+                self.fence.clear();
+                return Ok(s
+                    .assigned
+                    .values()
+                    .map(|sp| (sp.topic.to_string(), sp.partition))
+                    .collect());
+            }
+            if !warned && started.elapsed() >= Duration::from_secs(30) {
+                warned = true;
+                tracing::warn!("no partition assigned yet; waiting for the consumer group");
+            }
+        }
+    }
+
+    fn take(&self) -> Result<KafkaReader, ConnectorError> {
+        self.reader
+            .lock()
+            .map_err(|_| ConnectorError::internal("poisoned lock"))?
+            .take()
+            .ok_or_else(|| ConnectorError::internal("the group member is in use"))
+    }
+
+    fn put_back(&self, reader: KafkaReader) {
+        if let Ok(mut r) = self.reader.lock() {
+            *r = Some(reader);
+        }
+    }
+}
+
+impl KafkaReader {
+    /// Starts a group member's run: every assigned partition is read from `resume`
+    /// (where its newest checkpoint got to) or, never checkpointed, from its resolved
+    /// start.
+    fn reposition(&mut self, resume: &[(String, i32, i64)]) -> Result<(), ConnectorError> {
+        let mut seek = TopicPartitionList::new();
+        let mut all = TopicPartitionList::new();
+        {
+            let mut s = self
+                .shared
+                .lock()
+                .map_err(|_| ConnectorError::internal("poisoned lock"))?;
+            s.pending.clear();
+            let assigned: Vec<Split> = s.assigned.values().cloned().collect();
+            for sp in assigned {
+                let k = (sp.topic.clone(), sp.partition);
+                let at = resume
+                    .iter()
+                    .find(|(t, p, _)| **t == *sp.topic && *p == sp.partition)
+                    .map(|(_, _, o)| *o)
+                    .or_else(|| s.start.get(&k).copied());
+                all.add_partition(&sp.topic, sp.partition);
+                if let Some(o) = at {
+                    seek.add_partition_offset(&sp.topic, sp.partition, Offset::Offset(o))
+                        .map_err(|e| ConnectorError::internal(format!("{}: {e}", sp.topic)))?;
+                    s.position.insert(k, o);
+                } else {
+                    s.position.remove(&k);
+                }
+            }
+        }
+        if seek.count() > 0 {
+            let done = self
+                .consumer
+                .seek_partitions(seek, REQUEST_TIMEOUT)
+                .map_err(|e| {
+                    ConnectorError::external(format!("cannot position partitions: {e}"))
+                })?;
+            for e in done.elements() {
+                if let Err(err) = e.error() {
+                    return Err(ConnectorError::external(format!(
+                        "cannot position {}/{}: {err}",
+                        e.topic(),
+                        e.partition()
+                    )));
+                }
+            }
+        }
+        if all.count() > 0 {
+            self.consumer
+                .resume(&all)
+                .map_err(|e| ConnectorError::external(format!("cannot resume partitions: {e}")))?;
+        }
+        Ok(())
     }
 }
 
@@ -1031,6 +1237,8 @@ pub struct KafkaSource {
     config: KafkaSourceConfig,
     /// (topic, partition, next offset) to resume from: a savepoint's.
     resume: Vec<(String, i32, i64)>,
+    /// The group member it reads with, kept across runs (a job run as a group).
+    member: Option<Arc<KafkaMember>>,
 }
 
 impl KafkaSource {
@@ -1039,6 +1247,15 @@ impl KafkaSource {
         KafkaSource {
             config,
             resume: Vec::new(),
+            member: None,
+        }
+    }
+
+    /// A source reading with `member`, one run of an instance of a group.
+    pub fn with_member(config: KafkaSourceConfig, member: Arc<KafkaMember>) -> Self {
+        KafkaSource {
+            member: Some(member),
+            ..KafkaSource::new(config)
         }
     }
 }
@@ -1058,7 +1275,17 @@ impl Source for KafkaSource {
     }
 
     fn run(&mut self, out: &mut SourceOutput) -> Result<(), ConnectorError> {
-        let reader = KafkaReader::connect(&self.config, &self.resume)?;
+        let mut reader = match &self.member {
+            Some(m) => {
+                let mut r = m.take()?;
+                if let Err(e) = r.reposition(&self.resume) {
+                    m.put_back(r);
+                    return Err(e);
+                }
+                r
+            }
+            None => KafkaReader::connect(&self.config, &self.resume)?,
+        };
         if let Some(n) = reader.backlog {
             out.expect_records(n);
         }
@@ -1122,6 +1349,9 @@ impl Source for KafkaSource {
             }
         };
         let result = reader.run(&stop, &mut emit, finish, &hooks);
+        if let Some(m) = &self.member {
+            m.put_back(reader);
+        }
         if let Some(e) = position_error {
             return Err(e);
         }

@@ -30,7 +30,7 @@ fn source_config(brokers: &str, topic: &str, group: &str) -> KafkaSourceConfig {
 /// sender (to commit or abort).
 fn read_all(config: &KafkaSourceConfig, finish: Finish) -> Vec<KafkaEvent> {
     let t0 = std::time::Instant::now();
-    let reader = KafkaReader::connect(config, &[]).expect("connect");
+    let mut reader = KafkaReader::connect(config, &[]).expect("connect");
     eprintln!("connect {:?}", t0.elapsed());
     let stop = AtomicBool::new(false);
     let mut events = Vec::new();

@@ -134,6 +134,9 @@ pub struct ParquetTable {
     /// Per part: the newest file committed by a checkpoint (a restore removes later
     /// ones).
     committed: Arc<Mutex<BTreeMap<usize, u64>>>,
+    /// The member of a consumer group whose files these are (in a directory of its
+    /// own in the table's).
+    member: Option<String>,
 }
 
 impl ParquetTable {
@@ -144,11 +147,22 @@ impl ParquetTable {
             table: table.to_owned(),
             config,
             committed: Arc::default(),
+            member: None,
         }
     }
 
+    /// The files of group member `member`, under `<table>/<member>/`.
+    pub fn of_member(mut self, member: &str) -> Self {
+        self.member = Some(member.to_owned());
+        self
+    }
+
     fn table_dir(&self) -> PathBuf {
-        self.dir.join(&self.table)
+        let t = self.dir.join(&self.table);
+        match &self.member {
+            Some(m) => t.join(m),
+            None => t,
+        }
     }
 
     fn committed(&self) -> std::sync::MutexGuard<'_, BTreeMap<usize, u64>> {
@@ -257,7 +271,10 @@ impl Sink for ParquetTable {
     }
 
     fn openmetrics_file(&self) -> Option<PathBuf> {
-        Some(self.dir.join(format!("{}.openmetrics.txt", self.table)))
+        Some(match &self.member {
+            Some(m) => self.dir.join(format!("{}.{m}.openmetrics.txt", self.table)),
+            None => self.dir.join(format!("{}.openmetrics.txt", self.table)),
+        })
     }
 }
 
