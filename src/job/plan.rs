@@ -105,6 +105,12 @@ pub fn run_group(job: &Job, opts: &RunOptions, instance: &str) -> Result<RunSumm
     opts.group = Some(group.clone());
     let stop = opts.stop.clone().unwrap_or_default();
     opts.stop = Some(stop.clone());
+    if opts.stop_on_ctrl_c {
+        // One handler for every run: Ctrl-C between two runs (while the group
+        // settles) must stop the instance too, not be lost with the run's.
+        opts.stop_on_ctrl_c = false;
+        stop_on_ctrl_c(stop.clone());
+    }
     let mut rebalances = 0u64;
     loop {
         let assigned = member
@@ -121,7 +127,10 @@ pub fn run_group(job: &Job, opts: &RunOptions, instance: &str) -> Result<RunSumm
             Box::new(KafkaSource::with_member(c.clone(), m.clone()))
         });
         let result = crate::runtime::run(plan, &opts);
-        if member.rebalanced() && !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        // Stopped while the group moved partitions: the next run restores and stops at
+        // once with a last checkpoint.
+        let stopping = stop.load(std::sync::atomic::Ordering::Relaxed);
+        if member.rebalanced() && (result.is_err() || !stopping) {
             rebalances += 1;
             tracing::info!(
                 instance,
@@ -139,6 +148,28 @@ pub fn run_group(job: &Job, opts: &RunOptions, instance: &str) -> Result<RunSumm
             s
         });
     }
+}
+
+/// Sets `stop` on Ctrl-C (the run then ends with a last checkpoint); a second Ctrl-C
+/// exits at once.
+fn stop_on_ctrl_c(stop: Arc<std::sync::atomic::AtomicBool>) {
+    std::thread::spawn(move || {
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        else {
+            return;
+        };
+        rt.block_on(async {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                eprintln!("stopping: last checkpoint (Ctrl-C again to abort)");
+                stop.store(true, std::sync::atomic::Ordering::Relaxed);
+                if tokio::signal::ctrl_c().await.is_ok() {
+                    std::process::exit(130);
+                }
+            }
+        });
+    });
 }
 
 /// How one source is opened: the one place that maps source kinds to connectors.
