@@ -144,6 +144,7 @@ pub fn run_group(job: &Job, opts: &RunOptions, instance: &str) -> Result<RunSumm
                 instance: instance.to_owned(),
                 partitions: group.assigned(),
                 rebalances,
+                paused_seconds: member.paused().as_secs_f64(),
             });
             s
         });

@@ -76,6 +76,9 @@ pub(crate) enum Part {
         /// Per source: where a restored run continues.
         positions: Vec<Option<Position>>,
         watermark: u64,
+        /// The highest watermark any split reached (see
+        /// [`WatermarkTracker::end_of_input_watermark`](super::watermark::WatermarkTracker::end_of_input_watermark)).
+        high: u64,
         pending: Pending,
     },
     Shard {
@@ -116,7 +119,7 @@ pub struct CheckpointStats {
 
 #[derive(Default)]
 struct Building {
-    router: Option<(Vec<Option<Position>>, u64)>,
+    router: Option<(Vec<Option<Position>>, u64, u64)>,
     shards: Vec<Option<(Vec<DeferredNode>, FeedbackLog)>>,
     global: Option<Vec<DeferredNode>>,
     pending: Pending,
@@ -250,10 +253,11 @@ impl Coordinator {
             Part::Router {
                 positions,
                 watermark,
+                high,
                 pending,
                 ..
             } => {
-                b.router = Some((positions, watermark));
+                b.router = Some((positions, watermark, high));
                 b.pending.extend(pending);
             }
             Part::Shard {
@@ -297,7 +301,7 @@ impl Coordinator {
             global,
             pending,
         } = b;
-        let (positions, watermark) = router.unwrap_or_default();
+        let (positions, watermark, high) = router.unwrap_or_default();
         let (shards, feedback): (Vec<_>, Vec<_>) = shards.into_iter().flatten().unzip();
         let mut sinks: Vec<(String, SinkCheckpoint)> = Vec::new();
         for t in &self.targets {
@@ -319,6 +323,7 @@ impl Coordinator {
             fingerprint: self.fingerprint,
             parallelism: self.parallelism,
             watermark,
+            high,
             shards,
             feedback,
             global,

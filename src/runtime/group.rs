@@ -308,10 +308,17 @@ pub(crate) fn write_checkpoint(
     )
 }
 
+/// A member, its checkpoint's directory and that checkpoint's sink commits.
+pub(crate) type Unpublished = (String, PathBuf, Vec<(String, super::io::SinkCheckpoint)>);
+
 /// Where a group member's run starts: for every partition assigned to it, the newest
 /// checkpoint holding that partition, whichever member wrote it.
 pub struct GroupRestore {
     pub(crate) restore: Option<Restore>,
+    /// Checkpoints of other members restored here whose sinks' pre-commits were not
+    /// published (the member died between its manifest and its commits): this member
+    /// publishes them, by member, checkpoint directory and sink commits.
+    pub(crate) unpublished: Vec<Unpublished>,
     /// Partitions restored, by the member and checkpoint they came from.
     pub from: BTreeMap<PartitionKey, (String, u64)>,
     /// Part numbers this member's writers start from.
@@ -341,6 +348,7 @@ pub(crate) fn restore(plan: &Plan, group: &GroupRun) -> Result<GroupRestore, Sav
     if by_checkpoint.is_empty() && own.is_none() {
         return Ok(GroupRestore {
             restore: None,
+            unpublished: Vec::new(),
             from,
             next_part,
         });
@@ -350,14 +358,19 @@ pub(crate) fn restore(plan: &Plan, group: &GroupRun) -> Result<GroupRestore, Sav
         feedback: Vec::new(),
         globals: Vec::new(),
         watermark: u64::MAX,
+        high: 0,
         positions: vec![None; plan.sources.len()],
         sinks: own.map(|(_, sp)| sp.sinks).unwrap_or_default(),
     };
     let mut offsets: Vec<(String, i32, i64)> = Vec::new();
+    let mut unpublished = Vec::new();
     for ((member, id), (parts, unkeyed)) in by_checkpoint {
         let store = Store::new(&member_dir(&group.root, &member));
         let (at, sp) = store.read_id(id)?;
         savepoint::check(&sp, &at, plan)?;
+        if member != group.instance && sp.sinks.iter().any(|(_, s)| !s.published) {
+            unpublished.push((member.clone(), at.clone(), sp.sinks.clone()));
+        }
         let origins: BTreeSet<u16> = parts
             .iter()
             .map(|(_, p)| u16::try_from(*p).unwrap_or(u16::MAX))
@@ -372,6 +385,7 @@ pub(crate) fn restore(plan: &Plan, group: &GroupRun) -> Result<GroupRestore, Sav
                 .filter(|(t, p, _)| parts.iter().any(|(pt, pp)| pt == t && pp == p)),
         );
         r.watermark = r.watermark.min(sp.watermark);
+        r.high = r.high.max(sp.high);
         r.shards
             .extend(sp.shards.into_iter().map(|s| (s, taken.clone())));
         r.feedback.extend(sp.feedback);
@@ -387,6 +401,7 @@ pub(crate) fn restore(plan: &Plan, group: &GroupRun) -> Result<GroupRestore, Sav
     }
     Ok(GroupRestore {
         restore: Some(r),
+        unpublished,
         from,
         next_part,
     })

@@ -226,6 +226,9 @@ pub(crate) enum SourceEvent {
     SplitsAdded { source: usize, splits: Vec<u32> },
     /// Splits no longer read (revoked, or finished in a bounded run).
     SplitsRemoved { source: usize, splits: Vec<u32> },
+    /// Splits whose input was read to its current end (see
+    /// [`SourceOutput::splits_caught_up`]).
+    SplitsCaughtUp { source: usize, splits: Vec<u32> },
     /// The source is exhausted (or stopped), and where it got to.
     Done {
         source: usize,
@@ -537,6 +540,16 @@ impl SourceOutput {
         })
     }
 
+    /// Splits read to the current end of their input (records sent before this were
+    /// all there was); the next records of a split end that. Watermark alignment does
+    /// not hold other splits back for one that has nothing left to read.
+    pub fn splits_caught_up(&mut self, splits: Vec<u32>) -> bool {
+        self.send(SourceEvent::SplitsCaughtUp {
+            source: self.source,
+            splits,
+        })
+    }
+
     /// The source has read everything it will (bounded input consumed, or stopped);
     /// `position` is where a resumed run continues. Records queued with
     /// [`SourceOutput::send_in_order`] are sent first.
@@ -615,6 +628,14 @@ pub trait Sink: Send + Sync + std::fmt::Debug {
     /// checkpoint is durable (what [`TableWriter::precommit`] returned, from every
     /// writer). Must be idempotent: a restored run repeats it.
     fn commit(&self, _pending: &[Position]) -> Result<(), ConnectorError> {
+        Ok(())
+    }
+
+    /// Makes visible what another member of the job's consumer group pre-committed for
+    /// a checkpoint that member did not live to publish (its checkpoint is restored by
+    /// this member). Idempotent, like [`Sink::commit`]; sinks whose writes carry no
+    /// member do nothing.
+    fn commit_for(&self, _member: &str, _pending: &[Position]) -> Result<(), ConnectorError> {
         Ok(())
     }
 

@@ -334,6 +334,20 @@ pub fn run(mut plan: Plan, opts: &RunOptions) -> Result<RunSummary, RunError> {
     let restore = if let Some(g) = &opts.group {
         let gr = group::restore(&plan, g)?;
         plan.part_base = gr.next_part;
+        for (member, at, sinks) in &gr.unpublished {
+            for t in plan.all_targets() {
+                if let Some((_, c)) = sinks.iter().find(|(k, _)| *k == t.key())
+                    && !c.pending.is_empty()
+                {
+                    t.out
+                        .commit_for(member, &c.pending)
+                        .map_err(|e| SinkError::of(t, e))?;
+                }
+            }
+            if let Some(dir) = at.parent() {
+                savepoint::Store::new(dir).mark_committed(at)?;
+            }
+        }
         opts.checkpoint_dir = Some(group::member_dir(&g.root, &g.instance));
         if let Some((_, (member, id))) = gr.from.iter().next() {
             restored_from = Some(group::member_dir(&g.root, member).join(format!("chk-{id:08}")));
@@ -393,6 +407,8 @@ pub(crate) struct Restore {
     globals: Vec<(Vec<NodeSnapshot>, Taken)>,
     /// The lowest router watermark of the savepoints.
     watermark: u64,
+    /// The highest watermark any of their splits had reached.
+    high: u64,
     /// Per source: where it continues.
     positions: Vec<Option<Position>>,
     /// Per sink table: the commits of the run's own newest checkpoint.
@@ -415,6 +431,7 @@ impl Restore {
                 .map(|g| (g, Taken::default()))
                 .collect(),
             watermark: sp.watermark,
+            high: sp.high,
             positions: sp.positions,
             sinks: sp.sinks,
         }
@@ -651,6 +668,7 @@ async fn run_plan(
         part: plan.part_base,
         parallelism,
         resumed_watermark,
+        resumed_high: restore.as_ref().map_or(0, |r| r.high),
         progress: &progress,
         spans_seen: opts.spans_seen.clone(),
         parts: parts_tx.clone(),
@@ -685,6 +703,7 @@ async fn run_plan(
             id,
             positions: positions.clone(),
             watermark: last_wm,
+            high: tracker.end_of_input_watermark(),
             pending,
         });
     } else {

@@ -31,6 +31,8 @@ pub(crate) struct RouteInput<'a> {
     pub part: usize,
     pub parallelism: usize,
     pub resumed_watermark: u64,
+    /// The highest watermark the restored run's splits had reached.
+    pub resumed_high: u64,
     pub progress: &'a Arc<Progress>,
     pub spans_seen: Option<Arc<AtomicU64>>,
     /// Where checkpoint shares go.
@@ -66,6 +68,7 @@ pub(crate) async fn route(input: RouteInput<'_>) -> Result<Routed, RunError> {
         part,
         parallelism,
         resumed_watermark,
+        resumed_high,
         progress,
         spans_seen,
         parts,
@@ -86,6 +89,7 @@ pub(crate) async fn route(input: RouteInput<'_>) -> Result<Routed, RunError> {
         tracker.add_split((i, 0), wm, start);
     }
     tracker.resume_at(resumed_watermark);
+    tracker.resume_high(resumed_high);
     let decoded = tokio_stream_from(src_rx)
         .map(|ev| async move {
             match ev {
@@ -150,6 +154,9 @@ pub(crate) async fn route(input: RouteInput<'_>) -> Result<Routed, RunError> {
                 }
                 SourceEvent::SplitsRemoved { source, splits } => {
                     Event::SplitsRemoved { source, splits }
+                }
+                SourceEvent::SplitsCaughtUp { source, splits } => {
+                    Event::SplitsCaughtUp { source, splits }
                 }
                 SourceEvent::Failed { source, error } => Event::SourceFailed { source, error },
                 SourceEvent::Barrier {
@@ -430,6 +437,14 @@ impl Router<'_> {
                 for s in splits {
                     self.tracker.remove_split((source, s));
                 }
+                // The slowest split may be gone: others may read on.
+                self.alignment.update(&mut self.tracker, now);
+            }
+            Event::SplitsCaughtUp { source, splits } => {
+                for s in splits {
+                    self.tracker.caught_up((source, s));
+                }
+                self.alignment.update(&mut self.tracker, now);
             }
             Event::SourceFailed { source, error } => {
                 let name = self
@@ -500,6 +515,7 @@ impl Router<'_> {
             id,
             positions,
             watermark: self.last_wm,
+            high: self.tracker.end_of_input_watermark(),
             pending,
         });
         Ok(())
@@ -561,6 +577,10 @@ enum Event {
         source: usize,
         splits: Vec<u32>,
     },
+    SplitsCaughtUp {
+        source: usize,
+        splits: Vec<u32>,
+    },
     SourceFailed {
         source: usize,
         error: ConnectorError,
@@ -581,6 +601,7 @@ impl Event {
             | Event::Done { source, .. }
             | Event::SplitsAdded { source, .. }
             | Event::SplitsRemoved { source, .. }
+            | Event::SplitsCaughtUp { source, .. }
             | Event::SourceFailed { source, .. }
             | Event::Barrier { source, .. } => Some(*source),
             Event::Failed(_) => None,

@@ -59,6 +59,10 @@ pub(crate) struct Savepoint<N = NodeSnapshot> {
     pub parallelism: usize,
     /// The router's watermark when the run stopped.
     pub watermark: u64,
+    /// The highest watermark any split had reached: a restored run that reads nothing
+    /// more passes it before its final watermark, as the run would have.
+    #[serde(default)]
+    pub high: u64,
     /// Per shard, the state of each node instance it runs.
     pub shards: Vec<Vec<N>>,
     /// Per shard, the feedback it received after its snapshot that the global stage
@@ -104,6 +108,7 @@ impl<N> Savepoint<N> {
             fingerprint: self.fingerprint,
             parallelism: self.parallelism,
             watermark: self.watermark,
+            high: self.high,
             shards,
             feedback: self.feedback,
             global,
@@ -530,6 +535,7 @@ mod tests {
             fingerprint: 7,
             parallelism: 2,
             watermark,
+            high: watermark,
             shards: vec![Vec::new(), Vec::new()],
             feedback: vec![Vec::new(), Vec::new()],
             global: None,

@@ -20,9 +20,8 @@ use super::io::SourceReport;
 use super::{Progress, TableTarget};
 use crate::formats::DecodeStats;
 
-/// Requests, errors and latency of one service's entry spans over the whole run.
 /// What an instance of a job run as a consumer group owned.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct GroupSummary {
     /// The instance's name.
     pub instance: String,
@@ -30,7 +29,12 @@ pub struct GroupSummary {
     pub partitions: Vec<(String, i32)>,
     /// Times the group moved partitions and the instance restarted from checkpoints.
     pub rebalances: u64,
+    /// Seconds it read nothing because of those rebalances (from each revoke until
+    /// the next run restored its partitions and read again).
+    pub paused_seconds: f64,
 }
+
+/// Requests, errors and latency of one service's entry spans over the whole run.
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ServiceSummary {
@@ -309,11 +313,12 @@ impl RunSummary {
             let _ = writeln!(
                 s,
                 "  group       instance {} owns {} partition(s) [{}]; {} rebalance(s) restarted \
-                 it from the group's checkpoints",
+                 it from the group's checkpoints, pausing it {:.2} s",
                 g.instance,
                 parts.len(),
                 parts.join(", "),
-                g.rebalances
+                g.rebalances,
+                g.paused_seconds
             );
         }
         if let Some(n) = self.rescaled_from {

@@ -51,6 +51,9 @@ struct Split {
     /// Alignment's bound (ns), `u64::MAX` without alignment.
     max_drift: u64,
     last_activity: Instant,
+    /// The source read everything there was (a Kafka partition at its end) and no
+    /// data arrived since.
+    caught_up: bool,
 }
 
 impl Split {
@@ -98,6 +101,7 @@ impl WatermarkTracker {
             idle_timeout: settings.idle_timeout,
             max_drift: settings.max_drift.map_or(u64::MAX, nanos),
             last_activity: now,
+            caught_up: false,
         });
     }
 
@@ -112,8 +116,11 @@ impl WatermarkTracker {
     }
 
     /// Watermark alignment: the splits whose watermark is more than their
-    /// `max_drift` ahead of the slowest split that is reading (has seen an event and
-    /// is not idle), into `out` (cleared first). One in `paused` stays named until it
+    /// `max_drift` ahead of the slowest split that is reading (has seen an event, is
+    /// not idle and has not caught up with its input), into `out` (cleared first).
+    /// A slowest split that read all there was would otherwise keep the others paused
+    /// until it goes idle, with their records waiting unread (a long span can put a
+    /// split's watermark far ahead near the end of a backlog). One in `paused` stays named until it
     /// is within half its drift (so that a split near the bound is not paused and
     /// resumed on every record: a Kafka consumer drops what it prefetched for a
     /// partition it pauses). A paused split goes idle, as it reads nothing, and so
@@ -125,7 +132,7 @@ impl WatermarkTracker {
         let slowest = self
             .splits
             .values()
-            .filter(|s| !s.idle(now))
+            .filter(|s| !s.idle(now) && !s.caught_up)
             .filter_map(Split::watermark)
             .min();
         let Some(slowest) = slowest else {
@@ -165,6 +172,11 @@ impl WatermarkTracker {
         self.current = self.current.max(watermark);
     }
 
+    /// Continues from the highest watermark a stopped run's splits had reached.
+    pub fn resume_high(&mut self, high: EventTime) {
+        self.high = self.high.max(high);
+    }
+
     /// Forgets a split (a revoked or finished Kafka partition): it no longer holds the
     /// watermark back.
     pub fn remove_split(&mut self, key: SplitKey) {
@@ -201,6 +213,16 @@ impl WatermarkTracker {
     pub fn touch(&mut self, key: SplitKey, now: Instant) {
         if let Some(s) = self.splits.get_mut(&key) {
             s.last_activity = now;
+            s.caught_up = false;
+        }
+    }
+
+    /// A split's source read all it had (its Kafka partition's end): until data
+    /// arrives again it still holds the watermark, but pausing other splits cannot
+    /// help it catch up, so alignment does not measure them against it.
+    pub fn caught_up(&mut self, key: SplitKey) {
+        if let Some(s) = self.splits.get_mut(&key) {
+            s.caught_up = true;
         }
     }
 
@@ -251,6 +273,31 @@ mod tests {
             max_drift: Some(Duration::from_nanos(100)),
             ..WatermarkSettings::default()
         }
+    }
+
+    /// A slowest split that read everything there was does not hold the others
+    /// paused (nothing it could catch up with); its next data makes it count again,
+    /// and all along it holds the watermark.
+    #[test]
+    fn alignment_ignores_a_slowest_split_that_caught_up() {
+        let t0 = Instant::now();
+        let mut w = WatermarkTracker::new(1);
+        for p in 0..2 {
+            w.add_split((0, p), &settings(10, 3600), t0);
+        }
+        let mut out = Vec::new();
+        w.observe((0, 0), 1_000);
+        w.observe((0, 1), 1_500);
+        w.ahead(t0, |_| false, &mut out);
+        assert_eq!(out, [(0, 1)]);
+        w.caught_up((0, 0));
+        w.ahead(t0, |k| *k == (0, 1), &mut out);
+        assert!(out.is_empty(), "split 0 has nothing left to read");
+        assert_eq!(w.watermark(t0), 989, "it still holds the watermark");
+        w.touch((0, 0), t0);
+        w.observe((0, 0), 1_010);
+        w.ahead(t0, |k| *k == (0, 1), &mut out);
+        assert_eq!(out, [(0, 1)], "data again: split 1 waits for it");
     }
 
     /// Splits more than the drift ahead of the slowest reading split are named; an

@@ -154,6 +154,8 @@ pub(crate) fn session_with_partitions(partitions: usize) -> SessionContext {
     options.execution.parquet.schema_force_view_types = false;
     // Positions in planning errors (unknown column, ...).
     options.sql_parser.collect_spans = true;
+    // A table of a job run as a group of instances is one directory per instance.
+    options.execution.listing_table_ignore_subdirectory = false;
     let ctx = SessionContext::new_with_config(config);
     udf::register(&ctx);
     ctx
@@ -215,7 +217,8 @@ impl QueryResult {
 }
 
 /// The tables of a job's Parquet output directory, registered by name
-/// (`<dir>/<table>/part-*.parquet` -> `<table>`).
+/// (`<dir>/<table>/part-*.parquet` -> `<table>`; a job run as a group of instances
+/// writes `<dir>/<table>/<instance>/part-*.parquet`, all of them the table's rows).
 #[derive(Debug, Clone)]
 pub struct OutputCatalog {
     /// The directory.
@@ -266,10 +269,19 @@ impl OutputCatalog {
     }
 }
 
+/// Whether `dir` holds Parquet files, directly or in the directories of a consumer
+/// group's instances (`<table>/<instance>/part-*.parquet`, read as one table).
 fn has_parquet(dir: &Path) -> bool {
     std::fs::read_dir(dir).is_ok_and(|rd| {
-        rd.flatten()
-            .any(|e| e.path().extension().is_some_and(|x| x == "parquet"))
+        rd.flatten().any(|e| {
+            let p = e.path();
+            p.extension().is_some_and(|x| x == "parquet")
+                || (p.is_dir()
+                    && std::fs::read_dir(&p).is_ok_and(|m| {
+                        m.flatten()
+                            .any(|f| f.path().extension().is_some_and(|x| x == "parquet"))
+                    }))
+        })
     })
 }
 

@@ -180,3 +180,99 @@ fn alignment_pauses_a_source_running_ahead_and_changes_no_output() {
         free.peak_buffered_spans
     );
 }
+
+/// A live Kafka topic whose partition 1 holds only the first seconds of event time,
+/// read to its end before partition 0 receives the rest: partition 1 stays the slowest
+/// split (and holds the watermark), but with nothing left to read it cannot catch up,
+/// so watermark alignment must not pause partition 0 for it (it used to, until
+/// partition 1 went idle: an hour here), and every span is read.
+#[test]
+fn alignment_reads_on_when_the_slowest_partition_has_caught_up() {
+    use spanflow::connectors::kafka::{self, produce};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::time::{Duration, Instant};
+
+    let broker = crate::kafka::Broker::start();
+    let topic = "caught_up";
+    kafka::create_topics(&broker.brokers, &BTreeMap::new(), &[topic.to_owned()], 2).unwrap();
+    let records: Vec<_> = Generator::new(GeneratorConfig {
+        traces: 1_200,
+        seed: 5,
+        traces_per_second: 10.0,
+        late_fraction: 0.0,
+        garbage_fraction: 0.0,
+        ..Default::default()
+    })
+    .unwrap()
+    .collect();
+    // Partition 1: the first 10 s; partition 0: the remaining ~110 s.
+    let first = records[0].arrival_ns;
+    let (slow, rest): (Vec<_>, Vec<_>) = records
+        .iter()
+        .partition(|r| r.arrival_ns < first + 10_000_000_000);
+    assert!(slow.len() >= 5 && slow.len() < records.len() / 4);
+    let count = |rs: &[&spanflow::testkit::generator::GeneratedRecord]| {
+        rs.iter().map(|r| r.spans as u64).sum::<u64>()
+    };
+    let spans = count(&slow) + count(&rest);
+    let p = produce::KafkaProducer::new(&broker.brokers, &BTreeMap::new()).unwrap();
+    for r in &slow {
+        p.send(topic, Some(1), None, &r.payload).unwrap();
+    }
+    p.flush().unwrap();
+
+    // Small fetches and prefetch: partition 0 is read as it arrives, not in one go.
+    let text = format!(
+        "sources:\n  k:\n    type: kafka\n    brokers: \"{}\"\n    topics: [{topic}]\n    \
+         group_id: {topic}\n    start: earliest\n    \
+         properties: {{ max.partition.fetch.bytes: \"65536\", queued.min.messages: \"1\", \
+         queued.max.messages.kbytes: \"64\" }}\n    \
+         watermark: {{ max_out_of_order: 5s, idle_timeout: 1h, max_drift: 30s }}\n\
+         operators:\n  s: {{ type: session_window, from: k, gap: 5s }}\n\
+         sinks:\n  o: {{ type: parquet, from: [s] }}\n",
+        broker.brokers
+    );
+    let job = spanflow::job::load_str(&root().join("caught_up.yaml"), &text)
+        .unwrap_or_else(|d| panic!("{d}"));
+    let tmp = tempfile::tempdir().unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let seen = Arc::new(AtomicU64::new(0));
+    let opts = RunOptions {
+        output_dir: Some(tmp.path().to_owned()),
+        stop: Some(stop.clone()),
+        spans_seen: Some(seen.clone()),
+        ..Default::default()
+    };
+    let handle = std::thread::spawn(move || run_job(&job, &opts));
+    let wait = |n: u64, within: Duration| {
+        let started = Instant::now();
+        while seen.load(Ordering::Relaxed) < n
+            && started.elapsed() < within
+            && !handle.is_finished()
+        {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    wait(count(&slow), Duration::from_secs(30));
+    assert_eq!(
+        seen.load(Ordering::Relaxed),
+        count(&slow),
+        "partition 1 read"
+    );
+    // Its end reached (librdkafka reports it right after the last record).
+    std::thread::sleep(Duration::from_millis(500));
+    for r in &rest {
+        p.send(topic, Some(0), None, &r.payload).unwrap();
+        p.flush().unwrap();
+    }
+    wait(spans, Duration::from_secs(60));
+    stop.store(true, Ordering::Relaxed);
+    let s = handle.join().unwrap().unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        seen.load(Ordering::Relaxed),
+        spans,
+        "every span read within 60 s\n{}",
+        s.render()
+    );
+}

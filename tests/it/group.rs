@@ -3,12 +3,10 @@
 //! the instances' outputs (metrics added up as documented) is what one instance
 //! computes from the same input.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use arrow::array::{Array, ListArray, UInt64Array};
 use arrow::record_batch::RecordBatch;
 use spanflow::testkit::generator::GeneratorConfig;
 
@@ -111,71 +109,174 @@ fn read_group_table(out: &Path, table: &str) -> Vec<RecordBatch> {
         .collect()
 }
 
-/// A metric table's rows merged by interval and series as README documents: counts
-/// and histogram buckets added up, minimum and maximum of the extremes.
-fn merged_metrics(batches: &[RecordBatch], keys: &[&str]) -> BTreeMap<String, Vec<u64>> {
-    let mut out: BTreeMap<String, Vec<u64>> = BTreeMap::new();
-    for b in batches {
-        let schema = b.schema();
-        let col = |n: &str| b.column(schema.index_of(n).unwrap()).clone();
-        let u = |n: &str| {
-            col(n)
-                .as_any()
-                .downcast_ref::<UInt64Array>()
-                .unwrap()
-                .clone()
-        };
-        let (req, err, slow, sum, min, max) = (
-            u("requests"),
-            u("errors"),
-            u("slow"),
-            u("duration_sum_ns"),
-            u("duration_min_ns"),
-            u("duration_max_ns"),
-        );
-        let counts = col("bucket_counts");
-        let counts = counts.as_any().downcast_ref::<ListArray>().unwrap();
-        let key_cols: Vec<usize> = keys.iter().map(|k| schema.index_of(k).unwrap()).collect();
-        for i in 0..b.num_rows() {
-            let key = rows(&[b.slice(i, 1).project(&key_cols).unwrap()], &[]).join("");
-            let buckets = counts.value(i);
-            let buckets = buckets.as_any().downcast_ref::<UInt64Array>().unwrap();
-            let e = out.entry(key).or_insert_with(|| {
-                let mut v = vec![0, 0, 0, 0, u64::MAX, 0];
-                v.extend(std::iter::repeat_n(0, buckets.len()));
-                v
-            });
-            e[0] += req.value(i);
-            e[1] += err.value(i);
-            e[2] += slow.value(i);
-            e[3] += sum.value(i);
-            e[4] = e[4].min(min.value(i));
-            e[5] = e[5].max(max.value(i));
-            for (j, c) in buckets.values().iter().enumerate() {
-                e[6 + j] += c;
-            }
-        }
-    }
-    out
+/// A metric table's totals by interval and series: the shipped merge query
+/// (`sql/group/<table>.sql`) over the Parquet outputs under `dir`, as JSON.
+fn merged_metrics(dir: &Path, table: &str) -> serde_json::Value {
+    let out = Command::new(bin())
+        .args(["sql", "--format", "json", "--output-dir"])
+        .arg(dir)
+        .arg("--file")
+        .arg(crate::support::root().join(format!("sql/group/{table}.sql")))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
 }
 
-const SERIES: &[&str] = &[
-    "interval_start",
-    "metric",
-    "service",
-    "instance",
-    "operation",
-    "call_type",
-    "peer",
-    "status",
-];
-const EDGES: &[&str] = &[
-    "interval_start",
-    "source",
-    "target",
-    "target_kind",
-    "call_type",
-];
+/// A group's live job and its checkpoint and output directories, on `topic` of 8
+/// partitions (consumer group = topic name).
+struct Setup<'b> {
+    broker: &'b Broker,
+    topic: &'static str,
+    tmp: tempfile::TempDir,
+    out: PathBuf,
+    chk: PathBuf,
+    live: PathBuf,
+}
+
+impl<'b> Setup<'b> {
+    fn new(broker: &'b Broker, topic: &'static str) -> Self {
+        let tmp = tempfile::tempdir().unwrap();
+        let out = tmp.path().join("out");
+        let chk = tmp.path().join("chk");
+        let live = tmp.path().join("live.yaml");
+        let s = Setup {
+            broker,
+            topic,
+            tmp,
+            out,
+            chk,
+            live,
+        };
+        std::fs::write(&s.live, group_job(&s.source(topic, None), &s.out)).unwrap();
+        s
+    }
+
+    /// The kafka source of the group (bounded with `end`) in consumer group `group`.
+    fn source(&self, group: &str, end: Option<&str>) -> String {
+        kafka_source(self.broker, self.topic, group, "earliest", end).replace(
+            "    watermark:",
+            "    properties: { session.timeout.ms: \"6000\", heartbeat.interval.ms: \"500\" }\n    \
+             watermark:",
+        )
+    }
+
+    fn spawn(&self, name: &str) -> Child {
+        spawn_instance(&self.live, &self.chk, name)
+    }
+
+    fn checkpointed(&self, name: &str) -> bool {
+        checkpointed(&self.chk, name)
+    }
+
+    /// Waits until the group committed the end of every partition: its members read
+    /// everything and checkpointed it.
+    fn wait_read_to_end(&self) {
+        let ends = crate::kafka::end_offsets(self.broker, self.topic, 8);
+        let mut last = Vec::new();
+        let started = Instant::now();
+        while last != ends {
+            last = crate::kafka::committed_offsets_of(self.broker, self.topic, 8, self.topic);
+            assert!(
+                started.elapsed() < Duration::from_secs(180),
+                "the group did not read to the end in 180 s: committed {last:?} of {ends:?}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Runs a bounded instance that restores every partition and flushes what is
+    /// still open, then compares the union of every member's outputs with one
+    /// instance's run over the whole topic. The instance reads in a consumer group of
+    /// its own (its positions come from the checkpoints): the stopped members are static
+    /// members of the live group, whose partitions the group keeps for them.
+    fn drain_and_compare(&self) {
+        let drain = self.tmp.path().join("drain.yaml");
+        let group = format!("{}-drain", self.topic);
+        std::fs::write(
+            &drain,
+            group_job(&self.source(&group, Some("latest")), &self.out),
+        )
+        .unwrap();
+        let sd = finish(
+            spawn_instance(&drain, &self.chk, "drain"),
+            Duration::from_secs(120),
+        );
+        assert_eq!(
+            sd["group"]["partitions"].as_array().unwrap().len(),
+            8,
+            "the draining instance restored every partition"
+        );
+        let reference = self.tmp.path().join("reference");
+        let one = self.tmp.path().join("one.yaml");
+        std::fs::write(
+            &one,
+            group_job(
+                &kafka_source(
+                    self.broker,
+                    self.topic,
+                    "reference",
+                    "earliest",
+                    Some("latest"),
+                ),
+                &reference,
+            ),
+        )
+        .unwrap();
+        let status = Command::new(bin())
+            .args(["run", "--json", "--no-progress", "--parallelism", "2"])
+            .arg(&one)
+            .stdout(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success());
+        for table in ["traces", "spans", "late_spans"] {
+            let a = rows(&read_table(&reference, table), &[]);
+            let b = rows(&read_group_table(&self.out, table), &[]);
+            if a != b {
+                let only_a: Vec<&String> = a.iter().filter(|r| !b.contains(r)).take(3).collect();
+                let only_b: Vec<&String> = b.iter().filter(|r| !a.contains(r)).take(3).collect();
+                panic!(
+                    "{table}: {} rows against one instance's {}; only in one instance's: \
+                     {only_a:#?}; only in the group's: {only_b:#?}",
+                    b.len(),
+                    a.len()
+                );
+            }
+        }
+        let traces = read_table(&reference, "traces");
+        assert!(traces.iter().map(|b| b.num_rows()).sum::<usize>() > 3_000);
+        for table in ["red_metrics", "service_relation"] {
+            let a = merged_metrics(&reference, table);
+            let b = merged_metrics(&self.out, table);
+            let rows = a.as_array().unwrap().len();
+            assert!(rows > 0, "{table}: empty");
+            assert_eq!(rows, b.as_array().unwrap().len(), "{table}: series differ");
+            assert!(a == b, "{table}: merged values differ");
+        }
+    }
+}
+
+fn owned(summary: &serde_json::Value) -> usize {
+    summary["group"]["partitions"].as_array().unwrap().len()
+}
+
+fn input(traces: u64, seed: u64) -> Vec<spanflow::testkit::generator::GeneratedRecord> {
+    generate(GeneratorConfig {
+        traces,
+        seed,
+        traces_per_second: 40.0,
+        spans_per_record: 8,
+        late_fraction: 0.0,
+        garbage_fraction: 0.0,
+        ..Default::default()
+    })
+    .0
+}
 
 /// The second instance of a job joins the first while it has traces open: the group
 /// rebalances, each instance restores the partitions it now owns from their newest
@@ -185,46 +286,20 @@ const EDGES: &[&str] = &[
 #[test]
 fn an_instance_joining_a_running_one_splits_no_trace() {
     let broker = Broker::start();
-    let (records, _) = generate(GeneratorConfig {
-        traces: 4_000,
-        seed: 41,
-        traces_per_second: 40.0,
-        spans_per_record: 8,
-        late_fraction: 0.0,
-        garbage_fraction: 0.0,
-        ..Default::default()
-    });
+    let records = input(4_000, 41);
     let half = records.len() / 2;
-    produce_records(&broker, "grouped", 8, &records[..half]);
-    let tmp = tempfile::tempdir().unwrap();
-    let out = tmp.path().join("out");
-    let chk = tmp.path().join("chk");
-    let source = |end: Option<&str>| {
-        kafka_source(&broker, "grouped", "grouped", "earliest", end).replace(
-            "    watermark:",
-            "    properties: { session.timeout.ms: \"6000\", heartbeat.interval.ms: \"500\" }\n    \
-             watermark:",
-        )
-    };
-    let live = tmp.path().join("live.yaml");
-    std::fs::write(&live, group_job(&source(None), &out)).unwrap();
-
-    let a = spawn_instance(&live, &chk, "a");
+    let g = Setup::new(&broker, "joined");
+    produce_records(&broker, g.topic, 8, &records[..half]);
+    let a = g.spawn("a");
     wait_for("instance a checkpoints", Duration::from_secs(60), || {
-        checkpointed(&chk, "a")
+        g.checkpointed("a")
     });
-    let b = spawn_instance(&live, &chk, "b");
+    let b = g.spawn("b");
     wait_for("instance b checkpoints", Duration::from_secs(60), || {
-        checkpointed(&chk, "b")
+        g.checkpointed("b")
     });
-    produce_more(&broker, "grouped", 8, &records[half..]);
-    // Both read everything: the group committed the end of every partition.
-    let ends = crate::kafka::end_offsets(&broker, "grouped", 8);
-    wait_for(
-        "the group reads to the end",
-        Duration::from_secs(120),
-        || crate::kafka::committed_offsets_of(&broker, "grouped", 8, "grouped") == ends,
-    );
+    produce_more(&broker, g.topic, 8, &records[half..]);
+    g.wait_read_to_end();
     interrupt(&a);
     let sa = finish(a, Duration::from_secs(60));
     interrupt(&b);
@@ -233,74 +308,70 @@ fn an_instance_joining_a_running_one_splits_no_trace() {
         sa["group"]["rebalances"].as_u64().unwrap() >= 1,
         "instance a restarted when b joined"
     );
-    let owned = |s: &serde_json::Value| s["group"]["partitions"].as_array().unwrap().len();
     assert_eq!(owned(&sa) + owned(&sb), 8, "a and b shared the partitions");
     assert!(
         owned(&sa) > 0 && owned(&sb) > 0,
         "a and b shared the partitions"
     );
+    g.drain_and_compare();
+}
 
-    // What is still open is flushed by an instance that reads to the end.
-    let drain = tmp.path().join("drain.yaml");
-    std::fs::write(&drain, group_job(&source(Some("latest")), &out)).unwrap();
-    let sd = finish(
-        spawn_instance(&drain, &chk, "drain"),
-        Duration::from_secs(120),
+/// Two instances read a topic fed while they run; one is killed with SIGKILL at a
+/// random moment after one of its checkpoints, and a third joins later: every
+/// partition goes on from its newest checkpoint, whoever wrote it, and the union of all
+/// instances' outputs is one instance's.
+#[test]
+fn a_killed_instance_and_a_joining_one_change_nothing_in_the_group_outputs() {
+    use crate::checkpoint::{Xorshift, kill_seed};
+    let broker = Broker::start();
+    let records = input(4_500, 43);
+    let third = records.len() / 3;
+    let g = Setup::new(&broker, "killed_member");
+    produce_records(&broker, g.topic, 8, &records[..third]);
+    let mut a = g.spawn("a");
+    let b = g.spawn("b");
+    wait_for("a and b checkpoint", Duration::from_secs(60), || {
+        g.checkpointed("a") && g.checkpointed("b")
+    });
+    produce_more(&broker, g.topic, 8, &records[third..2 * third]);
+    // Killed at a random moment up to 1 s after a checkpoint of a that follows the
+    // second part of the input.
+    let newest = |name: &str| -> u64 {
+        std::fs::read_dir(g.chk.join("members").join(name))
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| e.path().join("MANIFEST.json").exists())
+                    .filter_map(|e| e.file_name().to_str()?.strip_prefix("chk-")?.parse().ok())
+                    .max()
+                    .unwrap_or(0)
+            })
+            .unwrap_or(0)
+    };
+    let before = newest("a");
+    wait_for("a checkpoints again", Duration::from_secs(60), || {
+        newest("a") > before
+    });
+    let mut rng = Xorshift(kill_seed());
+    std::thread::sleep(Duration::from_secs_f64(rng.next_f64()));
+    a.kill().unwrap();
+    a.wait().unwrap();
+    // The third joins once the group's session timeout (6 s) has passed, so the group
+    // hands a's partitions over in that rebalance.
+    std::thread::sleep(Duration::from_secs(8));
+    let c = g.spawn("c");
+    wait_for("c checkpoints", Duration::from_secs(60), || {
+        g.checkpointed("c")
+    });
+    produce_more(&broker, g.topic, 8, &records[2 * third..]);
+    g.wait_read_to_end();
+    interrupt(&b);
+    let sb = finish(b, Duration::from_secs(60));
+    interrupt(&c);
+    let sc = finish(c, Duration::from_secs(60));
+    assert!(
+        sb["group"]["rebalances"].as_u64().unwrap() >= 1,
+        "b restarted when a died and c joined"
     );
-    assert_eq!(
-        sd["group"]["partitions"].as_array().unwrap().len(),
-        8,
-        "the draining instance restored every partition"
-    );
-
-    let reference = tmp.path().join("reference");
-    let one = tmp.path().join("one.yaml");
-    std::fs::write(
-        &one,
-        group_job(
-            &kafka_source(&broker, "grouped", "reference", "earliest", Some("latest")),
-            &reference,
-        ),
-    )
-    .unwrap();
-    let status = Command::new(bin())
-        .args(["run", "--json", "--no-progress", "--parallelism", "2"])
-        .arg(&one)
-        .stdout(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(status.success());
-
-    for table in ["traces", "spans", "late_spans"] {
-        // Traces open when the live instances stopped are closed by the draining
-        // instance's end of input, where one instance reading to the end closed some by
-        // their gap: its partitions' watermarks rose as each finished, and a restore
-        // does not yet bring each partition's watermark back (issue 21's notes).
-        let skip: &[&str] = if table == "traces" {
-            &["close_reason"]
-        } else {
-            &[]
-        };
-        let a = rows(&read_table(&reference, table), skip);
-        let b = rows(&read_group_table(&out, table), skip);
-        if a != b {
-            let only_a: Vec<&String> = a.iter().filter(|r| !b.contains(r)).take(3).collect();
-            let only_b: Vec<&String> = b.iter().filter(|r| !a.contains(r)).take(3).collect();
-            panic!(
-                "{table}: {} rows against one instance's {}; only in one instance's: \
-                 {only_a:#?}; only in the group's: {only_b:#?}",
-                b.len(),
-                a.len()
-            );
-        }
-    }
-    let traces = read_table(&reference, "traces");
-    assert!(traces.iter().map(|b| b.num_rows()).sum::<usize>() > 3_000);
-    for (table, keys) in [("red_metrics", SERIES), ("service_relation", EDGES)] {
-        let a = merged_metrics(&read_table(&reference, table), keys);
-        let b = merged_metrics(&read_group_table(&out, table), keys);
-        assert!(!a.is_empty(), "{table}: empty");
-        assert_eq!(a.len(), b.len(), "{table}: series differ");
-        assert!(a == b, "{table}: merged values differ");
-    }
+    assert!(owned(&sc) > 0, "c read partitions");
+    g.drain_and_compare();
 }

@@ -68,6 +68,10 @@ pub enum KafkaEvent {
     /// Records between this member's position and the end of each partition it reads
     /// (from librdkafka's statistics, about once a second).
     Lag(Vec<(Split, i64)>),
+    /// Partitions read to their current end: every record they had went out before
+    /// this (librdkafka's partition EOF; sources of one topic only, as its event names
+    /// no topic).
+    CaughtUp(Vec<Split>),
 }
 
 /// The next offset of every partition: (topic, partition, offset).
@@ -148,6 +152,13 @@ struct Shared {
     fence: Option<Arc<Fence>>,
     /// The group's assignment changed since the run started: the run restarts.
     rebalanced: bool,
+    /// Partitions were revoked and the group has not assigned any since (a
+    /// rebalance in progress).
+    awaiting_assign: bool,
+    /// When a group member's partitions were last revoked, until it reads again.
+    revoked_at: Option<Instant>,
+    /// Time a group member spent between a revoke and reading again, summed.
+    paused: Duration,
 }
 
 impl Shared {
@@ -205,6 +216,22 @@ impl ClientContext for Ctx {
 }
 
 impl ConsumerContext for Ctx {
+    /// Asynchronous commits report here: a failed one is retried by the next
+    /// checkpoint's, but a group that keeps refusing them must not look like lag.
+    fn commit_callback(
+        &self,
+        result: rdkafka::error::KafkaResult<()>,
+        offsets: &TopicPartitionList,
+    ) {
+        if let Err(e) = result {
+            tracing::warn!(
+                error = %e,
+                partitions = ?offsets.elements().iter().map(|e| e.partition()).collect::<Vec<_>>(),
+                "committing offsets failed"
+            );
+        }
+    }
+
     fn rebalance(
         &self,
         consumer: &BaseConsumer<Self>,
@@ -252,13 +279,14 @@ impl ConsumerContext for Ctx {
                     shared.errors.push(format!("assigning partitions: {e}"));
                 }
                 shared.ever_assigned = true;
-                tracing::debug!(
+                tracing::info!(
                     partitions = ?splits.iter().map(|s| s.partition).collect::<Vec<_>>(),
                     "kafka partitions assigned"
                 );
                 for s in &splits {
                     shared.assigned.insert(s.key, s.clone());
                 }
+                shared.awaiting_assign = false;
                 if shared.fence.is_some() {
                     // Read from where the restarted run says, once it restored them.
                     if let Err(e) = consumer.pause(tpl) {
@@ -283,6 +311,8 @@ impl ConsumerContext for Ctx {
                     // that holds them completes after this.
                     fence.revoke(splits.iter().map(|s| (s.topic.to_string(), s.partition)));
                     shared.rebalanced = true;
+                    shared.awaiting_assign = true;
+                    shared.revoked_at.get_or_insert_with(Instant::now);
                 }
                 let r = if cooperative {
                     consumer.incremental_unassign(tpl)
@@ -292,7 +322,7 @@ impl ConsumerContext for Ctx {
                 if let Err(e) = r {
                     shared.errors.push(format!("revoking partitions: {e}"));
                 }
-                tracing::debug!(
+                tracing::info!(
                     partitions = ?splits.iter().map(|s| s.partition).collect::<Vec<_>>(),
                     "kafka partitions revoked"
                 );
@@ -386,6 +416,8 @@ impl KafkaReader {
             ("fetch.wait.max.ms".to_owned(), "100".to_owned()),
             // Consumer lag for the job server's /metrics (served on the poll thread).
             ("statistics.interval.ms".to_owned(), "1000".to_owned()),
+            // Watermark alignment must know when a partition has nothing left to read.
+            ("enable.partition.eof".to_owned(), "true".to_owned()),
         ]);
         defaults.extend(config.properties.clone());
         let mut cc = super::client_config(&config.brokers, &defaults);
@@ -728,9 +760,21 @@ impl KafkaReader {
                 }
             }
             let mut idle = true;
+            let mut caught_up = Vec::new();
             match msg {
                 None => {}
-                Some(Err(KafkaError::PartitionEOF(_))) => {}
+                Some(Err(KafkaError::PartitionEOF(p))) => {
+                    if self.config.topics.len() == 1
+                        && let Ok(s) = self.shared.lock()
+                    {
+                        caught_up.extend(
+                            s.assigned
+                                .values()
+                                .filter(|sp| sp.partition == p && !done.contains_key(&sp.key))
+                                .cloned(),
+                        );
+                    }
+                }
                 Some(Err(e)) => {
                     // Broker and network errors are retried by librdkafka; report them
                     // and keep polling.
@@ -784,6 +828,9 @@ impl KafkaReader {
                         return Ok(stats);
                     }
                 }
+            }
+            if !caught_up.is_empty() && !emit(KafkaEvent::CaughtUp(caught_up)) {
+                return Ok(stats);
             }
             if self.bounded && self.all_done(&mut done, emit)? {
                 break;
@@ -1067,6 +1114,12 @@ impl KafkaMember {
         })
     }
 
+    /// Time this member read nothing because of rebalances: from each revoke until
+    /// the next run restored its partitions and read again.
+    pub fn paused(&self) -> Duration {
+        self.shared.lock().map_or(Duration::ZERO, |s| s.paused)
+    }
+
     /// Whether the group's assignment changed since the current run started.
     pub fn rebalanced(&self) -> bool {
         self.shared.lock().is_ok_and(|s| s.rebalanced)
@@ -1101,7 +1154,11 @@ impl KafkaMember {
                 s.pending.clear();
                 last_change = Instant::now();
             }
-            let settled = s.ever_assigned && last_change.elapsed() >= SETTLE;
+            // After a revoke the group assigns again (possibly nothing) once the
+            // rebalance completes; a group that never does is not waited for forever.
+            let settled = s.ever_assigned
+                && last_change.elapsed() >= SETTLE
+                && (!s.awaiting_assign || last_change.elapsed() >= Duration::from_secs(30));
             if settled || stop.load(Ordering::Relaxed) {
                 s.rebalanced = false;
                 self.fence.clear();
@@ -1185,6 +1242,17 @@ impl KafkaReader {
             self.consumer
                 .resume(&all)
                 .map_err(|e| ConnectorError::external(format!("cannot resume partitions: {e}")))?;
+        }
+        if let Ok(mut s) = self.shared.lock()
+            && let Some(at) = s.revoked_at.take()
+        {
+            let pause = at.elapsed();
+            s.paused += pause;
+            tracing::info!(
+                pause_ms = pause.as_millis() as u64,
+                partitions = all.count(),
+                "reading again after the rebalance"
+            );
         }
         Ok(())
     }
@@ -1301,6 +1369,9 @@ impl Source for KafkaSource {
                 }
                 KafkaEvent::Revoked(splits) => {
                     out.splits_removed(splits.iter().map(|s| s.key).collect())
+                }
+                KafkaEvent::CaughtUp(splits) => {
+                    out.splits_caught_up(splits.iter().map(|s| s.key).collect())
                 }
                 KafkaEvent::Lag(lag) => {
                     out.consumer_lag(

@@ -182,8 +182,12 @@ impl ParquetTable {
             let hidden = tdir.join(file.hidden());
             if hidden.exists() {
                 let visible = tdir.join(file.name());
-                std::fs::rename(&hidden, &visible).map_err(|e| ConnectorError::io(&visible, &e))?;
-                renamed = true;
+                match std::fs::rename(&hidden, &visible) {
+                    Ok(()) => renamed = true,
+                    // Published at the same moment by another member of the group.
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound && visible.exists() => {}
+                    Err(e) => return Err(ConnectorError::io(&visible, &e)),
+                }
             }
             let mut committed = self.committed();
             let seq = committed.entry(file.part).or_insert(file.seq);
@@ -262,6 +266,17 @@ impl Sink for ParquetTable {
 
     fn commit(&self, pending: &[Position]) -> Result<(), ConnectorError> {
         self.publish(pending)
+    }
+
+    fn commit_for(&self, member: &str, pending: &[Position]) -> Result<(), ConnectorError> {
+        match &self.member {
+            // A table of its own for the other member, so this one's committed files
+            // are left alone.
+            Some(_) => ParquetTable::new(self.dir.clone(), &self.table, self.config.clone())
+                .of_member(member)
+                .publish(pending),
+            None => Ok(()),
+        }
     }
 
     /// The newest committed file of every part: a restored run removes later ones
