@@ -251,6 +251,11 @@ enum Command {
         /// Wait until the job has ended, then print it (exits non-zero if it failed).
         #[arg(long)]
         wait: bool,
+        /// Run the job as this member of its Kafka consumer group, as `spanflow run
+        /// --instance` does (the job must set `checkpoint.dir` to a directory every
+        /// instance reaches).
+        #[arg(long, value_name = "NAME")]
+        instance: Option<String>,
     },
     /// List a server's jobs (or show one as JSON).
     Jobs {
@@ -660,7 +665,12 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             })?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Submit { job, server, wait } => {
+        Command::Submit {
+            job,
+            server,
+            wait,
+            instance,
+        } => {
             let definition = job::self_contained(&job).map_err(|d| {
                 eprint!(
                     "{}",
@@ -673,7 +683,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
                 )
             })?;
             let client = server.client()?;
-            let submitted = client.submit(&definition)?;
+            let submitted = client.submit(&definition, instance.as_deref())?;
             println!("{}", submitted.id);
             if !wait {
                 return Ok(ExitCode::SUCCESS);

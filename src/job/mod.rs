@@ -18,7 +18,7 @@ mod yaml;
 pub use diagnostics::{Diagnostic, Diagnostics};
 pub use file::json_schema;
 pub use load::{Override, load, load_str, load_str_with, load_with};
-pub use plan::{plan, plan_member, run_group, run_job};
+pub use plan::{group_source, plan, plan_member, run_group, run_job};
 pub use portable::self_contained;
 pub use spec::*;
 

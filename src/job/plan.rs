@@ -16,6 +16,7 @@ use spanflow_operators::tail_sampling::TailSampler;
 use super::{Job, OperatorKind, RollupNode, SinkKind, SourceKind, SourceNode, StreamRef};
 use crate::connectors::clickhouse::{ClickHouseTarget, SinkTable};
 use crate::connectors::file::FileSource;
+use crate::connectors::kafka::KafkaSourceConfig;
 use crate::connectors::kafka::sink::{KafkaTable, KafkaTarget};
 use crate::connectors::kafka::source::KafkaSource;
 use crate::connectors::parquet::ParquetTable;
@@ -56,6 +57,82 @@ fn with_job_checkpoint(job: &Job, opts: &RunOptions) -> RunOptions {
 pub fn run_group(job: &Job, opts: &RunOptions, instance: &str) -> Result<RunSummary, RunError> {
     use crate::connectors::kafka::source::KafkaMember;
     use crate::runtime::group::{Fence, GroupRun};
+    let config = group_source(job, instance)?;
+    let mut opts = with_job_checkpoint(job, opts);
+    let Some(root) = opts.checkpoint_dir.clone() else {
+        return Err(RunError::Plan(PlanError::Unsupported {
+            job: job.name.clone(),
+            message: "a job run as a group (--instance) needs a checkpoint directory shared by \
+                      the instances (--checkpoint-dir or the job's `checkpoint.dir`)"
+                .into(),
+        }));
+    };
+    let fence = Arc::new(Fence::default());
+    let member = Arc::new(
+        KafkaMember::connect(&config, fence.clone()).map_err(|error| RunError::Source {
+            source_name: job.sources[0].name.clone(),
+            error,
+        })?,
+    );
+    let group = Arc::new(GroupRun::new(instance, &root, 0, fence));
+    opts.group = Some(group.clone());
+    let stop = opts.stop.clone().unwrap_or_default();
+    opts.stop = Some(stop.clone());
+    if opts.stop_on_ctrl_c {
+        // One handler for every run: Ctrl-C between two runs (while the group
+        // settles) must stop the instance too, not be lost with the run's.
+        opts.stop_on_ctrl_c = false;
+        stop_on_ctrl_c(stop.clone());
+    }
+    let mut rebalances = 0u64;
+    let summary = |partitions: Vec<(String, i32)>, rebalances: u64| crate::runtime::GroupSummary {
+        instance: instance.to_owned(),
+        partitions,
+        rebalances,
+        paused_seconds: member.paused().as_secs_f64(),
+    };
+    loop {
+        let assigned = member
+            .wait_assignment(&stop)
+            .map_err(|error| RunError::Source {
+                source_name: job.sources[0].name.clone(),
+                error,
+            })?;
+        tracing::info!(instance, partitions = ?assigned, "consumer group assignment");
+        if let Some(live) = &opts.live
+            && let Ok(mut g) = live.group.lock()
+        {
+            *g = Some(summary(assigned.clone(), rebalances));
+        }
+        group.set_assigned(assigned);
+        let mut plan = plan_member(job, opts.output_dir.as_deref(), Some(instance))?;
+        let (c, m) = (config.clone(), member.clone());
+        plan.sources[0].open = Arc::new(move || -> Box<dyn Source> {
+            Box::new(KafkaSource::with_member(c.clone(), m.clone()))
+        });
+        let result = crate::runtime::run(plan, &opts);
+        // Stopped while the group moved partitions: the next run restores and stops at
+        // once with a last checkpoint.
+        let stopping = stop.load(std::sync::atomic::Ordering::Relaxed);
+        if member.rebalanced() && (result.is_err() || !stopping) {
+            rebalances += 1;
+            tracing::info!(
+                instance,
+                rebalances,
+                "consumer group rebalanced; restarting from the checkpoints"
+            );
+            continue;
+        }
+        return result.map(|mut s| {
+            s.group = Some(summary(group.assigned(), rebalances));
+            s
+        });
+    }
+}
+
+/// The one Kafka source of a job run as group member `instance`, or why the job
+/// cannot run so.
+pub fn group_source(job: &Job, instance: &str) -> Result<KafkaSourceConfig, RunError> {
     let refused = |message: String| {
         RunError::Plan(PlanError::Unsupported {
             job: job.name.clone(),
@@ -87,68 +164,7 @@ pub fn run_group(job: &Job, opts: &RunOptions, instance: &str) -> Result<RunSumm
             ));
         }
     };
-    let mut opts = with_job_checkpoint(job, opts);
-    let Some(root) = opts.checkpoint_dir.clone() else {
-        return Err(refused(
-            "a job run as a group (--instance) needs a checkpoint directory shared by the              instances (--checkpoint-dir or the job's `checkpoint.dir`)"
-                .into(),
-        ));
-    };
-    let fence = Arc::new(Fence::default());
-    let member = Arc::new(
-        KafkaMember::connect(&config, fence.clone()).map_err(|error| RunError::Source {
-            source_name: job.sources[0].name.clone(),
-            error,
-        })?,
-    );
-    let group = Arc::new(GroupRun::new(instance, &root, 0, fence));
-    opts.group = Some(group.clone());
-    let stop = opts.stop.clone().unwrap_or_default();
-    opts.stop = Some(stop.clone());
-    if opts.stop_on_ctrl_c {
-        // One handler for every run: Ctrl-C between two runs (while the group
-        // settles) must stop the instance too, not be lost with the run's.
-        opts.stop_on_ctrl_c = false;
-        stop_on_ctrl_c(stop.clone());
-    }
-    let mut rebalances = 0u64;
-    loop {
-        let assigned = member
-            .wait_assignment(&stop)
-            .map_err(|error| RunError::Source {
-                source_name: job.sources[0].name.clone(),
-                error,
-            })?;
-        tracing::info!(instance, partitions = ?assigned, "consumer group assignment");
-        group.set_assigned(assigned);
-        let mut plan = plan_member(job, opts.output_dir.as_deref(), Some(instance))?;
-        let (c, m) = (config.clone(), member.clone());
-        plan.sources[0].open = Arc::new(move || -> Box<dyn Source> {
-            Box::new(KafkaSource::with_member(c.clone(), m.clone()))
-        });
-        let result = crate::runtime::run(plan, &opts);
-        // Stopped while the group moved partitions: the next run restores and stops at
-        // once with a last checkpoint.
-        let stopping = stop.load(std::sync::atomic::Ordering::Relaxed);
-        if member.rebalanced() && (result.is_err() || !stopping) {
-            rebalances += 1;
-            tracing::info!(
-                instance,
-                rebalances,
-                "consumer group rebalanced; restarting from the checkpoints"
-            );
-            continue;
-        }
-        return result.map(|mut s| {
-            s.group = Some(crate::runtime::GroupSummary {
-                instance: instance.to_owned(),
-                partitions: group.assigned(),
-                rebalances,
-                paused_seconds: member.paused().as_secs_f64(),
-            });
-            s
-        });
-    }
+    Ok(config)
 }
 
 /// Sets `stop` on Ctrl-C (the run then ends with a last checkpoint); a second Ctrl-C
@@ -515,6 +531,25 @@ fn plan_targets(
                 let mut layouts = Vec::with_capacity(sink.from.len());
                 for (input, kind) in sink.from.iter().zip(&kinds) {
                     let name = table_name(input);
+                    // Each member writes partial rows of an interval's series; the
+                    // tables' ReplacingMergeTree key has no member, so one member's row
+                    // would replace another's instead of adding up.
+                    let partial = !matches!(
+                        kind.builtin_name(),
+                        Some("traces" | "spans" | "late_spans" | "dead_letters" | "exemplars")
+                    );
+                    if let Some(m) = member
+                        && partial
+                    {
+                        return Err(format!(
+                            "sink `{}` cannot write `{name}` from group member `{m}`: its \
+                             ClickHouse table keeps one row per series and interval, and the \
+                             members' partial rows would replace each other; write the \
+                             metric tables to Parquet or Kafka (README \"Running a group of \
+                             instances\")",
+                            sink.name
+                        ));
+                    }
                     let table = match kind.builtin_name() {
                         None => {
                             let r = rollup_of(job, &input.node)?;

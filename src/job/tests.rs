@@ -463,6 +463,16 @@ fn clickhouse_sinks_of_rollups() {
     .replace("GROUP BY service", "GROUP BY 1, 2");
     let job = load_str(Path::new(FILE), &ok).unwrap_or_else(|d| panic!("{d}"));
     assert_eq!(job.rollups[0].key, ["minute", "service"]);
+    // A group member's partial metric rows would replace another member's there.
+    assert!(super::plan(&job, None).is_ok());
+    let refused = super::plan_member(&job, None, Some("a"))
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(
+        refused.contains("cannot write `red_metrics` from group member `a`"),
+        "{refused}"
+    );
     // Without one, rows of successive windows would replace each other.
     let d = one_error(&with_sink("GROUP BY service", ""));
     assert_eq!(

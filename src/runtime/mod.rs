@@ -206,6 +206,9 @@ pub struct Progress {
     /// Records behind the end of each partition a Kafka source reads, by (source,
     /// topic, partition), refreshed about once a second.
     pub consumer_lag: std::sync::Mutex<std::collections::BTreeMap<(String, String, i32), i64>>,
+    /// A job run as a group member: the partitions the group assigned it last and how
+    /// often it restarted on a rebalance (set at each assignment).
+    pub group: std::sync::Mutex<Option<GroupSummary>>,
 }
 
 impl Progress {

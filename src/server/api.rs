@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::Json;
-use axum::extract::{ConnectInfo, Path, Request, State};
+use axum::extract::{ConnectInfo, Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -79,6 +79,10 @@ pub struct JobView {
     watermark: Option<String>,
     splits: Vec<SplitView>,
     last_checkpoint: Option<CheckpointView>,
+    /// A job run as a group member: the instance, the partitions it owns now, its
+    /// rebalances.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    group: Option<crate::runtime::GroupSummary>,
     summary: Option<serde_json::Value>,
 }
 
@@ -178,6 +182,7 @@ impl JobView {
                 duration_ms: ck.last_duration_ms,
                 completed_at: rfc3339_ms(ck.last_completed_unix_ms),
             }),
+            group: live.group.lock().ok().and_then(|g| g.clone()),
             summary: r.summary,
         }
     }
@@ -262,12 +267,14 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 /// `POST /api/v1/jobs`: validate and start a job definition (YAML body).
 pub async fn submit(
     State(state): State<Arc<AppState>>,
+    Query(params): Query<SubmitParams>,
     body: String,
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
     let jobs = state.jobs.clone();
-    let submitted = tokio::task::spawn_blocking(move || jobs.submit(&body))
-        .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let submitted =
+        tokio::task::spawn_blocking(move || jobs.submit(&body, params.instance.as_deref()))
+            .await
+            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     match submitted {
         Ok(h) => {
             let r = h.record();
@@ -281,8 +288,16 @@ pub async fn submit(
             error: format!("invalid job ({} problems)", d.items.len()),
             diagnostics: Some(d.to_json()),
         }),
+        Err(SubmitError::Refused(e)) => Err(ApiError::new(StatusCode::BAD_REQUEST, e)),
         Err(SubmitError::Io(e)) => Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e)),
     }
+}
+
+/// Query parameters of `POST /api/v1/jobs`.
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct SubmitParams {
+    /// Run the job as this member of its consumer group (`spanflow run --instance`).
+    instance: Option<String>,
 }
 
 /// `GET /api/v1/jobs`.

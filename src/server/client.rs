@@ -60,16 +60,19 @@ impl Client {
         Ok(resp)
     }
 
-    /// Submits a self-contained job definition; an invalid one comes back with the
-    /// server's diagnostics in the error.
-    pub fn submit(&self, definition: &str) -> Result<Submitted> {
-        let resp = self.send(
-            self.http
-                .post(self.url("/jobs"))
-                .header("content-type", "application/yaml")
-                .body(definition.to_owned()),
-            "submitting",
-        )?;
+    /// Submits a self-contained job definition, to run as consumer-group member
+    /// `instance` when one is given; an invalid one comes back with the server's
+    /// diagnostics in the error.
+    pub fn submit(&self, definition: &str, instance: Option<&str>) -> Result<Submitted> {
+        let mut req = self
+            .http
+            .post(self.url("/jobs"))
+            .header("content-type", "application/yaml")
+            .body(definition.to_owned());
+        if let Some(name) = instance {
+            req = req.query(&[("instance", name)]);
+        }
+        let resp = self.send(req, "submitting")?;
         let status = resp.status();
         let body: serde_json::Value = resp.json().context("reading the server's answer")?;
         if status == StatusCode::CREATED {

@@ -71,6 +71,11 @@ pub struct Record {
     pub runs: u32,
     /// The last run's summary, when it ended.
     pub summary: Option<serde_json::Value>,
+    /// The member of the job's consumer group this server runs it as (submitted with
+    /// `instance`): the job's Kafka partitions are shared with the other instances, and
+    /// its checkpoints go to the job's `checkpoint.dir`, which they all reach.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance: Option<String>,
 }
 
 /// A job the server knows, running or not.
@@ -123,6 +128,10 @@ pub enum SubmitError {
     /// The state directory cannot be written, or the job's thread cannot start.
     #[error("{0}")]
     Io(String),
+    /// A valid job the server cannot run as asked (a group member without a shared
+    /// checkpoint directory or with another source than one Kafka topic).
+    #[error("{0}")]
+    Refused(String),
 }
 
 /// Every job of a server.
@@ -209,12 +218,27 @@ impl Jobs {
         }
     }
 
-    /// Validates `definition` and starts it; returns its handle.
-    pub fn submit(&self, definition: &str) -> Result<Arc<JobHandle>, SubmitError> {
+    /// Validates `definition` and starts it, as group member `instance` when one is
+    /// given (see [`Record::instance`]); returns its handle.
+    pub fn submit(
+        &self,
+        definition: &str,
+        instance: Option<&str>,
+    ) -> Result<Arc<JobHandle>, SubmitError> {
         let _one_at_a_time = self.submitting.lock();
         // Validated against a scratch path first, so an invalid job leaves nothing.
         let scratch = self.dir.join(".submitting");
         let job = load(&scratch, definition).map_err(SubmitError::Invalid)?;
+        if let Some(name) = instance {
+            job::group_source(&job, name).map_err(|e| SubmitError::Refused(e.to_string()))?;
+            if job.checkpoint.is_none() {
+                return Err(SubmitError::Refused(format!(
+                    "job `{}` run as group member `{name}` needs `checkpoint.dir`: a \
+                     directory every instance of the job reaches",
+                    job.name
+                )));
+            }
+        }
         let id = self.next_id(&job.name);
         let job_dir = self.dir.join(&id);
         std::fs::create_dir_all(&job_dir).map_err(|e| io_error("cannot create", &job_dir, e))?;
@@ -233,6 +257,7 @@ impl Jobs {
             error: None,
             runs: 1,
             summary: None,
+            instance: instance.map(str::to_owned),
         };
         let h = Arc::new(JobHandle::new(record, definition.to_owned(), job, job_dir));
         h.save().map_err(SubmitError::Io)?;
@@ -283,8 +308,14 @@ impl Jobs {
             .checkpoint
             .as_ref()
             .map_or(self.default_interval, |c| c.interval.0);
+        let instance = h.record().instance;
         let opts = RunOptions {
-            checkpoint_dir: Some(h.dir.join("checkpoints")),
+            // A group member's checkpoints are the group's: in the job's shared
+            // `checkpoint.dir`, not the server's state directory.
+            checkpoint_dir: match &instance {
+                Some(_) => None,
+                None => Some(h.dir.join("checkpoints")),
+            },
             checkpoint_interval: Some(interval),
             checkpoint_keep: h.job.checkpoint.as_ref().map_or(0, |c| c.keep),
             stop: Some(h.stop.clone()),
@@ -296,7 +327,10 @@ impl Jobs {
         let thread = std::thread::Builder::new()
             .name(format!("job {}", h.record().id))
             .spawn(move || {
-                let result = job::run_job(&runner.job, &opts);
+                let result = match &instance {
+                    Some(name) => job::run_group(&runner.job, &opts, name),
+                    None => job::run_job(&runner.job, &opts),
+                };
                 runner.finish(result);
             })
             .map_err(|e| SubmitError::Io(format!("cannot start the job's thread: {e}")))?;

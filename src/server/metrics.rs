@@ -135,6 +135,7 @@ struct Row {
     splits: Vec<crate::runtime::SplitStats>,
     checkpoints: crate::runtime::CheckpointStats,
     running: bool,
+    group: Option<crate::runtime::GroupSummary>,
 }
 
 /// A family of operator counters: name, help, and a node's samples from its report
@@ -182,6 +183,7 @@ pub fn render(jobs: &Jobs, format: Format) -> String {
                 splits: live.splits(),
                 checkpoints: live.checkpoints(),
                 running: r.state == JobState::Running,
+                group: live.group.lock().ok().and_then(|g| g.clone()),
             }
         })
         .collect();
@@ -267,6 +269,37 @@ pub fn render(jobs: &Jobs, format: Format) -> String {
                 let l = labels(r);
                 w.sample(name, &pairs(&l), v);
             }
+        }
+    }
+    if rows.iter().any(|r| r.group.is_some()) {
+        w.family(
+            "spanflow_group_partition_owned",
+            Kind::Gauge,
+            "1 for each input partition a job run as a consumer-group member owns now.",
+        );
+        for r in &rows {
+            let Some(g) = &r.group else { continue };
+            for (topic, partition) in &g.partitions {
+                let partition = partition.to_string();
+                let l = labels(r);
+                let mut p = pairs(&l);
+                p.push(("member", &g.instance));
+                p.push(("topic", topic));
+                p.push(("partition", &partition));
+                w.sample("spanflow_group_partition_owned", &p, 1.0);
+            }
+        }
+        w.family(
+            "spanflow_group_rebalances_total",
+            Kind::Counter,
+            "Rebalances that restarted a consumer-group member from the group's checkpoints.",
+        );
+        for r in &rows {
+            let Some(g) = &r.group else { continue };
+            let l = labels(r);
+            let mut p = pairs(&l);
+            p.push(("member", &g.instance));
+            w.sample("spanflow_group_rebalances_total", &p, g.rebalances as f64);
         }
     }
     w.family(

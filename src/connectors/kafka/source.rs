@@ -192,6 +192,11 @@ struct Ctx {
 
 impl ClientContext for Ctx {
     fn error(&self, error: KafkaError, reason: &str) {
+        // A partition's end is news for the poll loop (`enable.partition.eof`), not an
+        // error.
+        if error.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::PartitionEOF) {
+            return;
+        }
         self.errors.warn("consumer", &error, reason);
     }
 
