@@ -67,6 +67,11 @@ pub fn run_group(job: &Job, opts: &RunOptions, instance: &str) -> Result<RunSumm
                 .into(),
         }));
     };
+    // Without periodic checkpoints a rebalance would send every member back to the
+    // start of its partitions.
+    opts.checkpoint_interval = opts
+        .checkpoint_interval
+        .or(Some(GROUP_CHECKPOINT_INTERVAL));
     let fence = Arc::new(Fence::default());
     let member = Arc::new(
         KafkaMember::connect(&config, fence.clone()).map_err(|error| RunError::Source {
@@ -129,6 +134,10 @@ pub fn run_group(job: &Job, opts: &RunOptions, instance: &str) -> Result<RunSumm
         });
     }
 }
+
+/// Checkpoint interval of a group member whose job and command line set none (the job
+/// server's default too).
+pub const GROUP_CHECKPOINT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The one Kafka source of a job run as group member `instance`, or why the job
 /// cannot run so.
