@@ -69,9 +69,7 @@ pub fn run_group(job: &Job, opts: &RunOptions, instance: &str) -> Result<RunSumm
     };
     // Without periodic checkpoints a rebalance would send every member back to the
     // start of its partitions.
-    opts.checkpoint_interval = opts
-        .checkpoint_interval
-        .or(Some(GROUP_CHECKPOINT_INTERVAL));
+    opts.checkpoint_interval = opts.checkpoint_interval.or(Some(GROUP_CHECKPOINT_INTERVAL));
     let fence = Arc::new(Fence::default());
     let member = Arc::new(
         KafkaMember::connect(&config, fence.clone()).map_err(|error| RunError::Source {
