@@ -301,8 +301,8 @@ fn an_instance_joining_a_running_one_splits_no_trace() {
     produce_more(&broker, g.topic, 8, &records[half..]);
     g.wait_read_to_end();
     interrupt(&a);
-    interrupt(&b);
     let sa = finish(a, Duration::from_secs(60));
+    interrupt(&b);
     let sb = finish(b, Duration::from_secs(60));
     assert!(
         sa["group"]["rebalances"].as_u64().unwrap() >= 1,
