@@ -878,7 +878,15 @@ impl KafkaReader {
             }
         });
         if answer == Some(Finish::Commit) {
-            stats.committed = self.commit()?;
+            stats.committed = if member {
+                // A group member restarts from its checkpoints, not from these offsets
+                // (they show its lag); and a synchronous commit may wait for a
+                // rebalance that only this consumer's next poll lets finish (another
+                // member leaving as this one stops).
+                self.commit_positions(&self.positions()?, CommitMode::Async)?
+            } else {
+                self.commit()?
+            };
         }
         Ok(stats)
     }
