@@ -133,8 +133,7 @@ pub fn run_group(job: &Job, opts: &RunOptions, instance: &str) -> Result<RunSumm
     }
 }
 
-/// Checkpoint interval of a group member whose job and command line set none (the job
-/// server's default too).
+/// Checkpoint interval of a group member whose job and command line set none.
 pub const GROUP_CHECKPOINT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The one Kafka source of a job run as group member `instance`, or why the job

@@ -383,7 +383,7 @@ fn a_killed_instance_and_a_joining_one_change_nothing_in_the_group_outputs() {
 /// directory is refused as a member.
 #[test]
 fn servers_running_a_job_as_members_show_the_partitions_they_own() {
-    use crate::server::{Server, cli};
+    use crate::server::{Server, cli, submit_with};
     let broker = Broker::start();
     let g = Setup::new(&broker, "served");
     produce_records(&broker, g.topic, 8, &input(400, 45));
@@ -416,17 +416,11 @@ fn servers_running_a_job_as_members_show_the_partitions_they_own() {
         .iter()
         .zip(["a", "b"])
         .map(|(s, name)| {
-            let out = cli(
+            submit_with(
                 s,
                 g.tmp.path(),
                 &["submit", shared.to_str().unwrap(), "--instance", name],
-            );
-            assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            String::from_utf8(out.stdout).unwrap().trim().to_owned()
+            )
         })
         .collect();
     // Owned partitions per member, from /metrics.

@@ -126,6 +126,11 @@ pub(crate) fn submit(server: &Server, cwd: &Path, job: &Path, wait: bool) -> Str
     } else {
         &["submit", job]
     };
+    submit_with(server, cwd, args)
+}
+
+/// `spanflow <args>` (a `submit` command) from `cwd`, which must succeed; the job's id.
+pub(crate) fn submit_with(server: &Server, cwd: &Path, args: &[&str]) -> String {
     let out = cli(server, cwd, args);
     assert!(
         out.status.success(),

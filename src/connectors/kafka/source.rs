@@ -878,15 +878,15 @@ impl KafkaReader {
             }
         });
         if answer == Some(Finish::Commit) {
-            stats.committed = if member {
-                // A group member restarts from its checkpoints, not from these offsets
-                // (they show its lag); and a synchronous commit may wait for a
-                // rebalance that only this consumer's next poll lets finish (another
-                // member leaving as this one stops).
-                self.commit_positions(&self.positions()?, CommitMode::Async)?
+            // A group member restarts from its checkpoints, not from these offsets (they
+            // show its lag); and a synchronous commit may wait for a rebalance that
+            // only this consumer's next poll lets finish (another member leaving as
+            // this one stops).
+            stats.committed = self.commit(if member {
+                CommitMode::Async
             } else {
-                self.commit()?
-            };
+                CommitMode::Sync
+            })?;
         }
         Ok(stats)
     }
@@ -1063,9 +1063,9 @@ impl KafkaReader {
 
     /// Commits the next offset of every partition the run read from. Returns how many
     /// partitions were committed.
-    fn commit(&self) -> Result<usize, ConnectorError> {
+    fn commit(&self, mode: CommitMode) -> Result<usize, ConnectorError> {
         let positions = self.positions()?;
-        self.commit_positions(&positions, CommitMode::Sync)
+        self.commit_positions(&positions, mode)
     }
 
     fn commit_positions(
