@@ -26,10 +26,10 @@ use std::time::{Duration, Instant};
 
 use spanflow_operators::operator::Batch;
 use spanflow_operators::tail_sampling::RateVerdict;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use super::io::{CheckpointSignal, Position, SinkCheckpoint};
-use super::savepoint::{Savepoint, Store, VERSION};
+use super::savepoint::{Savepoint, SavepointError, Store, VERSION};
 use super::shard::DeferredNode;
 use super::{RunError, SinkError, TableTarget};
 
@@ -96,6 +96,27 @@ pub(crate) enum Part {
         pending: Pending,
         stall: Duration,
     },
+}
+
+/// How a run ended, told to the coordinator once every stage is done.
+#[derive(Debug, Default)]
+pub(crate) struct RunEnd {
+    /// The input ended normally: no stop was asked for and nothing failed.
+    pub finished: bool,
+    /// A consumer group member's end of input: written as its last checkpoint.
+    pub last: Option<LastPosition>,
+}
+
+/// Where a finished run's router ended.
+#[derive(Debug)]
+pub(crate) struct LastPosition {
+    /// Every source's position.
+    pub positions: Vec<Option<Position>>,
+    /// The end-of-input watermark (what the input's event time got to; not `+inf`, so a
+    /// run that reads on from here sees its spans as in time).
+    pub watermark: u64,
+    /// The router's high watermark.
+    pub high: u64,
 }
 
 /// What the run's checkpoints came to, for the summary and the benchmarks.
@@ -180,16 +201,17 @@ impl Coordinator {
     }
 
     /// Runs until every stage has hung up; asks for a checkpoint `interval` (when set)
-    /// after the last one completed, unless the run is stopping. With
-    /// `finished` (the run's input ended normally, checked at the end) what incomplete
-    /// checkpoints pre-committed is published too: it is all output of a run that
-    /// needs no restore.
+    /// after the last one completed, unless the run is stopping. Then waits for how the
+    /// run ended (`end`; a dropped sender is a failed run): when its input ended
+    /// normally, what incomplete checkpoints pre-committed is published too (it is all
+    /// output of a run that needs no restore), and a group member writes its last
+    /// checkpoint ([`RunEnd::last`]).
     pub async fn run(
         mut self,
         mut rx: mpsc::UnboundedReceiver<Part>,
         interval: Option<Duration>,
         stop: Arc<AtomicBool>,
-        finished: Arc<AtomicBool>,
+        end: oneshot::Receiver<RunEnd>,
     ) -> Result<CheckpointStats, RunError> {
         let mut next = interval.map(|i| tokio::time::Instant::now() + i);
         loop {
@@ -219,12 +241,73 @@ impl Coordinator {
                 }
             }
         }
-        if finished.load(Ordering::Relaxed) {
+        let end = end.await.unwrap_or_default();
+        if end.finished {
             for (_, (_, b)) in std::mem::take(&mut self.building) {
                 self.commit(&b.pending)?;
             }
+            if let Some(last) = end.last {
+                self.write_last(last)?;
+            }
         }
         Ok(self.stats)
+    }
+
+    /// A group member's last checkpoint after its input ended: no open state (every
+    /// window was flushed), the positions it ended at and every file it wrote, so that
+    /// whoever the group gives its partitions to next starts where it ended instead of
+    /// reading them again, and its own next run does not undo its last files.
+    fn write_last(&mut self, last: LastPosition) -> Result<(), RunError> {
+        let Some(group) = self.group.clone() else {
+            return Ok(());
+        };
+        let started = Instant::now();
+        let mut sinks: Vec<(String, SinkCheckpoint)> = Vec::new();
+        for t in &self.targets {
+            let committed = t.out.checkpoint().map_err(|e| SinkError::of(t, e))?;
+            sinks.push((
+                t.key(),
+                SinkCheckpoint {
+                    committed,
+                    pending: Vec::new(),
+                    published: true,
+                },
+            ));
+        }
+        let sp = Savepoint {
+            version: VERSION,
+            job: self.job.clone(),
+            fingerprint: self.fingerprint,
+            parallelism: self.parallelism,
+            watermark: last.watermark,
+            high: last.high,
+            shards: (0..self.parallelism).map(|_| Vec::new()).collect(),
+            feedback: (0..self.parallelism).map(|_| Vec::new()).collect(),
+            global: None,
+            positions: last.positions,
+            sinks,
+            next_part: self.next_part,
+        };
+        let written = tokio::task::block_in_place(|| {
+            super::group::write_checkpoint(&group, &self.store, sp, self.keep)
+        });
+        let (path, bytes) = match written {
+            Ok(w) => w,
+            // The group took a partition while the run was closing: its new owner
+            // restores the previous checkpoint and reads on from there.
+            Err(SavepointError::Refused(why)) => {
+                tracing::warn!("no last checkpoint for this member: {why}");
+                return Ok(());
+            }
+            Err(e) => return Err(e.into()),
+        };
+        tokio::task::block_in_place(|| self.store.mark_committed(&path))?;
+        self.stats.completed += 1;
+        self.stats.last = Some(path);
+        self.stats.last_bytes = bytes;
+        self.stats.last_duration_ms = ms(started.elapsed());
+        self.stats.last_completed_unix_ms = super::align::wall_clock_ns() / 1_000_000;
+        Ok(())
     }
 
     fn empty(&self) -> Building {

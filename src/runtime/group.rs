@@ -393,7 +393,9 @@ pub(crate) fn restore(plan: &Plan, group: &GroupRun) -> Result<GroupRestore, Sav
             r.globals.push((g, taken.clone()));
         }
     }
-    if r.watermark == u64::MAX {
+    // A partition no checkpoint holds starts from its beginning: the run's watermark
+    // starts where nothing of it is late yet.
+    if r.watermark == u64::MAX || assigned.iter().any(|p| !from.contains_key(p)) {
         r.watermark = 0;
     }
     if let Some(slot) = r.positions.get_mut(group.source) {

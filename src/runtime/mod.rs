@@ -494,7 +494,7 @@ async fn run_plan(
     let signal = Arc::new(io::CheckpointSignal::default());
     let (parts_tx, parts_rx) = mpsc::unbounded_channel();
     let stop = opts.stop.clone().unwrap_or_default();
-    let finished = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (end_tx, end_rx) = tokio::sync::oneshot::channel::<checkpoint::RunEnd>();
     let has_global = plan.nodes.iter().any(|n| n.in_global());
     let coordinator = opts.checkpoint_dir.as_ref().map(|dir| {
         let mut c = checkpoint::Coordinator::new(
@@ -518,12 +518,7 @@ async fn run_plan(
         );
         c.live = Some(progress.clone());
         c.group = opts.group.clone();
-        tokio::spawn(c.run(
-            parts_rx,
-            opts.checkpoint_interval,
-            stop.clone(),
-            finished.clone(),
-        ))
+        tokio::spawn(c.run(parts_rx, opts.checkpoint_interval, stop.clone(), end_rx))
     });
 
     // The global stage (merge sides of the metric operators, rollups), when the job
@@ -696,6 +691,8 @@ async fn run_plan(
         && stop.load(Ordering::Relaxed)
         && resumable
         && failure.is_none();
+    // A group member's end of input, for its last checkpoint.
+    let mut last = None;
     if stop_with_checkpoint {
         let id = signal.requested.fetch_add(1, Ordering::AcqRel) + 1;
         let pending = router::precommit_dead(&mut dead_rows, &mut dead_writers)?;
@@ -711,6 +708,13 @@ async fn run_plan(
         });
     } else {
         let wm = tracker.end_of_input_watermark();
+        if opts.group.is_some() {
+            last = Some(checkpoint::LastPosition {
+                positions: positions.clone(),
+                watermark: wm.max(last_wm),
+                high: wm,
+            });
+        }
         if wm > last_wm {
             for tx in &shard_txs {
                 let _ = tx.send(ShardMsg::Watermark(wm)).await;
@@ -762,11 +766,13 @@ async fn run_plan(
     }
     // Every output is written. The checkpoints in progress complete; when the run
     // finished, what they pre-committed is published and the store emptied (nothing
-    // is left open); then Kafka sources may commit what they read.
-    finished.store(
-        failure.is_none() && !stop_with_checkpoint,
-        Ordering::Relaxed,
-    );
+    // is left open) or, for a group member, its last checkpoint written; then Kafka
+    // sources may commit what they read.
+    let finished = failure.is_none() && !stop_with_checkpoint;
+    let _ = end_tx.send(checkpoint::RunEnd {
+        finished,
+        last: last.filter(|_| finished),
+    });
     let mut checkpoints = CheckpointStats::default();
     if let Some(c) = coordinator {
         checkpoints = c
@@ -784,6 +790,7 @@ async fn run_plan(
             savepoint_written = Some(last);
         } else if let Some(dir) = &opts.checkpoint_dir
             && !opts.discard_outputs
+            && opts.group.is_none()
         {
             savepoint::Store::new(dir).clear()?;
         }

@@ -189,9 +189,7 @@ impl ParquetTable {
                     Err(e) => return Err(ConnectorError::io(&visible, &e)),
                 }
             }
-            let mut committed = self.committed();
-            let seq = committed.entry(file.part).or_insert(file.seq);
-            *seq = (*seq).max(file.seq);
+            note_committed(&self.committed, file);
         }
         if renamed {
             File::open(&tdir)
@@ -257,6 +255,7 @@ impl Sink for ParquetTable {
             schema,
             props: writer_properties(&self.config),
             rows: 0,
+            committed: self.committed.clone(),
         };
         // The first file exists even if nothing is written: an empty table still has
         // its schema on disk.
@@ -293,6 +292,16 @@ impl Sink for ParquetTable {
     }
 }
 
+/// Records `file` as its part's newest committed file, unless a newer one is.
+fn note_committed(committed: &Mutex<BTreeMap<usize, u64>>, file: PartFile) {
+    // A writer that panicked holding it left a map that is still whole.
+    let mut committed = committed
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let seq = committed.entry(file.part).or_insert(file.seq);
+    *seq = (*seq).max(file.seq);
+}
+
 fn writer_properties(config: &ParquetSinkConfig) -> WriterProperties {
     let compression = match config.compression {
         ParquetCompression::None => Compression::UNCOMPRESSED,
@@ -324,6 +333,9 @@ pub struct ParquetTableWriter {
     schema: SchemaRef,
     props: WriterProperties,
     rows: u64,
+    /// The table's committed files: a file made visible at close is one (a group
+    /// member's last checkpoint, taken after its run closed its writers, lists it).
+    committed: Arc<Mutex<BTreeMap<usize, u64>>>,
 }
 
 impl ParquetTableWriter {
@@ -377,6 +389,7 @@ impl TableWriter for ParquetTableWriter {
             let path = self.tdir.join(f.name());
             std::fs::rename(self.tdir.join(f.hidden()), &path)
                 .map_err(|e| ConnectorError::io(&path, &e))?;
+            note_committed(&self.committed, f);
         }
         Ok(self.rows)
     }
