@@ -900,6 +900,7 @@ fn mock_kafka_job(
             end: Some("latest".into()),
             end_offsets: Default::default(),
             properties: Default::default(),
+            repartition: None,
         }),
         watermark,
     }];

@@ -55,9 +55,8 @@ fn with_job_checkpoint(job: &Job, opts: &RunOptions) -> RunOptions {
 /// newest checkpoints, and when the group moves partitions the run stops (writes since
 /// its last checkpoint rolled back) and the next one starts on the new assignment.
 pub fn run_group(job: &Job, opts: &RunOptions, instance: &str) -> Result<RunSummary, RunError> {
-    use crate::connectors::kafka::source::KafkaMember;
-    use crate::runtime::group::{Fence, GroupRun};
-    let config = group_source(job, instance)?;
+    use crate::connectors::kafka::repartition::Repartitioner;
+    let input = group_source(job, instance)?;
     let mut opts = with_job_checkpoint(job, opts);
     let Some(root) = opts.checkpoint_dir.clone() else {
         return Err(RunError::Plan(PlanError::Unsupported {
@@ -70,17 +69,75 @@ pub fn run_group(job: &Job, opts: &RunOptions, instance: &str) -> Result<RunSumm
     // Without periodic checkpoints a rebalance would send every member back to the
     // start of its partitions.
     opts.checkpoint_interval = opts.checkpoint_interval.or(Some(GROUP_CHECKPOINT_INTERVAL));
+    let stop = opts.stop.clone().unwrap_or_default();
+    opts.stop = Some(stop.clone());
+    // An input not partitioned by trace id: this instance's repartition stage re-keys
+    // its share into the internal topic, and the analytics below read that as a group
+    // of their own.
+    let (config, job, repartition) = match input.analytics_source() {
+        Some(analytics) => {
+            let r = Repartitioner::start(&input, instance, stop.clone()).map_err(|error| {
+                RunError::Source {
+                    source_name: job.sources[0].name.clone(),
+                    error,
+                }
+            })?;
+            let mut j = job.clone();
+            j.sources[0].kind = SourceKind::Kafka(analytics.clone());
+            (analytics, std::borrow::Cow::Owned(j), Some(r))
+        }
+        None => (input, std::borrow::Cow::Borrowed(job), None),
+    };
+    let job = job.as_ref();
+    let result = run_members(
+        job,
+        opts,
+        instance,
+        root,
+        &config,
+        &stop,
+        repartition.as_ref(),
+    );
+    // The analytics stopped (or failed); the stage stops after them, committing what it
+    // split.
+    let stage = repartition.map(Repartitioner::stop).transpose();
+    match (result, stage) {
+        (Ok(mut s), Ok(r)) => {
+            if let Some(g) = &mut s.group {
+                g.repartition = r;
+            }
+            Ok(s)
+        }
+        (Err(e), _) => Err(e),
+        (Ok(_), Err(error)) => Err(RunError::Source {
+            source_name: job.sources[0].name.clone(),
+            error,
+        }),
+    }
+}
+
+/// The runs of a group member's analytics on `config`, one per assignment, until
+/// `stop` (see [`run_group`]).
+fn run_members(
+    job: &Job,
+    mut opts: RunOptions,
+    instance: &str,
+    root: std::path::PathBuf,
+    config: &KafkaSourceConfig,
+    stop: &Arc<std::sync::atomic::AtomicBool>,
+    repartition: Option<&crate::connectors::kafka::repartition::Repartitioner>,
+) -> Result<RunSummary, RunError> {
+    use crate::connectors::kafka::source::KafkaMember;
+    use crate::runtime::group::{Fence, GroupRun};
     let fence = Arc::new(Fence::default());
     let member = Arc::new(
-        KafkaMember::connect(&config, fence.clone()).map_err(|error| RunError::Source {
+        KafkaMember::connect(config, fence.clone()).map_err(|error| RunError::Source {
             source_name: job.sources[0].name.clone(),
             error,
         })?,
     );
     let group = Arc::new(GroupRun::new(instance, &root, 0, fence));
     opts.group = Some(group.clone());
-    let stop = opts.stop.clone().unwrap_or_default();
-    opts.stop = Some(stop.clone());
     if opts.stop_on_ctrl_c {
         // One handler for every run: Ctrl-C between two runs (while the group
         // settles) must stop the instance too, not be lost with the run's.
@@ -93,10 +150,11 @@ pub fn run_group(job: &Job, opts: &RunOptions, instance: &str) -> Result<RunSumm
         partitions,
         rebalances,
         paused_seconds: member.paused().as_secs_f64(),
+        repartition: repartition.map(|r| r.summary()),
     };
     loop {
         let assigned = member
-            .wait_assignment(&stop)
+            .wait_assignment(stop)
             .map_err(|error| RunError::Source {
                 source_name: job.sources[0].name.clone(),
                 error,
@@ -110,8 +168,9 @@ pub fn run_group(job: &Job, opts: &RunOptions, instance: &str) -> Result<RunSumm
         group.set_assigned(assigned);
         let mut plan = plan_member(job, opts.output_dir.as_deref(), Some(instance))?;
         let (c, m) = (config.clone(), member.clone());
+        let origins = repartition.map_or(0, |r| r.origins());
         plan.sources[0].open = Arc::new(move || -> Box<dyn Source> {
-            Box::new(KafkaSource::with_member(c.clone(), m.clone()))
+            Box::new(KafkaSource::with_member(c.clone(), m.clone()).with_origins(origins))
         });
         let result = crate::runtime::run(plan, &opts);
         // Stopped while the group moved partitions: the next run restores and stops at

@@ -52,7 +52,9 @@ pub use rollup::RollupSpec;
 pub use savepoint::SavepointError;
 pub use source::{MemoryInput, MemorySource};
 pub use summary::ServiceSummary;
-pub use summary::{EventTimeStats, GroupSummary, OutputTable, RunSummary, SplitStats};
+pub use summary::{
+    EventTimeStats, GroupSummary, OutputTable, RepartitionSummary, RunSummary, SplitStats,
+};
 
 use io::Position;
 use io::{ConnectorError, Fault, Finish, SourceEvent, SourceOutput};

@@ -32,6 +32,30 @@ pub struct GroupSummary {
     /// Seconds it read nothing because of those rebalances (from each revoke until
     /// the next run restored its partitions and read again).
     pub paused_seconds: f64,
+    /// Its repartition stage, when the input is not partitioned by trace id.
+    pub repartition: Option<RepartitionSummary>,
+}
+
+/// What the repartition stage of an instance did.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct RepartitionSummary {
+    /// The internal topic.
+    pub topic: String,
+    /// Its partitions.
+    pub partitions: i32,
+    /// Input records read.
+    pub records: u64,
+    /// Their bytes.
+    pub bytes_in: u64,
+    /// Records produced to the internal topic (one per trace partition per input
+    /// record).
+    pub messages: u64,
+    /// Their bytes.
+    pub bytes_out: u64,
+    /// Input records that did not decode, forwarded whole.
+    pub undecodable: u64,
+    /// Times the group took partitions from this instance's stage.
+    pub revokes: u64,
 }
 
 /// Requests, errors and latency of one service's entry spans over the whole run.
@@ -320,6 +344,24 @@ impl RunSummary {
                 g.rebalances,
                 g.paused_seconds
             );
+            if let Some(r) = &g.repartition {
+                let _ = writeln!(
+                    s,
+                    "  repartition {} records ({:.1} MB) re-keyed by trace id into {} messages \
+                     ({:.1} MB) on `{}` ({} partitions){}",
+                    r.records,
+                    r.bytes_in as f64 / 1e6,
+                    r.messages,
+                    r.bytes_out as f64 / 1e6,
+                    r.topic,
+                    r.partitions,
+                    if r.undecodable > 0 {
+                        format!("; {} undecodable, forwarded whole", r.undecodable)
+                    } else {
+                        String::new()
+                    }
+                );
+            }
         }
         if let Some(n) = self.rescaled_from {
             let _ = writeln!(

@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 use arrow::record_batch::RecordBatch;
 use spanflow::testkit::generator::GeneratorConfig;
 
+use spanflow::testkit::generator::GeneratedRecord;
+
 use crate::kafka::{Broker, generate, job_yaml, kafka_source, produce_more, produce_records};
 use crate::support::{bin, read_table, rows};
 
@@ -132,6 +134,9 @@ fn merged_metrics(dir: &Path, table: &str) -> serde_json::Value {
 struct Setup<'b> {
     broker: &'b Broker,
     topic: &'static str,
+    /// The topic the analytics read and their consumer group: `topic` itself, or the
+    /// internal topic of the repartition stage.
+    read: (String, String),
     tmp: tempfile::TempDir,
     out: PathBuf,
     chk: PathBuf,
@@ -145,25 +150,47 @@ impl<'b> Setup<'b> {
 
     /// The same with a live job that ends at `end` (`latest`: a bounded group).
     fn with_end(broker: &'b Broker, topic: &'static str, end: Option<&str>) -> Self {
+        Self::with(broker, topic, end, false)
+    }
+
+    /// A live job whose input is not partitioned by trace id: its repartition stage
+    /// re-keys it into `<topic>.by-trace` (8 partitions).
+    fn repartitioned(broker: &'b Broker, topic: &'static str) -> Self {
+        Self::with(broker, topic, None, true)
+    }
+
+    fn with(broker: &'b Broker, topic: &'static str, end: Option<&str>, repartition: bool) -> Self {
         let tmp = tempfile::tempdir().unwrap();
         let out = tmp.path().join("out");
         let chk = tmp.path().join("chk");
         let live = tmp.path().join("live.yaml");
+        let read = match repartition {
+            true => (format!("{topic}.by-trace"), format!("{topic}.analytics")),
+            false => (topic.to_owned(), topic.to_owned()),
+        };
         let s = Setup {
             broker,
             topic,
+            read,
             tmp,
             out,
             chk,
             live,
         };
-        std::fs::write(&s.live, group_job(&s.source(topic, end), &s.out)).unwrap();
+        let mut source = s.source(topic, topic, end);
+        if repartition {
+            source = source.replace(
+                "    watermark:",
+                "    repartition: { partitions: 8 }\n    watermark:",
+            );
+        }
+        std::fs::write(&s.live, group_job(&source, &s.out)).unwrap();
         s
     }
 
-    /// The kafka source of the group (bounded with `end`) in consumer group `group`.
-    fn source(&self, group: &str, end: Option<&str>) -> String {
-        kafka_source(self.broker, self.topic, group, "earliest", end).replace(
+    /// The kafka source of `topic` (bounded with `end`) in consumer group `group`.
+    fn source(&self, topic: &str, group: &str, end: Option<&str>) -> String {
+        kafka_source(self.broker, topic, group, "earliest", end).replace(
             "    watermark:",
             "    properties: { session.timeout.ms: \"6000\", heartbeat.interval.ms: \"500\" }\n    \
              watermark:",
@@ -178,14 +205,35 @@ impl<'b> Setup<'b> {
         checkpointed(&self.chk, name)
     }
 
+    /// The id of member `name`'s newest complete checkpoint (0: none).
+    fn newest_checkpoint(&self, name: &str) -> u64 {
+        std::fs::read_dir(self.chk.join("members").join(name))
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| e.path().join("MANIFEST.json").exists())
+                    .filter_map(|e| e.file_name().to_str()?.strip_prefix("chk-")?.parse().ok())
+                    .max()
+                    .unwrap_or(0)
+            })
+            .unwrap_or(0)
+    }
+
     /// Waits until the group committed the end of every partition: its members read
-    /// everything and checkpointed it.
+    /// everything and checkpointed it (with a repartition stage: it split everything,
+    /// then the analytics read and checkpointed all it produced).
     fn wait_read_to_end(&self) {
-        let ends = crate::kafka::end_offsets(self.broker, self.topic, 8);
+        self.wait_committed(self.topic, self.topic);
+        if self.read.0 != self.topic {
+            self.wait_committed(&self.read.0, &self.read.1);
+        }
+    }
+
+    fn wait_committed(&self, topic: &str, group: &str) {
+        let ends = crate::kafka::end_offsets(self.broker, topic, 8);
         let mut last = Vec::new();
         let started = Instant::now();
         while last != ends {
-            last = crate::kafka::committed_offsets_of(self.broker, self.topic, 8, self.topic);
+            last = crate::kafka::committed_offsets_of(self.broker, topic, 8, group);
             assert!(
                 started.elapsed() < Duration::from_secs(180),
                 "the group did not read to the end in 180 s: committed {last:?} of {ends:?}"
@@ -215,7 +263,10 @@ impl<'b> Setup<'b> {
         let group = format!("{}-drain", self.topic);
         std::fs::write(
             &drain,
-            group_job(&self.source(&group, Some("latest")), &self.out),
+            group_job(
+                &self.source(&self.read.0, &group, Some("latest")),
+                &self.out,
+            ),
         )
         .unwrap();
         let sd = finish(
@@ -266,6 +317,17 @@ impl<'b> Setup<'b> {
             .status()
             .unwrap();
         assert!(status.success());
+        let counts: Vec<String> = ["traces", "spans", "late_spans"]
+            .iter()
+            .map(|t| {
+                let one: usize = read_table(&reference, t).iter().map(|b| b.num_rows()).sum();
+                let group: usize = read_group_table(&self.out, t)
+                    .iter()
+                    .map(|b| b.num_rows())
+                    .sum();
+                format!("{t}: {group} rows (one instance: {one})")
+            })
+            .collect();
         for table in ["traces", "spans", "late_spans"] {
             let normal = |rows: Vec<String>| -> Vec<String> {
                 let mut rows: Vec<String> = rows
@@ -284,10 +346,11 @@ impl<'b> Setup<'b> {
                 let only_a: Vec<&String> = a.iter().filter(|r| !b.contains(r)).take(3).collect();
                 let only_b: Vec<&String> = b.iter().filter(|r| !a.contains(r)).take(3).collect();
                 panic!(
-                    "{table}: {} rows against one instance's {}; only in one instance's: \
+                    "{table}: {} rows against one instance's {} ({}); only in one instance's: \
                      {only_a:#?}; only in the group's: {only_b:#?}",
                     b.len(),
-                    a.len()
+                    a.len(),
+                    counts.join(", ")
                 );
             }
         }
@@ -380,17 +443,7 @@ fn a_killed_instance_and_a_joining_one_change_nothing_in_the_group_outputs() {
     produce_more(&broker, g.topic, 8, &records[third..2 * third]);
     // Killed at a random moment up to 1 s after a checkpoint of a that follows the
     // second part of the input.
-    let newest = |name: &str| -> u64 {
-        std::fs::read_dir(g.chk.join("members").join(name))
-            .map(|d| {
-                d.flatten()
-                    .filter(|e| e.path().join("MANIFEST.json").exists())
-                    .filter_map(|e| e.file_name().to_str()?.strip_prefix("chk-")?.parse().ok())
-                    .max()
-                    .unwrap_or(0)
-            })
-            .unwrap_or(0)
-    };
+    let newest = |name: &str| g.newest_checkpoint(name);
     let before = newest("a");
     wait_for("a checkpoints again", Duration::from_secs(60), || {
         newest("a") > before
@@ -439,6 +492,69 @@ fn bounded_members_read_every_partition_once_whoever_finishes_first() {
     let read = |s: &serde_json::Value| s["decode"]["spans"].as_u64().unwrap();
     assert!(read(&sa) + read(&sb) > 0);
     g.drain_and_compare(true);
+}
+
+/// Produces `records` whole, round-robin over the partitions of `topic` (created with
+/// 8): a topic not partitioned by trace id, where a trace's spans are spread over
+/// several partitions.
+fn produce_unkeyed(broker: &Broker, topic: &str, records: &[GeneratedRecord]) {
+    use spanflow::connectors::kafka::{create_topics, produce::KafkaProducer};
+    let props = std::collections::BTreeMap::new();
+    create_topics(&broker.brokers, &props, &[topic.to_owned()], 8).unwrap();
+    let p = KafkaProducer::new(&broker.brokers, &props).unwrap();
+    for (i, r) in records.iter().enumerate() {
+        p.send(topic, Some((i % 8) as i32), None, &r.payload)
+            .unwrap();
+    }
+    p.flush().unwrap();
+}
+
+/// A job over a topic not partitioned by trace id, run as two instances with a
+/// repartition stage: the second joins while traces are open and more input arrives.
+/// Each instance's stage re-keys its share of the input into the internal topic by
+/// trace id, and the analytics read that as a group: the union of their outputs is what
+/// one instance reading the original topic computes.
+#[test]
+fn an_input_not_keyed_by_trace_id_is_repartitioned_and_splits_no_trace() {
+    let broker = Broker::start();
+    let records = input(3_500, 53);
+    let half = records.len() / 2;
+    let g = Setup::repartitioned(&broker, "unkeyed");
+    produce_unkeyed(&broker, g.topic, &records[..half]);
+    let a = g.spawn("a");
+    wait_for("instance a checkpoints", Duration::from_secs(60), || {
+        g.checkpointed("a")
+    });
+    let b = g.spawn("b");
+    wait_for("instance b checkpoints", Duration::from_secs(60), || {
+        g.checkpointed("b")
+    });
+    produce_unkeyed(&broker, g.topic, &records[half..]);
+    g.wait_read_to_end();
+    interrupt(&a);
+    let sa = finish(a, Duration::from_secs(60));
+    // b restarts on every partition as a leaves: stopped once it checkpointed after
+    // that, not in the middle of the group's rebalance.
+    let before = g.newest_checkpoint("b");
+    wait_for(
+        "b checkpoints after a left",
+        Duration::from_secs(60),
+        || g.newest_checkpoint("b") > before,
+    );
+    interrupt(&b);
+    let sb = finish(b, Duration::from_secs(60));
+    let stage = |s: &serde_json::Value, key: &str| s["group"]["repartition"][key].as_u64().unwrap();
+    assert_eq!(
+        stage(&sa, "records") + stage(&sb, "records"),
+        records.len() as u64,
+        "every input record split once"
+    );
+    assert!(
+        stage(&sa, "messages") > stage(&sa, "records"),
+        "records were split"
+    );
+    assert_eq!(stage(&sa, "undecodable") + stage(&sb, "undecodable"), 0);
+    g.drain_and_compare(false);
 }
 
 /// Two job servers each run the job as one member of its group (`spanflow submit

@@ -643,6 +643,7 @@ fn rebalance_moves_partitions_between_members() {
         end: None,
         end_offsets: BTreeMap::new(),
         properties: BTreeMap::new(),
+        repartition: None,
     };
 
     let spawn = |config: KafkaSourceConfig, stop: Arc<AtomicBool>| {

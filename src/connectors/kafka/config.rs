@@ -48,6 +48,60 @@ pub struct KafkaSourceConfig {
     /// Extra librdkafka consumer settings (`fetch.max.bytes`, `security.protocol`, ...).
     #[serde(default)]
     pub properties: BTreeMap<String, String>,
+    /// The topics are not partitioned by trace id: a job run as a group of instances
+    /// (`--instance`) first re-keys the spans by trace id into an internal topic, which
+    /// its analytics read (README "Running a group of instances").
+    #[serde(default)]
+    pub repartition: Option<RepartitionConfig>,
+}
+
+/// The repartition stage of a Kafka source whose topics are not partitioned by trace id.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RepartitionConfig {
+    /// The internal topic (created when missing); default `<group_id>.by-trace`.
+    #[serde(default)]
+    pub topic: Option<String>,
+    /// Partitions of the internal topic when spanflow creates it; default: those of the
+    /// first input topic.
+    #[serde(default)]
+    pub partitions: Option<u16>,
+    /// The analytics stage's consumer group; default `<group_id>.analytics`.
+    #[serde(default)]
+    pub group_id: Option<String>,
+}
+
+impl KafkaSourceConfig {
+    /// The internal topic of the repartition stage, if the source has one.
+    pub fn repartition_topic(&self) -> Option<String> {
+        let r = self.repartition.as_ref()?;
+        Some(
+            r.topic
+                .clone()
+                .unwrap_or_else(|| format!("{}.by-trace", self.group_id)),
+        )
+    }
+
+    /// The source the analytics stage of a repartitioned source reads: the internal
+    /// topic, in a consumer group of its own, from its start.
+    pub fn analytics_source(&self) -> Option<KafkaSourceConfig> {
+        let topic = self.repartition_topic()?;
+        let r = self.repartition.as_ref()?;
+        Some(KafkaSourceConfig {
+            topics: vec![topic],
+            group_id: r
+                .group_id
+                .clone()
+                .unwrap_or_else(|| format!("{}.analytics", self.group_id)),
+            format: InputFormat::OtlpProto,
+            start: "committed".into(),
+            on_no_committed: "earliest".into(),
+            end: None,
+            end_offsets: BTreeMap::new(),
+            repartition: None,
+            ..self.clone()
+        })
+    }
 }
 
 fn default_format() -> InputFormat {
@@ -167,6 +221,46 @@ impl KafkaSourceConfig {
                         format!("partitions and offsets are 0 or more, found {p}: {o}"),
                     ));
                 }
+            }
+        }
+        if let Some(r) = &self.repartition {
+            if self.format != InputFormat::OtlpProto {
+                issues.push(ConfigIssue::new(
+                    "repartition",
+                    "re-keys OTLP protobuf records (`format: otlp_proto`) only",
+                ));
+            }
+            if self.end.is_some() || !self.end_offsets.is_empty() {
+                issues.push(ConfigIssue::new(
+                    "repartition",
+                    "runs on an unbounded source only (no `end` or `end_offsets`): to finish \
+                     a repartitioned job, run it bounded on the internal topic",
+                ));
+            }
+            if matches!(self.start_position(), Ok(StartPosition::Timestamp(_))) {
+                issues.push(ConfigIssue::new(
+                    "repartition",
+                    "starts from `committed`, `earliest` or `latest`, not from a time",
+                ));
+            }
+            if let Some(t) = &r.topic
+                && let Err(e) = check_topic_name(t)
+            {
+                issues.push(ConfigIssue::new("repartition.topic", e));
+            }
+            if let Some(t) = self.repartition_topic()
+                && self.topics.contains(&t)
+            {
+                issues.push(ConfigIssue::new(
+                    "repartition.topic",
+                    format!("`{t}` is one of the source's own topics"),
+                ));
+            }
+            if r.partitions == Some(0) {
+                issues.push(ConfigIssue::new(
+                    "repartition.partitions",
+                    "must be at least 1",
+                ));
             }
         }
         for key in self.properties.keys() {

@@ -5,11 +5,13 @@
 mod config;
 pub mod encode;
 pub mod produce;
+pub mod repartition;
 pub mod sink;
 pub mod source;
 
 pub use config::{
-    EndPosition, KafkaSinkConfig, KafkaSourceConfig, OutputFormat, StartPosition, parse_time,
+    EndPosition, KafkaSinkConfig, KafkaSourceConfig, OutputFormat, RepartitionConfig,
+    StartPosition, parse_time,
 };
 
 use std::collections::BTreeMap;

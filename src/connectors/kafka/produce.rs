@@ -227,7 +227,7 @@ pub fn split_request(payload: &[u8], partitions: i32, fallback: i32) -> Vec<(i32
 }
 
 /// [`split_request`], or None when the record does not decode.
-fn try_split(payload: &[u8], partitions: i32) -> Option<Vec<(i32, Vec<u8>)>> {
+pub(crate) fn try_split(payload: &[u8], partitions: i32) -> Option<Vec<(i32, Vec<u8>)>> {
     use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
     use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans};
     use prost::Message;

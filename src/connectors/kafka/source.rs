@@ -48,6 +48,9 @@ pub enum KafkaEvent {
     Records {
         /// The partition.
         split: Split,
+        /// The split whose watermark they move: the partition's key, or with origin
+        /// splits ([`origin_key`]) that of the input partition they were re-keyed from.
+        watermark: u32,
         /// Offsets, one per record.
         offsets: Vec<u64>,
         /// Payloads (an empty payload for a null record).
@@ -354,7 +357,22 @@ pub struct KafkaReader {
     /// what the progress bar counts towards. With other members in the group this
     /// member reads only its share.
     pub backlog: Option<u64>,
+    /// With origin splits: the input partitions of a repartition stage whose pieces
+    /// this topic holds (0: off; see [`origin_key`]).
+    pub origins: u32,
 }
+
+/// The watermark split of records of partition `split` that came from input partition
+/// `origin` of a repartition stage. A partition of the internal topic mixes every input
+/// partition, each read by some instance's stage at its own pace: one watermark per
+/// origin keeps a stage that lags from making the others' spans late (Flink's
+/// watermark per input channel).
+pub fn origin_key(split: u32, origin: u32) -> u32 {
+    (split << 12) | (origin & 0xfff)
+}
+
+/// The most input partitions origin splits tell apart.
+pub const MAX_ORIGINS: u32 = 0x1000;
 
 /// The Kafka timestamp (ms) of the record at `offset` of a partition, read with
 /// `reader`, a consumer that joins no group; `None` when it has none.
@@ -392,6 +410,25 @@ fn record_timestamp(
 }
 
 /// The partitions of `splits`, as librdkafka takes them.
+/// The pending chunks of partition `split` (one per origin with origin splits).
+fn take_chunks_of(chunks: &mut BTreeMap<u32, Chunk>, split: &Split) -> Vec<Chunk> {
+    let keys: Vec<u32> = chunks
+        .iter()
+        .filter(|(_, c)| c.split.key == split.key)
+        .map(|(k, _)| *k)
+        .collect();
+    keys.into_iter().filter_map(|k| chunks.remove(&k)).collect()
+}
+
+/// The input partition a repartitioned record came from: a repartition stage keys
+/// each piece with it (4 bytes, big-endian; the partition itself is chosen by trace
+/// id). 0 for a record keyed otherwise.
+fn origin_of(m: &rdkafka::message::BorrowedMessage<'_>) -> u32 {
+    m.key()
+        .and_then(|k| <[u8; 4]>::try_from(k).ok())
+        .map_or(0, u32::from_be_bytes)
+}
+
 fn partition_list(splits: &[Split]) -> TopicPartitionList {
     let mut tpl = TopicPartitionList::new();
     for s in splits {
@@ -639,6 +676,7 @@ impl KafkaReader {
             bounded: end.is_some(),
             owed,
             backlog,
+            origins: 0,
         })
     }
 
@@ -688,7 +726,7 @@ impl KafkaReader {
                 break;
             }
             if let Some(w) = hooks.paused_splits(&mut pause_seen) {
-                wanted = w;
+                wanted = self.partitions_to_pause(w);
                 self.align(&wanted, &mut aligned, &done)?;
             }
             let lag = self.shared.lock().ok().and_then(|mut s| {
@@ -753,10 +791,10 @@ impl KafkaReader {
                 }
                 if let KafkaEvent::Revoked(splits) = &ev {
                     for s in splits {
-                        if let Some(c) = chunks.remove(&s.key)
-                            && !emit(c.into_event())
-                        {
-                            return Ok(stats);
+                        for c in take_chunks_of(&mut chunks, s) {
+                            if !emit(c.into_event()) {
+                                return Ok(stats);
+                            }
                         }
                     }
                 }
@@ -809,14 +847,18 @@ impl KafkaReader {
                     let payload = m.payload().unwrap_or(&[]);
                     stats.records += 1;
                     stats.bytes += payload.len() as u64;
+                    let key = match self.origins {
+                        0 => split.key,
+                        _ => origin_key(split.key, origin_of(&m) % self.origins),
+                    };
                     let c = chunks
-                        .entry(split.key)
-                        .or_insert_with(|| Chunk::new(split.clone()));
+                        .entry(key)
+                        .or_insert_with(|| Chunk::new(split.clone(), key));
                     c.offsets.push(u64::try_from(m.offset()).unwrap_or(0));
                     c.bytes += payload.len();
                     c.records.push(Bytes::copy_from_slice(payload));
                     if (c.records.len() >= CHUNK_RECORDS || c.bytes >= CHUNK_BYTES)
-                        && let Some(c) = chunks.remove(&split.key)
+                        && let Some(c) = chunks.remove(&key)
                         && !emit(c.into_event())
                     {
                         return Ok(stats);
@@ -971,7 +1013,7 @@ impl KafkaReader {
         if done.contains_key(&split.key) {
             return Ok(());
         }
-        if let Some(c) = chunks.remove(&split.key) {
+        for c in take_chunks_of(chunks, split) {
             emit(c.into_event());
         }
         self.pause(std::slice::from_ref(split));
@@ -1025,6 +1067,20 @@ impl KafkaReader {
         // Revoked or finished partitions were not resumed: forget them too.
         aligned.retain(|k| wanted.contains(k));
         Ok(())
+    }
+
+    /// The partitions alignment pauses: with origin splits, those of which every
+    /// origin is ahead (pausing one that an origin still lags on would hold back
+    /// the slowest).
+    fn partitions_to_pause(&self, wanted: BTreeSet<u32>) -> BTreeSet<u32> {
+        if self.origins == 0 {
+            return wanted;
+        }
+        let parents: BTreeSet<u32> = wanted.iter().map(|k| k >> 12).collect();
+        parents
+            .into_iter()
+            .filter(|p| (0..self.origins).all(|o| wanted.contains(&origin_key(*p, o))))
+            .collect()
     }
 
     fn pause(&self, splits: &[Split]) {
@@ -1288,15 +1344,17 @@ pub struct KafkaRunStats {
 
 struct Chunk {
     split: Split,
+    watermark: u32,
     offsets: Vec<u64>,
     records: Vec<Bytes>,
     bytes: usize,
 }
 
 impl Chunk {
-    fn new(split: Split) -> Self {
+    fn new(split: Split, watermark: u32) -> Self {
         Chunk {
             split,
+            watermark,
             offsets: Vec::with_capacity(CHUNK_RECORDS),
             records: Vec::with_capacity(CHUNK_RECORDS),
             bytes: 0,
@@ -1306,6 +1364,7 @@ impl Chunk {
     fn into_event(self) -> KafkaEvent {
         KafkaEvent::Records {
             split: self.split,
+            watermark: self.watermark,
             offsets: self.offsets,
             records: self.records,
         }
@@ -1320,6 +1379,8 @@ pub struct KafkaSource {
     resume: Vec<(String, i32, i64)>,
     /// The group member it reads with, kept across runs (a job run as a group).
     member: Option<Arc<KafkaMember>>,
+    /// Origin splits: the input partitions of the repartition stage feeding the topic.
+    origins: u32,
 }
 
 impl KafkaSource {
@@ -1329,7 +1390,15 @@ impl KafkaSource {
             config,
             resume: Vec::new(),
             member: None,
+            origins: 0,
         }
+    }
+
+    /// Gives each of the topic's `origins` input partitions of a repartition stage a
+    /// watermark of its own in every partition ([`origin_key`]).
+    pub fn with_origins(mut self, origins: u32) -> Self {
+        self.origins = origins.min(MAX_ORIGINS);
+        self
     }
 
     /// A source reading with `member`, one run of an instance of a group.
@@ -1370,6 +1439,18 @@ impl Source for KafkaSource {
         if let Some(n) = reader.backlog {
             out.expect_records(n);
         }
+        reader.origins = self.origins;
+        let origins = self.origins;
+        // The watermark splits of partitions: themselves, or one per origin.
+        let keys = move |splits: &[Split]| -> Vec<u32> {
+            match origins {
+                0 => splits.iter().map(|s| s.key).collect(),
+                n => splits
+                    .iter()
+                    .flat_map(|s| (0..n).map(move |o| origin_key(s.key, o)))
+                    .collect(),
+            }
+        };
         let mut topics: Vec<(Arc<str>, Sym)> = Vec::new();
         let stop = out.stop_flag();
         let finish = out.take_finish();
@@ -1377,15 +1458,9 @@ impl Source for KafkaSource {
         let mut position_error = None;
         let mut emit = |ev: KafkaEvent| -> bool {
             match ev {
-                KafkaEvent::Assigned(splits) => {
-                    out.splits_added(splits.iter().map(|s| s.key).collect())
-                }
-                KafkaEvent::Revoked(splits) => {
-                    out.splits_removed(splits.iter().map(|s| s.key).collect())
-                }
-                KafkaEvent::CaughtUp(splits) => {
-                    out.splits_caught_up(splits.iter().map(|s| s.key).collect())
-                }
+                KafkaEvent::Assigned(splits) => out.splits_added(keys(&splits)),
+                KafkaEvent::Revoked(splits) => out.splits_removed(keys(&splits)),
+                KafkaEvent::CaughtUp(splits) => out.splits_caught_up(keys(&splits)),
                 KafkaEvent::Lag(lag) => {
                     out.consumer_lag(
                         lag.iter()
@@ -1410,6 +1485,7 @@ impl Source for KafkaSource {
                 },
                 KafkaEvent::Records {
                     split,
+                    watermark,
                     offsets,
                     records,
                 } => {
@@ -1422,7 +1498,7 @@ impl Source for KafkaSource {
                         }
                     };
                     out.records(Records {
-                        split: split.key,
+                        split: watermark,
                         topic: Some(topic),
                         partition: u32::try_from(split.partition).unwrap_or(0),
                         first_offset: offsets.first().copied().unwrap_or(0),

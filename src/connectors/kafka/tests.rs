@@ -23,6 +23,7 @@ fn source_config(brokers: &str, topic: &str, group: &str) -> KafkaSourceConfig {
         end: Some("latest".into()),
         end_offsets: BTreeMap::new(),
         properties: BTreeMap::new(),
+        repartition: None,
     }
 }
 
@@ -536,4 +537,64 @@ sinks:
         let distinct: std::collections::BTreeSet<_> = records.iter().collect();
         assert_eq!(distinct.len(), records.len(), "{table}: no record twice");
     }
+}
+
+/// A repartition stage is refused where it cannot run (a bounded source, another
+/// format, its own input as the internal topic, no partitions), and its defaults name
+/// the internal topic and the analytics' group after the source's group.
+#[test]
+fn a_repartition_stage_is_validated_and_named_after_the_group() {
+    let paths = |c: &KafkaSourceConfig| -> Vec<(String, String)> {
+        c.validate()
+            .into_iter()
+            .map(|i| (i.path.join("."), i.message))
+            .collect()
+    };
+    let mut c = source_config("127.0.0.1:9", "spans", "g");
+    assert!(paths(&c).is_empty());
+    c.repartition = Some(RepartitionConfig {
+        topic: None,
+        partitions: Some(0),
+        group_id: None,
+    });
+    let found = paths(&c);
+    assert!(
+        found
+            .iter()
+            .any(|(p, m)| p == "repartition" && m.contains("unbounded"))
+    );
+    assert!(found.iter().any(|(p, _)| p == "repartition.partitions"));
+    c.end = None;
+    c.format = crate::formats::InputFormat::OtlpJson;
+    if let Some(r) = &mut c.repartition {
+        r.partitions = None;
+        r.topic = Some("spans".into());
+    }
+    let found = paths(&c);
+    assert!(
+        found
+            .iter()
+            .any(|(p, m)| p == "repartition" && m.contains("otlp_proto"))
+    );
+    assert!(
+        found
+            .iter()
+            .any(|(p, m)| p == "repartition.topic" && m.contains("own topics"))
+    );
+    assert_eq!(found.len(), 2, "{found:?}");
+    c.format = crate::formats::InputFormat::OtlpProto;
+    if let Some(r) = &mut c.repartition {
+        r.topic = None;
+    }
+    assert!(paths(&c).is_empty());
+    assert_eq!(c.repartition_topic().as_deref(), Some("g.by-trace"));
+    let a = c.analytics_source().unwrap();
+    assert_eq!(
+        (a.topics, a.group_id, a.repartition),
+        (
+            vec!["g.by-trace".to_owned()],
+            "g.analytics".to_owned(),
+            None
+        )
+    );
 }

@@ -1,0 +1,388 @@
+//! The repartition stage of a job run as a group whose input topics are not
+//! partitioned by trace id (Kafka Streams' repartition topic): each instance consumes
+//! its share of the input in the job's consumer group, splits every OTLP request by
+//! trace id ([`super::produce::split_request`]: every field of the request kept) and
+//! produces the pieces to the partition of an internal topic their trace id hashes to.
+//! The job's analytics read the internal topic as a group of their own, where every
+//! trace belongs to one partition, and checkpoint it as any keyed input. Each piece is
+//! keyed with its input partition: the analytics keep a watermark per input partition
+//! in every internal partition ([`super::source::origin_key`]), since the stages of
+//! several instances read their shares of the input at their own pace.
+//!
+//! Offsets of the input are committed only for records whose pieces the broker has
+//! acknowledged: every second, and before the group takes partitions away (the
+//! rebalance callback flushes the producer and commits what was read of them), so a
+//! rebalance or a stop repeats and loses nothing. An instance killed between producing
+//! and committing leaves its last uncommitted input (at most about a second) to be
+//! split again by the next owner: those pieces reach the internal topic twice.
+//!
+//! A record that does not decode goes to the internal topic whole (to the partition of
+//! its input partition), where the analytics' decoder sends it to `dead_letters` with
+//! its reason.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+
+use super::config::{KafkaSourceConfig, StartPosition};
+use super::produce::{KafkaProducer, try_split};
+use crate::runtime::RepartitionSummary;
+use crate::runtime::io::ConnectorError;
+
+/// How often read input is committed (after its pieces were acknowledged).
+const COMMIT_EVERY: Duration = Duration::from_secs(1);
+
+#[derive(Default)]
+struct Counters {
+    records: AtomicU64,
+    bytes_in: AtomicU64,
+    messages: AtomicU64,
+    bytes_out: AtomicU64,
+    undecodable: AtomicU64,
+    revokes: AtomicU64,
+}
+
+/// Read but uncommitted input: the next offset of each partition, and the producer
+/// whose acknowledgements they wait for. Shared with the rebalance callback.
+struct Pending {
+    producer: Arc<KafkaProducer>,
+    next: Mutex<BTreeMap<(String, i32), i64>>,
+    /// The first failure of a commit made in the rebalance callback.
+    failed: Mutex<Option<String>>,
+    counters: Arc<Counters>,
+}
+
+impl Pending {
+    /// Waits for every piece produced so far, then commits the read offsets of the
+    /// partitions `only` names (all when `None`).
+    fn flush_and_commit(
+        &self,
+        consumer: &BaseConsumer<Ctx>,
+        only: Option<&TopicPartitionList>,
+    ) -> Result<(), ConnectorError> {
+        let offsets: Vec<((String, i32), i64)> = {
+            let mut next = self
+                .next
+                .lock()
+                .map_err(|_| ConnectorError::internal("poisoned lock"))?;
+            let keys: Vec<(String, i32)> = next
+                .keys()
+                .filter(|(t, p)| only.is_none_or(|l| l.find_partition(t, *p).is_some()))
+                .cloned()
+                .collect();
+            keys.into_iter()
+                .filter_map(|k| next.remove(&k).map(|o| (k, o)))
+                .collect()
+        };
+        if offsets.is_empty() {
+            return Ok(());
+        }
+        self.producer.flush()?;
+        let mut tpl = TopicPartitionList::new();
+        for ((t, p), o) in &offsets {
+            tpl.add_partition_offset(t, *p, Offset::Offset(*o))
+                .map_err(|e| ConnectorError::internal(format!("offset list: {e}")))?;
+        }
+        consumer.commit(&tpl, CommitMode::Sync).map_err(|e| {
+            ConnectorError::external(format!("committing the repartitioned input: {e}"))
+        })
+    }
+}
+
+struct Ctx {
+    pending: Arc<Pending>,
+    errors: super::ErrorLog,
+}
+
+impl ClientContext for Ctx {
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.errors.warn("repartition consumer", &error, reason);
+    }
+}
+
+impl ConsumerContext for Ctx {
+    /// Before partitions go to another instance: everything read of them is produced
+    /// and committed, so their new owner starts right after it.
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(tpl) = rebalance {
+            self.pending
+                .counters
+                .revokes
+                .fetch_add(1, Ordering::Relaxed);
+            if let Err(e) = self.pending.flush_and_commit(consumer, Some(tpl))
+                && let Ok(mut f) = self.pending.failed.lock()
+            {
+                f.get_or_insert(e.message);
+            }
+        }
+    }
+}
+
+/// A running repartition stage (a thread of its own).
+pub struct Repartitioner {
+    stop: Arc<AtomicBool>,
+    handle: Option<JoinHandle<Result<(), ConnectorError>>>,
+    counters: Arc<Counters>,
+    topic: String,
+    partitions: i32,
+    origins: u32,
+}
+
+impl Repartitioner {
+    /// Partitions of the input: each gets a watermark of its own in the analytics
+    /// ([`super::source::origin_key`]).
+    pub fn origins(&self) -> u32 {
+        self.origins
+    }
+
+    /// Creates the internal topic when missing, joins the source's consumer group and
+    /// starts splitting. Fails when the broker or the input topic is not there.
+    /// `on_failure` is set when the stage fails (the instance then stops its
+    /// analytics too, and [`Repartitioner::stop`] says why).
+    pub fn start(
+        config: &KafkaSourceConfig,
+        instance: &str,
+        on_failure: Arc<AtomicBool>,
+    ) -> Result<Self, ConnectorError> {
+        let Some(topic) = config.repartition_topic() else {
+            return Err(ConnectorError::internal(
+                "the source has no repartition stage",
+            ));
+        };
+        let first = config
+            .topics
+            .first()
+            .ok_or_else(|| ConnectorError::user("the source lists no topic"))?;
+        let origins = super::topic_partitions(&config.brokers, &config.properties, first)?;
+        let wanted = match config.repartition.as_ref().and_then(|r| r.partitions) {
+            Some(n) => i32::from(n),
+            None => origins,
+        };
+        super::create_topics(
+            &config.brokers,
+            &config.properties,
+            std::slice::from_ref(&topic),
+            wanted,
+        )?;
+        // An existing topic keeps its partitions; the pieces follow them.
+        let partitions = super::topic_partitions(&config.brokers, &config.properties, &topic)?;
+        let producer = Arc::new(KafkaProducer::new(
+            &config.brokers,
+            &producer_properties(config),
+        )?);
+        let counters = Arc::new(Counters::default());
+        let pending = Arc::new(Pending {
+            producer: producer.clone(),
+            next: Mutex::default(),
+            failed: Mutex::default(),
+            counters: counters.clone(),
+        });
+        // Small fetches, little prefetched: librdkafka hands over a partition's
+        // prefetched records together, and a partition read far ahead of the others
+        // (catching up on a backlog) would put event time out of order in the
+        // internal topic, where the analytics see every input partition as one split.
+        // With small fetches the partitions interleave by a few records (at least one
+        // record per fetch, however large). `properties` still override these.
+        let mut props = BTreeMap::from([
+            ("max.partition.fetch.bytes".to_owned(), "65536".to_owned()),
+            ("queued.min.messages".to_owned(), "16".to_owned()),
+            ("queued.max.messages.kbytes".to_owned(), "8192".to_owned()),
+        ]);
+        props.extend(config.properties.clone());
+        let mut cc = super::client_config(&config.brokers, &props);
+        // The stage always resumes at its group's committed offsets; `start` says
+        // where it begins in a partition without one.
+        let reset = match config.start_position()? {
+            StartPosition::Latest
+            | StartPosition::Committed {
+                earliest_fallback: false,
+            } => "latest",
+            _ => "earliest",
+        };
+        cc.set("group.id", &config.group_id)
+            .set("client.id", format!("spanflow-repartition-{instance}"))
+            .set("enable.auto.commit", "false")
+            .set("auto.offset.reset", reset);
+        let consumer: BaseConsumer<Ctx> = cc
+            .create_with_context(Ctx {
+                pending: pending.clone(),
+                errors: super::ErrorLog::default(),
+            })
+            .map_err(|e| {
+                ConnectorError::user(format!(
+                    "cannot create a Kafka consumer for {}: {e}",
+                    config.brokers
+                ))
+            })?;
+        let names: Vec<&str> = config.topics.iter().map(String::as_str).collect();
+        consumer.subscribe(&names).map_err(|e| {
+            ConnectorError::external(format!("subscribing to {}: {e}", names.join(", ")))
+        })?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let run = Run {
+            consumer,
+            pending,
+            topic: topic.clone(),
+            partitions,
+            stop: stop.clone(),
+        };
+        let handle = std::thread::Builder::new()
+            .name("repartition".into())
+            .spawn(move || {
+                let r = run.run();
+                if let Err(e) = &r {
+                    tracing::error!(error = %e.message, "the repartition stage failed");
+                    on_failure.store(true, Ordering::Relaxed);
+                }
+                r
+            })
+            .map_err(|e| ConnectorError::internal(format!("cannot start a thread: {e}")))?;
+        tracing::info!(%topic, partitions, "repartition stage started");
+        Ok(Repartitioner {
+            stop,
+            handle: Some(handle),
+            counters,
+            topic,
+            partitions,
+            origins: u32::try_from(origins).unwrap_or(0),
+        })
+    }
+
+    /// What the stage did so far.
+    pub fn summary(&self) -> RepartitionSummary {
+        let c = &self.counters;
+        RepartitionSummary {
+            topic: self.topic.clone(),
+            partitions: self.partitions,
+            records: c.records.load(Ordering::Relaxed),
+            bytes_in: c.bytes_in.load(Ordering::Relaxed),
+            messages: c.messages.load(Ordering::Relaxed),
+            bytes_out: c.bytes_out.load(Ordering::Relaxed),
+            undecodable: c.undecodable.load(Ordering::Relaxed),
+            revokes: c.revokes.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Stops the stage: what it read is produced and committed, and it leaves the
+    /// group.
+    pub fn stop(mut self) -> Result<RepartitionSummary, ConnectorError> {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.handle.take() {
+            h.join()
+                .map_err(|_| ConnectorError::internal("the repartition stage panicked"))??;
+        }
+        Ok(self.summary())
+    }
+}
+
+impl Drop for Repartitioner {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// The source's `properties` less the consumer-only ones (librdkafka warns about
+/// each), for the stage's producer.
+fn producer_properties(config: &KafkaSourceConfig) -> BTreeMap<String, String> {
+    const CONSUMER_ONLY: &[&str] = &[
+        "fetch.max.bytes",
+        "fetch.min.bytes",
+        "fetch.wait.max.ms",
+        "max.partition.fetch.bytes",
+        "session.timeout.ms",
+        "heartbeat.interval.ms",
+        "max.poll.interval.ms",
+        "group.instance.id",
+        "partition.assignment.strategy",
+        "isolation.level",
+        "queued.max.messages.kbytes",
+        "queued.min.messages",
+    ];
+    config
+        .properties
+        .iter()
+        .filter(|(k, _)| !CONSUMER_ONLY.contains(&k.as_str()))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+struct Run {
+    consumer: BaseConsumer<Ctx>,
+    pending: Arc<Pending>,
+    topic: String,
+    partitions: i32,
+    stop: Arc<AtomicBool>,
+}
+
+impl Run {
+    fn run(self) -> Result<(), ConnectorError> {
+        let result = self.split_until_stopped();
+        // Even after a failure: what was acknowledged is committed, so nothing is
+        // split twice needlessly.
+        let last = self.pending.flush_and_commit(&self.consumer, None);
+        self.consumer.unsubscribe();
+        result.and(last)
+    }
+
+    fn split_until_stopped(&self) -> Result<(), ConnectorError> {
+        let counters = &self.pending.counters;
+        let mut last_commit = Instant::now();
+        while !self.stop.load(Ordering::Relaxed) {
+            if let Some(m) = self.consumer.poll(Duration::from_millis(100)) {
+                match m {
+                    Ok(m) => {
+                        let payload = m.payload().unwrap_or_default();
+                        let pieces = match try_split(payload, self.partitions) {
+                            Some(pieces) => pieces,
+                            None => {
+                                counters.undecodable.fetch_add(1, Ordering::Relaxed);
+                                let p = m.partition().rem_euclid(self.partitions.max(1));
+                                vec![(p, payload.to_vec())]
+                            }
+                        };
+                        // The key names the input partition: the analytics keep a
+                        // watermark per input partition.
+                        let origin = u32::try_from(m.partition()).unwrap_or(0).to_be_bytes();
+                        for (p, bytes) in &pieces {
+                            self.pending.producer.send(
+                                &self.topic,
+                                Some(*p),
+                                Some(&origin),
+                                bytes,
+                            )?;
+                            counters.messages.fetch_add(1, Ordering::Relaxed);
+                            counters
+                                .bytes_out
+                                .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+                        }
+                        counters.records.fetch_add(1, Ordering::Relaxed);
+                        counters
+                            .bytes_in
+                            .fetch_add(payload.len() as u64, Ordering::Relaxed);
+                        if let Ok(mut next) = self.pending.next.lock() {
+                            next.insert((m.topic().to_owned(), m.partition()), m.offset() + 1);
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "repartition stage: reading the input"),
+                }
+            }
+            if let Ok(mut f) = self.pending.failed.lock()
+                && let Some(e) = f.take()
+            {
+                return Err(ConnectorError::external(e));
+            }
+            if last_commit.elapsed() >= COMMIT_EVERY {
+                self.pending.flush_and_commit(&self.consumer, None)?;
+                last_commit = Instant::now();
+            }
+        }
+        Ok(())
+    }
+}
