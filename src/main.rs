@@ -153,6 +153,10 @@ enum Command {
         /// possible).
         #[arg(long)]
         rate: Option<f64>,
+        /// With --kafka: send each request whole to the next partition in turn instead
+        /// of splitting it by trace id (a topic for the repartition stage).
+        #[arg(long, requires = "kafka")]
+        unkeyed: bool,
     },
     /// Convert an Alibaba microservice call-graph CSV (2021 or 2022 layout, plain or
     /// gzip) to OTLP spans in a file the `file` source reads; print what was kept.
@@ -563,6 +567,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             kafka,
             partitions,
             rate,
+            unkeyed,
         } => {
             let config = GeneratorConfig {
                 traces,
@@ -583,7 +588,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             }
             let mut generator = Generator::new(config.clone())?;
             if let Some(target) = kafka {
-                return gen_kafka(generator, &config, &target, partitions, rate);
+                return gen_kafka(generator, &config, &target, (partitions, unkeyed), rate);
             }
             let Some(out) = out else {
                 bail!("give --out FILE or --kafka BROKERS/TOPIC");
@@ -738,7 +743,7 @@ fn gen_kafka(
     mut generator: Generator,
     config: &GeneratorConfig,
     target: &str,
-    partitions: i32,
+    (partitions, unkeyed): (i32, bool),
     rate: Option<f64>,
 ) -> Result<ExitCode> {
     use spanflow::connectors::kafka::{self, produce};
@@ -766,13 +771,18 @@ fn gen_kafka(
     });
     let records = std::iter::from_fn(|| generator.next_record());
     let mut spans = 0u64;
-    let stats = produce::produce_generated(&producer, topic, partitions, records, rate, |n| {
+    let progress = |n: usize| {
         spans += n as u64;
         if let Some(b) = &bar {
             b.inc(1);
             b.set_message(format!("{spans} spans"));
         }
-    })
+    };
+    let stats = if unkeyed {
+        produce::produce_generated_unkeyed(&producer, topic, partitions, records, rate, progress)
+    } else {
+        produce::produce_generated(&producer, topic, partitions, records, rate, progress)
+    }
     .map_err(anyhow::Error::msg)?;
     if let Some(b) = bar {
         b.finish_and_clear();

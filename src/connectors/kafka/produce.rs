@@ -311,6 +311,45 @@ pub fn produce_generated(
     partitions: i32,
     records: impl Iterator<Item = crate::testkit::generator::GeneratedRecord>,
     spans_per_second: Option<f64>,
+    on_record: impl FnMut(usize),
+) -> Result<ProduceStats, ConnectorError> {
+    let target = Target { topic, partitions };
+    produce(producer, target, true, records, spans_per_second, on_record)
+}
+
+/// [`produce_generated`] without splitting by trace id: each record goes whole to the
+/// next partition in turn, as producers that do not key by trace id write (a trace's
+/// spans end up in several partitions; the repartition stage's input).
+pub fn produce_generated_unkeyed(
+    producer: &KafkaProducer,
+    topic: &str,
+    partitions: i32,
+    records: impl Iterator<Item = crate::testkit::generator::GeneratedRecord>,
+    spans_per_second: Option<f64>,
+    on_record: impl FnMut(usize),
+) -> Result<ProduceStats, ConnectorError> {
+    let target = Target { topic, partitions };
+    produce(
+        producer,
+        target,
+        false,
+        records,
+        spans_per_second,
+        on_record,
+    )
+}
+
+struct Target<'a> {
+    topic: &'a str,
+    partitions: i32,
+}
+
+fn produce(
+    producer: &KafkaProducer,
+    Target { topic, partitions }: Target<'_>,
+    by_trace: bool,
+    records: impl Iterator<Item = crate::testkit::generator::GeneratedRecord>,
+    spans_per_second: Option<f64>,
     mut on_record: impl FnMut(usize),
 ) -> Result<ProduceStats, ConnectorError> {
     let t0 = Instant::now();
@@ -329,8 +368,10 @@ pub fn produce_generated(
         // An undecodable record must not be merged into a batch: it goes alone.
         let split = if r.garbage {
             None
-        } else {
+        } else if by_trace {
             try_split(&r.payload, partitions)
+        } else {
+            Some(vec![(fallback, r.payload.clone())])
         };
         if let Some(parts) = split {
             for (p, (buf, since)) in pending.iter_mut() {
