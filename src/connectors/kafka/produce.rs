@@ -313,8 +313,14 @@ pub fn produce_generated(
     spans_per_second: Option<f64>,
     on_record: impl FnMut(usize),
 ) -> Result<ProduceStats, ConnectorError> {
-    let target = Target { topic, partitions };
-    produce(producer, target, true, records, spans_per_second, on_record)
+    produce(
+        producer,
+        (topic, partitions),
+        true,
+        records,
+        spans_per_second,
+        on_record,
+    )
 }
 
 /// [`produce_generated`] without splitting by trace id: each record goes whole to the
@@ -328,10 +334,9 @@ pub fn produce_generated_unkeyed(
     spans_per_second: Option<f64>,
     on_record: impl FnMut(usize),
 ) -> Result<ProduceStats, ConnectorError> {
-    let target = Target { topic, partitions };
     produce(
         producer,
-        target,
+        (topic, partitions),
         false,
         records,
         spans_per_second,
@@ -339,14 +344,9 @@ pub fn produce_generated_unkeyed(
     )
 }
 
-struct Target<'a> {
-    topic: &'a str,
-    partitions: i32,
-}
-
 fn produce(
     producer: &KafkaProducer,
-    Target { topic, partitions }: Target<'_>,
+    (topic, partitions): (&str, i32),
     by_trace: bool,
     records: impl Iterator<Item = crate::testkit::generator::GeneratedRecord>,
     spans_per_second: Option<f64>,
