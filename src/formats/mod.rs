@@ -7,6 +7,7 @@ mod convert;
 mod dead_letter;
 pub mod framing;
 pub mod otlp_proto;
+pub mod otlp_split;
 mod wire;
 
 use schemars::JsonSchema;

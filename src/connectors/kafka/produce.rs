@@ -11,6 +11,8 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use spanflow_operators::TraceId;
 
+use crate::formats::otlp_split::split_by_trace;
+
 use crate::runtime::io::ConnectorError;
 
 /// How long `flush` waits for outstanding deliveries at the end.
@@ -226,8 +228,18 @@ pub fn split_request(payload: &[u8], partitions: i32, fallback: i32) -> Vec<(i32
     try_split(payload, partitions).unwrap_or_else(|| vec![(fallback, payload.to_vec())])
 }
 
-/// [`split_request`], or None when the record does not decode.
+/// [`split_request`], or None when the record does not decode. The framing is read
+/// without decoding ([`split_by_trace`]); what that refuses (a group field, say) goes
+/// through prost, which also settles whether the record decodes at all.
 pub(crate) fn try_split(payload: &[u8], partitions: i32) -> Option<Vec<(i32, Vec<u8>)>> {
+    split_by_trace(payload, |id| partition_of(id, partitions))
+        .ok()
+        .or_else(|| try_split_prost(payload, partitions))
+}
+
+/// The reference for [`try_split`]: the request decoded into prost structs, grouped and
+/// encoded again.
+pub fn try_split_prost(payload: &[u8], partitions: i32) -> Option<Vec<(i32, Vec<u8>)>> {
     use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
     use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans};
     use prost::Message;

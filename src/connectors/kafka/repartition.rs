@@ -289,7 +289,10 @@ impl Drop for Repartitioner {
 }
 
 /// The source's `properties` less the consumer-only ones (librdkafka warns about
-/// each), for the stage's producer.
+/// each), for the stage's producer, over a bounded send queue: the stage reads faster
+/// than a broker takes the pieces when it catches up, and librdkafka's default queue
+/// (1 GiB) then filled (peak RSS 1.2 GiB against 0.4 GiB reading a keyed topic; `send`
+/// waits while the queue is full).
 fn producer_properties(config: &KafkaSourceConfig) -> BTreeMap<String, String> {
     const CONSUMER_ONLY: &[&str] = &[
         "fetch.max.bytes",
@@ -305,12 +308,15 @@ fn producer_properties(config: &KafkaSourceConfig) -> BTreeMap<String, String> {
         "queued.max.messages.kbytes",
         "queued.min.messages",
     ];
-    config
-        .properties
-        .iter()
-        .filter(|(k, _)| !CONSUMER_ONLY.contains(&k.as_str()))
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect()
+    let mut props = BTreeMap::from([("queue.buffering.max.kbytes".to_owned(), "65536".to_owned())]);
+    props.extend(
+        config
+            .properties
+            .iter()
+            .filter(|(k, _)| !CONSUMER_ONLY.contains(&k.as_str()))
+            .map(|(k, v)| (k.clone(), v.clone())),
+    );
+    props
 }
 
 struct Run {

@@ -598,3 +598,170 @@ fn a_repartition_stage_is_validated_and_named_after_the_group() {
         )
     );
 }
+
+/// Each piece decoded, for comparing splits by what they mean rather than their bytes
+/// (the wire splitter writes a resource's fields before its scopes, prost in field order).
+fn decoded_pieces(
+    pieces: &[(i32, Vec<u8>)],
+) -> Vec<(
+    i32,
+    opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest,
+)> {
+    use prost::Message;
+    pieces
+        .iter()
+        .map(|(p, b)| {
+            let req = opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest::decode(
+                b.as_slice(),
+            )
+            .expect("a piece decodes");
+            (*p, req)
+        })
+        .collect()
+}
+
+#[test]
+fn the_wire_splitter_matches_prost_on_generated_requests() {
+    use super::produce::{try_split, try_split_prost};
+    use crate::formats::otlp_split::split_by_trace;
+
+    for spans_per_record in [1, 64, 512] {
+        let mut g = Generator::new(GeneratorConfig {
+            traces: 200,
+            spans_per_record,
+            garbage_fraction: 0.0,
+            ..Default::default()
+        })
+        .unwrap();
+        while let Some(r) = g.next_record() {
+            for partitions in [1, 3, 8, 64] {
+                let reference = try_split_prost(&r.payload, partitions).expect("decodes");
+                let wire = split_by_trace(&r.payload, |id| {
+                    super::produce::partition_of(id, partitions)
+                })
+                .expect("the generator's requests are well formed");
+                assert_eq!(decoded_pieces(&wire), decoded_pieces(&reference));
+                assert_eq!(try_split(&r.payload, partitions), Some(wire));
+            }
+        }
+    }
+}
+
+mod split_props {
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use opentelemetry_proto::tonic::common::v1::{
+        AnyValue, InstrumentationScope, KeyValue, any_value,
+    };
+    use opentelemetry_proto::tonic::resource::v1::Resource;
+    use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+    use proptest::prelude::*;
+    use prost::Message;
+
+    use super::super::produce::{try_split, try_split_prost};
+    use super::decoded_pieces;
+
+    fn kv() -> impl Strategy<Value = KeyValue> {
+        ("[a-z.]{0,8}", "[a-zé]{0,8}").prop_map(|(k, v)| KeyValue {
+            key: k,
+            value: Some(AnyValue {
+                value: Some(any_value::Value::StringValue(v)),
+            }),
+            ..Default::default()
+        })
+    }
+
+    fn span() -> impl Strategy<Value = Span> {
+        // Few distinct trace ids, so traces have several spans; some empty or of odd
+        // length, which must still go to one partition.
+        (
+            prop_oneof![
+                (0u8..6).prop_map(|t| vec![t; 16]),
+                Just(Vec::new()),
+                (0u8..3).prop_map(|t| vec![t; 5]),
+            ],
+            "[a-z]{0,6}",
+            prop::collection::vec(kv(), 0..3),
+        )
+            .prop_map(|(trace_id, name, attributes)| Span {
+                trace_id,
+                span_id: vec![7; 8],
+                name,
+                attributes,
+                ..Default::default()
+            })
+    }
+
+    fn scope_spans() -> impl Strategy<Value = ScopeSpans> {
+        (
+            prop::option::of("[a-z]{0,5}".prop_map(|name| InstrumentationScope {
+                name,
+                version: "1.2.3".into(),
+                ..Default::default()
+            })),
+            prop::collection::vec(span(), 0..12),
+            "[a-z]{0,4}",
+        )
+            .prop_map(|(scope, spans, schema_url)| ScopeSpans {
+                scope,
+                spans,
+                schema_url,
+            })
+    }
+
+    fn request() -> impl Strategy<Value = ExportTraceServiceRequest> {
+        prop::collection::vec(
+            (
+                prop::option::of(prop::collection::vec(kv(), 0..4).prop_map(|attributes| {
+                    Resource {
+                        attributes,
+                        ..Default::default()
+                    }
+                })),
+                prop::collection::vec(scope_spans(), 0..4),
+                "[a-z]{0,4}",
+            )
+                .prop_map(|(resource, scope_spans, schema_url)| ResourceSpans {
+                    resource,
+                    scope_spans,
+                    schema_url,
+                }),
+            0..4,
+        )
+        .prop_map(|resource_spans| ExportTraceServiceRequest { resource_spans })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+
+        /// Whatever prost splits, the wire splitter splits the same way.
+        #[test]
+        fn the_wire_splitter_agrees_with_prost(req in request(), partitions in 1i32..12) {
+            let bytes = req.encode_to_vec();
+            let reference = try_split_prost(&bytes, partitions).expect("decodes");
+            let got = try_split(&bytes, partitions).expect("splits");
+            prop_assert_eq!(decoded_pieces(&got), decoded_pieces(&reference));
+        }
+
+        /// Damaged records: where prost still decodes one, the split is prost's.
+        #[test]
+        fn damaged_records_split_as_prost_splits_them(
+            req in request(),
+            flips in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..4),
+            cut in any::<prop::sample::Index>(),
+        ) {
+            let mut bytes = req.encode_to_vec();
+            if bytes.is_empty() {
+                return Ok(());
+            }
+            for (at, b) in flips {
+                let i = at.index(bytes.len());
+                bytes[i] = b;
+            }
+            bytes.truncate(cut.index(bytes.len() + 1));
+            if let Some(reference) = try_split_prost(&bytes, 5) {
+                let got = try_split(&bytes, 5).expect("prost decodes it, so it splits");
+                prop_assert_eq!(decoded_pieces(&got), decoded_pieces(&reference));
+            }
+        }
+    }
+}
