@@ -40,6 +40,31 @@ pub fn split_by_trace(
     payload: &[u8],
     partition_of: impl Fn(&[u8]) -> i32,
 ) -> Result<Vec<(i32, Vec<u8>)>, DecodeError> {
+    split_by_trace_timed(payload, partition_of, 0).map(|s| s.pieces)
+}
+
+/// What [`split_by_trace_timed`] returns.
+#[derive(Debug, Default)]
+pub struct TimedSplit {
+    /// The pieces, as [`split_by_trace`] returns them.
+    pub pieces: Vec<(i32, Vec<u8>)>,
+    /// The latest span end (Unix ns) not after the bound, if any span had one: the
+    /// event time the analytics' watermark will see for this request.
+    pub max_end_ns: Option<u64>,
+}
+
+/// [`split_by_trace`], also finding the latest span end time no later than
+/// `not_after_ns` (0: none counted), for a stage that paces its inputs by event time.
+/// Spans ending later (a skewed clock) do not count, as they do not move a watermark.
+pub fn split_by_trace_timed(
+    payload: &[u8],
+    partition_of: impl Fn(&[u8]) -> i32,
+    not_after_ns: u64,
+) -> Result<TimedSplit, DecodeError> {
+    let mut ends = Ends {
+        not_after: not_after_ns,
+        max: None,
+    };
     let mut out: Vec<(i32, Vec<u8>)> = Vec::new();
     let mut scopes: Vec<Scope<'_>> = Vec::new();
     let mut header: Vec<&[u8]> = Vec::new();
@@ -56,7 +81,14 @@ pub fn split_by_trace(
         scopes.clear();
         header.clear();
         touched.clear();
-        read_resource_spans(rs, &partition_of, &mut header, &mut scopes, &mut touched)?;
+        read_resource_spans(
+            rs,
+            &partition_of,
+            &mut ends,
+            &mut header,
+            &mut scopes,
+            &mut touched,
+        )?;
         touched.sort_unstable();
         touched.dedup();
         for &p in &touched {
@@ -65,7 +97,16 @@ pub fn split_by_trace(
         }
     }
     out.sort_unstable_by_key(|(p, _)| *p);
-    Ok(out)
+    Ok(TimedSplit {
+        pieces: out,
+        max_end_ns: ends.max,
+    })
+}
+
+/// The latest span end seen that is not after `not_after`.
+struct Ends {
+    not_after: u64,
+    max: Option<u64>,
 }
 
 /// Reads one `ResourceSpans` body: its non-scope fields into `header`, its scopes into
@@ -74,6 +115,7 @@ pub fn split_by_trace(
 fn read_resource_spans<'a>(
     mut rs: Reader<'a>,
     partition_of: &impl Fn(&[u8]) -> i32,
+    ends: &mut Ends,
     header: &mut Vec<&'a [u8]>,
     scopes: &mut Vec<Scope<'a>>,
     touched: &mut Vec<i32>,
@@ -106,7 +148,7 @@ fn read_resource_spans<'a>(
             }
             ss.expect(wt, WireType::Len, "spans")?;
             let span = ss.message()?;
-            let p = partition_of(trace_id(span)?);
+            let p = partition_of(trace_id(span, ends)?);
             scope.spans.push((p, consumed(before, &ss)));
             touched.push(p);
         }
@@ -118,16 +160,26 @@ fn read_resource_spans<'a>(
     }
 }
 
-/// A span's trace id (the last one, as protobuf merging has it), empty if it has none.
-fn trace_id<'a>(mut span: Reader<'a>) -> Result<&'a [u8], DecodeError> {
+/// A span's trace id (the last one, as protobuf merging has it), empty if it has none;
+/// its end time goes to `ends` when they are counted.
+fn trace_id<'a>(mut span: Reader<'a>, ends: &mut Ends) -> Result<&'a [u8], DecodeError> {
     let mut id: &[u8] = &[];
+    let mut end = None;
     while let Some((field, wt)) = span.field()? {
-        if field == 1 {
-            span.expect(wt, WireType::Len, "trace_id")?;
-            id = span.bytes()?;
-        } else {
-            span.skip(wt)?;
+        match field {
+            1 => {
+                span.expect(wt, WireType::Len, "trace_id")?;
+                id = span.bytes()?;
+            }
+            // end_time_unix_nano (fixed64)
+            8 if ends.not_after > 0 && wt == WireType::Fixed64 => end = Some(span.fixed64()?),
+            _ => span.skip(wt)?,
         }
+    }
+    if let Some(e) = end
+        && e <= ends.not_after
+    {
+        ends.max = Some(ends.max.map_or(e, |m| m.max(e)));
     }
     Ok(id)
 }

@@ -76,12 +76,13 @@ pub fn run_group(job: &Job, opts: &RunOptions, instance: &str) -> Result<RunSumm
     // of their own.
     let (config, job, repartition) = match input.analytics_source() {
         Some(analytics) => {
-            let r = Repartitioner::start(&input, instance, stop.clone()).map_err(|error| {
-                RunError::Source {
+            let watermark = plan_source(&job.sources[0]).watermark;
+            let r = Repartitioner::start(&input, &watermark, instance, stop.clone()).map_err(
+                |error| RunError::Source {
                     source_name: job.sources[0].name.clone(),
                     error,
-                }
-            })?;
+                },
+            )?;
             let mut j = job.clone();
             j.sources[0].kind = SourceKind::Kafka(analytics.clone());
             (analytics, std::borrow::Cow::Owned(j), Some(r))

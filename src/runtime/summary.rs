@@ -56,6 +56,9 @@ pub struct RepartitionSummary {
     pub undecodable: u64,
     /// Times the group took partitions from this instance's stage.
     pub revokes: u64,
+    /// Times the stage paused an input partition whose spans ran ahead of the
+    /// slowest partition's in event time (the stage's own watermark alignment).
+    pub pauses: u64,
 }
 
 /// Requests, errors and latency of one service's entry spans over the whole run.
@@ -348,7 +351,7 @@ impl RunSummary {
                 let _ = writeln!(
                     s,
                     "  repartition {} records ({:.1} MB) re-keyed by trace id into {} messages \
-                     ({:.1} MB) on `{}` ({} partitions){}",
+                     ({:.1} MB) on `{}` ({} partitions){}{}",
                     r.records,
                     r.bytes_in as f64 / 1e6,
                     r.messages,
@@ -357,6 +360,11 @@ impl RunSummary {
                     r.partitions,
                     if r.undecodable > 0 {
                         format!("; {} undecodable, forwarded whole", r.undecodable)
+                    } else {
+                        String::new()
+                    },
+                    if r.pauses > 0 {
+                        format!("; input partitions paused {} times (ahead)", r.pauses)
                     } else {
                         String::new()
                     }

@@ -643,6 +643,27 @@ fn the_wire_splitter_matches_prost_on_generated_requests() {
                 assert_eq!(decoded_pieces(&wire), decoded_pieces(&reference));
                 assert_eq!(try_split(&r.payload, partitions), Some(wire));
             }
+            // The latest span end, as the analytics' watermark sees it, and none past
+            // the bound.
+            let ends: Vec<u64> = decoded_pieces(&try_split_prost(&r.payload, 1).unwrap())
+                .iter()
+                .flat_map(|(_, req)| req.resource_spans.iter())
+                .flat_map(|rs| rs.scope_spans.iter())
+                .flat_map(|ss| ss.spans.iter())
+                .map(|s| s.end_time_unix_nano)
+                .collect();
+            let max = ends.iter().copied().max();
+            let timed = |bound| {
+                crate::formats::otlp_split::split_by_trace_timed(&r.payload, |_| 0, bound)
+                    .unwrap()
+                    .max_end_ns
+            };
+            assert_eq!(timed(u64::MAX), max);
+            assert_eq!(timed(0), None, "0: no bound, nothing counted");
+            if let Some(m) = max {
+                let below = ends.iter().copied().filter(|e| *e < m).max();
+                assert_eq!(timed(m - 1), below);
+            }
         }
     }
 }
@@ -763,5 +784,97 @@ mod split_props {
                 prop_assert_eq!(decoded_pieces(&got), decoded_pieces(&reference));
             }
         }
+    }
+}
+
+mod pacing {
+    use std::collections::BTreeSet;
+    use std::time::{Duration, Instant};
+
+    use super::super::repartition::Pacing;
+    use crate::runtime::watermark::WatermarkSettings;
+
+    const S: u64 = 1_000_000_000;
+
+    fn pacing() -> Pacing {
+        Pacing::new(&WatermarkSettings {
+            max_out_of_order: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(30),
+            max_drift: Some(Duration::from_secs(30)),
+            max_ahead: Duration::from_secs(3600),
+        })
+        .expect("alignment is on")
+    }
+
+    fn parts(ps: &[i32]) -> BTreeSet<(String, i32)> {
+        ps.iter().map(|p| ("in".to_owned(), *p)).collect()
+    }
+
+    fn names(v: &[(String, i32)]) -> Vec<i32> {
+        v.iter().map(|(_, p)| *p).collect()
+    }
+
+    #[test]
+    fn a_partition_ahead_by_more_than_the_drift_waits_for_the_slowest() {
+        let mut p = pacing();
+        let t0 = Instant::now();
+        let all = parts(&[0, 1, 2]);
+        assert_eq!(p.decide(&all, t0), (vec![], vec![]));
+        p.record(("in", 0), Some(100 * S), t0);
+        p.record(("in", 1), Some(110 * S), t0);
+        // Partition 2 has read nothing: it is the slowest of all, so both wait for it.
+        let (pause, resume) = p.decide(&all, t0);
+        assert_eq!((names(&pause), names(&resume)), (vec![0, 1], vec![]));
+        p.record(("in", 2), Some(95 * S), t0);
+        let (pause, resume) = p.decide(&all, t0);
+        assert_eq!((names(&pause), names(&resume)), (vec![], vec![0, 1]));
+        // 1 runs 31 s ahead of 2: paused; it resumes only within half the drift of
+        // the slowest (0 at 100 s, then 2 at 105 s).
+        p.record(("in", 1), Some(126 * S), t0);
+        assert_eq!(names(&p.decide(&all, t0).0), vec![1]);
+        p.record(("in", 2), Some(105 * S), t0);
+        assert_eq!(
+            p.decide(&all, t0),
+            (vec![], vec![]),
+            "21 s behind is not enough"
+        );
+        p.record(("in", 0), Some(112 * S), t0);
+        p.record(("in", 2), Some(112 * S), t0);
+        assert_eq!(names(&p.decide(&all, t0).1), vec![1]);
+    }
+
+    #[test]
+    fn partitions_at_their_end_idle_or_taken_away_hold_nobody_back() {
+        let mut p = pacing();
+        let t0 = Instant::now();
+        let all = parts(&[0, 1]);
+        p.decide(&all, t0);
+        p.record(("in", 0), Some(500 * S), t0);
+        p.record(("in", 1), Some(100 * S), t0);
+        assert_eq!(names(&p.decide(&all, t0).0), vec![0]);
+        // 1 reaches its end: 0 goes on.
+        p.at_end(1);
+        assert_eq!(names(&p.decide(&all, t0).1), vec![0]);
+        // 1 gets a record again (behind): 0 waits again.
+        p.record(("in", 1), Some(101 * S), t0);
+        assert_eq!(names(&p.decide(&all, t0).0), vec![0]);
+        // 1 delivers nothing for the idle timeout: 0 goes on.
+        let later = t0 + Duration::from_secs(31);
+        assert_eq!(names(&p.decide(&all, later).1), vec![0]);
+        // The group takes 1 away: forgotten, 0 is the only one.
+        p.record(("in", 1), Some(102 * S), later);
+        assert_eq!(names(&p.decide(&all, later).0), vec![0]);
+        assert_eq!(names(&p.decide(&parts(&[0]), later).1), vec![0]);
+    }
+
+    #[test]
+    fn spans_past_the_wall_clock_bound_do_not_count() {
+        let p = pacing();
+        let now_ns = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+        let bound = p.not_after();
+        assert!(bound >= now_ns + 3599 * S && bound <= now_ns + 3700 * S);
     }
 }
