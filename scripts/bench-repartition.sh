@@ -47,13 +47,19 @@ run() {
     --parallelism 1 --no-progress --json
 }
 
+# The broker's CPU seconds so far (it is not pinned: it takes the other core).
+broker_cpu() { awk '{printf "%.2f", ($14 + $15) / 100}' "/proc/$SPANFLOW_KAFKA_PID/stat"; }
+
 echo "==> keyed topic, one instance on core 0"
+b0=$(broker_cpu)
 t0=$(date +%s.%N)
 (run keyed >"$work/keyed.json")
 t1=$(date +%s.%N)
+b1=$(broker_cpu)
 
 echo "==> unkeyed topic with a repartition stage, one instance on core 0"
 t2=$(date +%s.%N)
+b2=$(broker_cpu)
 run unkeyed >"$work/unkeyed.json" &
 pid=$!
 cpu() { awk '{print $14 + $15}' "/proc/$pid/stat" 2>/dev/null || echo 0; }
@@ -77,21 +83,24 @@ while kill -0 "$pid" 2>/dev/null; do
   fi
 done
 wait "$pid"
+b3=$(broker_cpu)
 
-python3 - "$work" "$t0" "$t1" "$t2" "$done_at" <<'EOF'
+python3 - "$work" "$t0" "$t1" "$t2" "$done_at" "$b0" "$b1" "$b2" "$b3" <<'EOF'
 import json, sys
-work, t0, t1, t2, done = sys.argv[1], *map(float, sys.argv[2:])
+work, t0, t1, t2, done, b0, b1, b2, b3 = sys.argv[1], *map(float, sys.argv[2:])
 k = json.load(open(f"{work}/keyed.json"))
 u = json.load(open(f"{work}/unkeyed.json"))
 r = u["group"]["repartition"]
-for name, s, wall in (("keyed", k, t1 - t0), ("repartitioned", u, done - t2)):
+for name, s, wall, broker in (("keyed", k, t1 - t0, b1 - b0),
+                              ("repartitioned", u, done - t2, b3 - b2)):
     spans = s["decode"]["spans"]
     rows = {o["table"]: o["rows"] for o in s["outputs"]}
     print(f"  {name:>13}: {spans} spans in {wall:6.2f} s = {spans / wall / 1e3:5.0f} K spans/s, "
           f"{s['cpu_seconds']:6.2f} CPU-s = {spans / s['cpu_seconds'] / 1e3:5.0f} K spans per CPU-s, "
           f"peak RSS {s['peak_rss_bytes'] / 2**20:.0f} MiB, {s['peak_buffered_spans']} buffered spans at peak; "
           f"{rows.get('traces')} traces, "
-          f"{rows.get('spans')} kept spans, {s['group']['rebalances']} rebalance(s)")
+          f"{rows.get('spans')} kept spans, {s['group']['rebalances']} rebalance(s); "
+          f"broker {broker:.2f} CPU-s")
 print(f"  stage: {r['records']} records ({r['bytes_in'] / 2**20:.1f} MiB) split into "
       f"{r['messages']} messages ({r['bytes_out'] / 2**20:.1f} MiB) on {r['partitions']} partitions")
 print(f"  CPU per span: keyed {k['cpu_seconds'] / k['decode']['spans'] * 1e9:.0f} ns, "
