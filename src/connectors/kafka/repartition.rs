@@ -75,6 +75,11 @@ struct Part {
     /// When it last delivered a record or was resumed.
     last: Instant,
     paused: bool,
+    /// Since when it is paused.
+    paused_at: Option<Instant>,
+    /// Resumed to keep its spans' watermark alive: not paused again before its next
+    /// record.
+    owes_record: bool,
 }
 
 impl Pacing {
@@ -108,6 +113,7 @@ impl Pacing {
         };
         part.at_end = false;
         part.last = now;
+        part.owes_record = false;
         if let Some(t) = max_end {
             part.position = Some(part.position.map_or(t, |p| p.max(t)));
         }
@@ -132,7 +138,11 @@ impl Pacing {
     /// slowest is the least position among the partitions still being read (not at
     /// their end, not idle); one that has read nothing yet counts as the slowest of
     /// all, so the others wait for its first record. A paused partition resumes once
-    /// it is within half the drift (so that it does not flap).
+    /// it is within half the drift (so that it does not flap), or after half the idle
+    /// timeout for one record: the analytics count a split that gets nothing for the
+    /// idle timeout as idle and let the watermark pass it, and the spans this partition
+    /// sends after a longer pause could then be late or open a second session of their
+    /// trace.
     pub(crate) fn decide(
         &mut self,
         assigned: &BTreeSet<InputPartition>,
@@ -145,6 +155,8 @@ impl Pacing {
                 at_end: false,
                 last: now,
                 paused: false,
+                paused_at: None,
+                owes_record: false,
             });
         }
         let idle = self.idle_timeout;
@@ -157,9 +169,17 @@ impl Pacing {
             .map(|p| p.position.unwrap_or(0))
             .min();
         let (mut pause, mut resume) = (Vec::new(), Vec::new());
+        let keepalive = idle / 2;
         for (tp, part) in self.parts.iter_mut() {
+            if part.paused
+                && part
+                    .paused_at
+                    .is_some_and(|at| now.saturating_duration_since(at) >= keepalive)
+            {
+                part.owes_record = true;
+            }
             let ahead = match (slowest, part.position) {
-                (Some(slowest), Some(at)) if active(part) => {
+                (Some(slowest), Some(at)) if active(part) && !part.owes_record => {
                     let drift = if part.paused {
                         self.max_drift / 2
                     } else {
@@ -171,9 +191,11 @@ impl Pacing {
             };
             if ahead && !part.paused {
                 part.paused = true;
+                part.paused_at = Some(now);
                 pause.push(tp.clone());
             } else if !ahead && part.paused {
                 part.paused = false;
+                part.paused_at = None;
                 part.last = now;
                 resume.push(tp.clone());
             }

@@ -861,8 +861,11 @@ mod pacing {
         // 1 delivers nothing for the idle timeout: 0 goes on.
         let later = t0 + Duration::from_secs(31);
         assert_eq!(names(&p.decide(&all, later).1), vec![0]);
-        // The group takes 1 away: forgotten, 0 is the only one.
+        // The group takes 1 away: forgotten, 0 is the only one. (0 was let through
+        // for a record after its long pause: paused again only after it.)
         p.record(("in", 1), Some(102 * S), later);
+        assert_eq!(p.decide(&all, later), (vec![], vec![]));
+        p.record(("in", 0), Some(501 * S), later);
         assert_eq!(names(&p.decide(&all, later).0), vec![0]);
         assert_eq!(names(&p.decide(&parts(&[0]), later).1), vec![0]);
     }
@@ -876,5 +879,49 @@ mod pacing {
             .unwrap_or(0);
         let bound = p.not_after();
         assert!(bound >= now_ns + 3599 * S && bound <= now_ns + 3700 * S);
+    }
+}
+
+mod pacing_keepalive {
+    use std::time::{Duration, Instant};
+
+    use super::super::repartition::Pacing;
+    use crate::runtime::watermark::WatermarkSettings;
+
+    const S: u64 = 1_000_000_000;
+
+    /// A partition paused for half the idle timeout reads one record (its splits in
+    /// the analytics must not go idle), and may be paused again only after it.
+    #[test]
+    fn a_long_pause_lets_one_record_through() {
+        let mut p = Pacing::new(&WatermarkSettings {
+            max_out_of_order: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(30),
+            max_drift: Some(Duration::from_secs(30)),
+            max_ahead: Duration::from_secs(3600),
+        })
+        .unwrap();
+        let all = [("in".to_owned(), 0), ("in".to_owned(), 1)]
+            .into_iter()
+            .collect();
+        let t0 = Instant::now();
+        p.decide(&all, t0);
+        p.record(("in", 0), Some(500 * S), t0);
+        p.record(("in", 1), Some(100 * S), t0);
+        assert_eq!(p.decide(&all, t0).0.len(), 1, "0 is ahead");
+        // 1 keeps reading, slowly: 0 stays paused for 14 s...
+        let t14 = t0 + Duration::from_secs(14);
+        p.record(("in", 1), Some(110 * S), t14);
+        assert_eq!(p.decide(&all, t14), (vec![], vec![]));
+        // ...and is let through at 15 s, not paused again before its next record.
+        let t15 = t0 + Duration::from_secs(15);
+        p.record(("in", 1), Some(111 * S), t15);
+        let (pause, resume) = p.decide(&all, t15);
+        assert_eq!((pause.len(), resume), (0, vec![("in".to_owned(), 0)]));
+        let t16 = t0 + Duration::from_secs(16);
+        p.record(("in", 1), Some(112 * S), t16);
+        assert_eq!(p.decide(&all, t16), (vec![], vec![]));
+        p.record(("in", 0), Some(501 * S), t16);
+        assert_eq!(p.decide(&all, t16), (vec![("in".to_owned(), 0)], vec![]));
     }
 }
