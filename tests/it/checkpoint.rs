@@ -244,11 +244,7 @@ pub(crate) fn run_cli_until(
                 break status;
             }
             if started.elapsed() > Duration::from_secs(150) {
-                // Where every thread is, for the record, before giving up.
-                let _ = Command::new("gdb")
-                    .args(["-batch", "-ex", "thread apply all bt", "-p"])
-                    .arg(child.id().to_string())
-                    .status();
+                crate::support::print_stacks(child.id());
                 child.kill().unwrap();
                 panic!("the last run did not end in 150 s");
             }

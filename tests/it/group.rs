@@ -59,6 +59,7 @@ fn finish(mut child: Child, within: Duration) -> serde_json::Value {
             return serde_json::from_slice(&out.stdout).unwrap();
         }
         if started.elapsed() > within {
+            crate::support::print_stacks(child.id());
             child.kill().unwrap();
             panic!("an instance did not end in {within:?}");
         }

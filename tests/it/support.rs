@@ -153,6 +153,15 @@ impl Drop for Service {
     }
 }
 
+/// Prints where every thread of process `pid` is (with gdb, when installed): what a
+/// test records before it gives up on a process that does not end.
+pub fn print_stacks(pid: u32) {
+    let _ = std::process::Command::new("gdb")
+        .args(["-batch", "-ex", "thread apply all bt", "-p"])
+        .arg(pid.to_string())
+        .status();
+}
+
 /// Runs `job` on another thread and stops it (as Ctrl-C would) once it has decoded
 /// at least `spans` spans, or when it ended by itself first; returns its summary.
 /// `opts` gets its own stop flag and span counter.

@@ -54,6 +54,75 @@ impl ErrorLog {
     }
 }
 
+/// A consumer-group member that leaves its group when dropped, waiting at most
+/// [`GroupConsumer::CLOSE_TIMEOUT`] for it. librdkafka's close runs the rebalance
+/// callback and waits for the group to acknowledge; when another member leaves at the
+/// same moment, that wait has been seen never to end (a stopped instance of a group
+/// hung after its last checkpoint; librdkafka issues #4041 and #4884 describe close
+/// waiting forever on a callback's request). Past the timeout the close goes on in
+/// the background and the group notices the member gone when its session times out.
+pub(crate) struct GroupConsumer<C: rdkafka::consumer::ConsumerContext + 'static> {
+    consumer: Option<rdkafka::consumer::BaseConsumer<C>>,
+    close_timeout: std::time::Duration,
+}
+
+impl<C: rdkafka::consumer::ConsumerContext + 'static> GroupConsumer<C> {
+    /// How long a drop waits for the member to leave its group.
+    pub(crate) const CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+    pub(crate) fn new(consumer: rdkafka::consumer::BaseConsumer<C>) -> Self {
+        GroupConsumer {
+            consumer: Some(consumer),
+            close_timeout: Self::CLOSE_TIMEOUT,
+        }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn with_close_timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.close_timeout = timeout;
+        self
+    }
+}
+
+impl<C: rdkafka::consumer::ConsumerContext + 'static> std::ops::Deref for GroupConsumer<C> {
+    type Target = rdkafka::consumer::BaseConsumer<C>;
+
+    fn deref(&self) -> &Self::Target {
+        match &self.consumer {
+            Some(c) => c,
+            // Only `drop` takes it.
+            None => unreachable!("a group consumer is used after its close"),
+        }
+    }
+}
+
+impl<C: rdkafka::consumer::ConsumerContext + 'static> Drop for GroupConsumer<C> {
+    fn drop(&mut self) {
+        let Some(consumer) = self.consumer.take() else {
+            return;
+        };
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        let closing = std::thread::Builder::new()
+            .name("kafka-close".into())
+            .spawn(move || {
+                drop(consumer);
+                let _ = done_tx.send(());
+            });
+        if closing.is_err() {
+            // No thread to spare: the failed spawn closed the consumer here, unbounded.
+            tracing::warn!("cannot start a thread to leave the consumer group");
+            return;
+        }
+        if done_rx.recv_timeout(self.close_timeout).is_err() {
+            tracing::warn!(
+                waited_s = self.close_timeout.as_secs_f64(),
+                "the consumer did not leave its group in time; the group drops it when \
+                 its session times out"
+            );
+        }
+    }
+}
+
 /// Client settings shared by consumers and producers: brokers, then the user's
 /// `properties` (which win, so any librdkafka setting can be overridden).
 pub(crate) fn client_config(brokers: &str, properties: &BTreeMap<String, String>) -> ClientConfig {

@@ -387,7 +387,7 @@ impl Repartitioner {
         })?;
         let stop = Arc::new(AtomicBool::new(false));
         let run = Run {
-            consumer,
+            consumer: super::GroupConsumer::new(consumer),
             pending,
             topic: topic.clone(),
             partitions,
@@ -482,7 +482,7 @@ fn producer_properties(config: &KafkaSourceConfig) -> BTreeMap<String, String> {
 }
 
 struct Run {
-    consumer: BaseConsumer<Ctx>,
+    consumer: super::GroupConsumer<Ctx>,
     pending: Arc<Pending>,
     topic: String,
     partitions: i32,

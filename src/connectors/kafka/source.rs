@@ -191,6 +191,10 @@ impl Shared {
 struct Ctx {
     shared: Arc<Mutex<Shared>>,
     errors: super::ErrorLog,
+    /// The group assigns incrementally (`cooperative-sticky`), as configured: asking
+    /// librdkafka (`rebalance_protocol()`) from the callback can wait forever while
+    /// the consumer closes (librdkafka issue #4041).
+    cooperative: bool,
 }
 
 impl ClientContext for Ctx {
@@ -249,10 +253,7 @@ impl ConsumerContext for Ctx {
         let Ok(mut shared) = self.shared.lock() else {
             return;
         };
-        let cooperative = matches!(
-            consumer.rebalance_protocol(),
-            rdkafka::consumer::RebalanceProtocol::Cooperative
-        );
+        let cooperative = self.cooperative;
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 let mut splits = Vec::new();
@@ -346,7 +347,7 @@ impl ConsumerContext for Ctx {
 /// A Kafka source ready to run on a blocking thread.
 pub struct KafkaReader {
     config: KafkaSourceConfig,
-    consumer: BaseConsumer<Ctx>,
+    consumer: super::GroupConsumer<Ctx>,
     shared: Arc<Mutex<Shared>>,
     bounded: bool,
     /// Partitions a restored run must read before it ends (bounded), and that hold
@@ -462,6 +463,10 @@ impl KafkaReader {
             ("enable.partition.eof".to_owned(), "true".to_owned()),
         ]);
         defaults.extend(config.properties.clone());
+        // librdkafka's only incremental assignor.
+        let cooperative = defaults
+            .get("partition.assignment.strategy")
+            .is_some_and(|s| s.contains("cooperative-sticky"));
         let mut cc = super::client_config(&config.brokers, &defaults);
         cc.set("group.id", &config.group_id)
             .set("enable.auto.commit", "false")
@@ -478,6 +483,7 @@ impl KafkaReader {
             .create_with_context(Ctx {
                 shared: shared.clone(),
                 errors: super::ErrorLog::default(),
+                cooperative,
             })
             .map_err(|e| {
                 ConnectorError::user(format!(
@@ -671,7 +677,7 @@ impl KafkaReader {
         })?;
         Ok(KafkaReader {
             config: config.clone(),
-            consumer,
+            consumer: super::GroupConsumer::new(consumer),
             shared,
             bounded: end.is_some(),
             owed,

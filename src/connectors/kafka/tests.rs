@@ -925,3 +925,77 @@ mod pacing_keepalive {
         assert_eq!(p.decide(&all, t16), (vec![("in".to_owned(), 0)], vec![]));
     }
 }
+
+/// A member whose close never ends (its rebalance callback waits forever on the
+/// revoke, as librdkafka's close has been seen to) is let go after the close timeout
+/// instead of hanging the instance that stops it.
+#[test]
+fn a_consumer_close_that_never_ends_is_not_waited_for() {
+    use std::sync::Arc;
+    use std::sync::atomic::Ordering;
+    use std::time::{Duration, Instant};
+
+    use rdkafka::ClientContext;
+    use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+    use rdkafka::topic_partition_list::TopicPartitionList;
+    use rdkafka::types::RDKafkaRespErr;
+
+    struct Stuck {
+        assigned: Arc<AtomicBool>,
+        closing: Arc<AtomicBool>,
+    }
+    impl ClientContext for Stuck {}
+    impl ConsumerContext for Stuck {
+        fn rebalance(
+            &self,
+            consumer: &BaseConsumer<Self>,
+            err: RDKafkaRespErr,
+            tpl: &mut TopicPartitionList,
+        ) {
+            if err == RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS {
+                let _ = consumer.assign(tpl);
+                self.assigned.store(true, Ordering::Relaxed);
+                return;
+            }
+            while self.closing.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let _ = consumer.unassign();
+        }
+    }
+
+    let cluster = MockCluster::new(1).unwrap();
+    cluster.create_topic("t", 2, 1).unwrap();
+    let (assigned, closing) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicBool::new(false)),
+    );
+    let mut cc = client_config(&cluster.bootstrap_servers(), &BTreeMap::new());
+    cc.set("group.id", "stuck");
+    let consumer: BaseConsumer<Stuck> = cc
+        .create_with_context(Stuck {
+            assigned: assigned.clone(),
+            closing: closing.clone(),
+        })
+        .unwrap();
+    consumer.subscribe(&["t"]).unwrap();
+    let started = Instant::now();
+    while !assigned.load(Ordering::Relaxed) {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "never assigned"
+        );
+        let _ = consumer.poll(Duration::from_millis(50));
+    }
+    closing.store(true, Ordering::Relaxed);
+    let member = GroupConsumer::new(consumer).with_close_timeout(Duration::from_secs(1));
+    let started = Instant::now();
+    drop(member);
+    let took = started.elapsed();
+    // Let the close end, so the cluster outlives it.
+    closing.store(false, Ordering::Relaxed);
+    assert!(
+        took >= Duration::from_secs(1) && took < Duration::from_secs(5),
+        "the drop waited {took:?}"
+    );
+}
