@@ -134,13 +134,31 @@ impl GapCondition {
             && self.min_spans.is_none()
     }
 
-    fn matches(&self, s: &Session) -> bool {
-        self.root_ended.is_none_or(|v| v == s.root_ended)
-            && self.has_async.is_none_or(|v| v == s.has_async)
-            && self.has_error.is_none_or(|v| v == (s.errors > 0))
-            && self
-                .min_spans
-                .is_none_or(|n| s.spans.len() as u64 >= u64::from(n))
+    fn matches(&self, f: Facts) -> bool {
+        self.root_ended.is_none_or(|v| v == f.root_ended)
+            && self.has_async.is_none_or(|v| v == f.has_async)
+            && self.has_error.is_none_or(|v| v == f.has_error)
+            && self.min_spans.is_none_or(|n| f.spans >= u64::from(n))
+    }
+}
+
+/// What the gap rules test of a trace (or of one span, as a trace of its own).
+#[derive(Debug, Clone, Copy)]
+struct Facts {
+    root_ended: bool,
+    has_async: bool,
+    has_error: bool,
+    spans: u64,
+}
+
+impl Facts {
+    fn of_span(span: &Span) -> Self {
+        Facts {
+            root_ended: span.is_root(),
+            has_async: span.is_async(),
+            has_error: span.is_error(),
+            spans: 1,
+        }
     }
 }
 
@@ -466,12 +484,31 @@ struct Gaps {
 
 impl Gaps {
     fn gap_for(&self, s: &Session) -> u64 {
+        self.gap_of(s.facts())
+    }
+
+    fn gap_of(&self, facts: Facts) -> u64 {
         for (when, gap) in &self.rules {
-            if when.matches(s) {
+            if when.matches(facts) {
                 return *gap;
             }
         }
         self.default_ns
+    }
+
+    /// Whether sessions `a` and `b` of one trace are one: the later-starting one
+    /// begins within the gap of the earlier one, as when the spans come in event-time
+    /// order and each is measured against the trace so far. The gap of the earlier
+    /// one decides, not that of the later: a session holding only the root span (a
+    /// short gap) is still joined by children that ended a few seconds before it,
+    /// whatever order they arrive in.
+    fn overlap(&self, a: &Session, b: &Session) -> bool {
+        let (early, late) = if a.first_event <= b.first_event {
+            (a, b)
+        } else {
+            (b, a)
+        };
+        late.first_event < early.last_event.saturating_add(self.gap_for(early))
     }
 
     fn deadline(&self, s: &Session) -> (EventTime, CloseReason) {
@@ -561,9 +598,17 @@ impl SessionWindow {
         let mut next_fragment = 0u32;
         let st = &mut self.state;
         if let Some(list) = st.sessions.get_mut(&tid) {
+            // The span, as a session of its own, and each open session are one when
+            // they overlap (see `Gaps::overlap`).
+            let mut own_gap = None;
             for (i, s) in list.iter().enumerate() {
-                let g = self.gaps.gap_for(s);
-                if t < s.last_event.saturating_add(g) && t.saturating_add(g) > s.first_event {
+                let touches = if t >= s.first_event {
+                    t < s.last_event.saturating_add(self.gaps.gap_for(s))
+                } else {
+                    let g = *own_gap.get_or_insert_with(|| self.gaps.gap_of(Facts::of_span(&span)));
+                    s.first_event < t.saturating_add(g)
+                };
+                if touches {
                     if n_hits < 2 {
                         hits[n_hits] = i;
                     }
@@ -587,8 +632,11 @@ impl SessionWindow {
                     &mut st.timers,
                     &mut st.holds,
                 );
+                let several = list.len() > 1;
                 if full {
                     self.close(tid, hits[0], CloseReason::MaxSpans, out);
+                } else if several {
+                    self.merge_overlapping(tid, hits[0], out);
                 }
                 return;
             }
@@ -618,10 +666,10 @@ impl SessionWindow {
             self.state.open_sessions += 1;
             self.state.holds.push(t, tid);
             list.len() - 1
-        } else if n_hits == 1 {
-            hits[0]
         } else {
-            self.merge_all_hits(tid, t)
+            // Touching several: joins the first, and the sessions it now overlaps
+            // merge below.
+            hits[0]
         };
 
         let bytes = span.heap_bytes();
@@ -641,47 +689,68 @@ impl SessionWindow {
             &mut st.timers,
             &mut st.holds,
         );
+        let several = st.sessions.get(&tid).is_some_and(|l| l.len() > 1);
         if full {
             self.close(tid, idx, CloseReason::MaxSpans, out);
             return;
+        }
+        if several {
+            self.merge_overlapping(tid, idx, out);
         }
         if n_hits == 0 && self.state.open_sessions as u64 > self.config.max_open_traces {
             self.evict_one(out);
         }
     }
 
-    /// Merges every open session of `tid` that a span at `t` bridges into the one with
-    /// the lowest fragment number; returns its index.
-    fn merge_all_hits(&mut self, tid: TraceId, t: EventTime) -> usize {
-        let gaps: Vec<u64> = match self.state.sessions.get(&tid) {
-            Some(list) => list.iter().map(|s| self.gaps.gap_for(s)).collect(),
-            None => return 0,
+    /// Merges into session `idx` of `tid`, which just grew, every other open session
+    /// of the trace it now overlaps (and those the merged one overlaps in turn); the
+    /// merged session keeps the lowest fragment number. Sessions that grow toward each
+    /// other merge whichever of their spans came last, so arrival order does not cut
+    /// a trace in two (spans re-keyed from an unkeyed topic arrive far less in order).
+    fn merge_overlapping(&mut self, tid: TraceId, mut idx: usize, out: &mut SessionOutput) {
+        let st = &mut self.state;
+        let Some(list) = st.sessions.get_mut(&tid) else {
+            return;
         };
-        let Some(list) = self.state.sessions.get_mut(&tid) else {
-            return 0;
-        };
-        type WithGap = Vec<(Session, u64)>;
-        let (mut merged, rest): (WithGap, WithGap) =
-            list.drain(..).zip(gaps).partition(|(s, g)| {
-                t < s.last_event.saturating_add(*g) && t.saturating_add(*g) > s.first_event
-            });
-        merged.sort_by_key(|(s, _)| s.fragment);
-        let mut it = merged.into_iter().map(|(s, _)| s);
-        let Some(mut target) = it.next() else {
-            return 0;
-        };
-        let mut absorbed = 0;
-        for other in it {
-            target.absorb(other);
-            absorbed += 1;
+        let mut merged = false;
+        loop {
+            let Some(grown) = list.get(idx) else {
+                return;
+            };
+            let Some(other) = (0..list.len())
+                .find(|&j| j != idx && list.get(j).is_some_and(|o| self.gaps.overlap(grown, o)))
+            else {
+                break;
+            };
+            let (keep, gone) = match (list.get(other), list.get(idx)) {
+                (Some(o), Some(g)) if o.fragment < g.fragment => (other, idx),
+                _ => (idx, other),
+            };
+            let absorbed = list.swap_remove(gone);
+            // `swap_remove` moved the last session into `gone`.
+            idx = if keep == list.len() { gone } else { keep };
+            let Some(target) = list.get_mut(idx) else {
+                return;
+            };
+            target.absorb(absorbed);
+            st.open_sessions -= 1;
+            st.holds.push(target.first_event, tid);
+            merged = true;
         }
-        target.timer = 0;
-        list.extend(rest.into_iter().map(|(s, _)| s));
-        list.push(target);
-        let first = list.last().map_or(t, |s| s.first_event);
-        self.state.open_sessions -= absorbed;
-        self.state.holds.push(first, tid);
-        list.len() - 1
+        if !merged {
+            return;
+        }
+        let Some(target) = list.get_mut(idx) else {
+            return;
+        };
+        if target.spans.len() as u64 >= u64::from(self.config.max_spans_per_trace) {
+            self.close(tid, idx, CloseReason::MaxSpans, out);
+            return;
+        }
+        // The absorbed sessions' timers go stale (no session holds their deadlines).
+        let (deadline, _) = self.gaps.deadline(target);
+        target.timer = deadline;
+        st.timers.push(deadline, tid);
     }
 
     fn late(&mut self, span: Span, reason: LateReason, out: &mut SessionOutput) {
@@ -1052,6 +1121,15 @@ impl Session {
             span.attrs = std::mem::take(&mut span.attrs).moved_to(&mut self.arena);
         }
         self.settled = self.spans.len();
+    }
+
+    fn facts(&self) -> Facts {
+        Facts {
+            root_ended: self.root_ended,
+            has_async: self.has_async,
+            has_error: self.errors > 0,
+            spans: self.spans.len() as u64,
+        }
     }
 
     fn absorb(&mut self, other: Session) {
