@@ -6,6 +6,12 @@
 //!   `min(last_event + gap(trace), first_event + max_duration)`; it closes when the
 //!   watermark reaches the deadline. The gap is re-evaluated whenever the trace changes,
 //!   so e.g. the arrival of the root span shortens it.
+//! - Spans arrive in any order, so a trace can hold several open sessions. Two are one
+//!   when the later-starting begins within the gap of the earlier one (the gap of the
+//!   trace so far, as if the spans came in event-time order); a session that grows
+//!   merges with every session it comes to overlap, and a span that lands before a
+//!   session is measured by its own gap. Merges are never undone: a gap that shrinks
+//!   later (a root span ending before some of its children) does not split a session.
 //! - `max_spans_per_trace` closes a trace as soon as it holds that many spans;
 //!   `max_open_traces` closes the trace nearest its deadline when a new one would exceed
 //!   the limit. Every close records its [`CloseReason`].
