@@ -9,6 +9,13 @@
 //!   without spans of its own: a virtual node named after `peer` (database by
 //!   `peer.service`/`server.address`/`db.system`, cache, external HTTP/RPC host, queue
 //!   topic), flagged by its [`NodeKind`].
+//! - With `semantics: tempo`, the graph follows Grafana Tempo's metrics-generator and
+//!   the OpenTelemetry Collector's servicegraph connector, so Grafana's service graph
+//!   reads it as it reads Tempo's: a root server or consumer span (no parent) is called
+//!   by a virtual client node (`virtual_client`, `user` by default); a consumer span
+//!   with a peer and no producer span is fed by that peer; a database is named by the
+//!   first of `database_name_attributes` the client span has (`server.address` with
+//!   `:server.port` when there is one).
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -18,7 +25,7 @@ use crate::metrics::{
     Buckets, Exemplar, IntervalAggregator, Metric, MetricsMerge, MetricsMerger, NodeKind, Partial,
     SeriesKey, SlowThresholds, TracePartial, default_buckets, validate_metric_settings,
 };
-use crate::model::{CallType, Span, SpanId, SpanKind, Sym, TraceId};
+use crate::model::{AttrValue, CallType, Span, SpanId, SpanKind, Sym, TraceId};
 use crate::operator::{DataKind, PortSpec, Scope, Shape, Table};
 use crate::session_window::ClosedTrace;
 use crate::span_index::SpanIndex;
@@ -43,6 +50,105 @@ pub struct ServiceGraphConfig {
     /// Edges per interval; beyond it the quietest fold into `__overflow__`.
     #[serde(default = "default_max_series")]
     pub max_series: usize,
+    /// Whose rules find the edges: `spanflow` (only calls seen from both sides, and
+    /// calls to peers without spans) or `tempo` (also the virtual client of root spans
+    /// and the peer feeding a consumer, databases named as Tempo names them).
+    #[serde(default)]
+    pub semantics: GraphSemantics,
+    /// With `semantics: tempo`: the node that calls root server and consumer spans.
+    #[serde(default = "default_virtual_client")]
+    pub virtual_client: String,
+    /// With `semantics: tempo`: the attributes naming a database, first present wins.
+    #[serde(default = "default_database_name_attributes")]
+    pub database_name_attributes: Vec<String>,
+}
+
+/// Whose rules [`trace_edges`] follows.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum GraphSemantics {
+    /// spanflow's own rules (see the module docs).
+    #[default]
+    Spanflow,
+    /// Grafana Tempo's metrics-generator and the Collector's servicegraph connector.
+    Tempo,
+}
+
+fn default_virtual_client() -> String {
+    "user".into()
+}
+
+/// Tempo's precedence: the database's own name, then how its clients address it, then
+/// its kind.
+fn default_database_name_attributes() -> Vec<String> {
+    [
+        "db.namespace",
+        "db.name",
+        "peer.service",
+        "server.address",
+        "db.system.name",
+        "db.system",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+/// The rules of one `service_graph` operator, ready for [`trace_edges`].
+#[derive(Debug, Clone)]
+pub struct EdgeRules {
+    /// Edges to peers without spans of their own.
+    pub virtual_nodes: bool,
+    /// Whose rules.
+    pub semantics: GraphSemantics,
+    /// The virtual caller of root spans (Tempo).
+    pub virtual_client: Sym,
+    /// Attributes naming a database (Tempo).
+    pub database_name_attributes: Vec<String>,
+}
+
+impl EdgeRules {
+    /// The rules `config` sets.
+    pub fn new(config: &ServiceGraphConfig) -> Self {
+        EdgeRules {
+            virtual_nodes: config.virtual_nodes,
+            semantics: config.semantics,
+            virtual_client: Sym::new(&config.virtual_client),
+            database_name_attributes: config.database_name_attributes.clone(),
+        }
+    }
+
+    /// The name of the database `client` calls, by the first attribute present.
+    fn database_name(&self, client: &Span) -> Option<Sym> {
+        let text = |v: AttrValue<'_>| -> Option<String> {
+            match v {
+                AttrValue::Str(s) if !s.is_empty() => Some(s.to_owned()),
+                AttrValue::Int(i) => Some(i.to_string()),
+                _ => None,
+            }
+        };
+        for key in &self.database_name_attributes {
+            // Old and new spellings of the same thing.
+            let found = client.attrs.get(key).and_then(text).or_else(|| {
+                (key == "server.address")
+                    .then(|| client.attrs.get("net.peer.name").and_then(text))
+                    .flatten()
+            });
+            let Some(mut name) = found else {
+                continue;
+            };
+            if key == "server.address"
+                && let Some(port) = client
+                    .attrs
+                    .get("server.port")
+                    .or_else(|| client.attrs.get("net.peer.port"))
+                    .and_then(text)
+            {
+                name = format!("{name}:{port}");
+            }
+            return Some(Sym::new(&name));
+        }
+        None
+    }
 }
 
 fn default_interval() -> HumanDuration {
@@ -65,6 +171,9 @@ impl Default for ServiceGraphConfig {
             slow_thresholds: SlowThresholds::default(),
             virtual_nodes: true,
             max_series: default_max_series(),
+            semantics: GraphSemantics::default(),
+            virtual_client: default_virtual_client(),
+            database_name_attributes: default_database_name_attributes(),
         }
     }
 }
@@ -72,7 +181,14 @@ impl Default for ServiceGraphConfig {
 impl ServiceGraphConfig {
     /// Checks the values serde cannot; returns every problem found.
     pub fn validate(&self) -> Vec<ConfigIssue> {
-        validate_metric_settings(self.interval, &self.buckets, self.max_series)
+        let mut issues = validate_metric_settings(self.interval, &self.buckets, self.max_series);
+        if self.virtual_client.is_empty() {
+            issues.push(ConfigIssue::new(
+                "virtual_client",
+                "must name the node that calls root spans",
+            ));
+        }
+        issues
     }
 }
 
@@ -114,26 +230,52 @@ fn virtual_kind(s: &Span) -> NodeKind {
 pub fn trace_edges(
     trace: &ClosedTrace,
     index: &SpanIndex,
-    virtual_nodes: bool,
+    rules: &EdgeRules,
     linked: &mut Vec<bool>,
     out: &mut Vec<Edge>,
 ) {
     linked.clear();
     linked.resize(trace.spans.len(), false);
+    let tempo = rules.semantics == GraphSemantics::Tempo;
     for (i, s) in trace.spans.iter().enumerate() {
         let entry = matches!(s.kind, SpanKind::Server | SpanKind::Consumer);
         if !entry {
             continue;
         }
-        let Some(pi) = index.parent(i) else {
+        // The instrumented caller: the parent, when it is a client or producer span of
+        // another service.
+        let caller = index
+            .parent(i)
+            .and_then(|pi| Some((pi, trace.spans.get(pi)?)))
+            .filter(|(_, p)| {
+                p.service != s.service && matches!(p.kind, SpanKind::Client | SpanKind::Producer)
+            });
+        let Some((pi, p)) = caller else {
+            if !tempo {
+                continue;
+            }
+            // Tempo: a consumer without a producer span was fed by the messaging
+            // system it names; a root span without one, by the virtual client.
+            let (source, call_type) = if s.kind == SpanKind::Consumer && !s.peer.is_empty() {
+                (s.peer, CallType::Mq)
+            } else if s.is_root() {
+                (rules.virtual_client, s.call_type)
+            } else {
+                continue;
+            };
+            out.push(Edge {
+                source,
+                target: s.service,
+                target_kind: NodeKind::Service,
+                call_type,
+                duration_ns: s.duration_ns(),
+                error: s.is_error(),
+                end_ns: s.end_ns,
+                trace_id: trace.trace_id,
+                span_id: s.span_id,
+            });
             continue;
         };
-        let Some(p) = trace.spans.get(pi) else {
-            continue;
-        };
-        if p.service == s.service || !matches!(p.kind, SpanKind::Client | SpanKind::Producer) {
-            continue;
-        }
         if let Some(l) = linked.get_mut(pi) {
             *l = true;
         }
@@ -156,7 +298,7 @@ pub fn trace_edges(
             span_id: measured.span_id,
         });
     }
-    if !virtual_nodes {
+    if !rules.virtual_nodes {
         return;
     }
     for (i, p) in trace.spans.iter().enumerate() {
@@ -166,7 +308,13 @@ pub fn trace_edges(
         {
             continue;
         }
-        let target = if !p.peer.is_empty() {
+        let named = match (tempo, p.call_type) {
+            (true, CallType::Db) => rules.database_name(p),
+            _ => None,
+        };
+        let target = if let Some(name) = named {
+            name
+        } else if !p.peer.is_empty() {
             p.peer
         } else if !p.db_system.is_empty() {
             p.db_system
@@ -197,6 +345,7 @@ pub struct ServiceGraph {
     index: SpanIndex,
     linked: Vec<bool>,
     edges: Vec<Edge>,
+    rules: EdgeRules,
 }
 
 impl ServiceGraph {
@@ -205,6 +354,7 @@ impl ServiceGraph {
         ServiceGraph {
             agg: IntervalAggregator::new(config.interval, Buckets::new(&config.buckets)),
             slow_ns: config.slow_thresholds.nanos(),
+            rules: EdgeRules::new(&config),
             config,
             index: SpanIndex::default(),
             linked: Vec::new(),
@@ -235,13 +385,7 @@ impl ServiceGraph {
     /// with `red_metrics`).
     pub fn add_indexed_trace(&mut self, trace: &ClosedTrace, index: &SpanIndex, sampled: bool) {
         self.edges.clear();
-        trace_edges(
-            trace,
-            index,
-            self.config.virtual_nodes,
-            &mut self.linked,
-            &mut self.edges,
-        );
+        trace_edges(trace, index, &self.rules, &mut self.linked, &mut self.edges);
         let blank = SeriesKey::new(Metric::ServiceRelation);
         for e in &self.edges {
             let key = SeriesKey {

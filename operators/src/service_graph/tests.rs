@@ -78,12 +78,36 @@ fn trace(t: u8, mut spans: Vec<Span>) -> ClosedTrace {
 }
 
 fn edges_of(t: &ClosedTrace, virtual_nodes: bool) -> Vec<Edge> {
+    let config = ServiceGraphConfig {
+        virtual_nodes,
+        ..Default::default()
+    };
+    edges_by(t, &config)
+}
+
+fn edges_by(t: &ClosedTrace, config: &ServiceGraphConfig) -> Vec<Edge> {
     let mut index = SpanIndex::default();
     index.build(&t.spans);
     let mut linked = Vec::new();
     let mut out = Vec::new();
-    trace_edges(t, &index, virtual_nodes, &mut linked, &mut out);
+    trace_edges(t, &index, &EdgeRules::new(config), &mut linked, &mut out);
     out
+}
+
+fn tempo() -> ServiceGraphConfig {
+    ServiceGraphConfig {
+        semantics: GraphSemantics::Tempo,
+        ..Default::default()
+    }
+}
+
+fn with_attrs(mut s: Span, attrs: &[(&str, crate::model::AttrValue<'_>)]) -> Span {
+    let mut b = crate::model::AttrsBuilder::default();
+    for (k, v) in attrs {
+        b.push(k, *v, false);
+    }
+    s.attrs = b.finish();
+    s
 }
 
 /// The edge measured on span `span` (of trace `t`).
@@ -501,10 +525,11 @@ fn scratch_is_reset_between_traces_and_edges_are_appended() {
     let mut index = SpanIndex::default();
     let mut linked = Vec::new();
     let mut out = Vec::new();
+    let rules = EdgeRules::new(&ServiceGraphConfig::default());
     index.build(&answered.spans);
-    trace_edges(&answered, &index, true, &mut linked, &mut out);
+    trace_edges(&answered, &index, &rules, &mut linked, &mut out);
     index.build(&unanswered.spans);
-    trace_edges(&unanswered, &index, true, &mut linked, &mut out);
+    trace_edges(&unanswered, &index, &rules, &mut linked, &mut out);
     assert_eq!(
         out,
         vec![
@@ -542,6 +567,7 @@ fn config() -> ServiceGraphConfig {
         },
         virtual_nodes: true,
         max_series: 100,
+        ..ServiceGraphConfig::default()
     }
 }
 
@@ -950,4 +976,166 @@ fn traces_for_a_flushed_interval_are_not_handed_over_again() {
             .collect::<Vec<_>>(),
         vec![(END1, 1, 1)]
     );
+}
+
+// ---------------------------------------------------------------------------------------
+// semantics: tempo (Grafana Tempo's metrics-generator, the Collector's servicegraph
+// connector)
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn tempo_a_root_server_span_is_called_by_the_virtual_client() {
+    use CallType::*;
+    use SpanKind::*;
+    let root = failed(sp(1, 0, "frontend", Server, Http, 0, 400));
+    let child = sp(2, 1, "frontend", Internal, Local, 10, 20);
+    let t = trace(1, vec![root.clone(), child]);
+    assert_eq!(
+        edges_by(&t, &tempo()),
+        vec![edge("user", "frontend", NodeKind::Service, Http, 1, &root)]
+    );
+    assert!(
+        edges_of(&t, true).is_empty(),
+        "spanflow's rules have no such edge"
+    );
+    let renamed = ServiceGraphConfig {
+        virtual_client: "browser".into(),
+        ..tempo()
+    };
+    let e = edges_by(&t, &renamed);
+    assert_eq!(e[0].source.as_str(), "browser");
+    assert!(e[0].error, "the failed root span is a failed request");
+}
+
+#[test]
+fn tempo_a_server_span_under_a_missing_parent_has_no_virtual_caller() {
+    use CallType::*;
+    use SpanKind::*;
+    // Parent 9 is not in the trace: not a root, so not called by the virtual client.
+    let orphan = sp(1, 9, "orders", Server, Http, 0, 50);
+    let t = trace(2, vec![orphan]);
+    assert!(edges_by(&t, &tempo()).is_empty());
+}
+
+#[test]
+fn tempo_a_client_with_a_peer_and_no_server_span_calls_a_virtual_node() {
+    use CallType::*;
+    use SpanKind::*;
+    let root = sp(1, 0, "checkout", Server, Http, 0, 400);
+    let call = failed(with_peer(
+        sp(2, 1, "checkout", Client, Http, 10, 90),
+        "payments-api",
+    ));
+    let t = trace(3, vec![root.clone(), call.clone()]);
+    assert_eq!(
+        edges_by(&t, &tempo()),
+        vec![
+            edge("user", "checkout", NodeKind::Service, Http, 3, &root),
+            edge(
+                "checkout",
+                "payments-api",
+                NodeKind::External,
+                Http,
+                3,
+                &call
+            ),
+        ]
+    );
+    assert!(edges_by(&t, &tempo())[1].error);
+}
+
+#[test]
+fn tempo_a_consumer_without_a_producer_is_fed_by_its_messaging_system() {
+    use CallType::*;
+    use SpanKind::*;
+    // The consumer's trace starts at the consumer: the producer was not instrumented.
+    let consume = with_peer(sp(1, 0, "billing", Consumer, Mq, 0, 30), "invoices");
+    let t = trace(4, vec![consume.clone()]);
+    assert_eq!(
+        edges_by(&t, &tempo()),
+        vec![edge(
+            "invoices",
+            "billing",
+            NodeKind::Service,
+            Mq,
+            4,
+            &consume
+        )]
+    );
+    // A consumer under a span of its own service, not a producer: fed the same way.
+    let poll = sp(1, 0, "billing", Internal, Local, 0, 100);
+    let inner = with_peer(sp(2, 1, "billing", Consumer, Mq, 10, 30), "invoices");
+    let t = trace(5, vec![poll, inner.clone()]);
+    assert_eq!(
+        edges_by(&t, &tempo()),
+        vec![edge(
+            "invoices",
+            "billing",
+            NodeKind::Service,
+            Mq,
+            5,
+            &inner
+        )]
+    );
+    // With its producer in the trace it is an ordinary edge between the services.
+    let root = sp(1, 0, "orders", Server, Http, 0, 400);
+    let produce = with_peer(sp(2, 1, "orders", Producer, Mq, 10, 5), "invoices");
+    let consume = with_peer(sp(3, 2, "billing", Consumer, Mq, 50, 30), "invoices");
+    let t = trace(6, vec![root.clone(), produce, consume.clone()]);
+    assert_eq!(
+        edges_by(&t, &tempo()),
+        vec![
+            edge("user", "orders", NodeKind::Service, Http, 6, &root),
+            edge("orders", "billing", NodeKind::Service, Mq, 6, &consume),
+        ]
+    );
+}
+
+#[test]
+fn tempo_databases_are_named_by_the_first_attribute_present() {
+    use crate::model::AttrValue::{Int, Str};
+    use CallType::*;
+    use SpanKind::*;
+    let root = sp(1, 0, "orders", Server, Http, 0, 400);
+    let db = |attrs: &[(&str, crate::model::AttrValue<'_>)]| {
+        let s = failed(with_peer(
+            sp(2, 1, "orders", Client, Db, 10, 250),
+            "orders-db",
+        ));
+        with_attrs(s, attrs)
+    };
+    let name = |client: Span, config: &ServiceGraphConfig| -> String {
+        let t = trace(7, vec![root.clone(), client]);
+        let e = edges_by(&t, config);
+        let d = e
+            .iter()
+            .find(|e| e.call_type == Db)
+            .expect("a database edge");
+        assert_eq!(d.target_kind, NodeKind::Database);
+        assert!(d.error, "the failed query is a failed request");
+        d.target.as_str().to_owned()
+    };
+    let all = [
+        ("db.system.name", Str("postgresql")),
+        ("server.address", Str("10.0.0.7")),
+        ("server.port", Int(5432)),
+        ("peer.service", Str("orders-db")),
+        ("db.name", Str("orders_old")),
+        ("db.namespace", Str("orders")),
+    ];
+    assert_eq!(name(db(&all), &tempo()), "orders");
+    assert_eq!(name(db(&all[..5]), &tempo()), "orders_old");
+    assert_eq!(name(db(&all[..4]), &tempo()), "orders-db");
+    assert_eq!(name(db(&all[..3]), &tempo()), "10.0.0.7:5432");
+    assert_eq!(name(db(&all[..2]), &tempo()), "10.0.0.7");
+    assert_eq!(name(db(&all[..1]), &tempo()), "postgresql");
+    assert_eq!(name(db(&[("db.system", Str("mysql"))]), &tempo()), "mysql");
+    // The precedence is configurable.
+    let system_first = ServiceGraphConfig {
+        database_name_attributes: vec!["db.system.name".into(), "db.namespace".into()],
+        ..tempo()
+    };
+    assert_eq!(name(db(&all), &system_first), "postgresql");
+    // spanflow's rules name it by its peer.
+    assert_eq!(name(db(&all), &ServiceGraphConfig::default()), "orders-db");
 }
