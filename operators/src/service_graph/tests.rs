@@ -1048,35 +1048,17 @@ fn tempo_a_client_with_a_peer_and_no_server_span_calls_a_virtual_node() {
 fn tempo_a_consumer_without_a_producer_is_fed_by_its_messaging_system() {
     use CallType::*;
     use SpanKind::*;
+    // The edge queue -> consumer, measured on consumer span `s` of trace `t`.
+    let fed = |t: u8, s: &Span| edge("invoices", "billing", NodeKind::Service, Mq, t, s);
     // The consumer's trace starts at the consumer: the producer was not instrumented.
     let consume = with_peer(sp(1, 0, "billing", Consumer, Mq, 0, 30), "invoices");
     let t = trace(4, vec![consume.clone()]);
-    assert_eq!(
-        edges_by(&t, &tempo()),
-        vec![edge(
-            "invoices",
-            "billing",
-            NodeKind::Service,
-            Mq,
-            4,
-            &consume
-        )]
-    );
+    assert_eq!(edges_by(&t, &tempo()), vec![fed(4, &consume)]);
     // A consumer under a span of its own service, not a producer: fed the same way.
     let poll = sp(1, 0, "billing", Internal, Local, 0, 100);
     let inner = with_peer(sp(2, 1, "billing", Consumer, Mq, 10, 30), "invoices");
     let t = trace(5, vec![poll, inner.clone()]);
-    assert_eq!(
-        edges_by(&t, &tempo()),
-        vec![edge(
-            "invoices",
-            "billing",
-            NodeKind::Service,
-            Mq,
-            5,
-            &inner
-        )]
-    );
+    assert_eq!(edges_by(&t, &tempo()), vec![fed(5, &inner)]);
     // With its producer in the trace it is an ordinary edge between the services.
     let root = sp(1, 0, "orders", Server, Http, 0, 400);
     let produce = with_peer(sp(2, 1, "orders", Producer, Mq, 10, 5), "invoices");

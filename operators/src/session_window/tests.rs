@@ -29,6 +29,17 @@ fn span(trace: u8, id: u8, parent: u8, end_s: u64) -> Span {
     }
 }
 
+/// A gap of `gap_ns` once the trace's root span has ended.
+fn root_gap_rule(gap_ns: u64) -> GapRule {
+    GapRule {
+        when: GapCondition {
+            root_ended: Some(true),
+            ..Default::default()
+        },
+        gap: HumanDuration(std::time::Duration::from_nanos(gap_ns)),
+    }
+}
+
 fn cfg(gap_s: u64) -> SessionWindowConfig {
     SessionWindowConfig {
         gap: HumanDuration::secs(gap_s),
@@ -108,13 +119,7 @@ fn dynamic_gap_rules_first_match_wins() {
 #[test]
 fn root_arrival_shortens_gap() {
     let mut c = cfg(30);
-    c.gap_rules = vec![GapRule {
-        when: GapCondition {
-            root_ended: Some(true),
-            ..Default::default()
-        },
-        gap: HumanDuration::secs(1),
-    }];
+    c.gap_rules = vec![root_gap_rule(S)];
     let mut w = SessionWindow::new(c);
     let mut out = SessionOutput::default();
     w.process([span(1, 2, 1, 100)], &mut out);
@@ -135,13 +140,7 @@ fn root_arrival_shortens_gap() {
 #[test]
 fn a_root_that_arrives_before_its_children_still_joins_them() {
     let mut c = cfg(10);
-    c.gap_rules = vec![GapRule {
-        when: GapCondition {
-            root_ended: Some(true),
-            ..Default::default()
-        },
-        gap: HumanDuration::secs(3),
-    }];
+    c.gap_rules = vec![root_gap_rule(3 * S)];
     let mut w = SessionWindow::new(c);
     let mut out = SessionOutput::default();
     w.process([span(1, 2, 1, 100), span(1, 1, 0, 120)], &mut out);
@@ -448,17 +447,7 @@ fn scenario() -> impl Strategy<Value = Scenario> {
 fn scenario_config(sc: &Scenario) -> SessionWindowConfig {
     SessionWindowConfig {
         gap: HumanDuration(std::time::Duration::from_nanos(sc.gap)),
-        gap_rules: sc
-            .root_gap
-            .map(|r| GapRule {
-                when: GapCondition {
-                    root_ended: Some(true),
-                    ..Default::default()
-                },
-                gap: HumanDuration(std::time::Duration::from_nanos(r)),
-            })
-            .into_iter()
-            .collect(),
+        gap_rules: sc.root_gap.map(root_gap_rule).into_iter().collect(),
         closed_trace_retention: HumanDuration::secs(0),
         max_duration: HumanDuration::secs(1_000_000),
         ..Default::default()
