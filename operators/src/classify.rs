@@ -35,6 +35,21 @@ pub struct Classified {
     pub messaging_destination: Sym,
 }
 
+/// True for an attribute [`CallAttrs::observe`] reads into a typed field of the span
+/// (HTTP status, db system, messaging destination, `peer.service`): the span tables
+/// show it in that column rather than again among the attributes.
+pub fn is_lifted(key: &str, value: AttrValue<'_>) -> bool {
+    match key {
+        "http.status_code" | "http.response.status_code" => true,
+        "db.system"
+        | "db.system.name"
+        | "messaging.destination"
+        | "messaging.destination.name"
+        | "peer.service" => matches!(value, AttrValue::Str(_)),
+        _ => false,
+    }
+}
+
 /// Cache systems among `db.system` values.
 pub fn is_cache_system(system: &str) -> bool {
     matches!(
@@ -44,8 +59,8 @@ pub fn is_cache_system(system: &str) -> bool {
 }
 
 impl CallAttrs {
-    /// Observes one attribute. Returns true when it was absorbed into a typed field and
-    /// need not be kept among the packed attributes.
+    /// Observes one attribute. Returns true when it was read into a typed field (see
+    /// [`is_lifted`]).
     pub fn observe(&mut self, key: &str, value: AttrValue<'_>) -> bool {
         match key {
             "http.method"

@@ -23,6 +23,23 @@ CREATE TABLE IF NOT EXISTS `spanflow`.`spans`
     `messaging_destination` LowCardinality(String),
     `attributes` Map(LowCardinality(String), String),
     `resource_attributes` Map(LowCardinality(String), String),
+    `status_message` String,
+    `trace_state` String,
+    `flags` UInt32,
+    `scope_name` String,
+    `scope_version` String,
+    `event_times` Array(DateTime64(9, 'UTC')),
+    `event_names` Array(String),
+    `event_attributes` Array(String),
+    `link_trace_ids` Array(FixedString(16)),
+    `link_span_ids` Array(FixedString(8)),
+    `link_trace_states` Array(String),
+    `link_attributes` Array(String),
+    `dropped_attributes_count` UInt32,
+    `dropped_events_count` UInt32,
+    `dropped_links_count` UInt32,
+    `otlp` String,
+    `otlp_resource` String,
     `version` UInt64
 )
 ENGINE = ReplacingMergeTree(`version`)

@@ -2,7 +2,8 @@
 //! the prost reference decoder and the JSON decoder.
 
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use opentelemetry_proto::tonic::common::v1::{AnyValue, any_value};
+use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
+use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans};
 use prost::Message;
 use spanflow_operators::classify::CallAttrs;
 use spanflow_operators::model::{BytesMap, MAX_ATTR_KEY_LEN, MAX_ATTR_VALUE_LEN};
@@ -40,12 +41,11 @@ pub(crate) struct RawSpan<'a> {
 
 /// What to do with a span attribute read from the wire ([`SpanBuilder::span_attr_wire`]).
 pub(crate) enum WireAttr {
-    /// Keep its field bytes as they are: append them to the packed attributes (after
-    /// the attributes before it).
+    /// Keep its field bytes as they are: append them to the packed fields (after the
+    /// fields before it). Attributes read into typed fields of the span are kept too, so
+    /// that the span goes out as it came in.
     Copy,
-    /// It went into a typed field of the span; it is not kept.
-    Absorbed,
-    /// It must be truncated: hand it to [`SpanBuilder::span_attr`] instead.
+    /// It must be truncated: hand it to [`SpanBuilder::push_span_attr`] instead.
     Reencode,
 }
 
@@ -68,6 +68,10 @@ pub(crate) struct SpanBuilder {
     resource_instance: Option<Sym>,
     resource_host: Option<Sym>,
     call: CallAttrs,
+    /// Scratch: the scope envelope being read (`otlp_proto`).
+    pub(super) envelope: Vec<u8>,
+    /// Scratch: the resource cache's key.
+    key: Vec<u8>,
     truncated: u64,
     /// `truncated` when the current resource began.
     truncated_at_resource: u64,
@@ -100,22 +104,26 @@ impl SpanBuilder {
     }
 
     /// The resource decoded before on this thread from the same `Resource` message
-    /// bytes, counting its truncated attributes again as decoding it would.
-    pub fn cached_resource(&mut self, bytes: &[u8]) -> Option<Resource> {
+    /// bytes and scope `envelope` (see [`super::SCOPE`]), counting its truncated
+    /// attributes again as decoding it would.
+    pub fn cached_resource(&mut self, bytes: &[u8], envelope: &[u8]) -> Option<Resource> {
+        self.cache_key(bytes, envelope);
         RESOURCES.with(|c| {
             let c = c.try_borrow().ok()?;
-            let (res, truncated) = c.get(bytes)?;
+            let (res, truncated) = c.get(self.key.as_slice())?;
             self.truncated += truncated;
             Some(res.clone())
         })
     }
 
     /// Remembers the resource just finished ([`end_resource`](Self::end_resource))
-    /// under its message bytes, for [`cached_resource`](Self::cached_resource).
-    pub fn remember_resource(&mut self, bytes: &[u8], res: &Resource) {
+    /// under its message bytes and scope envelope, for
+    /// [`cached_resource`](Self::cached_resource).
+    pub fn remember_resource(&mut self, bytes: &[u8], envelope: &[u8], res: &Resource) {
         /// Distinct resources remembered per thread; a fleet has far fewer.
         const LIMIT: usize = 4096;
         let truncated = self.truncated.saturating_sub(self.truncated_at_resource);
+        self.cache_key(bytes, envelope);
         RESOURCES.with(|c| {
             let Ok(mut c) = c.try_borrow_mut() else {
                 return;
@@ -123,8 +131,17 @@ impl SpanBuilder {
             if c.len() >= LIMIT {
                 c.clear();
             }
-            c.insert(bytes.into(), (res.clone(), truncated));
+            c.insert(self.key.as_slice().into(), (res.clone(), truncated));
         });
+    }
+
+    /// The cache key of a resource and scope: the resource's bytes, then the
+    /// envelope's (a length first, so that no two pairs make the same key).
+    fn cache_key(&mut self, bytes: &[u8], envelope: &[u8]) {
+        self.key.clear();
+        spanflow_operators::model::wire::put_varint(&mut self.key, bytes.len() as u64);
+        self.key.extend_from_slice(bytes);
+        self.key.extend_from_slice(envelope);
     }
 
     /// Forgets the attributes and classification of a span that was not finished (its
@@ -143,18 +160,40 @@ impl SpanBuilder {
         self.resource_attrs.finish();
     }
 
-    /// One resource attribute.
+    /// One resource attribute, re-encoded (truncated to the limits when it must be).
     pub fn resource_attr(&mut self, key: &str, value: AttrValue<'_>) {
+        self.lift_resource_attr(key, value);
+        self.truncated += u64::from(self.resource_attrs.push(key, value, true));
+    }
+
+    /// Notes one resource attribute read from the OTLP wire, whose field bytes the
+    /// caller holds: [`WireAttr::Copy`] to keep them with
+    /// [`push_resource_encoded`](Self::push_resource_encoded), else hand it to
+    /// [`resource_attr`](Self::resource_attr).
+    pub fn resource_attr_wire(&mut self, key: &str, value: AttrValue<'_>) -> WireAttr {
+        if too_long(key, value) {
+            return WireAttr::Reencode;
+        }
+        self.lift_resource_attr(key, value);
+        WireAttr::Copy
+    }
+
+    /// Appends fields of the `Resource` message (or of the span's scope, see
+    /// [`SCOPE`]) as they are on the wire.
+    pub fn push_resource_encoded(&mut self, fields: &[u8]) {
+        self.resource_attrs.push_encoded(fields);
+    }
+
+    /// The resource attributes read into the span's typed fields. They stay among the
+    /// resource's attributes too, so that the resource goes out as it came in.
+    fn lift_resource_attr(&mut self, key: &str, value: AttrValue<'_>) {
         match (key, value) {
             ("service.name", AttrValue::Str(s)) => self.resource_service = Some(Sym::new(s)),
             ("service.instance.id", AttrValue::Str(s)) => {
                 self.resource_instance = Some(Sym::new(s))
             }
-            ("host.name", AttrValue::Str(s)) => {
-                self.resource_host = Some(Sym::new(s));
-                self.truncated += u64::from(self.resource_attrs.push(key, value, true));
-            }
-            _ => self.truncated += u64::from(self.resource_attrs.push(key, value, true)),
+            ("host.name", AttrValue::Str(s)) => self.resource_host = Some(Sym::new(s)),
+            _ => {}
         }
     }
 
@@ -172,24 +211,12 @@ impl SpanBuilder {
         }
     }
 
-    /// One span attribute (call before [`finish_span`](Self::finish_span)).
-    #[inline]
-    pub fn span_attr(&mut self, key: &str, value: AttrValue<'_>) {
-        if !self.call.observe(key, value) {
-            self.truncated += u64::from(self.attrs.push(key, value, false));
-        }
-    }
-
-    /// Classifies one span attribute read from the OTLP wire in the canonical shape,
-    /// whose field bytes the caller holds (see [`WireAttr`]).
+    /// Classifies one span attribute read from the OTLP wire, whose field bytes the
+    /// caller holds (see [`WireAttr`]).
     #[inline]
     pub fn span_attr_wire(&mut self, key: &str, value: AttrValue<'_>) -> WireAttr {
-        if self.call.observe(key, value) {
-            return WireAttr::Absorbed;
-        }
-        let long = key.len() > MAX_ATTR_KEY_LEN
-            || matches!(value, AttrValue::Str(s) if s.len() > MAX_ATTR_VALUE_LEN);
-        if long {
+        self.call.observe(key, value);
+        if too_long(key, value) {
             WireAttr::Reencode
         } else {
             WireAttr::Copy
@@ -244,6 +271,13 @@ impl SpanBuilder {
             resource_attrs: res.extra.clone(),
         })
     }
+}
+
+/// True when an attribute must be truncated to be kept.
+#[inline]
+fn too_long(key: &str, value: AttrValue<'_>) -> bool {
+    key.len() > MAX_ATTR_KEY_LEN
+        || matches!(value, AttrValue::Str(s) if s.len() > MAX_ATTR_VALUE_LEN)
 }
 
 impl SpanBuilder {
@@ -326,7 +360,10 @@ fn describe_id(b: &[u8], want: usize) -> String {
     }
 }
 
-/// Renders array, kvlist and bytes values as JSON text for the packed attributes.
+/// Renders array, kvlist and bytes values as JSON text: the reference the attribute
+/// columns' rendering of values kept in wire form
+/// (`spanflow_operators::model::wire::any_value_json`) is tested against.
+#[cfg(test)]
 pub(crate) fn any_value_json(v: &AnyValue) -> serde_json::Value {
     use serde_json::Value as J;
     match &v.value {
@@ -354,43 +391,112 @@ pub(crate) fn any_value_json(v: &AnyValue) -> serde_json::Value {
     }
 }
 
-/// Calls `f` with the borrowed form of a prost `AnyValue`; `None` values are skipped.
-fn with_value(v: Option<&AnyValue>, f: impl FnOnce(AttrValue<'_>)) {
-    let Some(av) = v else { return };
+/// Calls `f` with the borrowed form of a prost `AnyValue` (`None` when unset); arrays,
+/// kvlists and bytes as their encoded `AnyValue` body.
+pub(crate) fn with_value(v: Option<&AnyValue>, f: impl FnOnce(Option<AttrValue<'_>>)) {
+    let Some(av) = v else { return f(None) };
     match &av.value {
-        None | Some(any_value::Value::StringValueStrindex(_)) => {}
-        Some(any_value::Value::StringValue(s)) => f(AttrValue::Str(s)),
-        Some(any_value::Value::BoolValue(b)) => f(AttrValue::Bool(*b)),
-        Some(any_value::Value::IntValue(i)) => f(AttrValue::Int(*i)),
-        Some(any_value::Value::DoubleValue(d)) => f(AttrValue::Double(*d)),
-        Some(_) => {
-            let text = any_value_json(av).to_string();
-            f(AttrValue::Json(&text))
-        }
+        None | Some(any_value::Value::StringValueStrindex(_)) => f(None),
+        Some(any_value::Value::StringValue(s)) => f(Some(AttrValue::Str(s))),
+        Some(any_value::Value::BoolValue(b)) => f(Some(AttrValue::Bool(*b))),
+        Some(any_value::Value::IntValue(i)) => f(Some(AttrValue::Int(*i))),
+        Some(any_value::Value::DoubleValue(d)) => f(Some(AttrValue::Double(*d))),
+        Some(_) => f(Some(AttrValue::Any(&av.encode_to_vec()))),
     }
 }
 
-/// Converts a decoded request (prost or JSON) into spans and per-span dead letters.
+/// Appends field `tag` holding `kv` to `scratch` (cleared first).
+fn encode_kv<'a>(tag: u32, kv: &KeyValue, scratch: &'a mut Vec<u8>) -> &'a [u8] {
+    scratch.clear();
+    prost::encoding::message::encode(tag, kv, scratch);
+    scratch
+}
+
+/// The parts of a span's envelope its resource buffer keeps (see [`super::SCOPE`]).
+pub(crate) fn encode_envelope(rs: &ResourceSpans, ss: &ScopeSpans, out: &mut Vec<u8>) {
+    use prost::encoding::{message, string};
+    if !rs.schema_url.is_empty() {
+        string::encode(super::RESOURCE_SCHEMA_URL, &rs.schema_url, out);
+    }
+    if let Some(scope) = &ss.scope {
+        message::encode(super::SCOPE, scope, out);
+    }
+    if !ss.schema_url.is_empty() {
+        string::encode(super::SCOPE_SCHEMA_URL, &ss.schema_url, out);
+    }
+}
+
+/// Converts a decoded request (prost or JSON) into spans and per-span dead letters;
+/// every field of the spans, their resources and scopes is kept.
 pub(crate) fn convert_request(
     b: &mut SpanBuilder,
     req: &ExportTraceServiceRequest,
     meta: &RecordMeta,
     out: &mut Decoded,
 ) {
+    use prost::encoding::{fixed32, message, string, uint32};
     let mut index = 0u32;
+    let mut scratch = Vec::new();
     for rs in &req.resource_spans {
-        b.begin_resource();
-        if let Some(r) = &rs.resource {
-            for kv in &r.attributes {
-                with_value(kv.value.as_ref(), |v| b.resource_attr(&kv.key, v));
-            }
-        }
-        let res = b.end_resource();
         for ss in &rs.scope_spans {
+            b.begin_resource();
+            if let Some(r) = &rs.resource {
+                for kv in &r.attributes {
+                    with_value(kv.value.as_ref(), |v| {
+                        match v.map(|v| (v, b.resource_attr_wire(&kv.key, v))) {
+                            Some((v, WireAttr::Reencode)) => b.resource_attr(&kv.key, v),
+                            _ => b.push_resource_encoded(encode_kv(1, kv, &mut scratch)),
+                        }
+                    });
+                }
+                scratch.clear();
+                if r.dropped_attributes_count != 0 {
+                    uint32::encode(2, &r.dropped_attributes_count, &mut scratch);
+                }
+                for e in &r.entity_refs {
+                    message::encode(3, e, &mut scratch);
+                }
+                b.push_resource_encoded(&scratch);
+            }
+            scratch.clear();
+            encode_envelope(rs, ss, &mut scratch);
+            b.push_resource_encoded(&scratch);
+            let res = b.end_resource();
             for s in &ss.spans {
                 for kv in &s.attributes {
-                    with_value(kv.value.as_ref(), |v| b.span_attr(&kv.key, v));
+                    with_value(kv.value.as_ref(), |v| {
+                        match v.map(|v| (v, b.span_attr_wire(&kv.key, v))) {
+                            Some((v, WireAttr::Reencode)) => b.push_span_attr(&kv.key, v),
+                            _ => b.push_encoded(encode_kv(9, kv, &mut scratch)),
+                        }
+                    });
                 }
+                scratch.clear();
+                if !s.trace_state.is_empty() {
+                    string::encode(3, &s.trace_state, &mut scratch);
+                }
+                if s.dropped_attributes_count != 0 {
+                    uint32::encode(10, &s.dropped_attributes_count, &mut scratch);
+                }
+                for e in &s.events {
+                    message::encode(11, e, &mut scratch);
+                }
+                if s.dropped_events_count != 0 {
+                    uint32::encode(12, &s.dropped_events_count, &mut scratch);
+                }
+                for l in &s.links {
+                    message::encode(13, l, &mut scratch);
+                }
+                if s.dropped_links_count != 0 {
+                    uint32::encode(14, &s.dropped_links_count, &mut scratch);
+                }
+                if let Some(st) = &s.status {
+                    message::encode(15, st, &mut scratch);
+                }
+                if s.flags != 0 {
+                    fixed32::encode(16, &s.flags, &mut scratch);
+                }
+                b.push_encoded(&scratch);
                 let status = s.status.as_ref().map_or(0, |st| st.code);
                 let raw = RawSpan {
                     trace_id: &s.trace_id,

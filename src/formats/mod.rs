@@ -6,6 +6,7 @@ pub mod avro;
 mod convert;
 mod dead_letter;
 pub mod framing;
+pub mod otlp_out;
 pub mod otlp_proto;
 pub mod otlp_split;
 mod wire;
@@ -15,6 +16,33 @@ use serde::{Deserialize, Serialize};
 use spanflow_operators::Span;
 
 pub use dead_letter::{DeadLetter, DecodeError, RecordMeta};
+
+/// Field number under which a span's resource buffer (`Span::resource_attrs`, the
+/// `Resource` message's fields) also keeps its `ResourceSpans.schema_url`: one buffer
+/// per resource and scope holds everything a span's OTLP envelope said. Past any field
+/// number `Resource` defines.
+pub const RESOURCE_SCHEMA_URL: u32 = 1001;
+/// Field number of the span's `InstrumentationScope` in its resource buffer (see
+/// [`RESOURCE_SCHEMA_URL`]).
+pub const SCOPE: u32 = 1002;
+/// Field number of the span's `ScopeSpans.schema_url` in its resource buffer (see
+/// [`RESOURCE_SCHEMA_URL`]).
+pub const SCOPE_SCHEMA_URL: u32 = 1003;
+
+/// Appends the text an attribute value is shown as (in the attribute columns): strings
+/// as they are, numbers and bools as written, arrays, kvlists and bytes as JSON; nothing
+/// for an unset value.
+pub fn attr_text(
+    value: Option<&opentelemetry_proto::tonic::common::v1::AnyValue>,
+    out: &mut String,
+) {
+    convert::with_value(value, |v| {
+        if let Some(v) = v {
+            use std::fmt::Write;
+            let _ = write!(out, "{v}");
+        }
+    });
+}
 
 /// Encoding of input records.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]

@@ -43,59 +43,32 @@ fn resource_spans(
     out: &mut Decoded,
     index: &mut u32,
 ) -> Result<(), DecodeError> {
-    // The resource may follow its spans on the wire; read it first. Every record
-    // repeats the resources of its spans, so a resource seen before on this thread (the
-    // same bytes) is taken from the cache instead of decoded again.
+    // The resource and the schema URL may follow the spans on the wire; read them first.
     let mut only: Option<&[u8]> = None;
     let mut count = 0usize;
+    let mut schema_url: &[u8] = &[];
     let mut pass = Reader::new(rs.remaining(), rs.offset());
     while let Some((field, wt)) = pass.field()? {
-        if field == 1 {
-            pass.expect(wt, WireType::Len, "resource")?;
-            only = Some(pass.message()?.remaining());
-            count += 1;
-        } else {
-            pass.skip(wt)?;
+        match field {
+            1 => {
+                pass.expect(wt, WireType::Len, "resource")?;
+                only = Some(pass.message()?.remaining());
+                count += 1;
+            }
+            3 => {
+                pass.expect(wt, WireType::Len, "schema_url")?;
+                schema_url = pass.str()?.as_bytes();
+            }
+            _ => pass.skip(wt)?,
         }
     }
-    let cached = match only {
-        Some(bytes) if count == 1 => b.cached_resource(bytes),
-        _ => None,
-    };
-    let resource = match cached {
-        Some(r) => r,
-        None => {
-            b.begin_resource();
-            let mut pass = Reader::new(rs.remaining(), rs.offset());
-            while let Some((field, wt)) = pass.field()? {
-                if field == 1 {
-                    pass.expect(wt, WireType::Len, "resource")?;
-                    let mut res = pass.message()?;
-                    while let Some((f, wt)) = res.field()? {
-                        if f == 1 {
-                            res.expect(wt, WireType::Len, "resource.attributes")?;
-                            let kv = res.message()?;
-                            key_value(kv, |k, v| b.resource_attr(k, v))?;
-                        } else {
-                            res.skip(wt)?;
-                        }
-                    }
-                } else {
-                    pass.skip(wt)?;
-                }
-            }
-            let resource = b.end_resource();
-            if let Some(bytes) = only.filter(|_| count == 1) {
-                b.remember_resource(bytes, &resource);
-            }
-            resource
-        }
-    };
     let mut pass = Reader::new(rs.remaining(), rs.offset());
     while let Some((field, wt)) = pass.field()? {
         if field == 2 {
             pass.expect(wt, WireType::Len, "scope_spans")?;
-            let mut ss = pass.message()?;
+            let ss = pass.message()?;
+            let resource = scoped_resource(b, rs, only.filter(|_| count == 1), schema_url, ss)?;
+            let mut ss = ss;
             while let Some((f, wt)) = ss.field()? {
                 if f == 2 {
                     ss.expect(wt, WireType::Len, "spans")?;
@@ -119,6 +92,102 @@ fn resource_spans(
     Ok(())
 }
 
+/// The resource of the spans of one `ScopeSpans`: the `Resource` message's fields and
+/// the envelope's scope and schema URLs (see [`super::SCOPE`]). Every record repeats
+/// the resources and scopes of its spans, so one seen before on this thread (the same
+/// bytes) is taken from the cache instead of decoded again; `only` is the resource's
+/// bytes when it is the one resource of `rs` (else nothing is cached).
+fn scoped_resource(
+    b: &mut SpanBuilder,
+    rs: Reader<'_>,
+    only: Option<&[u8]>,
+    schema_url: &[u8],
+    ss: Reader<'_>,
+) -> Result<Resource, DecodeError> {
+    use spanflow_operators::model::wire::put_len_field;
+    let mut envelope = std::mem::take(&mut b.envelope);
+    envelope.clear();
+    if !schema_url.is_empty() {
+        put_len_field(&mut envelope, super::RESOURCE_SCHEMA_URL, schema_url);
+    }
+    let mut pass = Reader::new(ss.remaining(), ss.offset());
+    while let Some((f, wt)) = pass.field()? {
+        match f {
+            1 => {
+                pass.expect(wt, WireType::Len, "scope")?;
+                let at = pass.offset();
+                let scope = pass.bytes()?;
+                validate::<opentelemetry_proto::tonic::common::v1::InstrumentationScope>(
+                    scope, "scope",
+                )
+                .map_err(|e| DecodeError::Protobuf(format!("{e} at byte {at}")))?;
+                put_len_field(&mut envelope, super::SCOPE, scope);
+            }
+            3 => {
+                pass.expect(wt, WireType::Len, "schema_url")?;
+                put_len_field(
+                    &mut envelope,
+                    super::SCOPE_SCHEMA_URL,
+                    pass.str()?.as_bytes(),
+                );
+            }
+            _ => pass.skip(wt)?,
+        }
+    }
+    let res = scoped_resource_of(b, rs, only, &envelope);
+    b.envelope = envelope;
+    res
+}
+
+fn scoped_resource_of(
+    b: &mut SpanBuilder,
+    rs: Reader<'_>,
+    only: Option<&[u8]>,
+    envelope: &[u8],
+) -> Result<Resource, DecodeError> {
+    if let Some(bytes) = only
+        && let Some(r) = b.cached_resource(bytes, envelope)
+    {
+        return Ok(r);
+    }
+    b.begin_resource();
+    let mut pass = Reader::new(rs.remaining(), rs.offset());
+    while let Some((field, wt)) = pass.field()? {
+        if field != 1 {
+            pass.skip(wt)?;
+            continue;
+        }
+        pass.expect(wt, WireType::Len, "resource")?;
+        let mut res = pass.message()?;
+        let bytes = res.remaining();
+        let base = res.offset();
+        loop {
+            let at = res.offset() - base;
+            let Some((f, wt)) = res.field()? else { break };
+            if f == 1 {
+                res.expect(wt, WireType::Len, "resource.attributes")?;
+                let kv = res.message()?;
+                let again = kv;
+                let mut wire = WireAttr::Copy;
+                key_value(kv, |k, v| wire = b.resource_attr_wire(k, v))?;
+                if let WireAttr::Reencode = wire {
+                    key_value(again, |k, v| b.resource_attr(k, v))?;
+                    continue;
+                }
+            } else {
+                res.skip(wt)?;
+            }
+            b.push_resource_encoded(bytes.get(at..res.offset() - base).unwrap_or_default());
+        }
+    }
+    b.push_resource_encoded(envelope);
+    let resource = b.end_resource();
+    if let Some(bytes) = only {
+        b.remember_resource(bytes, envelope, &resource);
+    }
+    Ok(resource)
+}
+
 /// Outer `Err`: the record is malformed. Inner `Err`: this span is unusable.
 fn decode_span(
     b: &mut SpanBuilder,
@@ -135,12 +204,20 @@ fn decode_span(
         end: 0,
         status_code: 0,
     };
-    // Kept attributes are copied into the span's packed attributes as they are on the
-    // wire, a run of consecutive `attributes` fields at a time: `run` is the pending run
-    // (positions in `bytes`), handed over when an attribute breaks it and at the end.
+    // Every field but the typed ones (ids, name, kind, times) is copied into the span's
+    // packed fields as it is on the wire, a run of consecutive fields at a time: `run`
+    // is the pending run (positions in `bytes`), handed over when a typed field or an
+    // attribute that must be truncated breaks it, and at the end.
     let bytes = r.remaining();
     let base = r.offset();
     let mut run = 0..0;
+    let keep = |b: &mut SpanBuilder, run: &mut std::ops::Range<usize>, at: usize, end| {
+        if run.end != at {
+            b.push_encoded(bytes.get(run.clone()).unwrap_or_default());
+            run.start = at;
+        }
+        run.end = end;
+    };
     loop {
         // Attributes are most of a span's fields: take their one-byte tag (field 9,
         // length-delimited) directly. Everything else, and every error, goes through
@@ -150,29 +227,26 @@ fn decode_span(
             r.advance(1);
             let kv = r.message()?;
             let end = r.offset() - base;
-            if let Some((k, v)) = canonical_key_value(kv.remaining()) {
-                match b.span_attr_wire(k, v) {
-                    WireAttr::Copy => {
-                        if run.end != at {
-                            b.push_encoded(bytes.get(run.clone()).unwrap_or_default());
-                            run.start = at;
-                        }
-                        run.end = end;
-                    }
-                    WireAttr::Absorbed => {}
-                    WireAttr::Reencode => {
-                        b.push_encoded(bytes.get(run.clone()).unwrap_or_default());
-                        run = 0..0;
-                        b.push_span_attr(k, v);
-                    }
+            let again = kv;
+            let wire = match canonical_key_value(kv.remaining()) {
+                Some((k, v)) => b.span_attr_wire(k, v),
+                None => {
+                    let mut wire = WireAttr::Copy;
+                    key_value_general(kv, |k, v| wire = b.span_attr_wire(k, v))?;
+                    wire
                 }
-            } else {
-                b.push_encoded(bytes.get(run.clone()).unwrap_or_default());
-                run = 0..0;
-                key_value_general(kv, |k, v| b.span_attr(k, v))?;
+            };
+            match wire {
+                WireAttr::Copy => keep(b, &mut run, at, end),
+                WireAttr::Reencode => {
+                    b.push_encoded(bytes.get(run.clone()).unwrap_or_default());
+                    run = 0..0;
+                    key_value(again, |k, v| b.push_span_attr(k, v))?;
+                }
             }
             continue;
         }
+        let at = r.offset() - base;
         let Some((field, wt)) = r.field()? else { break };
         match field {
             1 => {
@@ -204,11 +278,8 @@ fn decode_span(
                 raw.end = r.fixed64()?;
             }
             9 => {
+                // Not the one-byte tag above: a wire type attributes do not have.
                 r.expect(wt, WireType::Len, "attributes")?;
-                let kv = r.message()?;
-                b.push_encoded(bytes.get(run.clone()).unwrap_or_default());
-                run = 0..0;
-                key_value(kv, |k, v| b.span_attr(k, v))?;
             }
             15 => {
                 r.expect(wt, WireType::Len, "status")?;
@@ -226,16 +297,43 @@ fn decode_span(
                         _ => st.skip(wt)?,
                     }
                 }
+                keep(b, &mut run, at, r.offset() - base);
             }
             3 => {
                 r.expect(wt, WireType::Len, "trace_state")?;
                 r.str()?;
+                keep(b, &mut run, at, r.offset() - base);
             }
-            _ => r.skip(wt)?,
+            11 => {
+                r.expect(wt, WireType::Len, "events")?;
+                let body = r.bytes()?;
+                validate::<opentelemetry_proto::tonic::trace::v1::span::Event>(body, "event")?;
+                keep(b, &mut run, at, r.offset() - base);
+            }
+            13 => {
+                r.expect(wt, WireType::Len, "links")?;
+                let body = r.bytes()?;
+                validate::<opentelemetry_proto::tonic::trace::v1::span::Link>(body, "link")?;
+                keep(b, &mut run, at, r.offset() - base);
+            }
+            _ => {
+                // trace_state's siblings: dropped counts, flags, and fields a newer
+                // OTLP defines, all kept as they came.
+                r.skip(wt)?;
+                keep(b, &mut run, at, r.offset() - base);
+            }
         }
     }
     b.push_encoded(bytes.get(run).unwrap_or_default());
     Ok(b.finish_span(&raw, res))
+}
+
+/// Checks that `body` decodes as a `M` (events and links: rare, and kept in wire form,
+/// so a bad one must be caught here rather than by whoever reads the kept trace).
+fn validate<M: prost::Message + Default>(body: &[u8], what: &str) -> Result<(), DecodeError> {
+    M::decode(body)
+        .map(drop)
+        .map_err(|e| DecodeError::Protobuf(format!("{e} in a span's {what}")))
 }
 
 /// Decodes a `KeyValue` and hands it to `f` (values that are unset are skipped, as the
@@ -258,7 +356,7 @@ fn key_value(r: Reader<'_>, f: impl FnOnce(&str, AttrValue<'_>)) -> Result<(), D
 #[inline(always)]
 fn canonical_key_value(kv: &[u8]) -> Option<(&str, AttrValue<'_>)> {
     use spanflow_operators::model::WireValue;
-    let (key, value) = spanflow_operators::model::canonical_key_value(kv, false)?;
+    let (key, value) = spanflow_operators::model::canonical_key_value(kv)?;
     // The entry's tags are ASCII, and so are its lengths below 128: when the whole entry
     // is ASCII, so are the key and a string value, and one check validates both (most
     // attributes are short ASCII strings).
@@ -279,8 +377,6 @@ fn canonical_key_value(kv: &[u8]) -> Option<(&str, AttrValue<'_>)> {
         WireValue::Bool(b) => AttrValue::Bool(b),
         WireValue::Int(i) => AttrValue::Int(i),
         WireValue::Double(d) => AttrValue::Double(d),
-        // Not accepted from the wire (`json` false).
-        WireValue::Json(_) => return None,
     };
     Some((utf8(key)?, value))
 }
@@ -311,51 +407,50 @@ fn key_value_general(
         }
     }
     let Some(v) = value else { return Ok(()) };
-    match any_value(v)? {
-        Some(Decodedvalue::Simple(v)) => f(key, v),
-        Some(Decodedvalue::Json(text)) => f(key, AttrValue::Json(&text)),
-        None => {}
+    if let Some(v) = any_value(v)? {
+        f(key, v);
     }
     Ok(())
 }
 
-enum Decodedvalue<'a> {
-    Simple(AttrValue<'a>),
-    Json(String),
-}
-
-fn any_value<'a>(mut r: Reader<'a>) -> Result<Option<Decodedvalue<'a>>, DecodeError> {
+/// An `AnyValue`: a scalar, or the whole body for an array, kvlist or bytes value
+/// (validated here, kept in wire form); `None` when unset.
+fn any_value(mut r: Reader<'_>) -> Result<Option<AttrValue<'_>>, DecodeError> {
+    let body = r.remaining();
     let mut out = None;
     while let Some((field, wt)) = r.field()? {
         out = match field {
             1 => {
                 r.expect(wt, WireType::Len, "string_value")?;
-                Some(Decodedvalue::Simple(AttrValue::Str(r.str()?)))
+                Some(AttrValue::Str(r.str()?))
             }
             2 => {
                 r.expect(wt, WireType::Varint, "bool_value")?;
-                Some(Decodedvalue::Simple(AttrValue::Bool(r.varint()? != 0)))
+                Some(AttrValue::Bool(r.varint()? != 0))
             }
             3 => {
                 r.expect(wt, WireType::Varint, "int_value")?;
-                Some(Decodedvalue::Simple(AttrValue::Int(r.varint()? as i64)))
+                Some(AttrValue::Int(r.varint()? as i64))
             }
             4 => {
                 r.expect(wt, WireType::Fixed64, "double_value")?;
-                Some(Decodedvalue::Simple(AttrValue::Double(f64::from_bits(
-                    r.fixed64()?,
-                ))))
+                Some(AttrValue::Double(f64::from_bits(r.fixed64()?)))
             }
             5..=7 => {
-                // Arrays, kvlists and bytes are rare: decode them with prost into the
-                // generated type and render JSON like the reference path does.
+                // Arrays, kvlists and bytes are rare: prost checks them.
                 r.expect(wt, WireType::Len, "any_value")?;
                 let start = r.offset();
-                let body = r.bytes()?;
-                let av = nested_any_value(field, body, start)?;
-                Some(Decodedvalue::Json(
-                    super::convert::any_value_json(&av).to_string(),
-                ))
+                r.bytes()?;
+                use prost::Message;
+                opentelemetry_proto::tonic::common::v1::AnyValue::decode(body).map_err(|e| {
+                    DecodeError::Protobuf(format!("{e} in attribute value at byte {start}"))
+                })?;
+                Some(AttrValue::Any(body))
+            }
+            8 => {
+                r.expect(wt, WireType::Varint, "string_value_strindex")?;
+                r.varint()?;
+                None
             }
             _ => {
                 r.skip(wt)?;
@@ -364,26 +459,6 @@ fn any_value<'a>(mut r: Reader<'a>) -> Result<Option<Decodedvalue<'a>>, DecodeEr
         };
     }
     Ok(out)
-}
-
-fn nested_any_value(
-    field: u32,
-    body: &[u8],
-    at: usize,
-) -> Result<opentelemetry_proto::tonic::common::v1::AnyValue, DecodeError> {
-    use opentelemetry_proto::tonic::common::v1::{
-        AnyValue, ArrayValue, KeyValueList, any_value::Value,
-    };
-    use prost::Message;
-    let bad = |e: prost::DecodeError| {
-        DecodeError::Protobuf(format!("{e} in attribute value at byte {at}"))
-    };
-    let value = match field {
-        5 => Value::ArrayValue(ArrayValue::decode(body).map_err(bad)?),
-        6 => Value::KvlistValue(KeyValueList::decode(body).map_err(bad)?),
-        _ => Value::BytesValue(body.to_vec()),
-    };
-    Ok(AnyValue { value: Some(value) })
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@ use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span as PSpan, Status};
 use proptest::prelude::*;
 use prost::Message;
-use spanflow_operators::{AttrValue, CallType, SpanKind, StatusCode, Sym};
+use spanflow_operators::{AttrValue, Attrs, CallType, SpanKind, StatusCode, Sym};
 
 use super::*;
 
@@ -109,14 +109,18 @@ fn decodes_fields_and_classifies() {
     assert_eq!(sp.duration_ns(), 250_000_000);
     assert!(sp.is_error());
     assert_eq!(sp.attrs.get("retries"), Some(AttrValue::Int(3)));
-    assert_eq!(sp.attrs.get("tags"), Some(AttrValue::Json("[\"a\"]")));
+    assert_eq!(
+        sp.attrs.get("tags").map(|v| v.to_string()).as_deref(),
+        Some("[\"a\"]")
+    );
     assert_eq!(
         sp.resource_attrs.get("k8s.namespace.name"),
         Some(AttrValue::Str("shop"))
     );
-    assert!(
-        sp.attrs.get("db.system").is_none(),
-        "absorbed into a typed field"
+    assert_eq!(
+        sp.attrs.get("db.system"),
+        Some(AttrValue::Str("redis")),
+        "read into a typed field, and kept as it came"
     );
 }
 
@@ -375,6 +379,17 @@ fn avro_and_proto_agree_and_cuts_are_dead_letters() {
     );
     d.decode(InputFormat::Avro, &avro, &meta(), &mut b);
     assert_eq!(b.spans.len(), 2);
+    // The resource's attributes are an Avro map: the same set, in key order.
+    let sorted = |a: &Attrs| {
+        let mut v: Vec<String> = a.iter().map(|e| format!("{e:?}")).collect();
+        v.sort();
+        v
+    };
+    for (x, y) in a.spans.iter_mut().zip(&mut b.spans) {
+        assert_eq!(sorted(&x.resource_attrs), sorted(&y.resource_attrs));
+        x.resource_attrs = Attrs::empty();
+        y.resource_attrs = Attrs::empty();
+    }
     assert_eq!(a.spans, b.spans);
     assert!(b.dead_letters.is_empty());
     for cut in 0..avro.len() {
@@ -412,5 +427,48 @@ proptest! {
         d.decode(InputFormat::OtlpJson, &bytes, &meta(), &mut out);
         d.decode(InputFormat::Avro, &bytes, &meta(), &mut out);
         prop_assert_eq!(d.stats().records, 3);
+    }
+}
+
+/// The attribute columns render array, kvlist and bytes values kept in wire form as the
+/// reference rendering of prost's decoded value does.
+#[test]
+fn wire_values_render_as_the_prost_reference() {
+    use opentelemetry_proto::tonic::common::v1::KeyValueList;
+    let any = |v: Value| AnyValue { value: Some(v) };
+    let values = vec![
+        Value::ArrayValue(ArrayValue {
+            values: vec![
+                any(s("x\"y")),
+                any(Value::IntValue(-3)),
+                any(Value::DoubleValue(0.1)),
+                any(Value::BoolValue(false)),
+                AnyValue { value: None },
+            ],
+        }),
+        Value::KvlistValue(KeyValueList {
+            values: vec![
+                kv("b", Value::IntValue(1)),
+                kv("a", Value::ArrayValue(ArrayValue::default())),
+                kv("b", s("again")),
+                KeyValue {
+                    key: "none".into(),
+                    value: None,
+                    ..Default::default()
+                },
+            ],
+        }),
+        Value::BytesValue(vec![0xde, 0xad, 0xbe, 0xef]),
+        Value::ArrayValue(ArrayValue {
+            values: vec![any(Value::KvlistValue(KeyValueList {
+                values: vec![kv("deep", Value::BytesValue(vec![]))],
+            }))],
+        }),
+    ];
+    for v in values {
+        let av = any(v);
+        let want = super::convert::any_value_json(&av);
+        let got = spanflow_operators::model::wire::any_value_json(&av.encode_to_vec());
+        assert_eq!(got, Some(want), "{av:?}");
     }
 }

@@ -25,6 +25,7 @@ pub(crate) fn utf8(b: &[u8]) -> Result<&str, ()> {
 }
 
 /// Reads fields of one message from a byte slice.
+#[derive(Clone, Copy)]
 pub(crate) struct Reader<'a> {
     buf: &'a [u8],
     pos: usize,

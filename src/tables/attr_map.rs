@@ -13,6 +13,7 @@ use arrow::array::{ArrayRef, MapArray, StringArray, StructArray};
 use arrow::buffer::{Buffer, OffsetBuffer, ScalarBuffer};
 use arrow::datatypes::{DataType, Field, Fields};
 use arrow::error::ArrowError;
+use spanflow_operators::classify::is_lifted;
 use spanflow_operators::model::FastMap;
 use spanflow_operators::{AttrValue, Attrs, AttrsMap};
 
@@ -40,7 +41,14 @@ pub(crate) fn map_type() -> DataType {
 /// Appends the text of a non-string value as `Display` writes it.
 fn render(value: AttrValue<'_>, out: &mut Vec<u8>) {
     match value {
-        AttrValue::Str(t) | AttrValue::Json(t) => out.extend_from_slice(t.as_bytes()),
+        AttrValue::Str(t) => out.extend_from_slice(t.as_bytes()),
+        AttrValue::Any(b) => {
+            if let Some(j) = spanflow_operators::model::wire::any_value_json(b) {
+                use std::io::Write;
+                // Writing into a Vec cannot fail.
+                let _ = write!(out, "{j}");
+            }
+        }
         AttrValue::Bool(b) => out.extend_from_slice(if b { b"true" } else { b"false" }),
         AttrValue::Int(i) => push_int(i, out),
         AttrValue::Double(d) => {
@@ -184,6 +192,9 @@ impl Block {
     fn render(attrs: &Attrs) -> Self {
         let mut b = Block::default();
         for (k, v, resource) in attrs.iter() {
+            if resource && SHOWN_RESOURCE.contains(&k) && matches!(v, AttrValue::Str(_)) {
+                continue;
+            }
             let m = usize::from(resource);
             b.keys[m].bytes.extend_from_slice(k.as_bytes());
             b.keys[m].ends.push(b.keys[m].bytes.len());
@@ -193,6 +204,9 @@ impl Block {
         b
     }
 }
+
+/// Resource attributes the `service` and `instance` columns show.
+const SHOWN_RESOURCE: &[&str] = &["service.name", "service.instance.id"];
 
 /// Resources rendered so far, by content: each decoding thread shares one buffer per
 /// resource among the spans it read, so a resource can arrive in several buffers, but a
@@ -293,9 +307,13 @@ impl AttrMaps {
     }
 
     /// Appends one span's row: its own attributes, then its resource's, each to the
-    /// column its resource flag selects, in buffer order.
+    /// column its resource flag selects, in buffer order. Attributes the span's other
+    /// columns show (see [`is_lifted`] and [`SHOWN_RESOURCE`]) are left out.
     pub fn push(&mut self, attrs: &Attrs, resource: &Attrs) {
         for (k, v, is_resource) in attrs.iter() {
+            if is_lifted(k, v) {
+                continue;
+            }
             let m = &mut self.maps[usize::from(is_resource)];
             m.keys.push(k);
             m.values.push_value(v);
@@ -404,9 +422,11 @@ mod tests {
     fn pack(entries: &[(String, RawValue, bool)]) -> Attrs {
         let mut b = AttrsBuilder::default();
         for (k, (s, tag, i, d), res) in entries {
+            // `AnyValue { bytes_value: s }`
+            let bytes = [&[0x3a, s.len() as u8][..], s.as_bytes()].concat();
             let v = match tag {
                 0 => AttrValue::Str(s),
-                1 => AttrValue::Json(s),
+                1 => AttrValue::Any(&bytes),
                 2 => AttrValue::Bool(*i % 2 == 0),
                 3 => AttrValue::Int(*i),
                 _ => AttrValue::Double(*d),

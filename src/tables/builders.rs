@@ -14,6 +14,7 @@ use spanflow_operators::tail_sampling::Decision;
 
 use super::TableRows;
 use super::attr_map::{AttrMaps, MapSizes, map_type};
+use super::span_detail::SpanDetail;
 use crate::formats::DeadLetter;
 
 fn ts() -> DataType {
@@ -180,6 +181,9 @@ fn span_fields() -> Vec<Field> {
         Field::new("attributes", map_type(), false),
         Field::new("resource_attributes", map_type(), false),
     ]
+    .into_iter()
+    .chain(super::span_detail::fields(ts()))
+    .collect()
 }
 
 /// Schema of `late_spans`: the span columns plus why and when it was late.
@@ -216,6 +220,8 @@ pub struct SpanRows {
     destination: StringBuilder,
     /// `attributes` and `resource_attributes`.
     attr_maps: AttrMaps,
+    /// Status message to `otlp_resource`.
+    detail: SpanDetail,
     late_reason: StringBuilder,
     watermark: TimestampNanosecondBuilder,
 }
@@ -273,6 +279,7 @@ impl SpanRows {
             db_system,
             destination,
             attr_maps: AttrMaps::with_capacity(sizes.maps),
+            detail: SpanDetail::with_capacity(rows),
             late_reason,
             watermark: TimestampNanosecondBuilder::with_capacity(if late { rows } else { 0 })
                 .with_timezone("+00:00"),
@@ -337,6 +344,7 @@ impl SpanRows {
         self.destination
             .append_value(s.messaging_destination.as_str());
         self.attr_maps.push(&s.attrs, &s.resource_attrs);
+        self.detail.push(s);
     }
 
     /// Appends one late span (for `late_spans`).
@@ -405,6 +413,7 @@ impl SpanRows {
             Arc::new(attributes),
             Arc::new(resource_attributes),
         ];
+        cols.extend(self.detail.finish());
         if self.late {
             cols.push(Arc::new(self.late_reason.finish()));
             cols.push(Arc::new(self.watermark.finish()));

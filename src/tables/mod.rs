@@ -6,6 +6,7 @@
 mod attr_map;
 mod builders;
 mod metrics;
+mod span_detail;
 
 pub use builders::{DeadLetterRows, SpanRows, TraceRows};
 pub use metrics::{ExemplarRows, MetricRows};

@@ -4,6 +4,8 @@ use std::fmt;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use super::wire::put_varint;
+
 /// A borrowed attribute value.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum AttrValue<'a> {
@@ -15,14 +17,19 @@ pub enum AttrValue<'a> {
     Int(i64),
     /// A double.
     Double(f64),
-    /// An array, kvlist or bytes value, rendered as JSON text.
-    Json(&'a str),
+    /// An array, kvlist or bytes value: its OTLP `AnyValue` message body as it came
+    /// off the wire (so that it goes out as it came in); `Display` renders it as JSON.
+    Any(&'a [u8]),
 }
 
 impl fmt::Display for AttrValue<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            AttrValue::Str(s) | AttrValue::Json(s) => f.write_str(s),
+            AttrValue::Str(s) => f.write_str(s),
+            AttrValue::Any(b) => match super::wire::any_value_json(b) {
+                Some(j) => write!(f, "{j}"),
+                None => Ok(()),
+            },
             AttrValue::Bool(b) => write!(f, "{b}"),
             AttrValue::Int(i) => write!(f, "{i}"),
             AttrValue::Double(d) => write!(f, "{d}"),
@@ -35,26 +42,31 @@ pub(super) const ENTRY_SPAN: u8 = 0x4a;
 /// Entry tag of a resource attribute: the field tag of `Resource.attributes` (1,
 /// length-delimited).
 pub(super) const ENTRY_RESOURCE: u8 = 0x0a;
-/// `AnyValue` field tags: string (1), bool (2), int (3), double (4), and a field number
-/// OTLP does not use (15, length-delimited) for arrays, kvlists and bytes rendered as
-/// JSON text. Only buffers built here carry it; a decoder never accepts it from the wire.
+/// `AnyValue` field tags: string (1), bool (2), int (3), double (4).
 pub(super) const VALUE_STR: u8 = 0x0a;
 const VALUE_BOOL: u8 = 0x10;
 pub(super) const VALUE_INT: u8 = 0x18;
 const VALUE_DOUBLE: u8 = 0x21;
-const VALUE_JSON: u8 = 0x7a;
 
-/// Attributes packed into one shared buffer, in the OTLP wire format: each entry is a
-/// `KeyValue` field (tag [`ENTRY_SPAN`] or [`ENTRY_RESOURCE`], length, then the key and
-/// one scalar value in canonical order). The wire format lets the protobuf decoder copy
-/// a span's attributes as they arrived, run by run, instead of re-encoding each one
-/// (most spans are dropped by sampling and their attributes never read). One allocation
-/// per span instead of two per attribute, and a resource's attributes are one buffer
-/// shared by all its spans; operators never read it, only the span sinks do.
+/// A span's attributes and its other OTLP fields that no typed field of [`Span`]
+/// holds, packed into one shared buffer in the OTLP wire format, as they arrived: the
+/// `Span` message's fields other than ids, name, kind and times — every `attributes`
+/// entry (tag [`ENTRY_SPAN`]: length, `KeyValue`), and events, links, status,
+/// trace_state, flags and dropped counts. For a resource, the `Resource` message's
+/// fields (attributes with tag [`ENTRY_RESOURCE`]) and the span's scope (see
+/// `Span::resource_attrs`). The wire format lets the protobuf decoder copy a span's
+/// fields run by run instead of re-encoding them (most spans are dropped by sampling and
+/// their attributes never read), keeps what a kept trace's spans carried for the sinks
+/// to write out whole, and costs one allocation per span instead of two per attribute;
+/// a resource is one buffer shared by all its spans. Operators never read it, only the
+/// span sinks and sampling rules on attributes do ([`Attrs::iter`] yields the
+/// attributes and skips the other fields).
 ///
 /// A span's attributes are a slice of a larger reference-counted chunk written by an
 /// [`AttrArena`]: the chunk a decoder filled for the span's shard, or, once its session
 /// outlived its first deadline, the session's own (see [`AttrArena`] for why).
+///
+/// [`Span`]: super::Span
 #[derive(Clone, PartialEq, Eq, Hash, Default)]
 pub struct Attrs(pub(super) bytes::Bytes);
 
@@ -95,7 +107,8 @@ impl Attrs {
         arena.store(&self.0)
     }
 
-    /// Iterates `(key, value, is_resource_attribute)`.
+    /// Iterates the attributes, as `(key, value, is_resource_attribute)`; entries whose
+    /// value is unset are skipped.
     pub fn iter(&self) -> AttrIter<'_> {
         AttrIter {
             buf: &self.0,
@@ -122,6 +135,17 @@ impl Attrs {
         } else {
             self.0.as_ptr() as usize
         }
+    }
+
+    /// The buffer's top-level fields in wire form, attributes and the rest (for sinks
+    /// that write a span out whole).
+    pub fn fields(&self) -> super::wire::WireFields<'_> {
+        super::wire::WireFields::new(&self.0)
+    }
+
+    /// The packed bytes (fields in OTLP wire form).
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
     }
 
     /// Looks one key up (linear; for tests and sinks, not hot paths).
@@ -192,21 +216,18 @@ pub enum WireValue<'a> {
     Int(i64),
     /// A double.
     Double(f64),
-    /// JSON text's bytes (only in buffers [`AttrsBuilder`] wrote).
-    Json(&'a [u8]),
 }
 
 /// Reads an OTLP `KeyValue` message body of the canonical shape — `key` (1), then
 /// `value` (2) holding one string, bool, int or double and nothing else — as the key's
-/// bytes and the value; `None` for any other shape. With `json`, also reads the JSON
-/// text value only [`AttrsBuilder`] writes. The caller validates the text (each crate
-/// with its own fast path, inlined).
+/// bytes and the value; `None` for any other shape. The caller validates the text (each
+/// crate with its own fast path, inlined).
 ///
-/// The protobuf decoder reads span attributes with this (`json` false) and copies the
-/// bytes it accepted into [`Attrs`] unchanged, so that [`AttrIter`], reading them back
-/// with the same function, yields exactly what the decoder saw.
+/// The protobuf decoder reads span attributes with this and copies the bytes it
+/// accepted into [`Attrs`] unchanged, so that [`AttrIter`], reading them back with the
+/// same function, yields exactly what the decoder saw.
 #[inline(always)]
-pub fn canonical_key_value(kv: &[u8], json: bool) -> Option<(&[u8], WireValue<'_>)> {
+pub fn canonical_key_value(kv: &[u8]) -> Option<(&[u8], WireValue<'_>)> {
     let (key, next) = len_field(kv, 0, 0x0a)?;
     let (value, end) = len_field(kv, next, 0x12)?;
     if end != kv.len() {
@@ -226,16 +247,38 @@ pub fn canonical_key_value(kv: &[u8], json: bool) -> Option<(&[u8], WireValue<'_
         VALUE_DOUBLE => {
             WireValue::Double(f64::from_bits(u64::from_le_bytes(rest.try_into().ok()?)))
         }
-        VALUE_JSON if json => {
-            let (text, end) = len_field(value, 0, VALUE_JSON)?;
-            if end != value.len() {
-                return None;
-            }
-            WireValue::Json(text)
-        }
         _ => return None,
     };
     Some((key, value))
+}
+
+/// Reads any `KeyValue` body as protobuf decoders do (fields in any order, the last
+/// value of the `AnyValue` oneof wins): `Some(None)` for an entry whose value is unset
+/// (decoders skip those), `None` for bytes that are not a `KeyValue`.
+fn general_key_value(kv: &[u8]) -> Option<Option<(&str, AttrValue<'_>)>> {
+    use super::wire::{WireField, WireFields};
+    let (key, body) = super::wire::key_value(kv)?;
+    let Some(body) = body else {
+        return Some(None);
+    };
+    let mut value = None;
+    let mut fields = WireFields::new(body);
+    for (f, v) in fields.by_ref() {
+        value = match (f, v) {
+            (1, WireField::Len(t)) => Some(AttrValue::Str(utf8(t)?)),
+            (2, WireField::Varint(b)) => Some(AttrValue::Bool(b != 0)),
+            (3, WireField::Varint(i)) => Some(AttrValue::Int(i as i64)),
+            (4, WireField::Fixed64(d)) => Some(AttrValue::Double(f64::from_bits(d))),
+            (5..=7, WireField::Len(_)) => Some(AttrValue::Any(body)),
+            (8, WireField::Varint(_)) => None,
+            (1..=8, _) => return None,
+            _ => value,
+        };
+    }
+    if fields.failed {
+        return None;
+    }
+    Some(value.map(|v| (key, v)))
 }
 
 /// Validated text: short ASCII (nearly every key and value) by a word-wise check, the
@@ -321,33 +364,47 @@ impl<'a> Iterator for AttrIter<'a> {
         if let Some(fast) = self.next_short() {
             return Some(fast);
         }
-        let (&tag, _) = self.buf.split_first()?;
-        let entry = (tag == ENTRY_SPAN || tag == ENTRY_RESOURCE)
-            .then(|| len_field(self.buf, 0, tag))
-            .flatten()
-            .and_then(|(body, next)| {
-                // Text is validated again here (cheap for the ASCII that nearly all
-                // attributes are), so the buffer needs no trusted constructor: only the
-                // spans of kept traces are ever read back.
-                let (k, v) = canonical_key_value(body, true)?;
-                let v = match v {
-                    WireValue::Str(t) => AttrValue::Str(utf8(t)?),
-                    WireValue::Json(t) => AttrValue::Json(utf8(t)?),
-                    WireValue::Bool(b) => AttrValue::Bool(b),
-                    WireValue::Int(i) => AttrValue::Int(i),
-                    WireValue::Double(d) => AttrValue::Double(d),
-                };
-                Some((utf8(k)?, v, next))
-            });
-        match entry {
-            Some((k, v, next)) => {
-                self.buf = self.buf.get(next..).unwrap_or(&[]);
-                Some((k, v, tag == ENTRY_RESOURCE))
+        loop {
+            let (&tag, _) = self.buf.split_first()?;
+            if tag != ENTRY_SPAN && tag != ENTRY_RESOURCE {
+                // One of the span's (or resource's) other fields kept in wire form:
+                // events, links, status, scope. Not an attribute.
+                let mut fields = super::wire::WireFields::new(self.buf);
+                if fields.next().is_none() {
+                    self.failed = true;
+                    self.buf = &[];
+                    return None;
+                }
+                self.buf = fields.rest();
+                continue;
             }
-            None => {
-                self.failed = true;
-                self.buf = &[];
-                None
+            // Text is validated again here (cheap for the ASCII that nearly all
+            // attributes are), so the buffer needs no trusted constructor: only the
+            // spans of kept traces are ever read back.
+            let entry = len_field(self.buf, 0, tag).and_then(|(body, next)| {
+                if let Some((k, v)) = canonical_key_value(body) {
+                    let v = match v {
+                        WireValue::Str(t) => AttrValue::Str(utf8(t)?),
+                        WireValue::Bool(b) => AttrValue::Bool(b),
+                        WireValue::Int(i) => AttrValue::Int(i),
+                        WireValue::Double(d) => AttrValue::Double(d),
+                    };
+                    return Some((Some((utf8(k)?, v)), next));
+                }
+                Some((general_key_value(body)?, next))
+            });
+            match entry {
+                Some((kv, next)) => {
+                    self.buf = self.buf.get(next..).unwrap_or(&[]);
+                    if let Some((k, v)) = kv {
+                        return Some((k, v, tag == ENTRY_RESOURCE));
+                    }
+                }
+                None => {
+                    self.failed = true;
+                    self.buf = &[];
+                    return None;
+                }
             }
         }
     }
@@ -444,41 +501,32 @@ fn truncate_str(s: &str, max: usize) -> &str {
     &s[..end]
 }
 
-fn put_varint(buf: &mut Vec<u8>, mut v: u64) {
-    while v >= 0x80 {
-        buf.push((v as u8) | 0x80);
-        v >>= 7;
-    }
-    buf.push(v as u8);
-}
-
 fn varint_len(v: u64) -> usize {
     (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
 }
 
 impl AttrsBuilder {
-    /// Appends one attribute. Returns true when a value had to be truncated.
+    /// Appends one attribute. Returns true when a value had to be truncated (an
+    /// [`AttrValue::Any`] is kept whole).
     pub fn push(&mut self, key: &str, value: AttrValue<'_>, resource: bool) -> bool {
         let mut truncated = key.len() > MAX_ATTR_KEY_LEN;
         let key = truncate_str(key, MAX_ATTR_KEY_LEN);
-        // The `AnyValue` body: its tag and payload.
+        // The `AnyValue` body: its tag and payload (none for `Any`, whose body is whole).
         let (tag, text, scalar) = match value {
             AttrValue::Str(s) => {
                 truncated |= s.len() > MAX_ATTR_VALUE_LEN;
-                (VALUE_STR, truncate_str(s, MAX_ATTR_VALUE_LEN), 0)
+                (VALUE_STR, truncate_str(s, MAX_ATTR_VALUE_LEN).as_bytes(), 0)
             }
-            AttrValue::Json(s) => {
-                truncated |= s.len() > MAX_ATTR_VALUE_LEN;
-                (VALUE_JSON, truncate_str(s, MAX_ATTR_VALUE_LEN), 0)
-            }
-            AttrValue::Bool(b) => (VALUE_BOOL, "", u64::from(b)),
-            AttrValue::Int(i) => (VALUE_INT, "", i as u64),
-            AttrValue::Double(d) => (VALUE_DOUBLE, "", d.to_bits()),
+            AttrValue::Any(body) => (0, body, 0),
+            AttrValue::Bool(b) => (VALUE_BOOL, &[][..], u64::from(b)),
+            AttrValue::Int(i) => (VALUE_INT, &[][..], i as u64),
+            AttrValue::Double(d) => (VALUE_DOUBLE, &[][..], d.to_bits()),
         };
-        let any_len = 1 + match tag {
-            VALUE_STR | VALUE_JSON => varint_len(text.len() as u64) + text.len(),
-            VALUE_DOUBLE => 8,
-            _ => varint_len(scalar),
+        let any_len = match tag {
+            0 => text.len(),
+            VALUE_STR => 1 + varint_len(text.len() as u64) + text.len(),
+            VALUE_DOUBLE => 9,
+            _ => 1 + varint_len(scalar),
         };
         let body_len =
             1 + varint_len(key.len() as u64) + key.len() + 1 + varint_len(any_len as u64) + any_len;
@@ -490,24 +538,30 @@ impl AttrsBuilder {
         b.extend_from_slice(key.as_bytes());
         b.push(0x12);
         put_varint(b, any_len as u64);
-        b.push(tag);
         match tag {
-            VALUE_STR | VALUE_JSON => {
+            0 => b.extend_from_slice(text),
+            VALUE_STR => {
+                b.push(tag);
                 put_varint(b, text.len() as u64);
-                b.extend_from_slice(text.as_bytes());
+                b.extend_from_slice(text);
             }
-            VALUE_DOUBLE => b.extend_from_slice(&scalar.to_le_bytes()),
-            _ => put_varint(b, scalar),
+            VALUE_DOUBLE => {
+                b.push(tag);
+                b.extend_from_slice(&scalar.to_le_bytes());
+            }
+            _ => {
+                b.push(tag);
+                put_varint(b, scalar);
+            }
         }
         truncated
     }
 
-    /// Appends span attributes already in the packed form: whole OTLP `Span.attributes`
-    /// fields (tag, length, `KeyValue`) each of which [`canonical_key_value`] reads
-    /// (`json` false) with keys and text within [`MAX_ATTR_KEY_LEN`] and
-    /// [`MAX_ATTR_VALUE_LEN`]. The protobuf decoder hands over runs of consecutive fields
-    /// straight from the record; entries are not checked here (the iterator validates
-    /// what it reads back).
+    /// Appends fields already in wire form: whole OTLP `Span` fields (tag, length,
+    /// body) as the protobuf decoder copies them from the record, a run at a time:
+    /// attributes (each a `KeyValue` whose key and text are within
+    /// [`MAX_ATTR_KEY_LEN`] and [`MAX_ATTR_VALUE_LEN`]) and the span's other fields no
+    /// typed field holds. Not checked here (the iterator validates what it reads back).
     #[inline]
     pub fn push_encoded(&mut self, fields: &[u8]) {
         self.buf.extend_from_slice(fields);

@@ -9,6 +9,7 @@ pub mod codec;
 mod ids;
 mod span;
 mod sym;
+pub mod wire;
 
 pub use attrs::*;
 pub use ids::*;
@@ -64,7 +65,7 @@ mod tests {
             let buf = [vec![tag, body.len() as u8], body.clone()].concat();
             let attrs = Attrs(buf.into());
             let got: Vec<_> = attrs.iter().collect();
-            let want = canonical_key_value(&body, true).and_then(|(k, v)| {
+            let want = canonical_key_value(&body).and_then(|(k, v)| {
                 let v = match v {
                     WireValue::Str(t) => AttrValue::Str(std::str::from_utf8(t).ok()?),
                     WireValue::Int(i) => AttrValue::Int(i),
@@ -186,13 +187,16 @@ mod tests {
         b.push("retries", AttrValue::Int(-3), false);
         b.push("ok", AttrValue::Bool(true), false);
         b.push("ratio", AttrValue::Double(0.5), true);
-        b.push("list", AttrValue::Json("[1,2]"), false);
+        // `AnyValue { array_value: [int 1, int 2] }`
+        let list = [0x2a, 8, 0x0a, 2, 0x18, 1, 0x0a, 2, 0x18, 2];
+        b.push("list", AttrValue::Any(&list), false);
         let a = b.finish();
         assert!(b.is_empty());
         let all: Vec<_> = a.iter().collect();
         assert_eq!(all.len(), 5);
         assert_eq!(a.get("retries"), Some(AttrValue::Int(-3)));
         assert_eq!(all[3], ("ratio", AttrValue::Double(0.5), true));
+        assert_eq!(all[4].1.to_string(), "[1,2]");
         let json = serde_json::to_string(&a).unwrap();
         let back: Attrs = serde_json::from_str(&json).unwrap();
         assert_eq!(back, a);
@@ -209,7 +213,8 @@ mod tests {
             AttrValue::Int(200),
             AttrValue::Bool(false),
             AttrValue::Double(-0.25),
-            AttrValue::Json("{\"a\":1}"),
+            // `AnyValue { kvlist_value: { a: int 1 } }`
+            AttrValue::Any(&[0x32, 9, 0x0a, 7, 0x0a, 1, b'a', 0x12, 2, 0x18, 1]),
         ];
         let mut b = AttrsBuilder::default();
         for (i, v) in values.iter().enumerate() {

@@ -324,9 +324,10 @@ impl AttrMatcher {
 
     fn value_matches(&self, v: AttrValue<'_>, scratch: &mut String) -> bool {
         match v {
-            AttrValue::Str(s) | AttrValue::Json(s) => self.text_matches(s),
+            AttrValue::Str(s) => self.text_matches(s),
             other => {
-                // Numbers and bools compare by their text, as a job file writes them.
+                // Numbers and bools compare by their text, as a job file writes them;
+                // arrays, kvlists and bytes by their JSON text.
                 scratch.clear();
                 let _ = write!(scratch, "{other}");
                 self.text_matches(scratch)

@@ -66,9 +66,17 @@ impl Prim {
     }
 }
 
-/// Whether a list of `item`s can be written (as `Array(...)` of a fixed-width number).
+/// Whether a list of `item`s can be written (as `Array(...)` of a number, a string, a
+/// fixed-size binary or a nanosecond timestamp).
 pub(crate) fn writable_list_item(item: &DataType) -> bool {
     Prim::of(item).is_some()
+        || matches!(
+            item,
+            DataType::Utf8
+                | DataType::Binary
+                | DataType::FixedSizeBinary(_)
+                | DataType::Timestamp(arrow::datatypes::TimeUnit::Nanosecond, _)
+        )
 }
 
 /// How one Arrow column becomes RowBinary.
@@ -89,6 +97,8 @@ enum Enc {
     Time32,
     /// `Array(prim)`.
     List(Prim),
+    /// `Array(T)` of another item encoding (strings, fixed strings, timestamps).
+    ListOf(Box<Enc>),
     /// `Map(String, String)`: count, then key/value pairs.
     Map,
     /// `Nested(key, value)`: the keys array, then the values array.
@@ -194,12 +204,28 @@ fn scalar_enc(t: &DataType, server: &str) -> Result<Enc, String> {
             Err("DateTime64(9) or UInt64 (unix nanoseconds)".into())
         }
         DataType::List(item) => {
-            let (p, name) = Prim::of(item.data_type())
-                .ok_or_else(|| format!("a type spanflow can write (Arrow {t})"))?;
-            if server == format!("Array({name})") {
-                Ok(Enc::List(p))
-            } else {
-                Err(format!("Array({name})"))
+            if let Some((p, name)) = Prim::of(item.data_type()) {
+                return if server == format!("Array({name})") {
+                    Ok(Enc::List(p))
+                } else {
+                    Err(format!("Array({name})"))
+                };
+            }
+            if !writable_list_item(item.data_type()) {
+                return Err(format!("a type spanflow can write (Arrow {t})"));
+            }
+            let inner = server
+                .strip_prefix("Array(")
+                .and_then(|r| r.strip_suffix(')'))
+                .map(normalize);
+            match inner {
+                Some(i) => scalar_enc(item.data_type(), &i)
+                    .map(|e| Enc::ListOf(Box::new(e)))
+                    .map_err(|want| format!("Array({want})")),
+                None => Err(format!(
+                    "Array({})",
+                    scalar_enc(item.data_type(), "").err().unwrap_or_default()
+                )),
             }
         }
         other => {
@@ -403,6 +429,7 @@ enum Bound<'a> {
     Time64(&'a [i64], &'a dyn Array, i64),
     Time32(&'a [i64], &'a dyn Array),
     List(&'a ListArray, PrimSlice<'a>),
+    ListOf(&'a ListArray, Box<Bound<'a>>),
     Map(&'a MapArray, &'a StringArray, &'a StringArray, bool),
 }
 
@@ -486,6 +513,10 @@ impl<'a> Bound<'a> {
             Enc::List(p) => a
                 .as_list_opt::<i32>()
                 .and_then(|l| PrimSlice::of(l.values(), *p).map(|s| Bound::List(l, s))),
+            Enc::ListOf(inner) => match a.as_list_opt::<i32>() {
+                Some(l) => Some(Bound::ListOf(l, Box::new(Bound::new(l.values(), inner)?))),
+                None => None,
+            },
             Enc::Map | Enc::Nested => a.as_map_opt().and_then(|m| {
                 let keys = m.keys().as_string_opt::<i32>()?;
                 let values = m.values().as_string_opt::<i32>()?;
@@ -502,7 +533,7 @@ impl<'a> Bound<'a> {
             Bound::Str(a) => a.is_null(row),
             Bound::Bin(a) => a.is_null(row),
             Bound::Fixed(a) => a.is_null(row),
-            Bound::List(a, _) => a.is_null(row),
+            Bound::List(a, _) | Bound::ListOf(a, _) => a.is_null(row),
             Bound::Map(a, ..) => a.is_null(row),
         }
     }
@@ -526,6 +557,14 @@ impl<'a> Bound<'a> {
                 let (from, to) = (offs[row] as usize, offs[row + 1] as usize);
                 put_varint((to - from) as u64, out);
                 s.write(from..to, out);
+            }
+            Bound::ListOf(a, items) => {
+                let offs = a.value_offsets();
+                let (from, to) = (offs[row] as usize, offs[row + 1] as usize);
+                put_varint((to - from) as u64, out);
+                for i in from..to {
+                    items.write(i, out);
+                }
             }
             Bound::Map(a, keys, values, nested) => {
                 let offs = a.value_offsets();

@@ -486,14 +486,19 @@ fn rollup_tables_are_keyed_by_the_result_key_and_a_time_column() {
         .unwrap_err()
         .message;
     assert!(e.contains("`avg`") && e.contains("DOUBLE"), "{e}");
-    // Lists are arrays of numbers only, as the encoder writes them.
+    // Lists are arrays of numbers, text, fixed binaries and timestamps, as the encoder
+    // writes them; not of booleans.
     let names = Schema::new(vec![
         Field::new(
             "minute",
             DataType::Timestamp(TimeUnit::Nanosecond, None),
             false,
         ),
-        Field::new_list("names", Field::new_list_field(DataType::Utf8, true), true),
+        Field::new_list(
+            "names",
+            Field::new_list_field(DataType::Boolean, true),
+            true,
+        ),
     ]);
     let e = ddl::TableLayout::of_rollup("x", &names, &[])
         .unwrap_err()

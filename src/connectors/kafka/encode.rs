@@ -4,8 +4,6 @@
 //! The encoders read the same Arrow batches the Parquet sink writes, so every output
 //! has one definition of its columns.
 
-use std::collections::BTreeMap;
-
 use apache_avro::types::Value as Avro;
 use arrow::array::{Array, ArrayRef, AsArray, StringArray};
 use arrow::datatypes::{
@@ -96,8 +94,7 @@ enum Cell<'a> {
     Str(&'a str),
     Bytes(&'a [u8]),
     Ts(i64),
-    F64s(Vec<f64>),
-    U64s(Vec<u64>),
+    List(Vec<Cell<'a>>),
     Map(Vec<(&'a str, &'a str)>),
     Unsupported,
 }
@@ -119,18 +116,11 @@ fn cell(col: &ArrayRef, row: usize) -> Cell<'_> {
         DataType::Timestamp(TimeUnit::Nanosecond, _) => {
             Cell::Ts(col.as_primitive::<TimestampNanosecondType>().value(row))
         }
-        DataType::List(item) => {
+        DataType::List(_) => {
             let list = col.as_list::<i32>();
-            let values = list.value(row);
-            match item.data_type() {
-                DataType::Float64 => {
-                    Cell::F64s(values.as_primitive::<Float64Type>().values().to_vec())
-                }
-                DataType::UInt64 => {
-                    Cell::U64s(values.as_primitive::<UInt64Type>().values().to_vec())
-                }
-                _ => Cell::Unsupported,
-            }
+            let offsets = list.value_offsets();
+            let (start, end) = (offsets[row] as usize, offsets[row + 1] as usize);
+            Cell::List((start..end).map(|i| cell(list.values(), i)).collect())
         }
         DataType::Map(_, _) => {
             let m = col.as_map();
@@ -162,11 +152,10 @@ fn to_avro(c: Cell<'_>, nullable: bool) -> Result<Avro, String> {
         Cell::Str(s) => Avro::String(s.to_owned()),
         Cell::Bytes(b) => Avro::Bytes(b.to_vec()),
         Cell::Ts(t) => Avro::TimestampNanos(t),
-        Cell::F64s(v) => Avro::Array(v.into_iter().map(Avro::Double).collect()),
-        Cell::U64s(v) => Avro::Array(
+        Cell::List(v) => Avro::Array(
             v.into_iter()
-                .map(|u| Avro::Long(i64::try_from(u).unwrap_or(i64::MAX)))
-                .collect(),
+                .map(|c| to_avro(c, false))
+                .collect::<Result<_, _>>()?,
         ),
         Cell::Map(kv) => Avro::Map(
             kv.into_iter()
@@ -191,8 +180,7 @@ fn to_json(c: Cell<'_>) -> Json {
         Cell::Str(s) => json!(s),
         Cell::Bytes(b) => json!(hex::encode(b)),
         Cell::Ts(t) => json!(t),
-        Cell::F64s(v) => json!(v),
-        Cell::U64s(v) => json!(v),
+        Cell::List(v) => Json::Array(v.into_iter().map(to_json).collect()),
         Cell::Map(kv) => Json::Object(
             kv.into_iter()
                 .map(|(k, v)| (k.to_owned(), json!(v)))
@@ -360,157 +348,25 @@ impl RowEncoder {
     }
 }
 
-/// Builds an OTLP `ExportTraceServiceRequest` from span rows (one resource per
-/// service/instance). Attributes the decoder lifted into columns (HTTP status, peer,
-/// db system, messaging destination) are written back under their semantic-convention
-/// names.
+/// Builds an OTLP `ExportTraceServiceRequest` from span rows: each row's `otlp` (the
+/// span's `Span` message) under its `otlp_resource` (its resource and scope), so a span
+/// decoded from OTLP goes out as the message it came in as.
 fn otlp_request(
     batch: &RecordBatch,
     rows: std::ops::Range<usize>,
 ) -> Result<Vec<u8>, ConnectorError> {
-    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-    use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
-    use opentelemetry_proto::tonic::resource::v1::Resource;
-    use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span, Status};
-    use prost::Message;
-
-    let col = |name: &str| -> Result<&ArrayRef, ConnectorError> {
+    let col = |name: &str| -> Result<&arrow::array::BinaryArray, ConnectorError> {
         batch
             .schema()
             .index_of(name)
-            .map(|i| batch.column(i))
-            .map_err(|_| ConnectorError::internal(format!("span rows have no `{name}` column")))
+            .ok()
+            .and_then(|i| batch.column(i).as_binary_opt::<i32>())
+            .ok_or_else(|| ConnectorError::internal(format!("span rows have no `{name}` column")))
     };
-    let s = |v: &str| AnyValue {
-        value: Some(any_value::Value::StringValue(v.to_owned())),
-    };
-    let kv = |k: &str, v: AnyValue| KeyValue {
-        key: k.to_owned(),
-        value: Some(v),
-        ..Default::default()
-    };
-    let str_at = |c: &ArrayRef, r: usize| -> String {
-        match cell(c, r) {
-            Cell::Str(v) => v.to_owned(),
-            _ => String::new(),
-        }
-    };
-    let bytes_at = |c: &ArrayRef, r: usize| -> Vec<u8> {
-        match cell(c, r) {
-            Cell::Bytes(b) => b.to_vec(),
-            _ => Vec::new(),
-        }
-    };
-    let (trace_id, span_id, parent) = (col("trace_id")?, col("span_id")?, col("parent_span_id")?);
-    let (service, instance, name, kind) = (
-        col("service")?,
-        col("instance")?,
-        col("name")?,
-        col("kind")?,
-    );
-    let (start, end, status) = (col("start_time")?, col("end_time")?, col("status")?);
-    let (http, peer, db, dest) = (
-        col("http_status")?,
-        col("peer")?,
-        col("db_system")?,
-        col("messaging_destination")?,
-    );
-    let (attrs, res_attrs) = (col("attributes")?, col("resource_attributes")?);
-
-    let mut resources: BTreeMap<(String, String), ResourceSpans> = BTreeMap::new();
-    for r in rows {
-        let svc = str_at(service, r);
-        let inst = str_at(instance, r);
-        let rs = resources
-            .entry((svc.clone(), inst.clone()))
-            .or_insert_with(|| {
-                let mut attributes = vec![kv("service.name", s(&svc))];
-                if !inst.is_empty() {
-                    attributes.push(kv("service.instance.id", s(&inst)));
-                }
-                if let Cell::Map(m) = cell(res_attrs, r) {
-                    for (k, v) in m {
-                        if k != "service.name" && k != "service.instance.id" {
-                            attributes.push(kv(k, s(v)));
-                        }
-                    }
-                }
-                ResourceSpans {
-                    resource: Some(Resource {
-                        attributes,
-                        ..Default::default()
-                    }),
-                    scope_spans: vec![ScopeSpans::default()],
-                    schema_url: String::new(),
-                }
-            });
-        let mut attributes = Vec::new();
-        if let Cell::Map(m) = cell(attrs, r) {
-            for (k, v) in m {
-                attributes.push(kv(k, s(v)));
-            }
-        }
-        let has = |a: &[KeyValue], k: &str| a.iter().any(|x| x.key == k);
-        if let Cell::U64(code) = cell(http, r)
-            && code > 0
-            && !has(&attributes, "http.response.status_code")
-            && !has(&attributes, "http.status_code")
-        {
-            attributes.push(kv(
-                "http.response.status_code",
-                AnyValue {
-                    value: Some(any_value::Value::IntValue(code as i64)),
-                },
-            ));
-        }
-        for (key, c) in [
-            ("peer.service", peer),
-            ("db.system", db),
-            ("messaging.destination.name", dest),
-        ] {
-            let v = str_at(c, r);
-            if !v.is_empty() && !has(&attributes, key) {
-                attributes.push(kv(key, s(&v)));
-            }
-        }
-        let ts = |c: &ArrayRef| match cell(c, r) {
-            Cell::Ts(t) => u64::try_from(t).unwrap_or(0),
-            _ => 0,
-        };
-        let span = Span {
-            trace_id: bytes_at(trace_id, r),
-            span_id: bytes_at(span_id, r),
-            parent_span_id: bytes_at(parent, r),
-            name: str_at(name, r),
-            kind: match str_at(kind, r).as_str() {
-                "internal" => 1,
-                "server" => 2,
-                "client" => 3,
-                "producer" => 4,
-                "consumer" => 5,
-                _ => 0,
-            },
-            start_time_unix_nano: ts(start),
-            end_time_unix_nano: ts(end),
-            attributes,
-            status: Some(Status {
-                message: String::new(),
-                code: match str_at(status, r).as_str() {
-                    "ok" => 1,
-                    "error" => 2,
-                    _ => 0,
-                },
-            }),
-            ..Default::default()
-        };
-        if let Some(ss) = rs.scope_spans.first_mut() {
-            ss.spans.push(span);
-        }
-    }
-    let req = ExportTraceServiceRequest {
-        resource_spans: resources.into_values().collect(),
-    };
-    Ok(req.encode_to_vec())
+    let (span, envelope) = (col("otlp")?, col("otlp_resource")?);
+    Ok(crate::formats::otlp_out::request(
+        rows.map(|r| (envelope.value(r), span.value(r))),
+    ))
 }
 
 /// Avro schemas of every output table, as shipped in schemas/avro (file name

@@ -1,0 +1,580 @@
+//! Writing kept spans back out as OTLP: each span's `Span` message and its envelope
+//! (`ResourceSpans` with its `ScopeSpans`), from the fields a span keeps in wire form
+//! (see [`spanflow_operators::Attrs`]). A span decoded from OTLP goes out as the same
+//! message it came in as; a span made another way (the generator, the Alibaba loader)
+//! gets the attributes its typed fields stand for.
+
+use opentelemetry_proto::tonic::common::v1::InstrumentationScope;
+use opentelemetry_proto::tonic::trace::v1::span::{Event, Link};
+use prost::Message;
+use spanflow_operators::model::wire::{WireField, WireFields, put_len_field, put_varint};
+use spanflow_operators::{AttrValue, Attrs, AttrsBuilder, Span, StatusCode};
+
+use super::{RESOURCE_SCHEMA_URL, SCOPE, SCOPE_SCHEMA_URL};
+
+/// `Span.status`.
+const STATUS: u32 = 15;
+
+/// Appends the span's OTLP `Span` message body to `out`.
+pub fn encode_span(s: &Span, out: &mut Vec<u8>) {
+    put_len_field(out, 1, &s.trace_id.0);
+    put_len_field(out, 2, &s.span_id.0);
+    if !s.is_root() {
+        put_len_field(out, 4, &s.parent_span_id.0);
+    }
+    if !s.name.as_str().is_empty() {
+        put_len_field(out, 5, s.name.as_str().as_bytes());
+    }
+    if s.kind as i32 != 0 {
+        put_varint(out, 6 << 3);
+        put_varint(out, s.kind as u64);
+    }
+    for (field, t) in [(7u64, s.start_ns), (8, s.end_ns)] {
+        put_varint(out, (field << 3) | 1);
+        out.extend_from_slice(&t.to_le_bytes());
+    }
+    out.extend_from_slice(s.attrs.as_bytes());
+    let has_status = s.attrs.fields().any(|(f, _)| f == STATUS);
+    if !has_status && s.status != StatusCode::Unset {
+        put_len_field(out, STATUS, &[3 << 3, s.status as u8]);
+    }
+    out.extend_from_slice(implied_attrs(s).as_bytes());
+}
+
+/// The attributes a span's typed fields stand for that its packed fields lack (spans
+/// not decoded from OTLP keep those facts only in the typed fields).
+fn implied_attrs(s: &Span) -> Attrs {
+    let (mut http, mut peer, mut db, mut dest) = (false, false, false, false);
+    for (k, _, _) in s.attrs.iter() {
+        match k {
+            "http.response.status_code" | "http.status_code" => http = true,
+            "peer.service" | "server.address" | "net.peer.name" => peer = true,
+            "db.system" | "db.system.name" => db = true,
+            "messaging.destination.name" | "messaging.destination" => dest = true,
+            _ => {}
+        }
+    }
+    let mut b = AttrsBuilder::default();
+    if !http && s.http_status > 0 {
+        b.push(
+            "http.response.status_code",
+            AttrValue::Int(i64::from(s.http_status)),
+            false,
+        );
+    }
+    // `peer` falls back to the db system and the destination, which have keys of their
+    // own.
+    let derived = s.peer == s.db_system || s.peer == s.messaging_destination;
+    if !peer && !s.peer.as_str().is_empty() && !derived {
+        b.push("peer.service", AttrValue::Str(s.peer.as_str()), false);
+    }
+    if !db && !s.db_system.as_str().is_empty() {
+        b.push("db.system", AttrValue::Str(s.db_system.as_str()), false);
+    }
+    if !dest && !s.messaging_destination.as_str().is_empty() {
+        b.push(
+            "messaging.destination.name",
+            AttrValue::Str(s.messaging_destination.as_str()),
+            false,
+        );
+    }
+    b.finish()
+}
+
+/// Appends the OTLP `ResourceSpans` message body of the span's resource and scope, with
+/// one `ScopeSpans` that holds no spans: the envelope a span's `Span` goes into.
+pub fn encode_envelope(s: &Span, out: &mut Vec<u8>) {
+    let mut resource = Vec::new();
+    let (mut service, mut instance) = (false, false);
+    let mut scope_spans = Vec::new();
+    let mut schema_url: &[u8] = &[];
+    for (f, v) in s.resource_attrs.fields() {
+        match (f, v) {
+            (RESOURCE_SCHEMA_URL, WireField::Len(u)) => schema_url = u,
+            (SCOPE, WireField::Len(scope)) => put_len_field(&mut scope_spans, 1, scope),
+            (SCOPE_SCHEMA_URL, WireField::Len(u)) => put_len_field(&mut scope_spans, 3, u),
+            _ => {}
+        }
+    }
+    for (k, v, _) in s.resource_attrs.iter() {
+        service |= k == "service.name" && matches!(v, AttrValue::Str(_));
+        instance |= k == "service.instance.id" && matches!(v, AttrValue::Str(_));
+    }
+    // The resource's own fields, as they came (attributes, dropped count, entity refs).
+    let mut rest = s.resource_attrs.fields();
+    let mut at = s.resource_attrs.as_bytes();
+    while let Some((f, _)) = rest.next() {
+        let used = at.len() - rest.rest().len();
+        if f < RESOURCE_SCHEMA_URL {
+            resource.extend_from_slice(&at[..used]);
+        }
+        at = rest.rest();
+    }
+    let mut implied = AttrsBuilder::default();
+    if !service {
+        implied.push("service.name", AttrValue::Str(s.service.as_str()), true);
+    }
+    if !instance && !s.instance.as_str().is_empty() {
+        implied.push(
+            "service.instance.id",
+            AttrValue::Str(s.instance.as_str()),
+            true,
+        );
+    }
+    resource.extend_from_slice(implied.finish().as_bytes());
+    put_len_field(out, 1, &resource);
+    put_len_field(out, 2, &scope_spans);
+    if !schema_url.is_empty() {
+        put_len_field(out, 3, schema_url);
+    }
+}
+
+/// The span's instrumentation scope's name and version (empty when it has none).
+pub fn scope(s: &Span) -> (String, String) {
+    for (f, v) in s.resource_attrs.fields() {
+        if let (SCOPE, WireField::Len(b)) = (f, v)
+            && let Ok(sc) = InstrumentationScope::decode(b)
+        {
+            return (sc.name, sc.version);
+        }
+    }
+    (String::new(), String::new())
+}
+
+/// The fields of a span's OTLP message no typed field holds, decoded for the span
+/// tables' columns.
+#[derive(Debug, Default)]
+pub struct SpanExtras {
+    /// `status.message`.
+    pub status_message: String,
+    /// W3C trace state.
+    pub trace_state: String,
+    /// `flags` (W3C trace flags and the remote-parent bits).
+    pub flags: u32,
+    /// Span events, in order.
+    pub events: Vec<Event>,
+    /// Span links, in order.
+    pub links: Vec<Link>,
+    /// `dropped_attributes_count`, `dropped_events_count`, `dropped_links_count`.
+    pub dropped: [u32; 3],
+}
+
+impl SpanExtras {
+    /// Reads them from the span's packed fields (the decoders checked them).
+    pub fn of(s: &Span) -> SpanExtras {
+        let mut x = SpanExtras::default();
+        for (f, v) in s.attrs.fields() {
+            match (f, v) {
+                (3, WireField::Len(t)) => x.trace_state = String::from_utf8_lossy(t).into(),
+                (10, WireField::Varint(n)) => x.dropped[0] = n as u32,
+                (11, WireField::Len(b)) => x.events.extend(Event::decode(b).ok()),
+                (12, WireField::Varint(n)) => x.dropped[1] = n as u32,
+                (13, WireField::Len(b)) => x.links.extend(Link::decode(b).ok()),
+                (14, WireField::Varint(n)) => x.dropped[2] = n as u32,
+                (STATUS, WireField::Len(b)) => {
+                    let st = opentelemetry_proto::tonic::trace::v1::Status::decode(b);
+                    x.status_message = st.map(|st| st.message).unwrap_or_default();
+                }
+                (16, WireField::Fixed32(n)) => x.flags = n,
+                _ => {}
+            }
+        }
+        x
+    }
+}
+
+/// An OTLP `ExportTraceServiceRequest` from spans' envelopes and `Span` messages (as
+/// [`encode_envelope`] and [`encode_span`] write them): one `ResourceSpans` per
+/// distinct envelope, in first-seen order, its spans in the order given.
+pub fn request<'a>(rows: impl IntoIterator<Item = (&'a [u8], &'a [u8])>) -> Vec<u8> {
+    let mut groups: Vec<(&[u8], Vec<u8>)> = Vec::new();
+    for (envelope, span) in rows {
+        let at = match groups.iter().position(|(e, _)| *e == envelope) {
+            Some(i) => i,
+            None => {
+                groups.push((envelope, Vec::new()));
+                groups.len() - 1
+            }
+        };
+        if let Some((_, spans)) = groups.get_mut(at) {
+            put_len_field(spans, 2, span);
+        }
+    }
+    let mut out = Vec::new();
+    for (envelope, spans) in groups {
+        // The envelope's `ScopeSpans` (field 2) gets the spans; its other fields are
+        // copied.
+        let mut rs = Vec::new();
+        for (f, v) in WireFields::new(envelope) {
+            match (f, v) {
+                (2, WireField::Len(ss)) => {
+                    let mut body = ss.to_vec();
+                    body.extend_from_slice(&spans);
+                    put_len_field(&mut rs, 2, &body);
+                }
+                (f, WireField::Len(b)) => put_len_field(&mut rs, f, b),
+                _ => {}
+            }
+        }
+        put_len_field(&mut out, 1, &rs);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use opentelemetry_proto::tonic::common::v1::{
+        AnyValue, ArrayValue, InstrumentationScope, KeyValue, KeyValueList, any_value::Value,
+    };
+    use opentelemetry_proto::tonic::resource::v1::Resource;
+    use opentelemetry_proto::tonic::trace::v1::span::{Event, Link};
+    use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span as PSpan, Status};
+    use prost::Message;
+
+    use spanflow_operators::Sym;
+
+    use crate::formats::{Decoded, InputFormat, RecordMeta, SpanDecoder};
+
+    fn meta() -> RecordMeta {
+        RecordMeta {
+            topic: None,
+            source: Sym::new("test"),
+            split: 0,
+            offset: 0,
+        }
+    }
+    use crate::tables::{SpanRows, TableRows};
+
+    /// Every span of a request with what it came under: resource, its schema URL, scope,
+    /// the scope's schema URL. Sorted by span id: the comparison of two requests that
+    /// group the same spans differently.
+    type Flat = (
+        Resource,
+        String,
+        Option<InstrumentationScope>,
+        String,
+        PSpan,
+    );
+
+    fn flatten(req: &ExportTraceServiceRequest) -> Vec<Flat> {
+        let mut out = Vec::new();
+        for rs in &req.resource_spans {
+            for ss in &rs.scope_spans {
+                for s in &ss.spans {
+                    out.push((
+                        rs.resource.clone().unwrap_or_default(),
+                        rs.schema_url.clone(),
+                        ss.scope.clone(),
+                        ss.schema_url.clone(),
+                        s.clone(),
+                    ));
+                }
+            }
+        }
+        out.sort_by(|a, b| a.4.span_id.cmp(&b.4.span_id));
+        out
+    }
+
+    /// Decodes `payload` in `format`, builds the `spans` rows, and rebuilds the OTLP
+    /// request from their `otlp` columns, as the Kafka sink does.
+    fn through_the_tables(format: InputFormat, payload: &[u8]) -> ExportTraceServiceRequest {
+        let mut out = Decoded::default();
+        let meta = meta();
+        SpanDecoder::with_shards(2).decode(format, payload, &meta, &mut out);
+        assert!(out.dead_letters.is_empty(), "{:?}", out.dead_letters);
+        let mut rows = SpanRows::spans();
+        for s in &out.spans {
+            rows.push(s);
+        }
+        let batch = rows.finish();
+        let col = |n: &str| {
+            batch
+                .column(batch.schema().index_of(n).unwrap())
+                .as_any()
+                .downcast_ref::<arrow::array::BinaryArray>()
+                .unwrap()
+                .clone()
+        };
+        let (span, envelope) = (col("otlp"), col("otlp_resource"));
+        let bytes =
+            super::request((0..batch.num_rows()).map(|r| (envelope.value(r), span.value(r))));
+        ExportTraceServiceRequest::decode(&bytes[..]).unwrap()
+    }
+
+    fn kv(k: &str, v: Value) -> KeyValue {
+        KeyValue {
+            key: k.into(),
+            value: Some(AnyValue { value: Some(v) }),
+            ..Default::default()
+        }
+    }
+
+    fn s(v: &str) -> Value {
+        Value::StringValue(v.into())
+    }
+
+    /// A request using every field OTLP defines for a span, its resource and scope.
+    fn everything() -> ExportTraceServiceRequest {
+        let array = Value::ArrayValue(ArrayValue {
+            values: vec![
+                AnyValue {
+                    value: Some(s("a")),
+                },
+                AnyValue {
+                    value: Some(Value::IntValue(2)),
+                },
+            ],
+        });
+        let kvlist = Value::KvlistValue(KeyValueList {
+            values: vec![kv("inner", Value::DoubleValue(1.5))],
+        });
+        let root = PSpan {
+            trace_id: vec![7; 16],
+            span_id: vec![1; 8],
+            trace_state: "vendor=x".into(),
+            flags: 0x301,
+            name: "GET /checkout".into(),
+            kind: 2,
+            start_time_unix_nano: 1_700_000_000_000_000_000,
+            end_time_unix_nano: 1_700_000_000_500_000_000,
+            attributes: vec![
+                kv("http.request.method", s("GET")),
+                kv("http.response.status_code", Value::IntValue(500)),
+                kv("tags", array.clone()),
+                kv("nested", kvlist),
+                kv("raw", Value::BytesValue(vec![0, 1, 255])),
+                KeyValue {
+                    key: "unset".into(),
+                    value: None,
+                    ..Default::default()
+                },
+                kv("peer.service", s("payments")),
+                kv("ratio", Value::DoubleValue(0.25)),
+                kv("ok", Value::BoolValue(true)),
+            ],
+            dropped_attributes_count: 3,
+            events: vec![
+                Event {
+                    time_unix_nano: 1_700_000_000_100_000_000,
+                    name: "exception".into(),
+                    attributes: vec![
+                        kv("exception.type", s("ValueError")),
+                        kv("exception.message", s("card declined")),
+                        kv("exception.stacktrace", s("Traceback ...")),
+                        kv("list", array),
+                    ],
+                    dropped_attributes_count: 1,
+                },
+                Event {
+                    time_unix_nano: 1_700_000_000_200_000_000,
+                    name: "retry".into(),
+                    ..Default::default()
+                },
+            ],
+            dropped_events_count: 4,
+            links: vec![Link {
+                trace_id: vec![9; 16],
+                span_id: vec![9; 8],
+                trace_state: "other=y".into(),
+                attributes: vec![kv("messaging.operation", s("process"))],
+                dropped_attributes_count: 2,
+                flags: 0x100,
+            }],
+            dropped_links_count: 5,
+            status: Some(Status {
+                message: "card declined".into(),
+                code: 2,
+            }),
+            ..Default::default()
+        };
+        let child = PSpan {
+            trace_id: vec![7; 16],
+            span_id: vec![2; 8],
+            parent_span_id: vec![1; 8],
+            name: "SELECT orders".into(),
+            kind: 3,
+            start_time_unix_nano: 1_700_000_000_100_000_000,
+            end_time_unix_nano: 1_700_000_000_300_000_000,
+            attributes: vec![
+                kv("db.system.name", s("postgresql")),
+                kv("db.namespace", s("orders")),
+                kv("server.port", Value::IntValue(5432)),
+            ],
+            ..Default::default()
+        };
+        // No status at all, no attributes.
+        let bare = PSpan {
+            trace_id: vec![8; 16],
+            span_id: vec![3; 8],
+            name: "bare".into(),
+            start_time_unix_nano: 1_700_000_000_000_000_000,
+            end_time_unix_nano: 1_700_000_000_000_000_001,
+            ..Default::default()
+        };
+        let resource = Resource {
+            attributes: vec![
+                kv("telemetry.sdk.language", s("python")),
+                kv("service.name", s("checkout")),
+                kv("service.instance.id", s("checkout-1")),
+                kv(
+                    "process.command_args",
+                    Value::ArrayValue(ArrayValue::default()),
+                ),
+            ],
+            dropped_attributes_count: 6,
+            ..Default::default()
+        };
+        ExportTraceServiceRequest {
+            resource_spans: vec![
+                ResourceSpans {
+                    resource: Some(resource),
+                    scope_spans: vec![
+                        ScopeSpans {
+                            scope: Some(InstrumentationScope {
+                                name: "lib".into(),
+                                version: "1.2.3".into(),
+                                attributes: vec![kv("lib.flavor", s("test"))],
+                                dropped_attributes_count: 1,
+                            }),
+                            spans: vec![root, child],
+                            schema_url: "https://opentelemetry.io/schemas/1.26.0".into(),
+                        },
+                        ScopeSpans {
+                            scope: None,
+                            spans: vec![bare],
+                            schema_url: String::new(),
+                        },
+                    ],
+                    schema_url: "https://opentelemetry.io/schemas/1.21.0".into(),
+                },
+                // A resource without attributes (the service is `unknown_service`).
+                ResourceSpans {
+                    resource: None,
+                    scope_spans: vec![ScopeSpans {
+                        scope: Some(InstrumentationScope {
+                            name: "other".into(),
+                            ..Default::default()
+                        }),
+                        spans: vec![PSpan {
+                            trace_id: vec![8; 16],
+                            span_id: vec![4; 8],
+                            parent_span_id: vec![3; 8],
+                            name: "no resource".into(),
+                            kind: 1,
+                            start_time_unix_nano: 1_700_000_000_000_000_000,
+                            end_time_unix_nano: 1_700_000_000_000_000_002,
+                            status: Some(Status::default()),
+                            ..Default::default()
+                        }],
+                        schema_url: String::new(),
+                    }],
+                    schema_url: String::new(),
+                },
+            ],
+        }
+    }
+
+    /// What goes out for a span of the resourceless request: the service the span was
+    /// given, as a resource attribute.
+    fn with_implied_service(mut flat: Vec<Flat>) -> Vec<Flat> {
+        for f in &mut flat {
+            if f.0.attributes.is_empty() {
+                f.0.attributes
+                    .push(kv("service.name", s("unknown_service")));
+            }
+        }
+        flat
+    }
+
+    #[test]
+    fn a_span_goes_out_as_the_message_it_came_in_as() {
+        let req = everything();
+        let want = with_implied_service(flatten(&req));
+        for (format, payload) in [
+            (InputFormat::OtlpProto, req.encode_to_vec()),
+            (InputFormat::OtlpJson, serde_json::to_vec(&req).unwrap()),
+        ] {
+            let got = flatten(&through_the_tables(format, &payload));
+            assert_eq!(got.len(), want.len());
+            for (g, w) in got.iter().zip(&want) {
+                assert_eq!(g, w, "{format:?}");
+            }
+        }
+    }
+
+    /// Spans the OpenTelemetry Python SDK made (`tests/fixtures/otel_sdk_spans.py`, run
+    /// with the venv of `scripts/otel-python.sh`): an exception event, an error status
+    /// with a message, a link, two scopes, a trace state, array attributes.
+    #[test]
+    fn spans_the_python_sdk_made_go_out_whole() {
+        let payload = std::fs::read(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/fixtures/otel_sdk_spans.pb"),
+        )
+        .unwrap();
+        let req = ExportTraceServiceRequest::decode(&payload[..]).unwrap();
+        let want = flatten(&req);
+        assert_eq!(want.len(), 5);
+        let charge = want.iter().find(|f| f.4.name == "charge").unwrap();
+        assert_eq!(charge.4.events.len(), 2);
+        assert_eq!(
+            charge.4.status.as_ref().map(|s| s.message.as_str()),
+            Some("card declined")
+        );
+        assert!(want.iter().any(|f| !f.4.links.is_empty()));
+        assert!(want.iter().any(|f| !f.4.trace_state.is_empty()));
+        let got = flatten(&through_the_tables(InputFormat::OtlpProto, &payload));
+        assert_eq!(got, want);
+    }
+
+    /// The readable columns show what the span carried.
+    #[test]
+    fn the_span_table_shows_events_links_status_message_and_scope() {
+        let req = everything();
+        let mut out = Decoded::default();
+        let meta = meta();
+        SpanDecoder::new().decode(
+            InputFormat::OtlpProto,
+            &req.encode_to_vec(),
+            &meta,
+            &mut out,
+        );
+        let mut rows = SpanRows::spans();
+        rows.push(&out.spans[0]);
+        let batch = rows.finish();
+        let opts = arrow::util::display::FormatOptions::default();
+        let show = |n: &str| {
+            let c = batch.column(batch.schema().index_of(n).unwrap());
+            arrow::util::display::ArrayFormatter::try_new(c.as_ref(), &opts)
+                .unwrap()
+                .value(0)
+                .to_string()
+        };
+        assert_eq!(show("status_message"), "card declined");
+        assert_eq!(show("trace_state"), "vendor=x");
+        assert_eq!(show("flags"), "769");
+        assert_eq!(show("scope_name"), "lib");
+        assert_eq!(show("scope_version"), "1.2.3");
+        assert_eq!(show("event_names"), "[exception, retry]");
+        assert!(
+            show("event_attributes").contains(r#""exception.type":"ValueError""#),
+            "{}",
+            show("event_attributes")
+        );
+        assert!(show("event_attributes").contains(r#""list":"[\"a\",2]""#));
+        assert_eq!(show("link_trace_ids"), format!("[{}]", "09".repeat(16)));
+        assert_eq!(show("link_trace_states"), "[other=y]");
+        assert_eq!(show("dropped_attributes_count"), "3");
+        assert_eq!(show("dropped_events_count"), "4");
+        assert_eq!(show("dropped_links_count"), "5");
+        // Attributes the typed columns show are not repeated in the map.
+        let attrs = show("attributes");
+        assert!(!attrs.contains("http.response.status_code"), "{attrs}");
+        assert!(attrs.contains(r#"tags: ["a",2]"#), "{attrs}");
+        assert!(attrs.contains(r#"raw: "0001ff""#), "{attrs}");
+        let res = show("resource_attributes");
+        assert!(!res.contains("service.name"), "{res}");
+        assert!(res.contains("telemetry.sdk.language: python"), "{res}");
+    }
+}
