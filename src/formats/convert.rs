@@ -98,6 +98,15 @@ impl SpanBuilder {
         }
     }
 
+    /// Runs `f` without counting the attributes it truncates (for a resource decoded a
+    /// second time).
+    pub fn uncounted<T>(&mut self, f: impl FnOnce(&mut Self) -> T) -> T {
+        let truncated = self.truncated;
+        let r = f(self);
+        self.truncated = truncated;
+        r
+    }
+
     /// Returns and resets the count of truncated attributes.
     pub fn take_truncated(&mut self) -> u64 {
         std::mem::take(&mut self.truncated)

@@ -7,16 +7,24 @@
 use opentelemetry_proto::tonic::common::v1::InstrumentationScope;
 use opentelemetry_proto::tonic::trace::v1::span::{Event, Link};
 use prost::Message;
-use spanflow_operators::model::wire::{WireField, WireFields, put_len_field, put_varint};
+use spanflow_operators::model::wire::{WireField, WireFields, key_of, put_len_field, put_varint};
 use spanflow_operators::{AttrValue, Attrs, AttrsBuilder, Span, StatusCode};
 
 use super::{RESOURCE_SCHEMA_URL, SCOPE, SCOPE_SCHEMA_URL};
 
+/// `Span.attributes`.
+const ATTRIBUTES: u32 = 9;
 /// `Span.status`.
 const STATUS: u32 = 15;
 
 /// Appends the span's OTLP `Span` message body to `out`.
 pub fn encode_span(s: &Span, out: &mut Vec<u8>) {
+    encode_span_with(s, &SpanExtras::of(s), out);
+}
+
+/// [`encode_span`] with the span's [`SpanExtras`] at hand (one walk of its packed fields
+/// serves both the columns and the message).
+pub fn encode_span_with(s: &Span, x: &SpanExtras, out: &mut Vec<u8>) {
     put_len_field(out, 1, &s.trace_id.0);
     put_len_field(out, 2, &s.span_id.0);
     if !s.is_root() {
@@ -34,44 +42,70 @@ pub fn encode_span(s: &Span, out: &mut Vec<u8>) {
         out.extend_from_slice(&t.to_le_bytes());
     }
     out.extend_from_slice(s.attrs.as_bytes());
-    let has_status = s.attrs.fields().any(|(f, _)| f == STATUS);
-    if !has_status && s.status != StatusCode::Unset {
+    if !x.has_status && s.status != StatusCode::Unset {
         put_len_field(out, STATUS, &[3 << 3, s.status as u8]);
     }
-    out.extend_from_slice(implied_attrs(s).as_bytes());
+    if x.missing != 0 {
+        out.extend_from_slice(implied_attrs(s, x.missing).as_bytes());
+    }
 }
 
-/// The attributes a span's typed fields stand for that its packed fields lack (spans
-/// not decoded from OTLP keep those facts only in the typed fields).
-fn implied_attrs(s: &Span) -> Attrs {
-    let (mut http, mut peer, mut db, mut dest) = (false, false, false, false);
-    for (k, _, _) in s.attrs.iter() {
-        match k {
-            "http.response.status_code" | "http.status_code" => http = true,
-            "peer.service" | "server.address" | "net.peer.name" => peer = true,
-            "db.system" | "db.system.name" => db = true,
-            "messaging.destination.name" | "messaging.destination" => dest = true,
-            _ => {}
-        }
+/// Typed facts that stand for an attribute (bits of [`SpanExtras::missing`]).
+const HTTP: u8 = 1;
+const PEER: u8 = 2;
+const DB: u8 = 4;
+const DEST: u8 = 8;
+
+/// The facts the span's typed fields hold. `peer` falls back to the db system and the
+/// destination, which have keys of their own, so a derived peer is not one.
+fn facts(s: &Span) -> u8 {
+    let derived = s.peer == s.db_system || s.peer == s.messaging_destination;
+    let mut f = 0;
+    if s.http_status > 0 {
+        f |= HTTP;
     }
+    if !s.peer.as_str().is_empty() && !derived {
+        f |= PEER;
+    }
+    if !s.db_system.as_str().is_empty() {
+        f |= DB;
+    }
+    if !s.messaging_destination.as_str().is_empty() {
+        f |= DEST;
+    }
+    f
+}
+
+/// The fact an attribute key stands for (the keys the decoders read them from).
+fn fact_of(key: &[u8]) -> u8 {
+    match key {
+        b"http.response.status_code" | b"http.status_code" => HTTP,
+        b"peer.service" | b"server.address" | b"net.peer.name" => PEER,
+        b"db.system" | b"db.system.name" => DB,
+        b"messaging.destination.name" | b"messaging.destination" => DEST,
+        _ => 0,
+    }
+}
+
+/// The attributes for the `missing` facts: a span decoded from OTLP keeps every
+/// attribute its typed fields were read from, one made another way (the generator's
+/// model, the Alibaba loader) keeps those facts only in the typed fields.
+fn implied_attrs(s: &Span, missing: u8) -> Attrs {
     let mut b = AttrsBuilder::default();
-    if !http && s.http_status > 0 {
+    if missing & HTTP != 0 {
         b.push(
             "http.response.status_code",
             AttrValue::Int(i64::from(s.http_status)),
             false,
         );
     }
-    // `peer` falls back to the db system and the destination, which have keys of their
-    // own.
-    let derived = s.peer == s.db_system || s.peer == s.messaging_destination;
-    if !peer && !s.peer.as_str().is_empty() && !derived {
+    if missing & PEER != 0 {
         b.push("peer.service", AttrValue::Str(s.peer.as_str()), false);
     }
-    if !db && !s.db_system.as_str().is_empty() {
+    if missing & DB != 0 {
         b.push("db.system", AttrValue::Str(s.db_system.as_str()), false);
     }
-    if !dest && !s.messaging_destination.as_str().is_empty() {
+    if missing & DEST != 0 {
         b.push(
             "messaging.destination.name",
             AttrValue::Str(s.messaging_destination.as_str()),
@@ -142,7 +176,7 @@ pub fn scope(s: &Span) -> (String, String) {
 }
 
 /// The fields of a span's OTLP message no typed field holds, decoded for the span
-/// tables' columns.
+/// tables' columns, and what [`encode_span_with`] must add to the packed fields.
 #[derive(Debug, Default)]
 pub struct SpanExtras {
     /// `status.message`.
@@ -157,14 +191,25 @@ pub struct SpanExtras {
     pub links: Vec<Link>,
     /// `dropped_attributes_count`, `dropped_events_count`, `dropped_links_count`.
     pub dropped: [u32; 3],
+    /// The packed fields hold a `status`.
+    has_status: bool,
+    /// Typed facts (`HTTP`, `PEER`, ...) no packed attribute stands for.
+    missing: u8,
 }
 
 impl SpanExtras {
-    /// Reads them from the span's packed fields (the decoders checked them).
+    /// Reads them from the span's packed fields in one walk (the decoders checked
+    /// them). Strings, events and links are allocated only when the span has them.
     pub fn of(s: &Span) -> SpanExtras {
-        let mut x = SpanExtras::default();
+        let mut x = SpanExtras {
+            missing: facts(s),
+            ..SpanExtras::default()
+        };
         for (f, v) in s.attrs.fields() {
             match (f, v) {
+                (ATTRIBUTES, WireField::Len(kv)) if x.missing != 0 => {
+                    x.missing &= !key_of(kv).map_or(0, fact_of);
+                }
                 (3, WireField::Len(t)) => x.trace_state = String::from_utf8_lossy(t).into(),
                 (10, WireField::Varint(n)) => x.dropped[0] = n as u32,
                 (11, WireField::Len(b)) => x.events.extend(Event::decode(b).ok()),
@@ -172,8 +217,13 @@ impl SpanExtras {
                 (13, WireField::Len(b)) => x.links.extend(Link::decode(b).ok()),
                 (14, WireField::Varint(n)) => x.dropped[2] = n as u32,
                 (STATUS, WireField::Len(b)) => {
-                    let st = opentelemetry_proto::tonic::trace::v1::Status::decode(b);
-                    x.status_message = st.map(|st| st.message).unwrap_or_default();
+                    x.has_status = true;
+                    // `Status.message` (2); the last one on the wire wins.
+                    for (f, v) in WireFields::new(b) {
+                        if let (2, WireField::Len(m)) = (f, v) {
+                            x.status_message = String::from_utf8_lossy(m).into();
+                        }
+                    }
                 }
                 (16, WireField::Fixed32(n)) => x.flags = n,
                 _ => {}
@@ -501,6 +551,45 @@ mod tests {
                 assert_eq!(g, w, "{format:?}");
             }
         }
+    }
+
+    /// `ScopeSpans` with its scope and schema URL written after its spans (protobuf
+    /// allows any field order; the decoder reads the envelope before the spans only up
+    /// to the first span).
+    #[test]
+    fn an_envelope_written_after_the_spans_still_goes_with_them() {
+        use spanflow_operators::model::wire::{WireField, WireFields, put_len_field};
+        let req = everything();
+        let want = with_implied_service(flatten(&req));
+        let reorder = |ss: &ScopeSpans| {
+            let body = ss.encode_to_vec();
+            let mut out = Vec::new();
+            for last in [false, true] {
+                for (f, v) in WireFields::new(&body) {
+                    if let WireField::Len(b) = v
+                        && (f != 2) == last
+                    {
+                        put_len_field(&mut out, f, b);
+                    }
+                }
+            }
+            out
+        };
+        let mut payload = Vec::new();
+        for rs in &req.resource_spans {
+            let mut body = Vec::new();
+            for ss in &rs.scope_spans {
+                put_len_field(&mut body, 2, &reorder(ss));
+            }
+            let rest = ResourceSpans {
+                scope_spans: Vec::new(),
+                ..rs.clone()
+            };
+            body.extend_from_slice(&rest.encode_to_vec());
+            put_len_field(&mut payload, 1, &body);
+        }
+        let got = flatten(&through_the_tables(InputFormat::OtlpProto, &payload));
+        assert_eq!(got, want);
     }
 
     /// Spans the OpenTelemetry Python SDK made (`tests/fixtures/otel_sdk_spans.py`, run

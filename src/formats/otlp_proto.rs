@@ -67,10 +67,19 @@ fn resource_spans(
         if field == 2 {
             pass.expect(wt, WireType::Len, "scope_spans")?;
             let ss = pass.message()?;
-            let resource = scoped_resource(b, rs, only.filter(|_| count == 1), schema_url, ss)?;
+            let only = only.filter(|_| count == 1);
+            let resource = scoped_resource(b, rs, only, schema_url, ss, false)?;
+            let first = out.spans.len();
+            let whole_ss = ss;
+            // Envelope fields after the spans (encoders write them in field order, so
+            // the scope's schema URL comes last); the resource read before the spans
+            // lacks them.
+            let mut late = false;
+            let mut spans_seen = false;
             let mut ss = ss;
             while let Some((f, wt)) = ss.field()? {
                 if f == 2 {
+                    spans_seen = true;
                     ss.expect(wt, WireType::Len, "spans")?;
                     let span = ss.message()?;
                     let span_bytes = span.remaining();
@@ -82,7 +91,16 @@ fn resource_spans(
                     }
                     *index += 1;
                 } else {
+                    late |= spans_seen && (f == 1 || f == 3);
                     ss.skip(wt)?;
+                }
+            }
+            if late {
+                // The same resource again: its truncated attributes are counted once.
+                let whole =
+                    b.uncounted(|b| scoped_resource(b, rs, only, schema_url, whole_ss, true))?;
+                for s in out.spans.get_mut(first..).unwrap_or_default() {
+                    s.resource_attrs = whole.extra.clone();
                 }
             }
         } else {
@@ -96,13 +114,15 @@ fn resource_spans(
 /// the envelope's scope and schema URLs (see [`super::SCOPE`]). Every record repeats
 /// the resources and scopes of its spans, so one seen before on this thread (the same
 /// bytes) is taken from the cache instead of decoded again; `only` is the resource's
-/// bytes when it is the one resource of `rs` (else nothing is cached).
+/// bytes when it is the one resource of `rs` (else nothing is cached). With `whole`
+/// false, only the envelope fields before the first span are read.
 fn scoped_resource(
     b: &mut SpanBuilder,
     rs: Reader<'_>,
     only: Option<&[u8]>,
     schema_url: &[u8],
     ss: Reader<'_>,
+    whole: bool,
 ) -> Result<Resource, DecodeError> {
     use spanflow_operators::model::wire::put_len_field;
     let mut envelope = std::mem::take(&mut b.envelope);
@@ -110,17 +130,20 @@ fn scoped_resource(
     if !schema_url.is_empty() {
         put_len_field(&mut envelope, super::RESOURCE_SCHEMA_URL, schema_url);
     }
+    // The scope is checked only when the resource is not cached: the cache key holds
+    // its bytes, and bytes seen before were checked then.
+    let mut scope_at = None;
     let mut pass = Reader::new(ss.remaining(), ss.offset());
     while let Some((f, wt)) = pass.field()? {
         match f {
+            // Walking the spans here would read every span's bytes twice; unless told
+            // to, stop at the first (the caller notes envelope fields after them).
+            2 if !whole => break,
             1 => {
                 pass.expect(wt, WireType::Len, "scope")?;
                 let at = pass.offset();
                 let scope = pass.bytes()?;
-                validate::<opentelemetry_proto::tonic::common::v1::InstrumentationScope>(
-                    scope, "scope",
-                )
-                .map_err(|e| DecodeError::Protobuf(format!("{e} at byte {at}")))?;
+                scope_at = Some((scope, at));
                 put_len_field(&mut envelope, super::SCOPE, scope);
             }
             3 => {
@@ -134,7 +157,18 @@ fn scoped_resource(
             _ => pass.skip(wt)?,
         }
     }
-    let res = scoped_resource_of(b, rs, only, &envelope);
+    let cached = only.and_then(|bytes| b.cached_resource(bytes, &envelope));
+    let res = match cached {
+        Some(r) => Ok(r),
+        None => match scope_at {
+            Some((scope, at)) => validate::<
+                opentelemetry_proto::tonic::common::v1::InstrumentationScope,
+            >(scope, "scope")
+            .map_err(|e| DecodeError::Protobuf(format!("{e} at byte {at}"))),
+            None => Ok(()),
+        }
+        .and_then(|()| scoped_resource_of(b, rs, only, &envelope)),
+    };
     b.envelope = envelope;
     res
 }
@@ -145,11 +179,6 @@ fn scoped_resource_of(
     only: Option<&[u8]>,
     envelope: &[u8],
 ) -> Result<Resource, DecodeError> {
-    if let Some(bytes) = only
-        && let Some(r) = b.cached_resource(bytes, envelope)
-    {
-        return Ok(r);
-    }
     b.begin_resource();
     let mut pass = Reader::new(rs.remaining(), rs.offset());
     while let Some((field, wt)) = pass.field()? {

@@ -233,6 +233,8 @@ struct SpanSizes {
     /// Bytes of the string columns, in [`SpanRows::text_columns`] order.
     text: [usize; 10],
     maps: [MapSizes; 2],
+    /// Bytes of the text and binary columns of [`SpanDetail`].
+    detail: [usize; 6],
 }
 
 impl SpanRows {
@@ -279,7 +281,7 @@ impl SpanRows {
             db_system,
             destination,
             attr_maps: AttrMaps::with_capacity(sizes.maps),
-            detail: SpanDetail::with_capacity(rows),
+            detail: SpanDetail::with_capacity(rows, sizes.detail),
             late_reason,
             watermark: TimestampNanosecondBuilder::with_capacity(if late { rows } else { 0 })
                 .with_timezone("+00:00"),
@@ -306,6 +308,7 @@ impl SpanRows {
             rows: self.len(),
             text: self.text_columns().map(|c| c.values_slice().len()),
             maps: self.attr_maps.sizes(),
+            detail: self.detail.sizes(),
         }
     }
 
@@ -373,6 +376,7 @@ impl TableRows for SpanRows {
     fn finish(&mut self) -> RecordBatch {
         let mut next = SpanRows::with_capacity(self.late, &self.sizes());
         next.attr_maps.keep_resources_of(&mut self.attr_maps);
+        next.detail.keep_resources_of(&mut self.detail);
         std::mem::replace(self, next).finish_columns()
     }
 }

@@ -15,8 +15,8 @@ use arrow::array::{
 };
 use arrow::datatypes::{DataType, Field};
 use opentelemetry_proto::tonic::common::v1::KeyValue;
-use spanflow_operators::Span;
 use spanflow_operators::model::FastMap;
+use spanflow_operators::{Attrs, Span};
 
 use crate::formats::otlp_out::{self, SpanExtras};
 
@@ -71,20 +71,35 @@ pub(crate) struct SpanDetail {
     dropped: [UInt32Builder; 3],
     otlp: BinaryBuilder,
     otlp_resource: BinaryBuilder,
-    /// Resources rendered in this batch, by buffer address (spans of one resource
-    /// share its buffer; the buffers outlive the batch's rows).
-    resources: FastMap<usize, Rendered>,
+    /// Resources rendered, by buffer address (spans of one resource share its buffer)
+    /// and the service and instance (an envelope names them when the buffer does not,
+    /// and every span without resource fields has the empty buffer). Kept from batch to
+    /// batch; the map holds the buffer, so an address is not reused while it is a key.
+    resources: FastMap<(usize, u32, u32), (Attrs, Rendered)>,
     scratch: Vec<u8>,
 }
 
 impl SpanDetail {
-    pub fn with_capacity(rows: usize) -> Self {
+    /// Builders for `rows` rows whose text and binary columns take `bytes` (see
+    /// [`sizes`](Self::sizes)): a span's message is a few hundred bytes, and growing
+    /// those buffers by doubling copied more than the rest of the row.
+    pub fn with_capacity(rows: usize, bytes: [usize; 6]) -> Self {
+        // A quarter more than the last batch: batches vary by a few percent, and one
+        // that outgrows its buffers copies them whole.
+        let [
+            status_message,
+            trace_state,
+            scope_name,
+            scope_version,
+            otlp,
+            otlp_resource,
+        ] = bytes.map(|b| b + b / 4);
         SpanDetail {
-            status_message: StringBuilder::with_capacity(rows, 0),
-            trace_state: StringBuilder::with_capacity(rows, 0),
+            status_message: StringBuilder::with_capacity(rows, status_message),
+            trace_state: StringBuilder::with_capacity(rows, trace_state),
             flags: UInt32Builder::with_capacity(rows),
-            scope_name: StringBuilder::with_capacity(rows, rows * 8),
-            scope_version: StringBuilder::with_capacity(rows, rows * 4),
+            scope_name: StringBuilder::with_capacity(rows, scope_name),
+            scope_version: StringBuilder::with_capacity(rows, scope_version),
             event_times: ListBuilder::new(
                 TimestampNanosecondBuilder::new().with_timezone("+00:00"),
             ),
@@ -95,11 +110,31 @@ impl SpanDetail {
             link_trace_states: ListBuilder::new(StringBuilder::new()),
             link_attributes: ListBuilder::new(StringBuilder::new()),
             dropped: std::array::from_fn(|_| UInt32Builder::with_capacity(rows)),
-            otlp: BinaryBuilder::with_capacity(rows, rows * 256),
-            otlp_resource: BinaryBuilder::with_capacity(rows, rows * 64),
+            otlp: BinaryBuilder::with_capacity(rows, otlp),
+            otlp_resource: BinaryBuilder::with_capacity(rows, otlp_resource),
             resources: FastMap::default(),
             scratch: Vec::new(),
         }
+    }
+
+    /// Bytes of the text and binary columns so far, in [`with_capacity`] order.
+    ///
+    /// [`with_capacity`]: Self::with_capacity
+    pub fn sizes(&self) -> [usize; 6] {
+        [
+            self.status_message.values_slice().len(),
+            self.trace_state.values_slice().len(),
+            self.scope_name.values_slice().len(),
+            self.scope_version.values_slice().len(),
+            self.otlp.values_slice().len(),
+            self.otlp_resource.values_slice().len(),
+        ]
+    }
+
+    /// Takes over the resources `prev` rendered (a fleet's resources recur in every
+    /// batch).
+    pub fn keep_resources_of(&mut self, prev: &mut SpanDetail) {
+        self.resources = std::mem::take(&mut prev.resources);
     }
 
     /// Appends one span's row.
@@ -144,21 +179,30 @@ impl SpanDetail {
             b.append_value(n);
         }
         self.scratch.clear();
-        otlp_out::encode_span(s, &mut self.scratch);
+        otlp_out::encode_span_with(s, &x, &mut self.scratch);
         self.otlp.append_value(&self.scratch);
-        let r = self
-            .resources
-            .entry(s.resource_attrs.buffer_address())
-            .or_insert_with(|| {
-                let mut envelope = Vec::new();
-                otlp_out::encode_envelope(s, &mut envelope);
-                let (scope_name, scope_version) = otlp_out::scope(s);
-                Rendered {
-                    envelope,
-                    scope_name,
-                    scope_version,
-                }
-            });
+        /// Resources remembered; a fleet has far fewer (several buffers each, one per
+        /// decoding thread that read it).
+        const RESOURCES: usize = 4096;
+        let key = (
+            s.resource_attrs.buffer_address(),
+            s.service.id(),
+            s.instance.id(),
+        );
+        if !self.resources.contains_key(&key) && self.resources.len() >= RESOURCES {
+            self.resources.clear();
+        }
+        let (_, r) = self.resources.entry(key).or_insert_with(|| {
+            let mut envelope = Vec::new();
+            otlp_out::encode_envelope(s, &mut envelope);
+            let (scope_name, scope_version) = otlp_out::scope(s);
+            let rendered = Rendered {
+                envelope,
+                scope_name,
+                scope_version,
+            };
+            (s.resource_attrs.clone(), rendered)
+        });
         self.otlp_resource.append_value(&r.envelope);
         self.scope_name.append_value(&r.scope_name);
         self.scope_version.append_value(&r.scope_version);
@@ -199,4 +243,65 @@ fn attributes_json(attrs: &[KeyValue]) -> String {
         map.insert(kv.key.clone(), serde_json::Value::String(text));
     }
     serde_json::Value::Object(map).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use arrow::array::{Array, BinaryArray};
+    use opentelemetry_proto::tonic::trace::v1::ResourceSpans;
+    use prost::Message;
+    use spanflow_operators::{AttrValue, AttrsBuilder, SpanId, Sym, TraceId};
+
+    use super::*;
+    use crate::tables::{SpanRows, TableRows};
+
+    fn span(service: &str, resource: &Attrs) -> Span {
+        Span {
+            trace_id: TraceId([1; 16]),
+            span_id: SpanId([2; 8]),
+            start_ns: 10,
+            end_ns: 30,
+            service: Sym::new(service),
+            resource_attrs: resource.clone(),
+            ..Default::default()
+        }
+    }
+
+    /// The service names in a batch's `otlp_resource` column, row by row.
+    fn services(rows: &mut SpanRows) -> Vec<String> {
+        let b = rows.finish();
+        let col = b.column_by_name("otlp_resource").unwrap();
+        let col = col.as_any().downcast_ref::<BinaryArray>().unwrap();
+        (0..col.len())
+            .map(|i| {
+                let rs = ResourceSpans::decode(col.value(i)).unwrap();
+                let attrs = rs.resource.unwrap().attributes;
+                let kv = attrs.iter().find(|kv| kv.key == "service.name").unwrap();
+                format!("{:?}", kv.value.as_ref().unwrap().value.as_ref().unwrap())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn envelopes_name_each_spans_service_across_batches() {
+        let mut shared = AttrsBuilder::default();
+        shared.push("host.name", AttrValue::Str("node-1"), true);
+        let shared = shared.finish();
+        let none = Attrs::empty();
+        let mut rows = SpanRows::spans();
+        for service in ["a", "b", "a"] {
+            rows.push(&span(service, &none));
+        }
+        rows.push(&span("c", &shared));
+        let first = services(&mut rows);
+        assert_eq!(first.len(), 4);
+        assert!(first[0].contains("\"a\"") && first[2].contains("\"a\""));
+        assert!(first[1].contains("\"b\""), "{first:?}");
+        assert!(first[3].contains("\"c\""), "{first:?}");
+        // The next batch takes the rendered envelopes over; they still match.
+        rows.push(&span("b", &none));
+        rows.push(&span("c", &shared));
+        let second = services(&mut rows);
+        assert!(second[0].contains("\"b\"") && second[1].contains("\"c\""));
+    }
 }

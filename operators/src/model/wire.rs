@@ -50,8 +50,24 @@ impl<'a> WireFields<'a> {
         self.buf
     }
 
+    #[inline]
     fn read(&mut self) -> Option<(u32, WireField<'a>, usize)> {
         let b = self.buf;
+        // Nearly every field of a span is length-delimited with a one-byte key and a
+        // one-byte length (attributes, events, status).
+        if let [key, len, rest @ ..] = b
+            && *key < 0x80
+            && *key & 7 == 2
+            && *key >= 8
+            && *len < 0x80
+        {
+            let n = usize::from(*len);
+            return Some((u32::from(*key >> 3), WireField::Len(rest.get(..n)?), 2 + n));
+        }
+        self.read_general(b)
+    }
+
+    fn read_general(&self, b: &'a [u8]) -> Option<(u32, WireField<'a>, usize)> {
         let (key, n) = varint(b)?;
         let field = u32::try_from(key >> 3).ok().filter(|&f| f > 0)?;
         let rest = b.get(n..)?;
@@ -82,6 +98,7 @@ impl<'a> WireFields<'a> {
 impl<'a> Iterator for WireFields<'a> {
     type Item = (u32, WireField<'a>);
 
+    #[inline]
     fn next(&mut self) -> Option<Self::Item> {
         if self.buf.is_empty() {
             return None;
@@ -172,4 +189,17 @@ pub fn key_value(kv: &[u8]) -> Option<(&str, Option<&[u8]>)> {
         }
     }
     (!fields.failed).then_some((key, value))
+}
+
+/// The key of a `KeyValue` body, read without its value when the key comes first (as
+/// every encoder writes it); `None` for bytes that are not a `KeyValue`.
+#[inline]
+pub fn key_of(kv: &[u8]) -> Option<&[u8]> {
+    if let Some((&0x0a, rest)) = kv.split_first()
+        && let Some((len, n)) = varint(rest)
+    {
+        let end = n.checked_add(usize::try_from(len).ok()?)?;
+        return rest.get(n..end);
+    }
+    key_value(kv).map(|(k, _)| k.as_bytes())
 }
