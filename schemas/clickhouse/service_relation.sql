@@ -10,6 +10,7 @@ CREATE TABLE IF NOT EXISTS `spanflow`.`service_relation`
     `target` LowCardinality(String),
     `target_kind` LowCardinality(String),
     `call_type` LowCardinality(String),
+    `connection_type` LowCardinality(String),
     `requests` UInt64,
     `errors` UInt64,
     `slow` UInt64,
@@ -22,4 +23,4 @@ CREATE TABLE IF NOT EXISTS `spanflow`.`service_relation`
 )
 ENGINE = ReplacingMergeTree(`version`)
 PARTITION BY toDate(`interval_start`)
-ORDER BY (`source`, `interval_start`, `target`, `call_type`, `target_kind`);
+ORDER BY (`source`, `interval_start`, `target`, `call_type`, `target_kind`, `connection_type`);

@@ -9,6 +9,7 @@ SELECT
     target,
     target_kind,
     call_type,
+    connection_type,
     sum(requests) AS requests,
     sum(errors) AS errors,
     sum(slow) AS slow,
@@ -18,5 +19,5 @@ SELECT
     first_value(bucket_bounds) AS bucket_bounds,
     sum_buckets(bucket_counts) AS bucket_counts
 FROM service_relation
-GROUP BY interval_start, interval_end, source, target, target_kind, call_type
-ORDER BY interval_start, source, target, target_kind, call_type
+GROUP BY interval_start, interval_end, source, target, target_kind, call_type, connection_type
+ORDER BY interval_start, source, target, target_kind, call_type, connection_type

@@ -60,6 +60,7 @@ pub static SERVICE_RELATION_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
         Field::new("target", DataType::Utf8, false),
         Field::new("target_kind", DataType::Utf8, false),
         Field::new("call_type", DataType::Utf8, false),
+        Field::new("connection_type", DataType::Utf8, false),
     ];
     f.extend(stats_fields());
     Arc::new(Schema::new(f))
@@ -143,7 +144,7 @@ pub struct MetricRows {
 
 impl MetricRows {
     fn new(relation: bool) -> Self {
-        let n = if relation { 4 } else { 7 };
+        let n = if relation { 5 } else { 7 };
         MetricRows {
             relation,
             start: TimestampNanosecondBuilder::new().with_timezone("+00:00"),
@@ -179,6 +180,7 @@ impl MetricRows {
                 k.peer.as_str(),
                 k.peer_kind.as_str(),
                 k.call_type.as_str(),
+                k.connection.as_str(),
             ]
         } else {
             vec![

@@ -71,6 +71,38 @@ impl Metric {
     }
 }
 
+/// How the two nodes of a service-graph edge are connected, as Tempo's metrics-generator
+/// labels its edges (`connection_type`).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default, Serialize, Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum ConnectionType {
+    /// A call between two instrumented services (Tempo's empty label); also every
+    /// series that is not an edge.
+    #[default]
+    Direct,
+    /// A client calling a database (or cache) seen only through its client spans.
+    Database,
+    /// A producer and a consumer span of two services: the messaging system between them.
+    MessagingSystem,
+    /// One side has no spans of its own: the virtual client of root spans, a peer
+    /// feeding a consumer, an uninstrumented peer or queue.
+    VirtualNode,
+}
+
+impl ConnectionType {
+    /// The label as Tempo writes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConnectionType::Direct => "",
+            ConnectionType::Database => "database",
+            ConnectionType::MessagingSystem => "messaging_system",
+            ConnectionType::VirtualNode => "virtual_node",
+        }
+    }
+}
+
 /// What kind of node the target of a series is (for the service graph).
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default, Serialize, Deserialize,
@@ -122,6 +154,9 @@ pub struct SeriesKey {
     pub peer_kind: NodeKind,
     /// Status of failed calls (`_error` series): HTTP code or `error`.
     pub status: Sym,
+    /// How source and target connect (relations).
+    #[serde(default)]
+    pub connection: ConnectionType,
 }
 
 /// Hashes the key as three words: every span is observed into two or three series, and
@@ -156,7 +191,8 @@ impl SeriesKey {
             u64::from(self.status.id())
                 | (self.call_type as u64) << 32
                 | (self.peer_kind as u64) << 40
-                | metric << 48,
+                | metric << 48
+                | (self.connection as u64) << 56,
         ]
     }
 
@@ -172,6 +208,7 @@ impl SeriesKey {
             peer: Sym::empty(),
             peer_kind: NodeKind::Service,
             status: Sym::empty(),
+            connection: ConnectionType::Direct,
         }
     }
 

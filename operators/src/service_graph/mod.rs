@@ -22,8 +22,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{ConfigIssue, HumanDuration};
 use crate::metrics::{
-    Buckets, Exemplar, IntervalAggregator, Metric, MetricsMerge, MetricsMerger, NodeKind, Partial,
-    SeriesKey, SlowThresholds, TracePartial, default_buckets, validate_metric_settings,
+    Buckets, ConnectionType, Exemplar, IntervalAggregator, Metric, MetricsMerge, MetricsMerger,
+    NodeKind, Partial, SeriesKey, SlowThresholds, TracePartial, default_buckets,
+    validate_metric_settings,
 };
 use crate::model::{AttrValue, CallType, Span, SpanId, SpanKind, Sym, TraceId};
 use crate::operator::{DataKind, PortSpec, Scope, Shape, Table};
@@ -201,6 +202,8 @@ pub struct Edge {
     pub target: Sym,
     /// What the target is.
     pub target_kind: NodeKind,
+    /// How source and target connect.
+    pub connection: ConnectionType,
     /// Call type.
     pub call_type: CallType,
     /// Latency, ns.
@@ -213,6 +216,15 @@ pub struct Edge {
     pub trace_id: TraceId,
     /// The span measured.
     pub span_id: SpanId,
+}
+
+/// How a client connects to a peer without spans: databases and caches (both named by
+/// `db.system`, as Tempo tells databases apart) are `database`, the rest virtual nodes.
+fn virtual_connection(kind: NodeKind) -> ConnectionType {
+    match kind {
+        NodeKind::Database | NodeKind::Cache => ConnectionType::Database,
+        _ => ConnectionType::VirtualNode,
+    }
 }
 
 fn virtual_kind(s: &Span) -> NodeKind {
@@ -267,6 +279,7 @@ pub fn trace_edges(
                 source,
                 target: s.service,
                 target_kind: NodeKind::Service,
+                connection: ConnectionType::VirtualNode,
                 call_type,
                 duration_ns: s.duration_ns(),
                 error: s.is_error(),
@@ -290,6 +303,11 @@ pub fn trace_edges(
             source: p.service,
             target: s.service,
             target_kind: NodeKind::Service,
+            connection: if queue {
+                ConnectionType::MessagingSystem
+            } else {
+                ConnectionType::Direct
+            },
             call_type,
             duration_ns: measured.duration_ns(),
             error: measured.is_error(),
@@ -321,10 +339,12 @@ pub fn trace_edges(
         } else {
             Sym::new("unknown")
         };
+        let target_kind = virtual_kind(p);
         out.push(Edge {
             source: p.service,
             target,
-            target_kind: virtual_kind(p),
+            target_kind,
+            connection: virtual_connection(target_kind),
             call_type: p.call_type,
             duration_ns: p.duration_ns(),
             error: p.is_error(),
@@ -393,6 +413,7 @@ impl ServiceGraph {
                 peer: e.target,
                 peer_kind: e.target_kind,
                 call_type: e.call_type,
+                connection: e.connection,
                 ..blank
             };
             let ex = Exemplar {

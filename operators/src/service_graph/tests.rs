@@ -94,6 +94,25 @@ fn edges_by(t: &ClosedTrace, config: &ServiceGraphConfig) -> Vec<Edge> {
     out
 }
 
+/// The connection an edge to a `kind` node with `call_type` has, unless it comes from a
+/// virtual node.
+fn connection_of(kind: NodeKind, call_type: CallType) -> ConnectionType {
+    match (kind, call_type) {
+        (NodeKind::Service, CallType::Mq) => ConnectionType::MessagingSystem,
+        (NodeKind::Service, _) => ConnectionType::Direct,
+        (NodeKind::Database | NodeKind::Cache, _) => ConnectionType::Database,
+        _ => ConnectionType::VirtualNode,
+    }
+}
+
+/// An edge from a virtual node (the virtual client, a messaging system).
+fn from_virtual(e: Edge) -> Edge {
+    Edge {
+        connection: ConnectionType::VirtualNode,
+        ..e
+    }
+}
+
 fn tempo() -> ServiceGraphConfig {
     ServiceGraphConfig {
         semantics: GraphSemantics::Tempo,
@@ -110,7 +129,9 @@ fn with_attrs(mut s: Span, attrs: &[(&str, crate::model::AttrValue<'_>)]) -> Spa
     s
 }
 
-/// The edge measured on span `span` (of trace `t`).
+/// The edge measured on span `span` (of trace `t`), connected as its target and call
+/// type suggest: a queue edge between services, a direct call, a database or virtual
+/// node. Edges from a virtual node say so themselves.
 fn edge(
     source: &str,
     target: &str,
@@ -119,10 +140,12 @@ fn edge(
     t: u8,
     span: &Span,
 ) -> Edge {
+    let connection = connection_of(target_kind, call_type);
     Edge {
         source: Sym::new(source),
         target: Sym::new(target),
         target_kind,
+        connection,
         call_type,
         duration_ns: span.duration_ns(),
         error: span.is_error(),
@@ -156,6 +179,7 @@ fn client_to_server_of_another_service_is_one_edge_measured_on_the_client() {
             source: Sym::new("frontend"),
             target: Sym::new("backend"),
             target_kind: NodeKind::Service,
+            connection: ConnectionType::Direct,
             call_type: Http,
             duration_ns: 60 * MS,
             error: true,
@@ -234,6 +258,7 @@ fn producer_to_consumer_edge_is_measured_on_the_consumer() {
             source: Sym::new("orders"),
             target: Sym::new("billing"),
             target_kind: NodeKind::Service,
+            connection: ConnectionType::MessagingSystem,
             call_type: Mq,
             duration_ns: 50 * MS,
             error: true,
@@ -577,6 +602,7 @@ fn relation(source: &str, target: &str, kind: NodeKind, ct: CallType) -> SeriesK
         peer: Sym::new(target),
         peer_kind: kind,
         call_type: ct,
+        connection: connection_of(kind, ct),
         ..SeriesKey::new(Metric::ServiceRelation)
     }
 }
@@ -992,7 +1018,14 @@ fn tempo_a_root_server_span_is_called_by_the_virtual_client() {
     let t = trace(1, vec![root.clone(), child]);
     assert_eq!(
         edges_by(&t, &tempo()),
-        vec![edge("user", "frontend", NodeKind::Service, Http, 1, &root)]
+        vec![from_virtual(edge(
+            "user",
+            "frontend",
+            NodeKind::Service,
+            Http,
+            1,
+            &root
+        ))]
     );
     assert!(
         edges_of(&t, true).is_empty(),
@@ -1030,7 +1063,7 @@ fn tempo_a_client_with_a_peer_and_no_server_span_calls_a_virtual_node() {
     assert_eq!(
         edges_by(&t, &tempo()),
         vec![
-            edge("user", "checkout", NodeKind::Service, Http, 3, &root),
+            from_virtual(edge("user", "checkout", NodeKind::Service, Http, 3, &root)),
             edge(
                 "checkout",
                 "payments-api",
@@ -1049,7 +1082,8 @@ fn tempo_a_consumer_without_a_producer_is_fed_by_its_messaging_system() {
     use CallType::*;
     use SpanKind::*;
     // The edge queue -> consumer, measured on consumer span `s` of trace `t`.
-    let fed = |t: u8, s: &Span| edge("invoices", "billing", NodeKind::Service, Mq, t, s);
+    let fed =
+        |t: u8, s: &Span| from_virtual(edge("invoices", "billing", NodeKind::Service, Mq, t, s));
     // The consumer's trace starts at the consumer: the producer was not instrumented.
     let consume = with_peer(sp(1, 0, "billing", Consumer, Mq, 0, 30), "invoices");
     let t = trace(4, vec![consume.clone()]);
@@ -1067,7 +1101,7 @@ fn tempo_a_consumer_without_a_producer_is_fed_by_its_messaging_system() {
     assert_eq!(
         edges_by(&t, &tempo()),
         vec![
-            edge("user", "orders", NodeKind::Service, Http, 6, &root),
+            from_virtual(edge("user", "orders", NodeKind::Service, Http, 6, &root)),
             edge("orders", "billing", NodeKind::Service, Mq, 6, &consume),
         ]
     );
@@ -1120,4 +1154,51 @@ fn tempo_databases_are_named_by_the_first_attribute_present() {
     assert_eq!(name(db(&all), &system_first), "postgresql");
     // spanflow's rules name it by its peer.
     assert_eq!(name(db(&all), &ServiceGraphConfig::default()), "orders-db");
+}
+
+#[test]
+fn edges_carry_tempos_connection_type() {
+    use CallType::*;
+    use SpanKind::*;
+    // user -> shop (virtual client), shop -> cart (direct), shop -> orders-db (database),
+    // shop -> sessions (cache: database), shop -> billing (producer/consumer), shop ->
+    // payments-api (uninstrumented: virtual node), and a consumer fed by `invoices`.
+    let spans = vec![
+        sp(1, 0, "shop", Server, Http, 0, 900),
+        sp(2, 1, "shop", Client, Http, 10, 50),
+        sp(3, 2, "cart", Server, Http, 20, 30),
+        with_peer(sp(4, 1, "shop", Client, Db, 100, 20), "orders-db"),
+        with_peer(sp(5, 1, "shop", Client, Cache, 130, 2), "sessions"),
+        with_peer(sp(6, 1, "shop", Producer, Mq, 140, 3), "orders-topic"),
+        sp(7, 6, "billing", Consumer, Mq, 400, 30),
+        with_peer(sp(8, 1, "shop", Client, Http, 500, 80), "payments-api"),
+    ];
+    let t = trace(40, spans);
+    let got: Vec<(&str, &str, ConnectionType)> = edges_by(&t, &tempo())
+        .iter()
+        .map(|e| (e.source.as_str(), e.target.as_str(), e.connection))
+        .collect();
+    use ConnectionType::*;
+    assert_eq!(
+        got,
+        vec![
+            ("user", "shop", VirtualNode),
+            ("shop", "cart", Direct),
+            ("shop", "billing", MessagingSystem),
+            ("shop", "orders-db", Database),
+            ("shop", "sessions", Database),
+            ("shop", "payments-api", VirtualNode),
+        ]
+    );
+    let fed = with_peer(sp(1, 0, "billing", Consumer, Mq, 0, 30), "invoices");
+    let t = trace(41, vec![fed]);
+    assert_eq!(edges_by(&t, &tempo())[0].connection, VirtualNode);
+    // The label is the series' too: the same pair over two connections is two series.
+    let key = |c| SeriesKey {
+        connection: c,
+        ..relation("shop", "billing", NodeKind::Service, Mq)
+    };
+    assert_ne!(key(MessagingSystem).words(), key(VirtualNode).words());
+    assert_eq!(Database.as_str(), "database");
+    assert_eq!(Direct.as_str(), "");
 }

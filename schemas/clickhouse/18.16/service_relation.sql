@@ -10,6 +10,7 @@ CREATE TABLE IF NOT EXISTS `spanflow`.`service_relation`
     `target` String,
     `target_kind` String,
     `call_type` String,
+    `connection_type` String,
     `requests` UInt64,
     `errors` UInt64,
     `slow` UInt64,
@@ -22,4 +23,4 @@ CREATE TABLE IF NOT EXISTS `spanflow`.`service_relation`
 )
 ENGINE = ReplacingMergeTree(`version`)
 PARTITION BY toDate(toDateTime(intDiv(`interval_start`, 1000000000)))
-ORDER BY (`source`, `interval_start`, `target`, `call_type`, `target_kind`);
+ORDER BY (`source`, `interval_start`, `target`, `call_type`, `target_kind`, `connection_type`);

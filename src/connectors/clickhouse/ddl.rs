@@ -146,8 +146,15 @@ pub const TABLES: &[Builtin] = &[
             "target",
             "call_type",
             "target_kind",
+            "connection_type",
         ],
-        low_cardinality: &["source", "target", "target_kind", "call_type"],
+        low_cardinality: &[
+            "source",
+            "target",
+            "target_kind",
+            "call_type",
+            "connection_type",
+        ],
         trace_id_index: false,
     },
 ];

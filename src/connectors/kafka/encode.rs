@@ -240,7 +240,13 @@ impl RowEncoder {
                 "status",
                 "bucket_le",
             ],
-            "service_relation" => &["source", "target", "target_kind", "call_type"],
+            "service_relation" => &[
+                "source",
+                "target",
+                "target_kind",
+                "call_type",
+                "connection_type",
+            ],
             "dead_letters" => &["source", "split"],
             _ => &[],
         };
