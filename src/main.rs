@@ -998,7 +998,7 @@ fn bench(job: &Job, b: &BenchOptions) -> Result<()> {
         .iter()
         .find_map(|s| match &s.kind {
             SourceKind::Generator(g) => Some((s.name.clone(), g.clone())),
-            SourceKind::File(_) | SourceKind::Kafka(_) => None,
+            SourceKind::File(_) | SourceKind::Kafka(_) | SourceKind::Otlp(_) => None,
         })
         .unwrap_or_else(|| ("bench".to_owned(), GeneratorConfig::default()));
     // Size the run: measure spans per trace on a sample, then generate enough traces.

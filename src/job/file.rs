@@ -15,6 +15,7 @@ use super::spec::{FromFile, OperatorFile, RollupConfig, WatermarkConfig};
 use crate::connectors::clickhouse::ClickHouseSinkConfig;
 use crate::connectors::file::FileSourceConfig;
 use crate::connectors::kafka::{KafkaSinkConfig, KafkaSourceConfig};
+use crate::connectors::otlp::OtlpSourceConfig;
 use crate::connectors::parquet::ParquetSinkConfig;
 use crate::testkit::generator::GeneratorConfig;
 
@@ -92,6 +93,16 @@ pub enum SourceFile {
         /// Brokers, topics, group, positions and format.
         #[serde(flatten)]
         config: KafkaSourceConfig,
+        /// Event-time watermark settings.
+        #[serde(default)]
+        watermark: Option<WatermarkConfig>,
+    },
+    /// An OTLP receiver: OTLP/gRPC and OTLP/HTTP, what SDKs and Collectors export to.
+    #[schemars(extend("additionalProperties" = false))]
+    Otlp {
+        /// Listen addresses and the queue.
+        #[serde(flatten)]
+        config: OtlpSourceConfig,
         /// Event-time watermark settings.
         #[serde(default)]
         watermark: Option<WatermarkConfig>,

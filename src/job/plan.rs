@@ -19,6 +19,7 @@ use crate::connectors::file::FileSource;
 use crate::connectors::kafka::KafkaSourceConfig;
 use crate::connectors::kafka::sink::{KafkaTable, KafkaTarget};
 use crate::connectors::kafka::source::KafkaSource;
+use crate::connectors::otlp::OtlpSource;
 use crate::connectors::parquet::ParquetTable;
 use crate::runtime::io::{Sink, Source};
 use crate::runtime::watermark::WatermarkSettings;
@@ -271,6 +272,7 @@ fn plan_source(node: &SourceNode) -> PlanSource {
                 SourceKind::Generator(c) => Box::new(GeneratorSource::new(c.clone())),
                 SourceKind::File(c) => Box::new(FileSource::new(c.clone())),
                 SourceKind::Kafka(c) => Box::new(KafkaSource::new(c.clone())),
+                SourceKind::Otlp(c) => Box::new(OtlpSource::new(c.clone())),
             }
         }),
     }

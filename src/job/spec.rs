@@ -35,6 +35,7 @@ use spanflow_operators::tail_sampling::{TailSampler, TailSamplingConfig};
 use crate::connectors::clickhouse::ClickHouseSinkConfig;
 use crate::connectors::file::FileSourceConfig;
 use crate::connectors::kafka::{KafkaSinkConfig, KafkaSourceConfig};
+use crate::connectors::otlp::OtlpSourceConfig;
 use crate::connectors::parquet::ParquetSinkConfig;
 use crate::runtime::NodeBuild;
 use crate::testkit::generator::GeneratorConfig;
@@ -141,6 +142,8 @@ pub enum SourceKind {
     File(FileSourceConfig),
     /// `type: kafka`: a consumer group reading OTLP (or Avro) records.
     Kafka(KafkaSourceConfig),
+    /// `type: otlp`: an OTLP receiver (gRPC and HTTP) that exporters send to.
+    Otlp(OtlpSourceConfig),
 }
 
 /// A named operator.

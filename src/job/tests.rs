@@ -1047,7 +1047,7 @@ fn schema_types_read_the_demo_job() {
             })
             .collect()
     };
-    assert_eq!(types("SourceFile"), ["generator", "file", "kafka"]);
+    assert_eq!(types("SourceFile"), ["generator", "file", "kafka", "otlp"]);
     assert_eq!(types("SinkFile"), ["parquet", "kafka", "clickhouse"]);
 }
 

@@ -266,6 +266,7 @@ fn dag_svg(job: &Job) -> String {
             SourceKind::Generator(_) => "generator",
             SourceKind::File(_) => "file",
             SourceKind::Kafka(_) => "kafka",
+            SourceKind::Otlp(_) => "otlp",
         };
         nodes.push((s.name.clone(), kind.into(), Vec::new()));
     }

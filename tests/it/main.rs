@@ -9,6 +9,7 @@ mod event_time;
 mod golden;
 mod group;
 mod kafka;
+mod otlp;
 mod runtime;
 mod server;
 mod sql;

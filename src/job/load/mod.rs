@@ -22,6 +22,7 @@ use super::yaml::{self, Document, Entry, Node, NodeId, Pos, Resolved, Value};
 use crate::connectors::clickhouse::ClickHouseSinkConfig;
 use crate::connectors::file::FileSourceConfig;
 use crate::connectors::kafka::{KafkaSinkConfig, KafkaSourceConfig};
+use crate::connectors::otlp::OtlpSourceConfig;
 use crate::connectors::parquet::ParquetSinkConfig;
 use crate::testkit::generator::GeneratorConfig;
 
@@ -240,7 +241,7 @@ impl Section {
     /// The `type:` names of the section (one per variant of its kind enum).
     fn types(self) -> Vec<&'static str> {
         match self {
-            Section::Sources => vec!["generator", "file", "kafka"],
+            Section::Sources => vec!["generator", "file", "kafka", "otlp"],
             Section::Operators => OperatorKind::SHAPES.iter().map(|s| s.kind).collect(),
             Section::Sinks => vec!["parquet", "kafka", "clickhouse"],
             Section::Rollups => vec!["rollup"],
@@ -817,6 +818,17 @@ impl Loader<'_, '_> {
             "kafka" if section == Section::Sinks => self
                 .component::<KafkaSinkConfig>(section, e, &what, KafkaSinkConfig::validate)
                 .map(|c| Built::Sink(SinkKind::Kafka(c))),
+            "otlp" => {
+                let cfg = self.component::<OtlpSourceConfig>(
+                    section,
+                    e,
+                    &what,
+                    OtlpSourceConfig::validate,
+                );
+                let wm = self.watermark(fields, &name);
+                cfg.zip(wm)
+                    .map(|(c, w)| Built::Source(SourceKind::Otlp(c), w))
+            }
             "kafka" => {
                 let cfg = self.component::<KafkaSourceConfig>(
                     section,

@@ -1,0 +1,333 @@
+//! The `otlp` source: an OTLP receiver, what SDKs and Collectors export to. OTLP/gRPC
+//! (`opentelemetry.proto.collector.trace.v1.TraceService/Export`) and OTLP/HTTP
+//! (`POST /v1/traces`, protobuf or JSON, optionally gzip) on the addresses configured.
+//!
+//! Requests wait in a bounded queue for the pipeline. When it is full the receiver
+//! answers with OTLP's retryable status (gRPC `UNAVAILABLE`, HTTP 503 with
+//! `Retry-After`), so the exporter retries instead of the receiver buffering without
+//! bound: a span is either queued (and then processed or dead-lettered) or its exporter
+//! was told to retry. A request that is not an `ExportTraceServiceRequest` is answered
+//! with 400 (gRPC `INVALID_ARGUMENT`) and still handed on, so that `dead_letters`
+//! records it.
+//!
+//! A receiver is not replayable: what it queued before a crash is gone, and a
+//! checkpoint restore continues with what the exporters send next. A job that needs
+//! exactly-once puts Kafka in front (exporters -> Collector -> Kafka -> spanflow).
+
+mod http;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::formats::InputFormat;
+use crate::runtime::io::{ConnectorError, Records, Source, SourceOutput, SourceReport};
+
+/// Configuration of the `otlp` source.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OtlpSourceConfig {
+    /// OTLP/gRPC address (`127.0.0.1:4317`); no gRPC receiver without it.
+    #[serde(default)]
+    pub grpc: Option<SocketAddr>,
+    /// OTLP/HTTP address (`127.0.0.1:4318`); no HTTP receiver without it.
+    #[serde(default)]
+    pub http: Option<SocketAddr>,
+    /// Requests received and not yet taken by the pipeline; beyond it, exporters are
+    /// told to retry.
+    #[serde(default = "default_queue")]
+    pub queue: usize,
+    /// Largest request accepted, in bytes once decompressed (413 / `RESOURCE_EXHAUSTED`
+    /// beyond it).
+    #[serde(default = "default_max_request_bytes")]
+    pub max_request_bytes: usize,
+}
+
+fn default_queue() -> usize {
+    64
+}
+
+fn default_max_request_bytes() -> usize {
+    16 << 20
+}
+
+impl OtlpSourceConfig {
+    /// Checks the values serde cannot; returns every problem found.
+    pub fn validate(&self) -> Vec<spanflow_operators::ConfigIssue> {
+        let mut issues = Vec::new();
+        if self.grpc.is_none() && self.http.is_none() {
+            issues.push(spanflow_operators::ConfigIssue::new(
+                "grpc",
+                "set `grpc`, `http` or both (e.g. grpc: 127.0.0.1:4317)",
+            ));
+        }
+        if self.queue == 0 {
+            issues.push(spanflow_operators::ConfigIssue::new(
+                "queue",
+                "must be at least 1",
+            ));
+        }
+        if self.max_request_bytes == 0 {
+            issues.push(spanflow_operators::ConfigIssue::new(
+                "max_request_bytes",
+                "must be at least 1",
+            ));
+        }
+        issues
+    }
+}
+
+/// What the receiver counted, for the run's summary.
+#[derive(Debug, Default)]
+pub struct ReceiverStats {
+    /// Requests queued for the pipeline.
+    pub accepted: AtomicU64,
+    /// Spans in them.
+    pub accepted_spans: AtomicU64,
+    /// Requests answered with a retryable error because the queue was full.
+    pub retried: AtomicU64,
+    /// Spans in them.
+    pub retried_spans: AtomicU64,
+    /// Requests answered 400 / `INVALID_ARGUMENT`.
+    pub invalid: AtomicU64,
+    /// Requests answered 413 / `RESOURCE_EXHAUSTED` for their size.
+    pub too_large: AtomicU64,
+}
+
+/// The run's report: the counts of [`ReceiverStats`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReceiverReport {
+    /// Requests queued for the pipeline.
+    pub accepted: u64,
+    /// Spans in them.
+    pub accepted_spans: u64,
+    /// Requests told to retry (queue full).
+    pub retried: u64,
+    /// Spans in them.
+    pub retried_spans: u64,
+    /// Requests rejected as malformed.
+    pub invalid: u64,
+    /// Requests rejected for their size.
+    pub too_large: u64,
+}
+
+impl std::fmt::Display for ReceiverReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} requests ({} spans) received, {} ({} spans) told to retry, {} malformed, {} too large",
+            self.accepted,
+            self.accepted_spans,
+            self.retried,
+            self.retried_spans,
+            self.invalid,
+            self.too_large
+        )
+    }
+}
+
+impl SourceReport for ReceiverReport {
+    fn label(&self) -> &'static str {
+        "otlp receiver"
+    }
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}
+
+/// Where the handlers put what they accepted.
+#[derive(Clone)]
+pub(crate) struct Intake {
+    tx: std::sync::mpsc::SyncSender<Bytes>,
+    stats: Arc<ReceiverStats>,
+    max_request_bytes: usize,
+}
+
+/// What became of a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    /// Queued.
+    Accepted,
+    /// The queue is full (or the run is ending): the exporter should retry.
+    Retry,
+    /// Not an `ExportTraceServiceRequest` (queued anyway for `dead_letters`).
+    Invalid,
+}
+
+impl Intake {
+    /// Queues one request's protobuf bytes, checking their structure first.
+    pub(crate) fn offer(&self, body: Bytes) -> Verdict {
+        let spans = count_spans(&body);
+        match self.tx.try_send(body) {
+            Ok(()) => match spans {
+                Some(n) => {
+                    self.stats.accepted.fetch_add(1, Ordering::Relaxed);
+                    self.stats.accepted_spans.fetch_add(n, Ordering::Relaxed);
+                    Verdict::Accepted
+                }
+                None => {
+                    self.stats.invalid.fetch_add(1, Ordering::Relaxed);
+                    Verdict::Invalid
+                }
+            },
+            Err(_) if spans.is_none() => {
+                self.stats.invalid.fetch_add(1, Ordering::Relaxed);
+                Verdict::Invalid
+            }
+            Err(_) => {
+                self.stats.retried.fetch_add(1, Ordering::Relaxed);
+                self.stats
+                    .retried_spans
+                    .fetch_add(spans.unwrap_or(0), Ordering::Relaxed);
+                Verdict::Retry
+            }
+        }
+    }
+
+    /// Queues a request known not to be one (JSON that does not parse), for
+    /// `dead_letters`; false when the queue had no room.
+    pub(crate) fn offer_invalid(&self, body: Bytes) -> bool {
+        self.stats.invalid.fetch_add(1, Ordering::Relaxed);
+        self.tx.try_send(body).is_ok()
+    }
+
+    pub(crate) fn too_large(&self) {
+        self.stats.too_large.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn max_request_bytes(&self) -> usize {
+        self.max_request_bytes
+    }
+}
+
+/// The spans of an `ExportTraceServiceRequest`, from a walk of its structure (resource
+/// spans, scope spans, spans: tags and lengths); `None` when the bytes are not one. The
+/// spans' own fields are the decoder's to check.
+pub(crate) fn count_spans(body: &[u8]) -> Option<u64> {
+    use spanflow_operators::model::wire::{WireField, WireFields};
+    fn nested<'a>(
+        body: &'a [u8],
+        field: u32,
+        mut each: impl FnMut(&'a [u8]) -> Option<()>,
+    ) -> Option<()> {
+        let mut fields = WireFields::new(body);
+        for (f, v) in fields.by_ref() {
+            match (f, v) {
+                (f2, WireField::Len(b)) if f2 == field => each(b)?,
+                (f2, _) if f2 == field => return None,
+                _ => {}
+            }
+        }
+        (!fields.failed).then_some(())
+    }
+    let mut spans = 0u64;
+    nested(body, 1, |rs| {
+        nested(rs, 2, |ss| {
+            nested(ss, 2, |_| {
+                spans += 1;
+                Some(())
+            })
+        })
+    })?;
+    Some(spans)
+}
+
+/// The `otlp` source.
+#[derive(Debug)]
+pub struct OtlpSource {
+    config: OtlpSourceConfig,
+    stats: Arc<ReceiverStats>,
+}
+
+impl OtlpSource {
+    /// A receiver listening where `config` says once it runs.
+    pub fn new(config: OtlpSourceConfig) -> Self {
+        OtlpSource {
+            config,
+            stats: Arc::default(),
+        }
+    }
+}
+
+impl Source for OtlpSource {
+    fn format(&self) -> InputFormat {
+        InputFormat::OtlpProto
+    }
+
+    fn run(&mut self, out: &mut SourceOutput) -> Result<(), ConnectorError> {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Bytes>(self.config.queue);
+        let intake = Intake {
+            tx,
+            stats: self.stats.clone(),
+            max_request_bytes: self.config.max_request_bytes,
+        };
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("otlp-receiver")
+            .enable_all()
+            .build()
+            .map_err(|e| ConnectorError::internal(format!("cannot start the receiver: {e}")))?;
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let servers = rt.block_on(http::serve(&self.config, intake, stop_rx))?;
+        let mut offset = 0u64;
+        let mut sent = true;
+        while sent && !out.stopped() {
+            match rx.recv_timeout(Duration::from_millis(20)) {
+                Ok(body) => sent = send(out, &mut offset, body),
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+            }
+            if sent && let Some(id) = out.barrier_due() {
+                sent = out.barrier(id, None);
+            }
+        }
+        // Stop listening, then hand on what was queued: every request answered with
+        // success reaches the pipeline.
+        let _ = stop_tx.send(true);
+        rt.block_on(async {
+            for s in servers {
+                let _ = s.await;
+            }
+        });
+        while sent && let Ok(body) = rx.try_recv() {
+            sent = send(out, &mut offset, body);
+        }
+        out.end(None);
+        Ok(())
+    }
+
+    fn report(&self) -> Option<Arc<dyn SourceReport>> {
+        let s = &self.stats;
+        Some(Arc::new(ReceiverReport {
+            accepted: s.accepted.load(Ordering::Relaxed),
+            accepted_spans: s.accepted_spans.load(Ordering::Relaxed),
+            retried: s.retried.load(Ordering::Relaxed),
+            retried_spans: s.retried_spans.load(Ordering::Relaxed),
+            invalid: s.invalid.load(Ordering::Relaxed),
+            too_large: s.too_large.load(Ordering::Relaxed),
+        }))
+    }
+}
+
+/// Hands one request to the pipeline as a record of the source's one split (each as
+/// soon as it came: a request may be all there is for a while).
+fn send(out: &mut SourceOutput, offset: &mut u64, body: Bytes) -> bool {
+    let first_offset = *offset;
+    *offset += 1;
+    out.records(Records {
+        split: 0,
+        topic: None,
+        partition: 0,
+        first_offset,
+        offsets: None,
+        records: vec![body],
+    })
+}
+
+#[cfg(test)]
+mod tests;

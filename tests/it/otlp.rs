@@ -1,0 +1,274 @@
+//! The `otlp` source: exporters sending over OTLP/HTTP (protobuf, JSON, gzip) and
+//! OTLP/gRPC to a running job.
+
+use std::io::Write as _;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
+use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value::Value};
+use opentelemetry_proto::tonic::resource::v1::Resource;
+use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+use prost::Message;
+use spanflow::connectors::otlp::ReceiverReport;
+use spanflow::runtime::RunOptions;
+
+use crate::support::{column, read_table, root};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap()
+}
+
+/// 2026-01-01T00:00:00Z.
+const T0: u64 = 1_767_225_600_000_000_000;
+
+/// One trace of `n` spans (a root and its children) of service `svc-<t>`. Traces are at
+/// most 4 s apart, within the watermark's 5 s of disorder: none is late, whatever
+/// order they arrive in.
+fn request(t: u8, n: u8) -> ExportTraceServiceRequest {
+    let at = T0 + u64::from(t % 4) * 1_000_000_000;
+    let spans = (1..=n)
+        .map(|i| Span {
+            trace_id: vec![t; 16],
+            span_id: vec![0, 0, 0, 0, 0, 0, t, i],
+            parent_span_id: if i == 1 {
+                Vec::new()
+            } else {
+                vec![0, 0, 0, 0, 0, 0, t, 1]
+            },
+            name: format!("op-{i}"),
+            kind: 2,
+            start_time_unix_nano: at + u64::from(i) * 1_000,
+            end_time_unix_nano: at + 500_000,
+            ..Default::default()
+        })
+        .collect();
+    ExportTraceServiceRequest {
+        resource_spans: vec![ResourceSpans {
+            resource: Some(Resource {
+                attributes: vec![KeyValue {
+                    key: "service.name".into(),
+                    value: Some(AnyValue {
+                        value: Some(Value::StringValue(format!("svc-{t}"))),
+                    }),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+            scope_spans: vec![ScopeSpans {
+                spans,
+                ..Default::default()
+            }],
+            schema_url: String::new(),
+        }],
+    }
+}
+
+struct Running {
+    http: String,
+    grpc: String,
+    stop: Arc<AtomicBool>,
+    seen: Arc<AtomicU64>,
+    handle:
+        std::thread::JoinHandle<Result<spanflow::runtime::RunSummary, spanflow::runtime::RunError>>,
+    out: tempfile::TempDir,
+}
+
+fn start(queue: usize) -> Running {
+    let (http, grpc) = (free_port(), free_port());
+    let text = format!(
+        "sources:\n  rx:\n    type: otlp\n    http: 127.0.0.1:{http}\n    grpc: 127.0.0.1:{grpc}\n    \
+         queue: {queue}\n    watermark: {{ max_out_of_order: 5s, idle_timeout: 1h }}\n\
+         operators:\n  s: {{ type: session_window, from: rx, gap: 5s }}\n\
+         sinks:\n  o: {{ type: parquet, from: [s, rx.dead_letters] }}\n"
+    );
+    let job =
+        spanflow::job::load_str(&root().join("otlp.yaml"), &text).unwrap_or_else(|d| panic!("{d}"));
+    let out = tempfile::tempdir().unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let seen = Arc::new(AtomicU64::new(0));
+    let opts = RunOptions {
+        output_dir: Some(out.path().to_owned()),
+        parallelism: Some(2),
+        stop: Some(stop.clone()),
+        spans_seen: Some(seen.clone()),
+        ..Default::default()
+    };
+    let handle = std::thread::spawn(move || spanflow::job::run_job(&job, &opts));
+    let http = format!("http://127.0.0.1:{http}");
+    // Ready once the HTTP receiver answers.
+    let started = Instant::now();
+    while reqwest::blocking::get(format!("{http}/v1/traces")).is_err() {
+        assert!(started.elapsed() < Duration::from_secs(30), "no receiver");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Running {
+        http,
+        grpc: format!("http://127.0.0.1:{grpc}"),
+        stop,
+        seen,
+        handle,
+        out,
+    }
+}
+
+impl Running {
+    /// Stops the job once it has decoded `spans` spans; its receiver's report.
+    fn stop_after(self, spans: u64) -> (ReceiverReport, tempfile::TempDir) {
+        let started = Instant::now();
+        while self.seen.load(Ordering::Relaxed) < spans
+            && started.elapsed() < Duration::from_secs(60)
+        {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        self.stop.store(true, Ordering::Relaxed);
+        let summary = self
+            .handle
+            .join()
+            .unwrap()
+            .unwrap_or_else(|e| panic!("{e}"));
+        let report = summary
+            .source_report::<ReceiverReport>()
+            .expect("the receiver reports")
+            .clone();
+        (report, self.out)
+    }
+}
+
+fn post(
+    client: &reqwest::blocking::Client,
+    url: &str,
+    content_type: &str,
+    gzip: bool,
+    body: Vec<u8>,
+) -> reqwest::blocking::Response {
+    let mut req = client
+        .post(format!("{url}/v1/traces"))
+        .header("content-type", content_type);
+    let body = if gzip {
+        req = req.header("content-encoding", "gzip");
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        e.write_all(&body).unwrap();
+        e.finish().unwrap()
+    } else {
+        body
+    };
+    req.body(body).send().unwrap()
+}
+
+/// Span counts per trace in the `traces` table, by service.
+fn traces(dir: &std::path::Path) -> Vec<(String, u64)> {
+    let t = read_table(dir, "traces");
+    let mut rows: Vec<(String, u64)> = column(&t, "root_service")
+        .into_iter()
+        .zip(column(&t, "span_count"))
+        .map(|(s, n)| (s, n.parse().unwrap()))
+        .collect();
+    rows.sort();
+    rows
+}
+
+#[test]
+fn spans_sent_over_http_and_grpc_arrive_in_their_traces() {
+    let rx = start(64);
+    let client = reqwest::blocking::Client::new();
+    // OTLP/HTTP: protobuf, protobuf gzipped, JSON, JSON gzipped.
+    for (t, content_type, gzip) in [
+        (1, "application/x-protobuf", false),
+        (2, "application/x-protobuf", true),
+        (3, "application/json", false),
+        (4, "application/json", true),
+    ] {
+        let req = request(t, 3);
+        let body = if content_type == "application/json" {
+            serde_json::to_vec(&req).unwrap()
+        } else {
+            req.encode_to_vec()
+        };
+        let r = post(&client, &rx.http, content_type, gzip, body);
+        assert_eq!(r.status(), 200, "{content_type} gzip={gzip}");
+        assert_eq!(
+            r.headers()["content-type"],
+            content_type,
+            "answered in the request's encoding"
+        );
+    }
+    // OTLP/gRPC.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut c = TraceServiceClient::connect(rx.grpc.clone()).await.unwrap();
+        for t in 5..=6 {
+            c.export(request(t, 4)).await.unwrap();
+        }
+    });
+    // Not a request: 400, and a dead letter.
+    let r = post(
+        &client,
+        &rx.http,
+        "application/x-protobuf",
+        false,
+        b"\xff\xff not protobuf".to_vec(),
+    );
+    assert_eq!(r.status(), 400);
+    let r = post(&client, &rx.http, "text/plain", false, b"hi".to_vec());
+    assert_eq!(r.status(), 415);
+
+    let (report, out) = rx.stop_after(4 * 3 + 2 * 4);
+    assert_eq!(report.accepted, 6, "{report}");
+    assert_eq!(report.accepted_spans, 20, "{report}");
+    assert_eq!(report.invalid, 1, "{report}");
+    assert_eq!(
+        traces(out.path()),
+        vec![
+            ("svc-1".to_owned(), 3),
+            ("svc-2".to_owned(), 3),
+            ("svc-3".to_owned(), 3),
+            ("svc-4".to_owned(), 3),
+            ("svc-5".to_owned(), 4),
+            ("svc-6".to_owned(), 4),
+        ]
+    );
+    let dead = read_table(out.path(), "dead_letters");
+    assert_eq!(column(&dead, "kind"), vec!["malformed_protobuf"]);
+}
+
+/// A receiver whose queue holds one request, sent to from several threads at once:
+/// every request is either answered with success, and its spans are in the output, or
+/// told to retry (HTTP 503 with `Retry-After`, gRPC `UNAVAILABLE`); none is lost.
+#[test]
+fn a_full_queue_answers_retry_and_loses_nothing() {
+    let rx = start(1);
+    let (ok, retried) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    std::thread::scope(|scope| {
+        for worker in 0..6u8 {
+            let (ok, retried, url) = (ok.clone(), retried.clone(), rx.http.clone());
+            scope.spawn(move || {
+                let client = reqwest::blocking::Client::new();
+                for i in 0..20u8 {
+                    let body = request(worker * 20 + i + 1, 2).encode_to_vec();
+                    let r = post(&client, &url, "application/x-protobuf", false, body);
+                    match r.status().as_u16() {
+                        200 => ok.fetch_add(1, Ordering::Relaxed),
+                        503 => {
+                            assert_eq!(r.headers()["retry-after"], "1");
+                            retried.fetch_add(1, Ordering::Relaxed)
+                        }
+                        s => panic!("status {s}"),
+                    };
+                }
+            });
+        }
+    });
+    let (ok, retried) = (ok.load(Ordering::Relaxed), retried.load(Ordering::Relaxed));
+    assert_eq!(ok + retried, 120);
+    let (report, out) = rx.stop_after(2 * ok);
+    assert_eq!((report.accepted, report.retried), (ok, retried), "{report}");
+    eprintln!("receiver: {report}");
+    let spans: u64 = traces(out.path()).iter().map(|(_, n)| n).sum();
+    assert_eq!(spans, 2 * ok, "every accepted span is in the output");
+}
