@@ -2,13 +2,15 @@
 # The OpenTelemetry Python SDK (1.45.2) and its OTLP exporters in a venv cached under
 # ~/.cache/spanflow, so that tests can be fed spans made by a real SDK rather than
 # only by our own encoder: tests/fixtures/otel_sdk_spans.py runs with this python and
-# writes an OTLP ExportTraceServiceRequest that the SDK's own protobuf encoder made.
+# writes an OTLP ExportTraceServiceRequest that the SDK's own protobuf encoder made;
+# tests/fixtures/otel_sdk_export.py exports with the SDK's OTLP exporters.
 #
 #   scripts/otel-python.sh install   pip install the SDK and OTLP exporters, when missing
 #   scripts/otel-python.sh python    installs when missing; prints the venv's python
 #
 # Every OpenTelemetry package is pinned to one release (their dependencies, such as
-# protobuf and grpcio, are whatever pip picks for them). Nothing talks to a collector.
+# protobuf and grpcio, are whatever pip picks for them). tests/fixtures/otel_sdk_export.py
+# sends over the network, to the receiver a test started on 127.0.0.1.
 set -euo pipefail
 
 OTEL_VERSION="1.45.2"

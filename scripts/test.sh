@@ -2,8 +2,9 @@
 # The whole test suite: formatting, lints, unit, property, golden and CLI tests.
 # Installs what it needs: cargo-nextest, a real Kafka-protocol broker (tansu, built
 # once into ~/.cache/spanflow), Debian's clickhouse-server and chdb-core (a current
-# ClickHouse engine, pip-installed into ~/.cache/spanflow); the Kafka and ClickHouse
-# tests start their own servers on 127.0.0.1 and stop them by PID.
+# ClickHouse engine, pip-installed into ~/.cache/spanflow) and the OpenTelemetry Python
+# SDK (a cached venv); the Kafka and ClickHouse tests start their own servers on
+# 127.0.0.1 and stop them by PID.
 # Usage: scripts/test.sh            (from the repository root)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -29,6 +30,8 @@ step "Prometheus and its Python client for the job server's tests (Debian's prom
 bash scripts/prometheus.sh install
 step "headless Chromium for the web page's test (Debian's chromium)"
 bash scripts/chromium.sh install
+step "the OpenTelemetry Python SDK and its OTLP exporters for the receiver's test (cached venv)"
+bash scripts/otel-python.sh install
 
 step "cargo fmt --check"
 cargo fmt --all -- --check

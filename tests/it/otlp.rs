@@ -272,3 +272,88 @@ fn a_full_queue_answers_retry_and_loses_nothing() {
     let spans: u64 = traces(out.path()).iter().map(|(_, n)| n).sum();
     assert_eq!(spans, 2 * ok, "every accepted span is in the output");
 }
+
+/// Traces made by the OpenTelemetry Python SDK (1.45.2, `scripts/otel-python.sh`) and
+/// sent by its OTLP/gRPC and OTLP/HTTP exporters, as an instrumented service sends
+/// them: every span arrives, in its trace, with its exception event.
+#[test]
+fn the_python_sdk_exports_over_grpc_and_http() {
+    let python = std::process::Command::new("bash")
+        .arg(root().join("scripts/otel-python.sh"))
+        .arg("python")
+        .output()
+        .unwrap();
+    assert!(
+        python.status.success(),
+        "{}",
+        String::from_utf8_lossy(&python.stderr)
+    );
+    let python = String::from_utf8(python.stdout).unwrap().trim().to_owned();
+    let (http, grpc) = (free_port(), free_port());
+    let text = format!(
+        "sources:\n  rx:\n    type: otlp\n    http: 127.0.0.1:{http}\n    grpc: 127.0.0.1:{grpc}\n    \
+         watermark: {{ max_out_of_order: 5s, idle_timeout: 1h }}\n\
+         operators:\n  s: {{ type: session_window, from: rx, gap: 5s }}\n  \
+         t:\n    type: tail_sampling\n    from: s\n    \
+         policies: [{{ name: all, type: probabilistic, percentage: 100 }}]\n\
+         sinks:\n  o: {{ type: parquet, from: [t, t.spans, rx.dead_letters] }}\n"
+    );
+    let job = spanflow::job::load_str(&root().join("otlp_sdk.yaml"), &text)
+        .unwrap_or_else(|d| panic!("{d}"));
+    let out = tempfile::tempdir().unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let opts = RunOptions {
+        output_dir: Some(out.path().to_owned()),
+        stop: Some(stop.clone()),
+        ..Default::default()
+    };
+    let handle = std::thread::spawn(move || spanflow::job::run_job(&job, &opts));
+    let started = Instant::now();
+    while reqwest::blocking::get(format!("http://127.0.0.1:{http}/v1/traces")).is_err() {
+        assert!(started.elapsed() < Duration::from_secs(30), "no receiver");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    const TRACES: usize = 50;
+    let sdk = std::process::Command::new(&python)
+        .arg(root().join("tests/fixtures/otel_sdk_export.py"))
+        .arg(format!("http://127.0.0.1:{grpc}"))
+        .arg(format!("http://127.0.0.1:{http}"))
+        .arg(TRACES.to_string())
+        .output()
+        .unwrap();
+    assert!(
+        sdk.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&sdk.stdout),
+        String::from_utf8_lossy(&sdk.stderr)
+    );
+    stop.store(true, Ordering::Relaxed);
+    let summary = handle.join().unwrap().unwrap_or_else(|e| panic!("{e}"));
+    let report = summary.source_report::<ReceiverReport>().unwrap();
+    eprintln!("receiver: {report}");
+    assert_eq!(report.accepted_spans, 2 * 3 * TRACES as u64, "{report}");
+    let got = traces(out.path());
+    assert_eq!(got.len(), 2 * TRACES, "{got:?}");
+    for service in ["py-grpc", "py-http"] {
+        let mine: Vec<_> = got.iter().filter(|(s, _)| s == service).collect();
+        assert_eq!(mine.len(), TRACES, "{service}");
+        assert!(mine.iter().all(|(_, n)| *n == 3), "{service}: {mine:?}");
+    }
+    let spans = read_table(out.path(), "spans");
+    let events = column(&spans, "event_names");
+    assert_eq!(
+        events.iter().filter(|e| e.contains("exception")).count(),
+        2 * TRACES,
+        "one exception event per trace"
+    );
+    let status = column(&spans, "status_message");
+    assert_eq!(
+        status.iter().filter(|m| *m == "no price").count(),
+        2 * TRACES
+    );
+    let dead = out.path().join("dead_letters");
+    assert!(
+        !dead.exists() || column(&read_table(out.path(), "dead_letters"), "kind").is_empty(),
+        "no dead letters"
+    );
+}
