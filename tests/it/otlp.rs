@@ -357,3 +357,110 @@ fn the_python_sdk_exports_over_grpc_and_http() {
         "no dead letters"
     );
 }
+
+/// Two tenants with their own keys: each one's spans carry its name, the one over its
+/// rate limit is answered 429 / `RESOURCE_EXHAUSTED` (and counted) while the other is
+/// not, and a wrong or missing key is 401 / `UNAUTHENTICATED`.
+#[test]
+fn tenants_are_named_throttled_and_authenticated_by_key() {
+    let (http, grpc) = (free_port(), free_port());
+    let keys = tempfile::tempdir().unwrap();
+    std::fs::write(keys.path().join("fast.key"), "fast-key\n").unwrap();
+    let text = format!(
+        "sources:\n  rx:\n    type: otlp\n    http: 127.0.0.1:{http}\n    grpc: 127.0.0.1:{grpc}\n    \
+         tenants:\n      - {{ name: fast, key_file: {} }}\n      \
+         - {{ name: slow, key: slow-key, spans_per_second: 1, burst: 3 }}\n    \
+         watermark: {{ max_out_of_order: 5s, idle_timeout: 1h }}\n\
+         operators:\n  s: {{ type: session_window, from: rx, gap: 5s }}\n  \
+         t:\n    type: tail_sampling\n    from: s\n    \
+         policies: [{{ name: all, type: probabilistic, percentage: 100 }}]\n\
+         sinks:\n  o: {{ type: parquet, from: [t, t.spans] }}\n",
+        keys.path().join("fast.key").display()
+    );
+    let job = spanflow::job::load_str(&root().join("otlp_tenants.yaml"), &text)
+        .unwrap_or_else(|d| panic!("{d}"));
+    let out = tempfile::tempdir().unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let opts = RunOptions {
+        output_dir: Some(out.path().to_owned()),
+        stop: Some(stop.clone()),
+        ..Default::default()
+    };
+    let handle = std::thread::spawn(move || spanflow::job::run_job(&job, &opts));
+    let url = format!("http://127.0.0.1:{http}");
+    let started = Instant::now();
+    while reqwest::blocking::get(format!("{url}/v1/traces")).is_err() {
+        assert!(started.elapsed() < Duration::from_secs(30), "no receiver");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let client = reqwest::blocking::Client::new();
+    let send = |t: u8, auth: Option<(&str, &str)>| {
+        let mut req = client
+            .post(format!("{url}/v1/traces"))
+            .header("content-type", "application/x-protobuf");
+        if let Some((h, v)) = auth {
+            req = req.header(h, v);
+        }
+        req.body(request(t, 3).encode_to_vec()).send().unwrap()
+    };
+    assert_eq!(send(1, None).status(), 401, "no key");
+    assert_eq!(
+        send(1, Some(("authorization", "Bearer nope"))).status(),
+        401
+    );
+    for t in 1..=4 {
+        let r = send(t, Some(("authorization", "Bearer fast-key")));
+        assert_eq!(r.status(), 200, "fast has no limit");
+    }
+    assert_eq!(send(5, Some(("x-api-key", "slow-key"))).status(), 200);
+    let r = send(6, Some(("x-api-key", "slow-key")));
+    assert_eq!(r.status(), 429, "slow spent its burst of 3 spans");
+    assert_eq!(r.headers()["retry-after"], "1");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut c = TraceServiceClient::connect(format!("http://127.0.0.1:{grpc}"))
+            .await
+            .unwrap();
+        let with_key = |t: u8, key: &str| {
+            let mut r = tonic::Request::new(request(t, 3));
+            r.metadata_mut()
+                .insert("authorization", format!("Bearer {key}").parse().unwrap());
+            r
+        };
+        let e = c.export(with_key(7, "slow-key")).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::ResourceExhausted);
+        let e = c.export(with_key(7, "wrong")).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::Unauthenticated);
+        c.export(with_key(7, "fast-key")).await.unwrap();
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::Relaxed);
+    let summary = handle.join().unwrap().unwrap_or_else(|e| panic!("{e}"));
+    let report = summary.source_report::<ReceiverReport>().unwrap();
+    eprintln!("receiver: {report}");
+    assert_eq!(report.unauthorized, 3, "{report}");
+    let by_name = |n: &str| report.tenants.iter().find(|t| t.name == n).unwrap().clone();
+    let (fast, slow) = (by_name("fast"), by_name("slow"));
+    assert_eq!((fast.accepted_spans, fast.throttled), (15, 0), "{report}");
+    assert_eq!(
+        (slow.accepted_spans, slow.throttled, slow.throttled_spans),
+        (3, 2, 6),
+        "{report}"
+    );
+    // Every span carries its tenant: fast sent traces 1-4 and 7, slow trace 5.
+    let spans = read_table(out.path(), "spans");
+    let services = column(&spans, "service");
+    let resources = column(&spans, "resource_attributes");
+    assert_eq!(services.len(), 18);
+    for (service, resource) in services.iter().zip(&resources) {
+        let want = if service == "svc-5" { "slow" } else { "fast" };
+        assert!(
+            resource.contains(&format!("tenant: {want}")),
+            "{service}: {resource}"
+        );
+    }
+    assert!(
+        !format!("{:?}", summary).contains("slow-key"),
+        "keys never show in the summary"
+    );
+}

@@ -90,10 +90,14 @@ impl TraceService for Grpc {
         &self,
         request: tonic::Request<ExportTraceServiceRequest>,
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        let meta = request.metadata();
+        let header = |name| meta.get(name).and_then(|v| v.to_str().ok());
+        let key =
+            super::tenants::key_of(header("authorization"), header("x-api-key")).map(str::to_owned);
         // tonic has decoded the request (a malformed one never gets here); the
         // pipeline reads protobuf bytes.
         let body = Bytes::from(request.into_inner().encode_to_vec());
-        match self.0.offer(body) {
+        match self.0.offer(body, key.as_deref()) {
             Verdict::Accepted => Ok(tonic::Response::new(ExportTraceServiceResponse {
                 partial_success: None,
             })),
@@ -103,6 +107,12 @@ impl TraceService for Grpc {
             Verdict::Invalid => Err(tonic::Status::invalid_argument(
                 "not an ExportTraceServiceRequest",
             )),
+            Verdict::Unauthorized => Err(tonic::Status::unauthenticated(
+                "no known API key (authorization: Bearer <key>, or x-api-key)",
+            )),
+            Verdict::Throttled => Err(tonic::Status::resource_exhausted(
+                "over the tenant's rate limit; retry later",
+            )),
         }
     }
 }
@@ -111,6 +121,7 @@ impl TraceService for Grpc {
 const INVALID_ARGUMENT: i32 = 3;
 const RESOURCE_EXHAUSTED: i32 = 8;
 const UNAVAILABLE: i32 = 14;
+const UNAUTHENTICATED: i32 = 16;
 
 /// An OTLP/HTTP answer: `body` is protobuf or JSON, as the request was.
 fn answer(status: StatusCode, json: bool, proto: Vec<u8>, json_body: String) -> Response {
@@ -143,6 +154,11 @@ async fn export_http(State(intake): State<Intake>, headers: HeaderMap, body: Byt
             .to_ascii_lowercase()
     };
     let content_type = text(header::CONTENT_TYPE);
+    let raw = |name: header::HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
+    let key = super::tenants::key_of(
+        raw(header::AUTHORIZATION),
+        headers.get("x-api-key").and_then(|v| v.to_str().ok()),
+    );
     let json = content_type.starts_with("application/json");
     if !json && !content_type.starts_with("application/x-protobuf") {
         return failure(
@@ -201,12 +217,13 @@ async fn export_http(State(intake): State<Intake>, headers: HeaderMap, body: Byt
         (body, None)
     };
     let verdict = match json_error {
+        Some(_) if !intake.authorized(key) => Verdict::Unauthorized,
         Some(_) => {
             // Not a request, whatever its bytes look like as protobuf.
             let _ = intake.offer_invalid(body);
             Verdict::Invalid
         }
-        None => intake.offer(body),
+        None => intake.offer(body, key),
     };
     match verdict {
         Verdict::Accepted => {
@@ -221,6 +238,23 @@ async fn export_http(State(intake): State<Intake>, headers: HeaderMap, body: Byt
                 json,
                 UNAVAILABLE,
                 "the pipeline is behind; retry later",
+            );
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            r
+        }
+        Verdict::Unauthorized => failure(
+            StatusCode::UNAUTHORIZED,
+            json,
+            UNAUTHENTICATED,
+            "no known API key (Authorization: Bearer <key>, or x-api-key)",
+        ),
+        Verdict::Throttled => {
+            let mut r = failure(
+                StatusCode::TOO_MANY_REQUESTS,
+                json,
+                RESOURCE_EXHAUSTED,
+                "over the tenant's rate limit; retry later",
             );
             r.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));

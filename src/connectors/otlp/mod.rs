@@ -15,6 +15,10 @@
 //! exactly-once puts Kafka in front (exporters -> Collector -> Kafka -> spanflow).
 
 mod http;
+mod tenants;
+
+use tenants::{Refusal, Tenants};
+pub use tenants::{Secret, TenantConfig};
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -46,6 +50,10 @@ pub struct OtlpSourceConfig {
     /// beyond it).
     #[serde(default = "default_max_request_bytes")]
     pub max_request_bytes: usize,
+    /// Tenants and their API keys; with any, a request without a known key is 401
+    /// (`UNAUTHENTICATED`).
+    #[serde(default)]
+    pub tenants: Vec<TenantConfig>,
 }
 
 fn default_queue() -> usize {
@@ -72,6 +80,15 @@ impl OtlpSourceConfig {
                 "must be at least 1",
             ));
         }
+        for (i, t) in self.tenants.iter().enumerate() {
+            issues.extend(t.validate(i));
+            if self.tenants[..i].iter().any(|o| o.name == t.name) {
+                issues.push(spanflow_operators::ConfigIssue::new(
+                    &format!("tenants.{i}.name"),
+                    format!("tenant `{}` is listed twice", t.name),
+                ));
+            }
+        }
         if self.max_request_bytes == 0 {
             issues.push(spanflow_operators::ConfigIssue::new(
                 "max_request_bytes",
@@ -97,6 +114,8 @@ pub struct ReceiverStats {
     pub invalid: AtomicU64,
     /// Requests answered 413 / `RESOURCE_EXHAUSTED` for their size.
     pub too_large: AtomicU64,
+    /// Requests answered 401 / `UNAUTHENTICATED`.
+    pub unauthorized: AtomicU64,
 }
 
 /// The run's report: the counts of [`ReceiverStats`].
@@ -114,6 +133,23 @@ pub struct ReceiverReport {
     pub invalid: u64,
     /// Requests rejected for their size.
     pub too_large: u64,
+    /// Requests without a known key.
+    pub unauthorized: u64,
+    /// Per tenant: its name, spans accepted, requests and spans throttled.
+    pub tenants: Vec<TenantReport>,
+}
+
+/// One tenant's counts.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TenantReport {
+    /// Its name.
+    pub name: String,
+    /// Spans accepted from it.
+    pub accepted_spans: u64,
+    /// Its requests answered 429 / `RESOURCE_EXHAUSTED` (over its rate limit).
+    pub throttled: u64,
+    /// Spans in them.
+    pub throttled_spans: u64,
 }
 
 impl std::fmt::Display for ReceiverReport {
@@ -127,7 +163,18 @@ impl std::fmt::Display for ReceiverReport {
             self.retried_spans,
             self.invalid,
             self.too_large
-        )
+        )?;
+        if self.unauthorized > 0 {
+            write!(f, ", {} without a known key", self.unauthorized)?;
+        }
+        for t in &self.tenants {
+            write!(
+                f,
+                "; tenant {}: {} spans, {} requests ({} spans) over its limit",
+                t.name, t.accepted_spans, t.throttled, t.throttled_spans
+            )?;
+        }
+        Ok(())
     }
 }
 
@@ -145,6 +192,7 @@ impl SourceReport for ReceiverReport {
 pub(crate) struct Intake {
     tx: std::sync::mpsc::SyncSender<Bytes>,
     stats: Arc<ReceiverStats>,
+    tenants: Arc<Tenants>,
     max_request_bytes: usize,
 }
 
@@ -157,36 +205,70 @@ pub(crate) enum Verdict {
     Retry,
     /// Not an `ExportTraceServiceRequest` (queued anyway for `dead_letters`).
     Invalid,
+    /// Tenants are configured and the request has no known key.
+    Unauthorized,
+    /// Its tenant is over its rate limit: the exporter should retry later.
+    Throttled,
 }
 
 impl Intake {
-    /// Queues one request's protobuf bytes, checking their structure first.
-    pub(crate) fn offer(&self, body: Bytes) -> Verdict {
-        let spans = count_spans(&body);
+    /// Queues one request's protobuf bytes, sent with API key `key`: checks the key
+    /// (with tenants), the structure and the tenant's rate, and adds the tenant to the
+    /// spans' resources.
+    pub(crate) fn offer(&self, body: Bytes, key: Option<&str>) -> Verdict {
+        let tenant = match self.tenants.of(key) {
+            Ok(t) => t,
+            Err(_) => {
+                self.stats.unauthorized.fetch_add(1, Ordering::Relaxed);
+                return Verdict::Unauthorized;
+            }
+        };
+        let Some(spans) = count_spans(&body) else {
+            self.offer_invalid(body);
+            return Verdict::Invalid;
+        };
+        let body = match tenant {
+            None => body,
+            Some(t) => {
+                if let Err(Refusal::Throttled | Refusal::Unauthorized) = t.take(spans) {
+                    return Verdict::Throttled;
+                }
+                match tenants::with_tenant(&body, &t.name) {
+                    Some(b) => Bytes::from(b),
+                    None => {
+                        t.give_back(spans);
+                        self.offer_invalid(body);
+                        return Verdict::Invalid;
+                    }
+                }
+            }
+        };
         match self.tx.try_send(body) {
-            Ok(()) => match spans {
-                Some(n) => {
-                    self.stats.accepted.fetch_add(1, Ordering::Relaxed);
-                    self.stats.accepted_spans.fetch_add(n, Ordering::Relaxed);
-                    Verdict::Accepted
-                }
-                None => {
-                    self.stats.invalid.fetch_add(1, Ordering::Relaxed);
-                    Verdict::Invalid
-                }
-            },
-            Err(_) if spans.is_none() => {
-                self.stats.invalid.fetch_add(1, Ordering::Relaxed);
-                Verdict::Invalid
+            Ok(()) => {
+                self.stats.accepted.fetch_add(1, Ordering::Relaxed);
+                self.stats
+                    .accepted_spans
+                    .fetch_add(spans, Ordering::Relaxed);
+                Verdict::Accepted
             }
             Err(_) => {
+                if let Some(t) = tenant {
+                    t.give_back(spans);
+                }
                 self.stats.retried.fetch_add(1, Ordering::Relaxed);
-                self.stats
-                    .retried_spans
-                    .fetch_add(spans.unwrap_or(0), Ordering::Relaxed);
+                self.stats.retried_spans.fetch_add(spans, Ordering::Relaxed);
                 Verdict::Retry
             }
         }
+    }
+
+    /// Whether `key` may send (any key when there are no tenants).
+    pub(crate) fn authorized(&self, key: Option<&str>) -> bool {
+        let ok = self.tenants.of(key).is_ok();
+        if !ok {
+            self.stats.unauthorized.fetch_add(1, Ordering::Relaxed);
+        }
+        ok
     }
 
     /// Queues a request known not to be one (JSON that does not parse), for
@@ -242,6 +324,7 @@ pub(crate) fn count_spans(body: &[u8]) -> Option<u64> {
 pub struct OtlpSource {
     config: OtlpSourceConfig,
     stats: Arc<ReceiverStats>,
+    tenants: Arc<Tenants>,
 }
 
 impl OtlpSource {
@@ -250,6 +333,7 @@ impl OtlpSource {
         OtlpSource {
             config,
             stats: Arc::default(),
+            tenants: Arc::default(),
         }
     }
 }
@@ -261,9 +345,12 @@ impl Source for OtlpSource {
 
     fn run(&mut self, out: &mut SourceOutput) -> Result<(), ConnectorError> {
         let (tx, rx) = std::sync::mpsc::sync_channel::<Bytes>(self.config.queue);
+        let tenants = Arc::new(Tenants::load(&self.config.tenants)?);
+        self.tenants = tenants.clone();
         let intake = Intake {
             tx,
             stats: self.stats.clone(),
+            tenants,
             max_request_bytes: self.config.max_request_bytes,
         };
         let rt = tokio::runtime::Builder::new_multi_thread()
@@ -310,6 +397,18 @@ impl Source for OtlpSource {
             retried_spans: s.retried_spans.load(Ordering::Relaxed),
             invalid: s.invalid.load(Ordering::Relaxed),
             too_large: s.too_large.load(Ordering::Relaxed),
+            unauthorized: s.unauthorized.load(Ordering::Relaxed),
+            tenants: self
+                .tenants
+                .0
+                .iter()
+                .map(|t| TenantReport {
+                    name: t.name.clone(),
+                    accepted_spans: t.accepted_spans.load(Ordering::Relaxed),
+                    throttled: t.throttled.load(Ordering::Relaxed),
+                    throttled_spans: t.throttled_spans.load(Ordering::Relaxed),
+                })
+                .collect(),
         }))
     }
 }

@@ -42,18 +42,22 @@ fn a_full_queue_tells_the_exporter_to_retry() {
     let intake = Intake {
         tx,
         stats: Arc::default(),
+        tenants: Arc::default(),
         max_request_bytes: 1 << 20,
     };
     let one = Bytes::from(request(&[2]));
-    assert_eq!(intake.offer(one.clone()), Verdict::Accepted);
-    assert_eq!(intake.offer(one.clone()), Verdict::Retry);
+    assert_eq!(intake.offer(one.clone(), None), Verdict::Accepted);
+    assert_eq!(intake.offer(one.clone(), None), Verdict::Retry);
     assert_eq!(
-        intake.offer(Bytes::from_static(b"\xff")),
+        intake.offer(Bytes::from_static(b"\xff"), None),
         Verdict::Invalid,
         "invalid even when there is no room for its dead letter"
     );
     assert_eq!(rx.recv().unwrap(), one);
-    assert_eq!(intake.offer(Bytes::from_static(b"\xff")), Verdict::Invalid);
+    assert_eq!(
+        intake.offer(Bytes::from_static(b"\xff"), None),
+        Verdict::Invalid
+    );
     assert_eq!(&rx.recv().unwrap()[..], b"\xff", "queued for dead_letters");
     let s = &intake.stats;
     assert_eq!(s.accepted.load(Ordering::Relaxed), 1);
@@ -70,7 +74,102 @@ fn a_receiver_without_an_address_is_a_config_error() {
         http: None,
         queue: 0,
         max_request_bytes: 1,
+        tenants: Vec::new(),
     };
     let issues = c.validate();
     assert_eq!(issues.len(), 2, "{issues:?}");
+}
+
+fn tenant(name: &str, key: &str, rate: Option<f64>) -> TenantConfig {
+    serde_json::from_value(serde_json::json!({
+        "name": name, "key": key, "spans_per_second": rate,
+    }))
+    .unwrap()
+}
+
+#[test]
+fn the_tenant_goes_into_every_resource_and_replaces_the_senders() {
+    use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value::Value};
+    use opentelemetry_proto::tonic::resource::v1::Resource;
+    let kv = |k: &str, v: &str| KeyValue {
+        key: k.into(),
+        value: Some(AnyValue {
+            value: Some(Value::StringValue(v.into())),
+        }),
+        ..Default::default()
+    };
+    let req = ExportTraceServiceRequest {
+        resource_spans: vec![
+            ResourceSpans {
+                resource: Some(Resource {
+                    attributes: vec![kv("service.name", "a"), kv("tenant", "spoofed")],
+                    ..Default::default()
+                }),
+                scope_spans: vec![ScopeSpans::default()],
+                schema_url: "s".into(),
+            },
+            ResourceSpans::default(),
+        ],
+    };
+    let out = tenants::with_tenant(&req.encode_to_vec(), "team-a").unwrap();
+    let got = ExportTraceServiceRequest::decode(&out[..]).unwrap();
+    let attrs = |i: usize| got.resource_spans[i].resource.clone().unwrap().attributes;
+    assert_eq!(
+        attrs(0),
+        vec![kv("service.name", "a"), kv("tenant", "team-a")]
+    );
+    assert_eq!(
+        attrs(1),
+        vec![kv("tenant", "team-a")],
+        "a resource is added"
+    );
+    assert_eq!(got.resource_spans[0].schema_url, "s");
+    assert_eq!(got.resource_spans[0].scope_spans.len(), 1);
+    assert!(tenants::with_tenant(b"\xff\xff", "x").is_none());
+}
+
+#[test]
+fn keys_come_from_bearer_or_api_key_headers() {
+    use tenants::key_of;
+    assert_eq!(key_of(Some("Bearer abc"), None), Some("abc"));
+    assert_eq!(key_of(Some("bearer  abc "), Some("x")), Some("abc"));
+    assert_eq!(key_of(Some("Basic abc"), Some("k")), Some("k"));
+    assert_eq!(key_of(None, Some(" k ")), Some("k"));
+    assert_eq!(key_of(None, None), None);
+    let secret = tenant("a", "hunter2", None);
+    assert!(
+        !format!("{secret:?}").contains("hunter2"),
+        "keys never print"
+    );
+    assert!(!serde_json::to_string(&secret).unwrap().contains("hunter2"));
+}
+
+#[test]
+fn tenants_are_told_apart_by_key_and_throttled_by_their_own_bucket() {
+    let t = Tenants::load(&[tenant("a", "ka", Some(10.0)), tenant("b", "kb", None)]).unwrap();
+    assert_eq!(t.of(Some("nope")).unwrap_err(), Refusal::Unauthorized);
+    assert_eq!(t.of(None).unwrap_err(), Refusal::Unauthorized);
+    let a = t.of(Some("ka")).unwrap().unwrap();
+    let b = t.of(Some("kb")).unwrap().unwrap();
+    assert_eq!((a.name.as_str(), b.name.as_str()), ("a", "b"));
+    // A burst of 10 (one second's worth), then nothing until it refills.
+    assert!(a.take(8).is_ok());
+    assert_eq!(a.take(8), Err(Refusal::Throttled));
+    assert!(a.take(2).is_ok());
+    a.give_back(2);
+    assert!(a.take(2).is_ok(), "what was given back can be taken again");
+    for _ in 0..100 {
+        assert!(b.take(1000).is_ok(), "b has no limit");
+    }
+    assert_eq!(a.throttled.load(Ordering::Relaxed), 1);
+    assert_eq!(a.throttled_spans.load(Ordering::Relaxed), 8);
+    assert_eq!(
+        a.accepted_spans.load(Ordering::Relaxed),
+        10,
+        "8 + 2, given back, + 2"
+    );
+    assert!(
+        Tenants::default().of(None).unwrap().is_none(),
+        "open without tenants"
+    );
 }

@@ -826,8 +826,14 @@ impl Loader<'_, '_> {
                     OtlpSourceConfig::validate,
                 );
                 let wm = self.watermark(fields, &name);
-                cfg.zip(wm)
-                    .map(|(c, w)| Built::Source(SourceKind::Otlp(c), w))
+                cfg.zip(wm).map(|(mut c, w)| {
+                    if let Some(base) = &self.base_dir {
+                        for t in &mut c.tenants {
+                            t.key_file = t.key_file.take().map(|p| base.join(p));
+                        }
+                    }
+                    Built::Source(SourceKind::Otlp(c), w)
+                })
             }
             "kafka" => {
                 let cfg = self.component::<KafkaSourceConfig>(
