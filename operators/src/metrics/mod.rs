@@ -246,14 +246,16 @@ pub struct Exemplar {
 
 impl Exemplar {
     /// Preference order: kept traces first (so the link resolves), then errors, then the
-    /// slowest; ids break ties so the choice never depends on arrival order.
-    fn rank(&self) -> (bool, bool, u64, Reverse<TraceId>, Reverse<SpanId>) {
+    /// slowest; ids and then the time break ties, so the choice never depends on
+    /// arrival order (a span id seen twice, at two times, is two exemplars).
+    fn rank(&self) -> (bool, bool, u64, Reverse<TraceId>, Reverse<SpanId>, Reverse<u64>) {
         (
             self.sampled,
             self.error,
             self.value_ns,
             Reverse(self.trace_id),
             Reverse(self.span_id),
+            Reverse(self.timestamp_ns),
         )
     }
 
