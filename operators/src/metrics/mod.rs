@@ -248,7 +248,16 @@ impl Exemplar {
     /// Preference order: kept traces first (so the link resolves), then errors, then the
     /// slowest; ids and then the time break ties, so the choice never depends on
     /// arrival order (a span id seen twice, at two times, is two exemplars).
-    fn rank(&self) -> (bool, bool, u64, Reverse<TraceId>, Reverse<SpanId>, Reverse<u64>) {
+    fn rank(
+        &self,
+    ) -> (
+        bool,
+        bool,
+        u64,
+        Reverse<TraceId>,
+        Reverse<SpanId>,
+        Reverse<u64>,
+    ) {
         (
             self.sampled,
             self.error,
