@@ -429,6 +429,12 @@ fn tenants_are_named_throttled_and_authenticated_by_key() {
         };
         let e = c.export(with_key(7, "slow-key")).await.unwrap_err();
         assert_eq!(e.code(), tonic::Code::ResourceExhausted);
+        use tonic_types::StatusExt;
+        assert_eq!(
+            e.get_details_retry_info().and_then(|r| r.retry_delay),
+            Some(Duration::from_secs(1)),
+            "RetryInfo says when: OTLP clients retry only then"
+        );
         let e = c.export(with_key(7, "wrong")).await.unwrap_err();
         assert_eq!(e.code(), tonic::Code::Unauthenticated);
         c.export(with_key(7, "fast-key")).await.unwrap();

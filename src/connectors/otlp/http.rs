@@ -110,9 +110,15 @@ impl TraceService for Grpc {
             Verdict::Unauthorized => Err(tonic::Status::unauthenticated(
                 "no known API key (authorization: Bearer <key>, or x-api-key)",
             )),
-            Verdict::Throttled => Err(tonic::Status::resource_exhausted(
-                "over the tenant's rate limit; retry later",
-            )),
+            // OTLP clients retry RESOURCE_EXHAUSTED only when it says when (RetryInfo).
+            Verdict::Throttled => {
+                use tonic_types::{ErrorDetails, StatusExt};
+                Err(tonic::Status::with_error_details(
+                    tonic::Code::ResourceExhausted,
+                    "over the tenant's rate limit; retry later",
+                    ErrorDetails::with_retry_info(Some(std::time::Duration::from_secs(1))),
+                ))
+            }
         }
     }
 }
