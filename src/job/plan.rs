@@ -266,6 +266,11 @@ fn plan_source(node: &SourceNode) -> PlanSource {
             idle_timeout: node.watermark.idle_timeout.0,
             max_drift: node.watermark.align.then_some(node.watermark.max_drift.0),
             max_ahead: node.watermark.max_ahead.0,
+            wall_clock_lag: node.watermark.wall_clock_lag.map(|d| d.0).or(matches!(
+                node.kind,
+                SourceKind::Otlp(_)
+            )
+            .then(|| std::time::Duration::from_secs(30))),
         },
         open: Arc::new(move || -> Box<dyn Source> {
             match &kind {

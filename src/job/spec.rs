@@ -489,6 +489,12 @@ pub struct WatermarkConfig {
     /// of moving the watermark (which would make every later span of its split late).
     #[serde(default = "default_max_ahead")]
     pub max_ahead: HumanDuration,
+    /// For a live source: the watermark is never further behind the wall clock than
+    /// this, so windows close while no data arrives, and a span that ended longer ago
+    /// is late. Default: 30 s for an `otlp` receiver (exporters send within seconds of
+    /// a span's end), none for other sources, which may replay the past.
+    #[serde(default)]
+    pub wall_clock_lag: Option<HumanDuration>,
 }
 
 fn default_max_out_of_order() -> HumanDuration {
@@ -519,6 +525,7 @@ impl Default for WatermarkConfig {
             align: default_align(),
             max_drift: default_max_drift(),
             max_ahead: default_max_ahead(),
+            wall_clock_lag: None,
         }
     }
 }

@@ -22,6 +22,9 @@ pub struct WatermarkSettings {
     /// (or of the wall clock) is a dead letter (`far_future`) instead of moving the
     /// watermark.
     pub max_ahead: Duration,
+    /// A live source's bound: its splits' watermark is never further behind the wall
+    /// clock than this, idle or not. `None`: event time alone.
+    pub wall_clock_lag: Option<Duration>,
 }
 
 impl Default for WatermarkSettings {
@@ -31,8 +34,16 @@ impl Default for WatermarkSettings {
             idle_timeout: Duration::from_secs(30),
             max_drift: Some(Duration::from_secs(30)),
             max_ahead: Duration::from_secs(3600),
+            wall_clock_lag: None,
         }
     }
+}
+
+/// The wall clock, unix ns.
+fn unix_now_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, nanos)
 }
 
 fn nanos(d: Duration) -> u64 {
@@ -51,6 +62,8 @@ struct Split {
     /// Alignment's bound (ns), `u64::MAX` without alignment.
     max_drift: u64,
     last_activity: Instant,
+    /// A live split's lag behind the wall clock (ns), if it has one.
+    wall_lag: Option<u64>,
     /// The source read everything there was (a Kafka partition at its end) and no
     /// data arrived since.
     caught_up: bool,
@@ -101,6 +114,7 @@ impl WatermarkTracker {
             idle_timeout: settings.idle_timeout,
             max_drift: settings.max_drift.map_or(u64::MAX, nanos),
             last_activity: now,
+            wall_lag: settings.wall_clock_lag.map(nanos),
             caught_up: false,
         });
     }
@@ -247,12 +261,19 @@ impl WatermarkTracker {
             return self.current;
         }
         let mut min: Option<EventTime> = None;
+        let mut wall = None;
         for s in self.splits.values() {
-            if s.idle(now) {
-                continue;
-            }
-            // A split that has seen nothing yet holds the watermark at its start.
-            let w = s.watermark().unwrap_or(0);
+            let w = match s.wall_lag {
+                // A live split follows the wall clock when its data does not: idle, it
+                // still holds the watermark, at the clock less its lag.
+                Some(lag) => {
+                    let wall = *wall.get_or_insert_with(unix_now_ns);
+                    s.watermark().unwrap_or(0).max(wall.saturating_sub(lag))
+                }
+                None if s.idle(now) => continue,
+                // A split that has seen nothing yet holds the watermark at its start.
+                None => s.watermark().unwrap_or(0),
+            };
             min = Some(min.map_or(w, |x| x.min(w)));
         }
         if let Some(m) = min {
@@ -273,6 +294,45 @@ mod tests {
             max_drift: Some(Duration::from_nanos(100)),
             ..WatermarkSettings::default()
         }
+    }
+
+    /// A live split's watermark is at least the wall clock less its lag, idle or not,
+    /// and its events move it past that; it still holds back another source's split.
+    #[test]
+    fn a_live_split_follows_the_wall_clock() {
+        let t0 = Instant::now();
+        let lag = Duration::from_secs(60);
+        let live = WatermarkSettings {
+            wall_clock_lag: Some(lag),
+            ..settings(10, 1)
+        };
+        let mut w = WatermarkTracker::new(1);
+        w.add_split((0, 0), &live, t0);
+        let before = unix_now_ns() - nanos(lag);
+        let first = w.watermark(t0);
+        assert!(
+            first >= before && first <= unix_now_ns(),
+            "{first} vs {before}"
+        );
+        let later = t0 + Duration::from_secs(5);
+        assert!(w.idle((0, 0), later));
+        assert!(
+            w.watermark(later) >= first,
+            "idle, it still follows the clock"
+        );
+        let ahead = unix_now_ns() + 1_000_000_000;
+        w.observe((0, 0), ahead);
+        assert_eq!(w.watermark(later), ahead - 11, "its events lead when ahead");
+
+        let mut w = WatermarkTracker::new(2);
+        w.add_split((0, 0), &live, t0);
+        w.add_split((1, 0), &settings(10, 3600), t0);
+        w.observe((1, 0), 1_000);
+        assert_eq!(
+            w.watermark(t0),
+            989,
+            "the other source's split holds it back"
+        );
     }
 
     /// A slowest split that read everything there was does not hold the others

@@ -24,14 +24,21 @@ fn free_port() -> u16 {
         .unwrap()
 }
 
-/// 2026-01-01T00:00:00Z.
-const T0: u64 = 1_767_225_600_000_000_000;
+/// Ten seconds ago, unix ns: a live receiver's watermark follows the wall clock (30 s
+/// behind it by default), so spans are sent as an exporter sends them, soon after they
+/// ended.
+fn recently() -> u64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    u64::try_from(now.as_nanos()).unwrap() - 10_000_000_000
+}
 
-/// One trace of `n` spans (a root and its children) of service `svc-<t>`. Traces are at
-/// most 4 s apart, within the watermark's 5 s of disorder: none is late, whatever
-/// order they arrive in.
+/// One trace of `n` spans (a root and its children) of service `svc-<t>`, ended
+/// [`recently`]. Traces are at most 4 s apart, within the watermark's 5 s of disorder:
+/// none is late, whatever order they arrive in.
 fn request(t: u8, n: u8) -> ExportTraceServiceRequest {
-    let at = T0 + u64::from(t % 4) * 1_000_000_000;
+    let at = recently() / 10_000_000_000 * 10_000_000_000 + u64::from(t % 4) * 1_000_000_000;
     let spans = (1..=n)
         .map(|i| Span {
             trace_id: vec![t; 16],
@@ -469,4 +476,60 @@ fn tenants_are_named_throttled_and_authenticated_by_key() {
         !format!("{:?}", summary).contains("slow-key"),
         "keys never show in the summary"
     );
+}
+
+/// An idle receiver's watermark follows the wall clock: a trace closes on its gap while
+/// nothing else arrives, not only when the job stops.
+#[test]
+fn an_idle_receiver_closes_traces_by_the_wall_clock() {
+    let http = free_port();
+    let text = format!(
+        "sources:\n  rx:\n    type: otlp\n    http: 127.0.0.1:{http}\n    \
+         watermark: {{ max_out_of_order: 1s, idle_timeout: 1h, wall_clock_lag: 2s }}\n\
+         operators:\n  s: {{ type: session_window, from: rx, gap: 1s }}\n\
+         sinks:\n  o: {{ type: parquet, from: [s, s.late_spans] }}\n"
+    );
+    let job = spanflow::job::load_str(&root().join("otlp_wall.yaml"), &text)
+        .unwrap_or_else(|d| panic!("{d}"));
+    let out = tempfile::tempdir().unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let opts = RunOptions {
+        output_dir: Some(out.path().to_owned()),
+        stop: Some(stop.clone()),
+        ..Default::default()
+    };
+    let handle = std::thread::spawn(move || spanflow::job::run_job(&job, &opts));
+    let url = format!("http://127.0.0.1:{http}");
+    let started = Instant::now();
+    while reqwest::blocking::get(format!("{url}/v1/traces")).is_err() {
+        assert!(started.elapsed() < Duration::from_secs(30), "no receiver");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // A trace that ended just now, then nothing for 5 s: the wall clock (2 s lag) and
+    // the gap (1 s) close it meanwhile.
+    let mut req = request(1, 3);
+    let now = recently() + 10_000_000_000;
+    for s in &mut req.resource_spans[0].scope_spans[0].spans {
+        s.start_time_unix_nano = now - 200_000_000;
+        s.end_time_unix_nano = now - 100_000_000;
+    }
+    let client = reqwest::blocking::Client::new();
+    let r = post(
+        &client,
+        &url,
+        "application/x-protobuf",
+        false,
+        req.encode_to_vec(),
+    );
+    assert_eq!(r.status(), 200);
+    std::thread::sleep(Duration::from_secs(5));
+    stop.store(true, Ordering::Relaxed);
+    handle.join().unwrap().unwrap_or_else(|e| panic!("{e}"));
+    let t = read_table(out.path(), "traces");
+    assert_eq!(
+        column(&t, "close_reason"),
+        vec!["gap"],
+        "closed before the stop"
+    );
+    assert_eq!(column(&t, "span_count"), vec!["3"]);
 }

@@ -802,6 +802,7 @@ mod pacing {
             idle_timeout: Duration::from_secs(30),
             max_drift: Some(Duration::from_secs(30)),
             max_ahead: Duration::from_secs(3600),
+            wall_clock_lag: None,
         })
         .expect("alignment is on")
     }
@@ -899,6 +900,7 @@ mod pacing_keepalive {
             idle_timeout: Duration::from_secs(30),
             max_drift: Some(Duration::from_secs(30)),
             max_ahead: Duration::from_secs(3600),
+            wall_clock_lag: None,
         })
         .unwrap();
         let all = [("in".to_owned(), 0), ("in".to_owned(), 1)]
