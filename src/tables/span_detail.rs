@@ -189,7 +189,7 @@ impl SpanDetail {
             s.service.id(),
             s.instance.id(),
         );
-        if !self.resources.contains_key(&key) && self.resources.len() >= RESOURCES {
+        if self.resources.len() >= RESOURCES && !self.resources.contains_key(&key) {
             self.resources.clear();
         }
         let (_, r) = self.resources.entry(key).or_insert_with(|| {

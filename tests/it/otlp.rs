@@ -94,21 +94,25 @@ fn start(queue: usize) -> Running {
          operators:\n  s: {{ type: session_window, from: rx, gap: 5s }}\n\
          sinks:\n  o: {{ type: parquet, from: [s, rx.dead_letters] }}\n"
     );
-    let job =
-        spanflow::job::load_str(&root().join("otlp.yaml"), &text).unwrap_or_else(|d| panic!("{d}"));
+    launch("otlp.yaml", &text, http, grpc, Some(2))
+}
+
+/// Runs the job in `text` (named `name`) on another thread, writing to a temporary
+/// directory, once its HTTP receiver on `http` answers.
+fn launch(name: &str, text: &str, http: u16, grpc: u16, parallelism: Option<usize>) -> Running {
+    let job = spanflow::job::load_str(&root().join(name), text).unwrap_or_else(|d| panic!("{d}"));
     let out = tempfile::tempdir().unwrap();
     let stop = Arc::new(AtomicBool::new(false));
     let seen = Arc::new(AtomicU64::new(0));
     let opts = RunOptions {
         output_dir: Some(out.path().to_owned()),
-        parallelism: Some(2),
+        parallelism,
         stop: Some(stop.clone()),
         spans_seen: Some(seen.clone()),
         ..Default::default()
     };
     let handle = std::thread::spawn(move || spanflow::job::run_job(&job, &opts));
     let http = format!("http://127.0.0.1:{http}");
-    // Ready once the HTTP receiver answers.
     let started = Instant::now();
     while reqwest::blocking::get(format!("{http}/v1/traces")).is_err() {
         assert!(started.elapsed() < Duration::from_secs(30), "no receiver");
@@ -125,6 +129,17 @@ fn start(queue: usize) -> Running {
 }
 
 impl Running {
+    /// Stops the job as Ctrl-C would; its summary and output directory.
+    fn stop(self) -> (spanflow::runtime::RunSummary, tempfile::TempDir) {
+        self.stop.store(true, Ordering::Relaxed);
+        let summary = self
+            .handle
+            .join()
+            .unwrap()
+            .unwrap_or_else(|e| panic!("{e}"));
+        (summary, self.out)
+    }
+
     /// Stops the job once it has decoded `spans` spans; its receiver's report.
     fn stop_after(self, spans: u64) -> (ReceiverReport, tempfile::TempDir) {
         let started = Instant::now();
@@ -133,17 +148,12 @@ impl Running {
         {
             std::thread::sleep(Duration::from_millis(10));
         }
-        self.stop.store(true, Ordering::Relaxed);
-        let summary = self
-            .handle
-            .join()
-            .unwrap()
-            .unwrap_or_else(|e| panic!("{e}"));
+        let (summary, out) = self.stop();
         let report = summary
             .source_report::<ReceiverReport>()
             .expect("the receiver reports")
             .clone();
-        (report, self.out)
+        (report, out)
     }
 }
 
@@ -305,26 +315,13 @@ fn the_python_sdk_exports_over_grpc_and_http() {
          policies: [{{ name: all, type: probabilistic, percentage: 100 }}]\n\
          sinks:\n  o: {{ type: parquet, from: [t, t.spans, rx.dead_letters] }}\n"
     );
-    let job = spanflow::job::load_str(&root().join("otlp_sdk.yaml"), &text)
-        .unwrap_or_else(|d| panic!("{d}"));
-    let out = tempfile::tempdir().unwrap();
-    let stop = Arc::new(AtomicBool::new(false));
-    let opts = RunOptions {
-        output_dir: Some(out.path().to_owned()),
-        stop: Some(stop.clone()),
-        ..Default::default()
-    };
-    let handle = std::thread::spawn(move || spanflow::job::run_job(&job, &opts));
-    let started = Instant::now();
-    while reqwest::blocking::get(format!("http://127.0.0.1:{http}/v1/traces")).is_err() {
-        assert!(started.elapsed() < Duration::from_secs(30), "no receiver");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let rx = launch("otlp_sdk.yaml", &text, http, grpc, None);
+    let url = rx.http.clone();
     const TRACES: usize = 50;
     let sdk = std::process::Command::new(&python)
         .arg(root().join("tests/fixtures/otel_sdk_export.py"))
         .arg(format!("http://127.0.0.1:{grpc}"))
-        .arg(format!("http://127.0.0.1:{http}"))
+        .arg(&url)
         .arg(TRACES.to_string())
         .output()
         .unwrap();
@@ -334,8 +331,7 @@ fn the_python_sdk_exports_over_grpc_and_http() {
         String::from_utf8_lossy(&sdk.stdout),
         String::from_utf8_lossy(&sdk.stderr)
     );
-    stop.store(true, Ordering::Relaxed);
-    let summary = handle.join().unwrap().unwrap_or_else(|e| panic!("{e}"));
+    let (summary, out) = rx.stop();
     let report = summary.source_report::<ReceiverReport>().unwrap();
     eprintln!("receiver: {report}");
     assert_eq!(report.accepted_spans, 2 * 3 * TRACES as u64, "{report}");
@@ -384,22 +380,8 @@ fn tenants_are_named_throttled_and_authenticated_by_key() {
          sinks:\n  o: {{ type: parquet, from: [t, t.spans] }}\n",
         keys.path().join("fast.key").display()
     );
-    let job = spanflow::job::load_str(&root().join("otlp_tenants.yaml"), &text)
-        .unwrap_or_else(|d| panic!("{d}"));
-    let out = tempfile::tempdir().unwrap();
-    let stop = Arc::new(AtomicBool::new(false));
-    let opts = RunOptions {
-        output_dir: Some(out.path().to_owned()),
-        stop: Some(stop.clone()),
-        ..Default::default()
-    };
-    let handle = std::thread::spawn(move || spanflow::job::run_job(&job, &opts));
-    let url = format!("http://127.0.0.1:{http}");
-    let started = Instant::now();
-    while reqwest::blocking::get(format!("{url}/v1/traces")).is_err() {
-        assert!(started.elapsed() < Duration::from_secs(30), "no receiver");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let rx = launch("otlp_tenants.yaml", &text, http, grpc, None);
+    let url = rx.http.clone();
     let client = reqwest::blocking::Client::new();
     let send = |t: u8, auth: Option<(&str, &str)>| {
         let mut req = client
@@ -447,8 +429,7 @@ fn tenants_are_named_throttled_and_authenticated_by_key() {
         c.export(with_key(7, "fast-key")).await.unwrap();
     });
     std::thread::sleep(Duration::from_millis(300));
-    stop.store(true, Ordering::Relaxed);
-    let summary = handle.join().unwrap().unwrap_or_else(|e| panic!("{e}"));
+    let (summary, out) = rx.stop();
     let report = summary.source_report::<ReceiverReport>().unwrap();
     eprintln!("receiver: {report}");
     assert_eq!(report.unauthorized, 3, "{report}");
@@ -489,22 +470,8 @@ fn an_idle_receiver_closes_traces_by_the_wall_clock() {
          operators:\n  s: {{ type: session_window, from: rx, gap: 1s }}\n\
          sinks:\n  o: {{ type: parquet, from: [s, s.late_spans] }}\n"
     );
-    let job = spanflow::job::load_str(&root().join("otlp_wall.yaml"), &text)
-        .unwrap_or_else(|d| panic!("{d}"));
-    let out = tempfile::tempdir().unwrap();
-    let stop = Arc::new(AtomicBool::new(false));
-    let opts = RunOptions {
-        output_dir: Some(out.path().to_owned()),
-        stop: Some(stop.clone()),
-        ..Default::default()
-    };
-    let handle = std::thread::spawn(move || spanflow::job::run_job(&job, &opts));
-    let url = format!("http://127.0.0.1:{http}");
-    let started = Instant::now();
-    while reqwest::blocking::get(format!("{url}/v1/traces")).is_err() {
-        assert!(started.elapsed() < Duration::from_secs(30), "no receiver");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let rx = launch("otlp_wall.yaml", &text, http, free_port(), None);
+    let url = rx.http.clone();
     // A trace that ended just now, then nothing for 5 s: the wall clock (2 s lag) and
     // the gap (1 s) close it meanwhile.
     let mut req = request(1, 3);
@@ -523,8 +490,7 @@ fn an_idle_receiver_closes_traces_by_the_wall_clock() {
     );
     assert_eq!(r.status(), 200);
     std::thread::sleep(Duration::from_secs(5));
-    stop.store(true, Ordering::Relaxed);
-    handle.join().unwrap().unwrap_or_else(|e| panic!("{e}"));
+    let (_, out) = rx.stop();
     let t = read_table(out.path(), "traces");
     assert_eq!(
         column(&t, "close_reason"),

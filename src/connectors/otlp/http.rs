@@ -151,6 +151,14 @@ fn failure(status: StatusCode, json: bool, code: i32, message: &str) -> Response
     answer(status, json, proto, json_body)
 }
 
+/// A retryable failure: [`failure`] with `Retry-After: 1`.
+fn retry_later(status: StatusCode, json: bool, code: i32, message: &str) -> Response {
+    let mut r = failure(status, json, code, message);
+    r.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    r
+}
+
 async fn export_http(State(intake): State<Intake>, headers: HeaderMap, body: Bytes) -> Response {
     let text = |name| {
         headers
@@ -238,34 +246,24 @@ async fn export_http(State(intake): State<Intake>, headers: HeaderMap, body: Byt
             };
             answer(StatusCode::OK, json, ok.encode_to_vec(), "{}".to_owned())
         }
-        Verdict::Retry => {
-            let mut r = failure(
-                StatusCode::SERVICE_UNAVAILABLE,
-                json,
-                UNAVAILABLE,
-                "the pipeline is behind; retry later",
-            );
-            r.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-            r
-        }
+        Verdict::Retry => retry_later(
+            StatusCode::SERVICE_UNAVAILABLE,
+            json,
+            UNAVAILABLE,
+            "the pipeline is behind; retry later",
+        ),
         Verdict::Unauthorized => failure(
             StatusCode::UNAUTHORIZED,
             json,
             UNAUTHENTICATED,
             "no known API key (Authorization: Bearer <key>, or x-api-key)",
         ),
-        Verdict::Throttled => {
-            let mut r = failure(
-                StatusCode::TOO_MANY_REQUESTS,
-                json,
-                RESOURCE_EXHAUSTED,
-                "over the tenant's rate limit; retry later",
-            );
-            r.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-            r
-        }
+        Verdict::Throttled => retry_later(
+            StatusCode::TOO_MANY_REQUESTS,
+            json,
+            RESOURCE_EXHAUSTED,
+            "over the tenant's rate limit; retry later",
+        ),
         Verdict::Invalid => failure(
             StatusCode::BAD_REQUEST,
             json,
