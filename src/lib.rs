@@ -6,6 +6,7 @@
 
 pub mod connectors;
 pub mod formats;
+pub mod jaeger;
 pub mod job;
 pub mod runtime;
 pub mod server;

@@ -226,6 +226,24 @@ enum Command {
         #[arg(long, value_enum, default_value_t = spanflow::sql::cli::Format::Table)]
         format: spanflow::sql::cli::Format,
     },
+    /// Serve Jaeger's remote-storage API v2 (gRPC: TraceReader, DependencyReader,
+    /// Capabilities) over the traces a job kept and its service graph, read from the
+    /// job's Parquet or ClickHouse sink, so Jaeger and its UI browse them. Point Jaeger
+    /// v2's `grpc` storage backend at the address (see README, "Jaeger API").
+    Jaeger {
+        /// The job file (YAML) whose outputs to serve.
+        job: PathBuf,
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:17271")]
+        listen: std::net::SocketAddr,
+        /// The sink to read, when several write a sampler's `spans`.
+        #[arg(long, value_name = "NAME")]
+        sink: Option<String>,
+        /// Read a Parquet sink's tables from this directory instead of its `path` (as
+        /// `spanflow run --output-dir` wrote them).
+        #[arg(long, value_name = "DIR")]
+        output_dir: Option<PathBuf>,
+    },
     /// Run the job server: a REST API under /api/v1 to submit, watch, stop and cancel
     /// jobs (see `spanflow submit`), and their telemetry at /metrics. Jobs and their
     /// checkpoints live under --state-dir; Ctrl-C or SIGTERM stops every job with a
@@ -655,6 +673,29 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             } else {
                 ExitCode::FAILURE
             })
+        }
+        Command::Jaeger {
+            job,
+            listen,
+            sink,
+            output_dir,
+        } => {
+            let job = load_job(&job)?;
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?;
+            rt.block_on(spanflow::jaeger::serve_job(
+                &job,
+                sink.as_deref(),
+                output_dir.as_deref(),
+                listen,
+                async {
+                    let _ = tokio::signal::ctrl_c().await;
+                },
+            ))
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+            Ok(ExitCode::SUCCESS)
         }
         Command::Server {
             listen,

@@ -271,7 +271,7 @@ impl OutputCatalog {
 
 /// Whether `dir` holds Parquet files, directly or in the directories of a consumer
 /// group's instances (`<table>/<instance>/part-*.parquet`, read as one table).
-fn has_parquet(dir: &Path) -> bool {
+pub(crate) fn has_parquet(dir: &Path) -> bool {
     std::fs::read_dir(dir).is_ok_and(|rd| {
         rd.flatten().any(|e| {
             let p = e.path();

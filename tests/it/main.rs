@@ -8,6 +8,7 @@ mod demo;
 mod event_time;
 mod golden;
 mod group;
+mod jaeger;
 mod kafka;
 mod otlp;
 mod runtime;

@@ -269,7 +269,9 @@ impl TableWriter for ClickHouseTableWriter {
 }
 
 /// The connection settings of a sink.
-fn client_of(config: &ClickHouseSinkConfig) -> Result<clickhouse::Client, ConnectorError> {
+pub(crate) fn client_of(
+    config: &ClickHouseSinkConfig,
+) -> Result<clickhouse::Client, ConnectorError> {
     let mut c = clickhouse::Client::default()
         .with_url(config.resolved_url())
         // 18.16 has no RowBinaryWithNamesAndTypes; `TablePlan` checks the schema instead.
