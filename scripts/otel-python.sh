@@ -3,7 +3,8 @@
 # ~/.cache/spanflow, so that tests can be fed spans made by a real SDK rather than
 # only by our own encoder: tests/fixtures/otel_sdk_spans.py runs with this python and
 # writes an OTLP ExportTraceServiceRequest that the SDK's own protobuf encoder made;
-# tests/fixtures/otel_sdk_export.py exports with the SDK's OTLP exporters.
+# tests/fixtures/otel_sdk_export.py exports with the SDK's OTLP exporters;
+# tests/fixtures/jaeger_client.py builds a Jaeger API client with grpcio-tools.
 #
 #   scripts/otel-python.sh install   pip install the SDK and OTLP exporters, when missing
 #   scripts/otel-python.sh python    installs when missing; prints the venv's python
@@ -14,11 +15,12 @@
 set -euo pipefail
 
 OTEL_VERSION="1.45.2"
+GRPCIO_TOOLS_VERSION="1.85.1"
 OTEL_SEMCONV_VERSION="0.66b2"
 OTEL_VENV="${SPANFLOW_CACHE:-$HOME/.cache/spanflow}/opentelemetry-python-$OTEL_VERSION"
 OTEL_IMPORTS="import opentelemetry.sdk, opentelemetry.exporter.otlp.proto.common, \
 opentelemetry.exporter.otlp.proto.grpc.trace_exporter, \
-opentelemetry.exporter.otlp.proto.http.trace_exporter"
+opentelemetry.exporter.otlp.proto.http.trace_exporter, grpc_tools.protoc"
 
 install() {
   local sudo=""
@@ -39,7 +41,8 @@ install() {
     "opentelemetry-semantic-conventions==$OTEL_SEMCONV_VERSION" \
     "opentelemetry-exporter-otlp-proto-common==$OTEL_VERSION" \
     "opentelemetry-exporter-otlp-proto-grpc==$OTEL_VERSION" \
-    "opentelemetry-exporter-otlp-proto-http==$OTEL_VERSION" >&2
+    "opentelemetry-exporter-otlp-proto-http==$OTEL_VERSION" \
+    "grpcio-tools==$GRPCIO_TOOLS_VERSION" >&2
   "$OTEL_VENV/bin/python" -c "$OTEL_IMPORTS"
 }
 

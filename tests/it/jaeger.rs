@@ -460,3 +460,101 @@ fn jaeger_api_serves_the_kept_traces_of_clickhouse_tables() {
     let api = Api::start(&job, "warehouse");
     runtime().block_on(check(api.addr, &want));
 }
+
+/// OTLP's .proto files, which Jaeger's import: opentelemetry-proto's copy, found with
+/// `cargo metadata`.
+fn otlp_proto_dir() -> std::path::PathBuf {
+    let out = std::process::Command::new(option_env!("CARGO").unwrap_or("cargo"))
+        .args(["metadata", "--format-version", "1", "--locked", "--offline"])
+        .current_dir(root())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let meta: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    meta["packages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["name"] == "opentelemetry-proto")
+        .filter_map(|p| {
+            let dir = std::path::Path::new(p["manifest_path"].as_str()?)
+                .parent()?
+                .join("src/proto/opentelemetry-proto");
+            dir.join("opentelemetry/proto/trace/v1/trace.proto")
+                .is_file()
+                .then_some(dir)
+        })
+        .next()
+        .expect("opentelemetry-proto's .proto files")
+}
+
+/// A client that grpcio-tools generates from proto/jaeger (Python, its own gRPC and
+/// protobuf stacks) reads the same answers.
+#[test]
+fn a_client_generated_by_grpcio_tools_reads_the_api() {
+    let python = std::process::Command::new("bash")
+        .arg(root().join("scripts/otel-python.sh"))
+        .arg("python")
+        .output()
+        .unwrap();
+    assert!(
+        python.status.success(),
+        "{}",
+        String::from_utf8_lossy(&python.stderr)
+    );
+    let python = String::from_utf8(python.stdout).unwrap().trim().to_owned();
+    let tmp = tempfile::tempdir().unwrap();
+    let job = job(tmp.path(), None);
+    let want = Expected::read(tmp.path());
+    let api = Api::start(&job, "local");
+    let service = want.spans[0].service.clone();
+    let min = 1_000_000u64;
+    let exemplar = want.exemplar_traces[0].clone();
+    let out = std::process::Command::new(&python)
+        .arg(root().join("tests/fixtures/jaeger_client.py"))
+        .arg(api.addr.to_string())
+        .arg(root().join("proto"))
+        .arg(otlp_proto_dir())
+        .args([&service, &min.to_string(), &exemplar])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+
+    let services: BTreeSet<&str> = want.spans.iter().map(|s| s.service.as_str()).collect();
+    assert_eq!(got["services"], serde_json::json!(services));
+    let ops: BTreeSet<(&str, &str)> = want
+        .spans
+        .iter()
+        .filter(|s| s.service == service)
+        .map(|s| (s.name.as_str(), s.kind.as_str()))
+        .collect();
+    assert_eq!(got["operations"], serde_json::json!(ops));
+    let found: BTreeSet<&str> = want
+        .spans
+        .iter()
+        .filter(|s| s.service == service && s.duration_ns >= min)
+        .map(|s| s.trace.as_str())
+        .collect();
+    assert!(!found.is_empty());
+    assert_eq!(got["found"], serde_json::json!(found));
+    let three = got["find_traces"].as_object().unwrap();
+    assert_eq!(three.len(), 3.min(found.len()));
+    for (trace, spans) in three {
+        assert!(found.contains(trace.as_str()));
+        assert_eq!(*spans, serde_json::json!(want.span_ids(trace)));
+    }
+    assert_eq!(got["trace"], serde_json::json!(want.span_ids(&exemplar)));
+    let deps: Vec<(&String, &String, &u64)> =
+        want.edges.iter().map(|((p, c), n)| (p, c, n)).collect();
+    assert_eq!(got["dependencies"], serde_json::json!(deps));
+}
