@@ -243,6 +243,10 @@ enum Command {
         /// `spanflow run --output-dir` wrote them).
         #[arg(long, value_name = "DIR")]
         output_dir: Option<PathBuf>,
+        /// Every call must carry `authorization: Bearer <TOKEN>` (required to listen
+        /// on anything but loopback).
+        #[arg(long, env = "SPANFLOW_TOKEN", hide_env_values = true)]
+        token: Option<String>,
     },
     /// Run the job server: a REST API under /api/v1 to submit, watch, stop and cancel
     /// jobs (see `spanflow submit`), and their telemetry at /metrics. Jobs and their
@@ -261,6 +265,11 @@ enum Command {
         /// Checkpoint interval of jobs whose definition sets none.
         #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "10s")]
         checkpoint_interval: std::time::Duration,
+        /// Also serve Jaeger's remote-storage API v2 (gRPC) on this address, over the
+        /// kept traces of every job (as `spanflow jaeger` does for one job), e.g.
+        /// 127.0.0.1:17271.
+        #[arg(long, value_name = "ADDR")]
+        jaeger: Option<std::net::SocketAddr>,
     },
     /// Submit a job to a server: validated here first, its rollup SQL files inlined and
     /// its relative paths made absolute, so the server runs exactly this job. Prints
@@ -679,7 +688,14 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             listen,
             sink,
             output_dir,
+            token,
         } => {
+            if !listen.ip().is_loopback() && token.is_none() {
+                anyhow::bail!(
+                    "refusing to listen on {listen} without --token: anyone who can reach it \
+                     could read every kept trace (listen on 127.0.0.1, or set a token)"
+                );
+            }
             let job = load_job(&job)?;
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
@@ -690,6 +706,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
                 sink.as_deref(),
                 output_dir.as_deref(),
                 listen,
+                token,
                 async {
                     let _ = tokio::signal::ctrl_c().await;
                 },
@@ -702,12 +719,24 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             state_dir,
             token,
             checkpoint_interval,
+            jaeger,
         } => {
+            if let Some(addr) = jaeger
+                && !addr.ip().is_loopback()
+                && token.is_none()
+            {
+                anyhow::bail!(
+                    "refusing to serve the Jaeger API on {addr} without --token: anyone who \
+                     can reach it could read every kept trace (listen on 127.0.0.1, or set a \
+                     token)"
+                );
+            }
             spanflow::server::serve(spanflow::server::ServerConfig {
                 listen,
                 state_dir,
                 token,
                 checkpoint_interval,
+                jaeger,
             })?;
             Ok(ExitCode::SUCCESS)
         }

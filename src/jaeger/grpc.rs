@@ -25,29 +25,63 @@ use crate::runtime::io::{ConnectorError, Fault};
 /// chunks, each well under gRPC clients' usual 4 MiB message limit.
 const CHUNK_BYTES: usize = 1 << 20;
 
-/// Serves the API on `listener` until `shutdown` resolves.
+/// Serves the API on `listener` until `shutdown` resolves. With a `token`, every call
+/// must carry `authorization: Bearer <token>` (Jaeger's gRPC client sends it as a
+/// configured header); others are answered UNAUTHENTICATED.
 pub async fn serve(
     store: Arc<dyn TraceStore>,
     listener: tokio::net::TcpListener,
+    token: Option<String>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), ConnectorError> {
     let api = Api { store };
+    let check = Bearer(token.map(|t| Arc::from(format!("Bearer {t}"))));
     let traces = TraceReaderServer::new(api.clone())
         .accept_compressed(CompressionEncoding::Gzip)
         .send_compressed(CompressionEncoding::Gzip);
     let deps = DependencyReaderServer::new(api.clone())
         .accept_compressed(CompressionEncoding::Gzip)
         .send_compressed(CompressionEncoding::Gzip);
+    use tonic::service::interceptor::InterceptedService;
     tonic::transport::Server::builder()
-        .add_service(traces)
-        .add_service(deps)
-        .add_service(CapabilitiesServer::new(api))
+        .add_service(InterceptedService::new(traces, check.clone()))
+        .add_service(InterceptedService::new(deps, check.clone()))
+        .add_service(CapabilitiesServer::with_interceptor(api, check))
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(listener),
             shutdown,
         )
         .await
         .map_err(|e| ConnectorError::external(format!("jaeger API server: {e}")))
+}
+
+/// Checks a call's bearer token, when the API has one.
+#[derive(Clone)]
+struct Bearer(Option<Arc<str>>);
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, r: Request<()>) -> Result<Request<()>, Status> {
+        let Some(want) = &self.0 else {
+            return Ok(r);
+        };
+        let got = r.metadata().get("authorization").map(|v| v.as_bytes());
+        // Compared in full whatever the first difference, so the time taken says
+        // nothing about the token.
+        let ok = got.is_some_and(|g| {
+            g.len() == want.len()
+                && g.iter()
+                    .zip(want.as_bytes())
+                    .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                    == 0
+        });
+        if ok {
+            Ok(r)
+        } else {
+            Err(Status::unauthenticated(
+                "this Jaeger API needs `authorization: Bearer <token>`",
+            ))
+        }
+    }
 }
 
 #[derive(Clone)]

@@ -16,6 +16,7 @@ pub mod proto;
 mod sql;
 #[cfg(test)]
 mod tests;
+mod union;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -26,6 +27,7 @@ use async_trait::async_trait;
 pub use self::clickhouse::ClickHouseStore;
 pub use self::grpc::serve;
 pub use self::parquet::ParquetStore;
+pub use self::union::{StoreSet, Union};
 use crate::job::{Job, OperatorKind, SinkKind, table_names};
 use crate::runtime::io::ConnectorError;
 
@@ -231,6 +233,32 @@ pub fn kept_tables(job: &Job) -> Vec<(KeptTables, &SinkKind)> {
     out
 }
 
+/// The sinks of `job` the Jaeger API can read (Parquet and ClickHouse sinks writing a
+/// sampler's `spans`), in file order.
+fn readable(job: &Job) -> Vec<(KeptTables, &SinkKind)> {
+    kept_tables(job)
+        .into_iter()
+        .filter(|(_, k)| !matches!(k, SinkKind::Kafka(_)))
+        .collect()
+}
+
+async fn open(
+    tables: &KeptTables,
+    kind: &SinkKind,
+    output_dir: Option<&Path>,
+) -> Result<Arc<dyn TraceStore>, ConnectorError> {
+    Ok(match kind {
+        SinkKind::Parquet(cfg) => Arc::new(ParquetStore::open(&cfg.dir(output_dir), tables)?),
+        SinkKind::ClickHouse(cfg) => Arc::new(ClickHouseStore::open(cfg, tables).await?),
+        SinkKind::Kafka(_) => {
+            return Err(ConnectorError::user(format!(
+                "sink `{}` writes to Kafka, which the Jaeger API cannot read",
+                tables.sink
+            )));
+        }
+    })
+}
+
 /// Opens the store of `job`'s kept traces: the sink named `sink`, or the job's only
 /// Parquet or ClickHouse sink writing a sampler's `spans`. `output_dir` replaces a
 /// Parquet sink's `path`, as it does for `spanflow run`.
@@ -239,11 +267,8 @@ pub async fn open_store(
     sink: Option<&str>,
     output_dir: Option<&Path>,
 ) -> Result<Arc<dyn TraceStore>, ConnectorError> {
-    let candidates: Vec<_> = kept_tables(job)
-        .into_iter()
-        .filter(|(_, k)| !matches!(k, SinkKind::Kafka(_)))
-        .collect();
-    let chosen = match sink {
+    let candidates = readable(job);
+    let (tables, kind) = match sink {
         Some(name) => candidates
             .into_iter()
             .find(|(t, _)| t.sink == name)
@@ -263,29 +288,40 @@ pub async fn open_store(
                     names.join(", ")
                 )));
             }
-            candidates.into_iter().next().ok_or_else(|| {
-                ConnectorError::user(format!(
-                    "job `{}` has no Parquet or ClickHouse sink writing a tail_sampling \
-                     node's `spans` (add `<sampler>.spans` to a sink's `from`)",
-                    job.name
-                ))
-            })?
+            candidates
+                .into_iter()
+                .next()
+                .ok_or_else(|| no_kept_spans(job))?
         }
     };
-    let (tables, kind) = chosen;
-    Ok(match kind {
-        SinkKind::Parquet(cfg) => Arc::new(ParquetStore::open(&cfg.dir(output_dir), &tables)?),
-        SinkKind::ClickHouse(cfg) => Arc::new(ClickHouseStore::open(cfg, &tables).await?),
-        SinkKind::Kafka(_) => unreachable!("Kafka sinks are filtered out above"),
-    })
+    open(&tables, kind, output_dir).await
 }
 
-/// Serves the Jaeger API for `job` on `addr` until `shutdown` resolves.
+/// Opens the store of `job`'s first Parquet or ClickHouse sink writing kept spans.
+pub async fn open_first_store(job: &Job) -> Result<Arc<dyn TraceStore>, ConnectorError> {
+    let (tables, kind) = readable(job)
+        .into_iter()
+        .next()
+        .ok_or_else(|| no_kept_spans(job))?;
+    open(&tables, kind, None).await
+}
+
+fn no_kept_spans(job: &Job) -> ConnectorError {
+    ConnectorError::user(format!(
+        "job `{}` has no Parquet or ClickHouse sink writing a tail_sampling node's `spans` \
+         (add `<sampler>.spans` to a sink's `from`)",
+        job.name
+    ))
+}
+
+/// Serves the Jaeger API for `job` on `addr` until `shutdown` resolves; with a
+/// `token`, calls must carry it (see [`serve`]).
 pub async fn serve_job(
     job: &Job,
     sink: Option<&str>,
     output_dir: Option<&Path>,
     addr: SocketAddr,
+    token: Option<String>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), ConnectorError> {
     let store = open_store(job, sink, output_dir).await?;
@@ -297,7 +333,7 @@ pub async fn serve_job(
         "serving Jaeger's remote-storage API v2 (gRPC) on {bound} over {}",
         store.describe()
     );
-    serve(store, listener, shutdown).await
+    serve(store, listener, token, shutdown).await
 }
 
 /// Span kinds as Jaeger names them (`server`, ...) from any of the spellings clients

@@ -10,6 +10,7 @@
 
 mod api;
 pub mod client;
+mod jaeger;
 mod jobs;
 mod metrics;
 mod web;
@@ -38,6 +39,9 @@ pub struct ServerConfig {
     pub token: Option<String>,
     /// Checkpoint interval of jobs whose definition sets none.
     pub checkpoint_interval: Duration,
+    /// Serve Jaeger's remote-storage API v2 (gRPC) on this address, over the kept
+    /// traces of every job.
+    pub jaeger: Option<SocketAddr>,
 }
 
 /// The routes under `/api/v1`, as `(method, path)`: the OpenAPI document must
@@ -106,6 +110,29 @@ pub fn serve(cfg: ServerConfig) -> Result<()> {
             token: cfg.token.clone(),
             ready: AtomicBool::new(false),
         });
+        let mut jaeger_stop = None;
+        if let Some(addr) = cfg.jaeger {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} for the Jaeger API"))?;
+            let bound = listener.local_addr()?;
+            let store = Arc::new(crate::jaeger::Union(jaeger::JobStores::new(
+                jobs.clone(),
+                cfg.state_dir.clone(),
+            )));
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            jaeger_stop = Some(stop);
+            let token = cfg.token.clone();
+            tokio::spawn(async move {
+                let until = async {
+                    let _ = stopped.await;
+                };
+                if let Err(e) = crate::jaeger::serve(store, listener, token, until).await {
+                    tracing::error!(error = %e.message, "the Jaeger API failed");
+                }
+            });
+            eprintln!("spanflow server: Jaeger remote-storage API v2 (gRPC) on {bound}");
+        }
         let sampler = jobs.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -127,6 +154,9 @@ pub fn serve(cfg: ServerConfig) -> Result<()> {
         .with_graceful_shutdown(shutdown_signal())
         .await
         .context("serving")?;
+        if let Some(stop) = jaeger_stop {
+            let _ = stop.send(());
+        }
         eprintln!("stopping: every running job takes a last checkpoint");
         tokio::task::spawn_blocking(move || jobs.shutdown())
             .await

@@ -195,6 +195,10 @@ fn every_command_has_help() {
         vec!["validate", "--help"],
         vec!["gen", "--help"],
         vec!["bench", "--help"],
+        vec!["replay", "--help"],
+        vec!["sql", "--help"],
+        vec!["jaeger", "--help"],
+        vec!["server", "--help"],
     ] {
         let out = Command::new(bin()).args(&cmd).output().unwrap();
         assert!(out.status.success(), "{cmd:?}");

@@ -173,7 +173,7 @@ impl Api {
                     .unwrap_or_else(|e| panic!("{e}"));
                 ready_tx.send(()).unwrap();
                 let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-                spanflow::jaeger::serve(store, listener, async {
+                spanflow::jaeger::serve(store, listener, None, async {
                     let _ = stopped.await;
                 })
                 .await
@@ -557,4 +557,160 @@ fn a_client_generated_by_grpcio_tools_reads_the_api() {
     let deps: Vec<(&String, &String, &u64)> =
         want.edges.iter().map(|((p, c), n)| (p, c, n)).collect();
     assert_eq!(got["dependencies"], serde_json::json!(deps));
+}
+
+/// `spanflow server --jaeger`: the API over the kept traces of the server's jobs, behind
+/// the server's token.
+#[test]
+fn the_servers_jaeger_api_reads_its_jobs_kept_traces() {
+    use crate::server::{Server as JobServer, TOKEN, submit, write_job};
+    let state = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let server = JobServer::start_with(state.path(), &["--jaeger", "127.0.0.1:0"]);
+    let addr = server
+        .jaeger
+        .clone()
+        .expect("the server announces its Jaeger API");
+    let job = write_job(work.path(), 300);
+    submit(&server, work.path(), &job, true);
+    let spans = read_table(&work.path().join("out"), "spans");
+    let (services, traces) = (column(&spans, "service"), column(&spans, "trace_id"));
+    let service = services[0].clone();
+    let want: BTreeSet<String> = services
+        .iter()
+        .zip(&traces)
+        .filter(|(s, _)| **s == service)
+        .map(|(_, t)| t.clone())
+        .collect();
+    runtime().block_on(async {
+        let channel = Channel::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let denied = TraceReaderClient::new(channel.clone())
+            .get_services(pb::GetServicesRequest {})
+            .await
+            .expect_err("a call without the token is refused");
+        assert_eq!(denied.code(), tonic::Code::Unauthenticated);
+        let bearer: tonic::metadata::MetadataValue<_> = format!("Bearer {TOKEN}").parse().unwrap();
+        let mut client =
+            TraceReaderClient::with_interceptor(channel, move |mut r: tonic::Request<()>| {
+                r.metadata_mut().insert("authorization", bearer.clone());
+                Ok(r)
+            });
+        let got = client
+            .get_services(pb::GetServicesRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .services;
+        let all: BTreeSet<String> = services.iter().cloned().collect();
+        assert_eq!(got, all.into_iter().collect::<Vec<_>>());
+        let found: BTreeSet<String> = client
+            .find_trace_i_ds(pb::FindTraceIDsRequest {
+                query: Some(pb::TraceQueryParameters {
+                    service_name: service.clone(),
+                    search_depth: 10_000,
+                    ..Default::default()
+                }),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .trace_ids
+            .into_iter()
+            .map(|t| hex::encode(t.trace_id))
+            .collect();
+        assert_eq!(found, want);
+    });
+    server.terminate();
+}
+
+/// `spanflow jaeger JOB` as a user runs it: it says where it serves what, answers, and
+/// refuses a job with nothing to serve.
+#[test]
+fn spanflow_jaeger_serves_a_jobs_outputs_and_explains_a_job_without_kept_spans() {
+    use std::io::BufRead;
+    let tmp = tempfile::tempdir().unwrap();
+    let job_dir = tmp.path().join("jobs");
+    std::fs::create_dir_all(&job_dir).unwrap();
+    let out = tmp.path().join("out");
+    job(&out, None);
+    let job_file = job_dir.join("j.yaml");
+    std::fs::write(
+        &job_file,
+        "sources: { g: { type: generator, traces: 10 } }\n\
+         operators:\n  s: { type: session_window, from: g, gap: 5s }\n  \
+         t: { type: tail_sampling, from: s, policies: [{ name: all, type: probabilistic, percentage: 100 }] }\n\
+         sinks: { o: { type: parquet, from: [t, t.spans], path: elsewhere } }\n",
+    )
+    .unwrap();
+    let mut child = std::process::Command::new(crate::support::bin())
+        .args([
+            "jaeger",
+            job_file.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .arg("--output-dir")
+        .arg(&out)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stderr.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(line.contains("Parquet tables `spans`"), "{line}");
+    let addr = line
+        .split("(gRPC) on ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap_or_else(|| panic!("{line}"))
+        .to_owned();
+    let services = runtime().block_on(async {
+        let channel = Channel::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        TraceReaderClient::new(channel)
+            .get_services(pb::GetServicesRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .services
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    let want: BTreeSet<String> = column(&read_table(&out, "spans"), "service")
+        .into_iter()
+        .collect();
+    assert_eq!(services, want.into_iter().collect::<Vec<_>>());
+
+    // A job whose sinks keep no spans has nothing to serve.
+    std::fs::write(
+        &job_file,
+        "sources: { g: { type: generator, traces: 10 } }\n\
+         operators:\n  s: { type: session_window, from: g, gap: 5s }\n  \
+         t: { type: tail_sampling, from: s, policies: [{ name: all, type: probabilistic, percentage: 100 }] }\n\
+         sinks: { o: { type: parquet, from: [t], path: elsewhere } }\n",
+    )
+    .unwrap();
+    let refused = std::process::Command::new(crate::support::bin())
+        .args([
+            "jaeger",
+            job_file.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(refused.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        err.contains("add `<sampler>.spans` to a sink's `from`"),
+        "{err}"
+    );
 }

@@ -12,17 +12,24 @@ use serde_json::Value;
 use crate::checkpoint::{TABLES, assert_same_tables, uninterrupted};
 use crate::support::bin;
 
-const TOKEN: &str = "s3cret-token-for-tests";
+pub(crate) const TOKEN: &str = "s3cret-token-for-tests";
 
 /// A `spanflow server` process on a free loopback port; killed when dropped.
 pub(crate) struct Server {
     child: Child,
     pub url: String,
+    /// The Jaeger API's address, when started with `--jaeger`.
+    pub jaeger: Option<String>,
     log: Arc<Mutex<Vec<String>>>,
 }
 
 impl Server {
     pub fn start(state: &Path) -> Server {
+        Server::start_with(state, &[])
+    }
+
+    /// [`Server::start`] with more command-line arguments.
+    pub fn start_with(state: &Path, args: &[&str]) -> Server {
         let mut child = Command::new(bin())
             .args([
                 "server",
@@ -31,6 +38,7 @@ impl Server {
                 "--checkpoint-interval",
                 "100ms",
             ])
+            .args(args)
             .arg("--state-dir")
             .arg(state)
             .env("SPANFLOW_TOKEN", TOKEN)
@@ -55,7 +63,18 @@ impl Server {
         let url = rx
             .recv_timeout(Duration::from_secs(60))
             .unwrap_or_else(|_| panic!("the server did not start: {:?}", log.lock().unwrap()));
-        Server { child, url, log }
+        // Printed before the line announcing the REST API.
+        let jaeger = log
+            .lock()
+            .unwrap()
+            .iter()
+            .find_map(|l| l.split("(gRPC) on ").nth(1).map(|a| a.trim().to_owned()));
+        Server {
+            child,
+            url,
+            jaeger,
+            log,
+        }
     }
 
     fn get(&self, path: &str) -> reqwest::blocking::Response {
@@ -157,7 +176,7 @@ fn script_output(script: &str, arg: &str) -> String {
 
 /// The checkpoint tests' generator job, with its outputs at the relative path `out`
 /// and a rollup whose query is in a file next to it.
-fn write_job(dir: &Path, traces: u64) -> PathBuf {
+pub(crate) fn write_job(dir: &Path, traces: u64) -> PathBuf {
     let text = crate::checkpoint::job_text(traces)
         .replace(
             "  o: { type: parquet, from: [t, t.spans, s.late_spans, gen.dead_letters, m, m.exemplars, g] }",
