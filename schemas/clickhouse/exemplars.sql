@@ -12,6 +12,7 @@ CREATE TABLE IF NOT EXISTS `spanflow`.`exemplars`
     `call_type` LowCardinality(String),
     `peer` LowCardinality(String),
     `status` LowCardinality(String),
+    `tenant` LowCardinality(String),
     `bucket_le` Float64,
     `trace_id` FixedString(16),
     `span_id` FixedString(8),
@@ -23,4 +24,4 @@ CREATE TABLE IF NOT EXISTS `spanflow`.`exemplars`
 )
 ENGINE = ReplacingMergeTree(`version`)
 PARTITION BY toDate(`interval_start`)
-ORDER BY (`service`, `metric`, `interval_start`, `operation`, `call_type`, `peer`, `status`, `instance`, `bucket_le`);
+ORDER BY (`service`, `metric`, `interval_start`, `operation`, `call_type`, `peer`, `status`, `instance`, `tenant`, `bucket_le`);

@@ -13,6 +13,7 @@ CREATE TABLE IF NOT EXISTS `spanflow`.`red_metrics`
     `call_type` LowCardinality(String),
     `peer` LowCardinality(String),
     `status` LowCardinality(String),
+    `tenant` LowCardinality(String),
     `requests` UInt64,
     `errors` UInt64,
     `slow` UInt64,
@@ -25,4 +26,4 @@ CREATE TABLE IF NOT EXISTS `spanflow`.`red_metrics`
 )
 ENGINE = ReplacingMergeTree(`version`)
 PARTITION BY toDate(`interval_start`)
-ORDER BY (`service`, `metric`, `interval_start`, `operation`, `call_type`, `peer`, `status`, `instance`);
+ORDER BY (`service`, `metric`, `interval_start`, `operation`, `call_type`, `peer`, `status`, `instance`, `tenant`);

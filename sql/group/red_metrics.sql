@@ -13,6 +13,7 @@ SELECT
     call_type,
     peer,
     status,
+    tenant,
     sum(requests) AS requests,
     sum(errors) AS errors,
     sum(slow) AS slow,
@@ -22,5 +23,5 @@ SELECT
     first_value(bucket_bounds) AS bucket_bounds,
     sum_buckets(bucket_counts) AS bucket_counts
 FROM red_metrics
-GROUP BY interval_start, interval_end, metric, service, instance, operation, call_type, peer, status
-ORDER BY interval_start, metric, service, instance, operation, call_type, peer, status
+GROUP BY interval_start, interval_end, metric, service, instance, operation, call_type, peer, status, tenant
+ORDER BY interval_start, metric, service, instance, operation, call_type, peer, status, tenant

@@ -29,7 +29,7 @@ use super::shard::{DeferredNode, NodeSnapshot};
 
 /// Bumped when the layout of the state changes; an older one is refused with a clear
 /// message.
-pub(crate) const VERSION: u32 = 10;
+pub(crate) const VERSION: u32 = 11;
 
 /// Savepoints kept in a directory (the newest first).
 pub(crate) const KEEP: usize = 3;

@@ -46,6 +46,7 @@ pub static RED_METRICS_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
         Field::new("call_type", DataType::Utf8, false),
         Field::new("peer", DataType::Utf8, false),
         Field::new("status", DataType::Utf8, false),
+        Field::new("tenant", DataType::Utf8, false),
     ];
     f.extend(stats_fields());
     Arc::new(Schema::new(f))
@@ -77,6 +78,7 @@ pub static EXEMPLARS_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
         Field::new("call_type", DataType::Utf8, false),
         Field::new("peer", DataType::Utf8, false),
         Field::new("status", DataType::Utf8, false),
+        Field::new("tenant", DataType::Utf8, false),
         Field::new("bucket_le", DataType::Float64, false),
         Field::new("trace_id", DataType::FixedSizeBinary(16), false),
         Field::new("span_id", DataType::FixedSizeBinary(8), false),
@@ -144,7 +146,7 @@ pub struct MetricRows {
 
 impl MetricRows {
     fn new(relation: bool) -> Self {
-        let n = if relation { 5 } else { 7 };
+        let n = if relation { 5 } else { 8 };
         MetricRows {
             relation,
             start: TimestampNanosecondBuilder::new().with_timezone("+00:00"),
@@ -191,6 +193,7 @@ impl MetricRows {
                 k.call_type.as_str(),
                 k.peer.as_str(),
                 k.status.as_str(),
+                k.tenant.as_str(),
             ]
         };
         for (b, v) in self.dims.iter_mut().zip(values) {
@@ -246,7 +249,7 @@ impl Default for ExemplarRows {
     fn default() -> Self {
         ExemplarRows {
             start: TimestampNanosecondBuilder::new().with_timezone("+00:00"),
-            dims: (0..7).map(|_| StringBuilder::new()).collect(),
+            dims: (0..8).map(|_| StringBuilder::new()).collect(),
             le: Float64Builder::new(),
             trace_id: FixedSizeBinaryBuilder::new(16),
             span_id: FixedSizeBinaryBuilder::new(8),
@@ -273,6 +276,7 @@ impl ExemplarRows {
                     k.call_type.as_str(),
                     k.peer.as_str(),
                     k.status.as_str(),
+                    k.tenant.as_str(),
                 ];
                 for (b, v) in self.dims.iter_mut().zip(values) {
                     b.append_value(v);

@@ -376,8 +376,9 @@ fn tenants_are_named_throttled_and_authenticated_by_key() {
          watermark: {{ max_out_of_order: 5s, idle_timeout: 1h }}\n\
          operators:\n  s: {{ type: session_window, from: rx, gap: 5s }}\n  \
          t:\n    type: tail_sampling\n    from: s\n    \
-         policies: [{{ name: all, type: probabilistic, percentage: 100 }}]\n\
-         sinks:\n  o: {{ type: parquet, from: [t, t.spans] }}\n",
+         policies: [{{ name: all, type: probabilistic, percentage: 100 }}]\n  \
+         m: {{ type: red_metrics, from: t, dimensions: [operation, tenant] }}\n\
+         sinks:\n  o: {{ type: parquet, from: [t, t.spans, m] }}\n",
         keys.path().join("fast.key").display()
     );
     let rx = launch("otlp_tenants.yaml", &text, http, grpc, None);
@@ -453,6 +454,24 @@ fn tenants_are_named_throttled_and_authenticated_by_key() {
             "{service}: {resource}"
         );
     }
+    // The tenant is a metric dimension: spans per tenant in `service_node`.
+    let red = read_table(out.path(), "red_metrics");
+    let (metric, tenant, requests) = (
+        column(&red, "metric"),
+        column(&red, "tenant"),
+        column(&red, "requests"),
+    );
+    let mut per_tenant = std::collections::BTreeMap::<&str, u64>::new();
+    for i in 0..metric.len() {
+        if metric[i] == "service_node" {
+            *per_tenant.entry(tenant[i].as_str()).or_default() +=
+                requests[i].parse::<u64>().unwrap();
+        }
+    }
+    assert_eq!(
+        per_tenant,
+        [("fast", 15), ("slow", 3)].into_iter().collect()
+    );
     assert!(
         !format!("{:?}", summary).contains("slow-key"),
         "keys never show in the summary"

@@ -157,9 +157,12 @@ pub struct SeriesKey {
     /// How source and target connect (relations).
     #[serde(default)]
     pub connection: ConnectionType,
+    /// The tenant of the span's resource (the `tenant` dimension).
+    #[serde(default)]
+    pub tenant: Sym,
 }
 
-/// Hashes the key as three words: every span is observed into two or three series, and
+/// Hashes the key as four words: every span is observed into two or three series, and
 /// the derived hash (one round per field) was most of the cost of finding its series.
 /// Consistent with `Eq`: equal keys have equal words. Symbol ids differ between runs,
 /// which only changes the order of hash maps, never what is emitted (rows are sorted).
@@ -173,10 +176,10 @@ impl std::hash::Hash for SeriesKey {
 }
 
 impl SeriesKey {
-    /// The key as three words: equal keys have equal words and different keys different
+    /// The key as four words: equal keys have equal words and different keys different
     /// ones (every field has its own bits), so the words identify the series.
     #[inline]
-    pub fn words(&self) -> [u64; 3] {
+    pub fn words(&self) -> [u64; 4] {
         let metric: u64 = match self.metric {
             Metric::ServiceNode => 0,
             Metric::ServiceServer => 1,
@@ -193,6 +196,7 @@ impl SeriesKey {
                 | (self.peer_kind as u64) << 40
                 | metric << 48
                 | (self.connection as u64) << 56,
+            u64::from(self.tenant.id()),
         ]
     }
 
@@ -209,6 +213,7 @@ impl SeriesKey {
             peer_kind: NodeKind::Service,
             status: Sym::empty(),
             connection: ConnectionType::Direct,
+            tenant: Sym::empty(),
         }
     }
 
@@ -566,7 +571,7 @@ const NO_EXEMPLAR: Exemplar = Exemplar {
 #[derive(Debug, Clone)]
 struct OpenInterval {
     start: EventTime,
-    index: AHashMap<[u64; 3], u32>,
+    index: AHashMap<[u64; 4], u32>,
     heads: Vec<(SeriesKey, SeriesAgg)>,
     cells: Vec<Cell>,
 }
@@ -583,7 +588,7 @@ impl OpenInterval {
 
     /// Opens a series (out of line: most observations find theirs).
     #[inline(never)]
-    fn add_series(&mut self, key: SeriesKey, words: [u64; 3], buckets: usize) -> usize {
+    fn add_series(&mut self, key: SeriesKey, words: [u64; 4], buckets: usize) -> usize {
         let at = self.heads.len();
         // More series than a u32 counts would be far past any cardinality limit.
         self.index
@@ -1085,6 +1090,7 @@ fn labels(key: &SeriesKey, out: &mut String) {
         put("peer_kind", key.peer_kind.as_str(), out);
     }
     put("status", key.status.as_str(), out);
+    put("tenant", key.tenant.as_str(), out);
 }
 
 /// Renders a closed interval's histograms in OpenMetrics text, with exemplars

@@ -39,6 +39,9 @@ pub enum Dimension {
     Peer,
     /// The failure status (on `service_call_*_error`).
     Status,
+    /// The resource attribute `tenant` (which the `otlp` source's tenants set), on
+    /// every metric. Not kept unless listed.
+    Tenant,
 }
 
 /// Configuration of `red_metrics` in a job file.
@@ -114,7 +117,9 @@ pub struct RedMetrics {
     agg: IntervalAggregator,
     norm: OperationNormalizer,
     slow_ns: [u64; 6],
-    keep: [bool; 4],
+    keep: [bool; 5],
+    /// The last resource buffer's tenant: a trace's spans share few resources.
+    tenant_of: (usize, Sym),
     /// Scratch index for [`RedMetrics::add_trace`] (callers holding one use
     /// [`RedMetrics::add_indexed_trace`]).
     index: SpanIndex,
@@ -149,10 +154,12 @@ impl RedMetrics {
             has(Dimension::Operation),
             has(Dimension::Peer),
             has(Dimension::Status),
+            has(Dimension::Tenant),
         ];
         RedMetrics {
             slow_ns: config.slow_thresholds.nanos(),
             keep,
+            tenant_of: (0, Sym::empty()),
             agg,
             norm: OperationNormalizer::default(),
             config,
@@ -200,11 +207,27 @@ impl RedMetrics {
                 *w = true;
             }
         }
-        let [keep_instance, keep_operation, keep_peer, keep_status] = self.keep;
+        let [
+            keep_instance,
+            keep_operation,
+            keep_peer,
+            keep_status,
+            keep_tenant,
+        ] = self.keep;
         let empty = Sym::empty();
         // Built once: `SeriesKey::new` resolves the empty symbol for each dimension.
-        let blank = SeriesKey::new(Metric::ServiceNode);
+        let no_tenant = SeriesKey::new(Metric::ServiceNode);
+        // Addresses are unique among the buffers of this trace only.
+        self.tenant_of = (0, empty);
         for (i, s) in trace.spans.iter().enumerate() {
+            let blank = if keep_tenant {
+                SeriesKey {
+                    tenant: self.tenant(&s.resource_attrs),
+                    ..no_tenant
+                }
+            } else {
+                no_tenant
+            };
             let d = s.duration_ns();
             let error = s.is_error();
             let slow = d > self.slow_ns[s.call_type as usize];
@@ -279,6 +302,20 @@ impl RedMetrics {
     /// watermark).
     pub fn flush(&mut self, watermark: u64, out: &mut Vec<Partial>) {
         self.agg.flush(watermark, out);
+    }
+
+    /// The `tenant` resource attribute (a string), or empty.
+    fn tenant(&mut self, resource: &crate::Attrs) -> Sym {
+        let at = resource.buffer_address();
+        if at != 0 && self.tenant_of.0 == at {
+            return self.tenant_of.1;
+        }
+        let t = match resource.get("tenant") {
+            Some(crate::AttrValue::Str(t)) => Sym::new(t),
+            _ => Sym::empty(),
+        };
+        self.tenant_of = (at, t);
+        t
     }
 }
 

@@ -417,3 +417,58 @@ proptest! {
         prop_assert_eq!(closed, single);
     }
 }
+
+/// `service tenant -> requests` of the `service_server` series.
+fn by_tenant(closed: &[ClosedInterval]) -> BTreeMap<String, u64> {
+    let mut out = BTreeMap::new();
+    for ci in closed {
+        for (k, a) in &ci.series {
+            if k.metric == Metric::ServiceServer {
+                *out.entry(format!("{} {}", k.service, k.tenant))
+                    .or_default() += a.requests;
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn the_tenant_dimension_splits_series_by_the_resources_tenant() {
+    use CallType::*;
+    let resource = |tenant: Option<&str>| {
+        let mut b = crate::AttrsBuilder::default();
+        b.push("service.name", crate::AttrValue::Str("a"), true);
+        if let Some(t) = tenant {
+            b.push("tenant", crate::AttrValue::Str(t), true);
+        }
+        b.finish()
+    };
+    let (team_a, team_b, none) = (
+        resource(Some("team-a")),
+        resource(Some("team-b")),
+        resource(None),
+    );
+    let traces: Vec<ClosedTrace> = [&team_a, &team_b, &team_a, &none]
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let mut s = sp(1, 0, "a", "GET /", SpanKind::Server, Http, i as u64 * 10, 5);
+            s.trace_id = TraceId([i as u8 + 1; 16]);
+            s.resource_attrs = (*r).clone();
+            trace(vec![s])
+        })
+        .collect();
+    let with = RedMetricsConfig {
+        dimensions: vec![Dimension::Operation, Dimension::Tenant],
+        ..Default::default()
+    };
+    let got = by_tenant(&run(with, &traces));
+    let want: BTreeMap<String, u64> = [("a ", 1), ("a team-a", 2), ("a team-b", 1)]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+    assert_eq!(got, want);
+    // Not a dimension unless listed: the defaults keep one series.
+    let got = by_tenant(&run(RedMetricsConfig::default(), &traces));
+    assert_eq!(got.into_iter().collect::<Vec<_>>(), [("a ".to_owned(), 4)]);
+}

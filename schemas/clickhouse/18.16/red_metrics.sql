@@ -13,6 +13,7 @@ CREATE TABLE IF NOT EXISTS `spanflow`.`red_metrics`
     `call_type` String,
     `peer` String,
     `status` String,
+    `tenant` String,
     `requests` UInt64,
     `errors` UInt64,
     `slow` UInt64,
@@ -25,4 +26,4 @@ CREATE TABLE IF NOT EXISTS `spanflow`.`red_metrics`
 )
 ENGINE = ReplacingMergeTree(`version`)
 PARTITION BY toDate(toDateTime(intDiv(`interval_start`, 1000000000)))
-ORDER BY (`service`, `metric`, `interval_start`, `operation`, `call_type`, `peer`, `status`, `instance`);
+ORDER BY (`service`, `metric`, `interval_start`, `operation`, `call_type`, `peer`, `status`, `instance`, `tenant`);

@@ -41,6 +41,7 @@ const SERIES_LOW_CARDINALITY: &[&str] = &[
     "call_type",
     "peer",
     "status",
+    "tenant",
 ];
 
 /// Every built-in output table, in the order of `crate::tables::all_schemas`.
@@ -114,6 +115,7 @@ pub const TABLES: &[Builtin] = &[
             "peer",
             "status",
             "instance",
+            "tenant",
         ],
         low_cardinality: SERIES_LOW_CARDINALITY,
         trace_id_index: false,
@@ -131,6 +133,7 @@ pub const TABLES: &[Builtin] = &[
             "peer",
             "status",
             "instance",
+            "tenant",
             "bucket_le",
         ],
         low_cardinality: SERIES_LOW_CARDINALITY,

@@ -229,6 +229,7 @@ impl RowEncoder {
                 "call_type",
                 "peer",
                 "status",
+                "tenant",
             ],
             "exemplars" => &[
                 "metric",
@@ -238,6 +239,7 @@ impl RowEncoder {
                 "call_type",
                 "peer",
                 "status",
+                "tenant",
                 "bucket_le",
             ],
             "service_relation" => &[
