@@ -331,7 +331,9 @@ fn shared_resource(extra: Attrs) -> Attrs {
     })
 }
 
-fn check(raw: &RawSpan<'_>) -> Result<(TraceId, SpanId, SpanId), DecodeError> {
+/// The checks of a span's ids and times that make it unusable (a dead letter) when
+/// they fail.
+pub(crate) fn check(raw: &RawSpan<'_>) -> Result<(TraceId, SpanId, SpanId), DecodeError> {
     let trace_id = TraceId::from_slice(raw.trace_id)
         .filter(|t| !t.is_zero())
         .ok_or_else(|| DecodeError::TraceId(describe_id(raw.trace_id, 16)))?;

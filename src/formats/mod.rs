@@ -3,7 +3,7 @@
 //! [`Span`]: spanflow_operators::Span
 
 pub mod avro;
-mod convert;
+pub(crate) mod convert;
 mod dead_letter;
 pub mod framing;
 pub mod otlp_out;

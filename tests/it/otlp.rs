@@ -518,3 +518,138 @@ fn an_idle_receiver_closes_traces_by_the_wall_clock() {
     );
     assert_eq!(column(&t, "span_count"), vec!["3"]);
 }
+
+/// Sends `body` as the message of a `TraceService/Export` call, whatever its bytes: a
+/// client that does not encode (as a broken exporter might send).
+struct RawBytes;
+
+impl tonic::codec::Encoder for RawBytes {
+    type Item = bytes::Bytes;
+    type Error = tonic::Status;
+    fn encode(
+        &mut self,
+        item: bytes::Bytes,
+        dst: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        use bytes::BufMut;
+        dst.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Codec for RawBytes {
+    type Encode = bytes::Bytes;
+    type Decode = opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
+    type Encoder = RawBytes;
+    type Decoder = tonic_prost::ProstDecoder<Self::Decode>;
+    fn encoder(&mut self) -> RawBytes {
+        RawBytes
+    }
+    fn decoder(&mut self) -> Self::Decoder {
+        tonic_prost::ProstCodec::<(), Self::Decode>::default().decoder()
+    }
+}
+
+/// A request whose spans are partly unusable is accepted with OTLP's partial success
+/// (how many were rejected and why), the rejected spans land in `dead_letters` and the
+/// others in their traces; a gRPC body that is not a request is `INVALID_ARGUMENT` and
+/// lands in `dead_letters` too.
+#[test]
+fn partly_unusable_requests_get_partial_success_and_bad_bodies_dead_letters() {
+    let (http, grpc) = (free_port(), free_port());
+    let text = format!(
+        "sources:\n  rx:\n    type: otlp\n    http: 127.0.0.1:{http}\n    grpc: 127.0.0.1:{grpc}\n    \
+         watermark: {{ max_out_of_order: 5s, idle_timeout: 1h }}\n\
+         operators:\n  s: {{ type: session_window, from: rx, gap: 5s }}\n  \
+         t:\n    type: tail_sampling\n    from: s\n    \
+         policies: [{{ name: all, type: probabilistic, percentage: 100 }}]\n\
+         sinks:\n  o: {{ type: parquet, from: [t, t.spans, rx.dead_letters] }}\n"
+    );
+    let rx = launch("otlp_partial.yaml", &text, http, grpc, None);
+    // Trace t's three spans, the second with a 3-byte trace id.
+    let partly = |t: u8| {
+        let mut r = request(t, 3);
+        r.resource_spans[0].scope_spans[0].spans[1].trace_id = vec![t; 3];
+        r
+    };
+    let client = reqwest::blocking::Client::new();
+    let resp = post(
+        &client,
+        &rx.http,
+        "application/x-protobuf",
+        false,
+        partly(1).encode_to_vec(),
+    );
+    assert_eq!(resp.status(), 200);
+    let answer =
+        opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse::decode(
+            resp.bytes().unwrap(),
+        )
+        .unwrap();
+    let p = answer.partial_success.expect("partial success");
+    assert_eq!(p.rejected_spans, 1);
+    assert!(
+        p.error_message.contains("3 bytes, expected 16"),
+        "{}",
+        p.error_message
+    );
+    let json = serde_json::to_vec(&partly(2)).unwrap();
+    let resp = post(&client, &rx.http, "application/json", false, json);
+    assert_eq!(resp.status(), 200);
+    let answer: serde_json::Value = resp.json().unwrap();
+    assert_eq!(answer["partialSuccess"]["rejectedSpans"], "1", "{answer}");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut c = TraceServiceClient::connect(rx.grpc.clone()).await.unwrap();
+        let answer = c.export(partly(3)).await.unwrap().into_inner();
+        assert_eq!(answer.partial_success.map(|p| p.rejected_spans), Some(1));
+        // A whole good request gets no partial success.
+        let answer = c.export(request(4, 2)).await.unwrap().into_inner();
+        assert_eq!(answer.partial_success, None);
+        let channel = tonic::transport::Channel::from_shared(rx.grpc.clone())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let mut raw = tonic::client::Grpc::new(channel);
+        raw.ready().await.unwrap();
+        let e = raw
+            .unary(
+                tonic::Request::new(bytes::Bytes::from_static(b"\xff\xff\xff")),
+                "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
+                    .parse()
+                    .unwrap(),
+                RawBytes,
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    });
+    let (report, out) = rx.stop_after(3 * 2 + 2);
+    assert_eq!(
+        (report.accepted_spans, report.rejected_spans, report.invalid),
+        (11, 3, 1),
+        "{report}"
+    );
+    let got = traces(out.path());
+    assert_eq!(
+        got,
+        [
+            ("svc-1".to_owned(), 2),
+            ("svc-2".to_owned(), 2),
+            ("svc-3".to_owned(), 2),
+            ("svc-4".to_owned(), 2)
+        ]
+    );
+    let dead = read_table(out.path(), "dead_letters");
+    let reasons = column(&dead, "reason");
+    assert_eq!(reasons.len(), 4, "{reasons:?}");
+    assert_eq!(
+        reasons
+            .iter()
+            .filter(|r| r.contains("3 bytes, expected 16"))
+            .count(),
+        3,
+        "{reasons:?}"
+    );
+}

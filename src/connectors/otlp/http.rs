@@ -7,16 +7,12 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
-    TraceService, TraceServiceServer,
-};
-use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTraceServiceRequest, ExportTraceServiceResponse,
-};
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use super::grpc::{Grpc, TraceServiceServer};
 use super::{Intake, OtlpSourceConfig, Verdict};
 use crate::runtime::io::ConnectorError;
 
@@ -80,47 +76,6 @@ pub(super) async fn serve(
 fn local(l: &tokio::net::TcpListener) -> String {
     l.local_addr()
         .map_or_else(|e| e.to_string(), |a| a.to_string())
-}
-
-struct Grpc(Intake);
-
-#[tonic::async_trait]
-impl TraceService for Grpc {
-    async fn export(
-        &self,
-        request: tonic::Request<ExportTraceServiceRequest>,
-    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
-        let meta = request.metadata();
-        let header = |name| meta.get(name).and_then(|v| v.to_str().ok());
-        let key =
-            super::tenants::key_of(header("authorization"), header("x-api-key")).map(str::to_owned);
-        // tonic has decoded the request (a malformed one never gets here); the
-        // pipeline reads protobuf bytes.
-        let body = Bytes::from(request.into_inner().encode_to_vec());
-        match self.0.offer(body, key.as_deref()) {
-            Verdict::Accepted => Ok(tonic::Response::new(ExportTraceServiceResponse {
-                partial_success: None,
-            })),
-            Verdict::Retry => Err(tonic::Status::unavailable(
-                "the pipeline is behind; retry later",
-            )),
-            Verdict::Invalid => Err(tonic::Status::invalid_argument(
-                "not an ExportTraceServiceRequest",
-            )),
-            Verdict::Unauthorized => Err(tonic::Status::unauthenticated(
-                "no known API key (authorization: Bearer <key>, or x-api-key)",
-            )),
-            // OTLP clients retry RESOURCE_EXHAUSTED only when it says when (RetryInfo).
-            Verdict::Throttled => {
-                use tonic_types::{ErrorDetails, StatusExt};
-                Err(tonic::Status::with_error_details(
-                    tonic::Code::ResourceExhausted,
-                    "over the tenant's rate limit; retry later",
-                    ErrorDetails::with_retry_info(Some(std::time::Duration::from_secs(1))),
-                ))
-            }
-        }
-    }
 }
 
 /// `google.rpc.Status` codes OTLP/HTTP answers carry.
@@ -240,11 +195,18 @@ async fn export_http(State(intake): State<Intake>, headers: HeaderMap, body: Byt
         None => intake.offer(body, key),
     };
     match verdict {
-        Verdict::Accepted => {
-            let ok = ExportTraceServiceResponse {
-                partial_success: None,
+        Verdict::Accepted { rejected, reason } => {
+            let ok = super::grpc::accepted(rejected, reason);
+            let json_body = match &ok.partial_success {
+                None => "{}".to_owned(),
+                // OTLP/JSON: int64 as a string, camelCase names.
+                Some(p) => serde_json::json!({ "partialSuccess": {
+                    "rejectedSpans": p.rejected_spans.to_string(),
+                    "errorMessage": p.error_message,
+                } })
+                .to_string(),
             };
-            answer(StatusCode::OK, json, ok.encode_to_vec(), "{}".to_owned())
+            answer(StatusCode::OK, json, ok.encode_to_vec(), json_body)
         }
         Verdict::Retry => retry_later(
             StatusCode::SERVICE_UNAVAILABLE,

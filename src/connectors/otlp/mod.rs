@@ -14,9 +14,11 @@
 //! checkpoint restore continues with what the exporters send next. A job that needs
 //! exactly-once puts Kafka in front (exporters -> Collector -> Kafka -> spanflow).
 
+mod grpc;
 mod http;
 mod tenants;
 
+pub use grpc::RawCodec;
 use tenants::{Refusal, Tenants};
 pub use tenants::{Secret, TenantConfig};
 
@@ -106,6 +108,9 @@ pub struct ReceiverStats {
     pub accepted: AtomicU64,
     /// Spans in them.
     pub accepted_spans: AtomicU64,
+    /// Of those, spans answered as rejected (OTLP partial success): their ids or times
+    /// are unusable, and they land in `dead_letters`.
+    pub rejected_spans: AtomicU64,
     /// Requests answered with a retryable error because the queue was full.
     pub retried: AtomicU64,
     /// Spans in them.
@@ -125,6 +130,8 @@ pub struct ReceiverReport {
     pub accepted: u64,
     /// Spans in them.
     pub accepted_spans: u64,
+    /// Of those, spans answered as rejected (partial success; in `dead_letters`).
+    pub rejected_spans: u64,
     /// Requests told to retry (queue full).
     pub retried: u64,
     /// Spans in them.
@@ -156,9 +163,11 @@ impl std::fmt::Display for ReceiverReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} requests ({} spans) received, {} ({} spans) told to retry, {} malformed, {} too large",
+            "{} requests ({} spans) received, {} spans rejected, {} ({} spans) told to retry, \
+             {} malformed, {} too large",
             self.accepted,
             self.accepted_spans,
+            self.rejected_spans,
             self.retried,
             self.retried_spans,
             self.invalid,
@@ -197,10 +206,16 @@ pub(crate) struct Intake {
 }
 
 /// What became of a request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Verdict {
-    /// Queued.
-    Accepted,
+    /// Queued; `rejected` of its spans are unusable (OTLP partial success), the first
+    /// of them for `reason`.
+    Accepted {
+        /// Spans the decoder will send to `dead_letters`.
+        rejected: u64,
+        /// Why the first of them is unusable.
+        reason: Option<String>,
+    },
     /// The queue is full (or the run is ending): the exporter should retry.
     Retry,
     /// Not an `ExportTraceServiceRequest` (queued anyway for `dead_letters`).
@@ -223,10 +238,11 @@ impl Intake {
                 return Verdict::Unauthorized;
             }
         };
-        let Some(spans) = count_spans(&body) else {
+        let Some(survey) = survey(&body) else {
             self.offer_invalid(body);
             return Verdict::Invalid;
         };
+        let spans = survey.spans;
         let body = match tenant {
             None => body,
             Some(t) => {
@@ -249,7 +265,13 @@ impl Intake {
                 self.stats
                     .accepted_spans
                     .fetch_add(spans, Ordering::Relaxed);
-                Verdict::Accepted
+                self.stats
+                    .rejected_spans
+                    .fetch_add(survey.rejected, Ordering::Relaxed);
+                Verdict::Accepted {
+                    rejected: survey.rejected,
+                    reason: survey.first_reason,
+                }
             }
             Err(_) => {
                 if let Some(t) = tenant {
@@ -287,10 +309,21 @@ impl Intake {
     }
 }
 
+/// What a walk of a request's structure found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Survey {
+    /// Spans in the request.
+    pub spans: u64,
+    /// Spans the decoder will reject (to `dead_letters`): ids or times unusable.
+    pub rejected: u64,
+    /// Why the first rejected span is.
+    pub first_reason: Option<String>,
+}
+
 /// The spans of an `ExportTraceServiceRequest`, from a walk of its structure (resource
-/// spans, scope spans, spans: tags and lengths); `None` when the bytes are not one. The
-/// spans' own fields are the decoder's to check.
-pub(crate) fn count_spans(body: &[u8]) -> Option<u64> {
+/// spans, scope spans, spans: tags and lengths) and of each span's ids and times, which
+/// are checked as the decoder checks them; `None` when the bytes are not a request.
+pub(crate) fn survey(body: &[u8]) -> Option<Survey> {
     use spanflow_operators::model::wire::{WireField, WireFields};
     fn nested<'a>(
         body: &'a [u8],
@@ -307,16 +340,47 @@ pub(crate) fn count_spans(body: &[u8]) -> Option<u64> {
         }
         (!fields.failed).then_some(())
     }
-    let mut spans = 0u64;
+    let mut out = Survey::default();
     nested(body, 1, |rs| {
         nested(rs, 2, |ss| {
-            nested(ss, 2, |_| {
-                spans += 1;
+            nested(ss, 2, |span| {
+                out.spans += 1;
+                if let Err(e) = check_span(span) {
+                    out.rejected += 1;
+                    out.first_reason.get_or_insert_with(|| e.to_string());
+                }
                 Some(())
             })
         })
     })?;
-    Some(spans)
+    Some(out)
+}
+
+/// The decoder's checks of one `Span` message's ids and times. A span whose fields do
+/// not parse is the decoder's to report (the whole request goes to `dead_letters`).
+fn check_span(span: &[u8]) -> Result<(), crate::formats::DecodeError> {
+    use spanflow_operators::model::wire::{WireField, WireFields};
+    let mut raw = crate::formats::convert::RawSpan {
+        trace_id: &[],
+        span_id: &[],
+        parent_span_id: &[],
+        name: "",
+        kind: 0,
+        start: 0,
+        end: 0,
+        status_code: 0,
+    };
+    for (f, v) in WireFields::new(span) {
+        match (f, v) {
+            (1, WireField::Len(b)) => raw.trace_id = b,
+            (2, WireField::Len(b)) => raw.span_id = b,
+            (4, WireField::Len(b)) => raw.parent_span_id = b,
+            (7, WireField::Fixed64(t)) => raw.start = t,
+            (8, WireField::Fixed64(t)) => raw.end = t,
+            _ => {}
+        }
+    }
+    crate::formats::convert::check(&raw).map(|_| ())
 }
 
 /// The `otlp` source.
@@ -393,6 +457,7 @@ impl Source for OtlpSource {
         Some(Arc::new(ReceiverReport {
             accepted: s.accepted.load(Ordering::Relaxed),
             accepted_spans: s.accepted_spans.load(Ordering::Relaxed),
+            rejected_spans: s.rejected_spans.load(Ordering::Relaxed),
             retried: s.retried.load(Ordering::Relaxed),
             retried_spans: s.retried_spans.load(Ordering::Relaxed),
             invalid: s.invalid.load(Ordering::Relaxed),

@@ -5,13 +5,28 @@ use prost::Message;
 
 use super::*;
 
+/// A usable span (ids and times set).
+fn good_span() -> Span {
+    Span {
+        trace_id: vec![1; 16],
+        span_id: vec![2; 8],
+        start_time_unix_nano: 10,
+        end_time_unix_nano: 20,
+        ..Default::default()
+    }
+}
+
 fn request(spans_per_scope: &[usize]) -> Vec<u8> {
+    request_of(spans_per_scope, good_span())
+}
+
+fn request_of(spans_per_scope: &[usize], span: Span) -> Vec<u8> {
     ExportTraceServiceRequest {
         resource_spans: vec![ResourceSpans {
             scope_spans: spans_per_scope
                 .iter()
                 .map(|&n| ScopeSpans {
-                    spans: vec![Span::default(); n],
+                    spans: vec![span.clone(); n],
                     ..Default::default()
                 })
                 .collect(),
@@ -19,6 +34,62 @@ fn request(spans_per_scope: &[usize]) -> Vec<u8> {
         }],
     }
     .encode_to_vec()
+}
+
+fn count_spans(body: &[u8]) -> Option<u64> {
+    survey(body).map(|s| s.spans)
+}
+
+const OK: Verdict = Verdict::Accepted {
+    rejected: 0,
+    reason: None,
+};
+
+/// The spans the decoder would send to `dead_letters` are found when the request
+/// comes, so the answer can say so (OTLP partial success), with the decoder's reason.
+#[test]
+fn unusable_spans_are_counted_as_the_decoder_would_reject_them() {
+    let bad = |f: fn(&mut Span)| {
+        let mut s = good_span();
+        f(&mut s);
+        survey(&request_of(&[2], s)).unwrap()
+    };
+    assert_eq!(bad(|_| {}).rejected, 0);
+    let short = bad(|s| s.trace_id = vec![1; 3]);
+    assert_eq!((short.spans, short.rejected), (2, 2));
+    assert!(
+        short
+            .first_reason
+            .as_deref()
+            .unwrap()
+            .contains("3 bytes, expected 16"),
+        "{short:?}"
+    );
+    assert_eq!(bad(|s| s.span_id = vec![0; 8]).rejected, 2);
+    assert_eq!(bad(|s| s.parent_span_id = vec![1; 4]).rejected, 2);
+    assert_eq!(bad(|s| s.end_time_unix_nano = 5).rejected, 2);
+    assert_eq!(bad(|s| s.start_time_unix_nano = 0).rejected, 2);
+    // What the decoder says of the same spans.
+    let mut out = crate::formats::Decoded::default();
+    let meta = crate::formats::RecordMeta {
+        topic: None,
+        source: spanflow_operators::Sym::new("rx"),
+        split: 0,
+        offset: 0,
+    };
+    crate::formats::SpanDecoder::new().decode(
+        InputFormat::OtlpProto,
+        &request_of(
+            &[2],
+            Span {
+                trace_id: vec![1; 3],
+                ..good_span()
+            },
+        ),
+        &meta,
+        &mut out,
+    );
+    assert_eq!((out.spans.len(), out.dead_letters.len()), (0, 2));
 }
 
 #[test]
@@ -46,7 +117,7 @@ fn a_full_queue_tells_the_exporter_to_retry() {
         max_request_bytes: 1 << 20,
     };
     let one = Bytes::from(request(&[2]));
-    assert_eq!(intake.offer(one.clone(), None), Verdict::Accepted);
+    assert_eq!(intake.offer(one.clone(), None), OK);
     assert_eq!(intake.offer(one.clone(), None), Verdict::Retry);
     assert_eq!(
         intake.offer(Bytes::from_static(b"\xff"), None),
