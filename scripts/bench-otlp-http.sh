@@ -6,14 +6,15 @@
 # stop, its flush included), and spans per second and per CPU-second.
 #
 #   scripts/bench-otlp-http.sh [TRACES] [SPANS_PER_REQUEST] [SENDER_THREADS]
+#   SPANFLOW_BIN=/path/to/spanflow scripts/bench-otlp-http.sh ...   (A/B: that binary)
 #
 # The load generator runs on the same machine and takes CPU of its own, which is not
 # counted: per CPU-second is the receiver's and the pipeline's cost only.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 traces=${1:-20000} per_request=${2:-100} senders=${3:-2}
-bin=target/release/spanflow
-cargo build --release --locked --quiet
+bin=${SPANFLOW_BIN:-target/release/spanflow}
+[[ -n ${SPANFLOW_BIN:-} ]] || cargo build --release --locked --quiet
 if [[ ! -x /usr/bin/time ]]; then
   sudo=""
   [[ $(id -u) -ne 0 ]] && sudo="sudo"

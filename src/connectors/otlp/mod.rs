@@ -370,6 +370,9 @@ fn check_span(span: &[u8]) -> Result<(), crate::formats::DecodeError> {
         end: 0,
         status_code: 0,
     };
+    // Encoders write fields in number order: once the ids and times are read, the
+    // attributes, events and links after them need no walk.
+    let mut seen = 0u8;
     for (f, v) in WireFields::new(span) {
         match (f, v) {
             (1, WireField::Len(b)) => raw.trace_id = b,
@@ -377,8 +380,16 @@ fn check_span(span: &[u8]) -> Result<(), crate::formats::DecodeError> {
             (4, WireField::Len(b)) => raw.parent_span_id = b,
             (7, WireField::Fixed64(t)) => raw.start = t,
             (8, WireField::Fixed64(t)) => raw.end = t,
-            _ => {}
+            _ if f > 8 && seen == 0b1111 => break,
+            _ => continue,
         }
+        seen |= match f {
+            1 => 1,
+            2 => 2,
+            7 => 4,
+            8 => 8,
+            _ => 0,
+        };
     }
     crate::formats::convert::check(&raw).map(|_| ())
 }
