@@ -6,6 +6,7 @@
 
 #![warn(missing_docs)]
 
+pub mod alerts;
 pub mod classify;
 pub mod config;
 pub mod metrics;

@@ -449,15 +449,15 @@ pub fn plan_member(
                     data.as_str()
                 )));
             }
-            let global = matches!(build, NodeBuild::Rollup(_));
+            let global = matches!(build, NodeBuild::Rollup(_) | NodeBuild::Global(_));
             if upstream_global != global {
                 return Err(unsupported(format!(
                     "`{}` cannot read `{f}`: {}",
                     r.name,
                     if global {
-                        "rollups read metric operators' outputs"
+                        "rollups and alerts read metric operators' outputs"
                     } else {
-                        "only rollups read metric operators' outputs"
+                        "only rollups and alerts read metric operators' outputs"
                     }
                 )));
             }

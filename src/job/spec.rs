@@ -25,6 +25,7 @@ use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
 use spanflow_operators::HumanDuration;
+use spanflow_operators::alerts::{Alerts, AlertsConfig};
 use spanflow_operators::operator::Shape;
 use spanflow_operators::red_metrics::{RedMetrics, RedMetricsConfig};
 use spanflow_operators::service_graph::{ServiceGraph, ServiceGraphConfig};
@@ -249,6 +250,10 @@ operator_kinds! {
     RedMetrics(RedMetricsConfig) = "red_metrics", RedMetrics::SHAPE;
     /// Service graph edges. Reads traces; outputs `service_relation`.
     ServiceGraph(ServiceGraphConfig) = "service_graph", ServiceGraph::SHAPE;
+    /// Alerts on metric series, evaluated in event time. Reads a `red_metrics` or
+    /// `service_graph` output; outputs `alerts` (firing and resolved events with the
+    /// trace ids of kept traces).
+    Alerts(AlertsConfig) = "alerts", Alerts::SHAPE;
 }
 
 /// The table each stream written by a sink lands in: named after its output port
@@ -354,6 +359,13 @@ impl OperatorKind {
                             Box::new(RedMetrics::new(m.clone()).merge_operator(sampled_input))
                         }),
                     },
+                )
+            }
+            OperatorKind::Alerts(c) => {
+                let c = c.clone();
+                (
+                    Alerts::SHAPE,
+                    NodeBuild::Global(Arc::new(move |_| Box::new(Alerts::new(&c)))),
                 )
             }
             OperatorKind::ServiceGraph(c) => {

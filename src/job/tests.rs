@@ -1295,3 +1295,49 @@ fn a_self_contained_job_inlines_rollup_files_and_keeps_the_rest() {
     assert_eq!(out(&b), std::env::current_dir().unwrap().join("out/demo"));
     assert_eq!(a.operators, b.operators);
 }
+
+/// An alert rule naming a metric that does not exist, or with a threshold of the wrong
+/// kind, is reported at its place in the job file.
+#[test]
+fn alert_rules_that_cannot_work_are_located_in_the_job_file() {
+    let text = "\
+sources: { g: { type: generator } }
+operators:
+  s: { type: session_window, from: g }
+  m: { type: red_metrics, from: s }
+  a:
+    type: alerts
+    from: m
+    rules:
+      - { name: x, metric: service_call_dbx, value: error_rate, above: 0.1 }
+      - { name: y, metric: service_server, value: p99, above: 0.5 }
+sinks: { o: { type: parquet, from: [a] } }
+";
+    let d = errors(text);
+    let spots: Vec<(usize, usize, &str)> = d
+        .items
+        .iter()
+        .map(|i| (i.line, i.column, i.key.as_str()))
+        .collect();
+    assert_eq!(
+        spots,
+        [
+            (9, 28, "operators.a.rules.0.metric"),
+            (10, 63, "operators.a.rules.1.above"),
+        ],
+        "{d}"
+    );
+    assert!(d.items[0].message.contains("unknown metric"), "{d}");
+    assert!(d.items[1].message.contains("is a latency"), "{d}");
+    // Alerts read metric streams, not traces.
+    let d = one_error(
+        "sources: { g: { type: generator } }\noperators:\n  s: { type: session_window, from: g }\n  \
+         a: { type: alerts, from: s, rules: [{ name: x, metric: service_server, value: errors, above: 1 }] }\n\
+         sinks: { o: { type: parquet, from: [a] } }\n",
+    );
+    assert!(
+        d.message.contains("alerts reads metric streams"),
+        "{}",
+        d.message
+    );
+}

@@ -64,19 +64,19 @@ impl Global {
                 NodeBuild::Merged { merge, .. } | NodeBuild::Feedback { merge, .. } => {
                     (merge(plan.shards), vec![Upstream::Shards], None)
                 }
-                NodeBuild::Rollup(node) => {
+                NodeBuild::Rollup(_) | NodeBuild::Global(_) => {
                     let mut ups = Vec::new();
                     let mut kinds = Vec::new();
                     for (k, input) in pn.inputs.iter().enumerate() {
                         let Input::Node { node: up, port } = *input else {
                             return Err(RunError::Internal(format!(
-                                "rollup `{}` reads a source",
+                                "`{}` reads a source in the global stage",
                                 pn.name
                             )));
                         };
                         let Some(e) = exec_of_plan[up] else {
                             return Err(RunError::Internal(format!(
-                                "rollup `{}` reads a shard node",
+                                "`{}` reads a shard node",
                                 pn.name
                             )));
                         };
@@ -91,13 +91,24 @@ impl Global {
                         let me = nodes.len();
                         nodes[e].consumers[port].push(Target::Node { node: me, input: k });
                     }
-                    let op = RollupOp::new(node, kinds).await?;
-                    let schema = op.schema();
-                    (
-                        Box::new(op) as Box<dyn spanflow_operators::Operator>,
-                        ups,
-                        Some(schema),
-                    )
+                    match &pn.build {
+                        NodeBuild::Rollup(node) => {
+                            let op = RollupOp::new(node, kinds).await?;
+                            let schema = op.schema();
+                            (
+                                Box::new(op) as Box<dyn spanflow_operators::Operator>,
+                                ups,
+                                Some(schema),
+                            )
+                        }
+                        NodeBuild::Global(build) => (build(1), ups, None),
+                        _ => {
+                            return Err(RunError::Internal(format!(
+                                "`{}` is not a global node",
+                                pn.name
+                            )));
+                        }
+                    }
                 }
             };
             let consumers = if let NodeBuild::Feedback { .. } = pn.build {

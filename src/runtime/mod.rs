@@ -847,6 +847,7 @@ async fn run_plan(
         services: totals.services,
         metric_intervals: totals.metric_intervals,
         rollup_windows: totals.rollup_windows,
+        alerts: totals.alerts,
         folded_series: totals.folded_series,
         late_metric_observations: totals.late_metric_observations,
         outputs,

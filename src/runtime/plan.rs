@@ -107,6 +107,8 @@ pub enum NodeBuild {
     /// One instance in the global stage: a rollup (its query is planned when the run
     /// starts).
     Rollup(RollupSpec),
+    /// One instance in the global stage, downstream of merged nodes (`alerts`).
+    Global(Build),
 }
 
 impl std::fmt::Debug for NodeBuild {
@@ -116,6 +118,7 @@ impl std::fmt::Debug for NodeBuild {
             NodeBuild::Merged { .. } => "Merged",
             NodeBuild::Feedback { .. } => "Feedback",
             NodeBuild::Rollup(_) => "Rollup",
+            NodeBuild::Global(_) => "Global",
         })
     }
 }
@@ -162,13 +165,19 @@ impl PlanNode {
     pub fn in_global(&self) -> bool {
         matches!(
             self.build,
-            NodeBuild::Merged { .. } | NodeBuild::Feedback { .. } | NodeBuild::Rollup(_)
+            NodeBuild::Merged { .. }
+                | NodeBuild::Feedback { .. }
+                | NodeBuild::Rollup(_)
+                | NodeBuild::Global(_)
         )
     }
 
     /// Its outputs are the global stage's (rollups read only those).
     pub fn outputs_global(&self) -> bool {
-        matches!(self.build, NodeBuild::Merged { .. } | NodeBuild::Rollup(_))
+        matches!(
+            self.build,
+            NodeBuild::Merged { .. } | NodeBuild::Rollup(_) | NodeBuild::Global(_)
+        )
     }
 }
 

@@ -25,7 +25,9 @@ use super::checkpoint::{FeedbackLog, Part, Pending, log_entry};
 use super::io::{ConnectorError, TableWriter};
 use super::plan::{Input, NodeBuild, Plan};
 use super::{Progress, RunError, SavepointError, SinkError, TableTarget};
-use crate::tables::{BatchRows, ExemplarRows, MetricRows, SpanRows, TableRows, TraceRows};
+use crate::tables::{
+    AlertRows, BatchRows, ExemplarRows, MetricRows, SpanRows, TableRows, TraceRows,
+};
 
 /// Messages from the router.
 pub(crate) enum ShardMsg {
@@ -181,6 +183,7 @@ pub(crate) enum TableSink {
     Red(Port<MetricRows>, OpenMetricsText),
     Relation(Port<MetricRows>),
     Exemplars(Port<ExemplarRows>),
+    Alerts(Port<AlertRows>),
     Rows(Port<BatchRows>),
 }
 
@@ -224,6 +227,9 @@ impl TableSink {
             )?),
             Table::Exemplars => {
                 TableSink::Exemplars(Port::new(ExemplarRows::default(), targets, part, discard)?)
+            }
+            Table::Alerts => {
+                TableSink::Alerts(Port::new(AlertRows::default(), targets, part, discard)?)
             }
             Table::Query => {
                 let (name, schema) = query
@@ -296,6 +302,12 @@ impl TableSink {
                 }
                 p.maybe_flush(false)
             }
+            (TableSink::Alerts(p), Batch::Alerts(events)) => {
+                for e in events {
+                    p.rows.push(e);
+                }
+                p.maybe_flush(false)
+            }
             (TableSink::Rows(p), Batch::Other(any)) => {
                 let Some(rb) = any.downcast_ref::<arrow::record_batch::RecordBatch>() else {
                     return Err(RunError::Internal("query rows of an unknown type".into()));
@@ -316,6 +328,7 @@ impl TableSink {
             TableSink::Spans(p) | TableSink::Late(p) => p.precommit(pending),
             TableSink::Red(p, _) | TableSink::Relation(p) => p.precommit(pending),
             TableSink::Exemplars(p) => p.precommit(pending),
+            TableSink::Alerts(p) => p.precommit(pending),
             TableSink::Rows(p) => p.precommit(pending),
         }
     }
@@ -336,6 +349,7 @@ impl TableSink {
             }
             TableSink::Relation(p) => p.close(outputs),
             TableSink::Exemplars(p) => p.close(outputs),
+            TableSink::Alerts(p) => p.close(outputs),
             TableSink::Rows(p) => p.close(outputs),
         }
     }
@@ -847,7 +861,7 @@ pub(crate) fn shard_executor(
             NodeBuild::Feedback { partial, grain, .. } => {
                 (partial(plan.shards), false, true, *grain)
             }
-            NodeBuild::Rollup(_) => continue,
+            NodeBuild::Rollup(_) | NodeBuild::Global(_) => continue,
         };
         let mut inputs = Vec::with_capacity(pn.inputs.len());
         for (k, input) in pn.inputs.iter().enumerate() {

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
+use spanflow_operators::alerts::AlertsMetrics;
 use spanflow_operators::session_window::{CloseReason, LateReason, SessionMetrics};
 
 use spanflow_operators::span_filter::SpanFilterMetrics;
@@ -87,6 +88,7 @@ pub(crate) struct Totals {
     pub services: Vec<ServiceSummary>,
     pub metric_intervals: u64,
     pub rollup_windows: Vec<(String, u64)>,
+    pub alerts: Vec<(String, AlertsMetrics)>,
     pub folded_series: u64,
     pub late_metric_observations: u64,
 }
@@ -116,6 +118,7 @@ impl Totals {
                     }
                 }
                 Report::Windows(n) => t.rollup_windows.push(((*name).to_owned(), *n)),
+                Report::Alerts(m) => t.alerts.push(((*name).to_owned(), m.clone())),
             }
         }
         if let Some(m) = red {
@@ -209,6 +212,8 @@ pub struct RunSummary {
     pub metric_intervals: u64,
     /// Per rollup, the windows its query ran on.
     pub rollup_windows: Vec<(String, u64)>,
+    /// Per `alerts` node: alerts fired, fired with a kept trace and resolved, per rule.
+    pub alerts: Vec<(String, AlertsMetrics)>,
     /// Series folded into overflow series by cardinality limits.
     pub folded_series: u64,
     /// Metric observations that arrived after their interval closed.
@@ -547,6 +552,26 @@ impl RunSummary {
                 if *windows == 1 { "" } else { "s" },
                 self.rows(name)
             );
+        }
+        for (name, m) in &self.alerts {
+            let (fired, with) = (m.fired(), m.fired_with_trace());
+            let share = if fired == 0 {
+                "-".to_owned()
+            } else {
+                format!("{:.0}%", 100.0 * with as f64 / fired as f64)
+            };
+            let _ = writeln!(
+                s,
+                "  alerts      `{name}`: {fired} fired, {with} with a kept trace ({share}), {} resolved",
+                m.rules.iter().map(|r| r.resolved).sum::<u64>()
+            );
+            for r in &m.rules {
+                let _ = writeln!(
+                    s,
+                    "    {:<26} {:>4} fired {:>4} with a trace {:>4} resolved",
+                    r.name, r.fired, r.fired_with_trace, r.resolved
+                );
+            }
         }
         for (_, r) in &self.source_reports {
             let _ = writeln!(s, "  {:<11} {r}", r.label());

@@ -3,11 +3,13 @@
 //! Column names and types are the contract with users' SQL (`spanflow sql`), with the
 //! ClickHouse DDL and with the Avro schemas, so they change only deliberately.
 
+mod alerts;
 mod attr_map;
 mod builders;
 mod metrics;
 mod span_detail;
 
+pub use alerts::AlertRows;
 pub use builders::{DeadLetterRows, SpanRows, TraceRows};
 pub use metrics::{ExemplarRows, MetricRows};
 
@@ -50,6 +52,7 @@ pub fn all_schemas() -> Vec<(&'static str, arrow::datatypes::SchemaRef)> {
         ("red_metrics", metrics::RED_METRICS_SCHEMA.clone()),
         ("exemplars", metrics::EXEMPLARS_SCHEMA.clone()),
         ("service_relation", metrics::SERVICE_RELATION_SCHEMA.clone()),
+        ("alerts", alerts::ALERTS_SCHEMA.clone()),
     ]
 }
 

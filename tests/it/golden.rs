@@ -117,3 +117,53 @@ fn graph_fanout() {
         );
     }
 }
+
+/// Alerts over RED metrics: an error burst and slow database calls each fire once after
+/// their `for` and resolve after they end, the same at every parallelism, and every
+/// trace id an alert carries is a kept trace (in `spans`).
+#[test]
+fn alerts_burst() {
+    for p in [1, 2, 3] {
+        check_case("alerts_burst", &["alerts"], p);
+    }
+    let dir = root().join("tests/golden/alerts_burst");
+    let job = spanflow::job::load(&dir.join("job.yaml")).unwrap_or_else(|d| panic!("{d}"));
+    let out = tempfile::tempdir().unwrap();
+    let summary = run_job(
+        &job,
+        &RunOptions {
+            output_dir: Some(out.path().to_path_buf()),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let alerts = read_table(out.path(), "alerts");
+    let kept: std::collections::BTreeSet<String> =
+        crate::support::column(&read_table(out.path(), "spans"), "trace_id")
+            .into_iter()
+            .collect();
+    let ids = crate::support::column(&alerts, "trace_ids");
+    let states = crate::support::column(&alerts, "state");
+    assert!(
+        states.iter().filter(|s| *s == "firing").count() >= 2,
+        "{states:?}"
+    );
+    for (state, list) in states.iter().zip(&ids) {
+        let list: Vec<&str> = list
+            .trim_matches(|c| c == '[' || c == ']')
+            .split(", ")
+            .filter(|s| !s.is_empty())
+            .collect();
+        assert!(!list.is_empty(), "a {state} alert without a trace");
+        for t in list {
+            assert!(kept.contains(t), "alert trace {t} is not in spans");
+        }
+    }
+    let (_, m) = &summary.alerts[0];
+    assert_eq!(m.fired(), m.fired_with_trace());
+    assert!(
+        summary.render().contains("with a kept trace (100%)"),
+        "{}",
+        summary.render()
+    );
+}

@@ -13,7 +13,7 @@
 //! What an operator computes (late data to its late port, intervals closed by the
 //! watermark) is for its own tests, which use [`run`] and look at the outputs.
 
-use super::{Batch, Emitter, Operator, OperatorError, Report};
+use super::{Batch, Emitter, IntervalBatch, Operator, OperatorError, Report};
 use crate::{EventTime, WATERMARK_END};
 
 /// One step of a script.
@@ -113,6 +113,11 @@ fn empty_like(script: &[Step]) -> Batch {
         Some(Batch::Partials(_)) => Batch::Partials(Vec::new()),
         Some(Batch::RateOffers(_)) => Batch::RateOffers(Vec::new()),
         Some(Batch::RateVerdicts(_)) => Batch::RateVerdicts(Vec::new()),
+        Some(Batch::Intervals(b)) => Batch::Intervals(IntervalBatch {
+            intervals: Vec::new(),
+            ..b.clone()
+        }),
+        Some(Batch::Alerts(_)) => Batch::Alerts(Vec::new()),
         _ => Batch::Spans(Vec::new()),
     }
 }

@@ -56,6 +56,8 @@ pub enum DataKind {
     RateOffers,
     /// [`Batch::RateVerdicts`].
     RateVerdicts,
+    /// [`Batch::Alerts`].
+    Alerts,
 }
 
 impl DataKind {
@@ -71,6 +73,7 @@ impl DataKind {
             DataKind::DeadLetters => "dead letters",
             DataKind::RateOffers => "rate-limit offers",
             DataKind::RateVerdicts => "rate-limit verdicts",
+            DataKind::Alerts => "alert events",
         }
     }
 }
@@ -95,6 +98,8 @@ pub enum Table {
     Exemplars,
     /// `service_relation`: one row per edge of each closed interval.
     ServiceRelation,
+    /// `alerts`: one row per alert event.
+    Alerts,
     /// Rows with a schema planned at load time (a rollup's result).
     Query,
 }
@@ -110,6 +115,7 @@ impl Table {
             Table::RedMetrics => "red_metrics",
             Table::Exemplars => "exemplars",
             Table::ServiceRelation => "service_relation",
+            Table::Alerts => "alerts",
             Table::Query => return None,
         })
     }
@@ -215,6 +221,8 @@ pub enum Batch {
     RateOffers(Vec<crate::tail_sampling::RateOffers>),
     /// The merge stage's verdicts on rate-limit windows, for every shard's sampler.
     RateVerdicts(Vec<crate::tail_sampling::RateVerdict>),
+    /// Alerts firing or resolving.
+    Alerts(Vec<crate::alerts::AlertEvent>),
     /// Data the runtime defines (query rows, dead letters); operators of this crate
     /// never read it.
     Other(Arc<dyn Any + Send + Sync>),
@@ -231,6 +239,7 @@ impl Batch {
             Batch::Intervals(_) => DataKind::Intervals,
             Batch::RateOffers(_) => DataKind::RateOffers,
             Batch::RateVerdicts(_) => DataKind::RateVerdicts,
+            Batch::Alerts(_) => DataKind::Alerts,
             Batch::Other(_) => DataKind::Rows,
         }
     }
@@ -245,6 +254,7 @@ impl Batch {
             Batch::Intervals(b) => b.intervals.len(),
             Batch::RateOffers(v) => v.len(),
             Batch::RateVerdicts(v) => v.len(),
+            Batch::Alerts(v) => v.len(),
             Batch::Other(_) => 0,
         }
     }
@@ -265,6 +275,7 @@ impl PartialEq for Batch {
             (Batch::Intervals(a), Batch::Intervals(b)) => a == b,
             (Batch::RateOffers(a), Batch::RateOffers(b)) => a == b,
             (Batch::RateVerdicts(a), Batch::RateVerdicts(b)) => a == b,
+            (Batch::Alerts(a), Batch::Alerts(b)) => a == b,
             (Batch::Other(a), Batch::Other(b)) => Arc::ptr_eq(a, b),
             _ => false,
         }
@@ -444,6 +455,8 @@ pub enum Report {
     Metrics(crate::metrics::MetricsReport),
     /// Windows of event time an operator computed a result for (a rollup's query runs).
     Windows(u64),
+    /// An `alerts` node's counts.
+    Alerts(crate::alerts::AlertsMetrics),
 }
 
 impl Report {
@@ -457,6 +470,7 @@ impl Report {
             (Report::Sampling(a), Report::Sampling(b)) => a.merge(b),
             (Report::Metrics(a), Report::Metrics(b)) => a.merge(b),
             (Report::Windows(a), Report::Windows(b)) => *a += b,
+            (Report::Alerts(a), Report::Alerts(b)) => a.merge(b),
             // Instances of one node report alike; a mismatch keeps the first.
             _ => {}
         }

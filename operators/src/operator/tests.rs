@@ -370,6 +370,60 @@ fn metrics_merge_passes_the_harness() {
     assert_eq!(services.get("frontend").map(|t| t.requests), Some(8));
 }
 
+/// `alerts` over the merge's intervals, checked by the harness (snapshot and restore
+/// at every step, watermarks, empty batches).
+#[test]
+fn alerts_pass_the_harness() {
+    use crate::alerts::{AlertRule, AlertValue, Alerts, AlertsConfig, Threshold};
+    let merged = {
+        let red_run = run(&red, 1, &trace_script()).unwrap();
+        let mut merge = RedMetrics::new(RedMetricsConfig {
+            interval: HumanDuration::secs(5),
+            ..RedMetricsConfig::default()
+        })
+        .merge_operator(false);
+        let mut out = Emitter::new(2);
+        let mut script = Vec::new();
+        for p in partials(&red_run) {
+            let end = p.start_ns + 5 * SEC;
+            merge
+                .process(0, Batch::Partials(vec![p]), &mut out)
+                .unwrap();
+            merge.on_watermark(end, &mut out).unwrap();
+            script.extend(out.take(0).into_iter().map(Step::Batch));
+            out.take(1);
+            script.push(Step::Watermark(end));
+        }
+        script.push(Step::End);
+        script
+    };
+    let make = || -> Box<dyn Operator> {
+        Box::new(Alerts::new(&AlertsConfig {
+            rules: vec![AlertRule {
+                name: "busy".into(),
+                metric: "service_node".into(),
+                value: AlertValue::Requests,
+                above: Some(Threshold::Number(0.0)),
+                below: None,
+                for_: None,
+                keep_firing_for: None,
+                min_requests: 1,
+                filter: Default::default(),
+                group_by: None,
+                labels: Default::default(),
+            }],
+            max_traces: 3,
+        }))
+    };
+    let o = check("alerts", &make, 1, &merged);
+    let events = o.outputs[0].iter().map(Batch::len).sum::<usize>();
+    assert!(events > 0, "the rule fires");
+    let Report::Alerts(m) = &o.report else {
+        panic!("alerts report their counts")
+    };
+    assert!(m.fired() > 0);
+}
+
 #[test]
 fn operators_refuse_batches_they_do_not_read() {
     let mut out = Emitter::new(3);
@@ -409,6 +463,7 @@ fn shapes_name_their_ports_once() {
         TailSampler::SHAPE,
         RedMetrics::SHAPE,
         ServiceGraph::SHAPE,
+        crate::alerts::Alerts::SHAPE,
     ] {
         let mut names: Vec<_> = shape.outputs.iter().map(|p| p.name).collect();
         names.sort_unstable();

@@ -160,6 +160,36 @@ pub const TABLES: &[Builtin] = &[
         ],
         trace_id_index: false,
     },
+    Builtin {
+        name: "alerts",
+        about: "alert events (firing, resolved) with the trace ids of kept traces; queried by rule and time",
+        time_column: Some("at"),
+        order_by: &[
+            "rule",
+            "starts_at",
+            "state",
+            "metric",
+            "service",
+            "instance",
+            "operation",
+            "call_type",
+            "peer",
+            "status",
+            "tenant",
+        ],
+        low_cardinality: &[
+            "rule",
+            "state",
+            "metric",
+            "service",
+            "call_type",
+            "status",
+            "tenant",
+            "value_kind",
+            "comparison",
+        ],
+        trace_id_index: false,
+    },
 ];
 
 /// Where one output lands in ClickHouse: a built-in table's layout, or one derived from a

@@ -250,6 +250,17 @@ impl RowEncoder {
                 "connection_type",
             ],
             "dead_letters" => &["source", "split"],
+            "alerts" => &[
+                "rule",
+                "metric",
+                "service",
+                "instance",
+                "operation",
+                "call_type",
+                "peer",
+                "status",
+                "tenant",
+            ],
             _ => &[],
         };
         let key_columns = key_names

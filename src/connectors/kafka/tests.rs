@@ -330,10 +330,14 @@ operators:
     policies: [{ name: all, type: probabilistic, percentage: 100 }]
   metrics: { type: red_metrics, from: sampler, interval: 10s }
   graph: { type: service_graph, from: sampler, interval: 10s }
+  alerts:
+    type: alerts
+    from: metrics
+    rules: [{ name: busy, metric: service_node, value: requests, above: 0 }]
 sinks:
   out:
     type: parquet
-    from: [sampler, sampler.spans, sessions.late_spans, gen.dead_letters, metrics, metrics.exemplars, graph]
+    from: [sampler, sampler.spans, sessions.late_spans, gen.dead_letters, metrics, metrics.exemplars, graph, alerts]
 "#;
     let tmp = tempfile::tempdir().unwrap();
     let job = crate::job::load_str(&tmp.path().join("j.yaml"), job_text).unwrap();

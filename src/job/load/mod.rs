@@ -287,6 +287,7 @@ fn accepts(section: Section, type_name: &str) -> Vec<DataKind> {
             DataKind::DeadLetters,
             DataKind::Intervals,
             DataKind::Rows,
+            DataKind::Alerts,
         ],
         Section::Sources => Vec::new(),
     }
