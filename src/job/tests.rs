@@ -239,7 +239,7 @@ fn demo_job_loads() {
     .unwrap_or_else(|d| panic!("{}", d.render_human(false)));
     assert_eq!(job.name, "demo");
     assert_eq!(job.sources.len(), 1);
-    assert_eq!(job.operators.len(), 4);
+    assert_eq!(job.operators.len(), 5);
     assert_eq!(job.sinks.len(), 1);
     assert_eq!(
         job.sinks[0].from,
@@ -251,6 +251,7 @@ fn demo_job_loads() {
             stream("metrics", "red_metrics"),
             stream("metrics", "exemplars"),
             stream("graph", "service_relation"),
+            stream("alerts", "alerts"),
             stream("red_per_service_1m", "red_per_service_1m"),
             stream("top_slow_operations_1m", "top_slow_operations_1m"),
             stream("error_hotspots_1m", "error_hotspots_1m"),

@@ -40,6 +40,9 @@ pub(crate) struct Global {
     exec_of_plan: Vec<Option<usize>>,
     shards: usize,
     parts: mpsc::UnboundedSender<Part>,
+    /// Where watchers of the run read the nodes' reports (alerts' counts).
+    progress: std::sync::Arc<super::Progress>,
+    reported: Option<std::time::Instant>,
 }
 
 impl Global {
@@ -132,7 +135,7 @@ impl Global {
         }
         let mut exec = Executor::new(nodes, tables);
         if progress.metrics.lock().is_ok_and(|m| m.is_some()) {
-            exec.watch_metrics(progress);
+            exec.watch_metrics(progress.clone());
         }
         match restore.len() {
             0 => {}
@@ -151,6 +154,8 @@ impl Global {
             exec_of_plan,
             shards: plan.shards.max(1),
             parts,
+            progress,
+            reported: None,
         }))
     }
 
@@ -210,6 +215,7 @@ impl Global {
                 }
                 let GlobalMsg::Barrier { id, last, .. } = msg else {
                     self.step(msg)?;
+                    self.publish_reports(false);
                     continue;
                 };
                 let a = aligning.get_or_insert_with(|| Aligning {
@@ -244,10 +250,35 @@ impl Global {
         if ended && !stopped {
             self.exec.end()?;
         }
+        self.publish_reports(true);
         let reports = self.exec.reports();
         let mut outputs = Vec::new();
         self.exec.close(&mut outputs)?;
         Ok(GlobalResult { reports, outputs })
+    }
+
+    /// Publishes the reports only this stage has (alerts' counts; merged nodes report
+    /// from the shards) for watchers of the run, at most once a second and at the end.
+    fn publish_reports(&mut self, last: bool) {
+        let now = std::time::Instant::now();
+        if !last
+            && self
+                .reported
+                .is_some_and(|at| now.duration_since(at) < std::time::Duration::from_secs(1))
+        {
+            return;
+        }
+        self.reported = Some(now);
+        let Ok(mut r) = self.progress.reports.lock() else {
+            return;
+        };
+        for n in &self.exec.nodes {
+            let report = n.op.report();
+            if matches!(report, Report::Alerts(_)) {
+                // Keyed past every shard's index: the stage is one instance.
+                r.insert((usize::MAX, n.name.clone()), report);
+            }
+        }
     }
 
     /// Snapshots the stage for checkpoint `id`, pre-commits its writers and tells

@@ -334,7 +334,7 @@ pub fn render(jobs: &Jobs, format: Format) -> String {
             ("node", node.to_owned()),
         ]
     };
-    let operator_families: [ReportFamily; 4] = [
+    let operator_families: [ReportFamily; 7] = [
         (
             "spanflow_traces_closed_total",
             "Traces a session window closed, by why.",
@@ -379,6 +379,43 @@ pub fn render(jobs: &Jobs, format: Format) -> String {
                     ("decision", "kept".to_owned(), s.traces_kept),
                     ("decision", "dropped".to_owned(), s.traces_dropped),
                 ],
+                _ => Vec::new(),
+            },
+        ),
+        (
+            "spanflow_alerts_fired_total",
+            "Alerts an alerts node fired, by rule.",
+            |r| match r {
+                Report::Alerts(a) => a
+                    .rules
+                    .iter()
+                    .map(|c| ("rule", c.name.clone(), c.fired))
+                    .collect(),
+                _ => Vec::new(),
+            },
+        ),
+        (
+            "spanflow_alerts_fired_with_trace_total",
+            "Alerts fired that carried at least one kept trace id, by rule (the SLO: \
+             alerts with a trace to open / alerts fired).",
+            |r| match r {
+                Report::Alerts(a) => a
+                    .rules
+                    .iter()
+                    .map(|c| ("rule", c.name.clone(), c.fired_with_trace))
+                    .collect(),
+                _ => Vec::new(),
+            },
+        ),
+        (
+            "spanflow_alerts_resolved_total",
+            "Alerts an alerts node resolved, by rule.",
+            |r| match r {
+                Report::Alerts(a) => a
+                    .rules
+                    .iter()
+                    .map(|c| ("rule", c.name.clone(), c.resolved))
+                    .collect(),
                 _ => Vec::new(),
             },
         ),

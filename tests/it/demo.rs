@@ -15,6 +15,10 @@ fn demo_job(traces: u64) -> spanflow::job::Job {
     let text = text.replace("traces: 20000", &format!("traces: {traces}"));
     let text = text.replace("late_fraction: 0.0005", "late_fraction: 0.002");
     let text = text.replace("garbage_fraction: 0.002", "garbage_fraction: 0.01");
+    // Fifteen seconds of traffic: alerts fire at once and on fewer requests.
+    let text = text
+        .replace("for: 20s", "for: 0s")
+        .replace("min_requests: 20", "min_requests: 5");
     assert!(
         text.contains("type: endpoint_rate_limit"),
         "the demo rate-limits per endpoint (its decisions must not depend on shards)"
@@ -156,7 +160,26 @@ fn outputs_match_ground_truth_and_are_deterministic() {
     // Every table is the same whatever the parallelism (sampling included: rate limits
     // decide over all shards' traces), and across runs.
     let tables: Vec<&str> = sa.outputs.iter().map(|o| o.table.as_str()).collect();
-    assert_eq!(tables.len(), 11, "every output of the demo: {tables:?}");
+    assert_eq!(tables.len(), 12, "every output of the demo: {tables:?}");
+    // Every alert carries trace ids, and every one is a kept trace: the share of alerts
+    // with a trace to open is 100% by construction, and the summary says so.
+    let alerts = read_table(a.path(), "alerts");
+    let with_traces = column(&alerts, "trace_ids");
+    assert!(!with_traces.is_empty(), "the demo raises alerts");
+    for list in &with_traces {
+        let ids: Vec<&str> = list
+            .trim_matches(|c| c == '[' || c == ']')
+            .split(", ")
+            .filter(|t| !t.is_empty())
+            .collect();
+        assert!(!ids.is_empty(), "an alert without a trace");
+        for t in ids {
+            assert!(stored.contains(t), "alert trace {t} is not in spans");
+        }
+    }
+    let (_, m) = &sa.alerts[0];
+    assert!(m.fired() > 0 && m.fired() == m.fired_with_trace());
+    assert!(sa.render().contains("with a kept trace (100%)"));
     assert!(sa.sampling.as_ref().unwrap().kept_by_policy["per-endpoint"] > 0);
     for table in tables {
         let ra = rows(&read_table(a.path(), table), &[]);
