@@ -28,6 +28,8 @@ bash scripts/clickhouse.sh install-current
 
 step "Prometheus and its Python client for the job server's tests (Debian's prometheus)"
 bash scripts/prometheus.sh install
+step "Alertmanager for the alerts sink's test (Debian's prometheus-alertmanager)"
+bash scripts/alertmanager.sh install
 step "headless Chromium for the web page's test (Debian's chromium)"
 bash scripts/chromium.sh install
 step "the OpenTelemetry Python SDK and its OTLP exporters for the receiver's test (cached venv)"

@@ -3,6 +3,7 @@
 //! [`Sink`](crate::runtime::io::Sink). The job's planner builds them
 //! (`job/plan.rs`); the generator and the Alibaba importer are in [`crate::testkit`].
 
+pub mod alertmanager;
 pub mod clickhouse;
 pub mod file;
 pub mod kafka;

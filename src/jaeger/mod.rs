@@ -238,7 +238,7 @@ pub fn kept_tables(job: &Job) -> Vec<(KeptTables, &SinkKind)> {
 fn readable(job: &Job) -> Vec<(KeptTables, &SinkKind)> {
     kept_tables(job)
         .into_iter()
-        .filter(|(_, k)| !matches!(k, SinkKind::Kafka(_)))
+        .filter(|(_, k)| matches!(k, SinkKind::Parquet(_) | SinkKind::ClickHouse(_)))
         .collect()
 }
 
@@ -250,9 +250,9 @@ async fn open(
     Ok(match kind {
         SinkKind::Parquet(cfg) => Arc::new(ParquetStore::open(&cfg.dir(output_dir), tables)?),
         SinkKind::ClickHouse(cfg) => Arc::new(ClickHouseStore::open(cfg, tables).await?),
-        SinkKind::Kafka(_) => {
+        SinkKind::Kafka(_) | SinkKind::Alertmanager(_) => {
             return Err(ConnectorError::user(format!(
-                "sink `{}` writes to Kafka, which the Jaeger API cannot read",
+                "sink `{}` is not one the Jaeger API can read (Parquet or ClickHouse)",
                 tables.sink
             )));
         }

@@ -140,6 +140,15 @@ pub enum SinkFile {
         #[serde(flatten)]
         config: Box<ClickHouseSinkConfig>,
     },
+    /// An `alerts` node's events, POSTed to Alertmanager's `/api/v2/alerts`.
+    #[schemars(extend("additionalProperties" = false))]
+    Alertmanager {
+        /// Input streams (`alerts` outputs).
+        from: FromFile,
+        /// The sink's settings.
+        #[serde(flatten)]
+        config: crate::connectors::alertmanager::AlertmanagerSinkConfig,
+    },
 }
 
 /// The JSON schema of the job file format, generated from the types with schemars.

@@ -654,6 +654,28 @@ fn plan_targets(
                     })
                     .collect()
             }
+            SinkKind::Alertmanager(c) => {
+                if let Some((input, _)) = sink
+                    .from
+                    .iter()
+                    .zip(&kinds)
+                    .find(|(_, k)| **k != Table::Alerts)
+                {
+                    return Err(format!(
+                        "sink `{}` (alertmanager) posts alert events; `{input}` is not an \
+                         `alerts` node's output",
+                        sink.name
+                    ));
+                }
+                sink.from
+                    .iter()
+                    .map(|_| -> Arc<dyn Sink> {
+                        Arc::new(crate::connectors::alertmanager::AlertmanagerSink::new(
+                            c.clone(),
+                        ))
+                    })
+                    .collect()
+            }
         };
         for ((input, kind), out) in sink.from.iter().zip(kinds).zip(tables) {
             targets

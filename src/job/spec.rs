@@ -405,6 +405,8 @@ pub enum SinkKind {
     Kafka(KafkaSinkConfig),
     /// `type: clickhouse`: one table per output.
     ClickHouse(Box<ClickHouseSinkConfig>),
+    /// `type: alertmanager`: an `alerts` node's events, POSTed to Alertmanager.
+    Alertmanager(crate::connectors::alertmanager::AlertmanagerSinkConfig),
 }
 
 /// A rollup (`rollups:` in the job file): a SQL query run over the rows of each closed

@@ -1049,7 +1049,10 @@ fn schema_types_read_the_demo_job() {
             .collect()
     };
     assert_eq!(types("SourceFile"), ["generator", "file", "kafka", "otlp"]);
-    assert_eq!(types("SinkFile"), ["parquet", "kafka", "clickhouse"]);
+    assert_eq!(
+        types("SinkFile"),
+        ["parquet", "kafka", "clickhouse", "alertmanager"]
+    );
 }
 
 #[test]

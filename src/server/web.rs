@@ -283,6 +283,7 @@ fn dag_svg(job: &Job) -> String {
             SinkKind::Parquet(_) => "parquet",
             SinkKind::Kafka(_) => "kafka",
             SinkKind::ClickHouse(_) => "clickhouse",
+            SinkKind::Alertmanager(_) => "alertmanager",
         };
         let mut from: Vec<String> = s.from.iter().map(|f| f.node.clone()).collect();
         from.dedup();

@@ -1,5 +1,6 @@
 //! Integration tests: one binary, a module per area.
 
+mod alertmanager;
 mod alibaba;
 mod checkpoint;
 mod cli;

@@ -243,7 +243,7 @@ impl Section {
         match self {
             Section::Sources => vec!["generator", "file", "kafka", "otlp"],
             Section::Operators => OperatorKind::SHAPES.iter().map(|s| s.kind).collect(),
-            Section::Sinks => vec!["parquet", "kafka", "clickhouse"],
+            Section::Sinks => vec!["parquet", "kafka", "clickhouse", "alertmanager"],
             Section::Rollups => vec!["rollup"],
         }
     }
@@ -816,6 +816,14 @@ impl Loader<'_, '_> {
                     ClickHouseSinkConfig::validate,
                 )
                 .map(|c| Built::Sink(SinkKind::ClickHouse(Box::new(c)))),
+            "alertmanager" if section == Section::Sinks => self
+                .component::<crate::connectors::alertmanager::AlertmanagerSinkConfig>(
+                    section,
+                    e,
+                    &what,
+                    crate::connectors::alertmanager::AlertmanagerSinkConfig::validate,
+                )
+                .map(|c| Built::Sink(SinkKind::Alertmanager(c))),
             "kafka" if section == Section::Sinks => self
                 .component::<KafkaSinkConfig>(section, e, &what, KafkaSinkConfig::validate)
                 .map(|c| Built::Sink(SinkKind::Kafka(c))),
