@@ -260,15 +260,9 @@ impl Global {
     /// Publishes the reports only this stage has (alerts' counts; merged nodes report
     /// from the shards) for watchers of the run, at most once a second and at the end.
     fn publish_reports(&mut self, last: bool) {
-        let now = std::time::Instant::now();
-        if !last
-            && self
-                .reported
-                .is_some_and(|at| now.duration_since(at) < std::time::Duration::from_secs(1))
-        {
+        if !super::shard::due(&mut self.reported, last) {
             return;
         }
-        self.reported = Some(now);
         let Ok(mut r) = self.progress.reports.lock() else {
             return;
         };

@@ -175,6 +175,19 @@ impl<R: TableRows> Port<R> {
     }
 }
 
+/// Whether reports are due for publishing: at most once a second (watchers clone maps),
+/// and always at the `last` one; notes the time when they are.
+pub(crate) fn due(reported: &mut Option<std::time::Instant>, last: bool) -> bool {
+    let now = std::time::Instant::now();
+    if !last
+        && reported.is_some_and(|at| now.duration_since(at) < std::time::Duration::from_secs(1))
+    {
+        return false;
+    }
+    *reported = Some(now);
+    true
+}
+
 /// The rows of one output stream, by the kind of table it is written as.
 pub(crate) enum TableSink {
     Traces(Port<TraceRows>),
@@ -1062,15 +1075,9 @@ impl Shard {
     /// Publishes the operators' reports for watchers of the run, at most once a second
     /// (they clone maps), and at the end.
     fn publish_reports(&mut self, last: bool) {
-        let now = std::time::Instant::now();
-        if !last
-            && self
-                .reported
-                .is_some_and(|at| now.duration_since(at) < std::time::Duration::from_secs(1))
-        {
+        if !due(&mut self.reported, last) {
             return;
         }
-        self.reported = Some(now);
         let Ok(mut r) = self.progress.reports.lock() else {
             return;
         };

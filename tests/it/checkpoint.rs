@@ -19,6 +19,7 @@ pub(crate) const TABLES: &[&str] = &[
     "red_metrics",
     "exemplars",
     "service_relation",
+    "alerts",
 ];
 
 /// A generator job with every kind of state: sessions, held traces and rate-limit
@@ -40,8 +41,13 @@ operators:
       - {{ name: rl, type: endpoint_rate_limit, traces_per_second: 1 }}
   m: {{ type: red_metrics, from: t, interval: 10s }}
   g: {{ type: service_graph, from: t, interval: 10s }}
+  a:
+    type: alerts
+    from: m
+    rules:
+      - {{ name: errors, metric: service_server, value: error_rate, above: 0.03, min_requests: 5, group_by: [service] }}
 sinks:
-  o: {{ type: parquet, from: [t, t.spans, s.late_spans, gen.dead_letters, m, m.exemplars, g] }}
+  o: {{ type: parquet, from: [t, t.spans, s.late_spans, gen.dead_letters, m, m.exemplars, g, a] }}
 "
     )
 }

@@ -11,7 +11,7 @@ use spanflow::runtime::{RunOptions, RunSummary};
 use crate::support::{Service, read_table, root, sum};
 
 /// Every output of the analytics job, as `node.port`.
-const ALL_OUTPUTS: &str = "[sampler, sampler.spans, sessions.late_spans, in.dead_letters, metrics, metrics.exemplars, graph]";
+const ALL_OUTPUTS: &str = "[sampler, sampler.spans, sessions.late_spans, in.dead_letters, metrics, metrics.exemplars, graph, alerts]";
 
 /// Runs a future of the clickhouse client to completion.
 fn block_on<F: std::future::Future>(f: F) -> F::Output {
@@ -145,6 +145,11 @@ operators:
     type: service_graph
     from: sampler
     interval: 10s
+  alerts:
+    type: alerts
+    from: metrics
+    rules:
+      - {{ name: busy, metric: service_node, value: requests, above: 0, group_by: [service] }}
 sinks:
   warehouse:
     type: clickhouse
@@ -181,7 +186,7 @@ fn summary_rows(s: &RunSummary) -> BTreeMap<String, u64> {
         .collect()
 }
 
-const TABLES: [&str; 7] = [
+const TABLES: [&str; 8] = [
     "traces",
     "spans",
     "late_spans",
@@ -189,6 +194,7 @@ const TABLES: [&str; 7] = [
     "red_metrics",
     "exemplars",
     "service_relation",
+    "alerts",
 ];
 
 #[test]
@@ -213,7 +219,7 @@ fn a_generated_run_creates_every_table_and_lands_the_summarys_rows() {
     want.sort();
     assert_eq!(tables.lines().collect::<Vec<_>>(), want);
     let rows = summary_rows(&s);
-    assert_eq!(rows.len(), 7, "{rows:?}");
+    assert_eq!(rows.len(), 8, "{rows:?}");
     for t in TABLES {
         let n = rows[t];
         assert!(
@@ -819,7 +825,10 @@ fn a_current_release_runs_the_ddl_and_reads_the_encoded_rows() {
         .unwrap()
         .replace("traces: 20000", "traces: 400")
         .replace("late_fraction: 0.0005", "late_fraction: 0.02")
-        .replace("garbage_fraction: 0.002", "garbage_fraction: 0.02");
+        .replace("garbage_fraction: 0.002", "garbage_fraction: 0.02")
+        // Two seconds of traffic: alerts fire at once.
+        .replace("for: 20s", "for: 0s")
+        .replace("min_requests: 20", "min_requests: 1");
     let job = spanflow::job::load_str(&root().join("jobs/demo.yaml"), &text).unwrap();
     run_job(
         &job,

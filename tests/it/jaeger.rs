@@ -496,17 +496,7 @@ fn otlp_proto_dir() -> std::path::PathBuf {
 /// protobuf stacks) reads the same answers.
 #[test]
 fn a_client_generated_by_grpcio_tools_reads_the_api() {
-    let python = std::process::Command::new("bash")
-        .arg(root().join("scripts/otel-python.sh"))
-        .arg("python")
-        .output()
-        .unwrap();
-    assert!(
-        python.status.success(),
-        "{}",
-        String::from_utf8_lossy(&python.stderr)
-    );
-    let python = String::from_utf8(python.stdout).unwrap().trim().to_owned();
+    let python = crate::support::otel_python();
     let tmp = tempfile::tempdir().unwrap();
     let job = job(tmp.path(), None);
     let want = Expected::read(tmp.path());

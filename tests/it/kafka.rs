@@ -157,6 +157,12 @@ operators:
     type: service_graph
     from: sampler
     interval: 10s
+  alerts:
+    type: alerts
+    from: metrics
+    rules:
+      - {{ name: errors, metric: service_server, value: error_rate, above: 0.02, min_requests: 5, group_by: [service] }}
+      - {{ name: slow-db, metric: service_call_db, value: p99, above: 150ms, group_by: [service] }}
 sinks:
 {sinks}
 rollups:
@@ -170,7 +176,7 @@ rollups:
 
 const PARQUET_SINK: &str = r#"  out:
     type: parquet
-    from: [sampler, sampler.spans, sessions.late_spans, in.dead_letters, metrics, metrics.exemplars, graph, per_service_1m]
+    from: [sampler, sampler.spans, sessions.late_spans, in.dead_letters, metrics, metrics.exemplars, graph, per_service_1m, alerts]
 "#;
 
 /// A `kafka` source named `in`; `end: None` leaves the run unbounded.
@@ -223,6 +229,7 @@ const COMPARED: &[&str] = &[
     "exemplars",
     "service_relation",
     "per_service_1m",
+    "alerts",
 ];
 
 #[test]

@@ -295,17 +295,7 @@ fn a_full_queue_answers_retry_and_loses_nothing() {
 /// them: every span arrives, in its trace, with its exception event.
 #[test]
 fn the_python_sdk_exports_over_grpc_and_http() {
-    let python = std::process::Command::new("bash")
-        .arg(root().join("scripts/otel-python.sh"))
-        .arg("python")
-        .output()
-        .unwrap();
-    assert!(
-        python.status.success(),
-        "{}",
-        String::from_utf8_lossy(&python.stderr)
-    );
-    let python = String::from_utf8(python.stdout).unwrap().trim().to_owned();
+    let python = crate::support::otel_python();
     let (http, grpc) = (free_port(), free_port());
     let text = format!(
         "sources:\n  rx:\n    type: otlp\n    http: 127.0.0.1:{http}\n    grpc: 127.0.0.1:{grpc}\n    \

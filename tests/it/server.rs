@@ -179,8 +179,8 @@ fn script_output(script: &str, arg: &str) -> String {
 pub(crate) fn write_job(dir: &Path, traces: u64) -> PathBuf {
     let text = crate::checkpoint::job_text(traces)
         .replace(
-            "  o: { type: parquet, from: [t, t.spans, s.late_spans, gen.dead_letters, m, m.exemplars, g] }",
-            "  o: { type: parquet, from: [t, t.spans, s.late_spans, gen.dead_letters, m, m.exemplars, g, per_service], path: out }",
+            "  o: { type: parquet, from: [t, t.spans, s.late_spans, gen.dead_letters, m, m.exemplars, g, a] }",
+            "  o: { type: parquet, from: [t, t.spans, s.late_spans, gen.dead_letters, m, m.exemplars, g, a, per_service], path: out }",
         )
         + "rollups:\n  per_service: { from: m, sql: sql/per_service.sql, window: 10s }\n";
     assert!(text.contains("path: out"));
@@ -356,6 +356,23 @@ fn a_submitted_job_writes_what_spanflow_run_writes() {
         assert!(text.contains(&line), "no `{line}`");
     }
     assert!(text.contains("spanflow_late_spans_total{"));
+    // The alerts' counts, the share with a trace among them.
+    let (_, alerts) = &summary.alerts[0];
+    let rule = &alerts.rules[0];
+    assert!(rule.fired > 0, "the job's alert rule fires");
+    for (family, n) in [
+        ("spanflow_alerts_fired_total", rule.fired),
+        (
+            "spanflow_alerts_fired_with_trace_total",
+            rule.fired_with_trace,
+        ),
+        ("spanflow_alerts_resolved_total", rule.resolved),
+    ] {
+        let line = format!(
+            "{family}{{job_id=\"{id}\",job_name=\"checkpointed\",node=\"a\",rule=\"errors\"}} {n}"
+        );
+        assert!(text.contains(&line), "no `{line}`");
+    }
     let prom = server.get("/metrics");
     assert!(
         prom.headers()["content-type"]

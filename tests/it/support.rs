@@ -16,6 +16,22 @@ pub fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_spanflow"))
 }
 
+/// The python of the OpenTelemetry SDK's cached venv (`scripts/otel-python.sh`, which
+/// installs it when missing; it has grpcio-tools too).
+pub fn otel_python() -> String {
+    let out = std::process::Command::new("bash")
+        .arg(root().join("scripts/otel-python.sh"))
+        .arg("python")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
 /// Reads every part file of `<dir>/<table>/`.
 pub fn read_table(dir: &Path, table: &str) -> Vec<RecordBatch> {
     let tdir = dir.join(table);
