@@ -318,6 +318,21 @@ pub fn plan_member(
         message,
     };
     let source_index = |name: &str| job.sources.iter().position(|s| s.name == name);
+    // A member sees only the traces of its partitions: alerts on its partial series
+    // would fire on a fraction of the traffic and differ from member to member.
+    if let Some(m) = member
+        && let Some(a) = job
+            .operators
+            .iter()
+            .find(|o| matches!(o.kind, OperatorKind::Alerts(_)))
+    {
+        return Err(unsupported(format!(
+            "`{}` (alerts) cannot run in group member `{m}`: a member's metric series \
+             hold only the traces of its partitions; evaluate alerts in a job of their own \
+             over the whole input (README \"Running a group of instances\")",
+            a.name
+        )));
+    }
 
     // Every node with its `from:` list, operators then rollups.
     struct Raw<'j> {

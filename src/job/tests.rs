@@ -1345,3 +1345,23 @@ sinks: { o: { type: parquet, from: [a] } }
         d.message
     );
 }
+
+/// A group member sees a part of the traces: an alerts node is refused there, with why.
+#[test]
+fn alerts_are_refused_in_a_group_member() {
+    let text = "\
+sources: { g: { type: generator } }
+operators:
+  s: { type: session_window, from: g }
+  m: { type: red_metrics, from: s }
+  a: { type: alerts, from: m, rules: [{ name: x, metric: service_server, value: errors, above: 1 }] }
+sinks: { o: { type: parquet, from: [a] } }
+";
+    let job = load_str(Path::new(FILE), text).unwrap_or_else(|d| panic!("{d}"));
+    assert!(plan(&job, None).is_ok());
+    let e = plan_member(&job, None, Some("one")).expect_err("refused");
+    assert!(
+        e.to_string().contains("cannot run in group member `one`"),
+        "{e}"
+    );
+}
