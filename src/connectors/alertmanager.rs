@@ -462,7 +462,8 @@ impl Delivery {
     }
 
     fn run(mut self, rx: &mpsc::Receiver<Msg>) {
-        let mut finish: Option<(mpsc::Sender<()>, Instant)> = None;
+        // Whom to tell once done (none when the writer is gone), and the deadline.
+        let mut finish: Option<(Option<mpsc::Sender<()>>, Instant)> = None;
         loop {
             let wait = if self.pending.is_empty() {
                 self.next_resend
@@ -480,12 +481,12 @@ impl Delivery {
                     }
                 }
                 Ok(Msg::Finish(done)) => {
-                    finish = Some((done, Instant::now() + self.config.flush_timeout.0));
+                    finish = Some((Some(done), Instant::now() + self.config.flush_timeout.0));
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
                     if finish.is_none() {
-                        finish = Some((mpsc::channel().0, Instant::now()));
+                        finish = Some((None, Instant::now()));
                     }
                 }
             }
@@ -506,7 +507,9 @@ impl Delivery {
                 self.stats
                     .undelivered
                     .fetch_add(self.pending.len() as u64, Ordering::Relaxed);
-                let _ = done.send(());
+                if let Some(done) = done {
+                    let _ = done.send(());
+                }
                 return;
             }
         }

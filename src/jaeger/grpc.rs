@@ -102,26 +102,20 @@ fn status(e: ConnectorError) -> Status {
 /// A time as ns since the epoch; unset, zero or before 1970 (Go's zero time arrives as
 /// year 1) is no bound.
 fn time_ns(t: Option<&prost_types::Timestamp>) -> Option<u64> {
-    let t = t?;
-    if t.seconds <= 0 {
-        return None;
-    }
-    Some(
-        (t.seconds as u64)
-            .saturating_mul(1_000_000_000)
-            .saturating_add(t.nanos.max(0) as u64),
-    )
+    t.filter(|t| t.seconds > 0)
+        .and_then(|t| ns(t.seconds, t.nanos))
 }
 
+/// A positive duration in ns; zero or negative is no bound.
 fn duration_ns(d: Option<&prost_types::Duration>) -> Option<u64> {
-    let d = d?;
-    if d.seconds < 0 || (d.seconds == 0 && d.nanos <= 0) {
-        return None;
-    }
+    d.and_then(|d| ns(d.seconds, d.nanos)).filter(|n| *n > 0)
+}
+
+fn ns(seconds: i64, nanos: i32) -> Option<u64> {
+    let s = u64::try_from(seconds).ok()?;
     Some(
-        (d.seconds as u64)
-            .saturating_mul(1_000_000_000)
-            .saturating_add(d.nanos.max(0) as u64),
+        s.saturating_mul(1_000_000_000)
+            .saturating_add(u64::try_from(nanos).unwrap_or(0)),
     )
 }
 

@@ -16,7 +16,7 @@ impl Dialect {
     pub(super) fn string(self, s: &str) -> String {
         match self {
             Dialect::DataFusion => format!("'{}'", s.replace('\'', "''")),
-            Dialect::ClickHouse => format!("'{}'", s.replace('\\', "\\\\").replace('\'', "\\'")),
+            Dialect::ClickHouse => crate::connectors::clickhouse::sink::literal(s),
         }
     }
 

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use spanflow::job::run_job;
 use spanflow::runtime::RunOptions;
 
-use crate::support::{column, read_table, root};
+use crate::support::{column, free_port, read_table, root};
 
 /// An Alertmanager on `port`, stopped (by its PID) when dropped.
 struct Alertmanager {
@@ -73,13 +73,6 @@ impl Drop for Alertmanager {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap()
 }
 
 #[test]

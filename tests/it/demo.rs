@@ -167,11 +167,7 @@ fn outputs_match_ground_truth_and_are_deterministic() {
     let with_traces = column(&alerts, "trace_ids");
     assert!(!with_traces.is_empty(), "the demo raises alerts");
     for list in &with_traces {
-        let ids: Vec<&str> = list
-            .trim_matches(|c| c == '[' || c == ']')
-            .split(", ")
-            .filter(|t| !t.is_empty())
-            .collect();
+        let ids = crate::support::list_items(list);
         assert!(!ids.is_empty(), "an alert without a trace");
         for t in ids {
             assert!(stored.contains(t), "alert trace {t} is not in spans");

@@ -149,11 +149,7 @@ fn alerts_burst() {
         "{states:?}"
     );
     for (state, list) in states.iter().zip(&ids) {
-        let list: Vec<&str> = list
-            .trim_matches(|c| c == '[' || c == ']')
-            .split(", ")
-            .filter(|s| !s.is_empty())
-            .collect();
+        let list = crate::support::list_items(list);
         assert!(!list.is_empty(), "a {state} alert without a trace");
         for t in list {
             assert!(kept.contains(t), "alert trace {t} is not in spans");

@@ -255,6 +255,15 @@ fn traces_of(chunks: &[TracesData]) -> Vec<(String, BTreeSet<String>, BTreeSet<S
     out
 }
 
+/// A channel to the API at `addr`.
+async fn connect(addr: &dyn std::fmt::Display) -> Channel {
+    Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
+}
+
 async fn collect(
     mut s: tonic::codec::Streaming<TracesData>,
 ) -> Result<Vec<TracesData>, tonic::Status> {
@@ -279,11 +288,7 @@ fn query(service: &str, min: std::time::Duration, depth: i32) -> pb::TraceQueryP
 
 /// Everything the Done-when asks of the API, against the tables' contents.
 async fn check(addr: SocketAddr, want: &Expected) {
-    let channel = Channel::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel = connect(&addr).await;
     let mut traces = TraceReaderClient::new(channel.clone());
     let mut deps = DependencyReaderClient::new(channel.clone());
 
@@ -573,11 +578,7 @@ fn the_servers_jaeger_api_reads_its_jobs_kept_traces() {
         .map(|(_, t)| t.clone())
         .collect();
     runtime().block_on(async {
-        let channel = Channel::from_shared(format!("http://{addr}"))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
+        let channel = connect(&addr).await;
         let denied = TraceReaderClient::new(channel.clone())
             .get_services(pb::GetServicesRequest {})
             .await
@@ -660,11 +661,7 @@ fn spanflow_jaeger_serves_a_jobs_outputs_and_explains_a_job_without_kept_spans()
         .unwrap_or_else(|| panic!("{line}"))
         .to_owned();
     let services = runtime().block_on(async {
-        let channel = Channel::from_shared(format!("http://{addr}"))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
+        let channel = connect(&addr).await;
         TraceReaderClient::new(channel)
             .get_services(pb::GetServicesRequest {})
             .await

@@ -15,14 +15,7 @@ use prost::Message;
 use spanflow::connectors::otlp::ReceiverReport;
 use spanflow::runtime::RunOptions;
 
-use crate::support::{column, read_table, root};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap()
-}
+use crate::support::{column, free_port, read_table, root};
 
 /// Ten seconds ago, unix ns: a live receiver's watermark follows the wall clock (30 s
 /// behind it by default), so spans are sent as an exporter sends them, soon after they

@@ -16,6 +16,22 @@ pub fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_spanflow"))
 }
 
+/// A port nobody listens on now, on loopback.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap()
+}
+
+/// The items of a list column's text (`[a, b]`, as [`column`] formats it).
+pub fn list_items(text: &str) -> Vec<&str> {
+    text.trim_matches(|c| c == '[' || c == ']')
+        .split(", ")
+        .filter(|t| !t.is_empty())
+        .collect()
+}
+
 /// The python of the OpenTelemetry SDK's cached venv (`scripts/otel-python.sh`, which
 /// installs it when missing; it has grpcio-tools too).
 pub fn otel_python() -> String {

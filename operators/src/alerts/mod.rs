@@ -568,7 +568,7 @@ impl Rule {
 }
 
 /// A group's sums over one interval.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 struct Sums {
     requests: u64,
     errors: u64,
@@ -666,13 +666,7 @@ impl Alerts {
                 if !rule.matches(k) {
                     continue;
                 }
-                let g = groups.entry(rule.group_of(k)).or_insert_with(|| Sums {
-                    requests: 0,
-                    errors: 0,
-                    slow: 0,
-                    counts: vec![0; a.counts.len()],
-                    traces: Vec::new(),
-                });
+                let g = groups.entry(rule.group_of(k)).or_default();
                 add(g, a);
             }
             // Groups with a state but no series in this interval did not hold.
@@ -691,14 +685,7 @@ impl Alerts {
                 self.step(ri, key, ci, holds, value, sums, out);
             }
             for key in idle {
-                let sums = Sums {
-                    requests: 0,
-                    errors: 0,
-                    slow: 0,
-                    counts: Vec::new(),
-                    traces: Vec::new(),
-                };
-                self.step(ri, key, ci, false, 0.0, sums, out);
+                self.step(ri, key, ci, false, 0.0, Sums::default(), out);
             }
         }
     }

@@ -441,7 +441,7 @@ async fn execute(
         .map_err(|_| clickhouse::error::Error::TimedOut)?
 }
 /// A SQL string literal.
-fn literal(s: &str) -> String {
+pub(crate) fn literal(s: &str) -> String {
     format!("'{}'", s.replace('\\', "\\\\").replace('\'', "\\'"))
 }
 
