@@ -365,7 +365,9 @@ impl OperatorKind {
                 let c = c.clone();
                 (
                     Alerts::SHAPE,
-                    NodeBuild::Global(Arc::new(move |_| Box::new(Alerts::new(&c)))),
+                    NodeBuild::Global(Arc::new(move |_| {
+                        Box::new(Alerts::new(&c).with_conditions(crate::sql::alert::condition))
+                    })),
                 )
             }
             OperatorKind::ServiceGraph(c) => {

@@ -1346,6 +1346,82 @@ sinks: { o: { type: parquet, from: [a] } }
     );
 }
 
+/// An alert rule's SQL condition is planned when the job loads: a query that does not
+/// plan, or whose result is not labels and a `value`, is an error at its place.
+#[test]
+fn alert_rule_queries_are_planned_and_located_in_the_job_file() {
+    let job = |query: &str| {
+        format!(
+            "\
+sources: {{ g: {{ type: generator }} }}
+operators:
+  s: {{ type: session_window, from: g }}
+  m: {{ type: red_metrics, from: s }}
+  a:
+    type: alerts
+    from: m
+    rules:
+      - name: db-share
+        metric: service_server
+        above: 0.9
+        query: |
+{query}
+sinks: {{ o: {{ type: parquet, from: [a] }} }}
+"
+        )
+    };
+    let good = "          SELECT service, CAST(sum(duration_sum_ns) AS DOUBLE) AS value\n          \
+                FROM red_metrics GROUP BY service";
+    let loaded = load_str(Path::new(FILE), &job(good)).unwrap_or_else(|d| panic!("{d}"));
+    let OperatorKind::Alerts(c) = &loaded.operators[2].kind else {
+        panic!("{:?}", loaded.operators[2].kind)
+    };
+    assert!(
+        c.rules[0]
+            .query
+            .as_deref()
+            .unwrap_or("")
+            .contains("GROUP BY")
+    );
+    // A column that does not exist: at its line and column (line 13, `durationz` at column 36).
+    let d = one_error(&job(&good.replace("duration_sum_ns", "durationz")));
+    assert_eq!(
+        (d.line, d.column, d.key.as_str()),
+        (13, 36, "operators.a.rules.0.query"),
+        "{}",
+        d.message
+    );
+    assert!(d.message.contains("durationz"), "{}", d.message);
+    assert!(
+        d.message.starts_with("alert rule `db-share` of `a`: "),
+        "{}",
+        d.message
+    );
+    for (query, says) in [
+        (
+            "          SELECT service, 1.0 AS score FROM red_metrics",
+            "column `score`",
+        ),
+        (
+            "          SELECT service FROM red_metrics",
+            "no `value` column",
+        ),
+        (
+            "          SELECT service, 'x' AS value FROM red_metrics",
+            "must be a number",
+        ),
+        (
+            "          SELECT requests AS service, 1 AS value FROM red_metrics",
+            "labels are text",
+        ),
+        ("          DELETE FROM red_metrics", ""),
+    ] {
+        let d = one_error(&job(query));
+        assert_eq!(d.key, "operators.a.rules.0.query", "{}", d.message);
+        assert!(d.message.contains(says), "{query}: {}", d.message);
+    }
+}
+
 /// A group member sees a part of the traces: an alerts node is refused there, with why.
 #[test]
 fn alerts_are_refused_in_a_group_member() {

@@ -319,7 +319,9 @@ impl TableSink {
                 for e in events {
                     p.rows.push(e);
                 }
-                p.maybe_flush(false)
+                // Alerts are few and wanted now: each interval's events are written (and
+                // posted to Alertmanager) as they come, not once a batch fills.
+                p.maybe_flush(true)
             }
             (TableSink::Rows(p), Batch::Other(any)) => {
                 let Some(rb) = any.downcast_ref::<arrow::record_batch::RecordBatch>() else {

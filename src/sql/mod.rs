@@ -6,6 +6,7 @@
 //! same functions (see [`udf`]), the same types (strings stay `Utf8`, as the tables
 //! write them) and the same column names.
 
+pub mod alert;
 pub mod cli;
 pub mod rollup;
 pub mod udf;

@@ -1,4 +1,4 @@
-//! A rollup's query: planned once, when the job is loaded, against empty tables with
+//! A rollup's query (and an alert rule's, `alert.rs`): planned once, when the job is loaded, against empty tables with
 //! its inputs' schemas; run once per closed window over that window's rows.
 //!
 //! The tables read their rows from slots filled before each run (`window_table.rs`),
@@ -68,10 +68,11 @@ impl RollupQuery {
         let mut plans = plan_statements(&ctx, sql).await?;
         let plan = match (plans.pop(), plans.is_empty()) {
             (Some(p), true) => p,
-            (None, _) => return Err(error("the rollup has no SQL statement".into())),
+            (None, _) => return Err(error("the query has no SQL statement".into())),
             (Some(_), false) => {
                 return Err(error(
-                    "a rollup is one SELECT statement; found several (separated by `;`)".into(),
+                    "the query must be one SELECT statement; found several (separated by `;`)"
+                        .into(),
                 ));
             }
         };
@@ -82,7 +83,7 @@ impl RollupQuery {
             .verify_plan(&plan)
             .map_err(|e| {
                 error(format!(
-                    "a rollup must be a SELECT query: {}",
+                    "the query must be a SELECT: {}",
                     e.strip_backtrace()
                 ))
             })?;
@@ -155,7 +156,7 @@ impl RollupQuery {
                 *s = batches;
                 Ok(())
             }
-            Err(_) => Err(error("a rollup's window slot is poisoned".into())),
+            Err(_) => Err(error("a query's window slot is poisoned".into())),
         };
         for (slot, batches) in self.slots.iter().zip(inputs) {
             fill(slot, batches)?;
@@ -173,7 +174,7 @@ impl RollupQuery {
             // The planned schema is the table's; executed batches may differ in field
             // metadata only.
             let b = RecordBatch::try_new(self.schema.clone(), b.columns().to_vec())
-                .map_err(|e| error(format!("rollup result does not fit its schema: {e}")))?;
+                .map_err(|e| error(format!("the query's result does not fit its schema: {e}")))?;
             if b.num_rows() > 0 {
                 out.push(b);
             }

@@ -120,7 +120,8 @@ fn graph_fanout() {
 
 /// Alerts over RED metrics: an error burst and slow database calls each fire once after
 /// their `for` and resolve after they end, the same at every parallelism, and every
-/// trace id an alert carries is a kept trace (in `spans`).
+/// trace id an alert carries is a kept trace (in `spans`). A rule's SQL condition that
+/// says what a built-in rule says raises the same events.
 #[test]
 fn alerts_burst() {
     for p in [1, 2, 3] {
@@ -155,6 +156,35 @@ fn alerts_burst() {
             assert!(kept.contains(t), "alert trace {t} is not in spans");
         }
     }
+    // A rule's SQL condition that says what a built-in rule says raises its events.
+    let rules = crate::support::column(&alerts, "rule");
+    let of_rule = |rule: &str| -> Vec<String> {
+        let cols: Vec<Vec<String>> = [
+            "at",
+            "state",
+            "service",
+            "operation",
+            "value",
+            "requests",
+            "starts_at",
+            "ends_at",
+            "trace_ids",
+        ]
+        .iter()
+        .map(|c| crate::support::column(&alerts, c))
+        .collect();
+        (0..rules.len())
+            .filter(|&i| rules[i] == rule)
+            .map(|i| {
+                cols.iter()
+                    .map(|c| c[i].as_str())
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
+            .collect()
+    };
+    assert_eq!(of_rule("entry-errors").len(), 2);
+    assert_eq!(of_rule("entry-errors-sql"), of_rule("entry-errors"));
     let (_, m) = &summary.alerts[0];
     assert_eq!(m.fired(), m.fired_with_trace());
     assert!(

@@ -19,7 +19,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::EventTime;
 use crate::config::{ConfigIssue, HumanDuration};
-use crate::metrics::{ClosedInterval, Metric, SeriesAgg, SeriesKey, quantile_from_buckets};
+use crate::metrics::{
+    ClosedInterval, ConnectionType, Metric, NodeKind, SeriesAgg, SeriesKey, quantile_from_buckets,
+};
 use crate::model::{CallType, Sym, TraceId};
 use crate::operator::{
     Batch, DataKind, Emitter, Operator, OperatorError, PortSpec, Report, Scope, Shape, Table,
@@ -41,10 +43,6 @@ fn default_max_traces() -> usize {
     5
 }
 
-fn default_min_requests() -> u64 {
-    1
-}
-
 /// One alerting rule.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -54,8 +52,18 @@ pub struct AlertRule {
     /// The metric whose series the rule reads: `service_server` (entry operations),
     /// `service_call_db` (database calls), `service_node`, `service_relation`, ...
     pub metric: String,
-    /// What is compared with the threshold.
-    pub value: AlertValue,
+    /// What is compared with the threshold (or give `query`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<AlertValue>,
+    /// A SQL condition, for what the built-in values cannot say: one `SELECT` over the
+    /// rows of each closed interval (the table `red_metrics`, or `service_relation` for
+    /// a `service_relation` rule, as the sinks write them). Each result row is one
+    /// group: its `value` column (a number) is compared with the threshold, its other
+    /// columns are the group's labels and must be named as labels (`service`,
+    /// `operation`, ...). The alert carries the exemplars of the rule's `metric` series
+    /// with those labels.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query: Option<String>,
     /// The condition holds when the value is above this: a number for rates and
     /// counts (`0.05` for 5%), a duration for latency quantiles (`500ms`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -71,9 +79,10 @@ pub struct AlertRule {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub keep_firing_for: Option<HumanDuration>,
     /// An interval in which a group has fewer requests does not hold the condition, so
-    /// idle series do not flap.
-    #[serde(default = "default_min_requests")]
-    pub min_requests: u64,
+    /// idle series do not flap (default 1; 0 for a `query` rule, whose groups need not
+    /// be series of `metric`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_requests: Option<u64>,
     /// Only series whose labels have these values, e.g. `{ call_type: http }`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub filter: BTreeMap<Label, String>,
@@ -84,6 +93,34 @@ pub struct AlertRule {
     /// Labels added to every alert of the rule (e.g. `severity: page`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
+}
+
+impl AlertRule {
+    /// What the rule compares: its `value`, or `sql` for a `query` rule.
+    pub fn kind(&self) -> AlertValue {
+        match (&self.query, self.value) {
+            (Some(_), _) => AlertValue::Sql,
+            (None, Some(v)) => v,
+            // Refused by validation; the error rate is a harmless stand-in.
+            (None, None) => AlertValue::ErrorRate,
+        }
+    }
+}
+
+/// A rule's SQL condition, run over the rows of each closed interval. This crate has
+/// no SQL engine: the job's runtime plans the query and hands it to [`Alerts`].
+pub trait Condition: Send + std::fmt::Debug {
+    /// The labels of the groups the result rows are, in the order [`Condition::evaluate`]
+    /// gives their values.
+    fn labels(&self) -> &[Label];
+
+    /// The result over one interval: per row, its label values and its `value` (NaN
+    /// for NULL: such a row is no group).
+    fn evaluate(
+        &mut self,
+        interval: &ClosedInterval,
+        bounds: &[f64],
+    ) -> Result<Vec<(Vec<String>, f64)>, OperatorError>;
 }
 
 /// What a rule compares.
@@ -108,6 +145,10 @@ pub enum AlertValue {
     P95,
     /// 99th percentile latency.
     P99,
+    /// The `value` column of a rule's `query` (not written in job files: give `query`).
+    #[serde(skip_deserializing)]
+    #[schemars(skip)]
+    Sql,
 }
 
 impl AlertValue {
@@ -123,6 +164,7 @@ impl AlertValue {
             AlertValue::P90 => "p90",
             AlertValue::P95 => "p95",
             AlertValue::P99 => "p99",
+            AlertValue::Sql => "sql",
         }
     }
 
@@ -210,6 +252,20 @@ impl Label {
     }
 }
 
+/// The metric called `name`.
+fn metric_by_name(name: &str) -> Option<Metric> {
+    let mut all = vec![
+        Metric::ServiceNode,
+        Metric::ServiceServer,
+        Metric::ServiceRelation,
+    ];
+    for ct in CallType::ALL {
+        all.push(Metric::ServiceCall(ct));
+        all.push(Metric::ServiceCallError(ct));
+    }
+    all.into_iter().find(|m| m.name() == name)
+}
+
 /// Every metric name series can have.
 pub fn metric_names() -> Vec<&'static str> {
     let mut out = vec![
@@ -259,6 +315,37 @@ impl AlertsConfig {
                     ),
                 ));
             }
+            let kind = match (r.value, &r.query) {
+                (Some(v), None) => v,
+                (None, Some(q)) => {
+                    if q.trim().is_empty() {
+                        issues.push(ConfigIssue::new(&at("query"), "must not be empty"));
+                    }
+                    if r.group_by.is_some() {
+                        issues.push(ConfigIssue::new(
+                            &at("group_by"),
+                            "a `query` rule's groups are its result's label columns; \
+                             drop `group_by` and GROUP BY in the query",
+                        ));
+                    }
+                    AlertValue::Sql
+                }
+                (Some(_), Some(_)) => {
+                    issues.push(ConfigIssue::new(
+                        &at("query"),
+                        "give `value` or `query`, not both",
+                    ));
+                    continue;
+                }
+                (None, None) => {
+                    issues.push(ConfigIssue::new(
+                        &at("value"),
+                        "a rule needs `value` (error_rate, slow_rate, request_rate, requests, \
+                         errors, p50, p90, p95, p99) or a SQL `query`",
+                    ));
+                    continue;
+                }
+            };
             let (key, threshold) = match (&r.above, &r.below) {
                 (Some(t), None) => ("above", t),
                 (None, Some(t)) => ("below", t),
@@ -271,40 +358,58 @@ impl AlertsConfig {
                 }
                 (None, None) => {
                     issues.push(ConfigIssue::new(
-                        &at("value"),
+                        &at(if kind == AlertValue::Sql {
+                            "query"
+                        } else {
+                            "value"
+                        }),
                         format!(
                             "a rule needs a threshold: `above:` or `below:` (the {} it compares)",
-                            r.value.as_str()
+                            if kind == AlertValue::Sql {
+                                "query's `value` column"
+                            } else {
+                                kind.as_str()
+                            }
                         ),
                     ));
                     continue;
                 }
             };
-            match (r.value.quantile(), threshold) {
+            match (kind.quantile(), threshold) {
+                _ if kind == AlertValue::Sql => {
+                    if let Threshold::Number(n) = threshold
+                        && !n.is_finite()
+                    {
+                        issues.push(ConfigIssue::new(
+                            &at(key),
+                            format!("must be a finite number, got {n}"),
+                        ));
+                    }
+                }
                 (Some(_), Threshold::Number(n)) => issues.push(ConfigIssue::new(
                     &at(key),
                     format!(
                         "{} is a latency: give a duration such as `500ms`, not `{n}`",
-                        r.value.as_str()
+                        kind.as_str()
                     ),
                 )),
                 (None, Threshold::Duration(d)) => issues.push(ConfigIssue::new(
                     &at(key),
                     format!(
                         "{} is not a latency: give a number, not the duration `{}`",
-                        r.value.as_str(),
+                        kind.as_str(),
                         humantime::format_duration(d.0)
                     ),
                 )),
                 (None, Threshold::Number(n)) => {
-                    let rate = matches!(r.value, AlertValue::ErrorRate | AlertValue::SlowRate);
+                    let rate = matches!(kind, AlertValue::ErrorRate | AlertValue::SlowRate);
                     if !n.is_finite() || *n < 0.0 || (rate && *n > 1.0) {
                         issues.push(ConfigIssue::new(
                             &at(key),
                             if rate {
                                 format!(
                                     "{} is a fraction between 0 and 1 (0.05 for 5%), got {n}",
-                                    r.value.as_str()
+                                    kind.as_str()
                                 )
                             } else {
                                 format!("must be a number of at least 0, got {n}")
@@ -477,6 +582,10 @@ struct State {
 #[derive(Debug)]
 struct Rule {
     config: AlertRule,
+    kind: AlertValue,
+    /// A `query` rule's condition, once the runtime gave it.
+    condition: Option<Box<dyn Condition>>,
+    min_requests: u64,
     filter: Vec<(Label, Sym)>,
     group: Option<Vec<Label>>,
     threshold: f64,
@@ -497,7 +606,14 @@ impl Rule {
             Threshold::Number(n) => *n,
             Threshold::Duration(d) => d.0.as_secs_f64(),
         };
+        let kind = config.kind();
         Rule {
+            kind,
+            condition: None,
+            // A query's groups need not be series of the rule's metric.
+            min_requests: config
+                .min_requests
+                .unwrap_or(u64::from(kind != AlertValue::Sql)),
             filter: config
                 .filter
                 .iter()
@@ -557,8 +673,47 @@ impl Rule {
         }
     }
 
+    /// The group of a query's result row with label values `values`.
+    fn row_key(&self, labels: &[Label], values: &[String]) -> Result<SeriesKey, OperatorError> {
+        let metric = metric_by_name(&self.config.metric).unwrap_or(Metric::ServiceServer);
+        let mut k = SeriesKey::new(metric);
+        for (l, v) in labels.iter().zip(values) {
+            match l {
+                Label::Service => k.service = Sym::new(v),
+                Label::Instance => k.instance = Sym::new(v),
+                Label::Operation => k.operation = Sym::new(v),
+                Label::Peer => k.peer = Sym::new(v),
+                Label::Status => k.status = Sym::new(v),
+                Label::Tenant => k.tenant = Sym::new(v),
+                Label::CallType => {
+                    k.call_type = CallType::ALL
+                        .into_iter()
+                        .find(|c| c.as_str() == v)
+                        .ok_or_else(|| {
+                            OperatorError::Execution(format!(
+                                "alert rule `{}`: its query's call_type `{v}` is none of {}",
+                                self.config.name,
+                                CallType::ALL.map(CallType::as_str).join(", ")
+                            ))
+                        })?;
+                }
+            }
+        }
+        Ok(k)
+    }
+
+    /// The group of a query rule that series `k` belongs to (as [`Rule::row_key`]
+    /// builds it: the labels not in the result, and what is no label, are empty).
+    fn query_group_of(&self, k: &SeriesKey) -> SeriesKey {
+        SeriesKey {
+            peer_kind: NodeKind::default(),
+            connection: ConnectionType::default(),
+            ..self.group_of(k)
+        }
+    }
+
     fn holds(&self, value: f64, requests: u64) -> bool {
-        requests >= self.config.min_requests.max(1)
+        requests >= self.min_requests
             && if self.above {
                 value > self.threshold
             } else {
@@ -623,6 +778,22 @@ impl Alerts {
         }
     }
 
+    /// Gives each `query` rule its condition, planned by `plan` (a failed plan is a
+    /// condition whose evaluation fails: the job was validated, so it is a bug).
+    pub fn with_conditions(
+        mut self,
+        mut plan: impl FnMut(&AlertRule) -> Box<dyn Condition>,
+    ) -> Self {
+        for r in &mut self.rules {
+            if r.kind == AlertValue::Sql {
+                let c = plan(&r.config);
+                r.group = Some(c.labels().to_vec());
+                r.condition = Some(c);
+            }
+        }
+        self
+    }
+
     /// Counts so far.
     pub fn metrics(&self) -> &AlertsMetrics {
         &self.state.metrics
@@ -637,7 +808,7 @@ impl Alerts {
                 n as f64 / s.requests as f64
             }
         };
-        match rule.config.value {
+        match rule.kind {
             AlertValue::ErrorRate => per(s.errors),
             AlertValue::SlowRate => per(s.slow),
             AlertValue::Requests => s.requests as f64,
@@ -651,7 +822,11 @@ impl Alerts {
     }
 
     /// Evaluates every rule on one closed interval.
-    fn interval(&mut self, ci: &ClosedInterval, out: &mut Vec<AlertEvent>) {
+    fn interval(
+        &mut self,
+        ci: &ClosedInterval,
+        out: &mut Vec<AlertEvent>,
+    ) -> Result<(), OperatorError> {
         let len = ci.end_ns.saturating_sub(ci.start_ns);
         if self.state.grain == 0 {
             self.state.grain = len;
@@ -660,15 +835,20 @@ impl Alerts {
         // between held their condition.
         self.resolve_until(ci.start_ns, out);
         for ri in 0..self.rules.len() {
-            let mut groups: BTreeMap<SeriesKey, Sums> = BTreeMap::new();
-            for (k, a) in &ci.series {
+            let groups = if self.rules[ri].kind == AlertValue::Sql {
+                self.query_groups(ri, ci)?
+            } else {
                 let rule = &self.rules[ri];
-                if !rule.matches(k) {
-                    continue;
+                let mut sums: BTreeMap<SeriesKey, Sums> = BTreeMap::new();
+                for (k, a) in &ci.series {
+                    if rule.matches(k) {
+                        add(sums.entry(rule.group_of(k)).or_default(), a);
+                    }
                 }
-                let g = groups.entry(rule.group_of(k)).or_default();
-                add(g, a);
-            }
+                sums.into_iter()
+                    .map(|(k, s)| (k, (self.value(rule, &s, len), s)))
+                    .collect()
+            };
             // Groups with a state but no series in this interval did not hold.
             let idle: Vec<SeriesKey> = self
                 .state
@@ -678,16 +858,57 @@ impl Alerts {
                 .map(|(_, k)| *k)
                 .filter(|k| !groups.contains_key(k))
                 .collect();
-            for (key, sums) in groups {
-                let rule = &self.rules[ri];
-                let value = self.value(rule, &sums, len);
-                let holds = rule.holds(value, sums.requests);
+            for (key, (value, sums)) in groups {
+                let holds = self.rules[ri].holds(value, sums.requests);
                 self.step(ri, key, ci, holds, value, sums, out);
             }
             for key in idle {
                 self.step(ri, key, ci, false, 0.0, Sums::default(), out);
             }
         }
+        Ok(())
+    }
+
+    /// A `query` rule's groups in interval `ci`: one per result row, with the sums of
+    /// the rule's series that have its labels (their requests and exemplars).
+    fn query_groups(
+        &mut self,
+        ri: usize,
+        ci: &ClosedInterval,
+    ) -> Result<BTreeMap<SeriesKey, (f64, Sums)>, OperatorError> {
+        let rule = &mut self.rules[ri];
+        let Some(condition) = rule.condition.as_mut() else {
+            return Err(OperatorError::Internal(format!(
+                "alert rule `{}` has a query but no SQL engine to run it",
+                rule.config.name
+            )));
+        };
+        let rows = condition.evaluate(ci, &self.bounds)?;
+        let labels = condition.labels().to_vec();
+        let rule = &self.rules[ri];
+        let mut groups: BTreeMap<SeriesKey, (f64, Sums)> = BTreeMap::new();
+        for (values, value) in rows {
+            if value.is_nan() {
+                continue;
+            }
+            let key = rule.row_key(&labels, &values)?;
+            // Two rows for one group: the one further past the threshold, whatever
+            // order the query returned them in.
+            let g = groups.entry(key).or_insert((value, Sums::default()));
+            g.0 = if rule.above {
+                g.0.max(value)
+            } else {
+                g.0.min(value)
+            };
+        }
+        for (k, a) in &ci.series {
+            if rule.matches(k)
+                && let Some(g) = groups.get_mut(&rule.query_group_of(k))
+            {
+                add(&mut g.1, a);
+            }
+        }
+        Ok(groups)
     }
 
     /// One group of rule `ri` in interval `ci`.
@@ -865,7 +1086,7 @@ fn event(
         key,
         group: rule.group.clone().unwrap_or_else(|| Label::ALL.to_vec()),
         labels: rule.labels.clone(),
-        value_kind: rule.config.value,
+        value_kind: rule.kind,
         value: g.value,
         threshold: rule.threshold,
         above: rule.above,
@@ -892,7 +1113,7 @@ impl Operator for Alerts {
         }
         let mut events = Vec::new();
         for ci in &b.intervals {
-            self.interval(ci, &mut events);
+            self.interval(ci, &mut events)?;
         }
         out.emit(0, Batch::Alerts(events));
         Ok(())

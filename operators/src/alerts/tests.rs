@@ -61,12 +61,13 @@ fn rule(name: &str) -> AlertRule {
     AlertRule {
         name: name.into(),
         metric: "service_server".into(),
-        value: AlertValue::ErrorRate,
+        value: Some(AlertValue::ErrorRate),
+        query: None,
         above: Some(Threshold::Number(0.1)),
         below: None,
         for_: None,
         keep_firing_for: None,
-        min_requests: 1,
+        min_requests: None,
         filter: BTreeMap::new(),
         group_by: None,
         labels: BTreeMap::new(),
@@ -80,7 +81,10 @@ fn secs(s: u64) -> Option<HumanDuration> {
 /// Runs the operator over intervals, one batch each followed by the watermark at its
 /// end; the events, in order.
 fn run(config: &AlertsConfig, intervals: Vec<Arc<ClosedInterval>>) -> Vec<AlertEvent> {
-    let mut op = Alerts::new(config);
+    run_op(Alerts::new(config), intervals)
+}
+
+fn run_op(mut op: Alerts, intervals: Vec<Arc<ClosedInterval>>) -> Vec<AlertEvent> {
     let mut out = Emitter::new(1);
     let mut events = Vec::new();
     let mut take = |out: &mut Emitter| {
@@ -195,7 +199,7 @@ fn a_flapping_series_does_not_flap_alerts() {
 #[test]
 fn idle_series_below_min_requests_do_not_fire() {
     let mut r = rule("errors");
-    r.min_requests = 20;
+    r.min_requests = Some(20);
     let one_failed = |i| interval(i, vec![(key("shop", "GET /rare"), agg(1, 1, 0, 4))]);
     assert!(run(&config(vec![r.clone()]), vec![one_failed(0), one_failed(1)]).is_empty());
     let busy = interval(2, vec![(key("shop", "GET /rare"), agg(40, 20, 0, 4))]);
@@ -243,7 +247,7 @@ fn an_alert_resolves_on_the_watermark_when_no_interval_comes() {
 fn groups_sum_their_series_and_latency_rules_read_the_histogram() {
     let mut r = rule("slow-db");
     r.metric = "service_server".into();
-    r.value = AlertValue::P99;
+    r.value = Some(AlertValue::P99);
     r.above = Some(Threshold::Duration(HumanDuration(
         std::time::Duration::from_millis(400),
     )));
@@ -372,7 +376,7 @@ fn rules_that_cannot_work_are_reported_where_they_are() {
     let mut unknown = rule("a");
     unknown.metric = "service_call_dbx".into();
     let mut latency_number = rule("b");
-    latency_number.value = AlertValue::P99;
+    latency_number.value = Some(AlertValue::P99);
     let mut rate_duration = rule("c");
     rate_duration.above = Some(Threshold::Duration(HumanDuration(
         std::time::Duration::from_millis(5),
@@ -420,4 +424,195 @@ fn rules_that_cannot_work_are_reported_where_they_are() {
         issues[1].message
     );
     assert!(config(vec![rule("ok")]).validate().is_empty());
+}
+
+/// A query rule's condition as a closure over the interval's series (what the runtime's
+/// SQL computes over their rows).
+#[derive(Debug)]
+struct Model {
+    labels: Vec<Label>,
+    #[allow(clippy::type_complexity)]
+    rows: fn(&ClosedInterval) -> Vec<(Vec<String>, f64)>,
+}
+
+impl Condition for Model {
+    fn labels(&self) -> &[Label] {
+        &self.labels
+    }
+    fn evaluate(
+        &mut self,
+        interval: &ClosedInterval,
+        _bounds: &[f64],
+    ) -> Result<Vec<(Vec<String>, f64)>, OperatorError> {
+        Ok((self.rows)(interval))
+    }
+}
+
+/// `SELECT service, sum(errors) / sum(requests) AS value ... GROUP BY service`.
+fn error_rate_per_service(ci: &ClosedInterval) -> Vec<(Vec<String>, f64)> {
+    let mut by: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+    for (k, a) in &ci.series {
+        if k.metric == Metric::ServiceServer {
+            let e = by.entry(k.service.as_str().to_owned()).or_default();
+            e.0 += a.requests;
+            e.1 += a.errors;
+        }
+    }
+    by.into_iter()
+        .map(|(s, (r, e))| (vec![s], e as f64 / r as f64))
+        .collect()
+}
+
+fn query_rule(name: &str) -> AlertRule {
+    AlertRule {
+        value: None,
+        query: Some("SELECT service, sum(errors) / sum(requests) AS value ...".into()),
+        ..rule(name)
+    }
+}
+
+#[test]
+fn a_query_rule_alerts_as_the_same_built_in_rule_does() {
+    let mut built_in = rule("per-service");
+    built_in.group_by = Some(vec![Label::Service]);
+    built_in.for_ = secs(10);
+    let mut by_query = query_rule("per-service");
+    by_query.for_ = secs(10);
+    let series = |i: u64, errors: u64, t: u8| {
+        interval(
+            i,
+            vec![
+                (key("shop", "GET /"), agg(50, errors, 0, t)),
+                (key("shop", "POST /pay"), agg(50, errors, 1, t + 1)),
+                (key("cart", "GET /"), agg(10, 0, 0, 40)),
+            ],
+        )
+    };
+    let input = || {
+        vec![
+            series(0, 0, 1),
+            series(1, 20, 10),
+            series(2, 20, 12),
+            series(3, 20, 14),
+            series(4, 0, 0),
+            series(5, 0, 0),
+        ]
+    };
+    let expected = run(&config(vec![built_in]), input());
+    let op = Alerts::new(&config(vec![by_query])).with_conditions(|_| {
+        Box::new(Model {
+            labels: vec![Label::Service],
+            rows: error_rate_per_service,
+        })
+    });
+    let got = run_op(op, input());
+    assert_eq!(summary(&got), summary(&expected));
+    assert_eq!(got.len(), 2, "{:?}", summary(&got));
+    for (g, e) in got.iter().zip(&expected) {
+        assert_eq!(g.value_kind, AlertValue::Sql);
+        assert_eq!(g.key.service.as_str(), "shop");
+        assert_eq!(g.group, [Label::Service]);
+        assert_eq!((g.value, g.requests), (e.value, e.requests));
+        assert_eq!(g.trace_ids, e.trace_ids, "the exemplars of `shop`'s series");
+        assert!(!g.trace_ids.contains(&TraceId([40; 16])), "not `cart`'s");
+    }
+}
+
+#[test]
+fn a_query_rules_duplicate_and_null_rows_do_not_depend_on_their_order() {
+    fn rows(_: &ClosedInterval) -> Vec<(Vec<String>, f64)> {
+        vec![
+            (vec!["shop".into()], 0.5),
+            (vec!["shop".into()], 0.9),
+            (vec!["shop".into()], 0.2),
+            (vec!["cart".into()], f64::NAN),
+        ]
+    }
+    let op = Alerts::new(&config(vec![query_rule("q")])).with_conditions(|_| {
+        Box::new(Model {
+            labels: vec![Label::Service],
+            rows,
+        })
+    });
+    let events = run_op(
+        op,
+        vec![interval(0, vec![(key("cart", "GET /"), agg(10, 0, 0, 2))])],
+    );
+    assert_eq!(events.len(), 1, "{:?}", summary(&events));
+    assert_eq!(events[0].value, 0.9, "the row furthest above the threshold");
+    assert_eq!(events[0].requests, 0, "no `shop` series in the interval");
+    assert!(events[0].trace_ids.is_empty());
+}
+
+#[test]
+fn a_query_rule_without_its_engine_or_with_a_bad_call_type_fails_the_step() {
+    let batch = || {
+        Batch::Intervals(IntervalBatch {
+            buckets: buckets(),
+            intervals: vec![interval(0, vec![(key("shop", "GET /"), agg(1, 1, 0, 0))])],
+            max_series: 100,
+        })
+    };
+    let mut op = Alerts::new(&config(vec![query_rule("q")]));
+    let err = op.process(0, batch(), &mut Emitter::new(1)).unwrap_err();
+    assert!(err.to_string().contains("no SQL engine"), "{err}");
+    fn rows(_: &ClosedInterval) -> Vec<(Vec<String>, f64)> {
+        vec![(vec!["carrier-pigeon".into()], 1.0)]
+    }
+    let mut op = Alerts::new(&config(vec![query_rule("q")])).with_conditions(|_| {
+        Box::new(Model {
+            labels: vec![Label::CallType],
+            rows,
+        })
+    });
+    let err = op.process(0, batch(), &mut Emitter::new(1)).unwrap_err();
+    assert!(err.to_string().contains("carrier-pigeon"), "{err}");
+}
+
+#[test]
+fn query_rules_that_cannot_work_are_reported_where_they_are() {
+    let mut both = query_rule("a");
+    both.value = Some(AlertValue::ErrorRate);
+    let mut neither = rule("b");
+    neither.value = None;
+    let mut grouped = query_rule("c");
+    grouped.group_by = Some(vec![Label::Service]);
+    let mut no_threshold = query_rule("d");
+    no_threshold.above = None;
+    let mut empty = query_rule("e");
+    empty.query = Some("  ".into());
+    let mut infinite = query_rule("f");
+    infinite.above = Some(Threshold::Number(f64::INFINITY));
+    let mut latency = query_rule("g");
+    latency.above = Some(Threshold::Duration(HumanDuration(
+        std::time::Duration::from_millis(250),
+    )));
+    let issues = config(vec![
+        both,
+        neither,
+        grouped,
+        no_threshold,
+        empty,
+        infinite,
+        latency,
+    ])
+    .validate();
+    let got: Vec<String> = issues.iter().map(|i| i.path.join(".")).collect();
+    assert_eq!(
+        got,
+        [
+            "rules.0.query",
+            "rules.1.value",
+            "rules.2.group_by",
+            "rules.3.query",
+            "rules.4.query",
+            "rules.5.above",
+        ],
+        "{issues:?}"
+    );
+    assert!(
+        issues[3].message.contains("threshold"),
+        "{}",
+        issues[3].message
+    );
 }

@@ -338,8 +338,8 @@ struct Decl {
     /// Resolved `from`, filled by the graph checks.
     resolved: Vec<StreamRef>,
     built: Option<Built>,
-    /// A rollup's or a sink's node, to place errors found after it is built (in its
-    /// query, or about what it reads).
+    /// A rollup's, an alerts node's or a sink's node, to place errors found after it
+    /// is built (in its queries, or about what it reads).
     node: Option<Node>,
     /// A rollup's planned query: (text, file, window, result schema).
     rollup: Option<RollupNode>,
@@ -549,6 +549,7 @@ impl Loader<'_, '_> {
 
         self.check_graph(&mut decls);
         self.plan_rollups(&mut decls);
+        self.plan_alert_queries(&decls);
         self.check_clickhouse_sinks(&decls);
 
         let mut job = Job {
@@ -763,7 +764,8 @@ impl Loader<'_, '_> {
         let Some(type_name) = decl.type_name else {
             return decl;
         };
-        if section == Section::Sinks {
+        // Alerts' queries are planned once the graph is known (`plan_alert_queries`).
+        if section == Section::Sinks || type_name == "alerts" {
             decl.node = Some(e.value.clone());
         }
         let what = format!("{type_name} {} `{name}`", section.noun());
@@ -1078,6 +1080,22 @@ impl Loader<'_, '_> {
         }
         refs
     }
+}
+
+/// The node at `path` under `node`, if the file has it.
+pub(super) fn node_at<'n>(node: &'n Node, path: &[&str]) -> Option<&'n Node> {
+    let mut cur = node;
+    for seg in path {
+        cur = match &cur.value {
+            Value::Map(entries) => entries
+                .iter()
+                .find(|e| e.key_text() == *seg)
+                .map(|e| &e.value),
+            Value::Seq(items) => seg.parse::<usize>().ok().and_then(|i| items.get(i)),
+            Value::Scalar(_) => None,
+        }?;
+    }
+    Some(cur)
 }
 
 /// The position of the value at `path` under `node`, or of the deepest part of it that is

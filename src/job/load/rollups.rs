@@ -250,6 +250,50 @@ impl Loader<'_, '_> {
         }
     }
 
+    /// Plans the `query` of every alert rule that has one against its metric's table,
+    /// so a query that cannot run, or whose result is not labels and a `value`, is a
+    /// job error at its line and column.
+    pub(super) fn plan_alert_queries(&mut self, decls: &[Decl]) {
+        for d in decls {
+            let (Some(Built::Operator(OperatorKind::Alerts(cfg))), Some(node)) =
+                (&d.built, &d.node)
+            else {
+                continue;
+            };
+            for (i, rule) in cfg.rules.iter().enumerate() {
+                let Some(text) = &rule.query else {
+                    continue;
+                };
+                let planned = futures::executor::block_on(crate::sql::alert::AlertQuery::plan(
+                    text,
+                    &rule.metric,
+                ));
+                let Err(e) = planned else {
+                    continue;
+                };
+                let index = i.to_string();
+                let query = node_at(node, &["rules", &index, "query"]);
+                let pos = match (query, e.line.zip(e.column)) {
+                    (Some(q), Some((line, column))) => self.query_pos(q, text, line, column),
+                    (Some(q), None) => q.pos,
+                    (None, _) => d.name_pos,
+                };
+                self.report.push(
+                    pos,
+                    format!("{}.rules.{i}.query", d.path),
+                    format!(
+                        "alert rule `{}` of `{}`: {} (its query reads the table `{}`)",
+                        rule.name,
+                        d.name,
+                        e.message,
+                        crate::sql::alert::table_of(&rule.metric)
+                    ),
+                    None,
+                );
+            }
+        }
+    }
+
     /// Where line `line`, column `column` of an inline query (the scalar `node`) is in
     /// the job file: the query's lines appear verbatim in the file (a `|` block or a
     /// one-line scalar), at or just after the scalar's own line.
