@@ -278,6 +278,10 @@ impl Sink for AlertmanagerSink {
         self.stats.failed.load(Ordering::Relaxed)
     }
 
+    fn undelivered(&self) -> u64 {
+        self.stats.undelivered.load(Ordering::Relaxed) + self.stats.dropped.load(Ordering::Relaxed)
+    }
+
     fn open(
         &self,
         _part: usize,

@@ -621,6 +621,12 @@ pub trait Sink: Send + Sync + std::fmt::Debug {
         0
     }
 
+    /// Rows the sink accepted but could not deliver by the end of the run (a queue it
+    /// gave up on, or dropped from when full); a sink whose writes fail the run has none.
+    fn undelivered(&self) -> u64 {
+        0
+    }
+
     /// Opens a writer; `part` is unique per shard and grows across resumed runs.
     fn open(&self, part: usize, schema: SchemaRef) -> Result<Box<dyn TableWriter>, ConnectorError>;
 

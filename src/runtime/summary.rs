@@ -156,6 +156,13 @@ pub struct OutputTable {
     pub path: PathBuf,
     /// Rows written.
     pub rows: u64,
+    /// Of those, rows the sink could not deliver (an Alertmanager that stayed down).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub undelivered: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 pub(crate) fn add_output(outputs: &mut Vec<OutputTable>, t: &TableTarget, rows: u64) {
@@ -171,6 +178,7 @@ pub(crate) fn add_output(outputs: &mut Vec<OutputTable>, t: &TableTarget, rows: 
             table: t.table.clone(),
             path,
             rows,
+            undelivered: t.out.undelivered(),
         });
     }
 }
@@ -586,13 +594,18 @@ impl RunSummary {
                 .unwrap_or(0)
                 .max(14);
             for o in &self.outputs {
-                let _ = writeln!(
+                let _ = write!(
                     s,
                     "    {:<width$} {:>10} rows  {}",
                     o.table,
                     o.rows,
                     o.path.display()
                 );
+                let _ = if o.undelivered > 0 {
+                    writeln!(s, "  ({} not delivered)", o.undelivered)
+                } else {
+                    writeln!(s)
+                };
             }
         }
         s

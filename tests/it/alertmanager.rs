@@ -119,31 +119,52 @@ impl Drop for Alertmanager {
     }
 }
 
+/// The golden alerts job (`tests/golden/alerts_burst`) reading its input file, plus a
+/// rule `busy` (fires at once and never resolves) when `busy`, and an `alertmanager`
+/// sink `am` posting to `port` with `settings` (`key: value` lines).
+fn job_with_alertmanager(port: u16, busy: bool, settings: &[&str]) -> String {
+    let input = root().join("tests/golden/alerts_burst/input.jsonl");
+    let mut text = std::fs::read_to_string(root().join("tests/golden/alerts_burst/job.yaml"))
+        .unwrap()
+        .replace(
+            "paths: [input.jsonl]",
+            &format!("paths: [{}]", input.display()),
+        );
+    if busy {
+        text = text.replace(
+            "        group_by: [service, peer]\n",
+            "        group_by: [service, peer]\n      \
+             - { name: busy, metric: service_node, value: requests, above: 0, group_by: [service] }\n",
+        );
+    }
+    let mut sink = format!(
+        "    from: [sampler.spans, alerts]\n  am:\n    type: alertmanager\n    \
+         from: [alerts]\n    url: http://127.0.0.1:{port}\n"
+    );
+    for line in settings {
+        sink.push_str(&format!("    {line}\n"));
+    }
+    let text = text.replace("    from: [sampler.spans, alerts]\n", &sink);
+    assert!(text.contains("type: alertmanager") && text.contains("name: busy") == busy);
+    text
+}
+
 #[test]
 fn alerts_reach_a_real_alertmanager_even_when_it_starts_late() {
     let port = free_port();
     let out = tempfile::tempdir().unwrap();
-    let input = root().join("tests/golden/alerts_burst/input.jsonl");
     // The golden case's four rules fire and resolve; `busy` fires and is still firing
     // when the input ends.
-    let text = std::fs::read_to_string(root().join("tests/golden/alerts_burst/job.yaml"))
-        .unwrap()
-        .replace("paths: [input.jsonl]", &format!("paths: [{}]", input.display()))
-        .replace(
-            "        group_by: [service, peer]\n",
-            "        group_by: [service, peer]\n      \
-             - { name: busy, metric: service_node, value: requests, above: 0, group_by: [service] }\n",
-        )
-        .replace(
-            "    from: [sampler.spans, alerts]\n",
-            &format!(
-                "    from: [sampler.spans, alerts]\n  am:\n    type: alertmanager\n    \
-                 from: [alerts]\n    url: http://127.0.0.1:{port}\n    \
-                 initial_backoff: 100ms\n    max_backoff: 500ms\n    flush_timeout: 60s\n    \
-                 trace_url: http://127.0.0.1:16686/trace/\n"
-            ),
-        );
-    assert!(text.contains("type: alertmanager") && text.contains("name: busy"));
+    let text = job_with_alertmanager(
+        port,
+        true,
+        &[
+            "initial_backoff: 100ms",
+            "max_backoff: 500ms",
+            "flush_timeout: 60s",
+            "trace_url: http://127.0.0.1:16686/trace/",
+        ],
+    );
     let job = spanflow::job::load_str(&root().join("jobs/am_test.yaml"), &text)
         .unwrap_or_else(|d| panic!("{d}"));
     // The job starts while nobody listens on the port; Alertmanager comes 2 s later.
@@ -231,31 +252,29 @@ fn recent_input(ago: Duration) -> Vec<(u64, String)> {
 #[test]
 fn live_alerts_go_active_and_resolve_and_survive_alertmanager_going_down() {
     let (am_port, http) = (free_port(), free_port());
-    let text = std::fs::read_to_string(root().join("tests/golden/alerts_burst/job.yaml"))
-        .unwrap()
-        .replace(
-            "    type: file\n    paths: [input.jsonl]\n    format: otlp_json\n",
-            &format!("    type: otlp\n    http: 127.0.0.1:{http}\n"),
-        )
-        // The input is minutes old: the wall clock must not overtake it.
-        .replace(
-            "      max_out_of_order: 2s\n",
-            "      max_out_of_order: 2s\n      idle_timeout: 1h\n      wall_clock_lag: 1h\n",
-        )
-        .replace(
-            "        group_by: [service, peer]\n",
-            "        group_by: [service, peer]\n      \
-             - { name: busy, metric: service_node, value: requests, above: 0, group_by: [service] }\n",
-        )
-        .replace(
-            "    from: [sampler.spans, alerts]\n",
-            &format!(
-                "    from: [sampler.spans, alerts]\n  am:\n    type: alertmanager\n    \
-                 from: [alerts]\n    url: http://127.0.0.1:{am_port}\n    \
-                 initial_backoff: 100ms\n    max_backoff: 500ms\n    resend_interval: 1s\n    \
-                 flush_timeout: 60s\n"
-            ),
-        );
+    let input = root().join("tests/golden/alerts_burst/input.jsonl");
+    let text = job_with_alertmanager(
+        am_port,
+        true,
+        &[
+            "initial_backoff: 100ms",
+            "max_backoff: 500ms",
+            "resend_interval: 1s",
+            "flush_timeout: 60s",
+        ],
+    )
+    .replace(
+        &format!(
+            "    type: file\n    paths: [{}]\n    format: otlp_json\n",
+            input.display()
+        ),
+        &format!("    type: otlp\n    http: 127.0.0.1:{http}\n"),
+    )
+    // The input is minutes old: the wall clock must not overtake it.
+    .replace(
+        "      max_out_of_order: 2s\n",
+        "      max_out_of_order: 2s\n      idle_timeout: 1h\n      wall_clock_lag: 1h\n",
+    );
     assert!(text.contains("type: otlp") && text.contains("wall_clock_lag"));
     let job = spanflow::job::load_str(&root().join("jobs/am_live.yaml"), &text)
         .unwrap_or_else(|d| panic!("{d}"));
@@ -352,4 +371,53 @@ fn live_alerts_go_active_and_resolve_and_survive_alertmanager_going_down() {
     let (_, m) = &summary.alerts[0];
     assert_eq!(m.fired(), 5);
     assert_eq!(m.fired_with_trace(), 5);
+}
+
+/// An Alertmanager that never comes does not hold the job: the run ends once the sink's
+/// `flush_timeout` has passed, and the summary counts the alerts it could not deliver.
+#[test]
+fn alerts_an_alertmanager_never_took_are_counted_in_the_summary() {
+    let port = free_port();
+    let out = tempfile::tempdir().unwrap();
+    let text = job_with_alertmanager(
+        port,
+        false,
+        &[
+            "initial_backoff: 50ms",
+            "max_backoff: 200ms",
+            "flush_timeout: 1s",
+        ],
+    );
+    let job = spanflow::job::load_str(&root().join("jobs/am_down.yaml"), &text)
+        .unwrap_or_else(|d| panic!("{d}"));
+    let started = Instant::now();
+    let summary = run_job(
+        &job,
+        &RunOptions {
+            output_dir: Some(out.path().to_path_buf()),
+            ..Default::default()
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert!(started.elapsed() < Duration::from_secs(20));
+    let am = summary
+        .outputs
+        .iter()
+        .find(|o| o.sink == "am")
+        .expect("the alertmanager sink's output");
+    // Eight events of four alerts: each alert's latest event (its resolution) waited.
+    assert_eq!((am.rows, am.undelivered), (8, 4));
+    assert!(
+        summary.render().contains("(4 not delivered)"),
+        "{}",
+        summary.render()
+    );
+    // The other sinks wrote everything.
+    assert_eq!(
+        read_table(out.path(), "alerts")
+            .iter()
+            .map(|b| b.num_rows())
+            .sum::<usize>(),
+        8
+    );
 }

@@ -466,35 +466,34 @@ fn jaeger_api_serves_the_kept_traces_of_clickhouse_tables() {
     runtime().block_on(check(api.addr, &want));
 }
 
-/// OTLP's .proto files, which Jaeger's import: opentelemetry-proto's copy, found with
-/// `cargo metadata`.
+/// OTLP's .proto files, which Jaeger's import: the copy in the source of the
+/// opentelemetry-proto version Cargo.lock pins, which the build unpacked into cargo's
+/// registry (found without cargo, which would want every platform's packages offline).
 fn otlp_proto_dir() -> std::path::PathBuf {
-    let out = std::process::Command::new(option_env!("CARGO").unwrap_or("cargo"))
-        .args(["metadata", "--format-version", "1", "--locked", "--offline"])
-        .current_dir(root())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let meta: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    meta["packages"]
-        .as_array()
+    let lock = std::fs::read_to_string(root().join("Cargo.lock")).unwrap();
+    let version = lock
+        .split("[[package]]")
+        .find(|p| p.contains("name = \"opentelemetry-proto\"\n"))
+        .and_then(|p| p.lines().find_map(|l| l.strip_prefix("version = ")))
+        .map(|v| v.trim_matches('"').to_owned())
+        .expect("opentelemetry-proto in Cargo.lock");
+    let home = std::env::var_os("CARGO_HOME")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cargo")
+        });
+    std::fs::read_dir(home.join("registry/src"))
         .unwrap()
-        .iter()
-        .filter(|p| p["name"] == "opentelemetry-proto")
-        .filter_map(|p| {
-            let dir = std::path::Path::new(p["manifest_path"].as_str()?)
-                .parent()?
-                .join("src/proto/opentelemetry-proto");
+        .filter_map(|d| {
+            let dir = d.ok()?.path().join(format!(
+                "opentelemetry-proto-{version}/src/proto/opentelemetry-proto"
+            ));
             dir.join("opentelemetry/proto/trace/v1/trace.proto")
                 .is_file()
                 .then_some(dir)
         })
         .next()
-        .expect("opentelemetry-proto's .proto files")
+        .expect("opentelemetry-proto's .proto files in cargo's registry")
 }
 
 /// A client that grpcio-tools generates from proto/jaeger (Python, its own gRPC and
