@@ -240,6 +240,8 @@ pub struct DeliveryStats {
     pub dropped: AtomicU64,
     /// Alerts still queued when the run ended and Alertmanager did not answer.
     pub undelivered: AtomicU64,
+    /// Alerts waiting for delivery now.
+    pub queued: AtomicU64,
 }
 
 enum Msg {
@@ -280,6 +282,10 @@ impl Sink for AlertmanagerSink {
 
     fn undelivered(&self) -> u64 {
         self.stats.undelivered.load(Ordering::Relaxed) + self.stats.dropped.load(Ordering::Relaxed)
+    }
+
+    fn queued(&self) -> u64 {
+        self.stats.queued.load(Ordering::Relaxed)
     }
 
     fn open(
@@ -505,12 +511,16 @@ impl Delivery {
             if !self.pending.is_empty() && now >= self.next_attempt {
                 self.post();
             }
+            self.stats
+                .queued
+                .store(self.pending.len() as u64, Ordering::Relaxed);
             if let Some((done, deadline)) = &finish
                 && (self.pending.is_empty() || Instant::now() >= *deadline)
             {
                 self.stats
                     .undelivered
                     .fetch_add(self.pending.len() as u64, Ordering::Relaxed);
+                self.stats.queued.store(0, Ordering::Relaxed);
                 if let Some(done) = done {
                     let _ = done.send(());
                 }

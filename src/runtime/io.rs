@@ -627,6 +627,12 @@ pub trait Sink: Send + Sync + std::fmt::Debug {
         0
     }
 
+    /// Rows accepted and waiting for delivery now (a sink that delivers on its own
+    /// thread, such as Alertmanager's); 0 for a sink whose writes complete in place.
+    fn queued(&self) -> u64 {
+        0
+    }
+
     /// Opens a writer; `part` is unique per shard and grows across resumed runs.
     fn open(&self, part: usize, schema: SchemaRef) -> Result<Box<dyn TableWriter>, ConnectorError>;
 

@@ -271,6 +271,21 @@ impl Progress {
         out.into_iter().collect()
     }
 
+    /// Per sink: rows waiting for delivery now, and rows it gave up on or dropped so far
+    /// (sinks that deliver on their own thread; others report zeros).
+    pub fn sink_delivery(&self) -> Vec<(String, u64, u64)> {
+        let mut out: std::collections::BTreeMap<String, (u64, u64)> = Default::default();
+        if let Ok(t) = self.tables.lock() {
+            for t in t.iter() {
+                // Every table of a sink reports the sink's figures.
+                let slot = out.entry(t.sink.clone()).or_default();
+                slot.0 = slot.0.max(t.out.queued());
+                slot.1 = slot.1.max(t.out.undelivered());
+            }
+        }
+        out.into_iter().map(|(s, (q, u))| (s, q, u)).collect()
+    }
+
     /// Rows written so far, per (sink, table).
     pub fn rows_written(&self) -> Vec<(String, String, u64)> {
         self.tables

@@ -467,6 +467,46 @@ pub fn render(jobs: &Jobs, format: Format) -> String {
         }
     }
     w.family(
+        "spanflow_sink_queued_rows",
+        Kind::Gauge,
+        "Rows a sink that delivers on its own thread (alertmanager) holds for delivery now: \
+         its system is slow or down, the job goes on.",
+    );
+    let delivery: Vec<_> = all
+        .iter()
+        .map(|h| (h.record(), h.live.sink_delivery()))
+        .collect();
+    for (r, sinks) in &delivery {
+        for (sink, queued, _) in sinks {
+            let l = vec![
+                ("job_id", r.id.clone()),
+                ("job_name", r.name.clone()),
+                ("sink", sink.clone()),
+            ];
+            w.sample("spanflow_sink_queued_rows", &pairs(&l), *queued as f64);
+        }
+    }
+    w.family(
+        "spanflow_sink_undelivered_rows_total",
+        Kind::Counter,
+        "Rows such a sink gave up on: dropped from its full queue, or still queued when \
+         the run ended.",
+    );
+    for (r, sinks) in &delivery {
+        for (sink, _, undelivered) in sinks {
+            let l = vec![
+                ("job_id", r.id.clone()),
+                ("job_name", r.name.clone()),
+                ("sink", sink.clone()),
+            ];
+            w.sample(
+                "spanflow_sink_undelivered_rows_total",
+                &pairs(&l),
+                *undelivered as f64,
+            );
+        }
+    }
+    w.family(
         "spanflow_consumer_lag_records",
         Kind::Gauge,
         "Records between a Kafka source's position and the end of each partition.",

@@ -280,9 +280,11 @@ fn live_alerts_go_active_and_resolve_and_survive_alertmanager_going_down() {
         .unwrap_or_else(|d| panic!("{d}"));
     let out = tempfile::tempdir().unwrap();
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let live = std::sync::Arc::new(spanflow::runtime::Progress::default());
     let opts = RunOptions {
         output_dir: Some(out.path().to_path_buf()),
         stop: Some(stop.clone()),
+        live: Some(live.clone()),
         ..Default::default()
     };
     let mut am = Alertmanager::start(am_port);
@@ -344,11 +346,28 @@ fn live_alerts_go_active_and_resolve_and_survive_alertmanager_going_down() {
     let _ = am.child.kill();
     let _ = am.child.wait();
     send_until(u64::MAX);
-    std::thread::sleep(Duration::from_secs(2));
+    // The sink holds them (the job server's `spanflow_sink_queued_rows`).
+    let started = Instant::now();
+    while live
+        .sink_delivery()
+        .iter()
+        .all(|(_, queued, _)| *queued == 0)
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "nothing queued while Alertmanager is down"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     am = Alertmanager::start(am_port);
     // A new Alertmanager, which heard nothing before: the queued events and the firing
     // alerts sent again.
     am.wait_active(&["busy", "slow-db"], "after Alertmanager came back");
+    assert!(
+        live.sink_delivery().iter().all(|(_, _, lost)| *lost == 0),
+        "{:?}",
+        live.sink_delivery()
+    );
     assert!(
         am.received("resolved") >= 1,
         "db-time-share's resolution, queued while Alertmanager was down"
@@ -391,10 +410,12 @@ fn alerts_an_alertmanager_never_took_are_counted_in_the_summary() {
     let job = spanflow::job::load_str(&root().join("jobs/am_down.yaml"), &text)
         .unwrap_or_else(|d| panic!("{d}"));
     let started = Instant::now();
+    let live = std::sync::Arc::new(spanflow::runtime::Progress::default());
     let summary = run_job(
         &job,
         &RunOptions {
             output_dir: Some(out.path().to_path_buf()),
+            live: Some(live.clone()),
             ..Default::default()
         },
     )
@@ -411,6 +432,12 @@ fn alerts_an_alertmanager_never_took_are_counted_in_the_summary() {
         summary.render().contains("(4 not delivered)"),
         "{}",
         summary.render()
+    );
+    // The job server's figures (`spanflow_sink_queued_rows`, `..._undelivered_rows_total`).
+    assert!(
+        live.sink_delivery().contains(&("am".to_owned(), 0, 4)),
+        "{:?}",
+        live.sink_delivery()
     );
     // The other sinks wrote everything.
     assert_eq!(
