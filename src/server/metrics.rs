@@ -472,19 +472,26 @@ pub fn render(jobs: &Jobs, format: Format) -> String {
         "Rows a sink that delivers on its own thread (alertmanager) holds for delivery now: \
          its system is slow or down, the job goes on.",
     );
+    // (labels, queued, undelivered) per job and sink.
     let delivery: Vec<_> = all
         .iter()
-        .map(|h| (h.record(), h.live.sink_delivery()))
+        .flat_map(|h| {
+            let r = h.record();
+            h.live
+                .sink_delivery()
+                .into_iter()
+                .map(move |(sink, queued, undelivered)| {
+                    let l = vec![
+                        ("job_id", r.id.clone()),
+                        ("job_name", r.name.clone()),
+                        ("sink", sink),
+                    ];
+                    (l, queued, undelivered)
+                })
+        })
         .collect();
-    for (r, sinks) in &delivery {
-        for (sink, queued, _) in sinks {
-            let l = vec![
-                ("job_id", r.id.clone()),
-                ("job_name", r.name.clone()),
-                ("sink", sink.clone()),
-            ];
-            w.sample("spanflow_sink_queued_rows", &pairs(&l), *queued as f64);
-        }
+    for (l, queued, _) in &delivery {
+        w.sample("spanflow_sink_queued_rows", &pairs(l), *queued as f64);
     }
     w.family(
         "spanflow_sink_undelivered_rows_total",
@@ -492,19 +499,12 @@ pub fn render(jobs: &Jobs, format: Format) -> String {
         "Rows such a sink gave up on: dropped from its full queue, or still queued when \
          the run ended.",
     );
-    for (r, sinks) in &delivery {
-        for (sink, _, undelivered) in sinks {
-            let l = vec![
-                ("job_id", r.id.clone()),
-                ("job_name", r.name.clone()),
-                ("sink", sink.clone()),
-            ];
-            w.sample(
-                "spanflow_sink_undelivered_rows_total",
-                &pairs(&l),
-                *undelivered as f64,
-            );
-        }
+    for (l, _, undelivered) in &delivery {
+        w.sample(
+            "spanflow_sink_undelivered_rows_total",
+            &pairs(l),
+            *undelivered as f64,
+        );
     }
     w.family(
         "spanflow_consumer_lag_records",

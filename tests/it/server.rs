@@ -342,6 +342,16 @@ fn a_submitted_job_writes_what_spanflow_run_writes() {
         );
         assert!(text.contains(&line), "no `{line}`");
     }
+    // A Parquet sink delivers in place: nothing queued, nothing given up.
+    let sink = &summary.outputs[0].sink;
+    for family in [
+        "spanflow_sink_queued_rows",
+        "spanflow_sink_undelivered_rows_total",
+    ] {
+        let line =
+            format!("{family}{{job_id=\"{id}\",job_name=\"checkpointed\",sink=\"{sink}\"}} 0");
+        assert!(text.contains(&line), "no `{line}`");
+    }
     let closed: u64 = summary.sessions.closed_by_reason.iter().sum();
     assert!(closed > 0);
     assert!(text.contains(&format!(
