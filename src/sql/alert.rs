@@ -35,14 +35,6 @@ pub struct AlertQuery {
     relation: bool,
 }
 
-fn error(message: String) -> SqlError {
-    SqlError {
-        message,
-        line: None,
-        column: None,
-    }
-}
-
 fn is_number(t: &DataType) -> bool {
     t.is_numeric() || matches!(t, DataType::Null)
 }
@@ -61,7 +53,7 @@ impl AlertQuery {
     pub async fn plan(query: &str, metric: &str) -> Result<Self, SqlError> {
         let table = table_of(metric);
         let schema = crate::tables::schema(table)
-            .ok_or_else(|| error(format!("no schema for `{table}` (this is a bug)")))?;
+            .ok_or_else(|| SqlError::plain(format!("no schema for `{table}` (this is a bug)")))?;
         let planned = RollupQuery::plan(query, &[(table.to_owned(), schema)]).await?;
         let result = planned.schema();
         let mut value_column = None;
@@ -70,7 +62,7 @@ impl AlertQuery {
         for (i, f) in result.fields().iter().enumerate() {
             if f.name() == "value" {
                 if !is_number(f.data_type()) {
-                    return Err(error(format!(
+                    return Err(SqlError::plain(format!(
                         "the query's `value` column is {}; it must be a number",
                         f.data_type()
                     )));
@@ -79,7 +71,7 @@ impl AlertQuery {
                 continue;
             }
             let Some(label) = Label::ALL.into_iter().find(|l| l.as_str() == f.name()) else {
-                return Err(error(format!(
+                return Err(SqlError::plain(format!(
                     "the query returns a column `{}`: besides `value`, its columns are the \
                      alert's labels, named as one of {} (rename it with AS, or drop it)",
                     f.name(),
@@ -87,7 +79,7 @@ impl AlertQuery {
                 )));
             };
             if !is_text(f.data_type()) {
-                return Err(error(format!(
+                return Err(SqlError::plain(format!(
                     "the query's label column `{}` is {}; labels are text",
                     f.name(),
                     f.data_type()
@@ -97,7 +89,7 @@ impl AlertQuery {
             label_columns.push(i);
         }
         let value_column = value_column.ok_or_else(|| {
-            error(
+            SqlError::plain(
                 "the query has no `value` column: return the number the threshold is \
                  compared with as `value` (e.g. `sum(errors) / sum(requests) AS value`)"
                     .into(),
@@ -133,7 +125,8 @@ impl AlertQuery {
     }
 
     fn rows_of(&self, b: &RecordBatch, out: &mut Vec<(Vec<String>, f64)>) -> Result<(), SqlError> {
-        let as_error = |e: arrow::error::ArrowError| error(format!("the query's result: {e}"));
+        let as_error =
+            |e: arrow::error::ArrowError| SqlError::plain(format!("the query's result: {e}"));
         let value = cast(b.column(self.value_column), &DataType::Float64).map_err(as_error)?;
         let value = value.as_primitive::<Float64Type>();
         let mut labels = Vec::with_capacity(self.label_columns.len());
@@ -170,12 +163,11 @@ struct Running {
     rule: String,
     query: Result<AlertQuery, String>,
     handle: Option<tokio::runtime::Handle>,
-    labels: Vec<Label>,
 }
 
 impl Condition for Running {
     fn labels(&self) -> &[Label] {
-        &self.labels
+        self.query.as_ref().map_or(&[], |q| &q.labels)
     }
 
     fn evaluate(
@@ -206,11 +198,9 @@ pub fn condition(rule: &AlertRule) -> Box<dyn Condition> {
         &rule.metric,
     ))
     .map_err(|e| e.message);
-    let labels = query.as_ref().map(|q| q.labels.clone()).unwrap_or_default();
     Box::new(Running {
         rule: rule.name.clone(),
         query,
         handle: tokio::runtime::Handle::try_current().ok(),
-        labels,
     })
 }

@@ -45,14 +45,6 @@ fn plain_name(name: &str) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
-fn error(message: String) -> SqlError {
-    SqlError {
-        message,
-        line: None,
-        column: None,
-    }
-}
-
 impl RollupQuery {
     /// Plans `sql` (exactly one `SELECT`) over tables named as `inputs`.
     pub async fn plan(sql: &str, inputs: &[(String, SchemaRef)]) -> Result<Self, SqlError> {
@@ -68,9 +60,9 @@ impl RollupQuery {
         let mut plans = plan_statements(&ctx, sql).await?;
         let plan = match (plans.pop(), plans.is_empty()) {
             (Some(p), true) => p,
-            (None, _) => return Err(error("the query has no SQL statement".into())),
+            (None, _) => return Err(SqlError::plain("the query has no SQL statement".into())),
             (Some(_), false) => {
-                return Err(error(
+                return Err(SqlError::plain(
                     "the query must be one SELECT statement; found several (separated by `;`)"
                         .into(),
                 ));
@@ -82,7 +74,7 @@ impl RollupQuery {
             .with_allow_statements(false)
             .verify_plan(&plan)
             .map_err(|e| {
-                error(format!(
+                SqlError::plain(format!(
                     "the query must be a SELECT: {}",
                     e.strip_backtrace()
                 ))
@@ -90,7 +82,7 @@ impl RollupQuery {
         let schema = Arc::new(plan.schema().as_arrow().clone());
         for f in schema.fields() {
             if !plain_name(f.name()) {
-                return Err(error(format!(
+                return Err(SqlError::plain(format!(
                     "result column `{}` needs a plain name (letters, digits, `_`) for the \
                      output table: add `AS <name>`",
                     f.name()
@@ -103,7 +95,7 @@ impl RollupQuery {
             .enumerate()
             .find(|(i, f)| schema.fields()[..*i].iter().any(|g| g.name() == f.name()))
         {
-            return Err(error(format!(
+            return Err(SqlError::plain(format!(
                 "result column `{}` appears twice; give each column its own name",
                 dup.1.name()
             )));
@@ -156,7 +148,7 @@ impl RollupQuery {
                 *s = batches;
                 Ok(())
             }
-            Err(_) => Err(error("a query's window slot is poisoned".into())),
+            Err(_) => Err(SqlError::plain("a query's window slot is poisoned".into())),
         };
         for (slot, batches) in self.slots.iter().zip(inputs) {
             fill(slot, batches)?;
@@ -173,8 +165,10 @@ impl RollupQuery {
         for b in result? {
             // The planned schema is the table's; executed batches may differ in field
             // metadata only.
-            let b = RecordBatch::try_new(self.schema.clone(), b.columns().to_vec())
-                .map_err(|e| error(format!("the query's result does not fit its schema: {e}")))?;
+            let b =
+                RecordBatch::try_new(self.schema.clone(), b.columns().to_vec()).map_err(|e| {
+                    SqlError::plain(format!("the query's result does not fit its schema: {e}"))
+                })?;
             if b.num_rows() > 0 {
                 out.push(b);
             }
