@@ -433,6 +433,7 @@ pub fn plan_member(
                     tables: rollup.from.iter().map(|f| f.port.clone()).collect(),
                     query: rollup.query.clone(),
                     window_ns: rollup.window.as_nanos(),
+                    planned: rollup.planned.clone(),
                 }),
                 vec![rollup.name.clone()],
             ),

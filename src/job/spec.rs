@@ -431,6 +431,8 @@ pub struct RollupNode {
     /// The result's natural key (its GROUP BY columns), when the plan shows one; keyed
     /// sinks (ClickHouse) order and de-duplicate by it.
     pub key: Vec<String>,
+    /// The query as planned at load time, for the job's runs to take.
+    pub planned: crate::sql::rollup::QueryPool,
 }
 
 /// The settings of a rollup as written in the job file.

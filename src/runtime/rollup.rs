@@ -14,7 +14,7 @@ use spanflow_operators::operator::{
 };
 
 use super::RunError;
-use crate::sql::rollup::RollupQuery;
+use crate::sql::rollup::{QueryPool, RollupQuery};
 use crate::tables::{ExemplarRows, MetricRows, TableRows};
 
 /// What the runtime needs of a rollup.
@@ -29,6 +29,8 @@ pub struct RollupSpec {
     pub query: String,
     /// Rows of upstream intervals that start in one window are queried together.
     pub window_ns: u64,
+    /// The query planned once for the job's runs; a run plans its own when it is empty.
+    pub planned: QueryPool,
 }
 
 /// A rollup's open windows and its inputs' bucket bounds, kept in a savepoint.
@@ -45,7 +47,10 @@ struct RollupState {
 /// A rollup.
 pub(crate) struct RollupOp {
     name: String,
-    query: RollupQuery,
+    /// Always `Some` until the operator is dropped and gives it back to `pool`.
+    query: Option<RollupQuery>,
+    pool: QueryPool,
+    schema: arrow::datatypes::SchemaRef,
     /// The table each input is seen as.
     inputs: Vec<Table>,
     window_ns: u64,
@@ -56,28 +61,20 @@ pub(crate) struct RollupOp {
 }
 
 impl RollupOp {
-    /// Plans the rollup's query (it was planned when the job was loaded, so this does
-    /// not fail for a validated job); `inputs` are the tables of its `from:` entries.
+    /// Takes the rollup's planned query from the job, or plans it (it was planned when
+    /// the job was loaded, so this does not fail for a validated job); `inputs` are the
+    /// tables of its `from:` entries.
     pub async fn new(node: &RollupSpec, inputs: Vec<Table>) -> Result<Self, RunError> {
-        let mut tables = Vec::new();
-        for (name, kind) in node.tables.iter().zip(&inputs) {
-            let schema = kind
-                .builtin_name()
-                .and_then(crate::tables::schema)
-                .ok_or_else(|| RunError::Internal(format!("no schema for `{name}`")))?;
-            tables.push((name.clone(), schema));
-        }
-        let query =
-            RollupQuery::plan(&node.query, &tables)
-                .await
-                .map_err(|e| RunError::Rollup {
-                    name: node.name.clone(),
-                    message: e.to_string(),
-                })?;
+        let query = match node.planned.take() {
+            Some(q) => q,
+            None => Self::plan(node, &inputs).await?,
+        };
         let n = inputs.len();
         Ok(RollupOp {
             name: node.name.clone(),
-            query,
+            schema: query.schema(),
+            query: Some(query),
+            pool: node.planned.clone(),
             inputs,
             window_ns: node.window_ns.max(1),
             state: RollupState {
@@ -88,9 +85,26 @@ impl RollupOp {
         })
     }
 
+    async fn plan(node: &RollupSpec, inputs: &[Table]) -> Result<RollupQuery, RunError> {
+        let mut tables = Vec::new();
+        for (name, kind) in node.tables.iter().zip(inputs) {
+            let schema = kind
+                .builtin_name()
+                .and_then(crate::tables::schema)
+                .ok_or_else(|| RunError::Internal(format!("no schema for `{name}`")))?;
+            tables.push((name.clone(), schema));
+        }
+        RollupQuery::plan(&node.query, &tables)
+            .await
+            .map_err(|e| RunError::Rollup {
+                name: node.name.clone(),
+                message: e.to_string(),
+            })
+    }
+
     /// The schema of its result rows.
     pub fn schema(&self) -> arrow::datatypes::SchemaRef {
-        self.query.schema()
+        self.schema.clone()
     }
 
     fn run(
@@ -130,15 +144,29 @@ impl RollupOp {
             };
             tables.push(vec![batch]);
         }
+        let Some(query) = &self.query else {
+            return Err(OperatorError::Internal(format!(
+                "rollup `{}` has no query",
+                self.name
+            )));
+        };
         let result = self
             .handle
-            .block_on(self.query.run(tables))
+            .block_on(query.run(tables))
             .map_err(|e| OperatorError::Execution(e.to_string()))?;
         self.state.windows_run += 1;
         for b in result {
             out.emit(0, Batch::Other(Arc::new(b)));
         }
         Ok(())
+    }
+}
+
+impl Drop for RollupOp {
+    fn drop(&mut self) {
+        if let Some(q) = self.query.take() {
+            self.pool.put_back(q);
+        }
     }
 }
 

@@ -152,6 +152,7 @@ impl Loader<'_, '_> {
                         window,
                         schema: q.schema(),
                         key: q.key(),
+                        planned: crate::sql::rollup::QueryPool::with(q),
                     });
                 }
                 Err(e) => self.sql_error(d, &e, &text, file.as_deref(), text_pos, node),
