@@ -3,6 +3,7 @@
 #
 #   scripts/bench-ab.sh ROUNDS SPANS BINARY...
 #   RUNS=5 scripts/bench-ab.sh ROUNDS SPANS BINARY...   (each bench runs the job 5 times)
+#   JOB=path/to/job.yaml scripts/bench-ab.sh ...        (another job than jobs/demo.yaml)
 #
 # Prints one line per bench: binary, spans per CPU-second, spans per second, CPU seconds,
 # peak RSS (MiB), page faults, the load average when it ended and, with RUNS > 1, every
@@ -10,7 +11,7 @@
 set -euo pipefail
 rounds=$1 spans=$2
 shift 2
-job="$(cd "$(dirname "$0")/.." && pwd)/jobs/demo.yaml"
+job="${JOB:-$(cd "$(dirname "$0")/.." && pwd)/jobs/demo.yaml}"
 for _ in $(seq 1 "$rounds"); do
   for bin in "$@"; do
     out=$("$bin" bench "$job" --spans "$spans" --runs "${RUNS:-1}" --json 2>/dev/null)

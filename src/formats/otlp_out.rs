@@ -7,13 +7,12 @@
 use opentelemetry_proto::tonic::common::v1::InstrumentationScope;
 use opentelemetry_proto::tonic::trace::v1::span::{Event, Link};
 use prost::Message;
-use spanflow_operators::model::wire::{WireField, WireFields, key_of, put_len_field, put_varint};
+use spanflow_operators::model::Entry;
+use spanflow_operators::model::wire::{WireField, WireFields, put_len_field, put_varint};
 use spanflow_operators::{AttrValue, Attrs, AttrsBuilder, Span, StatusCode};
 
 use super::{RESOURCE_SCHEMA_URL, SCOPE, SCOPE_SCHEMA_URL};
 
-/// `Span.attributes`.
-const ATTRIBUTES: u32 = 9;
 /// `Span.status`.
 const STATUS: u32 = 15;
 
@@ -25,22 +24,39 @@ pub fn encode_span(s: &Span, out: &mut Vec<u8>) {
 /// [`encode_span`] with the span's [`SpanExtras`] at hand (one walk of its packed fields
 /// serves both the columns and the message).
 pub fn encode_span_with(s: &Span, x: &SpanExtras, out: &mut Vec<u8>) {
-    put_len_field(out, 1, &s.trace_id.0);
-    put_len_field(out, 2, &s.span_id.0);
-    if !s.is_root() {
-        put_len_field(out, 4, &s.parent_span_id.0);
-    }
-    if !s.name.as_str().is_empty() {
-        put_len_field(out, 5, s.name.as_str().as_bytes());
+    let name = s.name.as_str().as_bytes();
+    out.reserve(64 + name.len() + s.attrs.as_bytes().len());
+    // The ids' fields (tag, length, bytes: all one-byte varints), written as one block.
+    let mut ids = [0u8; 38];
+    ids[0] = (1 << 3) | 2;
+    ids[1] = 16;
+    ids[2..18].copy_from_slice(&s.trace_id.0);
+    ids[18] = (2 << 3) | 2;
+    ids[19] = 8;
+    ids[20..28].copy_from_slice(&s.span_id.0);
+    let ids_len = if s.is_root() {
+        28
+    } else {
+        ids[28] = (4 << 3) | 2;
+        ids[29] = 8;
+        ids[30..38].copy_from_slice(&s.parent_span_id.0);
+        38
+    };
+    out.extend_from_slice(&ids[..ids_len]);
+    if !name.is_empty() {
+        put_len_field(out, 5, name);
     }
     if s.kind as i32 != 0 {
         put_varint(out, 6 << 3);
         put_varint(out, s.kind as u64);
     }
-    for (field, t) in [(7u64, s.start_ns), (8, s.end_ns)] {
-        put_varint(out, (field << 3) | 1);
-        out.extend_from_slice(&t.to_le_bytes());
-    }
+    // Start (7) and end (8) as fixed64 fields.
+    let mut times = [0u8; 18];
+    times[0] = (7 << 3) | 1;
+    times[1..9].copy_from_slice(&s.start_ns.to_le_bytes());
+    times[9] = (8 << 3) | 1;
+    times[10..18].copy_from_slice(&s.end_ns.to_le_bytes());
+    out.extend_from_slice(&times);
     out.extend_from_slice(s.attrs.as_bytes());
     if !x.has_status && s.status != StatusCode::Unset {
         put_len_field(out, STATUS, &[3 << 3, s.status as u8]);
@@ -201,35 +217,52 @@ impl SpanExtras {
     /// Reads them from the span's packed fields in one walk (the decoders checked
     /// them). Strings, events and links are allocated only when the span has them.
     pub fn of(s: &Span) -> SpanExtras {
-        let mut x = SpanExtras {
-            missing: facts(s),
-            ..SpanExtras::default()
-        };
-        for (f, v) in s.attrs.fields() {
-            match (f, v) {
-                (ATTRIBUTES, WireField::Len(kv)) if x.missing != 0 => {
-                    x.missing &= !key_of(kv).map_or(0, fact_of);
-                }
-                (3, WireField::Len(t)) => x.trace_state = String::from_utf8_lossy(t).into(),
-                (10, WireField::Varint(n)) => x.dropped[0] = n as u32,
-                (11, WireField::Len(b)) => x.events.extend(Event::decode(b).ok()),
-                (12, WireField::Varint(n)) => x.dropped[1] = n as u32,
-                (13, WireField::Len(b)) => x.links.extend(Link::decode(b).ok()),
-                (14, WireField::Varint(n)) => x.dropped[2] = n as u32,
-                (STATUS, WireField::Len(b)) => {
-                    x.has_status = true;
-                    // `Status.message` (2); the last one on the wire wins.
-                    for (f, v) in WireFields::new(b) {
-                        if let (2, WireField::Len(m)) = (f, v) {
-                            x.status_message = String::from_utf8_lossy(m).into();
-                        }
-                    }
-                }
-                (16, WireField::Fixed32(n)) => x.flags = n,
-                _ => {}
-            }
+        let mut x = SpanExtras::start(s);
+        for e in s.attrs.entries() {
+            x.observe(e);
         }
         x
+    }
+
+    /// Before [`observe`](Self::observe) sees the span's entries: for a sink that walks
+    /// them anyway (the attribute map columns), so that one walk serves both.
+    pub fn start(s: &Span) -> SpanExtras {
+        SpanExtras {
+            missing: facts(s),
+            ..SpanExtras::default()
+        }
+    }
+
+    /// Takes in one entry of the span's packed fields ([`Attrs::entries`]).
+    #[inline]
+    pub fn observe(&mut self, e: Entry<'_>) {
+        let Entry::Field(f, v) = e else {
+            if let Entry::Attr(key, _, false) = e
+                && self.missing != 0
+            {
+                self.missing &= !fact_of(key.as_bytes());
+            }
+            return;
+        };
+        match (f, v) {
+            (3, WireField::Len(t)) => self.trace_state = String::from_utf8_lossy(t).into(),
+            (10, WireField::Varint(n)) => self.dropped[0] = n as u32,
+            (11, WireField::Len(b)) => self.events.extend(Event::decode(b).ok()),
+            (12, WireField::Varint(n)) => self.dropped[1] = n as u32,
+            (13, WireField::Len(b)) => self.links.extend(Link::decode(b).ok()),
+            (14, WireField::Varint(n)) => self.dropped[2] = n as u32,
+            (STATUS, WireField::Len(b)) => {
+                self.has_status = true;
+                // `Status.message` (2); the last one on the wire wins.
+                for (f, v) in WireFields::new(b) {
+                    if let (2, WireField::Len(m)) = (f, v) {
+                        self.status_message = String::from_utf8_lossy(m).into();
+                    }
+                }
+            }
+            (16, WireField::Fixed32(n)) => self.flags = n,
+            _ => {}
+        }
     }
 }
 
@@ -665,5 +698,197 @@ mod tests {
         let res = show("resource_attributes");
         assert!(!res.contains("service.name"), "{res}");
         assert!(res.contains("telemetry.sdk.language: python"), "{res}");
+    }
+
+    /// The span table's columns built with Arrow's own builders, row by row, as
+    /// `SpanRows` built them before it had column buffers of its own (all but the
+    /// attribute maps, which `tables::attr_map` tests against `MapBuilder`).
+    fn reference_columns(
+        spans: &[spanflow_operators::Span],
+    ) -> Vec<(String, arrow::array::ArrayRef)> {
+        use std::sync::Arc;
+
+        use arrow::array::{
+            ArrayBuilder, BinaryBuilder, BooleanBuilder, FixedSizeBinaryBuilder, ListBuilder,
+            StringBuilder, TimestampNanosecondBuilder, UInt16Builder, UInt32Builder, UInt64Builder,
+        };
+
+        let ts = || TimestampNanosecondBuilder::new().with_timezone("+00:00");
+        let text = StringBuilder::new;
+        let mut trace_id = FixedSizeBinaryBuilder::new(16);
+        let mut span_id = FixedSizeBinaryBuilder::new(8);
+        let mut parent = FixedSizeBinaryBuilder::new(8);
+        let [
+            mut service,
+            mut instance,
+            mut name,
+            mut kind,
+            mut status,
+            mut call_type,
+        ] = std::array::from_fn(|_| text());
+        let [mut peer, mut db_system, mut destination] = std::array::from_fn(|_| text());
+        let [
+            mut status_message,
+            mut trace_state,
+            mut scope_name,
+            mut scope_version,
+        ] = std::array::from_fn(|_| text());
+        let (mut start, mut end) = (ts(), ts());
+        let mut duration = UInt64Builder::new();
+        let mut is_error = BooleanBuilder::new();
+        let mut http_status = UInt16Builder::new();
+        let mut flags = UInt32Builder::new();
+        let mut dropped: [UInt32Builder; 3] = std::array::from_fn(|_| UInt32Builder::new());
+        let mut event_times = ListBuilder::new(ts());
+        let mut event_names = ListBuilder::new(text());
+        let mut event_attributes = ListBuilder::new(text());
+        let mut link_trace_ids = ListBuilder::new(FixedSizeBinaryBuilder::new(16));
+        let mut link_span_ids = ListBuilder::new(FixedSizeBinaryBuilder::new(8));
+        let mut link_trace_states = ListBuilder::new(text());
+        let mut link_attributes = ListBuilder::new(text());
+        let (mut otlp, mut otlp_resource) = (BinaryBuilder::new(), BinaryBuilder::new());
+        let json = crate::tables::attributes_json_for_tests;
+        for s in spans {
+            trace_id.append_value(s.trace_id.0).unwrap();
+            span_id.append_value(s.span_id.0).unwrap();
+            if s.is_root() {
+                parent.append_null();
+            } else {
+                parent.append_value(s.parent_span_id.0).unwrap();
+            }
+            for (b, v) in [
+                (&mut service, s.service.as_str()),
+                (&mut instance, s.instance.as_str()),
+                (&mut name, s.name.as_str()),
+                (&mut kind, s.kind.as_str()),
+                (&mut status, s.status.as_str()),
+                (&mut call_type, s.call_type.as_str()),
+                (&mut peer, s.peer.as_str()),
+                (&mut db_system, s.db_system.as_str()),
+                (&mut destination, s.messaging_destination.as_str()),
+            ] {
+                b.append_value(v);
+            }
+            start.append_value(s.start_ns as i64);
+            end.append_value(s.end_ns as i64);
+            duration.append_value(s.duration_ns());
+            is_error.append_value(s.is_error());
+            http_status.append_value(s.http_status);
+            let x = super::SpanExtras::of(s);
+            status_message.append_value(&x.status_message);
+            trace_state.append_value(&x.trace_state);
+            flags.append_value(x.flags);
+            for e in &x.events {
+                event_times.values().append_value(e.time_unix_nano as i64);
+                event_names.values().append_value(&e.name);
+                event_attributes.values().append_value(json(&e.attributes));
+            }
+            event_times.append(true);
+            event_names.append(true);
+            event_attributes.append(true);
+            for l in &x.links {
+                link_trace_ids.values().append_value(&l.trace_id).unwrap();
+                link_span_ids.values().append_value(&l.span_id).unwrap();
+                link_trace_states.values().append_value(&l.trace_state);
+                link_attributes.values().append_value(json(&l.attributes));
+            }
+            link_trace_ids.append(true);
+            link_span_ids.append(true);
+            link_trace_states.append(true);
+            link_attributes.append(true);
+            for (b, n) in dropped.iter_mut().zip(x.dropped) {
+                b.append_value(n);
+            }
+            let mut m = Vec::new();
+            super::encode_span(s, &mut m);
+            otlp.append_value(&m);
+            let mut m = Vec::new();
+            super::encode_envelope(s, &mut m);
+            otlp_resource.append_value(&m);
+            let (n, v) = super::scope(s);
+            scope_name.append_value(n);
+            scope_version.append_value(v);
+        }
+        let [d0, d1, d2] = &mut dropped;
+        let cols: Vec<(&str, &mut dyn ArrayBuilder)> = vec![
+            ("trace_id", &mut trace_id),
+            ("span_id", &mut span_id),
+            ("parent_span_id", &mut parent),
+            ("service", &mut service),
+            ("instance", &mut instance),
+            ("name", &mut name),
+            ("kind", &mut kind),
+            ("start_time", &mut start),
+            ("end_time", &mut end),
+            ("duration_ns", &mut duration),
+            ("status", &mut status),
+            ("is_error", &mut is_error),
+            ("call_type", &mut call_type),
+            ("http_status", &mut http_status),
+            ("peer", &mut peer),
+            ("db_system", &mut db_system),
+            ("messaging_destination", &mut destination),
+            ("status_message", &mut status_message),
+            ("trace_state", &mut trace_state),
+            ("flags", &mut flags),
+            ("scope_name", &mut scope_name),
+            ("scope_version", &mut scope_version),
+            ("event_times", &mut event_times),
+            ("event_names", &mut event_names),
+            ("event_attributes", &mut event_attributes),
+            ("link_trace_ids", &mut link_trace_ids),
+            ("link_span_ids", &mut link_span_ids),
+            ("link_trace_states", &mut link_trace_states),
+            ("link_attributes", &mut link_attributes),
+            ("dropped_attributes_count", d0),
+            ("dropped_events_count", d1),
+            ("dropped_links_count", d2),
+            ("otlp", &mut otlp),
+            ("otlp_resource", &mut otlp_resource),
+        ];
+        cols.into_iter()
+            .map(|(n, b)| (n.to_owned(), Arc::new(b.finish()) as arrow::array::ArrayRef))
+            .map(|(n, a)| (n, a as arrow::array::ArrayRef))
+            .collect()
+    }
+
+    /// `SpanRows`' column buffers give the arrays Arrow's builders give, for spans with
+    /// every OTLP field, spans the generator made, and a batch that takes over the last
+    /// one's rendered resources.
+    #[test]
+    fn span_rows_match_arrow_builders() {
+        use crate::testkit::generator::{Generator, GeneratorConfig};
+
+        let mut out = Decoded::default();
+        let meta = meta();
+        let mut dec = SpanDecoder::with_shards(2);
+        dec.decode(
+            InputFormat::OtlpProto,
+            &everything().encode_to_vec(),
+            &meta,
+            &mut out,
+        );
+        let config = GeneratorConfig {
+            traces: 30,
+            ..Default::default()
+        };
+        for r in Generator::new(config).unwrap() {
+            dec.decode(InputFormat::OtlpProto, &r.payload, &meta, &mut out);
+        }
+        assert!(out.spans.len() > 300, "{}", out.spans.len());
+        let mut rows = SpanRows::spans();
+        let (first, second) = out.spans.split_at(out.spans.len() / 2);
+        for part in [first, second] {
+            for s in part {
+                rows.push(s);
+            }
+            let batch = rows.finish();
+            assert_eq!(batch.num_rows(), part.len());
+            for (name, want) in reference_columns(part) {
+                let got = batch.column_by_name(&name).unwrap();
+                assert_eq!(got.data_type(), want.data_type(), "{name}");
+                assert_eq!(got.to_data(), want.to_data(), "{name}");
+            }
+        }
     }
 }

@@ -272,17 +272,16 @@ impl TableSink {
                 p.maybe_flush(false)
             }
             (TableSink::Spans(p), Batch::Traces(traces)) => {
-                for t in traces.iter().filter(|t| t.kept()) {
-                    for s in &t.trace.spans {
-                        p.rows.push(s);
-                    }
-                }
+                p.rows.extend(
+                    traces
+                        .iter()
+                        .filter(|t| t.kept())
+                        .flat_map(|t| &t.trace.spans),
+                );
                 p.maybe_flush(false)
             }
             (TableSink::Spans(p), Batch::Spans(spans)) => {
-                for s in spans {
-                    p.rows.push(s);
-                }
+                p.rows.extend(spans.iter());
                 p.maybe_flush(false)
             }
             (TableSink::Late(p), Batch::LateSpans(late)) => {

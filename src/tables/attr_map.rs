@@ -9,12 +9,14 @@
 
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, MapArray, StringArray, StructArray};
-use arrow::buffer::{Buffer, OffsetBuffer, ScalarBuffer};
+use arrow::array::{ArrayRef, MapArray, StructArray};
+use arrow::buffer::{OffsetBuffer, ScalarBuffer};
 use arrow::datatypes::{DataType, Field, Fields};
 use arrow::error::ArrowError;
 use spanflow_operators::classify::is_lifted;
-use spanflow_operators::model::FastMap;
+use spanflow_operators::model::{Entry, FastMap};
+
+use super::columns::{Text, TextBlock, TextBuf};
 use spanflow_operators::{AttrValue, Attrs, AttrsMap};
 
 /// The `entries` struct fields, as `MapBuilder` names them.
@@ -38,145 +40,24 @@ pub(crate) fn map_type() -> DataType {
     )
 }
 
-/// Appends the text of a non-string value as `Display` writes it.
-fn render(value: AttrValue<'_>, out: &mut Vec<u8>) {
+/// Appends the text of a value as `Display` writes it.
+fn render(value: AttrValue<'_>, out: &mut TextBuf<'_>) {
+    use std::fmt::Write;
     match value {
-        AttrValue::Str(t) => out.extend_from_slice(t.as_bytes()),
+        AttrValue::Str(t) => out.push_str(t),
         AttrValue::Any(b) => {
             if let Some(j) = spanflow_operators::model::wire::any_value_json(b) {
-                use std::io::Write;
                 // Writing into a Vec cannot fail.
                 let _ = write!(out, "{j}");
             }
         }
-        AttrValue::Bool(b) => out.extend_from_slice(if b { b"true" } else { b"false" }),
-        AttrValue::Int(i) => push_int(i, out),
+        AttrValue::Bool(b) => out.push_str(if b { "true" } else { "false" }),
+        AttrValue::Int(i) => out.push_int(i),
         AttrValue::Double(d) => {
-            use std::io::Write;
             // Writing into a Vec cannot fail.
             let _ = write!(out, "{d}");
         }
     }
-}
-
-/// Decimal text of `i`, the same as `Display` (ints are the common non-string values:
-/// status codes, ports, sizes).
-fn push_int(i: i64, out: &mut Vec<u8>) {
-    let mut buf = [0u8; 20];
-    let mut n = i.unsigned_abs();
-    let mut at = buf.len();
-    loop {
-        at -= 1;
-        buf[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    if i < 0 {
-        out.push(b'-');
-    }
-    out.extend_from_slice(&buf[at..]);
-}
-
-/// Strings of one Arrow `Utf8` column: bytes and end offsets.
-#[derive(Default)]
-struct Text {
-    bytes: Vec<u8>,
-    /// Starts with 0; one more than the number of strings.
-    offsets: Vec<i32>,
-    /// A byte offset did not fit an `i32`: the column cannot be built.
-    overflow: bool,
-}
-
-impl Text {
-    fn with_capacity(items: usize, bytes: usize) -> Self {
-        let mut offsets = Vec::with_capacity(items + 1);
-        offsets.push(0);
-        Text {
-            bytes: Vec::with_capacity(bytes),
-            offsets,
-            overflow: false,
-        }
-    }
-
-    #[inline]
-    fn end(&mut self) {
-        match i32::try_from(self.bytes.len()) {
-            Ok(o) => self.offsets.push(o),
-            Err(_) => {
-                self.overflow = true;
-                self.offsets.push(i32::MAX);
-            }
-        }
-    }
-
-    #[inline]
-    fn push(&mut self, s: &str) {
-        self.bytes.extend_from_slice(s.as_bytes());
-        self.end();
-    }
-
-    #[inline]
-    fn push_value(&mut self, v: AttrValue<'_>) {
-        render(v, &mut self.bytes);
-        self.end();
-    }
-
-    /// Appends every string of a block.
-    fn extend(&mut self, b: &BlockText) {
-        let base = self.bytes.len();
-        self.bytes.extend_from_slice(&b.bytes);
-        for &e in &b.ends {
-            match i32::try_from(base + e) {
-                Ok(o) => self.offsets.push(o),
-                Err(_) => {
-                    self.overflow = true;
-                    self.offsets.push(i32::MAX);
-                }
-            }
-        }
-    }
-
-    fn len(&self) -> usize {
-        self.offsets.len() - 1
-    }
-
-    fn finish(self) -> Result<StringArray, ArrowError> {
-        if self.overflow {
-            return Err(ArrowError::InvalidArgumentError(
-                "attribute text exceeds the 2 GiB of an Arrow string column".into(),
-            ));
-        }
-        if self
-            .offsets
-            .last()
-            .is_some_and(|&end| end as usize != self.bytes.len())
-        {
-            return Err(ArrowError::InvalidArgumentError(
-                "attribute text offsets do not match its bytes".into(),
-            ));
-        }
-        // SAFETY: `offsets` starts with 0 (`with_capacity`) and every other entry is the
-        // length of `bytes` after an append (`end`, `extend`), which never shrinks, so
-        // they are non-negative and ascending; the overflow case returned above.
-        // `OffsetBuffer::new` checked that again for every entry, ~7% of building the
-        // span rows.
-        let offsets = unsafe { OffsetBuffer::new_unchecked(ScalarBuffer::from(self.offsets)) };
-        // SAFETY: `bytes` is a concatenation of `&str`s (`push`, `extend` of blocks
-        // built the same way, `render` of numbers as ASCII) and `offsets` holds 0 and the
-        // end of each one, so it is monotonic, within `bytes`, and every slice is valid
-        // UTF-8. Re-validating cost more than building the column.
-        Ok(unsafe { StringArray::new_unchecked(offsets, Buffer::from_vec(self.bytes), None) })
-    }
-}
-
-/// Strings rendered once and appended many times.
-#[derive(Default)]
-struct BlockText {
-    bytes: Vec<u8>,
-    /// End of each string in `bytes`.
-    ends: Vec<usize>,
 }
 
 /// The map entries one packed buffer contributes to each of the two columns: entries
@@ -184,8 +65,8 @@ struct BlockText {
 /// `attributes`.
 #[derive(Default)]
 struct Block {
-    keys: [BlockText; 2],
-    values: [BlockText; 2],
+    keys: [TextBlock; 2],
+    values: [TextBlock; 2],
 }
 
 impl Block {
@@ -196,10 +77,8 @@ impl Block {
                 continue;
             }
             let m = usize::from(resource);
-            b.keys[m].bytes.extend_from_slice(k.as_bytes());
-            b.keys[m].ends.push(b.keys[m].bytes.len());
-            render(v, &mut b.values[m].bytes);
-            b.values[m].ends.push(b.values[m].bytes.len());
+            b.keys[m].push_with(|t| t.push_str(k));
+            b.values[m].push_with(|t| render(v, t));
         }
         b
     }
@@ -248,8 +127,8 @@ impl MapColumn {
         MapSizes {
             rows: self.rows.len() - 1,
             entries: self.keys.len(),
-            key_bytes: self.keys.bytes.len(),
-            value_bytes: self.values.bytes.len(),
+            key_bytes: self.keys.byte_len(),
+            value_bytes: self.values.byte_len(),
         }
     }
 
@@ -309,14 +188,30 @@ impl AttrMaps {
     /// Appends one span's row: its own attributes, then its resource's, each to the
     /// column its resource flag selects, in buffer order. Attributes the span's other
     /// columns show (see [`is_lifted`] and [`SHOWN_RESOURCE`]) are left out.
+    #[cfg(test)]
     pub fn push(&mut self, attrs: &Attrs, resource: &Attrs) {
-        for (k, v, is_resource) in attrs.iter() {
-            if is_lifted(k, v) {
-                continue;
+        self.push_seeing(attrs, resource, |_| {});
+    }
+
+    /// [`push`](Self::push), showing `seen` every entry of `attrs` (its other fields
+    /// too): the span-detail columns need them, and one walk of the packed buffer serves
+    /// both.
+    #[inline]
+    pub fn push_seeing(
+        &mut self,
+        attrs: &Attrs,
+        resource: &Attrs,
+        mut seen: impl FnMut(Entry<'_>),
+    ) {
+        for e in attrs.entries() {
+            seen(e);
+            if let Entry::Attr(k, Some(v), is_resource) = e
+                && !is_lifted(k, v)
+            {
+                let m = &mut self.maps[usize::from(is_resource)];
+                m.keys.push(k);
+                m.values.push_with(|t| render(v, t));
             }
-            let m = &mut self.maps[usize::from(is_resource)];
-            m.keys.push(k);
-            m.values.push_value(v);
         }
         if !resource.is_empty() {
             let at = self.render_resource(resource);
@@ -468,15 +363,6 @@ mod tests {
                 prop_assert_eq!(g.data_type(), w.data_type());
                 prop_assert_eq!(g.to_data(), w.to_data());
             }
-        }
-    }
-
-    #[test]
-    fn ints_render_like_display() {
-        for i in [0, 7, -7, 10, 200, -1000, i64::MAX, i64::MIN] {
-            let mut out = Vec::new();
-            push_int(i, &mut out);
-            assert_eq!(String::from_utf8(out).unwrap(), i.to_string());
         }
     }
 }

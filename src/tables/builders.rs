@@ -2,11 +2,15 @@
 
 use std::sync::{Arc, LazyLock};
 
+use arrow::array::BooleanBufferBuilder;
 use arrow::array::{
     ArrayBuilder, ArrayRef, BinaryBuilder, BooleanBuilder, FixedSizeBinaryBuilder, Float64Builder,
-    StringBuilder, TimestampNanosecondBuilder, UInt16Builder, UInt32Builder, UInt64Builder,
+    StringBuilder, TimestampNanosecondBuilder, UInt32Builder, UInt64Builder,
 };
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use arrow::datatypes::{
+    DataType, Field, Schema, SchemaRef, TimeUnit, TimestampNanosecondType, UInt16Type, UInt64Type,
+};
+use arrow::error::ArrowError;
 use arrow::record_batch::RecordBatch;
 use spanflow_operators::Span;
 use spanflow_operators::session_window::{ClosedTrace, LateSpan};
@@ -14,8 +18,10 @@ use spanflow_operators::tail_sampling::Decision;
 
 use super::TableRows;
 use super::attr_map::{AttrMaps, MapSizes, map_type};
+use super::columns::{Fixed, Text, booleans, primitive};
 use super::span_detail::SpanDetail;
 use crate::formats::DeadLetter;
+use crate::formats::otlp_out::SpanExtras;
 
 fn ts() -> DataType {
     DataType::Timestamp(TimeUnit::Nanosecond, Some("+00:00".into()))
@@ -201,29 +207,29 @@ pub static SPANS_SCHEMA: LazyLock<SchemaRef> =
 /// Rows of a span table (`spans`, or `late_spans` when built with [`SpanRows::late`]).
 pub struct SpanRows {
     late: bool,
-    trace_id: FixedSizeBinaryBuilder,
-    span_id: FixedSizeBinaryBuilder,
-    parent: FixedSizeBinaryBuilder,
-    service: StringBuilder,
-    instance: StringBuilder,
-    name: StringBuilder,
-    kind: StringBuilder,
-    start: TimestampNanosecondBuilder,
-    end: TimestampNanosecondBuilder,
-    duration: UInt64Builder,
-    status: StringBuilder,
-    is_error: BooleanBuilder,
-    call_type: StringBuilder,
-    http_status: UInt16Builder,
-    peer: StringBuilder,
-    db_system: StringBuilder,
-    destination: StringBuilder,
+    trace_id: Fixed<16>,
+    span_id: Fixed<8>,
+    parent: Fixed<8>,
+    service: Text,
+    instance: Text,
+    name: Text,
+    kind: Text,
+    start: Vec<i64>,
+    end: Vec<i64>,
+    duration: Vec<u64>,
+    status: Text,
+    is_error: BooleanBufferBuilder,
+    call_type: Text,
+    http_status: Vec<u16>,
+    peer: Text,
+    db_system: Text,
+    destination: Text,
     /// `attributes` and `resource_attributes`.
     attr_maps: AttrMaps,
     /// Status message to `otlp_resource`.
     detail: SpanDetail,
-    late_reason: StringBuilder,
-    watermark: TimestampNanosecondBuilder,
+    late_reason: Text,
+    watermark: Vec<i64>,
 }
 
 /// Rows and text bytes of a batch, to size the next one like it.
@@ -242,11 +248,10 @@ impl SpanRows {
         Self::with_capacity(late, &SpanSizes::default())
     }
 
-    /// Builders pre-sized for a batch like the previous one: growing them from empty
+    /// Buffers pre-sized for a batch like the previous one: growing them from empty
     /// for every batch cost more (reallocations, fresh pages) than filling them.
     fn with_capacity(late: bool, sizes: &SpanSizes) -> Self {
         let rows = sizes.rows;
-        let ts = || TimestampNanosecondBuilder::with_capacity(rows).with_timezone("+00:00");
         let [
             service,
             instance,
@@ -258,37 +263,34 @@ impl SpanRows {
             db_system,
             destination,
             late_reason,
-        ] = sizes
-            .text
-            .map(|bytes| StringBuilder::with_capacity(rows, bytes));
+        ] = sizes.text.map(|bytes| Text::with_capacity(rows, bytes));
         SpanRows {
             late,
-            trace_id: FixedSizeBinaryBuilder::with_capacity(rows, 16),
-            span_id: FixedSizeBinaryBuilder::with_capacity(rows, 8),
-            parent: FixedSizeBinaryBuilder::with_capacity(rows, 8),
+            trace_id: Fixed::with_capacity(rows),
+            span_id: Fixed::with_capacity(rows),
+            parent: Fixed::with_capacity(rows),
             service,
             instance,
             name,
             kind,
-            start: ts(),
-            end: ts(),
-            duration: UInt64Builder::with_capacity(rows),
+            start: Vec::with_capacity(rows),
+            end: Vec::with_capacity(rows),
+            duration: Vec::with_capacity(rows),
             status,
-            is_error: BooleanBuilder::with_capacity(rows),
+            is_error: BooleanBufferBuilder::new(rows),
             call_type,
-            http_status: UInt16Builder::with_capacity(rows),
+            http_status: Vec::with_capacity(rows),
             peer,
             db_system,
             destination,
             attr_maps: AttrMaps::with_capacity(sizes.maps),
             detail: SpanDetail::with_capacity(rows, sizes.detail),
             late_reason,
-            watermark: TimestampNanosecondBuilder::with_capacity(if late { rows } else { 0 })
-                .with_timezone("+00:00"),
+            watermark: Vec::with_capacity(if late { rows } else { 0 }),
         }
     }
 
-    fn text_columns(&self) -> [&StringBuilder; 10] {
+    fn text_columns(&self) -> [&Text; 10] {
         [
             &self.service,
             &self.instance,
@@ -306,7 +308,7 @@ impl SpanRows {
     fn sizes(&self) -> SpanSizes {
         SpanSizes {
             rows: self.len(),
-            text: self.text_columns().map(|c| c.values_slice().len()),
+            text: self.text_columns().map(Text::byte_len),
             maps: self.attr_maps.sizes(),
             detail: self.detail.sizes(),
         }
@@ -324,38 +326,52 @@ impl SpanRows {
 
     /// Appends one span (for `spans`).
     pub fn push(&mut self, s: &Span) {
-        let _ = self.trace_id.append_value(s.trace_id.0);
-        let _ = self.span_id.append_value(s.span_id.0);
+        self.trace_id.push(&s.trace_id.0);
+        self.span_id.push(&s.span_id.0);
         if s.is_root() {
-            self.parent.append_null();
+            self.parent.push_null();
         } else {
-            let _ = self.parent.append_value(s.parent_span_id.0);
+            self.parent.push(&s.parent_span_id.0);
         }
-        self.service.append_value(s.service.as_str());
-        self.instance.append_value(s.instance.as_str());
-        self.name.append_value(s.name.as_str());
-        self.kind.append_value(s.kind.as_str());
-        self.start.append_value(s.start_ns as i64);
-        self.end.append_value(s.end_ns as i64);
-        self.duration.append_value(s.duration_ns());
-        self.status.append_value(s.status.as_str());
-        self.is_error.append_value(s.is_error());
-        self.call_type.append_value(s.call_type.as_str());
-        self.http_status.append_value(s.http_status);
-        self.peer.append_value(s.peer.as_str());
-        self.db_system.append_value(s.db_system.as_str());
-        self.destination
-            .append_value(s.messaging_destination.as_str());
-        self.attr_maps.push(&s.attrs, &s.resource_attrs);
-        self.detail.push(s);
+        self.service.push(s.service.as_str());
+        self.instance.push(s.instance.as_str());
+        self.name.push(s.name.as_str());
+        self.kind.push(s.kind.as_str());
+        self.start.push(s.start_ns as i64);
+        self.end.push(s.end_ns as i64);
+        self.duration.push(s.duration_ns());
+        self.status.push(s.status.as_str());
+        self.is_error.append(s.is_error());
+        self.call_type.push(s.call_type.as_str());
+        self.http_status.push(s.http_status);
+        self.peer.push(s.peer.as_str());
+        self.db_system.push(s.db_system.as_str());
+        self.destination.push(s.messaging_destination.as_str());
+        // One walk of the packed fields fills the maps and finds the detail columns'
+        // fields.
+        let mut x = SpanExtras::start(s);
+        self.attr_maps
+            .push_seeing(&s.attrs, &s.resource_attrs, |e| x.observe(e));
+        self.detail.push(s, &x);
+    }
+
+    /// Appends spans (for `spans`), loading each one's attributes while the one before
+    /// it is written (see [`Attrs::prefetch`](spanflow_operators::Attrs::prefetch)).
+    pub fn extend<'a>(&mut self, spans: impl IntoIterator<Item = &'a Span>) {
+        let mut spans = spans.into_iter().peekable();
+        while let Some(s) = spans.next() {
+            if let Some(next) = spans.peek() {
+                next.attrs.prefetch();
+            }
+            self.push(s);
+        }
     }
 
     /// Appends one late span (for `late_spans`).
     pub fn push_late(&mut self, l: &LateSpan) {
         self.push(&l.span);
-        self.late_reason.append_value(l.reason.as_str());
-        self.watermark
-            .append_value(l.watermark.min(i64::MAX as u64) as i64);
+        self.late_reason.push(l.reason.as_str());
+        self.watermark.push(l.watermark.min(i64::MAX as u64) as i64);
     }
 }
 
@@ -377,54 +393,52 @@ impl TableRows for SpanRows {
         let mut next = SpanRows::with_capacity(self.late, &self.sizes());
         next.attr_maps.keep_resources_of(&mut self.attr_maps);
         next.detail.keep_resources_of(&mut self.detail);
-        std::mem::replace(self, next).finish_columns()
+        let schema = self.schema();
+        std::mem::replace(self, next)
+            .finish_columns()
+            .unwrap_or_else(|e| {
+                tracing::error!(error = %e, "cannot build the span columns; batch dropped");
+                RecordBatch::new_empty(schema)
+            })
     }
 }
 
 impl SpanRows {
-    fn finish_columns(mut self) -> RecordBatch {
-        let schema = if self.late {
-            &*LATE_SPANS_SCHEMA
-        } else {
-            &*SPANS_SCHEMA
+    fn finish_columns(self) -> Result<RecordBatch, ArrowError> {
+        let ts = |v: Vec<i64>| -> ArrayRef {
+            Arc::new(primitive::<TimestampNanosecondType>(v).with_timezone("+00:00"))
         };
-        let maps = match self.attr_maps.finish() {
-            Ok(maps) => maps,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot build the attribute columns; batch dropped");
-                return RecordBatch::new_empty(schema.clone());
-            }
-        };
-        let [attributes, resource_attributes] = maps;
+        let [attributes, resource_attributes] = self.attr_maps.finish()?;
         let mut cols: Vec<ArrayRef> = vec![
-            Arc::new(self.trace_id.finish()),
-            Arc::new(self.span_id.finish()),
-            Arc::new(self.parent.finish()),
-            Arc::new(self.service.finish()),
-            Arc::new(self.instance.finish()),
-            Arc::new(self.name.finish()),
-            Arc::new(self.kind.finish()),
-            Arc::new(self.start.finish()),
-            Arc::new(self.end.finish()),
-            Arc::new(self.duration.finish()),
-            Arc::new(self.status.finish()),
-            Arc::new(self.is_error.finish()),
-            Arc::new(self.call_type.finish()),
-            Arc::new(self.http_status.finish()),
-            Arc::new(self.peer.finish()),
-            Arc::new(self.db_system.finish()),
-            Arc::new(self.destination.finish()),
+            Arc::new(self.trace_id.finish()?),
+            Arc::new(self.span_id.finish()?),
+            Arc::new(self.parent.finish()?),
+            Arc::new(self.service.finish()?),
+            Arc::new(self.instance.finish()?),
+            Arc::new(self.name.finish()?),
+            Arc::new(self.kind.finish()?),
+            ts(self.start),
+            ts(self.end),
+            Arc::new(primitive::<UInt64Type>(self.duration)),
+            Arc::new(self.status.finish()?),
+            Arc::new(booleans(self.is_error)),
+            Arc::new(self.call_type.finish()?),
+            Arc::new(primitive::<UInt16Type>(self.http_status)),
+            Arc::new(self.peer.finish()?),
+            Arc::new(self.db_system.finish()?),
+            Arc::new(self.destination.finish()?),
             Arc::new(attributes),
             Arc::new(resource_attributes),
         ];
-        cols.extend(self.detail.finish());
-        if self.late {
-            cols.push(Arc::new(self.late_reason.finish()));
-            cols.push(Arc::new(self.watermark.finish()));
-            batch(&LATE_SPANS_SCHEMA, cols)
+        cols.extend(self.detail.finish()?);
+        let schema = if self.late {
+            cols.push(Arc::new(self.late_reason.finish()?));
+            cols.push(ts(self.watermark));
+            &LATE_SPANS_SCHEMA
         } else {
-            batch(&SPANS_SCHEMA, cols)
-        }
+            &SPANS_SCHEMA
+        };
+        RecordBatch::try_new((*schema).clone(), cols)
     }
 }
 

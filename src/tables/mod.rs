@@ -6,12 +6,15 @@
 mod alerts;
 mod attr_map;
 mod builders;
+mod columns;
 mod metrics;
 mod span_detail;
 
 pub use alerts::AlertRows;
 pub use builders::{DeadLetterRows, SpanRows, TraceRows};
 pub use metrics::{ExemplarRows, MetricRows};
+#[cfg(test)]
+pub(crate) use span_detail::attributes_json as attributes_json_for_tests;
 
 use arrow::datatypes::SchemaRef;
 

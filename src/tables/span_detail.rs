@@ -9,20 +9,15 @@
 
 use std::sync::Arc;
 
-use arrow::array::{
-    ArrayRef, BinaryBuilder, FixedSizeBinaryBuilder, ListBuilder, StringBuilder,
-    TimestampNanosecondBuilder, UInt32Builder,
-};
-use arrow::datatypes::{DataType, Field};
+use arrow::array::ArrayRef;
+use arrow::datatypes::{DataType, Field, TimestampNanosecondType, UInt32Type};
+use arrow::error::ArrowError;
 use opentelemetry_proto::tonic::common::v1::KeyValue;
 use spanflow_operators::model::FastMap;
 use spanflow_operators::{Attrs, Span};
 
+use super::columns::{Bytes, Fixed, ListOffsets, Text, list, primitive};
 use crate::formats::otlp_out::{self, SpanExtras};
-
-fn list(item: DataType) -> DataType {
-    DataType::List(Arc::new(Field::new_list_field(item, true)))
-}
 
 /// The columns, in order (`ts` is the tables' timestamp type).
 pub(crate) fn fields(ts: DataType) -> Vec<Field> {
@@ -54,38 +49,42 @@ struct Rendered {
     scope_version: String,
 }
 
-/// Builders of the columns of [`fields`].
+/// Buffers of the columns of [`fields`].
 pub(crate) struct SpanDetail {
-    status_message: StringBuilder,
-    trace_state: StringBuilder,
-    flags: UInt32Builder,
-    scope_name: StringBuilder,
-    scope_version: StringBuilder,
-    event_times: ListBuilder<TimestampNanosecondBuilder>,
-    event_names: ListBuilder<StringBuilder>,
-    event_attributes: ListBuilder<StringBuilder>,
-    link_trace_ids: ListBuilder<FixedSizeBinaryBuilder>,
-    link_span_ids: ListBuilder<FixedSizeBinaryBuilder>,
-    link_trace_states: ListBuilder<StringBuilder>,
-    link_attributes: ListBuilder<StringBuilder>,
-    dropped: [UInt32Builder; 3],
-    otlp: BinaryBuilder,
-    otlp_resource: BinaryBuilder,
+    status_message: Text,
+    trace_state: Text,
+    flags: Vec<u32>,
+    scope_name: Text,
+    scope_version: Text,
+    /// One list per row of each event column.
+    events: ListOffsets,
+    event_times: Vec<i64>,
+    event_names: Text,
+    event_attributes: Text,
+    /// One list per row of each link column.
+    links: ListOffsets,
+    link_trace_ids: Fixed<16>,
+    link_span_ids: Fixed<8>,
+    link_trace_states: Text,
+    link_attributes: Text,
+    dropped: [Vec<u32>; 3],
+    otlp: Bytes,
+    otlp_resource: Bytes,
     /// Resources rendered, by buffer address (spans of one resource share its buffer)
     /// and the service and instance (an envelope names them when the buffer does not,
     /// and every span without resource fields has the empty buffer). Kept from batch to
     /// batch; the map holds the buffer, so an address is not reused while it is a key.
     resources: FastMap<(usize, u32, u32), (Attrs, Rendered)>,
-    scratch: Vec<u8>,
 }
 
 impl SpanDetail {
-    /// Builders for `rows` rows whose text and binary columns take `bytes` (see
+    /// Buffers for `rows` rows whose text and binary columns take `bytes` (see
     /// [`sizes`](Self::sizes)): a span's message is a few hundred bytes, and growing
     /// those buffers by doubling copied more than the rest of the row.
     pub fn with_capacity(rows: usize, bytes: [usize; 6]) -> Self {
         // A quarter more than the last batch: batches vary by a few percent, and one
         // that outgrows its buffers copies them whole.
+        let rows = rows + rows / 4;
         let [
             status_message,
             trace_state,
@@ -95,25 +94,24 @@ impl SpanDetail {
             otlp_resource,
         ] = bytes.map(|b| b + b / 4);
         SpanDetail {
-            status_message: StringBuilder::with_capacity(rows, status_message),
-            trace_state: StringBuilder::with_capacity(rows, trace_state),
-            flags: UInt32Builder::with_capacity(rows),
-            scope_name: StringBuilder::with_capacity(rows, scope_name),
-            scope_version: StringBuilder::with_capacity(rows, scope_version),
-            event_times: ListBuilder::new(
-                TimestampNanosecondBuilder::new().with_timezone("+00:00"),
-            ),
-            event_names: ListBuilder::new(StringBuilder::new()),
-            event_attributes: ListBuilder::new(StringBuilder::new()),
-            link_trace_ids: ListBuilder::new(FixedSizeBinaryBuilder::new(16)),
-            link_span_ids: ListBuilder::new(FixedSizeBinaryBuilder::new(8)),
-            link_trace_states: ListBuilder::new(StringBuilder::new()),
-            link_attributes: ListBuilder::new(StringBuilder::new()),
-            dropped: std::array::from_fn(|_| UInt32Builder::with_capacity(rows)),
-            otlp: BinaryBuilder::with_capacity(rows, otlp),
-            otlp_resource: BinaryBuilder::with_capacity(rows, otlp_resource),
+            status_message: Text::with_capacity(rows, status_message),
+            trace_state: Text::with_capacity(rows, trace_state),
+            flags: Vec::with_capacity(rows),
+            scope_name: Text::with_capacity(rows, scope_name),
+            scope_version: Text::with_capacity(rows, scope_version),
+            events: ListOffsets::with_capacity(rows),
+            event_times: Vec::new(),
+            event_names: Text::default(),
+            event_attributes: Text::default(),
+            links: ListOffsets::with_capacity(rows),
+            link_trace_ids: Fixed::with_capacity(0),
+            link_span_ids: Fixed::with_capacity(0),
+            link_trace_states: Text::default(),
+            link_attributes: Text::default(),
+            dropped: std::array::from_fn(|_| Vec::with_capacity(rows)),
+            otlp: Bytes::with_capacity(rows, otlp),
+            otlp_resource: Bytes::with_capacity(rows, otlp_resource),
             resources: FastMap::default(),
-            scratch: Vec::new(),
         }
     }
 
@@ -122,12 +120,12 @@ impl SpanDetail {
     /// [`with_capacity`]: Self::with_capacity
     pub fn sizes(&self) -> [usize; 6] {
         [
-            self.status_message.values_slice().len(),
-            self.trace_state.values_slice().len(),
-            self.scope_name.values_slice().len(),
-            self.scope_version.values_slice().len(),
-            self.otlp.values_slice().len(),
-            self.otlp_resource.values_slice().len(),
+            self.status_message.byte_len(),
+            self.trace_state.byte_len(),
+            self.scope_name.byte_len(),
+            self.scope_version.byte_len(),
+            self.otlp.byte_len(),
+            self.otlp_resource.byte_len(),
         ]
     }
 
@@ -137,50 +135,39 @@ impl SpanDetail {
         self.resources = std::mem::take(&mut prev.resources);
     }
 
-    /// Appends one span's row.
-    pub fn push(&mut self, s: &Span) {
-        let x = SpanExtras::of(s);
-        self.status_message.append_value(&x.status_message);
-        self.trace_state.append_value(&x.trace_state);
-        self.flags.append_value(x.flags);
+    /// Appends one span's row; `x` are its extras (the attribute maps' walk of its
+    /// packed fields saw them).
+    pub fn push(&mut self, s: &Span, x: &SpanExtras) {
+        self.status_message.push(&x.status_message);
+        self.trace_state.push(&x.trace_state);
+        self.flags.push(x.flags);
         for e in &x.events {
             self.event_times
-                .values()
-                .append_value(i64::try_from(e.time_unix_nano).unwrap_or(i64::MAX));
-            self.event_names.values().append_value(&e.name);
-            self.event_attributes
-                .values()
-                .append_value(attributes_json(&e.attributes));
+                .push(i64::try_from(e.time_unix_nano).unwrap_or(i64::MAX));
+            self.event_names.push(&e.name);
+            self.event_attributes.push(&attributes_json(&e.attributes));
         }
-        self.event_times.append(true);
-        self.event_names.append(true);
-        self.event_attributes.append(true);
+        self.events.end_row(x.events.len());
         for l in &x.links {
             let mut id = [0u8; 16];
             if let Some(src) = l.trace_id.get(..16) {
                 id.copy_from_slice(src);
             }
-            let _ = self.link_trace_ids.values().append_value(id);
+            self.link_trace_ids.push(&id);
             let mut id = [0u8; 8];
             if let Some(src) = l.span_id.get(..8) {
                 id.copy_from_slice(src);
             }
-            let _ = self.link_span_ids.values().append_value(id);
-            self.link_trace_states.values().append_value(&l.trace_state);
-            self.link_attributes
-                .values()
-                .append_value(attributes_json(&l.attributes));
+            self.link_span_ids.push(&id);
+            self.link_trace_states.push(&l.trace_state);
+            self.link_attributes.push(&attributes_json(&l.attributes));
         }
-        self.link_trace_ids.append(true);
-        self.link_span_ids.append(true);
-        self.link_trace_states.append(true);
-        self.link_attributes.append(true);
+        self.links.end_row(x.links.len());
         for (b, n) in self.dropped.iter_mut().zip(x.dropped) {
-            b.append_value(n);
+            b.push(n);
         }
-        self.scratch.clear();
-        otlp_out::encode_span_with(s, &x, &mut self.scratch);
-        self.otlp.append_value(&self.scratch);
+        self.otlp
+            .push_with(|out| otlp_out::encode_span_with(s, x, out));
         /// Resources remembered; a fleet has far fewer (several buffers each, one per
         /// decoding thread that read it).
         const RESOURCES: usize = 4096;
@@ -203,39 +190,48 @@ impl SpanDetail {
             };
             (s.resource_attrs.clone(), rendered)
         });
-        self.otlp_resource.append_value(&r.envelope);
-        self.scope_name.append_value(&r.scope_name);
-        self.scope_version.append_value(&r.scope_version);
+        self.otlp_resource.push(&r.envelope);
+        self.scope_name.push(&r.scope_name);
+        self.scope_version.push(&r.scope_version);
     }
 
     /// The columns, in [`fields`] order.
-    pub fn finish(mut self) -> Vec<ArrayRef> {
-        let [d0, d1, d2] = &mut self.dropped;
-        vec![
-            Arc::new(self.status_message.finish()),
-            Arc::new(self.trace_state.finish()),
-            Arc::new(self.flags.finish()),
-            Arc::new(self.scope_name.finish()),
-            Arc::new(self.scope_version.finish()),
-            Arc::new(self.event_times.finish()),
-            Arc::new(self.event_names.finish()),
-            Arc::new(self.event_attributes.finish()),
-            Arc::new(self.link_trace_ids.finish()),
-            Arc::new(self.link_span_ids.finish()),
-            Arc::new(self.link_trace_states.finish()),
-            Arc::new(self.link_attributes.finish()),
-            Arc::new(d0.finish()),
-            Arc::new(d1.finish()),
-            Arc::new(d2.finish()),
-            Arc::new(self.otlp.finish()),
-            Arc::new(self.otlp_resource.finish()),
-        ]
+    pub fn finish(self) -> Result<Vec<ArrayRef>, ArrowError> {
+        let times: ArrayRef = Arc::new(
+            primitive::<TimestampNanosecondType>(self.event_times).with_timezone("+00:00"),
+        );
+        let events = self.events.finish(vec![
+            times,
+            Arc::new(self.event_names.finish()?),
+            Arc::new(self.event_attributes.finish()?),
+        ])?;
+        let links = self.links.finish(vec![
+            Arc::new(self.link_trace_ids.finish()?),
+            Arc::new(self.link_span_ids.finish()?),
+            Arc::new(self.link_trace_states.finish()?),
+            Arc::new(self.link_attributes.finish()?),
+        ])?;
+        let u32s = |v: Vec<u32>| -> ArrayRef { Arc::new(primitive::<UInt32Type>(v)) };
+        let [d0, d1, d2] = self.dropped;
+        let mut cols: Vec<ArrayRef> = vec![
+            Arc::new(self.status_message.finish()?),
+            Arc::new(self.trace_state.finish()?),
+            u32s(self.flags),
+            Arc::new(self.scope_name.finish()?),
+            Arc::new(self.scope_version.finish()?),
+        ];
+        cols.extend(events.into_iter().map(|a| Arc::new(a) as ArrayRef));
+        cols.extend(links.into_iter().map(|a| Arc::new(a) as ArrayRef));
+        cols.extend([u32s(d0), u32s(d1), u32s(d2)]);
+        cols.push(Arc::new(self.otlp.finish()?));
+        cols.push(Arc::new(self.otlp_resource.finish()?));
+        Ok(cols)
     }
 }
 
 /// An event's or link's attributes as a JSON object (values as the attribute columns
 /// show them).
-fn attributes_json(attrs: &[KeyValue]) -> String {
+pub(crate) fn attributes_json(attrs: &[KeyValue]) -> String {
     let mut map = serde_json::Map::new();
     for kv in attrs {
         let mut text = String::new();
