@@ -9,10 +9,10 @@ mod common;
 
 use arrow::array::{Array, BinaryArray};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use spanflow::formats::{Decoded, InputFormat, RecordMeta, SpanDecoder};
+use spanflow::formats::{Decoded, InputFormat, SpanDecoder};
 use spanflow::tables::{SpanRows, TableRows};
 use spanflow::testkit::generator::GeneratorConfig;
-use spanflow_operators::{Span, Sym};
+use spanflow_operators::Span;
 
 /// Rows per batch, as the runtime flushes a table port.
 const BATCH: usize = 1024;
@@ -45,14 +45,8 @@ fn round_tripped(spans: &[Span]) -> Vec<Span> {
     let request = spanflow::formats::otlp_out::request(
         (0..otlp.len()).map(|i| (envelopes.value(i), otlp.value(i))),
     );
-    let meta = RecordMeta {
-        topic: None,
-        source: Sym::new("bench"),
-        split: 0,
-        offset: 0,
-    };
     let mut out = Decoded::default();
-    SpanDecoder::new().decode(InputFormat::OtlpProto, &request, &meta, &mut out);
+    SpanDecoder::new().decode(InputFormat::OtlpProto, &request, &common::meta(), &mut out);
     out.spans
 }
 

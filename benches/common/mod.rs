@@ -8,16 +8,21 @@ use spanflow_operators::{Span, Sym};
 pub fn generated_spans(config: GeneratorConfig) -> Vec<Span> {
     let format = config.format;
     let g = Generator::new(config).expect("valid generator config");
-    let meta = RecordMeta {
-        topic: None,
-        source: Sym::new("bench"),
-        split: 0,
-        offset: 0,
-    };
+    let meta = meta();
     let mut dec = SpanDecoder::new();
     let mut out = Decoded::default();
     for r in g {
         dec.decode(format, &r.payload, &meta, &mut out);
     }
     out.spans
+}
+
+/// The record metadata the benches decode with.
+pub fn meta() -> RecordMeta {
+    RecordMeta {
+        topic: None,
+        source: Sym::new("bench"),
+        split: 0,
+        offset: 0,
+    }
 }

@@ -8,7 +8,7 @@ use opentelemetry_proto::tonic::common::v1::InstrumentationScope;
 use opentelemetry_proto::tonic::trace::v1::span::{Event, Link};
 use prost::Message;
 use spanflow_operators::model::Entry;
-use spanflow_operators::model::wire::{WireField, WireFields, put_len_field, put_varint};
+use spanflow_operators::model::wire::{WireField, WireFields, put_len_field};
 use spanflow_operators::{AttrValue, Attrs, AttrsBuilder, Span, StatusCode};
 
 use super::{RESOURCE_SCHEMA_URL, SCOPE, SCOPE_SCHEMA_URL};
@@ -43,12 +43,18 @@ pub fn encode_span_with(s: &Span, x: &SpanExtras, out: &mut Vec<u8>) {
         38
     };
     out.extend_from_slice(&ids[..ids_len]);
-    if !name.is_empty() {
-        put_len_field(out, 5, name);
+    match u8::try_from(name.len()) {
+        Ok(0) => {}
+        // A one-byte length: tag and length as one write.
+        Ok(n @ 1..0x80) => {
+            out.extend_from_slice(&[(5 << 3) | 2, n]);
+            out.extend_from_slice(name);
+        }
+        _ => put_len_field(out, 5, name),
     }
     if s.kind as i32 != 0 {
-        put_varint(out, 6 << 3);
-        put_varint(out, s.kind as u64);
+        // Span kinds are 1-5: a one-byte varint.
+        out.extend_from_slice(&[6 << 3, s.kind as u8]);
     }
     // Start (7) and end (8) as fixed64 fields.
     let mut times = [0u8; 18];
@@ -93,6 +99,7 @@ fn facts(s: &Span) -> u8 {
 }
 
 /// The fact an attribute key stands for (the keys the decoders read them from).
+#[inline]
 fn fact_of(key: &[u8]) -> u8 {
     match key {
         b"http.response.status_code" | b"http.status_code" => HTTP,
@@ -227,25 +234,44 @@ impl SpanExtras {
     /// Before [`observe`](Self::observe) sees the span's entries: for a sink that walks
     /// them anyway (the attribute map columns), so that one walk serves both.
     pub fn start(s: &Span) -> SpanExtras {
-        SpanExtras {
-            missing: facts(s),
-            ..SpanExtras::default()
-        }
+        let mut x = SpanExtras::default();
+        x.reset(s);
+        x
+    }
+
+    /// [`start`](Self::start) for another span, keeping the buffers (a sink reuses one
+    /// for every row it writes).
+    #[inline]
+    pub fn reset(&mut self, s: &Span) {
+        self.status_message.clear();
+        self.trace_state.clear();
+        self.flags = 0;
+        self.events.clear();
+        self.links.clear();
+        self.dropped = [0; 3];
+        self.has_status = false;
+        self.missing = facts(s);
     }
 
     /// Takes in one entry of the span's packed fields ([`Attrs::entries`]).
-    #[inline]
+    #[inline(always)]
     pub fn observe(&mut self, e: Entry<'_>) {
-        let Entry::Field(f, v) = e else {
-            if let Entry::Attr(key, _, false) = e
-                && self.missing != 0
-            {
+        match e {
+            Entry::Attr(key, _, false) if self.missing != 0 => {
                 self.missing &= !fact_of(key.as_bytes());
             }
-            return;
-        };
+            Entry::Attr(..) => {}
+            Entry::Field(f, v) => self.field(f, v),
+        }
+    }
+
+    /// A field other than an attribute (most spans have none or a status).
+    fn field(&mut self, f: u32, v: WireField<'_>) {
         match (f, v) {
-            (3, WireField::Len(t)) => self.trace_state = String::from_utf8_lossy(t).into(),
+            (3, WireField::Len(t)) => {
+                self.trace_state.clear();
+                self.trace_state.push_str(&String::from_utf8_lossy(t));
+            }
             (10, WireField::Varint(n)) => self.dropped[0] = n as u32,
             (11, WireField::Len(b)) => self.events.extend(Event::decode(b).ok()),
             (12, WireField::Varint(n)) => self.dropped[1] = n as u32,
@@ -256,7 +282,8 @@ impl SpanExtras {
                 // `Status.message` (2); the last one on the wire wins.
                 for (f, v) in WireFields::new(b) {
                     if let (2, WireField::Len(m)) = (f, v) {
-                        self.status_message = String::from_utf8_lossy(m).into();
+                        self.status_message.clear();
+                        self.status_message.push_str(&String::from_utf8_lossy(m));
                     }
                 }
             }

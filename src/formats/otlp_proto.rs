@@ -390,7 +390,7 @@ fn canonical_key_value(kv: &[u8]) -> Option<(&str, AttrValue<'_>)> {
     // is ASCII, so are the key and a string value, and one check validates both (most
     // attributes are short ASCII strings).
     if let WireValue::Str(t) = value
-        && kv.is_ascii()
+        && spanflow_operators::model::wire::is_ascii(kv)
     {
         // SAFETY: `key` and `t` are parts of `kv`, which is ASCII, hence valid UTF-8.
         let (k, t) = unsafe {

@@ -17,7 +17,7 @@ pub(crate) enum WireType {
 /// result.
 #[inline(always)]
 pub(crate) fn utf8(b: &[u8]) -> Result<&str, ()> {
-    if b.is_ascii() {
+    if spanflow_operators::model::wire::is_ascii(b) {
         // SAFETY: ASCII bytes are valid UTF-8.
         return Ok(unsafe { std::str::from_utf8_unchecked(b) });
     }

@@ -210,7 +210,11 @@ impl AttrMaps {
             {
                 let m = &mut self.maps[usize::from(is_resource)];
                 m.keys.push(k);
-                m.values.push_with(|t| render(v, t));
+                // Most values are strings: no call for those.
+                match v {
+                    AttrValue::Str(t) => m.values.push(t),
+                    v => m.values.push_with(|t| render(v, t)),
+                }
             }
         }
         if !resource.is_empty() {

@@ -230,6 +230,8 @@ pub struct SpanRows {
     detail: SpanDetail,
     late_reason: Text,
     watermark: Vec<i64>,
+    /// The row being written's extras, reused from row to row.
+    extras: SpanExtras,
 }
 
 /// Rows and text bytes of a batch, to size the next one like it.
@@ -287,6 +289,7 @@ impl SpanRows {
             detail: SpanDetail::with_capacity(rows, sizes.detail),
             late_reason,
             watermark: Vec::with_capacity(if late { rows } else { 0 }),
+            extras: SpanExtras::default(),
         }
     }
 
@@ -349,10 +352,11 @@ impl SpanRows {
         self.destination.push(s.messaging_destination.as_str());
         // One walk of the packed fields fills the maps and finds the detail columns'
         // fields.
-        let mut x = SpanExtras::start(s);
+        let x = &mut self.extras;
+        x.reset(s);
         self.attr_maps
             .push_seeing(&s.attrs, &s.resource_attrs, |e| x.observe(e));
-        self.detail.push(s, &x);
+        self.detail.push(s, &self.extras);
     }
 
     /// Appends spans (for `spans`), loading each one's attributes while the one before

@@ -264,7 +264,7 @@ impl<const N: usize> Fixed<N> {
     }
 
     /// Appends a value.
-    #[inline]
+    #[inline(always)]
     pub fn push(&mut self, v: &[u8; N]) {
         self.bytes.extend_from_slice(v);
         if let Some(b) = &mut self.valid {

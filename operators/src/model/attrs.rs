@@ -315,7 +315,7 @@ fn general_key_value(kv: &[u8]) -> Option<(&str, Option<AttrValue<'_>>)> {
 /// string.
 #[inline(always)]
 fn utf8(b: &[u8]) -> Option<&str> {
-    if b.is_ascii() {
+    if super::wire::is_ascii(b) {
         // SAFETY: ASCII bytes are valid UTF-8.
         return Some(unsafe { std::str::from_utf8_unchecked(b) });
     }
@@ -362,7 +362,7 @@ impl<'a> AttrIter<'a> {
                     return None;
                 }
                 let text = entry.get(key_end + 4..)?;
-                if entry.is_ascii() {
+                if super::wire::is_ascii(entry) {
                     // SAFETY: `key` and `text` are parts of `entry`, which is ASCII,
                     // hence valid UTF-8.
                     unsafe {
