@@ -224,23 +224,17 @@ impl SpanExtras {
     /// Reads them from the span's packed fields in one walk (the decoders checked
     /// them). Strings, events and links are allocated only when the span has them.
     pub fn of(s: &Span) -> SpanExtras {
-        let mut x = SpanExtras::start(s);
+        let mut x = SpanExtras::default();
+        x.reset(s);
         for e in s.attrs.entries() {
             x.observe(e);
         }
         x
     }
 
-    /// Before [`observe`](Self::observe) sees the span's entries: for a sink that walks
-    /// them anyway (the attribute map columns), so that one walk serves both.
-    pub fn start(s: &Span) -> SpanExtras {
-        let mut x = SpanExtras::default();
-        x.reset(s);
-        x
-    }
-
-    /// [`start`](Self::start) for another span, keeping the buffers (a sink reuses one
-    /// for every row it writes).
+    /// Readies it for another span's entries ([`observe`](Self::observe)), keeping the
+    /// buffers: a sink that walks the entries anyway (the attribute map columns) reuses
+    /// one for every row it writes, so that one walk serves both.
     #[inline]
     pub fn reset(&mut self, s: &Span) {
         self.status_message.clear();

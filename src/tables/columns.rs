@@ -43,10 +43,10 @@ impl Var {
         }
     }
 
-    /// Ends the value written to `bytes` since the last end.
+    /// Ends a value at byte `end`.
     #[inline]
-    fn end(&mut self) {
-        match i32::try_from(self.bytes.len()) {
+    fn push_offset(&mut self, end: usize) {
+        match i32::try_from(end) {
             Ok(o) => self.offsets.push(o),
             Err(_) => {
                 self.overflow = true;
@@ -55,19 +55,19 @@ impl Var {
         }
     }
 
+    /// Ends the value written to `bytes` since the last end.
+    #[inline]
+    fn end(&mut self) {
+        self.push_offset(self.bytes.len());
+    }
+
     /// Appends values rendered elsewhere: `bytes` holds them back to back, `ends` the end
     /// of each in `bytes`.
     fn extend(&mut self, bytes: &[u8], ends: &[usize]) {
         let base = self.bytes.len();
         self.bytes.extend_from_slice(bytes);
         for &e in ends {
-            match i32::try_from(base + e) {
-                Ok(o) => self.offsets.push(o),
-                Err(_) => {
-                    self.overflow = true;
-                    self.offsets.push(i32::MAX);
-                }
-            }
+            self.push_offset(base + e);
         }
     }
 
@@ -250,7 +250,6 @@ pub(crate) struct Fixed<const N: usize> {
     bytes: Vec<u8>,
     /// Validity, when the column has had a null.
     valid: Option<arrow::array::BooleanBufferBuilder>,
-    len: usize,
 }
 
 impl<const N: usize> Fixed<N> {
@@ -259,7 +258,6 @@ impl<const N: usize> Fixed<N> {
         Fixed {
             bytes: Vec::with_capacity(items * N),
             valid: None,
-            len: 0,
         }
     }
 
@@ -270,21 +268,19 @@ impl<const N: usize> Fixed<N> {
         if let Some(b) = &mut self.valid {
             b.append(true);
         }
-        self.len += 1;
     }
 
     /// Appends a null (zeros, as Arrow's builder writes them).
     pub fn push_null(&mut self) {
-        self.bytes.extend_from_slice(&[0; N]);
-        let len = self.len;
+        let (len, capacity) = (self.bytes.len() / N, self.bytes.capacity() / N);
         self.valid
             .get_or_insert_with(|| {
-                let mut b = arrow::array::BooleanBufferBuilder::new(self.bytes.capacity() / N);
+                let mut b = arrow::array::BooleanBufferBuilder::new(capacity);
                 b.append_n(len, true);
                 b
             })
             .append(false);
-        self.len += 1;
+        self.bytes.extend_from_slice(&[0; N]);
     }
 
     /// The column.
