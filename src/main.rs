@@ -198,6 +198,13 @@ enum Command {
         #[arg(long, default_value_t = 4, value_name = "N", requires = "kafka_mock",
               value_parser = clap::value_parser!(i32).range(1..=1024))]
         partitions: i32,
+        /// With --kafka-mock: the producer's compression of the topic's messages
+        /// (librdkafka's `compression.type`: none, lz4, zstd, snappy, gzip). `none` is
+        /// the OpenTelemetry Collector Kafka exporter's default; decompressing is then
+        /// no part of the figures.
+        #[arg(long, default_value = "none", value_name = "CODEC", requires = "kafka_mock",
+              value_parser = ["none", "lz4", "zstd", "snappy", "gzip"])]
+        compression: String,
         /// Run the job this many times on the same generated spans and report the
         /// median run (and every run): the first run of a process also pays for the
         /// memory it touches for the first time, which a long-running job does not.
@@ -650,6 +657,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             json,
             kafka_mock,
             partitions,
+            compression,
             runs,
             checkpoint_interval,
         } => {
@@ -658,7 +666,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
                 spans,
                 parallelism,
                 json,
-                kafka_mock: kafka_mock.then_some(partitions),
+                kafka_mock: kafka_mock.then_some((partitions, compression)),
                 runs,
                 checkpoint_interval,
             };
@@ -893,7 +901,7 @@ fn mock_kafka_job(
     records: &[bytes::Bytes],
     arrivals: &[u64],
     format: InputFormat,
-    partitions: i32,
+    (partitions, compression): (i32, &str),
     quiet: bool,
 ) -> Result<(
     rdkafka::mocking::MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
@@ -905,8 +913,9 @@ fn mock_kafka_job(
         let cluster = rdkafka::mocking::MockCluster::new(1)?;
         cluster.create_topic("bench", partitions, 1)?;
         let brokers = cluster.bootstrap_servers();
-        let producer = produce::KafkaProducer::new(&brokers, &Default::default())
-            .map_err(anyhow::Error::msg)?;
+        let properties = [("compression.type".to_owned(), compression.to_owned())].into();
+        let producer =
+            produce::KafkaProducer::new(&brokers, &properties).map_err(anyhow::Error::msg)?;
         if !quiet {
             eprintln!(
                 "producing {} records to {partitions} partitions of the mock cluster",
@@ -1048,21 +1057,22 @@ struct BenchOptions {
     spans: u64,
     parallelism: Option<usize>,
     json: bool,
-    /// Read through the mock Kafka cluster, with at least this many partitions.
-    kafka_mock: Option<i32>,
+    /// Read through the mock Kafka cluster, with at least this many partitions, its
+    /// messages compressed with this codec.
+    kafka_mock: Option<(i32, String)>,
     runs: u32,
     checkpoint_interval: Option<std::time::Duration>,
 }
 
 fn bench(job: &Job, b: &BenchOptions) -> Result<()> {
-    let &BenchOptions {
+    let BenchOptions {
         spans,
         parallelism,
         json,
-        kafka_mock,
+        ref kafka_mock,
         runs,
         checkpoint_interval,
-    } = b;
+    } = *b;
     let (name, base) = job
         .sources
         .iter()
@@ -1123,14 +1133,14 @@ fn bench(job: &Job, b: &BenchOptions) -> Result<()> {
     for run in 1..=runs {
         // A fresh cluster per run: each run consumes the whole topic.
         let mut _cluster = None;
-        let job = if let Some(partitions) = kafka_mock {
+        let job = if let Some((partitions, compression)) = kafka_mock {
             let (cluster, kafka_job) = mock_kafka_job(
                 job,
                 &name,
                 &records,
                 &arrivals,
                 config.format,
-                partitions,
+                (*partitions, compression),
                 json,
             )?;
             _cluster = Some(cluster);

@@ -92,6 +92,9 @@ pub struct WatermarkTracker {
     current: EventTime,
     /// The largest watermark any split reached, finished and removed ones included.
     high: EventTime,
+    /// The lowest watermark a split had once it saw its first event: where alignment
+    /// places a split that is still waiting for its first one.
+    floor: Option<EventTime>,
 }
 
 impl WatermarkTracker {
@@ -103,6 +106,7 @@ impl WatermarkTracker {
             open_sources: sources,
             current: 0,
             high: 0,
+            floor: None,
         }
     }
 
@@ -130,24 +134,30 @@ impl WatermarkTracker {
     }
 
     /// Watermark alignment: the splits whose watermark is more than their
-    /// `max_drift` ahead of the slowest split that is reading (has seen an event, is
-    /// not idle and has not caught up with its input), into `out` (cleared first).
+    /// `max_drift` ahead of the slowest split that is reading (not idle and not caught
+    /// up with its input), into `out` (cleared first).
+    ///
+    /// A split that has seen nothing yet counts as standing where the lowest split
+    /// started (`floor`): it holds the job's watermark there, so the others reading on
+    /// would only buffer (a consumer's first fetches serve some partitions of a
+    /// 64-partition topic and not others, which left the rest reading ~80 s ahead
+    /// while the watermark waited). An empty Kafka partition is caught up at once
+    /// (partition EOF), and any other empty split stops counting once it is idle.
+    ///
     /// A slowest split that read all there was would otherwise keep the others paused
     /// until it goes idle, with their records waiting unread (a long span can put a
-    /// split's watermark far ahead near the end of a backlog). One in `paused` stays named until it
-    /// is within half its drift (so that a split near the bound is not paused and
-    /// resumed on every record: a Kafka consumer drops what it prefetched for a
-    /// partition it pauses). A paused split goes idle, as it reads nothing, and so
-    /// stops counting as the slowest, but stays paused while it is ahead; a split that
-    /// has seen nothing yet holds the watermark but not the others (an empty partition
-    /// would otherwise pause every other one until it is idle).
+    /// split's watermark far ahead near the end of a backlog). One in `paused` stays
+    /// named until it is within half its drift (so that a split near the bound is not
+    /// paused and resumed on every record: a Kafka consumer drops what it prefetched
+    /// for a partition it pauses). A paused split goes idle, as it reads nothing, and
+    /// so stops counting as the slowest, but stays paused while it is ahead.
     pub fn ahead(&self, now: Instant, paused: impl Fn(&SplitKey) -> bool, out: &mut Vec<SplitKey>) {
         out.clear();
         let slowest = self
             .splits
             .values()
             .filter(|s| !s.idle(now) && !s.caught_up)
-            .filter_map(Split::watermark)
+            .filter_map(|s| s.watermark().or(self.floor))
             .min();
         let Some(slowest) = slowest else {
             return;
@@ -205,7 +215,11 @@ impl WatermarkTracker {
     #[inline]
     pub fn observe(&mut self, key: SplitKey, event_time: EventTime) {
         if let Some(s) = self.splits.get_mut(&key) {
+            let first = s.max_event.is_none();
             s.max_event = Some(s.max_event.map_or(event_time, |m| m.max(event_time)));
+            if first && let Some(w) = s.watermark() {
+                self.floor = Some(self.floor.map_or(w, |f| f.min(w)));
+            }
             self.high = self.high.max(
                 event_time
                     .saturating_sub(s.max_out_of_order)
@@ -361,8 +375,8 @@ mod tests {
     }
 
     /// Splits more than the drift ahead of the slowest reading split are named; an
-    /// empty split or an idle one does not count as the slowest, a paused (idle) one
-    /// stays named while it is ahead.
+    /// idle split does not count as the slowest, a paused (idle) one stays named while
+    /// it is ahead.
     #[test]
     fn alignment_names_the_splits_ahead_of_the_slowest_reading_one() {
         let t0 = Instant::now();
@@ -377,7 +391,7 @@ mod tests {
         w.observe((0, 0), 1_000);
         w.observe((0, 1), 1_050);
         w.observe((0, 2), 1_200);
-        // Split 3 is empty: it holds the watermark, not the alignment.
+        // Split 3 has seen nothing yet: it counts where split 0 started (989).
         w.ahead(t0, |k| paused.contains(k), &mut out);
         assert_eq!(out, [(0, 2)], "1189 > 989 + 100");
         paused.insert((0, 2));
@@ -409,6 +423,51 @@ mod tests {
         v.observe((0, 1), u64::MAX / 2);
         v.ahead(t0, |_| false, &mut out);
         assert!(out.is_empty());
+    }
+
+    /// A split that has not delivered yet holds the others where the lowest one
+    /// started, until it delivers, catches up (an empty partition) or goes idle.
+    #[test]
+    fn alignment_holds_splits_for_one_that_has_seen_nothing_yet() {
+        let t0 = Instant::now();
+        let mut w = WatermarkTracker::new(1);
+        for p in 0..3 {
+            w.add_split((0, p), &settings(10, 30), t0);
+        }
+        let mut out = Vec::new();
+        w.observe((0, 0), 1_000);
+        w.observe((0, 1), 1_020);
+        w.ahead(t0, |_| false, &mut out);
+        assert!(
+            out.is_empty(),
+            "both within 100 of where split 0 started (989)"
+        );
+        // Read in lockstep with each other, and far ahead of split 2.
+        w.observe((0, 0), 1_300);
+        w.observe((0, 1), 1_300);
+        w.ahead(t0, |_| false, &mut out);
+        assert_eq!(out, [(0, 0), (0, 1)], "split 2 stands at 989");
+        assert_eq!(w.watermark(t0), 0, "and holds the watermark");
+        w.observe((0, 2), 1_250);
+        w.ahead(t0, |_| true, &mut out);
+        assert!(out.is_empty(), "1289 <= 1239 + 50");
+        // An empty partition (caught up at once) holds nothing back.
+        let mut v = WatermarkTracker::new(1);
+        for p in 0..2 {
+            v.add_split((0, p), &settings(10, 30), t0);
+        }
+        v.observe((0, 0), 1_000);
+        v.observe((0, 0), 1_300);
+        v.caught_up((0, 1));
+        v.ahead(t0, |_| false, &mut out);
+        assert!(out.is_empty(), "the other split is empty");
+        // Nor does one that stayed silent past its idle timeout.
+        v.touch((0, 1), t0);
+        v.ahead(t0, |_| false, &mut out);
+        assert_eq!(out, [(0, 0)]);
+        v.touch((0, 0), t0 + Duration::from_secs(31));
+        v.ahead(t0 + Duration::from_secs(31), |_| false, &mut out);
+        assert!(out.is_empty(), "split 1 is idle");
     }
 
     #[test]
