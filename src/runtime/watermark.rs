@@ -310,6 +310,15 @@ mod tests {
         }
     }
 
+    /// A tracker of one source with `splits` splits of `settings(10, idle_s)`.
+    fn tracker(splits: u32, idle_s: u64, t0: Instant) -> WatermarkTracker {
+        let mut w = WatermarkTracker::new(1);
+        for p in 0..splits {
+            w.add_split((0, p), &settings(10, idle_s), t0);
+        }
+        w
+    }
+
     /// A live split's watermark is at least the wall clock less its lag, idle or not,
     /// and its events move it past that; it still holds back another source's split.
     #[test]
@@ -355,10 +364,7 @@ mod tests {
     #[test]
     fn alignment_ignores_a_slowest_split_that_caught_up() {
         let t0 = Instant::now();
-        let mut w = WatermarkTracker::new(1);
-        for p in 0..2 {
-            w.add_split((0, p), &settings(10, 3600), t0);
-        }
+        let mut w = tracker(2, 3600, t0);
         let mut out = Vec::new();
         w.observe((0, 0), 1_000);
         w.observe((0, 1), 1_500);
@@ -380,10 +386,7 @@ mod tests {
     #[test]
     fn alignment_names_the_splits_ahead_of_the_slowest_reading_one() {
         let t0 = Instant::now();
-        let mut w = WatermarkTracker::new(1);
-        for p in 0..4 {
-            w.add_split((0, p), &settings(10, 30), t0);
-        }
+        let mut w = tracker(4, 30, t0);
         let mut out = Vec::new();
         let mut paused = std::collections::BTreeSet::new();
         w.ahead(t0, |k| paused.contains(k), &mut out);
@@ -430,10 +433,7 @@ mod tests {
     #[test]
     fn alignment_holds_splits_for_one_that_has_seen_nothing_yet() {
         let t0 = Instant::now();
-        let mut w = WatermarkTracker::new(1);
-        for p in 0..3 {
-            w.add_split((0, p), &settings(10, 30), t0);
-        }
+        let mut w = tracker(3, 30, t0);
         let mut out = Vec::new();
         w.observe((0, 0), 1_000);
         w.observe((0, 1), 1_020);
@@ -452,10 +452,7 @@ mod tests {
         w.ahead(t0, |_| true, &mut out);
         assert!(out.is_empty(), "1289 <= 1239 + 50");
         // An empty partition (caught up at once) holds nothing back.
-        let mut v = WatermarkTracker::new(1);
-        for p in 0..2 {
-            v.add_split((0, p), &settings(10, 30), t0);
-        }
+        let mut v = tracker(2, 30, t0);
         v.observe((0, 0), 1_000);
         v.observe((0, 0), 1_300);
         v.caught_up((0, 1));
