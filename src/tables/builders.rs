@@ -253,10 +253,11 @@ impl SpanRows {
     /// Buffers pre-sized for a batch like the previous one: growing them from empty
     /// for every batch cost more (reallocations, fresh pages) than filling them.
     fn with_capacity(late: bool, sizes: &SpanSizes) -> Self {
-        // A quarter more than the last batch, as for the detail columns: batches are cut
-        // after whole traces and vary, and a column that outgrows its buffer copies it
-        // whole (about half the batches did, for every column).
-        let rows = sizes.rows + sizes.rows / 4;
+        // A quarter more than the last batch, for every column: batches are cut after
+        // whole traces and vary, and a column that outgrows its buffer copies it whole
+        // (about half the batches did, for every column without this room).
+        let more = |n: usize| n + n / 4;
+        let rows = more(sizes.rows);
         let [
             service,
             instance,
@@ -270,7 +271,7 @@ impl SpanRows {
             late_reason,
         ] = sizes
             .text
-            .map(|bytes| Text::with_capacity(rows, bytes + bytes / 4));
+            .map(|bytes| Text::with_capacity(rows, more(bytes)));
         SpanRows {
             late,
             trace_id: Fixed::with_capacity(rows),
@@ -291,7 +292,7 @@ impl SpanRows {
             db_system,
             destination,
             attr_maps: AttrMaps::with_capacity(sizes.maps),
-            detail: SpanDetail::with_capacity(rows, sizes.detail),
+            detail: SpanDetail::with_capacity(rows, sizes.detail.map(more)),
             late_reason,
             watermark: Vec::with_capacity(if late { rows } else { 0 }),
             extras: SpanExtras::default(),

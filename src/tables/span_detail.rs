@@ -78,13 +78,11 @@ pub(crate) struct SpanDetail {
 }
 
 impl SpanDetail {
-    /// Buffers for `rows` rows whose text and binary columns take `bytes` (see
-    /// [`sizes`](Self::sizes)): a span's message is a few hundred bytes, and growing
-    /// those buffers by doubling copied more than the rest of the row.
+    /// Buffers for `rows` rows whose text and binary columns take `bytes` (in
+    /// [`sizes`](Self::sizes) order; the caller leaves room above the last batch): a
+    /// span's message is a few hundred bytes, and growing those buffers by doubling
+    /// copied more than the rest of the row.
     pub fn with_capacity(rows: usize, bytes: [usize; 6]) -> Self {
-        // A quarter more than the last batch: batches vary by a few percent, and one
-        // that outgrows its buffers copies them whole.
-        let rows = rows + rows / 4;
         let [
             status_message,
             trace_state,
@@ -92,7 +90,7 @@ impl SpanDetail {
             scope_version,
             otlp,
             otlp_resource,
-        ] = bytes.map(|b| b + b / 4);
+        ] = bytes;
         SpanDetail {
             status_message: Text::with_capacity(rows, status_message),
             trace_state: Text::with_capacity(rows, trace_state),
