@@ -499,7 +499,8 @@ pub struct WatermarkConfig {
     pub align: bool,
     /// How far ahead of the slowest split a split may run before alignment pauses it.
     /// Memory grows with it (about the input's event-time rate times this); a small
-    /// one pauses and resumes partitions more often.
+    /// one pauses and resumes partitions more often (cheap for a Kafka source, which
+    /// then only stops reading the partition's queue of fetched records).
     #[serde(default = "default_max_drift")]
     pub max_drift: HumanDuration,
     /// Clock-skew guard: a span ending more than this ahead of its split's watermark,
@@ -528,7 +529,7 @@ fn default_align() -> bool {
 }
 
 fn default_max_drift() -> HumanDuration {
-    HumanDuration::secs(30)
+    HumanDuration::secs(10)
 }
 
 fn default_max_ahead() -> HumanDuration {

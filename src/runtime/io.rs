@@ -195,9 +195,25 @@ impl FinishSignal {
     }
 }
 
-/// Records of one split, consecutive, in order.
+/// A chunk of records, in order: consecutive records of one split, or (a Kafka source
+/// reading many partitions) runs of consecutive records of several, interleaved so
+/// that the partitions advance together.
 #[derive(Debug)]
 pub struct Records {
+    /// Whose records these are: runs in order, their lengths summing to the number of
+    /// records.
+    pub runs: Vec<SplitRun>,
+    /// Offset of the first record.
+    pub first_offset: u64,
+    /// Per-record offsets, when they are not `first_offset + i`.
+    pub offsets: Option<Vec<u64>>,
+    /// Payloads.
+    pub records: Vec<Bytes>,
+}
+
+/// Consecutive records of one split within a [`Records`] chunk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SplitRun {
     /// The split (partition) key, unique within the source; it has its own watermark.
     /// Single-split sources use 0.
     pub split: u32,
@@ -205,12 +221,26 @@ pub struct Records {
     pub topic: Option<Sym>,
     /// Partition number, for dead letters.
     pub partition: u32,
-    /// Offset of the first record.
-    pub first_offset: u64,
-    /// Per-record offsets, when they are not `first_offset + i`.
-    pub offsets: Option<Vec<u64>>,
-    /// Payloads.
-    pub records: Vec<Bytes>,
+    /// Records in the run.
+    pub len: usize,
+}
+
+impl Records {
+    /// Records of split 0 of a single-split source (no topic, no partition), numbered
+    /// from `first_offset`.
+    pub fn of_single_split(first_offset: u64, records: Vec<Bytes>) -> Self {
+        Records {
+            runs: vec![SplitRun {
+                split: 0,
+                topic: None,
+                partition: 0,
+                len: records.len(),
+            }],
+            first_offset,
+            offsets: None,
+            records,
+        }
+    }
 }
 
 /// What sources send the router.
@@ -428,7 +458,7 @@ impl SourceOutput {
         self.tx.blocking_send(ev).is_ok()
     }
 
-    /// Sends records of one split; blocks on backpressure. False when the runtime is
+    /// Sends a chunk of records; blocks on backpressure. False when the runtime is
     /// gone (stop reading).
     pub fn records(&mut self, records: Records) -> bool {
         self.send(SourceEvent::Records {
@@ -459,14 +489,7 @@ impl SourceOutput {
         let records = std::mem::replace(&mut self.chunk, Vec::with_capacity(RECORDS_PER_CHUNK));
         let first_offset = self.next_offset;
         self.next_offset += records.len() as u64;
-        let sent = self.records(Records {
-            split: 0,
-            topic: None,
-            partition: 0,
-            first_offset,
-            offsets: None,
-            records,
-        });
+        let sent = self.records(Records::of_single_split(first_offset, records));
         // Barriers go between chunks, which are cut by record count: where a checkpoint
         // falls never changes what the chunks hold.
         if sent && let Some(id) = self.barrier_due() {

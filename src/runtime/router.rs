@@ -99,9 +99,7 @@ pub(crate) async fn route(input: RouteInput<'_>) -> Result<Routed, RunError> {
                     format,
                     records:
                         Records {
-                            split,
-                            topic,
-                            partition,
+                            runs,
                             first_offset,
                             offsets,
                             records,
@@ -119,18 +117,21 @@ pub(crate) async fn route(input: RouteInput<'_>) -> Result<Routed, RunError> {
                         out.spans
                             .reserve(records.iter().map(|r| r.len()).sum::<usize>() / 256);
                         let mut ends = Vec::with_capacity(records.len());
-                        for (i, r) in records.iter().enumerate() {
+                        let each_run = runs
+                            .iter()
+                            .flat_map(|run| std::iter::repeat_n(run, run.len));
+                        for (i, (r, run)) in records.iter().zip(each_run).enumerate() {
                             let meta = RecordMeta {
-                                topic,
+                                topic: run.topic,
                                 source: name,
-                                split: partition,
+                                split: run.partition,
                                 offset: offsets
                                     .as_ref()
                                     .and_then(|o| o.get(i).copied())
                                     .unwrap_or(first_offset + i as u64),
                             };
                             dec.decode(format, r, &meta, &mut out);
-                            ends.push((out.spans.len(), meta));
+                            ends.push((out.spans.len(), run.split, meta));
                         }
                         let records = route_records(out.spans, &ends, parallelism);
                         (out.dead_letters, records, *dec.stats())
@@ -139,7 +140,6 @@ pub(crate) async fn route(input: RouteInput<'_>) -> Result<Routed, RunError> {
                     match res {
                         Ok((dead_letters, records, stats)) => Event::Decoded {
                             source,
-                            split,
                             dead_letters,
                             records,
                             stats,
@@ -316,14 +316,11 @@ impl Router<'_> {
         match ev {
             Event::Decoded {
                 source,
-                split,
                 dead_letters,
                 records,
                 stats,
             } => {
                 self.decode_stats.merge(&stats);
-                let was_idle = self.tracker.idle((source, split), now);
-                self.tracker.touch((source, split), now);
                 self.progress
                     .spans
                     .fetch_add(stats.spans, Ordering::Relaxed);
@@ -347,7 +344,20 @@ impl Router<'_> {
                     .get(source)
                     .map_or(Duration::MAX, |s| s.1.max_ahead);
                 let wall = align::wall_clock_ns();
+                // Whether the record's split had gone idle before it: the clock-skew
+                // guard then bounds its spans by the wall clock alone.
+                let mut run: Option<(u32, bool)> = None;
                 for mut record in records {
+                    let split = record.split;
+                    let was_idle = match run {
+                        Some((s, idle)) if s == split => idle,
+                        _ => {
+                            let idle = self.tracker.idle((source, split), now);
+                            self.tracker.touch((source, split), now);
+                            run = Some((split, idle));
+                            idle
+                        }
+                    };
                     if let Some(t) = record.max_end {
                         let bound = align::far_future_bound(
                             &self.tracker,
@@ -558,7 +568,6 @@ pub(crate) fn precommit_dead(
 enum Event {
     Decoded {
         source: usize,
-        split: u32,
         dead_letters: Vec<crate::formats::DeadLetter>,
         /// In record order.
         records: Vec<RoutedRecord>,
@@ -611,6 +620,8 @@ impl Event {
 
 /// One record's spans, split by shard.
 struct RoutedRecord {
+    /// The split it was read from (its watermark moves with the record's spans).
+    split: u32,
     /// Latest end time among the spans (their event times), `None` without spans.
     max_end: Option<u64>,
     /// Where the record came from (dead letters of the clock-skew guard).
@@ -619,19 +630,20 @@ struct RoutedRecord {
     per_shard: Vec<Vec<spanflow_operators::Span>>,
 }
 
-/// Splits decoded spans by record (`ends[i]` is the end of record i's spans) and by
-/// shard (trace id hash), on the decoding thread: the spans are still in its cache
-/// there, and the router (one thread for the whole job) only hands vectors on.
+/// Splits decoded spans by record (`ends[i]` is the end of record i's spans, with its
+/// split) and by shard (trace id hash), on the decoding thread: the spans are still in
+/// its cache there, and the router (one thread for the whole job) only hands vectors
+/// on.
 fn route_records(
     spans: Vec<spanflow_operators::Span>,
-    ends: &[(usize, RecordMeta)],
+    ends: &[(usize, u32, RecordMeta)],
     parallelism: usize,
 ) -> Vec<RoutedRecord> {
     let shards = parallelism.max(1);
     let mut spans = spans.into_iter();
     let mut start = 0;
     let mut records = Vec::with_capacity(ends.len());
-    for &(end, meta) in ends {
+    for &(end, split, meta) in ends {
         let n = end.saturating_sub(start);
         start = end;
         // Trace ids hash evenly: room for a fair share and some slack.
@@ -650,6 +662,7 @@ fn route_records(
             }
         }
         records.push(RoutedRecord {
+            split,
             max_end,
             meta,
             per_shard,

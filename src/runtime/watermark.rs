@@ -32,7 +32,7 @@ impl Default for WatermarkSettings {
         WatermarkSettings {
             max_out_of_order: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(30),
-            max_drift: Some(Duration::from_secs(30)),
+            max_drift: Some(Duration::from_secs(10)),
             max_ahead: Duration::from_secs(3600),
             wall_clock_lag: None,
         }

@@ -62,7 +62,9 @@ impl ErrorLog {
 /// waiting forever on a callback's request). Past the timeout the close goes on in
 /// the background and the group notices the member gone when its session times out.
 pub(crate) struct GroupConsumer<C: rdkafka::consumer::ConsumerContext + 'static> {
-    consumer: Option<rdkafka::consumer::BaseConsumer<C>>,
+    /// Shared with the partition queues split off it ([`GroupConsumer::shared`]),
+    /// which must be dropped first: the member leaves its group when the last goes.
+    consumer: Option<std::sync::Arc<rdkafka::consumer::BaseConsumer<C>>>,
     close_timeout: std::time::Duration,
 }
 
@@ -72,8 +74,17 @@ impl<C: rdkafka::consumer::ConsumerContext + 'static> GroupConsumer<C> {
 
     pub(crate) fn new(consumer: rdkafka::consumer::BaseConsumer<C>) -> Self {
         GroupConsumer {
-            consumer: Some(consumer),
+            consumer: Some(std::sync::Arc::new(consumer)),
             close_timeout: Self::CLOSE_TIMEOUT,
+        }
+    }
+
+    /// The consumer as librdkafka's partition queues take it.
+    pub(crate) fn shared(&self) -> &std::sync::Arc<rdkafka::consumer::BaseConsumer<C>> {
+        match &self.consumer {
+            Some(c) => c,
+            // Only `drop` takes it.
+            None => unreachable!("a group consumer is used after its close"),
         }
     }
 
@@ -88,11 +99,7 @@ impl<C: rdkafka::consumer::ConsumerContext + 'static> std::ops::Deref for GroupC
     type Target = rdkafka::consumer::BaseConsumer<C>;
 
     fn deref(&self) -> &Self::Target {
-        match &self.consumer {
-            Some(c) => c,
-            // Only `drop` takes it.
-            None => unreachable!("a group consumer is used after its close"),
-        }
+        self.shared()
     }
 }
 

@@ -1,6 +1,6 @@
 //! The `kafka` source: a consumer-group member that reads its assigned partitions from
-//! resolved start offsets (to optional end offsets), in chunks of records per
-//! partition, and commits what the run has fully processed.
+//! resolved start offsets (to optional end offsets), a record of each partition in
+//! turn, and commits what the run has fully processed.
 //!
 //! Start and end offsets are resolved once, when the source starts (committed offsets,
 //! offsets by time, partition ends), so a partition assigned late or re-assigned by a
@@ -15,9 +15,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use rdkafka::consumer::base_consumer::PartitionQueue;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
-use rdkafka::message::Message;
+use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use spanflow_operators::Sym;
@@ -26,7 +27,8 @@ use super::config::{EndPosition, KafkaSourceConfig, StartPosition, format_time};
 use crate::formats::InputFormat;
 use crate::runtime::group::{Fence, PartitionKey};
 use crate::runtime::io::{
-    CheckpointHandle, ConnectorError, Finish, FinishSignal, Position, Records, Source, SourceOutput,
+    CheckpointHandle, ConnectorError, Finish, FinishSignal, Position, Records, Source,
+    SourceOutput, SplitRun,
 };
 
 /// Timeout of the metadata and offset requests made at start and at commit.
@@ -37,6 +39,33 @@ const CHUNK_RECORDS: usize = 64;
 /// ... or this many payload bytes, or when the consumer has nothing more right now.
 const CHUNK_BYTES: usize = 1 << 20;
 
+/// What a fetch returns at most, over all partitions (librdkafka's `fetch.max.bytes`).
+const FETCH_MAX_BYTES: usize = 64 << 20;
+
+/// librdkafka's fetch and prefetch bounds per partition for a source reading
+/// `partitions` partitions (each read from its own queue, which these bound one by
+/// one): a fetch brings some of every partition rather than all of a few (the
+/// partitions that got nothing would then hold the watermark while the others run
+/// ahead), and what waits fetched stays about 64 MiB in all, as with one queue.
+fn prefetch(partitions: usize) -> [(&'static str, usize); 4] {
+    let n = partitions.max(1);
+    [
+        (
+            "max.partition.fetch.bytes",
+            (FETCH_MAX_BYTES / n).clamp(1 << 20, 16 << 20),
+        ),
+        ("queued.max.messages.kbytes", (65536 / n).clamp(1024, 65536)),
+        ("queued.min.messages", (100_000 / n).clamp(1000, 100_000)),
+        // A partition whose queue is at its bound is fetched again this much later
+        // (librdkafka's default, 1 s, is for one queue of 64 MiB; a bound of a few MiB
+        // is read in far less, and the partition would then hold the watermark).
+        ("fetch.queue.backoff.ms", 20),
+    ]
+}
+
+/// How long the poll loop waits for the consumer when no partition had a record.
+const POLL_WAIT: Duration = Duration::from_millis(5);
+
 /// What the consumer reports to the runtime, in order.
 #[derive(Debug)]
 pub enum KafkaEvent {
@@ -44,13 +73,11 @@ pub enum KafkaEvent {
     Assigned(Vec<Split>),
     /// Partitions taken away by a rebalance (or finished, in a bounded run).
     Revoked(Vec<Split>),
-    /// Consecutive records of one partition.
+    /// Records, as runs of consecutive records of one partition (the partitions read
+    /// take turns, a record each).
     Records {
-        /// The partition.
-        split: Split,
-        /// The split whose watermark they move: the partition's key, or with origin
-        /// splits ([`origin_key`]) that of the input partition they were re-keyed from.
-        watermark: u32,
+        /// Whose records they are, in order.
+        runs: Vec<Run>,
         /// Offsets, one per record.
         offsets: Vec<u64>,
         /// Payloads (an empty payload for a null record).
@@ -75,6 +102,18 @@ pub enum KafkaEvent {
     /// this (librdkafka's partition EOF; sources of one topic only, as its event names
     /// no topic).
     CaughtUp(Vec<Split>),
+}
+
+/// Consecutive records of one partition within [`KafkaEvent::Records`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Run {
+    /// The partition.
+    pub split: Split,
+    /// The split whose watermark they move: the partition's key, or with origin
+    /// splits ([`origin_key`]) that of the input partition they were re-keyed from.
+    pub watermark: u32,
+    /// Records in the run.
+    pub len: usize,
 }
 
 /// The next offset of every partition: (topic, partition, offset).
@@ -410,26 +449,16 @@ fn record_timestamp(
     )))
 }
 
-/// The partitions of `splits`, as librdkafka takes them.
-/// The pending chunks of partition `split` (one per origin with origin splits).
-fn take_chunks_of(chunks: &mut BTreeMap<u32, Chunk>, split: &Split) -> Vec<Chunk> {
-    let keys: Vec<u32> = chunks
-        .iter()
-        .filter(|(_, c)| c.split.key == split.key)
-        .map(|(k, _)| *k)
-        .collect();
-    keys.into_iter().filter_map(|k| chunks.remove(&k)).collect()
-}
-
 /// The input partition a repartitioned record came from: a repartition stage keys
 /// each piece with it (4 bytes, big-endian; the partition itself is chosen by trace
 /// id). 0 for a record keyed otherwise.
-fn origin_of(m: &rdkafka::message::BorrowedMessage<'_>) -> u32 {
+fn origin_of(m: &BorrowedMessage<'_>) -> u32 {
     m.key()
         .and_then(|k| <[u8; 4]>::try_from(k).ok())
         .map_or(0, u32::from_be_bytes)
 }
 
+/// The partitions of `splits`, as librdkafka takes them.
 fn partition_list(splits: &[Split]) -> TopicPartitionList {
     let mut tpl = TopicPartitionList::new();
     for s in splits {
@@ -449,13 +478,10 @@ impl KafkaReader {
         let shared = Arc::new(Mutex::new(Shared::default()));
         // Bigger fetches than librdkafka's defaults: OTLP batches are large messages
         // (about 1 MiB), and one message per partition per round trip starves the
-        // pipeline. `properties` still override these.
+        // pipeline (the fetch per partition is sized once the partitions are known,
+        // see `prefetch`). `properties` still override these.
         let mut defaults = BTreeMap::from([
-            (
-                "max.partition.fetch.bytes".to_owned(),
-                "16777216".to_owned(),
-            ),
-            ("fetch.max.bytes".to_owned(), "67108864".to_owned()),
+            ("fetch.max.bytes".to_owned(), FETCH_MAX_BYTES.to_string()),
             ("fetch.wait.max.ms".to_owned(), "100".to_owned()),
             // Consumer lag for the job server's /metrics (served on the poll thread).
             ("statistics.interval.ms".to_owned(), "1000".to_owned()),
@@ -479,18 +505,15 @@ impl KafkaReader {
                     "earliest"
                 },
             );
-        let consumer: BaseConsumer<Ctx> = cc
-            .create_with_context(Ctx {
-                shared: shared.clone(),
-                errors: super::ErrorLog::default(),
-                cooperative,
-            })
-            .map_err(|e| {
-                ConnectorError::user(format!(
-                    "cannot create a Kafka consumer for {}: {e}",
-                    config.brokers
-                ))
-            })?;
+        let cannot_create = |e: KafkaError| {
+            ConnectorError::user(format!(
+                "cannot create a Kafka consumer for {}: {e}",
+                config.brokers
+            ))
+        };
+        // Offsets are looked up before the group member is made: how much it fetches
+        // and keeps per partition depends on how many partitions there are.
+        let consumer: BaseConsumer = cc.create().map_err(cannot_create)?;
         let start = config.start_position()?;
         let end = config.end_position()?;
         let mut partitions = Vec::new();
@@ -668,6 +691,19 @@ impl KafkaReader {
                 s.end.insert((t, p), o);
             }
         }
+        drop(consumer);
+        for (k, v) in prefetch(partitions.len()) {
+            if !config.properties.contains_key(k) {
+                cc.set(k, v.to_string());
+            }
+        }
+        let consumer: BaseConsumer<Ctx> = cc
+            .create_with_context(Ctx {
+                shared: shared.clone(),
+                errors: super::ErrorLog::default(),
+                cooperative,
+            })
+            .map_err(cannot_create)?;
         let topics: Vec<&str> = config.topics.iter().map(String::as_str).collect();
         consumer.subscribe(&topics).map_err(|e| {
             ConnectorError::external(format!(
@@ -700,9 +736,17 @@ impl KafkaReader {
         // Positions of checkpoints sent but not yet durable, oldest first.
         let mut uncommitted: Vec<(u64, Offsets)> = Vec::new();
         let mut last_barrier = 0;
-        let mut chunks: BTreeMap<u32, Chunk> = BTreeMap::new();
+        let mut chunk = Chunk::default();
         let mut done: BTreeMap<u32, Split> = BTreeMap::new();
         let mut last_flush = Instant::now();
+        // Each assigned partition's own queue of fetched records, read in turn a record
+        // at a time, so that the partitions advance together whatever the batches a
+        // fetch returns: one queue for all delivers a fetch partition by partition, up
+        // to `max.partition.fetch.bytes` (tens of seconds of a partition's spans) at a
+        // time, and watermark alignment could only act on that scale.
+        let mut queues: BTreeMap<u32, (Split, PartitionQueue<Ctx>)> = BTreeMap::new();
+        let mut split_queues = true;
+        let mut read_any = false;
         let started = Instant::now();
         let member = self.shared.lock().is_ok_and(|s| s.fence.is_some());
         if member {
@@ -723,17 +767,18 @@ impl KafkaReader {
             }
         }
         let mut next_wait_warning = Duration::from_secs(30);
-        // Watermark alignment: what the runtime asks to pause, and what is paused.
+        // Watermark alignment: the partitions the runtime asks to pause. Their queues
+        // are not read meanwhile; librdkafka's pause would drop what it fetched for
+        // them, to fetch (and decompress) it again on resume, and their prefetch
+        // bound ([`prefetch`]) stops their fetching anyway.
         let mut pause_seen = 0;
-        let mut wanted: BTreeSet<u32> = BTreeSet::new();
-        let mut aligned: BTreeSet<u32> = BTreeSet::new();
+        let mut paused: BTreeSet<u32> = BTreeSet::new();
         loop {
             if stop.load(Ordering::Relaxed) {
                 break;
             }
             if let Some(w) = hooks.paused_splits(&mut pause_seen) {
-                wanted = self.partitions_to_pause(w);
-                self.align(&wanted, &mut aligned, &done)?;
+                paused = self.partitions_to_pause(w);
             }
             let lag = self.shared.lock().ok().and_then(|mut s| {
                 let lag = s.lag.take()?;
@@ -764,7 +809,9 @@ impl KafkaReader {
                     );
                 }
             }
-            let msg = self.consumer.poll(Duration::from_millis(50));
+            let msg = self
+                .consumer
+                .poll(if read_any { Duration::ZERO } else { POLL_WAIT });
             // Rebalance events first: records of a new partition must follow its
             // assignment, and a revoked partition's pending records go out before the
             // revocation.
@@ -787,114 +834,76 @@ impl KafkaReader {
                 )));
             }
             for ev in pending {
-                if let KafkaEvent::Assigned(splits) = &ev {
-                    // A partition assigned again starts unpaused: pause it again if
-                    // it is still ahead.
-                    for s in splits {
-                        aligned.remove(&s.key);
-                    }
-                    self.align(&wanted, &mut aligned, &done)?;
+                if let KafkaEvent::Assigned(_) = &ev {
+                    // An assignment ends the partitions' own queues.
+                    split_queues = true;
                 }
                 if let KafkaEvent::Revoked(splits) = &ev {
                     for s in splits {
-                        for c in take_chunks_of(&mut chunks, s) {
-                            if !emit(c.into_event()) {
-                                return Ok(stats);
-                            }
-                        }
+                        queues.remove(&s.key);
+                    }
+                    if !chunk.send(emit) {
+                        return Ok(stats);
                     }
                 }
                 if !emit(ev) {
                     return Ok(stats);
                 }
             }
-            let mut idle = true;
-            let mut caught_up = Vec::new();
-            match msg {
-                None => {}
-                Some(Err(KafkaError::PartitionEOF(p))) => {
-                    if self.config.topics.len() == 1
-                        && let Ok(s) = self.shared.lock()
-                    {
-                        caught_up.extend(
-                            s.assigned
-                                .values()
-                                .filter(|sp| sp.partition == p && !done.contains_key(&sp.key))
-                                .cloned(),
-                        );
-                    }
-                }
-                Some(Err(e)) => {
-                    // Broker and network errors are retried by librdkafka; report them
-                    // and keep polling.
-                    tracing::warn!(error = %e, "kafka consumer");
-                    stats.errors += 1;
-                }
-                Some(Ok(m)) => {
-                    idle = false;
-                    let mut s = self
-                        .shared
-                        .lock()
-                        .map_err(|_| ConnectorError::internal("poisoned lock"))?;
-                    let split = s.split(m.topic(), m.partition());
-                    let k = (split.topic.clone(), split.partition);
-                    let end = s.end.get(&k).copied();
-                    if done.contains_key(&split.key) {
-                        // A paused partition can still deliver what was prefetched.
-                        continue;
-                    }
-                    if end.is_some_and(|e| m.offset() >= e) {
-                        drop(s);
-                        self.finish_partition(&split, &mut chunks, &mut done, emit)?;
-                        continue;
-                    }
-                    s.position.insert(k.clone(), m.offset() + 1);
-                    drop(s);
-                    let payload = m.payload().unwrap_or(&[]);
-                    stats.records += 1;
-                    stats.bytes += payload.len() as u64;
-                    let key = match self.origins {
-                        0 => split.key,
-                        _ => origin_key(split.key, origin_of(&m) % self.origins),
-                    };
-                    let c = chunks
-                        .entry(key)
-                        .or_insert_with(|| Chunk::new(split.clone(), key));
-                    c.offsets.push(u64::try_from(m.offset()).unwrap_or(0));
-                    c.bytes += payload.len();
-                    c.records.push(Bytes::copy_from_slice(payload));
-                    if (c.records.len() >= CHUNK_RECORDS || c.bytes >= CHUNK_BYTES)
-                        && let Some(c) = chunks.remove(&key)
-                        && !emit(c.into_event())
-                    {
-                        return Ok(stats);
-                    }
-                    if end.is_some_and(|e| m.offset() + 1 >= e) {
-                        self.finish_partition(&split, &mut chunks, &mut done, emit)?;
-                    }
-                }
+            if split_queues {
+                split_queues = false;
+                self.split_queues(&mut queues, &done)?;
             }
-            if idle || last_flush.elapsed() >= Duration::from_millis(20) {
-                last_flush = Instant::now();
-                for (_, c) in std::mem::take(&mut chunks) {
-                    if !emit(c.into_event()) {
+            let mut caught_up = Vec::new();
+            let mut read = Read {
+                chunk: &mut chunk,
+                done: &mut done,
+                caught_up: &mut caught_up,
+                stats: &mut stats,
+            };
+            read_any = match msg {
+                Some(m) => {
+                    if !self.take(m, &mut read, emit)? {
                         return Ok(stats);
                     }
+                    true
+                }
+                // Nothing waits in the consumer's queue, which partitions used before
+                // their own queues were split off: their older records are all read.
+                None => {
+                    let mut any = false;
+                    for (key, (_, queue)) in &queues {
+                        if paused.contains(key) || read.done.contains_key(key) {
+                            continue;
+                        }
+                        if let Some(m) = queue.poll(Duration::ZERO) {
+                            any = true;
+                            if !self.take(m, &mut read, emit)? {
+                                return Ok(stats);
+                            }
+                        }
+                    }
+                    any
+                }
+            };
+            queues.retain(|k, _| !done.contains_key(k));
+            if !read_any || last_flush.elapsed() >= Duration::from_millis(20) {
+                last_flush = Instant::now();
+                if !chunk.send(emit) {
+                    return Ok(stats);
                 }
             }
             if !caught_up.is_empty() && !emit(KafkaEvent::CaughtUp(caught_up)) {
                 return Ok(stats);
             }
-            if self.bounded && self.all_done(&mut done, emit)? {
+            if self.bounded && self.all_done(&mut done, &mut chunk, emit)? {
                 break;
             }
             if let Some(id) = hooks.barrier_due() {
                 // Everything read so far goes out first: the positions cover exactly
                 // the records before the barrier.
-                for (_, c) in std::mem::take(&mut chunks) {
-                    if !emit(c.into_event()) {
-                        return Ok(stats);
-                    }
+                if !chunk.send(emit) {
+                    return Ok(stats);
                 }
                 let positions = self.positions()?;
                 uncommitted.push((id, positions.clone()));
@@ -905,10 +914,9 @@ impl KafkaReader {
             }
             self.commit_durable(&mut uncommitted, hooks, &mut stats);
         }
-        for (_, c) in std::mem::take(&mut chunks) {
-            if !emit(c.into_event()) {
-                return Ok(stats);
-            }
+        drop(queues);
+        if !chunk.send(emit) {
+            return Ok(stats);
         }
         stats.finished = true;
         let positions = self.positions()?;
@@ -964,6 +972,7 @@ impl KafkaReader {
     fn all_done(
         &self,
         done: &mut BTreeMap<u32, Split>,
+        chunk: &mut Chunk,
         emit: &mut dyn FnMut(KafkaEvent) -> bool,
     ) -> Result<bool, ConnectorError> {
         let (ever, assigned, at_end): (bool, Vec<Split>, Vec<Split>) = {
@@ -993,7 +1002,7 @@ impl KafkaReader {
             for sp in &at_end {
                 done.insert(sp.key, sp.clone());
             }
-            if !emit(KafkaEvent::Revoked(at_end)) {
+            if !chunk.send(emit) || !emit(KafkaEvent::Revoked(at_end)) {
                 return Ok(true);
             }
         }
@@ -1009,69 +1018,118 @@ impl KafkaReader {
         Ok(ever && owed_done && assigned.iter().all(|s| done.contains_key(&s.key)))
     }
 
+    /// A partition read to its end offset (bounded run): what was read of it goes
+    /// out, then its revocation. False when the runtime is gone.
     fn finish_partition(
         &self,
         split: &Split,
-        chunks: &mut BTreeMap<u32, Chunk>,
+        chunk: &mut Chunk,
         done: &mut BTreeMap<u32, Split>,
         emit: &mut dyn FnMut(KafkaEvent) -> bool,
-    ) -> Result<(), ConnectorError> {
+    ) -> bool {
         if done.contains_key(&split.key) {
-            return Ok(());
-        }
-        for c in take_chunks_of(chunks, split) {
-            emit(c.into_event());
+            return true;
         }
         self.pause(std::slice::from_ref(split));
         done.insert(split.key, split.clone());
-        emit(KafkaEvent::Revoked(vec![split.clone()]));
-        Ok(())
+        chunk.send(emit) && emit(KafkaEvent::Revoked(vec![split.clone()]))
     }
 
-    /// Pauses the assigned partitions in `wanted` and resumes the others in
-    /// `aligned` (what alignment paused before), never one that `done` paused for
-    /// good. A paused partition may still deliver what was fetched before: that is
-    /// read as usual, and fetching resumes after it.
-    fn align(
+    /// Handles what a poll returned: a record joins the chunk (sent once full), a
+    /// partition's end is noted in `read.caught_up`. False when the runtime is gone.
+    fn take(
         &self,
-        wanted: &BTreeSet<u32>,
-        aligned: &mut BTreeSet<u32>,
+        polled: rdkafka::error::KafkaResult<BorrowedMessage<'_>>,
+        read: &mut Read<'_>,
+        emit: &mut dyn FnMut(KafkaEvent) -> bool,
+    ) -> Result<bool, ConnectorError> {
+        let m = match polled {
+            Ok(m) => m,
+            Err(KafkaError::PartitionEOF(p)) => {
+                if self.config.topics.len() == 1
+                    && let Ok(s) = self.shared.lock()
+                {
+                    read.caught_up.extend(
+                        s.assigned
+                            .values()
+                            .filter(|sp| sp.partition == p && !read.done.contains_key(&sp.key))
+                            .cloned(),
+                    );
+                }
+                return Ok(true);
+            }
+            Err(e) => {
+                // Broker and network errors are retried by librdkafka; report them and
+                // keep polling.
+                tracing::warn!(error = %e, "kafka consumer");
+                read.stats.errors += 1;
+                return Ok(true);
+            }
+        };
+        let mut s = self
+            .shared
+            .lock()
+            .map_err(|_| ConnectorError::internal("poisoned lock"))?;
+        let split = s.split(m.topic(), m.partition());
+        if read.done.contains_key(&split.key) {
+            // A paused partition can still deliver what was prefetched.
+            return Ok(true);
+        }
+        let k = (split.topic.clone(), split.partition);
+        let end = s.end.get(&k).copied();
+        if end.is_some_and(|e| m.offset() >= e) {
+            drop(s);
+            return Ok(self.finish_partition(&split, read.chunk, read.done, emit));
+        }
+        s.position.insert(k, m.offset() + 1);
+        drop(s);
+        let payload = m.payload().unwrap_or(&[]);
+        read.stats.records += 1;
+        read.stats.bytes += payload.len() as u64;
+        let watermark = match self.origins {
+            0 => split.key,
+            _ => origin_key(split.key, origin_of(&m) % self.origins),
+        };
+        read.chunk.push(
+            &split,
+            watermark,
+            u64::try_from(m.offset()).unwrap_or(0),
+            Bytes::copy_from_slice(payload),
+        );
+        if read.chunk.full() && !read.chunk.send(emit) {
+            return Ok(false);
+        }
+        if end.is_some_and(|e| m.offset() + 1 >= e) {
+            return Ok(self.finish_partition(&split, read.chunk, read.done, emit));
+        }
+        Ok(true)
+    }
+
+    /// Gives every assigned partition still read its own queue (anew after an
+    /// assignment, which ends them), and forgets the queues of the others.
+    fn split_queues(
+        &self,
+        queues: &mut BTreeMap<u32, (Split, PartitionQueue<Ctx>)>,
         done: &BTreeMap<u32, Split>,
     ) -> Result<(), ConnectorError> {
-        let (pause, resume) = {
-            let s = self
-                .shared
-                .lock()
-                .map_err(|_| ConnectorError::internal("poisoned lock"))?;
-            let live = |k: &&u32| s.assigned.contains_key(*k) && !done.contains_key(*k);
-            let pause: Vec<Split> = wanted
-                .difference(aligned)
-                .filter(live)
-                .filter_map(|k| s.assigned.get(k).cloned())
-                .collect();
-            let resume: Vec<Split> = aligned
-                .difference(wanted)
-                .filter(live)
-                .filter_map(|k| s.assigned.get(k).cloned())
-                .collect();
-            (pause, resume)
-        };
-        if !pause.is_empty() {
-            self.pause(&pause);
+        let assigned: Vec<Split> = self
+            .shared
+            .lock()
+            .map_err(|_| ConnectorError::internal("poisoned lock"))?
+            .assigned
+            .values()
+            .filter(|sp| !done.contains_key(&sp.key))
+            .cloned()
+            .collect();
+        queues.clear();
+        let consumer = self.consumer.shared();
+        for sp in assigned {
+            // Without one (librdkafka does not know the partition yet) its records
+            // come through the consumer's queue.
+            if let Some(q) = consumer.split_partition_queue(&sp.topic, sp.partition) {
+                queues.insert(sp.key, (sp, q));
+            }
         }
-        if !resume.is_empty()
-            && let Err(e) = self.consumer.resume(&partition_list(&resume))
-        {
-            tracing::warn!(error = %e, "resuming partitions watermark alignment paused");
-        }
-        for s in pause {
-            aligned.insert(s.key);
-        }
-        for s in resume {
-            aligned.remove(&s.key);
-        }
-        // Revoked or finished partitions were not resumed: forget them too.
-        aligned.retain(|k| wanted.contains(k));
         Ok(())
     }
 
@@ -1348,32 +1406,62 @@ pub struct KafkaRunStats {
     pub committed: usize,
 }
 
+/// What the poll loop's reading changes.
+struct Read<'a> {
+    chunk: &'a mut Chunk,
+    done: &'a mut BTreeMap<u32, Split>,
+    caught_up: &'a mut Vec<Split>,
+    stats: &'a mut KafkaRunStats,
+}
+
+/// Records read and not yet sent, of any partitions.
+#[derive(Default)]
 struct Chunk {
-    split: Split,
-    watermark: u32,
+    runs: Vec<Run>,
     offsets: Vec<u64>,
     records: Vec<Bytes>,
     bytes: usize,
 }
 
 impl Chunk {
-    fn new(split: Split, watermark: u32) -> Self {
-        Chunk {
-            split,
-            watermark,
-            offsets: Vec::with_capacity(CHUNK_RECORDS),
-            records: Vec::with_capacity(CHUNK_RECORDS),
-            bytes: 0,
+    fn push(&mut self, split: &Split, watermark: u32, offset: u64, payload: Bytes) {
+        match self.runs.last_mut() {
+            Some(r) if r.watermark == watermark && r.split.key == split.key => r.len += 1,
+            _ => self.runs.push(Run {
+                split: split.clone(),
+                watermark,
+                len: 1,
+            }),
         }
+        if self.records.capacity() == 0 {
+            self.records.reserve(CHUNK_RECORDS);
+            self.offsets.reserve(CHUNK_RECORDS);
+        }
+        self.offsets.push(offset);
+        self.bytes += payload.len();
+        self.records.push(payload);
     }
 
-    fn into_event(self) -> KafkaEvent {
-        KafkaEvent::Records {
-            split: self.split,
-            watermark: self.watermark,
-            offsets: self.offsets,
-            records: self.records,
+    fn full(&self) -> bool {
+        self.records.len() >= CHUNK_RECORDS || self.bytes >= CHUNK_BYTES
+    }
+
+    /// Sends what it holds, if anything. False when the runtime is gone.
+    fn send(&mut self, emit: &mut dyn FnMut(KafkaEvent) -> bool) -> bool {
+        if self.records.is_empty() {
+            return true;
         }
+        let Chunk {
+            runs,
+            offsets,
+            records,
+            ..
+        } = std::mem::take(self);
+        emit(KafkaEvent::Records {
+            runs,
+            offsets,
+            records,
+        })
     }
 }
 
@@ -1490,23 +1578,34 @@ impl Source for KafkaSource {
                     }
                 },
                 KafkaEvent::Records {
-                    split,
-                    watermark,
+                    runs,
                     offsets,
                     records,
                 } => {
-                    let topic = match topics.iter().find(|(t, _)| Arc::ptr_eq(t, &split.topic)) {
-                        Some((_, s)) => *s,
-                        None => {
-                            let s = Sym::new(&split.topic);
-                            topics.push((split.topic.clone(), s));
-                            s
-                        }
-                    };
+                    let runs = runs
+                        .into_iter()
+                        .map(|run| {
+                            let topic = match topics
+                                .iter()
+                                .find(|(t, _)| Arc::ptr_eq(t, &run.split.topic))
+                            {
+                                Some((_, s)) => *s,
+                                None => {
+                                    let s = Sym::new(&run.split.topic);
+                                    topics.push((run.split.topic.clone(), s));
+                                    s
+                                }
+                            };
+                            SplitRun {
+                                split: run.watermark,
+                                topic: Some(topic),
+                                partition: u32::try_from(run.split.partition).unwrap_or(0),
+                                len: run.len,
+                            }
+                        })
+                        .collect();
                     out.records(Records {
-                        split: watermark,
-                        topic: Some(topic),
-                        partition: u32::try_from(split.partition).unwrap_or(0),
+                        runs,
                         first_offset: offsets.first().copied().unwrap_or(0),
                         offsets: Some(offsets),
                         records,

@@ -494,14 +494,7 @@ impl Source for OtlpSource {
 fn send(out: &mut SourceOutput, offset: &mut u64, body: Bytes) -> bool {
     let first_offset = *offset;
     *offset += 1;
-    out.records(Records {
-        split: 0,
-        topic: None,
-        partition: 0,
-        first_offset,
-        offsets: None,
-        records: vec![body],
-    })
+    out.records(Records::of_single_split(first_offset, vec![body]))
 }
 
 #[cfg(test)]
