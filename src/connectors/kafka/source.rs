@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use rdkafka::consumer::base_consumer::PartitionQueue;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
@@ -1094,7 +1094,7 @@ impl KafkaReader {
             &split,
             watermark,
             u64::try_from(m.offset()).unwrap_or(0),
-            Bytes::copy_from_slice(payload),
+            payload,
         );
         if read.chunk.full() && !read.chunk.send(emit) {
             return Ok(false);
@@ -1421,10 +1421,14 @@ struct Chunk {
     offsets: Vec<u64>,
     records: Vec<Bytes>,
     bytes: usize,
+    /// Where payloads are copied to (out of librdkafka's buffers, which must be given
+    /// back): a block of about a chunk's bytes that records share, rather than an
+    /// allocation each.
+    buf: BytesMut,
 }
 
 impl Chunk {
-    fn push(&mut self, split: &Split, watermark: u32, offset: u64, payload: Bytes) {
+    fn push(&mut self, split: &Split, watermark: u32, offset: u64, payload: &[u8]) {
         match self.runs.last_mut() {
             Some(r) if r.watermark == watermark && r.split.key == split.key => r.len += 1,
             _ => self.runs.push(Run {
@@ -1437,9 +1441,13 @@ impl Chunk {
             self.records.reserve(CHUNK_RECORDS);
             self.offsets.reserve(CHUNK_RECORDS);
         }
+        if self.buf.capacity() < payload.len() {
+            self.buf = BytesMut::with_capacity(payload.len().max(CHUNK_BYTES));
+        }
+        self.buf.extend_from_slice(payload);
         self.offsets.push(offset);
         self.bytes += payload.len();
-        self.records.push(payload);
+        self.records.push(self.buf.split().freeze());
     }
 
     fn full(&self) -> bool {
@@ -1451,16 +1459,11 @@ impl Chunk {
         if self.records.is_empty() {
             return true;
         }
-        let Chunk {
-            runs,
-            offsets,
-            records,
-            ..
-        } = std::mem::take(self);
+        self.bytes = 0;
         emit(KafkaEvent::Records {
-            runs,
-            offsets,
-            records,
+            runs: std::mem::take(&mut self.runs),
+            offsets: std::mem::take(&mut self.offsets),
+            records: std::mem::take(&mut self.records),
         })
     }
 }
