@@ -887,7 +887,13 @@ impl KafkaReader {
                 }
             };
             queues.retain(|k, _| !done.contains_key(k));
-            if !read_any || last_flush.elapsed() >= Duration::from_millis(20) {
+            // A partition's end goes out after its last records (which may still be in
+            // the chunk): reported first, the records that follow would make it look
+            // as if it were reading again.
+            if !read_any
+                || !caught_up.is_empty()
+                || last_flush.elapsed() >= Duration::from_millis(20)
+            {
                 last_flush = Instant::now();
                 if !chunk.send(emit) {
                     return Ok(stats);
