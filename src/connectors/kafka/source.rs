@@ -1128,6 +1128,14 @@ impl KafkaReader {
             .cloned()
             .collect();
         queues.clear();
+        if assigned.is_empty() {
+            return Ok(());
+        }
+        // What the first fetches brought went to the consumer's queue, a partition
+        // after another: paused, a partition drops what was not read yet, and on resume
+        // it is fetched again from where reading got to, into the partition's queue.
+        let list = partition_list(&assigned);
+        self.pause(&assigned);
         let consumer = self.consumer.shared();
         for sp in assigned {
             // Without one (librdkafka does not know the partition yet) its records
@@ -1135,6 +1143,9 @@ impl KafkaReader {
             if let Some(q) = consumer.split_partition_queue(&sp.topic, sp.partition) {
                 queues.insert(sp.key, (sp, q));
             }
+        }
+        if let Err(e) = self.consumer.resume(&list) {
+            tracing::warn!(error = %e, "resuming partitions after splitting their queues");
         }
         Ok(())
     }
