@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 
 use super::align::{self, Alignment, AlignmentStats};
 use super::checkpoint::{Part, Pending};
-use super::io::{ConnectorError, Position, Records, SourceEvent, TableWriter};
+use super::io::{ConnectorError, Position, Records, SourceEvent, SplitRun, TableWriter};
 use super::shard::ShardMsg;
 use super::watermark::{WatermarkSettings, WatermarkTracker};
 use super::{Progress, RunError, SinkError, TableTarget};
@@ -117,9 +117,18 @@ pub(crate) async fn route(input: RouteInput<'_>) -> Result<Routed, RunError> {
                         out.spans
                             .reserve(records.iter().map(|r| r.len()).sum::<usize>() / 256);
                         let mut ends = Vec::with_capacity(records.len());
+                        // Records past the runs' lengths (a source that miscounted) keep
+                        // the last run's split rather than being cut off by the zip.
+                        let last = runs.last().copied().unwrap_or(SplitRun {
+                            split: 0,
+                            topic: None,
+                            partition: 0,
+                            len: 0,
+                        });
                         let each_run = runs
                             .iter()
-                            .flat_map(|run| std::iter::repeat_n(run, run.len));
+                            .flat_map(|run| std::iter::repeat_n(*run, run.len))
+                            .chain(std::iter::repeat(last));
                         for (i, (r, run)) in records.iter().zip(each_run).enumerate() {
                             let meta = RecordMeta {
                                 topic: run.topic,

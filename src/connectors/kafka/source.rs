@@ -1135,7 +1135,9 @@ impl KafkaReader {
         // after another: paused, a partition drops what was not read yet, and on resume
         // it is fetched again from where reading got to, into the partition's queue.
         let list = partition_list(&assigned);
-        self.pause(&assigned);
+        if let Err(e) = self.consumer.pause(&list) {
+            tracing::warn!(error = %e, "pausing partitions to split their queues");
+        }
         let consumer = self.consumer.shared();
         for sp in assigned {
             // Without one (librdkafka does not know the partition yet) its records
