@@ -5,6 +5,7 @@ use criterion::measurement::WallTime;
 use criterion::{
     BenchmarkGroup, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main,
 };
+use spanflow::formats::otlp_split::split_by_trace;
 use spanflow::formats::{Decoded, InputFormat, RecordMeta, SpanDecoder};
 use spanflow::testkit::generator::{Generator, GeneratorConfig};
 use spanflow_operators::Sym;
@@ -72,6 +73,25 @@ fn bench_decode(c: &mut Criterion) {
             |d, r, m, o| d.decode_proto_reference(r, m, o),
         );
     }
+    // As `spanflow bench --kafka-mock` and a Collector exporting by trace id write a
+    // topic: each request cut into one piece per partition, every piece repeating the
+    // resources and scopes of its spans.
+    let (recs, spans) = records(InputFormat::OtlpProto, 512);
+    let pieces: Vec<Vec<u8>> = recs
+        .iter()
+        .flat_map(|r| {
+            split_by_trace(r, |t| i32::from(t.first().copied().unwrap_or(0) % 64))
+                .expect("generated requests split")
+        })
+        .map(|(_, piece)| piece)
+        .collect();
+    run(
+        &mut group,
+        BenchmarkId::new("otlp_proto_fast_by_trace", 64),
+        &pieces,
+        spans,
+        |d, r, m, o| d.decode(InputFormat::OtlpProto, r, m, o),
+    );
     let (recs, spans) = records(InputFormat::OtlpJson, 512);
     run(
         &mut group,

@@ -6,7 +6,7 @@ use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans};
 use prost::Message;
 use spanflow_operators::classify::CallAttrs;
-use spanflow_operators::model::{BytesMap, MAX_ATTR_KEY_LEN, MAX_ATTR_VALUE_LEN};
+use spanflow_operators::model::{MAX_ATTR_KEY_LEN, MAX_ATTR_VALUE_LEN};
 use spanflow_operators::{
     AttrArena, AttrValue, Attrs, AttrsBuilder, AttrsMap, Span, SpanId, SpanKind, StatusCode, Sym,
     TraceId,
@@ -14,6 +14,7 @@ use spanflow_operators::{
 
 use super::Decoded;
 use super::dead_letter::{DeadLetter, DecodeError, RecordMeta};
+use super::resource_cache::ResourceCache;
 
 /// The service name OTel SDKs report when none is configured.
 pub const UNKNOWN_SERVICE: &str = "unknown_service";
@@ -70,8 +71,6 @@ pub(crate) struct SpanBuilder {
     call: CallAttrs,
     /// Scratch: the scope envelope being read (`otlp_proto`).
     pub(super) envelope: Vec<u8>,
-    /// Scratch: the resource cache's key.
-    key: Vec<u8>,
     truncated: u64,
     /// `truncated` when the current resource began.
     truncated_at_resource: u64,
@@ -82,8 +81,8 @@ thread_local! {
     /// the number of attributes truncated in them. Decoding a resource (ten attributes,
     /// interning, packing, looking up its shared buffer) cost as much as ten spans, and
     /// each record repeats the resources of all its spans.
-    static RESOURCES: std::cell::RefCell<BytesMap<(Resource, u64)>> =
-        std::cell::RefCell::new(BytesMap::default());
+    static RESOURCES: std::cell::RefCell<ResourceCache<(Resource, u64)>> =
+        std::cell::RefCell::new(ResourceCache::default());
 }
 
 impl SpanBuilder {
@@ -116,10 +115,9 @@ impl SpanBuilder {
     /// bytes and scope `envelope` (see [`super::SCOPE`]), counting its truncated
     /// attributes again as decoding it would.
     pub fn cached_resource(&mut self, bytes: &[u8], envelope: &[u8]) -> Option<Resource> {
-        self.cache_key(bytes, envelope);
         RESOURCES.with(|c| {
             let c = c.try_borrow().ok()?;
-            let (res, truncated) = c.get(self.key.as_slice())?;
+            let (res, truncated) = c.get(bytes, envelope)?;
             self.truncated += truncated;
             Some(res.clone())
         })
@@ -129,28 +127,12 @@ impl SpanBuilder {
     /// under its message bytes and scope envelope, for
     /// [`cached_resource`](Self::cached_resource).
     pub fn remember_resource(&mut self, bytes: &[u8], envelope: &[u8], res: &Resource) {
-        /// Distinct resources remembered per thread; a fleet has far fewer.
-        const LIMIT: usize = 4096;
         let truncated = self.truncated.saturating_sub(self.truncated_at_resource);
-        self.cache_key(bytes, envelope);
         RESOURCES.with(|c| {
-            let Ok(mut c) = c.try_borrow_mut() else {
-                return;
-            };
-            if c.len() >= LIMIT {
-                c.clear();
+            if let Ok(mut c) = c.try_borrow_mut() {
+                c.insert(bytes, envelope, (res.clone(), truncated));
             }
-            c.insert(self.key.as_slice().into(), (res.clone(), truncated));
         });
-    }
-
-    /// The cache key of a resource and scope: the resource's bytes, then the
-    /// envelope's (a length first, so that no two pairs make the same key).
-    fn cache_key(&mut self, bytes: &[u8], envelope: &[u8]) {
-        self.key.clear();
-        spanflow_operators::model::wire::put_varint(&mut self.key, bytes.len() as u64);
-        self.key.extend_from_slice(bytes);
-        self.key.extend_from_slice(envelope);
     }
 
     /// Forgets the attributes and classification of a span that was not finished (its

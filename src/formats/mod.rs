@@ -9,6 +9,7 @@ pub mod framing;
 pub mod otlp_out;
 pub mod otlp_proto;
 pub mod otlp_split;
+mod resource_cache;
 mod wire;
 
 use schemars::JsonSchema;
