@@ -661,7 +661,7 @@ fn rebalance_moves_partitions_between_members() {
                 .run(
                     &stop,
                     &mut |e| {
-                        events.push(e);
+                        events.push(e.detach());
                         true
                     },
                     Some(FinishSignal::ready(Finish::Abort)),

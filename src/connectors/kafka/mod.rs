@@ -66,6 +66,10 @@ pub(crate) struct GroupConsumer<C: rdkafka::consumer::ConsumerContext + 'static>
     /// which must be dropped first: the member leaves its group when the last goes.
     consumer: Option<std::sync::Arc<rdkafka::consumer::BaseConsumer<C>>>,
     close_timeout: std::time::Duration,
+    /// One clone per record payload still held where librdkafka fetched it
+    /// ([`Fetched`]): the consumer is destroyed only once this is the last, as
+    /// librdkafka requires its handle to be the last object destroyed.
+    payloads: std::sync::Arc<()>,
 }
 
 impl<C: rdkafka::consumer::ConsumerContext + 'static> GroupConsumer<C> {
@@ -76,6 +80,7 @@ impl<C: rdkafka::consumer::ConsumerContext + 'static> GroupConsumer<C> {
         GroupConsumer {
             consumer: Some(std::sync::Arc::new(consumer)),
             close_timeout: Self::CLOSE_TIMEOUT,
+            payloads: std::sync::Arc::new(()),
         }
     }
 
@@ -86,6 +91,27 @@ impl<C: rdkafka::consumer::ConsumerContext + 'static> GroupConsumer<C> {
             // Only `drop` takes it.
             None => unreachable!("a group consumer is used after its close"),
         }
+    }
+
+    /// The payload of a message polled from this consumer or its partition queues, as
+    /// `Bytes` that keep the message where librdkafka fetched (and decompressed) it
+    /// instead of copying it out. Copying took ~5% of a Kafka job's CPU, half of it in
+    /// page faults on the fresh blocks (BENCHMARKS.md, 2026-12-05, twentieth session).
+    pub(crate) fn payload(&self, message: rdkafka::message::BorrowedMessage<'_>) -> bytes::Bytes {
+        // SAFETY: a message's memory belongs to its librdkafka event, which the message
+        // holds a reference to; the borrow only stands for "the client handle is not
+        // destroyed before the message". `Fetched` holds a clone of `payloads`, and the
+        // handle is destroyed only after every clone is gone (`Drop` below).
+        let message = unsafe {
+            std::mem::transmute::<
+                rdkafka::message::BorrowedMessage<'_>,
+                rdkafka::message::BorrowedMessage<'static>,
+            >(message)
+        };
+        bytes::Bytes::from_owner(Fetched {
+            message,
+            _consumer: std::sync::Arc::clone(&self.payloads),
+        })
     }
 
     #[cfg(test)]
@@ -109,10 +135,14 @@ impl<C: rdkafka::consumer::ConsumerContext + 'static> Drop for GroupConsumer<C> 
             return;
         };
         let (done_tx, done_rx) = std::sync::mpsc::channel();
+        let closing = Closing {
+            consumer: Some(consumer),
+            payloads: std::mem::take(&mut self.payloads),
+        };
         let closing = std::thread::Builder::new()
             .name("kafka-close".into())
             .spawn(move || {
-                drop(consumer);
+                drop(closing);
                 let _ = done_tx.send(());
             });
         if closing.is_err() {
@@ -127,6 +157,38 @@ impl<C: rdkafka::consumer::ConsumerContext + 'static> Drop for GroupConsumer<C> 
                  its session times out"
             );
         }
+    }
+}
+
+/// A consumer being dropped: it waits for the payloads still held
+/// ([`GroupConsumer::payload`]; at the end of a run there are none) before the consumer
+/// goes, on whichever thread drops it.
+struct Closing<C: rdkafka::consumer::ConsumerContext + 'static> {
+    consumer: Option<std::sync::Arc<rdkafka::consumer::BaseConsumer<C>>>,
+    payloads: std::sync::Arc<()>,
+}
+
+impl<C: rdkafka::consumer::ConsumerContext + 'static> Drop for Closing<C> {
+    fn drop(&mut self) {
+        while std::sync::Arc::strong_count(&self.payloads) > 1 {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        drop(self.consumer.take());
+    }
+}
+
+/// A message polled from a [`GroupConsumer`], kept for its payload
+/// ([`GroupConsumer::payload`]).
+struct Fetched {
+    message: rdkafka::message::BorrowedMessage<'static>,
+    /// Dropped after `message` (fields drop in order): the consumer outlives it.
+    _consumer: std::sync::Arc<()>,
+}
+
+impl AsRef<[u8]> for Fetched {
+    fn as_ref(&self) -> &[u8] {
+        use rdkafka::Message;
+        self.message.payload().unwrap_or_default()
     }
 }
 

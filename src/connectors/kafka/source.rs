@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use rdkafka::consumer::base_consumer::PartitionQueue;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
@@ -80,7 +80,9 @@ pub enum KafkaEvent {
         runs: Vec<Run>,
         /// Offsets, one per record.
         offsets: Vec<u64>,
-        /// Payloads (an empty payload for a null record).
+        /// Payloads (an empty payload for a null record), where librdkafka fetched
+        /// them: the reader's consumer is closed only once they are all dropped (see
+        /// [`KafkaEvent::detach`]).
         records: Vec<Bytes>,
     },
     /// Reading ended (end offsets reached, or stopped); the reader now waits for
@@ -102,6 +104,26 @@ pub enum KafkaEvent {
     /// this (librdkafka's partition EOF; sources of one topic only, as its event names
     /// no topic).
     CaughtUp(Vec<Split>),
+}
+
+impl KafkaEvent {
+    /// The event with its payloads copied out of librdkafka's buffers, for keeping
+    /// after the reader is dropped (which otherwise waits for them, up to its close
+    /// timeout, before it leaves the group).
+    pub fn detach(self) -> Self {
+        match self {
+            KafkaEvent::Records {
+                runs,
+                offsets,
+                records,
+            } => KafkaEvent::Records {
+                runs,
+                offsets,
+                records: records.iter().map(|r| Bytes::copy_from_slice(r)).collect(),
+            },
+            other => other,
+        }
+    }
 }
 
 /// Consecutive records of one partition within [`KafkaEvent::Records`].
@@ -1089,23 +1111,24 @@ impl KafkaReader {
         }
         s.position.insert(k, m.offset() + 1);
         drop(s);
-        let payload = m.payload().unwrap_or(&[]);
-        read.stats.records += 1;
-        read.stats.bytes += payload.len() as u64;
         let watermark = match self.origins {
             0 => split.key,
             _ => origin_key(split.key, origin_of(&m) % self.origins),
         };
+        let offset = m.offset();
+        let payload = self.consumer.payload(m);
+        read.stats.records += 1;
+        read.stats.bytes += payload.len() as u64;
         read.chunk.push(
             &split,
             watermark,
-            u64::try_from(m.offset()).unwrap_or(0),
+            u64::try_from(offset).unwrap_or(0),
             payload,
         );
         if read.chunk.full() && !read.chunk.send(emit) {
             return Ok(false);
         }
-        if end.is_some_and(|e| m.offset() + 1 >= e) {
+        if end.is_some_and(|e| offset + 1 >= e) {
             return Ok(self.finish_partition(&split, read.chunk, read.done, emit));
         }
         Ok(true)
@@ -1438,16 +1461,13 @@ struct Read<'a> {
 struct Chunk {
     runs: Vec<Run>,
     offsets: Vec<u64>,
+    /// Payloads where librdkafka fetched them ([`super::GroupConsumer::payload`]).
     records: Vec<Bytes>,
     bytes: usize,
-    /// Where payloads are copied to (out of librdkafka's buffers, which must be given
-    /// back): a block of about a chunk's bytes that records share, rather than an
-    /// allocation each.
-    buf: BytesMut,
 }
 
 impl Chunk {
-    fn push(&mut self, split: &Split, watermark: u32, offset: u64, payload: &[u8]) {
+    fn push(&mut self, split: &Split, watermark: u32, offset: u64, payload: Bytes) {
         match self.runs.last_mut() {
             Some(r) if r.watermark == watermark && r.split.key == split.key => r.len += 1,
             _ => self.runs.push(Run {
@@ -1460,13 +1480,9 @@ impl Chunk {
             self.records.reserve(CHUNK_RECORDS);
             self.offsets.reserve(CHUNK_RECORDS);
         }
-        if self.buf.capacity() < payload.len() {
-            self.buf = BytesMut::with_capacity(payload.len().max(CHUNK_BYTES));
-        }
-        self.buf.extend_from_slice(payload);
         self.offsets.push(offset);
         self.bytes += payload.len();
-        self.records.push(self.buf.split().freeze());
+        self.records.push(payload);
     }
 
     fn full(&self) -> bool {

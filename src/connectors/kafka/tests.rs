@@ -39,7 +39,7 @@ fn read_all(config: &KafkaSourceConfig, finish: Finish) -> Vec<KafkaEvent> {
         .run(
             &stop,
             &mut |e| {
-                events.push(e);
+                events.push(e.detach());
                 true
             },
             Some(FinishSignal::ready(finish)),
@@ -75,6 +75,61 @@ fn produce(brokers: &str, topic: &str, per_partition: &[usize]) {
         }
     }
     p.flush().unwrap();
+}
+
+/// Payloads are handed over where librdkafka fetched them, not copied: the reader's
+/// consumer must then outlive them (librdkafka destroys its handle last). Dropping the
+/// reader while they are held waits for them, and they stay intact meanwhile.
+#[test]
+fn payloads_held_past_the_reader_stay_intact_and_hold_its_close() {
+    let cluster = MockCluster::new(1).unwrap();
+    cluster.create_topic("t", 2, 1).unwrap();
+    let brokers = cluster.bootstrap_servers();
+    produce(&brokers, "t", &[50, 50]);
+    let config = source_config(&brokers, "t", "held");
+    let mut reader = KafkaReader::connect(&config, &[]).expect("connect");
+    let stop = AtomicBool::new(false);
+    let mut held: Vec<(Vec<u64>, Vec<bytes::Bytes>)> = Vec::new();
+    reader
+        .run(
+            &stop,
+            &mut |e| {
+                if let KafkaEvent::Records {
+                    offsets, records, ..
+                } = e
+                {
+                    held.push((offsets, records));
+                }
+                true
+            },
+            Some(FinishSignal::ready(Finish::Abort)),
+            &(),
+        )
+        .expect("run");
+    let t0 = std::time::Instant::now();
+    let closing = std::thread::spawn(move || {
+        drop(reader);
+        t0.elapsed()
+    });
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(
+        !closing.is_finished(),
+        "the reader went while its payloads were held"
+    );
+    let mut seen = 0;
+    for (offsets, records) in &held {
+        for (o, r) in offsets.iter().zip(records) {
+            assert_eq!(r.as_ref(), format!("r{o}").as_bytes());
+            seen += 1;
+        }
+    }
+    assert_eq!(seen, 100);
+    drop(held);
+    let took = closing.join().expect("drop");
+    assert!(
+        took < super::GroupConsumer::<rdkafka::consumer::DefaultConsumerContext>::CLOSE_TIMEOUT,
+        "the close went on once the payloads were dropped ({took:?})"
+    );
 }
 
 /// Partitions are read a record each in turn, from their own queues: a fetch that
@@ -178,7 +233,7 @@ fn a_partition_is_caught_up_after_its_last_records() {
                     }
                     _ => {}
                 }
-                events.push(e);
+                events.push(e.detach());
                 if caught_up.iter().all(|c| *c) || started.elapsed().as_secs() > 60 {
                     stop.store(true, Ordering::Relaxed);
                 }
