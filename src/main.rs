@@ -206,6 +206,11 @@ enum Command {
         #[arg(long, default_value = "lz4", value_name = "CODEC", requires = "kafka_mock",
               value_parser = ["none", "lz4", "zstd", "snappy", "gzip"])]
         compression: String,
+        /// With --kafka-mock: produce each generated request whole to the next partition
+        /// in turn (the records of the in-memory bench, byte for byte) instead of split
+        /// by trace id, where every piece repeats its spans' resources and scopes.
+        #[arg(long, requires = "kafka_mock")]
+        unkeyed: bool,
         /// Run the job this many times on the same generated spans and report the
         /// median run (and every run): the first run of a process also pays for the
         /// memory it touches for the first time, which a long-running job does not.
@@ -659,6 +664,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             kafka_mock,
             partitions,
             compression,
+            unkeyed,
             runs,
             checkpoint_interval,
         } => {
@@ -667,7 +673,11 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
                 spans,
                 parallelism,
                 json,
-                kafka_mock: kafka_mock.then_some((partitions, compression)),
+                kafka_mock: kafka_mock.then_some(MockTopic {
+                    partitions,
+                    compression,
+                    unkeyed,
+                }),
                 runs,
                 checkpoint_interval,
             };
@@ -902,19 +912,19 @@ fn mock_kafka_job(
     records: &[bytes::Bytes],
     arrivals: &[u64],
     format: InputFormat,
-    (partitions, compression): (i32, &str),
+    topic: &MockTopic,
     quiet: bool,
 ) -> Result<(
     rdkafka::mocking::MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
     Job,
 )> {
     use spanflow::connectors::kafka::{KafkaSourceConfig, produce};
-    let mut partitions = partitions;
+    let mut partitions = topic.partitions;
     let (cluster, brokers) = loop {
         let cluster = rdkafka::mocking::MockCluster::new(1)?;
         cluster.create_topic("bench", partitions, 1)?;
         let brokers = cluster.bootstrap_servers();
-        let properties = [("compression.type".to_owned(), compression.to_owned())].into();
+        let properties = [("compression.type".to_owned(), topic.compression.clone())].into();
         let producer =
             produce::KafkaProducer::new(&brokers, &properties).map_err(anyhow::Error::msg)?;
         if !quiet {
@@ -934,9 +944,19 @@ fn mock_kafka_job(
                     spans: 0,
                 },
             );
-        let stats =
+        let stats = if topic.unkeyed {
+            produce::produce_generated_unkeyed(
+                &producer,
+                "bench",
+                partitions,
+                generated,
+                None,
+                |_| {},
+            )
+        } else {
             produce::produce_generated(&producer, "bench", partitions, generated, None, |_| {})
-                .map_err(anyhow::Error::msg)?;
+        }
+        .map_err(anyhow::Error::msg)?;
         drop(producer);
         if !quiet {
             eprintln!(
@@ -1058,11 +1078,20 @@ struct BenchOptions {
     spans: u64,
     parallelism: Option<usize>,
     json: bool,
-    /// Read through the mock Kafka cluster, with at least this many partitions, its
-    /// messages compressed with this codec.
-    kafka_mock: Option<(i32, String)>,
+    /// Read through the mock Kafka cluster.
+    kafka_mock: Option<MockTopic>,
     runs: u32,
     checkpoint_interval: Option<std::time::Duration>,
+}
+
+/// The topic `spanflow bench --kafka-mock` reads.
+struct MockTopic {
+    /// At least this many partitions.
+    partitions: i32,
+    /// The producer's `compression.type`.
+    compression: String,
+    /// Requests go whole to partitions in turn rather than split by trace id.
+    unkeyed: bool,
 }
 
 fn bench(job: &Job, b: &BenchOptions) -> Result<()> {
@@ -1134,16 +1163,9 @@ fn bench(job: &Job, b: &BenchOptions) -> Result<()> {
     for run in 1..=runs {
         // A fresh cluster per run: each run consumes the whole topic.
         let mut _cluster = None;
-        let job = if let Some((partitions, compression)) = kafka_mock {
-            let (cluster, kafka_job) = mock_kafka_job(
-                job,
-                &name,
-                &records,
-                &arrivals,
-                config.format,
-                (*partitions, compression),
-                json,
-            )?;
+        let job = if let Some(topic) = kafka_mock {
+            let (cluster, kafka_job) =
+                mock_kafka_job(job, &name, &records, &arrivals, config.format, topic, json)?;
             _cluster = Some(cluster);
             kafka_job
         } else {
