@@ -141,7 +141,9 @@ impl WatermarkTracker {
     /// started (`floor`): it holds the job's watermark there, so the others reading on
     /// would only buffer (a consumer's first fetches serve some partitions of a
     /// 64-partition topic and not others, which left the rest reading ~80 s ahead
-    /// while the watermark waited). An empty Kafka partition is caught up at once
+    /// while the watermark waited). Until it delivers, the others get a quarter of
+    /// their drift: at 128 partitions the whole drift read before the last first
+    /// record was the run's peak of buffered spans. An empty Kafka partition is caught up at once
     /// (partition EOF), and any other empty split stops counting once it is idle.
     ///
     /// A slowest split that read all there was would otherwise keep the others paused
@@ -153,21 +155,29 @@ impl WatermarkTracker {
     /// so stops counting as the slowest, but stays paused while it is ahead.
     pub fn ahead(&self, now: Instant, paused: impl Fn(&SplitKey) -> bool, out: &mut Vec<SplitKey>) {
         out.clear();
+        let mut waiting = false;
         let slowest = self
             .splits
             .values()
             .filter(|s| !s.idle(now) && !s.caught_up)
-            .filter_map(|s| s.watermark().or(self.floor))
+            .filter_map(|s| {
+                waiting |= s.max_event.is_none();
+                s.watermark().or(self.floor)
+            })
             .min();
         let Some(slowest) = slowest else {
             return;
         };
         for (key, s) in &self.splits {
-            let drift = if paused(key) {
-                s.max_drift / 2
+            // Until every split has delivered the job has no watermark and nothing
+            // closes: whatever the others read meanwhile is only buffered, so they
+            // keep closer to where the lowest one started.
+            let bound = if waiting {
+                s.max_drift / 4
             } else {
                 s.max_drift
             };
+            let drift = if paused(key) { bound / 2 } else { bound };
             if let Some(w) = s.watermark()
                 && w > slowest.saturating_add(drift)
             {
@@ -394,9 +404,11 @@ mod tests {
         w.observe((0, 0), 1_000);
         w.observe((0, 1), 1_050);
         w.observe((0, 2), 1_200);
-        // Split 3 has seen nothing yet: it counts where split 0 started (989).
+        // Split 3 has seen nothing yet: it counts where split 0 started (989), and
+        // the others get a quarter of their drift until it delivers.
         w.ahead(t0, |k| paused.contains(k), &mut out);
-        assert_eq!(out, [(0, 2)], "1189 > 989 + 100");
+        assert_eq!(out, [(0, 1), (0, 2)], "1039 and 1189 > 989 + 25");
+        // Follow split 2 from here.
         paused.insert((0, 2));
         assert_eq!(w.watermark(t0), 0);
         // Split 2, paused, goes idle; so does split 0: split 1 is the slowest now.
@@ -440,8 +452,11 @@ mod tests {
         w.ahead(t0, |_| false, &mut out);
         assert!(
             out.is_empty(),
-            "both within 100 of where split 0 started (989)"
+            "both within 25 (a quarter of the drift while split 2 has seen nothing) of where split 0 started (989)"
         );
+        w.observe((0, 1), 1_030);
+        w.ahead(t0, |_| false, &mut out);
+        assert_eq!(out, [(0, 1)], "1019 > 989 + 25");
         // Read in lockstep with each other, and far ahead of split 2.
         w.observe((0, 0), 1_300);
         w.observe((0, 1), 1_300);
