@@ -143,8 +143,9 @@ impl WatermarkTracker {
     /// 64-partition topic and not others, which left the rest reading ~80 s ahead
     /// while the watermark waited). Until it delivers, the others get a quarter of
     /// their drift: at 128 partitions the whole drift read before the last first
-    /// record was the run's peak of buffered spans. An empty Kafka partition is caught up at once
-    /// (partition EOF), and any other empty split stops counting once it is idle.
+    /// record was the run's peak of buffered spans. An empty Kafka partition is caught
+    /// up at once (partition EOF), and any other empty split stops counting once it is
+    /// idle.
     ///
     /// A slowest split that read all there was would otherwise keep the others paused
     /// until it goes idle, with their records waiting unread (a long span can put a
