@@ -149,29 +149,33 @@ pub(crate) fn wall_clock_ns() -> u64 {
         })
 }
 
-/// Takes the spans of one record that end after `bound` out of `per_shard` into dead
-/// letters (`far_future`); returns how many, and the latest end among the spans left.
+/// Takes the spans of `range` in `spans` (one record's, for one shard) that end after
+/// `bound` out into dead letters (`far_future`), keeping the order of the others;
+/// returns how many, and the latest end among the spans of `range` left.
 pub(crate) fn reject_far_future(
-    per_shard: &mut [Vec<Span>],
+    spans: &mut Vec<Span>,
+    range: std::ops::Range<usize>,
     bound: EventTime,
     meta: &RecordMeta,
     max_ahead: Duration,
     dead: &mut Vec<DeadLetter>,
-) -> (u64, Option<EventTime>) {
-    let mut rejected = 0;
+) -> (usize, Option<EventTime>) {
+    let end = range.end.min(spans.len());
+    let start = range.start.min(end);
+    let mut kept = start;
     let mut max_end: Option<EventTime> = None;
-    for spans in per_shard.iter_mut() {
-        spans.retain(|s| {
-            if s.end_ns <= bound {
-                max_end = Some(max_end.map_or(s.end_ns, |m| m.max(s.end_ns)));
-                return true;
-            }
-            rejected += 1;
+    for i in start..end {
+        let Some(s) = spans.get(i) else { break };
+        if s.end_ns <= bound {
+            max_end = Some(max_end.map_or(s.end_ns, |m| m.max(s.end_ns)));
+            spans.swap(kept, i);
+            kept += 1;
+        } else {
             dead.push(DeadLetter::far_future(meta, s, bound, max_ahead));
-            false
-        });
+        }
     }
-    (rejected, max_end)
+    spans.drain(kept..end);
+    (end - kept, max_end)
 }
 
 #[cfg(test)]
@@ -231,19 +235,29 @@ mod tests {
             split: 3,
             offset: 17,
         };
-        let mut per_shard = vec![vec![span(100), span(5_000)], vec![span(900), span(200)]];
+        // The record's spans are the shard's 1..6; the others are not looked at.
+        let mut spans = vec![
+            span(7_000),
+            span(100),
+            span(5_000),
+            span(900),
+            span(6_000),
+            span(200),
+            span(8_000),
+        ];
         let mut dead = Vec::new();
         let (n, max) = reject_far_future(
-            &mut per_shard,
+            &mut spans,
+            1..6,
             1_000,
             &meta,
             Duration::from_secs(1),
             &mut dead,
         );
-        assert_eq!((n, max), (1, Some(900)));
-        assert_eq!(per_shard[0].len(), 1);
-        assert_eq!(per_shard[1].len(), 2);
-        assert_eq!(dead.len(), 1);
+        assert_eq!((n, max), (2, Some(900)));
+        let ends: Vec<u64> = spans.iter().map(|s| s.end_ns).collect();
+        assert_eq!(ends, [7_000, 100, 900, 200, 8_000]);
+        assert_eq!(dead.len(), 2);
         assert_eq!(dead[0].kind, "far_future");
         assert_eq!((dead[0].split, dead[0].offset), (3, 17));
         assert!(dead[0].reason.contains("ahead"), "{}", dead[0].reason);
