@@ -142,15 +142,15 @@ pub(crate) async fn route(input: RouteInput<'_>) -> Result<Routed, RunError> {
                             dec.decode(format, r, &meta, &mut out);
                             ends.push((out.spans.len(), run.split, meta));
                         }
-                        let records = route_records(out.spans, &ends, parallelism);
-                        (out.dead_letters, records, *dec.stats())
+                        let chunk = route_records(out.spans, &ends, parallelism);
+                        (out.dead_letters, chunk, *dec.stats())
                     })
                     .await;
                     match res {
-                        Ok((dead_letters, records, stats)) => Event::Decoded {
+                        Ok((dead_letters, chunk, stats)) => Event::Decoded {
                             source,
                             dead_letters,
-                            records,
+                            chunk,
                             stats,
                         },
                         Err(e) => Event::Failed(format!("decoder task failed: {e}")),
@@ -326,7 +326,7 @@ impl Router<'_> {
             Event::Decoded {
                 source,
                 dead_letters,
-                records,
+                mut chunk,
                 stats,
             } => {
                 self.decode_stats.merge(&stats);
@@ -335,7 +335,7 @@ impl Router<'_> {
                     .fetch_add(stats.spans, Ordering::Relaxed);
                 self.progress
                     .records
-                    .fetch_add(records.records.len() as u64, Ordering::Relaxed);
+                    .fetch_add(chunk.records.len() as u64, Ordering::Relaxed);
                 if let Some(seen) = &self.spans_seen {
                     seen.fetch_add(stats.spans, Ordering::Relaxed);
                 }
@@ -356,7 +356,6 @@ impl Router<'_> {
                 // Whether the record's split had gone idle before it: the clock-skew
                 // guard then bounds its spans by the wall clock alone.
                 let mut run: Option<(u32, bool)> = None;
-                let mut chunk = records;
                 for r in 0..chunk.records.len() {
                     let Some(&RoutedRecord { split, max_end, .. }) = chunk.records.get(r) else {
                         break;
@@ -583,7 +582,7 @@ enum Event {
     Decoded {
         source: usize,
         dead_letters: Vec<crate::formats::DeadLetter>,
-        records: RoutedChunk,
+        chunk: RoutedChunk,
         stats: DecodeStats,
     },
 
