@@ -189,7 +189,6 @@ pub(crate) async fn route(input: RouteInput<'_>) -> Result<Routed, RunError> {
         progress,
         spans_seen,
         tracker,
-        per_shard: (0..parallelism).map(|_| Vec::new()).collect(),
         last_wm: resumed_watermark,
         positions: vec![None; n_sources],
         ended: vec![false; n_sources],
@@ -269,7 +268,6 @@ struct Router<'a> {
     progress: &'a Arc<Progress>,
     spans_seen: Option<Arc<AtomicU64>>,
     tracker: WatermarkTracker,
-    per_shard: Vec<Vec<spanflow_operators::Span>>,
     last_wm: u64,
     positions: Vec<Option<Position>>,
     ended: Vec<bool>,
@@ -397,15 +395,13 @@ impl Router<'_> {
                         self.last_wm = wm;
                         self.progress.watermark.store(wm, Ordering::Relaxed);
                         let through = chunk.take_through(r);
-                        self.stage(through);
-                        self.send_spans(source).await;
+                        self.send_spans(source, through).await;
                         for tx in self.shard_txs {
                             let _ = tx.send(ShardMsg::Watermark(wm)).await;
                         }
                     }
                 }
-                self.stage(chunk.per_shard);
-                self.send_spans(source).await;
+                self.send_spans(source, chunk.per_shard).await;
                 self.alignment.update(&mut self.tracker, now);
             }
             Event::Done { source, position } => {
@@ -533,31 +529,12 @@ impl Router<'_> {
         Ok(())
     }
 
-    /// Adds spans per shard to what goes to the shards next.
-    fn stage(&mut self, per_shard: Vec<Vec<spanflow_operators::Span>>) {
-        for (pending, spans) in self.per_shard.iter_mut().zip(per_shard) {
-            if pending.is_empty() {
-                *pending = spans;
-            } else {
-                pending.extend(spans);
-            }
-        }
-    }
-
-    async fn send_spans(&mut self, source: usize) {
-        for (i, batch) in self.per_shard.iter_mut().enumerate() {
-            if !batch.is_empty() {
-                // The next batch usually arrives as a whole vector from a decoding
-                // thread.
-                let b = std::mem::take(batch);
-                if self.shard_txs[i]
-                    .send(ShardMsg::Spans { source, spans: b })
-                    .await
-                    .is_err()
-                {
-                    self.failure
-                        .get_or_insert(RunError::Internal("a shard stopped early".into()));
-                }
+    /// Sends each shard its spans (`per_shard[i]` to shard `i`).
+    async fn send_spans(&mut self, source: usize, per_shard: Vec<Vec<spanflow_operators::Span>>) {
+        for (tx, spans) in self.shard_txs.iter().zip(per_shard) {
+            if !spans.is_empty() && tx.send(ShardMsg::Spans { source, spans }).await.is_err() {
+                self.failure
+                    .get_or_insert(RunError::Internal("a shard stopped early".into()));
             }
         }
     }
@@ -706,8 +683,7 @@ impl RoutedChunk {
             let Some(spans) = self.per_shard.get_mut(i) else {
                 continue;
             };
-            // The rest usually holds fewer spans than the part sent, and a watermark
-            // moves a few times a chunk at most.
+            // Copies the rest once; a watermark moves a few times a chunk at most.
             let rest = spans.split_off(end.min(spans.len()));
             taken.push(std::mem::replace(spans, rest));
             for e in self.ends.iter_mut().skip(i).step_by(n) {
