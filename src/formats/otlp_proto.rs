@@ -47,6 +47,11 @@ fn resource_spans(
     let mut only: Option<&[u8]> = None;
     let mut count = 0usize;
     let mut schema_url: &[u8] = &[];
+    // The `ScopeSpans`, when there is exactly one (the usual case, and nearly every
+    // piece of a topic split by trace id): it is then decoded without walking the
+    // `ResourceSpans` a second time.
+    let mut scopes = 0usize;
+    let mut one_scope = None;
     let mut pass = Reader::new(rs.remaining(), rs.offset());
     while let Some((field, wt)) = pass.field()? {
         match field {
@@ -55,56 +60,87 @@ fn resource_spans(
                 only = Some(pass.message()?.remaining());
                 count += 1;
             }
+            2 if wt == WireType::Len => {
+                one_scope = Some(pass.message()?);
+                scopes += 1;
+            }
             3 => {
                 pass.expect(wt, WireType::Len, "schema_url")?;
                 schema_url = pass.str()?.as_bytes();
             }
+            // A `scope_spans` of another wire type too: the walk below reports it.
+            2 => {
+                scopes += 2;
+                pass.skip(wt)?;
+            }
             _ => pass.skip(wt)?,
         }
+    }
+    let only = only.filter(|_| count == 1);
+    if let (1, Some(ss)) = (scopes, one_scope) {
+        return scope_spans(b, rs, only, schema_url, ss, meta, out, index);
     }
     let mut pass = Reader::new(rs.remaining(), rs.offset());
     while let Some((field, wt)) = pass.field()? {
         if field == 2 {
             pass.expect(wt, WireType::Len, "scope_spans")?;
             let ss = pass.message()?;
-            let only = only.filter(|_| count == 1);
-            let resource = scoped_resource(b, rs, only, schema_url, ss, false)?;
-            let first = out.spans.len();
-            let whole_ss = ss;
-            // Envelope fields after the spans (encoders write them in field order, so
-            // the scope's schema URL comes last); the resource read before the spans
-            // lacks them.
-            let mut late = false;
-            let mut spans_seen = false;
-            let mut ss = ss;
-            while let Some((f, wt)) = ss.field()? {
-                if f == 2 {
-                    spans_seen = true;
-                    ss.expect(wt, WireType::Len, "spans")?;
-                    let span = ss.message()?;
-                    let span_bytes = span.remaining();
-                    match decode_span(b, span, &resource)? {
-                        Ok(s) => out.spans.push(s),
-                        Err(e) => out
-                            .dead_letters
-                            .push(DeadLetter::span(meta, *index, e, span_bytes)),
-                    }
-                    *index += 1;
-                } else {
-                    late |= spans_seen && (f == 1 || f == 3);
-                    ss.skip(wt)?;
-                }
-            }
-            if late {
-                // The same resource again: its truncated attributes are counted once.
-                let whole =
-                    b.uncounted(|b| scoped_resource(b, rs, only, schema_url, whole_ss, true))?;
-                for s in out.spans.get_mut(first..).unwrap_or_default() {
-                    s.resource_attrs = whole.extra.clone();
-                }
-            }
+            scope_spans(b, rs, only, schema_url, ss, meta, out, index)?;
         } else {
             pass.skip(wt)?;
+        }
+    }
+    Ok(())
+}
+
+/// The spans of one `ScopeSpans` of `rs`, with `only` and `schema_url` as
+/// [`scoped_resource`] takes them.
+#[allow(clippy::too_many_arguments)]
+// Inlined into its two callers, as the loop it was: out of line, each span was
+// copied once more on its way into `out` (callgrind: ~58 instructions per span).
+#[inline(always)]
+fn scope_spans(
+    b: &mut SpanBuilder,
+    rs: Reader<'_>,
+    only: Option<&[u8]>,
+    schema_url: &[u8],
+    ss: Reader<'_>,
+    meta: &RecordMeta,
+    out: &mut Decoded,
+    index: &mut u32,
+) -> Result<(), DecodeError> {
+    let resource = scoped_resource(b, rs, only, schema_url, ss, false)?;
+    let first = out.spans.len();
+    let whole_ss = ss;
+    // Envelope fields after the spans (encoders write them in field order, so
+    // the scope's schema URL comes last); the resource read before the spans
+    // lacks them.
+    let mut late = false;
+    let mut spans_seen = false;
+    let mut ss = ss;
+    while let Some((f, wt)) = ss.field()? {
+        if f == 2 {
+            spans_seen = true;
+            ss.expect(wt, WireType::Len, "spans")?;
+            let span = ss.message()?;
+            let span_bytes = span.remaining();
+            match decode_span(b, span, &resource)? {
+                Ok(s) => out.spans.push(s),
+                Err(e) => out
+                    .dead_letters
+                    .push(DeadLetter::span(meta, *index, e, span_bytes)),
+            }
+            *index += 1;
+        } else {
+            late |= spans_seen && (f == 1 || f == 3);
+            ss.skip(wt)?;
+        }
+    }
+    if late {
+        // The same resource again: its truncated attributes are counted once.
+        let whole = b.uncounted(|b| scoped_resource(b, rs, only, schema_url, whole_ss, true))?;
+        for s in out.spans.get_mut(first..).unwrap_or_default() {
+            s.resource_attrs = whole.extra.clone();
         }
     }
     Ok(())

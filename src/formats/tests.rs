@@ -1,5 +1,7 @@
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use opentelemetry_proto::tonic::common::v1::{AnyValue, ArrayValue, KeyValue, any_value::Value};
+use opentelemetry_proto::tonic::common::v1::{
+    AnyValue, ArrayValue, InstrumentationScope, KeyValue, any_value::Value,
+};
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span as PSpan, Status};
 use proptest::prelude::*;
@@ -180,6 +182,40 @@ fn a_malformed_record_leaves_no_attributes_to_the_next_span() {
         let before = out.spans.len();
         dec.decode(InputFormat::OtlpProto, &good, &meta(), &mut out);
         assert_eq!(out.spans[before..], alone.spans[..], "cut at {cut}");
+    }
+}
+
+/// A `scope_spans` that is not length-delimited makes the record a dead letter, with
+/// or without another `ScopeSpans` beside it.
+#[test]
+fn a_scope_spans_of_the_wrong_wire_type_is_a_dead_letter() {
+    let good = request(vec![pspan(1, 1, None, vec![])]).encode_to_vec();
+    // The one `ResourceSpans` of `good`: its body follows the tag and a length.
+    let body = {
+        let mut r = &good[1..];
+        let len = prost::encoding::decode_varint(&mut r).expect("length") as usize;
+        r[..len].to_vec()
+    };
+    for extra in [&[0x10u8, 0x01][..], &[0x15, 0, 0, 0, 0]] {
+        for keep_good_scope in [false, true] {
+            let mut rs = if keep_good_scope {
+                body.clone()
+            } else {
+                // Only the resource (field 1) of the body.
+                let mut r = &body[1..];
+                let len = prost::encoding::decode_varint(&mut r).expect("length") as usize;
+                body[..body.len() - r.len() + len].to_vec()
+            };
+            rs.extend_from_slice(extra);
+            let mut bytes = vec![0x0a];
+            prost::encoding::encode_varint(rs.len() as u64, &mut bytes);
+            bytes.extend_from_slice(&rs);
+            let (fast, slow) = decode_both(&bytes);
+            assert_eq!(fast.spans.len(), 0, "{extra:?} {keep_good_scope}");
+            assert_eq!(slow.spans.len(), 0, "{extra:?} {keep_good_scope}");
+            assert_eq!(fast.dead_letters.len(), 1, "{extra:?} {keep_good_scope}");
+            assert_eq!(slow.dead_letters.len(), 1, "{extra:?} {keep_good_scope}");
+        }
     }
 }
 
@@ -416,6 +452,46 @@ proptest! {
         let (fast, slow) = decode_both(&bytes[..cut]);
         prop_assert_eq!(fast.spans.len(), slow.spans.len());
         prop_assert_eq!(fast.dead_letters.len(), slow.dead_letters.len());
+    }
+
+    /// The same with several resources and scopes per request: a `ResourceSpans` with
+    /// one `ScopeSpans` is decoded on one walk, one with several on two.
+    #[test]
+    fn fast_decoder_matches_prost_reference_across_scopes(
+        resources in prop::collection::vec(
+            (
+                prop::collection::vec((prop::collection::vec(arb_span(), 0..3), 0u8..3), 0..4),
+                prop::option::of("[a-z/:.0-9]{0,12}"),
+            ),
+            1..4,
+        ),
+    ) {
+        let resource_spans = resources
+            .into_iter()
+            .enumerate()
+            .map(|(i, (scopes, schema_url))| ResourceSpans {
+                resource: Some(Resource {
+                    attributes: vec![kv("service.name", s(&format!("svc-{i}")))],
+                    ..Default::default()
+                }),
+                scope_spans: scopes
+                    .into_iter()
+                    .map(|(spans, scope)| ScopeSpans {
+                        scope: (scope > 0).then(|| InstrumentationScope {
+                            name: format!("scope-{scope}"),
+                            ..Default::default()
+                        }),
+                        spans,
+                        schema_url: if scope == 2 { "https://opentelemetry.io/schemas/1.21.0".into() } else { String::new() },
+                    })
+                    .collect(),
+                schema_url: schema_url.unwrap_or_default(),
+            })
+            .collect();
+        let bytes = ExportTraceServiceRequest { resource_spans }.encode_to_vec();
+        let (fast, slow) = decode_both(&bytes);
+        prop_assert_eq!(&fast.spans, &slow.spans);
+        prop_assert_eq!(&fast.dead_letters, &slow.dead_letters);
     }
 
     /// Arbitrary bytes never panic and always account for the record.
