@@ -14,7 +14,7 @@ use spanflow_operators::{
 
 use super::Decoded;
 use super::dead_letter::{DeadLetter, DecodeError, RecordMeta};
-use super::resource_cache::ResourceCache;
+use super::resource_cache::{Key as CacheKey, ResourceCache};
 
 /// The service name OTel SDKs report when none is configured.
 pub const UNKNOWN_SERVICE: &str = "unknown_service";
@@ -111,26 +111,25 @@ impl SpanBuilder {
         std::mem::take(&mut self.truncated)
     }
 
-    /// The resource decoded before on this thread from the same `Resource` message
-    /// bytes and scope `envelope` (see [`super::SCOPE`]), counting its truncated
-    /// attributes again as decoding it would.
-    pub fn cached_resource(&mut self, bytes: &[u8], envelope: &[u8]) -> Option<Resource> {
+    /// The resource decoded before on this thread under the same key (the bytes of its
+    /// `Resource` message and of its envelope, as `otlp_proto` reads them), counting its
+    /// truncated attributes again as decoding it would.
+    pub fn cached_resource(&mut self, key: CacheKey<'_>) -> Option<Resource> {
         RESOURCES.with(|c| {
             let c = c.try_borrow().ok()?;
-            let (res, truncated) = c.get(bytes, envelope)?;
+            let (res, truncated) = c.get(key)?;
             self.truncated += truncated;
             Some(res.clone())
         })
     }
 
     /// Remembers the resource just finished ([`end_resource`](Self::end_resource))
-    /// under its message bytes and scope envelope, for
-    /// [`cached_resource`](Self::cached_resource).
-    pub fn remember_resource(&mut self, bytes: &[u8], envelope: &[u8], res: &Resource) {
+    /// under `key`, for [`cached_resource`](Self::cached_resource).
+    pub fn remember_resource(&mut self, key: CacheKey<'_>, res: &Resource) {
         let truncated = self.truncated.saturating_sub(self.truncated_at_resource);
         RESOURCES.with(|c| {
             if let Ok(mut c) = c.try_borrow_mut() {
-                c.insert(bytes, envelope, (res.clone(), truncated));
+                c.insert(key, (res.clone(), truncated));
             }
         });
     }

@@ -9,6 +9,7 @@ use spanflow_operators::AttrValue;
 use super::Decoded;
 use super::convert::{RawSpan, Resource, SpanBuilder, WireAttr};
 use super::dead_letter::{DeadLetter, DecodeError, RecordMeta};
+use super::resource_cache::Key as CacheKey;
 use super::wire::{Reader, WireType};
 
 /// Decodes one `ExportTraceServiceRequest`. On `Err` the caller discards whatever was
@@ -110,7 +111,8 @@ fn scope_spans(
     out: &mut Decoded,
     index: &mut u32,
 ) -> Result<(), DecodeError> {
-    let resource = scoped_resource(b, rs, only, schema_url, ss, false)?;
+    let head = scope_head(ss)?;
+    let resource = scoped_resource(b, rs, only, schema_url, ss, Some(head))?;
     let first = out.spans.len();
     let whole_ss = ss;
     // Envelope fields after the spans (encoders write them in field order, so
@@ -119,6 +121,8 @@ fn scope_spans(
     let mut late = false;
     let mut spans_seen = false;
     let mut ss = ss;
+    // From the first span: the fields before it are the head, read already.
+    ss.advance(head.len());
     while let Some((f, wt)) = ss.field()? {
         if f == 2 {
             spans_seen = true;
@@ -139,7 +143,7 @@ fn scope_spans(
     }
     if late {
         // The same resource again: its truncated attributes are counted once.
-        let whole = b.uncounted(|b| scoped_resource(b, rs, only, schema_url, whole_ss, true))?;
+        let whole = b.uncounted(|b| scoped_resource(b, rs, only, schema_url, whole_ss, None))?;
         for s in out.spans.get_mut(first..).unwrap_or_default() {
             s.resource_attrs = whole.extra.clone();
         }
@@ -148,28 +152,83 @@ fn scope_spans(
 }
 
 /// The resource of the spans of one `ScopeSpans`: the `Resource` message's fields and
-/// the envelope's scope and schema URLs (see [`super::SCOPE`]). Every record repeats
-/// the resources and scopes of its spans, so one seen before on this thread (the same
-/// bytes) is taken from the cache instead of decoded again; `only` is the resource's
-/// bytes when it is the one resource of `rs` (else nothing is cached). With `whole`
-/// false, only the envelope fields before the first span are read.
+/// the envelope's scope and schema URLs (see [`super::SCOPE`]). With the `head` of `ss`
+/// ([`scope_head`]), only the envelope fields before the first span are read; without,
+/// all of them.
+///
+/// Every record repeats the resources and scopes of its spans, so one seen before on
+/// this thread is taken from the cache instead of decoded again. The key is bytes as
+/// they lie in the record: the resource (`only`, when it is the one resource of `rs`;
+/// else nothing is cached), its schema URL and the head. Building the envelope first
+/// and keying by it cost a third of the lookup (BENCHMARKS.md, 2026-12-05,
+/// twenty-fourth session). Without a head (envelope fields after the spans, which
+/// encoders do not write), the cache is not used.
 fn scoped_resource(
     b: &mut SpanBuilder,
     rs: Reader<'_>,
     only: Option<&[u8]>,
     schema_url: &[u8],
     ss: Reader<'_>,
-    whole: bool,
+    head: Option<&[u8]>,
 ) -> Result<Resource, DecodeError> {
-    use spanflow_operators::model::wire::put_len_field;
+    let whole = head.is_none();
+    let key = match (only, head) {
+        (Some(bytes), Some(head)) => {
+            let key = [bytes, schema_url, head];
+            if let Some(r) = b.cached_resource(key) {
+                return Ok(r);
+            }
+            Some(key)
+        }
+        _ => None,
+    };
     let mut envelope = std::mem::take(&mut b.envelope);
+    let res = envelope_of(&mut envelope, schema_url, ss, whole)
+        .and_then(|()| scoped_resource_of(b, rs, &envelope, key));
+    b.envelope = envelope;
+    res
+}
+
+/// The fields of `ss` before its first span (the scope, its schema URL, unknown fields)
+/// as they lie in the record: a part of the cache's key. Their wire types are checked as
+/// [`envelope_of`] checks them, so that a record fails the same way whether its
+/// resource is cached or not; the scope message and the schema URL's UTF-8 are left to
+/// [`envelope_of`], as a key found in the cache was checked when it was remembered.
+fn scope_head<'a>(ss: Reader<'a>) -> Result<&'a [u8], DecodeError> {
+    let all = ss.remaining();
+    let mut pass = Reader::new(all, ss.offset());
+    loop {
+        let head = pass.offset() - ss.offset();
+        match pass.field()? {
+            None | Some((2, _)) => return Ok(all.get(..head).unwrap_or(all)),
+            Some((1, wt)) => {
+                pass.expect(wt, WireType::Len, "scope")?;
+                pass.bytes()?;
+            }
+            Some((3, wt)) => {
+                pass.expect(wt, WireType::Len, "schema_url")?;
+                pass.bytes()?;
+            }
+            Some((_, wt)) => pass.skip(wt)?,
+        }
+    }
+}
+
+/// Writes the envelope fields of `ss` (see [`super::SCOPE`]) and the resource's
+/// `schema_url` into `envelope`, checking the scope message.
+fn envelope_of(
+    envelope: &mut Vec<u8>,
+    schema_url: &[u8],
+    ss: Reader<'_>,
+    whole: bool,
+) -> Result<(), DecodeError> {
+    use spanflow_operators::model::wire::put_len_field;
     envelope.clear();
     if !schema_url.is_empty() {
-        put_len_field(&mut envelope, super::RESOURCE_SCHEMA_URL, schema_url);
+        put_len_field(envelope, super::RESOURCE_SCHEMA_URL, schema_url);
     }
-    // The scope is checked only when the resource is not cached: the cache key holds
-    // its bytes, and bytes seen before were checked then.
     let mut scope_at = None;
+    let mut scope_schema_url: &[u8] = &[];
     let mut pass = Reader::new(ss.remaining(), ss.offset());
     while let Some((f, wt)) = pass.field()? {
         match f {
@@ -181,40 +240,35 @@ fn scoped_resource(
                 let at = pass.offset();
                 let scope = pass.bytes()?;
                 scope_at = Some((scope, at));
-                put_len_field(&mut envelope, super::SCOPE, scope);
+                put_len_field(envelope, super::SCOPE, scope);
             }
             3 => {
                 pass.expect(wt, WireType::Len, "schema_url")?;
-                put_len_field(
-                    &mut envelope,
-                    super::SCOPE_SCHEMA_URL,
-                    pass.str()?.as_bytes(),
-                );
+                scope_schema_url = pass.str()?.as_bytes();
             }
             _ => pass.skip(wt)?,
         }
     }
-    let cached = only.and_then(|bytes| b.cached_resource(bytes, &envelope));
-    let res = match cached {
-        Some(r) => Ok(r),
-        None => match scope_at {
-            Some((scope, at)) => validate::<
-                opentelemetry_proto::tonic::common::v1::InstrumentationScope,
-            >(scope, "scope")
-            .map_err(|e| DecodeError::Protobuf(format!("{e} at byte {at}"))),
-            None => Ok(()),
+    // In the reference's order, whatever the record's: the same envelope makes the same
+    // resource. The last schema URL counts, as protobuf takes the last of a string.
+    if !scope_schema_url.is_empty() {
+        put_len_field(envelope, super::SCOPE_SCHEMA_URL, scope_schema_url);
+    }
+    match scope_at {
+        Some((scope, at)) => {
+            validate::<opentelemetry_proto::tonic::common::v1::InstrumentationScope>(scope, "scope")
+                .map_err(|e| DecodeError::Protobuf(format!("{e} at byte {at}")))
         }
-        .and_then(|()| scoped_resource_of(b, rs, only, &envelope)),
-    };
-    b.envelope = envelope;
-    res
+        None => Ok(()),
+    }
 }
 
+/// Decodes the resource of `rs` with `envelope`, and remembers it under `key`.
 fn scoped_resource_of(
     b: &mut SpanBuilder,
     rs: Reader<'_>,
-    only: Option<&[u8]>,
     envelope: &[u8],
+    key: Option<CacheKey<'_>>,
 ) -> Result<Resource, DecodeError> {
     b.begin_resource();
     let mut pass = Reader::new(rs.remaining(), rs.offset());
@@ -248,8 +302,8 @@ fn scoped_resource_of(
     }
     b.push_resource_encoded(envelope);
     let resource = b.end_resource();
-    if let Some(bytes) = only {
-        b.remember_resource(bytes, envelope, &resource);
+    if let Some(key) = key {
+        b.remember_resource(key, &resource);
     }
     Ok(resource)
 }

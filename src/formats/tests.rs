@@ -219,6 +219,69 @@ fn a_scope_spans_of_the_wrong_wire_type_is_a_dead_letter() {
     }
 }
 
+/// The resource cache keys a resource by the bytes of its envelope too: records that
+/// repeat one resource under other scopes, scope schema URLs written before the spans
+/// (allowed, if not what prost writes), resource schema URLs or unknown fields each get
+/// the envelope the reference decodes, in the reference's field order. Decoded one after the other on one
+/// thread, so that each record but the first finds its resource in the cache.
+#[test]
+fn a_cached_resource_keeps_each_records_envelope() {
+    use prost::encoding::{bytes, message, string};
+    let resource = Resource {
+        attributes: vec![kv("service.name", s("cart"))],
+        ..Default::default()
+    };
+    // `ScopeSpans` fields written in the order given, the spans last.
+    let record = |scope: Option<&str>, scope_url: Option<&str>, unknown: bool, url: &str| {
+        let mut ss = Vec::new();
+        if let Some(url) = scope_url {
+            string::encode(3, &url.to_string(), &mut ss);
+        }
+        if unknown {
+            bytes::encode(9, &vec![7u8], &mut ss);
+        }
+        if let Some(name) = scope {
+            let scope = InstrumentationScope {
+                name: name.into(),
+                ..Default::default()
+            };
+            message::encode(1, &scope, &mut ss);
+        }
+        message::encode(2, &pspan(4, 1, None, vec![]), &mut ss);
+        let mut rs = Vec::new();
+        message::encode(1, &resource, &mut rs);
+        bytes::encode(2, &ss, &mut rs);
+        string::encode(3, &url.to_string(), &mut rs);
+        let mut req = Vec::new();
+        bytes::encode(1, &rs, &mut req);
+        req
+    };
+    let records = [
+        record(Some("a"), None, false, ""),
+        record(Some("b"), None, false, ""),
+        record(Some("a"), Some("https://s/1"), false, ""),
+        record(Some("a"), Some("https://s/2"), false, ""),
+        record(Some("a"), None, true, ""),
+        record(Some("a"), None, false, "https://r/1"),
+        record(None, None, false, "https://r/1"),
+        record(Some("a"), None, false, ""),
+        // An empty schema URL on the wire is no schema URL.
+        record(Some("a"), Some(""), false, ""),
+    ];
+    let mut seen = Vec::new();
+    for (i, bytes) in records.iter().chain(&records).enumerate() {
+        let (fast, slow) = decode_both(bytes);
+        assert_eq!(fast.spans.len(), 1, "record {i}");
+        assert_eq!(fast.spans, slow.spans, "record {i}");
+        assert!(fast.dead_letters.is_empty());
+        seen.push(fast.spans[0].resource_attrs.clone());
+    }
+    // Six distinct envelopes, twice over: the unknown field is not one of its parts, and
+    // the last two records repeat the first.
+    let distinct: std::collections::HashSet<_> = seen.iter().collect();
+    assert_eq!(distinct.len(), 6);
+}
+
 #[test]
 fn garbage_is_a_dead_letter() {
     let mut d = SpanDecoder::new();
