@@ -76,13 +76,35 @@ pub(crate) struct SpanBuilder {
     truncated_at_resource: u64,
 }
 
+/// What the envelope part of a resource cache key holds (see
+/// `otlp_proto::scoped_resource`). Each kind has a cache of its own: bytes of one kind
+/// may equal bytes of the other that stand for another envelope.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum EnvelopeKey {
+    /// The `ScopeSpans` fields before its first span, as they lie in the record.
+    Head,
+    /// The envelope built from all the `ScopeSpans` fields.
+    Built,
+}
+
+type Resources = std::cell::RefCell<ResourceCache<(Resource, u64)>>;
+
 thread_local! {
-    /// Resources decoded on this thread, by the bytes of their `Resource` message, with
-    /// the number of attributes truncated in them. Decoding a resource (ten attributes,
-    /// interning, packing, looking up its shared buffer) cost as much as ten spans, and
-    /// each record repeats the resources of all its spans.
-    static RESOURCES: std::cell::RefCell<ResourceCache<(Resource, u64)>> =
-        std::cell::RefCell::new(ResourceCache::default());
+    /// Resources decoded on this thread, by the bytes of their `Resource` message and
+    /// envelope, with the number of attributes truncated in them, one cache per
+    /// [`EnvelopeKey`]. Decoding a resource (ten attributes, interning, packing, looking
+    /// up its shared buffer) cost as much as ten spans, and each record repeats the
+    /// resources of all its spans.
+    static HEAD_RESOURCES: Resources = Resources::default();
+    static BUILT_RESOURCES: Resources = Resources::default();
+}
+
+/// `f` on this thread's cache of `kind`.
+fn with_resources<R>(kind: EnvelopeKey, f: impl FnOnce(&Resources) -> R) -> R {
+    match kind {
+        EnvelopeKey::Head => HEAD_RESOURCES.with(f),
+        EnvelopeKey::Built => BUILT_RESOURCES.with(f),
+    }
 }
 
 impl SpanBuilder {
@@ -114,8 +136,8 @@ impl SpanBuilder {
     /// The resource decoded before on this thread under the same key (the bytes of its
     /// `Resource` message and of its envelope, as `otlp_proto` reads them), counting its
     /// truncated attributes again as decoding it would.
-    pub fn cached_resource(&mut self, key: CacheKey<'_>) -> Option<Resource> {
-        RESOURCES.with(|c| {
+    pub fn cached_resource(&mut self, kind: EnvelopeKey, key: CacheKey<'_>) -> Option<Resource> {
+        with_resources(kind, |c| {
             let c = c.try_borrow().ok()?;
             let (res, truncated) = c.get(key)?;
             self.truncated += truncated;
@@ -125,9 +147,9 @@ impl SpanBuilder {
 
     /// Remembers the resource just finished ([`end_resource`](Self::end_resource))
     /// under `key`, for [`cached_resource`](Self::cached_resource).
-    pub fn remember_resource(&mut self, key: CacheKey<'_>, res: &Resource) {
+    pub fn remember_resource(&mut self, kind: EnvelopeKey, key: CacheKey<'_>, res: &Resource) {
         let truncated = self.truncated.saturating_sub(self.truncated_at_resource);
-        RESOURCES.with(|c| {
+        with_resources(kind, |c| {
             if let Ok(mut c) = c.try_borrow_mut() {
                 c.insert(key, (res.clone(), truncated));
             }

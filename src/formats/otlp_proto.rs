@@ -7,7 +7,7 @@
 use spanflow_operators::AttrValue;
 
 use super::Decoded;
-use super::convert::{RawSpan, Resource, SpanBuilder, WireAttr};
+use super::convert::{EnvelopeKey, RawSpan, Resource, SpanBuilder, WireAttr};
 use super::dead_letter::{DeadLetter, DecodeError, RecordMeta};
 use super::resource_cache::Key as CacheKey;
 use super::wire::{Reader, WireType};
@@ -157,12 +157,14 @@ fn scope_spans(
 /// all of them.
 ///
 /// Every record repeats the resources and scopes of its spans, so one seen before on
-/// this thread is taken from the cache instead of decoded again. The key is bytes as
-/// they lie in the record: the resource (`only`, when it is the one resource of `rs`;
-/// else nothing is cached), its schema URL and the head. Building the envelope first
-/// and keying by it cost a third of the lookup (BENCHMARKS.md, 2026-12-05,
-/// twenty-fourth session). Without a head (envelope fields after the spans, which
-/// encoders do not write), the cache is not used.
+/// this thread is taken from the cache instead of decoded again; `only` is the
+/// resource's bytes when it is the one resource of `rs` (else nothing is cached). With a
+/// head, the key is bytes as they lie in the record: the resource, its schema URL and
+/// the head. Building the envelope first and keying by it cost a third of the lookup
+/// (BENCHMARKS.md, 2026-12-05, twenty-fourth session). Without (a scope schema URL after
+/// the spans, as prost and the Go SDK write it), it is the resource and the envelope
+/// built from all the fields, in a cache of its own: head bytes could equal an envelope
+/// built for another scope.
 fn scoped_resource(
     b: &mut SpanBuilder,
     rs: Reader<'_>,
@@ -171,22 +173,54 @@ fn scoped_resource(
     ss: Reader<'_>,
     head: Option<&[u8]>,
 ) -> Result<Resource, DecodeError> {
-    let whole = head.is_none();
     let key = match (only, head) {
         (Some(bytes), Some(head)) => {
             let key = [bytes, schema_url, head];
-            if let Some(r) = b.cached_resource(key) {
+            if let Some(r) = b.cached_resource(EnvelopeKey::Head, key) {
                 return Ok(r);
             }
-            Some(key)
+            Some((EnvelopeKey::Head, key))
         }
         _ => None,
     };
     let mut envelope = std::mem::take(&mut b.envelope);
-    let res = envelope_of(&mut envelope, schema_url, ss, whole)
-        .and_then(|()| scoped_resource_of(b, rs, &envelope, key));
+    let whole = head.is_none();
+    let res = built_resource(b, rs, only, schema_url, (ss, whole), key, &mut envelope);
     b.envelope = envelope;
     res
+}
+
+/// [`scoped_resource`] past the head's cache: builds the envelope from the fields of
+/// `ss` (all of them if `whole`), and looks the resource up by it when whole.
+fn built_resource(
+    b: &mut SpanBuilder,
+    rs: Reader<'_>,
+    only: Option<&[u8]>,
+    schema_url: &[u8],
+    (ss, whole): (Reader<'_>, bool),
+    key: Option<(EnvelopeKey, CacheKey<'_>)>,
+    envelope: &mut Vec<u8>,
+) -> Result<Resource, DecodeError> {
+    let scope = envelope_of(envelope, schema_url, ss, whole)?;
+    let envelope: &[u8] = envelope;
+    let key = match (key, only) {
+        (Some(key), _) => Some(key),
+        (None, Some(bytes)) if whole => {
+            let key = [bytes, envelope, &[][..]];
+            if let Some(r) = b.cached_resource(EnvelopeKey::Built, key) {
+                return Ok(r);
+            }
+            Some((EnvelopeKey::Built, key))
+        }
+        (None, _) => None,
+    };
+    // The scope is checked only when the resource is not cached: the key holds its
+    // bytes, and bytes seen before were checked then.
+    if let Some((scope, at)) = scope {
+        validate::<opentelemetry_proto::tonic::common::v1::InstrumentationScope>(scope, "scope")
+            .map_err(|e| DecodeError::Protobuf(format!("{e} at byte {at}")))?;
+    }
+    scoped_resource_of(b, rs, envelope, key)
 }
 
 /// The fields of `ss` before its first span (the scope, its schema URL, unknown fields)
@@ -215,13 +249,14 @@ fn scope_head<'a>(ss: Reader<'a>) -> Result<&'a [u8], DecodeError> {
 }
 
 /// Writes the envelope fields of `ss` (see [`super::SCOPE`]) and the resource's
-/// `schema_url` into `envelope`, checking the scope message.
-fn envelope_of(
+/// `schema_url` into `envelope`: those before the first span, or with `whole` all of
+/// them. Returns the scope message, unchecked, with its offset.
+fn envelope_of<'a>(
     envelope: &mut Vec<u8>,
     schema_url: &[u8],
-    ss: Reader<'_>,
+    ss: Reader<'a>,
     whole: bool,
-) -> Result<(), DecodeError> {
+) -> Result<Option<(&'a [u8], usize)>, DecodeError> {
     use spanflow_operators::model::wire::put_len_field;
     envelope.clear();
     if !schema_url.is_empty() {
@@ -254,13 +289,7 @@ fn envelope_of(
     if !scope_schema_url.is_empty() {
         put_len_field(envelope, super::SCOPE_SCHEMA_URL, scope_schema_url);
     }
-    match scope_at {
-        Some((scope, at)) => {
-            validate::<opentelemetry_proto::tonic::common::v1::InstrumentationScope>(scope, "scope")
-                .map_err(|e| DecodeError::Protobuf(format!("{e} at byte {at}")))
-        }
-        None => Ok(()),
-    }
+    Ok(scope_at)
 }
 
 /// Decodes the resource of `rs` with `envelope`, and remembers it under `key`.
@@ -268,7 +297,7 @@ fn scoped_resource_of(
     b: &mut SpanBuilder,
     rs: Reader<'_>,
     envelope: &[u8],
-    key: Option<CacheKey<'_>>,
+    key: Option<(EnvelopeKey, CacheKey<'_>)>,
 ) -> Result<Resource, DecodeError> {
     b.begin_resource();
     let mut pass = Reader::new(rs.remaining(), rs.offset());
@@ -302,8 +331,8 @@ fn scoped_resource_of(
     }
     b.push_resource_encoded(envelope);
     let resource = b.end_resource();
-    if let Some(key) = key {
-        b.remember_resource(key, &resource);
+    if let Some((kind, key)) = key {
+        b.remember_resource(kind, key, &resource);
     }
     Ok(resource)
 }
