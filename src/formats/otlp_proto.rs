@@ -173,54 +173,40 @@ fn scoped_resource(
     ss: Reader<'_>,
     head: Option<&[u8]>,
 ) -> Result<Resource, DecodeError> {
-    let key = match (only, head) {
-        (Some(bytes), Some(head)) => {
-            let key = [bytes, schema_url, head];
-            if let Some(r) = b.cached_resource(EnvelopeKey::Head, key) {
-                return Ok(r);
-            }
-            Some((EnvelopeKey::Head, key))
-        }
+    let head_key = match (only, head) {
+        (Some(bytes), Some(head)) => Some([bytes, schema_url, head]),
         _ => None,
     };
+    if let Some(key) = head_key
+        && let Some(r) = b.cached_resource(EnvelopeKey::Head, key)
+    {
+        return Ok(r);
+    }
     let mut envelope = std::mem::take(&mut b.envelope);
-    let whole = head.is_none();
-    let res = built_resource(b, rs, only, schema_url, (ss, whole), key, &mut envelope);
+    let res = envelope_of(&mut envelope, schema_url, ss, head.is_none()).and_then(|scope| {
+        let built_key = match (only, head) {
+            (Some(bytes), None) => Some([bytes, &envelope[..], &[][..]]),
+            _ => None,
+        };
+        if let Some(key) = built_key
+            && let Some(r) = b.cached_resource(EnvelopeKey::Built, key)
+        {
+            return Ok(r);
+        }
+        // The scope is checked only when the resource is not cached: the key holds its
+        // bytes, and bytes seen before were checked then.
+        if let Some((scope, at)) = scope {
+            validate::<opentelemetry_proto::tonic::common::v1::InstrumentationScope>(
+                scope, "scope",
+            )
+            .map_err(|e| DecodeError::Protobuf(format!("{e} at byte {at}")))?;
+        }
+        let key = (head_key.map(|k| (EnvelopeKey::Head, k)))
+            .or(built_key.map(|k| (EnvelopeKey::Built, k)));
+        scoped_resource_of(b, rs, &envelope, key)
+    });
     b.envelope = envelope;
     res
-}
-
-/// [`scoped_resource`] past the head's cache: builds the envelope from the fields of
-/// `ss` (all of them if `whole`), and looks the resource up by it when whole.
-fn built_resource(
-    b: &mut SpanBuilder,
-    rs: Reader<'_>,
-    only: Option<&[u8]>,
-    schema_url: &[u8],
-    (ss, whole): (Reader<'_>, bool),
-    key: Option<(EnvelopeKey, CacheKey<'_>)>,
-    envelope: &mut Vec<u8>,
-) -> Result<Resource, DecodeError> {
-    let scope = envelope_of(envelope, schema_url, ss, whole)?;
-    let envelope: &[u8] = envelope;
-    let key = match (key, only) {
-        (Some(key), _) => Some(key),
-        (None, Some(bytes)) if whole => {
-            let key = [bytes, envelope, &[][..]];
-            if let Some(r) = b.cached_resource(EnvelopeKey::Built, key) {
-                return Ok(r);
-            }
-            Some((EnvelopeKey::Built, key))
-        }
-        (None, _) => None,
-    };
-    // The scope is checked only when the resource is not cached: the key holds its
-    // bytes, and bytes seen before were checked then.
-    if let Some((scope, at)) = scope {
-        validate::<opentelemetry_proto::tonic::common::v1::InstrumentationScope>(scope, "scope")
-            .map_err(|e| DecodeError::Protobuf(format!("{e} at byte {at}")))?;
-    }
-    scoped_resource_of(b, rs, envelope, key)
 }
 
 /// The fields of `ss` before its first span (the scope, its schema URL, unknown fields)
