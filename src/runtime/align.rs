@@ -88,6 +88,12 @@ impl Alignment {
         }
     }
 
+    /// Tells source `source` that the router handled `records` more of its records,
+    /// and so has paused whichever of their splits ran ahead.
+    pub fn routed(&self, source: usize, records: u64) {
+        self.signal.routed(source, records);
+    }
+
     /// What alignment did, for the summary.
     pub fn stats(&self, now: Instant) -> AlignmentStats {
         let mut paused = self.total.clone();
@@ -101,6 +107,14 @@ impl Alignment {
                 .map(|(k, d)| (k, d.as_secs_f64()))
                 .collect(),
         }
+    }
+}
+
+impl Drop for Alignment {
+    /// A source that waits for the router to handle its records must not wait for
+    /// a router that has stopped (failed, or every source ended).
+    fn drop(&mut self) {
+        self.signal.route_ended();
     }
 }
 

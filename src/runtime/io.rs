@@ -294,16 +294,75 @@ pub(crate) struct CheckpointSignal {
 
 /// The splits the router asks sources not to read for now (watermark alignment),
 /// shared with every source.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct PauseSignal {
     /// Bumped on every change: a source learns that nothing changed from one atomic
     /// load.
     version: AtomicU64,
     /// Per source, its paused splits.
     paused: std::sync::Mutex<Vec<std::collections::BTreeSet<u32>>>,
+    /// Per source, the records of its chunks the router has handled (their event
+    /// times seen, alignment updated); `u64::MAX` once the router is gone.
+    routed: Box<[AtomicU64]>,
+    /// Sources waiting for the router to handle their records, woken by `routed`.
+    waiting: std::sync::atomic::AtomicUsize,
+    wake: (std::sync::Mutex<()>, std::sync::Condvar),
 }
 
 impl PauseSignal {
+    /// A signal for `sources` sources.
+    pub fn new(sources: usize) -> Self {
+        PauseSignal {
+            version: AtomicU64::new(0),
+            paused: std::sync::Mutex::new(Vec::new()),
+            routed: (0..sources).map(|_| AtomicU64::new(0)).collect(),
+            waiting: std::sync::atomic::AtomicUsize::new(0),
+            wake: Default::default(),
+        }
+    }
+
+    /// Counts `records` more records of source `source` as handled by the router.
+    pub fn routed(&self, source: usize, records: u64) {
+        if let Some(r) = self.routed.get(source) {
+            r.fetch_add(records, Ordering::SeqCst);
+            self.wake_waiting();
+        }
+    }
+
+    /// The router is gone: nothing a source sends is waited for any longer.
+    pub fn route_ended(&self) {
+        for r in &self.routed {
+            r.store(u64::MAX, Ordering::SeqCst);
+        }
+        self.wake_waiting();
+    }
+
+    fn wake_waiting(&self) {
+        // Most chunks find no source waiting: a load, no lock.
+        if self.waiting.load(Ordering::SeqCst) > 0 {
+            let _guard = self.wake.0.lock();
+            self.wake.1.notify_all();
+        }
+    }
+
+    /// Waits until the router handled more of source `source`'s records than
+    /// `seen`, or `timeout` passed.
+    fn wait_routed(&self, source: usize, seen: u64, timeout: std::time::Duration) {
+        let Some(r) = self.routed.get(source) else {
+            return;
+        };
+        let Ok(guard) = self.wake.0.lock() else {
+            return;
+        };
+        // Registered before the check, under the lock the router notifies under: a
+        // count it adds after the check finds this source waiting.
+        self.waiting.fetch_add(1, Ordering::SeqCst);
+        if r.load(Ordering::SeqCst) == seen {
+            let _ = self.wake.1.wait_timeout(guard, timeout);
+        }
+        self.waiting.fetch_sub(1, Ordering::SeqCst);
+    }
+
     /// Publishes the paused splits of every source.
     pub fn set(&self, paused: Vec<std::collections::BTreeSet<u32>>) {
         if let Ok(mut p) = self.paused.lock() {
@@ -343,6 +402,20 @@ impl CheckpointHandle {
     /// still be sent.
     pub fn paused_splits(&self, seen: &mut u64) -> Option<std::collections::BTreeSet<u32>> {
         self.pauses.of(self.source, seen)
+    }
+
+    /// How many of the records this source sent the router has handled: what it
+    /// decided from them (pausing splits that ran ahead) is published by then.
+    pub fn routed(&self) -> u64 {
+        self.pauses
+            .routed
+            .get(self.source)
+            .map_or(u64::MAX, |r| r.load(Ordering::SeqCst))
+    }
+
+    /// Waits until [`CheckpointHandle::routed`] is past `seen`, or `timeout` passed.
+    pub fn wait_routed(&self, seen: u64, timeout: std::time::Duration) {
+        self.pauses.wait_routed(self.source, seen, timeout);
     }
 
     /// The checkpoint a barrier is due for, if the source has not sent it yet.
@@ -742,6 +815,46 @@ pub(crate) fn retry<T>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A source waiting for the router wakes when its records are handled (long before
+    /// its timeout), not for another source's, and never waits once the router is gone.
+    #[test]
+    fn a_source_waiting_for_the_router_wakes_when_its_records_are_handled() {
+        use std::time::{Duration, Instant};
+        let signal = Arc::new(PauseSignal::new(2));
+        let handle = |source| CheckpointHandle {
+            signal: Arc::default(),
+            sent: Arc::default(),
+            pauses: signal.clone(),
+            source,
+        };
+        let (first, second) = (handle(0), handle(1));
+        let router = {
+            let signal = signal.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(50));
+                signal.routed(1, 5);
+                std::thread::sleep(Duration::from_millis(50));
+                signal.routed(0, 3);
+            })
+        };
+        let t0 = Instant::now();
+        second.wait_routed(0, Duration::from_secs(30));
+        assert_eq!(second.routed(), 5);
+        first.wait_routed(0, Duration::from_secs(30));
+        assert_eq!(first.routed(), 3);
+        assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", t0.elapsed());
+        router.join().unwrap();
+        // Already past what it saw: no wait at all.
+        let t1 = Instant::now();
+        first.wait_routed(0, Duration::from_secs(30));
+        assert!(t1.elapsed() < Duration::from_secs(10));
+        signal.route_ended();
+        assert_eq!(first.routed(), u64::MAX);
+        let t2 = Instant::now();
+        second.wait_routed(5, Duration::from_secs(30));
+        assert!(t2.elapsed() < Duration::from_secs(10));
+    }
 
     #[test]
     fn retry_repeats_only_external_faults() {

@@ -632,7 +632,7 @@ async fn run_plan(
     }
     let mut source_handles = Vec::new();
     let mut finish_txs = Vec::new();
-    let pauses = Arc::new(io::PauseSignal::default());
+    let pauses = Arc::new(io::PauseSignal::new(sources.len()));
     if opts.stop_on_ctrl_c {
         let stop = stop.clone();
         tokio::spawn(async move {

@@ -9,7 +9,7 @@
 //! consuming (`enable.auto.commit=false`): the runtime asks for a commit once every
 //! output of the consumed records is written.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -65,6 +65,29 @@ fn prefetch(partitions: usize) -> [(&'static str, usize); 4] {
 
 /// How long the poll loop waits for the consumer when no partition had a record.
 const POLL_WAIT: Duration = Duration::from_millis(5);
+
+/// Records all partitions together may have on their way to the router (read, not
+/// yet handled by it), shared out evenly among the partitions read from their own
+/// queues ([`in_flight_bound`]).
+const IN_FLIGHT_RECORDS: usize = 256;
+
+/// The records one of `partitions` partitions may have on their way to the router.
+///
+/// Watermark alignment pauses a partition once the router saw it run ahead, and what
+/// was read of it meanwhile still arrives: chunks, the source channel and the
+/// decoders hold several hundred records. While a few partitions deliver and the
+/// others have not yet (the first seconds of a run), those few shared all of it, and
+/// ran tens of seconds of event time past their bound. Per partition the overshoot is
+/// now this many records: a record of one of n partitions carries about n times the
+/// event time of a record of a single partition, so a share of a fixed total keeps it
+/// about the same event time whatever the partition count.
+pub(crate) fn in_flight_bound(partitions: usize) -> usize {
+    (IN_FLIGHT_RECORDS / partitions.max(1)).max(2)
+}
+
+/// How long the poll loop waits at most for the router when every partition it could
+/// read waits for it (it is woken as soon as the router handled a chunk).
+const IN_FLIGHT_WAIT: Duration = Duration::from_millis(5);
 
 /// What the consumer reports to the runtime, in order.
 #[derive(Debug)]
@@ -153,6 +176,15 @@ pub trait CheckpointHooks {
         let _ = seen;
         None
     }
+    /// How many of the records sent the runtime has handled (`u64::MAX`: the reader
+    /// need not wait for it).
+    fn routed(&self) -> u64 {
+        u64::MAX
+    }
+    /// Waits until [`CheckpointHooks::routed`] is past `seen`, or `timeout` passed.
+    fn wait_routed(&self, seen: u64, timeout: Duration) {
+        let _ = (seen, timeout);
+    }
 }
 
 impl CheckpointHooks for CheckpointHandle {
@@ -164,6 +196,12 @@ impl CheckpointHooks for CheckpointHandle {
     }
     fn paused_splits(&self, seen: &mut u64) -> Option<BTreeSet<u32>> {
         CheckpointHandle::paused_splits(self, seen)
+    }
+    fn routed(&self) -> u64 {
+        CheckpointHandle::routed(self)
+    }
+    fn wait_routed(&self, seen: u64, timeout: Duration) {
+        CheckpointHandle::wait_routed(self, seen, timeout);
     }
 }
 
@@ -795,6 +833,11 @@ impl KafkaReader {
         // bound ([`prefetch`]) stops their fetching anyway.
         let mut pause_seen = 0;
         let mut paused: BTreeSet<u32> = BTreeSet::new();
+        // Per partition read from its own queue, the sequence numbers (records read
+        // before it) of its records the router may not have handled yet.
+        let mut in_flight: BTreeMap<u32, VecDeque<u64>> = BTreeMap::new();
+        let mut waits_for_router = false;
+        let mut routed = 0;
         loop {
             if stop.load(Ordering::Relaxed) {
                 break;
@@ -831,9 +874,11 @@ impl KafkaReader {
                     );
                 }
             }
-            let msg = self
-                .consumer
-                .poll(if read_any { Duration::ZERO } else { POLL_WAIT });
+            let msg = self.consumer.poll(if read_any || waits_for_router {
+                Duration::ZERO
+            } else {
+                POLL_WAIT
+            });
             // Rebalance events first: records of a new partition must follow its
             // assignment, and a revoked partition's pending records go out before the
             // revocation.
@@ -894,14 +939,29 @@ impl KafkaReader {
                 // their own queues were split off: their older records are all read.
                 None => {
                     let mut any = false;
+                    waits_for_router = false;
+                    routed = hooks.routed();
+                    let bound = in_flight_bound(queues.len());
                     for (key, (_, queue)) in &queues {
                         if paused.contains(key) || read.done.contains_key(key) {
                             continue;
                         }
+                        let sent = in_flight.entry(*key).or_default();
+                        while sent.front().is_some_and(|s| *s < routed) {
+                            sent.pop_front();
+                        }
+                        if sent.len() >= bound {
+                            waits_for_router = true;
+                            continue;
+                        }
                         if let Some(m) = queue.poll(Duration::ZERO) {
                             any = true;
+                            let seq = read.stats.records;
                             if !self.take(m, &mut read, emit)? {
                                 return Ok(stats);
+                            }
+                            if read.stats.records > seq {
+                                sent.push_back(seq);
                             }
                         }
                     }
@@ -909,6 +969,7 @@ impl KafkaReader {
                 }
             };
             queues.retain(|k, _| !done.contains_key(k));
+            in_flight.retain(|k, _| queues.contains_key(k));
             // A partition's end goes out after its last records (which may still be in
             // the chunk): reported first, the records that follow would make it look
             // as if it were reading again.
@@ -941,6 +1002,9 @@ impl KafkaReader {
                 }
             }
             self.commit_durable(&mut uncommitted, hooks, &mut stats);
+            if waits_for_router && !read_any {
+                hooks.wait_routed(routed, IN_FLIGHT_WAIT);
+            }
         }
         drop(queues);
         if !chunk.send(emit) {

@@ -246,6 +246,109 @@ fn a_partition_is_caught_up_after_its_last_records() {
     assert_eq!(caught_up, [true; 3], "every partition reached its end");
 }
 
+/// A router that handles what the reader sends a chunk at a time, slowly.
+struct SlowRouter {
+    routed: std::sync::atomic::AtomicU64,
+}
+
+impl super::source::CheckpointHooks for SlowRouter {
+    fn barrier_due(&self) -> Option<u64> {
+        None
+    }
+    fn durable(&self) -> u64 {
+        0
+    }
+    fn routed(&self) -> u64 {
+        self.routed.load(std::sync::atomic::Ordering::SeqCst)
+    }
+    fn wait_routed(&self, _seen: u64, _timeout: std::time::Duration) {
+        std::thread::sleep(std::time::Duration::from_micros(200));
+    }
+}
+
+/// A partition has at most its share of the in-flight bound read and not yet handled by
+/// the router: alignment's pause reaches it after that many records, however fast the
+/// reader. Waiting for the router loses nothing and keeps each partition in order.
+#[test]
+fn a_partition_reads_ahead_of_the_router_by_a_bounded_number_of_records() {
+    use std::sync::atomic::Ordering;
+    use std::sync::{Arc, Mutex};
+
+    let cluster = MockCluster::new(1).unwrap();
+    cluster.create_topic("t", 4, 1).unwrap();
+    let brokers = cluster.bootstrap_servers();
+    produce(&brokers, "t", &[500; 4]);
+    let mut reader =
+        KafkaReader::connect(&source_config(&brokers, "t", "inflight"), &[]).expect("connect");
+    let hooks = Arc::new(SlowRouter {
+        routed: Default::default(),
+    });
+    // Per partition, records the router handled; updated before `routed` says so.
+    let handled = Arc::new(Mutex::new([0usize; 4]));
+    let (tx, rx) = std::sync::mpsc::channel::<Vec<(usize, usize)>>();
+    let router = {
+        let (hooks, handled) = (hooks.clone(), handled.clone());
+        std::thread::spawn(move || {
+            for runs in rx {
+                std::thread::sleep(std::time::Duration::from_millis(2));
+                let mut h = handled.lock().unwrap();
+                for (p, n) in &runs {
+                    h[*p] += n;
+                }
+                let n: usize = runs.iter().map(|(_, n)| n).sum();
+                hooks.routed.fetch_add(n as u64, Ordering::SeqCst);
+            }
+        })
+    };
+    let bound = super::source::in_flight_bound(4);
+    let stop = AtomicBool::new(false);
+    let mut sent = [0usize; 4];
+    let mut most_ahead = 0;
+    let mut events = Vec::new();
+    reader
+        .run(
+            &stop,
+            &mut |e| {
+                if let KafkaEvent::Records { runs, .. } = &e {
+                    let runs: Vec<(usize, usize)> = runs
+                        .iter()
+                        .map(|r| (usize::try_from(r.split.partition).unwrap(), r.len))
+                        .collect();
+                    for (p, n) in &runs {
+                        sent[*p] += n;
+                    }
+                    let h = *handled.lock().unwrap();
+                    for p in 0..4 {
+                        most_ahead = most_ahead.max(sent[p] - h[p]);
+                    }
+                    tx.send(runs).unwrap();
+                }
+                events.push(e.detach());
+                true
+            },
+            Some(FinishSignal::ready(Finish::Abort)),
+            &*hooks,
+        )
+        .expect("run");
+    drop(tx);
+    router.join().unwrap();
+    // The first poll, before the partitions' own queues exist, may bring one record
+    // from the consumer's queue.
+    assert!(
+        most_ahead <= bound + 1,
+        "a partition ran {most_ahead} records ahead of the router, bound {bound}"
+    );
+    assert!(
+        most_ahead >= bound / 2,
+        "the reader should have waited for the slow router ({most_ahead} ahead)"
+    );
+    let by_partition = records_by_partition(&events);
+    for p in 0..4 {
+        let want: Vec<u64> = (0..500).collect();
+        assert_eq!(by_partition.get(&p), Some(&want), "partition {p}");
+    }
+}
+
 #[test]
 fn bounded_read_sees_every_record_once_in_order_and_commits() {
     let cluster = MockCluster::new(1).unwrap();
