@@ -181,7 +181,8 @@ pub trait CheckpointHooks {
     fn routed(&self) -> u64 {
         u64::MAX
     }
-    /// Waits until [`CheckpointHooks::routed`] is past `seen`, or `timeout` passed.
+    /// Waits until [`CheckpointHooks::routed`] is past `seen`, or `timeout` passed. The
+    /// default returns at once, as the default `routed` never holds the reader back.
     fn wait_routed(&self, seen: u64, timeout: Duration) {
         let _ = (seen, timeout);
     }
