@@ -90,8 +90,8 @@ impl Alignment {
 
     /// Tells source `source` that the router handled `records` more of its records,
     /// and so has paused whichever of their splits ran ahead.
-    pub fn routed(&self, source: usize, records: u64) {
-        self.signal.routed(source, records);
+    pub fn count_routed(&self, source: usize, records: u64) {
+        self.signal.count_routed(source, records);
     }
 
     /// What alignment did, for the summary.

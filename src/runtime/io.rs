@@ -322,7 +322,7 @@ impl PauseSignal {
     }
 
     /// Counts `records` more records of source `source` as handled by the router.
-    pub fn routed(&self, source: usize, records: u64) {
+    pub fn count_routed(&self, source: usize, records: u64) {
         if let Some(r) = self.routed.get(source) {
             r.fetch_add(records, Ordering::SeqCst);
             self.wake_waiting();
@@ -343,6 +343,14 @@ impl PauseSignal {
             let _guard = self.wake.0.lock();
             self.wake.1.notify_all();
         }
+    }
+
+    /// Records of source `source` the router has handled (`u64::MAX` for a source it
+    /// does not know).
+    fn routed_of(&self, source: usize) -> u64 {
+        self.routed
+            .get(source)
+            .map_or(u64::MAX, |r| r.load(Ordering::SeqCst))
     }
 
     /// Waits until the router handled more of source `source`'s records than
@@ -407,10 +415,7 @@ impl CheckpointHandle {
     /// How many of the records this source sent the router has handled: what it
     /// decided from them (pausing splits that ran ahead) is published by then.
     pub fn routed(&self) -> u64 {
-        self.pauses
-            .routed
-            .get(self.source)
-            .map_or(u64::MAX, |r| r.load(Ordering::SeqCst))
+        self.pauses.routed_of(self.source)
     }
 
     /// Waits until [`CheckpointHandle::routed`] is past `seen`, or `timeout` passed.
@@ -833,9 +838,9 @@ mod tests {
             let signal = signal.clone();
             std::thread::spawn(move || {
                 std::thread::sleep(Duration::from_millis(50));
-                signal.routed(1, 5);
+                signal.count_routed(1, 5);
                 std::thread::sleep(Duration::from_millis(50));
-                signal.routed(0, 3);
+                signal.count_routed(0, 3);
             })
         };
         let t0 = Instant::now();

@@ -404,7 +404,7 @@ impl Router<'_> {
                 let records = chunk.records.len() as u64;
                 self.send_spans(source, chunk.per_shard).await;
                 self.alignment.update(&mut self.tracker, now);
-                self.alignment.routed(source, records);
+                self.alignment.count_routed(source, records);
             }
             Event::Done { source, position } => {
                 if let Some(slot) = self.positions.get_mut(source) {
