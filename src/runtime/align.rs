@@ -40,7 +40,7 @@ impl Alignment {
 
     /// Pauses and resumes splits after the tracker saw new event times. A resumed
     /// split counts as active from now: it read nothing while paused, but was not
-    /// idle.
+    /// idle. One that had read all its input stays caught up.
     pub fn update(&mut self, tracker: &mut WatermarkTracker, now: Instant) {
         tracker.ahead(now, |k| self.since.contains_key(k), &mut self.scratch);
         let same = self.scratch.len() == self.since.len()
@@ -59,7 +59,7 @@ impl Alignment {
             if let Some(at) = self.since.remove(&k) {
                 *self.total.entry(k).or_default() += now.duration_since(at);
             }
-            tracker.touch(k, now);
+            tracker.resumed(k, now);
         }
         for k in &next {
             if !self.since.contains_key(k) {
@@ -239,6 +239,48 @@ mod tests {
         // The wall clock caps a split whose watermark ran ahead of it.
         t.observe((0, 0), now + 2 * h);
         assert_eq!(far_future_bound(&t, (0, 0), hour, 0, now, false), now + h);
+    }
+
+    /// A split that read to its end, ran ahead and was paused, then resumed, holds
+    /// nothing back: its source told its end before the pause and will not again. It
+    /// used to count as reading from its resume on, and with a long idle timeout kept
+    /// the split that overtook it paused for good (a consumer-group test stuck with a
+    /// partition unread).
+    #[test]
+    fn a_resumed_split_that_read_all_its_input_holds_nothing_back() {
+        let t0 = Instant::now();
+        let drift = 1_000u64;
+        let settings = WatermarkSettings {
+            max_out_of_order: Duration::from_nanos(0),
+            idle_timeout: Duration::from_secs(3600),
+            max_drift: Some(Duration::from_nanos(drift)),
+            ..WatermarkSettings::default()
+        };
+        let mut t = WatermarkTracker::new(1);
+        t.add_split((0, 0), &settings, t0);
+        t.add_split((0, 1), &settings, t0);
+        let mut a = Alignment::new(Arc::new(PauseSignal::new(1)), 1);
+        let paused = |a: &Alignment| a.since.keys().copied().collect::<Vec<_>>();
+        // Split 1 reads its little input far ahead, to its end.
+        t.observe((0, 0), 10_000);
+        t.observe((0, 1), 10_000 + 3 * drift);
+        t.caught_up((0, 1));
+        a.update(&mut t, t0);
+        assert_eq!(paused(&a), [(0, 1)], "ahead, caught up or not");
+        t.observe((0, 0), 10_000 + 3 * drift);
+        a.update(&mut t, t0);
+        assert!(paused(&a).is_empty(), "split 0 caught up with it");
+        // Split 0 reads on; split 1 has nothing more.
+        t.observe((0, 0), 10_000 + 6 * drift);
+        a.update(&mut t, t0);
+        assert!(
+            paused(&a).is_empty(),
+            "split 1 is still at its end, where it stood before its pause"
+        );
+        // Data for split 1 makes it count again.
+        t.touch((0, 1), t0);
+        a.update(&mut t, t0);
+        assert_eq!(paused(&a), [(0, 0)]);
     }
 
     #[test]

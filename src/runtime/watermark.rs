@@ -271,10 +271,25 @@ impl WatermarkTracker {
 
     /// Marks a split active (data arrived) at `now`.
     pub fn touch(&mut self, key: SplitKey, now: Instant) {
+        self.activity(key, now, true);
+    }
+
+    /// Marks a split that alignment resumed as reading again at `now`: it went idle
+    /// while paused, not for want of data. One that had read all there was stays
+    /// caught up until data arrives: its source told its end once, before the pause,
+    /// and will not again, so counting it as reading would hold the others back at
+    /// its watermark for good.
+    pub fn resumed(&mut self, key: SplitKey, now: Instant) {
+        self.activity(key, now, false);
+    }
+
+    fn activity(&mut self, key: SplitKey, now: Instant, data: bool) {
         if let Some(s) = self.splits.get_mut(&key) {
             let idle_before = self.memo.map(|m| s.idle(m.now));
             s.last_activity = now;
-            s.caught_up = false;
+            if data {
+                s.caught_up = false;
+            }
             if let Some(m) = self.memo
                 && idle_before != Some(s.idle(m.now))
             {

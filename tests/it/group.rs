@@ -37,9 +37,36 @@ fn group_job(source: &str, out: &Path) -> String {
     text.replace(limit, "").replace(&alerts, "")
 }
 
+/// A running instance. Killed if the test drops it still running: a failed assertion
+/// must not leave instances behind, reading from a broker that is gone.
+struct Instance(Option<Child>);
+
+impl Instance {
+    fn id(&self) -> u32 {
+        self.0.as_ref().map_or(0, Child::id)
+    }
+
+    /// Kills it (SIGKILL) and waits for its end.
+    fn kill(&mut self) {
+        if let Some(c) = &mut self.0 {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        if let Some(c) = &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
 /// `spanflow run --instance NAME` of `job`, checkpointing every 500 ms under `chk`.
-fn spawn_instance(job: &Path, chk: &Path, name: &str) -> Child {
-    Command::new(bin())
+fn spawn_instance(job: &Path, chk: &Path, name: &str) -> Instance {
+    let child = Command::new(bin())
         .args(["run", "--json", "--no-progress", "--parallelism", "2"])
         .args(["--checkpoint-interval", "500ms", "--instance", name])
         .arg("--checkpoint-dir")
@@ -52,21 +79,23 @@ fn spawn_instance(job: &Path, chk: &Path, name: &str) -> Child {
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
-        .unwrap()
+        .unwrap();
+    Instance(Some(child))
 }
 
-/// Waits for `child` to end successfully and returns its `--json` summary.
-fn finish(mut child: Child, within: Duration) -> serde_json::Value {
+/// Waits for `instance` to end successfully and returns its `--json` summary.
+fn finish(mut instance: Instance, within: Duration) -> serde_json::Value {
     let started = Instant::now();
     loop {
-        if let Some(status) = child.try_wait().unwrap() {
+        let child = instance.0.as_mut().expect("an instance not killed");
+        if child.try_wait().unwrap().is_some() {
+            let child = instance.0.take().expect("an instance not killed");
             let out = child.wait_with_output().unwrap();
-            assert!(status.success(), "an instance failed: {status}");
+            assert!(out.status.success(), "an instance failed: {}", out.status);
             return serde_json::from_slice(&out.stdout).unwrap();
         }
         if started.elapsed() > within {
             crate::support::print_stacks(child.id());
-            child.kill().unwrap();
             panic!("an instance did not end in {within:?}");
         }
         std::thread::sleep(Duration::from_millis(50));
@@ -74,9 +103,9 @@ fn finish(mut child: Child, within: Duration) -> serde_json::Value {
 }
 
 /// Stops an instance as Ctrl-C does: a last checkpoint, nothing flushed.
-fn interrupt(child: &Child) {
+fn interrupt(instance: &Instance) {
     let status = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
+        .args(["-INT", &instance.id().to_string()])
         .status()
         .unwrap();
     assert!(status.success());
@@ -204,7 +233,7 @@ impl<'b> Setup<'b> {
         )
     }
 
-    fn spawn(&self, name: &str) -> Child {
+    fn spawn(&self, name: &str) -> Instance {
         spawn_instance(&self.live, &self.chk, name)
     }
 
@@ -457,8 +486,7 @@ fn a_killed_instance_and_a_joining_one_change_nothing_in_the_group_outputs() {
     });
     let mut rng = Xorshift(kill_seed());
     std::thread::sleep(Duration::from_secs_f64(rng.next_f64()));
-    a.kill().unwrap();
-    a.wait().unwrap();
+    a.kill();
     // The third joins once the group's session timeout (6 s) has passed, so the group
     // hands a's partitions over in that rebalance.
     std::thread::sleep(Duration::from_secs(8));
