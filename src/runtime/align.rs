@@ -283,6 +283,122 @@ mod tests {
         assert_eq!(paused(&a), [(0, 0)]);
     }
 
+    /// One split as a Kafka partition delivers it: bursts of records, each followed
+    /// by the partition's end, told once, in the same queue (a paused partition's end
+    /// waits there with its records).
+    #[derive(Debug, Clone)]
+    struct SimSplit {
+        /// Per burst: the step it arrives at and its records' event times.
+        bursts: Vec<(u32, Vec<u64>)>,
+    }
+
+    fn sim_split() -> impl proptest::strategy::Strategy<Value = SimSplit> {
+        use proptest::prelude::*;
+        proptest::collection::vec(
+            (0u32..60, proptest::collection::vec(1u64..400, 0..12)),
+            1..5,
+        )
+        .prop_map(|bursts| {
+            let mut t = 10_000u64;
+            let mut bursts: Vec<(u32, Vec<u64>)> = bursts
+                .into_iter()
+                .map(|(at, steps)| {
+                    let times = steps
+                        .into_iter()
+                        .map(|d| {
+                            t += d;
+                            t
+                        })
+                        .collect();
+                    (at, times)
+                })
+                .collect();
+            bursts.sort_by_key(|b| b.0);
+            SimSplit { bursts }
+        })
+    }
+
+    enum Item {
+        Record(u64),
+        End,
+    }
+
+    proptest::proptest! {
+        /// Alignment never stalls a reader: splits read as Kafka partitions are read
+        /// (a paused one reads nothing, its end included; its end is told once per
+        /// burst), with an idle timeout no run reaches, always deliver every record.
+        /// A split that alignment resumed after it had read all its input once counted
+        /// as reading, and held the split that overtook it paused for good.
+        #[test]
+        fn alignment_lets_every_split_read_all_its_input(
+            splits in proptest::collection::vec(sim_split(), 2..6),
+            drift in 50u64..800,
+        ) {
+            let t0 = Instant::now();
+            let settings = WatermarkSettings {
+                max_out_of_order: Duration::from_nanos(0),
+                idle_timeout: Duration::from_secs(3600),
+                max_drift: Some(Duration::from_nanos(drift)),
+                ..WatermarkSettings::default()
+            };
+            let n = splits.len();
+            let mut t = WatermarkTracker::new(1);
+            let mut a = Alignment::new(Arc::new(PauseSignal::new(1)), 1);
+            for k in 0..n {
+                t.add_split((0, k as u32), &settings, t0);
+            }
+            let mut queues: Vec<std::collections::VecDeque<Item>> =
+                (0..n).map(|_| Default::default()).collect();
+            let total: usize = splits
+                .iter()
+                .flat_map(|s| &s.bursts)
+                .map(|b| b.1.len())
+                .sum();
+            let mut read = 0;
+            let mut paused = BTreeSet::new();
+            let last_burst = splits
+                .iter()
+                .flat_map(|s| &s.bursts)
+                .map(|b| b.0)
+                .max()
+                .unwrap_or(0);
+            // Enough steps to read everything one record a step after the last burst.
+            let steps = last_burst + 2 * (total as u32 + n as u32) + 10;
+            for step in 0..steps {
+                for (k, s) in splits.iter().enumerate() {
+                    for (_, times) in s.bursts.iter().filter(|b| b.0 == step) {
+                        queues[k].extend(times.iter().map(|t| Item::Record(*t)));
+                        queues[k].push_back(Item::End);
+                    }
+                }
+                // The reader: one item per split it may read.
+                for (k, q) in queues.iter_mut().enumerate() {
+                    let key = k as u32;
+                    if paused.contains(&key) {
+                        continue;
+                    }
+                    match q.pop_front() {
+                        Some(Item::Record(time)) => {
+                            t.touch((0, key), t0);
+                            t.observe((0, key), time);
+                            read += 1;
+                        }
+                        Some(Item::End) => t.caught_up((0, key)),
+                        None => {}
+                    }
+                }
+                // The router, after the records.
+                a.update(&mut t, t0);
+                paused = a.since.keys().map(|k| k.1).collect();
+            }
+            proptest::prop_assert_eq!(
+                read, total,
+                "stalled with {:?} paused and {} records unread",
+                paused, total - read
+            );
+        }
+    }
+
     #[test]
     fn far_future_spans_become_dead_letters_and_leave_the_others() {
         let meta = RecordMeta {
