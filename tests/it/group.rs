@@ -42,8 +42,9 @@ fn group_job(source: &str, out: &Path) -> String {
 struct Instance(Option<Child>);
 
 impl Instance {
+    /// Its process id (never 0, which `kill` would take for the whole process group).
     fn id(&self) -> u32 {
-        self.0.as_ref().map_or(0, Child::id)
+        self.0.as_ref().expect("an instance not finished").id()
     }
 
     /// Kills it (SIGKILL) and waits for its end.
