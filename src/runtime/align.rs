@@ -241,6 +241,17 @@ mod tests {
         assert_eq!(far_future_bound(&t, (0, 0), hour, 0, now, false), now + h);
     }
 
+    /// Settings of splits that event time alone moves (no disorder allowed, an idle
+    /// timeout no test reaches), aligned within `drift` ns.
+    fn aligned(drift: u64) -> WatermarkSettings {
+        WatermarkSettings {
+            max_out_of_order: Duration::from_nanos(0),
+            idle_timeout: Duration::from_secs(3600),
+            max_drift: Some(Duration::from_nanos(drift)),
+            ..WatermarkSettings::default()
+        }
+    }
+
     /// A split that read to its end, ran ahead and was paused, then resumed, holds
     /// nothing back: its source told its end before the pause and will not again. It
     /// used to count as reading from its resume on, and with a long idle timeout kept
@@ -250,12 +261,7 @@ mod tests {
     fn a_resumed_split_that_read_all_its_input_holds_nothing_back() {
         let t0 = Instant::now();
         let drift = 1_000u64;
-        let settings = WatermarkSettings {
-            max_out_of_order: Duration::from_nanos(0),
-            idle_timeout: Duration::from_secs(3600),
-            max_drift: Some(Duration::from_nanos(drift)),
-            ..WatermarkSettings::default()
-        };
+        let settings = aligned(drift);
         let mut t = WatermarkTracker::new(1);
         t.add_split((0, 0), &settings, t0);
         t.add_split((0, 1), &settings, t0);
@@ -300,7 +306,7 @@ mod tests {
         )
         .prop_map(|bursts| {
             let mut t = 10_000u64;
-            let mut bursts: Vec<(u32, Vec<u64>)> = bursts
+            let bursts = bursts
                 .into_iter()
                 .map(|(at, steps)| {
                     let times = steps
@@ -313,7 +319,6 @@ mod tests {
                     (at, times)
                 })
                 .collect();
-            bursts.sort_by_key(|b| b.0);
             SimSplit { bursts }
         })
     }
@@ -335,12 +340,7 @@ mod tests {
             drift in 50u64..800,
         ) {
             let t0 = Instant::now();
-            let settings = WatermarkSettings {
-                max_out_of_order: Duration::from_nanos(0),
-                idle_timeout: Duration::from_secs(3600),
-                max_drift: Some(Duration::from_nanos(drift)),
-                ..WatermarkSettings::default()
-            };
+            let settings = aligned(drift);
             let n = splits.len();
             let mut t = WatermarkTracker::new(1);
             let mut a = Alignment::new(Arc::new(PauseSignal::new(1)), 1);
