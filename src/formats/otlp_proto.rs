@@ -37,6 +37,20 @@ pub(crate) fn decode_request(
     Ok(())
 }
 
+/// A `ResourceSpans`' schema URL as read, its UTF-8 not yet checked.
+#[derive(Clone, Copy, Default)]
+struct SchemaUrl<'a> {
+    bytes: &'a [u8],
+    /// Where its length is in the record, for the error.
+    at: usize,
+}
+
+impl SchemaUrl<'_> {
+    fn check(&self) -> Result<(), DecodeError> {
+        super::wire::checked_str(self.bytes, self.at).map(drop)
+    }
+}
+
 fn resource_spans(
     b: &mut SpanBuilder,
     rs: Reader<'_>,
@@ -47,7 +61,9 @@ fn resource_spans(
     // The resource and the schema URL may follow the spans on the wire; read them first.
     let mut only: Option<&[u8]> = None;
     let mut count = 0usize;
-    let mut schema_url: &[u8] = &[];
+    // Its UTF-8 is checked where the resource is decoded, not here: a cached resource's
+    // key holds the URL's bytes, checked when it was remembered.
+    let mut schema_url = SchemaUrl::default();
     // The `ScopeSpans`, when there is exactly one (the usual case, and nearly every
     // piece of a topic split by trace id): it is then decoded without walking the
     // `ResourceSpans` a second time. Several, or one of the wrong wire type (which the
@@ -72,10 +88,18 @@ fn resource_spans(
             }
             3 => {
                 pass.expect(wt, WireType::Len, "schema_url")?;
-                schema_url = pass.str()?.as_bytes();
+                let at = pass.offset();
+                schema_url = SchemaUrl {
+                    bytes: pass.bytes()?,
+                    at,
+                };
             }
             _ => pass.skip(wt)?,
         }
+    }
+    if one_scope.is_none() {
+        // No resource is decoded for it, and the record must still fail.
+        schema_url.check()?;
     }
     let only = only.filter(|_| count == 1);
     if let Some(ss) = one_scope.filter(|_| !walk) {
@@ -105,7 +129,7 @@ fn scope_spans(
     b: &mut SpanBuilder,
     rs: Reader<'_>,
     only: Option<&[u8]>,
-    schema_url: &[u8],
+    schema_url: SchemaUrl<'_>,
     ss: Reader<'_>,
     meta: &RecordMeta,
     out: &mut Decoded,
@@ -169,12 +193,12 @@ fn scoped_resource(
     b: &mut SpanBuilder,
     rs: Reader<'_>,
     only: Option<&[u8]>,
-    schema_url: &[u8],
+    schema_url: SchemaUrl<'_>,
     ss: Reader<'_>,
     head: Option<&[u8]>,
 ) -> Result<Resource, DecodeError> {
     let head_key = match (only, head) {
-        (Some(bytes), Some(head)) => Some([bytes, schema_url, head]),
+        (Some(bytes), Some(head)) => Some([bytes, schema_url.bytes, head]),
         _ => None,
     };
     if let Some(key) = head_key
@@ -182,6 +206,8 @@ fn scoped_resource(
     {
         return Ok(r);
     }
+    schema_url.check()?;
+    let schema_url = schema_url.bytes;
     let mut envelope = std::mem::take(&mut b.envelope);
     let res = envelope_of(&mut envelope, schema_url, ss, head.is_none()).and_then(|scope| {
         let built_key = match (only, head) {
@@ -216,6 +242,16 @@ fn scoped_resource(
 /// [`envelope_of`], as a key found in the cache was checked when it was remembered.
 fn scope_head<'a>(ss: Reader<'a>) -> Result<&'a [u8], DecodeError> {
     let all = ss.remaining();
+    // What SDKs and the Collector write: the scope with a one-byte length, then the
+    // first span. The walk below reads it to the same head, in several times the
+    // instructions, and the head is looked up for every piece of a split topic.
+    if let [0x0a, len, ..] = *all
+        && len < 0x80
+        && let end = 2 + usize::from(len)
+        && all.get(end) == Some(&0x12)
+    {
+        return Ok(all.get(..end).unwrap_or(all));
+    }
     let mut pass = Reader::new(all, ss.offset());
     loop {
         let head = pass.offset() - ss.offset();

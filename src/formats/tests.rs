@@ -219,6 +219,42 @@ fn a_scope_spans_of_the_wrong_wire_type_is_a_dead_letter() {
     }
 }
 
+/// A resource's schema URL is checked for UTF-8 where the resource is decoded, not
+/// looked up: the record is a dead letter, as the reference has it, whether its resource
+/// (under a good URL) is cached, and when no `ScopeSpans` follows to decode it for.
+#[test]
+fn a_resource_schema_url_that_is_not_utf8_is_a_dead_letter() {
+    let mut req = request(vec![pspan(1, 1, None, vec![])]);
+    req.resource_spans[0].schema_url = "https://x.io/s/a".into();
+    let good = req.encode_to_vec();
+    let invalid = |bytes: &[u8]| {
+        let at = bytes
+            .windows(16)
+            .position(|w| w == b"https://x.io/s/a")
+            .expect("the URL")
+            + 15;
+        let mut bad = bytes.to_vec();
+        bad[at] = 0xff;
+        bad
+    };
+    let bad = invalid(&good);
+    req.resource_spans[0].scope_spans.clear();
+    let bad_without_spans = invalid(&req.encode_to_vec());
+    for bytes in [&bad, &bad_without_spans] {
+        // The good record first, so that its resource is in this thread's cache.
+        let (fast, _) = decode_both(&good);
+        assert_eq!(fast.spans.len(), 1);
+        let (fast, slow) = decode_both(bytes);
+        assert_eq!((fast.spans.len(), slow.spans.len()), (0, 0));
+        assert_eq!((fast.dead_letters.len(), slow.dead_letters.len()), (1, 1));
+        assert!(
+            fast.dead_letters[0].reason.contains("invalid UTF-8"),
+            "{}",
+            fast.dead_letters[0].reason
+        );
+    }
+}
+
 /// The resource cache keys a resource by the bytes of its envelope too: records that
 /// repeat one resource under other scopes, scope schema URLs written before the spans
 /// (allowed, if not what prost writes), resource schema URLs or unknown fields each get

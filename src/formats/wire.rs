@@ -24,6 +24,13 @@ pub(crate) fn utf8(b: &[u8]) -> Result<&str, ()> {
     simdutf8::basic::from_utf8(b).map_err(drop)
 }
 
+/// `b` as a string field's value read at offset `at` of the record: the error
+/// [`Reader::str`] gives when it is not UTF-8.
+#[inline(always)]
+pub(crate) fn checked_str(b: &[u8], at: usize) -> Result<&str, DecodeError> {
+    utf8(b).map_err(|()| err("invalid UTF-8 in a string field", at))
+}
+
 /// Reads fields of one message from a byte slice.
 #[derive(Clone, Copy)]
 pub(crate) struct Reader<'a> {
@@ -180,7 +187,7 @@ impl<'a> Reader<'a> {
     pub fn str(&mut self) -> Result<&'a str, DecodeError> {
         let at = self.offset();
         let b = self.bytes()?;
-        utf8(b).map_err(|()| err("invalid UTF-8 in a string field", at))
+        checked_str(b, at)
     }
 
     #[inline]
