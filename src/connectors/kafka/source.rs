@@ -63,8 +63,55 @@ fn prefetch(partitions: usize) -> [(&'static str, usize); 4] {
     ]
 }
 
-/// How long the poll loop waits for the consumer when no partition had a record.
+/// How long the poll loop waits when no partition had a record and alignment holds
+/// some paused: their resumption does not wake it ([`Wake`]).
 const POLL_WAIT: Duration = Duration::from_millis(5);
+
+/// How long the poll loop waits at most when no partition had a record and none is
+/// paused: records and events wake it at once, so this bounds only how late it sees
+/// a stop or a checkpoint barrier of an idle source. Polling every [`POLL_WAIT`]
+/// instead cost ~8 ms of CPU per second of waiting (a group join, a quiet topic;
+/// BENCHMARKS.md, 2026-12-06, twenty-ninth session).
+const IDLE_WAIT: Duration = Duration::from_millis(100);
+
+/// Wakes the poll loop when one of its queues (the consumer's, a partition's) gets
+/// records or events: librdkafka calls [`Wake::notify`] from its own threads when a
+/// queue turns non-empty.
+#[derive(Default)]
+struct Wake {
+    woken: Mutex<bool>,
+    cond: std::sync::Condvar,
+}
+
+impl Wake {
+    fn notify(&self) {
+        if let Ok(mut woken) = self.woken.lock() {
+            *woken = true;
+        }
+        self.cond.notify_one();
+    }
+
+    /// Returns once notified (since the last return) or after `timeout`.
+    fn wait(&self, timeout: Duration) {
+        let Ok(mut woken) = self.woken.lock() else {
+            return;
+        };
+        if !*woken {
+            woken = match self.cond.wait_timeout(woken, timeout) {
+                Ok((w, _)) => w,
+                Err(_) => return,
+            };
+        }
+        *woken = false;
+    }
+
+    /// A callback for [`BaseConsumer::set_nonempty_callback`] and its partition
+    /// queues' counterpart.
+    fn callback(self: &Arc<Self>) -> impl Fn() + Send + Sync + 'static {
+        let wake = self.clone();
+        move || wake.notify()
+    }
+}
 
 /// Records all partitions together may have on their way to the router (read, not
 /// yet handled by it), shared out evenly among the partitions read from their own
@@ -461,6 +508,8 @@ pub struct KafkaReader {
     /// With origin splits: the input partitions of a repartition stage whose pieces
     /// this topic holds (0: off; see [`origin_key`]).
     pub origins: u32,
+    /// Notified by the consumer's queue and the partitions' own queues.
+    wake: Arc<Wake>,
 }
 
 /// The watermark split of records of partition `split` that came from input partition
@@ -758,13 +807,15 @@ impl KafkaReader {
                 cc.set(k, v.to_string());
             }
         }
-        let consumer: BaseConsumer<Ctx> = cc
+        let mut consumer: BaseConsumer<Ctx> = cc
             .create_with_context(Ctx {
                 shared: shared.clone(),
                 errors: super::ErrorLog::default(),
                 cooperative,
             })
             .map_err(cannot_create)?;
+        let wake = Arc::new(Wake::default());
+        consumer.set_nonempty_callback(wake.callback());
         let topics: Vec<&str> = config.topics.iter().map(String::as_str).collect();
         consumer.subscribe(&topics).map_err(|e| {
             ConnectorError::external(format!(
@@ -780,6 +831,7 @@ impl KafkaReader {
             owed,
             backlog,
             origins: 0,
+            wake,
         })
     }
 
@@ -800,6 +852,10 @@ impl KafkaReader {
         let mut chunk = Chunk::default();
         let mut done: BTreeMap<u32, Split> = BTreeMap::new();
         let mut last_flush = Instant::now();
+        // `done.len()` when the run last looked for its end ([`Self::all_done`]).
+        let mut done_seen = 0;
+        // `done.len()` when the queues of the partitions done were last dropped.
+        let mut retained = 0;
         // Each assigned partition's own queue of fetched records, read in turn a record
         // at a time, so that the partitions advance together whatever the batches a
         // fetch returns: one queue for all delivers a fetch partition by partition, up
@@ -846,22 +902,10 @@ impl KafkaReader {
             if let Some(w) = hooks.paused_splits(&mut pause_seen) {
                 paused = self.partitions_to_pause(w);
             }
-            let lag = self.shared.lock().ok().and_then(|mut s| {
-                let lag = s.lag.take()?;
-                Some(
-                    lag.into_iter()
-                        .map(|((t, p), l)| (s.split(&t, p), l))
-                        .collect::<Vec<_>>(),
-                )
-            });
-            if let Some(lag) = lag
-                && !emit(KafkaEvent::Lag(lag))
-            {
-                break;
-            }
             // A group that never assigns anything (all partitions held by other members,
-            // a stuck rebalance) would otherwise look like a silent hang.
-            if started.elapsed() >= next_wait_warning {
+            // a stuck rebalance) would otherwise look like a silent hang. Checked while
+            // nothing is read, so that a busy loop does not read the clock for it.
+            if !read_any && started.elapsed() >= next_wait_warning {
                 next_wait_warning += Duration::from_secs(30);
                 // Also when a restored run still waits for its checkpoint's partitions
                 // (a group may settle with nothing assigned to it).
@@ -875,25 +919,42 @@ impl KafkaReader {
                     );
                 }
             }
-            let msg = self.consumer.poll(if read_any || waits_for_router {
-                Duration::ZERO
-            } else {
-                POLL_WAIT
-            });
+            if !read_any && !waits_for_router {
+                self.wake.wait(if paused.is_empty() {
+                    IDLE_WAIT
+                } else {
+                    POLL_WAIT
+                });
+            }
+            let msg = self.consumer.poll(Duration::ZERO);
             // Rebalance events first: records of a new partition must follow its
             // assignment, and a revoked partition's pending records go out before the
-            // revocation.
-            let (pending, errors) = match self.shared.lock() {
-                Ok(mut s) => (
-                    std::mem::take(&mut s.pending),
-                    std::mem::take(&mut s.errors),
-                ),
+            // revocation. One lock for all the callbacks left, taken once per round.
+            let (lag, pending, errors, rebalanced) = match self.shared.lock() {
+                Ok(mut s) => {
+                    let lag = s.lag.take().map(|lag| {
+                        lag.into_iter()
+                            .map(|((t, p), l)| (s.split(&t, p), l))
+                            .collect::<Vec<_>>()
+                    });
+                    (
+                        lag,
+                        std::mem::take(&mut s.pending),
+                        std::mem::take(&mut s.errors),
+                        s.rebalanced,
+                    )
+                }
                 Err(_) => return Err(ConnectorError::internal("poisoned lock")),
             };
+            if let Some(lag) = lag
+                && !emit(KafkaEvent::Lag(lag))
+            {
+                break;
+            }
             if let Some(e) = errors.into_iter().next() {
                 return Err(ConnectorError::external(e));
             }
-            if member && self.shared.lock().is_ok_and(|s| s.rebalanced) {
+            if member && rebalanced {
                 // Writes since the last checkpoint are rolled back; every partition
                 // continues from its newest checkpoint, wherever it is now.
                 return Err(ConnectorError::external(format!(
@@ -901,6 +962,7 @@ impl KafkaReader {
                     self.config.group_id
                 )));
             }
+            let check_done = !pending.is_empty();
             for ev in pending {
                 if let KafkaEvent::Assigned(_) = &ev {
                     // An assignment ends the partitions' own queues.
@@ -969,15 +1031,18 @@ impl KafkaReader {
                     any
                 }
             };
-            queues.retain(|k, _| !done.contains_key(k));
-            in_flight.retain(|k, _| queues.contains_key(k));
+            if done.len() != retained {
+                retained = done.len();
+                queues.retain(|k, _| !done.contains_key(k));
+                in_flight.retain(|k, _| queues.contains_key(k));
+            }
             // A partition's end goes out after its last records (which may still be in
             // the chunk): reported first, the records that follow would make it look
             // as if it were reading again.
-            if !read_any
+            let tick = !read_any
                 || !caught_up.is_empty()
-                || last_flush.elapsed() >= Duration::from_millis(20)
-            {
+                || last_flush.elapsed() >= Duration::from_millis(20);
+            if tick {
                 last_flush = Instant::now();
                 if !chunk.send(emit) {
                     return Ok(stats);
@@ -986,8 +1051,16 @@ impl KafkaReader {
             if !caught_up.is_empty() && !emit(KafkaEvent::CaughtUp(caught_up)) {
                 return Ok(stats);
             }
-            if self.bounded && self.all_done(&mut done, &mut chunk, emit)? {
-                break;
+            // Partitions reach their end offset in `take`, one at a time; what else ends
+            // a bounded run (partitions assigned at their end, an assignment, an idle
+            // consumer) is looked for on the flush's tick: a look locks the shared
+            // state and walks every assigned partition, which a round that read records
+            // does not need every time.
+            if self.bounded && (check_done || tick || done.len() != done_seen) {
+                done_seen = done.len();
+                if self.all_done(&mut done, &mut chunk, emit)? {
+                    break;
+                }
             }
             if let Some(id) = hooks.barrier_due() {
                 // Everything read so far goes out first: the positions cover exactly
@@ -1230,7 +1303,8 @@ impl KafkaReader {
         for sp in assigned {
             // Without one (librdkafka does not know the partition yet) its records
             // come through the consumer's queue.
-            if let Some(q) = consumer.split_partition_queue(&sp.topic, sp.partition) {
+            if let Some(mut q) = consumer.split_partition_queue(&sp.topic, sp.partition) {
+                q.set_nonempty_callback(self.wake.callback());
                 queues.insert(sp.key, (sp, q));
             }
         }
