@@ -74,6 +74,59 @@ const POLL_WAIT: Duration = Duration::from_millis(5);
 /// BENCHMARKS.md, 2026-12-06, twenty-ninth session).
 const IDLE_WAIT: Duration = Duration::from_millis(100);
 
+/// The low and high watermark of partitions, by topic and partition.
+pub(super) type Watermarks = HashMap<(String, i32), (i64, i64)>;
+
+/// The low and high watermark of every partition, in two requests per broker: asked a
+/// partition at a time (`fetch_watermarks`), a topic of 128 partitions took 256 round
+/// trips before the first record was read. A list-offsets lookup by the special
+/// timestamps -2 (earliest) and -1 (latest) is the request those answers come from.
+pub(super) fn watermarks(
+    consumer: &BaseConsumer,
+    partitions: &[(String, i32)],
+) -> Result<Watermarks, ConnectorError> {
+    let lookup = |at: Offset| -> Result<HashMap<(String, i32), i64>, ConnectorError> {
+        let mut tpl = TopicPartitionList::new();
+        for (topic, p) in partitions {
+            tpl.add_partition_offset(topic, *p, at)
+                .map_err(|e| ConnectorError::internal(format!("{topic}/{p}: {e}")))?;
+        }
+        let found = consumer
+            .offsets_for_times(tpl, REQUEST_TIMEOUT)
+            .map_err(|e| ConnectorError::external(format!("cannot read the offsets: {e}")))?;
+        found
+            .elements()
+            .iter()
+            .map(|e| {
+                let cannot = |why: String| {
+                    ConnectorError::external(format!(
+                        "cannot read the offsets of {}/{}: {why}",
+                        e.topic(),
+                        e.partition()
+                    ))
+                };
+                e.error().map_err(|err| cannot(err.to_string()))?;
+                match e.offset() {
+                    Offset::Offset(o) if o >= 0 => Ok(((e.topic().to_owned(), e.partition()), o)),
+                    other => Err(cannot(format!("the broker answered {other:?}"))),
+                }
+            })
+            .collect()
+    };
+    let low = lookup(Offset::Beginning)?;
+    let high = lookup(Offset::End)?;
+    partitions
+        .iter()
+        .map(|k| match (low.get(k), high.get(k)) {
+            (Some(l), Some(h)) => Ok((k.clone(), (*l, *h))),
+            _ => Err(ConnectorError::external(format!(
+                "cannot read the offsets of {}/{}: the broker did not answer for it",
+                k.0, k.1
+            ))),
+        })
+        .collect()
+}
+
 /// Wakes the poll loop when one of its queues (the consumer's, a partition's) gets
 /// records or events: librdkafka calls [`Wake::notify`] from its own threads when a
 /// queue turns non-empty.
@@ -659,15 +712,7 @@ impl KafkaReader {
         }
         let mut starts = HashMap::new();
         let mut ends = HashMap::new();
-        let mut marks = HashMap::new();
-        for (topic, p) in &partitions {
-            let wm = consumer
-                .fetch_watermarks(topic, *p, REQUEST_TIMEOUT)
-                .map_err(|e| {
-                    ConnectorError::external(format!("cannot read the offsets of {topic}/{p}: {e}"))
-                })?;
-            marks.insert((topic.clone(), *p), wm);
-        }
+        let marks = watermarks(&consumer, &partitions)?;
         let by_time = |ms: i64| -> Result<HashMap<(String, i32), i64>, ConnectorError> {
             let mut tpl = TopicPartitionList::new();
             for (topic, p) in &partitions {

@@ -246,6 +246,58 @@ fn a_partition_is_caught_up_after_its_last_records() {
     assert_eq!(caught_up, [true; 3], "every partition reached its end");
 }
 
+/// The watermarks of all partitions asked at once equal librdkafka's answer for each
+/// partition on its own (empty partitions, one whose oldest records are gone, a second
+/// topic).
+#[test]
+fn all_watermarks_at_once_equal_each_partitions_own() {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+
+    let cluster = MockCluster::new(1).unwrap();
+    cluster.create_topic("a", 4, 1).unwrap();
+    cluster.create_topic("b", 2, 1).unwrap();
+    let brokers = cluster.bootstrap_servers();
+    produce(&brokers, "a", &[0, 3, 10, 1]);
+    produce(&brokers, "b", &[7, 0]);
+    let consumer: BaseConsumer = super::client_config(&brokers, &BTreeMap::new())
+        .set("group.id", "marks")
+        .create()
+        .unwrap();
+    // Past the mock's 5 MiB per partition, the oldest records of a/2 go, as retention
+    // would take them: its low watermark moves.
+    let p = KafkaProducer::new(&brokers, &BTreeMap::new()).unwrap();
+    // Bytes lz4 cannot shrink.
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let noise: Vec<u8> = (0..600_000)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    for _ in 0..12 {
+        p.send("a", Some(2), None, &noise).unwrap();
+    }
+    p.flush().unwrap();
+    let partitions: Vec<(String, i32)> =
+        [("a", 0), ("a", 1), ("a", 2), ("a", 3), ("b", 0), ("b", 1)]
+            .iter()
+            .map(|(t, p)| ((*t).to_owned(), *p))
+            .collect();
+    let marks = super::source::watermarks(&consumer, &partitions).expect("watermarks");
+    assert_eq!(marks.len(), partitions.len());
+    for (t, p) in &partitions {
+        let own = consumer
+            .fetch_watermarks(t, *p, std::time::Duration::from_secs(10))
+            .unwrap();
+        assert_eq!(marks[&(t.clone(), *p)], own, "{t}/{p}");
+    }
+    let (low, high) = marks[&("a".to_owned(), 2)];
+    assert!(low > 0 && high == 22, "a/2 from {low} to {high}");
+    assert_eq!(marks[&("b".to_owned(), 1)], (0, 0));
+}
+
 /// The CPU time the calling thread has used.
 fn thread_cpu() -> std::time::Duration {
     let mut ts = libc::timespec {
