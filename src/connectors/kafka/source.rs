@@ -897,10 +897,8 @@ impl KafkaReader {
         let mut chunk = Chunk::default();
         let mut done: BTreeMap<u32, Split> = BTreeMap::new();
         let mut last_flush = Instant::now();
-        // `done.len()` when the run last looked for its end ([`Self::all_done`]).
+        // `done.len()` when the loop last dropped the queues of the partitions done.
         let mut done_seen = 0;
-        // `done.len()` when the queues of the partitions done were last dropped.
-        let mut retained = 0;
         // Each assigned partition's own queue of fetched records, read in turn a record
         // at a time, so that the partitions advance together whatever the batches a
         // fetch returns: one queue for all delivers a fetch partition by partition, up
@@ -1007,7 +1005,7 @@ impl KafkaReader {
                     self.config.group_id
                 )));
             }
-            let check_done = !pending.is_empty();
+            let mut check_done = !pending.is_empty();
             for ev in pending {
                 if let KafkaEvent::Assigned(_) = &ev {
                     // An assignment ends the partitions' own queues.
@@ -1076,8 +1074,9 @@ impl KafkaReader {
                     any
                 }
             };
-            if done.len() != retained {
-                retained = done.len();
+            if done.len() != done_seen {
+                done_seen = done.len();
+                check_done = true;
                 queues.retain(|k, _| !done.contains_key(k));
                 in_flight.retain(|k, _| queues.contains_key(k));
             }
@@ -1096,16 +1095,13 @@ impl KafkaReader {
             if !caught_up.is_empty() && !emit(KafkaEvent::CaughtUp(caught_up)) {
                 return Ok(stats);
             }
-            // Partitions reach their end offset in `take`, one at a time; what else ends
-            // a bounded run (partitions assigned at their end, an assignment, an idle
-            // consumer) is looked for on the flush's tick: a look locks the shared
-            // state and walks every assigned partition, which a round that read records
-            // does not need every time.
-            if self.bounded && (check_done || tick || done.len() != done_seen) {
-                done_seen = done.len();
-                if self.all_done(&mut done, &mut chunk, emit)? {
-                    break;
-                }
+            // Partitions reach their end offset in `take`, one at a time; the run looks
+            // for its end when one did, and what else ends it (partitions assigned at
+            // their end, an assignment, an idle consumer) on the flush's tick: a look
+            // locks the shared state and walks every assigned partition, which a round
+            // that read records does not need every time.
+            if self.bounded && (check_done || tick) && self.all_done(&mut done, &mut chunk, emit)? {
+                break;
             }
             if let Some(id) = hooks.barrier_due() {
                 // Everything read so far goes out first: the positions cover exactly
