@@ -1020,18 +1020,19 @@ fn mock_kafka_job(
 /// Messages the mock cluster dropped from `topic` (the sum of its partitions' start
 /// offsets, as everything was produced from offset 0) and all it was given.
 fn mock_dropped_messages(brokers: &str, topic: &str, partitions: i32) -> Result<(u64, u64)> {
-    use rdkafka::consumer::{BaseConsumer, Consumer};
-    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+    let consumer: rdkafka::consumer::BaseConsumer = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .create()?;
-    let (mut dropped, mut total) = (0u64, 0u64);
-    for p in 0..partitions {
-        let (low, high) =
-            consumer.fetch_watermarks(topic, p, std::time::Duration::from_secs(10))?;
-        dropped += u64::try_from(low).unwrap_or(0);
-        total += u64::try_from(high).unwrap_or(0);
-    }
-    Ok((dropped, total))
+    let all: Vec<(String, i32)> = (0..partitions).map(|p| (topic.to_owned(), p)).collect();
+    let marks = spanflow::connectors::kafka::source::watermarks(&consumer, &all)?;
+    Ok(marks
+        .values()
+        .fold((0, 0), |(dropped, total), &(low, high)| {
+            (
+                dropped + u64::try_from(low).unwrap_or(0),
+                total + u64::try_from(high).unwrap_or(0),
+            )
+        }))
 }
 
 fn truth_path(out: &Path) -> PathBuf {

@@ -75,14 +75,14 @@ const POLL_WAIT: Duration = Duration::from_millis(5);
 const IDLE_WAIT: Duration = Duration::from_millis(100);
 
 /// The low and high watermark of partitions, by topic and partition.
-pub(super) type Watermarks = HashMap<(String, i32), (i64, i64)>;
+pub type Watermarks = HashMap<(String, i32), (i64, i64)>;
 
 /// The low and high watermark of every partition, in two requests per broker: asked a
 /// partition at a time (`fetch_watermarks`), a topic of 128 partitions took 256 round
 /// trips before the first record was read. A list-offsets lookup by the special
 /// timestamps -2 (earliest) and -1 (latest) is the request those answers come from.
-pub(super) fn watermarks(
-    consumer: &BaseConsumer,
+pub fn watermarks<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
     partitions: &[(String, i32)],
 ) -> Result<Watermarks, ConnectorError> {
     let lookup = |at: Offset| -> Result<HashMap<(String, i32), i64>, ConnectorError> {
@@ -1342,8 +1342,10 @@ impl KafkaReader {
         }
         let consumer = self.consumer.shared();
         for sp in assigned {
-            // Without one (librdkafka does not know the partition yet) its records
-            // come through the consumer's queue.
+            // librdkafka makes the partition's state when it has none yet
+            // (`rd_kafka_queue_get_partition` creates on a miss), so this fails only
+            // for a topic name holding a NUL byte, which no broker accepts; the
+            // partition would then come through the consumer's queue.
             if let Some(mut q) = consumer.split_partition_queue(&sp.topic, sp.partition) {
                 q.set_nonempty_callback(self.wake.callback());
                 queues.insert(sp.key, (sp, q));
