@@ -86,15 +86,7 @@ pub fn watermarks<C: ConsumerContext>(
     partitions: &[(String, i32)],
 ) -> Result<Watermarks, ConnectorError> {
     let lookup = |at: Offset| -> Result<HashMap<(String, i32), i64>, ConnectorError> {
-        let mut tpl = TopicPartitionList::new();
-        for (topic, p) in partitions {
-            tpl.add_partition_offset(topic, *p, at)
-                .map_err(|e| ConnectorError::internal(format!("{topic}/{p}: {e}")))?;
-        }
-        let found = consumer
-            .offsets_for_times(tpl, REQUEST_TIMEOUT)
-            .map_err(|e| ConnectorError::external(format!("cannot read the offsets: {e}")))?;
-        found
+        list_offsets(consumer, partitions, at, || "read the offsets".to_owned())?
             .elements()
             .iter()
             .map(|e| {
@@ -125,6 +117,25 @@ pub fn watermarks<C: ConsumerContext>(
             ))),
         })
         .collect()
+}
+
+/// Every partition's offset at `at` (a time in ms, or `Beginning`/`End` for its low and
+/// high watermark), in one list-offsets request per broker. A failed request is
+/// "cannot {what}: {error}".
+fn list_offsets<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    partitions: &[(String, i32)],
+    at: Offset,
+    what: impl FnOnce() -> String,
+) -> Result<TopicPartitionList, ConnectorError> {
+    let mut tpl = TopicPartitionList::new();
+    for (topic, p) in partitions {
+        tpl.add_partition_offset(topic, *p, at)
+            .map_err(|e| ConnectorError::internal(format!("{topic}/{p}: {e}")))?;
+    }
+    consumer
+        .offsets_for_times(tpl, REQUEST_TIMEOUT)
+        .map_err(|e| ConnectorError::external(format!("cannot {}: {e}", what())))
 }
 
 /// Wakes the poll loop when one of its queues (the consumer's, a partition's) gets
@@ -714,19 +725,9 @@ impl KafkaReader {
         let mut ends = HashMap::new();
         let marks = watermarks(&consumer, &partitions)?;
         let by_time = |ms: i64| -> Result<HashMap<(String, i32), i64>, ConnectorError> {
-            let mut tpl = TopicPartitionList::new();
-            for (topic, p) in &partitions {
-                tpl.add_partition_offset(topic, *p, Offset::Offset(ms))
-                    .map_err(|e| ConnectorError::internal(format!("{topic}/{p}: {e}")))?;
-            }
-            let found = consumer
-                .offsets_for_times(tpl, REQUEST_TIMEOUT)
-                .map_err(|e| {
-                    ConnectorError::external(format!(
-                        "cannot look up offsets at {}: {e}",
-                        format_time(ms)
-                    ))
-                })?;
+            let found = list_offsets(&consumer, &partitions, Offset::Offset(ms), || {
+                format!("look up offsets at {}", format_time(ms))
+            })?;
             let mut out = HashMap::new();
             // Reads the records that check a lookup (below), made once if needed.
             let mut reader: Option<BaseConsumer> = None;
