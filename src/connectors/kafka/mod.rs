@@ -160,6 +160,12 @@ impl<C: rdkafka::consumer::ConsumerContext + 'static> Drop for GroupConsumer<C> 
     }
 }
 
+/// Longest wait between two checks of a closing consumer's held payloads.
+const CLOSE_POLL_MAX: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// How long a closing consumer waits for held payloads before it says so.
+const CLOSE_WARN_AFTER: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// A consumer being dropped: it waits for the payloads still held
 /// ([`GroupConsumer::payload`]; at the end of a run there are none) before the consumer
 /// goes, on whichever thread drops it.
@@ -170,8 +176,21 @@ struct Closing<C: rdkafka::consumer::ConsumerContext + 'static> {
 
 impl<C: rdkafka::consumer::ConsumerContext + 'static> Drop for Closing<C> {
     fn drop(&mut self) {
+        // Payloads go within milliseconds of a run's end, so the first waits are short;
+        // one held for good (a bug) must not keep this thread waking at 1 kHz.
+        let start = std::time::Instant::now();
+        let mut wait = std::time::Duration::from_millis(1);
+        let mut warned = false;
         while std::sync::Arc::strong_count(&self.payloads) > 1 {
-            std::thread::sleep(std::time::Duration::from_millis(1));
+            std::thread::sleep(wait);
+            wait = (wait * 2).min(CLOSE_POLL_MAX);
+            if !warned && start.elapsed() >= CLOSE_WARN_AFTER {
+                warned = true;
+                tracing::warn!(
+                    held = std::sync::Arc::strong_count(&self.payloads) - 1,
+                    "a closed Kafka consumer waits for message payloads still held"
+                );
+            }
         }
         drop(self.consumer.take());
     }
