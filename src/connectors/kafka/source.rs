@@ -196,6 +196,49 @@ pub(crate) fn in_flight_bound(partitions: usize) -> usize {
     (IN_FLIGHT_RECORDS / partitions.max(1)).max(2)
 }
 
+/// Payload bytes all partitions together may have on their way to the router, shared
+/// out evenly like [`IN_FLIGHT_RECORDS`]; a partition may always have one record on its
+/// way, however large.
+///
+/// A count of records bounds event time only while records are small. A topic not
+/// keyed by trace id (the Collector Kafka exporter's default) holds whole requests, and
+/// there the records' share at 64 partitions, four of one partition, spanned ~23 s of
+/// its event time: the job buffered 2.6x the spans of the in-memory run, whatever the
+/// alignment drift (BENCHMARKS.md, 2026-12-06, thirty-first session). Bytes follow
+/// spans, and so event time, whatever the layout. Pieces of a topic keyed by trace id
+/// stay under this (~13 MiB in all at 64 partitions).
+pub(crate) const IN_FLIGHT_BYTES: usize = 16 << 20;
+
+/// A partition's records on their way to the router: for each, its sequence number
+/// (records read before it) and its payload's size.
+#[derive(Default)]
+struct InFlight {
+    records: VecDeque<(u64, usize)>,
+    bytes: usize,
+}
+
+impl InFlight {
+    /// Forgets the records the router has handled (`routed`: how many it has).
+    fn handled(&mut self, routed: u64) {
+        while let Some(&(seq, len)) = self.records.front()
+            && seq < routed
+        {
+            self.records.pop_front();
+            self.bytes -= len;
+        }
+    }
+
+    fn push(&mut self, seq: u64, len: usize) {
+        self.records.push_back((seq, len));
+        self.bytes += len;
+    }
+
+    /// Whether the partition has its share of records or bytes on their way.
+    fn full(&self, records: usize, bytes: usize) -> bool {
+        self.records.len() >= records || (!self.records.is_empty() && self.bytes >= bytes)
+    }
+}
+
 /// How long the poll loop waits at most for the router when every partition it could
 /// read waits for it (it is woken as soon as the router handled a chunk).
 const IN_FLIGHT_WAIT: Duration = Duration::from_millis(5);
@@ -574,6 +617,8 @@ pub struct KafkaReader {
     pub origins: u32,
     /// Notified by the consumer's queue and the partitions' own queues.
     wake: Arc<Wake>,
+    /// [`IN_FLIGHT_BYTES`], but for tests.
+    in_flight_bytes: usize,
 }
 
 /// The watermark split of records of partition `split` that came from input partition
@@ -878,7 +923,15 @@ impl KafkaReader {
             backlog,
             origins: 0,
             wake,
+            in_flight_bytes: IN_FLIGHT_BYTES,
         })
+    }
+
+    /// Another bound on the payload bytes on their way to the router, in all.
+    #[cfg(test)]
+    pub(crate) fn with_in_flight_bytes(mut self, bytes: usize) -> Self {
+        self.in_flight_bytes = bytes;
+        self
     }
 
     /// Reads until the end offsets (bounded) or until `stop` is set, handing events to
@@ -936,7 +989,7 @@ impl KafkaReader {
         let mut paused: BTreeSet<u32> = BTreeSet::new();
         // Per partition read from its own queue, the sequence numbers (records read
         // before it) of its records the router may not have handled yet.
-        let mut in_flight: BTreeMap<u32, VecDeque<u64>> = BTreeMap::new();
+        let mut in_flight: BTreeMap<u32, InFlight> = BTreeMap::new();
         let mut waits_for_router = false;
         let mut routed = 0;
         loop {
@@ -1049,26 +1102,26 @@ impl KafkaReader {
                     waits_for_router = false;
                     routed = hooks.routed();
                     let bound = in_flight_bound(queues.len());
+                    let byte_bound = self.in_flight_bytes / queues.len().max(1);
                     for (key, (_, queue)) in &queues {
                         if paused.contains(key) || read.done.contains_key(key) {
                             continue;
                         }
                         let sent = in_flight.entry(*key).or_default();
-                        while sent.front().is_some_and(|s| *s < routed) {
-                            sent.pop_front();
-                        }
-                        if sent.len() >= bound {
+                        sent.handled(routed);
+                        if sent.full(bound, byte_bound) {
                             waits_for_router = true;
                             continue;
                         }
                         if let Some(m) = queue.poll(Duration::ZERO) {
                             any = true;
                             let seq = read.stats.records;
+                            let len = m.as_ref().map_or(0, |m| m.payload_len());
                             if !self.take(m, &mut read, emit)? {
                                 return Ok(stats);
                             }
                             if read.stats.records > seq {
-                                sent.push_back(seq);
+                                sent.push(seq, len);
                             }
                         }
                     }

@@ -491,6 +491,105 @@ fn a_partition_reads_ahead_of_the_router_by_a_bounded_number_of_records() {
     }
 }
 
+/// Large records are bounded by their bytes too: a partition has at most its share of
+/// the in-flight bytes (plus the record that crossed it) read and not yet handled by the
+/// router. Whole requests, as a topic not keyed by trace id holds them, would otherwise
+/// run tens of seconds of a partition's event time ahead within the record bound.
+#[test]
+fn a_partition_reads_ahead_of_the_router_by_a_bounded_number_of_bytes() {
+    use std::sync::atomic::Ordering;
+    use std::sync::{Arc, Mutex};
+
+    const RECORD: usize = 10 << 10;
+    const TOTAL: usize = 16 * RECORD;
+    let cluster = MockCluster::new(1).unwrap();
+    cluster.create_topic("t", 4, 1).unwrap();
+    let brokers = cluster.bootstrap_servers();
+    let p = KafkaProducer::new(&brokers, &BTreeMap::new()).unwrap();
+    for part in 0..4 {
+        for _ in 0..100 {
+            p.send("t", Some(part), None, &[b'x'; RECORD]).unwrap();
+        }
+    }
+    p.flush().unwrap();
+    // The record bound alone would let a partition run at least four times its share
+    // of the bytes ahead.
+    assert!(super::source::in_flight_bound(4) * RECORD >= 4 * (TOTAL / 4));
+    let mut reader = KafkaReader::connect(&source_config(&brokers, "t", "inflight-bytes"), &[])
+        .expect("connect")
+        .with_in_flight_bytes(TOTAL);
+    let hooks = Arc::new(SlowRouter {
+        routed: Default::default(),
+    });
+    let handled = Arc::new(Mutex::new([0usize; 4]));
+    let (tx, rx) = std::sync::mpsc::channel::<Vec<(usize, usize)>>();
+    let router = {
+        let (hooks, handled) = (hooks.clone(), handled.clone());
+        std::thread::spawn(move || {
+            for runs in rx {
+                std::thread::sleep(std::time::Duration::from_millis(2));
+                let mut h = handled.lock().unwrap();
+                for (p, n) in &runs {
+                    h[*p] += n;
+                }
+                let n: usize = runs.iter().map(|(_, n)| n).sum();
+                hooks.routed.fetch_add(n as u64, Ordering::SeqCst);
+            }
+        })
+    };
+    let stop = AtomicBool::new(false);
+    let mut sent = [0usize; 4];
+    let (mut most_ahead, mut beyond) = (0usize, 0isize);
+    let mut seen = [0usize; 4];
+    reader
+        .run(
+            &stop,
+            &mut |e| {
+                if let KafkaEvent::Records { runs, records, .. } = &e {
+                    let runs: Vec<(usize, usize)> = runs
+                        .iter()
+                        .map(|r| (usize::try_from(r.split.partition).unwrap(), r.len))
+                        .collect();
+                    let mut records = records.iter();
+                    for (p, n) in &runs {
+                        sent[*p] += n;
+                        for r in records.by_ref().take(*n) {
+                            assert_eq!(r.len(), RECORD);
+                            seen[*p] += 1;
+                        }
+                    }
+                    let h = *handled.lock().unwrap();
+                    let reading = sent.iter().filter(|n| **n < 100).count().max(1);
+                    // In records of RECORD bytes: the share, and the one that crosses it.
+                    let share = (TOTAL / reading).div_ceil(RECORD);
+                    for p in 0..4 {
+                        most_ahead = most_ahead.max(sent[p] - h[p]);
+                        beyond = beyond.max((sent[p] - h[p]) as isize - share as isize);
+                    }
+                    tx.send(runs).unwrap();
+                }
+                true
+            },
+            Some(FinishSignal::ready(Finish::Abort)),
+            &*hooks,
+        )
+        .expect("run");
+    drop(tx);
+    router.join().unwrap();
+    assert_eq!(seen, [100; 4], "every record, once");
+    // The first poll, before the partitions' own queues exist, may bring one record
+    // from the consumer's queue.
+    assert!(
+        beyond <= 1,
+        "a partition ran {beyond} records of {RECORD} bytes ahead of the router beyond its \
+         share of {TOTAL} bytes"
+    );
+    assert!(
+        most_ahead >= TOTAL / 4 / RECORD / 2,
+        "the reader should have waited for the slow router ({most_ahead} ahead)"
+    );
+}
+
 #[test]
 fn bounded_read_sees_every_record_once_in_order_and_commits() {
     let cluster = MockCluster::new(1).unwrap();
