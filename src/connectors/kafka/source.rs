@@ -481,6 +481,67 @@ impl ClientContext for Ctx {
     }
 }
 
+/// Takes partitions the group assigned (or a standalone run assigns itself): positions
+/// each where the run starts it, assigns them to `consumer` and queues the assignment
+/// for the poll loop.
+fn assign_partitions(
+    shared: &mut Shared,
+    consumer: &BaseConsumer<Ctx>,
+    tpl: &mut TopicPartitionList,
+    cooperative: bool,
+) {
+    let mut splits = Vec::new();
+    for e in tpl.elements() {
+        splits.push(shared.split(e.topic(), e.partition()));
+    }
+    for s in &splits {
+        let k = (s.topic.clone(), s.partition);
+        let at = shared
+            .position
+            .get(&k)
+            .or_else(|| shared.start.get(&k))
+            .copied();
+        let offset = at.map_or(Offset::Stored, Offset::Offset);
+        // A partition assigned but never read still commits where it
+        // started, so the group resumes there and not at its fallback.
+        if let Some(o) = at {
+            shared.position.entry(k).or_insert(o);
+        }
+        if let Err(e) = tpl.set_partition_offset(&s.topic, s.partition, offset) {
+            shared
+                .errors
+                .push(format!("cannot position {}/{}: {e}", s.topic, s.partition));
+        }
+    }
+    let r = if cooperative {
+        consumer.incremental_assign(tpl)
+    } else {
+        consumer.assign(tpl)
+    };
+    if let Err(e) = r {
+        shared.errors.push(format!("assigning partitions: {e}"));
+    }
+    shared.ever_assigned = true;
+    tracing::info!(
+        partitions = ?splits.iter().map(|s| s.partition).collect::<Vec<_>>(),
+        "kafka partitions assigned"
+    );
+    for s in &splits {
+        shared.assigned.insert(s.key, s.clone());
+    }
+    shared.awaiting_assign = false;
+    if shared.fence.is_some() {
+        // Read from where the restarted run says, once it restored them.
+        if let Err(e) = consumer.pause(tpl) {
+            shared
+                .errors
+                .push(format!("pausing assigned partitions: {e}"));
+        }
+        shared.rebalanced = true;
+    }
+    shared.pending.push(KafkaEvent::Assigned(splits));
+}
+
 impl ConsumerContext for Ctx {
     /// Asynchronous commits report here: a failed one is retried by the next
     /// checkpoint's, but a group that keeps refusing them must not look like lag.
@@ -510,56 +571,7 @@ impl ConsumerContext for Ctx {
         let cooperative = self.cooperative;
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
-                let mut splits = Vec::new();
-                for e in tpl.elements() {
-                    splits.push(shared.split(e.topic(), e.partition()));
-                }
-                for s in &splits {
-                    let k = (s.topic.clone(), s.partition);
-                    let at = shared
-                        .position
-                        .get(&k)
-                        .or_else(|| shared.start.get(&k))
-                        .copied();
-                    let offset = at.map_or(Offset::Stored, Offset::Offset);
-                    // A partition assigned but never read still commits where it
-                    // started, so the group resumes there and not at its fallback.
-                    if let Some(o) = at {
-                        shared.position.entry(k).or_insert(o);
-                    }
-                    if let Err(e) = tpl.set_partition_offset(&s.topic, s.partition, offset) {
-                        shared
-                            .errors
-                            .push(format!("cannot position {}/{}: {e}", s.topic, s.partition));
-                    }
-                }
-                let r = if cooperative {
-                    consumer.incremental_assign(tpl)
-                } else {
-                    consumer.assign(tpl)
-                };
-                if let Err(e) = r {
-                    shared.errors.push(format!("assigning partitions: {e}"));
-                }
-                shared.ever_assigned = true;
-                tracing::info!(
-                    partitions = ?splits.iter().map(|s| s.partition).collect::<Vec<_>>(),
-                    "kafka partitions assigned"
-                );
-                for s in &splits {
-                    shared.assigned.insert(s.key, s.clone());
-                }
-                shared.awaiting_assign = false;
-                if shared.fence.is_some() {
-                    // Read from where the restarted run says, once it restored them.
-                    if let Err(e) = consumer.pause(tpl) {
-                        shared
-                            .errors
-                            .push(format!("pausing assigned partitions: {e}"));
-                    }
-                    shared.rebalanced = true;
-                }
-                shared.pending.push(KafkaEvent::Assigned(splits));
+                assign_partitions(&mut shared, consumer, tpl, cooperative);
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
                 let mut splits = Vec::new();
@@ -688,11 +700,26 @@ fn partition_list(splits: &[Split]) -> TopicPartitionList {
 
 impl KafkaReader {
     /// Connects, resolves start (and end) offsets of every partition of the topics and
-    /// subscribes. `resume` (from a savepoint) overrides the start of the partitions it
-    /// lists. Fails when a broker is unreachable or a topic does not exist.
+    /// subscribes, or for a bounded run assigns itself every partition (see
+    /// [`KafkaReader::open`]). `resume` (from a savepoint) overrides the start of the
+    /// partitions it lists. Fails when a broker is unreachable or a topic does not exist.
     pub fn connect(
         config: &KafkaSourceConfig,
         resume: &[(String, i32, i64)],
+    ) -> Result<Self, ConnectorError> {
+        Self::open(config, resume, false)
+    }
+
+    /// [`KafkaReader::connect`], as one member of a group of instances (`member`) or
+    /// alone. A bounded run alone reads every partition of its topics and assigns them
+    /// itself: joining the group would only make it wait for the group's first
+    /// rebalance (the broker's `group.initial.rebalance.delay.ms`, 3 s by default)
+    /// before reading anything. It still commits its positions to the group. A run
+    /// that is not bounded subscribes, so that it reads partitions added later.
+    fn open(
+        config: &KafkaSourceConfig,
+        resume: &[(String, i32, i64)],
+        member: bool,
     ) -> Result<Self, ConnectorError> {
         let shared = Arc::new(Mutex::new(Shared::default()));
         // Bigger fetches than librdkafka's defaults: OTLP batches are large messages
@@ -907,13 +934,27 @@ impl KafkaReader {
             .map_err(cannot_create)?;
         let wake = Arc::new(Wake::default());
         consumer.set_nonempty_callback(wake.callback());
-        let topics: Vec<&str> = config.topics.iter().map(String::as_str).collect();
-        consumer.subscribe(&topics).map_err(|e| {
-            ConnectorError::external(format!(
-                "cannot subscribe to {}: {e}",
-                config.topics.join(", ")
-            ))
-        })?;
+        if end.is_some() && !member {
+            let mut tpl = TopicPartitionList::new();
+            for (topic, p) in &partitions {
+                tpl.add_partition(topic, *p);
+            }
+            let mut s = shared
+                .lock()
+                .map_err(|_| ConnectorError::internal("poisoned lock"))?;
+            assign_partitions(&mut s, &consumer, &mut tpl, false);
+            if let Some(e) = s.errors.pop() {
+                return Err(ConnectorError::external(e));
+            }
+        } else {
+            let topics: Vec<&str> = config.topics.iter().map(String::as_str).collect();
+            consumer.subscribe(&topics).map_err(|e| {
+                ConnectorError::external(format!(
+                    "cannot subscribe to {}: {e}",
+                    config.topics.join(", ")
+                ))
+            })?;
+        }
         Ok(KafkaReader {
             config: config.clone(),
             consumer: super::GroupConsumer::new(consumer),
@@ -1513,7 +1554,7 @@ impl KafkaMember {
     /// Connects and subscribes (see [`KafkaReader::connect`]); revoked partitions go to
     /// `fence` before they are released.
     pub fn connect(config: &KafkaSourceConfig, fence: Arc<Fence>) -> Result<Self, ConnectorError> {
-        let reader = KafkaReader::connect(config, &[])?;
+        let reader = KafkaReader::open(config, &[], true)?;
         let shared = reader.shared.clone();
         if let Ok(mut s) = shared.lock() {
             s.fence = Some(fence.clone());

@@ -590,6 +590,32 @@ fn a_partition_reads_ahead_of_the_router_by_a_bounded_number_of_bytes() {
     );
 }
 
+/// A bounded run of one instance assigns itself every partition: it does not wait for
+/// the group's first rebalance (the mock cluster, like a broker, delays it 3 s), and it
+/// still commits to the group.
+#[test]
+fn a_bounded_run_alone_reads_without_waiting_for_the_group() {
+    let cluster = MockCluster::new(1).unwrap();
+    cluster.create_topic("t", 3, 1).unwrap();
+    let brokers = cluster.bootstrap_servers();
+    produce(&brokers, "t", &[5, 0, 7]);
+    let config = source_config(&brokers, "t", "alone");
+    let started = std::time::Instant::now();
+    let events = read_all(&config, Finish::Commit);
+    let took = started.elapsed();
+    assert!(
+        took < std::time::Duration::from_millis(2500),
+        "the bounded run took {took:?}, as if it had joined the group"
+    );
+    let by_part = records_by_partition(&events);
+    assert_eq!(by_part.get(&0), Some(&(0..5).collect::<Vec<u64>>()));
+    assert_eq!(by_part.get(&2), Some(&(0..7).collect::<Vec<u64>>()));
+    // The next run from the group's commits starts at the end.
+    let mut again = config.clone();
+    again.start = "committed".into();
+    assert!(records_by_partition(&read_all(&again, Finish::Abort)).is_empty());
+}
+
 #[test]
 fn bounded_read_sees_every_record_once_in_order_and_commits() {
     let cluster = MockCluster::new(1).unwrap();
