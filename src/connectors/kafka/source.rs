@@ -700,8 +700,8 @@ fn partition_list(splits: &[Split]) -> TopicPartitionList {
 
 impl KafkaReader {
     /// Connects, resolves start (and end) offsets of every partition of the topics and
-    /// subscribes, or for a bounded run assigns itself every partition (see
-    /// [`KafkaReader::open`]). `resume` (from a savepoint) overrides the start of the
+    /// subscribes; a bounded run assigns itself every partition instead, and only
+    /// commits to the group. `resume` (from a savepoint) overrides the start of the
     /// partitions it lists. Fails when a broker is unreachable or a topic does not exist.
     pub fn connect(
         config: &KafkaSourceConfig,
@@ -1028,8 +1028,8 @@ impl KafkaReader {
         // bound ([`prefetch`]) stops their fetching anyway.
         let mut pause_seen = 0;
         let mut paused: BTreeSet<u32> = BTreeSet::new();
-        // Per partition read from its own queue, the sequence numbers (records read
-        // before it) of its records the router may not have handled yet.
+        // Per partition read from its own queue, its records the router may not have
+        // handled yet: their sequence numbers (records read before each) and sizes.
         let mut in_flight: BTreeMap<u32, InFlight> = BTreeMap::new();
         let mut waits_for_router = false;
         let mut routed = 0;
