@@ -402,40 +402,81 @@ impl super::source::CheckpointHooks for SlowRouter {
     }
 }
 
+/// A [`SlowRouter`] with its thread, for a topic of 4 partitions: it handles the runs
+/// sent to it 2 ms apart.
+struct RouterThread {
+    hooks: std::sync::Arc<SlowRouter>,
+    /// Per partition, records handled; updated before `routed` says so.
+    handled: std::sync::Arc<std::sync::Mutex<[usize; 4]>>,
+    tx: std::sync::mpsc::Sender<Vec<(usize, usize)>>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl RouterThread {
+    fn start() -> Self {
+        let hooks = std::sync::Arc::new(SlowRouter {
+            routed: Default::default(),
+        });
+        let handled = std::sync::Arc::new(std::sync::Mutex::new([0usize; 4]));
+        let (tx, rx) = std::sync::mpsc::channel::<Vec<(usize, usize)>>();
+        let thread = {
+            let (hooks, handled) = (hooks.clone(), handled.clone());
+            std::thread::spawn(move || {
+                for runs in rx {
+                    std::thread::sleep(std::time::Duration::from_millis(2));
+                    let mut h = handled.lock().unwrap();
+                    for (p, n) in &runs {
+                        h[*p] += n;
+                    }
+                    let n: usize = runs.iter().map(|(_, n)| n).sum();
+                    hooks
+                        .routed
+                        .fetch_add(n as u64, std::sync::atomic::Ordering::SeqCst);
+                }
+            })
+        };
+        RouterThread {
+            hooks,
+            handled,
+            tx,
+            thread,
+        }
+    }
+
+    /// A chunk's runs as (partition, records).
+    fn runs(runs: &[super::source::Run]) -> Vec<(usize, usize)> {
+        runs.iter()
+            .map(|r| (usize::try_from(r.split.partition).unwrap(), r.len))
+            .collect()
+    }
+
+    fn handled(&self) -> [usize; 4] {
+        *self.handled.lock().unwrap()
+    }
+
+    fn send(&self, runs: Vec<(usize, usize)>) {
+        self.tx.send(runs).unwrap();
+    }
+
+    /// Waits until it handled everything sent.
+    fn join(self) {
+        drop(self.tx);
+        self.thread.join().unwrap();
+    }
+}
+
 /// A partition has at most its share of the in-flight bound read and not yet handled by
 /// the router: alignment's pause reaches it after that many records, however fast the
 /// reader. Waiting for the router loses nothing and keeps each partition in order.
 #[test]
 fn a_partition_reads_ahead_of_the_router_by_a_bounded_number_of_records() {
-    use std::sync::atomic::Ordering;
-    use std::sync::{Arc, Mutex};
-
     let cluster = MockCluster::new(1).unwrap();
     cluster.create_topic("t", 4, 1).unwrap();
     let brokers = cluster.bootstrap_servers();
     produce(&brokers, "t", &[500; 4]);
     let mut reader =
         KafkaReader::connect(&source_config(&brokers, "t", "inflight"), &[]).expect("connect");
-    let hooks = Arc::new(SlowRouter {
-        routed: Default::default(),
-    });
-    // Per partition, records the router handled; updated before `routed` says so.
-    let handled = Arc::new(Mutex::new([0usize; 4]));
-    let (tx, rx) = std::sync::mpsc::channel::<Vec<(usize, usize)>>();
-    let router = {
-        let (hooks, handled) = (hooks.clone(), handled.clone());
-        std::thread::spawn(move || {
-            for runs in rx {
-                std::thread::sleep(std::time::Duration::from_millis(2));
-                let mut h = handled.lock().unwrap();
-                for (p, n) in &runs {
-                    h[*p] += n;
-                }
-                let n: usize = runs.iter().map(|(_, n)| n).sum();
-                hooks.routed.fetch_add(n as u64, Ordering::SeqCst);
-            }
-        })
-    };
+    let router = RouterThread::start();
     let bound = super::source::in_flight_bound(4);
     let stop = AtomicBool::new(false);
     let mut sent = [0usize; 4];
@@ -449,31 +490,27 @@ fn a_partition_reads_ahead_of_the_router_by_a_bounded_number_of_records() {
             &stop,
             &mut |e| {
                 if let KafkaEvent::Records { runs, .. } = &e {
-                    let runs: Vec<(usize, usize)> = runs
-                        .iter()
-                        .map(|r| (usize::try_from(r.split.partition).unwrap(), r.len))
-                        .collect();
+                    let runs = RouterThread::runs(runs);
                     for (p, n) in &runs {
                         sent[*p] += n;
                     }
-                    let h = *handled.lock().unwrap();
+                    let h = router.handled();
                     let reading = sent.iter().filter(|n| **n < 500).count().max(1);
                     let share = super::source::in_flight_bound(reading);
                     for p in 0..4 {
                         most_ahead = most_ahead.max(sent[p] - h[p]);
                         beyond = beyond.max((sent[p] - h[p]) as isize - share as isize);
                     }
-                    tx.send(runs).unwrap();
+                    router.send(runs);
                 }
                 events.push(e.detach());
                 true
             },
             Some(FinishSignal::ready(Finish::Abort)),
-            &*hooks,
+            &*router.hooks,
         )
         .expect("run");
-    drop(tx);
-    router.join().unwrap();
+    router.join();
     // The first poll, before the partitions' own queues exist, may bring one record
     // from the consumer's queue.
     assert!(
@@ -497,9 +534,6 @@ fn a_partition_reads_ahead_of_the_router_by_a_bounded_number_of_records() {
 /// run tens of seconds of a partition's event time ahead within the record bound.
 #[test]
 fn a_partition_reads_ahead_of_the_router_by_a_bounded_number_of_bytes() {
-    use std::sync::atomic::Ordering;
-    use std::sync::{Arc, Mutex};
-
     const RECORD: usize = 10 << 10;
     const TOTAL: usize = 16 * RECORD;
     let cluster = MockCluster::new(1).unwrap();
@@ -518,25 +552,7 @@ fn a_partition_reads_ahead_of_the_router_by_a_bounded_number_of_bytes() {
     let mut reader = KafkaReader::connect(&source_config(&brokers, "t", "inflight-bytes"), &[])
         .expect("connect")
         .with_in_flight_bytes(TOTAL);
-    let hooks = Arc::new(SlowRouter {
-        routed: Default::default(),
-    });
-    let handled = Arc::new(Mutex::new([0usize; 4]));
-    let (tx, rx) = std::sync::mpsc::channel::<Vec<(usize, usize)>>();
-    let router = {
-        let (hooks, handled) = (hooks.clone(), handled.clone());
-        std::thread::spawn(move || {
-            for runs in rx {
-                std::thread::sleep(std::time::Duration::from_millis(2));
-                let mut h = handled.lock().unwrap();
-                for (p, n) in &runs {
-                    h[*p] += n;
-                }
-                let n: usize = runs.iter().map(|(_, n)| n).sum();
-                hooks.routed.fetch_add(n as u64, Ordering::SeqCst);
-            }
-        })
-    };
+    let router = RouterThread::start();
     let stop = AtomicBool::new(false);
     let mut sent = [0usize; 4];
     let (mut most_ahead, mut beyond) = (0usize, 0isize);
@@ -546,10 +562,7 @@ fn a_partition_reads_ahead_of_the_router_by_a_bounded_number_of_bytes() {
             &stop,
             &mut |e| {
                 if let KafkaEvent::Records { runs, records, .. } = &e {
-                    let runs: Vec<(usize, usize)> = runs
-                        .iter()
-                        .map(|r| (usize::try_from(r.split.partition).unwrap(), r.len))
-                        .collect();
+                    let runs = RouterThread::runs(runs);
                     let mut records = records.iter();
                     for (p, n) in &runs {
                         sent[*p] += n;
@@ -558,7 +571,7 @@ fn a_partition_reads_ahead_of_the_router_by_a_bounded_number_of_bytes() {
                             seen[*p] += 1;
                         }
                     }
-                    let h = *handled.lock().unwrap();
+                    let h = router.handled();
                     let reading = sent.iter().filter(|n| **n < 100).count().max(1);
                     // In records of RECORD bytes: the share, and the one that crosses it.
                     let share = (TOTAL / reading).div_ceil(RECORD);
@@ -566,16 +579,15 @@ fn a_partition_reads_ahead_of_the_router_by_a_bounded_number_of_bytes() {
                         most_ahead = most_ahead.max(sent[p] - h[p]);
                         beyond = beyond.max((sent[p] - h[p]) as isize - share as isize);
                     }
-                    tx.send(runs).unwrap();
+                    router.send(runs);
                 }
                 true
             },
             Some(FinishSignal::ready(Finish::Abort)),
-            &*hooks,
+            &*router.hooks,
         )
         .expect("run");
-    drop(tx);
-    router.join().unwrap();
+    router.join();
     assert_eq!(seen, [100; 4], "every record, once");
     // The first poll, before the partitions' own queues exist, may bring one record
     // from the consumer's queue.
